@@ -1,0 +1,47 @@
+// The small interfaces between devices and the VM: a bus device, an interrupt line, and the stop
+// requests a device can make (power off, reset, debug exit). A device never touches KVM directly.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string_view>
+
+namespace vmm::devices {
+
+/// A device mapped on the PIO or MMIO bus. `offset` is relative to the start of the device's range;
+/// `data` is the access (1, 2, 4 or 8 bytes for CPU accesses). Must be thread-safe: several vCPU
+/// threads may call it at once.
+class BusDevice {
+ public:
+  virtual ~BusDevice() = default;
+  virtual void read(uint64_t offset, std::span<uint8_t> data) = 0;
+  virtual void write(uint64_t offset, std::span<const uint8_t> data) = 0;
+  virtual std::string_view name() const = 0;
+};
+
+/// An edge-triggered interrupt line into the guest's interrupt controllers (ISA IRQ / GSI).
+class IrqLine {
+ public:
+  virtual ~IrqLine() = default;
+  /// Signals one interrupt (a rising edge).
+  virtual void trigger() = 0;
+};
+
+/// Why a VM stops.
+enum class StopReason {
+  PowerOff,     ///< ACPI sleep to S5
+  Reset,        ///< i8042 reset line or the ACPI reset register
+  DebugExit,    ///< a write to the debug-exit port; `status` holds the value written
+  TripleFault,  ///< KVM_EXIT_SHUTDOWN
+  Signal,       ///< SIGINT / SIGTERM to the VMM
+  Error,        ///< a VMM or KVM failure
+};
+
+/// What a device calls to end the VM; the VM stops every vCPU and exits with the matching status.
+class VmControl {
+ public:
+  virtual ~VmControl() = default;
+  virtual void request_stop(StopReason reason, uint32_t status = 0) = 0;
+};
+
+}  // namespace vmm::devices

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Configures and builds vmm. usage: scripts/build.sh [release|asan] — prints the build directory.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+kind=${1:-release}
+case "$kind" in
+  release) dir="$root/build"; flags=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DVMM_SANITIZE=OFF) ;;
+  asan) dir="$root/build-asan"; flags=(-DCMAKE_BUILD_TYPE=Debug -DVMM_SANITIZE=ON) ;;
+  *) echo "usage: $0 [release|asan]" >&2; exit 2 ;;
+esac
+kernel=${VMM_LINUX_KERNEL:-}
+cmake -S "$root" -B "$dir" -G Ninja "${flags[@]}" -DVMM_LINUX_KERNEL="$kernel" >&2
+ninja -C "$dir" >&2
+echo "$dir"

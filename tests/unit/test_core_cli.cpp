@@ -1,0 +1,89 @@
+// Size parsing, CPU templates and x86 boot register setup.
+#include <doctest/doctest.h>
+
+#include "vmm/cpuid.hpp"
+#include "vmm/layout.hpp"
+#include "vmm/size_parse.hpp"
+#include "vmm/x86_boot.hpp"
+
+TEST_CASE("cli: parse_size units and errors") {
+  CHECK(*vmm::parse_size("256M") == 256ull << 20);
+  CHECK(*vmm::parse_size("256") == 256ull << 20);
+  CHECK(*vmm::parse_size("1G") == 1ull << 30);
+  CHECK(*vmm::parse_size("2gib") == 2ull << 30);
+  CHECK(*vmm::parse_size("512K") == 512ull << 10);
+  CHECK(*vmm::parse_size("0") == 0);
+  CHECK_FALSE(vmm::parse_size(""));
+  CHECK_FALSE(vmm::parse_size("M"));
+  CHECK_FALSE(vmm::parse_size("-1M"));
+  CHECK_FALSE(vmm::parse_size("12Q"));
+  CHECK_FALSE(vmm::parse_size("99999999999999999999"));
+  CHECK_FALSE(vmm::parse_size("17179869184T"));  // overflows 64 bits after the shift
+}
+
+TEST_CASE("cpuid: template names") {
+  CHECK(*vmm::parse_cpu_template("host") == vmm::CpuTemplate::Host);
+  CHECK(*vmm::parse_cpu_template("baseline") == vmm::CpuTemplate::Baseline);
+  CHECK_FALSE(vmm::parse_cpu_template("skylake"));
+}
+
+TEST_CASE("cpuid: per-vCPU APIC ids and the baseline template") {
+  vmm::CpuidEntries supported(3);
+  supported[0].function = 1;
+  supported[0].ecx = (1u << 13) | (1u << 26) | (1u << 0);
+  supported[0].ebx = 0xff00ffff;
+  supported[1].function = 0xb;
+  supported[1].index = 1;
+  supported[2].function = 0xd;
+  auto host = vmm::make_cpuid(supported, vmm::CpuTemplate::Host, 3, 4);
+  REQUIRE(host.size() == 3);
+  CHECK((host[0].ebx >> 24) == 3);
+  CHECK(((host[0].ebx >> 16) & 0xff) == 4);
+  CHECK((host[0].ecx & (1u << 31)) != 0);  // hypervisor bit
+  CHECK((host[0].ecx & (1u << 13)) != 0);
+  CHECK(host[1].edx == 3);
+  CHECK(host[1].ebx == 4);
+  auto base = vmm::make_cpuid(supported, vmm::CpuTemplate::Baseline, 0, 1);
+  REQUIRE(base.size() == 2);  // leaf 0xd dropped
+  CHECK((base[0].ecx & (1u << 13)) == 0);  // CX16 hidden
+  CHECK((base[0].ecx & (1u << 26)) == 0);  // XSAVE hidden
+  CHECK((base[0].ecx & 1u) != 0);          // SSE3 kept
+}
+
+TEST_CASE("x86: segment decoding and boot registers") {
+  auto code64 = vmm::x86::segment_from_descriptor(0x8, 0x00af9b000000ffffull);
+  CHECK(code64.l == 1);
+  CHECK(code64.db == 0);
+  CHECK(code64.limit == 0xffffffffu);
+  CHECK(code64.type == 0xb);
+  CHECK(code64.present == 1);
+  auto data = vmm::x86::segment_from_descriptor(0x10, 0x00cf93000000ffffull);
+  CHECK(data.db == 1);
+  CHECK(data.type == 0x3);
+
+  kvm_sregs base{};
+  auto pvh = vmm::x86::boot_registers({.mode = vmm::boot::EntryMode::Pvh32, .entry = 0x100123, .boot_info = 0x6000}, base);
+  CHECK(pvh.regs.rip == 0x100123);
+  CHECK(pvh.regs.rbx == 0x6000);
+  CHECK(pvh.sregs.cr0 == 0x11);
+  CHECK(pvh.sregs.efer == 0);
+  CHECK(pvh.sregs.cs.db == 1);
+  CHECK(pvh.sregs.cs.l == 0);
+  auto lin = vmm::x86::boot_registers({.mode = vmm::boot::EntryMode::Linux64, .entry = 0x1000200, .boot_info = 0x7000}, base);
+  CHECK(lin.regs.rsi == 0x7000);
+  CHECK(lin.sregs.cr3 == vmm::layout::kPml4);
+  CHECK((lin.sregs.efer & 0x500) == 0x500);
+  CHECK(lin.sregs.cs.l == 1);
+  CHECK((lin.sregs.cr0 & 0x80000001u) == 0x80000001u);
+}
+
+TEST_CASE("x86: identity page tables map the first 4 GiB with 2 MiB pages") {
+  auto mem = vmm::GuestMemory::anonymous(1 << 20);
+  REQUIRE(mem);
+  REQUIRE(vmm::x86::write_identity_page_tables(*mem));
+  CHECK(*mem->read_obj<uint64_t>(vmm::Gpa(vmm::layout::kPml4)) == (vmm::layout::kPdpt | 3));
+  CHECK(*mem->read_obj<uint64_t>(vmm::Gpa(vmm::layout::kPdpt + 3 * 8)) == ((vmm::layout::kPd + 0x3000) | 3));
+  // Last 2 MiB page of the 4th GiB.
+  CHECK(*mem->read_obj<uint64_t>(vmm::Gpa(vmm::layout::kPd + 0x3000 + 511 * 8)) == (((4ull << 30) - (2 << 20)) | 0x83));
+  CHECK(*mem->read_obj<uint64_t>(vmm::Gpa(vmm::layout::kPd + 8)) == ((2ull << 20) | 0x83));
+}

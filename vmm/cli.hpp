@@ -1,0 +1,31 @@
+// The `vmm` command line: subcommands, option parsing and validation, exit statuses.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+
+#include "vmm/cpuid.hpp"
+
+namespace vmm::cli {
+
+/// Everything `vmm run` was asked to do, validated.
+struct RunOptions {
+  std::filesystem::path kernel;
+  std::optional<std::filesystem::path> initrd;
+  std::string cmdline;
+  uint64_t memory = 256ull << 20;
+  uint32_t vcpus = 1;
+  std::string console = "stdio";
+  CpuTemplate cpu_template = CpuTemplate::Host;
+  std::filesystem::path kvm_device;
+};
+
+/// Entry point: parses argv, runs the subcommand, returns the process exit status.
+int main(int argc, char** argv);
+
+/// Runs a VM to completion; returns the exit status (see exit_codes.hpp).
+int run_vm(const RunOptions& options);
+
+}  // namespace vmm::cli

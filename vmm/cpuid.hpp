@@ -1,0 +1,27 @@
+// Guest CPUID: KVM_GET_SUPPORTED_CPUID passed through a named CPU template, then made per-vCPU
+// (APIC ids, topology). The template name is also part of a template's CPU-compatibility stamp.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "vmm/error.hpp"
+#include "vmm/kvm.hpp"
+
+namespace vmm {
+
+/// A named CPU template: which supported features the guest is allowed to see.
+enum class CpuTemplate {
+  Host,      ///< everything KVM supports
+  Baseline,  ///< hides what a nested host may fail to emulate: CX16, XSAVE/AVX family, AVX-512
+};
+
+/// Parses a template name ("host", "baseline").
+Result<CpuTemplate> parse_cpu_template(std::string_view name);
+std::string_view cpu_template_name(CpuTemplate t);
+
+/// The CPUID table for vCPU `index` of `vcpu_count`, derived from `supported`.
+CpuidEntries make_cpuid(const CpuidEntries& supported, CpuTemplate tmpl, uint32_t index, uint32_t vcpu_count);
+
+}  // namespace vmm

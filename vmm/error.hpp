@@ -1,0 +1,46 @@
+// Error type shared by every module: a short message that says what was wrong and where.
+// Paths a guest or a file can reach return Result<T> (std::expected); exceptions are kept for the
+// CLI boundary.
+#pragma once
+
+#include <expected>
+#include <string>
+#include <utility>
+
+#include <fmt/format.h>
+
+namespace vmm {
+
+/// One error: a one-line, human-readable message (no trailing newline).
+class Error {
+ public:
+  explicit Error(std::string message) : message_(std::move(message)) {}
+  const std::string& message() const { return message_; }
+
+  /// Prefix context ("loading kernel foo: ") while keeping the cause.
+  Error context(std::string_view what) const { return Error(fmt::format("{}: {}", what, message_)); }
+
+ private:
+  std::string message_;
+};
+
+template <typename T = void>
+using Result = std::expected<T, Error>;
+
+/// Builds an unexpected Error from a fmt format string: `return fail("bad magic {:#x}", m);`.
+template <typename... Args>
+std::unexpected<Error> fail(fmt::format_string<Args...> format, Args&&... args) {
+  return std::unexpected(Error(fmt::format(format, std::forward<Args>(args)...)));
+}
+
+/// Errno text for messages.
+std::string errno_text(int err);
+
+}  // namespace vmm
+
+template <>
+struct fmt::formatter<vmm::Error> : fmt::formatter<std::string_view> {
+  auto format(const vmm::Error& e, format_context& ctx) const {
+    return fmt::formatter<std::string_view>::format(e.message(), ctx);
+  }
+};

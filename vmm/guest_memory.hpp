@@ -1,0 +1,81 @@
+// Guest RAM: one host mapping presented as one or two guest-physical regions (RAM above the
+// 32-bit MMIO hole moves to 4 GiB). Every access is bounds- and overflow-checked.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <span>
+#include <type_traits>
+#include <vector>
+
+#include "vmm/error.hpp"
+#include "vmm/mapping.hpp"
+
+namespace vmm {
+
+/// A guest-physical address (strong type: never mixed up with host pointers or offsets).
+struct Gpa {
+  uint64_t value = 0;
+  constexpr Gpa() = default;
+  constexpr explicit Gpa(uint64_t v) : value(v) {}
+  friend constexpr auto operator<=>(Gpa, Gpa) = default;
+};
+
+/// One contiguous range of guest RAM and where it lives in this process.
+struct MemoryRegion {
+  uint64_t gpa = 0;
+  uint64_t size = 0;
+  uint8_t* host = nullptr;
+  uint64_t end() const { return gpa + size; }
+};
+
+/// Guest RAM. Not copyable; the regions' host pointers stay valid for its lifetime.
+class GuestMemory {
+ public:
+  /// Anonymous private memory with THP advice, `size` bytes of RAM (a multiple of 4 KiB).
+  static Result<GuestMemory> anonymous(uint64_t size);
+  /// RAM backed by an existing mapping (e.g. a template's memory file mapped MAP_PRIVATE).
+  static Result<GuestMemory> from_mapping(Mapping mapping);
+
+  GuestMemory(GuestMemory&&) noexcept = default;
+  GuestMemory& operator=(GuestMemory&&) noexcept = default;
+
+  std::span<const MemoryRegion> regions() const { return regions_; }
+  /// Total bytes of RAM.
+  uint64_t size() const { return mapping_.size(); }
+  /// Highest guest-physical address + 1 below the MMIO hole (the "low" RAM end).
+  uint64_t low_end() const { return regions_.front().end(); }
+
+  /// True if [gpa, gpa+len) lies inside one RAM region (len 0: gpa inside or at a region's end).
+  bool contains(Gpa gpa, uint64_t len) const { return find(gpa, len) != nullptr; }
+  /// Host view of [gpa, gpa+len), or an error naming the range.
+  Result<std::span<uint8_t>> slice(Gpa gpa, uint64_t len) const;
+
+  Result<> read(Gpa gpa, std::span<uint8_t> out) const;
+  Result<> write(Gpa gpa, std::span<const uint8_t> in) const;
+  /// Writes `len` zero bytes at gpa.
+  Result<> fill_zero(Gpa gpa, uint64_t len) const;
+
+  template <typename T>
+    requires std::is_trivially_copyable_v<T>
+  Result<T> read_obj(Gpa gpa) const {
+    T value;
+    auto r = read(gpa, std::span(reinterpret_cast<uint8_t*>(&value), sizeof(T)));
+    if (!r) return std::unexpected(r.error());
+    return value;
+  }
+  template <typename T>
+    requires std::is_trivially_copyable_v<T>
+  Result<> write_obj(Gpa gpa, const T& value) const {
+    return write(gpa, std::span(reinterpret_cast<const uint8_t*>(&value), sizeof(T)));
+  }
+
+ private:
+  explicit GuestMemory(Mapping mapping);
+  const MemoryRegion* find(Gpa gpa, uint64_t len) const;
+
+  Mapping mapping_;
+  std::vector<MemoryRegion> regions_;
+};
+
+}  // namespace vmm

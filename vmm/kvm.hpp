@@ -1,0 +1,48 @@
+// The KVM system device (/dev/kvm): capability checks, the supported CPUID, VM creation.
+#pragma once
+
+#include <linux/kvm.h>
+
+#include <filesystem>
+#include <memory>
+#include <vector>
+
+#include "vmm/error.hpp"
+#include "vmm/fd.hpp"
+
+namespace vmm {
+
+/// A list of CPUID entries, laid out as struct kvm_cpuid2 wants them.
+using CpuidEntries = std::vector<kvm_cpuid_entry2>;
+
+/// An open /dev/kvm. Checked on open: API version 12 and every capability the VMM relies on.
+class Kvm {
+ public:
+  /// Default device path: $VMM_KVM_DEVICE if set, else /dev/kvm.
+  static std::filesystem::path default_device();
+  /// Opens and checks the device; errors are one line naming the path and what is missing.
+  static Result<Kvm> open(const std::filesystem::path& device);
+
+  /// KVM_CREATE_VM.
+  Result<Fd> create_vm() const;
+  /// KVM_CHECK_EXTENSION (on the system fd).
+  int check_extension(long cap) const;
+  /// Size of each vCPU's kvm_run mapping (KVM_GET_VCPU_MMAP_SIZE).
+  size_t vcpu_mmap_size() const { return vcpu_mmap_size_; }
+  /// Most vCPUs one VM may have (KVM_CAP_MAX_VCPUS).
+  uint32_t max_vcpus() const { return max_vcpus_; }
+  /// KVM_GET_SUPPORTED_CPUID, queried once.
+  const CpuidEntries& supported_cpuid() const { return supported_cpuid_; }
+  /// MSR indices KVM can save and restore (KVM_GET_MSR_INDEX_LIST).
+  const std::vector<uint32_t>& msr_index_list() const { return msr_index_list_; }
+
+ private:
+  Kvm() = default;
+  Fd fd_;
+  size_t vcpu_mmap_size_ = 0;
+  uint32_t max_vcpus_ = 0;
+  CpuidEntries supported_cpuid_;
+  std::vector<uint32_t> msr_index_list_;
+};
+
+}  // namespace vmm

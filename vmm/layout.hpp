@@ -1,0 +1,49 @@
+// The guest-physical address map and I/O port map, shared by the boot loaders, the x86 setup and
+// the devices. One place, so that nothing collides.
+#pragma once
+
+#include <cstdint>
+
+namespace vmm::layout {
+
+// ---- Low memory (below 1 MiB) -------------------------------------------------------------------
+inline constexpr uint64_t kGdtAddr = 0x500;          ///< boot GDT (4 entries)
+inline constexpr uint64_t kIdtAddr = 0x520;          ///< empty boot IDT
+inline constexpr uint64_t kPvhStartInfo = 0x6000;    ///< struct hvm_start_info (PVH boot)
+inline constexpr uint64_t kPvhModList = 0x6040;      ///< hvm_modlist_entry[1] (initrd)
+inline constexpr uint64_t kPvhMemmap = 0x6080;       ///< hvm_memmap_table_entry[], up to 0x7000
+inline constexpr uint64_t kPvhMemmapMaxEntries = (0x7000 - kPvhMemmap) / 24;
+inline constexpr uint64_t kZeroPage = 0x7000;        ///< struct boot_params (Linux boot protocol)
+inline constexpr uint64_t kBootStackTop = 0x8ff0;    ///< initial RSP for 64-bit entry
+inline constexpr uint64_t kPml4 = 0x9000;            ///< identity page tables for 64-bit entry
+inline constexpr uint64_t kPdpt = 0xa000;
+inline constexpr uint64_t kPd = 0xb000;              ///< 4 page directories: 0xb000..0xefff (4 GiB)
+inline constexpr uint64_t kCmdline = 0x20000;        ///< kernel command line
+inline constexpr uint64_t kCmdlineMax = 0x10000;     ///< bytes reserved for it (including the NUL)
+inline constexpr uint64_t kEbdaStart = 0x9fc00;      ///< start of the reserved area below 1 MiB
+inline constexpr uint64_t kAcpiStart = 0xe0000;      ///< RSDP and ACPI tables: 0xe0000..0xfffff
+inline constexpr uint64_t kAcpiEnd = 0x100000;
+inline constexpr uint64_t kHighMemStart = 0x100000;  ///< 1 MiB: kernels load at or above this
+
+// ---- The 32-bit MMIO hole below 4 GiB -----------------------------------------------------------
+inline constexpr uint64_t kMmioHoleStart = 0xc0000000;  ///< RAM above this goes to 4 GiB and up
+inline constexpr uint64_t kMmioHoleEnd = 0x100000000;
+inline constexpr uint64_t kIoapicAddr = 0xfec00000;
+inline constexpr uint64_t kLapicAddr = 0xfee00000;
+
+// ---- I/O ports ----------------------------------------------------------------------------------
+inline constexpr uint16_t kCom1Port = 0x3f8;  ///< 8250 UART, 8 ports
+inline constexpr uint32_t kCom1Irq = 4;
+inline constexpr uint16_t kI8042DataPort = 0x60;
+inline constexpr uint16_t kI8042CommandPort = 0x64;
+inline constexpr uint16_t kRtcPort = 0x70;  ///< CMOS index (0x70) and data (0x71)
+inline constexpr uint16_t kDebugExitPort = 0xf4;  ///< QEMU isa-debug-exit convention, 4 bytes
+/// ACPI hardware-reduced registers (FADT): sleep control, sleep status, reset; one byte each.
+inline constexpr uint16_t kAcpiSleepControlPort = 0x600;
+inline constexpr uint16_t kAcpiSleepStatusPort = 0x601;
+inline constexpr uint16_t kAcpiResetPort = 0x602;
+inline constexpr uint8_t kAcpiResetValue = 0x1;
+/// SLP_TYP value of \_S5 (soft off) in our DSDT; the guest writes (typ << 2) | SLP_EN (1 << 5).
+inline constexpr uint8_t kAcpiS5SleepType = 5;
+
+}  // namespace vmm::layout

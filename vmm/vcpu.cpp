@@ -1,0 +1,132 @@
+#include "vmm/vcpu.hpp"
+
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+
+#include <cerrno>
+
+namespace vmm {
+
+Result<std::unique_ptr<Vcpu>> Vcpu::create(const Kvm& kvm, int vm_fd, uint32_t index) {
+  const int fd = ::ioctl(vm_fd, KVM_CREATE_VCPU, static_cast<unsigned long>(index));
+  if (fd < 0) return fail("KVM_CREATE_VCPU {}: {}", index, errno_text(errno));
+  Fd owned(fd);
+  auto run = Mapping::shared(owned.get(), kvm.vcpu_mmap_size(), PROT_READ | PROT_WRITE);
+  if (!run) return std::unexpected(run.error().context(fmt::format("mapping kvm_run of vCPU {}", index)));
+  return std::unique_ptr<Vcpu>(new Vcpu(index, std::move(owned), std::move(*run)));
+}
+
+Result<> Vcpu::ioctl_set(unsigned long request, const void* arg, const char* what) const {
+  if (::ioctl(fd_.get(), request, arg) < 0) return fail("vCPU {}: {}: {}", index_, what, errno_text(errno));
+  return {};
+}
+
+Result<> Vcpu::ioctl_get(unsigned long request, void* arg, const char* what) const {
+  if (::ioctl(fd_.get(), request, arg) < 0) return fail("vCPU {}: {}: {}", index_, what, errno_text(errno));
+  return {};
+}
+
+Result<> Vcpu::set_cpuid(const CpuidEntries& entries) {
+  std::vector<uint8_t> buf(sizeof(kvm_cpuid2) + entries.size() * sizeof(kvm_cpuid_entry2));
+  auto* cpuid = reinterpret_cast<kvm_cpuid2*>(buf.data());
+  cpuid->nent = static_cast<uint32_t>(entries.size());
+  std::copy(entries.begin(), entries.end(), cpuid->entries);
+  return ioctl_set(KVM_SET_CPUID2, cpuid, "KVM_SET_CPUID2");
+}
+
+Result<kvm_regs> Vcpu::get_regs() const {
+  kvm_regs r{};
+  if (auto e = ioctl_get(KVM_GET_REGS, &r, "KVM_GET_REGS"); !e) return std::unexpected(e.error());
+  return r;
+}
+Result<> Vcpu::set_regs(const kvm_regs& regs) { return ioctl_set(KVM_SET_REGS, &regs, "KVM_SET_REGS"); }
+
+Result<kvm_sregs> Vcpu::get_sregs() const {
+  kvm_sregs s{};
+  if (auto e = ioctl_get(KVM_GET_SREGS, &s, "KVM_GET_SREGS"); !e) return std::unexpected(e.error());
+  return s;
+}
+Result<> Vcpu::set_sregs(const kvm_sregs& sregs) { return ioctl_set(KVM_SET_SREGS, &sregs, "KVM_SET_SREGS"); }
+Result<> Vcpu::set_fpu(const kvm_fpu& fpu) { return ioctl_set(KVM_SET_FPU, &fpu, "KVM_SET_FPU"); }
+
+Result<kvm_lapic_state> Vcpu::get_lapic() const {
+  kvm_lapic_state l{};
+  if (auto e = ioctl_get(KVM_GET_LAPIC, &l, "KVM_GET_LAPIC"); !e) return std::unexpected(e.error());
+  return l;
+}
+Result<> Vcpu::set_lapic(const kvm_lapic_state& lapic) { return ioctl_set(KVM_SET_LAPIC, &lapic, "KVM_SET_LAPIC"); }
+
+namespace {
+// struct kvm_msrs followed by its entries, in one buffer.
+std::vector<uint8_t> msr_buffer(size_t n) { return std::vector<uint8_t>(sizeof(kvm_msrs) + n * sizeof(kvm_msr_entry)); }
+}  // namespace
+
+Result<> Vcpu::set_msrs(std::span<const kvm_msr_entry> msrs) {
+  auto buf = msr_buffer(msrs.size());
+  auto* m = reinterpret_cast<kvm_msrs*>(buf.data());
+  m->nmsrs = static_cast<uint32_t>(msrs.size());
+  std::copy(msrs.begin(), msrs.end(), m->entries);
+  const int n = ::ioctl(fd_.get(), KVM_SET_MSRS, m);
+  if (n < 0) return fail("vCPU {}: KVM_SET_MSRS: {}", index_, errno_text(errno));
+  if (static_cast<size_t>(n) != msrs.size()) {
+    return fail("vCPU {}: KVM_SET_MSRS rejected MSR {:#x}", index_, msrs[static_cast<size_t>(n)].index);
+  }
+  return {};
+}
+
+Result<std::vector<kvm_msr_entry>> Vcpu::get_msrs(std::span<const uint32_t> indices) const {
+  auto buf = msr_buffer(indices.size());
+  auto* m = reinterpret_cast<kvm_msrs*>(buf.data());
+  m->nmsrs = static_cast<uint32_t>(indices.size());
+  for (size_t i = 0; i < indices.size(); ++i) m->entries[i].index = indices[i];
+  const int n = ::ioctl(fd_.get(), KVM_GET_MSRS, m);
+  if (n < 0) return fail("vCPU {}: KVM_GET_MSRS: {}", index_, errno_text(errno));
+  // KVM stops at the first MSR it cannot read; keep what it read.
+  return std::vector<kvm_msr_entry>(m->entries, m->entries + n);
+}
+
+Result<VcpuState> Vcpu::save(std::span<const uint32_t> msr_indices) const {
+  VcpuState s;
+  if (auto e = ioctl_get(KVM_GET_MP_STATE, &s.mp_state, "KVM_GET_MP_STATE"); !e) return std::unexpected(e.error());
+  if (auto e = ioctl_get(KVM_GET_REGS, &s.regs, "KVM_GET_REGS"); !e) return std::unexpected(e.error());
+  if (auto e = ioctl_get(KVM_GET_SREGS, &s.sregs, "KVM_GET_SREGS"); !e) return std::unexpected(e.error());
+  if (auto e = ioctl_get(KVM_GET_FPU, &s.fpu, "KVM_GET_FPU"); !e) return std::unexpected(e.error());
+  if (auto e = ioctl_get(KVM_GET_XSAVE, s.xsave.data(), "KVM_GET_XSAVE"); !e) return std::unexpected(e.error());
+  if (auto e = ioctl_get(KVM_GET_XCRS, &s.xcrs, "KVM_GET_XCRS"); !e) return std::unexpected(e.error());
+  if (auto e = ioctl_get(KVM_GET_LAPIC, &s.lapic, "KVM_GET_LAPIC"); !e) return std::unexpected(e.error());
+  if (auto e = ioctl_get(KVM_GET_VCPU_EVENTS, &s.events, "KVM_GET_VCPU_EVENTS"); !e) return std::unexpected(e.error());
+  if (auto e = ioctl_get(KVM_GET_DEBUGREGS, &s.debugregs, "KVM_GET_DEBUGREGS"); !e) return std::unexpected(e.error());
+  // Read MSRs one batch at a time, skipping any KVM refuses (it stops at the first failure).
+  size_t pos = 0;
+  while (pos < msr_indices.size()) {
+    auto got = get_msrs(msr_indices.subspan(pos));
+    if (!got) return std::unexpected(got.error());
+    s.msrs.insert(s.msrs.end(), got->begin(), got->end());
+    pos += got->size() + 1;  // skip the unreadable one
+  }
+  return s;
+}
+
+Result<> Vcpu::restore(const VcpuState& s) {
+  // Order follows the KVM API notes and established VMMs: MP state and sregs first (mode), then
+  // general registers, FPU/XSAVE/XCRs, MSRs, LAPIC, and events last (they may reference the LAPIC).
+  if (auto e = ioctl_set(KVM_SET_SREGS, &s.sregs, "KVM_SET_SREGS"); !e) return e;
+  if (auto e = ioctl_set(KVM_SET_REGS, &s.regs, "KVM_SET_REGS"); !e) return e;
+  if (auto e = ioctl_set(KVM_SET_XCRS, &s.xcrs, "KVM_SET_XCRS"); !e) return e;
+  if (auto e = ioctl_set(KVM_SET_XSAVE, s.xsave.data(), "KVM_SET_XSAVE"); !e) return e;
+  if (auto e = ioctl_set(KVM_SET_FPU, &s.fpu, "KVM_SET_FPU"); !e) return e;
+  if (auto e = set_msrs(s.msrs); !e) return e;
+  if (auto e = ioctl_set(KVM_SET_LAPIC, &s.lapic, "KVM_SET_LAPIC"); !e) return e;
+  if (auto e = ioctl_set(KVM_SET_DEBUGREGS, &s.debugregs, "KVM_SET_DEBUGREGS"); !e) return e;
+  if (auto e = ioctl_set(KVM_SET_VCPU_EVENTS, &s.events, "KVM_SET_VCPU_EVENTS"); !e) return e;
+  return ioctl_set(KVM_SET_MP_STATE, &s.mp_state, "KVM_SET_MP_STATE");
+}
+
+Result<bool> Vcpu::run() {
+  if (::ioctl(fd_.get(), KVM_RUN, 0) == 0) return true;
+  const int err = errno;
+  if (err == EINTR || err == EAGAIN) return false;
+  return fail("vCPU {}: KVM_RUN: {}", index_, errno_text(err));
+}
+
+}  // namespace vmm

@@ -1,0 +1,83 @@
+// One KVM vCPU: its fd, its kvm_run page, and every piece of its architectural state readable and
+// settable (the clone subsystem snapshots and restores it).
+#pragma once
+
+#include <linux/kvm.h>
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "vmm/error.hpp"
+#include "vmm/fd.hpp"
+#include "vmm/kvm.hpp"
+#include "vmm/mapping.hpp"
+
+namespace vmm {
+
+/// Everything KVM keeps about one vCPU (KVM API §4: KVM_GET_* / KVM_SET_* per piece).
+struct VcpuState {
+  kvm_regs regs{};
+  kvm_sregs sregs{};
+  kvm_fpu fpu{};
+  /// Legacy 4 KiB XSAVE area (KVM_GET_XSAVE's struct kvm_xsave.region; stored as bytes because
+  /// the UAPI struct ends in a flexible array).
+  alignas(64) std::array<uint8_t, 4096> xsave{};
+  kvm_xcrs xcrs{};
+  kvm_lapic_state lapic{};
+  kvm_vcpu_events events{};
+  kvm_mp_state mp_state{};
+  kvm_debugregs debugregs{};
+  std::vector<kvm_msr_entry> msrs;  ///< index + value for each MSR KVM reports as saveable
+};
+
+/// A vCPU of one VM. Created by the VM; used by exactly one thread while it runs.
+class Vcpu {
+ public:
+  static Result<std::unique_ptr<Vcpu>> create(const Kvm& kvm, int vm_fd, uint32_t index);
+
+  uint32_t index() const { return index_; }
+
+  Result<> set_cpuid(const CpuidEntries& entries);
+  Result<kvm_regs> get_regs() const;
+  Result<> set_regs(const kvm_regs& regs);
+  Result<kvm_sregs> get_sregs() const;
+  Result<> set_sregs(const kvm_sregs& sregs);
+  Result<> set_fpu(const kvm_fpu& fpu);
+  Result<kvm_lapic_state> get_lapic() const;
+  Result<> set_lapic(const kvm_lapic_state& lapic);
+  /// KVM_SET_MSRS; fails unless every entry was accepted.
+  Result<> set_msrs(std::span<const kvm_msr_entry> msrs);
+  /// KVM_GET_MSRS of the given indices.
+  Result<std::vector<kvm_msr_entry>> get_msrs(std::span<const uint32_t> indices) const;
+
+  /// Reads the whole state; `msr_indices` usually Kvm::msr_index_list().
+  Result<VcpuState> save(std::span<const uint32_t> msr_indices) const;
+  /// Writes the whole state back (order per KVM API notes: sregs before regs, LAPIC before events).
+  Result<> restore(const VcpuState& state);
+
+  /// The shared kvm_run page (and its size, which covers the PIO data area).
+  kvm_run& run_area() const { return *reinterpret_cast<kvm_run*>(run_.data()); }
+  size_t run_size() const { return run_.size(); }
+
+  /// KVM_RUN once. Ok(true): an exit to handle in run_area(). Ok(false): interrupted (EINTR) or
+  /// asked to retry (EAGAIN, an AP leaving wait-for-SIPI) — run again after checking for a stop.
+  Result<bool> run();
+  /// Makes the next or current KVM_RUN return promptly (kvm_run.immediate_exit); pair with a signal
+  /// to the vCPU's thread to interrupt a KVM_RUN already in progress.
+  void request_immediate_exit() const { run_area().immediate_exit = 1; }
+  void clear_immediate_exit() const { run_area().immediate_exit = 0; }
+
+ private:
+  Vcpu(uint32_t index, Fd fd, Mapping run) : index_(index), fd_(std::move(fd)), run_(std::move(run)) {}
+  Result<> ioctl_set(unsigned long request, const void* arg, const char* what) const;
+  Result<> ioctl_get(unsigned long request, void* arg, const char* what) const;
+
+  uint32_t index_;
+  Fd fd_;
+  Mapping run_;
+};
+
+}  // namespace vmm

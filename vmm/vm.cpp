@@ -1,0 +1,254 @@
+#include "vmm/vm.hpp"
+
+#include <signal.h>
+#include <sys/ioctl.h>
+
+#include <cerrno>
+
+#include "vmm/layout.hpp"
+#include "vmm/x86_boot.hpp"
+
+namespace vmm {
+
+namespace {
+
+constexpr int kKickSignal = SIGUSR1;  ///< interrupts a vCPU's KVM_RUN (handler does nothing)
+constexpr int kWakeSignal = SIGUSR2;  ///< wakes the thread blocked in Vm::run()
+constexpr uint64_t kTssAddr = 0xfffbd000;          ///< 3 pages KVM needs on Intel, inside the MMIO hole
+constexpr uint64_t kIdentityMapAddr = 0xfffbc000;  ///< 1 page, just below
+
+void ignore_signal(int) {}
+
+void install_kick_handler() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction sa {};
+    sa.sa_handler = ignore_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0;  // no SA_RESTART: KVM_RUN must return EINTR
+    ::sigaction(kKickSignal, &sa, nullptr);
+  });
+}
+
+sigset_t waited_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, kWakeSignal);
+  return set;
+}
+
+/// ISA IRQ / GSI line through KVM_IRQ_LINE: a rising then a falling edge.
+class KvmIrqLine final : public devices::IrqLine {
+ public:
+  KvmIrqLine(int vm_fd, uint32_t gsi) : vm_fd_(vm_fd), gsi_(gsi) {}
+  void trigger() override {
+    kvm_irq_level level{};
+    level.irq = gsi_;
+    level.level = 1;
+    ::ioctl(vm_fd_, KVM_IRQ_LINE, &level);
+    level.level = 0;
+    ::ioctl(vm_fd_, KVM_IRQ_LINE, &level);
+  }
+
+ private:
+  int vm_fd_;
+  uint32_t gsi_;
+};
+
+}  // namespace
+
+void Vm::block_signals() {
+  sigset_t set = waited_signals();
+  ::pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  install_kick_handler();
+}
+
+Result<std::unique_ptr<Vm>> Vm::create(const Kvm& kvm, const VmConfig& config, GuestMemory memory) {
+  if (config.vcpus == 0 || config.vcpus > std::min(kMaxVcpus, kvm.max_vcpus())) {
+    return fail("{} vCPUs requested; this host supports 1 to {}", config.vcpus, std::min(kMaxVcpus, kvm.max_vcpus()));
+  }
+  auto fd = kvm.create_vm();
+  if (!fd) return std::unexpected(fd.error());
+  std::unique_ptr<Vm> vm(new Vm(kvm, std::move(*fd), std::move(memory)));
+  if (auto r = vm->setup_kvm(config); !r) return std::unexpected(r.error());
+  return vm;
+}
+
+Result<> Vm::setup_kvm(const VmConfig& config) {
+  const int fd = vm_fd_.get();
+  if (::ioctl(fd, KVM_SET_TSS_ADDR, kTssAddr) < 0) return fail("KVM_SET_TSS_ADDR: {}", errno_text(errno));
+  uint64_t identity = kIdentityMapAddr;
+  if (::ioctl(fd, KVM_SET_IDENTITY_MAP_ADDR, &identity) < 0) {
+    return fail("KVM_SET_IDENTITY_MAP_ADDR: {}", errno_text(errno));
+  }
+  // Guest memory before the irqchip (see create()).
+  uint32_t slot = 0;
+  for (const auto& region : memory_.regions()) {
+    kvm_userspace_memory_region r{};
+    r.slot = slot++;
+    r.guest_phys_addr = region.gpa;
+    r.memory_size = region.size;
+    r.userspace_addr = reinterpret_cast<uint64_t>(region.host);
+    if (::ioctl(fd, KVM_SET_USER_MEMORY_REGION, &r) < 0) {
+      return fail("KVM_SET_USER_MEMORY_REGION {:#x}+{:#x}: {}", region.gpa, region.size, errno_text(errno));
+    }
+  }
+  if (::ioctl(fd, KVM_CREATE_IRQCHIP, 0) < 0) return fail("KVM_CREATE_IRQCHIP: {}", errno_text(errno));
+  kvm_pit_config pit{};
+  pit.flags = KVM_PIT_SPEAKER_DUMMY;
+  if (::ioctl(fd, KVM_CREATE_PIT2, &pit) < 0) return fail("KVM_CREATE_PIT2: {}", errno_text(errno));
+
+  for (uint32_t i = 0; i < config.vcpus; ++i) {
+    auto vcpu = Vcpu::create(kvm_, fd, i);
+    if (!vcpu) return std::unexpected(vcpu.error());
+    if (auto r = (*vcpu)->set_cpuid(make_cpuid(kvm_.supported_cpuid(), config.cpu_template, i, config.vcpus)); !r) {
+      return r;
+    }
+    if (auto r = x86::setup_vcpu_common(**vcpu); !r) return r;
+    vcpus_.push_back(std::move(*vcpu));
+  }
+  return {};
+}
+
+Vm::~Vm() {
+  if (!threads_.empty()) {
+    request_stop(StopInfo{.reason = devices::StopReason::Error, .status = 0, .message = "VM destroyed"});
+    for (auto& t : threads_) {
+      if (t.joinable()) t.join();
+    }
+  }
+}
+
+std::shared_ptr<devices::IrqLine> Vm::irq_line(uint32_t gsi) { return std::make_shared<KvmIrqLine>(vm_fd_.get(), gsi); }
+
+Result<> Vm::prepare_boot(const boot::BootEntry& entry) { return x86::setup_boot_vcpu(*vcpus_.at(0), memory_, entry); }
+
+void Vm::request_stop(devices::StopReason reason, uint32_t status) {
+  request_stop(StopInfo{.reason = reason, .status = status, .message = {}});
+}
+
+void Vm::request_stop(StopInfo info) {
+  {
+    std::lock_guard lock(mutex_);
+    if (!stop_) stop_ = std::move(info);
+    target_ = RunState::Stopped;
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  kick_all();
+  if (have_waiter_) ::pthread_kill(waiter_, kWakeSignal);
+}
+
+void Vm::kick_all() {
+  std::lock_guard lock(threads_mutex_);
+  for (size_t i = 0; i < vcpus_.size() && i < threads_.size(); ++i) {
+    vcpus_[i]->request_immediate_exit();
+    ::pthread_kill(threads_[i].native_handle(), kKickSignal);
+  }
+}
+
+void Vm::pause() {
+  std::unique_lock lock(mutex_);
+  if (target_ != RunState::Running) return;
+  target_ = RunState::Paused;
+  lock.unlock();
+  kick_all();
+  lock.lock();
+  cv_.wait(lock, [&] { return parked_ == threads_.size() || target_ == RunState::Stopped; });
+}
+
+void Vm::resume() {
+  {
+    std::lock_guard lock(mutex_);
+    if (target_ == RunState::Paused) target_ = RunState::Running;
+  }
+  cv_.notify_all();
+}
+
+void Vm::park(Vcpu& vcpu) {
+  // Complete a pending PIO/MMIO exit before the vCPU is considered paused (KVM API, KVM_RUN:
+  // "enter KVM_RUN with immediate_exit set so that pending operations complete").
+  vcpu.request_immediate_exit();
+  (void)vcpu.run();
+  vcpu.clear_immediate_exit();
+  std::unique_lock lock(mutex_);
+  ++parked_;
+  cv_.notify_all();
+  cv_.wait(lock, [&] { return target_ != RunState::Paused; });
+  --parked_;
+}
+
+void Vm::vcpu_thread(Vcpu& vcpu) {
+  sigset_t unblock;
+  sigemptyset(&unblock);
+  sigaddset(&unblock, kKickSignal);
+  ::pthread_sigmask(SIG_UNBLOCK, &unblock, nullptr);
+
+  for (;;) {
+    if (stopping_) return;
+    {
+      std::unique_lock lock(mutex_);
+      if (target_ == RunState::Paused) {
+        lock.unlock();
+        park(vcpu);
+        continue;
+      }
+    }
+    auto ran = vcpu.run();
+    if (!ran) {
+      request_stop(StopInfo{.reason = devices::StopReason::Error, .status = 0, .message = ran.error().message()});
+      return;
+    }
+    if (!*ran) {  // EINTR / EAGAIN: a kick, a signal, or an AP leaving wait-for-SIPI
+      vcpu.clear_immediate_exit();
+      continue;
+    }
+    ExitOutcome out = handle_exit(vcpu.run_area(), vcpu.run_size(), buses_);
+    if (out.stop) {
+      if (out.reason == devices::StopReason::Error || out.reason == devices::StopReason::TripleFault) {
+        if (auto regs = vcpu.get_regs()) out.message += fmt::format(" (vCPU {} RIP {:#x})", vcpu.index(), regs->rip);
+      }
+      request_stop(StopInfo{.reason = out.reason, .status = 0, .message = std::move(out.message)});
+      return;
+    }
+  }
+}
+
+StopInfo Vm::run() {
+  waiter_ = ::pthread_self();
+  have_waiter_ = true;
+  // Block the waited signals here too, in case block_signals() was not called first.
+  sigset_t set = waited_signals();
+  ::pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  install_kick_handler();
+
+  {
+    // kick_all() may run on a vCPU thread while later threads are still being started.
+    std::lock_guard lock(threads_mutex_);
+    threads_.reserve(vcpus_.size());
+    for (auto& v : vcpus_) threads_.emplace_back([this, &v] { vcpu_thread(*v); });
+  }
+  for (;;) {
+    {
+      std::lock_guard lock(mutex_);
+      if (stop_) break;
+    }
+    int sig = 0;
+    if (::sigwait(&set, &sig) != 0) continue;
+    if (sig == SIGINT || sig == SIGTERM) {
+      request_stop(StopInfo{.reason = devices::StopReason::Signal, .status = static_cast<uint32_t>(sig), .message = {}});
+    }
+  }
+  for (auto& t : threads_) t.join();
+  {
+    std::lock_guard lock(threads_mutex_);
+    threads_.clear();
+  }
+  have_waiter_ = false;
+  std::lock_guard lock(mutex_);
+  return *stop_;
+}
+
+}  // namespace vmm

@@ -1,0 +1,108 @@
+// One virtual machine: the KVM VM fd, guest memory, in-kernel interrupt controllers, buses, and
+// one thread per vCPU running a small state machine (Running, Paused, Stopped) around
+// handle_exit().
+#pragma once
+
+#include <pthread.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "devices/device.hpp"
+#include "vmm/boot/boot.hpp"
+#include "vmm/cpuid.hpp"
+#include "vmm/error.hpp"
+#include "vmm/exit_handler.hpp"
+#include "vmm/fd.hpp"
+#include "vmm/guest_memory.hpp"
+#include "vmm/kvm.hpp"
+#include "vmm/vcpu.hpp"
+
+namespace vmm {
+
+inline constexpr uint32_t kMaxVcpus = 254;  ///< xAPIC ids 0..253; 0xff is broadcast
+
+/// What a VM is made of.
+struct VmConfig {
+  uint32_t vcpus = 1;
+  CpuTemplate cpu_template = CpuTemplate::Host;
+};
+
+/// Why and how a VM stopped.
+struct StopInfo {
+  devices::StopReason reason = devices::StopReason::Error;
+  uint32_t status = 0;  ///< debug-exit value or signal number
+  std::string message;  ///< for errors: one line
+};
+
+/// Run state of the vCPUs (one target state for all of them).
+enum class RunState { Running, Paused, Stopped };
+
+class Vm final : public devices::VmControl {
+ public:
+  /// Creates the VM: memory slots first, then the in-kernel irqchip and PIT (a slot registered
+  /// after KVM_CREATE_IRQCHIP costs 6–7 ms on the hosts we measured), then the vCPUs with CPUID.
+  static Result<std::unique_ptr<Vm>> create(const Kvm& kvm, const VmConfig& config, GuestMemory memory);
+  ~Vm() override;
+
+  const GuestMemory& memory() const { return memory_; }
+  Buses& buses() { return buses_; }
+  Vcpu& vcpu(size_t i) { return *vcpus_.at(i); }
+  size_t vcpu_count() const { return vcpus_.size(); }
+  int fd() const { return vm_fd_.get(); }
+
+  /// An edge-triggered interrupt line to ISA IRQ / GSI `gsi` (KVM_IRQ_LINE).
+  std::shared_ptr<devices::IrqLine> irq_line(uint32_t gsi);
+
+  /// Sets the boot vCPU up to enter `entry` (the others wait for INIT/SIPI in the in-kernel LAPIC).
+  Result<> prepare_boot(const boot::BootEntry& entry);
+
+  /// Starts the vCPU threads and blocks until the VM stops: by a device or an exit (request_stop),
+  /// or by SIGINT/SIGTERM. Call from the thread that blocked those signals with block_signals().
+  StopInfo run();
+
+  /// Pauses every vCPU (each completes a pending I/O exit first); returns when all are paused.
+  void pause();
+  /// Resumes paused vCPUs.
+  void resume();
+
+  void request_stop(devices::StopReason reason, uint32_t status = 0) override;
+  void request_stop(StopInfo info);
+
+  /// Blocks SIGINT, SIGTERM and the internal wake-up signal in the calling thread (call early in
+  /// main(), before any thread starts, so that every thread inherits the mask).
+  static void block_signals();
+
+ private:
+  Vm(const Kvm& kvm, Fd vm_fd, GuestMemory memory) : kvm_(kvm), vm_fd_(std::move(vm_fd)), memory_(std::move(memory)) {}
+  Result<> setup_kvm(const VmConfig& config);
+  void vcpu_thread(Vcpu& vcpu);
+  void kick_all();
+  /// Called on a vCPU thread that saw a pause request: finish pending I/O, then wait.
+  void park(Vcpu& vcpu);
+
+  const Kvm& kvm_;
+  Fd vm_fd_;
+  GuestMemory memory_;
+  Buses buses_;
+  std::vector<std::unique_ptr<Vcpu>> vcpus_;
+  std::mutex threads_mutex_;  // guards threads_ against kick_all() during start-up
+  std::vector<std::thread> threads_;
+
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  RunState target_ = RunState::Running;  // guarded by mutex_
+  size_t parked_ = 0;                    // vCPUs waiting in park(); guarded by mutex_
+  std::optional<StopInfo> stop_;         // first stop request wins; guarded by mutex_
+  std::atomic<bool> stopping_{false};
+  pthread_t waiter_{};
+  std::atomic<bool> have_waiter_{false};
+};
+
+}  // namespace vmm
