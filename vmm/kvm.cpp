@@ -1,5 +1,7 @@
 #include "vmm/kvm.hpp"
 
+#include "vmm/kvm_abi.hpp"
+
 #include <fcntl.h>
 #include <sys/ioctl.h>
 
@@ -59,11 +61,10 @@ Result<Kvm> Kvm::open(const std::filesystem::path& device) {
 
   // KVM_GET_SUPPORTED_CPUID: grow the buffer until E2BIG stops.
   for (uint32_t n = 128; n <= 4096; n *= 2) {
-    std::vector<uint8_t> buf(sizeof(kvm_cpuid2) + n * sizeof(kvm_cpuid_entry2));
-    auto* cpuid = reinterpret_cast<kvm_cpuid2*>(buf.data());
-    cpuid->nent = n;
-    if (::ioctl(kvm.fd_.get(), KVM_GET_SUPPORTED_CPUID, cpuid) == 0) {
-      kvm.supported_cpuid_.assign(cpuid->entries, cpuid->entries + cpuid->nent);
+    kvm_abi::FlexBuffer<kvm_abi::Cpuid2Header, kvm_cpuid_entry2> buf(n);
+    buf.header().nent = n;
+    if (::ioctl(kvm.fd_.get(), kvm_abi::kGetSupportedCpuid, buf.data()) == 0) {
+      kvm.supported_cpuid_.assign(buf.elements(), buf.elements() + std::min(buf.header().nent, n));
       break;
     }
     if (errno != E2BIG) return fail("{}: KVM_GET_SUPPORTED_CPUID: {}", device.string(), errno_text(errno));
@@ -71,14 +72,13 @@ Result<Kvm> Kvm::open(const std::filesystem::path& device) {
   if (kvm.supported_cpuid_.empty()) return fail("{}: KVM_GET_SUPPORTED_CPUID returned nothing", device.string());
 
   // KVM_GET_MSR_INDEX_LIST: first call reports the count.
-  kvm_msr_list probe{};
-  probe.nmsrs = 0;
-  if (::ioctl(kvm.fd_.get(), KVM_GET_MSR_INDEX_LIST, &probe) < 0 && errno == E2BIG) {
-    std::vector<uint8_t> buf(sizeof(kvm_msr_list) + probe.nmsrs * sizeof(uint32_t));
-    auto* list = reinterpret_cast<kvm_msr_list*>(buf.data());
-    list->nmsrs = probe.nmsrs;
-    if (::ioctl(kvm.fd_.get(), KVM_GET_MSR_INDEX_LIST, list) == 0) {
-      kvm.msr_index_list_.assign(list->indices, list->indices + list->nmsrs);
+  kvm_abi::MsrListHeader probe{.nmsrs = 0};
+  if (::ioctl(kvm.fd_.get(), kvm_abi::kGetMsrIndexList, &probe) < 0 && errno == E2BIG) {
+    const uint32_t n = probe.nmsrs;
+    kvm_abi::FlexBuffer<kvm_abi::MsrListHeader, uint32_t> buf(n);
+    buf.header().nmsrs = n;
+    if (::ioctl(kvm.fd_.get(), kvm_abi::kGetMsrIndexList, buf.data()) == 0) {
+      kvm.msr_index_list_.assign(buf.elements(), buf.elements() + std::min(buf.header().nmsrs, n));
     }
   }
   return kvm;

@@ -1,5 +1,7 @@
 #include "vmm/vcpu.hpp"
 
+#include "vmm/kvm_abi.hpp"
+
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 
@@ -27,11 +29,10 @@ Result<> Vcpu::ioctl_get(unsigned long request, void* arg, const char* what) con
 }
 
 Result<> Vcpu::set_cpuid(const CpuidEntries& entries) {
-  std::vector<uint8_t> buf(sizeof(kvm_cpuid2) + entries.size() * sizeof(kvm_cpuid_entry2));
-  auto* cpuid = reinterpret_cast<kvm_cpuid2*>(buf.data());
-  cpuid->nent = static_cast<uint32_t>(entries.size());
-  std::copy(entries.begin(), entries.end(), cpuid->entries);
-  return ioctl_set(KVM_SET_CPUID2, cpuid, "KVM_SET_CPUID2");
+  kvm_abi::FlexBuffer<kvm_abi::Cpuid2Header, kvm_cpuid_entry2> buf(entries.size());
+  buf.header().nent = static_cast<uint32_t>(entries.size());
+  std::copy(entries.begin(), entries.end(), buf.elements());
+  return ioctl_set(kvm_abi::kSetCpuid2, buf.data(), "KVM_SET_CPUID2");
 }
 
 Result<kvm_regs> Vcpu::get_regs() const {
@@ -56,17 +57,11 @@ Result<kvm_lapic_state> Vcpu::get_lapic() const {
 }
 Result<> Vcpu::set_lapic(const kvm_lapic_state& lapic) { return ioctl_set(KVM_SET_LAPIC, &lapic, "KVM_SET_LAPIC"); }
 
-namespace {
-// struct kvm_msrs followed by its entries, in one buffer.
-std::vector<uint8_t> msr_buffer(size_t n) { return std::vector<uint8_t>(sizeof(kvm_msrs) + n * sizeof(kvm_msr_entry)); }
-}  // namespace
-
 Result<> Vcpu::set_msrs(std::span<const kvm_msr_entry> msrs) {
-  auto buf = msr_buffer(msrs.size());
-  auto* m = reinterpret_cast<kvm_msrs*>(buf.data());
-  m->nmsrs = static_cast<uint32_t>(msrs.size());
-  std::copy(msrs.begin(), msrs.end(), m->entries);
-  const int n = ::ioctl(fd_.get(), KVM_SET_MSRS, m);
+  kvm_abi::FlexBuffer<kvm_abi::MsrsHeader, kvm_msr_entry> buf(msrs.size());
+  buf.header().nmsrs = static_cast<uint32_t>(msrs.size());
+  std::copy(msrs.begin(), msrs.end(), buf.elements());
+  const int n = ::ioctl(fd_.get(), kvm_abi::kSetMsrs, buf.data());
   if (n < 0) return fail("vCPU {}: KVM_SET_MSRS: {}", index_, errno_text(errno));
   if (static_cast<size_t>(n) != msrs.size()) {
     return fail("vCPU {}: KVM_SET_MSRS rejected MSR {:#x}", index_, msrs[static_cast<size_t>(n)].index);
@@ -75,14 +70,14 @@ Result<> Vcpu::set_msrs(std::span<const kvm_msr_entry> msrs) {
 }
 
 Result<std::vector<kvm_msr_entry>> Vcpu::get_msrs(std::span<const uint32_t> indices) const {
-  auto buf = msr_buffer(indices.size());
-  auto* m = reinterpret_cast<kvm_msrs*>(buf.data());
-  m->nmsrs = static_cast<uint32_t>(indices.size());
-  for (size_t i = 0; i < indices.size(); ++i) m->entries[i].index = indices[i];
-  const int n = ::ioctl(fd_.get(), KVM_GET_MSRS, m);
+  kvm_abi::FlexBuffer<kvm_abi::MsrsHeader, kvm_msr_entry> buf(indices.size());
+  buf.header().nmsrs = static_cast<uint32_t>(indices.size());
+  for (size_t i = 0; i < indices.size(); ++i) buf.elements()[i].index = indices[i];
+  const int n = ::ioctl(fd_.get(), kvm_abi::kGetMsrs, buf.data());
   if (n < 0) return fail("vCPU {}: KVM_GET_MSRS: {}", index_, errno_text(errno));
   // KVM stops at the first MSR it cannot read; keep what it read.
-  return std::vector<kvm_msr_entry>(m->entries, m->entries + n);
+  const size_t got = std::min(static_cast<size_t>(n), indices.size());
+  return std::vector<kvm_msr_entry>(buf.elements(), buf.elements() + got);
 }
 
 Result<VcpuState> Vcpu::save(std::span<const uint32_t> msr_indices) const {
@@ -91,7 +86,7 @@ Result<VcpuState> Vcpu::save(std::span<const uint32_t> msr_indices) const {
   if (auto e = ioctl_get(KVM_GET_REGS, &s.regs, "KVM_GET_REGS"); !e) return std::unexpected(e.error());
   if (auto e = ioctl_get(KVM_GET_SREGS, &s.sregs, "KVM_GET_SREGS"); !e) return std::unexpected(e.error());
   if (auto e = ioctl_get(KVM_GET_FPU, &s.fpu, "KVM_GET_FPU"); !e) return std::unexpected(e.error());
-  if (auto e = ioctl_get(KVM_GET_XSAVE, s.xsave.data(), "KVM_GET_XSAVE"); !e) return std::unexpected(e.error());
+  if (auto e = ioctl_get(kvm_abi::kGetXsave, s.xsave.data(), "KVM_GET_XSAVE"); !e) return std::unexpected(e.error());
   if (auto e = ioctl_get(KVM_GET_XCRS, &s.xcrs, "KVM_GET_XCRS"); !e) return std::unexpected(e.error());
   if (auto e = ioctl_get(KVM_GET_LAPIC, &s.lapic, "KVM_GET_LAPIC"); !e) return std::unexpected(e.error());
   if (auto e = ioctl_get(KVM_GET_VCPU_EVENTS, &s.events, "KVM_GET_VCPU_EVENTS"); !e) return std::unexpected(e.error());
@@ -113,7 +108,7 @@ Result<> Vcpu::restore(const VcpuState& s) {
   if (auto e = ioctl_set(KVM_SET_SREGS, &s.sregs, "KVM_SET_SREGS"); !e) return e;
   if (auto e = ioctl_set(KVM_SET_REGS, &s.regs, "KVM_SET_REGS"); !e) return e;
   if (auto e = ioctl_set(KVM_SET_XCRS, &s.xcrs, "KVM_SET_XCRS"); !e) return e;
-  if (auto e = ioctl_set(KVM_SET_XSAVE, s.xsave.data(), "KVM_SET_XSAVE"); !e) return e;
+  if (auto e = ioctl_set(kvm_abi::kSetXsave, s.xsave.data(), "KVM_SET_XSAVE"); !e) return e;
   if (auto e = ioctl_set(KVM_SET_FPU, &s.fpu, "KVM_SET_FPU"); !e) return e;
   if (auto e = set_msrs(s.msrs); !e) return e;
   if (auto e = ioctl_set(KVM_SET_LAPIC, &s.lapic, "KVM_SET_LAPIC"); !e) return e;

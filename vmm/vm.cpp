@@ -156,7 +156,7 @@ void Vm::pause() {
   lock.unlock();
   kick_all();
   lock.lock();
-  cv_.wait(lock, [&] { return parked_ == threads_.size() || target_ == RunState::Stopped; });
+  cv_.wait(lock, [&] { return parked_ == vcpus_.size() || target_ == RunState::Stopped; });
 }
 
 void Vm::resume() {

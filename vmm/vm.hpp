@@ -68,6 +68,7 @@ class Vm final : public devices::VmControl {
   StopInfo run();
 
   /// Pauses every vCPU (each completes a pending I/O exit first); returns when all are paused.
+  /// Only while run() is running (on another thread).
   void pause();
   /// Resumes paused vCPUs.
   void resume();
