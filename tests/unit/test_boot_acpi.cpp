@@ -1,0 +1,309 @@
+// ACPI tables and the AML emitter: encodings checked against the spec (and against iasl's output
+// for the same ASL), tables parsed back from guest memory with their checksums.
+#include <doctest/doctest.h>
+
+#include <cstring>
+#include <map>
+
+#include "test_boot_helpers.hpp"
+#include "vmm/boot/acpi.hpp"
+#include "vmm/boot/acpi_tables.hpp"
+#include "vmm/boot/aml.hpp"
+#include "vmm/layout.hpp"
+
+using namespace boot_test;
+using vmm::Gpa;
+using vmm::GuestMemory;
+namespace boot = vmm::boot;
+namespace aml = vmm::boot::aml;
+namespace acpi = vmm::boot::acpi;
+namespace layout = vmm::layout;
+
+namespace {
+
+uint8_t sum(std::span<const uint8_t> b) {
+  uint8_t s = 0;
+  for (uint8_t x : b) s = static_cast<uint8_t>(s + x);
+  return s;
+}
+
+// The tables as an OS finds them: from the RSDP, through the XSDT, each checksum verified.
+struct ParsedTables {
+  acpi::Rsdp rsdp{};
+  std::vector<uint64_t> xsdt_entries;
+  std::vector<uint32_t> rsdt_entries;
+  std::map<std::string, Bytes> tables;  // by signature, whole table
+};
+
+Bytes read_table(const GuestMemory& mem, uint64_t addr) {
+  auto header = mem.read_obj<acpi::SdtHeader>(Gpa(addr));
+  REQUIRE(header);
+  const uint32_t length = header->length;
+  REQUIRE(length >= sizeof(acpi::SdtHeader));
+  Bytes table(length);
+  REQUIRE(mem.read(Gpa(addr), table));
+  INFO("table " << std::string(header->signature, 4) << " at " << addr);
+  CHECK(sum(table) == 0);
+  CHECK(addr >= layout::kAcpiStart);
+  CHECK(addr + length <= layout::kAcpiEnd);
+  return table;
+}
+
+ParsedTables parse(const GuestMemory& mem, uint64_t rsdp_addr) {
+  ParsedTables out;
+  auto rsdp = mem.read_obj<acpi::Rsdp>(Gpa(rsdp_addr));
+  REQUIRE(rsdp);
+  out.rsdp = *rsdp;
+  CHECK(std::memcmp(rsdp->signature, "RSD PTR ", 8) == 0);
+  CHECK(val(rsdp->revision) == 2);
+  CHECK(val(rsdp->length) == 36);
+  Bytes raw(36);
+  REQUIRE(mem.read(Gpa(rsdp_addr), raw));
+  CHECK(sum(std::span(raw).first(20)) == 0);
+  CHECK(sum(raw) == 0);
+
+  const Bytes xsdt = read_table(mem, rsdp->xsdt_address);
+  REQUIRE(std::memcmp(xsdt.data(), "XSDT", 4) == 0);
+  for (size_t at = sizeof(acpi::SdtHeader); at + 8 <= xsdt.size(); at += 8) {
+    out.xsdt_entries.push_back(get_at<uint64_t>(xsdt, at));
+  }
+  const Bytes rsdt = read_table(mem, rsdp->rsdt_address);
+  REQUIRE(std::memcmp(rsdt.data(), "RSDT", 4) == 0);
+  for (size_t at = sizeof(acpi::SdtHeader); at + 4 <= rsdt.size(); at += 4) {
+    out.rsdt_entries.push_back(get_at<uint32_t>(rsdt, at));
+  }
+  for (uint64_t addr : out.xsdt_entries) {
+    Bytes t = read_table(mem, addr);
+    out.tables[std::string(t.begin(), t.begin() + 4)] = std::move(t);
+  }
+  return out;
+}
+
+// Counts MADT entries by type, checking every entry's length stays inside the table.
+std::map<uint8_t, std::vector<Bytes>> madt_entries(const Bytes& madt) {
+  std::map<uint8_t, std::vector<Bytes>> out;
+  size_t at = sizeof(acpi::MadtHeader);
+  while (at + 2 <= madt.size()) {
+    const uint8_t type = madt[at];
+    const uint8_t len = madt[at + 1];
+    REQUIRE(len >= 2);
+    REQUIRE(at + len <= madt.size());
+    out[type].emplace_back(madt.begin() + at, madt.begin() + at + len);
+    at += len;
+  }
+  CHECK(at == madt.size());
+  return out;
+}
+
+GuestMemory memory() {
+  auto m = GuestMemory::anonymous(8 << 20);
+  REQUIRE(m);
+  return std::move(*m);
+}
+
+}  // namespace
+
+// ---- AML ----------------------------------------------------------------------------------------
+
+TEST_CASE("boot: AML PkgLength encodings at every size boundary") {
+  CHECK(aml::pkg_length(0) == Bytes{0x01});
+  CHECK(aml::pkg_length(62) == Bytes{0x3f});
+  CHECK(aml::pkg_length(63) == Bytes{0x41, 0x04});         // total 65 = 0x041
+  CHECK(aml::pkg_length(4093) == Bytes{0x4f, 0xff});       // total 0xfff: the largest 2-byte form
+  CHECK(aml::pkg_length(4094) == Bytes{0x81, 0x00, 0x01});  // total 0x1001
+  CHECK(aml::pkg_length((1u << 20) - 4) == Bytes{0x8f, 0xff, 0xff});
+  CHECK(aml::pkg_length((1u << 20) - 3) == Bytes{0xc1, 0x00, 0x00, 0x01});
+  CHECK(aml::pkg_length(aml::kMaxPkgBody).size() == 4);
+  CHECK(aml::pkg_length(aml::kMaxPkgBody + 1).empty());
+}
+
+TEST_CASE("boot: AML names, integers, strings and EISA ids") {
+  CHECK(aml::name_string("_HID") == Bytes{'_', 'H', 'I', 'D'});
+  CHECK(aml::name_string("_SB") == Bytes{'_', 'S', 'B', '_'});
+  CHECK(aml::name_string("\\_SB_") == Bytes{'\\', '_', 'S', 'B', '_'});
+  CHECK(aml::name_string("\\_SB_.COM1") == Bytes{'\\', 0x2e, '_', 'S', 'B', '_', 'C', 'O', 'M', '1'});
+  CHECK(aml::name_string("\\_SB_.PCI0.S08") ==
+        Bytes{'\\', 0x2f, 3, '_', 'S', 'B', '_', 'P', 'C', 'I', '0', 'S', '0', '8', '_'});
+  CHECK(aml::name_string("^^ABCD") == Bytes{'^', '^', 'A', 'B', 'C', 'D'});
+  CHECK(aml::name_string("\\") == Bytes{'\\', 0x00});
+  CHECK(aml::name_string("1ABC").empty());   // leading digit
+  CHECK(aml::name_string("ABCDE").empty());  // too long
+  CHECK(aml::name_string("ab").empty());     // lower case
+  CHECK(aml::name_string("A..B").empty());
+  CHECK(aml::name_string("AB.").empty());
+
+  CHECK(aml::integer(0) == Bytes{0x00});
+  CHECK(aml::integer(1) == Bytes{0x01});
+  CHECK(aml::integer(5) == Bytes{0x0a, 0x05});
+  CHECK(aml::integer(0xff) == Bytes{0x0a, 0xff});
+  CHECK(aml::integer(0x100) == Bytes{0x0b, 0x00, 0x01});
+  CHECK(aml::integer(0x12345678) == Bytes{0x0c, 0x78, 0x56, 0x34, 0x12});
+  CHECK(aml::integer(0x100000000) == Bytes{0x0e, 0, 0, 0, 0, 1, 0, 0, 0});
+  CHECK(aml::string("ab") == Bytes{0x0d, 'a', 'b', 0});
+
+  CHECK(aml::eisa_id("PNP0501") == Bytes{0x0c, 0x41, 0xd0, 0x05, 0x01});
+  CHECK(aml::eisa_id("PNP0A03") == Bytes{0x0c, 0x41, 0xd0, 0x0a, 0x03});
+  CHECK(aml::eisa_id("QEMU0002") .empty());
+  CHECK(aml::eisa_id("pnp0501").empty());
+  CHECK(aml::eisa_id("PNP05G1").empty());
+}
+
+TEST_CASE("boot: AML resource descriptors and nested terms") {
+  CHECK(aml::io_port(0x3f8, 0x3f8, 1, 8) == Bytes{0x47, 0x01, 0xf8, 0x03, 0xf8, 0x03, 0x01, 0x08});
+  CHECK(aml::irq_no_flags(4) == Bytes{0x22, 0x10, 0x00});
+  CHECK(aml::irq_no_flags(12) == Bytes{0x22, 0x00, 0x10});
+  CHECK(aml::resource_template({aml::irq_no_flags(4)}) == Bytes{0x11, 0x08, 0x0a, 0x05, 0x22, 0x10, 0x00, 0x79, 0x00});
+  CHECK(aml::package({aml::integer(5), aml::integer(0)}) == Bytes{0x12, 0x05, 0x02, 0x0a, 0x05, 0x00});
+  CHECK(aml::device("DEV0", Bytes{}) == Bytes{0x5b, 0x82, 0x05, 'D', 'E', 'V', '0'});
+  // A large body switches the PkgLength to two bytes and stays consistent.
+  const Bytes big(100, 0xa3);
+  const Bytes s = aml::scope("ABCD", big);
+  REQUIRE(s.size() == 1 + 2 + 4 + 100);
+  CHECK(s[0] == 0x10);
+  CHECK((s[1] >> 6) == 1);
+  CHECK(((s[1] & 0x0f) | (s[2] << 4)) == 2 + 4 + 100);
+}
+
+TEST_CASE("boot: DSDT AML is what iasl emits for _S5_ and COM1") {
+  // iasl 20200925 compiles
+  //   Name (_S5, Package () { 5, 0 })
+  //   Scope (\_SB) { Device (COM1) { Name (_HID, EisaId ("PNP0501")) Name (_UID, One)
+  //     Name (_CRS, ResourceTemplate () { IO (Decode16, 0x3F8, 0x3F8, 1, 8) IRQNoFlags () {4} }) } }
+  // to these bytes, except that it writes the root-relative "_SB_" where we write "\_SB_".
+  const Bytes want = {
+      0x08, 0x5f, 0x53, 0x35, 0x5f, 0x12, 0x05, 0x02, 0x0a, 0x05, 0x00,                    // Name(_S5_, ...)
+      0x10, 0x33, 0x5c, 0x5f, 0x53, 0x42, 0x5f,                                            // Scope(\_SB_)
+      0x5b, 0x82, 0x2b, 0x43, 0x4f, 0x4d, 0x31,                                            // Device(COM1)
+      0x08, 0x5f, 0x48, 0x49, 0x44, 0x0c, 0x41, 0xd0, 0x05, 0x01,                          // _HID PNP0501
+      0x08, 0x5f, 0x55, 0x49, 0x44, 0x01,                                                  // _UID One
+      0x08, 0x5f, 0x43, 0x52, 0x53, 0x11, 0x10, 0x0a, 0x0d,                                // _CRS Buffer(13)
+      0x47, 0x01, 0xf8, 0x03, 0xf8, 0x03, 0x01, 0x08, 0x22, 0x10, 0x00, 0x79, 0x00,        // IO, IRQ, End
+  };
+  CHECK(boot::dsdt_aml({.vcpus = 1}) == want);
+  // The S5 sleep type is the one the sleep-control device expects.
+  CHECK(want[9] == layout::kAcpiS5SleepType);
+}
+
+// ---- Tables -------------------------------------------------------------------------------------
+
+TEST_CASE("boot: ACPI checksum") {
+  CHECK(boot::acpi_checksum(Bytes{}) == 0);
+  CHECK(boot::acpi_checksum(Bytes{1, 2, 3}) == 0xfa);
+  Bytes b = {0x80, 0x80, 0x00};
+  CHECK(boot::acpi_checksum(b) == 0);
+  b = pattern(1000);
+  b.push_back(boot::acpi_checksum(b));
+  CHECK(sum(b) == 0);
+}
+
+TEST_CASE("boot: ACPI tables refuse 0 or more than 254 vCPUs and oversized DSDT AML") {
+  auto zero = boot::build_acpi_tables({.vcpus = 0});
+  REQUIRE_FALSE(zero);
+  CHECK(zero.error().message().find("0 vCPUs") != std::string::npos);
+  auto many = boot::build_acpi_tables({.vcpus = 255});
+  REQUIRE_FALSE(many);
+  CHECK(many.error().message().find("1 to 254") != std::string::npos);
+  const Bytes huge(0x20000, 0);
+  auto big = boot::build_acpi_tables({.vcpus = 1, .extra_dsdt_aml = huge});
+  REQUIRE_FALSE(big);
+  CHECK(big.error().message().find("ACPI tables need") != std::string::npos);
+}
+
+TEST_CASE("boot: ACPI RSDP, XSDT and RSDT point at FADT and MADT with valid checksums") {
+  auto mem = memory();
+  auto rsdp = boot::write_acpi_tables(mem, {.vcpus = 2});
+  REQUIRE_MESSAGE(rsdp, rsdp.error().message());
+  CHECK(*rsdp == layout::kAcpiStart);
+  CHECK(*rsdp % 16 == 0);
+  const ParsedTables t = parse(mem, *rsdp);
+  CHECK(std::string(t.rsdp.oem_id, 6) == "VMMCPP");
+  REQUIRE(t.xsdt_entries.size() == 2);
+  REQUIRE(t.rsdt_entries.size() == 2);
+  CHECK(t.rsdt_entries[0] == t.xsdt_entries[0]);
+  CHECK(t.rsdt_entries[1] == t.xsdt_entries[1]);
+  CHECK(t.tables.contains("FACP"));
+  CHECK(t.tables.contains("APIC"));
+}
+
+TEST_CASE("boot: ACPI FADT is hardware-reduced with reset and sleep registers, and points at the DSDT") {
+  auto mem = memory();
+  auto rsdp = boot::write_acpi_tables(mem, {.vcpus = 1});
+  REQUIRE(rsdp);
+  const ParsedTables t = parse(mem, *rsdp);
+  const Bytes& raw = t.tables.at("FACP");
+  REQUIRE(raw.size() == sizeof(acpi::Fadt));
+  acpi::Fadt f;
+  std::memcpy(&f, raw.data(), sizeof f);
+  CHECK(val(f.header.revision) == 6);
+  CHECK(val(f.minor_version) == 4);
+  CHECK((val(f.flags) & acpi::kFadtHwReducedAcpi) != 0);
+  CHECK((val(f.flags) & acpi::kFadtResetRegSup) != 0);
+  CHECK(val(f.reset_reg.space_id) == acpi::kGasSystemIo);
+  CHECK(val(f.reset_reg.bit_width) == 8);
+  CHECK(val(f.reset_reg.address) == layout::kAcpiResetPort);
+  CHECK(val(f.reset_value) == layout::kAcpiResetValue);
+  CHECK(val(f.sleep_control_reg.space_id) == acpi::kGasSystemIo);
+  CHECK(val(f.sleep_control_reg.bit_width) == 8);
+  CHECK(val(f.sleep_control_reg.access_size) == acpi::kGasAccessByte);
+  CHECK(val(f.sleep_control_reg.address) == layout::kAcpiSleepControlPort);
+  CHECK(val(f.sleep_status_reg.address) == layout::kAcpiSleepStatusPort);
+  CHECK(val(f.sleep_status_reg.space_id) == acpi::kGasSystemIo);
+  CHECK((val(f.iapc_boot_arch) & acpi::kIapc8042) != 0);
+  CHECK(val(f.sci_int) == 0);
+  CHECK(val(f.pm1a_cnt_blk) == 0);
+  CHECK(std::string(f.hypervisor_vendor_id, 8) == "VMMKVM  ");
+
+  const Bytes dsdt = read_table(mem, f.x_dsdt);
+  CHECK(std::memcmp(dsdt.data(), "DSDT", 4) == 0);
+  CHECK(val(f.dsdt) == val(f.x_dsdt));
+  CHECK(Bytes(dsdt.begin() + sizeof(acpi::SdtHeader), dsdt.end()) == boot::dsdt_aml({.vcpus = 1}));
+}
+
+TEST_CASE("boot: ACPI MADT lists one enabled local APIC per vCPU (1, 4, 254) and the IOAPIC") {
+  for (uint32_t vcpus : {1u, 4u, 254u}) {
+    CAPTURE(vcpus);
+    auto mem = memory();
+    auto rsdp = boot::write_acpi_tables(mem, {.vcpus = vcpus});
+    REQUIRE(rsdp);
+    const ParsedTables t = parse(mem, *rsdp);
+    const Bytes& madt = t.tables.at("APIC");
+    acpi::MadtHeader h;
+    std::memcpy(&h, madt.data(), sizeof h);
+    CHECK(val(h.local_apic_address) == layout::kLapicAddr);
+    CHECK(val(h.header.revision) == 5);
+    auto entries = madt_entries(madt);
+    REQUIRE(entries[0].size() == vcpus);
+    for (uint32_t i = 0; i < vcpus; ++i) {
+      const Bytes& e = entries[0][i];
+      REQUIRE(e.size() == 8);
+      CHECK(e[2] == i);  // ACPI processor UID
+      CHECK(e[3] == i);  // APIC id
+      CHECK(get_at<uint32_t>(e, 4) == acpi::kMadtLapicEnabled);
+    }
+    REQUIRE(entries[1].size() == 1);
+    const Bytes& io = entries[1][0];
+    REQUIRE(io.size() == 12);
+    CHECK(get_at<uint32_t>(io, 4) == layout::kIoapicAddr);
+    CHECK(get_at<uint32_t>(io, 8) == 0);  // GSI base
+    CHECK(entries[2].empty());            // no interrupt source overrides: GSI n = IRQ n under KVM
+    REQUIRE(entries[4].size() == 1);      // LINT1 = NMI on all processors
+    CHECK(entries[4][0][2] == 0xff);
+    CHECK(entries[4][0][5] == 1);
+  }
+}
+
+TEST_CASE("boot: ACPI extra DSDT AML is appended") {
+  const Bytes extra = aml::scope("\\_SB_", aml::device("VGEN", aml::name("_HID", aml::string("VMGENCTR"))));
+  auto tables = boot::build_acpi_tables({.vcpus = 1, .extra_dsdt_aml = extra});
+  REQUIRE(tables);
+  const Bytes body = boot::dsdt_aml({.vcpus = 1, .extra_dsdt_aml = extra});
+  REQUIRE(body.size() > extra.size());
+  CHECK(Bytes(body.end() - static_cast<long>(extra.size()), body.end()) == extra);
+  auto mem = memory();
+  REQUIRE(mem.write(Gpa(tables->base), tables->bytes));
+  const ParsedTables t = parse(mem, tables->rsdp);
+  acpi::Fadt f;
+  std::memcpy(&f, t.tables.at("FACP").data(), sizeof f);
+  const Bytes dsdt = read_table(mem, f.x_dsdt);
+  CHECK(Bytes(dsdt.begin() + sizeof(acpi::SdtHeader), dsdt.end()) == body);
+}

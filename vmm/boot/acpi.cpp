@@ -1,0 +1,221 @@
+#include "vmm/boot/acpi.hpp"
+
+#include <array>
+#include <cstring>
+#include <numeric>
+
+#include "vmm/boot/acpi_tables.hpp"
+#include "vmm/boot/aml.hpp"
+#include "vmm/layout.hpp"
+
+namespace vmm::boot {
+
+namespace {
+
+using namespace acpi;
+
+constexpr char kOemId[6] = {'V', 'M', 'M', 'C', 'P', 'P'};
+constexpr char kCreatorId[4] = {'V', 'M', 'M', ' '};
+constexpr char kHypervisorVendor[8] = {'V', 'M', 'M', 'K', 'V', 'M', ' ', ' '};
+constexpr uint32_t kOemRevision = 1;
+constexpr uint32_t kCreatorRevision = 1;
+constexpr size_t kTableAlign = 16;
+
+// Table revisions for ACPI 6.4.
+constexpr uint8_t kRsdpRevision = 2;
+constexpr uint8_t kFadtRevision = 6;
+constexpr uint8_t kFadtMinorVersion = 4;
+constexpr uint8_t kMadtRevision = 5;
+constexpr uint8_t kXsdtRevision = 1;
+constexpr uint8_t kRsdtRevision = 1;
+constexpr uint8_t kDsdtRevision = 2;  // 2 and up: AML integers are 64-bit
+
+SdtHeader make_header(const char (&signature)[5], const char (&table_id)[9], uint8_t revision, size_t length) {
+  SdtHeader h{};
+  std::memcpy(h.signature, signature, 4);
+  h.length = static_cast<uint32_t>(length);
+  h.revision = revision;
+  std::memcpy(h.oem_id, kOemId, sizeof h.oem_id);
+  std::memcpy(h.oem_table_id, table_id, 8);
+  h.oem_revision = kOemRevision;
+  std::memcpy(h.creator_id, kCreatorId, sizeof h.creator_id);
+  h.creator_revision = kCreatorRevision;
+  return h;
+}
+
+Gas io_byte_register(uint16_t port) {
+  return Gas{.space_id = kGasSystemIo, .bit_width = 8, .bit_offset = 0, .access_size = kGasAccessByte,
+             .address = port};
+}
+
+// Appends raw bytes to the image.
+template <typename T>
+void put(std::vector<uint8_t>& out, const T& value) {
+  const auto* p = reinterpret_cast<const uint8_t*>(&value);
+  out.insert(out.end(), p, p + sizeof value);
+}
+
+// Builds tables into one image; each table starts 16-byte aligned and gets its checksum last.
+class ImageBuilder {
+ public:
+  explicit ImageBuilder(uint64_t base) : base_(base) {}
+
+  // Reserves `size` zero bytes at the next aligned offset; returns the offset.
+  size_t reserve(size_t size) {
+    bytes_.resize((bytes_.size() + kTableAlign - 1) / kTableAlign * kTableAlign);
+    const size_t at = bytes_.size();
+    bytes_.resize(at + size);
+    return at;
+  }
+  // Adds one SDT (header already inside `table`), fixes its checksum; returns its GPA.
+  uint64_t add_table(std::vector<uint8_t> table) {
+    table[offsetof(SdtHeader, checksum)] = 0;
+    table[offsetof(SdtHeader, checksum)] = acpi_checksum(table);
+    const size_t at = reserve(table.size());
+    std::memcpy(bytes_.data() + at, table.data(), table.size());
+    return base_ + at;
+  }
+  std::vector<uint8_t>& bytes() { return bytes_; }
+
+ private:
+  uint64_t base_;
+  std::vector<uint8_t> bytes_;
+};
+
+std::vector<uint8_t> build_fadt(uint64_t dsdt) {
+  Fadt f{};
+  f.header = make_header("FACP", "VMMFACP ", kFadtRevision, sizeof(Fadt));
+  // Hardware-reduced (ACPI 6.4 §4.1): no PM1/GPE blocks, no SCI, no FACS. Reset and sleep go
+  // through the byte-wide I/O registers of layout.hpp.
+  f.dsdt = static_cast<uint32_t>(dsdt);  // below 1 MiB: the 32-bit field may carry it too
+  f.x_dsdt = dsdt;
+  f.flags = kFadtHwReducedAcpi | kFadtResetRegSup | kFadtPwrButton | kFadtSlpButton;
+  f.iapc_boot_arch = kIapcLegacyDevices | kIapc8042 | kIapcVgaNotPresent | kIapcPcieAspmControls;
+  f.reset_reg = io_byte_register(layout::kAcpiResetPort);
+  f.reset_value = layout::kAcpiResetValue;
+  f.minor_version = kFadtMinorVersion;
+  f.sleep_control_reg = io_byte_register(layout::kAcpiSleepControlPort);
+  f.sleep_status_reg = io_byte_register(layout::kAcpiSleepStatusPort);
+  std::memcpy(f.hypervisor_vendor_id, kHypervisorVendor, sizeof f.hypervisor_vendor_id);
+  std::vector<uint8_t> out;
+  put(out, f);
+  return out;
+}
+
+std::vector<uint8_t> build_madt(uint32_t vcpus) {
+  const size_t length = sizeof(MadtHeader) + sizeof(MadtIoApic) + vcpus * sizeof(MadtLocalApic) +
+                        sizeof(MadtLocalApicNmi);
+  MadtHeader h{};
+  h.header = make_header("APIC", "VMMMADT ", kMadtRevision, length);
+  h.local_apic_address = static_cast<uint32_t>(layout::kLapicAddr);
+  h.flags = kMadtPcatCompat;
+  std::vector<uint8_t> out;
+  put(out, h);
+  // One Processor Local APIC per vCPU: UID = APIC id = index, enabled (§5.2.12.2). KVM gives
+  // vCPU n the APIC id n.
+  for (uint32_t i = 0; i < vcpus; ++i) {
+    put(out, MadtLocalApic{.processor_uid = static_cast<uint8_t>(i), .apic_id = static_cast<uint8_t>(i),
+                           .flags = kMadtLapicEnabled});
+  }
+  // KVM's in-kernel IOAPIC (id 0 after reset), 24 pins from GSI 0. KVM's default GSI routing sends
+  // GSI n to IOAPIC pin n (and ISA IRQ n < 16 to the PICs too), the in-kernel PIT raises GSI 0:
+  // ISA IRQs map 1:1 to GSIs, so there is no Interrupt Source Override (as in Firecracker).
+  put(out, MadtIoApic{.ioapic_id = 0, .address = static_cast<uint32_t>(layout::kIoapicAddr), .gsi_base = 0});
+  // LINT1 of every local APIC is the NMI input (x86_boot programs it so).
+  put(out, MadtLocalApicNmi{});
+  return out;
+}
+
+std::vector<uint8_t> build_xsdt(std::span<const uint64_t> tables) {
+  std::vector<uint8_t> out;
+  put(out, make_header("XSDT", "VMMXSDT ", kXsdtRevision, sizeof(SdtHeader) + tables.size() * 8));
+  for (uint64_t t : tables) put(out, t);
+  return out;
+}
+
+std::vector<uint8_t> build_rsdt(std::span<const uint64_t> tables) {
+  std::vector<uint8_t> out;
+  put(out, make_header("RSDT", "VMMRSDT ", kRsdtRevision, sizeof(SdtHeader) + tables.size() * 4));
+  for (uint64_t t : tables) put(out, static_cast<uint32_t>(t));
+  return out;
+}
+
+}  // namespace
+
+uint8_t acpi_checksum(std::span<const uint8_t> bytes) {
+  const uint8_t sum = std::accumulate(bytes.begin(), bytes.end(), uint8_t{0},
+                                      [](uint8_t a, uint8_t b) { return static_cast<uint8_t>(a + b); });
+  return static_cast<uint8_t>(0x100 - sum);
+}
+
+std::vector<uint8_t> dsdt_aml(const AcpiConfig& config) {
+  using namespace aml;
+  // \_S5_: SLP_TYPa, SLP_TYPb. A hardware-reduced OSPM writes (SLP_TYPa << 2) | SLP_EN to the
+  // sleep control register (ACPI 6.4 §7.4, \_Sx objects; SLEEP_CONTROL_REG in §5.2.9).
+  Bytes out = name("_S5_", package({integer(layout::kAcpiS5SleepType), integer(0)}));
+  // COM1: 16550-compatible UART (PNP0501) at 0x3F8, 8 ports, ISA IRQ 4 (edge, active high).
+  const Bytes com1 = concat({
+      name("_HID", eisa_id("PNP0501")),
+      name("_UID", integer(1)),
+      name("_CRS", resource_template({io_port(layout::kCom1Port, layout::kCom1Port, 1, 8),
+                                      irq_no_flags(static_cast<uint8_t>(layout::kCom1Irq))})),
+  });
+  const Bytes sb = device("COM1", com1);
+  const Bytes sb_scope = scope("\\_SB_", sb);
+  out.insert(out.end(), sb_scope.begin(), sb_scope.end());
+  out.insert(out.end(), config.extra_dsdt_aml.begin(), config.extra_dsdt_aml.end());
+  return out;
+}
+
+Result<AcpiTables> build_acpi_tables(const AcpiConfig& config) {
+  if (config.vcpus == 0 || config.vcpus > kMaxVcpus) {
+    return fail("{} vCPUs: the ACPI MADT describes 1 to {} (xAPIC ids)", config.vcpus, kMaxVcpus);
+  }
+  ImageBuilder image(layout::kAcpiStart);
+  const size_t rsdp_at = image.reserve(sizeof(Rsdp));  // first: 16-byte aligned at 0xE0000
+
+  std::vector<uint8_t> dsdt;
+  put(dsdt, make_header("DSDT", "VMMDSDT ", kDsdtRevision, 0));
+  const auto body = dsdt_aml(config);
+  dsdt.insert(dsdt.end(), body.begin(), body.end());
+  const uint32_t dsdt_len = static_cast<uint32_t>(std::min<size_t>(dsdt.size(), UINT32_MAX));
+  std::memcpy(dsdt.data() + offsetof(SdtHeader, length), &dsdt_len, sizeof dsdt_len);
+
+  const uint64_t dsdt_addr = image.add_table(std::move(dsdt));
+  const uint64_t fadt_addr = image.add_table(build_fadt(dsdt_addr));
+  const uint64_t madt_addr = image.add_table(build_madt(config.vcpus));
+  const std::array<uint64_t, 2> tables = {fadt_addr, madt_addr};
+  const uint64_t xsdt_addr = image.add_table(build_xsdt(tables));
+  const uint64_t rsdt_addr = image.add_table(build_rsdt(tables));
+
+  auto& bytes = image.bytes();
+  if (bytes.size() > layout::kAcpiEnd - layout::kAcpiStart) {
+    return fail("ACPI tables need {:#x} bytes, more than the {:#x} reserved at {:#x}", bytes.size(),
+                layout::kAcpiEnd - layout::kAcpiStart, layout::kAcpiStart);
+  }
+
+  Rsdp rsdp{};
+  std::memcpy(rsdp.signature, "RSD PTR ", 8);
+  std::memcpy(rsdp.oem_id, kOemId, sizeof rsdp.oem_id);
+  rsdp.revision = kRsdpRevision;
+  rsdp.rsdt_address = static_cast<uint32_t>(rsdt_addr);
+  rsdp.length = sizeof(Rsdp);
+  rsdp.xsdt_address = xsdt_addr;
+  auto* raw = reinterpret_cast<uint8_t*>(&rsdp);
+  rsdp.checksum = acpi_checksum(std::span<const uint8_t>(raw, kRsdpV1Length));
+  rsdp.extended_checksum = acpi_checksum(std::span<const uint8_t>(raw, sizeof rsdp));
+  std::memcpy(bytes.data() + rsdp_at, &rsdp, sizeof rsdp);
+
+  return AcpiTables{.base = layout::kAcpiStart, .rsdp = layout::kAcpiStart + rsdp_at, .bytes = std::move(bytes)};
+}
+
+Result<uint64_t> write_acpi_tables(const GuestMemory& memory, const AcpiConfig& config) {
+  auto tables = build_acpi_tables(config);
+  if (!tables) return std::unexpected(tables.error());
+  if (auto r = memory.write(Gpa(tables->base), tables->bytes); !r) {
+    return std::unexpected(r.error().context("writing ACPI tables"));
+  }
+  return tables->rsdp;
+}
+
+}  // namespace vmm::boot
