@@ -1,0 +1,57 @@
+// 8250/16550A UART (COM1): transmit to a host sink, receive from the host through a FIFO, with
+// THR-empty and data-ready interrupts (National Semiconductor PC16550D datasheet).
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <vector>
+
+#include "devices/device.hpp"
+
+namespace vmm::devices {
+
+class Serial final : public BusDevice {
+ public:
+  /// Receives transmitted bytes (called with the device lock held: must not call back in).
+  using Sink = std::function<void(std::span<const uint8_t>)>;
+  static constexpr size_t kRxFifoSize = 64;
+
+  /// Register state, for snapshots.
+  struct State {
+    uint8_t ier = 0, iir = 0x01, lcr = 0x03, mcr = 0x08, lsr = 0x60, msr = 0xb0, scr = 0, dll = 0x0c, dlm = 0;
+    bool thre_pending = false;
+    std::vector<uint8_t> rx;
+  };
+
+  Serial(std::shared_ptr<IrqLine> irq, Sink sink) : irq_(std::move(irq)), sink_(std::move(sink)) {}
+
+  void read(uint64_t offset, std::span<uint8_t> data) override;
+  void write(uint64_t offset, std::span<const uint8_t> data) override;
+  std::string_view name() const override { return "serial-8250"; }
+
+  /// Queues host input; returns how many bytes fit (the rest is back-pressure). Thread-safe.
+  size_t enqueue_input(std::span<const uint8_t> bytes);
+  /// True if the RX FIFO has room.
+  bool can_accept() const;
+
+  State save() const;
+  void restore(const State& s);
+
+ private:
+  uint8_t read_reg(uint64_t offset);
+  void write_reg(uint64_t offset, uint8_t value);
+  /// Recomputes IIR; returns true if an interrupt became pending.
+  bool update_iir();
+
+  std::shared_ptr<IrqLine> irq_;
+  Sink sink_;
+  mutable std::mutex mutex_;
+  State s_;
+  std::deque<uint8_t> rx_;
+};
+
+}  // namespace vmm::devices

@@ -1,0 +1,151 @@
+/* The vmm test guest: prints a banner with its vCPU count (from the ACPI MADT), runs the scenario
+ * named by the first command-line word, and exits through the debug-exit port 0xf4 (QEMU
+ * isa-debug-exit convention). Ring-0 code is emulated on some hosts: keep the work tiny. */
+#include <stdint.h>
+
+#define COM1 0x3f8
+#define DEBUG_EXIT 0xf4
+
+void triple_fault(void);
+
+static inline void outb(uint16_t port, uint8_t v) { __asm__ volatile("outb %0, %1" ::"a"(v), "Nd"(port)); }
+static inline void outl(uint16_t port, uint32_t v) { __asm__ volatile("outl %0, %1" ::"a"(v), "Nd"(port)); }
+static inline uint8_t inb(uint16_t port) {
+  uint8_t v;
+  __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
+  return v;
+}
+
+/* ---- serial: poll THRE once per 16 bytes (the 16550 FIFO depth) ---- */
+static unsigned tx_budget;
+static void putc_(char c) {
+  if (tx_budget == 0) {
+    while (!(inb(COM1 + 5) & 0x20)) __asm__ volatile("pause");
+    tx_budget = 16;
+  }
+  outb(COM1, (uint8_t)c);
+  tx_budget--;
+}
+static void puts_(const char* s) {
+  while (*s) putc_(*s++);
+}
+static void putu(unsigned v) {
+  char buf[12];
+  int i = 0;
+  do buf[i++] = (char)('0' + v % 10); while ((v /= 10) && i < 11);
+  while (i) putc_(buf[--i]);
+}
+
+static void guest_exit(uint32_t status) {
+  outl(DEBUG_EXIT, status);
+  for (;;) __asm__ volatile("cli; hlt");
+}
+
+/* ---- ACPI: count enabled processors in the MADT (ACPI 6.4 §5.2.12) ---- */
+static int sig_eq(const volatile uint8_t* p, const char* s, int n) {
+  for (int i = 0; i < n; i++)
+    if (p[i] != (uint8_t)s[i]) return 0;
+  return 1;
+}
+static uint32_t rd32(const volatile uint8_t* p) { return p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24; }
+static uint64_t rd64(const volatile uint8_t* p) { return rd32(p) | (uint64_t)rd32(p + 4) << 32; }
+
+static const volatile uint8_t* find_rsdp(uint64_t hint) {
+  if (hint) return (const volatile uint8_t*)hint;
+  for (uint64_t a = 0xe0000; a < 0x100000; a += 16)  /* only when the loader gave no hint */
+    if (sig_eq((const volatile uint8_t*)a, "RSD PTR ", 8)) return (const volatile uint8_t*)a;
+  return 0;
+}
+
+static unsigned count_cpus(uint64_t rsdp_hint) {
+  const volatile uint8_t* rsdp = find_rsdp(rsdp_hint);
+  if (!rsdp || !sig_eq(rsdp, "RSD PTR ", 8)) return 1;
+  int xsdt = rsdp[15] >= 2 && rd64(rsdp + 24);
+  const volatile uint8_t* sdt = (const volatile uint8_t*)(xsdt ? rd64(rsdp + 24) : rd32(rsdp + 16));
+  uint32_t len = rd32(sdt + 4), step = xsdt ? 8 : 4;
+  if (len < 36 || len > 0x10000) return 1;
+  for (uint32_t off = 36; off + step <= len; off += step) {
+    const volatile uint8_t* t = (const volatile uint8_t*)(xsdt ? rd64(sdt + off) : rd32(sdt + off));
+    if (!sig_eq(t, "APIC", 4)) continue;
+    uint32_t tlen = rd32(t + 4), n = 0;
+    if (tlen > 0x10000) return 1;
+    for (uint32_t e = 44; e + 2 <= tlen;) {
+      uint8_t type = t[e], elen = t[e + 1];
+      if (elen < 2) break;
+      if (type == 0 && elen >= 8 && (t[e + 4] & 1)) n++;
+      if (type == 9 && elen >= 16 && (t[e + 8] & 1)) n++;
+      e += elen;
+    }
+    return n ? n : 1;
+  }
+  return 1;
+}
+
+/* ---- scenarios ---- */
+static void echo(void) {
+  char line[257];
+  unsigned n = 0;
+  for (;;) {
+    while (!(inb(COM1 + 5) & 0x01)) __asm__ volatile("pause");
+    char c = (char)inb(COM1);
+    if (c != '\n' && c != '\r') {
+      if (n < 256) line[n++] = c;
+      continue;
+    }
+    if (n == 0) continue;
+    line[n] = 0;
+    if (n == 4 && sig_eq((const uint8_t*)line, "quit", 4)) {
+      puts_("echo: bye\n");
+      guest_exit(0);
+    }
+    puts_("echo: ");
+    puts_(line);
+    putc_('\n');
+    n = 0;
+  }
+}
+
+static int streq(const char* a, const char* b) {
+  while (*a && *a == *b) a++, b++;
+  return *a == *b;
+}
+
+void guest_main(uint32_t start_info) {
+  const volatile uint8_t* si = (const volatile uint8_t*)(uint64_t)start_info;
+  char scenario[64] = "hello";
+  uint64_t rsdp = 0;
+  if (si && rd32(si) == 0x336ec578) {
+    rsdp = rd64(si + 32);
+    const volatile char* cmd = (const volatile char*)rd64(si + 24);
+    /* First word without '=' is the scenario. */
+    while (cmd && *cmd) {
+      while (*cmd == ' ') cmd++;
+      const volatile char* w = cmd;
+      int has_eq = 0, len = 0;
+      while (*cmd && *cmd != ' ') has_eq |= *cmd++ == '=', len++;
+      if (len && !has_eq) {
+        if (len > 63) len = 63;
+        for (int i = 0; i < len; i++) scenario[i] = w[i];
+        scenario[len] = 0;
+        break;
+      }
+    }
+  }
+  unsigned cpus = count_cpus(rsdp);
+  puts_("vmm-testguest: ready cpus=");
+  putu(cpus);
+  puts_(" scenario=");
+  puts_(scenario);
+  putc_('\n');
+
+  if (streq(scenario, "hello")) guest_exit(0);
+  if (streq(scenario, "echo")) echo();
+  if (streq(scenario, "fault")) {
+    puts_("fault: triple faulting now\n");
+    triple_fault();
+  }
+  puts_("unknown scenario: ");
+  puts_(scenario);
+  putc_('\n');
+  guest_exit(2);
+}

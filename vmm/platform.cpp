@@ -1,0 +1,59 @@
+#include "vmm/platform.hpp"
+
+#include "devices/console.hpp"
+#include "devices/legacy.hpp"
+#include "devices/serial.hpp"
+#include "vmm/layout.hpp"
+
+namespace vmm {
+
+namespace {
+
+/// Presents a device at a fixed offset (e.g. i8042's command port 0x64 as offset 4).
+class OffsetDevice final : public devices::BusDevice {
+ public:
+  OffsetDevice(std::shared_ptr<devices::BusDevice> inner, uint64_t offset) : inner_(std::move(inner)), offset_(offset) {}
+  void read(uint64_t o, std::span<uint8_t> d) override { inner_->read(o + offset_, d); }
+  void write(uint64_t o, std::span<const uint8_t> d) override { inner_->write(o + offset_, d); }
+  std::string_view name() const override { return inner_->name(); }
+
+ private:
+  std::shared_ptr<devices::BusDevice> inner_;
+  uint64_t offset_;
+};
+
+class LegacyPlatform final : public Platform {
+ public:
+  std::unique_ptr<devices::Console> console;
+  std::shared_ptr<devices::Serial> serial;
+  void shutdown() override {
+    if (console) console->shutdown();
+  }
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Platform>> attach_platform(Vm& vm, std::string_view console_spec) {
+  auto spec = devices::parse_console_spec(console_spec);
+  if (!spec) return std::unexpected(spec.error());
+  auto console = devices::Console::open(*spec);
+  if (!console) return std::unexpected(console.error());
+  auto p = std::make_unique<LegacyPlatform>();
+  p->console = std::move(*console);
+  devices::Console* out = p->console.get();
+  p->serial = std::make_shared<devices::Serial>(vm.irq_line(layout::kCom1Irq),
+                                                [out](std::span<const uint8_t> b) { out->write(b); });
+  auto& pio = vm.buses().pio;
+  auto i8042 = std::make_shared<devices::I8042>(vm);
+  Result<> r = pio.insert(p->serial, layout::kCom1Port, 8);
+  if (r) r = pio.insert(i8042, layout::kI8042DataPort, 1);
+  if (r) r = pio.insert(std::make_shared<OffsetDevice>(i8042, 4), layout::kI8042CommandPort, 1);
+  if (r) r = pio.insert(std::make_shared<devices::Rtc>(), layout::kRtcPort, 2);
+  if (r) r = pio.insert(std::make_shared<devices::DebugExit>(vm), layout::kDebugExitPort, 4);
+  if (r) r = pio.insert(std::make_shared<devices::AcpiPm>(vm), layout::kAcpiSleepControlPort, 3);
+  if (!r) return std::unexpected(r.error());
+  p->console->start_input(p->serial);
+  return std::unique_ptr<Platform>(std::move(p));
+}
+
+}  // namespace vmm
