@@ -57,6 +57,7 @@ static const volatile uint8_t* find_rsdp(uint64_t hint) {
   return 0;
 }
 
+static uint8_t apic_ids[256];
 static unsigned count_cpus(uint64_t rsdp_hint) {
   const volatile uint8_t* rsdp = find_rsdp(rsdp_hint);
   if (!rsdp || !sig_eq(rsdp, "RSD PTR ", 8)) return 1;
@@ -72,11 +73,12 @@ static unsigned count_cpus(uint64_t rsdp_hint) {
     for (uint32_t e = 44; e + 2 <= tlen;) {
       uint8_t type = t[e], elen = t[e + 1];
       if (elen < 2) break;
-      if (type == 0 && elen >= 8 && (t[e + 4] & 1)) n++;
-      if (type == 9 && elen >= 16 && (t[e + 8] & 1)) n++;
+      if (type == 0 && elen >= 8 && (t[e + 4] & 1) && n < 256) apic_ids[n++] = t[e + 3];
+      if (type == 9 && elen >= 16 && (t[e + 8] & 1) && n < 256) apic_ids[n++] = (uint8_t)rd32(t + e + 4);
       e += elen;
     }
-    return n ? n : 1;
+    if (!n) apic_ids[n++] = 0;
+    return n;
   }
   return 1;
 }
@@ -103,6 +105,53 @@ static void echo(void) {
     putc_('\n');
     n = 0;
   }
+}
+
+/* ---- smp: INIT-SIPI-SIPI through the xAPIC (Intel SDM vol. 3A §8.4.4) ---- */
+#define LAPIC 0xfee00000ul
+extern char tramp_start[], tramp_end[];
+static volatile unsigned alive = 1, print_lock;
+static void lock_(void) {
+  while (__atomic_exchange_n(&print_lock, 1, __ATOMIC_ACQUIRE)) __asm__ volatile("pause");
+}
+static void unlock_(void) { __atomic_store_n(&print_lock, 0, __ATOMIC_RELEASE); }
+static uint32_t lapic_read(unsigned reg) { return *(volatile uint32_t*)(LAPIC + reg); }
+static void lapic_write(unsigned reg, uint32_t v) { *(volatile uint32_t*)(LAPIC + reg) = v; }
+static void send_ipi(uint8_t apic, uint32_t low) {
+  lapic_write(0x310, (uint32_t)apic << 24);
+  lapic_write(0x300, low);
+  for (unsigned i = 0; i < 100000 && (lapic_read(0x300) & (1u << 12)); i++) __asm__ volatile("pause");
+}
+
+void ap_main(void) {
+  unsigned id = lapic_read(0x20) >> 24;
+  lock_();
+  puts_("cpu ");
+  putu(id);
+  puts_(" alive\n");
+  unlock_();
+  __atomic_add_fetch(&alive, 1, __ATOMIC_SEQ_CST);
+}
+
+static void smp(unsigned cpus) {
+  volatile uint8_t* dst = (volatile uint8_t*)0x8000;
+  for (char* p = tramp_start; p < tramp_end; p++) *dst++ = (uint8_t)*p;
+  uint8_t bsp = (uint8_t)(lapic_read(0x20) >> 24);
+  for (unsigned i = 0; i < cpus; i++) {
+    if (apic_ids[i] == bsp) continue;
+    unsigned before = alive;
+    send_ipi(apic_ids[i], 0x4500);         /* INIT */
+    send_ipi(apic_ids[i], 0x4600 | 0x08);  /* SIPI → 0x8000 */
+    for (unsigned long n = 0; n < 20000000ul && alive == before; n++) __asm__ volatile("pause");
+  }
+  lock_();
+  puts_("smp: ");
+  putu(alive);
+  putc_('/');
+  putu(cpus);
+  puts_(" cpus alive\n");
+  unlock_();
+  guest_exit(alive == cpus ? 0 : 1);
 }
 
 static int streq(const char* a, const char* b) {
@@ -140,6 +189,7 @@ void guest_main(uint32_t start_info) {
 
   if (streq(scenario, "hello")) guest_exit(0);
   if (streq(scenario, "echo")) echo();
+  if (streq(scenario, "smp")) smp(cpus);
   if (streq(scenario, "fault")) {
     puts_("fault: triple faulting now\n");
     triple_fault();

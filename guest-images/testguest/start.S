@@ -44,6 +44,64 @@ long_mode:
     hlt
     jmp 1b
 
+/* AP start-up: real-mode code copied to 0x8000 (SIPI vector 0x08) at run time. It uses absolute
+ * addresses inside its own copy (0x8000 + offset) and the image's page tables. */
+    .code16
+    .globl tramp_start, tramp_end
+tramp_start:
+    cli
+    xor %ax, %ax
+    mov %ax, %ds
+    lgdtl (0x8000 + tramp_gdt_desc - tramp_start)
+    mov %cr0, %eax
+    or $1, %eax
+    mov %eax, %cr0
+    ljmpl $0x18, $(0x8000 + tramp32 - tramp_start)
+    .code32
+tramp32:
+    mov $0x10, %ax
+    mov %ax, %ds
+    mov %ax, %ss
+    mov $pml4, %eax
+    mov %eax, %cr3
+    mov %cr4, %eax
+    or $0x20, %eax
+    mov %eax, %cr4
+    mov $0xc0000080, %ecx
+    rdmsr
+    or $0x100, %eax
+    wrmsr
+    mov %cr0, %eax
+    or $0x80000000, %eax
+    mov %eax, %cr0
+    ljmp $0x08, $ap_long
+    .p2align 3
+tramp_gdt:
+    .quad 0
+    .quad 0x00af9a000000ffff        /* 0x08: 64-bit code */
+    .quad 0x00cf92000000ffff        /* 0x10: data */
+    .quad 0x00cf9a000000ffff        /* 0x18: 32-bit code */
+tramp_gdt_desc:
+    .word 31
+    .long 0x8000 + tramp_gdt - tramp_start
+tramp_end:
+
+    .code64
+ap_long:
+    mov $0x10, %ax
+    mov %ax, %ds
+    mov %ax, %es
+    mov %ax, %ss
+    mov $1, %eax
+    lock xadd %eax, ap_next_stack(%rip)
+    shl $11, %rax                   /* 2 KiB per AP */
+    lea ap_stacks(%rip), %rsp
+    add %rax, %rsp
+    call ap_main
+2:  cli
+    hlt
+    jmp 2b
+
     .globl triple_fault
 triple_fault:
     lidt null_idt(%rip)
@@ -80,8 +138,13 @@ pd:
     .set i, i + 1
     .endr
 
+ap_next_stack:
+    .long 1
+
     .section .bss
     .p2align 4
+ap_stacks:
+    .space 2048 * 256
     .globl stack_top
     .space 16384
 stack_top:
