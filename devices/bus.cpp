@@ -17,14 +17,15 @@ constexpr size_t kMaxLogged = 256;
 Result<> Bus::insert(std::shared_ptr<BusDevice> device, uint64_t base, uint64_t len) {
   if (!device) return fail("{} bus: null device", name_);
   if (len == 0) return fail("{} bus: {} at {:#x} has zero length", name_, device->name(), base);
-  if (base + len < base) return fail("{} bus: {} range {:#x}+{:#x} overflows", name_, device->name(), base, len);
+  if (len - 1 > UINT64_MAX - base) return fail("{} bus: {} range {:#x}+{:#x} overflows", name_, device->name(), base, len);
   auto it = std::lower_bound(ranges_.begin(), ranges_.end(), base, [](const Range& r, uint64_t b) { return r.base < b; });
-  if (it != ranges_.end() && it->base < base + len) {
+  const uint64_t last = base + (len - 1);  // inclusive: a range may end exactly at 2^64
+  if (it != ranges_.end() && it->base <= last) {
     return fail("{} bus: {} range {:#x}+{:#x} overlaps {}", name_, device->name(), base, len, it->device->name());
   }
   if (it != ranges_.begin()) {
     const Range& prev = *(it - 1);
-    if (prev.base + prev.len > base) {
+    if (prev.base + (prev.len - 1) >= base) {
       return fail("{} bus: {} range {:#x}+{:#x} overlaps {}", name_, device->name(), base, len, prev.device->name());
     }
   }

@@ -18,7 +18,7 @@ class Bus {
  public:
   explicit Bus(std::string_view name) : name_(name) {}
 
-  /// Adds a device at [base, base+len). Rejects len 0, ranges that wrap past 2^64, and overlaps.
+  /// Adds a device at [base, base+len). Rejects len 0, ranges that wrap past 2^64 (ending exactly at 2^64 is fine), and overlaps.
   Result<> insert(std::shared_ptr<BusDevice> device, uint64_t base, uint64_t len);
 
   /// Dispatches a read. Returns false if no device claims `addr` (data is then filled with 0xff and
