@@ -16,15 +16,21 @@ static inline uint8_t inb(uint16_t port) {
   return v;
 }
 
-/* ---- serial: poll THRE once per 16 bytes (the 16550 FIFO depth) ---- */
-static unsigned tx_budget;
+/* ---- serial: bytes are collected and sent 16 at a time (the 16550 FIFO depth) with one
+ * `rep outsb` after THRE, so a line costs one or a few VM exits instead of one per byte. ---- */
+static char tx_buf[16];
+static unsigned tx_len;
+static void flush_(void) {
+  if (!tx_len) return;
+  while (!(inb(COM1 + 5) & 0x20)) __asm__ volatile("pause");
+  const char* p = tx_buf;
+  unsigned long n = tx_len;
+  __asm__ volatile("rep outsb" : "+S"(p), "+c"(n) : "d"((uint16_t)COM1) : "memory");
+  tx_len = 0;
+}
 static void putc_(char c) {
-  if (tx_budget == 0) {
-    while (!(inb(COM1 + 5) & 0x20)) __asm__ volatile("pause");
-    tx_budget = 16;
-  }
-  outb(COM1, (uint8_t)c);
-  tx_budget--;
+  tx_buf[tx_len++] = c;
+  if (c == '\n' || tx_len == sizeof tx_buf) flush_();
 }
 static void puts_(const char* s) {
   while (*s) putc_(*s++);
@@ -37,6 +43,7 @@ static void putu(unsigned v) {
 }
 
 static void guest_exit(uint32_t status) {
+  flush_();
   outl(DEBUG_EXIT, status);
   for (;;) __asm__ volatile("cli; hlt");
 }
