@@ -33,6 +33,7 @@ enum class StopReason {
   Reset,        ///< i8042 reset line or the ACPI reset register
   DebugExit,    ///< a write to the debug-exit port; `status` holds the value written
   TripleFault,  ///< KVM_EXIT_SHUTDOWN
+  Panic,        ///< the guest kernel reported a panic through pvpanic
   Signal,       ///< SIGINT / SIGTERM to the VMM
   Error,        ///< a VMM or KVM failure
 };

@@ -113,6 +113,16 @@ void DebugExit::write(uint64_t offset, std::span<const uint8_t> data) {
   vm_.request_stop(StopReason::DebugExit, v);
 }
 
+// ---- pvpanic ------------------------------------------------------------------------------------
+void PvPanic::read(uint64_t, std::span<uint8_t> data) {
+  std::fill(data.begin(), data.end(), 0);
+  if (!data.empty()) data[0] = kPanicked;
+}
+
+void PvPanic::write(uint64_t offset, std::span<const uint8_t> data) {
+  if (offset == 0 && !data.empty() && (data[0] & kPanicked)) vm_.request_stop(StopReason::Panic, data[0]);
+}
+
 // ---- ACPI PM ------------------------------------------------------------------------------------
 void AcpiPm::read(uint64_t, std::span<uint8_t> data) { std::fill(data.begin(), data.end(), 0); }
 

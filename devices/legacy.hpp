@@ -56,6 +56,20 @@ class DebugExit final : public BusDevice {
   VmControl& vm_;
 };
 
+/// QEMU's pvpanic ISA device (docs/specs/pvpanic.rst in QEMU): a read returns the events supported
+/// (bit 0 PANICKED); a write of PANICKED stops the VM with StopReason::Panic.
+class PvPanic final : public BusDevice {
+ public:
+  static constexpr uint8_t kPanicked = 1u << 0;
+  explicit PvPanic(VmControl& vm) : vm_(vm) {}
+  void read(uint64_t, std::span<uint8_t> data) override;
+  void write(uint64_t offset, std::span<const uint8_t> data) override;
+  std::string_view name() const override { return "pvpanic"; }
+
+ private:
+  VmControl& vm_;
+};
+
 /// ACPI hardware-reduced registers (ACPI 6.4 §4.8.3.7–4.8.3.8, FADT RESET_REG): offset 0 sleep
 /// control, 1 sleep status, 2 reset.
 class AcpiPm final : public BusDevice {

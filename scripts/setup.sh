@@ -8,6 +8,7 @@ packages=(
   liburing-dev libfmt-dev doctest-dev libcli11-dev linux-libc-dev
   qemu-system-x86 qemu-utils
   python3 procps iproute2 kmod
+  busybox-static cpio e2fsprogs zstd xz-utils
 )
 
 missing=()

@@ -19,7 +19,8 @@ constexpr uint64_t kMaxMemory = 1ull << 40;
 void print_error(const std::string& message) { fmt::print(stderr, "vmm: error: {}\n", message); }
 
 /// Validates what CLI11 cannot; returns an error message or nothing.
-std::optional<std::string> validate(RunOptions& o, const std::string& memory_text, const std::string& cpu_template) {
+std::optional<std::string> validate(RunOptions& o, const std::string& memory_text, const std::string& cpu_template,
+                                    const std::string& console) {
   auto mem = parse_size(memory_text);
   if (!mem) return fmt::format("--memory: {}", mem.error().message());
   if (*mem < kMinMemory) return fmt::format("--memory {}: at least 4 MiB is needed", memory_text);
@@ -32,6 +33,9 @@ std::optional<std::string> validate(RunOptions& o, const std::string& memory_tex
   auto tmpl = parse_cpu_template(cpu_template);
   if (!tmpl) return fmt::format("--cpu-template: {}", tmpl.error().message());
   o.cpu_template = *tmpl;
+  auto spec = devices::parse_console_spec(console);
+  if (!spec) return spec.error().message();
+  o.console = *spec;
   return std::nullopt;
 }
 
@@ -45,6 +49,7 @@ int main(int argc, char** argv) {
   RunOptions opts;
   std::string memory_text = "256M";
   std::string cpu_template = "host";
+  std::string console = "stdio";
   std::string kvm_device = Kvm::default_device().string();
   auto* run = app.add_subcommand("run", "Boot a guest kernel and run it until it stops");
   run->add_option("--kernel", opts.kernel, "Kernel: PVH ELF, ELF vmlinux or bzImage")->required();
@@ -53,14 +58,14 @@ int main(int argc, char** argv) {
   run->add_option("--memory", memory_text, "Guest RAM, e.g. 256M, 2G (a bare number means MiB)")
       ->capture_default_str();
   run->add_option("--cpus", opts.vcpus, "Number of vCPUs (1-254)")->capture_default_str();
-  run->add_option("--console", opts.console, "Serial console: stdio, file:PATH or none")->capture_default_str();
+  run->add_option("--console", console, "Serial console: stdio, file:PATH or none")->capture_default_str();
   run->add_option("--cpu-template", cpu_template, "CPU template: host or baseline")->capture_default_str();
   run->add_option("--kvm-device", kvm_device, "KVM device node (default: $VMM_KVM_DEVICE or /dev/kvm)")
       ->capture_default_str();
   run->footer(
       "Exit status: (v << 1) | 1 when the guest writes v to the debug-exit port 0xf4; 0 on guest power-off "
       "or reset; 2 bad usage; 4 KVM unavailable; 6 kernel/initrd load error; 8 guest triple fault; "
-      "10 other VMM error; 12 stopped by SIGINT/SIGTERM.");
+      "10 other VMM error; 12 stopped by SIGINT/SIGTERM; 14 guest kernel panic (pvpanic).");
 
   try {
     app.parse(argc, argv);
@@ -81,7 +86,7 @@ int main(int argc, char** argv) {
   }
 
   if (run->parsed()) {
-    if (auto err = validate(opts, memory_text, cpu_template)) {
+    if (auto err = validate(opts, memory_text, cpu_template, console)) {
       print_error(*err);
       return exit_code::kUsage;
     }

@@ -6,6 +6,7 @@
 #include <optional>
 #include <string>
 
+#include "devices/console.hpp"
 #include "vmm/cpuid.hpp"
 
 namespace vmm::cli {
@@ -17,7 +18,7 @@ struct RunOptions {
   std::string cmdline;
   uint64_t memory = 256ull << 20;
   uint32_t vcpus = 1;
-  std::string console = "stdio";
+  devices::ConsoleSpec console;
   CpuTemplate cpu_template = CpuTemplate::Host;
   std::filesystem::path kvm_device;
 };

@@ -13,6 +13,7 @@ inline constexpr int kImage = 6;         ///< kernel or initrd could not be load
 inline constexpr int kTripleFault = 8;   ///< the guest triple-faulted (KVM_EXIT_SHUTDOWN)
 inline constexpr int kVmmError = 10;     ///< any other VMM or KVM failure (e.g. an emulation failure)
 inline constexpr int kSignal = 12;       ///< stopped by SIGINT or SIGTERM
+inline constexpr int kGuestPanic = 14;   ///< the guest kernel panicked (pvpanic device)
 
 /// Process status for a debug-exit write of `value`.
 constexpr int debug_exit(uint32_t value) { return static_cast<int>(((value << 1) | 1) & 0xff); }

@@ -37,6 +37,8 @@ inline constexpr uint32_t kCom1Irq = 4;
 inline constexpr uint16_t kI8042DataPort = 0x60;
 inline constexpr uint16_t kI8042CommandPort = 0x64;
 inline constexpr uint16_t kRtcPort = 0x70;  ///< CMOS index (0x70) and data (0x71)
+inline constexpr uint16_t kPvPanicPort = 0x505;  ///< QEMU pvpanic ISA port (ACPI QEMU0001), 1 byte
+inline constexpr uint16_t kPciConfigAddressPort = 0xcf8;  ///< PCI configuration mechanism #1, 8 ports
 inline constexpr uint16_t kDebugExitPort = 0xf4;  ///< QEMU isa-debug-exit convention, 4 bytes
 /// ACPI hardware-reduced registers (FADT): sleep control, sleep status, reset; one byte each.
 inline constexpr uint16_t kAcpiSleepControlPort = 0x600;

@@ -2,6 +2,7 @@
 
 #include "devices/console.hpp"
 #include "devices/legacy.hpp"
+#include "devices/pci.hpp"
 #include "devices/serial.hpp"
 #include "vmm/layout.hpp"
 
@@ -26,6 +27,8 @@ class LegacyPlatform final : public Platform {
  public:
   std::unique_ptr<devices::Console> console;
   std::shared_ptr<devices::Serial> serial;
+  std::shared_ptr<devices::PciRoot> pci = std::make_shared<devices::PciRoot>();
+  devices::PciRoot& pci_root() override { return *pci; }
   void shutdown() override {
     if (console) console->shutdown();
   }
@@ -33,13 +36,9 @@ class LegacyPlatform final : public Platform {
 
 }  // namespace
 
-Result<std::unique_ptr<Platform>> attach_platform(Vm& vm, std::string_view console_spec) {
-  auto spec = devices::parse_console_spec(console_spec);
-  if (!spec) return std::unexpected(spec.error());
-  auto console = devices::Console::open(*spec);
-  if (!console) return std::unexpected(console.error());
+Result<std::unique_ptr<Platform>> attach_platform(Vm& vm, std::unique_ptr<devices::Console> console) {
   auto p = std::make_unique<LegacyPlatform>();
-  p->console = std::move(*console);
+  p->console = std::move(console);
   devices::Console* out = p->console.get();
   p->serial = std::make_shared<devices::Serial>(vm.irq_line(layout::kCom1Irq),
                                                 [out](std::span<const uint8_t> b) { out->write(b); });
@@ -51,6 +50,8 @@ Result<std::unique_ptr<Platform>> attach_platform(Vm& vm, std::string_view conso
   if (r) r = pio.insert(std::make_shared<devices::Rtc>(), layout::kRtcPort, 2);
   if (r) r = pio.insert(std::make_shared<devices::DebugExit>(vm), layout::kDebugExitPort, 4);
   if (r) r = pio.insert(std::make_shared<devices::AcpiPm>(vm), layout::kAcpiSleepControlPort, 3);
+  if (r) r = pio.insert(std::make_shared<devices::PvPanic>(vm), layout::kPvPanicPort, 1);
+  if (r) r = pio.insert(p->pci, layout::kPciConfigAddressPort, 8);
   if (!r) return std::unexpected(r.error());
   p->console->start_input(p->serial);
   return std::unique_ptr<Platform>(std::move(p));

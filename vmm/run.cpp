@@ -24,8 +24,13 @@ int exit_status(const StopInfo& stop) {
   using devices::StopReason;
   switch (stop.reason) {
     case StopReason::PowerOff:
-    case StopReason::Reset:
       return exit_code::kOk;
+    case StopReason::Reset:
+      fmt::print(stderr, "vmm: guest reset; exiting\n");
+      return exit_code::kOk;
+    case StopReason::Panic:
+      fmt::print(stderr, "vmm: guest panicked (pvpanic event {:#x})\n", stop.status);
+      return exit_code::kGuestPanic;
     case StopReason::DebugExit:
       return exit_code::debug_exit(stop.status);
     case StopReason::TripleFault:
@@ -43,21 +48,27 @@ int exit_status(const StopInfo& stop) {
 }  // namespace
 
 int run_vm(const RunOptions& o) {
-  auto kvm = Kvm::open(o.kvm_device);
-  if (!kvm) return report(exit_code::kKvm, kvm.error().message());
-
+  // Images are loaded into guest memory before KVM is touched: a bad kernel or initrd is reported as
+  // such on any machine, and nothing about the VM depends on the order.
   auto memory = GuestMemory::anonymous(o.memory);
   if (!memory) return report(exit_code::kVmmError, memory.error().message());
+
+  auto entry = boot::load(*memory, boot::BootConfig{.kernel = o.kernel, .initrd = o.initrd,
+                                                    .cmdline = o.cmdline, .vcpus = o.vcpus});
+  if (!entry) return report(exit_code::kImage, entry.error().message());
+
+  // The console's output file is opened before KVM too: a bad path is a usage error anywhere.
+  auto console = devices::Console::open(o.console);
+  if (!console) return report(exit_code::kUsage, console.error().message());
+
+  auto kvm = Kvm::open(o.kvm_device);
+  if (!kvm) return report(exit_code::kKvm, kvm.error().message());
 
   auto vm = Vm::create(*kvm, VmConfig{.vcpus = o.vcpus, .cpu_template = o.cpu_template}, std::move(*memory));
   if (!vm) return report(exit_code::kVmmError, vm.error().message());
 
-  auto entry = boot::load((*vm)->memory(), boot::BootConfig{.kernel = o.kernel, .initrd = o.initrd,
-                                                            .cmdline = o.cmdline, .vcpus = o.vcpus});
-  if (!entry) return report(exit_code::kImage, entry.error().message());
-
-  auto platform = attach_platform(**vm, o.console);
-  if (!platform) return report(exit_code::kUsage, platform.error().message());
+  auto platform = attach_platform(**vm, std::move(*console));
+  if (!platform) return report(exit_code::kVmmError, platform.error().message());
 
   if (auto r = (*vm)->prepare_boot(*entry); !r) return report(exit_code::kVmmError, r.error().message());
 

@@ -5,10 +5,12 @@
 #
 # usage: expect.sh [--status N] [--out REGEX]... [--err REGEX]... [--no-out REGEX]...
 #                  [--stdin TEXT] [--timeout SEC] [--stop-on REGEX] [--stop-signal SIG]
-#                  [--one-line-err] [--out-file PATH --file-out REGEX] -- command args...
+#                  [--one-line-err] [--out-file PATH --file-out REGEX] [--needs-kvm] -- command args...
+# --needs-kvm: on a machine whose /dev/kvm (or $VMM_KVM_DEVICE) is not usable, print why and exit 77
+# (CTest's SKIP_RETURN_CODE); the nested lane (ctest -L linux) runs the guest scenarios there.
 set -u
 status="" timeout=60 stdin_text="" have_stdin=0 stop_on="" stop_signal=TERM one_line_err=0
-out_file="" outs=() errs=() no_outs=() file_outs=()
+out_file="" needs_kvm=0 outs=() errs=() no_outs=() file_outs=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --status) status=$2; shift 2 ;;
@@ -22,11 +24,20 @@ while [[ $# -gt 0 ]]; do
     --one-line-err) one_line_err=1; shift ;;
     --out-file) out_file=$2; shift 2 ;;
     --file-out) file_outs+=("$2"); shift 2 ;;
+    --needs-kvm) needs_kvm=1; shift ;;
     --) shift; break ;;
     *) echo "expect.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
 [[ $# -gt 0 ]] || { echo "expect.sh: no command" >&2; exit 2; }
+
+if ((needs_kvm)); then
+  dev=${VMM_KVM_DEVICE:-/dev/kvm}
+  if [[ ! -c $dev || ! -r $dev || ! -w $dev ]]; then
+    echo "SKIP: $dev is not usable on this machine (the nested lane covers this: ctest -L linux)"
+    exit 77
+  fi
+fi
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

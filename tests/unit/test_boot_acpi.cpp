@@ -164,24 +164,41 @@ TEST_CASE("boot: AML resource descriptors and nested terms") {
   CHECK(((s[1] & 0x0f) | (s[2] << 4)) == 2 + 4 + 100);
 }
 
-TEST_CASE("boot: DSDT AML is what iasl emits for _S5_ and COM1") {
-  // iasl 20200925 compiles
+TEST_CASE("boot: DSDT AML is what iasl emits for _S5_, COM1, the RTC and pvpanic") {
+  // iasl 20200925 (Debian acpica-tools) compiles
   //   Name (_S5, Package () { 5, 0 })
-  //   Scope (\_SB) { Device (COM1) { Name (_HID, EisaId ("PNP0501")) Name (_UID, One)
-  //     Name (_CRS, ResourceTemplate () { IO (Decode16, 0x3F8, 0x3F8, 1, 8) IRQNoFlags () {4} }) } }
-  // to these bytes, except that it writes the root-relative "_SB_" where we write "\_SB_".
+  //   Scope (\_SB) {
+  //     Device (COM1) { Name (_HID, EisaId ("PNP0501")) Name (_UID, One)
+  //       Name (_CRS, ResourceTemplate () { IO (Decode16, 0x3F8, 0x3F8, 1, 8) IRQNoFlags () {4} }) }
+  //     Device (RTC_) { Name (_HID, EisaId ("PNP0B00"))
+  //       Name (_CRS, ResourceTemplate () { IO (Decode16, 0x70, 0x70, 1, 2) }) }
+  //     Device (PEVT) { Name (_HID, "QEMU0001") Name (_STA, 0x0F)
+  //       Name (_CRS, ResourceTemplate () { IO (Decode16, 0x505, 0x505, 1, 1) }) } }
+  // to these bytes, except that it writes the root-relative "_SB_" where we write "\_SB_" (one byte
+  // more in the scope's PkgLength).
   const Bytes want = {
       0x08, 0x5f, 0x53, 0x35, 0x5f, 0x12, 0x05, 0x02, 0x0a, 0x05, 0x00,                    // Name(_S5_, ...)
-      0x10, 0x33, 0x5c, 0x5f, 0x53, 0x42, 0x5f,                                            // Scope(\_SB_)
+      0x10, 0x48, 0x08, 0x5c, 0x5f, 0x53, 0x42, 0x5f,                                      // Scope(\_SB_)
       0x5b, 0x82, 0x2b, 0x43, 0x4f, 0x4d, 0x31,                                            // Device(COM1)
       0x08, 0x5f, 0x48, 0x49, 0x44, 0x0c, 0x41, 0xd0, 0x05, 0x01,                          // _HID PNP0501
       0x08, 0x5f, 0x55, 0x49, 0x44, 0x01,                                                  // _UID One
       0x08, 0x5f, 0x43, 0x52, 0x53, 0x11, 0x10, 0x0a, 0x0d,                                // _CRS Buffer(13)
       0x47, 0x01, 0xf8, 0x03, 0xf8, 0x03, 0x01, 0x08, 0x22, 0x10, 0x00, 0x79, 0x00,        // IO, IRQ, End
+      0x5b, 0x82, 0x22, 0x52, 0x54, 0x43, 0x5f,                                            // Device(RTC_)
+      0x08, 0x5f, 0x48, 0x49, 0x44, 0x0c, 0x41, 0xd0, 0x0b, 0x00,                          // _HID PNP0B00
+      0x08, 0x5f, 0x43, 0x52, 0x53, 0x11, 0x0d, 0x0a, 0x0a,                                // _CRS Buffer(10)
+      0x47, 0x01, 0x70, 0x00, 0x70, 0x00, 0x01, 0x02, 0x79, 0x00,                          // IO, End
+      0x5b, 0x82, 0x2e, 0x50, 0x45, 0x56, 0x54,                                            // Device(PEVT)
+      0x08, 0x5f, 0x48, 0x49, 0x44, 0x0d, 0x51, 0x45, 0x4d, 0x55, 0x30, 0x30, 0x30, 0x31, 0x00,  // _HID
+      0x08, 0x5f, 0x53, 0x54, 0x41, 0x0a, 0x0f,                                            // _STA 0x0F
+      0x08, 0x5f, 0x43, 0x52, 0x53, 0x11, 0x0d, 0x0a, 0x0a,                                // _CRS Buffer(10)
+      0x47, 0x01, 0x05, 0x05, 0x05, 0x05, 0x01, 0x01, 0x79, 0x00,                          // IO, End
   };
   CHECK(boot::dsdt_aml({.vcpus = 1}) == want);
-  // The S5 sleep type is the one the sleep-control device expects.
+  // The S5 sleep type is the one the sleep-control device expects; the ports are the layout's.
   CHECK(want[9] == layout::kAcpiS5SleepType);
+  CHECK(layout::kRtcPort == 0x70);
+  CHECK(layout::kPvPanicPort == 0x505);
 }
 
 // ---- Tables -------------------------------------------------------------------------------------
@@ -248,7 +265,8 @@ TEST_CASE("boot: ACPI FADT is hardware-reduced with reset and sleep registers, a
   CHECK(val(f.sleep_control_reg.address) == layout::kAcpiSleepControlPort);
   CHECK(val(f.sleep_status_reg.address) == layout::kAcpiSleepStatusPort);
   CHECK(val(f.sleep_status_reg.space_id) == acpi::kGasSystemIo);
-  CHECK((val(f.iapc_boot_arch) & acpi::kIapc8042) != 0);
+  // No 8042 flag: the i8042 model only resets; Linux must not probe it for a keyboard.
+  CHECK((val(f.iapc_boot_arch) & acpi::kIapc8042) == 0);
   CHECK(val(f.sci_int) == 0);
   CHECK(val(f.pm1a_cnt_blk) == 0);
   CHECK(std::string(f.hypervisor_vendor_id, 8) == "VMMKVM  ");

@@ -7,6 +7,7 @@
 #include "devices/bus.hpp"
 #include "devices/console.hpp"
 #include "devices/legacy.hpp"
+#include "devices/pci.hpp"
 #include "devices/serial.hpp"
 
 namespace {
@@ -190,4 +191,109 @@ TEST_CASE("devices: console spec parsing") {
   CHECK_FALSE(vmm::devices::parse_console_spec("file:"));
   CHECK_FALSE(vmm::devices::parse_console_spec("tty"));
   CHECK_FALSE(vmm::devices::parse_console_spec(""));
+}
+
+TEST_CASE("devices: pvpanic reports its capability and stops the VM on a panic event only") {
+  FakeVm vm;
+  vmm::devices::PvPanic pp(vm);
+  CHECK(rd(pp, 0) == vmm::devices::PvPanic::kPanicked);
+  wr(pp, 0, 0x02);  // crash-loaded: not advertised, ignored
+  wr(pp, 0, 0x00);
+  CHECK(vm.stops.empty());
+  wr(pp, 0, 0x01);
+  REQUIRE(vm.stops.size() == 1);
+  CHECK(vm.stops[0].first == StopReason::Panic);
+  CHECK(vm.stops[0].second == 1);
+}
+
+namespace {
+
+uint32_t rd32(vmm::devices::BusDevice& d, uint64_t off) {
+  uint32_t v = 0;
+  d.read(off, std::span(reinterpret_cast<uint8_t*>(&v), 4));
+  return v;
+}
+void wr32(vmm::devices::BusDevice& d, uint64_t off, uint32_t v) {
+  d.write(off, std::span(reinterpret_cast<const uint8_t*>(&v), 4));
+}
+uint32_t cfg_addr(unsigned bus, unsigned slot, unsigned fn, unsigned reg) {
+  return 0x80000000u | bus << 16 | slot << 11 | fn << 8 | reg;
+}
+
+struct FakeFunction final : vmm::devices::PciFunction {
+  std::array<uint32_t, 64> space{};
+  std::vector<std::pair<uint8_t, uint8_t>> writes;  // (reg, byte mask)
+  uint32_t config_read(uint8_t reg) override { return space.at(reg / 4); }
+  void config_write(uint8_t reg, uint32_t value, uint8_t mask) override {
+    writes.emplace_back(reg, mask);
+    for (unsigned i = 0; i < 4; ++i) {
+      if (mask & (1u << i)) {
+        space.at(reg / 4) = (space.at(reg / 4) & ~(0xffu << 8 * i)) | (value & (0xffu << 8 * i));
+      }
+    }
+  }
+};
+
+}  // namespace
+
+TEST_CASE("devices: PCI configuration mechanism #1 reaches the host bridge and attached functions") {
+  vmm::devices::PciRoot root;
+  // The address register keeps only its defined bits.
+  wr32(root, 0, 0xffffffff);
+  CHECK(rd32(root, 0) == 0x80fffffc);
+  // Host bridge at 00:00.0: vendor/device, class 06/00/00, header type 0.
+  wr32(root, 0, cfg_addr(0, 0, 0, 0x00));
+  CHECK(rd32(root, 4) == (uint32_t{0x0008} << 16 | 0x1b36));
+  wr32(root, 0, cfg_addr(0, 0, 0, 0x08));
+  CHECK((rd32(root, 4) >> 8) == 0x060000);
+  // Byte reads at 0xCFD-0xCFF see the right lanes of the dword.
+  wr32(root, 0, cfg_addr(0, 0, 0, 0x00));
+  CHECK(rd(root, 4) == 0x36);
+  CHECK(rd(root, 5) == 0x1b);
+  CHECK(rd(root, 6) == 0x08);
+  // The command register keeps memory/io/bus-master bits only.
+  wr32(root, 0, cfg_addr(0, 0, 0, 0x04));
+  wr32(root, 4, 0xffff);
+  CHECK(rd32(root, 4) == 0x7);
+
+  // Empty slots, other functions, other buses and a disabled address read all-ones.
+  wr32(root, 0, cfg_addr(0, 5, 0, 0));
+  CHECK(rd32(root, 4) == 0xffffffff);
+  wr32(root, 0, cfg_addr(0, 0, 1, 0));
+  CHECK(rd32(root, 4) == 0xffffffff);
+  wr32(root, 0, cfg_addr(1, 0, 0, 0));
+  CHECK(rd32(root, 4) == 0xffffffff);
+  wr32(root, 0, cfg_addr(0, 0, 0, 0) & 0x7fffffff);
+  CHECK(rd32(root, 4) == 0xffffffff);
+
+  auto fn = std::make_shared<FakeFunction>();
+  fn->space[0] = 0x10001af4;
+  CHECK(root.attach(3, fn));
+  CHECK_FALSE(root.attach(3, std::make_shared<FakeFunction>()));  // taken
+  CHECK_FALSE(root.attach(0, std::make_shared<FakeFunction>()));  // the host bridge's
+  CHECK_FALSE(root.attach(32, std::make_shared<FakeFunction>()));
+  CHECK_FALSE(root.attach(4, nullptr));
+  wr32(root, 0, cfg_addr(0, 3, 0, 0));
+  CHECK(rd32(root, 4) == 0x10001af4);
+  // A byte write at 0xCFE goes to byte 2 of the dword with the matching mask.
+  wr32(root, 0, cfg_addr(0, 3, 0, 0x10));
+  wr(root, 6, 0xab);
+  REQUIRE(fn->writes.size() == 1);
+  CHECK(fn->writes[0] == std::pair<uint8_t, uint8_t>{0x10, 0x4});
+  CHECK(fn->space[4] == 0x00ab0000);
+  // Malformed accesses: byte access to the address register, straddling the end, too wide.
+  wr(root, 0, 0x12);
+  CHECK(rd32(root, 0) == cfg_addr(0, 3, 0, 0x10));
+  CHECK(rd(root, 1) == 0xff);
+  std::array<uint8_t, 8> wide{};
+  root.read(0, wide);
+  CHECK(wide == std::array<uint8_t, 8>{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff});
+  root.write(6, std::span<const uint8_t>(wide).first(4));  // straddles 0xCFF: ignored
+  CHECK(fn->writes.size() == 1);
+
+  // The address register is saved and restored.
+  auto saved = root.save();
+  wr32(root, 0, 0);
+  root.restore(saved);
+  CHECK(rd32(root, 0) == cfg_addr(0, 3, 0, 0x10));
 }

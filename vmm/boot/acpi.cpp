@@ -90,7 +90,8 @@ std::vector<uint8_t> build_fadt(uint64_t dsdt) {
   f.dsdt = static_cast<uint32_t>(dsdt);  // below 1 MiB: the 32-bit field may carry it too
   f.x_dsdt = dsdt;
   f.flags = kFadtHwReducedAcpi | kFadtResetRegSup | kFadtPwrButton | kFadtSlpButton;
-  f.iapc_boot_arch = kIapcLegacyDevices | kIapc8042 | kIapcVgaNotPresent | kIapcPcieAspmControls;
+  // No 8042 flag: the i8042 model serves reset only, and an OS should not probe it for a keyboard.
+  f.iapc_boot_arch = kIapcLegacyDevices | kIapcVgaNotPresent | kIapcPcieAspmControls;
   f.reset_reg = io_byte_register(layout::kAcpiResetPort);
   f.reset_value = layout::kAcpiResetValue;
   f.minor_version = kFadtMinorVersion;
@@ -160,7 +161,19 @@ std::vector<uint8_t> dsdt_aml(const AcpiConfig& config) {
       name("_CRS", resource_template({io_port(layout::kCom1Port, layout::kCom1Port, 1, 8),
                                       irq_no_flags(static_cast<uint8_t>(layout::kCom1Irq))})),
   });
-  const Bytes sb = device("COM1", com1);
+  // CMOS RTC (PNP0B00) at 0x70, without an interrupt: a hardware-reduced platform has no legacy PIC
+  // to route ISA IRQ 8, and Linux's rtc_cmos then runs without alarm interrupts.
+  const Bytes rtc = concat({
+      name("_HID", eisa_id("PNP0B00")),
+      name("_CRS", resource_template({io_port(layout::kRtcPort, layout::kRtcPort, 1, 2)})),
+  });
+  // pvpanic (QEMU0001): the guest kernel writes 1 to the port when it panics.
+  const Bytes pvpanic = concat({
+      name("_HID", string("QEMU0001")),
+      name("_STA", integer(0xf)),
+      name("_CRS", resource_template({io_port(layout::kPvPanicPort, layout::kPvPanicPort, 1, 1)})),
+  });
+  const Bytes sb = concat({device("COM1", com1), device("RTC_", rtc), device("PEVT", pvpanic)});
   const Bytes sb_scope = scope("\\_SB_", sb);
   out.insert(out.end(), sb_scope.begin(), sb_scope.end());
   out.insert(out.end(), config.extra_dsdt_aml.begin(), config.extra_dsdt_aml.end());

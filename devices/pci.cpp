@@ -1,0 +1,110 @@
+#include "devices/pci.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+namespace vmm::devices {
+
+namespace {
+
+constexpr uint32_t kEnable = 1u << 31;
+constexpr uint8_t kRegCommand = 0x04;
+constexpr uint32_t kClassHostBridge = 0x060000;  // base class 06 (bridge), sub-class 00 (host)
+
+// Merges the selected bytes of `value` into `old`.
+uint32_t merge(uint32_t old, uint32_t value, uint8_t byte_mask) {
+  uint32_t mask = 0;
+  for (unsigned i = 0; i < 4; ++i) {
+    if (byte_mask & (1u << i)) mask |= 0xffu << (8 * i);
+  }
+  return (old & ~mask) | (value & mask);
+}
+
+}  // namespace
+
+uint32_t PciHostBridge::config_read(uint8_t reg) {
+  std::lock_guard lock(mutex_);
+  switch (reg) {
+    case 0x00: return uint32_t{kDevice} << 16 | kVendor;
+    case kRegCommand: return command_;  // status 0: no capabilities list
+    case 0x08: return kClassHostBridge << 8;  // revision 0
+    case 0x0c: return 0;  // header type 0, single function
+    case 0x2c: return uint32_t{kDevice} << 16 | kVendor;  // subsystem
+    default: return 0;
+  }
+}
+
+void PciHostBridge::config_write(uint8_t reg, uint32_t value, uint8_t byte_mask) {
+  if (reg != kRegCommand) return;
+  std::lock_guard lock(mutex_);
+  // Memory space, I/O space, bus master: the only command bits a host bridge keeps here.
+  command_ = static_cast<uint16_t>(merge(command_, value, byte_mask & 0x3) & 0x7);
+}
+
+PciRoot::PciRoot() { slots_[0] = std::make_shared<PciHostBridge>(); }
+
+Result<void> PciRoot::attach(unsigned slot, std::shared_ptr<PciFunction> function) {
+  if (slot >= kSlots) return fail("PCI slot {} out of range (0-{})", slot, kSlots - 1);
+  if (!function) return fail("PCI slot {}: no function", slot);
+  std::lock_guard lock(mutex_);
+  if (slots_[slot]) return fail("PCI slot {} is already in use", slot);
+  slots_[slot] = std::move(function);
+  return {};
+}
+
+PciFunction* PciRoot::selected() const {
+  if (!(address_ & kEnable)) return nullptr;
+  const uint32_t bus = (address_ >> 16) & 0xff, slot = (address_ >> 11) & 0x1f, function = (address_ >> 8) & 0x7;
+  if (bus != 0 || function != 0) return nullptr;
+  return slots_[slot].get();
+}
+
+void PciRoot::read(uint64_t offset, std::span<uint8_t> data) {
+  std::fill(data.begin(), data.end(), 0xff);
+  if (data.empty() || data.size() > 4 || offset + data.size() > 8) return;
+  std::lock_guard lock(mutex_);
+  uint32_t dword;
+  size_t byte;
+  if (offset < 4) {
+    // The address register is dword-only (byte accesses at 0xCF8-0xCFB belong to mechanism #2).
+    if (offset != 0 || data.size() != 4) return;
+    dword = address_, byte = 0;
+  } else {
+    PciFunction* f = selected();
+    if (!f) return;
+    dword = f->config_read(static_cast<uint8_t>(address_ & 0xfc));
+    byte = offset - 4;
+  }
+  std::memcpy(data.data(), reinterpret_cast<const uint8_t*>(&dword) + byte, data.size());
+}
+
+void PciRoot::write(uint64_t offset, std::span<const uint8_t> data) {
+  if (data.empty() || data.size() > 4 || offset + data.size() > 8) return;
+  std::lock_guard lock(mutex_);
+  if (offset < 4) {
+    if (offset != 0 || data.size() != 4) return;
+    uint32_t v;
+    std::memcpy(&v, data.data(), 4);
+    address_ = v & 0x80fffffcu;  // reserved bits 30:24 and 1:0 read as zero
+    return;
+  }
+  PciFunction* f = selected();
+  if (!f) return;
+  const size_t byte = offset - 4;
+  uint32_t v = 0;
+  std::memcpy(reinterpret_cast<uint8_t*>(&v) + byte, data.data(), data.size());
+  const auto mask = static_cast<uint8_t>(((1u << data.size()) - 1) << byte);
+  f->config_write(static_cast<uint8_t>(address_ & 0xfc), v, mask);
+}
+
+PciRoot::State PciRoot::save() const {
+  std::lock_guard lock(mutex_);
+  return State{.address = address_};
+}
+
+void PciRoot::restore(const State& state) {
+  std::lock_guard lock(mutex_);
+  address_ = state.address & 0x80fffffcu;
+}
+
+}  // namespace vmm::devices

@@ -1,0 +1,70 @@
+// PCI configuration access: the root complex behind configuration mechanism #1 (ports 0xCF8 address,
+// 0xCFC-0xCFF data; PCI Local Bus Specification 3.0 §3.2.2.3.2) with a host bridge at 00:00.0.
+// Functions plug in as PciFunction: configuration space is its own small interface, not a hook on
+// every bus device. Bus 0 only; other buses and empty slots read all-ones.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+
+#include "devices/device.hpp"
+#include "vmm/error.hpp"
+
+namespace vmm::devices {
+
+/// The configuration space of one PCI function (256 bytes, dword-addressed).
+class PciFunction {
+ public:
+  virtual ~PciFunction() = default;
+  /// Reads the dword at configuration offset `reg` (a multiple of 4, below 256).
+  virtual uint32_t config_read(uint8_t reg) = 0;
+  /// Writes the bytes of `value` selected by `byte_mask` (bit i = byte i) at dword offset `reg`.
+  virtual void config_write(uint8_t reg, uint32_t value, uint8_t byte_mask) = 0;
+};
+
+/// A host bridge (class 06/00/00) with read-only configuration apart from the command register.
+class PciHostBridge final : public PciFunction {
+ public:
+  static constexpr uint16_t kVendor = 0x1b36;  ///< Red Hat, Inc. (QEMU's PCI ids)
+  static constexpr uint16_t kDevice = 0x0008;  ///< PCIe host bridge
+  uint32_t config_read(uint8_t reg) override;
+  void config_write(uint8_t reg, uint32_t value, uint8_t byte_mask) override;
+
+ private:
+  std::mutex mutex_;
+  uint16_t command_ = 0;
+};
+
+/// Configuration mechanism #1 for bus 0: a bus device for ports 0xCF8..0xCFF (offset 0 address,
+/// 4..7 data).
+class PciRoot final : public BusDevice {
+ public:
+  static constexpr unsigned kSlots = 32;
+  /// Saved state: the configuration address register.
+  struct State {
+    uint32_t address = 0;
+  };
+
+  /// A root with the host bridge at slot 0.
+  PciRoot();
+  /// Plugs `function` in at `slot` (function 0); fails if the slot is taken or out of range.
+  Result<void> attach(unsigned slot, std::shared_ptr<PciFunction> function);
+
+  void read(uint64_t offset, std::span<uint8_t> data) override;
+  void write(uint64_t offset, std::span<const uint8_t> data) override;
+  std::string_view name() const override { return "pci-root"; }
+
+  State save() const;
+  void restore(const State& state);
+
+ private:
+  /// The function the address register selects, or null (disabled, other bus, function, empty slot).
+  PciFunction* selected() const;
+  mutable std::mutex mutex_;
+  uint32_t address_ = 0;
+  std::array<std::shared_ptr<PciFunction>, kSlots> slots_{};
+};
+
+}  // namespace vmm::devices

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Builds the L2 initramfs: busybox-static, the virtio, block, network and paravirtual-platform
+# modules of Debian's cloud kernel with their dependencies resolved from modules.dep, and init.sh as
+# /init (it runs the scenario named by vmm.scenario= on the kernel command line). Cached by content
+# hash; prints the path of the cpio archive on stdout.
+#
+# usage: build-initramfs.sh
+# env:   VMM_LINUX_KERNEL  the bzImage whose modules to use (default: fetch-kernel.sh's)
+#        VMM_CACHE_DIR     cache root (default /var/cache/vmm)
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+# Modules the L2 guest loads at boot. ext4 is built into Debian's cloud kernel (module_closure skips
+# built-ins), as is the 8250 UART.
+modules=(virtio_pci virtio_blk virtio_net ext4 af_packet pvpanic_mmio)
+
+find_kernel
+key=$(content_hash "$kernel" /bin/busybox "$linux_dir/init.sh" "$linux_dir/lib.sh" "$0" "${modules[*]}")
+out=$cache_root/l2/initramfs-$key.cpio
+if [[ -f $out ]]; then echo "$out"; exit 0; fi
+
+prepare_modules
+mkdir -p "$cache_root/l2"
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+install_busybox "$stage"
+install_modules "$stage" "${modules[@]}"
+install -m 755 "$linux_dir/init.sh" "$stage/init"
+make_cpio "$stage" "$out"
+log "built $out ($(du -h "$out" | cut -f1))"
+echo "$out"

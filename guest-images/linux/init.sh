@@ -1,0 +1,51 @@
+#!/bin/sh
+# /init of the L2 initramfs (guest-images/linux/build-initramfs.sh): mounts the kernel's file
+# systems, loads the modules listed in /etc/modules.load, then runs the scenario named by
+# vmm.scenario= on the kernel command line. Output between clear markers:
+#   === vmm-l2: userspace ===              as soon as userspace runs
+#   === vmm-l2: begin SCENARIO ===         ... scenario output ...
+#   === vmm-l2: end SCENARIO status=N ===
+# and then the VM ends the way the scenario says (power off unless the scenario reboots or panics).
+export PATH=/bin:/sbin
+mount -t devtmpfs dev /dev 2>/dev/null
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+echo "=== vmm-l2: userspace ==="
+
+for m in $(cat /etc/modules.load); do
+  insmod "/lib/modules/$m" || echo "vmm-l2: insmod $m failed"
+done
+
+arg() { sed -n "s/.*\bvmm\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
+scenario=$(arg scenario)
+: "${scenario:=boot}"
+
+run_scenario() {
+  case "$1" in
+    boot) echo "kernel $(uname -r)" ;;
+    nproc) echo "nproc=$(nproc)" ;;
+    poweroff) ;;
+    reboot) ;;
+    panic) ;;
+    dmesg)
+      # The RTC must read, and the kernel log (raw, with levels) goes to the host for checking.
+      if [ -e /dev/rtc0 ]; then echo "rtc: $(hwclock -r -u 2>&1)"; else echo "rtc: no /dev/rtc0"; fi
+      echo "--- dmesg ---"
+      dmesg -r
+      echo "--- end dmesg ---" ;;
+    shell) setsid cttyhack sh ;;
+    *) echo "vmm-l2: unknown scenario $1"; return 2 ;;
+  esac
+}
+
+echo "=== vmm-l2: begin $scenario ==="
+run_scenario "$scenario"
+status=$?
+echo "=== vmm-l2: end $scenario status=$status ==="
+case "$scenario" in
+  reboot) reboot -f ;;
+  panic) echo 1 >/proc/sys/kernel/sysrq; echo c >/proc/sysrq-trigger ;;
+  *) poweroff -f ;;
+esac
+sleep 10
+echo "vmm-l2: still running after $scenario"

@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# The nested lane: runs a script inside "L1", a Debian cloud kernel under QEMU TCG with an
+# SVM-capable CPU (-cpu EPYC,+svm,+npt), where kvm-amd offers a real /dev/kvm. The script runs as root
+# in L1's busybox userspace from /files, which holds the files given with --file and --bin; L1's
+# console streams to stdout and to a log; the exit status is the script's (through QEMU's
+# isa-debug-exit device), 124 on timeout, 125 when L1 itself failed.
+#
+# usage: scripts/nested/run.sh [options] SCRIPT [ARG...]
+#   --file SRC[:DEST]  copy SRC into L1 as /files/DEST (default: its basename)
+#   --bin PATH         an executable for /files/bin, with the shared libraries ldd names for it
+#   --cpus N           L1 vCPUs (default 2, multi-threaded TCG)
+#   --memory MIB       L1 RAM in MiB (default 2048)
+#   --timeout SEC      kill L1 after SEC seconds (default 600)
+#   --log FILE         where L1's console goes (default: a file under $TMPDIR, kept on failure)
+#   --quiet            do not stream the console to stdout
+#   --build-only       build (or find in the cache) the L1 and L2 images and exit
+# env: VMM_LINUX_KERNEL, VMM_CACHE_DIR as for guest-images/linux/*.sh
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+source "$root/guest-images/linux/lib.sh"
+here="$root/scripts/nested"
+
+cpus=2 memory=2048 timeout=600 log="" quiet=0 build_only=0
+files=() bins=()
+while (($#)); do
+  case "$1" in
+    --file) files+=("$2"); shift 2 ;;
+    --bin) bins+=("$2"); shift 2 ;;
+    --cpus) cpus=$2; shift 2 ;;
+    --memory) memory=$2; shift 2 ;;
+    --timeout) timeout=$2; shift 2 ;;
+    --log) log=$2; shift 2 ;;
+    --quiet) quiet=1; shift ;;
+    --build-only) build_only=1; shift ;;
+    --) shift; break ;;
+    -*) die "unknown option $1 (see the usage at the top of $0)" ;;
+    *) break ;;
+  esac
+done
+(($# >= 1 || build_only)) || die "usage: run.sh [options] SCRIPT [ARG...]"
+command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 is missing (scripts/setup.sh installs it)"
+
+# Modules L1 loads: KVM for AMD (its CPU is an emulated EPYC), TUN for TAP backends, virtio-blk.
+l1_modules=(kvm_amd tun virtio_pci virtio_blk)
+
+find_kernel
+# The L1 base initramfs: busybox, the modules above, /init and the static exit helper.
+build_l1() {
+  local key stage
+  key=$(content_hash "$kernel" /bin/busybox "$here/l1-init.sh" "$here/l1-exit.c" \
+    "$root/guest-images/linux/lib.sh" "$0" "${l1_modules[*]}")
+  l1_cpio=$cache_root/nested/l1-$key.cpio
+  [[ -f $l1_cpio ]] && return 0
+  prepare_modules
+  mkdir -p "$cache_root/nested"
+  stage=$(mktemp -d)
+  trap 'rm -rf "$stage"' EXIT
+  install_busybox "$stage"
+  install_modules "$stage" "${l1_modules[@]}"
+  install -m 755 "$here/l1-init.sh" "$stage/init"
+  cc -static -O2 -o "$stage/sbin/l1-exit" "$here/l1-exit.c" || die "cannot build l1-exit (static libc missing?)"
+  make_cpio "$stage" "$l1_cpio"
+  rm -rf "$stage"
+  trap - EXIT
+  log "built $l1_cpio"
+}
+build_l1
+if ((build_only)); then
+  VMM_LINUX_KERNEL=$kernel "$root/guest-images/linux/build-initramfs.sh" >/dev/null
+  echo "$l1_cpio"
+  exit 0
+fi
+script=$1; shift
+[[ -f $script ]] || die "$script: no such script"
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/vmm-nested.XXXXXX")
+keep_log=0
+cleanup() {
+  [[ -n ${qemu_pid:-} ]] && kill -9 "$qemu_pid" 2>/dev/null || true
+  if ((keep_log)); then rm -rf "$work/payload" "$work/initrd.cpio"; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+[[ -n $log ]] || log=$work/console.log
+
+# The payload: /files with the script, its arguments, the files and the binaries with their libraries.
+payload=$work/payload
+mkdir -p "$payload/files/.run" "$payload/files/bin"
+cp "$script" "$payload/files/.run/script"
+: >"$payload/files/.run/args"
+for a in "$@"; do printf '%s\n' "$a" >>"$payload/files/.run/args"; done
+for f in "${files[@]}"; do
+  src=${f%%:*} dest=$(basename "$src")
+  [[ $f == *:* ]] && dest=${f#*:}
+  [[ -e $src ]] || die "--file $src: no such file"
+  mkdir -p "$(dirname "$payload/files/$dest")"
+  cp -L "$src" "$payload/files/$dest"
+done
+for b in "${bins[@]}"; do
+  [[ -x $b ]] || die "--bin $b: not an executable"
+  objcopy --strip-debug "$b" "$payload/files/bin/$(basename "$b")"
+  # Shared libraries (and the dynamic loader) at the paths the binary expects.
+  for lib in $(ldd "$b" 2>/dev/null | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'); do
+    [[ -e $payload$lib ]] && continue
+    mkdir -p "$payload$(dirname "$lib")"
+    objcopy --strip-debug "$(readlink -f "$lib")" "$payload$lib"
+  done
+done
+make_cpio "$payload" "$work/payload.cpio"
+# The kernel unpacks concatenated newc archives in order: base first, payload on top.
+cat "$l1_cpio" "$work/payload.cpio" >"$work/initrd.cpio"
+
+qemu=(qemu-system-x86_64 -M pc -accel tcg,thread=multi -cpu EPYC,+svm,+npt -smp "$cpus" -m "$memory"
+  -nodefaults -no-user-config -display none -no-reboot -serial stdio
+  -device isa-debug-exit,iobase=0xf4,iosize=0x01
+  -kernel "$kernel" -initrd "$work/initrd.cpio"
+  -append "console=ttyS0 quiet loglevel=4 panic=-1 mitigations=off")
+start=$(date +%s.%N)
+set +e
+if ((quiet)); then
+  timeout -k 5 "$timeout" "${qemu[@]}" </dev/null >"$log" 2>"$work/qemu.err"
+  qstatus=$?
+else
+  timeout -k 5 "$timeout" "${qemu[@]}" </dev/null 2>"$work/qemu.err" | tee "$log"
+  qstatus=${PIPESTATUS[0]}
+fi
+set -e
+# QEMU's own complaints (e.g. EPYC features TCG lacks) only matter when L1 failed.
+grep -v "TCG doesn't support requested feature" "$work/qemu.err" >&2 || true
+elapsed=$(echo "$(date +%s.%N) - $start" | bc)
+if ((qstatus == 124 || qstatus == 137)); then
+  status=124; log "timeout after ${timeout}s"
+elif ((qstatus & 1)); then
+  status=$((qstatus >> 1))
+else
+  status=125; log "L1 ended without reporting a status (qemu exit $qstatus)"
+fi
+log "L1 ran ${elapsed}s, script status $status"
+if ((status != 0)); then
+  keep_log=1
+  log "console log: $log"
+fi
+exit "$status"
