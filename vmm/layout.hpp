@@ -21,8 +21,9 @@ inline constexpr uint64_t kPd = 0xb000;              ///< 4 page directories: 0x
 inline constexpr uint64_t kCmdline = 0x20000;        ///< kernel command line
 inline constexpr uint64_t kCmdlineMax = 0x10000;     ///< bytes reserved for it (including the NUL)
 inline constexpr uint64_t kEbdaStart = 0x9fc00;      ///< start of the reserved area below 1 MiB
-inline constexpr uint64_t kAcpiStart = 0xe0000;      ///< RSDP and ACPI tables: 0xe0000..0xfffff
-inline constexpr uint64_t kAcpiEnd = 0x100000;
+inline constexpr uint64_t kAcpiStart = 0xe0000;      ///< RSDP and ACPI tables: 0xe0000..0xfffef
+inline constexpr uint64_t kResetVector = 0xffff0;    ///< 16 bytes: the BIOS reset vector (reset_vector.hpp)
+inline constexpr uint64_t kAcpiEnd = kResetVector;
 inline constexpr uint64_t kHighMemStart = 0x100000;  ///< 1 MiB: kernels load at or above this
 
 // ---- The 32-bit MMIO hole below 4 GiB -----------------------------------------------------------

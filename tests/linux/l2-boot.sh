@@ -33,7 +33,9 @@ echo "l2-boot: vmm run --cpus $cpus --memory $memory, scenario $scenario"
   vmm run --kernel /files/vmlinuz --initrd /files/initramfs.cpio --memory "$memory" --cpus "$cpus" \
     --cmdline "console=ttyS0 vmm.scenario=$scenario" 2>/tmp/vmm.err
   echo $? >/tmp/vmm.status
-} | ts -s '%M:%.S' >"$out"
+} | ts -s '%M:%.S' >/tmp/console.raw
+# The guest's serial console ends lines with CR LF.
+tr -d '\r' </tmp/console.raw >"$out"
 status=$(cat /tmp/vmm.status)
 cat "$out"
 echo "--- vmm stderr ---"

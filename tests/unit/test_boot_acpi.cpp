@@ -7,6 +7,7 @@
 
 #include "test_boot_helpers.hpp"
 #include "vmm/boot/acpi.hpp"
+#include "vmm/boot/reset_vector.hpp"
 #include "vmm/boot/acpi_tables.hpp"
 #include "vmm/boot/aml.hpp"
 #include "vmm/layout.hpp"
@@ -324,4 +325,26 @@ TEST_CASE("boot: ACPI extra DSDT AML is appended") {
   std::memcpy(&f, t.tables.at("FACP").data(), sizeof f);
   const Bytes dsdt = read_table(mem, f.x_dsdt);
   CHECK(Bytes(dsdt.begin() + sizeof(acpi::SdtHeader), dsdt.end()) == body);
+}
+
+TEST_CASE("boot: the reset vector writes the FADT reset value to the reset register, after the tables") {
+  // objdump -D -b binary -m i8086 of these bytes: cli; mov $0x602,%dx; mov $0x1,%al; out %al,(%dx);
+  // hlt; jmp (to the hlt).
+  const auto code = boot::reset_vector_code();
+  const std::array<uint8_t, 10> want = {0xfa, 0xba, 0x02, 0x06, 0xb0, 0x01, 0xee, 0xf4, 0xeb, 0xfd};
+  CHECK(std::equal(want.begin(), want.end(), code.begin()));
+  CHECK(layout::kAcpiResetPort == 0x602);
+  CHECK(layout::kAcpiResetValue == 0x01);
+  CHECK(layout::kResetVector == 0xffff0);  // 0xF000:0xFFF0
+  CHECK(layout::kAcpiEnd <= layout::kResetVector);
+
+  auto mem = memory();
+  REQUIRE(boot::write_reset_vector(mem));
+  auto at = mem.slice(vmm::Gpa(layout::kResetVector), code.size());
+  REQUIRE(at);
+  CHECK(std::equal(code.begin(), code.end(), at->begin()));
+  // The largest ACPI image still ends before the vector.
+  auto rsdp = boot::write_acpi_tables(mem, {.vcpus = 254});
+  REQUIRE(rsdp);
+  CHECK(std::equal(code.begin(), code.end(), at->begin()));
 }

@@ -11,6 +11,7 @@
 #include "vmm/boot/elf.hpp"
 #include "vmm/boot/initrd.hpp"
 #include "vmm/boot/kernel.hpp"
+#include "vmm/boot/reset_vector.hpp"
 #include "vmm/layout.hpp"
 
 namespace vmm::boot {
@@ -57,6 +58,7 @@ Result<BootEntry> load(const GuestMemory& memory, const BootConfig& config) {
   const auto e820 = build_e820(memory);
   auto rsdp = write_acpi_tables(memory, AcpiConfig{.vcpus = config.vcpus});
   if (!rsdp) return std::unexpected(rsdp.error());
+  if (auto r = write_reset_vector(memory); !r) return std::unexpected(r.error());
 
   const BootInfo info{.cmdline_addr = layout::kCmdline, .cmdline_len = config.cmdline.size(),
                       .initrd_addr = initrd.addr, .initrd_size = initrd.size, .rsdp_addr = *rsdp, .e820 = e820};
