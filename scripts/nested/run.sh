@@ -13,7 +13,7 @@
 #   --timeout SEC      kill L1 after SEC seconds (default 600)
 #   --log FILE         where L1's console goes (default: a file under $TMPDIR, kept on failure)
 #   --quiet            do not stream the console to stdout
-#   --build-only       build (or find in the cache) the L1 and L2 images and exit
+#   --build-only       build (or find in the cache) the L1 and L2 images (initramfs, ext4 root) and exit
 # env: VMM_LINUX_KERNEL, VMM_CACHE_DIR as for guest-images/linux/*.sh
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -32,6 +32,7 @@ while (($#)); do
     --log) log=$2; shift 2 ;;
     --quiet) quiet=1; shift ;;
     --build-only) build_only=1; shift ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     --) shift; break ;;
     -*) die "unknown option $1 (see the usage at the top of $0)" ;;
     *) break ;;
@@ -67,6 +68,7 @@ build_l1() {
 build_l1
 if ((build_only)); then
   VMM_LINUX_KERNEL=$kernel "$root/guest-images/linux/build-initramfs.sh" >/dev/null
+  "$root/guest-images/linux/build-rootfs.sh" >/dev/null
   echo "$l1_cpio"
   exit 0
 fi

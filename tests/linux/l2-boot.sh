@@ -4,13 +4,14 @@
 # checks the exit status, expected console lines and the guest's kernel log.
 #
 # usage: l2-boot.sh [--cpus N] [--memory SIZE] [--scenario NAME] [--status N] [--expect TEXT]...
-#                   [--stderr TEXT]... [--dmesg-allow FILE]
+#                   [--stderr TEXT]... [--reject TEXT]... [--dmesg-allow FILE]
 #   --status N         expected exit status of vmm (default 0)
 #   --expect TEXT      a console line must contain TEXT
 #   --stderr TEXT      vmm's stderr must contain TEXT
+#   --reject TEXT      vmm's stderr must not contain TEXT
 #   --dmesg-allow FILE check the kernel log of the `dmesg` scenario: every line at warning level or
 #                      worse must match one of FILE's extended regexes (# comments allowed)
-cpus=1 memory=256M scenario=boot want=0 allow="" expects="" errs=""
+cpus=1 memory=256M scenario=boot want=0 allow="" expects="" errs="" rejects=""
 nl='
 '
 while [ $# -gt 0 ]; do
@@ -21,6 +22,7 @@ while [ $# -gt 0 ]; do
     --status) want=$2 ;;
     --expect) expects="$expects$2$nl" ;;
     --stderr) errs="$errs$2$nl" ;;
+    --reject) rejects="$rejects$2$nl" ;;
     --dmesg-allow) allow=$2 ;;
     *) echo "l2-boot.sh: unknown option $1"; exit 2 ;;
   esac
@@ -55,6 +57,7 @@ t=$(awk '/=== vmm-l2: end / { split($1, a, ":"); printf "%.3f", a[1] * 60 + a[2]
 IFS=$nl
 for e in $expects; do grep -qF -- "$e" "$out" || bad "no console line contains '$e'"; done
 for e in $errs; do grep -qF -- "$e" /tmp/vmm.err || bad "vmm's stderr does not contain '$e'"; done
+for e in $rejects; do grep -qF -- "$e" /tmp/vmm.err && bad "vmm's stderr contains '$e'"; done
 unset IFS
 
 if [ -n "$allow" ]; then
