@@ -1,0 +1,69 @@
+#include "disk/image.hpp"
+
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/file.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <limits>
+
+#include "disk/raw.hpp"
+#include "vmm/fd.hpp"
+
+namespace vmm::disk {
+
+Result<> check_range(uint64_t offset, uint64_t length, uint64_t size) {
+  if (offset > size || length > size - offset) {
+    return fail("range {:#x}+{:#x} is outside the image's {:#x} bytes", offset, length, size);
+  }
+  return {};
+}
+
+Result<uint64_t> iov_bytes(std::span<const iovec> iov) {
+  if (iov.size() > IOV_MAX) return fail("{} buffers, more than IOV_MAX ({})", iov.size(), IOV_MAX);
+  uint64_t n = 0;
+  for (const auto& v : iov) {
+    if (v.iov_len > std::numeric_limits<uint64_t>::max() - n) return fail("buffer lengths overflow");
+    n += v.iov_len;
+  }
+  return n;
+}
+
+Result<std::unique_ptr<Image>> open_image(EventLoop& loop, const OpenOptions& o) {
+  const std::string name = o.path.string();
+  Fd fd(::open(name.c_str(), (o.read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC));
+  if (!fd) {
+    return fail("{}: cannot open {}: {}", name, o.read_only ? "for reading" : "for reading and writing",
+                errno_text(errno));
+  }
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) return fail("{}: fstat: {}", name, errno_text(errno));
+  uint64_t size = 0;
+  if (S_ISREG(st.st_mode)) {
+    size = static_cast<uint64_t>(st.st_size);
+  } else if (S_ISBLK(st.st_mode)) {
+    if (::ioctl(fd.get(), BLKGETSIZE64, &size) != 0) return fail("{}: BLKGETSIZE64: {}", name, errno_text(errno));
+  } else {
+    return fail("{}: not a regular file or block device", name);
+  }
+  // Like QEMU's image locking: one writer, or any number of readers.
+  if (::flock(fd.get(), (o.read_only ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0) {
+    return fail("{}: {} (is another VM using it?)", name,
+                errno == EWOULDBLOCK ? "locked by another process" : errno_text(errno));
+  }
+  // The format comes from the content. qcow2 ("QFI\xfb") is not served as raw: a guest would see
+  // the overlay's metadata as its disk.
+  std::array<char, 4> magic{};
+  if (::pread(fd.get(), magic.data(), magic.size(), 0) == 4 && std::memcmp(magic.data(), "QFI\xfb", 4) == 0) {
+    return fail("{}: a qcow2 image; qcow2 is not supported yet", name);
+  }
+  auto raw = RawImage::create(loop, std::move(fd), o.path, size, o.read_only);
+  if (!raw) return std::unexpected(raw.error());
+  return std::unique_ptr<Image>(std::move(*raw));
+}
+
+}  // namespace vmm::disk

@@ -1,0 +1,58 @@
+// Disk images as a block device sees them: a size, a read-only flag and asynchronous requests that
+// complete on the event loop's thread. virtio-blk talks only to this interface; raw files are here,
+// qcow2 overlays come behind the same interface.
+#pragma once
+
+#include <sys/uio.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <span>
+
+#include "vmm/error.hpp"
+#include "vmm/event_loop.hpp"
+
+namespace vmm::disk {
+
+class Image {
+ public:
+  /// Bytes transferred (>= 0) or -errno, on the event loop's thread.
+  using Done = EventLoop::Done;
+  virtual ~Image() = default;
+
+  /// Virtual size in bytes.
+  virtual uint64_t size() const = 0;
+  virtual bool read_only() const = 0;
+  virtual const std::filesystem::path& path() const = 0;
+
+  // Requests. A request outside [0, size()) or a modification of a read-only image is refused here,
+  // synchronously, with an error; otherwise `done` runs exactly once. The iovecs (and the memory
+  // they point to) must stay valid until then.
+  virtual Result<> read(uint64_t offset, std::span<const iovec> iov, Done done) = 0;
+  virtual Result<> write(uint64_t offset, std::span<const iovec> iov, Done done) = 0;
+  /// Makes every completed write durable (metadata first, then data: fdatasync).
+  virtual Result<> flush(Done done) = 0;
+  /// The range may read back as anything afterwards (here: zeroes, its space released).
+  virtual Result<> discard(uint64_t offset, uint64_t length, Done done) = 0;
+  /// The range reads back as zeroes; with `may_unmap` its space may be released.
+  virtual Result<> write_zeroes(uint64_t offset, uint64_t length, bool may_unmap, Done done) = 0;
+};
+
+struct OpenOptions {
+  std::filesystem::path path;
+  bool read_only = false;
+};
+
+/// Opens the image at `options.path` (format read from its content, never its name), locks it
+/// (shared when read-only, exclusive otherwise, so two writers cannot share it) and registers it
+/// with `loop`. Errors name the file and the problem.
+Result<std::unique_ptr<Image>> open_image(EventLoop& loop, const OpenOptions& options);
+
+/// Checks [offset, offset + length) against an image of `size` bytes, overflow-safe.
+Result<> check_range(uint64_t offset, uint64_t length, uint64_t size);
+
+/// Sum of the iovec lengths; fails on overflow.
+Result<uint64_t> iov_bytes(std::span<const iovec> iov);
+
+}  // namespace vmm::disk

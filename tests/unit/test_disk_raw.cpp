@@ -1,0 +1,232 @@
+// The io_uring event loop and raw disk images: round trips against host files, many requests in
+// flight, flush, discard and write-zeroes, read-only images, bad ranges and bad files.
+#include <doctest/doctest.h>
+
+#include <fcntl.h>
+#include <sys/eventfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <array>
+#include <thread>
+
+#include "disk/image.hpp"
+#include "test_boot_helpers.hpp"
+#include "vmm/event_loop.hpp"
+
+namespace {
+
+using boot_test::Bytes;
+using boot_test::TempFile;
+using vmm::EventLoop;
+using namespace std::chrono_literals;
+
+std::unique_ptr<EventLoop> make_loop() {
+  auto loop = EventLoop::create();
+  REQUIRE_MESSAGE(loop, loop.error().message());
+  return std::move(*loop);
+}
+
+Bytes pattern(size_t n, uint8_t seed) {
+  Bytes b(n);
+  for (size_t i = 0; i < n; ++i) b[i] = static_cast<uint8_t>(i * 7 + seed + (i >> 9));
+  return b;
+}
+
+Bytes file_bytes(const std::filesystem::path& p, uint64_t offset, size_t n) {
+  Bytes b(n);
+  const int fd = ::open(p.c_str(), O_RDONLY);
+  REQUIRE(fd >= 0);
+  CHECK(::pread(fd, b.data(), n, static_cast<off_t>(offset)) == static_cast<ssize_t>(n));
+  ::close(fd);
+  return b;
+}
+
+// Runs the loop until `pending` reaches zero (bounded).
+void drain(EventLoop& loop, const int& pending) {
+  for (int i = 0; i < 1000 && pending > 0; ++i) REQUIRE(loop.run_once(100ms));
+  REQUIRE(pending == 0);
+}
+
+iovec iov(Bytes& b, size_t off, size_t len) { return iovec{b.data() + off, len}; }
+
+}  // namespace
+
+TEST_CASE("event loop: watches fire on readiness, unwatch stops them, stop() ends run()") {
+  auto loop = make_loop();
+  vmm::Fd efd(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+  REQUIRE(efd);
+  int fired = 0;
+  auto id = loop->watch(efd.get(), [&] {
+    uint64_t v;
+    while (::read(efd.get(), &v, sizeof v) > 0) {
+    }
+    ++fired;
+  });
+  REQUIRE(id);
+  CHECK(*loop->run_once(20ms) == 0);  // nothing ready: times out
+  const uint64_t one = 1;
+  for (int round = 1; round <= 3; ++round) {
+    REQUIRE(::write(efd.get(), &one, sizeof one) == 8);
+    for (int i = 0; i < 50 && fired < round; ++i) REQUIRE(loop->run_once(100ms));
+    CHECK(fired == round);
+  }
+  loop->unwatch(*id);
+  REQUIRE(loop->run_once(50ms));
+  REQUIRE(::write(efd.get(), &one, sizeof one) == 8);
+  REQUIRE(loop->run_once(50ms));
+  CHECK(fired == 3);
+
+  std::thread stopper([&] {
+    std::this_thread::sleep_for(20ms);
+    loop->stop();
+  });
+  CHECK(loop->run());
+  stopper.join();
+}
+
+TEST_CASE("disk: raw image round trip, scattered buffers, many requests in flight, flush") {
+  const Bytes initial = pattern(1 << 20, 1);
+  TempFile f(initial, "vmm-disk-test");
+  auto loop = make_loop();
+  auto img = vmm::disk::open_image(*loop, {.path = f.path()});
+  REQUIRE_MESSAGE(img, img.error().message());
+  CHECK((*img)->size() == initial.size());
+  CHECK_FALSE((*img)->read_only());
+
+  // A read into two buffers.
+  Bytes a(100), b(412);
+  const std::array<iovec, 2> rd = {iov(a, 0, 100), iov(b, 0, 412)};
+  int pending = 1;
+  int32_t got = -1;
+  REQUIRE((*img)->read(4096, rd, [&](int32_t r) { got = r, --pending; }));
+  drain(*loop, pending);
+  CHECK(got == 512);
+  CHECK(Bytes(a.begin(), a.end()) == Bytes(initial.begin() + 4096, initial.begin() + 4196));
+  CHECK(Bytes(b.begin(), b.end()) == Bytes(initial.begin() + 4196, initial.begin() + 4608));
+
+  // 64 writes in flight at once, then one flush.
+  std::vector<Bytes> bufs;
+  std::vector<iovec> vecs;
+  for (int i = 0; i < 64; ++i) bufs.push_back(pattern(4096, static_cast<uint8_t>(100 + i)));
+  for (auto& buf : bufs) vecs.push_back(iov(buf, 0, buf.size()));
+  pending = 64;
+  int ok = 0;
+  for (int i = 0; i < 64; ++i) {
+    REQUIRE((*img)->write(static_cast<uint64_t>(i) * 8192, std::span(&vecs[i], 1), [&](int32_t r) {
+      ok += r == 4096;
+      --pending;
+    }));
+  }
+  CHECK(loop->in_flight() == 64);
+  drain(*loop, pending);
+  CHECK(ok == 64);
+  pending = 1;
+  got = -1;
+  REQUIRE((*img)->flush([&](int32_t r) { got = r, --pending; }));
+  drain(*loop, pending);
+  CHECK(got == 0);
+  for (int i = 0; i < 64; i += 9) CHECK(file_bytes(f.path(), static_cast<uint64_t>(i) * 8192, 4096) == bufs[i]);
+  CHECK(file_bytes(f.path(), 4096, 4096) == Bytes(initial.begin() + 4096, initial.begin() + 8192));
+}
+
+TEST_CASE("disk: discard punches a hole, write-zeroes zeroes, the size never changes") {
+  TempFile f(pattern(1 << 20, 3), "vmm-disk-test");
+  auto loop = make_loop();
+  auto img = vmm::disk::open_image(*loop, {.path = f.path()});
+  REQUIRE(img);
+  struct stat before {};
+  REQUIRE(::stat(f.path().c_str(), &before) == 0);
+  int pending = 2;
+  int32_t r1 = -1, r2 = -1;
+  REQUIRE((*img)->discard(256 << 10, 512 << 10, [&](int32_t r) { r1 = r, --pending; }));
+  REQUIRE((*img)->write_zeroes(4096, 4096, false, [&](int32_t r) { r2 = r, --pending; }));
+  drain(*loop, pending);
+  CHECK(r1 == 0);
+  CHECK(r2 == 0);
+  struct stat after {};
+  REQUIRE(::stat(f.path().c_str(), &after) == 0);
+  CHECK(after.st_size == before.st_size);
+  CHECK(after.st_blocks < before.st_blocks);  // the hole released space
+  CHECK(file_bytes(f.path(), 256 << 10, 512 << 10) == Bytes(512 << 10, 0));
+  CHECK(file_bytes(f.path(), 4096, 4096) == Bytes(4096, 0));
+  CHECK(file_bytes(f.path(), 0, 4096) == Bytes(pattern(4096, 3)));
+
+  // Past the end: refused before anything reaches the file.
+  Bytes buf(512);
+  const iovec v = iov(buf, 0, 512);
+  CHECK_FALSE((*img)->write((1 << 20) - 511, std::span(&v, 1), [](int32_t) {}));
+  CHECK_FALSE((*img)->read(1 << 20 | 1, std::span(&v, 1), [](int32_t) {}));
+  CHECK_FALSE((*img)->discard(~0ull - 1, 4, [](int32_t) {}));
+  CHECK_FALSE((*img)->write_zeroes(1 << 19, (1 << 19) + 1, true, [](int32_t) {}));
+  CHECK((*img)->read(1 << 20, std::span<const iovec>(), [](int32_t) {}));  // empty, at the end: fine
+  CHECK(loop->in_flight() == 1);
+  pending = 1;
+  REQUIRE((*img)->flush([&](int32_t) { --pending; }));
+  for (int i = 0; i < 100 && loop->in_flight() > 0; ++i) REQUIRE(loop->run_once(100ms));
+  const Bytes full = pattern(1 << 20, 3);
+  CHECK(file_bytes(f.path(), (1 << 20) - 512, 512) == Bytes(full.end() - 512, full.end()));
+}
+
+TEST_CASE("disk: read-only images refuse modification; locks keep writers apart") {
+  TempFile f(pattern(64 << 10, 5), "vmm-disk-test");
+  auto loop = make_loop();
+  {
+    auto ro = vmm::disk::open_image(*loop, {.path = f.path(), .read_only = true});
+    REQUIRE(ro);
+    CHECK((*ro)->read_only());
+    Bytes buf(512);
+    const iovec v = iov(buf, 0, 512);
+    auto w = (*ro)->write(0, std::span(&v, 1), [](int32_t) {});
+    REQUIRE_FALSE(w);
+    CHECK(w.error().message().find("read-only") != std::string::npos);
+    CHECK_FALSE((*ro)->discard(0, 512, [](int32_t) {}));
+    CHECK_FALSE((*ro)->write_zeroes(0, 512, false, [](int32_t) {}));
+    // Readers share; a writer is refused while they hold the file.
+    auto ro2 = vmm::disk::open_image(*loop, {.path = f.path(), .read_only = true});
+    CHECK(ro2);
+    auto rw = vmm::disk::open_image(*loop, {.path = f.path()});
+    REQUIRE_FALSE(rw);
+    CHECK(rw.error().message().find("locked") != std::string::npos);
+  }
+  auto rw = vmm::disk::open_image(*loop, {.path = f.path()});
+  REQUIRE(rw);
+  auto rw2 = vmm::disk::open_image(*loop, {.path = f.path()});
+  CHECK_FALSE(rw2);
+}
+
+TEST_CASE("disk: bad files are clear errors naming the file") {
+  auto loop = make_loop();
+  auto missing = vmm::disk::open_image(*loop, {.path = "/nonexistent/vmm-disk.img"});
+  REQUIRE_FALSE(missing);
+  CHECK(missing.error().message().find("/nonexistent/vmm-disk.img: cannot open") == 0);
+  auto dir = vmm::disk::open_image(*loop, {.path = "/tmp", .read_only = true});
+  REQUIRE_FALSE(dir);
+  CHECK(dir.error().message().find("/tmp: ") == 0);
+  Bytes q = {'Q', 'F', 'I', 0xfb, 0, 0, 0, 3};
+  q.resize(4096);
+  TempFile qcow(q, "vmm-disk-test");
+  auto qc = vmm::disk::open_image(*loop, {.path = qcow.path()});
+  REQUIRE_FALSE(qc);
+  CHECK(qc.error().message().find("qcow2") != std::string::npos);
+  auto chr = vmm::disk::open_image(*loop, {.path = "/dev/null"});
+  REQUIRE_FALSE(chr);
+  CHECK(chr.error().message() == "/dev/null: not a regular file or block device");
+}
+
+TEST_CASE("disk: range and buffer arithmetic is overflow-safe") {
+  using vmm::disk::check_range;
+  CHECK(check_range(0, 0, 0));
+  CHECK(check_range(0, 512, 512));
+  CHECK(check_range(512, 0, 512));
+  CHECK_FALSE(check_range(513, 0, 512));
+  CHECK_FALSE(check_range(1, 512, 512));
+  CHECK_FALSE(check_range(~0ull, 2, ~0ull));
+  CHECK_FALSE(check_range(2, ~0ull, ~0ull));
+  std::array<iovec, 2> big = {iovec{nullptr, ~size_t{0}}, iovec{nullptr, 2}};
+  CHECK_FALSE(vmm::disk::iov_bytes(big));
+  std::array<iovec, 2> ok = {iovec{nullptr, 3}, iovec{nullptr, 4}};
+  CHECK(*vmm::disk::iov_bytes(ok) == 7);
+  std::vector<iovec> many(IOV_MAX + 1, iovec{nullptr, 1});
+  CHECK_FALSE(vmm::disk::iov_bytes(many));
+}

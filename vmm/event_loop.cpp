@@ -1,0 +1,227 @@
+#include "vmm/event_loop.hpp"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+
+#include <cerrno>
+
+namespace vmm {
+
+// Every submission's user_data points at one of these; a zero user_data is a fire-and-forget
+// request (poll removal, cancellation) whose completion is ignored.
+struct EventLoop::Op {
+  bool is_watch = false;
+  Done done;
+};
+
+struct EventLoop::Watch : EventLoop::Op {
+  int fd = -1;
+  std::function<void()> on_ready;
+  uint64_t id = 0;
+  bool active = true;  // false after unwatch(): freed when its last completion arrives
+};
+
+Result<std::unique_ptr<EventLoop>> EventLoop::create(unsigned entries, unsigned max_files) {
+  std::unique_ptr<EventLoop> loop(new EventLoop());
+  if (int r = io_uring_queue_init(entries, &loop->ring_, 0); r < 0) {
+    return fail("io_uring_queue_init({} entries): {}", entries, errno_text(-r));
+  }
+  loop->ring_ok_ = true;
+  if (max_files > 0) {
+    if (int r = io_uring_register_files_sparse(&loop->ring_, max_files); r < 0) {
+      return fail("io_uring: registering a table of {} files: {}", max_files, errno_text(-r));
+    }
+    loop->files_used_.assign(max_files, false);
+  }
+  loop->stop_fd_ = Fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!loop->stop_fd_) return fail("eventfd: {}", errno_text(errno));
+  EventLoop* self = loop.get();
+  auto w = loop->watch(loop->stop_fd_.get(), [self] {
+    uint64_t v;
+    while (::read(self->stop_fd_.get(), &v, sizeof v) > 0) {
+    }
+    self->stopping_ = true;
+  });
+  if (!w) return std::unexpected(w.error());
+  return loop;
+}
+
+EventLoop::~EventLoop() {
+  if (!ring_ok_) return;
+  // Cancel what is still in flight and reap it without running callbacks (their owners may be
+  // gone); the kernel must be done with every buffer before the memory behind them is freed.
+  if (io_uring_sqe* sqe = io_uring_get_sqe(&ring_)) {
+    io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
+    io_uring_sqe_set_data64(sqe, 0);
+  }
+  io_uring_submit(&ring_);
+  for (int spins = 0; (in_flight_ > 0 || !watches_.empty()) && spins < 1000; ++spins) {
+    __kernel_timespec ts{.tv_sec = 0, .tv_nsec = 1'000'000};
+    io_uring_cqe* cqe = nullptr;
+    if (io_uring_wait_cqe_timeout(&ring_, &cqe, &ts) < 0 || !cqe) continue;
+    auto* op = reinterpret_cast<Op*>(io_uring_cqe_get_data(cqe));
+    const bool more = cqe->flags & IORING_CQE_F_MORE;
+    io_uring_cqe_seen(&ring_, cqe);
+    if (!op || more) continue;
+    if (op->is_watch) {
+      watches_.erase(static_cast<Watch*>(op)->id);
+    } else {
+      delete op;
+      --in_flight_;
+    }
+  }
+  io_uring_queue_exit(&ring_);
+}
+
+Result<unsigned> EventLoop::register_file(int fd) {
+  for (unsigned i = 0; i < files_used_.size(); ++i) {
+    if (files_used_[i]) continue;
+    if (int r = io_uring_register_files_update(&ring_, i, &fd, 1); r < 0) {
+      return fail("io_uring: registering fd {}: {}", fd, errno_text(-r));
+    }
+    files_used_[i] = true;
+    return i;
+  }
+  return fail("io_uring: all {} registered-file slots are in use", files_used_.size());
+}
+
+void EventLoop::unregister_file(unsigned index) {
+  if (index >= files_used_.size() || !files_used_[index]) return;
+  int none = -1;
+  io_uring_register_files_update(&ring_, index, &none, 1);
+  files_used_[index] = false;
+}
+
+Result<io_uring_sqe*> EventLoop::next_sqe() {
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+  if (!sqe) {
+    // The submission queue is full: hand it to the kernel and take a fresh slot.
+    if (int r = io_uring_submit(&ring_); r < 0) return fail("io_uring_submit: {}", errno_text(-r));
+    sqe = io_uring_get_sqe(&ring_);
+  }
+  if (!sqe) return fail("io_uring: no submission slot free");
+  return sqe;
+}
+
+Result<> EventLoop::arm(Watch& w) {
+  auto sqe = next_sqe();
+  if (!sqe) return std::unexpected(sqe.error());
+  io_uring_prep_poll_multishot(*sqe, w.fd, POLLIN);
+  io_uring_sqe_set_data(*sqe, &w);
+  return {};
+}
+
+Result<uint64_t> EventLoop::watch(int fd, std::function<void()> on_ready) {
+  auto w = std::make_unique<Watch>();
+  w->is_watch = true;
+  w->fd = fd;
+  w->on_ready = std::move(on_ready);
+  w->id = next_watch_++;
+  if (auto r = arm(*w); !r) return std::unexpected(r.error());
+  const uint64_t id = w->id;
+  watches_.emplace(id, std::move(w));
+  return id;
+}
+
+void EventLoop::unwatch(uint64_t id) {
+  auto it = watches_.find(id);
+  if (it == watches_.end() || !it->second->active) return;
+  it->second->active = false;
+  if (auto sqe = next_sqe()) {
+    io_uring_prep_poll_remove(*sqe, reinterpret_cast<uint64_t>(it->second.get()));
+    io_uring_sqe_set_data64(*sqe, 0);
+  }
+}
+
+Result<> EventLoop::submit_op(io_uring_sqe* sqe, Done done) {
+  auto* op = new Op{.is_watch = false, .done = std::move(done)};
+  io_uring_sqe_set_data(sqe, op);
+  sqe->flags |= IOSQE_FIXED_FILE;
+  ++in_flight_;
+  return {};
+}
+
+Result<> EventLoop::readv(unsigned file, const iovec* iov, unsigned count, uint64_t offset, Done done) {
+  auto sqe = next_sqe();
+  if (!sqe) return std::unexpected(sqe.error());
+  io_uring_prep_readv(*sqe, static_cast<int>(file), iov, count, offset);
+  return submit_op(*sqe, std::move(done));
+}
+
+Result<> EventLoop::writev(unsigned file, const iovec* iov, unsigned count, uint64_t offset, Done done) {
+  auto sqe = next_sqe();
+  if (!sqe) return std::unexpected(sqe.error());
+  io_uring_prep_writev(*sqe, static_cast<int>(file), iov, count, offset);
+  return submit_op(*sqe, std::move(done));
+}
+
+Result<> EventLoop::fdatasync(unsigned file, Done done) {
+  auto sqe = next_sqe();
+  if (!sqe) return std::unexpected(sqe.error());
+  io_uring_prep_fsync(*sqe, static_cast<int>(file), IORING_FSYNC_DATASYNC);
+  return submit_op(*sqe, std::move(done));
+}
+
+Result<> EventLoop::fallocate(unsigned file, int mode, uint64_t offset, uint64_t length, Done done) {
+  auto sqe = next_sqe();
+  if (!sqe) return std::unexpected(sqe.error());
+  io_uring_prep_fallocate(*sqe, static_cast<int>(file), mode, offset, length);
+  return submit_op(*sqe, std::move(done));
+}
+
+void EventLoop::complete(const Completion& cqe) {
+  auto* op = reinterpret_cast<Op*>(cqe.user_data);
+  if (!op) return;
+  if (!op->is_watch) {
+    --in_flight_;
+    std::unique_ptr<Op> owned(op);
+    owned->done(cqe.res);
+    return;
+  }
+  auto* w = static_cast<Watch*>(op);
+  const bool more = cqe.flags & IORING_CQE_F_MORE;
+  if (w->active && cqe.res >= 0) w->on_ready();
+  if (more) return;
+  // The kernel ended this poll: re-arm it, or free it after unwatch().
+  if (w->active) {
+    if (auto r = arm(*w); r) return;
+  }
+  watches_.erase(w->id);
+}
+
+Result<unsigned> EventLoop::run_once(std::optional<std::chrono::milliseconds> timeout) {
+  io_uring_cqe* first = nullptr;
+  int r;
+  if (timeout) {
+    __kernel_timespec ts{.tv_sec = timeout->count() / 1000, .tv_nsec = (timeout->count() % 1000) * 1'000'000};
+    r = io_uring_submit_and_wait_timeout(&ring_, &first, 1, &ts, nullptr);
+    if (r == -ETIME) return 0u;
+  } else {
+    r = io_uring_submit_and_wait(&ring_, 1);
+  }
+  if (r == -EINTR) return 0u;
+  if (r < 0) return fail("io_uring wait: {}", errno_text(-r));
+  // Copy the completions out first: callbacks may submit more work.
+  std::vector<Completion> batch;
+  unsigned head;
+  io_uring_cqe* cqe;
+  io_uring_for_each_cqe(&ring_, head, cqe) { batch.push_back({cqe->user_data, cqe->res, cqe->flags}); }
+  io_uring_cq_advance(&ring_, static_cast<unsigned>(batch.size()));
+  for (const auto& c : batch) complete(c);
+  return static_cast<unsigned>(batch.size());
+}
+
+Result<> EventLoop::run() {
+  stopping_ = false;
+  while (!stopping_) {
+    if (auto r = run_once(std::nullopt); !r) return std::unexpected(r.error());
+  }
+  return {};
+}
+
+void EventLoop::stop() {
+  const uint64_t one = 1;
+  [[maybe_unused]] auto n = ::write(stop_fd_.get(), &one, sizeof one);
+}
+
+}  // namespace vmm

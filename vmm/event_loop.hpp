@@ -1,0 +1,93 @@
+// The VMM's I/O thread: one io_uring for everything asynchronous — readiness of eventfds (virtio
+// notifications through ioeventfd), TAP devices and timers, and disk reads, writes, flushes and
+// fallocates on registered files. Completions run callbacks on the thread that runs the loop.
+//
+// Threading: everything but stop() is called on the loop's thread (or before it starts); device
+// code reached from callbacks submits more work freely. Submissions are batched and reach the
+// kernel when the loop next waits.
+#pragma once
+
+#include <sys/uio.h>
+
+#include <liburing.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <unordered_map>
+#include <vector>
+
+#include "vmm/error.hpp"
+#include "vmm/fd.hpp"
+
+namespace vmm {
+
+class EventLoop {
+ public:
+  /// An I/O result: bytes transferred (>= 0) or -errno.
+  using Done = std::function<void(int32_t result)>;
+
+  /// A ring of `entries` submission slots and a table of `max_files` registered files.
+  static Result<std::unique_ptr<EventLoop>> create(unsigned entries = 256, unsigned max_files = 64);
+  ~EventLoop();
+  EventLoop(const EventLoop&) = delete;
+  EventLoop& operator=(const EventLoop&) = delete;
+
+  /// Puts `fd` in the registered-file table (the fd stays owned by the caller and must outlive its
+  /// use); returns its index for the I/O calls below.
+  Result<unsigned> register_file(int fd);
+  /// Frees a table slot (no I/O on it may be in flight).
+  void unregister_file(unsigned index);
+
+  /// Runs `on_ready` on the loop thread each time `fd` becomes readable, until unwatch(). The
+  /// callback reads or drains the fd itself. Returns an id for unwatch().
+  Result<uint64_t> watch(int fd, std::function<void()> on_ready);
+  void unwatch(uint64_t id);
+
+  // Asynchronous I/O on a registered file; `done` runs once with the result. The iovecs must stay
+  // valid until then. Errors here mean the request could not even be queued.
+  Result<> readv(unsigned file, const iovec* iov, unsigned count, uint64_t offset, Done done);
+  Result<> writev(unsigned file, const iovec* iov, unsigned count, uint64_t offset, Done done);
+  /// fdatasync(2) of the file.
+  Result<> fdatasync(unsigned file, Done done);
+  /// fallocate(2) with `mode` (e.g. FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE).
+  Result<> fallocate(unsigned file, int mode, uint64_t offset, uint64_t length, Done done);
+
+  /// Processes completions until stop() is called.
+  Result<> run();
+  /// Submits what is queued, waits up to `timeout` (forever if none) for at least one completion,
+  /// runs the callbacks of all that are there; returns how many. For tests and simple callers.
+  Result<unsigned> run_once(std::optional<std::chrono::milliseconds> timeout);
+  /// Makes run() return soon. The only call that is safe from any thread.
+  void stop();
+
+  /// Operations submitted whose completion has not run yet (watches not counted).
+  unsigned in_flight() const { return in_flight_; }
+
+ private:
+  struct Op;
+  struct Watch;
+  struct Completion {
+    uint64_t user_data;
+    int32_t res;
+    uint32_t flags;
+  };
+  EventLoop() = default;
+  Result<io_uring_sqe*> next_sqe();
+  Result<> arm(Watch& w);
+  Result<> submit_op(io_uring_sqe* sqe, Done done);
+  void complete(const Completion& cqe);
+
+  io_uring ring_{};
+  bool ring_ok_ = false;
+  std::vector<bool> files_used_;
+  std::unordered_map<uint64_t, std::unique_ptr<Watch>> watches_;
+  uint64_t next_watch_ = 1;
+  unsigned in_flight_ = 0;
+  Fd stop_fd_;  // eventfd: written by stop()
+  bool stopping_ = false;
+};
+
+}  // namespace vmm
