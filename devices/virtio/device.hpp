@@ -1,0 +1,71 @@
+// The transport-independent half of a virtio device (virtio 1.2 §2, §3): its type, features,
+// configuration space and queues. A transport (virtio-pci) drives it: negotiates features, sets the
+// queues up, calls activate() at DRIVER_OK, process_queue() when the driver notifies, reset() on a
+// device reset. Queue processing runs on the event loop's thread; every entry point takes the
+// device's mutex, so configuration from vCPU threads and I/O completions never interleave.
+#pragma once
+
+#include <cstdint>
+#include <mutex>
+#include <span>
+#include <vector>
+
+#include "devices/virtio/queue.hpp"
+#include "vmm/error.hpp"
+#include "vmm/guest_memory.hpp"
+
+namespace vmm::devices::virtio {
+
+// virtio 1.2 §6: reserved feature bits.
+inline constexpr uint64_t kFRingIndirectDesc = 1ull << 28;
+inline constexpr uint64_t kFRingEventIdx = 1ull << 29;
+inline constexpr uint64_t kFVersion1 = 1ull << 32;
+inline constexpr uint64_t kFAccessPlatform = 1ull << 33;
+
+// virtio 1.2 §2.1: device status bits.
+inline constexpr uint8_t kStatusAcknowledge = 1;
+inline constexpr uint8_t kStatusDriver = 2;
+inline constexpr uint8_t kStatusDriverOk = 4;
+inline constexpr uint8_t kStatusFeaturesOk = 8;
+inline constexpr uint8_t kStatusNeedsReset = 0x40;
+inline constexpr uint8_t kStatusFailed = 0x80;
+
+/// How a device tells the driver about used buffers; implemented by the transport.
+class Interrupt {
+ public:
+  virtual ~Interrupt() = default;
+  /// Used buffers were added to queue `queue`.
+  virtual void signal_used(unsigned queue) = 0;
+};
+
+class VirtioDevice {
+ public:
+  virtual ~VirtioDevice() = default;
+
+  /// virtio 1.2 §5: 1 network, 2 block.
+  virtual uint16_t device_type() const = 0;
+  /// Everything the device offers, including the transport-independent bits it supports.
+  virtual uint64_t device_features() const = 0;
+  /// Reads/writes the device-specific configuration space (out-of-range bytes read as zero, writes
+  /// to read-only fields are ignored).
+  virtual void read_config(uint64_t offset, std::span<uint8_t> data) = 0;
+  virtual void write_config(uint64_t offset, std::span<const uint8_t> data) = 0;
+
+  /// The driver set DRIVER_OK with `features` acknowledged; queues are configured.
+  virtual Result<> activate(const GuestMemory& memory, uint64_t features, Interrupt& interrupt) = 0;
+  /// The driver notified queue `queue`. An error is a driver violation: the transport sets
+  /// NEEDS_RESET and stops serving the device until it is reset.
+  virtual Result<> process_queue(unsigned queue) = 0;
+  /// Device reset: forget the driver's configuration, drop (not complete) requests in flight.
+  virtual void reset() = 0;
+
+  std::vector<Queue>& queues() { return queues_; }
+  std::mutex& mutex() { return mutex_; }
+
+ protected:
+  explicit VirtioDevice(std::vector<Queue> queues) : queues_(std::move(queues)) {}
+  std::vector<Queue> queues_;
+  std::mutex mutex_;
+};
+
+}  // namespace vmm::devices::virtio
