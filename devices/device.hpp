@@ -3,8 +3,11 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string_view>
+
+#include "vmm/error.hpp"
 
 namespace vmm::devices {
 
@@ -25,6 +28,29 @@ class IrqLine {
   virtual ~IrqLine() = default;
   /// Signals one interrupt (a rising edge).
   virtual void trigger() = 0;
+};
+
+/// One message-signalled interrupt vector of a device (MSI-X entry), delivered by the VM (KVM GSI
+/// routing + irqfd). Thread-safe.
+class MsiVector {
+ public:
+  virtual ~MsiVector() = default;
+  /// Points the vector at a message (address, data) as the guest programmed it.
+  virtual void set_message(uint64_t address, uint32_t data) = 0;
+  /// Sends the message once.
+  virtual void trigger() = 0;
+};
+
+/// What a device needs from the VM for fast paths: MSI vectors, and guest writes to an MMIO address
+/// turned into eventfd signals (ioeventfd) that the I/O thread waits on.
+class VmIo {
+ public:
+  virtual ~VmIo() = default;
+  virtual Result<std::unique_ptr<MsiVector>> allocate_msi() = 0;
+  /// Signals `eventfd` on every guest write to the MMIO address `gpa` (any length), without an
+  /// exit to the VMM. `remove` undoes it.
+  virtual Result<> add_ioeventfd(uint64_t gpa, int eventfd) = 0;
+  virtual void remove_ioeventfd(uint64_t gpa, int eventfd) = 0;
 };
 
 /// Why a VM stops.

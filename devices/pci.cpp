@@ -107,4 +107,36 @@ void PciRoot::restore(const State& state) {
   address_ = state.address & 0x80fffffcu;
 }
 
+namespace {
+
+class MmioWindow final : public BusDevice {
+ public:
+  MmioWindow(std::array<std::shared_ptr<PciFunction>, PciRoot::kSlots> slots, uint64_t base)
+      : slots_(std::move(slots)), base_(base) {}
+  void read(uint64_t offset, std::span<uint8_t> data) override {
+    for (auto& f : slots_) {
+      if (f && f->mmio_read(base_ + offset, data)) return;
+    }
+    std::fill(data.begin(), data.end(), 0xff);
+  }
+  void write(uint64_t offset, std::span<const uint8_t> data) override {
+    for (auto& f : slots_) {
+      if (f && f->mmio_write(base_ + offset, data)) return;
+    }
+  }
+  std::string_view name() const override { return "pci-mmio"; }
+
+ private:
+  std::array<std::shared_ptr<PciFunction>, PciRoot::kSlots> slots_;
+  uint64_t base_;
+};
+
+}  // namespace
+
+std::shared_ptr<BusDevice> PciRoot::mmio_window(uint64_t base) {
+  // The functions attached now (devices are attached before the VM runs).
+  std::lock_guard lock(mutex_);
+  return std::make_shared<MmioWindow>(slots_, base);
+}
+
 }  // namespace vmm::devices

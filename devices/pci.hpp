@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <span>
 
 #include "devices/device.hpp"
 #include "vmm/error.hpp"
@@ -22,6 +23,10 @@ class PciFunction {
   virtual uint32_t config_read(uint8_t reg) = 0;
   /// Writes the bytes of `value` selected by `byte_mask` (bit i = byte i) at dword offset `reg`.
   virtual void config_write(uint8_t reg, uint32_t value, uint8_t byte_mask) = 0;
+  /// An access to guest-physical `addr` in the PCI MMIO window: true if one of this function's
+  /// memory BARs decodes it (and it was served).
+  virtual bool mmio_read(uint64_t /*addr*/, std::span<uint8_t> /*data*/) { return false; }
+  virtual bool mmio_write(uint64_t /*addr*/, std::span<const uint8_t> /*data*/) { return false; }
 };
 
 /// A host bridge (class 06/00/00) with read-only configuration apart from the command register.
@@ -58,6 +63,10 @@ class PciRoot final : public BusDevice {
 
   State save() const;
   void restore(const State& state);
+
+  /// The bus device for the PCI MMIO window: forwards each access to the function whose BAR
+  /// decodes it (BARs may move when the guest reprograms them); unclaimed reads are all-ones.
+  std::shared_ptr<BusDevice> mmio_window(uint64_t base);
 
  private:
   /// The function the address register selects, or null (disabled, other bus, function, empty slot).

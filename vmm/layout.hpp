@@ -29,6 +29,12 @@ inline constexpr uint64_t kHighMemStart = 0x100000;  ///< 1 MiB: kernels load at
 // ---- The 32-bit MMIO hole below 4 GiB -----------------------------------------------------------
 inline constexpr uint64_t kMmioHoleStart = 0xc0000000;  ///< RAM above this goes to 4 GiB and up
 inline constexpr uint64_t kMmioHoleEnd = 0x100000000;
+/// 32-bit PCI memory window: BARs are allocated here (DSDT PCI0 _CRS).
+inline constexpr uint64_t kPciMmioStart = 0xc0000000;
+inline constexpr uint64_t kPciMmioEnd = 0xe0000000;
+/// PCI Express ECAM (MCFG) for bus 0 only: 32 devices x 8 functions x 4 KiB.
+inline constexpr uint64_t kPciEcamStart = 0xe0000000;
+inline constexpr uint64_t kPciEcamSize = 0x100000;
 inline constexpr uint64_t kIoapicAddr = 0xfec00000;
 inline constexpr uint64_t kLapicAddr = 0xfee00000;
 

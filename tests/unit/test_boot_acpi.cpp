@@ -165,7 +165,7 @@ TEST_CASE("boot: AML resource descriptors and nested terms") {
   CHECK(((s[1] & 0x0f) | (s[2] << 4)) == 2 + 4 + 100);
 }
 
-TEST_CASE("boot: DSDT AML is what iasl emits for _S5_, COM1, the RTC and pvpanic") {
+TEST_CASE("boot: DSDT AML is what iasl emits for _S5_, COM1, the RTC, pvpanic and the PCI host bridge") {
   // iasl 20200925 (Debian acpica-tools) compiles
   //   Name (_S5, Package () { 5, 0 })
   //   Scope (\_SB) {
@@ -174,12 +174,21 @@ TEST_CASE("boot: DSDT AML is what iasl emits for _S5_, COM1, the RTC and pvpanic
   //     Device (RTC_) { Name (_HID, EisaId ("PNP0B00"))
   //       Name (_CRS, ResourceTemplate () { IO (Decode16, 0x70, 0x70, 1, 2) }) }
   //     Device (PEVT) { Name (_HID, "QEMU0001") Name (_STA, 0x0F)
-  //       Name (_CRS, ResourceTemplate () { IO (Decode16, 0x505, 0x505, 1, 1) }) } }
+  //       Name (_CRS, ResourceTemplate () { IO (Decode16, 0x505, 0x505, 1, 1) }) }
+  //     Device (PCI0) { Name (_HID, EisaId ("PNP0A08")) Name (_CID, EisaId ("PNP0A03"))
+  //       Name (_SEG, Zero) Name (_BBN, Zero) Name (_UID, Zero)
+  //       Name (_CRS, ResourceTemplate () {
+  //         WordBusNumber (ResourceProducer, MinFixed, MaxFixed, PosDecode, 0, 0, 0, 0, 1)
+  //         IO (Decode16, 0x0CF8, 0x0CF8, 0x01, 0x08)
+  //         WordIO (ResourceProducer, MinFixed, MaxFixed, PosDecode, EntireRange, 0, 0, 0x0CF7, 0, 0x0CF8)
+  //         WordIO (ResourceProducer, MinFixed, MaxFixed, PosDecode, EntireRange, 0, 0x0D00, 0xFFFF, 0, 0xF300)
+  //         DWordMemory (ResourceProducer, PosDecode, MinFixed, MaxFixed, NonCacheable, ReadWrite, 0,
+  //                      0xC0000000, 0xDFFFFFFF, 0, 0x20000000) }) } }
   // to these bytes, except that it writes the root-relative "_SB_" where we write "\_SB_" (one byte
   // more in the scope's PkgLength).
   const Bytes want = {
       0x08, 0x5f, 0x53, 0x35, 0x5f, 0x12, 0x05, 0x02, 0x0a, 0x05, 0x00,                    // Name(_S5_, ...)
-      0x10, 0x48, 0x08, 0x5c, 0x5f, 0x53, 0x42, 0x5f,                                      // Scope(\_SB_)
+      0x10, 0x44, 0x11, 0x5c, 0x5f, 0x53, 0x42, 0x5f,                                      // Scope(\_SB_)
       0x5b, 0x82, 0x2b, 0x43, 0x4f, 0x4d, 0x31,                                            // Device(COM1)
       0x08, 0x5f, 0x48, 0x49, 0x44, 0x0c, 0x41, 0xd0, 0x05, 0x01,                          // _HID PNP0501
       0x08, 0x5f, 0x55, 0x49, 0x44, 0x01,                                                  // _UID One
@@ -194,6 +203,16 @@ TEST_CASE("boot: DSDT AML is what iasl emits for _S5_, COM1, the RTC and pvpanic
       0x08, 0x5f, 0x53, 0x54, 0x41, 0x0a, 0x0f,                                            // _STA 0x0F
       0x08, 0x5f, 0x43, 0x52, 0x53, 0x11, 0x0d, 0x0a, 0x0a,                                // _CRS Buffer(10)
       0x47, 0x01, 0x05, 0x05, 0x05, 0x05, 0x01, 0x01, 0x79, 0x00,                          // IO, End
+      // Device(PCI0)
+      0x5b, 0x82, 0x4a, 0x08, 0x50, 0x43, 0x49, 0x30, 0x08, 0x5f, 0x48, 0x49, 0x44, 0x0c, 0x41, 0xd0,
+      0x0a, 0x08, 0x08, 0x5f, 0x43, 0x49, 0x44, 0x0c, 0x41, 0xd0, 0x0a, 0x03, 0x08, 0x5f, 0x53, 0x45,
+      0x47, 0x00, 0x08, 0x5f, 0x42, 0x42, 0x4e, 0x00, 0x08, 0x5f, 0x55, 0x49, 0x44, 0x00, 0x08, 0x5f,
+      0x43, 0x52, 0x53, 0x11, 0x48, 0x05, 0x0a, 0x54, 0x88, 0x0d, 0x00, 0x02, 0x0c, 0x00, 0x00, 0x00,
+      0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x47, 0x01, 0xf8, 0x0c, 0xf8, 0x0c, 0x01, 0x08,
+      0x88, 0x0d, 0x00, 0x01, 0x0c, 0x03, 0x00, 0x00, 0x00, 0x00, 0xf7, 0x0c, 0x00, 0x00, 0xf8, 0x0c,
+      0x88, 0x0d, 0x00, 0x01, 0x0c, 0x03, 0x00, 0x00, 0x00, 0x0d, 0xff, 0xff, 0x00, 0x00, 0x00, 0xf3,
+      0x87, 0x17, 0x00, 0x00, 0x0c, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xc0, 0xff, 0xff,
+      0xff, 0xdf, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x20, 0x79, 0x00,
   };
   CHECK(boot::dsdt_aml({.vcpus = 1}) == want);
   // The S5 sleep type is the one the sleep-control device expects; the ports are the layout's.
@@ -227,7 +246,7 @@ TEST_CASE("boot: ACPI tables refuse 0 or more than 254 vCPUs and oversized DSDT 
   CHECK(big.error().message().find("ACPI tables need") != std::string::npos);
 }
 
-TEST_CASE("boot: ACPI RSDP, XSDT and RSDT point at FADT and MADT with valid checksums") {
+TEST_CASE("boot: ACPI RSDP, XSDT and RSDT point at FADT, MADT and MCFG with valid checksums") {
   auto mem = memory();
   auto rsdp = boot::write_acpi_tables(mem, {.vcpus = 2});
   REQUIRE_MESSAGE(rsdp, rsdp.error().message());
@@ -235,12 +254,23 @@ TEST_CASE("boot: ACPI RSDP, XSDT and RSDT point at FADT and MADT with valid chec
   CHECK(*rsdp % 16 == 0);
   const ParsedTables t = parse(mem, *rsdp);
   CHECK(std::string(t.rsdp.oem_id, 6) == "VMMCPP");
-  REQUIRE(t.xsdt_entries.size() == 2);
-  REQUIRE(t.rsdt_entries.size() == 2);
+  REQUIRE(t.xsdt_entries.size() == 3);
+  REQUIRE(t.rsdt_entries.size() == 3);
   CHECK(t.rsdt_entries[0] == t.xsdt_entries[0]);
   CHECK(t.rsdt_entries[1] == t.xsdt_entries[1]);
+  CHECK(t.rsdt_entries[2] == t.xsdt_entries[2]);
   CHECK(t.tables.contains("FACP"));
   CHECK(t.tables.contains("APIC"));
+  REQUIRE(t.tables.contains("MCFG"));
+  // MCFG: header, 8 reserved bytes, one allocation: ECAM base, segment 0, buses 0-0.
+  const auto& mcfg = t.tables.at("MCFG");
+  REQUIRE(mcfg.size() == 36 + 8 + 16);
+  acpi::McfgAllocation alloc;
+  std::memcpy(&alloc, mcfg.data() + 44, sizeof alloc);
+  CHECK(val(alloc.base) == layout::kPciEcamStart);
+  CHECK(val(alloc.segment) == 0);
+  CHECK(alloc.start_bus == 0);
+  CHECK(alloc.end_bus == 0);
 }
 
 TEST_CASE("boot: ACPI FADT is hardware-reduced with reset and sleep registers, and points at the DSDT") {

@@ -186,7 +186,7 @@ TEST_CASE("boot: bzImage loads at pref_address with a zero page from its setup h
   REQUIRE(mem.read(Gpa(layout::kCmdline), cmdline));
   CHECK(std::string(cmdline.begin(), cmdline.end()) == std::string("console=ttyS0 quiet\0", 20));
 
-  REQUIRE(val(bp->e820_entries) == 3);
+  REQUIRE(val(bp->e820_entries) == 4);  // with the PCI ECAM reserved
   CHECK(val(bp->e820_table[0].addr) == 0);
   CHECK(val(bp->e820_table[0].size) == 0x9fc00);
   CHECK(val(bp->e820_table[0].type) == 1);
@@ -233,7 +233,7 @@ TEST_CASE("boot: the real Debian bzImage (VMM_TEST_BZIMAGE)") {
   CHECK(val(bp->hdr.type_of_loader) == 0xff);
   CHECK(val(bp->hdr.cmd_line_ptr) == layout::kCmdline);
   CHECK(val(bp->acpi_rsdp_addr) == layout::kAcpiStart);
-  CHECK(val(bp->e820_entries) == 3);
+  CHECK(val(bp->e820_entries) == 4);  // with the PCI ECAM reserved
   // The protected-mode kernel is in guest memory byte for byte.
   auto file = boot::ImageFile::open(path);
   REQUIRE(file);

@@ -305,7 +305,7 @@ TEST_CASE("boot: PVH ELF64 loads segments, command line, initrd and hvm_start_in
   CHECK(initrd_back == initrd_data);
 
   REQUIRE(si->memmap_paddr == layout::kPvhMemmap);
-  REQUIRE(si->memmap_entries == 3);
+  REQUIRE(si->memmap_entries == 4);  // with the PCI ECAM reserved
   const uint64_t want[3][3] = {{0, 0x9fc00, 1}, {0x9fc00, 0x60400, 2}, {kMiB, kRam - kMiB, 1}};
   for (uint32_t i = 0; i < 3; ++i) {
     auto e = mem.read_obj<boot::hvm_memmap_table_entry>(Gpa(si->memmap_paddr + i * 24));
@@ -355,6 +355,6 @@ TEST_CASE("boot: ELF64 vmlinux without a PVH note enters the 64-bit protocol wit
   CHECK(val(bp->hdr.ramdisk_size) == 5000);
   CHECK(val(bp->hdr.ramdisk_image) >= 16 * kMiB + 0x3000);
   CHECK(val(bp->hdr.ramdisk_image) % 4096 == 0);
-  CHECK(val(bp->e820_entries) == 3);
+  CHECK(val(bp->e820_entries) == 4);  // with the PCI ECAM reserved
   CHECK(val(bp->acpi_rsdp_addr) == layout::kAcpiStart);
 }

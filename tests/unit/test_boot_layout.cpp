@@ -38,6 +38,7 @@ TEST_CASE("boot: e820 map for small, ordinary and above-4-GiB RAM") {
         {.addr = 0, .size = 0x9fc00, .type = E820Type::Ram},
         {.addr = 0x9fc00, .size = 0x100000 - 0x9fc00, .type = E820Type::Reserved},
         {.addr = kMiB, .size = 63 * kMiB, .type = E820Type::Ram},
+        {.addr = layout::kPciEcamStart, .size = layout::kPciEcamSize, .type = E820Type::Reserved},  // MCFG's ECAM
     };
     CHECK(boot::build_e820(mem) == want);
   }
@@ -46,20 +47,21 @@ TEST_CASE("boot: e820 map for small, ordinary and above-4-GiB RAM") {
     const uint64_t size = layout::kMmioHoleStart + 256 * kMiB;
     auto mem = memory(size);
     const auto map = boot::build_e820(mem);
-    REQUIRE(map.size() == 4);
+    REQUIRE(map.size() == 5);
     CHECK(map[2] == E820Entry{.addr = kMiB, .size = layout::kMmioHoleStart - kMiB, .type = E820Type::Ram});
-    CHECK(map[3] == E820Entry{.addr = layout::kMmioHoleEnd, .size = 256 * kMiB, .type = E820Type::Ram});
+    CHECK(map[3].addr == layout::kPciEcamStart);
+    CHECK(map[4] == E820Entry{.addr = layout::kMmioHoleEnd, .size = 256 * kMiB, .type = E820Type::Ram});
   }
   {
-    auto mem = memory(512 * 1024);  // below the EBDA: one range
+    auto mem = memory(512 * 1024);  // below the EBDA: one range of RAM (and the ECAM)
     const auto map = boot::build_e820(mem);
-    REQUIRE(map.size() == 1);
+    REQUIRE(map.size() == 2);
     CHECK(map[0] == E820Entry{.addr = 0, .size = 512 * 1024, .type = E820Type::Ram});
   }
   {
     auto mem = memory(kMiB);  // exactly 1 MiB: no RAM above it
     const auto map = boot::build_e820(mem);
-    REQUIRE(map.size() == 2);
+    REQUIRE(map.size() == 3);
     CHECK(map[1].type == E820Type::Reserved);
   }
 }

@@ -29,6 +29,7 @@ constexpr uint8_t kMadtRevision = 5;
 constexpr uint8_t kXsdtRevision = 1;
 constexpr uint8_t kRsdtRevision = 1;
 constexpr uint8_t kDsdtRevision = 2;  // 2 and up: AML integers are 64-bit
+constexpr uint8_t kMcfgRevision = 1;
 
 SdtHeader make_header(const char (&signature)[5], const char (&table_id)[9], uint8_t revision, size_t length) {
   SdtHeader h{};
@@ -127,6 +128,14 @@ std::vector<uint8_t> build_madt(uint32_t vcpus) {
   return out;
 }
 
+std::vector<uint8_t> build_mcfg() {
+  std::vector<uint8_t> out;
+  put(out, make_header("MCFG", "VMMMCFG ", kMcfgRevision, sizeof(SdtHeader) + 8 + sizeof(McfgAllocation)));
+  put(out, uint64_t{0});
+  put(out, McfgAllocation{.base = layout::kPciEcamStart, .segment = 0, .start_bus = 0, .end_bus = 0});
+  return out;
+}
+
 std::vector<uint8_t> build_xsdt(std::span<const uint64_t> tables) {
   std::vector<uint8_t> out;
   put(out, make_header("XSDT", "VMMXSDT ", kXsdtRevision, sizeof(SdtHeader) + tables.size() * 8));
@@ -173,7 +182,24 @@ std::vector<uint8_t> dsdt_aml(const AcpiConfig& config) {
       name("_STA", integer(0xf)),
       name("_CRS", resource_template({io_port(layout::kPvPanicPort, layout::kPvPanicPort, 1, 1)})),
   });
-  const Bytes sb = concat({device("COM1", com1), device("RTC_", rtc), device("PEVT", pvpanic)});
+  // The PCI host bridge: bus 0, configuration mechanism #1 ports, and the windows its BARs live in
+  // (all I/O ports but 0xCF8-0xCFF, the 32-bit MMIO window). ECAM is described by the MCFG.
+  const Bytes pci0 = concat({
+      name("_HID", eisa_id("PNP0A08")),
+      name("_CID", eisa_id("PNP0A03")),
+      name("_SEG", integer(0)),
+      name("_BBN", integer(0)),
+      name("_UID", integer(0)),
+      name("_CRS", resource_template({
+                       word_bus_number(0, 0),
+                       io_port(layout::kPciConfigAddressPort, layout::kPciConfigAddressPort, 1, 8),
+                       word_io(0x0000, layout::kPciConfigAddressPort - 1),
+                       word_io(layout::kPciConfigAddressPort + 8, 0xffff),
+                       dword_memory(static_cast<uint32_t>(layout::kPciMmioStart),
+                                    static_cast<uint32_t>(layout::kPciMmioEnd - 1)),
+                   })),
+  });
+  const Bytes sb = concat({device("COM1", com1), device("RTC_", rtc), device("PEVT", pvpanic), device("PCI0", pci0)});
   const Bytes sb_scope = scope("\\_SB_", sb);
   out.insert(out.end(), sb_scope.begin(), sb_scope.end());
   out.insert(out.end(), config.extra_dsdt_aml.begin(), config.extra_dsdt_aml.end());
@@ -197,7 +223,8 @@ Result<AcpiTables> build_acpi_tables(const AcpiConfig& config) {
   const uint64_t dsdt_addr = image.add_table(std::move(dsdt));
   const uint64_t fadt_addr = image.add_table(build_fadt(dsdt_addr));
   const uint64_t madt_addr = image.add_table(build_madt(config.vcpus));
-  const std::array<uint64_t, 2> tables = {fadt_addr, madt_addr};
+  const uint64_t mcfg_addr = image.add_table(build_mcfg());
+  const std::array<uint64_t, 3> tables = {fadt_addr, madt_addr, mcfg_addr};
   const uint64_t xsdt_addr = image.add_table(build_xsdt(tables));
   const uint64_t rsdt_addr = image.add_table(build_rsdt(tables));
 

@@ -132,4 +132,15 @@ struct [[gnu::packed]] MadtLocalApicNmi {
 };
 static_assert(sizeof(MadtLocalApicNmi) == 6);
 
+/// MCFG (PCI Firmware Specification 3.0 §4.1.2): the header, 8 reserved bytes, then one
+/// allocation per PCI segment's ECAM range.
+struct [[gnu::packed]] McfgAllocation {
+  uint64_t base = 0;
+  uint16_t segment = 0;
+  uint8_t start_bus = 0;
+  uint8_t end_bus = 0;
+  uint32_t reserved = 0;
+};
+static_assert(sizeof(McfgAllocation) == 16);
+
 }  // namespace vmm::boot::acpi

@@ -213,6 +213,34 @@ Bytes irq_no_flags(uint8_t irq) {
   return {kIrqTag, static_cast<uint8_t>(mask), static_cast<uint8_t>(mask >> 8)};
 }
 
+namespace {
+
+// ACPI 6.4 §6.4.3.5.2-3: Word and DWord Address Space Descriptors, producer, fixed min and max,
+// positive decode (general flags 0x0c), granularity and translation 0.
+template <typename T>
+Bytes address_space(uint8_t tag, uint8_t type, uint8_t type_flags, T min, T max) {
+  constexpr uint8_t kGeneralFlags = 0x0c;
+  const uint16_t length = static_cast<uint16_t>(3 + 5 * sizeof(T));
+  Bytes out = {tag, static_cast<uint8_t>(length), static_cast<uint8_t>(length >> 8), type, kGeneralFlags, type_flags};
+  const uint64_t len = uint64_t{max} - min + 1;
+  for (uint64_t v : {uint64_t{0}, uint64_t{min}, uint64_t{max}, uint64_t{0}, len}) {
+    for (size_t i = 0; i < sizeof(T); ++i) out.push_back(static_cast<uint8_t>(v >> (8 * i)));
+  }
+  return out;
+}
+
+}  // namespace
+
+Bytes word_bus_number(uint16_t min, uint16_t max) { return address_space<uint16_t>(0x88, 2, 0x00, min, max); }
+
+Bytes word_io(uint16_t min, uint16_t max) {
+  return address_space<uint16_t>(0x88, 1, 0x03, min, max);  // ISA and non-ISA ranges
+}
+
+Bytes dword_memory(uint32_t min, uint32_t max) {
+  return address_space<uint32_t>(0x87, 0, 0x01, min, max);  // read-write, non-cacheable
+}
+
 Bytes concat(std::initializer_list<Bytes> terms) {
   Bytes out;
   for (const auto& t : terms) append(out, t);

@@ -50,6 +50,10 @@ Bytes resource_template(std::initializer_list<Bytes> descriptors);
 Bytes io_port(uint16_t min, uint16_t max, uint8_t alignment, uint8_t length);
 /// IRQNoFlags(){irq}: IRQ Descriptor, edge-triggered, active-high (§6.4.2.1); irq 0..15.
 Bytes irq_no_flags(uint8_t irq);
+/// Address space descriptors of a host bridge's resources (producer, fixed range [min, max]).
+Bytes word_bus_number(uint16_t min, uint16_t max);
+Bytes word_io(uint16_t min, uint16_t max);
+Bytes dword_memory(uint32_t min, uint32_t max);
 
 /// Concatenates terms.
 Bytes concat(std::initializer_list<Bytes> terms);

@@ -22,6 +22,8 @@ std::vector<E820Entry> build_e820(const GuestMemory& memory) {
   if (low_end > layout::kHighMemStart) {
     map.push_back({.addr = layout::kHighMemStart, .size = low_end - layout::kHighMemStart, .type = E820Type::Ram});
   }
+  // The PCI ECAM window: Linux uses the MCFG's range only if the firmware reserved it.
+  map.push_back({.addr = layout::kPciEcamStart, .size = layout::kPciEcamSize, .type = E820Type::Reserved});
   for (size_t i = 1; i < regions.size(); ++i) {
     map.push_back({.addr = regions[i].gpa, .size = regions[i].size, .type = E820Type::Ram});
   }

@@ -1,0 +1,377 @@
+#include "devices/virtio/pci_transport.hpp"
+
+#include <fmt/core.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+namespace vmm::devices::virtio {
+
+namespace {
+
+constexpr uint16_t kVendorVirtio = 0x1af4;
+constexpr uint16_t kDeviceModernBase = 0x1040;
+// virtio 1.2 §4.1.4: cfg_type of struct virtio_pci_cap.
+constexpr uint8_t kCapCommon = 1;
+constexpr uint8_t kCapNotify = 2;
+constexpr uint8_t kCapIsr = 3;
+constexpr uint8_t kCapDevice = 4;
+constexpr uint8_t kIsrQueue = 1;
+constexpr uint8_t kIsrConfig = 2;
+
+// virtio 1.2 §4.1.4.3: struct virtio_pci_common_cfg offsets.
+enum Common : uint64_t {
+  kDeviceFeatureSelect = 0x00,
+  kDeviceFeature = 0x04,
+  kDriverFeatureSelect = 0x08,
+  kDriverFeature = 0x0c,
+  kMsixConfig = 0x10,
+  kNumQueues = 0x12,
+  kDeviceStatus = 0x14,
+  kConfigGeneration = 0x15,
+  kQueueSelect = 0x16,
+  kQueueSize = 0x18,
+  kQueueMsixVector = 0x1a,
+  kQueueEnable = 0x1c,
+  kQueueNotifyOff = 0x1e,
+  kQueueDesc = 0x20,
+  kQueueDriver = 0x28,
+  kQueueDevice = 0x30,
+  kCommonSize = 0x38,
+};
+
+std::vector<uint8_t> virtio_cap(uint8_t type, uint8_t bar, uint32_t offset, uint32_t length, bool notify) {
+  // After cap_vndr and cap_next: cap_len, cfg_type, bar, id, padding[2], offset, length
+  // [, notify_off_multiplier].
+  std::vector<uint8_t> b = {static_cast<uint8_t>(notify ? 20 : 16), type, bar, 0, 0, 0};
+  auto put32 = [&](uint32_t v) {
+    for (int i = 0; i < 4; ++i) b.push_back(static_cast<uint8_t>(v >> (8 * i)));
+  };
+  put32(offset);
+  put32(length);
+  if (notify) put32(PciTransport::kNotifyMultiplier);
+  return b;
+}
+
+uint64_t le_value(std::span<const uint8_t> data) {
+  uint64_t v = 0;
+  std::memcpy(&v, data.data(), std::min<size_t>(data.size(), 8));
+  return v;
+}
+
+}  // namespace
+
+Result<std::shared_ptr<PciTransport>> PciTransport::create(std::shared_ptr<VirtioDevice> device, std::string name,
+                                                           VmIo& vm, EventLoop& loop, const GuestMemory& memory,
+                                                           uint64_t mmio_base) {
+  if (mmio_base % kBar0Size != 0) return fail("virtio-pci {}: BAR base {:#x} is not aligned", name, mmio_base);
+  const unsigned vectors = static_cast<unsigned>(device->queues().size()) + 1;
+  std::vector<std::unique_ptr<MsiVector>> msi;
+  for (unsigned i = 0; i < vectors; ++i) {
+    auto v = vm.allocate_msi();
+    if (!v) return std::unexpected(v.error().context(fmt::format("virtio-pci {}", name)));
+    msi.push_back(std::move(*v));
+  }
+  auto msix = std::make_unique<Msix>(std::move(msi));
+  std::shared_ptr<PciTransport> t(
+      new PciTransport(std::move(device), std::move(name), vm, loop, memory, std::move(msix), mmio_base));
+  if (auto r = t->watch_notifiers(); !r) return std::unexpected(r.error().context(fmt::format("virtio-pci {}", t->name_)));
+  return t;
+}
+
+Result<> PciTransport::watch_notifiers() {
+  notifiers_.resize(queue_vectors_.size());
+  for (unsigned q = 0; q < notifiers_.size(); ++q) {
+    Notifier& n = notifiers_[q];
+    n.fd = Fd(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+    if (!n.fd) return fail("eventfd: {}", errno_text(errno));
+    const int fd = n.fd.get();
+    auto w = loop_.watch(fd, [this, fd, q] {
+      uint64_t count;
+      while (::read(fd, &count, sizeof count) > 0) {
+      }
+      kick(q);
+    });
+    if (!w) return std::unexpected(w.error());
+    n.watch = *w;
+  }
+  return {};
+}
+
+PciTransport::PciTransport(std::shared_ptr<VirtioDevice> device, std::string name, VmIo& vm, EventLoop& loop,
+                           const GuestMemory& memory, std::unique_ptr<Msix> msix, uint64_t mmio_base)
+    : device_(std::move(device)),
+      name_(std::move(name)),
+      vm_(vm),
+      loop_(loop),
+      memory_(memory),
+      msix_(std::move(msix)),
+      config_(PciConfig::Ids{
+          .vendor = kVendorVirtio,
+          .device = static_cast<uint16_t>(kDeviceModernBase + device_->device_type()),
+          .class_code = device_->device_type() == 1 ? 0x020000u : 0x018000u,  // network / other storage
+          .revision = 1,  // modern-only device (virtio 1.2 §4.1.2.1)
+          .subsystem_vendor = kVendorVirtio,
+          .subsystem = 0x40,
+      }),
+      queue_vectors_(device_->queues().size(), Msix::kNoVector) {
+  config_.add_memory_bar(0, mmio_base, kBar0Size, false);
+  config_.add_memory_bar(1, mmio_base + kBar0Size, kBar1Size, false);
+  config_.add_capability(kPciCapVendor, virtio_cap(kCapCommon, 0, kCommonOffset, kCommonSize, false));
+  config_.add_capability(kPciCapVendor, virtio_cap(kCapNotify, 0, kNotifyOffset,
+                                                   kNotifyMultiplier * static_cast<uint32_t>(queue_vectors_.size()), true));
+  config_.add_capability(kPciCapVendor, virtio_cap(kCapIsr, 0, kIsrOffset, 1, false));
+  config_.add_capability(kPciCapVendor, virtio_cap(kCapDevice, 0, kDeviceOffset, 0x1000, false));
+  msix_->add_capability(config_, 1, 0, kPbaOffset);
+}
+
+PciTransport::~PciTransport() {
+  std::lock_guard lock(device_->mutex());
+  remove_notifiers_locked();
+  for (auto& n : notifiers_) {
+    if (n.watch) loop_.unwatch(n.watch);
+  }
+}
+
+uint8_t PciTransport::status() const {
+  std::lock_guard lock(device_->mutex());
+  return status_;
+}
+
+// ---- Configuration space -------------------------------------------------------------------------
+
+uint32_t PciTransport::config_read(uint8_t reg) {
+  std::lock_guard lock(device_->mutex());
+  return config_.read(reg);
+}
+
+void PciTransport::config_write(uint8_t reg, uint32_t value, uint8_t byte_mask) {
+  std::lock_guard lock(device_->mutex());
+  const auto effect = config_.write(reg, value, byte_mask);
+  msix_->update_control(config_);
+  // The notify addresses follow BAR 0.
+  if (effect.bar == 0 && (status_ & kStatusDriverOk)) {
+    remove_notifiers_locked();
+    add_notifiers_locked();
+  }
+}
+
+// ---- BARs ----------------------------------------------------------------------------------------
+
+bool PciTransport::mmio_read(uint64_t addr, std::span<uint8_t> data) {
+  std::unique_lock lock(device_->mutex());
+  if (!(config_.command() & kPciCommandMemory)) return false;
+  const uint64_t b0 = bar0(), b1 = bar1();
+  if (addr >= b1 && addr - b1 < kBar1Size) {
+    const uint64_t off = addr - b1;
+    lock.unlock();  // MSI-X has its own lock
+    if (off < kPbaOffset) {
+      msix_->table_read(off, data);
+    } else {
+      msix_->pba_read(off - kPbaOffset, data);
+    }
+    return true;
+  }
+  if (addr < b0 || addr - b0 >= kBar0Size) return false;
+  const uint64_t off = addr - b0;
+  std::fill(data.begin(), data.end(), 0);
+  if (off < kIsrOffset) {
+    common_read(off - kCommonOffset, data);
+  } else if (off < kDeviceOffset) {
+    // Reading the ISR clears it (virtio 1.2 §4.1.4.5).
+    if (off == kIsrOffset && !data.empty()) data[0] = isr_.exchange(0);
+  } else if (off < kNotifyOffset) {
+    device_->read_config(off - kDeviceOffset, data);
+  }
+  return true;
+}
+
+bool PciTransport::mmio_write(uint64_t addr, std::span<const uint8_t> data) {
+  std::unique_lock lock(device_->mutex());
+  if (!(config_.command() & kPciCommandMemory)) return false;
+  const uint64_t b0 = bar0(), b1 = bar1();
+  if (addr >= b1 && addr - b1 < kBar1Size) {
+    const uint64_t off = addr - b1;
+    lock.unlock();
+    if (off < kPbaOffset) msix_->table_write(off, data);  // the PBA is read-only
+    return true;
+  }
+  if (addr < b0 || addr - b0 >= kBar0Size) return false;
+  const uint64_t off = addr - b0;
+  if (off < kIsrOffset) {
+    common_write(off - kCommonOffset, data);
+  } else if (off >= kDeviceOffset && off < kNotifyOffset) {
+    device_->write_config(off - kDeviceOffset, data);
+  } else if (off >= kNotifyOffset) {
+    // A notification that no ioeventfd caught: hand it to the event loop the same way.
+    const uint64_t q = (off - kNotifyOffset) / kNotifyMultiplier;
+    if (q < notifiers_.size()) {
+      const uint64_t one = 1;
+      [[maybe_unused]] auto w = ::write(notifiers_[q].fd.get(), &one, sizeof one);
+    }
+  }
+  return true;
+}
+
+void PciTransport::common_read(uint64_t offset, std::span<uint8_t> data) {
+  if (offset >= kCommonSize || data.size() > kCommonSize - offset) return;
+  std::array<uint8_t, kCommonSize> r{};
+  auto put = [&](uint64_t at, uint64_t v, size_t n) { std::memcpy(&r[at], &v, n); };
+  const uint64_t features = device_->device_features();
+  put(kDeviceFeatureSelect, device_feature_select_, 4);
+  put(kDeviceFeature, device_feature_select_ < 2 ? static_cast<uint32_t>(features >> (32 * device_feature_select_)) : 0, 4);
+  put(kDriverFeatureSelect, driver_feature_select_, 4);
+  put(kDriverFeature, driver_feature_select_ < 2 ? static_cast<uint32_t>(driver_features_ >> (32 * driver_feature_select_)) : 0, 4);
+  put(kMsixConfig, msix_config_, 2);
+  put(kNumQueues, queue_vectors_.size(), 2);
+  put(kDeviceStatus, status_, 1);
+  put(kConfigGeneration, config_generation_, 1);
+  put(kQueueSelect, queue_select_, 2);
+  if (queue_select_ < queue_vectors_.size()) {
+    const Queue& q = device_->queues()[queue_select_];
+    put(kQueueSize, q.size(), 2);
+    put(kQueueMsixVector, queue_vectors_[queue_select_], 2);
+    put(kQueueEnable, q.ready() ? 1 : 0, 2);
+    put(kQueueNotifyOff, queue_select_, 2);
+    put(kQueueDesc, q.desc(), 8);
+    put(kQueueDriver, q.avail(), 8);
+    put(kQueueDevice, q.used(), 8);
+  }  // a queue that does not exist reads size 0 (virtio 1.2 §4.1.4.3.2)
+  std::memcpy(data.data(), &r[offset], data.size());
+}
+
+void PciTransport::common_write(uint64_t offset, std::span<const uint8_t> data) {
+  const uint64_t v = le_value(data);
+  const size_t n = data.size();
+  Queue* q = queue_select_ < queue_vectors_.size() ? &device_->queues()[queue_select_] : nullptr;
+  // Queue fields are frozen once the queue is enabled, and all of them once DRIVER_OK is set.
+  const bool queue_writable = q && !q->ready() && !(status_ & kStatusDriverOk);
+  auto set_half = [&](uint64_t base, uint64_t current, auto setter) {
+    if (!queue_writable || n != 4) return;
+    const bool high = offset == base + 4;
+    setter(high ? (current & 0xffffffffull) | (v << 32) : (current & ~0xffffffffull) | v);
+  };
+  switch (offset) {
+    case kDeviceFeatureSelect: if (n == 4) device_feature_select_ = static_cast<uint32_t>(v); break;
+    case kDriverFeatureSelect: if (n == 4) driver_feature_select_ = static_cast<uint32_t>(v); break;
+    case kDriverFeature:
+      // Only before FEATURES_OK (virtio 1.2 §3.1.1).
+      if (n == 4 && driver_feature_select_ < 2 && !(status_ & kStatusFeaturesOk)) {
+        const unsigned shift = 32 * driver_feature_select_;
+        driver_features_ = (driver_features_ & ~(0xffffffffull << shift)) | (v << shift);
+      }
+      break;
+    case kMsixConfig:
+      if (n == 2) msix_config_ = v < msix_->size() ? static_cast<uint16_t>(v) : Msix::kNoVector;
+      break;
+    case kDeviceStatus: if (n == 1) write_status(static_cast<uint8_t>(v)); break;
+    case kQueueSelect: if (n == 2) queue_select_ = static_cast<uint16_t>(v); break;
+    case kQueueSize: if (queue_writable && n == 2) q->set_size(static_cast<uint16_t>(v)); break;
+    case kQueueMsixVector:
+      if (q && n == 2) queue_vectors_[queue_select_] = v < msix_->size() ? static_cast<uint16_t>(v) : Msix::kNoVector;
+      break;
+    case kQueueEnable:
+      if (queue_writable && n == 2 && v == 1) {
+        if (auto r = q->enable(memory_); !r) needs_reset_locked(fmt::format("queue {}: {}", queue_select_, r.error().message()));
+      }
+      break;
+    case kQueueDesc: case kQueueDesc + 4:
+      if (q) set_half(kQueueDesc, q->desc(), [&](uint64_t a) { q->set_desc(a); });
+      break;
+    case kQueueDriver: case kQueueDriver + 4:
+      if (q) set_half(kQueueDriver, q->avail(), [&](uint64_t a) { q->set_avail(a); });
+      break;
+    case kQueueDevice: case kQueueDevice + 4:
+      if (q) set_half(kQueueDevice, q->used(), [&](uint64_t a) { q->set_used(a); });
+      break;
+    default: break;  // read-only or undefined
+  }
+}
+
+// ---- Status and life cycle -----------------------------------------------------------------------
+
+void PciTransport::write_status(uint8_t value) {
+  if (value == 0) return reset_locked();
+  if (status_ & kStatusNeedsReset) {
+    status_ |= value & kStatusFailed;  // only a reset (or FAILED) gets out of NEEDS_RESET
+    return;
+  }
+  uint8_t next = value;
+  if ((next & kStatusFeaturesOk) && !(status_ & kStatusFeaturesOk)) {
+    // virtio 1.2 §3.1.1: refuse features we did not offer, and legacy drivers (no VERSION_1).
+    const uint64_t offered = device_->device_features();
+    if ((driver_features_ & ~offered) || !(driver_features_ & kFVersion1)) next &= static_cast<uint8_t>(~kStatusFeaturesOk);
+  }
+  const bool activate = (next & kStatusDriverOk) && !(status_ & kStatusDriverOk);
+  status_ = next;
+  if (activate) activate_locked();
+}
+
+void PciTransport::activate_locked() {
+  if (!(status_ & kStatusFeaturesOk)) return needs_reset_locked("DRIVER_OK without FEATURES_OK");
+  if (auto r = device_->activate(memory_, driver_features_, *this); !r) return needs_reset_locked(r.error().message());
+  add_notifiers_locked();
+}
+
+void PciTransport::reset_locked() {
+  remove_notifiers_locked();
+  device_->reset();
+  status_ = 0;
+  driver_features_ = 0;
+  device_feature_select_ = driver_feature_select_ = 0;
+  queue_select_ = 0;
+  msix_config_ = Msix::kNoVector;
+  std::fill(queue_vectors_.begin(), queue_vectors_.end(), Msix::kNoVector);
+  isr_ = 0;
+}
+
+void PciTransport::needs_reset_locked(const std::string& why) {
+  if (!logged_) fmt::print(stderr, "vmm: {}: driver error, device needs reset: {}\n", name_, why);
+  logged_ = true;
+  remove_notifiers_locked();
+  status_ |= kStatusNeedsReset;
+  ++config_generation_;
+  // A configuration-change interrupt tells the driver (virtio 1.2 §2.1.2).
+  isr_ |= kIsrConfig;
+  if (msix_->enabled()) msix_->signal(msix_config_);
+}
+
+void PciTransport::add_notifiers_locked() {
+  const uint64_t base = bar0() + kNotifyOffset;
+  for (unsigned q = 0; q < notifiers_.size(); ++q) {
+    Notifier& n = notifiers_[q];
+    if (n.gpa != 0 || !device_->queues()[q].ready()) continue;
+    const uint64_t gpa = base + uint64_t{q} * kNotifyMultiplier;
+    // If KVM refuses, notify writes exit to the VMM and reach the same eventfd through mmio_write.
+    if (vm_.add_ioeventfd(gpa, n.fd.get())) n.gpa = gpa;
+  }
+}
+
+void PciTransport::remove_notifiers_locked() {
+  for (auto& n : notifiers_) {
+    if (n.gpa == 0) continue;
+    vm_.remove_ioeventfd(n.gpa, n.fd.get());
+    n.gpa = 0;
+  }
+}
+
+void PciTransport::kick(unsigned queue) {
+  std::lock_guard lock(device_->mutex());
+  if (!(status_ & kStatusDriverOk) || (status_ & kStatusNeedsReset)) return;
+  if (auto r = device_->process_queue(queue); !r) {
+    needs_reset_locked(fmt::format("queue {}: {}", queue, r.error().message()));
+  }
+}
+
+void PciTransport::signal_used(unsigned queue) {
+  if (msix_->enabled()) {
+    if (queue < queue_vectors_.size()) msix_->signal(queue_vectors_[queue]);
+    return;
+  }
+  // No MSI-X: the ISR says why; INTx is not wired (no interrupt pin is advertised).
+  isr_ |= kIsrQueue;
+}
+
+}  // namespace vmm::devices::virtio

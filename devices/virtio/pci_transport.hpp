@@ -1,0 +1,115 @@
+// The modern virtio-over-PCI transport (virtio 1.2 §4.1): a PCI function (vendor 0x1af4, device
+// 0x1040 + type) whose BAR 0 holds the common configuration, ISR, device configuration and notify
+// regions, and whose BAR 1 holds the MSI-X table and PBA. Interrupts leave through MSI-X.
+// A driver that breaks the virtqueue rules puts the device in NEEDS_RESET; the VMM runs on.
+//
+// Notifications: each queue has one eventfd for the transport's lifetime, watched by the event
+// loop, so queues are only ever processed on the loop's thread. At DRIVER_OK the eventfds become
+// KVM ioeventfds on the notify addresses (no exit to the VMM); a notify write that still exits
+// (before DRIVER_OK, or if KVM refused the ioeventfd) signals the same eventfd.
+//
+// Threading: configuration and BAR accesses come from vCPU threads; the transport must be created
+// before the event loop runs and destroyed after it stopped.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "devices/msix.hpp"
+#include "devices/pci.hpp"
+#include "devices/pci_config.hpp"
+#include "devices/virtio/device.hpp"
+#include "vmm/event_loop.hpp"
+#include "vmm/fd.hpp"
+
+namespace vmm::devices::virtio {
+
+class PciTransport final : public PciFunction, public Interrupt {
+ public:
+  // BAR 0 layout.
+  static constexpr uint64_t kCommonOffset = 0x0000;
+  static constexpr uint64_t kIsrOffset = 0x1000;
+  static constexpr uint64_t kDeviceOffset = 0x2000;
+  static constexpr uint64_t kNotifyOffset = 0x3000;
+  static constexpr uint32_t kNotifyMultiplier = 4;
+  static constexpr uint64_t kBar0Size = 0x4000;
+  // BAR 1: MSI-X table, then the PBA.
+  static constexpr uint64_t kPbaOffset = 0x800;
+  static constexpr uint64_t kBar1Size = 0x1000;
+  /// Bytes of PCI MMIO window one transport needs (BAR 0 then BAR 1).
+  static constexpr uint64_t kMmioBytes = kBar0Size + kBar1Size;
+
+  /// A transport for `device` with BARs at `mmio_base` (kMmioBytes, aligned to kBar0Size).
+  /// `name` names it in log lines.
+  static Result<std::shared_ptr<PciTransport>> create(std::shared_ptr<VirtioDevice> device, std::string name,
+                                                      VmIo& vm, EventLoop& loop, const GuestMemory& memory,
+                                                      uint64_t mmio_base);
+  ~PciTransport() override;
+
+  // PciFunction
+  uint32_t config_read(uint8_t reg) override;
+  void config_write(uint8_t reg, uint32_t value, uint8_t byte_mask) override;
+  bool mmio_read(uint64_t addr, std::span<uint8_t> data) override;
+  bool mmio_write(uint64_t addr, std::span<const uint8_t> data) override;
+
+  // Interrupt (called by the device with its mutex held)
+  void signal_used(unsigned queue) override;
+
+  /// The device status register (virtio 1.2 §2.1).
+  uint8_t status() const;
+
+  /// Everything a snapshot needs of the transport (the device's queues are saved by the device).
+  struct State {
+    PciConfig::State config{};
+    Msix::State msix;
+    uint8_t status = 0;
+    uint64_t driver_features = 0;
+    uint32_t device_feature_select = 0, driver_feature_select = 0;
+    uint16_t queue_select = 0, msix_config = Msix::kNoVector;
+    std::vector<uint16_t> queue_vectors;
+    uint8_t config_generation = 0;
+  };
+
+ private:
+  PciTransport(std::shared_ptr<VirtioDevice> device, std::string name, VmIo& vm, EventLoop& loop,
+               const GuestMemory& memory, std::unique_ptr<Msix> msix, uint64_t mmio_base);
+  void common_read(uint64_t offset, std::span<uint8_t> data);
+  void common_write(uint64_t offset, std::span<const uint8_t> data);
+  void write_status(uint8_t value);
+  void reset_locked();
+  void activate_locked();
+  void needs_reset_locked(const std::string& why);
+  /// A notification for `queue`, on the event loop's thread.
+  void kick(unsigned queue);
+  Result<> watch_notifiers();
+  void add_notifiers_locked();
+  void remove_notifiers_locked();
+  uint64_t bar0() const { return config_.bar_address(0); }
+  uint64_t bar1() const { return config_.bar_address(1); }
+
+  std::shared_ptr<VirtioDevice> device_;
+  std::string name_;
+  VmIo& vm_;
+  EventLoop& loop_;
+  const GuestMemory& memory_;
+  std::unique_ptr<Msix> msix_;
+  PciConfig config_;  // guarded by device_->mutex(), like every field below
+  uint8_t status_ = 0;
+  uint64_t driver_features_ = 0;
+  uint32_t device_feature_select_ = 0, driver_feature_select_ = 0;
+  uint16_t queue_select_ = 0, msix_config_ = Msix::kNoVector;
+  std::vector<uint16_t> queue_vectors_;
+  uint8_t config_generation_ = 0;
+  std::atomic<uint8_t> isr_{0};
+  bool logged_ = false;
+  struct Notifier {
+    Fd fd;              // the queue's eventfd, open for the transport's lifetime
+    uint64_t watch = 0;  // its event-loop watch
+    uint64_t gpa = 0;   // where it is registered as a KVM ioeventfd (0: not registered)
+  };
+  std::vector<Notifier> notifiers_;
+};
+
+}  // namespace vmm::devices::virtio

@@ -1,0 +1,125 @@
+#include "vmm/vm_io.hpp"
+
+#include <fmt/core.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "vmm/fd.hpp"
+
+namespace vmm {
+
+namespace {
+
+constexpr uint32_t kIoapicPins = 24;
+constexpr uint32_t kPicIrqs = 16;
+
+/// One MSI vector: a GSI with an MSI route and an irqfd on it.
+class KvmMsiVector final : public devices::MsiVector {
+ public:
+  KvmMsiVector(KvmVmIo& io, uint32_t gsi, Fd eventfd) : io_(io), gsi_(gsi), eventfd_(std::move(eventfd)) {}
+  void set_message(uint64_t address, uint32_t data) override {
+    if (auto r = io_.set_msi_route(gsi_, address, data); !r) {
+      fmt::print(stderr, "vmm: MSI route for GSI {}: {}\n", gsi_, r.error().message());
+    }
+  }
+  void trigger() override {
+    const uint64_t one = 1;
+    [[maybe_unused]] auto n = ::write(eventfd_.get(), &one, sizeof one);
+  }
+
+ private:
+  KvmVmIo& io_;
+  uint32_t gsi_;
+  Fd eventfd_;
+};
+
+}  // namespace
+
+std::vector<kvm_irq_routing_entry> KvmVmIo::routes() const {
+  std::vector<kvm_irq_routing_entry> r;
+  for (uint32_t gsi = 0; gsi < kIoapicPins; ++gsi) {
+    if (gsi < kPicIrqs) {
+      kvm_irq_routing_entry pic{};
+      pic.gsi = gsi;
+      pic.type = KVM_IRQ_ROUTING_IRQCHIP;
+      pic.u.irqchip.irqchip = gsi < 8 ? KVM_IRQCHIP_PIC_MASTER : KVM_IRQCHIP_PIC_SLAVE;
+      pic.u.irqchip.pin = gsi % 8;
+      r.push_back(pic);
+    }
+    kvm_irq_routing_entry ioapic{};
+    ioapic.gsi = gsi;
+    ioapic.type = KVM_IRQ_ROUTING_IRQCHIP;
+    ioapic.u.irqchip.irqchip = KVM_IRQCHIP_IOAPIC;
+    ioapic.u.irqchip.pin = gsi;
+    r.push_back(ioapic);
+  }
+  std::lock_guard lock(mutex_);
+  r.insert(r.end(), msi_routes_.begin(), msi_routes_.end());
+  return r;
+}
+
+Result<> KvmVmIo::set_msi_route(uint32_t gsi, uint64_t address, uint32_t data) {
+  {
+    std::lock_guard lock(mutex_);
+    kvm_irq_routing_entry* e = nullptr;
+    for (auto& m : msi_routes_) {
+      if (m.gsi == gsi) e = &m;
+    }
+    if (!e) e = &msi_routes_.emplace_back();
+    *e = kvm_irq_routing_entry{};
+    e->gsi = gsi;
+    e->type = KVM_IRQ_ROUTING_MSI;
+    e->u.msi.address_lo = static_cast<uint32_t>(address);
+    e->u.msi.address_hi = static_cast<uint32_t>(address >> 32);
+    e->u.msi.data = data;
+  }
+  // Routes are committed whole; a second writer commits a table that includes the first's entry.
+  static std::mutex commit;
+  std::lock_guard lock(commit);
+  const auto table = routes();
+  std::vector<uint8_t> buf(sizeof(kvm_irq_routing) + table.size() * sizeof(kvm_irq_routing_entry));
+  auto* routing = reinterpret_cast<kvm_irq_routing*>(buf.data());
+  routing->nr = static_cast<uint32_t>(table.size());
+  std::memcpy(routing->entries, table.data(), table.size() * sizeof(kvm_irq_routing_entry));
+  if (::ioctl(vm_fd_, KVM_SET_GSI_ROUTING, routing) < 0) return fail("KVM_SET_GSI_ROUTING: {}", errno_text(errno));
+  return {};
+}
+
+Result<std::unique_ptr<devices::MsiVector>> KvmVmIo::allocate_msi() {
+  uint32_t gsi;
+  {
+    std::lock_guard lock(mutex_);
+    gsi = next_gsi_++;
+  }
+  Fd efd(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+  if (!efd) return fail("eventfd: {}", errno_text(errno));
+  kvm_irqfd irqfd{};
+  irqfd.fd = static_cast<uint32_t>(efd.get());
+  irqfd.gsi = gsi;
+  if (::ioctl(vm_fd_, KVM_IRQFD, &irqfd) < 0) return fail("KVM_IRQFD for GSI {}: {}", gsi, errno_text(errno));
+  return std::unique_ptr<devices::MsiVector>(std::make_unique<KvmMsiVector>(*this, gsi, std::move(efd)));
+}
+
+Result<> KvmVmIo::add_ioeventfd(uint64_t gpa, int eventfd) {
+  kvm_ioeventfd io{};
+  io.addr = gpa;
+  io.len = 0;  // any access length (KVM_CAP_IOEVENTFD_ANY_LENGTH)
+  io.fd = eventfd;
+  if (::ioctl(vm_fd_, KVM_IOEVENTFD, &io) < 0) return fail("KVM_IOEVENTFD at {:#x}: {}", gpa, errno_text(errno));
+  return {};
+}
+
+void KvmVmIo::remove_ioeventfd(uint64_t gpa, int eventfd) {
+  kvm_ioeventfd io{};
+  io.addr = gpa;
+  io.len = 0;
+  io.fd = eventfd;
+  io.flags = KVM_IOEVENTFD_FLAG_DEASSIGN;
+  ::ioctl(vm_fd_, KVM_IOEVENTFD, &io);
+}
+
+}  // namespace vmm
