@@ -59,23 +59,33 @@ PciFunction* PciRoot::selected() const {
   return slots_[slot].get();
 }
 
+void PciRoot::access(PciFunction* f, unsigned reg, std::span<uint8_t> data, bool write) {
+  const size_t byte = reg & 3;
+  if (data.empty() || data.size() > 4 || byte + data.size() > 4) return;
+  if (write) {
+    if (!f || reg >= 256) return;
+    uint32_t v = 0;
+    std::memcpy(reinterpret_cast<uint8_t*>(&v) + byte, data.data(), data.size());
+    const auto mask = static_cast<uint8_t>(((1u << data.size()) - 1) << byte);
+    f->config_write(static_cast<uint8_t>(reg & 0xfc), v, mask);
+    return;
+  }
+  uint32_t dword = 0xffffffff;
+  if (f) dword = reg < 256 ? f->config_read(static_cast<uint8_t>(reg & 0xfc)) : 0;
+  std::memcpy(data.data(), reinterpret_cast<const uint8_t*>(&dword) + byte, data.size());
+}
+
 void PciRoot::read(uint64_t offset, std::span<uint8_t> data) {
   std::fill(data.begin(), data.end(), 0xff);
   if (data.empty() || data.size() > 4 || offset + data.size() > 8) return;
   std::lock_guard lock(mutex_);
-  uint32_t dword;
-  size_t byte;
   if (offset < 4) {
     // The address register is dword-only (byte accesses at 0xCF8-0xCFB belong to mechanism #2).
     if (offset != 0 || data.size() != 4) return;
-    dword = address_, byte = 0;
-  } else {
-    PciFunction* f = selected();
-    if (!f) return;
-    dword = f->config_read(static_cast<uint8_t>(address_ & 0xfc));
-    byte = offset - 4;
+    std::memcpy(data.data(), &address_, 4);
+    return;
   }
-  std::memcpy(data.data(), reinterpret_cast<const uint8_t*>(&dword) + byte, data.size());
+  access(selected(), (address_ & 0xfc) + static_cast<unsigned>(offset - 4), data, false);
 }
 
 void PciRoot::write(uint64_t offset, std::span<const uint8_t> data) {
@@ -88,14 +98,38 @@ void PciRoot::write(uint64_t offset, std::span<const uint8_t> data) {
     address_ = v & 0x80fffffcu;  // reserved bits 30:24 and 1:0 read as zero
     return;
   }
-  PciFunction* f = selected();
-  if (!f) return;
-  const size_t byte = offset - 4;
-  uint32_t v = 0;
-  std::memcpy(reinterpret_cast<uint8_t*>(&v) + byte, data.data(), data.size());
-  const auto mask = static_cast<uint8_t>(((1u << data.size()) - 1) << byte);
-  f->config_write(static_cast<uint8_t>(address_ & 0xfc), v, mask);
+  std::array<uint8_t, 4> buf{};
+  std::copy(data.begin(), data.end(), buf.begin());
+  access(selected(), (address_ & 0xfc) + static_cast<unsigned>(offset - 4), std::span(buf.data(), data.size()), true);
 }
+
+class Ecam final : public BusDevice {
+ public:
+  explicit Ecam(std::shared_ptr<PciRoot> root) : root_(std::move(root)) {}
+  void read(uint64_t offset, std::span<uint8_t> data) override {
+    std::fill(data.begin(), data.end(), 0xff);
+    std::lock_guard lock(root_->mutex_);
+    PciRoot::access(function(offset), static_cast<unsigned>(offset & 0xfff), data, false);
+  }
+  void write(uint64_t offset, std::span<const uint8_t> data) override {
+    std::array<uint8_t, 4> buf{};
+    if (data.size() > buf.size()) return;
+    std::copy(data.begin(), data.end(), buf.begin());
+    std::lock_guard lock(root_->mutex_);
+    PciRoot::access(function(offset), static_cast<unsigned>(offset & 0xfff), std::span(buf.data(), data.size()), true);
+  }
+  std::string_view name() const override { return "pci-ecam"; }
+
+ private:
+  PciFunction* function(uint64_t offset) const {
+    const uint64_t bus = offset >> 20, slot = (offset >> 15) & 0x1f, fn = (offset >> 12) & 0x7;
+    if (bus != 0 || fn != 0) return nullptr;
+    return root_->slots_[slot].get();
+  }
+  std::shared_ptr<PciRoot> root_;
+};
+
+std::shared_ptr<BusDevice> PciRoot::ecam() { return std::make_shared<Ecam>(shared_from_this()); }
 
 PciRoot::State PciRoot::save() const {
   std::lock_guard lock(mutex_);

@@ -44,7 +44,7 @@ class PciHostBridge final : public PciFunction {
 
 /// Configuration mechanism #1 for bus 0: a bus device for ports 0xCF8..0xCFF (offset 0 address,
 /// 4..7 data).
-class PciRoot final : public BusDevice {
+class PciRoot final : public BusDevice, public std::enable_shared_from_this<PciRoot> {
  public:
   static constexpr unsigned kSlots = 32;
   /// Saved state: the configuration address register.
@@ -52,7 +52,7 @@ class PciRoot final : public BusDevice {
     uint32_t address = 0;
   };
 
-  /// A root with the host bridge at slot 0.
+  /// A root with the host bridge at slot 0. ecam() needs it to be owned by a shared_ptr.
   PciRoot();
   /// Plugs `function` in at `slot` (function 0); fails if the slot is taken or out of range.
   Result<void> attach(unsigned slot, std::shared_ptr<PciFunction> function);
@@ -64,6 +64,11 @@ class PciRoot final : public BusDevice {
   State save() const;
   void restore(const State& state);
 
+  /// The bus device for PCI Express ECAM (enhanced configuration access, memory-mapped) of bus 0:
+  /// offset = device << 15 | function << 12 | register. Registers from 256 up read zero (no
+  /// extended capabilities).
+  std::shared_ptr<BusDevice> ecam();
+
   /// The bus device for the PCI MMIO window: forwards each access to the function whose BAR
   /// decodes it (BARs may move when the guest reprograms them); unclaimed reads are all-ones.
   std::shared_ptr<BusDevice> mmio_window(uint64_t base);
@@ -71,6 +76,9 @@ class PciRoot final : public BusDevice {
  private:
   /// The function the address register selects, or null (disabled, other bus, function, empty slot).
   PciFunction* selected() const;
+  /// Reads or writes `data` (1-4 bytes inside one dword) at register `reg` of `f`. Mutex held.
+  static void access(PciFunction* f, unsigned reg, std::span<uint8_t> data, bool write);
+  friend class Ecam;
   mutable std::mutex mutex_;
   uint32_t address_ = 0;
   std::array<std::shared_ptr<PciFunction>, kSlots> slots_{};

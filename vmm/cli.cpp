@@ -15,12 +15,13 @@ namespace {
 
 constexpr uint64_t kMinMemory = 4ull << 20;
 constexpr uint64_t kMaxMemory = 1ull << 40;
+constexpr size_t kMaxDisks = 16;
 
 void print_error(const std::string& message) { fmt::print(stderr, "vmm: error: {}\n", message); }
 
 /// Validates what CLI11 cannot; returns an error message or nothing.
 std::optional<std::string> validate(RunOptions& o, const std::string& memory_text, const std::string& cpu_template,
-                                    const std::string& console) {
+                                    const std::string& console, const std::vector<std::string>& disks) {
   auto mem = parse_size(memory_text);
   if (!mem) return fmt::format("--memory: {}", mem.error().message());
   if (*mem < kMinMemory) return fmt::format("--memory {}: at least 4 MiB is needed", memory_text);
@@ -36,6 +37,13 @@ std::optional<std::string> validate(RunOptions& o, const std::string& memory_tex
   auto spec = devices::parse_console_spec(console);
   if (!spec) return spec.error().message();
   o.console = *spec;
+  for (const auto& text : disks) {
+    auto d = parse_disk_spec(text);
+    if (!d) return d.error().message();
+    if (d->id.empty()) d->id = fmt::format("disk{}", o.disks.size());
+    o.disks.push_back(*d);
+  }
+  if (o.disks.size() > kMaxDisks) return fmt::format("--disk: at most {} disks are supported", kMaxDisks);
   return std::nullopt;
 }
 
@@ -50,6 +58,7 @@ int main(int argc, char** argv) {
   std::string memory_text = "256M";
   std::string cpu_template = "host";
   std::string console = "stdio";
+  std::vector<std::string> disks;
   std::string kvm_device = Kvm::default_device().string();
   auto* run = app.add_subcommand("run", "Boot a guest kernel and run it until it stops");
   run->add_option("--kernel", opts.kernel, "Kernel: PVH ELF, ELF vmlinux or bzImage")->required();
@@ -59,12 +68,13 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   run->add_option("--cpus", opts.vcpus, "Number of vCPUs (1-254)")->capture_default_str();
   run->add_option("--console", console, "Serial console: stdio, file:PATH or none")->capture_default_str();
+  run->add_option("--disk", disks, "A virtio-blk disk: path=FILE[,readonly=on][,id=NAME] (repeatable)");
   run->add_option("--cpu-template", cpu_template, "CPU template: host or baseline")->capture_default_str();
   run->add_option("--kvm-device", kvm_device, "KVM device node (default: $VMM_KVM_DEVICE or /dev/kvm)")
       ->capture_default_str();
   run->footer(
       "Exit status: (v << 1) | 1 when the guest writes v to the debug-exit port 0xf4; 0 on guest power-off "
-      "or reset; 2 bad usage; 4 KVM unavailable; 6 kernel/initrd load error; 8 guest triple fault; "
+      "or reset; 2 bad usage; 4 KVM unavailable; 6 kernel/initrd/disk image error; 8 guest triple fault; "
       "10 other VMM error; 12 stopped by SIGINT/SIGTERM; 14 guest kernel panic (pvpanic).");
 
   try {
@@ -86,7 +96,7 @@ int main(int argc, char** argv) {
   }
 
   if (run->parsed()) {
-    if (auto err = validate(opts, memory_text, cpu_template, console)) {
+    if (auto err = validate(opts, memory_text, cpu_template, console, disks)) {
       print_error(*err);
       return exit_code::kUsage;
     }

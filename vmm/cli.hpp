@@ -5,9 +5,11 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "devices/console.hpp"
 #include "vmm/cpuid.hpp"
+#include "vmm/device_spec.hpp"
 
 namespace vmm::cli {
 
@@ -21,6 +23,7 @@ struct RunOptions {
   devices::ConsoleSpec console;
   CpuTemplate cpu_template = CpuTemplate::Host;
   std::filesystem::path kvm_device;
+  std::vector<DiskSpec> disks;
 };
 
 /// Entry point: parses argv, runs the subcommand, returns the process exit status.

@@ -9,7 +9,7 @@ namespace vmm::exit_code {
 inline constexpr int kOk = 0;            ///< guest powered off (ACPI S5) or reset (i8042, ACPI reset)
 inline constexpr int kUsage = 2;         ///< bad command line
 inline constexpr int kKvm = 4;           ///< /dev/kvm missing, inaccessible or lacking a capability
-inline constexpr int kImage = 6;         ///< kernel or initrd could not be loaded
+inline constexpr int kImage = 6;         ///< kernel, initrd or disk image could not be loaded or opened
 inline constexpr int kTripleFault = 8;   ///< the guest triple-faulted (KVM_EXIT_SHUTDOWN)
 inline constexpr int kVmmError = 10;     ///< any other VMM or KVM failure (e.g. an emulation failure)
 inline constexpr int kSignal = 12;       ///< stopped by SIGINT or SIGTERM

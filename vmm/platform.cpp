@@ -1,14 +1,22 @@
 #include "vmm/platform.hpp"
 
+#include <fmt/core.h>
+
 #include "devices/console.hpp"
 #include "devices/legacy.hpp"
 #include "devices/pci.hpp"
 #include "devices/serial.hpp"
+#include "devices/virtio/blk.hpp"
+#include "devices/virtio/pci_transport.hpp"
 #include "vmm/layout.hpp"
 
 namespace vmm {
 
 namespace {
+
+/// PCI MMIO window bytes per device (a power of two that holds BAR 0 and BAR 1 aligned).
+constexpr uint64_t kPciSliceBytes = 0x8000;
+static_assert(kPciSliceBytes >= devices::virtio::PciTransport::kMmioBytes);
 
 /// Presents a device at a fixed offset (e.g. i8042's command port 0x64 as offset 4).
 class OffsetDevice final : public devices::BusDevice {
@@ -36,9 +44,9 @@ class LegacyPlatform final : public Platform {
 
 }  // namespace
 
-Result<std::unique_ptr<Platform>> attach_platform(Vm& vm, std::unique_ptr<devices::Console> console) {
+Result<std::unique_ptr<Platform>> attach_platform(Vm& vm, PlatformConfig config) {
   auto p = std::make_unique<LegacyPlatform>();
-  p->console = std::move(console);
+  p->console = std::move(config.console);
   devices::Console* out = p->console.get();
   p->serial = std::make_shared<devices::Serial>(vm.irq_line(layout::kCom1Irq),
                                                 [out](std::span<const uint8_t> b) { out->write(b); });
@@ -52,6 +60,24 @@ Result<std::unique_ptr<Platform>> attach_platform(Vm& vm, std::unique_ptr<device
   if (r) r = pio.insert(std::make_shared<devices::AcpiPm>(vm), layout::kAcpiSleepControlPort, 3);
   if (r) r = pio.insert(std::make_shared<devices::PvPanic>(vm), layout::kPvPanicPort, 1);
   if (r) r = pio.insert(p->pci, layout::kPciConfigAddressPort, 8);
+  if (!r) return std::unexpected(r.error());
+
+  // virtio-pci disks: slot 1 on, each with its BARs in its own slice of the 32-bit window.
+  for (size_t i = 0; i < config.disks.size(); ++i) {
+    auto& d = config.disks[i];
+    const uint64_t bars = layout::kPciMmioStart + i * kPciSliceBytes;
+    if (!config.loop) return fail("virtio devices need the event loop");
+    if (bars + kPciSliceBytes > layout::kPciMmioEnd) return fail("too many PCI devices for the MMIO window");
+    auto blk = std::make_shared<devices::virtio::Block>(std::move(d.image), d.id);
+    auto t = devices::virtio::PciTransport::create(blk, fmt::format("virtio-blk {}", d.id), vm.io(), *config.loop,
+                                                   vm.memory(), bars);
+    if (!t) return std::unexpected(t.error());
+    if (auto a = p->pci->attach(static_cast<unsigned>(1 + i), *t); !a) return std::unexpected(a.error());
+  }
+  auto& mmio = vm.buses().mmio;
+  r = mmio.insert(p->pci->ecam(), layout::kPciEcamStart, layout::kPciEcamSize);
+  if (r) r = mmio.insert(p->pci->mmio_window(layout::kPciMmioStart), layout::kPciMmioStart,
+                         layout::kPciMmioEnd - layout::kPciMmioStart);
   if (!r) return std::unexpected(r.error());
   p->console->start_input(p->serial);
   return std::unique_ptr<Platform>(std::move(p));

@@ -1,12 +1,17 @@
 // The platform every VM gets: COM1 with its console, i8042 (reset), CMOS RTC, the debug-exit port,
-// pvpanic, the ACPI power-management registers and the PCI root (0xCF8), wired onto the VM's port bus.
+// pvpanic, the ACPI power-management registers, the PCI root (0xCF8 and ECAM) with its MMIO window,
+// and the virtio-pci devices asked for (disks), wired onto the VM's buses.
 #pragma once
 
 #include <memory>
+#include <string>
 #include <string_view>
+#include <vector>
 
 #include "devices/console.hpp"
 #include "devices/pci.hpp"
+#include "disk/image.hpp"
+#include "vmm/event_loop.hpp"
 #include "vmm/error.hpp"
 #include "vmm/vm.hpp"
 
@@ -22,8 +27,20 @@ class Platform {
   virtual devices::PciRoot& pci_root() = 0;
 };
 
-/// Creates the devices, inserts them on `vm`'s buses, connects COM1 to `console` (which the
-/// platform then owns).
-Result<std::unique_ptr<Platform>> attach_platform(Vm& vm, std::unique_ptr<devices::Console> console);
+/// A disk to attach: its opened image and the id the guest reads.
+struct DiskAttachment {
+  std::unique_ptr<disk::Image> image;
+  std::string id;
+};
+
+struct PlatformConfig {
+  std::unique_ptr<devices::Console> console;  ///< COM1's host side (the platform owns it)
+  std::vector<DiskAttachment> disks;          ///< virtio-blk devices, PCI slots 1, 2, ...
+  EventLoop* loop = nullptr;                  ///< the I/O thread's loop (needed with disks)
+};
+
+/// Creates the devices and inserts them on `vm`'s buses. Devices that use the event loop must be
+/// destroyed after it stopped (the Vm holds them through its buses).
+Result<std::unique_ptr<Platform>> attach_platform(Vm& vm, PlatformConfig config);
 
 }  // namespace vmm

@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <thread>
 
 #include "vmm/boot/boot.hpp"
 #include "vmm/cli.hpp"
@@ -57,9 +58,18 @@ int run_vm(const RunOptions& o) {
                                                     .cmdline = o.cmdline, .vcpus = o.vcpus});
   if (!entry) return report(exit_code::kImage, entry.error().message());
 
-  // The console's output file is opened before KVM too: a bad path is a usage error anywhere.
+  // The console's output file and the disks are opened before KVM too: a bad path is reported as
+  // such on any machine.
   auto console = devices::Console::open(o.console);
   if (!console) return report(exit_code::kUsage, console.error().message());
+  auto loop = EventLoop::create();
+  if (!loop) return report(exit_code::kVmmError, loop.error().message());
+  std::vector<DiskAttachment> disks;
+  for (const auto& d : o.disks) {
+    auto image = disk::open_image(**loop, {.path = d.path, .read_only = d.read_only});
+    if (!image) return report(exit_code::kImage, image.error().message());
+    disks.push_back({.image = std::move(*image), .id = d.id});
+  }
 
   auto kvm = Kvm::open(o.kvm_device);
   if (!kvm) return report(exit_code::kKvm, kvm.error().message());
@@ -67,13 +77,24 @@ int run_vm(const RunOptions& o) {
   auto vm = Vm::create(*kvm, VmConfig{.vcpus = o.vcpus, .cpu_template = o.cpu_template}, std::move(*memory));
   if (!vm) return report(exit_code::kVmmError, vm.error().message());
 
-  auto platform = attach_platform(**vm, std::move(*console));
+  auto platform = attach_platform(
+      **vm, PlatformConfig{.console = std::move(*console), .disks = std::move(disks), .loop = loop->get()});
   if (!platform) return report(exit_code::kVmmError, platform.error().message());
 
   if (auto r = (*vm)->prepare_boot(*entry); !r) return report(exit_code::kVmmError, r.error().message());
 
+  // The I/O thread: virtio notifications and disk completions. It stops before the devices go.
+  Result<> io_result;
+  std::thread io([&] {
+    io_result = (*loop)->run();
+    if (!io_result) (*vm)->request_stop(StopInfo{.reason = devices::StopReason::Error, .status = 0,
+                                                 .message = "I/O thread: " + io_result.error().message()});
+  });
   const StopInfo stop = (*vm)->run();
+  (*loop)->stop();
+  io.join();
   (*platform)->shutdown();
+  if (!io_result) return report(exit_code::kVmmError, io_result.error().message());
   return exit_status(stop);
 }
 

@@ -96,6 +96,7 @@ Result<> Vm::setup_kvm(const VmConfig& config) {
     }
   }
   if (::ioctl(fd, KVM_CREATE_IRQCHIP, 0) < 0) return fail("KVM_CREATE_IRQCHIP: {}", errno_text(errno));
+  io_ = std::make_unique<KvmVmIo>(fd);
   kvm_pit_config pit{};
   pit.flags = KVM_PIT_SPEAKER_DUMMY;
   if (::ioctl(fd, KVM_CREATE_PIT2, &pit) < 0) return fail("KVM_CREATE_PIT2: {}", errno_text(errno));

@@ -23,6 +23,7 @@
 #include "vmm/guest_memory.hpp"
 #include "vmm/kvm.hpp"
 #include "vmm/vcpu.hpp"
+#include "vmm/vm_io.hpp"
 
 namespace vmm {
 
@@ -57,6 +58,8 @@ class Vm final : public devices::VmControl {
   size_t vcpu_count() const { return vcpus_.size(); }
   int fd() const { return vm_fd_.get(); }
 
+  /// MSI vectors and ioeventfds for devices (KVM GSI routing, irqfd, ioeventfd).
+  devices::VmIo& io() { return *io_; }
   /// An edge-triggered interrupt line to ISA IRQ / GSI `gsi` (KVM_IRQ_LINE).
   std::shared_ptr<devices::IrqLine> irq_line(uint32_t gsi);
 
@@ -91,6 +94,7 @@ class Vm final : public devices::VmControl {
   const Kvm& kvm_;
   Fd vm_fd_;
   GuestMemory memory_;
+  std::unique_ptr<KvmVmIo> io_;  // before buses_: devices on the buses may still use it when destroyed
   Buses buses_;
   std::vector<std::unique_ptr<Vcpu>> vcpus_;
   std::mutex threads_mutex_;  // guards threads_ against kick_all() during start-up

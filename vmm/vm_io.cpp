@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "vmm/fd.hpp"
+#include "vmm/kvm_abi.hpp"
 
 namespace vmm {
 
@@ -78,14 +79,16 @@ Result<> KvmVmIo::set_msi_route(uint32_t gsi, uint64_t address, uint32_t data) {
     e->u.msi.data = data;
   }
   // Routes are committed whole; a second writer commits a table that includes the first's entry.
-  static std::mutex commit;
-  std::lock_guard lock(commit);
+  std::lock_guard lock(commit_mutex_);
   const auto table = routes();
-  std::vector<uint8_t> buf(sizeof(kvm_irq_routing) + table.size() * sizeof(kvm_irq_routing_entry));
-  auto* routing = reinterpret_cast<kvm_irq_routing*>(buf.data());
-  routing->nr = static_cast<uint32_t>(table.size());
-  std::memcpy(routing->entries, table.data(), table.size() * sizeof(kvm_irq_routing_entry));
-  if (::ioctl(vm_fd_, KVM_SET_GSI_ROUTING, routing) < 0) return fail("KVM_SET_GSI_ROUTING: {}", errno_text(errno));
+  // The C layout (kvm_abi.hpp): the 8-byte header, then the entries.
+  const kvm_abi::IrqRoutingHeader header{.nr = static_cast<uint32_t>(table.size()), .flags = 0};
+  std::vector<uint8_t> buf(sizeof header + table.size() * sizeof(kvm_irq_routing_entry));
+  std::memcpy(buf.data(), &header, sizeof header);
+  std::memcpy(buf.data() + sizeof header, table.data(), table.size() * sizeof(kvm_irq_routing_entry));
+  if (::ioctl(vm_fd_, kvm_abi::kSetGsiRouting, buf.data()) < 0) {
+    return fail("KVM_SET_GSI_ROUTING: {}", errno_text(errno));
+  }
   return {};
 }
 

@@ -33,6 +33,7 @@ class KvmVmIo final : public devices::VmIo {
  private:
   int vm_fd_;
   mutable std::mutex mutex_;
+  std::mutex commit_mutex_;  // serialises KVM_SET_GSI_ROUTING calls
   uint32_t next_gsi_ = kFirstMsiGsi;
   std::vector<kvm_irq_routing_entry> msi_routes_;  // guarded by mutex_
 };

@@ -33,6 +33,18 @@ run_scenario() {
       echo "--- dmesg ---"
       dmesg -r
       echo "--- end dmesg ---" ;;
+    blk)
+      # Every virtio disk: size, read-only flag, serial, MSI-X vectors of its PCI function, and the
+      # checksum of its first MiB; then the kernel's virtio/PCI messages.
+      for d in /sys/block/vd*; do
+        [ -e "$d" ] || { echo "blk: no virtio disks"; return 1; }
+        n=${d##*/}
+        pci=$(readlink -f "$d/device/..")
+        echo "blk: $n size=$(cat "$d/size") ro=$(cat "$d/ro") serial=$(cat "$d/serial" 2>/dev/null)" \
+          "msix=$(ls "$pci/msi_irqs" 2>/dev/null | wc -l) driver=$(basename "$(readlink -f "$d/device/driver")")"
+        echo "blk: $n md5 $(dd if=/dev/$n bs=1M count=1 2>/dev/null | md5sum | cut -d' ' -f1)"
+      done
+      dmesg | grep -iE 'virtio|pci|vd[a-z]' ;;
     shell) setsid cttyhack sh ;;
     *) echo "vmm-l2: unknown scenario $1"; return 2 ;;
   esac

@@ -237,7 +237,8 @@ struct FakeFunction final : vmm::devices::PciFunction {
 }  // namespace
 
 TEST_CASE("devices: PCI configuration mechanism #1 reaches the host bridge and attached functions") {
-  vmm::devices::PciRoot root;
+  auto shared_root = std::make_shared<vmm::devices::PciRoot>();
+  vmm::devices::PciRoot& root = *shared_root;
   // The address register keeps only its defined bits.
   wr32(root, 0, 0xffffffff);
   CHECK(rd32(root, 0) == 0x80fffffc);
@@ -296,4 +297,26 @@ TEST_CASE("devices: PCI configuration mechanism #1 reaches the host bridge and a
   wr32(root, 0, 0);
   root.restore(saved);
   CHECK(rd32(root, 0) == cfg_addr(0, 3, 0, 0x10));
+}
+
+TEST_CASE("devices: PCI ECAM reaches the same configuration spaces") {
+  auto root = std::make_shared<vmm::devices::PciRoot>();
+  auto fn = std::make_shared<FakeFunction>();
+  fn->space[0] = 0x10421af4;
+  REQUIRE(root->attach(2, fn));
+  auto ecam = root->ecam();
+  auto at = [](unsigned slot, unsigned func, unsigned reg) { return uint64_t{slot} << 15 | func << 12 | reg; };
+  CHECK(rd32(*ecam, at(0, 0, 0)) == (uint32_t{0x0008} << 16 | 0x1b36));  // the host bridge
+  CHECK(rd32(*ecam, at(2, 0, 0)) == 0x10421af4);
+  CHECK(rd(*ecam, at(2, 0, 2)) == 0x42);
+  CHECK(rd32(*ecam, at(3, 0, 0)) == 0xffffffff);  // empty slot
+  CHECK(rd32(*ecam, at(2, 1, 0)) == 0xffffffff);  // other function
+  CHECK(rd32(*ecam, at(2, 0, 0x100)) == 0);       // no extended capabilities
+  wr32(*ecam, at(2, 0, 0x14), 0xc0001000);
+  CHECK(fn->space[5] == 0xc0001000);
+  wr32(*ecam, at(2, 0, 0x200), 0x1234);  // extended space: ignored
+  CHECK(fn->writes.size() == 1);
+  std::array<uint8_t, 4> straddle{};
+  ecam->read(at(2, 0, 2), straddle);  // crosses the dword: refused
+  CHECK(straddle == std::array<uint8_t, 4>{0xff, 0xff, 0xff, 0xff});
 }

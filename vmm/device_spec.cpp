@@ -1,0 +1,59 @@
+#include "vmm/device_spec.hpp"
+
+#include <map>
+
+namespace vmm {
+
+namespace {
+
+/// Splits "k=v,k=v" into a map; a key may appear once.
+Result<std::map<std::string, std::string, std::less<>>> key_values(std::string_view option, std::string_view text) {
+  std::map<std::string, std::string, std::less<>> out;
+  if (text.empty()) return fail("{}: empty value (expected key=value[,key=value...])", option);
+  size_t start = 0;
+  while (start <= text.size()) {
+    const size_t end = std::min(text.find(',', start), text.size());
+    const std::string_view item = text.substr(start, end - start);
+    const size_t eq = item.find('=');
+    if (eq == std::string_view::npos || eq == 0) return fail("{} {}: '{}' is not key=value", option, text, item);
+    const std::string key(item.substr(0, eq));
+    if (item.size() == eq + 1) return fail("{} {}: {} has an empty value", option, text, key);
+    if (!out.emplace(key, std::string(item.substr(eq + 1))).second) {
+      return fail("{} {}: {} is given twice", option, text, key);
+    }
+    start = end + 1;
+  }
+  return out;
+}
+
+Result<bool> on_off(std::string_view option, std::string_view key, std::string_view value) {
+  if (value == "on" || value == "true" || value == "1") return true;
+  if (value == "off" || value == "false" || value == "0") return false;
+  return fail("{}: {}={}: expected on or off", option, key, value);
+}
+
+}  // namespace
+
+Result<DiskSpec> parse_disk_spec(std::string_view text) {
+  auto kv = key_values("--disk", text);
+  if (!kv) return std::unexpected(kv.error());
+  DiskSpec d;
+  for (const auto& [key, value] : *kv) {
+    if (key == "path") {
+      d.path = value;
+    } else if (key == "readonly") {
+      auto b = on_off("--disk", key, value);
+      if (!b) return std::unexpected(b.error());
+      d.read_only = *b;
+    } else if (key == "id") {
+      if (value.size() > 20) return fail("--disk {}: id '{}' is longer than 20 bytes", text, value);
+      d.id = value;
+    } else {
+      return fail("--disk {}: unknown key '{}' (expected path, readonly, id)", text, key);
+    }
+  }
+  if (d.path.empty()) return fail("--disk {}: path=FILE is required", text);
+  return d;
+}
+
+}  // namespace vmm
