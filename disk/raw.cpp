@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <sys/file.h>
 
 namespace vmm::disk {
 
@@ -17,6 +18,9 @@ Result<std::unique_ptr<RawImage>> RawImage::create(EventLoop& loop, Fd fd, std::
 
 RawImage::~RawImage() {
   if (registered_) loop_.unregister_file(file_);
+  // io_uring may hold the file a little longer than we do (its teardown is deferred), and the lock
+  // lives as long as the file: release it now, so the image can be reopened at once.
+  ::flock(fd_.get(), LOCK_UN);
 }
 
 Result<> RawImage::check_writable() const {

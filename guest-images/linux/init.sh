@@ -45,6 +45,18 @@ run_scenario() {
         echo "blk: $n md5 $(dd if=/dev/$n bs=1M count=1 2>/dev/null | md5sum | cut -d' ' -f1)"
       done
       dmesg | grep -iE 'virtio|pci|vd[a-z]' ;;
+    ext4-write)
+      # Mounts the ext4 file system on /dev/vda, writes a text file and 4 MiB of random data with
+      # its checksum, syncs and unmounts: the host checks the image afterwards.
+      mkdir -p /mnt
+      mount -t ext4 /dev/vda /mnt || return 1
+      echo "written by the L2 guest" >/mnt/hello.txt
+      dd if=/dev/urandom of=/mnt/big bs=1M count=4 2>/dev/null || return 1
+      (cd /mnt && md5sum big >big.md5)
+      cat /mnt/big.md5
+      sync
+      umount /mnt || return 1
+      echo "ext4-write: done" ;;
     shell) setsid cttyhack sh ;;
     *) echo "vmm-l2: unknown scenario $1"; return 2 ;;
   esac

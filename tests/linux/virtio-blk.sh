@@ -1,0 +1,41 @@
+#!/bin/sh
+# Runs inside the nested lane's L1: Debian's stock virtio_pci and virtio_blk drivers against our
+# virtio-blk device. (1) A random raw disk: the driver binds with MSI-X, the guest reads the same
+# bytes the host wrote and sees the serial and capacity; (2) the same disk read-only; (3) the ext4
+# root image: the guest mounts it, writes files, syncs and powers off, and the host finds them
+# intact with debugfs and a clean e2fsck.
+fail=0
+bad() { echo "virtio-blk: FAIL: $*"; fail=1; }
+boot() {  # boot SCENARIO DISK-SPEC: console in /tmp/c.txt, status in $status
+  vmm run --kernel /files/vmlinuz --initrd /files/initramfs.cpio --memory 256M --cpus 2 \
+    --disk "$2" --cmdline "console=ttyS0 vmm.scenario=$1" >/tmp/c.txt 2>/tmp/e.txt
+  status=$?
+  tr -d '\r' </tmp/c.txt >/tmp/console.txt
+  grep -a 'blk:\|ext4-write\|big$\|vmm-l2: end' /tmp/console.txt
+  cat /tmp/e.txt
+  [ $status = 0 ] || bad "vmm exit status $status in $1"
+}
+
+cd /tmp
+dd if=/dev/urandom of=disk.img bs=1M count=8 2>/dev/null
+want=$(dd if=disk.img bs=1M count=1 2>/dev/null | md5sum | cut -d' ' -f1)
+boot blk path=/tmp/disk.img,id=testdisk
+grep -q "blk: vda size=16384 ro=0 serial=testdisk msix=2 driver=virtio_blk" /tmp/console.txt ||
+  bad "vda not bound as expected (size, ro, serial, MSI-X vectors, driver)"
+grep -q "blk: vda md5 $want" /tmp/console.txt || bad "the guest read other bytes than the host wrote ($want)"
+
+boot blk path=/tmp/disk.img,readonly=on
+grep -q "blk: vda size=16384 ro=1 serial=disk0" /tmp/console.txt || bad "read-only disk not read-only in the guest"
+
+cp /files/rootfs.ext4 /tmp/root.ext4
+boot ext4-write path=/tmp/root.ext4
+grep -q "ext4-write: done" /tmp/console.txt || bad "the guest did not finish writing"
+e2fsck -fn /tmp/root.ext4 >/tmp/fsck.txt 2>&1 || { cat /tmp/fsck.txt; bad "e2fsck finds the image inconsistent"; }
+hello=$(debugfs -R 'cat /hello.txt' /tmp/root.ext4 2>/dev/null)
+[ "$hello" = "written by the L2 guest" ] || bad "hello.txt reads '$hello'"
+debugfs -R 'dump /big /tmp/big' /tmp/root.ext4 2>/dev/null
+guest_md5=$(grep -a ' big$' /tmp/console.txt | cut -d' ' -f1)
+host_md5=$(md5sum </tmp/big | cut -d' ' -f1)
+[ -n "$guest_md5" ] && [ "$guest_md5" = "$host_md5" ] || bad "big file: guest md5 '$guest_md5', host md5 '$host_md5'"
+[ $fail = 0 ] && echo "virtio-blk: PASS"
+exit $fail
