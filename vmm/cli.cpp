@@ -5,6 +5,7 @@
 
 #include <cstdio>
 
+#include "devices/virtio/net.hpp"
 #include "vmm/exit_codes.hpp"
 #include "vmm/size_parse.hpp"
 #include "vmm/vm.hpp"
@@ -16,12 +17,14 @@ namespace {
 constexpr uint64_t kMinMemory = 4ull << 20;
 constexpr uint64_t kMaxMemory = 1ull << 40;
 constexpr size_t kMaxDisks = 16;
+constexpr size_t kMaxNets = 8;
 
 void print_error(const std::string& message) { fmt::print(stderr, "vmm: error: {}\n", message); }
 
 /// Validates what CLI11 cannot; returns an error message or nothing.
 std::optional<std::string> validate(RunOptions& o, const std::string& memory_text, const std::string& cpu_template,
-                                    const std::string& console, const std::vector<std::string>& disks) {
+                                    const std::string& console, const std::vector<std::string>& disks,
+                                    const std::vector<std::string>& nets) {
   auto mem = parse_size(memory_text);
   if (!mem) return fmt::format("--memory: {}", mem.error().message());
   if (*mem < kMinMemory) return fmt::format("--memory {}: at least 4 MiB is needed", memory_text);
@@ -44,6 +47,15 @@ std::optional<std::string> validate(RunOptions& o, const std::string& memory_tex
     o.disks.push_back(*d);
   }
   if (o.disks.size() > kMaxDisks) return fmt::format("--disk: at most {} disks are supported", kMaxDisks);
+  for (const auto& text : nets) {
+    auto n = parse_net_spec(text);
+    if (!n) return n.error().message();
+    if (!n->mac.empty()) {
+      if (auto m = devices::virtio::parse_mac(n->mac); !m) return fmt::format("--net {}: {}", text, m.error().message());
+    }
+    o.nets.push_back(*n);
+  }
+  if (o.nets.size() > kMaxNets) return fmt::format("--net: at most {} interfaces are supported", kMaxNets);
   return std::nullopt;
 }
 
@@ -59,6 +71,7 @@ int main(int argc, char** argv) {
   std::string cpu_template = "host";
   std::string console = "stdio";
   std::vector<std::string> disks;
+  std::vector<std::string> nets;
   std::string kvm_device = Kvm::default_device().string();
   auto* run = app.add_subcommand("run", "Boot a guest kernel and run it until it stops");
   run->add_option("--kernel", opts.kernel, "Kernel: PVH ELF, ELF vmlinux or bzImage")->required();
@@ -69,6 +82,7 @@ int main(int argc, char** argv) {
   run->add_option("--cpus", opts.vcpus, "Number of vCPUs (1-254)")->capture_default_str();
   run->add_option("--console", console, "Serial console: stdio, file:PATH or none")->capture_default_str();
   run->add_option("--disk", disks, "A virtio-blk disk: path=FILE[,readonly=on][,id=NAME] (repeatable)");
+  run->add_option("--net", nets, "A virtio-net interface on a TAP: tap=NAME[,mac=MAC] (repeatable)");
   run->add_option("--cpu-template", cpu_template, "CPU template: host or baseline")->capture_default_str();
   run->add_option("--kvm-device", kvm_device, "KVM device node (default: $VMM_KVM_DEVICE or /dev/kvm)")
       ->capture_default_str();
@@ -96,7 +110,7 @@ int main(int argc, char** argv) {
   }
 
   if (run->parsed()) {
-    if (auto err = validate(opts, memory_text, cpu_template, console, disks)) {
+    if (auto err = validate(opts, memory_text, cpu_template, console, disks, nets)) {
       print_error(*err);
       return exit_code::kUsage;
     }

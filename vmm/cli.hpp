@@ -24,6 +24,7 @@ struct RunOptions {
   CpuTemplate cpu_template = CpuTemplate::Host;
   std::filesystem::path kvm_device;
   std::vector<DiskSpec> disks;
+  std::vector<NetSpec> nets;  ///< mac already checked (or empty: random)
 };
 
 /// Entry point: parses argv, runs the subcommand, returns the process exit status.

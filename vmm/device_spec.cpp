@@ -56,4 +56,21 @@ Result<DiskSpec> parse_disk_spec(std::string_view text) {
   return d;
 }
 
+Result<NetSpec> parse_net_spec(std::string_view text) {
+  auto kv = key_values("--net", text);
+  if (!kv) return std::unexpected(kv.error());
+  NetSpec n;
+  for (const auto& [key, value] : *kv) {
+    if (key == "tap") {
+      n.tap = value;
+    } else if (key == "mac") {
+      n.mac = value;
+    } else {
+      return fail("--net {}: unknown key '{}' (expected tap, mac)", text, key);
+    }
+  }
+  if (n.tap.empty()) return fail("--net {}: tap=NAME is required", text);
+  return n;
+}
+
 }  // namespace vmm

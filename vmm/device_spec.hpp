@@ -20,4 +20,12 @@ struct DiskSpec {
 /// Parses one --disk value.
 Result<DiskSpec> parse_disk_spec(std::string_view text);
 
+struct NetSpec {
+  std::string tap;  ///< TAP interface name (created if missing)
+  std::string mac;  ///< "52:54:00:..." or empty: a random locally administered address
+};
+
+/// Parses one --net value: tap=NAME[,mac=MAC] (the MAC's syntax is checked by the device).
+Result<NetSpec> parse_net_spec(std::string_view text);
+
 }  // namespace vmm

@@ -62,17 +62,29 @@ Result<std::unique_ptr<Platform>> attach_platform(Vm& vm, PlatformConfig config)
   if (r) r = pio.insert(p->pci, layout::kPciConfigAddressPort, 8);
   if (!r) return std::unexpected(r.error());
 
-  // virtio-pci disks: slot 1 on, each with its BARs in its own slice of the 32-bit window.
-  for (size_t i = 0; i < config.disks.size(); ++i) {
-    auto& d = config.disks[i];
-    const uint64_t bars = layout::kPciMmioStart + i * kPciSliceBytes;
+  // virtio-pci devices: disks then network interfaces, from slot 1 on, each with its BARs in its
+  // own slice of the 32-bit window.
+  unsigned slot = 1;
+  auto attach = [&](std::shared_ptr<devices::virtio::VirtioDevice> dev, const std::string& name) -> Result<> {
+    const uint64_t bars = layout::kPciMmioStart + (slot - 1) * kPciSliceBytes;
     if (!config.loop) return fail("virtio devices need the event loop");
     if (bars + kPciSliceBytes > layout::kPciMmioEnd) return fail("too many PCI devices for the MMIO window");
-    auto blk = std::make_shared<devices::virtio::Block>(std::move(d.image), d.id);
-    auto t = devices::virtio::PciTransport::create(blk, fmt::format("virtio-blk {}", d.id), vm.io(), *config.loop,
-                                                   vm.memory(), bars);
+    auto t = devices::virtio::PciTransport::create(std::move(dev), name, vm.io(), *config.loop, vm.memory(), bars);
     if (!t) return std::unexpected(t.error());
-    if (auto a = p->pci->attach(static_cast<unsigned>(1 + i), *t); !a) return std::unexpected(a.error());
+    return p->pci->attach(slot++, *t);
+  };
+  for (auto& d : config.disks) {
+    const std::string name = fmt::format("virtio-blk {}", d.id);
+    if (auto a = attach(std::make_shared<devices::virtio::Block>(std::move(d.image), d.id), name); !a) {
+      return std::unexpected(a.error());
+    }
+  }
+  for (auto& n : config.nets) {
+    const std::string name = fmt::format("virtio-net {}", n.tap.name());
+    if (!config.loop) return fail("virtio devices need the event loop");
+    auto net = devices::virtio::Net::create(std::move(n.tap), n.mac, *config.loop);
+    if (!net) return std::unexpected(net.error());
+    if (auto a = attach(*net, name); !a) return std::unexpected(a.error());
   }
   auto& mmio = vm.buses().mmio;
   r = mmio.insert(p->pci->ecam(), layout::kPciEcamStart, layout::kPciEcamSize);

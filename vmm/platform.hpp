@@ -10,6 +10,8 @@
 
 #include "devices/console.hpp"
 #include "devices/pci.hpp"
+#include "devices/tap.hpp"
+#include "devices/virtio/net.hpp"
 #include "disk/image.hpp"
 #include "vmm/event_loop.hpp"
 #include "vmm/error.hpp"
@@ -33,9 +35,16 @@ struct DiskAttachment {
   std::string id;
 };
 
+/// A network interface to attach: its TAP and MAC.
+struct NetAttachment {
+  devices::Tap tap;
+  devices::virtio::MacAddress mac;
+};
+
 struct PlatformConfig {
   std::unique_ptr<devices::Console> console;  ///< COM1's host side (the platform owns it)
   std::vector<DiskAttachment> disks;          ///< virtio-blk devices, PCI slots 1, 2, ...
+  std::vector<NetAttachment> nets;            ///< virtio-net devices, the slots after the disks
   EventLoop* loop = nullptr;                  ///< the I/O thread's loop (needed with disks)
 };
 

@@ -3,6 +3,8 @@
 #include <fmt/core.h>
 
 #include <cstdio>
+#include <sys/random.h>
+
 #include <cstring>
 #include <thread>
 
@@ -15,6 +17,14 @@
 namespace vmm::cli {
 
 namespace {
+
+/// A random locally administered unicast MAC (02:xx:xx:xx:xx:xx), as Cloud Hypervisor gives.
+Result<devices::virtio::MacAddress> random_mac() {
+  devices::virtio::MacAddress mac{};
+  if (::getrandom(mac.data() + 1, 5, 0) != 5) return fail("getrandom: {}", errno_text(errno));
+  mac[0] = 0x02;
+  return mac;
+}
 
 int report(int status, const std::string& message) {
   fmt::print(stderr, "vmm: error: {}\n", message);
@@ -70,6 +80,14 @@ int run_vm(const RunOptions& o) {
     if (!image) return report(exit_code::kImage, image.error().message());
     disks.push_back({.image = std::move(*image), .id = d.id});
   }
+  std::vector<NetAttachment> nets;
+  for (const auto& n : o.nets) {
+    auto tap = devices::Tap::open(n.tap);
+    if (!tap) return report(exit_code::kVmmError, tap.error().message());
+    auto mac = n.mac.empty() ? random_mac() : devices::virtio::parse_mac(n.mac);
+    if (!mac) return report(exit_code::kUsage, mac.error().message());
+    nets.push_back({.tap = std::move(*tap), .mac = *mac});
+  }
 
   auto kvm = Kvm::open(o.kvm_device);
   if (!kvm) return report(exit_code::kKvm, kvm.error().message());
@@ -78,7 +96,8 @@ int run_vm(const RunOptions& o) {
   if (!vm) return report(exit_code::kVmmError, vm.error().message());
 
   auto platform = attach_platform(
-      **vm, PlatformConfig{.console = std::move(*console), .disks = std::move(disks), .loop = loop->get()});
+      **vm, PlatformConfig{.console = std::move(*console), .disks = std::move(disks), .nets = std::move(nets),
+                             .loop = loop->get()});
   if (!platform) return report(exit_code::kVmmError, platform.error().message());
 
   if (auto r = (*vm)->prepare_boot(*entry); !r) return report(exit_code::kVmmError, r.error().message());

@@ -149,6 +149,9 @@ class Queue {
 
   /// The next available chain, validated, or nothing when the driver has not made one available.
   Result<std::optional<DescriptorChain>> pop(const GuestMemory& memory);
+  /// Puts the chain pop() returned last back, as if it had not been popped (a receive queue that
+  /// had a buffer but no frame for it).
+  void unpop() { --state_.next_avail; }
   /// Gives a chain back to the driver with `len` bytes written into its writable part.
   Result<> push_used(const GuestMemory& memory, uint16_t head, uint32_t len);
   /// Whether the driver wants an interrupt for what was pushed since the last one (EVENT_IDX's

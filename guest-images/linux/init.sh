@@ -57,6 +57,21 @@ run_scenario() {
       sync
       umount /mnt || return 1
       echo "ext4-write: done" ;;
+    net)
+      # eth0 at 10.0.2.2/24 (the host's TAP is 10.0.2.1): ping the host, fetch its payload over
+      # HTTP, serve one of ours, and wait until the host says it has fetched it (port 5001).
+      ip link set lo up
+      ip addr add 10.0.2.2/24 dev eth0 && ip link set eth0 up || return 1
+      echo "net: mac $(cat /sys/class/net/eth0/address)"
+      echo "net: ping $(ping -c 3 -W 5 10.0.2.1 | grep 'packets transmitted')"
+      wget -q -O /tmp/got http://10.0.2.1:8080/payload || return 1
+      echo "net: got $(md5sum </tmp/got | cut -d' ' -f1)"
+      mkdir -p /www
+      dd if=/dev/urandom of=/www/upload bs=1M count=4 2>/dev/null
+      httpd -p 8080 -h /www
+      echo "net: serving $(md5sum </www/upload | cut -d' ' -f1)"
+      timeout 120 nc -l -p 5001 >/dev/null
+      echo "net: done" ;;
     shell) setsid cttyhack sh ;;
     *) echo "vmm-l2: unknown scenario $1"; return 2 ;;
   esac

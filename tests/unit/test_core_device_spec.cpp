@@ -25,3 +25,30 @@ TEST_CASE("cli: --disk specs") {
     CHECK(r.error().message().find('\n') == std::string::npos);
   }
 }
+
+TEST_CASE("cli: --net specs") {
+  auto n = vmm::parse_net_spec("tap=tap0,mac=52:54:00:12:34:56");
+  REQUIRE(n);
+  CHECK(n->tap == "tap0");
+  CHECK(n->mac == "52:54:00:12:34:56");
+  CHECK(vmm::parse_net_spec("tap=t")->mac.empty());
+  for (const char* bad : {"", "tap0", "tap=", "mac=52:54:00:12:34:56", "tap=a,tap=b", "tap=a,vhost=on"}) {
+    auto r = vmm::parse_net_spec(bad);
+    INFO(bad);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().message().starts_with("--net"));
+  }
+}
+
+#include "devices/virtio/net.hpp"
+
+TEST_CASE("virtio-net: MAC addresses") {
+  auto m = vmm::devices::virtio::parse_mac("52:54:00:AB:cd:0f");
+  REQUIRE(m);
+  CHECK(vmm::devices::virtio::format_mac(*m) == "52:54:00:ab:cd:0f");
+  for (const char* bad : {"", "52:54:00:ab:cd", "52:54:00:ab:cd:0f:11", "52-54-00-ab-cd-0f", "52:54:00:ab:cd:0g",
+                          "01:00:5e:00:00:01", "00:00:00:00:00:00", "5:54:00:ab:cd:0ff"}) {
+    INFO(bad);
+    CHECK_FALSE(vmm::devices::virtio::parse_mac(bad));
+  }
+}

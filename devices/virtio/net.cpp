@@ -1,0 +1,211 @@
+#include "devices/virtio/net.hpp"
+
+#include <fmt/core.h>
+
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+namespace vmm::devices::virtio {
+
+namespace {
+
+constexpr size_t kNumBuffersOffset = 10;  // virtio_net_hdr.num_buffers
+
+Result<std::vector<iovec>> host_iov(const GuestMemory& memory, std::span<const Segment> segments) {
+  std::vector<iovec> iov;
+  iov.reserve(segments.size());
+  for (const Segment& s : segments) {
+    if (s.len == 0) continue;
+    auto host = memory.slice(Gpa(s.gpa), s.len);  // checked at pop
+    if (!host) return std::unexpected(host.error());
+    iov.push_back({host->data(), host->size()});
+  }
+  return iov;
+}
+
+int hex(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+}  // namespace
+
+Result<MacAddress> parse_mac(std::string_view text) {
+  MacAddress mac{};
+  if (text.size() != 17) return fail("MAC {}: expected six hex bytes separated by ':'", text);
+  for (size_t i = 0; i < 6; ++i) {
+    const int hi = hex(text[3 * i]), lo = hex(text[3 * i + 1]);
+    if (hi < 0 || lo < 0 || (i < 5 && text[3 * i + 2] != ':')) {
+      return fail("MAC {}: expected six hex bytes separated by ':'", text);
+    }
+    mac[i] = static_cast<uint8_t>(hi << 4 | lo);
+  }
+  if (mac[0] & 1) return fail("MAC {}: a multicast address cannot be a NIC's", text);
+  if (mac == MacAddress{}) return fail("MAC {}: all zeroes", text);
+  return mac;
+}
+
+std::string format_mac(const MacAddress& m) {
+  return fmt::format("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5]);
+}
+
+Net::Net(Tap tap, MacAddress mac)
+    : VirtioDevice([] {
+        std::vector<Queue> q;
+        q.emplace_back(kQueueSize);
+        q.emplace_back(kQueueSize);
+        return q;
+      }()),
+      tap_(std::move(tap)),
+      mac_(mac) {}
+
+Result<std::shared_ptr<Net>> Net::create(Tap tap, MacAddress mac, EventLoop& loop) {
+  std::shared_ptr<Net> net(new Net(std::move(tap), mac));
+  Net* self = net.get();
+  // Frames waiting on the TAP: deliver what the guest has buffers for. Before DRIVER_OK (or after a
+  // reset) the frames stay queued in the TAP.
+  auto w = loop.watch(net->tap_.fd(), [self] {
+    std::lock_guard lock(self->mutex_);
+    if (!self->memory_) return;
+    if (auto r = self->receive(); !r) self->log_once(r.error().message());
+  });
+  if (!w) return std::unexpected(w.error());
+  return net;
+}
+
+uint64_t Net::device_features() const {
+  return kFVersion1 | kFRingEventIdx | kFRingIndirectDesc | kNetFMac | kNetFStatus;
+}
+
+void Net::read_config(uint64_t offset, std::span<uint8_t> data) {
+  // virtio 1.2 §5.1.4: mac[6], status (le16).
+  std::array<uint8_t, 8> c{};
+  std::memcpy(c.data(), mac_.data(), 6);
+  c[6] = kNetSLinkUp;
+  std::fill(data.begin(), data.end(), 0);
+  for (size_t i = 0; i < data.size(); ++i) {
+    if (offset + i < c.size()) data[i] = c[offset + i];
+  }
+}
+
+void Net::write_config(uint64_t, std::span<const uint8_t>) {
+  // The MAC is writable only with VIRTIO_NET_F_CTRL_MAC_ADDR-less legacy drivers; we are modern-only.
+}
+
+Result<> Net::activate(const GuestMemory& memory, uint64_t features, Interrupt& interrupt) {
+  memory_ = &memory;
+  interrupt_ = &interrupt;
+  for (auto& q : queues_) q.set_event_idx(features & kFRingEventIdx);
+  // Frames may already be waiting.
+  return receive();
+}
+
+void Net::reset() {
+  for (auto& q : queues_) q.reset();
+  memory_ = nullptr;
+  interrupt_ = nullptr;
+}
+
+void Net::log_once(const std::string& what) {
+  if (!logged_) fmt::print(stderr, "vmm: virtio-net {}: {}\n", tap_.name(), what);
+  logged_ = true;
+}
+
+Result<> Net::process_queue(unsigned queue) {
+  if (!memory_) return {};
+  if (queue == kRxQueue) return receive();  // the driver added receive buffers
+  if (queue == kTxQueue) return transmit();
+  return {};
+}
+
+Result<> Net::interrupt_if_needed(unsigned queue) {
+  auto need = queues_[queue].needs_interrupt(*memory_);
+  if (!need) return std::unexpected(need.error());
+  if (*need) interrupt_->signal_used(queue);
+  return {};
+}
+
+Result<> Net::transmit() {
+  Queue& q = queues_[kTxQueue];
+  for (;;) {
+    bool sent = false;
+    for (;;) {
+      auto chain = q.pop(*memory_);
+      if (!chain) return std::unexpected(chain.error());
+      if (!*chain) break;
+      const DescriptorChain& c = **chain;
+      if (c.readable_bytes < kNetHdrBytes) {
+        ++errors_;
+        log_once(fmt::format("transmit chain of {} bytes, shorter than the {}-byte header", c.readable_bytes, kNetHdrBytes));
+      } else {
+        auto iov = host_iov(*memory_, c.readable);
+        if (!iov) return std::unexpected(iov.error());
+        const ssize_t n = tap_.write(iov->data(), static_cast<int>(iov->size()));
+        if (n < 0) {
+          ++errors_;  // the TAP refused the frame (too long, interface down): dropped, like a wire would
+          log_once(fmt::format("TAP write: {}", errno_text(static_cast<int>(-n))));
+        } else {
+          ++tx_frames_;
+        }
+      }
+      if (auto r = q.push_used(*memory_, c.head, 0); !r) return r;
+      sent = true;
+    }
+    if (sent) {
+      if (auto r = interrupt_if_needed(kTxQueue); !r) return r;
+    }
+    if (auto r = q.enable_notification(*memory_); !r) return r;
+    auto more = q.has_available(*memory_);
+    if (!more) return std::unexpected(more.error());
+    if (!*more) return {};
+  }
+}
+
+Result<> Net::receive() {
+  Queue& q = queues_[kRxQueue];
+  if (!q.ready()) return {};
+  bool delivered = false;
+  for (;;) {
+    auto chain = q.pop(*memory_);
+    if (!chain) return std::unexpected(chain.error());
+    if (!*chain) {
+      // Out of buffers: ask the driver to notify when it adds some, then look once more.
+      if (auto r = q.enable_notification(*memory_); !r) return r;
+      auto more = q.has_available(*memory_);
+      if (!more) return std::unexpected(more.error());
+      if (*more) continue;
+      break;
+    }
+    const DescriptorChain& c = **chain;
+    if (c.writable_bytes < kNetHdrBytes || !c.readable.empty()) {
+      ++errors_;
+      log_once(fmt::format("receive chain with {} writable and {} readable bytes", c.writable_bytes, c.readable_bytes));
+      if (auto r = q.push_used(*memory_, c.head, 0); !r) return r;
+      delivered = true;
+      continue;
+    }
+    auto iov = host_iov(*memory_, c.writable);
+    if (!iov) return std::unexpected(iov.error());
+    const ssize_t n = tap_.read(iov->data(), static_cast<int>(iov->size()));
+    if (n < 0) {
+      q.unpop();  // nothing to deliver now (EAGAIN) or the TAP failed: the buffer stays the driver's
+      if (n != -EAGAIN) log_once(fmt::format("TAP read: {}", errno_text(static_cast<int>(-n))));
+      break;
+    }
+    // One buffer per frame (no VIRTIO_NET_F_MRG_RXBUF): num_buffers is 1.
+    Writer w(*memory_, c.writable);
+    const uint16_t one = 1;
+    if (auto r = w.skip(kNumBuffersOffset); !r) return r;
+    if (auto r = w.write_obj(one); !r) return r;
+    ++rx_frames_;
+    if (auto r = q.push_used(*memory_, c.head, static_cast<uint32_t>(n)); !r) return r;
+    delivered = true;
+  }
+  if (delivered) return interrupt_if_needed(kRxQueue);
+  return {};
+}
+
+}  // namespace vmm::devices::virtio

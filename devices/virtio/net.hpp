@@ -1,0 +1,67 @@
+// virtio-net (virtio 1.2 §5.1) on a TAP interface: one receive and one transmit queue, the MAC in
+// the configuration space, link always up. Frames pass between guest buffers and the TAP with no
+// copy (readv/writev on the guest's memory). Receive is driven by the TAP's readiness on the event
+// loop and by the driver adding buffers; nothing polls.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+
+#include "devices/tap.hpp"
+#include "devices/virtio/device.hpp"
+#include "vmm/event_loop.hpp"
+
+namespace vmm::devices::virtio {
+
+inline constexpr uint64_t kNetFMac = 1ull << 5;
+inline constexpr uint64_t kNetFStatus = 1ull << 16;
+inline constexpr uint16_t kNetSLinkUp = 1;
+inline constexpr size_t kNetHdrBytes = 12;  ///< struct virtio_net_hdr with num_buffers (VERSION_1)
+
+using MacAddress = std::array<uint8_t, 6>;
+
+/// Parses "52:54:00:12:34:56"; refuses multicast and all-zero addresses.
+Result<MacAddress> parse_mac(std::string_view text);
+std::string format_mac(const MacAddress& mac);
+
+class Net final : public VirtioDevice {
+ public:
+  static constexpr uint16_t kQueueSize = 256;
+  static constexpr unsigned kRxQueue = 0;
+  static constexpr unsigned kTxQueue = 1;
+
+  /// Must be created before `loop` runs (it watches the TAP from construction on).
+  static Result<std::shared_ptr<Net>> create(Tap tap, MacAddress mac, EventLoop& loop);
+
+  uint16_t device_type() const override { return 1; }
+  uint64_t device_features() const override;
+  void read_config(uint64_t offset, std::span<uint8_t> data) override;
+  void write_config(uint64_t offset, std::span<const uint8_t> data) override;
+  Result<> activate(const GuestMemory& memory, uint64_t features, Interrupt& interrupt) override;
+  Result<> process_queue(unsigned queue) override;
+  void reset() override;
+
+  const MacAddress& mac() const { return mac_; }
+  const Tap& tap() const { return tap_; }
+  uint64_t rx_frames() const { return rx_frames_; }
+  uint64_t tx_frames() const { return tx_frames_; }
+  /// Chains refused (too small for the header) and frames the TAP refused.
+  uint64_t errors() const { return errors_; }
+
+ private:
+  Net(Tap tap, MacAddress mac);
+  Result<> receive();
+  Result<> transmit();
+  Result<> interrupt_if_needed(unsigned queue);
+  void log_once(const std::string& what);
+
+  Tap tap_;
+  MacAddress mac_;
+  const GuestMemory* memory_ = nullptr;
+  Interrupt* interrupt_ = nullptr;
+  uint64_t rx_frames_ = 0, tx_frames_ = 0, errors_ = 0;
+  bool logged_ = false;
+};
+
+}  // namespace vmm::devices::virtio
