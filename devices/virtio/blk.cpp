@@ -225,6 +225,7 @@ Result<> Block::process_queue(unsigned queue) {
   if (queue != 0 || !memory_) return {};
   Queue& q = queues_[0];
   for (;;) {
+    const uint16_t used_before = q.save().next_used;
     for (;;) {
       auto chain = q.pop(*memory_);
       if (!chain) return std::unexpected(chain.error());
@@ -240,9 +241,12 @@ Result<> Block::process_queue(unsigned queue) {
       }
       start(*req, (*chain)->head);
     }
-    auto need = q.needs_interrupt(*memory_);
-    if (!need) return std::unexpected(need.error());
-    if (*need) interrupt_->signal_used(0);
+    // Requests answered at once (refused, get-id) may want an interrupt; I/O completions decide later.
+    if (q.save().next_used != used_before) {
+      auto need = q.needs_interrupt(*memory_);
+      if (!need) return std::unexpected(need.error());
+      if (*need) interrupt_->signal_used(0);
+    }
     // Ask for the next notification, then look again: a chain made available in between would
     // otherwise wait for the next kick.
     if (auto r = q.enable_notification(*memory_); !r) return r;

@@ -374,4 +374,54 @@ void PciTransport::signal_used(unsigned queue) {
   isr_ |= kIsrQueue;
 }
 
+// ---- Snapshots ------------------------------------------------------------------------------------
+
+PciTransport::State PciTransport::save() const {
+  std::lock_guard lock(device_->mutex());
+  State st;
+  st.config = config_.save();
+  st.msix = msix_->save();
+  st.status = status_;
+  st.driver_features = driver_features_;
+  st.device_feature_select = device_feature_select_;
+  st.driver_feature_select = driver_feature_select_;
+  st.queue_select = queue_select_;
+  st.msix_config = msix_config_;
+  st.queue_vectors = queue_vectors_;
+  st.config_generation = config_generation_;
+  for (const auto& q : device_->queues()) st.queues.push_back(q.save());
+  return st;
+}
+
+Result<> PciTransport::restore(const State& st) {
+  std::lock_guard lock(device_->mutex());
+  if (st.queues.size() != device_->queues().size() || st.queue_vectors.size() != queue_vectors_.size()) {
+    return fail("{}: saved state has {} queues, the device {}", name_, st.queues.size(), device_->queues().size());
+  }
+  reset_locked();
+  config_.restore(st.config);
+  msix_->restore(st.msix);
+  msix_->update_control(config_);
+  for (size_t i = 0; i < st.queues.size(); ++i) {
+    if (auto r = device_->queues()[i].restore(memory_, st.queues[i]); !r) {
+      reset_locked();
+      return std::unexpected(r.error().context(fmt::format("{}: queue {}", name_, i)));
+    }
+  }
+  status_ = st.status;
+  driver_features_ = st.driver_features;
+  device_feature_select_ = st.device_feature_select;
+  driver_feature_select_ = st.driver_feature_select;
+  queue_select_ = st.queue_select;
+  msix_config_ = st.msix_config;
+  queue_vectors_ = st.queue_vectors;
+  config_generation_ = st.config_generation;
+  if ((status_ & kStatusDriverOk) && !(status_ & kStatusNeedsReset)) {
+    // Activation keeps the restored ring positions (devices only read features and start serving).
+    if (auto r = device_->activate(memory_, driver_features_, *this); !r) return r;
+    add_notifiers_locked();
+  }
+  return {};
+}
+
 }  // namespace vmm::devices::virtio

@@ -70,7 +70,13 @@ class PciTransport final : public PciFunction, public Interrupt {
     uint16_t queue_select = 0, msix_config = Msix::kNoVector;
     std::vector<uint16_t> queue_vectors;
     uint8_t config_generation = 0;
+    std::vector<Queue::State> queues;
   };
+  State save() const;
+  /// Restores a saved state into a transport for the same kind of device. A driver that was
+  /// running (DRIVER_OK) is running again: the device is activated and the queues' notifications
+  /// are set up. Fails on a state that does not fit (queue count, rings outside RAM).
+  Result<> restore(const State& state);
 
  private:
   PciTransport(std::shared_ptr<VirtioDevice> device, std::string name, VmIo& vm, EventLoop& loop,

@@ -153,6 +153,14 @@ Queue::Queue(uint16_t max_size) : max_size_(max_size) { reset(); }
 void Queue::reset() { state_ = State{.size = max_size_}; }
 
 Result<> Queue::enable(const GuestMemory& memory) {
+  if (auto r = validate(memory); !r) return r;
+  // Nothing was used yet: the first interrupt decision compares against this position.
+  state_.signalled_used = state_.next_used;
+  state_.signalled_valid = true;
+  return {};
+}
+
+Result<> Queue::validate(const GuestMemory& memory) {
   const uint32_t size = state_.size;
   if (!is_power_of_two(size) || size > max_size_) {
     return fail("queue size {} is not a power of two between 1 and {}", size, max_size_);
@@ -174,7 +182,7 @@ Result<> Queue::restore(const GuestMemory& memory, const State& state) {
   state_ = state;
   if (!state_.ready) return {};
   state_.ready = false;
-  return enable(memory);
+  return validate(memory);
 }
 
 Result<uint16_t> Queue::avail_idx(const GuestMemory& memory) const {

@@ -168,6 +168,8 @@ class Queue {
   Result<> restore(const GuestMemory& memory, const State& state);
 
  private:
+  /// Checks the configuration and marks the queue ready (enable() without resetting positions).
+  Result<> validate(const GuestMemory& memory);
   Result<uint16_t> avail_idx(const GuestMemory& memory) const;
   Result<> walk(const GuestMemory& memory, uint64_t table, uint32_t count, uint16_t index, bool indirect,
                 DescriptorChain& chain) const;

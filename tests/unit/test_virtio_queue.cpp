@@ -302,7 +302,7 @@ TEST_CASE("virtio queue: interrupt suppression with and without EVENT_IDX") {
     q.set_event_idx(true);
     REQUIRE(vq.attach(q));
     push(q);                        // used idx 1
-    CHECK(*q.needs_interrupt(mem));  // the first decision always interrupts
+    CHECK(*q.needs_interrupt(mem));  // used_event 0: the first used buffer interrupts
     vq.set_used_event(3);            // the driver wants an interrupt once used idx passes 3
     push(q);                         // 2
     CHECK_FALSE(*q.needs_interrupt(mem));
