@@ -3,18 +3,12 @@
  * isa-debug-exit convention). Ring-0 code is emulated on some hosts: keep the work tiny. */
 #include <stdint.h>
 
+#include "tg.h"
+
 #define COM1 0x3f8
 #define DEBUG_EXIT 0xf4
 
 void triple_fault(void);
-
-static inline void outb(uint16_t port, uint8_t v) { __asm__ volatile("outb %0, %1" ::"a"(v), "Nd"(port)); }
-static inline void outl(uint16_t port, uint32_t v) { __asm__ volatile("outl %0, %1" ::"a"(v), "Nd"(port)); }
-static inline uint8_t inb(uint16_t port) {
-  uint8_t v;
-  __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
-  return v;
-}
 
 /* ---- serial: bytes are collected and sent 16 at a time (the 16550 FIFO depth) with one
  * `rep outsb` after THRE, so a line costs one or a few VM exits instead of one per byte. ---- */
@@ -28,21 +22,30 @@ static void flush_(void) {
   __asm__ volatile("rep outsb" : "+S"(p), "+c"(n) : "d"((uint16_t)COM1) : "memory");
   tx_len = 0;
 }
-static void putc_(char c) {
+void putc_(char c) {
   tx_buf[tx_len++] = c;
   if (c == '\n' || tx_len == sizeof tx_buf) flush_();
 }
-static void puts_(const char* s) {
+void puts_(const char* s) {
   while (*s) putc_(*s++);
 }
-static void putu(unsigned v) {
+void putu(unsigned v) {
   char buf[12];
   int i = 0;
   do buf[i++] = (char)('0' + v % 10); while ((v /= 10) && i < 11);
   while (i) putc_(buf[--i]);
 }
 
-static void guest_exit(uint32_t status) {
+void putx(uint64_t v) {
+  puts_("0x");
+  int started = 0;
+  for (int shift = 60; shift >= 0; shift -= 4) {
+    unsigned d = (unsigned)(v >> shift) & 0xf;
+    if (d || started || shift == 0) putc_("0123456789abcdef"[d]), started = 1;
+  }
+}
+
+void guest_exit(uint32_t status) {
   flush_();
   outl(DEBUG_EXIT, status);
   for (;;) __asm__ volatile("cli; hlt");
@@ -161,9 +164,13 @@ static void smp(unsigned cpus) {
   guest_exit(alive == cpus ? 0 : 1);
 }
 
-static int streq(const char* a, const char* b) {
+int streq(const char* a, const char* b) {
   while (*a && *a == *b) a++, b++;
   return *a == *b;
+}
+int starts_with(const char* s, const char* prefix) {
+  while (*prefix && *s == *prefix) s++, prefix++;
+  return !*prefix;
 }
 
 void guest_main(uint32_t start_info) {
@@ -172,6 +179,14 @@ void guest_main(uint32_t start_info) {
   uint64_t rsdp = 0;
   if (si && rd32(si) == 0x336ec578) {
     rsdp = rd64(si + 32);
+    /* The end of RAM below 4 GiB, from the memory map (hvm_start_info version 1). */
+    extern uint64_t tg_ram_end;
+    const volatile uint8_t* map = (const volatile uint8_t*)rd64(si + 40);
+    uint32_t entries = rd32(si + 48);
+    for (uint32_t i = 0; map && i < entries && i < 128; i++) {
+      uint64_t a = rd64(map + 24 * i), n = rd64(map + 24 * i + 8);
+      if (rd32(map + 24 * i + 16) == 1 && a + n <= 0x100000000ull && a + n > tg_ram_end) tg_ram_end = a + n;
+    }
     const volatile char* cmd = (const volatile char*)rd64(si + 24);
     /* First word without '=' is the scenario. */
     while (cmd && *cmd) {
@@ -197,6 +212,7 @@ void guest_main(uint32_t start_info) {
   if (streq(scenario, "hello")) guest_exit(0);
   if (streq(scenario, "echo")) echo();
   if (streq(scenario, "smp")) smp(cpus);
+  virtio_scenario(scenario);
   if (streq(scenario, "fault")) {
     puts_("fault: triple faulting now\n");
     triple_fault();

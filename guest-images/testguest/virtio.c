@@ -1,0 +1,371 @@
+/* A minimal virtio-pci (modern) driver for the test guest and the scenarios that use it:
+ *   blk-read    read sectors 0-127 and check the host's pattern (seed 0x11)
+ *   blk-write   write sectors 128-255 with the guest's pattern (seed 0x5a); the host checks the file
+ *   blk-verify  write sectors 64-71 (seed 0x77), read them back and compare
+ *   blk-flush   write sector 300 (seed 0x33), then flush
+ *   blk-id      print the disk's serial (GET_ID)
+ *   hostile-*   attack the device (see the table at the end); the device must refuse, the VMM must
+ *               stay up, and after a reset the device must serve a legal read again.
+ * Interrupts are not used: the guest polls the used ring. Configuration mechanism #1 finds the
+ * device; its capabilities give the BAR offsets (virtio 1.2 §4.1.4). */
+#include "tg.h"
+
+#define PCI_ADDR 0xcf8
+#define PCI_DATA 0xcfc
+#define QSIZE 16
+#define SECTOR 512
+
+/* ---- PCI ---- */
+static uint32_t pci_read(unsigned slot, unsigned reg) {
+  outl(PCI_ADDR, 0x80000000u | slot << 11 | (reg & 0xfc));
+  return inl(PCI_DATA);
+}
+static void pci_write(unsigned slot, unsigned reg, uint32_t v) {
+  outl(PCI_ADDR, 0x80000000u | slot << 11 | (reg & 0xfc));
+  outl(PCI_DATA, v);
+}
+
+/* ---- the device's registers ---- */
+static volatile uint8_t* common;
+static volatile uint8_t* notify_base;
+static volatile uint8_t* devcfg;
+static uint32_t notify_mult;
+#define C8(off) (*(volatile uint8_t*)(common + (off)))
+#define C16(off) (*(volatile uint16_t*)(common + (off)))
+#define C32(off) (*(volatile uint32_t*)(common + (off)))
+enum { DFSEL = 0x00, DF = 0x04, GFSEL = 0x08, GF = 0x0c, STATUS = 0x14, QSEL = 0x16, QSZ = 0x18, QEN = 0x1c,
+       QNOFF = 0x1e, QDESC = 0x20, QDRV = 0x28, QDEV = 0x30 };
+enum { S_ACK = 1, S_DRIVER = 2, S_DRIVER_OK = 4, S_FEATURES_OK = 8, S_NEEDS_RESET = 0x40 };
+
+static void c64(unsigned off, uint64_t v) {
+  C32(off) = (uint32_t)v;
+  C32(off + 4) = (uint32_t)(v >> 32);
+}
+
+static int find_device(uint16_t device_id) {
+  for (unsigned slot = 0; slot < 32; slot++) {
+    if (pci_read(slot, 0) != ((uint32_t)device_id << 16 | 0x1af4)) continue;
+    pci_write(slot, 0x04, 0x6); /* memory space, bus master */
+    for (unsigned p = pci_read(slot, 0x34) & 0xff; p; p = (pci_read(slot, p) >> 8) & 0xff) {
+      uint32_t hdr = pci_read(slot, p);
+      if ((hdr & 0xff) != 0x09) continue;
+      unsigned type = (hdr >> 24) & 0xff, bar = pci_read(slot, p + 4) & 0xff;
+      uint64_t base = pci_read(slot, 0x10 + 4 * bar) & ~0xfull;
+      uint64_t at = base + pci_read(slot, p + 8);
+      if (type == 1) common = (volatile uint8_t*)at;
+      if (type == 2) notify_base = (volatile uint8_t*)at, notify_mult = pci_read(slot, p + 16);
+      if (type == 4) devcfg = (volatile uint8_t*)at;
+    }
+    return common && notify_base && devcfg;
+  }
+  return 0;
+}
+
+/* ---- one split virtqueue (queue 0) ---- */
+struct desc {
+  uint64_t addr;
+  uint32_t len;
+  uint16_t flags, next;
+};
+enum { F_NEXT = 1, F_WRITE = 2, F_INDIRECT = 4 };
+static struct desc descs[QSIZE] __attribute__((aligned(4096)));
+static struct {
+  uint16_t flags, idx, ring[QSIZE], used_event;
+} avail __attribute__((aligned(4096)));
+static struct {
+  uint16_t flags, idx;
+  struct {
+    uint32_t id, len;
+  } ring[QSIZE];
+  uint16_t avail_event;
+} used __attribute__((aligned(4096)));
+static uint16_t next_desc;
+static struct desc indirect[64] __attribute__((aligned(16)));
+
+static int setup(uint64_t desc_addr) {
+  C8(STATUS) = 0;
+  C8(STATUS) = S_ACK;
+  C8(STATUS) = S_ACK | S_DRIVER;
+  C32(DFSEL) = 1;
+  if (!(C32(DF) & 1)) return 0; /* VERSION_1 */
+  C32(GFSEL) = 0;
+  C32(GF) = 0;
+  C32(GFSEL) = 1;
+  C32(GF) = 1;
+  C8(STATUS) = S_ACK | S_DRIVER | S_FEATURES_OK;
+  if (!(C8(STATUS) & S_FEATURES_OK)) return 0;
+  for (unsigned i = 0; i < sizeof avail; i++) ((volatile uint8_t*)&avail)[i] = 0;
+  for (unsigned i = 0; i < sizeof used; i++) ((volatile uint8_t*)&used)[i] = 0;
+  next_desc = 0;
+  C16(QSEL) = 0;
+  C16(QSZ) = QSIZE;
+  c64(QDESC, desc_addr);
+  c64(QDRV, (uint64_t)&avail);
+  c64(QDEV, (uint64_t)&used);
+  C16(QEN) = 1;
+  C8(STATUS) = S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK;
+  return !(C8(STATUS) & S_NEEDS_RESET);
+}
+
+static void notify(uint16_t queue) {
+  *(volatile uint16_t*)(notify_base + (uint64_t)queue * notify_mult) = queue;
+}
+
+/* Publishes head `h`, notifies, waits for it to be used (or for NEEDS_RESET). 1: used. */
+static int submit(uint16_t h) {
+  uint16_t before = used.idx;
+  avail.ring[avail.idx % QSIZE] = h;
+  __atomic_thread_fence(__ATOMIC_SEQ_CST);
+  avail.idx++;
+  __atomic_thread_fence(__ATOMIC_SEQ_CST);
+  notify(0);
+  for (unsigned long n = 0; n < 200000000ul; n++) {
+    if (*(volatile uint16_t*)&used.idx != before) return 1;
+    if (C8(STATUS) & S_NEEDS_RESET) return 0;
+    __asm__ volatile("pause");
+  }
+  return 0;
+}
+
+static uint16_t add(uint64_t addr, uint32_t len, uint16_t flags) {
+  uint16_t i = next_desc++ % QSIZE;
+  descs[i].addr = addr;
+  descs[i].len = len;
+  descs[i].flags = flags;
+  descs[i].next = (uint16_t)(next_desc % QSIZE);
+  return i;
+}
+
+/* ---- block requests ---- */
+static struct {
+  uint32_t type, reserved;
+  uint64_t sector;
+} hdr;
+static volatile uint8_t status_byte;
+static uint8_t buf[64 * 1024] __attribute__((aligned(4096)));
+
+/* One request: header, `len` bytes of data at `data` (device-writable for reads), status. */
+static int blk_request(uint32_t type, uint64_t sector, void* data, uint32_t len, int data_writable) {
+  hdr.type = type;
+  hdr.sector = sector;
+  status_byte = 0xee;
+  uint16_t h = add((uint64_t)&hdr, 16, F_NEXT);
+  if (len) add((uint64_t)data, len, (uint16_t)(F_NEXT | (data_writable ? F_WRITE : 0)));
+  add((uint64_t)&status_byte, 1, F_WRITE);
+  if (!submit(h)) return -1;
+  return status_byte;
+}
+
+static uint8_t pattern(uint64_t offset, uint8_t seed) {
+  return (uint8_t)((offset >> 9) * 31 + (offset & 511) * 7 + seed);
+}
+
+static int check(uint64_t sector, uint32_t len, uint8_t seed, const char* what) {
+  for (uint32_t i = 0; i < len; i++) {
+    if (buf[i] != pattern(sector * SECTOR + i, seed)) {
+      puts_(what);
+      puts_(": mismatch at byte ");
+      putu((unsigned)(sector * SECTOR + i));
+      putc_('\n');
+      return 0;
+    }
+  }
+  return 1;
+}
+
+static void fill(uint64_t sector, uint32_t len, uint8_t seed) {
+  for (uint32_t i = 0; i < len; i++) buf[i] = pattern(sector * SECTOR + i, seed);
+}
+
+static void fail(const char* what) {
+  puts_(what);
+  puts_(": FAILED\n");
+  guest_exit(1);
+}
+
+/* After an attack: the device either went to NEEDS_RESET or answered the request; then a reset
+ * and a legal read must work. */
+static void recover_and_exit(const char* name, int needs_reset_expected) {
+  int nr = (C8(STATUS) & S_NEEDS_RESET) != 0;
+  puts_("hostile: ");
+  puts_(name);
+  puts_(nr ? ": device needs reset\n" : ": device ok\n");
+  if (nr != needs_reset_expected) fail(name);
+  if (!setup((uint64_t)descs)) fail("hostile: setup after reset");
+  int st = blk_request(0, 0, buf, 4096, 1);
+  if (st != 0 || !check(0, 4096, 0x11, "hostile")) fail("hostile: read after reset");
+  puts_("hostile: recovered\n");
+  guest_exit(0);
+}
+
+static uint64_t ram_end_below_4g(void);
+
+static void hostile(const char* name) {
+  const uint64_t hole = 0xd0000000; /* inside the PCI window: not RAM */
+  const uint64_t end = ram_end_below_4g();
+  if (streq(name, "hostile-desc-outside-ram")) {
+    hdr.type = 0, hdr.sector = 0;
+    uint16_t h = add((uint64_t)&hdr, 16, F_NEXT);
+    add(hole, 4096, F_NEXT | F_WRITE);
+    add((uint64_t)&status_byte, 1, F_WRITE);
+    submit(h);
+    recover_and_exit(name, 1);
+  }
+  if (streq(name, "hostile-desc-straddle")) {
+    hdr.type = 0, hdr.sector = 0;
+    uint16_t h = add((uint64_t)&hdr, 16, F_NEXT);
+    add(end - 512, 4096, F_NEXT | F_WRITE); /* starts in RAM, ends past it */
+    add((uint64_t)&status_byte, 1, F_WRITE);
+    submit(h);
+    recover_and_exit(name, 1);
+  }
+  if (streq(name, "hostile-huge-len")) {
+    hdr.type = 0, hdr.sector = 0;
+    uint16_t h = add((uint64_t)&hdr, 16, F_NEXT);
+    add((uint64_t)buf, 0xffffffffu, F_NEXT | F_WRITE);
+    add((uint64_t)&status_byte, 1, F_WRITE);
+    submit(h);
+    recover_and_exit(name, 1);
+  }
+  if (streq(name, "hostile-loop")) {
+    descs[0] = (struct desc){(uint64_t)&hdr, 16, F_NEXT, 1};
+    descs[1] = (struct desc){(uint64_t)buf, 512, F_NEXT | F_WRITE, 0};
+    submit(0);
+    recover_and_exit(name, 1);
+  }
+  if (streq(name, "hostile-long-chain")) {
+    for (unsigned i = 0; i < 64; i++) indirect[i] = (struct desc){(uint64_t)buf, 8, F_NEXT | F_WRITE, (uint16_t)(i + 1)};
+    indirect[63].flags = F_WRITE;
+    descs[0] = (struct desc){(uint64_t)indirect, sizeof indirect, F_INDIRECT, 0}; /* 64 > the queue's 16 */
+    submit(0);
+    recover_and_exit(name, 1);
+  }
+  if (streq(name, "hostile-indirect-outside-ram")) {
+    descs[0] = (struct desc){hole, 64, F_INDIRECT, 0};
+    submit(0);
+    recover_and_exit(name, 1);
+  }
+  if (streq(name, "hostile-indirect-nested")) {
+    indirect[0] = (struct desc){(uint64_t)&indirect[1], 16, F_INDIRECT, 0};
+    descs[0] = (struct desc){(uint64_t)indirect, 32, F_INDIRECT, 0};
+    submit(0);
+    recover_and_exit(name, 1);
+  }
+  if (streq(name, "hostile-avail-idx")) {
+    avail.idx = 1000; /* far more than QSIZE ahead */
+    notify(0);
+    for (unsigned long n = 0; n < 200000000ul && !(C8(STATUS) & S_NEEDS_RESET); n++) __asm__ volatile("pause");
+    recover_and_exit(name, 1);
+  }
+  if (streq(name, "hostile-readonly-buffer")) {
+    /* A read whose data buffer is device-readable: refused with IOERR, the buffer untouched. */
+    for (unsigned i = 0; i < 512; i++) buf[i] = 0xab;
+    int st = blk_request(0, 0, buf, 512, 0);
+    puts_("hostile: status ");
+    putu((unsigned)st);
+    putc_('\n');
+    if (st != 1 || buf[0] != 0xab) fail(name);
+    recover_and_exit(name, 0);
+  }
+  if (streq(name, "hostile-past-end")) {
+    uint64_t capacity = *(volatile uint64_t*)devcfg;
+    fill(capacity - 1, 1024, 0x66);
+    int st1 = blk_request(1, capacity - 1, buf, 1024, 0); /* straddles the end */
+    int st2 = blk_request(1, capacity, buf, 512, 0);      /* past it */
+    int st3 = blk_request(0, ~0ull / 512, buf, 512, 1);   /* offset overflows */
+    puts_("hostile: statuses ");
+    putu((unsigned)st1), putc_(' '), putu((unsigned)st2), putc_(' '), putu((unsigned)st3);
+    putc_('\n');
+    if (st1 != 1 || st2 != 1 || st3 != 1) fail(name);
+    recover_and_exit(name, 0);
+  }
+  if (streq(name, "hostile-zero-len")) {
+    /* Zero-length buffers are legal: a read of nothing succeeds. */
+    hdr.type = 0, hdr.sector = 0;
+    status_byte = 0xee;
+    uint16_t h = add((uint64_t)&hdr, 16, F_NEXT);
+    add((uint64_t)buf, 0, F_NEXT | F_WRITE);
+    add((uint64_t)&status_byte, 1, F_WRITE);
+    if (!submit(h) || status_byte != 0) fail(name);
+    recover_and_exit(name, 0);
+  }
+  if (streq(name, "hostile-queue-outside-ram")) {
+    /* Rings outside RAM: enabling the queue fails the device. */
+    C8(STATUS) = 0;
+    C8(STATUS) = S_ACK | S_DRIVER;
+    C32(GFSEL) = 1;
+    C32(GF) = 1;
+    C8(STATUS) = S_ACK | S_DRIVER | S_FEATURES_OK;
+    C16(QSEL) = 0;
+    C16(QSZ) = QSIZE;
+    c64(QDESC, hole);
+    c64(QDRV, (uint64_t)&avail);
+    c64(QDEV, end - 8); /* straddles the end of RAM */
+    C16(QEN) = 1;
+    recover_and_exit(name, 1);
+  }
+  if (streq(name, "hostile-notify-unset")) {
+    /* Notifies for a queue that does not exist and for queue 0 before it is set up. */
+    C8(STATUS) = 0;
+    notify(0);
+    notify(7);
+    *(volatile uint32_t*)(notify_base + 4096 - 4) = 0xffffffff;
+    recover_and_exit(name, 0);
+  }
+  puts_("unknown hostile scenario\n");
+  guest_exit(2);
+}
+
+/* The end of the RAM region below 4 GiB, from the PVH memory map (set by main.c). */
+uint64_t tg_ram_end;
+static uint64_t ram_end_below_4g(void) { return tg_ram_end ? tg_ram_end : 0x10000000; }
+
+void virtio_scenario(const char* s) {
+  if (!starts_with(s, "blk-") && !starts_with(s, "hostile-")) return;
+  if (!find_device(0x1042)) {
+    puts_("virtio: no virtio-blk device\n");
+    guest_exit(3);
+  }
+  if (!setup((uint64_t)descs)) fail("virtio: setup");
+  if (starts_with(s, "hostile-")) hostile(s);
+  if (streq(s, "blk-read")) {
+    for (unsigned part = 0; part < 4; part++) {
+      if (blk_request(0, part * 32, buf, 16384, 1) != 0) fail("blk-read");
+      if (!check(part * 32, 16384, 0x11, "blk-read")) fail("blk-read");
+    }
+    puts_("blk-read: 128 sectors ok\n");
+    guest_exit(0);
+  }
+  if (streq(s, "blk-write")) {
+    fill(128, 65536, 0x5a);
+    if (blk_request(1, 128, buf, 65536, 0) != 0) fail("blk-write");
+    puts_("blk-write: 128 sectors written\n");
+    guest_exit(0);
+  }
+  if (streq(s, "blk-verify")) {
+    fill(64, 4096, 0x77);
+    if (blk_request(1, 64, buf, 4096, 0) != 0) fail("blk-verify write");
+    for (unsigned i = 0; i < 4096; i++) buf[i] = 0;
+    if (blk_request(0, 64, buf, 4096, 1) != 0) fail("blk-verify read");
+    if (!check(64, 4096, 0x77, "blk-verify")) fail("blk-verify");
+    puts_("blk-verify: ok\n");
+    guest_exit(0);
+  }
+  if (streq(s, "blk-flush")) {
+    fill(300, 512, 0x33);
+    if (blk_request(1, 300, buf, 512, 0) != 0) fail("blk-flush write");
+    if (blk_request(4, 0, 0, 0, 0) != 0) fail("blk-flush");
+    puts_("blk-flush: ok\n");
+    guest_exit(0);
+  }
+  if (streq(s, "blk-id")) {
+    for (unsigned i = 0; i < 21; i++) buf[i] = 0;
+    if (blk_request(8, 0, buf, 20, 1) != 0) fail("blk-id");
+    puts_("blk-id: ");
+    puts_((const char*)buf);
+    putc_('\n');
+    guest_exit(0);
+  }
+  puts_("unknown virtio scenario\n");
+  guest_exit(2);
+}

@@ -1,0 +1,29 @@
+#!/bin/sh
+# One virtio-blk scenario of the test guest against a fresh copy of a disk image, in either lane
+# (POSIX sh: it also runs in the nested lane's busybox). Checks vmm's exit status (1: the guest
+# exited with 0), a console line, optionally a line of vmm's stderr, and that the disk ends up
+# byte for byte as EXPECTED (for hostile scenarios: unchanged).
+# usage: blk-scenario.sh VMM TESTGUEST BASE EXPECTED SCENARIO CONSOLE-TEXT [STDERR-TEXT] [--needs-kvm]
+vmm=$1 guest=$2 base=$3 expected=$4 scenario=$5 want=$6 want_err=${7:-}
+if [ "${8:-}" = --needs-kvm ] && ! { [ -r /dev/kvm ] && [ -w /dev/kvm ]; }; then
+  echo "SKIP: /dev/kvm is not usable here"
+  exit 77
+fi
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cp "$base" "$work/disk.img"
+timeout 120 "$vmm" run --kernel "$guest" --memory 64M --cmdline "$scenario" --disk "path=$work/disk.img,id=tgdisk" \
+  </dev/null >"$work/out" 2>"$work/err"
+status=$?
+fail=0
+bad() { echo "blk-scenario $scenario: FAIL: $*"; fail=1; }
+[ $status = 1 ] || bad "exit status $status, expected 1 (the guest's 0)"
+grep -q -- "$want" "$work/out" || bad "no console line with '$want'"
+[ -z "$want_err" ] || grep -q -- "$want_err" "$work/err" || bad "vmm's stderr has no '$want_err'"
+cmp -s "$work/disk.img" "$expected" || bad "the disk is not what a correct device leaves ($expected)"
+if [ $fail != 0 ]; then
+  echo "--- console ---"; cat "$work/out"; echo "--- stderr ---"; cat "$work/err"
+else
+  echo "blk-scenario $scenario: PASS"
+fi
+exit $fail
