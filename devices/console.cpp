@@ -1,5 +1,7 @@
 #include "devices/console.hpp"
 
+#include <pthread.h>
+
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/eventfd.h>
@@ -59,6 +61,7 @@ void Console::start_input(std::shared_ptr<Serial> serial) {
 }
 
 void Console::input_loop() {
+  ::pthread_setname_np(::pthread_self(), "vmm-console");
   uint8_t buf[256];
   for (;;) {
     pollfd fds[2] = {{.fd = STDIN_FILENO, .events = POLLIN, .revents = 0}, {.fd = wake_.get(), .events = POLLIN, .revents = 0}};

@@ -8,6 +8,8 @@
 #include <cstring>
 #include <thread>
 
+#include <pthread.h>
+
 #include "vmm/boot/boot.hpp"
 #include "vmm/cli.hpp"
 #include "vmm/exit_codes.hpp"
@@ -105,6 +107,7 @@ int run_vm(const RunOptions& o) {
   // The I/O thread: virtio notifications and disk completions. It stops before the devices go.
   Result<> io_result;
   std::thread io([&] {
+    ::pthread_setname_np(::pthread_self(), "vmm-io");
     io_result = (*loop)->run();
     if (!io_result) (*vm)->request_stop(StopInfo{.reason = devices::StopReason::Error, .status = 0,
                                                  .message = "I/O thread: " + io_result.error().message()});

@@ -182,6 +182,9 @@ void Vm::park(Vcpu& vcpu) {
 }
 
 void Vm::vcpu_thread(Vcpu& vcpu) {
+  // Named for ps/top and the tests that measure per-thread CPU time.
+  const std::string name = fmt::format("vmm-vcpu{}", vcpu.index());
+  ::pthread_setname_np(::pthread_self(), name.c_str());
   sigset_t unblock;
   sigemptyset(&unblock);
   sigaddset(&unblock, kKickSignal);

@@ -72,6 +72,11 @@ run_scenario() {
       echo "net: serving $(md5sum </www/upload | cut -d' ' -f1)"
       timeout 120 nc -l -p 5001 >/dev/null
       echo "net: done" ;;
+    idle)
+      # Nothing to do for a while (the host measures what an idle VM costs), with eth0 up.
+      ip link set eth0 up 2>/dev/null
+      echo "idle: sleeping"
+      sleep "$(arg idle_seconds || echo 10)" ;;
     shell) setsid cttyhack sh ;;
     *) echo "vmm-l2: unknown scenario $1"; return 2 ;;
   esac
