@@ -62,82 +62,39 @@ void settle(std::span<const Segment> segments, size_t& index, uint64_t& offset, 
 
 }  // namespace
 
-Reader::Reader(const GuestMemory& memory, std::span<const Segment> segments)
+SegmentCursor::SegmentCursor(const GuestMemory& memory, std::span<const Segment> segments)
     : memory_(memory), segments_(segments), remaining_(total(segments)) {
   settle(segments_, index_, offset_, 0);
 }
 
-Result<std::span<uint8_t>> Reader::current() const {
-  const Segment& s = segments_[index_];
-  return memory_.slice(Gpa(s.gpa + offset_), s.len - offset_);
-}
-
-void Reader::advance(uint64_t n) {
+void SegmentCursor::advance(uint64_t n) {
   settle(segments_, index_, offset_, n);
   remaining_ -= n;
 }
 
-Result<> Reader::read(std::span<uint8_t> out) {
-  if (out.size() > remaining_) {
-    return fail("descriptor chain has {} readable bytes left, the request needs {}", remaining_, out.size());
+Result<> SegmentCursor::transfer(std::span<uint8_t> bytes, bool to_guest, const char* what) {
+  if (bytes.size() > remaining_) {
+    return fail("descriptor chain has {} {} bytes left, {} are needed", remaining_, what, bytes.size());
   }
   size_t at = 0;
-  while (at < out.size()) {
-    auto span = current();
+  while (at < bytes.size()) {
+    const Segment& s = segments_[index_];
+    auto span = memory_.slice(Gpa(s.gpa + offset_), s.len - offset_);  // checked at pop
     if (!span) return std::unexpected(span.error());
-    const size_t take = std::min<size_t>(out.size() - at, span->size());
-    std::memcpy(out.data() + at, span->data(), take);
+    const size_t take = std::min<size_t>(bytes.size() - at, span->size());
+    if (to_guest) {
+      std::memcpy(span->data(), bytes.data() + at, take);
+    } else {
+      std::memcpy(bytes.data() + at, span->data(), take);
+    }
     advance(take);
     at += take;
   }
   return {};
 }
 
-Result<> Reader::skip(uint64_t n) {
-  if (n > remaining_) return fail("descriptor chain has {} readable bytes left, cannot skip {}", remaining_, n);
-  while (n > 0) {
-    const uint64_t take = std::min<uint64_t>(n, segments_[index_].len - offset_);
-    advance(take);
-    n -= take;
-  }
-  return {};
-}
-
-Writer::Writer(const GuestMemory& memory, std::span<const Segment> segments)
-    : memory_(memory), segments_(segments), remaining_(total(segments)) {
-  settle(segments_, index_, offset_, 0);
-}
-
-Result<std::span<uint8_t>> Writer::current() const {
-  const Segment& s = segments_[index_];
-  return memory_.slice(Gpa(s.gpa + offset_), s.len - offset_);
-}
-
-void Writer::advance(uint64_t n) {
-  settle(segments_, index_, offset_, n);
-  remaining_ -= n;
-}
-
-Result<> Writer::write(std::span<const uint8_t> in) {
-  if (in.size() > remaining_) {
-    return fail("descriptor chain has {} writable bytes left, the device needs {}", remaining_, in.size());
-  }
-  size_t at = 0;
-  while (at < in.size()) {
-    auto span = current();
-    if (!span) return std::unexpected(span.error());
-    const size_t take = std::min<size_t>(in.size() - at, span->size());
-    std::memcpy(span->data(), in.data() + at, take);
-    advance(take);
-    written_ += take;
-    at += take;
-  }
-  return {};
-}
-
-Result<> Writer::skip(uint64_t n) {
-  if (n > remaining_) return fail("descriptor chain has {} writable bytes left, cannot skip {}", remaining_, n);
-  written_ += n;
+Result<> SegmentCursor::skip(uint64_t n) {
+  if (n > remaining_) return fail("descriptor chain has {} bytes left, cannot skip {}", remaining_, n);
   while (n > 0) {
     const uint64_t take = std::min<uint64_t>(n, segments_[index_].len - offset_);
     advance(take);

@@ -46,30 +46,20 @@ struct DescriptorChain {
   uint64_t writable_bytes = 0;
 };
 
-/// Copies out of a chain's readable segments, in order.
-class Reader {
+/// A position in a list of segments; the common part of Reader and Writer.
+class SegmentCursor {
  public:
-  Reader(const GuestMemory& memory, std::span<const Segment> segments);
-  /// Fills `out` completely or fails (too few bytes left) without consuming anything.
-  Result<> read(std::span<uint8_t> out);
-  template <typename T>
-    requires std::is_trivially_copyable_v<T>
-  Result<T> read_obj() {
-    T value;
-    auto r = read(std::span(reinterpret_cast<uint8_t*>(&value), sizeof(T)));
-    if (!r) return std::unexpected(r.error());
-    return value;
-  }
-  /// Skips `n` bytes (fails without consuming if fewer remain).
-  Result<> skip(uint64_t n);
+  SegmentCursor(const GuestMemory& memory, std::span<const Segment> segments);
   uint64_t remaining() const { return remaining_; }
-  /// Calls f(std::span<uint8_t>) for up to `n` bytes in place, segment piece by piece, and
-  /// consumes them; returns the bytes visited.
-  template <typename F>
-  uint64_t visit(uint64_t n, F&& f);
+  /// Skips `n` bytes (fails without moving if fewer remain).
+  Result<> skip(uint64_t n);
+
+ protected:
+  /// Copies between `bytes` and the next bytes.size() bytes of the segments; `to_guest` chooses the
+  /// direction. Fails without moving if fewer remain.
+  Result<> transfer(std::span<uint8_t> bytes, bool to_guest, const char* what);
 
  private:
-  Result<std::span<uint8_t>> current() const;
   void advance(uint64_t n);
   const GuestMemory& memory_;
   std::span<const Segment> segments_;
@@ -78,34 +68,46 @@ class Reader {
   uint64_t remaining_ = 0;
 };
 
-/// Copies into a chain's writable segments, in order; counts what was written.
-class Writer {
+/// Copies out of a chain's readable segments, in order.
+class Reader : public SegmentCursor {
  public:
-  Writer(const GuestMemory& memory, std::span<const Segment> segments);
+  using SegmentCursor::SegmentCursor;
+  /// Fills `out` completely or fails (too few bytes left) without consuming anything.
+  Result<> read(std::span<uint8_t> out) { return transfer(out, false, "readable"); }
+  template <typename T>
+    requires std::is_trivially_copyable_v<T>
+  Result<T> read_obj() {
+    T value;
+    auto r = read(std::span(reinterpret_cast<uint8_t*>(&value), sizeof(T)));
+    if (!r) return std::unexpected(r.error());
+    return value;
+  }
+};
+
+/// Copies into a chain's writable segments, in order; counts what was written.
+class Writer : public SegmentCursor {
+ public:
+  using SegmentCursor::SegmentCursor;
   /// Writes all of `in` or fails (too little room) without writing anything.
-  Result<> write(std::span<const uint8_t> in);
+  Result<> write(std::span<const uint8_t> in) {
+    auto r = transfer(std::span(const_cast<uint8_t*>(in.data()), in.size()), true, "writable");
+    if (r) written_ += in.size();
+    return r;
+  }
   template <typename T>
     requires std::is_trivially_copyable_v<T>
   Result<> write_obj(const T& value) {
     return write(std::span(reinterpret_cast<const uint8_t*>(&value), sizeof(T)));
   }
   /// Skips `n` bytes (they count as written: the device left them as they were).
-  Result<> skip(uint64_t n);
-  uint64_t remaining() const { return remaining_; }
+  Result<> skip(uint64_t n) {
+    auto r = SegmentCursor::skip(n);
+    if (r) written_ += n;
+    return r;
+  }
   uint64_t bytes_written() const { return written_; }
-  /// Calls f(std::span<uint8_t>) for up to `n` bytes of room in place, piece by piece; they count
-  /// as written. Returns the bytes visited.
-  template <typename F>
-  uint64_t visit(uint64_t n, F&& f);
 
  private:
-  Result<std::span<uint8_t>> current() const;
-  void advance(uint64_t n);
-  const GuestMemory& memory_;
-  std::span<const Segment> segments_;
-  size_t index_ = 0;
-  uint64_t offset_ = 0;
-  uint64_t remaining_ = 0;
   uint64_t written_ = 0;
 };
 
@@ -177,36 +179,5 @@ class Queue {
   uint16_t max_size_;
   State state_;
 };
-
-// ---- Reader/Writer piece visitors ----------------------------------------------------------------
-
-template <typename F>
-uint64_t Reader::visit(uint64_t n, F&& f) {
-  uint64_t done = 0;
-  while (done < n && remaining_ > 0) {
-    auto span = current();
-    if (!span) break;
-    const uint64_t take = std::min<uint64_t>(n - done, span->size());
-    f(span->first(take));
-    advance(take);
-    done += take;
-  }
-  return done;
-}
-
-template <typename F>
-uint64_t Writer::visit(uint64_t n, F&& f) {
-  uint64_t done = 0;
-  while (done < n && remaining_ > 0) {
-    auto span = current();
-    if (!span) break;
-    const uint64_t take = std::min<uint64_t>(n - done, span->size());
-    f(span->first(take));
-    advance(take);
-    written_ += take;
-    done += take;
-  }
-  return done;
-}
 
 }  // namespace vmm::devices::virtio

@@ -12,6 +12,7 @@
 
 #include "disk/image.hpp"
 #include "test_boot_helpers.hpp"
+#include "test_device_helpers.hpp"
 #include "vmm/event_loop.hpp"
 
 namespace {
@@ -33,14 +34,6 @@ Bytes pattern(size_t n, uint8_t seed) {
   return b;
 }
 
-Bytes file_bytes(const std::filesystem::path& p, uint64_t offset, size_t n) {
-  Bytes b(n);
-  const int fd = ::open(p.c_str(), O_RDONLY);
-  REQUIRE(fd >= 0);
-  CHECK(::pread(fd, b.data(), n, static_cast<off_t>(offset)) == static_cast<ssize_t>(n));
-  ::close(fd);
-  return b;
-}
 
 // Runs the loop until `pending` reaches zero (bounded).
 void drain(EventLoop& loop, const int& pending) {
@@ -126,8 +119,8 @@ TEST_CASE("disk: raw image round trip, scattered buffers, many requests in fligh
   REQUIRE((*img)->flush([&](int32_t r) { got = r, --pending; }));
   drain(*loop, pending);
   CHECK(got == 0);
-  for (int i = 0; i < 64; i += 9) CHECK(file_bytes(f.path(), static_cast<uint64_t>(i) * 8192, 4096) == bufs[i]);
-  CHECK(file_bytes(f.path(), 4096, 4096) == Bytes(initial.begin() + 4096, initial.begin() + 8192));
+  for (int i = 0; i < 64; i += 9) CHECK(device_test::file_bytes(f.path(), static_cast<uint64_t>(i) * 8192, 4096) == bufs[i]);
+  CHECK(device_test::file_bytes(f.path(), 4096, 4096) == Bytes(initial.begin() + 4096, initial.begin() + 8192));
 }
 
 TEST_CASE("disk: discard punches a hole, write-zeroes zeroes, the size never changes") {
@@ -148,9 +141,9 @@ TEST_CASE("disk: discard punches a hole, write-zeroes zeroes, the size never cha
   REQUIRE(::stat(f.path().c_str(), &after) == 0);
   CHECK(after.st_size == before.st_size);
   CHECK(after.st_blocks < before.st_blocks);  // the hole released space
-  CHECK(file_bytes(f.path(), 256 << 10, 512 << 10) == Bytes(512 << 10, 0));
-  CHECK(file_bytes(f.path(), 4096, 4096) == Bytes(4096, 0));
-  CHECK(file_bytes(f.path(), 0, 4096) == Bytes(pattern(4096, 3)));
+  CHECK(device_test::file_bytes(f.path(), 256 << 10, 512 << 10) == Bytes(512 << 10, 0));
+  CHECK(device_test::file_bytes(f.path(), 4096, 4096) == Bytes(4096, 0));
+  CHECK(device_test::file_bytes(f.path(), 0, 4096) == Bytes(pattern(4096, 3)));
 
   // Past the end: refused before anything reaches the file.
   Bytes buf(512);
@@ -165,7 +158,7 @@ TEST_CASE("disk: discard punches a hole, write-zeroes zeroes, the size never cha
   REQUIRE((*img)->flush([&](int32_t) { --pending; }));
   for (int i = 0; i < 100 && loop->in_flight() > 0; ++i) REQUIRE(loop->run_once(100ms));
   const Bytes full = pattern(1 << 20, 3);
-  CHECK(file_bytes(f.path(), (1 << 20) - 512, 512) == Bytes(full.end() - 512, full.end()));
+  CHECK(device_test::file_bytes(f.path(), (1 << 20) - 512, 512) == Bytes(full.end() - 512, full.end()));
 }
 
 TEST_CASE("disk: read-only images refuse modification; locks keep writers apart") {

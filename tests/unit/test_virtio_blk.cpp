@@ -7,6 +7,7 @@
 
 #include "devices/virtio/blk.hpp"
 #include "test_boot_helpers.hpp"
+#include "test_device_helpers.hpp"
 #include "virtq_builder.hpp"
 
 namespace {
@@ -27,11 +28,7 @@ constexpr uint64_t kBuf = 0x100000;    // data buffers
 constexpr uint64_t kDiskBytes = 1 << 20;
 constexpr uint64_t kCapacity = kDiskBytes / 512;
 
-GuestMemory ram() {
-  auto m = GuestMemory::anonymous(kRam);
-  REQUIRE(m);
-  return std::move(*m);
-}
+GuestMemory ram() { return device_test::ram(kRam); }
 
 struct Header {
   uint32_t type, reserved;
@@ -55,10 +52,6 @@ BlkRequest parse(const GuestMemory& mem, uint32_t type, uint64_t sector, std::ve
   return *req;
 }
 
-struct FakeInterrupt final : Interrupt {
-  int count = 0;
-  void signal_used(unsigned) override { ++count; }
-};
 
 Bytes pattern(size_t n, uint8_t seed) {
   Bytes b(n);
@@ -66,14 +59,6 @@ Bytes pattern(size_t n, uint8_t seed) {
   return b;
 }
 
-Bytes file_bytes(const std::filesystem::path& p, uint64_t offset, size_t n) {
-  Bytes b(n);
-  const int fd = ::open(p.c_str(), O_RDONLY);
-  REQUIRE(fd >= 0);
-  CHECK(::pread(fd, b.data(), n, static_cast<off_t>(offset)) == static_cast<ssize_t>(n));
-  ::close(fd);
-  return b;
-}
 
 // A block device on a temporary file, its queue on guest rings, and an event loop.
 struct Rig {
@@ -82,7 +67,7 @@ struct Rig {
   std::unique_ptr<vmm::EventLoop> loop;
   std::unique_ptr<Block> blk;
   VirtqBuilder vq{mem, kRings, 16};
-  FakeInterrupt irq;
+  device_test::CountingInterrupt irq;
   uint16_t next_desc = 0;
 
   explicit Rig(bool read_only = false) {
@@ -244,7 +229,7 @@ TEST_CASE("virtio-blk: write, read back, flush, get-id and discard through a rea
   rig.run();
   rig.wait_used(4);
   for (int slot = 0; slot < 4; ++slot) CHECK(rig.status(slot) == kBlkSOk);
-  CHECK(file_bytes(rig.file.path(), 16 * 512, 4096) == data);
+  CHECK(device_test::file_bytes(rig.file.path(), 16 * 512, 4096) == data);
   auto read = rig.mem.slice(Gpa(kBuf + 0x10000), 8192);
   REQUIRE(read);
   const Bytes old = pattern(kDiskBytes, 9);
@@ -272,12 +257,12 @@ TEST_CASE("virtio-blk: write, read back, flush, get-id and discard through a rea
   rig.run();
   rig.wait_used(5);
   CHECK(rig.status(4) == kBlkSOk);
-  CHECK(file_bytes(rig.file.path(), 16 * 512, 4096) == Bytes(4096, 0));
+  CHECK(device_test::file_bytes(rig.file.path(), 16 * 512, 4096) == Bytes(4096, 0));
 }
 
 TEST_CASE("virtio-blk: a hostile driver cannot touch the file outside legal requests") {
   Rig rig;
-  const Bytes before = file_bytes(rig.file.path(), 0, kDiskBytes);
+  const Bytes before = device_test::file_bytes(rig.file.path(), 0, kDiskBytes);
   // Past the end, straddling the end, a non-multiple of 512, an unknown type, a write whose data
   // the device would have to write, and a chain without a status byte.
   rig.submit(kBlkTOut, kCapacity, {{kBuf, 512, false}}, 0);
@@ -296,7 +281,7 @@ TEST_CASE("virtio-blk: a hostile driver cannot touch the file outside legal requ
   CHECK(rig.status(4) == kBlkSIoErr);
   CHECK(rig.vq.used_elem(5).len == 0);  // returned unanswered
   CHECK(rig.blk->errors() == 6);
-  CHECK(file_bytes(rig.file.path(), 0, kDiskBytes) == before);
+  CHECK(device_test::file_bytes(rig.file.path(), 0, kDiskBytes) == before);
 
   // A queue violation (avail idx far ahead) is an error for the transport (NEEDS_RESET).
   rig.vq.set_avail_idx(static_cast<uint16_t>(rig.vq.used_idx() + 100));
@@ -306,7 +291,7 @@ TEST_CASE("virtio-blk: a hostile driver cannot touch the file outside legal requ
 
 TEST_CASE("virtio-blk: a read-only disk answers writes with IOERR and leaves the file alone") {
   Rig rig(true);
-  const Bytes before = file_bytes(rig.file.path(), 0, 4096);
+  const Bytes before = device_test::file_bytes(rig.file.path(), 0, 4096);
   REQUIRE(rig.mem.write(Gpa(kBuf), pattern(512, 1)));
   rig.submit(kBlkTOut, 0, {{kBuf, 512, false}}, 0);
   rig.submit(kBlkTIn, 0, {{kBuf + 4096, 512, true}}, 1);
@@ -314,7 +299,7 @@ TEST_CASE("virtio-blk: a read-only disk answers writes with IOERR and leaves the
   rig.wait_used(2);
   CHECK(rig.status(0) == kBlkSIoErr);
   CHECK(rig.status(1) == kBlkSOk);
-  CHECK(file_bytes(rig.file.path(), 0, 4096) == before);
+  CHECK(device_test::file_bytes(rig.file.path(), 0, 4096) == before);
 }
 
 TEST_CASE("virtio-blk: a reset drops completions of requests still in flight") {

@@ -17,6 +17,7 @@
 #include <fstream>
 
 #include "devices/virtio/net.hpp"
+#include "test_device_helpers.hpp"
 #include "virtq_builder.hpp"
 
 namespace {
@@ -34,10 +35,6 @@ constexpr uint64_t kBuf = 0x100000;
 constexpr uint16_t kEtherType = 0x88b5;  // IEEE 802 local experimental
 const MacAddress kMac = {0x52, 0x54, 0x00, 0x12, 0x34, 0x56};
 
-struct FakeInterrupt final : Interrupt {
-  int count = 0;
-  void signal_used(unsigned) override { ++count; }
-};
 
 std::vector<uint8_t> frame(uint8_t seed) {
   std::vector<uint8_t> f(60, 0);
@@ -125,7 +122,7 @@ TEST_CASE("virtio-net: frames both ways through a TAP, hostile chains refused") 
   VirtqBuilder rx(*mem, kRxRings, 16), tx(*mem, kTxRings, 16);
   REQUIRE(rx.attach((*net)->queues()[Net::kRxQueue]));
   REQUIRE(tx.attach((*net)->queues()[Net::kTxQueue]));
-  FakeInterrupt irq;
+  device_test::CountingInterrupt irq;
   {
     std::lock_guard lock((*net)->mutex());
     REQUIRE((*net)->activate(*mem, kFVersion1, irq));
