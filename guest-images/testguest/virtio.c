@@ -6,6 +6,10 @@
  *   blk-id      print the disk's serial (GET_ID)
  *   hostile-*   attack the device (see the table at the end); the device must refuse, the VMM must
  *               stay up, and after a reset the device must serve a legal read again.
+ *   net-echo    (virtio-net) answer ARP requests for 10.0.2.2 and echo other frames back with the
+ *               addresses swapped; exit after three ARP replies
+ *   net-send    (virtio-net) after the first frame arrives, send three gratuitous ARP replies for
+ *               10.0.2.2, then exit at the next frame
  * Interrupts are not used: the guest polls the used ring. Configuration mechanism #1 finds the
  * device; its capabilities give the BAR offsets (virtio 1.2 §4.1.4). */
 #include "tg.h"
@@ -14,6 +18,15 @@
 #define PCI_DATA 0xcfc
 #define QSIZE 16
 #define SECTOR 512
+
+/* Waits are bounded by time, not iterations (a PAUSE can cost a VM exit on some hosts): TSC
+ * cycles, ~10 s at the frequencies we run on. */
+static inline uint64_t rdtsc(void) {
+  uint32_t lo, hi;
+  __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+  return (uint64_t)hi << 32 | lo;
+}
+#define WAIT_CYCLES 30000000000ull
 
 /* ---- PCI ---- */
 static uint32_t pci_read(unsigned slot, unsigned reg) {
@@ -61,48 +74,68 @@ static int find_device(uint16_t device_id) {
   return 0;
 }
 
-/* ---- one split virtqueue (queue 0) ---- */
+/* ---- split virtqueues: queue 0 (block requests, or network receive) and queue 1 (transmit) ---- */
 struct desc {
   uint64_t addr;
   uint32_t len;
   uint16_t flags, next;
 };
 enum { F_NEXT = 1, F_WRITE = 2, F_INDIRECT = 4 };
-static struct desc descs[QSIZE] __attribute__((aligned(4096)));
-static struct {
-  uint16_t flags, idx, ring[QSIZE], used_event;
-} avail __attribute__((aligned(4096)));
-static struct {
-  uint16_t flags, idx;
+struct ring {
+  struct desc d[QSIZE];
   struct {
-    uint32_t id, len;
-  } ring[QSIZE];
-  uint16_t avail_event;
-} used __attribute__((aligned(4096)));
-static uint16_t next_desc;
+    uint16_t flags, idx, ring[QSIZE], used_event;
+  } av __attribute__((aligned(4096)));
+  struct {
+    uint16_t flags, idx;
+    struct {
+      uint32_t id, len;
+    } ring[QSIZE];
+    uint16_t avail_event;
+  } us __attribute__((aligned(4096)));
+  uint16_t nd, last_used;
+} __attribute__((aligned(4096)));
+static struct ring rings[2];
+/* Queue 0 under the names the block code uses. */
+#define descs rings[0].d
+#define avail rings[0].av
+#define used rings[0].us
+#define next_desc rings[0].nd
 static struct desc indirect[64] __attribute__((aligned(16)));
+static uint64_t features_wanted = 1ull << 32; /* VERSION_1 */
 
-static int setup(uint64_t desc_addr) {
+static void zero(volatile void* p, unsigned n) {
+  for (unsigned i = 0; i < n; i++) ((volatile uint8_t*)p)[i] = 0;
+}
+
+static void setup_queue(unsigned q) {
+  struct ring* r = &rings[q];
+  zero(&r->av, sizeof r->av);
+  zero(&r->us, sizeof r->us);
+  r->nd = r->last_used = 0;
+  C16(QSEL) = (uint16_t)q;
+  C16(QSZ) = QSIZE;
+  c64(QDESC, (uint64_t)r->d);
+  c64(QDRV, (uint64_t)&r->av);
+  c64(QDEV, (uint64_t)&r->us);
+  C16(QEN) = 1;
+}
+
+/* Resets the device, negotiates VERSION_1 (and whatever features_wanted adds), sets up `queues`
+ * queues and sets DRIVER_OK. 1: the device accepted it all. */
+static int setup(unsigned queues) {
   C8(STATUS) = 0;
   C8(STATUS) = S_ACK;
   C8(STATUS) = S_ACK | S_DRIVER;
   C32(DFSEL) = 1;
   if (!(C32(DF) & 1)) return 0; /* VERSION_1 */
   C32(GFSEL) = 0;
-  C32(GF) = 0;
+  C32(GF) = (uint32_t)features_wanted;
   C32(GFSEL) = 1;
-  C32(GF) = 1;
+  C32(GF) = (uint32_t)(features_wanted >> 32);
   C8(STATUS) = S_ACK | S_DRIVER | S_FEATURES_OK;
   if (!(C8(STATUS) & S_FEATURES_OK)) return 0;
-  for (unsigned i = 0; i < sizeof avail; i++) ((volatile uint8_t*)&avail)[i] = 0;
-  for (unsigned i = 0; i < sizeof used; i++) ((volatile uint8_t*)&used)[i] = 0;
-  next_desc = 0;
-  C16(QSEL) = 0;
-  C16(QSZ) = QSIZE;
-  c64(QDESC, desc_addr);
-  c64(QDRV, (uint64_t)&avail);
-  c64(QDEV, (uint64_t)&used);
-  C16(QEN) = 1;
+  for (unsigned q = 0; q < queues; q++) setup_queue(q);
   C8(STATUS) = S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK;
   return !(C8(STATUS) & S_NEEDS_RESET);
 }
@@ -111,20 +144,33 @@ static void notify(uint16_t queue) {
   *(volatile uint16_t*)(notify_base + (uint64_t)queue * notify_mult) = queue;
 }
 
-/* Publishes head `h`, notifies, waits for it to be used (or for NEEDS_RESET). 1: used. */
-static int submit(uint16_t h) {
-  uint16_t before = used.idx;
-  avail.ring[avail.idx % QSIZE] = h;
+/* Makes head `h` available on queue `q` and notifies. */
+static void publish(unsigned q, uint16_t h) {
+  struct ring* r = &rings[q];
+  r->av.ring[r->av.idx % QSIZE] = h;
   __atomic_thread_fence(__ATOMIC_SEQ_CST);
-  avail.idx++;
+  r->av.idx++;
   __atomic_thread_fence(__ATOMIC_SEQ_CST);
-  notify(0);
-  for (unsigned long n = 0; n < 200000000ul; n++) {
-    if (*(volatile uint16_t*)&used.idx != before) return 1;
+  notify((uint16_t)q);
+}
+
+/* Waits until queue `q` has a used entry past last_used (or NEEDS_RESET). 1: there is one. */
+static int wait_used(unsigned q) {
+  struct ring* r = &rings[q];
+  for (uint64_t start = rdtsc(); rdtsc() - start < WAIT_CYCLES;) {
+    if (*(volatile uint16_t*)&r->us.idx != r->last_used) return 1;
     if (C8(STATUS) & S_NEEDS_RESET) return 0;
     __asm__ volatile("pause");
   }
+  puts_("virtio: timed out waiting for the device\n");
   return 0;
+}
+
+/* Publishes head `h` on queue 0, waits for it to be used (or for NEEDS_RESET). 1: used. */
+static int submit(uint16_t h) {
+  rings[0].last_used = used.idx;
+  publish(0, h);
+  return wait_used(0);
 }
 
 static uint16_t add(uint64_t addr, uint32_t len, uint16_t flags) {
@@ -191,7 +237,7 @@ static void recover_and_exit(const char* name, int needs_reset_expected) {
   puts_(name);
   puts_(nr ? ": device needs reset\n" : ": device ok\n");
   if (nr != needs_reset_expected) fail(name);
-  if (!setup((uint64_t)descs)) fail("hostile: setup after reset");
+  if (!setup(1)) fail("hostile: setup after reset");
   int st = blk_request(0, 0, buf, 4096, 1);
   if (st != 0 || !check(0, 4096, 0x11, "hostile")) fail("hostile: read after reset");
   puts_("hostile: recovered\n");
@@ -254,7 +300,7 @@ static void hostile(const char* name) {
   if (streq(name, "hostile-avail-idx")) {
     avail.idx = 1000; /* far more than QSIZE ahead */
     notify(0);
-    for (unsigned long n = 0; n < 200000000ul && !(C8(STATUS) & S_NEEDS_RESET); n++) __asm__ volatile("pause");
+    for (uint64_t t = rdtsc(); rdtsc() - t < WAIT_CYCLES && !(C8(STATUS) & S_NEEDS_RESET);) __asm__ volatile("pause");
     recover_and_exit(name, 1);
   }
   if (streq(name, "hostile-readonly-buffer")) {
@@ -320,13 +366,118 @@ static void hostile(const char* name) {
 uint64_t tg_ram_end;
 static uint64_t ram_end_below_4g(void) { return tg_ram_end ? tg_ram_end : 0x10000000; }
 
+/* ---- virtio-net ---- */
+#define FRAME 2048
+#define NET_HDR 12
+static uint8_t rxbuf[QSIZE][FRAME] __attribute__((aligned(4096)));
+static uint8_t txbuf[FRAME] __attribute__((aligned(4096)));
+static uint8_t mac[6];
+static const uint8_t my_ip[4] = {10, 0, 2, 2};
+
+static void post_rx(uint16_t i) {
+  rings[0].d[i] = (struct desc){(uint64_t)rxbuf[i], FRAME, F_WRITE, 0};
+  publish(0, i);
+}
+
+/* The next received frame (after the 12-byte header) and its length; the caller gives the buffer
+ * back with post_rx(*id). */
+static uint8_t* net_recv(uint32_t* len, uint16_t* id) {
+  struct ring* r = &rings[0];
+  if (!wait_used(0)) fail("net: receive");
+  *id = (uint16_t)r->us.ring[r->last_used % QSIZE].id;
+  uint32_t n = r->us.ring[r->last_used % QSIZE].len;
+  r->last_used++;
+  if (*id >= QSIZE || n < NET_HDR + 14 || n > FRAME) fail("net: bad used entry");
+  *len = n - NET_HDR;
+  return rxbuf[*id] + NET_HDR;
+}
+
+static void net_send(const uint8_t* frame, uint32_t len) {
+  struct ring* r = &rings[1];
+  for (unsigned i = 0; i < NET_HDR; i++) txbuf[i] = 0;
+  for (uint32_t i = 0; i < len; i++) txbuf[NET_HDR + i] = frame[i];
+  r->d[0] = (struct desc){(uint64_t)txbuf, NET_HDR + len, 0, 0};
+  r->last_used = r->us.idx;
+  publish(1, 0);
+  if (!wait_used(1)) fail("net: transmit");
+}
+
+static int is_arp_request_for_me(const uint8_t* f, uint32_t len) {
+  return len >= 42 && f[12] == 0x08 && f[13] == 0x06 && f[20] == 0 && f[21] == 1 && f[38] == my_ip[0] &&
+         f[39] == my_ip[1] && f[40] == my_ip[2] && f[41] == my_ip[3];
+}
+
+/* An ARP reply (RFC 826) from us to `tha`/`tpa`, or a gratuitous one when tha is broadcast. */
+static void arp_reply(const uint8_t* tha, const uint8_t* tpa) {
+  uint8_t f[60] = {0};
+  for (int i = 0; i < 6; i++) f[i] = tha[i], f[6 + i] = mac[i], f[22 + i] = mac[i], f[32 + i] = tha[i];
+  f[12] = 0x08, f[13] = 0x06;             /* ARP */
+  f[14] = 0, f[15] = 1, f[16] = 8, f[17] = 0; /* Ethernet, IPv4 */
+  f[18] = 6, f[19] = 4, f[20] = 0, f[21] = 2; /* reply */
+  for (int i = 0; i < 4; i++) f[28 + i] = my_ip[i], f[38 + i] = tpa[i];
+  net_send(f, sizeof f);
+}
+
+static void net_scenario(const char* s) {
+  features_wanted = 1ull << 32 | 1ull << 5; /* VERSION_1, MAC */
+  if (!find_device(0x1041)) {
+    puts_("virtio: no virtio-net device\n");
+    guest_exit(3);
+  }
+  if (!setup(2)) fail("net: setup");
+  for (int i = 0; i < 6; i++) mac[i] = devcfg[i];
+  puts_("net: mac ");
+  for (int i = 0; i < 6; i++) {
+    putc_("0123456789abcdef"[mac[i] >> 4]);
+    putc_("0123456789abcdef"[mac[i] & 15]);
+    if (i < 5) putc_(':');
+  }
+  putc_('\n');
+  for (uint16_t i = 0; i < QSIZE; i++) post_rx(i);
+  uint32_t len;
+  uint16_t id;
+  if (streq(s, "net-echo")) {
+    unsigned replies = 0, echoed = 0;
+    while (replies < 3) {
+      uint8_t* f = net_recv(&len, &id);
+      if (is_arp_request_for_me(f, len)) {
+        arp_reply(f + 22, f + 28);
+        replies++;
+      } else {
+        uint8_t tmp[FRAME];
+        for (uint32_t i = 0; i < len; i++) tmp[i] = f[i];
+        for (int i = 0; i < 6; i++) tmp[i] = f[6 + i], tmp[6 + i] = mac[i];
+        net_send(tmp, len);
+        echoed++;
+      }
+      post_rx(id);
+    }
+    puts_("net-echo: answered 3 ARP requests, echoed ");
+    putu(echoed);
+    puts_(" other frames\n");
+    guest_exit(0);
+  }
+  if (streq(s, "net-send")) {
+    net_recv(&len, &id);
+    post_rx(id);
+    static const uint8_t broadcast[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+    for (int i = 0; i < 3; i++) arp_reply(broadcast, my_ip);
+    puts_("net-send: sent 3 frames\n");
+    net_recv(&len, &id);
+    guest_exit(0);
+  }
+  puts_("unknown virtio scenario\n");
+  guest_exit(2);
+}
+
 void virtio_scenario(const char* s) {
+  if (starts_with(s, "net-")) net_scenario(s);
   if (!starts_with(s, "blk-") && !starts_with(s, "hostile-")) return;
   if (!find_device(0x1042)) {
     puts_("virtio: no virtio-blk device\n");
     guest_exit(3);
   }
-  if (!setup((uint64_t)descs)) fail("virtio: setup");
+  if (!setup(1)) fail("virtio: setup");
   if (starts_with(s, "hostile-")) hostile(s);
   if (streq(s, "blk-read")) {
     for (unsigned part = 0; part < 4; part++) {

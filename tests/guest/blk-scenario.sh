@@ -12,11 +12,24 @@ fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cp "$base" "$work/disk.img"
-timeout 120 "$vmm" run --kernel "$guest" --memory 64M --cmdline "$scenario" --disk "path=$work/disk.img,id=tgdisk" \
-  </dev/null >"$work/out" 2>"$work/err"
-status=$?
+"$vmm" run --kernel "$guest" --memory 64M --cmdline "$scenario" --disk "path=$work/disk.img,id=tgdisk" \
+  </dev/null >"$work/out" 2>"$work/err" &
+pid=$!
 fail=0
 bad() { echo "blk-scenario $scenario: FAIL: $*"; fail=1; }
+# A watchdog that shows where every vmm thread is before killing a hung run.
+i=0
+while kill -0 $pid 2>/dev/null && [ $i -lt 1200 ]; do sleep 0.1; i=$((i + 1)); done
+if kill -0 $pid 2>/dev/null; then
+  bad "vmm still running after 120 s; its threads:"
+  for t in /proc/$pid/task/*; do
+    echo "  $(cat "$t/comm") wchan=$(cat "$t/wchan" 2>/dev/null) state/utime/stime=$(cut -d' ' -f3,14,15 "$t/stat")"
+    sed 's/^/    /' "$t/stack" 2>/dev/null | head -12
+  done
+  kill -9 $pid
+fi
+wait $pid
+status=$?
 [ $status = 1 ] || bad "exit status $status, expected 1 (the guest's 0)"
 grep -q -- "$want" "$work/out" || bad "no console line with '$want'"
 [ -z "$want_err" ] || grep -q -- "$want_err" "$work/err" || bad "vmm's stderr has no '$want_err'"
