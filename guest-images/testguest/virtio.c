@@ -4,6 +4,8 @@
  *   blk-verify  write sectors 64-71 (seed 0x77), read them back and compare
  *   blk-flush   write sector 300 (seed 0x33), then flush
  *   blk-id      print the disk's serial (GET_ID)
+ *   blk-bench   4000 reads of 4 KiB, one at a time, spread over the disk (the disk benchmark's
+ *               workload, scripts/bench/disk.sh; the host measures time and CPU)
  *   hostile-*   attack the device (see the table at the end); the device must refuse, the VMM must
  *               stay up, and after a reset the device must serve a legal read again.
  *   net-echo    (virtio-net) answer ARP requests for 10.0.2.2 and echo other frames back with the
@@ -507,6 +509,19 @@ void virtio_scenario(const char* s) {
     if (blk_request(1, 300, buf, 512, 0) != 0) fail("blk-flush write");
     if (blk_request(4, 0, 0, 0, 0) != 0) fail("blk-flush");
     puts_("blk-flush: ok\n");
+    guest_exit(0);
+  }
+  if (streq(s, "blk-bench")) {
+    const uint64_t capacity = *(volatile uint64_t*)devcfg;
+    if (capacity < 16) fail("blk-bench: disk too small");
+    const unsigned n = 4000;
+    for (unsigned i = 0; i < n; i++) {
+      const uint64_t sector = ((uint64_t)i * 8 * 7919) % (capacity - 8) / 8 * 8;
+      if (blk_request(0, sector, buf, 4096, 1) != 0) fail("blk-bench");
+    }
+    puts_("blk-bench: ");
+    putu(n);
+    puts_(" reads of 4096 bytes\n");
     guest_exit(0);
   }
   if (streq(s, "blk-id")) {
