@@ -12,6 +12,8 @@
  *               addresses swapped; exit after three ARP replies
  *   net-send    (virtio-net) after the first frame arrives, send three gratuitous ARP replies for
  *               10.0.2.2, then exit at the next frame
+ *   net-bench   (virtio-net) after the first frame arrives, send 20000 frames of 1514 bytes one at a
+ *               time, then exit (scripts/bench/net.sh; net-bench0 sends none: its baseline)
  * Interrupts are not used: the guest polls the used ring. Configuration mechanism #1 finds the
  * device; its capabilities give the BAR offsets (virtio 1.2 §4.1.4). */
 #include "tg.h"
@@ -457,6 +459,22 @@ static void net_scenario(const char* s) {
     puts_("net-echo: answered 3 ARP requests, echoed ");
     putu(echoed);
     puts_(" other frames\n");
+    guest_exit(0);
+  }
+  if (streq(s, "net-bench") || streq(s, "net-bench0")) {
+    const unsigned n = streq(s, "net-bench") ? 20000 : 0;
+    static uint8_t frame[1514];
+    for (int i = 0; i < 6; i++) frame[i] = 0xff, frame[6 + i] = mac[i];
+    frame[12] = 0x88, frame[13] = 0xb5; /* local experimental EtherType */
+    net_recv(&len, &id);
+    post_rx(id);
+    for (unsigned i = 0; i < n; i++) {
+      frame[14] = (uint8_t)i;
+      net_send(frame, sizeof frame);
+    }
+    puts_("net-bench: sent ");
+    putu(n);
+    puts_(" frames\n");
     guest_exit(0);
   }
   if (streq(s, "net-send")) {

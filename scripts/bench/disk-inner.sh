@@ -29,9 +29,11 @@ i=0
 while [ $i -lt "$runs" ]; do
   for who in ours peer; do
     set -- $(measure $who blk-bench)
+    [ $# = 2 ] || exit 1
     w=$1 c=$2
     grep -q "blk-bench: $n reads" /tmp/bench.out || { echo "disk bench: $who: the guest did not finish:" >&2; cat /tmp/bench.out >&2; exit 1; }
     set -- $(measure $who hello)
+    [ $# = 2 ] || exit 1
     echo "$who $(awk "BEGIN { print ($w - $1), ($c - $2) }")" >>/tmp/rows
     echo "  run $i $who: workload ${w} s wall ${c} s CPU; boot only ${1} s wall ${2} s CPU" >>/tmp/raw
   done
