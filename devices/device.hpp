@@ -41,12 +41,26 @@ class MsiVector {
   virtual void trigger() = 0;
 };
 
-/// What a device needs from the VM for fast paths: MSI vectors, and guest writes to an MMIO address
+/// A PCI function's level-triggered INTx line, delivered by the VM (KVM irqfd with a resample fd).
+/// Thread-safe.
+class IntxLine {
+ public:
+  virtual ~IntxLine() = default;
+  /// Asserts the line; it stays asserted until the guest acknowledges the interrupt (EOI).
+  virtual void assert_line() = 0;
+  /// Becomes readable when the guest's EOI deasserted the line: the device then asserts it again if
+  /// it still has a reason (virtio: a nonzero ISR).
+  virtual int resample_fd() const = 0;
+};
+
+/// What a device needs from the VM for fast paths: MSI vectors, INTx lines, and guest writes to an MMIO address
 /// turned into eventfd signals (ioeventfd) that the I/O thread waits on.
 class VmIo {
  public:
   virtual ~VmIo() = default;
   virtual Result<std::unique_ptr<MsiVector>> allocate_msi() = 0;
+  /// A level-triggered line into IOAPIC input `gsi` (for PCI INTx).
+  virtual Result<std::unique_ptr<IntxLine>> allocate_intx(uint32_t gsi) = 0;
   /// Signals `eventfd` on every guest write to the MMIO address `gpa` (any length), without an
   /// exit to the VMM. `remove` undoes it.
   virtual Result<> add_ioeventfd(uint64_t gpa, int eventfd) = 0;

@@ -48,6 +48,8 @@ class PciConfig {
   uint64_t bar_address(unsigned index) const;
   uint64_t bar_size(unsigned index) const { return index < kBars ? bars_[index].size : 0; }
   uint8_t byte(uint8_t offset) const { return bytes_[offset]; }
+  /// Sets a byte as the device presents it (read-only unless made writable).
+  void set_byte(uint8_t offset, uint8_t value) { bytes_[offset] = value; }
 
   /// The saved state: the 256 bytes (masks and BAR sizes are fixed by the device).
   using State = std::array<uint8_t, 256>;

@@ -35,6 +35,10 @@ inline constexpr uint64_t kPciMmioEnd = 0xe0000000;
 /// PCI Express ECAM (MCFG) for bus 0 only: 32 devices x 8 functions x 4 KiB.
 inline constexpr uint64_t kPciEcamStart = 0xe0000000;
 inline constexpr uint64_t kPciEcamSize = 0x100000;
+/// PCI INTx: slot s's INTA is IOAPIC input kPciIntxGsiBase + (s - 1) % kPciIntxGsis (DSDT _PRT).
+inline constexpr uint32_t kPciIntxGsiBase = 16;
+inline constexpr uint32_t kPciIntxGsis = 8;
+inline constexpr uint32_t pci_intx_gsi(uint32_t slot) { return kPciIntxGsiBase + (slot - 1) % kPciIntxGsis; }
 inline constexpr uint64_t kIoapicAddr = 0xfec00000;
 inline constexpr uint64_t kLapicAddr = 0xfee00000;
 

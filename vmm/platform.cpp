@@ -69,7 +69,8 @@ Result<std::unique_ptr<Platform>> attach_platform(Vm& vm, PlatformConfig config)
     const uint64_t bars = layout::kPciMmioStart + (slot - 1) * kPciSliceBytes;
     if (!config.loop) return fail("virtio devices need the event loop");
     if (bars + kPciSliceBytes > layout::kPciMmioEnd) return fail("too many PCI devices for the MMIO window");
-    auto t = devices::virtio::PciTransport::create(std::move(dev), name, vm.io(), *config.loop, vm.memory(), bars);
+    auto t = devices::virtio::PciTransport::create(std::move(dev), name, vm.io(), *config.loop, vm.memory(), bars,
+                                                   layout::pci_intx_gsi(slot));
     if (!t) return std::unexpected(t.error());
     return p->pci->attach(slot++, *t);
   };

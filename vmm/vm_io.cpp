@@ -38,7 +38,34 @@ class KvmMsiVector final : public devices::MsiVector {
   Fd eventfd_;
 };
 
+/// A level-triggered line: an irqfd with a resample fd (KVM API 4.75, KVM_IRQFD_FLAG_RESAMPLE).
+class KvmIntxLine final : public devices::IntxLine {
+ public:
+  KvmIntxLine(Fd trigger, Fd resample) : trigger_(std::move(trigger)), resample_(std::move(resample)) {}
+  void assert_line() override {
+    const uint64_t one = 1;
+    [[maybe_unused]] auto n = ::write(trigger_.get(), &one, sizeof one);
+  }
+  int resample_fd() const override { return resample_.get(); }
+
+ private:
+  Fd trigger_, resample_;
+};
+
 }  // namespace
+
+Result<std::unique_ptr<devices::IntxLine>> KvmVmIo::allocate_intx(uint32_t gsi) {
+  Fd trigger(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+  Fd resample(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+  if (!trigger || !resample) return fail("eventfd: {}", errno_text(errno));
+  kvm_irqfd irqfd{};
+  irqfd.fd = static_cast<uint32_t>(trigger.get());
+  irqfd.gsi = gsi;
+  irqfd.flags = KVM_IRQFD_FLAG_RESAMPLE;
+  irqfd.resamplefd = static_cast<uint32_t>(resample.get());
+  if (::ioctl(vm_fd_, KVM_IRQFD, &irqfd) < 0) return fail("KVM_IRQFD (resample) for GSI {}: {}", gsi, errno_text(errno));
+  return std::unique_ptr<devices::IntxLine>(std::make_unique<KvmIntxLine>(std::move(trigger), std::move(resample)));
+}
 
 std::vector<kvm_irq_routing_entry> KvmVmIo::routes() const {
   std::vector<kvm_irq_routing_entry> r;

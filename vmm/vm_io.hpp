@@ -17,6 +17,7 @@ class KvmVmIo final : public devices::VmIo {
   explicit KvmVmIo(int vm_fd) : vm_fd_(vm_fd) {}
 
   Result<std::unique_ptr<devices::MsiVector>> allocate_msi() override;
+  Result<std::unique_ptr<devices::IntxLine>> allocate_intx(uint32_t gsi) override;
   Result<> add_ioeventfd(uint64_t gpa, int eventfd) override;
   void remove_ioeventfd(uint64_t gpa, int eventfd) override;
 

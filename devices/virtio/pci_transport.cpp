@@ -65,7 +65,7 @@ uint64_t le_value(std::span<const uint8_t> data) {
 
 Result<std::shared_ptr<PciTransport>> PciTransport::create(std::shared_ptr<VirtioDevice> device, std::string name,
                                                            VmIo& vm, EventLoop& loop, const GuestMemory& memory,
-                                                           uint64_t mmio_base) {
+                                                           uint64_t mmio_base, uint32_t intx_gsi) {
   if (mmio_base % kBar0Size != 0) return fail("virtio-pci {}: BAR base {:#x} is not aligned", name, mmio_base);
   const unsigned vectors = static_cast<unsigned>(device->queues().size()) + 1;
   std::vector<std::unique_ptr<MsiVector>> msi;
@@ -75,13 +75,24 @@ Result<std::shared_ptr<PciTransport>> PciTransport::create(std::shared_ptr<Virti
     msi.push_back(std::move(*v));
   }
   auto msix = std::make_unique<Msix>(std::move(msi));
-  std::shared_ptr<PciTransport> t(
-      new PciTransport(std::move(device), std::move(name), vm, loop, memory, std::move(msix), mmio_base));
+  auto intx = vm.allocate_intx(intx_gsi);
+  if (!intx) return std::unexpected(intx.error().context(fmt::format("virtio-pci {}", name)));
+  std::shared_ptr<PciTransport> t(new PciTransport(std::move(device), std::move(name), vm, loop, memory,
+                                                   std::move(msix), std::move(*intx), mmio_base, intx_gsi));
   if (auto r = t->watch_notifiers(); !r) return std::unexpected(r.error().context(fmt::format("virtio-pci {}", t->name_)));
   return t;
 }
 
 Result<> PciTransport::watch_notifiers() {
+  const int resample = intx_->resample_fd();
+  auto rw = loop_.watch(resample, [this, resample] {
+    uint64_t count;
+    while (::read(resample, &count, sizeof count) > 0) {
+    }
+    intx_resample();
+  });
+  if (!rw) return std::unexpected(rw.error());
+  intx_watch_ = *rw;
   notifiers_.resize(queue_vectors_.size());
   for (unsigned q = 0; q < notifiers_.size(); ++q) {
     Notifier& n = notifiers_[q];
@@ -101,13 +112,15 @@ Result<> PciTransport::watch_notifiers() {
 }
 
 PciTransport::PciTransport(std::shared_ptr<VirtioDevice> device, std::string name, VmIo& vm, EventLoop& loop,
-                           const GuestMemory& memory, std::unique_ptr<Msix> msix, uint64_t mmio_base)
+                           const GuestMemory& memory, std::unique_ptr<Msix> msix, std::unique_ptr<IntxLine> intx,
+                           uint64_t mmio_base, uint32_t intx_gsi)
     : device_(std::move(device)),
       name_(std::move(name)),
       vm_(vm),
       loop_(loop),
       memory_(memory),
       msix_(std::move(msix)),
+      intx_(std::move(intx)),
       config_(PciConfig::Ids{
           .vendor = kVendorVirtio,
           .device = static_cast<uint16_t>(kDeviceModernBase + device_->device_type()),
@@ -125,6 +138,9 @@ PciTransport::PciTransport(std::shared_ptr<VirtioDevice> device, std::string nam
   config_.add_capability(kPciCapVendor, virtio_cap(kCapIsr, 0, kIsrOffset, 1, false));
   config_.add_capability(kPciCapVendor, virtio_cap(kCapDevice, 0, kDeviceOffset, 0x1000, false));
   msix_->add_capability(config_, 1, 0, kPbaOffset);
+  // INTA, routed to `intx_gsi` by the DSDT's _PRT; the interrupt line register says so too.
+  config_.set_byte(0x3c, static_cast<uint8_t>(intx_gsi));
+  config_.set_byte(0x3d, 1);
 }
 
 PciTransport::~PciTransport() {
@@ -133,6 +149,7 @@ PciTransport::~PciTransport() {
   for (auto& n : notifiers_) {
     if (n.watch) loop_.unwatch(n.watch);
   }
+  if (intx_watch_) loop_.unwatch(intx_watch_);
 }
 
 uint8_t PciTransport::status() const {
@@ -151,6 +168,7 @@ void PciTransport::config_write(uint8_t reg, uint32_t value, uint8_t byte_mask) 
   std::lock_guard lock(device_->mutex());
   const auto effect = config_.write(reg, value, byte_mask);
   msix_->update_control(config_);
+  intx_disabled_ = config_.command() & kPciCommandIntxDisable;
   // The notify addresses follow BAR 0.
   if (effect.bar == 0 && (status_ & kStatusDriverOk)) {
     remove_notifiers_locked();
@@ -334,8 +352,21 @@ void PciTransport::needs_reset_locked(const std::string& why) {
   status_ |= kStatusNeedsReset;
   ++config_generation_;
   // A configuration-change interrupt tells the driver (virtio 1.2 §2.1.2).
-  isr_ |= kIsrConfig;
-  if (msix_->enabled()) msix_->signal(msix_config_);
+  raise(kIsrConfig, msix_config_);
+}
+
+void PciTransport::raise(uint8_t isr_bits, uint16_t vector) {
+  isr_ |= isr_bits;
+  if (msix_->enabled()) {
+    msix_->signal(vector);
+  } else if (!intx_disabled_) {
+    intx_->assert_line();
+  }
+}
+
+void PciTransport::intx_resample() {
+  // The guest acknowledged the interrupt; if it has not read (cleared) the ISR, it is still owed one.
+  if (isr_ != 0 && !intx_disabled_ && !msix_->enabled()) intx_->assert_line();
 }
 
 void PciTransport::add_notifiers_locked() {
@@ -366,12 +397,7 @@ void PciTransport::kick(unsigned queue) {
 }
 
 void PciTransport::signal_used(unsigned queue) {
-  if (msix_->enabled()) {
-    if (queue < queue_vectors_.size()) msix_->signal(queue_vectors_[queue]);
-    return;
-  }
-  // No MSI-X: the ISR says why; INTx is not wired (no interrupt pin is advertised).
-  isr_ |= kIsrQueue;
+  raise(kIsrQueue, queue < queue_vectors_.size() ? queue_vectors_[queue] : Msix::kNoVector);
 }
 
 // ---- Snapshots ------------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 // The modern virtio-over-PCI transport (virtio 1.2 §4.1): a PCI function (vendor 0x1af4, device
 // 0x1040 + type) whose BAR 0 holds the common configuration, ISR, device configuration and notify
-// regions, and whose BAR 1 holds the MSI-X table and PBA. Interrupts leave through MSI-X.
+// regions, and whose BAR 1 holds the MSI-X table and PBA. Interrupts leave through MSI-X, or, for a
+// driver that does not enable it, through the INTx line (INTA, level-triggered, with the ISR saying
+// why; re-asserted after the guest's EOI while the ISR is nonzero).
 // A driver that breaks the virtqueue rules puts the device in NEEDS_RESET; the VMM runs on.
 //
 // Notifications: each queue has one eventfd for the transport's lifetime, watched by the event
@@ -41,11 +43,11 @@ class PciTransport final : public PciFunction, public Interrupt {
   /// Bytes of PCI MMIO window one transport needs (BAR 0 then BAR 1).
   static constexpr uint64_t kMmioBytes = kBar0Size + kBar1Size;
 
-  /// A transport for `device` with BARs at `mmio_base` (kMmioBytes, aligned to kBar0Size).
-  /// `name` names it in log lines.
+  /// A transport for `device` with BARs at `mmio_base` (kMmioBytes, aligned to kBar0Size) and its
+  /// INTx line on IOAPIC input `intx_gsi`. `name` names it in log lines.
   static Result<std::shared_ptr<PciTransport>> create(std::shared_ptr<VirtioDevice> device, std::string name,
                                                       VmIo& vm, EventLoop& loop, const GuestMemory& memory,
-                                                      uint64_t mmio_base);
+                                                      uint64_t mmio_base, uint32_t intx_gsi);
   ~PciTransport() override;
 
   // PciFunction
@@ -80,7 +82,12 @@ class PciTransport final : public PciFunction, public Interrupt {
 
  private:
   PciTransport(std::shared_ptr<VirtioDevice> device, std::string name, VmIo& vm, EventLoop& loop,
-               const GuestMemory& memory, std::unique_ptr<Msix> msix, uint64_t mmio_base);
+               const GuestMemory& memory, std::unique_ptr<Msix> msix, std::unique_ptr<IntxLine> intx,
+               uint64_t mmio_base, uint32_t intx_gsi);
+  /// Sets ISR bits and raises the interrupt that goes with them: MSI-X `vector` when MSI-X is on,
+  /// else INTx (unless the driver disabled it in the command register).
+  void raise(uint8_t isr_bits, uint16_t vector);
+  void intx_resample();
   void common_read(uint64_t offset, std::span<uint8_t> data);
   void common_write(uint64_t offset, std::span<const uint8_t> data);
   void write_status(uint8_t value);
@@ -101,6 +108,9 @@ class PciTransport final : public PciFunction, public Interrupt {
   EventLoop& loop_;
   const GuestMemory& memory_;
   std::unique_ptr<Msix> msix_;
+  std::unique_ptr<IntxLine> intx_;
+  uint64_t intx_watch_ = 0;
+  std::atomic<bool> intx_disabled_{false};  // the command register's INTx disable bit
   PciConfig config_;  // guarded by device_->mutex(), like every field below
   uint8_t status_ = 0;
   uint64_t driver_features_ = 0;

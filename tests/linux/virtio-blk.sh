@@ -1,14 +1,15 @@
 #!/bin/sh
 # Runs inside the nested lane's L1: Debian's stock virtio_pci and virtio_blk drivers against our
 # virtio-blk device. (1) A random raw disk: the driver binds with MSI-X, the guest reads the same
-# bytes the host wrote and sees the serial and capacity; (2) the same disk read-only; (3) the ext4
+# bytes the host wrote and sees the serial and capacity; (2) the same disk read-only; (2b) the same
+# with MSI-X off in the guest (pci=nomsi), so the driver runs on INTx through the _PRT; (3) the ext4
 # root image: the guest mounts it, writes files, syncs and powers off, and the host finds them
 # intact with debugfs and a clean e2fsck.
 fail=0
 bad() { echo "virtio-blk: FAIL: $*"; fail=1; }
-boot() {  # boot SCENARIO DISK-SPEC: console in /tmp/c.txt, status in $status
+boot() {  # boot SCENARIO DISK-SPEC [EXTRA-CMDLINE]: console in /tmp/c.txt, status in $status
   vmm run --kernel /files/vmlinuz --initrd /files/initramfs.cpio --memory 256M --cpus 2 \
-    --disk "$2" --cmdline "console=ttyS0 vmm.scenario=$1" >/tmp/c.txt 2>/tmp/e.txt
+    --disk "$2" --cmdline "console=ttyS0 vmm.scenario=$1 ${3:-}" >/tmp/c.txt 2>/tmp/e.txt
   status=$?
   tr -d '\r' </tmp/c.txt >/tmp/console.txt
   grep -a 'blk:\|ext4-write\|big$\|vmm-l2: end' /tmp/console.txt
@@ -26,6 +27,10 @@ grep -q "blk: vda md5 $want" /tmp/console.txt || bad "the guest read other bytes
 
 boot blk path=/tmp/disk.img,readonly=on
 grep -q "blk: vda size=16384 ro=1 serial=disk0" /tmp/console.txt || bad "read-only disk not read-only in the guest"
+
+boot blk path=/tmp/disk.img pci=nomsi
+grep -q "blk: vda size=16384 ro=0 serial=disk0 msix=0" /tmp/console.txt || bad "with pci=nomsi the disk is not bound on INTx"
+grep -q "blk: vda md5 $want" /tmp/console.txt || bad "on INTx the guest read other bytes than the host wrote"
 
 cp /files/rootfs.ext4 /tmp/root.ext4
 boot ext4-write path=/tmp/root.ext4

@@ -3,6 +3,8 @@
 // MSI-X delivery and masking, NEEDS_RESET on a hostile ring, device reset, and save/restore.
 #include <doctest/doctest.h>
 
+#include <sys/eventfd.h>
+
 #include "devices/virtio/blk.hpp"
 #include "devices/virtio/pci_transport.hpp"
 #include "test_boot_helpers.hpp"
@@ -31,7 +33,20 @@ struct FakeVector final : MsiVector {
   void trigger() override { ++fired; }
 };
 
+struct FakeIntx final : IntxLine {
+  int asserted = 0;
+  vmm::Fd resample{::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)};
+  void assert_line() override { ++asserted; }
+  int resample_fd() const override { return resample.get(); }
+};
+
 struct FakeVmIo final : VmIo {
+  std::vector<FakeIntx*> intx;
+  vmm::Result<std::unique_ptr<IntxLine>> allocate_intx(uint32_t) override {
+    auto l = std::make_unique<FakeIntx>();
+    intx.push_back(l.get());
+    return std::unique_ptr<IntxLine>(std::move(l));
+  }
   std::vector<FakeVector*> vectors;
   int ioeventfds = 0;
   vmm::Result<std::unique_ptr<MsiVector>> allocate_msi() override {
@@ -91,7 +106,7 @@ struct Rig {
     auto img = vmm::disk::open_image(*loop, {.path = file.path(), .read_only = true});
     REQUIRE(img);
     auto blk = std::make_shared<Block>(std::move(*img), "vpci");
-    auto tr = PciTransport::create(blk, "test", io, *loop, mem, kBars);
+    auto tr = PciTransport::create(blk, "test", io, *loop, mem, kBars, 17);
     REQUIRE(tr);
     return *tr;
   }
@@ -270,4 +285,34 @@ TEST_CASE("virtio-pci: a saved transport restores into a new one that carries on
   auto bad = saved;
   bad.queues.push_back({});
   CHECK_FALSE(other->restore(bad));
+}
+
+TEST_CASE("virtio-pci: without MSI-X, INTx with the ISR, re-asserted after EOI until the ISR is read") {
+  Rig rig;
+  Driver d{*rig.t};
+  CHECK(((d.cfg(0x3c) >> 8) & 0xff) == 1);  // interrupt pin INTA
+  CHECK((d.cfg(0x3c) & 0xff) == 17);        // interrupt line: the GSI it was given
+  rig.bring_up(d);
+  const uint8_t cap = Rig::msix_cap(d);
+  d.cfg_write(cap, d.cfg(cap) & ~(1u << 31));  // the driver turns MSI-X off again (pci=nomsi-like)
+  FakeIntx& line = *rig.io.intx.at(0);
+  rig.read_sector(d, 0, 0x40000);
+  CHECK(line.asserted == 1);
+  CHECK(rig.io.vectors[1]->fired == 0);
+  // The guest EOIs without reading the ISR: KVM signals the resample fd, the line comes back.
+  const uint64_t one = 1;
+  REQUIRE(::write(line.resample_fd(), &one, 8) == 8);
+  for (int i = 0; i < 5 && line.asserted == 1; ++i) REQUIRE(rig.loop->run_once(20ms));
+  CHECK(line.asserted == 2);
+  // Reading the ISR returns the queue bit and clears it; the next EOI does not re-assert.
+  CHECK(d.rd<uint8_t>(PciTransport::kIsrOffset) == 1);
+  CHECK(d.rd<uint8_t>(PciTransport::kIsrOffset) == 0);
+  REQUIRE(::write(line.resample_fd(), &one, 8) == 8);
+  for (int i = 0; i < 3; ++i) REQUIRE(rig.loop->run_once(20ms));
+  CHECK(line.asserted == 2);
+  // With INTx disabled in the command register, nothing is asserted; the ISR still says why.
+  d.cfg_write(0x04, kPciCommandMemory | kPciCommandMaster | kPciCommandIntxDisable);
+  rig.read_sector(d, 3, 0x41000);
+  CHECK(line.asserted == 2);
+  CHECK(d.rd<uint8_t>(PciTransport::kIsrOffset) == 1);
 }

@@ -183,13 +183,21 @@ std::vector<uint8_t> dsdt_aml(const AcpiConfig& config) {
       name("_CRS", resource_template({io_port(layout::kPvPanicPort, layout::kPvPanicPort, 1, 1)})),
   });
   // The PCI host bridge: bus 0, configuration mechanism #1 ports, and the windows its BARs live in
-  // (all I/O ports but 0xCF8-0xCFF, the 32-bit MMIO window). ECAM is described by the MCFG.
+  // (all I/O ports but 0xCF8-0xCFF, the 32-bit MMIO window). ECAM is described by the MCFG. _PRT
+  // routes each slot's INTA straight to an IOAPIC input (ACPI 6.4 §6.2.13: Address 0xSSSSFFFF,
+  // Pin 0, Source 0, Source Index = GSI).
+  std::vector<Bytes> prt;
+  for (uint32_t slot = 1; slot < 32; ++slot) {
+    prt.push_back(package({integer(uint64_t{slot} << 16 | 0xffff), integer(0), integer(0),
+                           integer(layout::pci_intx_gsi(slot))}));
+  }
   const Bytes pci0 = concat({
       name("_HID", eisa_id("PNP0A08")),
       name("_CID", eisa_id("PNP0A03")),
       name("_SEG", integer(0)),
       name("_BBN", integer(0)),
       name("_UID", integer(0)),
+      name("_PRT", package(std::span<const Bytes>(prt))),
       name("_CRS", resource_template({
                        word_bus_number(0, 0),
                        io_port(layout::kPciConfigAddressPort, layout::kPciConfigAddressPort, 1, 8),

@@ -165,10 +165,15 @@ Bytes name(std::string_view n, const Bytes& object) {
   return out;
 }
 
-Bytes package(std::initializer_list<Bytes> elements) {
+Bytes package(std::span<const Bytes> elements) {
+  // NumElements is one byte (ACPI 6.4 §20.2.5.4 DefPackage); larger packages need VarPackage.
   Bytes body{static_cast<uint8_t>(elements.size())};
   for (const auto& e : elements) append(body, e);
   return with_pkg_length({kPackageOp}, body);
+}
+
+Bytes package(std::initializer_list<Bytes> elements) {
+  return package(std::span<const Bytes>(elements.begin(), elements.size()));
 }
 
 Bytes buffer(std::span<const uint8_t> bytes) {

@@ -37,6 +37,8 @@ Bytes eisa_id(std::string_view id);
 Bytes name(std::string_view name, const Bytes& object);
 /// Package(){ elements... } (DefPackage, §20.2.5.4); at most 255 elements.
 Bytes package(std::initializer_list<Bytes> elements);
+/// The same for a run-time list (at most 255 elements).
+Bytes package(std::span<const Bytes> elements);
 /// Buffer(){ bytes } (DefBuffer, §20.2.5.4).
 Bytes buffer(std::span<const uint8_t> bytes);
 /// Scope(name){ terms } (DefScope, §20.2.5.1).
