@@ -228,9 +228,17 @@ bool PciTransport::mmio_write(uint64_t addr, std::span<const uint8_t> data) {
     if (q < notifiers_.size()) {
       const uint64_t one = 1;
       [[maybe_unused]] auto w = ::write(notifiers_[q].fd.get(), &one, sizeof one);
+    } else {
+      log_ignored_notify(fmt::format("notify for queue {}, which does not exist", q));
     }
   }
   return true;
+}
+
+void PciTransport::log_ignored_notify(const std::string& what) {
+  // A driver bug, not an attack on the device: reported once, otherwise ignored.
+  if (!notify_logged_) fmt::print(stderr, "vmm: {}: ignored {}\n", name_, what);
+  notify_logged_ = true;
 }
 
 void PciTransport::common_read(uint64_t offset, std::span<uint8_t> data) {
@@ -390,7 +398,10 @@ void PciTransport::remove_notifiers_locked() {
 
 void PciTransport::kick(unsigned queue) {
   std::lock_guard lock(device_->mutex());
-  if (!(status_ & kStatusDriverOk) || (status_ & kStatusNeedsReset)) return;
+  if (status_ & kStatusNeedsReset) return;
+  if (!(status_ & kStatusDriverOk) || !device_->queues()[queue].ready()) {
+    return log_ignored_notify(fmt::format("notify for queue {} before it was set up", queue));
+  }
   if (auto r = device_->process_queue(queue); !r) {
     needs_reset_locked(fmt::format("queue {}: {}", queue, r.error().message()));
   }

@@ -88,6 +88,7 @@ class PciTransport final : public PciFunction, public Interrupt {
   /// else INTx (unless the driver disabled it in the command register).
   void raise(uint8_t isr_bits, uint16_t vector);
   void intx_resample();
+  void log_ignored_notify(const std::string& what);
   void common_read(uint64_t offset, std::span<uint8_t> data);
   void common_write(uint64_t offset, std::span<const uint8_t> data);
   void write_status(uint8_t value);
@@ -120,6 +121,7 @@ class PciTransport final : public PciFunction, public Interrupt {
   uint8_t config_generation_ = 0;
   std::atomic<uint8_t> isr_{0};
   bool logged_ = false;
+  bool notify_logged_ = false;
   struct Notifier {
     Fd fd;              // the queue's eventfd, open for the transport's lifetime
     uint64_t watch = 0;  // its event-loop watch

@@ -1,7 +1,8 @@
 #!/bin/sh
-# /init of the L2 initramfs (guest-images/linux/build-initramfs.sh): mounts the kernel's file
-# systems, loads the modules listed in /etc/modules.load, then runs the scenario named by
-# vmm.scenario= on the kernel command line. Output between clear markers:
+# /init of the L2 initramfs (guest-images/linux/build-initramfs.sh), and /sbin/init of the ext4 root
+# image (build-rootfs.sh): mounts the kernel's file systems, loads the modules listed in
+# /etc/modules.load, switches to the ext4 root on vmm.root=DEVICE if the command line names one, then
+# runs the scenario named by vmm.scenario= on the kernel command line. Output between clear markers:
 #   === vmm-l2: userspace ===              as soon as userspace runs
 #   === vmm-l2: begin SCENARIO ===         ... scenario output ...
 #   === vmm-l2: end SCENARIO status=N ===
@@ -10,13 +11,27 @@ export PATH=/bin:/sbin
 mount -t devtmpfs dev /dev 2>/dev/null
 mount -t proc proc /proc
 mount -t sysfs sys /sys
-echo "=== vmm-l2: userspace ==="
-
-for m in $(cat /etc/modules.load); do
-  insmod "/lib/modules/$m" || echo "vmm-l2: insmod $m failed"
-done
-
 arg() { sed -n "s/.*\bvmm\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
+
+if [ ! -e /etc/vmm-rootfs ]; then
+  echo "=== vmm-l2: userspace ==="
+  for m in $(cat /etc/modules.load); do
+    insmod "/lib/modules/$m" || echo "vmm-l2: insmod $m failed"
+  done
+  root=$(arg root)
+  if [ -n "$root" ]; then
+    # The ext4 root: mount it read-write and make it / (this script runs again from there).
+    mkdir -p /newroot
+    if mount -t ext4 -o rw "$root" /newroot; then
+      umount /proc /sys
+      umount /dev 2>/dev/null
+      exec switch_root /newroot /sbin/init
+    fi
+    echo "vmm-l2: cannot mount $root as the root file system"
+  fi
+else
+  echo "=== vmm-l2: on the ext4 root: $(cat /etc/vmm-rootfs) ==="
+fi
 scenario=$(arg scenario)
 : "${scenario:=boot}"
 
@@ -45,6 +60,12 @@ run_scenario() {
         echo "blk: $n md5 $(dd if=/dev/$n bs=1M count=1 2>/dev/null | md5sum | cut -d' ' -f1)"
       done
       dmesg | grep -iE 'virtio|pci|vd[a-z]' ;;
+    root-write)
+      # On the ext4 root (vmm.root=): write a file next to /etc/vmm-rootfs and sync it.
+      [ -e /etc/vmm-rootfs ] || { echo "root-write: not on the ext4 root"; return 1; }
+      echo "written on the root by the L2 guest" >/root-write.txt && sync || return 1
+      echo "root-write: $(mount | grep ' / ')"
+      echo "root-write: done" ;;
     ext4-write)
       # Mounts the ext4 file system on /dev/vda, writes a text file and 4 MiB of random data with
       # its checksum, syncs and unmounts: the host checks the image afterwards.

@@ -4,7 +4,7 @@
 # bytes the host wrote and sees the serial and capacity; (2) the same disk read-only; (2b) the same
 # with MSI-X off in the guest (pci=nomsi), so the driver runs on INTx through the _PRT; (3) the ext4
 # root image: the guest mounts it, writes files, syncs and powers off, and the host finds them
-# intact with debugfs and a clean e2fsck.
+# intact with debugfs and a clean e2fsck; (4) the ext4 image as the root file system; (5) two disks.
 fail=0
 bad() { echo "virtio-blk: FAIL: $*"; fail=1; }
 boot() {  # boot SCENARIO DISK-SPEC [EXTRA-CMDLINE]: console in /tmp/c.txt, status in $status
@@ -42,5 +42,25 @@ debugfs -R 'dump /big /tmp/big' /tmp/root.ext4 2>/dev/null
 guest_md5=$(grep -a ' big$' /tmp/console.txt | cut -d' ' -f1)
 host_md5=$(md5sum </tmp/big | cut -d' ' -f1)
 [ -n "$guest_md5" ] && [ "$guest_md5" = "$host_md5" ] || bad "big file: guest md5 '$guest_md5', host md5 '$host_md5'"
+# (4) The ext4 image as the root file system (the initramfs switches to it), written and synced.
+cp /files/rootfs.ext4 /tmp/root2.ext4
+boot root-write path=/tmp/root2.ext4 vmm.root=/dev/vda
+grep -q "on the ext4 root: vmm L2 root file system" /tmp/console.txt || bad "the guest did not switch to the ext4 root"
+grep -q "root-write: done" /tmp/console.txt || bad "the guest did not write on its root"
+e2fsck -fn /tmp/root2.ext4 >/tmp/fsck.txt 2>&1 || { cat /tmp/fsck.txt; bad "e2fsck finds the root image inconsistent"; }
+got=$(debugfs -R 'cat /root-write.txt' /tmp/root2.ext4 2>/dev/null)
+[ "$got" = "written on the root by the L2 guest" ] || bad "root-write.txt reads '$got'"
+
+# (5) Two disks: both bound, each with its serial and its own bytes.
+dd if=/dev/urandom of=disk2.img bs=1M count=4 2>/dev/null
+want2=$(dd if=disk2.img bs=1M count=1 2>/dev/null | md5sum | cut -d' ' -f1)
+vmm run --kernel /files/vmlinuz --initrd /files/initramfs.cpio --memory 256M --cpus 2 \
+  --disk path=/tmp/disk.img,id=first --disk path=/tmp/disk2.img,id=second \
+  --cmdline "console=ttyS0 vmm.scenario=blk" 2>/tmp/e.txt | tr -d '\r' >/tmp/console.txt
+grep -a 'blk:' /tmp/console.txt
+grep -q "blk: vda size=16384 ro=0 serial=first" /tmp/console.txt || bad "first of two disks missing"
+grep -q "blk: vdb size=8192 ro=0 serial=second" /tmp/console.txt || bad "second of two disks missing"
+grep -q "blk: vdb md5 $want2" /tmp/console.txt || bad "the second disk's bytes differ"
+
 [ $fail = 0 ] && echo "virtio-blk: PASS"
 exit $fail
