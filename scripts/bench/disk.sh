@@ -30,4 +30,4 @@ echo "cp /files/disk.img /tmp/disk.img && sh /files/disk-inner.sh /files/bin/vmm
 VMM_LINUX_KERNEL=${VMM_LINUX_KERNEL:-$("$root/guest-images/linux/fetch-kernel.sh")} \
   "$root/scripts/nested/run.sh" --timeout 1200 --bin "$dir/vmm/vmm" --bin "$(command -v qemu-system-x86_64)" \
   --file "$dir/guest-images/testguest.elf:testguest.elf" --file "$img:disk.img" "${files[@]}" \
-  --file "$root/scripts/bench/disk-inner.sh:disk-inner.sh" "$inner"
+  --file "$root/scripts/bench/disk-inner.sh:disk-inner.sh" --file "$root/scripts/bench/inner-lib.sh:inner-lib.sh" "$inner"

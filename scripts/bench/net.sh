@@ -30,4 +30,4 @@ echo "sh /files/net-inner.sh /files/bin/vmm /files/bin/qemu-system-x86_64 /files
 VMM_LINUX_KERNEL=${VMM_LINUX_KERNEL:-$("$root/guest-images/linux/fetch-kernel.sh")} \
   "$root/scripts/nested/run.sh" --timeout 1200 --bin "$dir/vmm/vmm" --bin "$(command -v qemu-system-x86_64)" \
   --file "$dir/guest-images/testguest.elf:testguest.elf" "${files[@]}" \
-  --file "$root/scripts/bench/net-inner.sh:net-inner.sh" "$work/inner.sh"
+  --file "$root/scripts/bench/net-inner.sh:net-inner.sh" --file "$root/scripts/bench/inner-lib.sh:inner-lib.sh" "$work/inner.sh"
