@@ -116,7 +116,7 @@ qemu=(qemu-system-x86_64 -M pc -accel tcg,thread=multi -cpu EPYC,+svm,+npt -smp 
   -nodefaults -no-user-config -display none -no-reboot -serial stdio
   -device isa-debug-exit,iobase=0xf4,iosize=0x01
   -kernel "$kernel" -initrd "$work/initrd.cpio"
-  -append "console=ttyS0 quiet loglevel=4 panic=-1 mitigations=off")
+  -append "console=ttyS0 quiet loglevel=4 panic=-1 softlockup_panic=1 mitigations=off")
 start=$(date +%s.%N)
 set +e
 if ((quiet)); then

@@ -18,7 +18,22 @@ for f in ${VMM_NESTED_FILES:-}; do extra+=(--file "$f"); done
 if [[ -n ${VMM_NESTED_ROOTFS:-} ]]; then
   extra+=(--file "$("$root/guest-images/linux/build-rootfs.sh" "$VMM_NESTED_ROOTFS"):rootfs.ext4")
 fi
-exec "$root/scripts/nested/run.sh" --timeout "${VMM_NESTED_TIMEOUT:-300}" "${extra[@]}" \
-  --bin "$vmm" --file "$testguest:testguest.elf" --file "$kernel:vmlinuz" --file "$initramfs:initramfs.cpio" \
-  --file "$root/tests/linux/dmesg-allow.txt:dmesg-allow.txt" \
-  "$root/tests/linux/$inner" "$@"
+log=$(mktemp /tmp/vmm-nested-test.XXXXXX.log)
+run() {
+  "$root/scripts/nested/run.sh" --timeout "${VMM_NESTED_TIMEOUT:-300}" --log "$log" "${extra[@]}" \
+    --bin "$vmm" --file "$testguest:testguest.elf" --file "$kernel:vmlinuz" --file "$initramfs:initramfs.cpio" \
+    --file "$root/tests/linux/dmesg-allow.txt:dmesg-allow.txt" \
+    "$root/tests/linux/$inner" "$@"
+}
+status=0
+run "$@" || status=$?
+# L1's own kernel can lock up inside its KVM under TCG (seen: "BUG: soft lockup ... [vmm]", the vCPU
+# thread stuck in L1's kernel where no signal reaches it). L1 then panics (softlockup_panic=1) and
+# run.sh reports 125. That is the lane failing, not the test: say so, and run the test once more.
+if [[ $status == 125 ]] && grep -aq "BUG: soft lockup" "$log"; then
+  echo "nested-test: L1's kernel locked up inside its KVM (lane failure, log above); running the test again"
+  status=0
+  run "$@" || status=$?
+fi
+[[ $status == 0 ]] && rm -f "$log"
+exit $status
