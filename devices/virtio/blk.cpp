@@ -107,6 +107,9 @@ Result<BlkRequest> parse_blk_request(const GuestMemory& memory, const Descriptor
       if (!in && writable_bytes != 0) return invalid(std::move(r), kBlkSIoErr, "write request with device-writable data");
       r.data = in ? std::move(writable_data) : std::move(readable_data);
       r.data_bytes = in ? writable_bytes : readable_bytes;
+      if (r.data_bytes > kBlkMaxDataBytes) {
+        return invalid(std::move(r), kBlkSIoErr, fmt::format("data length {} is more than {}", r.data_bytes, kBlkMaxDataBytes));
+      }
       if (r.data_bytes % kSectorSize != 0) {
         return invalid(std::move(r), kBlkSIoErr, fmt::format("data length {} is not a multiple of 512", r.data_bytes));
       }

@@ -31,6 +31,9 @@ inline constexpr size_t kBlkIdBytes = 20;
 inline constexpr uint32_t kBlkWriteZeroesFUnmap = 1;
 /// Largest discard / write-zeroes range we accept in one request (advertised in the config).
 inline constexpr uint32_t kBlkMaxRangeSectors = 1u << 22;  // 2 GiB
+/// Largest read or write payload we serve (a chain may name overlapping buffers that add up to more
+/// than RAM; the used length and io_uring's result are 32-bit).
+inline constexpr uint64_t kBlkMaxDataBytes = 256ull << 20;
 
 /// A parsed request. `kind == Invalid` is a well-formed chain with a bad request in it: the device
 /// answers `status` (IOERR or UNSUPP) and reports `error`.

@@ -148,6 +148,8 @@ TEST_CASE("virtio-blk: request parsing, good and malformed") {
     };
     const std::vector<Case> cases = {
         {kBlkTIn, 0, {}, {{kBuf, 100}, {kStatus, 1}}, kBlkSIoErr, "not a multiple of 512"},
+        // Overlapping buffers adding up to more than any request we serve.
+        {kBlkTIn, 0, {}, {{kBuf, 1u << 31}, {kBuf, 1u << 31}, {kStatus, 1}}, kBlkSIoErr, "is more than"},
         {kBlkTIn, kCapacity - 1, {}, {{kBuf, 1024}, {kStatus, 1}}, kBlkSIoErr, "outside the disk"},
         {kBlkTIn, ~0ull, {}, {{kBuf, 512}, {kStatus, 1}}, kBlkSIoErr, "outside the disk"},
         {kBlkTIn, ~0ull / 512 + 1, {}, {{kBuf, 512}, {kStatus, 1}}, kBlkSIoErr, "outside the disk"},
