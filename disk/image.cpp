@@ -6,11 +6,12 @@
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 
-#include <array>
 #include <cerrno>
 #include <cstring>
 #include <limits>
 
+#include "disk/qcow2.hpp"
+#include "disk/qcow2_image.hpp"
 #include "disk/raw.hpp"
 #include "vmm/fd.hpp"
 
@@ -50,16 +51,19 @@ Result<std::unique_ptr<Image>> open_image(EventLoop& loop, const OpenOptions& o)
   } else {
     return fail("{}: not a regular file or block device", name);
   }
+  // The format comes from the content, never the name.
+  if (Qcow2::probe(fd.get())) {
+    fd.reset();  // Qcow2::open opens and locks the file itself
+    auto q = Qcow2::open(o.path, Qcow2OpenOptions{.read_only = o.read_only});
+    if (!q) return std::unexpected(q.error());
+    auto img = Qcow2Image::create(loop, std::move(*q));
+    if (!img) return std::unexpected(img.error());
+    return std::unique_ptr<Image>(std::move(*img));
+  }
   // Like QEMU's image locking: one writer, or any number of readers.
   if (::flock(fd.get(), (o.read_only ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0) {
     return fail("{}: {} (is another VM using it?)", name,
                 errno == EWOULDBLOCK ? "locked by another process" : errno_text(errno));
-  }
-  // The format comes from the content. qcow2 ("QFI\xfb") is not served as raw: a guest would see
-  // the overlay's metadata as its disk.
-  std::array<char, 4> magic{};
-  if (::pread(fd.get(), magic.data(), magic.size(), 0) == 4 && std::memcmp(magic.data(), "QFI\xfb", 4) == 0) {
-    return fail("{}: a qcow2 image; qcow2 is not supported yet", name);
   }
   auto raw = RawImage::create(loop, std::move(fd), o.path, size, o.read_only);
   if (!raw) return std::unexpected(raw.error());

@@ -1,6 +1,6 @@
 // Disk images as a block device sees them: a size, a read-only flag and asynchronous requests that
 // complete on the event loop's thread. virtio-blk talks only to this interface; raw files are here,
-// qcow2 overlays come behind the same interface.
+// qcow2 images (disk/qcow2_image.hpp) behind the same interface.
 #pragma once
 
 #include <sys/uio.h>

@@ -5,7 +5,8 @@ set -euo pipefail
 
 packages=(
   build-essential cmake ninja-build pkg-config g++ clang
-  liburing-dev libfmt-dev doctest-dev libcli11-dev linux-libc-dev
+  liburing-dev libfmt-dev doctest-dev libcli11-dev linux-libc-dev nlohmann-json3-dev zlib1g-dev
+  libclang-rt-14-dev
   qemu-system-x86 qemu-utils
   python3 procps iproute2 kmod
   busybox-static cpio e2fsprogs zstd xz-utils

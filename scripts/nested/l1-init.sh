@@ -2,7 +2,10 @@
 # /init of the nested lane's L1 guest (scripts/nested/run.sh): mounts the kernel's file systems, loads
 # kvm-amd (and the modules in /etc/modules.load), checks /dev/kvm, runs /files/.run/script with the
 # arguments in /files/.run/args from /files, and ends QEMU with the script's exit status through the
-# isa-debug-exit port.
+# isa-debug-exit port. A background watchdog writes a heartbeat to the second serial port (run.sh
+# ends a frozen L1 by it) and ends, with a dump of its threads, any vmm process that runs longer than
+# vmm_nested.vmm_limit seconds (kernel command line, default 150; 0: no limit), so that a hang shows
+# where it is instead of using up the test's time.
 export PATH=/files/bin:/bin:/sbin
 mount -t devtmpfs dev /dev 2>/dev/null
 mount -t proc proc /proc
@@ -12,6 +15,34 @@ ip link set lo up
 for m in $(cat /etc/modules.load); do
   insmod "/lib/modules/$m" || echo "vmm-nested: insmod $m failed"
 done
+l1_watchdog() {
+  limit=$(sed -n 's/.*vmm_nested.vmm_limit=\([0-9]*\).*/\1/p' /proc/cmdline)
+  limit=${limit:-150}
+  killed=" "
+  while :; do
+    sleep 5
+    up=$(cut -d' ' -f1 /proc/uptime)
+    echo "hb $up" >/dev/ttyS1 2>/dev/null
+    [ "$limit" -gt 0 ] || continue
+    up=${up%.*}
+    for p in /proc/[0-9]*; do
+      [ "$(cat "$p/comm" 2>/dev/null)" = vmm ] || continue
+      pid=${p#/proc/}
+      start=$(cut -d' ' -f22 "$p/stat" 2>/dev/null) || continue
+      age=$((up - start / 100))
+      case "$killed" in *" $pid "*) continue ;; esac
+      [ "$age" -gt "$limit" ] || continue
+      echo "l1-watchdog: vmm (pid $pid) still running after ${age}s: $(tr '\0' ' ' <"$p/cmdline" | cut -c1-200)"
+      for t in "$p"/task/*; do
+        echo "l1-watchdog:   $(cat "$t/comm") wchan=$(cat "$t/wchan" 2>/dev/null) state/utime/stime=$(cut -d' ' -f3,14,15 "$t/stat")"
+        sed 's/^/l1-watchdog:     /' "$t/stack" 2>/dev/null | head -12
+      done
+      kill -9 "$pid"
+      killed="$killed$pid "
+    done
+  done
+}
+l1_watchdog </dev/null >/dev/console 2>&1 &
 status=125
 if [ ! -c /dev/kvm ]; then
   echo "vmm-nested: error: L1 has no /dev/kvm (kvm-amd did not load; is the L1 CPU SVM-capable?)"

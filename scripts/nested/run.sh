@@ -3,7 +3,8 @@
 # SVM-capable CPU (-cpu EPYC,+svm,+npt), where kvm-amd offers a real /dev/kvm. The script runs as root
 # in L1's busybox userspace from /files, which holds the files given with --file and --bin; L1's
 # console streams to stdout and to a log; the exit status is the script's (through QEMU's
-# isa-debug-exit device), 124 on timeout, 125 when L1 itself failed.
+# isa-debug-exit device), 124 on timeout, 125 when L1 itself failed, 126 when L1 froze (its heartbeat
+# on the second serial port stopped for 60 s: the lane failed, not the test).
 #
 # usage: scripts/nested/run.sh [options] SCRIPT [ARG...]
 #   --file SRC[:DEST]  copy SRC into L1 as /files/DEST (default: its basename)
@@ -112,11 +113,28 @@ make_cpio "$payload" "$work/payload.cpio"
 # The kernel unpacks concatenated newc archives in order: base first, payload on top.
 cat "$l1_cpio" "$work/payload.cpio" >"$work/initrd.cpio"
 
+heartbeat=$work/heartbeat
+: >"$heartbeat"
 qemu=(qemu-system-x86_64 -M pc -accel tcg,thread=multi -cpu EPYC,+svm,+npt -smp "$cpus" -m "$memory"
-  -nodefaults -no-user-config -display none -no-reboot -serial stdio
+  -nodefaults -no-user-config -display none -no-reboot -serial stdio -serial "file:$heartbeat"
+  -pidfile "$work/qemu.pid"
   -device isa-debug-exit,iobase=0xf4,iosize=0x01
   -kernel "$kernel" -initrd "$work/initrd.cpio"
-  -append "console=ttyS0 quiet loglevel=4 panic=-1 softlockup_panic=1 mitigations=off")
+  -append "console=ttyS0 quiet loglevel=4 panic=-1 softlockup_panic=1 mitigations=off vmm_nested.vmm_limit=${VMM_NESTED_VMM_LIMIT:-150}")
+# L1 writes a heartbeat every 5 s (l1-init.sh); 60 s without one means L1 froze: end it.
+(
+  last=-1 quiet_for=0
+  while sleep 5; do
+    size=$(stat -c %s "$heartbeat" 2>/dev/null) || exit 0
+    if [[ $size == "$last" ]]; then quiet_for=$((quiet_for + 5)); else quiet_for=0 last=$size; fi
+    if ((quiet_for >= 60)); then
+      touch "$work/froze"
+      kill -9 "$(cat "$work/qemu.pid" 2>/dev/null)" 2>/dev/null
+      exit 0
+    fi
+  done
+) &
+monitor=$!
 start=$(date +%s.%N)
 set +e
 if ((quiet)); then
@@ -127,10 +145,14 @@ else
   qstatus=${PIPESTATUS[0]}
 fi
 set -e
+kill "$monitor" 2>/dev/null || true
+wait "$monitor" 2>/dev/null || true
 # QEMU's own complaints (e.g. EPYC features TCG lacks) only matter when L1 failed.
 grep -v "TCG doesn't support requested feature" "$work/qemu.err" >&2 || true
 elapsed=$(echo "$(date +%s.%N) - $start" | bc)
-if ((qstatus == 124 || qstatus == 137)); then
+if [[ -e $work/froze ]]; then
+  status=126; log "L1 froze: no heartbeat for 60 s (a lane failure: QEMU TCG or L1's kernel, not the test)"
+elif ((qstatus == 124 || qstatus == 137)); then
   status=124; log "timeout after ${timeout}s"
 elif ((qstatus & 1)); then
   status=$((qstatus >> 1))

@@ -30,8 +30,9 @@ run "$@" || status=$?
 # L1's own kernel can lock up inside its KVM under TCG (seen: "BUG: soft lockup ... [vmm]", the vCPU
 # thread stuck in L1's kernel where no signal reaches it). L1 then panics (softlockup_panic=1) and
 # run.sh reports 125. That is the lane failing, not the test: say so, and run the test once more.
-if [[ $status == 125 ]] && grep -aq "BUG: soft lockup" "$log"; then
-  echo "nested-test: L1's kernel locked up inside its KVM (lane failure, log above); running the test again"
+# L1 can also freeze outright (no console output, no heartbeat): run.sh ends it and reports 126.
+if { [[ $status == 125 ]] && grep -aq "BUG: soft lockup" "$log"; } || [[ $status == 126 ]]; then
+  echo "nested-test: L1 locked up or froze (lane failure, status $status, log above); running the test again"
   status=0
   run "$@" || status=$?
 fi

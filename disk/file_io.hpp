@@ -1,0 +1,29 @@
+// Synchronous file I/O for the qcow2 engine: whole-range pread/pwrite that retry on EINTR and short
+// transfers (reads past the end of the file give zeroes), and iovec slicing and copying.
+#pragma once
+
+#include <sys/uio.h>
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "vmm/error.hpp"
+
+namespace vmm::disk {
+
+/// Reads [offset, offset + bytes(iov)) into `iov`; what lies past the end of the file reads as zeroes.
+Result<> pread_full(int fd, std::span<const iovec> iov, uint64_t offset);
+/// Writes all of `iov` at `offset`.
+Result<> pwrite_full(int fd, std::span<const iovec> iov, uint64_t offset);
+Result<> pread_full(int fd, void* buf, uint64_t len, uint64_t offset);
+Result<> pwrite_full(int fd, const void* buf, uint64_t len, uint64_t offset);
+
+/// Appends to `out` the part [offset, offset + len) of the byte sequence that `in` describes.
+void slice_iov(std::span<const iovec> in, uint64_t offset, uint64_t len, std::vector<iovec>& out);
+/// Copies between a flat buffer and the bytes [offset, offset + len) of `iov`.
+void copy_to_iov(std::span<const iovec> iov, uint64_t offset, const void* src, uint64_t len);
+void copy_from_iov(std::span<const iovec> iov, uint64_t offset, void* dst, uint64_t len);
+void zero_iov(std::span<const iovec> iov, uint64_t offset, uint64_t len);
+
+}  // namespace vmm::disk
