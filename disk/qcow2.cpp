@@ -380,6 +380,9 @@ struct Qcow2::State {
     if (host != 0 && meta.contains(host >> cb)) {
       return corrupt("L2 entry for {:#x}: data offset {:#x} overlaps metadata", vaddr, host);
     }
+    if (host != 0 && host >= host_end) {
+      return corrupt("L2 entry for {:#x}: data offset {:#x} is past the end of the file", vaddr, host);
+    }
     if (zero) return Mapping{host ? Kind::ZeroAllocated : Kind::Zero, host};
     if (host == 0) return Mapping{Kind::Unallocated, 0};
     return Mapping{Kind::Normal, host};
@@ -621,7 +624,16 @@ struct Qcow2::State {
   /// entry (unmap: deallocate; otherwise keep the cluster and set the zero flag).
   Result<> zero(uint64_t offset, uint64_t len, bool unmap) {
     if (auto r = writable(); !r) return r;
+    if (len == 0) return {};
     auto write_zero_bytes = [&](uint64_t at, uint64_t n) -> Result<> {
+      // Part of one cluster: nothing to do if it reads as zeroes already.
+      auto cur = lookup(at);
+      if (!cur) return std::unexpected(cur.error());
+      const Kind k = cur->second.kind;
+      if (k == Kind::Zero || k == Kind::ZeroAllocated ||
+          (k == Kind::Unallocated && (!backing || at >= backing->size()))) {
+        return {};
+      }
       zero_buf.assign(std::max<uint64_t>(zero_buf.size(), n), 0);
       const iovec v{zero_buf.data(), n};
       return write(at, std::span(&v, 1), n);
@@ -629,7 +641,11 @@ struct Qcow2::State {
     const uint64_t end = offset + len;
     const uint64_t first_full = (offset + cs - 1) & ~(cs - 1);
     const uint64_t last_full = end & ~(cs - 1);
-    if (first_full >= last_full) return write_zero_bytes(offset, len);
+    if (first_full >= last_full) {  // no whole cluster: at most two partial ones
+      const uint64_t split = std::min(end, (offset & ~(cs - 1)) + cs);
+      if (auto r = write_zero_bytes(offset, split - offset); !r) return r;
+      return split < end ? write_zero_bytes(split, end - split) : Result<>{};
+    }
     if (offset < first_full) {
       if (auto r = write_zero_bytes(offset, first_full - offset); !r) return r;
     }
