@@ -808,7 +808,11 @@ Qcow2::Qcow2(std::unique_ptr<State> state) : s_(std::move(state)) {}
 
 Qcow2::~Qcow2() {
   if (!s_->read_only && s_->broken.empty()) {
-    if (auto r = s_->flush(); !r) fmt::print(stderr, "vmm: {}\n", r.error().message());
+    // Twice: the second writes the refcount decrements the first one applied, so a closed image
+    // has no leaked clusters.
+    auto r = s_->flush();
+    if (r) r = s_->flush();
+    if (!r) fmt::print(stderr, "vmm: {}\n", r.error().message());
   }
   ::flock(s_->fd.get(), LOCK_UN);
 }

@@ -216,3 +216,61 @@ TEST_CASE("qcow2: an image opened through open_image serves requests on the even
   image->reset();
   if (have_qemu_img()) CHECK(qemu_check(img) == 0);
 }
+
+TEST_CASE("qcow2: random reads, writes, zeroing, discards and reopens match an in-memory reference") {
+  for (unsigned bits : {12u, 16u}) {
+    for (bool with_backing : {false, true}) {
+      CAPTURE(bits);
+      CAPTURE(with_backing);
+      TempDir d;
+      const uint64_t size = 3 << 20;
+      Bytes ref(size, 0);
+      vmm::disk::Qcow2CreateOptions co{.size = size, .cluster_bits = bits};
+      if (with_backing) {
+        ref = pattern(size - 12345, 99);  // a backing file shorter than the overlay: the rest is zeroes
+        write_file(d / "base.raw", ref);
+        ref.resize(size, 0);
+        co.backing = "base.raw";
+        co.backing_format = "raw";
+      }
+      REQUIRE(Qcow2::create(d / "t.qcow2", co));
+      auto q = open_rw(d / "t.qcow2");
+      std::mt19937_64 rng(bits * 2 + with_backing);
+      auto pick = [&](uint64_t max_len) {
+        const uint64_t len = 1 + rng() % max_len;
+        const uint64_t off = rng() % (size - len);
+        return std::pair{off, len};
+      };
+      for (int op = 0; op < 1000; ++op) {
+        CAPTURE(op);
+        const auto what = rng() % 100;
+        const uint64_t max_len = (rng() % 4 == 0) ? (1 << 18) : (1 << bits) * 2;
+        auto [off, len] = pick(max_len);
+        if (what < 40) {
+          Bytes b = pattern(len, static_cast<uint32_t>(rng()));
+          put(*q, off, b);
+          std::copy(b.begin(), b.end(), ref.begin() + static_cast<long>(off));
+        } else if (what < 70) {
+          REQUIRE(get(*q, off, len) == Bytes(ref.begin() + static_cast<long>(off), ref.begin() + static_cast<long>(off + len)));
+        } else if (what < 80) {
+          auto r = q->write_zeroes(off, len, rng() % 2 == 0);
+          REQUIRE_MESSAGE(r, r.error().message());
+          std::fill(ref.begin() + static_cast<long>(off), ref.begin() + static_cast<long>(off + len), 0);
+        } else if (what < 88) {
+          auto r = q->discard(off, len);
+          REQUIRE_MESSAGE(r, r.error().message());
+          std::fill(ref.begin() + static_cast<long>(off), ref.begin() + static_cast<long>(off + len), 0);
+        } else if (what < 95) {
+          REQUIRE(q->flush());
+        } else {
+          q.reset();
+          q = open_rw(d / "t.qcow2");
+        }
+      }
+      REQUIRE(get(*q, 0, size) == ref);
+      q.reset();
+      if (have_qemu_img()) CHECK(qemu_check(d / "t.qcow2") == 0);
+      CHECK(get(*open_rw(d / "t.qcow2"), 0, size) == ref);
+    }
+  }
+}
