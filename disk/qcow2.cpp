@@ -380,8 +380,10 @@ struct Qcow2::State {
     if (host != 0 && meta.contains(host >> cb)) {
       return corrupt("L2 entry for {:#x}: data offset {:#x} overlaps metadata", vaddr, host);
     }
-    if (host != 0 && host >= host_end) {
-      return corrupt("L2 entry for {:#x}: data offset {:#x} is past the end of the file", vaddr, host);
+    if (host != 0 && host >= host_end) {  // past the end: only legitimate if the cluster is counted
+      auto rc = refcount(host >> cb);
+      if (!rc) return std::unexpected(rc.error());
+      if (*rc == 0) return corrupt("L2 entry for {:#x}: data offset {:#x} is past the end of the file", vaddr, host);
     }
     if (zero) return Mapping{host ? Kind::ZeroAllocated : Kind::Zero, host};
     if (host == 0) return Mapping{Kind::Unallocated, 0};
@@ -879,17 +881,46 @@ Result<std::unique_ptr<Qcow2>> open_qcow2(const std::filesystem::path& path, con
         return s->err("refcount table entry {}: block offset {:#x} is not cluster-aligned inside the file", i, off);
       }
       s->reftable[i] = off;
-      if (off) s->meta.insert(off >> s->cb);
     }
   }
+  // Metadata must not overlap: the header, the L1 table, the refcount table, every refcount block and
+  // every L2 table each own their clusters (a table inside another would let a write rewrite it).
   s->meta.insert(0);
-  for (uint64_t c = 0; c < h->refcount_table_clusters; ++c) s->meta.insert((h->refcount_table_offset >> s->cb) + c);
-  for (uint64_t c = 0; c < ((uint64_t{h->l1_size} * 8 + s->cs - 1) >> s->cb); ++c) s->meta.insert((h->l1_table_offset >> s->cb) + c);
-  for (const uint64_t e : s->l1) {
-    if (e & kOffsetMask) s->meta.insert((e & kOffsetMask) >> s->cb);
+  auto claim = [&](uint64_t cluster, std::string_view what) -> Result<> {
+    if (!s->meta.insert(cluster).second) return s->err("{} overlaps other metadata at {:#x}", what, cluster << s->cb);
+    return {};
+  };
+  for (uint64_t c = 0; c < h->refcount_table_clusters; ++c) {
+    if (auto r = claim((h->refcount_table_offset >> s->cb) + c, "the refcount table"); !r) return std::unexpected(r.error());
+  }
+  for (uint64_t c = 0; c < ((uint64_t{h->l1_size} * 8 + s->cs - 1) >> s->cb); ++c) {
+    if (auto r = claim((h->l1_table_offset >> s->cb) + c, "the L1 table"); !r) return std::unexpected(r.error());
+  }
+  for (uint64_t i = 0; i < s->reftable.size(); ++i) {
+    if (s->reftable[i] == 0) continue;
+    if (auto r = claim(s->reftable[i] >> s->cb, fmt::format("refcount table entry {}", i)); !r) return std::unexpected(r.error());
+  }
+  for (uint64_t i = 0; i < s->l1.size(); ++i) {
+    const uint64_t off = s->l1[i] & kOffsetMask;
+    if (off == 0) continue;
+    if (auto r = claim(off >> s->cb, fmt::format("L1 entry {}", i)); !r) return std::unexpected(r.error());
   }
   s->host_end = (file_size + s->cs - 1) & ~(s->cs - 1);
   s->cache_max = std::max<size_t>(16, o.cache_bytes >> s->cb);
+  // Clusters may be counted past the end of the file (preallocated, never written): new metadata
+  // must not land on them. The last refcount block tells.
+  for (uint64_t b = s->reftable.size(); b-- > 0;) {
+    if (s->reftable[b] == 0) continue;
+    auto t = s->load(s->reftable[b], false);
+    if (!t) return std::unexpected(t.error());
+    for (uint64_t i = 1ull << s->rb_bits; i-- > 0;) {
+      if (get_refcount((*t)->data.get(), i, h->refcount_order) != 0) {
+        s->host_end = std::max(s->host_end, ((b << s->rb_bits) + i + 1) << s->cb);
+        break;
+      }
+    }
+    break;
+  }
   // Autoclear bits name features we do not maintain (bitmaps): a writer clears them (§ "Header").
   if (!o.read_only && h->autoclear_features != 0) {
     uint8_t b[8] = {};
