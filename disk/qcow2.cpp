@@ -144,6 +144,9 @@ struct Qcow2::State {
   std::vector<uint8_t> head_buf, tail_buf, zero_buf, zbuf, zin;
   uint64_t zbuf_entry = 0;  // compressed entry whose data zbuf holds (0: none)
   std::string broken;       // set once a corruption is found: no more writes
+  uint64_t phys_size = 0;   // the file's length as far as we know (never less)
+
+  void grew(uint64_t end) { phys_size = std::max(phys_size, end); }
 
   // ---- errors --------------------------------------------------------------------------------------
   template <typename... Args>
@@ -227,15 +230,18 @@ struct Qcow2::State {
     return {};
   }
 
-  /// A new refcount block for block index `b`, placed in the first cluster it covers (free, since
-  /// no block counts it yet) and counting itself.
+  /// A new refcount block for block index `b`, placed in the first cluster it covers that holds no
+  /// metadata (free, since no block counts it yet), and counting itself.
   Result<> create_refblock(uint64_t b) {
-    const uint64_t cluster = b << rb_bits;
+    uint64_t cluster = b << rb_bits;
+    while (meta.contains(cluster)) {  // only in a damaged image: metadata no block counts
+      if (++cluster == (b + 1) << rb_bits) return corrupt("no room for refcount block {}", b);
+    }
     const uint64_t offset = cluster << cb;
     if (offset >= (1ull << 56)) return err("the image would grow past 2^56 bytes");
     auto data = std::make_unique<uint8_t[]>(cs);
     std::memset(data.get(), 0, cs);
-    set_refcount(data.get(), 0, h.refcount_order, 1);
+    set_refcount(data.get(), cluster - (b << rb_bits), h.refcount_order, 1);
     insert(offset, std::move(data), false, true);
     reftable[b] = offset;
     reftable_dirty = true;
@@ -280,11 +286,13 @@ struct Qcow2::State {
       for (uint64_t c = first; c < first + bc && c < e + m + k; ++c) set_refcount(data.get(), c - first, h.refcount_order, 1);
       table[e / bc + j] = (e + j) << cb;
       if (auto r = io(pwrite_full(fd.get(), data.get(), cs, (e + j) << cb)); !r) return r;
+      grew(((e + j) << cb) + cs);
       blocks.push_back(std::move(data));
     }
     std::vector<uint8_t> raw(k * cs);
     for (size_t i = 0; i < table.size(); ++i) put_be64(&raw[i * 8], table[i]);
     if (auto r = io(pwrite_full(fd.get(), raw.data(), raw.size(), (e + m) << cb)); !r) return r;
+    grew(((e + m) << cb) + raw.size());
     if (::fdatasync(fd.get()) != 0) return err("fdatasync: {}", errno_text(errno));
     uint8_t hdr[12];
     put_be64(hdr, (e + m) << cb);
@@ -505,6 +513,12 @@ struct Qcow2::State {
     return trim();
   }
 
+  /// Whether a cluster of this mapping at `cluster_vaddr` reads as zeroes throughout.
+  bool reads_zero(const Mapping& m, uint64_t cluster_vaddr) const {
+    if (m.kind == Kind::Zero || m.kind == Kind::ZeroAllocated) return true;
+    return m.kind == Kind::Unallocated && (!backing || cluster_vaddr >= backing->size());
+  }
+
   /// The bytes [from, to) of the cluster at `vaddr` (cluster-aligned) as it reads now, into `buf`.
   Result<> old_content(uint64_t cluster_vaddr, uint64_t entry, const Mapping& m, uint64_t from, uint64_t to,
                        uint8_t* buf) {
@@ -557,6 +571,7 @@ struct Qcow2::State {
         part.clear();
         slice_iov(iov, pos, n, part);
         if (auto r = io(pwrite_full(fd.get(), part, m->host + in)); !r) return r;
+        grew(m->host + in + n);
         pos += n;
         continue;
       }
@@ -596,18 +611,31 @@ struct Qcow2::State {
       auto last_m = classify(last_entry, vaddr + n - 1);
       if (!last_m) return std::unexpected(last_m.error());
       const uint64_t tail_from = (in + n) & (cs - 1);  // in the last cluster; 0: none
+      // A cluster past the end of the file was never written: it reads as zeroes already, so old
+      // content that is zeroes need not be written (the file is extended to cover it instead).
+      const bool fresh = m->kind != Kind::ZeroAllocated && host >= phys_size;
+      const uint64_t last_vaddr = (vaddr - in) + (k - 1) * cs;
+      const bool skip_head = fresh && reads_zero(*m, vaddr - in);
+      const bool skip_tail = fresh && reads_zero(*last_m, last_vaddr);
       head_buf.resize(cs);
       tail_buf.resize(cs);
-      if (auto r = old_content(vaddr - in, entry, *m, 0, in, head_buf.data()); !r) return r;
-      if (tail_from != 0) {
-        const uint64_t last_vaddr = (vaddr - in) + (k - 1) * cs;
+      if (!skip_head) {
+        if (auto r = old_content(vaddr - in, entry, *m, 0, in, head_buf.data()); !r) return r;
+      }
+      if (tail_from != 0 && !skip_tail) {
         if (auto r = old_content(last_vaddr, last_entry, *last_m, tail_from, cs, tail_buf.data()); !r) return r;
       }
       part.clear();
-      if (in) part.push_back({head_buf.data(), in});
+      if (in && !skip_head) part.push_back({head_buf.data(), in});
       slice_iov(iov, pos, n, part);
-      if (tail_from) part.push_back({tail_buf.data(), cs - tail_from});
-      if (auto r = io(pwrite_full(fd.get(), part, host)); !r) return r;
+      if (tail_from && !skip_tail) part.push_back({tail_buf.data(), cs - tail_from});
+      const uint64_t at = skip_head ? host + in : host;
+      if (auto r = io(pwrite_full(fd.get(), part, at)); !r) return r;
+      const uint64_t end_of_run = host + k * cs;
+      if (fresh && phys_size < end_of_run) {
+        if (::ftruncate(fd.get(), static_cast<off_t>(end_of_run)) != 0) return err("ftruncate: {}", errno_text(errno));
+      }
+      grew(end_of_run);
       for (uint64_t i = 0; i < k; ++i) {
         const uint64_t old = get_entry(t, idx + i);
         if (m->kind != Kind::ZeroAllocated) {
@@ -694,6 +722,7 @@ struct Qcow2::State {
     for (auto& [offset, t] : cache) {
       if (!t.dirty || t.is_l2 != l2) continue;
       if (auto r = io(pwrite_full(fd.get(), t.data.get(), cs, offset)); !r) return std::unexpected(r.error());
+      grew(offset + cs);
       t.dirty = false;
       any = true;
     }
@@ -906,6 +935,7 @@ Result<std::unique_ptr<Qcow2>> open_qcow2(const std::filesystem::path& path, con
     if (auto r = claim(off >> s->cb, fmt::format("L1 entry {}", i)); !r) return std::unexpected(r.error());
   }
   s->host_end = (file_size + s->cs - 1) & ~(s->cs - 1);
+  s->phys_size = file_size;
   s->cache_max = std::max<size_t>(16, o.cache_bytes >> s->cb);
   // Clusters may be counted past the end of the file (preallocated, never written): new metadata
   // must not land on them. The last refcount block tells.
