@@ -195,13 +195,24 @@ struct Qcow2::State {
     return &t;
   }
   /// Keeps the cache within its bound; called between operations only (no Table* is held then).
+  /// A dirty victim costs one flush (metadata ordering); the flush's last step (freeing) may dirty
+  /// refcount blocks again, and those can be written at any time: the references they drop are
+  /// gone from the disk already.
   Result<> trim() {
+    bool flushed = false;
     while (cache.size() > cache_max) {
-      const uint64_t victim = lru.back();
-      auto it = cache.find(victim);
-      if (it->second.dirty) {
+      auto it = cache.find(lru.back());  // (found afresh: loads during a flush may rehash)
+      Table& t = it->second;
+      if (t.dirty && !flushed) {
         if (auto r = flush(); !r) return r;
-        if (it->second.dirty) return err("cannot write back cached metadata");
+        flushed = true;
+        continue;
+      }
+      if (t.dirty) {
+        if (t.is_l2) return err("cannot write back cached metadata");
+        if (auto r = io(pwrite_full(fd.get(), t.data.get(), cs, it->first)); !r) return r;
+        grew(it->first + cs);
+        t.dirty = false;
       }
       lru.pop_back();
       cache.erase(it);

@@ -6,6 +6,7 @@
 #include <cstdio>
 
 #include "devices/virtio/net.hpp"
+#include "vmm/disk_cli.hpp"
 #include "vmm/exit_codes.hpp"
 #include "vmm/size_parse.hpp"
 #include "vmm/vm.hpp"
@@ -59,6 +60,16 @@ std::optional<std::string> validate(RunOptions& o, const std::string& memory_tex
   return std::nullopt;
 }
 
+/// "vmm run", "vmm disk create": the subcommands given, for "see '... --help'" hints.
+std::string command_path(const CLI::App& app) {
+  std::string path = "vmm";
+  for (const CLI::App* a = &app; !a->get_subcommands().empty();) {
+    a = a->get_subcommands().front();
+    path += " " + a->get_name();
+  }
+  return path;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -91,10 +102,12 @@ int main(int argc, char** argv) {
       "or reset; 2 bad usage; 4 KVM unavailable; 6 kernel/initrd/disk image error; 8 guest triple fault; "
       "10 other VMM error; 12 stopped by SIGINT/SIGTERM; 14 guest kernel panic (pvpanic).");
 
+  DiskCommand disk(app);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp&) {
-    fmt::print("{}", app.help(app.get_subcommands().empty() ? "" : app.get_subcommands().front()->get_name()));
+    fmt::print("{}", app.help());  // the innermost subcommand given: "Usage: vmm disk create ..."
     return exit_code::kOk;
   } catch (const CLI::CallForAllHelp&) {
     fmt::print("{}", app.help("", CLI::AppFormatMode::All));
@@ -105,7 +118,7 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     std::string what = e.what();
     if (auto nl = what.find('\n'); nl != std::string::npos) what.resize(nl);
-    print_error(fmt::format("{} (see '{}')", what, run->parsed() ? "vmm run --help" : "vmm --help"));
+    print_error(fmt::format("{} (see '{} --help')", what, command_path(app)));
     return exit_code::kUsage;
   }
 
@@ -117,6 +130,7 @@ int main(int argc, char** argv) {
     opts.kvm_device = kvm_device;
     return run_vm(opts);
   }
+  if (disk.parsed()) return disk.run();
   return exit_code::kUsage;
 }
 
