@@ -1,11 +1,18 @@
 #include "disk/file_io.hpp"
 
+#include <pthread.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <climits>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <functional>
+#include <optional>
+#include <mutex>
+#include <thread>
 
 namespace vmm::disk {
 
@@ -82,6 +89,101 @@ Result<> pread_full(int fd, void* buf, uint64_t len, uint64_t offset) {
 Result<> pwrite_full(int fd, const void* buf, uint64_t len, uint64_t offset) {
   const iovec v{const_cast<void*>(buf), len};
   return pwrite_full(fd, std::span(&v, 1), offset);
+}
+
+namespace {
+
+constexpr uint64_t kParallelThreshold = 256 * 1024;
+
+/// Threads that run pieces of large transfers; lives for the whole process.
+class CopyPool {
+ public:
+  static CopyPool& get() {
+    static CopyPool* pool = new CopyPool;  // never destroyed: its threads may wait on it at exit
+    return *pool;
+  }
+  unsigned helpers() const { return static_cast<unsigned>(threads_.size()); }
+  void post(std::function<void()> f) {
+    {
+      std::lock_guard lock(mu_);
+      tasks_.push_back(std::move(f));
+    }
+    cv_.notify_one();
+  }
+
+ private:
+  CopyPool() {
+    const unsigned cpus = std::max(1u, std::thread::hardware_concurrency());
+    for (unsigned i = 0; i < std::min(2 * cpus, 8u); ++i) {
+      threads_.emplace_back([this] { loop(); });
+      pthread_setname_np(threads_.back().native_handle(), "vmm-copy");
+      threads_.back().detach();  // idle at exit; never joined
+    }
+  }
+  [[noreturn]] void loop() {
+    for (;;) {
+      std::function<void()> f;
+      {
+        std::unique_lock lock(mu_);
+        cv_.wait(lock, [this] { return !tasks_.empty(); });
+        f = std::move(tasks_.front());
+        tasks_.pop_front();
+      }
+      f();
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> tasks_;
+  std::vector<std::thread> threads_;
+};
+
+Result<> transfer_parallel(int fd, std::span<const iovec> iov, uint64_t offset, bool write) {
+  auto one = [&](std::span<const iovec> v, uint64_t off) { return write ? pwrite_full(fd, v, off) : pread_full(fd, v, off); };
+  const uint64_t n = total(iov);
+  CopyPool& pool = CopyPool::get();
+  if (n < kParallelThreshold || pool.helpers() < 2) return one(iov, offset);
+  const unsigned parts = pool.helpers();  // the caller does one part, the pool the others
+  const uint64_t piece = ((n / parts) + 4095) & ~uint64_t{4095};
+  std::vector<std::vector<iovec>> slices(parts);
+  std::vector<uint64_t> starts(parts);
+  unsigned used = 0;
+  for (uint64_t at = 0; at < n && used < parts; ++used) {
+    const uint64_t len = used + 1 == parts ? n - at : std::min(piece, n - at);
+    slice_iov(iov, at, len, slices[used]);
+    starts[used] = at;
+    at += len;
+  }
+  std::mutex mu;
+  std::condition_variable cv;
+  unsigned pending = used - 1;
+  std::optional<Error> error;
+  for (unsigned i = 1; i < used; ++i) {
+    pool.post([&, i] {
+      auto r = one(slices[i], offset + starts[i]);
+      std::lock_guard lock(mu);
+      if (!r && !error) error = r.error();
+      if (--pending == 0) cv.notify_one();
+    });
+  }
+  auto r = one(slices[0], offset);
+  std::unique_lock lock(mu);
+  cv.wait(lock, [&] { return pending == 0; });
+  if (!r) return r;
+  if (error) return std::unexpected(*error);
+  return {};
+}
+
+}  // namespace
+
+void post_io(std::function<void()> task) { CopyPool::get().post(std::move(task)); }
+
+Result<> pread_parallel(int fd, std::span<const iovec> iov, uint64_t offset) {
+  return transfer_parallel(fd, iov, offset, false);
+}
+
+Result<> pwrite_parallel(int fd, std::span<const iovec> iov, uint64_t offset) {
+  return transfer_parallel(fd, iov, offset, true);
 }
 
 void slice_iov(std::span<const iovec> in, uint64_t offset, uint64_t len, std::vector<iovec>& out) {

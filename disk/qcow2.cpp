@@ -86,9 +86,8 @@ class RawSource final : public BlockSource {
   uint64_t size() const override { return size_; }
   const std::filesystem::path& path() const override { return path_; }
   const char* format() const override { return "raw"; }
-  Result<> read(uint64_t offset, std::span<const iovec> iov) override {
-    auto r = pread_full(fd_.get(), iov, offset);
-    if (!r) return std::unexpected(r.error().context(path_.string()));
+  Result<> plan_read(uint64_t offset, std::span<const iovec> iov, IoPlan& plan) override {
+    plan.push_back({fd_.get(), std::vector<iovec>(iov.begin(), iov.end()), offset});
     return {};
   }
 
@@ -204,7 +203,8 @@ struct Qcow2::State {
       auto it = cache.find(lru.back());  // (found afresh: loads during a flush may rehash)
       Table& t = it->second;
       if (t.dirty && !flushed) {
-        if (auto r = flush(); !r) return r;
+        // Frees stay pending: only a caller's flush() may free (reads it planned may be running).
+        if (auto r = flush(false); !r) return r;
         flushed = true;
         continue;
       }
@@ -389,6 +389,9 @@ struct Qcow2::State {
       if (ext.offset + ext.length >= (1ull << 56) || ext.length > cs + 1024) {
         return corrupt("compressed L2 entry for {:#x} is out of range", vaddr);
       }
+      for (uint64_t c = ext.offset >> cb; c <= (ext.offset + ext.length - 1) >> cb; ++c) {
+        if (meta.contains(c)) return corrupt("compressed L2 entry for {:#x} overlaps metadata at {:#x}", vaddr, c << cb);
+      }
       return Mapping{Kind::Compressed, 0};
     }
     const uint64_t host = entry & kOffsetMask;
@@ -468,20 +471,22 @@ struct Qcow2::State {
   }
 
   /// What an unallocated cluster reads as: the backing file, or zeroes past its end or without one.
-  Result<> read_backing(uint64_t vaddr, std::span<const iovec> iov, uint64_t len) {
+  /// With `plan`, the backing file's reads are appended to it instead of being run.
+  Result<> read_backing(uint64_t vaddr, std::span<const iovec> iov, uint64_t len, IoPlan* plan = nullptr) {
     uint64_t from_backing = 0;
     if (backing && vaddr < backing->size()) from_backing = std::min(len, backing->size() - vaddr);
     if (from_backing > 0) {
       std::vector<iovec> part;
       slice_iov(iov, 0, from_backing, part);
-      if (auto r = backing->read(vaddr, part); !r) return std::unexpected(r.error().context(name + ": backing file"));
+      auto r = plan ? backing->plan_read(vaddr, part, *plan) : backing->read(vaddr, part);
+      if (!r) return std::unexpected(r.error().context(name + ": backing file"));
     }
     if (from_backing < len) zero_iov(iov, from_backing, len - from_backing);
     return {};
   }
 
   // ---- guest operations --------------------------------------------------------------------------
-  Result<> read(uint64_t offset, std::span<const iovec> iov, uint64_t len) {
+  Result<> plan_read(uint64_t offset, std::span<const iovec> iov, uint64_t len, IoPlan& plan) {
     std::vector<iovec> part;
     uint64_t pos = 0;
     while (pos < len) {
@@ -505,10 +510,10 @@ struct Qcow2::State {
       slice_iov(iov, pos, n, part);
       switch (m.kind) {
         case Kind::Normal:
-          if (auto r = io(pread_full(fd.get(), part, m.host + (vaddr & (cs - 1)))); !r) return r;
+          plan.push_back({fd.get(), part, m.host + (vaddr & (cs - 1))});
           break;
         case Kind::Unallocated:
-          if (auto r = read_backing(vaddr, part, n); !r) return r;
+          if (auto r = read_backing(vaddr, part, n, &plan); !r) return r;
           break;
         case Kind::Zero:
         case Kind::ZeroAllocated:
@@ -554,7 +559,7 @@ struct Qcow2::State {
     return {};
   }
 
-  Result<> write(uint64_t offset, std::span<const iovec> iov, uint64_t len) {
+  Result<> write(uint64_t offset, std::span<const iovec> iov, uint64_t len, IoPlan* plan = nullptr) {
     if (auto r = writable(); !r) return r;
     std::vector<iovec> part;
     uint64_t pos = 0;
@@ -581,7 +586,11 @@ struct Qcow2::State {
         }
         part.clear();
         slice_iov(iov, pos, n, part);
-        if (auto r = io(pwrite_full(fd.get(), part, m->host + in)); !r) return r;
+        if (plan) {
+          plan->push_back({fd.get(), part, m->host + in, true});
+        } else if (auto r = io(pwrite_full(fd.get(), part, m->host + in)); !r) {
+          return r;
+        }
         grew(m->host + in + n);
         pos += n;
         continue;
@@ -745,7 +754,7 @@ struct Qcow2::State {
     return {};
   }
 
-  Result<> flush() {
+  Result<> flush(bool free_clusters = true) {
     if (read_only) return {};
     if (!broken.empty()) return err("the image is marked corrupt ({}); metadata not written", broken);
     // A: data and refcount increments.
@@ -774,7 +783,7 @@ struct Qcow2::State {
       l1_dirty = false;
     }
     // E: references dropped above are gone from the disk: now their clusters can be freed.
-    return apply_frees();
+    return free_clusters ? apply_frees() : Result<>{};
   }
 
   Result<> apply_frees() {
@@ -793,6 +802,7 @@ struct Qcow2::State {
       run_len = 0;
     };
     for (const uint64_t c : frees) {
+      if (meta.contains(c)) return corrupt("freeing cluster {:#x}, which holds metadata", c << cb);
       auto rc = refcount(c);
       if (!rc) return std::unexpected(rc.error());
       if (*rc == 0) return corrupt("freeing cluster {:#x} whose refcount is already 0", c << cb);
@@ -996,11 +1006,27 @@ uint64_t Qcow2::size() const { return s_->h.size; }
 const std::filesystem::path& Qcow2::path() const { return s_->path; }
 bool Qcow2::read_only() const { return s_->read_only; }
 
-Result<> Qcow2::read(uint64_t offset, std::span<const iovec> iov) {
+Result<> execute(const IoPlan& plan) {
+  for (const auto& op : plan) {
+    if (auto r = op.write ? pwrite_parallel(op.fd, op.iov, op.offset) : pread_parallel(op.fd, op.iov, op.offset); !r) {
+      return r;
+    }
+  }
+  return {};
+}
+
+Result<> BlockSource::read(uint64_t offset, std::span<const iovec> iov) {
+  IoPlan plan;
+  if (auto r = plan_read(offset, iov, plan); !r) return r;
+  if (auto r = execute(plan); !r) return std::unexpected(r.error().context(path().string()));
+  return {};
+}
+
+Result<> Qcow2::plan_read(uint64_t offset, std::span<const iovec> iov, IoPlan& plan) {
   auto n = iov_bytes(iov);
   if (!n) return std::unexpected(n.error());
   if (auto r = check_range(offset, *n, s_->h.size); !r) return std::unexpected(r.error().context(s_->name));
-  return s_->read(offset, iov, *n);
+  return s_->plan_read(offset, iov, *n, plan);
 }
 
 Result<> Qcow2::write(uint64_t offset, std::span<const iovec> iov) {
@@ -1008,6 +1034,13 @@ Result<> Qcow2::write(uint64_t offset, std::span<const iovec> iov) {
   if (!n) return std::unexpected(n.error());
   if (auto r = check_range(offset, *n, s_->h.size); !r) return std::unexpected(r.error().context(s_->name));
   return s_->write(offset, iov, *n);
+}
+
+Result<> Qcow2::plan_write(uint64_t offset, std::span<const iovec> iov, IoPlan& plan) {
+  auto n = iov_bytes(iov);
+  if (!n) return std::unexpected(n.error());
+  if (auto r = check_range(offset, *n, s_->h.size); !r) return std::unexpected(r.error().context(s_->name));
+  return s_->write(offset, iov, *n, &plan);
 }
 
 Result<> Qcow2::discard(uint64_t offset, uint64_t length) {

@@ -25,15 +25,32 @@
 
 namespace vmm::disk {
 
+/// One file transfer a request is made of, once its mapping is known: `iov` from or to `fd` at
+/// `offset` (a read past the file's end reads zeroes).
+struct FileOp {
+  int fd;
+  std::vector<iovec> iov;
+  uint64_t offset;
+  bool write = false;
+};
+using IoPlan = std::vector<FileOp>;
+
+/// Runs the transfers of a plan (synchronously, large ones split across CPUs).
+Result<> execute(const IoPlan& plan);
+
 /// A source of bytes read synchronously: a raw file or a qcow2 image, used as a backing file.
 class BlockSource {
  public:
   virtual ~BlockSource() = default;
   virtual uint64_t size() const = 0;
   virtual const std::filesystem::path& path() const = 0;
-  /// Fills `iov` from [offset, offset + bytes); bytes past size() read as zeroes. Returns -errno
-  /// text on failure.
-  virtual Result<> read(uint64_t offset, std::span<const iovec> iov) = 0;
+  /// Fills `iov` from [offset, offset + bytes(iov)); bytes past size() read as zeroes.
+  Result<> read(uint64_t offset, std::span<const iovec> iov);
+  /// The same in two steps: maps the range and fills what needs no file data (zeroes, compressed
+  /// clusters) now, and appends the file reads that remain to `plan`, for the caller to run
+  /// (possibly on other threads; the source must stay open and its clusters in place until then:
+  /// Qcow2 frees clusters only in flush(), so a caller runs plans before it flushes).
+  virtual Result<> plan_read(uint64_t offset, std::span<const iovec> iov, IoPlan& plan) = 0;
   /// "raw" or "qcow2".
   virtual const char* format() const = 0;
 };
@@ -102,8 +119,12 @@ class Qcow2 final : public BlockSource {
   Qcow2Info info() const;
 
   // Guest-visible operations. Ranges are checked against size(); writes on a read-only image fail.
-  Result<> read(uint64_t offset, std::span<const iovec> iov) override;
+  using BlockSource::read;
+  Result<> plan_read(uint64_t offset, std::span<const iovec> iov, IoPlan& plan) override;
   Result<> write(uint64_t offset, std::span<const iovec> iov);
+  /// A write whose transfers into clusters that are already allocated are left in `plan` for the
+  /// caller to run (allocating writes and their copy-on-write are done here, before returning).
+  Result<> plan_write(uint64_t offset, std::span<const iovec> iov, IoPlan& plan);
   /// The range reads back as zeroes afterwards; whole clusters are deallocated (their space released).
   Result<> discard(uint64_t offset, uint64_t length);
   /// The range reads back as zeroes; with `may_unmap` whole clusters are deallocated, otherwise

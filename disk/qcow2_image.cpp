@@ -3,7 +3,10 @@
 #include <pthread.h>
 #include <sys/eventfd.h>
 
+#include <atomic>
 #include <cerrno>
+
+#include "disk/file_io.hpp"
 
 #include <fmt/core.h>
 
@@ -39,42 +42,95 @@ Qcow2Image::~Qcow2Image() {
   engine_.reset();  // flushes
 }
 
-Result<> Qcow2Image::submit(std::function<Result<>(Qcow2&)> work, int32_t bytes, Done done) {
+Result<> Qcow2Image::submit(std::function<Result<>(Qcow2&, IoPlan&)> work, int32_t bytes, Done done,
+                            bool barrier) {
   {
     std::lock_guard lock(mu_);
-    jobs_.push_back({std::move(work), bytes, std::move(done)});
+    jobs_.push_back({std::move(work), bytes, std::move(done), barrier});
   }
   cv_.notify_one();
   return {};
+}
+
+void Qcow2Image::complete(Done done, int32_t result) {
+  std::lock_guard lock(mu_);
+  completions_.push_back({std::move(done), result});
+  const uint64_t one = 1;
+  (void)!::write(event_.get(), &one, sizeof one);
+}
+
+void Qcow2Image::dispatch(IoPlan plan, int32_t bytes, Done done) {
+  // Reads in parts of at most 256 KiB, so that even one large request keeps every pool thread
+  // copying. Writes stay whole: buffered writes to one file serialize on its inode lock anyway.
+  constexpr uint64_t kReadPart = 256 * 1024;
+  struct Pending {
+    std::vector<FileOp> parts;
+    std::atomic<size_t> left{0};
+    std::atomic<bool> failed{false};
+    Done done;
+    int32_t bytes;
+  };
+  auto p = std::make_shared<Pending>();
+  for (auto& op : plan) {
+    uint64_t n = 0;
+    for (const auto& v : op.iov) n += v.iov_len;
+    const uint64_t step = op.write ? std::max<uint64_t>(n, 1) : kReadPart;
+    for (uint64_t at = 0; at < n; at += step) {
+      FileOp part{op.fd, {}, op.offset + at, op.write};
+      slice_iov(op.iov, at, std::min(step, n - at), part.iov);
+      p->parts.push_back(std::move(part));
+    }
+  }
+  p->left = p->parts.size();
+  p->done = std::move(done);
+  p->bytes = bytes;
+  {
+    std::lock_guard lock(mu_);
+    ++plans_running_;
+  }
+  for (size_t i = 0; i < p->parts.size(); ++i) {
+    post_io([this, p, i] {
+      const auto& part = p->parts[i];
+      if (!(part.write ? pwrite_full(part.fd, part.iov, part.offset) : pread_full(part.fd, part.iov, part.offset))) {
+        p->failed = true;
+      }
+      if (--p->left > 0) return;
+      if (p->failed && !reported_.exchange(true)) {
+        fmt::print(stderr, "vmm: disk {}: a transfer failed (further errors on this disk are not logged)\n", path_.string());
+      }
+      complete(std::move(p->done), p->failed ? -EIO : p->bytes);
+      std::lock_guard lock(mu_);
+      if (--plans_running_ == 0) plans_cv_.notify_all();
+    });
+  }
 }
 
 void Qcow2Image::worker() {
   std::unique_lock lock(mu_);
   for (;;) {
     cv_.wait(lock, [this] { return stopping_ || !jobs_.empty(); });
-    if (jobs_.empty()) return;  // stopping, and everything queued is done
-    std::deque<Job> batch;
-    batch.swap(jobs_);
+    if (jobs_.empty()) {  // stopping, and everything queued is done: wait for running reads too
+      plans_cv_.wait(lock, [this] { return plans_running_ == 0; });
+      return;
+    }
+    Job job = std::move(jobs_.front());
+    jobs_.pop_front();
+    if (job.barrier) plans_cv_.wait(lock, [this] { return plans_running_ == 0; });
     lock.unlock();
-    std::vector<Completion> done;
-    done.reserve(batch.size());
-    for (auto& job : batch) {
-      auto r = job.work(*engine_);
-      int32_t result = job.bytes;
-      if (!r) {
-        result = -EIO;
-        if (!reported_) {
-          reported_ = true;
-          fmt::print(stderr, "vmm: disk {}: {} (further errors on this disk are not logged)\n", path_.string(),
-                     r.error().message());
-        }
+    IoPlan plan;
+    auto r = job.work(*engine_, plan);
+    if (!r) {
+      if (!reported_.exchange(true)) {
+        fmt::print(stderr, "vmm: disk {}: {} (further errors on this disk are not logged)\n", path_.string(),
+                   r.error().message());
       }
-      done.push_back({std::move(job.done), result});
+      complete(std::move(job.done), -EIO);
+    } else if (plan.empty()) {
+      complete(std::move(job.done), job.bytes);
+    } else {
+      dispatch(std::move(plan), job.bytes, std::move(job.done));
     }
     lock.lock();
-    for (auto& c : done) completions_.push_back(std::move(c));
-    const uint64_t one = 1;
-    (void)!::write(event_.get(), &one, sizeof one);
   }
 }
 
@@ -94,7 +150,9 @@ Result<> Qcow2Image::read(uint64_t offset, std::span<const iovec> iov, Done done
   if (!n) return std::unexpected(n.error());
   if (auto r = check_range(offset, *n, size_); !r) return r;
   if (*n > INT32_MAX) return fail("{}: request of {:#x} bytes is too large", path_.string(), *n);
-  return submit([offset, v = std::vector<iovec>(iov.begin(), iov.end())](Qcow2& q) { return q.read(offset, v); },
+  return submit([offset, v = std::vector<iovec>(iov.begin(), iov.end())](Qcow2& q, IoPlan& plan) {
+                  return q.plan_read(offset, v, plan);
+                },
                 static_cast<int32_t>(*n), std::move(done));
 }
 
@@ -104,24 +162,26 @@ Result<> Qcow2Image::write(uint64_t offset, std::span<const iovec> iov, Done don
   if (!n) return std::unexpected(n.error());
   if (auto r = check_range(offset, *n, size_); !r) return r;
   if (*n > INT32_MAX) return fail("{}: request of {:#x} bytes is too large", path_.string(), *n);
-  return submit([offset, v = std::vector<iovec>(iov.begin(), iov.end())](Qcow2& q) { return q.write(offset, v); },
+  return submit([offset, v = std::vector<iovec>(iov.begin(), iov.end())](Qcow2& q, IoPlan& plan) {
+                  return q.plan_write(offset, v, plan);
+                },
                 static_cast<int32_t>(*n), std::move(done));
 }
 
 Result<> Qcow2Image::flush(Done done) {
-  return submit([](Qcow2& q) { return q.flush(); }, 0, std::move(done));
+  return submit([](Qcow2& q, IoPlan&) { return q.flush(); }, 0, std::move(done), true);
 }
 
 Result<> Qcow2Image::discard(uint64_t offset, uint64_t length, Done done) {
   if (read_only_) return fail("{}: the image is read-only", path_.string());
   if (auto r = check_range(offset, length, size_); !r) return r;
-  return submit([offset, length](Qcow2& q) { return q.discard(offset, length); }, 0, std::move(done));
+  return submit([offset, length](Qcow2& q, IoPlan&) { return q.discard(offset, length); }, 0, std::move(done));
 }
 
 Result<> Qcow2Image::write_zeroes(uint64_t offset, uint64_t length, bool may_unmap, Done done) {
   if (read_only_) return fail("{}: the image is read-only", path_.string());
   if (auto r = check_range(offset, length, size_); !r) return r;
-  return submit([offset, length, may_unmap](Qcow2& q) { return q.write_zeroes(offset, length, may_unmap); }, 0,
+  return submit([offset, length, may_unmap](Qcow2& q, IoPlan&) { return q.write_zeroes(offset, length, may_unmap); }, 0,
                 std::move(done));
 }
 

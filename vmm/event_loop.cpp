@@ -141,10 +141,23 @@ Result<> EventLoop::submit_op(io_uring_sqe* sqe, Done done) {
   return {};
 }
 
+namespace {
+/// A buffered transfer that hits the page cache completes inline, on the thread that submits it;
+/// a large one is sent to io_uring's workers instead, so that several copy in parallel on
+/// several CPUs while this thread goes on (small ones stay inline: a worker hop costs more).
+void punt_if_large(io_uring_sqe* sqe, const iovec* iov, unsigned count) {
+  constexpr uint64_t kInlineLimit = 64 * 1024;
+  uint64_t n = 0;
+  for (unsigned i = 0; i < count && n < kInlineLimit; ++i) n += iov[i].iov_len;
+  if (n >= kInlineLimit) sqe->flags |= IOSQE_ASYNC;
+}
+}  // namespace
+
 Result<> EventLoop::readv(unsigned file, const iovec* iov, unsigned count, uint64_t offset, Done done) {
   auto sqe = next_sqe();
   if (!sqe) return std::unexpected(sqe.error());
   io_uring_prep_readv(*sqe, static_cast<int>(file), iov, count, offset);
+  punt_if_large(*sqe, iov, count);
   return submit_op(*sqe, std::move(done));
 }
 
@@ -152,6 +165,7 @@ Result<> EventLoop::writev(unsigned file, const iovec* iov, unsigned count, uint
   auto sqe = next_sqe();
   if (!sqe) return std::unexpected(sqe.error());
   io_uring_prep_writev(*sqe, static_cast<int>(file), iov, count, offset);
+  punt_if_large(*sqe, iov, count);
   return submit_op(*sqe, std::move(done));
 }
 
