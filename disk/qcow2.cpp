@@ -892,7 +892,7 @@ Result<std::unique_ptr<Qcow2>> open_qcow2(const std::filesystem::path& path, con
   std::vector<uint8_t> head(std::min<uint64_t>(file_size, 1ull << bits));
   if (auto r = s->io(pread_full(s->fd.get(), head.data(), head.size(), 0)); !r) return std::unexpected(r.error());
   auto h = parse_header(head, file_size);
-  if (!h) return s->err("{}", h.error().message());
+  if (!h) return s->err("qcow2 header: {}", h.error().message());
   s->h = *h;
   s->cb = h->cluster_bits;
   s->cs = h->cluster_size();
