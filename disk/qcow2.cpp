@@ -913,7 +913,7 @@ Result<std::unique_ptr<Qcow2>> open_qcow2(const std::filesystem::path& path, con
       const uint64_t e = be64(&raw[i * 8]);
       const uint64_t off = e & kOffsetMask;
       if ((off & (s->cs - 1)) != 0 || (off != 0 && off + s->cs > file_size)) {
-        return s->err("L1 entry {}: L2 table offset {:#x} is not cluster-aligned inside the file", i, off);
+        return s->err("L1 entry {}: L2 table offset {:#x} is unaligned or outside the file", i, off);
       }
       if (off == 0 && e != 0 && (e & ~kEntryCopied) != 0) return s->err("L1 entry {}: reserved bits set ({:#x})", i, e);
       s->l1[i] = e;
@@ -928,7 +928,7 @@ Result<std::unique_ptr<Qcow2>> open_qcow2(const std::filesystem::path& path, con
     for (uint64_t i = 0; i < s->reftable.size(); ++i) {
       const uint64_t off = be64(&raw[i * 8]);
       if ((off & (s->cs - 1)) != 0 || (off != 0 && (off >= (1ull << 56) || off + s->cs > file_size))) {
-        return s->err("refcount table entry {}: block offset {:#x} is not cluster-aligned inside the file", i, off);
+        return s->err("refcount table entry {}: block offset {:#x} is unaligned or outside the file", i, off);
       }
       s->reftable[i] = off;
     }

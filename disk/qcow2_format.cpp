@@ -129,8 +129,8 @@ Result<Header> parse_header(std::span<const uint8_t> head, uint64_t file_size) {
   }
   if (h.refcount_table_clusters == 0) return fail("refcount_table_clusters is 0");
   if (uint64_t{h.refcount_table_clusters} * cs > kMaxRefcountTableBytes) {
-    return fail("refcount_table_clusters {} is larger than {} bytes", h.refcount_table_clusters,
-                kMaxRefcountTableBytes);
+    return fail("refcount_table_clusters {} ({} bytes) is larger than {} bytes", h.refcount_table_clusters,
+                uint64_t{h.refcount_table_clusters} * cs, kMaxRefcountTableBytes);
   }
   if (auto r = check_table("refcount_table_offset", h.refcount_table_offset, uint64_t{h.refcount_table_clusters} * cs,
                            h.cluster_bits, file_size);
