@@ -34,11 +34,11 @@ Result<uint64_t> iov_bytes(std::span<const iovec> iov) {
   return n;
 }
 
-Result<std::unique_ptr<Image>> open_image(EventLoop& loop, const OpenOptions& o) {
-  const std::string name = o.path.string();
-  Fd fd(::open(name.c_str(), (o.read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC));
+Result<LockedFile> open_locked(const std::filesystem::path& path, bool read_only) {
+  const std::string name = path.string();
+  Fd fd(::open(name.c_str(), (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC));
   if (!fd) {
-    return fail("{}: cannot open {}: {}", name, o.read_only ? "for reading" : "for reading and writing",
+    return fail("{}: cannot open {}: {}", name, read_only ? "for reading" : "for reading and writing",
                 errno_text(errno));
   }
   struct stat st {};
@@ -51,21 +51,27 @@ Result<std::unique_ptr<Image>> open_image(EventLoop& loop, const OpenOptions& o)
   } else {
     return fail("{}: not a regular file or block device", name);
   }
+  // Like QEMU's image locking: one writer, or any number of readers.
+  if (::flock(fd.get(), (read_only ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0) {
+    return fail("{}: {} (is another VM using it?)", name,
+                errno == EWOULDBLOCK ? "locked by another process" : errno_text(errno));
+  }
+  return LockedFile{std::move(fd), size};
+}
+
+Result<std::unique_ptr<Image>> open_image(EventLoop& loop, const OpenOptions& o) {
+  auto f = open_locked(o.path, o.read_only);
+  if (!f) return std::unexpected(f.error());
   // The format comes from the content, never the name.
-  if (Qcow2::probe(fd.get())) {
-    fd.reset();  // Qcow2::open opens and locks the file itself
+  if (Qcow2::probe(f->fd.get())) {
+    f->fd.reset();  // (drops the lock) Qcow2::open opens and locks the file itself
     auto q = Qcow2::open(o.path, Qcow2OpenOptions{.read_only = o.read_only});
     if (!q) return std::unexpected(q.error());
     auto img = Qcow2Image::create(loop, std::move(*q));
     if (!img) return std::unexpected(img.error());
     return std::unique_ptr<Image>(std::move(*img));
   }
-  // Like QEMU's image locking: one writer, or any number of readers.
-  if (::flock(fd.get(), (o.read_only ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0) {
-    return fail("{}: {} (is another VM using it?)", name,
-                errno == EWOULDBLOCK ? "locked by another process" : errno_text(errno));
-  }
-  auto raw = RawImage::create(loop, std::move(fd), o.path, size, o.read_only);
+  auto raw = RawImage::create(loop, std::move(f->fd), o.path, f->size, o.read_only);
   if (!raw) return std::unexpected(raw.error());
   return std::unique_ptr<Image>(std::move(*raw));
 }

@@ -12,6 +12,7 @@
 
 #include "vmm/error.hpp"
 #include "vmm/event_loop.hpp"
+#include "vmm/fd.hpp"
 
 namespace vmm::disk {
 
@@ -48,6 +49,14 @@ struct OpenOptions {
 /// (shared when read-only, exclusive otherwise, so two writers cannot share it) and registers it
 /// with `loop`. Errors name the file and the problem.
 Result<std::unique_ptr<Image>> open_image(EventLoop& loop, const OpenOptions& options);
+
+/// An open image file (regular file or block device), locked like QEMU locks images: exclusively
+/// when writable, shared when read-only, so two writers cannot share it.
+struct LockedFile {
+  Fd fd;
+  uint64_t size;
+};
+Result<LockedFile> open_locked(const std::filesystem::path& path, bool read_only);
 
 /// Checks [offset, offset + length) against an image of `size` bytes, overflow-safe.
 Result<> check_range(uint64_t offset, uint64_t length, uint64_t size);

@@ -55,30 +55,6 @@ struct Mapping {
   uint64_t host = 0;  // Normal, ZeroAllocated: the data cluster
 };
 
-Result<std::pair<Fd, uint64_t>> open_locked(const std::filesystem::path& path, bool read_only) {
-  const std::string name = path.string();
-  Fd fd(::open(name.c_str(), (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC));
-  if (!fd) {
-    return fail("{}: cannot open {}: {}", name, read_only ? "for reading" : "for reading and writing",
-                errno_text(errno));
-  }
-  struct stat st {};
-  if (::fstat(fd.get(), &st) != 0) return fail("{}: fstat: {}", name, errno_text(errno));
-  uint64_t size = 0;
-  if (S_ISREG(st.st_mode)) {
-    size = static_cast<uint64_t>(st.st_size);
-  } else if (S_ISBLK(st.st_mode)) {
-    if (::ioctl(fd.get(), BLKGETSIZE64, &size) != 0) return fail("{}: BLKGETSIZE64: {}", name, errno_text(errno));
-  } else {
-    return fail("{}: not a regular file or block device", name);
-  }
-  if (::flock(fd.get(), (read_only ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0) {
-    return fail("{}: {} (is another VM using it?)", name,
-                errno == EWOULDBLOCK ? "locked by another process" : errno_text(errno));
-  }
-  return std::pair{std::move(fd), size};
-}
-
 class RawSource final : public BlockSource {
  public:
   RawSource(Fd fd, std::filesystem::path path, uint64_t size) : fd_(std::move(fd)), path_(std::move(path)), size_(size) {}
@@ -107,7 +83,7 @@ Result<std::unique_ptr<BlockSource>> open_chain_member(const std::filesystem::pa
 Result<std::unique_ptr<BlockSource>> open_raw_source(const std::filesystem::path& path) {
   auto f = open_locked(path, true);
   if (!f) return std::unexpected(f.error());
-  return std::unique_ptr<BlockSource>(new RawSource(std::move(f->first), path, f->second));
+  return std::unique_ptr<BlockSource>(new RawSource(std::move(f->fd), path, f->size));
 }
 
 bool Qcow2::probe(int fd) {
@@ -880,8 +856,8 @@ Result<std::unique_ptr<Qcow2>> open_qcow2(const std::filesystem::path& path, con
   auto f = open_locked(path, o.read_only);
   if (!f) return std::unexpected(f.error());
   auto s = std::make_unique<Qcow2::State>();
-  s->fd = std::move(f->first);
-  const uint64_t file_size = f->second;
+  s->fd = std::move(f->fd);
+  const uint64_t file_size = f->size;
   s->path = path;
   s->name = path.string();
   s->read_only = o.read_only;
