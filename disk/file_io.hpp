@@ -21,12 +21,12 @@ Result<> pread_full(int fd, void* buf, uint64_t len, uint64_t offset);
 Result<> pwrite_full(int fd, const void* buf, uint64_t len, uint64_t offset);
 
 /// Like pread_full/pwrite_full, but a large transfer is split across a small process-wide pool of
-/// threads (one per CPU, at most 4) and the caller, so that page-cache copies of big
+/// threads (two per CPU, at most 8) and the caller, so that page-cache copies of big
 /// requests use several CPUs, as QEMU's thread pool does.
 Result<> pread_parallel(int fd, std::span<const iovec> iov, uint64_t offset);
 Result<> pwrite_parallel(int fd, std::span<const iovec> iov, uint64_t offset);
 
-/// Runs `task` on the process-wide I/O pool (one thread per CPU, at most 4).
+/// Runs `task` on the process-wide I/O pool (two threads per CPU, at most 8).
 void post_io(std::function<void()> task);
 
 /// Appends to `out` the part [offset, offset + len) of the byte sequence that `in` describes.

@@ -105,6 +105,10 @@ void Qcow2Image::dispatch(IoPlan plan, int32_t bytes, Done done) {
   }
 }
 
+namespace {
+constexpr uint32_t kDispatchMin = 128 * 1024;  // requests at least this large run on the I/O pool
+}  // namespace
+
 void Qcow2Image::worker() {
   std::unique_lock lock(mu_);
   for (;;) {
@@ -127,6 +131,14 @@ void Qcow2Image::worker() {
       complete(std::move(job.done), -EIO);
     } else if (plan.empty()) {
       complete(std::move(job.done), job.bytes);
+    } else if (static_cast<uint32_t>(job.bytes) < kDispatchMin) {
+      // Small transfers are cheaper here than a hop to the pool and back.
+      auto e = execute(plan);
+      if (!e && !reported_.exchange(true)) {
+        fmt::print(stderr, "vmm: disk {}: {} (further errors on this disk are not logged)\n", path_.string(),
+                   e.error().message());
+      }
+      complete(std::move(job.done), e ? job.bytes : -EIO);
     } else {
       dispatch(std::move(plan), job.bytes, std::move(job.done));
     }
