@@ -110,38 +110,53 @@ constexpr uint32_t kDispatchMin = 128 * 1024;  // requests at least this large r
 }  // namespace
 
 void Qcow2Image::worker() {
+  std::vector<Completion> done;  // this batch's completions, posted together (one eventfd write)
+  auto post = [&] {
+    if (done.empty()) return;
+    std::lock_guard lock(mu_);
+    for (auto& c : done) completions_.push_back(std::move(c));
+    done.clear();
+    const uint64_t one = 1;
+    (void)!::write(event_.get(), &one, sizeof one);
+  };
+  auto report = [&](const Error& e) {
+    if (!reported_.exchange(true)) {
+      fmt::print(stderr, "vmm: disk {}: {} (further errors on this disk are not logged)\n", path_.string(), e.message());
+    }
+  };
   std::unique_lock lock(mu_);
   for (;;) {
     cv_.wait(lock, [this] { return stopping_ || !jobs_.empty(); });
-    if (jobs_.empty()) {  // stopping, and everything queued is done: wait for running reads too
+    if (jobs_.empty()) {  // stopping, and everything queued is done: wait for running transfers too
       plans_cv_.wait(lock, [this] { return plans_running_ == 0; });
       return;
     }
-    Job job = std::move(jobs_.front());
-    jobs_.pop_front();
-    if (job.barrier) plans_cv_.wait(lock, [this] { return plans_running_ == 0; });
+    std::deque<Job> batch;
+    batch.swap(jobs_);
     lock.unlock();
-    IoPlan plan;
-    auto r = job.work(*engine_, plan);
-    if (!r) {
-      if (!reported_.exchange(true)) {
-        fmt::print(stderr, "vmm: disk {}: {} (further errors on this disk are not logged)\n", path_.string(),
-                   r.error().message());
+    for (auto& job : batch) {
+      if (job.barrier) {
+        post();
+        std::unique_lock wait(mu_);
+        plans_cv_.wait(wait, [this] { return plans_running_ == 0; });
       }
-      complete(std::move(job.done), -EIO);
-    } else if (plan.empty()) {
-      complete(std::move(job.done), job.bytes);
-    } else if (static_cast<uint32_t>(job.bytes) < kDispatchMin) {
-      // Small transfers are cheaper here than a hop to the pool and back.
-      auto e = execute(plan);
-      if (!e && !reported_.exchange(true)) {
-        fmt::print(stderr, "vmm: disk {}: {} (further errors on this disk are not logged)\n", path_.string(),
-                   e.error().message());
+      IoPlan plan;
+      auto r = job.work(*engine_, plan);
+      if (!r) {
+        report(r.error());
+        done.push_back({std::move(job.done), -EIO});
+      } else if (plan.empty()) {
+        done.push_back({std::move(job.done), job.bytes});
+      } else if (static_cast<uint32_t>(job.bytes) < kDispatchMin) {
+        // Small transfers are cheaper here than a hop to the pool and back.
+        auto e = execute(plan);
+        if (!e) report(e.error());
+        done.push_back({std::move(job.done), e ? job.bytes : -EIO});
+      } else {
+        dispatch(std::move(plan), job.bytes, std::move(job.done));
       }
-      complete(std::move(job.done), e ? job.bytes : -EIO);
-    } else {
-      dispatch(std::move(plan), job.bytes, std::move(job.done));
     }
+    post();
     lock.lock();
   }
 }
