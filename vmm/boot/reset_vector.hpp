@@ -3,8 +3,8 @@
 // Linux on a hardware-reduced ACPI platform restarts through EFI (efi_reboot_required()), and
 // without EFI runtime services it falls back to machine_real_restart(): real mode, then a far jump
 // to 0xF000:0xFFF0, where a PC's BIOS would reset the machine. With no code at that address the
-// vCPU would execute zeroed memory and the guest would never reset (seen before this stub existed).
-// The stub writes the FADT's reset value to the ACPI reset register, so the VM stops as reset
+// vCPU would execute zeroed memory and the guest would never reset (seen before this code existed).
+// These 16 bytes write the FADT's reset value to the ACPI reset register, so the VM stops as reset
 // whatever path the guest took.
 #pragma once
 
