@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "devices/device.hpp"
-#include "vmm/error.hpp"
+#include "vmm/base/error.hpp"
 
 namespace vmm::devices {
 

@@ -13,8 +13,8 @@
 #include <thread>
 
 #include "devices/serial.hpp"
-#include "vmm/error.hpp"
-#include "vmm/fd.hpp"
+#include "vmm/base/error.hpp"
+#include "vmm/base/fd.hpp"
 
 namespace vmm::devices {
 

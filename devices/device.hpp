@@ -7,7 +7,7 @@
 #include <span>
 #include <string_view>
 
-#include "vmm/error.hpp"
+#include "vmm/base/error.hpp"
 
 namespace vmm::devices {
 

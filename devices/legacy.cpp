@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
-#include "vmm/layout.hpp"
+#include "vmm/base/layout.hpp"
 
 namespace vmm::devices {
 

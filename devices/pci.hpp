@@ -11,7 +11,7 @@
 #include <span>
 
 #include "devices/device.hpp"
-#include "vmm/error.hpp"
+#include "vmm/base/error.hpp"
 
 namespace vmm::devices {
 

@@ -7,8 +7,8 @@
 
 #include <string>
 
-#include "vmm/error.hpp"
-#include "vmm/fd.hpp"
+#include "vmm/base/error.hpp"
+#include "vmm/base/fd.hpp"
 
 namespace vmm::devices {
 

@@ -9,7 +9,7 @@
 #include <span>
 #include <vector>
 
-#include "vmm/error.hpp"
+#include "vmm/base/error.hpp"
 
 namespace vmm::disk {
 

@@ -13,7 +13,7 @@
 #include "disk/qcow2.hpp"
 #include "disk/qcow2_image.hpp"
 #include "disk/raw.hpp"
-#include "vmm/fd.hpp"
+#include "vmm/base/fd.hpp"
 
 namespace vmm::disk {
 

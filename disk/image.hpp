@@ -10,9 +10,9 @@
 #include <memory>
 #include <span>
 
-#include "vmm/error.hpp"
-#include "vmm/event_loop.hpp"
-#include "vmm/fd.hpp"
+#include "vmm/base/error.hpp"
+#include "vmm/base/event_loop.hpp"
+#include "vmm/base/fd.hpp"
 
 namespace vmm::disk {
 

@@ -20,8 +20,8 @@
 #include <string>
 #include <vector>
 
-#include "vmm/error.hpp"
-#include "vmm/fd.hpp"
+#include "vmm/base/error.hpp"
+#include "vmm/base/fd.hpp"
 
 namespace vmm::disk {
 

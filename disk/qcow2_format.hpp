@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "vmm/error.hpp"
+#include "vmm/base/error.hpp"
 
 namespace vmm::disk::qcow2 {
 

@@ -3,7 +3,7 @@
 #pragma once
 
 #include "disk/image.hpp"
-#include "vmm/fd.hpp"
+#include "vmm/base/fd.hpp"
 
 namespace vmm::disk {
 

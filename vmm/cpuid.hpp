@@ -6,7 +6,7 @@
 #include <string_view>
 #include <vector>
 
-#include "vmm/error.hpp"
+#include "vmm/base/error.hpp"
 #include "vmm/kvm.hpp"
 
 namespace vmm {

@@ -7,8 +7,8 @@
 #include <memory>
 #include <vector>
 
-#include "vmm/error.hpp"
-#include "vmm/fd.hpp"
+#include "vmm/base/error.hpp"
+#include "vmm/base/fd.hpp"
 
 namespace vmm {
 

@@ -8,7 +8,7 @@
 #include "devices/serial.hpp"
 #include "devices/virtio/blk.hpp"
 #include "devices/virtio/pci_transport.hpp"
-#include "vmm/layout.hpp"
+#include "vmm/base/layout.hpp"
 
 namespace vmm {
 

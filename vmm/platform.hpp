@@ -13,8 +13,8 @@
 #include "devices/tap.hpp"
 #include "devices/virtio/net.hpp"
 #include "disk/image.hpp"
-#include "vmm/event_loop.hpp"
-#include "vmm/error.hpp"
+#include "vmm/base/event_loop.hpp"
+#include "vmm/base/error.hpp"
 #include "vmm/vm.hpp"
 
 namespace vmm {

@@ -10,10 +10,10 @@
 #include <span>
 #include <vector>
 
-#include "vmm/error.hpp"
-#include "vmm/fd.hpp"
+#include "vmm/base/error.hpp"
+#include "vmm/base/fd.hpp"
 #include "vmm/kvm.hpp"
-#include "vmm/mapping.hpp"
+#include "vmm/base/mapping.hpp"
 
 namespace vmm {
 

@@ -5,7 +5,7 @@
 
 #include <cerrno>
 
-#include "vmm/layout.hpp"
+#include "vmm/base/layout.hpp"
 #include "vmm/x86_boot.hpp"
 
 namespace vmm {

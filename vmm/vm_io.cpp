@@ -8,7 +8,7 @@
 #include <cerrno>
 #include <cstring>
 
-#include "vmm/fd.hpp"
+#include "vmm/base/fd.hpp"
 #include "vmm/kvm_abi.hpp"
 
 namespace vmm {

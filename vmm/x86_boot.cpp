@@ -2,7 +2,7 @@
 
 #include <array>
 
-#include "vmm/layout.hpp"
+#include "vmm/base/layout.hpp"
 
 namespace vmm::x86 {
 

@@ -7,8 +7,8 @@
 #include <cstdint>
 
 #include "vmm/boot/boot.hpp"
-#include "vmm/error.hpp"
-#include "vmm/guest_memory.hpp"
+#include "vmm/base/error.hpp"
+#include "vmm/base/guest_memory.hpp"
 #include "vmm/vcpu.hpp"
 
 namespace vmm::x86 {

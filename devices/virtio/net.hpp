@@ -10,7 +10,7 @@
 
 #include "devices/tap.hpp"
 #include "devices/virtio/device.hpp"
-#include "vmm/event_loop.hpp"
+#include "vmm/base/event_loop.hpp"
 
 namespace vmm::devices::virtio {
 

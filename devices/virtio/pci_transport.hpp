@@ -23,8 +23,8 @@
 #include "devices/pci.hpp"
 #include "devices/pci_config.hpp"
 #include "devices/virtio/device.hpp"
-#include "vmm/event_loop.hpp"
-#include "vmm/fd.hpp"
+#include "vmm/base/event_loop.hpp"
+#include "vmm/base/fd.hpp"
 
 namespace vmm::devices::virtio {
 

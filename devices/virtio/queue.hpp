@@ -19,8 +19,8 @@
 #include <type_traits>
 #include <vector>
 
-#include "vmm/error.hpp"
-#include "vmm/guest_memory.hpp"
+#include "vmm/base/error.hpp"
+#include "vmm/base/guest_memory.hpp"
 
 namespace vmm::devices::virtio {
 

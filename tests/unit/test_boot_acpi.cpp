@@ -10,7 +10,7 @@
 #include "vmm/boot/reset_vector.hpp"
 #include "vmm/boot/acpi_tables.hpp"
 #include "vmm/boot/aml.hpp"
-#include "vmm/layout.hpp"
+#include "vmm/base/layout.hpp"
 
 using namespace boot_test;
 using vmm::Gpa;

@@ -9,7 +9,7 @@
 #include "vmm/boot/boot_info.hpp"
 #include "vmm/boot/bzimage.hpp"
 #include "vmm/boot/image_file.hpp"
-#include "vmm/layout.hpp"
+#include "vmm/base/layout.hpp"
 
 using namespace boot_test;
 using vmm::Gpa;

@@ -9,7 +9,7 @@
 #include "vmm/boot/image_file.hpp"
 #include "vmm/boot/initrd.hpp"
 #include "vmm/boot/kernel.hpp"
-#include "vmm/layout.hpp"
+#include "vmm/base/layout.hpp"
 
 using namespace boot_test;
 using vmm::Gpa;

@@ -2,8 +2,8 @@
 #include <doctest/doctest.h>
 
 #include "vmm/cpuid.hpp"
-#include "vmm/layout.hpp"
-#include "vmm/size_parse.hpp"
+#include "vmm/base/layout.hpp"
+#include "vmm/base/size_parse.hpp"
 #include "vmm/x86_boot.hpp"
 
 TEST_CASE("cli: parse_size units and errors") {

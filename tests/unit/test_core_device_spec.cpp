@@ -1,7 +1,7 @@
 // --disk option parsing: good values and every kind of malformed one.
 #include <doctest/doctest.h>
 
-#include "vmm/device_spec.hpp"
+#include "vmm/cli/device_spec.hpp"
 
 TEST_CASE("cli: --disk specs") {
   auto d = vmm::parse_disk_spec("path=/tmp/a.img");

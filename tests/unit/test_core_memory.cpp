@@ -4,8 +4,8 @@
 #include <array>
 #include <cstdint>
 
-#include "vmm/guest_memory.hpp"
-#include "vmm/layout.hpp"
+#include "vmm/base/guest_memory.hpp"
+#include "vmm/base/layout.hpp"
 
 using vmm::Gpa;
 using vmm::GuestMemory;

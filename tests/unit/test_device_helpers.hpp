@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "devices/virtio/device.hpp"
-#include "vmm/guest_memory.hpp"
+#include "vmm/base/guest_memory.hpp"
 
 namespace device_test {
 

@@ -14,7 +14,7 @@
 
 #include "disk/image.hpp"
 #include "disk/qcow2.hpp"
-#include "vmm/event_loop.hpp"
+#include "vmm/base/event_loop.hpp"
 
 namespace {
 

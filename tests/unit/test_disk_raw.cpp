@@ -13,7 +13,7 @@
 #include "disk/image.hpp"
 #include "test_boot_helpers.hpp"
 #include "test_device_helpers.hpp"
-#include "vmm/event_loop.hpp"
+#include "vmm/base/event_loop.hpp"
 
 namespace {
 

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "devices/virtio/queue.hpp"
-#include "vmm/guest_memory.hpp"
+#include "vmm/base/guest_memory.hpp"
 
 namespace vmm::test {
 

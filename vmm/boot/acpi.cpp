@@ -6,7 +6,7 @@
 
 #include "vmm/boot/acpi_tables.hpp"
 #include "vmm/boot/aml.hpp"
-#include "vmm/layout.hpp"
+#include "vmm/base/layout.hpp"
 
 namespace vmm::boot {
 

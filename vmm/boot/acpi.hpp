@@ -7,8 +7,8 @@
 #include <span>
 #include <vector>
 
-#include "vmm/error.hpp"
-#include "vmm/guest_memory.hpp"
+#include "vmm/base/error.hpp"
+#include "vmm/base/guest_memory.hpp"
 
 namespace vmm::boot {
 

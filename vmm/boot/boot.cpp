@@ -12,7 +12,7 @@
 #include "vmm/boot/initrd.hpp"
 #include "vmm/boot/kernel.hpp"
 #include "vmm/boot/reset_vector.hpp"
-#include "vmm/layout.hpp"
+#include "vmm/base/layout.hpp"
 
 namespace vmm::boot {
 

@@ -8,8 +8,8 @@
 #include <optional>
 #include <string>
 
-#include "vmm/error.hpp"
-#include "vmm/guest_memory.hpp"
+#include "vmm/base/error.hpp"
+#include "vmm/base/guest_memory.hpp"
 
 namespace vmm::boot {
 

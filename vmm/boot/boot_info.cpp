@@ -3,7 +3,7 @@
 #include <cstddef>
 #include <cstring>
 
-#include "vmm/layout.hpp"
+#include "vmm/base/layout.hpp"
 
 namespace vmm::boot {
 

@@ -9,8 +9,8 @@
 
 #include "vmm/boot/e820.hpp"
 #include "vmm/boot/kernel.hpp"
-#include "vmm/error.hpp"
-#include "vmm/guest_memory.hpp"
+#include "vmm/base/error.hpp"
+#include "vmm/base/guest_memory.hpp"
 
 namespace vmm::boot {
 

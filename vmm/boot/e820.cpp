@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-#include "vmm/layout.hpp"
+#include "vmm/base/layout.hpp"
 
 namespace vmm::boot {
 

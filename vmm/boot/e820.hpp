@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "vmm/guest_memory.hpp"
+#include "vmm/base/guest_memory.hpp"
 
 namespace vmm::boot {
 

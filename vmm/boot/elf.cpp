@@ -6,7 +6,7 @@
 #include <array>
 #include <cstring>
 
-#include "vmm/layout.hpp"
+#include "vmm/base/layout.hpp"
 
 namespace vmm::boot {
 

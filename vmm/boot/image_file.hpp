@@ -8,9 +8,9 @@
 #include <string>
 #include <vector>
 
-#include "vmm/error.hpp"
-#include "vmm/fd.hpp"
-#include "vmm/guest_memory.hpp"
+#include "vmm/base/error.hpp"
+#include "vmm/base/fd.hpp"
+#include "vmm/base/guest_memory.hpp"
 
 namespace vmm::boot {
 

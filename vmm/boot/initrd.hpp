@@ -5,8 +5,8 @@
 #include <filesystem>
 #include <optional>
 
-#include "vmm/error.hpp"
-#include "vmm/guest_memory.hpp"
+#include "vmm/base/error.hpp"
+#include "vmm/base/guest_memory.hpp"
 
 namespace vmm::boot {
 

@@ -11,8 +11,8 @@
 #include <array>
 #include <cstdint>
 
-#include "vmm/error.hpp"
-#include "vmm/guest_memory.hpp"
+#include "vmm/base/error.hpp"
+#include "vmm/base/guest_memory.hpp"
 
 namespace vmm::boot {
 

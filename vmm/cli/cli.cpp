@@ -1,4 +1,4 @@
-#include "vmm/cli.hpp"
+#include "vmm/cli/cli.hpp"
 
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
@@ -6,9 +6,9 @@
 #include <cstdio>
 
 #include "devices/virtio/net.hpp"
-#include "vmm/disk_cli.hpp"
-#include "vmm/exit_codes.hpp"
-#include "vmm/size_parse.hpp"
+#include "vmm/cli/disk_cli.hpp"
+#include "vmm/cli/exit_codes.hpp"
+#include "vmm/base/size_parse.hpp"
 #include "vmm/vm.hpp"
 
 namespace vmm::cli {

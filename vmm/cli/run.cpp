@@ -11,8 +11,8 @@
 #include <pthread.h>
 
 #include "vmm/boot/boot.hpp"
-#include "vmm/cli.hpp"
-#include "vmm/exit_codes.hpp"
+#include "vmm/cli/cli.hpp"
+#include "vmm/cli/exit_codes.hpp"
 #include "vmm/platform.hpp"
 #include "vmm/vm.hpp"
 

@@ -1,4 +1,4 @@
-#include "vmm/mapping.hpp"
+#include "vmm/base/mapping.hpp"
 
 #include <sys/mman.h>
 

@@ -9,7 +9,7 @@
 
 #include "devices/console.hpp"
 #include "vmm/cpuid.hpp"
-#include "vmm/device_spec.hpp"
+#include "vmm/cli/device_spec.hpp"
 
 namespace vmm::cli {
 

@@ -1,4 +1,4 @@
-#include "vmm/event_loop.hpp"
+#include "vmm/base/event_loop.hpp"
 
 #include <poll.h>
 #include <sys/eventfd.h>

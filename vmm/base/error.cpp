@@ -1,4 +1,4 @@
-#include "vmm/error.hpp"
+#include "vmm/base/error.hpp"
 
 #include <cstring>
 

@@ -1,6 +1,6 @@
-#include "vmm/guest_memory.hpp"
+#include "vmm/base/guest_memory.hpp"
 
-#include "vmm/layout.hpp"
+#include "vmm/base/layout.hpp"
 
 namespace vmm {
 

@@ -8,7 +8,7 @@
 #include <string>
 #include <string_view>
 
-#include "vmm/error.hpp"
+#include "vmm/base/error.hpp"
 
 namespace CLI {
 class App;

@@ -7,7 +7,7 @@
 #include <filesystem>
 #include <random>
 
-#include "vmm/error.hpp"
+#include "vmm/base/error.hpp"
 
 namespace vmm::cli {
 

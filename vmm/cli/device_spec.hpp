@@ -7,7 +7,7 @@
 #include <string>
 #include <string_view>
 
-#include "vmm/error.hpp"
+#include "vmm/base/error.hpp"
 
 namespace vmm {
 

@@ -1,4 +1,4 @@
-#include "vmm/disk_cli.hpp"
+#include "vmm/cli/disk_cli.hpp"
 
 #include <fcntl.h>
 #include <pthread.h>
@@ -20,10 +20,10 @@
 #include <vector>
 
 #include "disk/qcow2.hpp"
-#include "vmm/disk_bench.hpp"
-#include "vmm/exit_codes.hpp"
-#include "vmm/fd.hpp"
-#include "vmm/size_parse.hpp"
+#include "vmm/cli/disk_bench.hpp"
+#include "vmm/cli/exit_codes.hpp"
+#include "vmm/base/fd.hpp"
+#include "vmm/base/size_parse.hpp"
 
 namespace vmm::cli {
 

@@ -8,8 +8,8 @@
 #include <type_traits>
 #include <vector>
 
-#include "vmm/error.hpp"
-#include "vmm/mapping.hpp"
+#include "vmm/base/error.hpp"
+#include "vmm/base/mapping.hpp"
 
 namespace vmm {
 

@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <utility>
 
-#include "vmm/error.hpp"
+#include "vmm/base/error.hpp"
 
 namespace vmm {
 

@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <string_view>
 
-#include "vmm/error.hpp"
+#include "vmm/base/error.hpp"
 
 namespace vmm {
 

@@ -1,4 +1,4 @@
-#include "vmm/size_parse.hpp"
+#include "vmm/base/size_parse.hpp"
 
 #include <cctype>
 #include <charconv>

@@ -1,4 +1,4 @@
-#include "vmm/device_spec.hpp"
+#include "vmm/cli/device_spec.hpp"
 
 #include <map>
 

@@ -1,4 +1,4 @@
-#include "vmm/disk_bench.hpp"
+#include "vmm/cli/disk_bench.hpp"
 
 #include <fmt/core.h>
 
@@ -12,9 +12,9 @@
 #include <vector>
 
 #include "disk/image.hpp"
-#include "vmm/disk_cli.hpp"
-#include "vmm/event_loop.hpp"
-#include "vmm/exit_codes.hpp"
+#include "vmm/cli/disk_cli.hpp"
+#include "vmm/base/event_loop.hpp"
+#include "vmm/cli/exit_codes.hpp"
 
 namespace vmm::cli {
 

@@ -1,4 +1,4 @@
-#include "vmm/cli.hpp"
+#include "vmm/cli/cli.hpp"
 #include "vmm/vm.hpp"
 
 int main(int argc, char** argv) {

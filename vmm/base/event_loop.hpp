@@ -19,8 +19,8 @@
 #include <unordered_map>
 #include <vector>
 
-#include "vmm/error.hpp"
-#include "vmm/fd.hpp"
+#include "vmm/base/error.hpp"
+#include "vmm/base/fd.hpp"
 
 namespace vmm {
 
