@@ -7,6 +7,7 @@
 #include <span>
 #include <string_view>
 
+#include "vmm/base/codec.hpp"
 #include "vmm/base/error.hpp"
 
 namespace vmm::devices {
@@ -20,6 +21,18 @@ class BusDevice {
   virtual void read(uint64_t offset, std::span<uint8_t> data) = 0;
   virtual void write(uint64_t offset, std::span<const uint8_t> data) = 0;
   virtual std::string_view name() const = 0;
+};
+
+/// A piece of the machine whose state goes into a snapshot: `save` writes it into its section,
+/// `restore` reads it back into a freshly built device of the same configuration. `restore` gets
+/// bytes from a file (untrusted): every value is checked, and a section that does not fit is an
+/// error naming the field. The platform registers every device under a stable id (vmm/platform.hpp);
+/// a device without state still says so by implementing both as no-ops.
+class Snapshottable {
+ public:
+  virtual ~Snapshottable() = default;
+  virtual void save(ByteWriter& out) const = 0;
+  virtual Result<> restore(ByteReader& in) = 0;
 };
 
 /// An edge-triggered interrupt line into the guest's interrupt controllers (ISA IRQ / GSI).
