@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include <fmt/core.h>
+
 #include "vmm/base/layout.hpp"
 
 namespace vmm::devices {
@@ -135,6 +137,50 @@ void AcpiPm::write(uint64_t offset, std::span<const uint8_t> data) {
   } else if (offset == 2 && v == layout::kAcpiResetValue) {
     vm_.request_stop(StopReason::Reset);
   }
+}
+
+// ---- Snapshots ------------------------------------------------------------------------------------
+
+void I8042::save(ByteWriter& out) const {
+  std::lock_guard lock(mutex_);
+  out.put(command_byte_);
+  out.put(pending_cmd_);
+  out.put(static_cast<int16_t>(out_));
+}
+
+Result<> I8042::restore(ByteReader& in) {
+  auto cmd = in.get<uint8_t>("command_byte");
+  auto pending = cmd ? in.get<uint8_t>("pending_cmd") : std::unexpected(cmd.error());
+  auto out = pending ? in.get<int16_t>("output") : std::unexpected(pending.error());
+  if (!out) return std::unexpected(out.error());
+  if (*out < -1 || *out > 0xff) return std::unexpected(in.error("output", fmt::format("{} is not a byte or -1", *out)));
+  std::lock_guard lock(mutex_);
+  command_byte_ = *cmd;
+  pending_cmd_ = *pending;
+  out_ = *out;
+  return {};
+}
+
+void Rtc::save(ByteWriter& out) const {
+  std::lock_guard lock(mutex_);
+  out.put(index_);
+  out.put_bytes(ram_);
+  out.put(reg_b_);
+}
+
+Result<> Rtc::restore(ByteReader& in) {
+  auto index = in.get<uint8_t>("index");
+  if (!index) return std::unexpected(index.error());
+  if (*index >= sizeof ram_) return std::unexpected(in.error("index", fmt::format("{} is past the CMOS RAM", *index)));
+  uint8_t ram[sizeof ram_];
+  if (auto r = in.get_into(ram, "ram"); !r) return r;
+  auto b = in.get<uint8_t>("register_b");
+  if (!b) return std::unexpected(b.error());
+  std::lock_guard lock(mutex_);
+  index_ = *index;
+  std::memcpy(ram_, ram, sizeof ram_);
+  reg_b_ = *b;
+  return {};
 }
 
 }  // namespace vmm::devices

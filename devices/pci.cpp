@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include <fmt/core.h>
+
 namespace vmm::devices {
 
 namespace {
@@ -34,6 +36,16 @@ uint32_t PciHostBridge::config_read(uint8_t reg) {
   }
 }
 
+uint16_t PciHostBridge::command() const {
+  std::lock_guard lock(mutex_);
+  return command_;
+}
+
+void PciHostBridge::set_command(uint16_t command) {
+  std::lock_guard lock(mutex_);
+  command_ = command & 0x7;
+}
+
 void PciHostBridge::config_write(uint8_t reg, uint32_t value, uint8_t byte_mask) {
   if (reg != kRegCommand) return;
   std::lock_guard lock(mutex_);
@@ -41,7 +53,7 @@ void PciHostBridge::config_write(uint8_t reg, uint32_t value, uint8_t byte_mask)
   command_ = static_cast<uint16_t>(merge(command_, value, byte_mask & 0x3) & 0x7);
 }
 
-PciRoot::PciRoot() { slots_[0] = std::make_shared<PciHostBridge>(); }
+PciRoot::PciRoot() : host_(std::make_shared<PciHostBridge>()) { slots_[0] = host_; }
 
 Result<void> PciRoot::attach(unsigned slot, std::shared_ptr<PciFunction> function) {
   if (slot >= kSlots) return fail("PCI slot {} out of range (0-{})", slot, kSlots - 1);
@@ -139,6 +151,22 @@ PciRoot::State PciRoot::save() const {
 void PciRoot::restore(const State& state) {
   std::lock_guard lock(mutex_);
   address_ = state.address & 0x80fffffcu;
+}
+
+void PciRoot::save(ByteWriter& out) const {
+  out.put(save().address);
+  out.put(host_->command());
+}
+
+Result<> PciRoot::restore(ByteReader& in) {
+  auto address = in.get<uint32_t>("config_address");
+  if (!address) return std::unexpected(address.error());
+  auto command = in.get<uint16_t>("host_bridge_command");
+  if (!command) return std::unexpected(command.error());
+  if (*command & ~0x7u) return std::unexpected(in.error("host_bridge_command", fmt::format("{:#x} has bits a host bridge does not keep", *command)));
+  restore(State{.address = *address});
+  host_->set_command(*command);
+  return {};
 }
 
 namespace {

@@ -36,15 +36,17 @@ class PciHostBridge final : public PciFunction {
   static constexpr uint16_t kDevice = 0x0008;  ///< PCIe host bridge
   uint32_t config_read(uint8_t reg) override;
   void config_write(uint8_t reg, uint32_t value, uint8_t byte_mask) override;
+  uint16_t command() const;
+  void set_command(uint16_t command);
 
  private:
-  std::mutex mutex_;
+  mutable std::mutex mutex_;
   uint16_t command_ = 0;
 };
 
 /// Configuration mechanism #1 for bus 0: a bus device for ports 0xCF8..0xCFF (offset 0 address,
 /// 4..7 data).
-class PciRoot final : public BusDevice, public std::enable_shared_from_this<PciRoot> {
+class PciRoot final : public BusDevice, public Snapshottable, public std::enable_shared_from_this<PciRoot> {
  public:
   static constexpr unsigned kSlots = 32;
   /// Saved state: the configuration address register.
@@ -63,6 +65,10 @@ class PciRoot final : public BusDevice, public std::enable_shared_from_this<PciR
 
   State save() const;
   void restore(const State& state);
+  /// The address register and the host bridge's command register (functions in other slots are
+  /// devices of their own, saved under their own ids).
+  void save(ByteWriter& out) const override;
+  Result<> restore(ByteReader& in) override;
 
   /// The bus device for PCI Express ECAM (enhanced configuration access, memory-mapped) of bus 0:
   /// offset = device << 15 | function << 12 | register. Registers from 256 up read zero (no
@@ -82,6 +88,7 @@ class PciRoot final : public BusDevice, public std::enable_shared_from_this<PciR
   mutable std::mutex mutex_;
   uint32_t address_ = 0;
   std::array<std::shared_ptr<PciFunction>, kSlots> slots_{};
+  std::shared_ptr<PciHostBridge> host_;  // also slots_[0]
 };
 
 }  // namespace vmm::devices

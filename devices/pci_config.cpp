@@ -78,6 +78,18 @@ uint8_t PciConfig::add_capability(uint8_t id, std::span<const uint8_t> body) {
   return at;
 }
 
+Result<> PciConfig::restore_checked(const State& state) {
+  for (size_t i = 0; i < bytes_.size(); ++i) {
+    const uint8_t fixed = static_cast<uint8_t>(~writable_[i]);
+    if ((state[i] & fixed) != (bytes_[i] & fixed)) {
+      return fail("PCI configuration byte {:#x} is {:#x}, this device has {:#x} there (read-only)", i, state[i],
+                  bytes_[i]);
+    }
+  }
+  bytes_ = state;
+  return {};
+}
+
 uint32_t PciConfig::read(uint8_t reg) const { return get32(bytes_, reg & 0xfc); }
 
 PciConfig::Effect PciConfig::write(uint8_t reg, uint32_t value, uint8_t byte_mask) {

@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <span>
 
+#include "vmm/base/error.hpp"
+
 namespace vmm::devices {
 
 inline constexpr uint8_t kPciCapMsix = 0x11;
@@ -55,6 +57,9 @@ class PciConfig {
   using State = std::array<uint8_t, 256>;
   State save() const { return bytes_; }
   void restore(const State& state) { bytes_ = state; }
+  /// Restores state from a file: fails unless every read-only bit equals this device's (a snapshot
+  /// of another kind of device, or a corrupt one).
+  Result<> restore_checked(const State& state);
 
  private:
   struct Bar {

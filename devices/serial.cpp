@@ -152,4 +152,29 @@ void Serial::restore(const State& s) {
   s_.rx.clear();
 }
 
+void Serial::save(ByteWriter& out) const {
+  const State s = save();
+  for (uint8_t r : {s.ier, s.iir, s.lcr, s.mcr, s.lsr, s.msr, s.scr, s.dll, s.dlm}) out.put(r);
+  out.put(s.thre_pending);
+  out.put_vector(s.rx);
+}
+
+Result<> Serial::restore(ByteReader& in) {
+  State s;
+  for (auto [field, name] : {std::pair{&s.ier, "ier"}, {&s.iir, "iir"}, {&s.lcr, "lcr"}, {&s.mcr, "mcr"},
+                             {&s.lsr, "lsr"}, {&s.msr, "msr"}, {&s.scr, "scr"}, {&s.dll, "dll"}, {&s.dlm, "dlm"}}) {
+    auto v = in.get<uint8_t>(name);
+    if (!v) return std::unexpected(v.error());
+    *field = *v;
+  }
+  auto thre = in.get<bool>("thre_pending");
+  if (!thre) return std::unexpected(thre.error());
+  s.thre_pending = *thre;
+  auto rx = in.get_vector<uint8_t>("rx", kRxFifoSize);
+  if (!rx) return std::unexpected(rx.error());
+  s.rx = std::move(*rx);
+  restore(s);
+  return {};
+}
+
 }  // namespace vmm::devices

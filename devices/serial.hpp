@@ -14,7 +14,7 @@
 
 namespace vmm::devices {
 
-class Serial final : public BusDevice {
+class Serial final : public BusDevice, public Snapshottable {
  public:
   /// Receives transmitted bytes (called with the device lock held: must not call back in).
   using Sink = std::function<void(std::span<const uint8_t>)>;
@@ -40,6 +40,8 @@ class Serial final : public BusDevice {
 
   State save() const;
   void restore(const State& s);
+  void save(ByteWriter& out) const override;
+  Result<> restore(ByteReader& in) override;
 
  private:
   uint8_t read_reg(uint64_t offset);

@@ -71,6 +71,8 @@ Result<Kvm> Kvm::open(const std::filesystem::path& device) {
   }
   if (kvm.supported_cpuid_.empty()) return fail("{}: KVM_GET_SUPPORTED_CPUID returned nothing", device.string());
 
+  if (const int x = kvm.check_extension(KVM_CAP_XSAVE2); x > 4096) kvm.xsave_size_ = static_cast<size_t>(x);
+
   // KVM_GET_MSR_INDEX_LIST: first call reports the count.
   kvm_abi::MsrListHeader probe{.nmsrs = 0};
   if (::ioctl(kvm.fd_.get(), kvm_abi::kGetMsrIndexList, &probe) < 0 && errno == E2BIG) {

@@ -35,6 +35,8 @@ class Kvm {
   const CpuidEntries& supported_cpuid() const { return supported_cpuid_; }
   /// MSR indices KVM can save and restore (KVM_GET_MSR_INDEX_LIST).
   const std::vector<uint32_t>& msr_index_list() const { return msr_index_list_; }
+  /// Bytes of a vCPU's XSAVE area: KVM_CAP_XSAVE2's answer when it is larger than the legacy 4 KiB.
+  size_t xsave_size() const { return xsave_size_; }
 
  private:
   Kvm() = default;
@@ -43,6 +45,7 @@ class Kvm {
   uint32_t max_vcpus_ = 0;
   CpuidEntries supported_cpuid_;
   std::vector<uint32_t> msr_index_list_;
+  size_t xsave_size_ = 4096;
 };
 
 }  // namespace vmm

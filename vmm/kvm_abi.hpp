@@ -48,6 +48,8 @@ inline constexpr unsigned long kGetMsrs = _IOWR(KVMIO, 0x88, MsrsHeader);
 inline constexpr unsigned long kSetMsrs = _IOW(KVMIO, 0x89, MsrsHeader);
 inline constexpr unsigned long kGetXsave = _IOR(KVMIO, 0xa4, XsaveRegion);
 inline constexpr unsigned long kSetXsave = _IOW(KVMIO, 0xa5, XsaveRegion);
+/// KVM API 4.135 KVM_GET_XSAVE2: the whole area, KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2) bytes.
+inline constexpr unsigned long kGetXsave2 = _IOR(KVMIO, 0xcf, XsaveRegion);
 inline constexpr unsigned long kSetGsiRouting = _IOW(KVMIO, 0x6a, IrqRoutingHeader);
 
 // The values a C compiler computes from <linux/kvm.h> (x86-64).
@@ -58,6 +60,7 @@ static_assert(kGetMsrs == 0xc008ae88);
 static_assert(kSetMsrs == 0x4008ae89);
 static_assert(kGetXsave == 0x9000aea4);
 static_assert(kSetXsave == 0x5000aea5);
+static_assert(kGetXsave2 == 0x9000aecf);
 static_assert(kSetGsiRouting == 0x4008ae6a);
 static_assert(sizeof(kvm_cpuid_entry2) == 40 && sizeof(kvm_msr_entry) == 16 && sizeof(kvm_irq_routing_entry) == 48);
 

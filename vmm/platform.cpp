@@ -31,69 +31,74 @@ class OffsetDevice final : public devices::BusDevice {
   uint64_t offset_;
 };
 
-class LegacyPlatform final : public Platform {
- public:
-  std::unique_ptr<devices::Console> console;
-  std::shared_ptr<devices::Serial> serial;
-  std::shared_ptr<devices::PciRoot> pci = std::make_shared<devices::PciRoot>();
-  devices::PciRoot& pci_root() override { return *pci; }
-  void shutdown() override {
-    if (console) console->shutdown();
-  }
-};
-
 }  // namespace
 
+void Platform::shutdown() {
+  if (console_) console_->shutdown();
+}
+
 Result<std::unique_ptr<Platform>> attach_platform(Vm& vm, PlatformConfig config) {
-  auto p = std::make_unique<LegacyPlatform>();
-  p->console = std::move(config.console);
-  devices::Console* out = p->console.get();
-  p->serial = std::make_shared<devices::Serial>(vm.irq_line(layout::kCom1Irq),
-                                                [out](std::span<const uint8_t> b) { out->write(b); });
+  std::unique_ptr<Platform> p(new Platform());
+  p->console_ = std::move(config.console);
+  p->pci_ = std::make_shared<devices::PciRoot>();
+  devices::Console* out = p->console_.get();
+  p->serial_ = std::make_shared<devices::Serial>(vm.irq_line(layout::kCom1Irq),
+                                                 [out](std::span<const uint8_t> b) { out->write(b); });
   auto& pio = vm.buses().pio;
+  // Inserts a device on the port bus and registers its state under `id`, in one step.
+  auto add_pio = [&](std::string id, const auto& device, uint16_t port, uint64_t len) -> Result<> {
+    if (auto r = pio.insert(device, port, len); !r) return r;
+    p->devices_.push_back({.id = std::move(id), .state = device.get()});
+    return {};
+  };
   auto i8042 = std::make_shared<devices::I8042>(vm);
-  Result<> r = pio.insert(p->serial, layout::kCom1Port, 8);
-  if (r) r = pio.insert(i8042, layout::kI8042DataPort, 1);
-  if (r) r = pio.insert(std::make_shared<OffsetDevice>(i8042, 4), layout::kI8042CommandPort, 1);
-  if (r) r = pio.insert(std::make_shared<devices::Rtc>(), layout::kRtcPort, 2);
-  if (r) r = pio.insert(std::make_shared<devices::DebugExit>(vm), layout::kDebugExitPort, 4);
-  if (r) r = pio.insert(std::make_shared<devices::AcpiPm>(vm), layout::kAcpiSleepControlPort, 3);
-  if (r) r = pio.insert(std::make_shared<devices::PvPanic>(vm), layout::kPvPanicPort, 1);
-  if (r) r = pio.insert(p->pci, layout::kPciConfigAddressPort, 8);
+  Result<> r = add_pio("serial0", p->serial_, layout::kCom1Port, 8);
+  if (r) r = add_pio("i8042", i8042, layout::kI8042DataPort, 1);
+  if (r) r = pio.insert(std::make_shared<OffsetDevice>(i8042, 4), layout::kI8042CommandPort, 1);  // same device
+  if (r) r = add_pio("rtc", std::make_shared<devices::Rtc>(), layout::kRtcPort, 2);
+  if (r) r = add_pio("debug-exit", std::make_shared<devices::DebugExit>(vm), layout::kDebugExitPort, 4);
+  if (r) r = add_pio("acpi-pm", std::make_shared<devices::AcpiPm>(vm), layout::kAcpiSleepControlPort, 3);
+  if (r) r = add_pio("pvpanic", std::make_shared<devices::PvPanic>(vm), layout::kPvPanicPort, 1);
+  if (r) r = add_pio("pci", p->pci_, layout::kPciConfigAddressPort, 8);
   if (!r) return std::unexpected(r.error());
 
   // virtio-pci devices: disks then network interfaces, from slot 1 on, each with its BARs in its
   // own slice of the 32-bit window.
   unsigned slot = 1;
-  auto attach = [&](std::shared_ptr<devices::virtio::VirtioDevice> dev, const std::string& name) -> Result<> {
+  auto attach = [&](std::shared_ptr<devices::virtio::VirtioDevice> dev, std::string id, const std::string& name) -> Result<> {
     const uint64_t bars = layout::kPciMmioStart + (slot - 1) * kPciSliceBytes;
     if (!config.loop) return fail("virtio devices need the event loop");
     if (bars + kPciSliceBytes > layout::kPciMmioEnd) return fail("too many PCI devices for the MMIO window");
     auto t = devices::virtio::PciTransport::create(std::move(dev), name, vm.io(), *config.loop, vm.memory(), bars,
                                                    layout::pci_intx_gsi(slot));
     if (!t) return std::unexpected(t.error());
-    return p->pci->attach(slot++, *t);
+    if (auto a = p->pci_->attach(slot++, *t); !a) return a;
+    p->devices_.push_back({.id = std::move(id), .state = t->get()});
+    p->transports_.push_back(*t);
+    return {};
   };
   for (auto& d : config.disks) {
-    const std::string name = fmt::format("virtio-blk {}", d.id);
-    if (auto a = attach(std::make_shared<devices::virtio::Block>(std::move(d.image), d.id), name); !a) {
+    auto blk = std::make_shared<devices::virtio::Block>(std::move(d.image), d.id);
+    if (auto a = attach(blk, fmt::format("virtio-blk{}", p->disks_.size()), fmt::format("virtio-blk {}", d.id)); !a) {
       return std::unexpected(a.error());
     }
+    p->disks_.push_back(std::move(blk));
   }
   for (auto& n : config.nets) {
     const std::string name = fmt::format("virtio-net {}", n.tap.name());
     if (!config.loop) return fail("virtio devices need the event loop");
     auto net = devices::virtio::Net::create(std::move(n.tap), n.mac, *config.loop);
     if (!net) return std::unexpected(net.error());
-    if (auto a = attach(*net, name); !a) return std::unexpected(a.error());
+    if (auto a = attach(*net, fmt::format("virtio-net{}", p->nets_.size()), name); !a) return std::unexpected(a.error());
+    p->nets_.push_back(std::move(*net));
   }
   auto& mmio = vm.buses().mmio;
-  r = mmio.insert(p->pci->ecam(), layout::kPciEcamStart, layout::kPciEcamSize);
-  if (r) r = mmio.insert(p->pci->mmio_window(layout::kPciMmioStart), layout::kPciMmioStart,
+  r = mmio.insert(p->pci_->ecam(), layout::kPciEcamStart, layout::kPciEcamSize);
+  if (r) r = mmio.insert(p->pci_->mmio_window(layout::kPciMmioStart), layout::kPciMmioStart,
                          layout::kPciMmioEnd - layout::kPciMmioStart);
   if (!r) return std::unexpected(r.error());
-  p->console->start_input(p->serial);
-  return std::unique_ptr<Platform>(std::move(p));
+  p->console_->start_input(p->serial_);
+  return p;
 }
 
 }  // namespace vmm

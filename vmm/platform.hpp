@@ -11,23 +11,16 @@
 #include "devices/console.hpp"
 #include "devices/pci.hpp"
 #include "devices/tap.hpp"
+#include "devices/serial.hpp"
+#include "devices/virtio/blk.hpp"
 #include "devices/virtio/net.hpp"
+#include "devices/virtio/pci_transport.hpp"
 #include "disk/image.hpp"
 #include "vmm/base/event_loop.hpp"
 #include "vmm/base/error.hpp"
 #include "vmm/vm.hpp"
 
 namespace vmm {
-
-/// Owns the platform devices and the console's host side (stdin thread, terminal mode).
-class Platform {
- public:
-  virtual ~Platform() = default;
-  /// Stops the console's input thread and restores the terminal.
-  virtual void shutdown() = 0;
-  /// The PCI root complex, where PCI devices are attached.
-  virtual devices::PciRoot& pci_root() = 0;
-};
 
 /// A disk to attach: its opened image and the id the guest reads.
 struct DiskAttachment {
@@ -46,6 +39,42 @@ struct PlatformConfig {
   std::vector<DiskAttachment> disks;          ///< virtio-blk devices, PCI slots 1, 2, ...
   std::vector<NetAttachment> nets;            ///< virtio-net devices, the slots after the disks
   EventLoop* loop = nullptr;                  ///< the I/O thread's loop (needed with disks)
+};
+
+/// One device's place in a snapshot: a stable id ("serial0", "virtio-blk0", ...) and its state.
+struct DeviceEntry {
+  std::string id;
+  devices::Snapshottable* state = nullptr;
+};
+
+/// Owns the platform devices and the console's host side (stdin thread, terminal mode), and keeps
+/// the one list of every device with state: a device is inserted on a bus and registered under its
+/// id in the same call (attach_platform), so a snapshot cannot leave one out.
+class Platform {
+ public:
+  /// Stops the console's input thread and restores the terminal.
+  void shutdown();
+  /// The PCI root complex, where PCI devices are attached.
+  devices::PciRoot& pci_root() { return *pci_; }
+  /// Every device with state, in a fixed order (attach order).
+  const std::vector<DeviceEntry>& devices() const { return devices_; }
+  /// The virtio-pci functions (for quiescing: requests in flight).
+  const std::vector<std::shared_ptr<devices::virtio::PciTransport>>& transports() const { return transports_; }
+  /// The virtio-blk devices, in --disk order.
+  const std::vector<std::shared_ptr<devices::virtio::Block>>& disks() const { return disks_; }
+  /// The virtio-net devices, in --net order.
+  const std::vector<std::shared_ptr<devices::virtio::Net>>& nets() const { return nets_; }
+
+ private:
+  friend Result<std::unique_ptr<Platform>> attach_platform(Vm& vm, PlatformConfig config);
+  Platform() = default;
+  std::unique_ptr<devices::Console> console_;
+  std::shared_ptr<devices::Serial> serial_;
+  std::shared_ptr<devices::PciRoot> pci_;
+  std::vector<DeviceEntry> devices_;
+  std::vector<std::shared_ptr<devices::virtio::PciTransport>> transports_;
+  std::vector<std::shared_ptr<devices::virtio::Block>> disks_;
+  std::vector<std::shared_ptr<devices::virtio::Net>> nets_;
 };
 
 /// Creates the devices and inserts them on `vm`'s buses. Devices that use the event loop must be

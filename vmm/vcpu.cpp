@@ -32,7 +32,15 @@ Result<> Vcpu::set_cpuid(const CpuidEntries& entries) {
   kvm_abi::FlexBuffer<kvm_abi::Cpuid2Header, kvm_cpuid_entry2> buf(entries.size());
   buf.header().nent = static_cast<uint32_t>(entries.size());
   std::copy(entries.begin(), entries.end(), buf.elements());
-  return ioctl_set(kvm_abi::kSetCpuid2, buf.data(), "KVM_SET_CPUID2");
+  if (auto r = ioctl_set(kvm_abi::kSetCpuid2, buf.data(), "KVM_SET_CPUID2"); !r) return r;
+  cpuid_ = entries;
+  return {};
+}
+
+Result<uint32_t> Vcpu::tsc_khz() const {
+  const int khz = ::ioctl(fd_.get(), KVM_GET_TSC_KHZ, 0);
+  if (khz < 0) return fail("vCPU {}: KVM_GET_TSC_KHZ: {}", index_, errno_text(errno));
+  return static_cast<uint32_t>(khz);
 }
 
 Result<kvm_regs> Vcpu::get_regs() const {
@@ -80,13 +88,19 @@ Result<std::vector<kvm_msr_entry>> Vcpu::get_msrs(std::span<const uint32_t> indi
   return std::vector<kvm_msr_entry>(buf.elements(), buf.elements() + got);
 }
 
-Result<VcpuState> Vcpu::save(std::span<const uint32_t> msr_indices) const {
+Result<VcpuState> Vcpu::save(std::span<const uint32_t> msr_indices, size_t xsave_size) const {
   VcpuState s;
+  s.xsave.assign(std::max<size_t>(xsave_size, sizeof(kvm_abi::XsaveRegion)), 0);
+  const bool xsave2 = s.xsave.size() > sizeof(kvm_abi::XsaveRegion);
   if (auto e = ioctl_get(KVM_GET_MP_STATE, &s.mp_state, "KVM_GET_MP_STATE"); !e) return std::unexpected(e.error());
   if (auto e = ioctl_get(KVM_GET_REGS, &s.regs, "KVM_GET_REGS"); !e) return std::unexpected(e.error());
   if (auto e = ioctl_get(KVM_GET_SREGS, &s.sregs, "KVM_GET_SREGS"); !e) return std::unexpected(e.error());
   if (auto e = ioctl_get(KVM_GET_FPU, &s.fpu, "KVM_GET_FPU"); !e) return std::unexpected(e.error());
-  if (auto e = ioctl_get(kvm_abi::kGetXsave, s.xsave.data(), "KVM_GET_XSAVE"); !e) return std::unexpected(e.error());
+  if (auto e = ioctl_get(xsave2 ? kvm_abi::kGetXsave2 : kvm_abi::kGetXsave, s.xsave.data(),
+                         xsave2 ? "KVM_GET_XSAVE2" : "KVM_GET_XSAVE");
+      !e) {
+    return std::unexpected(e.error());
+  }
   if (auto e = ioctl_get(KVM_GET_XCRS, &s.xcrs, "KVM_GET_XCRS"); !e) return std::unexpected(e.error());
   if (auto e = ioctl_get(KVM_GET_LAPIC, &s.lapic, "KVM_GET_LAPIC"); !e) return std::unexpected(e.error());
   if (auto e = ioctl_get(KVM_GET_VCPU_EVENTS, &s.events, "KVM_GET_VCPU_EVENTS"); !e) return std::unexpected(e.error());
@@ -99,22 +113,70 @@ Result<VcpuState> Vcpu::save(std::span<const uint32_t> msr_indices) const {
     s.msrs.insert(s.msrs.end(), got->begin(), got->end());
     pos += got->size() + 1;  // skip the unreadable one
   }
+  auto khz = tsc_khz();
+  if (!khz) return std::unexpected(khz.error());
+  s.tsc_khz = *khz;
   return s;
 }
 
+namespace {
+
+/// MSRs whose loss would break a restored guest: the syscall entry points, the TSC and its
+/// deadline timer, PAT, and KVM's paravirtual clock, async page fault, steal time and PV EOI
+/// areas. Any other MSR the host refuses on restore is skipped.
+bool msr_matters(uint32_t index) {
+  switch (index) {
+    case 0x10:        // IA32_TSC
+    case 0x174: case 0x175: case 0x176:  // SYSENTER_CS/ESP/EIP
+    case 0x1a0:       // IA32_MISC_ENABLE
+    case 0x277:       // IA32_PAT
+    case 0x6e0:       // IA32_TSC_DEADLINE
+    case 0xc0000081: case 0xc0000082: case 0xc0000083: case 0xc0000084:  // STAR, LSTAR, CSTAR, SFMASK
+    case 0xc0000102:  // KERNEL_GS_BASE
+    case 0x4b564d00: case 0x4b564d01:  // MSR_KVM_WALL_CLOCK_NEW, MSR_KVM_SYSTEM_TIME_NEW
+    case 0x4b564d02: case 0x4b564d03: case 0x4b564d04:  // async PF, steal time, PV EOI
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
 Result<> Vcpu::restore(const VcpuState& s) {
-  // Order follows the KVM API notes and established VMMs: MP state and sregs first (mode), then
-  // general registers, FPU/XSAVE/XCRs, MSRs, LAPIC, and events last (they may reference the LAPIC).
-  if (auto e = ioctl_set(KVM_SET_SREGS, &s.sregs, "KVM_SET_SREGS"); !e) return e;
+  // KVM API (Documentation/virt/kvm/api.rst) constraints, in the order Firecracker's vCPU restore
+  // and cloud-hypervisor's follow (CPUID was set at creation, before all of this, because several
+  // SETs depend on it and on which vCPU is the BSP):
+  // - MP state first;
+  // - KVM_SET_REGS clears pending exceptions, so it precedes KVM_SET_VCPU_EVENTS;
+  // - KVM_SET_SREGS restores the APIC base, so it precedes KVM_SET_LAPIC;
+  // - KVM_SET_LAPIC precedes KVM_SET_MSRS: the TSC-deadline MSR only takes with the LAPIC set up
+  //   (Firecracker issue #4099: guest processes stuck after restore);
+  // - vCPU events last (pending exceptions, NMIs, interrupt shadow).
+  if (s.xsave.size() < sizeof(kvm_abi::XsaveRegion)) return fail("vCPU {}: XSAVE area of {} bytes", index_, s.xsave.size());
+  if (auto e = ioctl_set(KVM_SET_MP_STATE, &s.mp_state, "KVM_SET_MP_STATE"); !e) return e;
   if (auto e = ioctl_set(KVM_SET_REGS, &s.regs, "KVM_SET_REGS"); !e) return e;
-  if (auto e = ioctl_set(KVM_SET_XCRS, &s.xcrs, "KVM_SET_XCRS"); !e) return e;
-  if (auto e = ioctl_set(kvm_abi::kSetXsave, s.xsave.data(), "KVM_SET_XSAVE"); !e) return e;
+  if (auto e = ioctl_set(KVM_SET_SREGS, &s.sregs, "KVM_SET_SREGS"); !e) return e;
   if (auto e = ioctl_set(KVM_SET_FPU, &s.fpu, "KVM_SET_FPU"); !e) return e;
-  if (auto e = set_msrs(s.msrs); !e) return e;
-  if (auto e = ioctl_set(KVM_SET_LAPIC, &s.lapic, "KVM_SET_LAPIC"); !e) return e;
+  if (auto e = ioctl_set(kvm_abi::kSetXsave, s.xsave.data(), "KVM_SET_XSAVE"); !e) return e;
+  if (auto e = ioctl_set(KVM_SET_XCRS, &s.xcrs, "KVM_SET_XCRS"); !e) return e;
   if (auto e = ioctl_set(KVM_SET_DEBUGREGS, &s.debugregs, "KVM_SET_DEBUGREGS"); !e) return e;
-  if (auto e = ioctl_set(KVM_SET_VCPU_EVENTS, &s.events, "KVM_SET_VCPU_EVENTS"); !e) return e;
-  return ioctl_set(KVM_SET_MP_STATE, &s.mp_state, "KVM_SET_MP_STATE");
+  if (auto e = ioctl_set(KVM_SET_LAPIC, &s.lapic, "KVM_SET_LAPIC"); !e) return e;
+  // MSRs: KVM stops at the first one it refuses. One that matters is an error; any other is
+  // skipped and the rest written.
+  std::span<const kvm_msr_entry> rest(s.msrs);
+  while (!rest.empty()) {
+    kvm_abi::FlexBuffer<kvm_abi::MsrsHeader, kvm_msr_entry> buf(rest.size());
+    buf.header().nmsrs = static_cast<uint32_t>(rest.size());
+    std::copy(rest.begin(), rest.end(), buf.elements());
+    const int n = ::ioctl(fd_.get(), kvm_abi::kSetMsrs, buf.data());
+    if (n < 0) return fail("vCPU {}: KVM_SET_MSRS: {}", index_, errno_text(errno));
+    if (static_cast<size_t>(n) >= rest.size()) break;
+    const uint32_t refused = rest[static_cast<size_t>(n)].index;
+    if (msr_matters(refused)) return fail("vCPU {}: KVM_SET_MSRS refused MSR {:#x}, which the guest needs", index_, refused);
+    rest = rest.subspan(static_cast<size_t>(n) + 1);
+  }
+  return ioctl_set(KVM_SET_VCPU_EVENTS, &s.events, "KVM_SET_VCPU_EVENTS");
 }
 
 Result<bool> Vcpu::run() {

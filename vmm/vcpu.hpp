@@ -22,15 +22,16 @@ struct VcpuState {
   kvm_regs regs{};
   kvm_sregs sregs{};
   kvm_fpu fpu{};
-  /// Legacy 4 KiB XSAVE area (KVM_GET_XSAVE's struct kvm_xsave.region; stored as bytes because
-  /// the UAPI struct ends in a flexible array).
-  alignas(64) std::array<uint8_t, 4096> xsave{};
+  /// The XSAVE area: 4 KiB (KVM_GET_XSAVE) or Kvm::xsave_size() bytes (KVM_GET_XSAVE2); bytes,
+  /// because the UAPI struct ends in a flexible array.
+  std::vector<uint8_t> xsave;
   kvm_xcrs xcrs{};
   kvm_lapic_state lapic{};
   kvm_vcpu_events events{};
   kvm_mp_state mp_state{};
   kvm_debugregs debugregs{};
   std::vector<kvm_msr_entry> msrs;  ///< index + value for each MSR KVM reports as saveable
+  uint32_t tsc_khz = 0;             ///< KVM_GET_TSC_KHZ (a restore needs the same frequency)
 };
 
 /// A vCPU of one VM. Created by the VM; used by exactly one thread while it runs.
@@ -40,7 +41,11 @@ class Vcpu {
 
   uint32_t index() const { return index_; }
 
+  /// KVM_SET_CPUID2; the table is kept (cpuid()) for snapshots.
   Result<> set_cpuid(const CpuidEntries& entries);
+  const CpuidEntries& cpuid() const { return cpuid_; }
+  /// KVM_GET_TSC_KHZ.
+  Result<uint32_t> tsc_khz() const;
   Result<kvm_regs> get_regs() const;
   Result<> set_regs(const kvm_regs& regs);
   Result<kvm_sregs> get_sregs() const;
@@ -53,9 +58,11 @@ class Vcpu {
   /// KVM_GET_MSRS of the given indices.
   Result<std::vector<kvm_msr_entry>> get_msrs(std::span<const uint32_t> indices) const;
 
-  /// Reads the whole state; `msr_indices` usually Kvm::msr_index_list().
-  Result<VcpuState> save(std::span<const uint32_t> msr_indices) const;
-  /// Writes the whole state back (order per KVM API notes: sregs before regs, LAPIC before events).
+  /// Reads the whole state; `msr_indices` usually Kvm::msr_index_list(), `xsave_size`
+  /// Kvm::xsave_size(). The vCPU must not be running (KVM_GET_VCPU_EVENTS is unsafe then).
+  Result<VcpuState> save(std::span<const uint32_t> msr_indices, size_t xsave_size) const;
+  /// Writes the whole state back, in the order the KVM API requires (see vcpu.cpp). The CPUID is
+  /// set before, at creation.
   Result<> restore(const VcpuState& state);
 
   /// The shared kvm_run page (and its size, which covers the PIO data area).
@@ -78,6 +85,7 @@ class Vcpu {
   uint32_t index_;
   Fd fd_;
   Mapping run_;
+  CpuidEntries cpuid_;
 };
 
 }  // namespace vmm

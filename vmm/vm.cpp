@@ -66,6 +66,9 @@ void Vm::block_signals() {
 }
 
 Result<std::unique_ptr<Vm>> Vm::create(const Kvm& kvm, const VmConfig& config, GuestMemory memory) {
+  if (!config.cpuid.empty() && config.cpuid.size() != config.vcpus) {
+    return fail("{} CPUID tables for {} vCPUs", config.cpuid.size(), config.vcpus);
+  }
   if (config.vcpus == 0 || config.vcpus > std::min(kMaxVcpus, kvm.max_vcpus())) {
     return fail("{} vCPUs requested; this host supports 1 to {}", config.vcpus, std::min(kMaxVcpus, kvm.max_vcpus()));
   }
@@ -104,9 +107,9 @@ Result<> Vm::setup_kvm(const VmConfig& config) {
   for (uint32_t i = 0; i < config.vcpus; ++i) {
     auto vcpu = Vcpu::create(kvm_, fd, i);
     if (!vcpu) return std::unexpected(vcpu.error());
-    if (auto r = (*vcpu)->set_cpuid(make_cpuid(kvm_.supported_cpuid(), config.cpu_template, i, config.vcpus)); !r) {
-      return r;
-    }
+    const CpuidEntries cpuid = config.cpuid.empty() ? make_cpuid(kvm_.supported_cpuid(), config.cpu_template, i, config.vcpus)
+                                                    : config.cpuid.at(i);
+    if (auto r = (*vcpu)->set_cpuid(cpuid); !r) return r;
     if (auto r = x86::setup_vcpu_common(**vcpu); !r) return r;
     vcpus_.push_back(std::move(*vcpu));
   }
@@ -125,6 +128,40 @@ Vm::~Vm() {
 std::shared_ptr<devices::IrqLine> Vm::irq_line(uint32_t gsi) { return std::make_shared<KvmIrqLine>(vm_fd_.get(), gsi); }
 
 Result<> Vm::prepare_boot(const boot::BootEntry& entry) { return x86::setup_boot_vcpu(*vcpus_.at(0), memory_, entry); }
+
+Result<VmKernelState> Vm::save_kernel_state() const {
+  const int fd = vm_fd_.get();
+  VmKernelState s;
+  s.pic_master.chip_id = KVM_IRQCHIP_PIC_MASTER;
+  s.pic_slave.chip_id = KVM_IRQCHIP_PIC_SLAVE;
+  s.ioapic.chip_id = KVM_IRQCHIP_IOAPIC;
+  for (kvm_irqchip* chip : {&s.pic_master, &s.pic_slave, &s.ioapic}) {
+    if (::ioctl(fd, KVM_GET_IRQCHIP, chip) < 0) return fail("KVM_GET_IRQCHIP {}: {}", chip->chip_id, errno_text(errno));
+  }
+  if (::ioctl(fd, KVM_GET_PIT2, &s.pit) < 0) return fail("KVM_GET_PIT2: {}", errno_text(errno));
+  if (::ioctl(fd, KVM_GET_CLOCK, &s.clock) < 0) return fail("KVM_GET_CLOCK: {}", errno_text(errno));
+  return s;
+}
+
+Result<> Vm::restore_kernel_state(const VmKernelState& state, bool clock_to_now) {
+  const int fd = vm_fd_.get();
+  for (const kvm_irqchip* chip : {&state.pic_master, &state.pic_slave, &state.ioapic}) {
+    if (::ioctl(fd, KVM_SET_IRQCHIP, chip) < 0) return fail("KVM_SET_IRQCHIP {}: {}", chip->chip_id, errno_text(errno));
+  }
+  if (::ioctl(fd, KVM_SET_PIT2, &state.pit) < 0) return fail("KVM_SET_PIT2: {}", errno_text(errno));
+  // KVM API 4.64 KVM_SET_CLOCK: with KVM_CLOCK_REALTIME set (and the realtime it was read at), KVM
+  // advances the clock by the real time elapsed since; otherwise it sets it as it was.
+  kvm_clock_data clock{};
+  clock.clock = state.clock.clock;
+  const bool realtime = clock_to_now && (state.clock.flags & KVM_CLOCK_REALTIME) &&
+                        (::ioctl(fd, KVM_CHECK_EXTENSION, KVM_CAP_ADJUST_CLOCK) & KVM_CLOCK_REALTIME);
+  if (realtime) {
+    clock.flags = KVM_CLOCK_REALTIME;
+    clock.realtime = state.clock.realtime;
+  }
+  if (::ioctl(fd, KVM_SET_CLOCK, &clock) < 0) return fail("KVM_SET_CLOCK: {}", errno_text(errno));
+  return {};
+}
 
 void Vm::request_stop(devices::StopReason reason, uint32_t status) {
   request_stop(StopInfo{.reason = reason, .status = status, .message = {}});

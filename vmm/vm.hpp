@@ -33,6 +33,18 @@ inline constexpr uint32_t kMaxVcpus = 254;  ///< xAPIC ids 0..253; 0xff is broad
 struct VmConfig {
   uint32_t vcpus = 1;
   CpuTemplate cpu_template = CpuTemplate::Host;
+  /// Per-vCPU CPUID tables to set instead of deriving them from the template (a restore sets the
+  /// tables the snapshot was taken with). Empty: derive.
+  std::vector<CpuidEntries> cpuid;
+};
+
+/// KVM's per-VM state outside the vCPUs: the in-kernel PIC pair and IOAPIC, the PIT, kvmclock.
+struct VmKernelState {
+  kvm_irqchip pic_master{};
+  kvm_irqchip pic_slave{};
+  kvm_irqchip ioapic{};
+  kvm_pit_state2 pit{};
+  kvm_clock_data clock{};
 };
 
 /// Why and how a VM stopped.
@@ -65,6 +77,12 @@ class Vm final : public devices::VmControl {
 
   /// Sets the boot vCPU up to enter `entry` (the others wait for INIT/SIPI in the in-kernel LAPIC).
   Result<> prepare_boot(const boot::BootEntry& entry);
+
+  /// Reads KVM's per-VM state (KVM_GET_IRQCHIP ×3, KVM_GET_PIT2, KVM_GET_CLOCK). Paused VM only.
+  Result<VmKernelState> save_kernel_state() const;
+  /// Writes it back. With `clock_to_now`, kvmclock is stepped by the real time that passed since
+  /// it was saved (KVM_CLOCK_REALTIME, when KVM offers it), so a restored guest's clock is current.
+  Result<> restore_kernel_state(const VmKernelState& state, bool clock_to_now);
 
   /// Starts the vCPU threads and blocks until the VM stops: by a device or an exit (request_stop),
   /// or by SIGINT/SIGTERM. Call from the thread that blocked those signals with block_signals().

@@ -296,6 +296,7 @@ void Block::start(const BlkRequest& req, uint16_t head) {
   }
   auto done = [this, ctx](int32_t res) {
     std::lock_guard lock(mutex_);
+    --in_flight_;
     if (ctx->generation != generation_ || !memory_) return;  // the device was reset meanwhile
     const bool ok = res >= 0 && static_cast<uint64_t>(res) == ctx->expect;
     if (!ok) {
@@ -326,7 +327,11 @@ void Block::start(const BlkRequest& req, uint16_t head) {
       break;
     default: r = fail("unexpected request kind"); break;
   }
-  if (!r) refuse(req, head, kBlkSIoErr, r.error().message());
+  if (r) {
+    ++in_flight_;
+  } else {
+    refuse(req, head, kBlkSIoErr, r.error().message());
+  }
 }
 
 void Block::finish(uint16_t head, uint64_t status_gpa, uint8_t status, uint32_t written) {

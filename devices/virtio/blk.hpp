@@ -74,6 +74,9 @@ class Block final : public VirtioDevice {
   const disk::Image& image() const { return *image_; }
   /// Requests answered with IOERR or UNSUPP, or returned unanswered, since creation.
   uint64_t errors() const { return errors_; }
+  size_t in_flight() const override { return in_flight_; }
+  /// Makes every completed write durable (qcow2: metadata written back); `done` on the loop thread.
+  Result<> flush_image(disk::Image::Done done) { return image_->flush(std::move(done)); }
 
  private:
   struct InFlight;
@@ -89,6 +92,7 @@ class Block final : public VirtioDevice {
   Interrupt* interrupt_ = nullptr;
   uint64_t generation_ = 0;  // bumped by reset(): completions of older requests are dropped
   uint64_t errors_ = 0;
+  size_t in_flight_ = 0;  // image requests whose completion has not run yet
   bool logged_ = false;
 };
 

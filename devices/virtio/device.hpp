@@ -58,6 +58,9 @@ class VirtioDevice {
   virtual Result<> process_queue(unsigned queue) = 0;
   /// Device reset: forget the driver's configuration, drop (not complete) requests in flight.
   virtual void reset() = 0;
+  /// Requests started and not completed yet (mutex held). A paused VM waits for none before a
+  /// snapshot; devices that complete everything synchronously have none.
+  virtual size_t in_flight() const { return 0; }
 
   std::vector<Queue>& queues() { return queues_; }
   std::mutex& mutex() { return mutex_; }

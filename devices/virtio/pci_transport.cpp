@@ -426,6 +426,7 @@ PciTransport::State PciTransport::save() const {
   st.msix_config = msix_config_;
   st.queue_vectors = queue_vectors_;
   st.config_generation = config_generation_;
+  st.isr = isr_;
   for (const auto& q : device_->queues()) st.queues.push_back(q.save());
   return st;
 }
@@ -453,11 +454,146 @@ Result<> PciTransport::restore(const State& st) {
   msix_config_ = st.msix_config;
   queue_vectors_ = st.queue_vectors;
   config_generation_ = st.config_generation;
+  isr_ = st.isr;
+  intx_disabled_ = config_.command() & kPciCommandIntxDisable;
   if ((status_ & kStatusDriverOk) && !(status_ & kStatusNeedsReset)) {
     // Activation keeps the restored ring positions (devices only read features and start serving).
     if (auto r = device_->activate(memory_, driver_features_, *this); !r) return r;
     add_notifiers_locked();
   }
+  return {};
+}
+
+size_t PciTransport::in_flight() const {
+  std::lock_guard lock(device_->mutex());
+  return device_->in_flight();
+}
+
+namespace {
+
+void put_queue(ByteWriter& out, const Queue::State& q) {
+  out.put(q.size);
+  out.put(q.ready);
+  out.put(q.desc);
+  out.put(q.avail);
+  out.put(q.used);
+  out.put(q.next_avail);
+  out.put(q.next_used);
+  out.put(q.signalled_used);
+  out.put(q.signalled_valid);
+  out.put(q.event_idx);
+}
+
+Result<Queue::State> get_queue(ByteReader& in) {
+  Queue::State q;
+  auto size = in.get<uint16_t>("queue.size");
+  auto ready = size ? in.get<bool>("queue.ready") : std::unexpected(size.error());
+  auto desc = ready ? in.get<uint64_t>("queue.desc") : std::unexpected(ready.error());
+  auto avail = desc ? in.get<uint64_t>("queue.avail") : std::unexpected(desc.error());
+  auto used = avail ? in.get<uint64_t>("queue.used") : std::unexpected(avail.error());
+  auto next_avail = used ? in.get<uint16_t>("queue.next_avail") : std::unexpected(used.error());
+  auto next_used = next_avail ? in.get<uint16_t>("queue.next_used") : std::unexpected(next_avail.error());
+  auto signalled = next_used ? in.get<uint16_t>("queue.signalled_used") : std::unexpected(next_used.error());
+  auto valid = signalled ? in.get<bool>("queue.signalled_valid") : std::unexpected(signalled.error());
+  auto event_idx = valid ? in.get<bool>("queue.event_idx") : std::unexpected(valid.error());
+  if (!event_idx) return std::unexpected(event_idx.error());
+  return Queue::State{.size = *size, .ready = *ready, .desc = *desc, .avail = *avail, .used = *used,
+                      .next_avail = *next_avail, .next_used = *next_used, .signalled_used = *signalled,
+                      .signalled_valid = *valid, .event_idx = *event_idx};
+}
+
+}  // namespace
+
+void PciTransport::save(ByteWriter& out) const {
+  const State st = save();
+  out.put_bytes(st.config);
+  out.put(st.msix.enabled);
+  out.put(st.msix.function_masked);
+  out.put_vector(st.msix.table);
+  out.put_vector(st.msix.pending);
+  out.put(st.status);
+  out.put(st.driver_features);
+  out.put(st.device_feature_select);
+  out.put(st.driver_feature_select);
+  out.put(st.queue_select);
+  out.put(st.msix_config);
+  out.put_vector(st.queue_vectors);
+  out.put(st.config_generation);
+  out.put(st.isr);
+  out.put(static_cast<uint32_t>(st.queues.size()));
+  for (const auto& q : st.queues) put_queue(out, q);
+}
+
+Result<> PciTransport::restore(ByteReader& in) {
+  State st;
+  if (auto r = in.get_into(st.config, "pci_config"); !r) return r;
+  {
+    // Read-only bits must be this device's own (another kind of device, or a corrupt file).
+    PciConfig probe = config_;
+    if (auto r = probe.restore_checked(st.config); !r) return std::unexpected(in.error("pci_config", r.error().message()));
+  }
+  const size_t vectors = msix_->size();
+  auto enabled = in.get<bool>("msix.enabled");
+  if (!enabled) return std::unexpected(enabled.error());
+  auto masked = in.get<bool>("msix.function_masked");
+  if (!masked) return std::unexpected(masked.error());
+  auto table = in.get_vector<Msix::Entry>("msix.table", vectors);
+  if (!table) return std::unexpected(table.error());
+  auto pending = in.get_vector<uint64_t>("msix.pending", (vectors + 63) / 64);
+  if (!pending) return std::unexpected(pending.error());
+  if (table->size() != vectors || pending->size() != (vectors + 63) / 64) {
+    return std::unexpected(in.error("msix.table", fmt::format("{} vectors saved, the device has {}", table->size(), vectors)));
+  }
+  st.msix = Msix::State{.enabled = *enabled, .function_masked = *masked, .table = std::move(*table), .pending = std::move(*pending)};
+  auto status = in.get<uint8_t>("status");
+  if (!status) return std::unexpected(status.error());
+  auto features = in.get<uint64_t>("driver_features");
+  if (!features) return std::unexpected(features.error());
+  if (*features & ~device_->device_features()) {
+    return std::unexpected(in.error("driver_features", fmt::format("{:#x} includes features the device does not offer ({:#x})", *features, device_->device_features())));
+  }
+  auto dfs = in.get<uint32_t>("device_feature_select");
+  if (!dfs) return std::unexpected(dfs.error());
+  auto drfs = in.get<uint32_t>("driver_feature_select");
+  if (!drfs) return std::unexpected(drfs.error());
+  auto qsel = in.get<uint16_t>("queue_select");
+  if (!qsel) return std::unexpected(qsel.error());
+  auto msix_config = in.get<uint16_t>("msix_config");
+  if (!msix_config) return std::unexpected(msix_config.error());
+  auto qvec = in.get_vector<uint16_t>("queue_vectors", queue_vectors_.size());
+  if (!qvec) return std::unexpected(qvec.error());
+  auto bad_vector = [&](uint16_t v) { return v != Msix::kNoVector && v >= vectors; };
+  if (bad_vector(*msix_config)) return std::unexpected(in.error("msix_config", fmt::format("vector {} does not exist", *msix_config)));
+  for (uint16_t v : *qvec) {
+    if (bad_vector(v)) return std::unexpected(in.error("queue_vectors", fmt::format("vector {} does not exist", v)));
+  }
+  auto generation = in.get<uint8_t>("config_generation");
+  if (!generation) return std::unexpected(generation.error());
+  auto isr = in.get<uint8_t>("isr");
+  if (!isr) return std::unexpected(isr.error());
+  auto nqueues = in.get<uint32_t>("queues");
+  if (!nqueues) return std::unexpected(nqueues.error());
+  if (*nqueues != device_->queues().size() || qvec->size() != *nqueues) {
+    return std::unexpected(in.error("queues", fmt::format("{} saved, the device has {}", *nqueues, device_->queues().size())));
+  }
+  for (uint32_t i = 0; i < *nqueues; ++i) {
+    auto q = get_queue(in);
+    if (!q) return std::unexpected(q.error());
+    if (q->size > device_->queues()[i].max_size()) {
+      return std::unexpected(in.error("queue.size", fmt::format("queue {}: size {} is over the maximum {}", i, q->size, device_->queues()[i].max_size())));
+    }
+    st.queues.push_back(*q);
+  }
+  st.status = *status;
+  st.driver_features = *features;
+  st.device_feature_select = *dfs;
+  st.driver_feature_select = *drfs;
+  st.queue_select = *qsel;
+  st.msix_config = *msix_config;
+  st.queue_vectors = std::move(*qvec);
+  st.config_generation = *generation;
+  st.isr = *isr;
+  if (auto r = restore(st); !r) return std::unexpected(in.error("queues", r.error().message()));
   return {};
 }
 

@@ -28,7 +28,7 @@
 
 namespace vmm::devices::virtio {
 
-class PciTransport final : public PciFunction, public Interrupt {
+class PciTransport final : public PciFunction, public Interrupt, public Snapshottable {
  public:
   // BAR 0 layout.
   static constexpr uint64_t kCommonOffset = 0x0000;
@@ -72,6 +72,7 @@ class PciTransport final : public PciFunction, public Interrupt {
     uint16_t queue_select = 0, msix_config = Msix::kNoVector;
     std::vector<uint16_t> queue_vectors;
     uint8_t config_generation = 0;
+    uint8_t isr = 0;
     std::vector<Queue::State> queues;
   };
   State save() const;
@@ -79,6 +80,14 @@ class PciTransport final : public PciFunction, public Interrupt {
   /// running (DRIVER_OK) is running again: the device is activated and the queues' notifications
   /// are set up. Fails on a state that does not fit (queue count, rings outside RAM).
   Result<> restore(const State& state);
+  /// The State above, encoded; restore checks every value against this device (queue count and
+  /// sizes, vectors, features offered, read-only configuration bytes) before applying it.
+  void save(ByteWriter& out) const override;
+  Result<> restore(ByteReader& in) override;
+  /// Requests the device has started and not completed (a quiesced VM has none).
+  size_t in_flight() const;
+  const std::string& name() const { return name_; }
+  VirtioDevice& device() { return *device_; }
 
  private:
   PciTransport(std::shared_ptr<VirtioDevice> device, std::string name, VmIo& vm, EventLoop& loop,

@@ -95,7 +95,7 @@ TEST_CASE("vm: pause, save the vCPU, restore it into a new VM, and it runs on fr
   std::thread runner([&] { stop_a = a.vm->run(); });
   std::this_thread::sleep_for(30ms);
   a.vm->pause();
-  auto saved = a.vm->vcpu(0).save(a.kvm.msr_index_list());
+  auto saved = a.vm->vcpu(0).save(a.kvm.msr_index_list(), a.kvm.xsave_size());
   REQUIRE_MESSAGE(saved, (saved ? "" : saved.error().message()));
   const uint16_t bx_at_pause = static_cast<uint16_t>(saved->regs.rbx);
   CHECK(saved->regs.rip >= kCodeAddr);

@@ -13,8 +13,7 @@
 #include "vmm/boot/boot.hpp"
 #include "vmm/cli/cli.hpp"
 #include "vmm/cli/exit_codes.hpp"
-#include "vmm/platform.hpp"
-#include "vmm/vm.hpp"
+#include "vmm/machine.hpp"
 
 namespace vmm::cli {
 
@@ -94,30 +93,13 @@ int run_vm(const RunOptions& o) {
   auto kvm = Kvm::open(o.kvm_device);
   if (!kvm) return report(exit_code::kKvm, kvm.error().message());
 
-  auto vm = Vm::create(*kvm, VmConfig{.vcpus = o.vcpus, .cpu_template = o.cpu_template}, std::move(*memory));
-  if (!vm) return report(exit_code::kVmmError, vm.error().message());
-
-  auto platform = attach_platform(
-      **vm, PlatformConfig{.console = std::move(*console), .disks = std::move(disks), .nets = std::move(nets),
-                             .loop = loop->get()});
-  if (!platform) return report(exit_code::kVmmError, platform.error().message());
-
-  if (auto r = (*vm)->prepare_boot(*entry); !r) return report(exit_code::kVmmError, r.error().message());
-
-  // The I/O thread: virtio notifications and disk completions. It stops before the devices go.
-  Result<> io_result;
-  std::thread io([&] {
-    ::pthread_setname_np(::pthread_self(), "vmm-io");
-    io_result = (*loop)->run();
-    if (!io_result) (*vm)->request_stop(StopInfo{.reason = devices::StopReason::Error, .status = 0,
-                                                 .message = "I/O thread: " + io_result.error().message()});
-  });
-  const StopInfo stop = (*vm)->run();
-  (*loop)->stop();
-  io.join();
-  (*platform)->shutdown();
-  if (!io_result) return report(exit_code::kVmmError, io_result.error().message());
-  return exit_status(stop);
+  auto machine = Machine::create(*kvm, std::move(*memory), VmConfig{.vcpus = o.vcpus, .cpu_template = o.cpu_template},
+                                 PlatformConfig{.console = std::move(*console), .disks = std::move(disks),
+                                                .nets = std::move(nets)},
+                                 std::move(*loop));
+  if (!machine) return report(exit_code::kVmmError, machine.error().message());
+  if (auto r = (*machine)->vm().prepare_boot(*entry); !r) return report(exit_code::kVmmError, r.error().message());
+  return exit_status((*machine)->run());
 }
 
 }  // namespace vmm::cli

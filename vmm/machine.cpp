@@ -1,0 +1,98 @@
+#include "vmm/machine.hpp"
+
+#include <pthread.h>
+
+#include <chrono>
+
+namespace vmm {
+
+Result<std::unique_ptr<Machine>> Machine::create(const Kvm& kvm, GuestMemory memory, const VmConfig& vm,
+                                                 PlatformConfig platform, std::unique_ptr<EventLoop> loop) {
+  if (!loop) return fail("a machine needs an event loop");
+  std::unique_ptr<Machine> m(new Machine(kvm, std::move(loop)));
+  auto v = Vm::create(kvm, vm, std::move(memory));
+  if (!v) return std::unexpected(v.error());
+  m->vm_ = std::move(*v);
+  platform.loop = m->loop_.get();
+  auto p = attach_platform(*m->vm_, std::move(platform));
+  if (!p) return std::unexpected(p.error());
+  m->platform_ = std::move(*p);
+  return m;
+}
+
+Machine::~Machine() { stop_io(); }
+
+void Machine::start_io() {
+  std::lock_guard lock(io_mutex_);
+  if (io_.joinable()) return;
+  io_ = std::thread([this] {
+    ::pthread_setname_np(::pthread_self(), "vmm-io");
+    auto r = loop_->run();
+    if (!r) {
+      io_result_ = r;
+      vm_->request_stop(StopInfo{.reason = devices::StopReason::Error, .status = 0,
+                                 .message = "I/O thread: " + r.error().message()});
+    }
+  });
+}
+
+void Machine::stop_io() {
+  std::lock_guard lock(io_mutex_);
+  if (!io_.joinable()) return;
+  loop_->stop();
+  io_.join();
+}
+
+StopInfo Machine::run() {
+  start_io();
+  StopInfo stop = vm_->run();
+  stop_io();
+  platform_->shutdown();
+  if (!io_result_ && stop.reason != devices::StopReason::Error) {
+    return StopInfo{.reason = devices::StopReason::Error, .status = 0, .message = io_result_.error().message()};
+  }
+  return stop;
+}
+
+size_t Machine::requests_in_flight() const {
+  size_t n = 0;
+  for (const auto& t : platform_->transports()) n += t->in_flight();
+  return n;
+}
+
+Result<> Machine::quiesce(std::chrono::milliseconds timeout) {
+  vm_->pause();
+  // The I/O thread stops between two batches of completions; from here on this thread drives the
+  // loop, so completions still owed (io_uring, qcow2 workers) land before anything is captured.
+  stop_io();
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  auto drive_until = [&](auto done, const char* what) -> Result<> {
+    while (!done()) {
+      if (std::chrono::steady_clock::now() >= deadline) return fail("pausing: {} still pending after {} ms", what, timeout.count());
+      if (auto r = loop_->run_once(std::chrono::milliseconds(100)); !r) return std::unexpected(r.error());
+    }
+    return {};
+  };
+  if (auto r = drive_until([&] { return requests_in_flight() == 0; }, "disk requests"); !r) return r;
+  // Every disk flushed: a qcow2 image writes its cached metadata back.
+  size_t flushes = 0;
+  Result<> flush_error;
+  for (const auto& d : platform_->disks()) {
+    if (d->image().read_only()) continue;
+    ++flushes;
+    auto r = d->flush_image([&flushes, &flush_error, path = d->image().path()](int32_t res) {
+      --flushes;
+      if (res < 0) flush_error = fail("flushing {}: {}", path.string(), errno_text(-res));
+    });
+    if (!r) return r;
+  }
+  if (auto r = drive_until([&] { return flushes == 0; }, "disk flushes"); !r) return r;
+  return flush_error;
+}
+
+void Machine::resume() {
+  start_io();
+  vm_->resume();
+}
+
+}  // namespace vmm

@@ -1,0 +1,60 @@
+// A whole virtual machine as one object: the KVM VM over its guest memory, the platform devices
+// on its buses, and the I/O thread's event loop. The one builder of both paths: a boot loads a
+// kernel into a fresh machine; a restore (clone/) loads a saved state into one built the same way.
+// It also pauses a running machine into a quiescent state that can be captured, and resumes it.
+#pragma once
+
+#include <memory>
+#include <mutex>
+#include <thread>
+
+#include "vmm/base/event_loop.hpp"
+#include "vmm/base/guest_memory.hpp"
+#include "vmm/kvm.hpp"
+#include "vmm/platform.hpp"
+#include "vmm/vm.hpp"
+
+namespace vmm {
+
+class Machine {
+ public:
+  /// Builds the VM over `memory` (memory slots, irqchip, vCPUs with CPUID) and attaches the
+  /// platform (`platform.loop` is ignored: the machine owns its loop, `loop`).
+  static Result<std::unique_ptr<Machine>> create(const Kvm& kvm, GuestMemory memory, const VmConfig& vm,
+                                                 PlatformConfig platform, std::unique_ptr<EventLoop> loop);
+  ~Machine();
+
+  Vm& vm() { return *vm_; }
+  Platform& platform() { return *platform_; }
+  EventLoop& loop() { return *loop_; }
+  const Kvm& kvm() const { return kvm_; }
+
+  /// Starts the I/O thread and the vCPUs; blocks until the VM stops (see Vm::run), then stops the
+  /// I/O thread and the console.
+  StopInfo run();
+
+  /// While run() runs, from another thread: pauses every vCPU (a pending I/O exit completes first),
+  /// parks the I/O thread, waits until every virtio request in flight has completed (qcow2 worker
+  /// jobs included) and flushes every disk (qcow2 metadata written back). Afterwards nothing
+  /// writes guest memory or raises an interrupt until resume(). Fails if requests do not drain
+  /// within `timeout`.
+  Result<> quiesce(std::chrono::milliseconds timeout = std::chrono::seconds(30));
+  /// Restarts the I/O thread and the vCPUs after quiesce().
+  void resume();
+
+ private:
+  Machine(const Kvm& kvm, std::unique_ptr<EventLoop> loop) : kvm_(kvm), loop_(std::move(loop)) {}
+  void start_io();
+  void stop_io();
+  size_t requests_in_flight() const;
+
+  const Kvm& kvm_;
+  std::unique_ptr<EventLoop> loop_;  // outlives the devices (declared first, destroyed last)
+  std::unique_ptr<Vm> vm_;
+  std::unique_ptr<Platform> platform_;
+  std::mutex io_mutex_;
+  std::thread io_;
+  Result<> io_result_;
+};
+
+}  // namespace vmm
