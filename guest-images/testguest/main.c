@@ -1,6 +1,17 @@
 /* The vmm test guest: prints a banner with its vCPU count (from the ACPI MADT), runs the scenario
  * named by the first command-line word, and exits through the debug-exit port 0xf4 (QEMU
- * isa-debug-exit convention). Ring-0 code is emulated on some hosts: keep the work tiny. */
+ * isa-debug-exit convention). Ring-0 code is emulated on some hosts: keep the work tiny.
+ * Scenarios: hello, echo (polls the UART), smp, fault; virtio.c: blk-*, hostile-*, net-*;
+ * for clone tests, which snapshot after the ready line and resume clones there (interrupt-driven,
+ * idle in `sti; hlt`, irq.c):
+ *   counter    `counter: ready`; `inc N` / `get` → `counter: value=V`; `quit` (clone.c)
+ *   ticks      PIT at 100 Hz; `ticks: ready` after the first tick; `get` → `ticks: n=N` (clone.c)
+ *   dirty N    writes every 4 KiB page of N MiB; `dirty: ready mib=N`; `check` → `dirty: ok` or
+ *              `dirty: BAD page at 0x...` (clone.c)
+ *   identity   reads opt/vmm/identity from fw_cfg; `identity: ready`, then `identity: id=...
+ *              generation=... name=... mac0=... time=...` again whenever the generation changes;
+ *              `get`; exits with 3 when fw_cfg or the file is absent (identity.c)
+ * Each of them also answers `quit` (exit status 0). The second command-line word is the argument. */
 #include <stdint.h>
 
 #include "tg.h"
@@ -173,9 +184,12 @@ int starts_with(const char* s, const char* prefix) {
   return !*prefix;
 }
 
+const volatile uint8_t* tg_memmap;
+uint32_t tg_memmap_entries;
+
 void guest_main(uint32_t start_info) {
   const volatile uint8_t* si = (const volatile uint8_t*)(uint64_t)start_info;
-  char scenario[64] = "hello";
+  char scenario[64] = "hello", arg[64] = "";
   uint64_t rsdp = 0;
   if (si && rd32(si) == 0x336ec578) {
     rsdp = rd64(si + 32);
@@ -183,12 +197,15 @@ void guest_main(uint32_t start_info) {
     extern uint64_t tg_ram_end;
     const volatile uint8_t* map = (const volatile uint8_t*)rd64(si + 40);
     uint32_t entries = rd32(si + 48);
+    tg_memmap = map;
+    tg_memmap_entries = entries < 128 ? entries : 128;
     for (uint32_t i = 0; map && i < entries && i < 128; i++) {
       uint64_t a = rd64(map + 24 * i), n = rd64(map + 24 * i + 8);
       if (rd32(map + 24 * i + 16) == 1 && a + n <= 0x100000000ull && a + n > tg_ram_end) tg_ram_end = a + n;
     }
     const volatile char* cmd = (const volatile char*)rd64(si + 24);
-    /* First word without '=' is the scenario. */
+    /* First word without '=' is the scenario, the next such word its argument. */
+    char* dst = scenario;
     while (cmd && *cmd) {
       while (*cmd == ' ') cmd++;
       const volatile char* w = cmd;
@@ -196,9 +213,10 @@ void guest_main(uint32_t start_info) {
       while (*cmd && *cmd != ' ') has_eq |= *cmd++ == '=', len++;
       if (len && !has_eq) {
         if (len > 63) len = 63;
-        for (int i = 0; i < len; i++) scenario[i] = w[i];
-        scenario[len] = 0;
-        break;
+        for (int i = 0; i < len; i++) dst[i] = w[i];
+        dst[len] = 0;
+        if (dst == arg) break;
+        dst = arg;
       }
     }
   }
@@ -213,6 +231,8 @@ void guest_main(uint32_t start_info) {
   if (streq(scenario, "echo")) echo();
   if (streq(scenario, "smp")) smp(cpus);
   virtio_scenario(scenario);
+  clone_scenario(scenario, arg);
+  identity_scenario(scenario);
   if (streq(scenario, "fault")) {
     puts_("fault: triple faulting now\n");
     triple_fault();

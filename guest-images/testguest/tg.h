@@ -26,3 +26,24 @@ int starts_with(const char* s, const char* prefix);
 
 /* virtio.c: the virtio-pci scenarios (blk-*, hostile-*); returns only if `scenario` is not one. */
 void virtio_scenario(const char* scenario);
+
+/* irq.c: interrupts for the waiting scenarios (IDT, 8259 PIC at 0x20/0x28, LAPIC virtual wire,
+ * 8250 receive interrupt, PIT channel 0). `irq_mask`: bit n unmasks IRQ n (bit 4 also turns on the
+ * UART's receive interrupt). */
+void tg_irq_init(uint16_t irq_mask);
+void tg_pit_start(unsigned hz);  /* channel 0, mode 2; below 19 Hz it runs at 18.2 Hz */
+void tg_wait(void);              /* sleep (sti; hlt) until an interrupt, unless input is pending */
+struct tg_line {
+  char buf[128];
+  unsigned len;
+};
+int tg_getline(struct tg_line* l);  /* 1: a complete line (NUL-terminated, no CR/LF) is in l->buf */
+extern volatile uint64_t tg_ticks, tg_irqs;
+void putu64(uint64_t v);
+
+/* clone.c and identity.c: the scenarios that clone tests snapshot at their ready line (counter,
+ * ticks, dirty, identity); each returns only if `scenario` is not one of them. */
+extern const volatile uint8_t* tg_memmap;  /* hvm_memmap_table_entry[] from PVH start info, or 0 */
+extern uint32_t tg_memmap_entries;
+void clone_scenario(const char* scenario, const char* arg);
+void identity_scenario(const char* scenario);

@@ -1,0 +1,146 @@
+/* Interrupts for the test guest's waiting scenarios: a 64-bit IDT, the 8259 PIC pair (vector base
+ * 0x20 master, 0x28 slave), the LAPIC in virtual-wire mode (LINT0 = ExtINT) so that PIC interrupts
+ * reach the CPU, the 8250's receive interrupt (IRQ 4) feeding a ring buffer, and the PIT's channel 0
+ * (IRQ 0). Waiting is `sti; hlt`, so an idle guest costs no host CPU. The handlers are tiny: ring-0
+ * code is emulated on some hosts. The polling scenarios (echo, blk-*, ...) never call this. */
+#include <stdint.h>
+
+#include "tg.h"
+
+#define COM1 0x3f8
+#define PIC1 0x20  /* master command; data at +1 */
+#define PIC2 0xa0  /* slave */
+#define PIT_CH0 0x40
+#define PIT_CMD 0x43
+#define PIT_HZ 1193182u
+#define LAPIC 0xfee00000ul
+
+extern char tg_isr_stubs[], tg_isr_spurious[];
+
+/* Intel SDM vol. 3A §6.14.1: 64-bit interrupt gate. */
+struct gate {
+  uint16_t off0, sel;
+  uint8_t ist, type;
+  uint16_t off1;
+  uint32_t off2, zero;
+};
+static struct gate idt[256] __attribute__((aligned(16)));
+
+/* What tg_isr gets: the registers isr.S pushed, then vector, error code and the CPU's frame. */
+struct frame {
+  uint64_t r11, r10, r9, r8, rdi, rsi, rdx, rcx, rax, vector, error, rip, cs, rflags, rsp, ss;
+};
+
+volatile uint64_t tg_ticks;     /* IRQ 0 count */
+volatile uint64_t tg_irqs;      /* every PIC interrupt handled (the identity scenario wakes on any) */
+static volatile uint8_t rx[256];  /* serial input, filled by IRQ 4 */
+static volatile uint32_t rx_head, rx_tail;  /* head: written by the handler only; tail: by the main loop */
+
+static void set_gate(unsigned v, void* handler) {
+  uint64_t a = (uint64_t)handler;
+  idt[v] = (struct gate){.off0 = (uint16_t)a, .sel = 0x08, .ist = 0, .type = 0x8e, .off1 = (uint16_t)(a >> 16),
+                         .off2 = (uint32_t)(a >> 32), .zero = 0};
+}
+
+void tg_isr(struct frame* f) {
+  unsigned v = (unsigned)f->vector;
+  if (v < 32) {  /* an exception: report where and stop (status 4) */
+    puts_("testguest: exception ");
+    putu(v);
+    puts_(" error=");
+    putx(f->error);
+    puts_(" rip=");
+    putx(f->rip);
+    putc_('\n');
+    guest_exit(4);
+  }
+  unsigned irq = v - 0x20;
+  if (irq == 7 || irq == 15) {  /* spurious unless in-service (8259A datasheet, OCW3 read ISR) */
+    uint16_t port = irq == 7 ? PIC1 : PIC2;
+    outb(port, 0x0b);
+    if (!(inb(port) & 0x80)) {
+      if (irq == 15) outb(PIC1, 0x20);  /* the master saw a real IRQ 2 */
+      return;
+    }
+  }
+  if (irq == 0) tg_ticks++;
+  if (irq == 4) {  /* drain the receiver: IIR goes back to "none", so the next byte raises again */
+    uint32_t h = rx_head;
+    while (inb(COM1 + 5) & 0x01) {
+      uint8_t c = inb(COM1);
+      if (h - rx_tail < sizeof rx) rx[h++ % sizeof rx] = c;  /* full: drop */
+    }
+    rx_head = h;
+  }
+  tg_irqs++;
+  if (irq >= 8) outb(PIC2, 0x20);  /* non-specific EOI */
+  outb(PIC1, 0x20);
+}
+
+void tg_irq_init(uint16_t irq_mask) {
+  for (unsigned v = 0; v < 48; v++) set_gate(v, tg_isr_stubs + 16 * v);
+  set_gate(0xff, tg_isr_spurious);
+  struct __attribute__((packed)) {
+    uint16_t limit;
+    uint64_t base;
+  } idtr = {sizeof idt - 1, (uint64_t)idt};
+  __asm__ volatile("lidt %0" ::"m"(idtr));
+
+  /* 8259A: ICW1 (edge, cascade, ICW4 needed), ICW2 vector base, ICW3 wiring, ICW4 8086 mode. */
+  outb(PIC1, 0x11);
+  outb(PIC2, 0x11);
+  outb(PIC1 + 1, 0x20);
+  outb(PIC2 + 1, 0x28);
+  outb(PIC1 + 1, 0x04);  /* slave on IRQ 2 */
+  outb(PIC2 + 1, 0x02);  /* slave identity */
+  outb(PIC1 + 1, 0x01);
+  outb(PIC2 + 1, 0x01);
+  if (irq_mask & 0xff00) irq_mask |= 1u << 2;  /* the cascade */
+  outb(PIC1 + 1, (uint8_t)~irq_mask);
+  outb(PIC2 + 1, (uint8_t)~(irq_mask >> 8));
+
+  /* LAPIC virtual wire (Intel MP spec §3.6.2.2): software-enable it (SVR, spurious vector 0xff)
+   * and make LINT0 ExtINT, unmasked; KVM only accepts PIC interrupts then. */
+  *(volatile uint32_t*)(LAPIC + 0xf0) = 0x1ff;
+  *(volatile uint32_t*)(LAPIC + 0x350) = 0x700;
+
+  /* 8250: receive-data interrupt (IER bit 0), and OUT2 (MCR bit 3), which gates the IRQ line on a PC. */
+  if (irq_mask & (1u << 4)) {
+    outb(COM1 + 4, 0x0b);  /* DTR | RTS | OUT2 */
+    outb(COM1 + 1, 0x01);
+  }
+}
+
+void tg_pit_start(unsigned hz) {
+  unsigned div = PIT_HZ / hz;
+  if (div > 0xffff) div = 0;  /* 0 means 65536: the slowest rate, 18.2 Hz */
+  outb(PIT_CMD, 0x34);         /* channel 0, lobyte/hibyte, mode 2 (rate generator), binary */
+  outb(PIT_CH0, (uint8_t)div);
+  outb(PIT_CH0, (uint8_t)(div >> 8));
+}
+
+void tg_wait(void) {
+  /* cli, then check, then `sti; hlt`: the STI shadow makes the pair atomic, so an interrupt
+   * arriving after the check still ends the hlt. */
+  __asm__ volatile("cli" ::: "memory");
+  if (rx_head == rx_tail)
+    __asm__ volatile("sti; hlt" ::: "memory");
+  else
+    __asm__ volatile("sti" ::: "memory");
+}
+
+int tg_getline(struct tg_line* l) {
+  while (rx_tail != rx_head) {
+    char c = (char)rx[rx_tail % sizeof rx];
+    __asm__ volatile("" ::: "memory");
+    rx_tail++;
+    if (c == '\r' || c == '\n') {
+      if (!l->len) continue;
+      l->buf[l->len] = 0;
+      l->len = 0;
+      return 1;
+    }
+    if (l->len < sizeof l->buf - 1) l->buf[l->len++] = c;
+  }
+  return 0;
+}
