@@ -18,6 +18,9 @@ if [[ -r /dev/kvm && -w /dev/kvm ]]; then
   ns=vmmbench$$
   ip netns add "$ns"
   trap 'ip netns delete "$ns"; rm -rf "$work"' EXIT
+  # No IPv6 on the namespace's interfaces (its link-up chatter would reach the guest).
+  ip netns exec "$ns" sh -c 'for c in all default; do
+    [ ! -d /proc/sys/net/ipv6 ] || echo 1 >/proc/sys/net/ipv6/conf/$c/disable_ipv6; done'
   ip netns exec "$ns" sh "$root/scripts/bench/net-inner.sh" "$dir/vmm/vmm" "$(command -v qemu-system-x86_64)" \
     "$work/fw" "$dir/guest-images/testguest.elf" "$runs"
   exit
@@ -25,7 +28,8 @@ fi
 echo "net.sh: no usable /dev/kvm here; measuring inside the nested lane" >&2
 files=()
 for f in "$work"/fw/*; do files+=(--file "$f:qemu/$(basename "$f")"); done
-echo "sh /files/net-inner.sh /files/bin/vmm /files/bin/qemu-system-x86_64 /files/qemu /files/testguest.elf $runs" \
+echo "for c in all default; do [ ! -d /proc/sys/net/ipv6 ] || echo 1 >/proc/sys/net/ipv6/conf/\$c/disable_ipv6; done;" \
+  "sh /files/net-inner.sh /files/bin/vmm /files/bin/qemu-system-x86_64 /files/qemu /files/testguest.elf $runs" \
   >"$work/inner.sh"
 VMM_LINUX_KERNEL=${VMM_LINUX_KERNEL:-$("$root/guest-images/linux/fetch-kernel.sh")} \
   "$root/scripts/nested/run.sh" --timeout 1200 --bin "$dir/vmm/vmm" --bin "$(command -v qemu-system-x86_64)" \

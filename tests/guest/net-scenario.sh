@@ -17,6 +17,10 @@ done
 if [ $netns = 1 ]; then
   ns=vmmtest$$
   ip netns add $ns || { echo "SKIP: cannot create a network namespace"; exit 77; }
+  # IPv6 off in the namespace before the TAP exists (see below); the namespace is ours to change.
+  ip netns exec $ns sh -c 'for c in all default; do
+    [ ! -d /proc/sys/net/ipv6 ] || echo 1 >/proc/sys/net/ipv6/conf/$c/disable_ipv6 || exit 1; done' ||
+    { ip netns delete $ns; echo "net-scenario $scenario: FAIL: cannot turn IPv6 off in $ns"; exit 1; }
   ip netns exec $ns sh "$0" "$vmm" "$guest" "$scenario"
   status=$?
   ip netns delete $ns
@@ -33,9 +37,13 @@ i=0
 until ip link show $tap >/dev/null 2>&1; do
   i=$((i + 1)); [ $i -gt 300 ] && break; sleep 0.1
 done
-# No IPv6 on the TAP: the frames it would send on link-up (DAD, router solicitations) would reach
-# the guest before ours.
-echo 1 >/proc/sys/net/ipv6/conf/$tap/disable_ipv6 2>/dev/null
+# No IPv6 on the TAP, set before it comes up: the frames it would send on link-up (router
+# solicitations, MLD reports, DAD) would reach the guest before ours. Where IPv6 exists, failing to
+# turn it off is a failure, not something to hope about.
+if [ -d /proc/sys/net/ipv6 ]; then
+  echo 1 >/proc/sys/net/ipv6/conf/$tap/disable_ipv6 ||
+    { echo "net-scenario $scenario: FAIL: cannot turn IPv6 off on $tap"; kill $pid; wait $pid; exit 1; }
+fi
 ip addr add 10.0.2.1/24 dev $tap
 ip link set $tap up
 fail=0

@@ -17,6 +17,9 @@ i=0
 until ip link show tap0 >/dev/null 2>&1; do
   i=$((i + 1)); [ $i -gt 300 ] && break; sleep 0.1
 done
+# No IPv6 on L1's side of the TAP, set before it comes up: the test is about the frames it sends,
+# not the kernel's router solicitations and MLD reports.
+[ ! -d /proc/sys/net/ipv6 ] || echo 1 >/proc/sys/net/ipv6/conf/tap0/disable_ipv6 || bad "cannot turn IPv6 off on tap0"
 ip addr add 10.0.2.1/24 dev tap0
 ip link set tap0 up
 # Wait for the guest to serve its payload, fetch it, and tell the guest we are done.
