@@ -2,14 +2,21 @@
 // for the same ASL), tables parsed back from guest memory with their checksums.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <map>
+
+#include <stdlib.h>
 
 #include "test_boot_helpers.hpp"
 #include "vmm/boot/acpi.hpp"
 #include "vmm/boot/reset_vector.hpp"
 #include "vmm/boot/acpi_tables.hpp"
 #include "vmm/boot/aml.hpp"
+#include "vmm/boot/e820.hpp"
 #include "vmm/base/layout.hpp"
 
 using namespace boot_test;
@@ -240,11 +247,163 @@ TEST_CASE("boot: DSDT AML is what iasl emits for _S5_, COM1, the RTC, pvpanic an
       0x00, 0x0c, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xc0, 0xff, 0xff, 0xff, 0xdf, 0x00,
       0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x20, 0x79, 0x00,
   };
-  CHECK(boot::dsdt_aml({.vcpus = 1}) == want);
+  // The devices for clones follow in a second Scope(\_SB_) (checked in the next test case).
+  const Bytes dsdt = boot::dsdt_aml({.vcpus = 1});
+  REQUIRE(dsdt.size() > want.size());
+  CHECK(Bytes(dsdt.begin(), dsdt.begin() + static_cast<long>(want.size())) == want);
+  CHECK(Bytes(dsdt.begin() + static_cast<long>(want.size()), dsdt.end()) ==
+        aml::scope("\\_SB_", boot::clone_devices_aml()));
   // The S5 sleep type is the one the sleep-control device expects; the ports are the layout's.
   CHECK(want[9] == layout::kAcpiS5SleepType);
   CHECK(layout::kRtcPort == 0x70);
   CHECK(layout::kPvPanicPort == 0x505);
+}
+
+TEST_CASE("boot: AML methods, If, LEqual, Notify, Arg and the Extended Interrupt descriptor") {
+  // Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive) {5}: large item 0x89, length 6, flags
+  // consumer | edge, one interrupt (ACPI 6.4 §6.4.3.6).
+  using aml::Polarity;
+  using aml::Sharing;
+  using aml::Trigger;
+  CHECK(aml::interrupt(5, Trigger::Edge, Polarity::ActiveHigh, Sharing::Exclusive) ==
+        Bytes{0x89, 0x06, 0x00, 0x03, 0x01, 0x05, 0x00, 0x00, 0x00});
+  CHECK(aml::interrupt(0x12345678, Trigger::Level, Polarity::ActiveLow, Sharing::Shared) ==
+        Bytes{0x89, 0x06, 0x00, 0x0d, 0x01, 0x78, 0x56, 0x34, 0x12});
+  CHECK(aml::arg(0) == Bytes{0x68});
+  CHECK(aml::arg(6) == Bytes{0x6e});
+  CHECK(aml::arg(7).empty());
+  CHECK(aml::lequal(aml::arg(0), aml::integer(5)) == Bytes{0x93, 0x68, 0x0a, 0x05});
+  CHECK(aml::notify("\\_SB_.VGEN", aml::integer(0x80)) ==
+        Bytes{0x86, 0x5c, 0x2e, '_', 'S', 'B', '_', 'V', 'G', 'E', 'N', 0x0a, 0x80});
+  CHECK(aml::name_ref("VGEN") == Bytes{'V', 'G', 'E', 'N'});
+  CHECK(aml::if_(aml::integer(1), Bytes{}) == Bytes{0xa0, 0x02, 0x01});  // If (One) {}
+  // Method (_EVT, 1, NotSerialized) {} and Method (M2__, 2, Serialized) { Return-less body }.
+  CHECK(aml::method("_EVT", 1, aml::Serialize::NotSerialized, Bytes{}) ==
+        Bytes{0x14, 0x06, '_', 'E', 'V', 'T', 0x01});
+  CHECK(aml::method("M2", 2, aml::Serialize::Serialized, Bytes{0xa3}) ==
+        Bytes{0x14, 0x07, 'M', '2', '_', '_', 0x0a, 0xa3});
+  CHECK(aml::method("M8", 8, aml::Serialize::NotSerialized, Bytes{}).empty());
+}
+
+TEST_CASE("boot: DSDT clone devices (fw_cfg, VMGenID, GED) are what iasl emits") {
+  // iasl 20200925 -oa (no optimizations; -f, since it refuses the non-hex _HID "VMGENCTR" that
+  // Linux's vmgenid driver needs) compiles
+  //   Scope (\_SB) {
+  //     Device (FWCF) { Name (_HID, "QEMU0002") Name (_STA, 0x0B)
+  //       Name (_CRS, ResourceTemplate () { IO (Decode16, 0x0510, 0x0510, 0x01, 0x02) }) }
+  //     Device (VGEN) { Name (_HID, "VMGENCTR") Name (_CID, "VM_Gen_Counter") Name (_DDN, "VM_Gen_Counter")
+  //       Name (ADDR, Package () { 0x0009FC00, Zero }) }
+  //     Device (GED_) { Name (_HID, "ACPI0013") Name (_UID, Zero)
+  //       Name (_CRS, ResourceTemplate () { Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive) { 5 } })
+  //       Method (_EVT, 1, NotSerialized) { If (LEqual (Arg0, 5)) { Notify (\_SB.VGEN, 0x80) } } } }
+  // to a Scope(\_SB_) header 10 41 0d 5c 5f 53 42 5f, then these bytes.
+  const Bytes want = {
+      0x5b, 0x82, 0x2e, 0x46, 0x57, 0x43, 0x46,                                            // Device(FWCF)
+      0x08, 0x5f, 0x48, 0x49, 0x44, 0x0d, 0x51, 0x45, 0x4d, 0x55, 0x30, 0x30, 0x30, 0x32, 0x00,  // _HID
+      0x08, 0x5f, 0x53, 0x54, 0x41, 0x0a, 0x0b,                                            // _STA 0x0B
+      0x08, 0x5f, 0x43, 0x52, 0x53, 0x11, 0x0d, 0x0a, 0x0a,                                // _CRS Buffer(10)
+      0x47, 0x01, 0x10, 0x05, 0x10, 0x05, 0x01, 0x02, 0x79, 0x00,                          // IO, End
+      0x5b, 0x82, 0x4d, 0x04, 0x56, 0x47, 0x45, 0x4e,                                      // Device(VGEN)
+      0x08, 0x5f, 0x48, 0x49, 0x44, 0x0d, 0x56, 0x4d, 0x47, 0x45, 0x4e, 0x43, 0x54, 0x52, 0x00,  // _HID
+      0x08, 0x5f, 0x43, 0x49, 0x44, 0x0d, 0x56, 0x4d, 0x5f, 0x47, 0x65, 0x6e, 0x5f, 0x43, 0x6f, 0x75,
+      0x6e, 0x74, 0x65, 0x72, 0x00,                                                        // _CID
+      0x08, 0x5f, 0x44, 0x44, 0x4e, 0x0d, 0x56, 0x4d, 0x5f, 0x47, 0x65, 0x6e, 0x5f, 0x43, 0x6f, 0x75,
+      0x6e, 0x74, 0x65, 0x72, 0x00,                                                        // _DDN
+      0x08, 0x41, 0x44, 0x44, 0x52, 0x12, 0x08, 0x02, 0x0c, 0x00, 0xfc, 0x09, 0x00, 0x00,  // ADDR
+      0x5b, 0x82, 0x49, 0x04, 0x47, 0x45, 0x44, 0x5f,                                      // Device(GED_)
+      0x08, 0x5f, 0x48, 0x49, 0x44, 0x0d, 0x41, 0x43, 0x50, 0x49, 0x30, 0x30, 0x31, 0x33, 0x00,  // _HID
+      0x08, 0x5f, 0x55, 0x49, 0x44, 0x00,                                                  // _UID Zero
+      0x08, 0x5f, 0x43, 0x52, 0x53, 0x11, 0x0e, 0x0a, 0x0b,                                // _CRS Buffer(11)
+      0x89, 0x06, 0x00, 0x03, 0x01, 0x05, 0x00, 0x00, 0x00, 0x79, 0x00,                    // Interrupt, End
+      0x14, 0x19, 0x5f, 0x45, 0x56, 0x54, 0x01,                                            // Method(_EVT, 1)
+      0xa0, 0x12, 0x93, 0x68, 0x0a, 0x05,                                                  // If (Arg0 == 5)
+      0x86, 0x5c, 0x2e, 0x5f, 0x53, 0x42, 0x5f, 0x56, 0x47, 0x45, 0x4e, 0x0a, 0x80,        // Notify
+  };
+  CHECK(boot::clone_devices_aml() == want);
+  CHECK(layout::kFwCfgPort == 0x510);
+  CHECK(layout::kVmGenIdAddr == 0x9fc00);
+  CHECK(layout::kGedGsi == 5);
+  CHECK(layout::kGedGsi != layout::kCom1Irq);
+  CHECK(layout::kGedGsi < 16);
+  CHECK((layout::kGedGsi < layout::kPciIntxGsiBase || layout::kGedGsi >= layout::kPciIntxGsiBase + layout::kPciIntxGsis));
+  // Without options the clone devices are there: a template's first boot binds them.
+  const Bytes dsdt = boot::dsdt_aml({.vcpus = 1});
+  CHECK(std::search(dsdt.begin(), dsdt.end(), want.begin(), want.end()) != dsdt.end());
+}
+
+TEST_CASE("boot: the VMGenID is reserved in the e820 map and outside the ACPI tables") {
+  for (uint64_t size : {uint64_t{2} << 20, uint64_t{256} << 20, uint64_t{3200} << 20}) {
+    CAPTURE(size);
+    auto m = GuestMemory::anonymous(size);
+    REQUIRE(m);
+    const auto map = boot::build_e820(*m);
+    bool reserved = false;
+    for (const auto& e : map) {
+      const bool overlaps = e.addr < layout::kVmGenIdAddr + layout::kVmGenIdSize && layout::kVmGenIdAddr < e.addr + e.size;
+      if (!overlaps) continue;
+      CHECK(e.type == boot::E820Type::Reserved);
+      CHECK(e.addr <= layout::kVmGenIdAddr);
+      CHECK(layout::kVmGenIdAddr + layout::kVmGenIdSize <= e.addr + e.size);
+      reserved = true;
+    }
+    CHECK(reserved);
+  }
+  // The largest table image leaves an ID already in memory untouched.
+  auto mem = memory();
+  const Bytes id = pattern(16);
+  REQUIRE(mem.write(Gpa(layout::kVmGenIdAddr), id));
+  auto tables = boot::build_acpi_tables({.vcpus = boot::kMaxVcpus});
+  REQUIRE(tables);
+  CHECK((tables->base >= layout::kVmGenIdAddr + layout::kVmGenIdSize ||
+         tables->base + tables->bytes.size() <= layout::kVmGenIdAddr));
+  REQUIRE(mem.write(Gpa(tables->base), tables->bytes));
+  Bytes after(16);
+  REQUIRE(mem.read(Gpa(layout::kVmGenIdAddr), after));
+  CHECK(after == id);
+}
+
+TEST_CASE("boot: iasl disassembles the DSDT without errors, with fw_cfg, VMGenID and the GED") {
+  if (std::system("iasl -v >/dev/null 2>&1") != 0) {
+    MESSAGE("VMM_SKIP: iasl is missing (Debian package acpica-tools)");
+    return;
+  }
+  auto mem = memory();
+  auto rsdp = boot::write_acpi_tables(mem, {.vcpus = 2});
+  REQUIRE(rsdp);
+  const ParsedTables t = parse(mem, *rsdp);
+  acpi::Fadt f;
+  std::memcpy(&f, t.tables.at("FACP").data(), sizeof f);
+  const Bytes dsdt = read_table(mem, f.x_dsdt);
+
+  char dir_template[] = "/tmp/vmm-iasl-XXXXXX";
+  REQUIRE(::mkdtemp(dir_template) != nullptr);
+  const std::filesystem::path dir = dir_template;
+  {
+    std::ofstream out(dir / "dsdt.dat", std::ios::binary);
+    out.write(reinterpret_cast<const char*>(dsdt.data()), static_cast<std::streamsize>(dsdt.size()));
+  }
+  const std::string cmd = "cd '" + dir.string() + "' && iasl -d dsdt.dat >iasl.log 2>&1";
+  const int status = std::system(cmd.c_str());
+  std::ifstream log_in(dir / "iasl.log");
+  const std::string log((std::istreambuf_iterator<char>(log_in)), std::istreambuf_iterator<char>());
+  std::ifstream dsl_in(dir / "dsdt.dsl");
+  const std::string dsl((std::istreambuf_iterator<char>(dsl_in)), std::istreambuf_iterator<char>());
+  std::filesystem::remove_all(dir);
+  INFO("iasl output:\n" << log);
+  CHECK(status == 0);
+  CHECK(log.find("Disassembly completed") != std::string::npos);
+  CHECK(log.find("Error") == std::string::npos);
+  CHECK(log.find("Warning") == std::string::npos);
+  INFO("disassembly:\n" << dsl);
+  for (const char* want : {"Device (FWCF)", "\"QEMU0002\"", "Name (_STA, 0x0B)", "0x0510,", "Device (VGEN)",
+                           "\"VMGENCTR\"", "\"VM_Gen_Counter\"", "Name (ADDR, Package (0x02)", "0x0009FC00",
+                           "Device (GED)", "\"ACPI0013\"",
+                           "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )",
+                           "Method (_EVT, 1, NotSerialized)", "If ((Arg0 == 0x05))", "Notify (\\_SB.VGEN, 0x80)",
+                           "Device (COM1)", "Device (PCI0)"}) {
+    CAPTURE(want);
+    CHECK(dsl.find(want) != std::string::npos);
+  }
 }
 
 // ---- Tables -------------------------------------------------------------------------------------

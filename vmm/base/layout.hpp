@@ -21,10 +21,17 @@ inline constexpr uint64_t kPd = 0xb000;              ///< 4 page directories: 0x
 inline constexpr uint64_t kCmdline = 0x20000;        ///< kernel command line
 inline constexpr uint64_t kCmdlineMax = 0x10000;     ///< bytes reserved for it (including the NUL)
 inline constexpr uint64_t kEbdaStart = 0x9fc00;      ///< start of the reserved area below 1 MiB
+/// The 16-byte VM generation ID (DSDT \_SB.VGEN ADDR): the first bytes of the reserved EBDA area
+/// (e820 Reserved, so Linux's vmgenid driver memremaps it and nothing allocates it; where
+/// Firecracker puts its system memory). Outside the ACPI table area, which starts at kAcpiStart.
+inline constexpr uint64_t kVmGenIdAddr = kEbdaStart;
+inline constexpr uint64_t kVmGenIdSize = 16;
 inline constexpr uint64_t kAcpiStart = 0xe0000;      ///< RSDP and ACPI tables: 0xe0000..0xfffef
 inline constexpr uint64_t kResetVector = 0xffff0;    ///< 16 bytes: the BIOS reset vector (reset_vector.hpp)
 inline constexpr uint64_t kAcpiEnd = kResetVector;
 inline constexpr uint64_t kHighMemStart = 0x100000;  ///< 1 MiB: kernels load at or above this
+static_assert(kVmGenIdAddr >= kEbdaStart && kVmGenIdAddr + kVmGenIdSize <= kAcpiStart,
+              "the VMGenID must sit in reserved memory, clear of the ACPI tables");
 
 // ---- The 32-bit MMIO hole below 4 GiB -----------------------------------------------------------
 inline constexpr uint64_t kMmioHoleStart = 0xc0000000;  ///< RAM above this goes to 4 GiB and up
@@ -45,10 +52,17 @@ inline constexpr uint64_t kLapicAddr = 0xfee00000;
 // ---- I/O ports ----------------------------------------------------------------------------------
 inline constexpr uint16_t kCom1Port = 0x3f8;  ///< 8250 UART, 8 ports
 inline constexpr uint32_t kCom1Irq = 4;
+/// The ACPI Generic Event Device's interrupt (DSDT \_SB.GED_, ACPI0013): an ISA IRQ that no other
+/// device uses (COM1 is 4, PCI INTx 16-23), edge-triggered, active high; its _EVT notifies VGEN.
+inline constexpr uint32_t kGedGsi = 5;
 inline constexpr uint16_t kI8042DataPort = 0x60;
 inline constexpr uint16_t kI8042CommandPort = 0x64;
 inline constexpr uint16_t kRtcPort = 0x70;  ///< CMOS index (0x70) and data (0x71)
 inline constexpr uint16_t kPvPanicPort = 0x505;  ///< QEMU pvpanic ISA port (ACPI QEMU0001), 1 byte
+/// QEMU fw_cfg, traditional interface (QEMU docs/specs/fw_cfg.rst): 16-bit selector at 0x510,
+/// 8-bit data at 0x511; no DMA register. 2 ports (DSDT \_SB.FWCF, QEMU0002).
+inline constexpr uint16_t kFwCfgPort = 0x510;
+inline constexpr uint16_t kFwCfgPortCount = 2;
 inline constexpr uint16_t kPciConfigAddressPort = 0xcf8;  ///< PCI configuration mechanism #1, 8 ports
 inline constexpr uint16_t kDebugExitPort = 0xf4;  ///< QEMU isa-debug-exit convention, 4 bytes
 /// ACPI hardware-reduced registers (FADT): sleep control, sleep status, reset; one byte each.

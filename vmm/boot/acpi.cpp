@@ -20,6 +20,11 @@ constexpr char kHypervisorVendor[8] = {'V', 'M', 'M', 'K', 'V', 'M', ' ', ' '};
 constexpr uint32_t kOemRevision = 1;
 constexpr uint32_t kCreatorRevision = 1;
 constexpr size_t kTableAlign = 16;
+// The tables fill [kAcpiStart, kAcpiEnd) at most (build_acpi_tables checks the size): never the
+// VMGenID, which the guest reads and the VMM rewrites per clone.
+static_assert(layout::kVmGenIdAddr + layout::kVmGenIdSize <= layout::kAcpiStart ||
+                  layout::kVmGenIdAddr >= layout::kAcpiEnd,
+              "ACPI table area overlaps the VMGenID");
 
 // Table revisions for ACPI 6.4.
 constexpr uint8_t kRsdpRevision = 2;
@@ -158,6 +163,41 @@ uint8_t acpi_checksum(std::span<const uint8_t> bytes) {
   return static_cast<uint8_t>(0x100 - sum);
 }
 
+std::vector<uint8_t> clone_devices_aml() {
+  using namespace aml;
+  // fw_cfg (QEMU docs/specs/fw_cfg.rst), the traditional port interface only. Linux's qemu_fw_cfg
+  // takes the first I/O resource whatever its length, uses selector at +0 and data at +1 on x86, and
+  // touches the DMA register (+4) only when the ID item has the DMA bit: 2 ports suffice (QEMU
+  // declares 12 because it has DMA). _STA 0xB as QEMU: present, enabled, functioning, not shown.
+  const Bytes fw_cfg = concat({
+      name("_HID", string("QEMU0002")),
+      name("_STA", integer(0xb)),
+      name("_CRS", resource_template({io_port(layout::kFwCfgPort, layout::kFwCfgPort, 1,
+                                              static_cast<uint8_t>(layout::kFwCfgPortCount))})),
+  });
+  // VM generation ID (Linux drivers/virt/vmgenid.c): bound by _HID "VMGENCTR" before 6.10; ADDR is
+  // a Package of two Integers, the low and high 32 bits of the ID's address; Notify(VGEN, 0x80)
+  // makes the driver compare the ID and reseed on change.
+  const Bytes vgen = concat({
+      name("_HID", string("VMGENCTR")),
+      name("_CID", string("VM_Gen_Counter")),
+      name("_DDN", string("VM_Gen_Counter")),
+      name("ADDR", package({integer(layout::kVmGenIdAddr & 0xffffffff), integer(layout::kVmGenIdAddr >> 32)})),
+  });
+  // ACPI Generic Event Device (ACPI 6.4 §5.6.10; Linux drivers/acpi/evged.c): Linux requests every
+  // interrupt of _CRS and, when one fires, calls _EVT with its GSI (evged looks for _Exx/_Lxx first
+  // for GSIs up to 255, then _EVT).
+  const Bytes evt = if_(lequal(arg(0), integer(layout::kGedGsi)), notify("\\_SB_.VGEN", integer(0x80)));
+  const Bytes ged = concat({
+      name("_HID", string("ACPI0013")),
+      name("_UID", integer(0)),
+      name("_CRS", resource_template({interrupt(layout::kGedGsi, Trigger::Edge, Polarity::ActiveHigh,
+                                                Sharing::Exclusive)})),
+      method("_EVT", 1, Serialize::NotSerialized, evt),
+  });
+  return concat({device("FWCF", fw_cfg), device("VGEN", vgen), device("GED_", ged)});
+}
+
 std::vector<uint8_t> dsdt_aml(const AcpiConfig& config) {
   using namespace aml;
   // \_S5_: SLP_TYPa, SLP_TYPb. A hardware-reduced OSPM writes (SLP_TYPa << 2) | SLP_EN to the
@@ -210,6 +250,8 @@ std::vector<uint8_t> dsdt_aml(const AcpiConfig& config) {
   const Bytes sb = concat({device("COM1", com1), device("RTC_", rtc), device("PEVT", pvpanic), device("PCI0", pci0)});
   const Bytes sb_scope = scope("\\_SB_", sb);
   out.insert(out.end(), sb_scope.begin(), sb_scope.end());
+  const Bytes clone_scope = scope("\\_SB_", clone_devices_aml());
+  out.insert(out.end(), clone_scope.begin(), clone_scope.end());
   out.insert(out.end(), config.extra_dsdt_aml.begin(), config.extra_dsdt_aml.end());
   return out;
 }

@@ -19,6 +19,11 @@ constexpr uint8_t kDualNamePrefix = 0x2e;
 constexpr uint8_t kMultiNamePrefix = 0x2f;
 constexpr uint8_t kExtOpPrefix = 0x5b;
 constexpr uint8_t kDeviceOp = 0x82;  // after kExtOpPrefix
+constexpr uint8_t kMethodOp = 0x14;
+constexpr uint8_t kArg0Op = 0x68;
+constexpr uint8_t kNotifyOp = 0x86;
+constexpr uint8_t kLEqualOp = 0x93;
+constexpr uint8_t kIfOp = 0xa0;
 constexpr uint8_t kRootChar = '\\';
 constexpr uint8_t kParentPrefixChar = '^';
 
@@ -26,6 +31,8 @@ constexpr uint8_t kParentPrefixChar = '^';
 constexpr uint8_t kIrqTag = 0x22;     // IRQ, 2 bytes (no information byte)
 constexpr uint8_t kIoPortTag = 0x47;  // I/O port, 7 bytes
 constexpr uint8_t kEndTag = 0x79;     // End Tag, 1 byte (checksum)
+// Large resource descriptors (§6.4.3): tag byte, then a 16-bit length of the data that follows.
+constexpr uint8_t kExtendedInterruptTag = 0x89;
 
 void append(Bytes& out, std::span<const uint8_t> in) { out.insert(out.end(), in.begin(), in.end()); }
 
@@ -245,6 +252,53 @@ Bytes word_io(uint16_t min, uint16_t max) {
 Bytes dword_memory(uint32_t min, uint32_t max) {
   return address_space<uint32_t>(0x87, 0, 0x01, min, max);  // read-write, non-cacheable
 }
+
+Bytes interrupt(uint32_t gsi, Trigger trigger, Polarity polarity, Sharing sharing) {
+  // §6.4.3.6: flags bit 0 consumer, bit 1 edge, bit 2 active low, bit 3 shared; then a one-byte
+  // table length and the 32-bit interrupt numbers. 6 data bytes for one interrupt.
+  const uint8_t flags = static_cast<uint8_t>(0x01 | (static_cast<uint8_t>(trigger) << 1) |
+                                             (static_cast<uint8_t>(polarity) << 2) |
+                                             (static_cast<uint8_t>(sharing) << 3));
+  return {kExtendedInterruptTag, 6, 0, flags, 1,
+          static_cast<uint8_t>(gsi), static_cast<uint8_t>(gsi >> 8), static_cast<uint8_t>(gsi >> 16),
+          static_cast<uint8_t>(gsi >> 24)};
+}
+
+Bytes method(std::string_view n, uint8_t argc, Serialize serialize, std::span<const uint8_t> terms) {
+  // MethodFlags: bits 2:0 ArgCount, bit 3 SerializeFlag, bits 7:4 SyncLevel (0).
+  if (argc > 7) return {};
+  Bytes body = name_string(n);
+  body.push_back(static_cast<uint8_t>((argc & 0x07) | (static_cast<uint8_t>(serialize) << 3)));
+  append(body, terms);
+  return with_pkg_length({kMethodOp}, body);
+}
+
+Bytes if_(const Bytes& predicate, std::span<const uint8_t> terms) {
+  Bytes body = predicate;
+  append(body, terms);
+  return with_pkg_length({kIfOp}, body);
+}
+
+Bytes lequal(const Bytes& a, const Bytes& b) {
+  Bytes out{kLEqualOp};
+  append(out, a);
+  append(out, b);
+  return out;
+}
+
+Bytes notify(std::string_view object, const Bytes& value) {
+  Bytes out{kNotifyOp};
+  append(out, name_string(object));
+  append(out, value);
+  return out;
+}
+
+Bytes arg(uint8_t n) {
+  if (n > 6) return {};
+  return {static_cast<uint8_t>(kArg0Op + n)};
+}
+
+Bytes name_ref(std::string_view path) { return name_string(path); }
 
 Bytes concat(std::initializer_list<Bytes> terms) {
   Bytes out;

@@ -57,6 +57,31 @@ Bytes word_bus_number(uint16_t min, uint16_t max);
 Bytes word_io(uint16_t min, uint16_t max);
 Bytes dword_memory(uint32_t min, uint32_t max);
 
+/// Interrupt descriptor settings (§6.4.3.6 Interrupt Vector Flags).
+enum class Trigger : uint8_t { Level = 0, Edge = 1 };
+enum class Polarity : uint8_t { ActiveHigh = 0, ActiveLow = 1 };
+enum class Sharing : uint8_t { Exclusive = 0, Shared = 1 };
+/// Interrupt(ResourceConsumer, trigger, polarity, sharing){gsi}: Extended Interrupt Descriptor
+/// (§6.4.3.6) with one interrupt number (a GSI).
+Bytes interrupt(uint32_t gsi, Trigger trigger, Polarity polarity, Sharing sharing);
+
+// ---- Control methods (§20.2.5.2 NamedObj, §20.2.5.3 Statements, §20.2.5.4 Expressions) ------------
+
+/// MethodFlags' SerializeFlag.
+enum class Serialize : uint8_t { NotSerialized = 0, Serialized = 1 };
+/// Method(name, argc, NotSerialized | Serialized){ terms } (DefMethod); argc 0..7 (else empty).
+Bytes method(std::string_view name, uint8_t argc, Serialize serialize, std::span<const uint8_t> terms);
+/// If(predicate){ terms } (DefIfElse without Else).
+Bytes if_(const Bytes& predicate, std::span<const uint8_t> terms);
+/// LEqual(a, b) (DefLEqual).
+Bytes lequal(const Bytes& a, const Bytes& b);
+/// Notify(object, value) (DefNotify); `object` is a name path such as "\\_SB_.VGEN".
+Bytes notify(std::string_view object, const Bytes& value);
+/// ArgN (Arg0Op .. Arg6Op); n 0..6 (else empty).
+Bytes arg(uint8_t n);
+/// A reference to a named object, as a term (a bare NameString).
+Bytes name_ref(std::string_view path);
+
 /// Concatenates terms.
 Bytes concat(std::initializer_list<Bytes> terms);
 
