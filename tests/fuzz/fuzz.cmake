@@ -1,9 +1,10 @@
-# libFuzzer targets, built only by clang in a configure of their own (scripts/fuzz-qcow2.sh):
+# libFuzzer targets, built only by clang in a configure of their own (scripts/fuzz-qcow2.sh,
+# scripts/fuzz-state.sh):
 #   cmake -S . -B build-fuzz -G Ninja -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DVMM_FUZZ=ON
-#   ninja -C build-fuzz qcow2_fuzz
+#   ninja -C build-fuzz qcow2_fuzz state_fuzz
 # With VMM_FUZZ every host library is instrumented for libFuzzer (coverage) and built with ASan and
 # UBSan; the normal g++ build never sees any of this.
-# In the normal build there is only the smoke test below, which runs the script (its own clang build
+# In the normal build there are only the smoke tests below, each running its script (one clang build
 # under ${CMAKE_BINARY_DIR}/fuzz, about two minutes the first time and half a minute after a change
 # to the engine, then 30 s of fuzzing). Not in the ASan build: the fuzz build is sanitized already.
 option(VMM_FUZZ "Build the libFuzzer targets (clang only; instruments all host code)" OFF)
@@ -29,11 +30,22 @@ if(VMM_FUZZ)
     add_executable(qcow2_fuzz ${CMAKE_CURRENT_LIST_DIR}/qcow2_fuzz.cpp)
     target_link_libraries(qcow2_fuzz PRIVATE vmm_disk vmm_base)
     target_link_options(qcow2_fuzz PRIVATE -fsanitize=fuzzer)
+
+    # state_fuzz: a snapshot state file through clone::parse_state_file (and, later, the device-state
+    # decoders). It compiles the container's source itself rather than linking vmm_clone, which would
+    # drag the whole VM core into this build; link vmm_clone once device decoders are fuzzed.
+    add_executable(state_fuzz ${CMAKE_CURRENT_LIST_DIR}/state_fuzz.cpp ${CMAKE_SOURCE_DIR}/clone/state_file.cpp)
+    target_link_libraries(state_fuzz PRIVATE vmm_base)
+    target_link_options(state_fuzz PRIVATE -fsanitize=fuzzer)
   endif()
 endif()
 
 if(NOT VMM_FUZZ AND NOT VMM_SANITIZE)
   add_test(NAME fuzz.qcow2_smoke COMMAND ${CMAKE_SOURCE_DIR}/scripts/fuzz-qcow2.sh 30)
+  # The smoke tests share one clang build directory: never two configures or ninjas in it at once.
   set_tests_properties(fuzz.qcow2_smoke PROPERTIES LABELS fuzz TIMEOUT 900 SKIP_RETURN_CODE 77
-    ENVIRONMENT "VMM_FUZZ_BUILD=${CMAKE_BINARY_DIR}/fuzz")
+    ENVIRONMENT "VMM_FUZZ_BUILD=${CMAKE_BINARY_DIR}/fuzz" RESOURCE_LOCK vmm_fuzz_build)
+  add_test(NAME fuzz.state_smoke COMMAND ${CMAKE_SOURCE_DIR}/scripts/fuzz-state.sh 30)
+  set_tests_properties(fuzz.state_smoke PROPERTIES LABELS fuzz TIMEOUT 900 SKIP_RETURN_CODE 77
+    ENVIRONMENT "VMM_FUZZ_BUILD=${CMAKE_BINARY_DIR}/fuzz" RESOURCE_LOCK vmm_fuzz_build)
 endif()
