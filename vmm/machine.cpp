@@ -44,6 +44,7 @@ void Machine::stop_io() {
 }
 
 StopInfo Machine::run() {
+  platform_->start();
   start_io();
   StopInfo stop = vm_->run();
   stop_io();

@@ -14,6 +14,8 @@ namespace vmm {
 
 namespace {
 
+constexpr std::string_view kIdentityFile = "opt/vmm/identity";
+
 /// PCI MMIO window bytes per device (a power of two that holds BAR 0 and BAR 1 aligned).
 constexpr uint64_t kPciSliceBytes = 0x8000;
 static_assert(kPciSliceBytes >= devices::virtio::PciTransport::kMmioBytes);
@@ -33,6 +35,14 @@ class OffsetDevice final : public devices::BusDevice {
 
 }  // namespace
 
+Result<> Platform::set_identity(const std::vector<std::pair<std::string, std::string>>& identity) {
+  auto text = devices::identity_text(identity);
+  if (!text) return std::unexpected(text.error());
+  return fw_cfg_->set_file_content(kIdentityFile, *text);
+}
+
+void Platform::start() { console_->start_input(serial_); }
+
 void Platform::shutdown() {
   if (console_) console_->shutdown();
 }
@@ -43,7 +53,10 @@ Result<std::unique_ptr<Platform>> attach_platform(Vm& vm, PlatformConfig config)
   p->pci_ = std::make_shared<devices::PciRoot>();
   devices::Console* out = p->console_.get();
   p->serial_ = std::make_shared<devices::Serial>(vm.irq_line(layout::kCom1Irq),
-                                                 [out](std::span<const uint8_t> b) { out->write(b); });
+                                                 [out, tap = std::move(config.console_tap)](std::span<const uint8_t> b) {
+                                                   out->write(b);
+                                                   if (tap) tap(b);
+                                                 });
   auto& pio = vm.buses().pio;
   // Inserts a device on the port bus and registers its state under `id`, in one step.
   auto add_pio = [&](std::string id, const auto& device, uint16_t port, uint64_t len) -> Result<> {
@@ -60,6 +73,15 @@ Result<std::unique_ptr<Platform>> attach_platform(Vm& vm, PlatformConfig config)
   if (r) r = add_pio("acpi-pm", std::make_shared<devices::AcpiPm>(vm), layout::kAcpiSleepControlPort, 3);
   if (r) r = add_pio("pvpanic", std::make_shared<devices::PvPanic>(vm), layout::kPvPanicPort, 1);
   if (r) r = add_pio("pci", p->pci_, layout::kPciConfigAddressPort, 8);
+  // The identity channel and the generation ID, present from the first boot on.
+  p->fw_cfg_ = std::make_shared<devices::FwCfg>();
+  if (r) {
+    auto text = devices::identity_text(config.identity);
+    r = text ? p->fw_cfg_->add_file(std::string(kIdentityFile), std::move(*text)) : std::unexpected(text.error());
+  }
+  if (r) r = add_pio("fw-cfg", p->fw_cfg_, layout::kFwCfgPort, layout::kFwCfgPortCount);
+  p->vmgenid_ = std::make_unique<devices::VmGenId>(vm.memory(), vm.irq_line(layout::kGedGsi));
+  p->devices_.push_back({.id = "vmgenid", .state = p->vmgenid_.get()});
   if (!r) return std::unexpected(r.error());
 
   // virtio-pci devices: disks then network interfaces, from slot 1 on, each with its BARs in its
@@ -97,7 +119,6 @@ Result<std::unique_ptr<Platform>> attach_platform(Vm& vm, PlatformConfig config)
   if (r) r = mmio.insert(p->pci_->mmio_window(layout::kPciMmioStart), layout::kPciMmioStart,
                          layout::kPciMmioEnd - layout::kPciMmioStart);
   if (!r) return std::unexpected(r.error());
-  p->console_->start_input(p->serial_);
   return p;
 }
 

@@ -3,6 +3,7 @@
 // and the virtio-pci devices asked for (disks), wired onto the VM's buses.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -11,7 +12,9 @@
 #include "devices/console.hpp"
 #include "devices/pci.hpp"
 #include "devices/tap.hpp"
+#include "devices/fw_cfg.hpp"
 #include "devices/serial.hpp"
+#include "devices/vmgenid.hpp"
 #include "devices/virtio/blk.hpp"
 #include "devices/virtio/net.hpp"
 #include "devices/virtio/pci_transport.hpp"
@@ -39,6 +42,10 @@ struct PlatformConfig {
   std::vector<DiskAttachment> disks;          ///< virtio-blk devices, PCI slots 1, 2, ...
   std::vector<NetAttachment> nets;            ///< virtio-net devices, the slots after the disks
   EventLoop* loop = nullptr;                  ///< the I/O thread's loop (needed with disks)
+  /// The identity channel's initial content (fw_cfg file opt/vmm/identity): key=value pairs.
+  std::vector<std::pair<std::string, std::string>> identity;
+  /// Also sees every byte the guest writes to COM1 (e.g. to wait for a line), on a vCPU thread.
+  std::function<void(std::span<const uint8_t>)> console_tap;
 };
 
 /// One device's place in a snapshot: a stable id ("serial0", "virtio-blk0", ...) and its state.
@@ -52,6 +59,9 @@ struct DeviceEntry {
 /// id in the same call (attach_platform), so a snapshot cannot leave one out.
 class Platform {
  public:
+  /// Starts feeding host input to the guest's serial port (after any restore: input that arrived
+  /// before it would be overwritten by the saved FIFO).
+  void start();
   /// Stops the console's input thread and restores the terminal.
   void shutdown();
   /// The PCI root complex, where PCI devices are attached.
@@ -64,6 +74,11 @@ class Platform {
   const std::vector<std::shared_ptr<devices::virtio::Block>>& disks() const { return disks_; }
   /// The virtio-net devices, in --net order.
   const std::vector<std::shared_ptr<devices::virtio::Net>>& nets() const { return nets_; }
+  /// The identity channel (fw_cfg, file opt/vmm/identity) and the VM generation ID.
+  devices::FwCfg& fw_cfg() { return *fw_cfg_; }
+  devices::VmGenId& vmgenid() { return *vmgenid_; }
+  /// Replaces the identity the guest reads (same fixed size; key=value pairs).
+  Result<> set_identity(const std::vector<std::pair<std::string, std::string>>& identity);
 
  private:
   friend Result<std::unique_ptr<Platform>> attach_platform(Vm& vm, PlatformConfig config);
@@ -75,6 +90,8 @@ class Platform {
   std::vector<std::shared_ptr<devices::virtio::PciTransport>> transports_;
   std::vector<std::shared_ptr<devices::virtio::Block>> disks_;
   std::vector<std::shared_ptr<devices::virtio::Net>> nets_;
+  std::shared_ptr<devices::FwCfg> fw_cfg_;
+  std::unique_ptr<devices::VmGenId> vmgenid_;
 };
 
 /// Creates the devices and inserts them on `vm`'s buses. Devices that use the event loop must be

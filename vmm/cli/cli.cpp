@@ -7,6 +7,7 @@
 
 #include "devices/virtio/net.hpp"
 #include "vmm/cli/disk_cli.hpp"
+#include "vmm/cli/template_cli.hpp"
 #include "vmm/cli/exit_codes.hpp"
 #include "vmm/base/size_parse.hpp"
 #include "vmm/vm.hpp"
@@ -77,30 +78,65 @@ int main(int argc, char** argv) {
   app.set_version_flag("-V,--version", std::string("vmm ") + VMM_VERSION);
   app.require_subcommand(1);
 
-  RunOptions opts;
-  std::string memory_text = "256M";
-  std::string cpu_template = "host";
-  std::string console = "stdio";
-  std::vector<std::string> disks;
-  std::vector<std::string> nets;
-  std::string kvm_device = Kvm::default_device().string();
-  auto* run = app.add_subcommand("run", "Boot a guest kernel and run it until it stops");
-  run->add_option("--kernel", opts.kernel, "Kernel: PVH ELF, ELF vmlinux or bzImage")->required();
-  run->add_option("--initrd", opts.initrd, "Initial ramdisk");
-  run->add_option("--cmdline", opts.cmdline, "Kernel command line");
-  run->add_option("--memory", memory_text, "Guest RAM, e.g. 256M, 2G (a bare number means MiB)")
-      ->capture_default_str();
-  run->add_option("--cpus", opts.vcpus, "Number of vCPUs (1-254)")->capture_default_str();
-  run->add_option("--console", console, "Serial console: stdio, file:PATH or none")->capture_default_str();
-  run->add_option("--disk", disks, "A virtio-blk disk: path=FILE[,readonly=on][,id=NAME] (repeatable)");
-  run->add_option("--net", nets, "A virtio-net interface on a TAP: tap=NAME[,mac=MAC] (repeatable)");
-  run->add_option("--cpu-template", cpu_template, "CPU template: host or baseline")->capture_default_str();
-  run->add_option("--kvm-device", kvm_device, "KVM device node (default: $VMM_KVM_DEVICE or /dev/kvm)")
-      ->capture_default_str();
+  // `vmm run` and `vmm template create` take the same options.
+  struct RunArgs {
+    RunOptions opts;
+    std::string memory_text = "256M", cpu_template = "host", console = "stdio";
+    std::vector<std::string> disks, nets;
+    std::string kvm_device = Kvm::default_device().string();
+    std::string state_dir;
+    CLI::Option* memory = nullptr;
+    CLI::Option* cpus = nullptr;
+    CLI::Option* tmpl = nullptr;
+    CLI::Option* kernel = nullptr;
+  };
+  auto add_run_options = [](CLI::App* cmd, RunArgs& a) {
+    a.kernel = cmd->add_option("--kernel", a.opts.kernel, "Kernel: PVH ELF, ELF vmlinux or bzImage");
+    cmd->add_option("--initrd", a.opts.initrd, "Initial ramdisk");
+    cmd->add_option("--cmdline", a.opts.cmdline, "Kernel command line");
+    a.memory = cmd->add_option("--memory", a.memory_text, "Guest RAM, e.g. 256M, 2G (a bare number means MiB)")->capture_default_str();
+    a.cpus = cmd->add_option("--cpus", a.opts.vcpus, "Number of vCPUs (1-254)")->capture_default_str();
+    cmd->add_option("--console", a.console, "Serial console: stdio, file:PATH or none")->capture_default_str();
+    cmd->add_option("--disk", a.disks, "A virtio-blk disk: path=FILE[,readonly=on][,id=NAME] (repeatable)");
+    cmd->add_option("--net", a.nets, "A virtio-net interface on a TAP: tap=NAME[,mac=MAC] (repeatable)");
+    a.tmpl = cmd->add_option("--cpu-template", a.cpu_template, "CPU template: host or baseline")->capture_default_str();
+    cmd->add_option("--kvm-device", a.kvm_device, "KVM device node (default: $VMM_KVM_DEVICE or /dev/kvm)")->capture_default_str();
+    cmd->add_option("--state-dir", a.state_dir, "Where templates and clones live (default: $VMM_STATE_DIR, /var/lib/vmm for root, ~/.local/state/vmm)");
+  };
+  RunArgs run_args;
+  auto* run = app.add_subcommand("run", "Boot a guest kernel, or start a clone of a template, and run it until it stops");
+  add_run_options(run, run_args);
+  CloneOptions clone;
+  run->add_option("--clone-of", clone.template_name, "Start a clone of this template (a name in the state directory, or a path)");
+  run->add_option("--name", clone.name, "The clone's name (default: a generated one)");
+  run->add_flag("--full", clone.full, "A full clone: its own copy of memory and disks, independent of the template");
+  run->add_option("--hostname", clone.hostname, "Hostname the clone's identity channel carries");
+  run->add_option("--ip", clone.ip, "IP address the clone's identity channel carries");
   run->footer(
       "Exit status: (v << 1) | 1 when the guest writes v to the debug-exit port 0xf4; 0 on guest power-off "
-      "or reset; 2 bad usage; 4 KVM unavailable; 6 kernel/initrd/disk image error; 8 guest triple fault; "
+      "or reset; 2 bad usage; 4 KVM unavailable; 6 kernel/initrd/disk image or template error; 8 guest triple fault; "
       "10 other VMM error; 12 stopped by SIGINT/SIGTERM; 14 guest kernel panic (pvpanic).");
+
+  auto* tmpl = app.add_subcommand("template", "Make, list, inspect, verify and remove templates");
+  tmpl->require_subcommand(1);
+  RunArgs create_args;
+  TemplateCreateOptions create;
+  auto* tcreate = tmpl->add_subcommand("create", "Boot a guest, wait for a console line, and save it as a template");
+  tcreate->add_option("DIR", create.dir, "Template name (in the state directory) or path")->required();
+  add_run_options(tcreate, create_args);
+  tcreate->add_option("--ready-on", create.ready_on, "Console text that means the guest is ready to be saved")->required();
+  tcreate->add_option("--timeout", create.timeout_s, "Seconds to wait for it")->capture_default_str();
+  std::string tstate_dir;
+  bool ls_json = false, force = false;
+  std::string target;
+  auto* tls = tmpl->add_subcommand("ls", "List the templates of the state directory");
+  tls->add_flag("--json", ls_json, "JSON output");
+  auto* tinspect = tmpl->add_subcommand("inspect", "Print a template's manifest");
+  auto* trm = tmpl->add_subcommand("rm", "Remove a template (refused while linked clones depend on it)");
+  trm->add_flag("--force", force, "Remove it even if linked clones depend on it");
+  auto* tverify = tmpl->add_subcommand("verify", "Check every file of a template against its manifest");
+  for (auto* c : {tinspect, trm, tverify}) c->add_option("TEMPLATE", target, "Template name or path")->required();
+  for (auto* c : {tls, tinspect, trm, tverify}) c->add_option("--state-dir", tstate_dir, "The state directory");
 
   DiskCommand disk(app);
 
@@ -122,14 +158,66 @@ int main(int argc, char** argv) {
     return exit_code::kUsage;
   }
 
+  auto finish_run_args = [&](RunArgs& a, bool need_kernel) -> std::optional<std::string> {
+    if (need_kernel && a.opts.kernel.empty()) return std::string("--kernel is required");
+    if (auto err = validate(a.opts, a.memory_text, a.cpu_template, a.console, a.disks, a.nets)) return err;
+    a.opts.kvm_device = a.kvm_device;
+    return std::nullopt;
+  };
   if (run->parsed()) {
-    if (auto err = validate(opts, memory_text, cpu_template, console, disks, nets)) {
+    if (!clone.template_name.empty()) {
+      // A clone restores a machine: what would change it is refused.
+      for (auto [opt, what] : {std::pair{run_args.kernel, "--kernel"}, {run_args.memory, "--memory"}, {run_args.cpus, "--cpus"},
+                               {run_args.tmpl, "--cpu-template"}}) {
+        if (opt->count()) {
+          print_error(fmt::format("{} cannot be given with --clone-of: a clone runs the template's machine as it was saved", what));
+          return exit_code::kUsage;
+        }
+      }
+      if (!run_args.disks.empty()) {
+        print_error("--disk cannot be given with --clone-of: a clone gets an overlay on each of the template's disks");
+        return exit_code::kUsage;
+      }
+      if (auto err = finish_run_args(run_args, false)) {
+        print_error(*err);
+        return exit_code::kUsage;
+      }
+      clone.state_dir = run_args.state_dir;
+      clone.console = run_args.opts.console;
+      clone.console_given = run->get_option("--console")->count() > 0;
+      clone.nets = run_args.opts.nets;
+      clone.kvm_device = run_args.opts.kvm_device;
+      return run_clone(clone);
+    }
+    for (const char* o : {"--name", "--full", "--hostname", "--ip"}) {
+      if (run->get_option(o)->count()) {
+        print_error(fmt::format("{} needs --clone-of", o));
+        return exit_code::kUsage;
+      }
+    }
+    if (auto err = finish_run_args(run_args, true)) {
       print_error(*err);
       return exit_code::kUsage;
     }
-    opts.kvm_device = kvm_device;
-    return run_vm(opts);
+    return run_vm(run_args.opts);
   }
+  if (tcreate->parsed()) {
+    if (auto err = finish_run_args(create_args, true)) {
+      print_error(*err);
+      return exit_code::kUsage;
+    }
+    if (create.timeout_s <= 0) {
+      print_error("--timeout must be positive");
+      return exit_code::kUsage;
+    }
+    create.run = create_args.opts;
+    create.state_dir = create_args.state_dir;
+    return template_create(create);
+  }
+  if (tls->parsed()) return template_ls(tstate_dir, ls_json);
+  if (tinspect->parsed()) return template_inspect(tstate_dir, target);
+  if (trm->parsed()) return template_rm(tstate_dir, target, force);
+  if (tverify->parsed()) return template_verify(tstate_dir, target);
   if (disk.parsed()) return disk.run();
   return exit_code::kUsage;
 }

@@ -2,6 +2,8 @@
 #pragma once
 
 #include <cstdint>
+#include <expected>
+#include <functional>
 #include <filesystem>
 #include <optional>
 #include <string>
@@ -10,6 +12,8 @@
 #include "devices/console.hpp"
 #include "vmm/cpuid.hpp"
 #include "vmm/cli/device_spec.hpp"
+#include "devices/virtio/net.hpp"
+#include "vmm/machine.hpp"
 
 namespace vmm::cli {
 
@@ -25,7 +29,35 @@ struct RunOptions {
   std::filesystem::path kvm_device;
   std::vector<DiskSpec> disks;
   std::vector<NetSpec> nets;  ///< mac already checked (or empty: random)
+  std::string name;           ///< the VM's name (its identity's name)
 };
+
+/// A failure before the guest runs: the exit status and one line.
+struct CliFailure {
+  int status = 0;
+  std::string message;
+};
+
+/// The host side of the devices, opened before KVM is touched (bad paths are reported on any host).
+struct Devices {
+  std::unique_ptr<devices::Console> console;
+  std::vector<DiskAttachment> disks;
+  std::vector<NetAttachment> nets;
+  std::unique_ptr<EventLoop> loop;
+};
+std::expected<Devices, CliFailure> open_devices(const devices::ConsoleSpec& console, const std::vector<DiskSpec>& disks,
+                                               const std::vector<NetSpec>& nets);
+
+/// Builds a machine that boots `options`' kernel (KVM opened into `kvm_holder` unless given).
+std::expected<std::unique_ptr<Machine>, CliFailure> boot_machine(const Kvm* kvm, const RunOptions& options,
+                                                                 std::function<void(std::span<const uint8_t>)> console_tap,
+                                                                 std::optional<Kvm>& kvm_holder);
+/// A random locally administered unicast MAC (02:xx:xx:xx:xx:xx), as Cloud Hypervisor gives.
+Result<devices::virtio::MacAddress> random_mac();
+/// Prints "vmm: error: ..." and returns the status.
+int report_failure(const CliFailure& failure);
+/// The exit status for how a VM stopped (prints what the stop needs said).
+int stop_status(const StopInfo& stop);
 
 /// Entry point: parses argv, runs the subcommand, returns the process exit status.
 int main(int argc, char** argv);

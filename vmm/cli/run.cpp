@@ -11,6 +11,7 @@
 #include <pthread.h>
 
 #include "vmm/boot/boot.hpp"
+#include "clone/identity.hpp"
 #include "vmm/cli/cli.hpp"
 #include "vmm/cli/exit_codes.hpp"
 #include "vmm/machine.hpp"
@@ -19,13 +20,6 @@ namespace vmm::cli {
 
 namespace {
 
-/// A random locally administered unicast MAC (02:xx:xx:xx:xx:xx), as Cloud Hypervisor gives.
-Result<devices::virtio::MacAddress> random_mac() {
-  devices::virtio::MacAddress mac{};
-  if (::getrandom(mac.data() + 1, 5, 0) != 5) return fail("getrandom: {}", errno_text(errno));
-  mac[0] = 0x02;
-  return mac;
-}
 
 int report(int status, const std::string& message) {
   fmt::print(stderr, "vmm: error: {}\n", message);
@@ -59,47 +53,81 @@ int exit_status(const StopInfo& stop) {
 
 }  // namespace
 
-int run_vm(const RunOptions& o) {
+std::expected<Devices, CliFailure> open_devices(const devices::ConsoleSpec& console_spec, const std::vector<DiskSpec>& disk_specs,
+                                               const std::vector<NetSpec>& net_specs) {
+  auto console = devices::Console::open(console_spec);
+  if (!console) return std::unexpected(CliFailure{exit_code::kUsage, console.error().message()});
+  auto loop = EventLoop::create();
+  if (!loop) return std::unexpected(CliFailure{exit_code::kVmmError, loop.error().message()});
+  Devices d{.console = std::move(*console), .disks = {}, .nets = {}, .loop = std::move(*loop)};
+  for (const auto& spec : disk_specs) {
+    auto image = disk::open_image(*d.loop, {.path = spec.path, .read_only = spec.read_only});
+    if (!image) return std::unexpected(CliFailure{exit_code::kImage, image.error().message()});
+    d.disks.push_back({.image = std::move(*image), .id = spec.id});
+  }
+  for (const auto& n : net_specs) {
+    auto tap = devices::Tap::open(n.tap);
+    if (!tap) return std::unexpected(CliFailure{exit_code::kVmmError, tap.error().message()});
+    auto mac = n.mac.empty() ? random_mac() : devices::virtio::parse_mac(n.mac);
+    if (!mac) return std::unexpected(CliFailure{exit_code::kUsage, mac.error().message()});
+    d.nets.push_back({.tap = std::move(*tap), .mac = *mac});
+  }
+  return d;
+}
+
+std::expected<std::unique_ptr<Machine>, CliFailure> boot_machine(const Kvm* kvm_or_null, const RunOptions& o,
+                                                                 std::function<void(std::span<const uint8_t>)> console_tap,
+                                                                 std::optional<Kvm>& kvm_holder) {
   // Images are loaded into guest memory before KVM is touched: a bad kernel or initrd is reported as
   // such on any machine, and nothing about the VM depends on the order.
   auto memory = GuestMemory::anonymous(o.memory);
-  if (!memory) return report(exit_code::kVmmError, memory.error().message());
-
-  auto entry = boot::load(*memory, boot::BootConfig{.kernel = o.kernel, .initrd = o.initrd,
-                                                    .cmdline = o.cmdline, .vcpus = o.vcpus});
-  if (!entry) return report(exit_code::kImage, entry.error().message());
-
+  if (!memory) return std::unexpected(CliFailure{exit_code::kVmmError, memory.error().message()});
+  auto entry = boot::load(*memory, boot::BootConfig{.kernel = o.kernel, .initrd = o.initrd, .cmdline = o.cmdline,
+                                                    .vcpus = o.vcpus});
+  if (!entry) return std::unexpected(CliFailure{exit_code::kImage, entry.error().message()});
   // The console's output file and the disks are opened before KVM too: a bad path is reported as
   // such on any machine.
-  auto console = devices::Console::open(o.console);
-  if (!console) return report(exit_code::kUsage, console.error().message());
-  auto loop = EventLoop::create();
-  if (!loop) return report(exit_code::kVmmError, loop.error().message());
-  std::vector<DiskAttachment> disks;
-  for (const auto& d : o.disks) {
-    auto image = disk::open_image(**loop, {.path = d.path, .read_only = d.read_only});
-    if (!image) return report(exit_code::kImage, image.error().message());
-    disks.push_back({.image = std::move(*image), .id = d.id});
+  auto devs = open_devices(o.console, o.disks, o.nets);
+  if (!devs) return std::unexpected(devs.error());
+  if (!kvm_or_null) {
+    auto kvm = Kvm::open(o.kvm_device);
+    if (!kvm) return std::unexpected(CliFailure{exit_code::kKvm, kvm.error().message()});
+    kvm_holder.emplace(std::move(*kvm));
+    kvm_or_null = &*kvm_holder;
   }
-  std::vector<NetAttachment> nets;
-  for (const auto& n : o.nets) {
-    auto tap = devices::Tap::open(n.tap);
-    if (!tap) return report(exit_code::kVmmError, tap.error().message());
-    auto mac = n.mac.empty() ? random_mac() : devices::virtio::parse_mac(n.mac);
-    if (!mac) return report(exit_code::kUsage, mac.error().message());
-    nets.push_back({.tap = std::move(*tap), .mac = *mac});
+  // A booted VM has an identity too (a template's guest reads it before it is cloned).
+  clone::Identity identity = clone::new_identity(o.name);
+  for (const auto& n : devs->nets) identity.macs.push_back(devices::virtio::format_mac(n.mac));
+  auto machine = Machine::create(*kvm_or_null, std::move(*memory), VmConfig{.vcpus = o.vcpus, .cpu_template = o.cpu_template, .cpuid = {}},
+                                 PlatformConfig{.console = std::move(devs->console), .disks = std::move(devs->disks),
+                                                .nets = std::move(devs->nets), .loop = nullptr,
+                                                .identity = clone::identity_pairs(identity),
+                                                .console_tap = std::move(console_tap)},
+                                 std::move(devs->loop));
+  if (!machine) return std::unexpected(CliFailure{exit_code::kVmmError, machine.error().message()});
+  if (auto r = (*machine)->platform().vmgenid().set(identity.generation); !r) {
+    return std::unexpected(CliFailure{exit_code::kVmmError, r.error().message()});
   }
+  if (auto r = (*machine)->vm().prepare_boot(*entry); !r) return std::unexpected(CliFailure{exit_code::kVmmError, r.error().message()});
+  return std::move(*machine);
+}
 
-  auto kvm = Kvm::open(o.kvm_device);
-  if (!kvm) return report(exit_code::kKvm, kvm.error().message());
+Result<devices::virtio::MacAddress> random_mac() {
+  devices::virtio::MacAddress mac{};
+  if (::getrandom(mac.data() + 1, 5, 0) != 5) return fail("getrandom: {}", errno_text(errno));
+  mac[0] = 0x02;
+  return mac;
+}
 
-  auto machine = Machine::create(*kvm, std::move(*memory), VmConfig{.vcpus = o.vcpus, .cpu_template = o.cpu_template},
-                                 PlatformConfig{.console = std::move(*console), .disks = std::move(disks),
-                                                .nets = std::move(nets)},
-                                 std::move(*loop));
-  if (!machine) return report(exit_code::kVmmError, machine.error().message());
-  if (auto r = (*machine)->vm().prepare_boot(*entry); !r) return report(exit_code::kVmmError, r.error().message());
+int report_failure(const CliFailure& f) { return report(f.status, f.message); }
+
+int run_vm(const RunOptions& o) {
+  std::optional<Kvm> kvm;
+  auto machine = boot_machine(nullptr, o, {}, kvm);
+  if (!machine) return report_failure(machine.error());
   return exit_status((*machine)->run());
 }
+
+int stop_status(const StopInfo& stop) { return exit_status(stop); }
 
 }  // namespace vmm::cli

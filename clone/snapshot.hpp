@@ -1,0 +1,45 @@
+// The whole state of a quiesced Machine as a StateFile, and back: the machine's shape and CPU
+// stamp ("machine"), the CPUID tables ("cpuid"), KVM's per-VM state ("kvm"), each vCPU
+// ("vcpu0", ...), and every device the platform registered, under its id. A restore builds the
+// machine from the shape first (one builder, vmm/machine.hpp), then loads the rest into it.
+#pragma once
+
+#include <string_view>
+
+#include "clone/state_file.hpp"
+#include "vmm/cpuid.hpp"
+#include "vmm/kvm.hpp"
+#include "vmm/machine.hpp"
+
+namespace vmm::clone {
+
+/// What must be known to build the machine a state file restores into, and the CPU it ran on.
+struct MachineShape {
+  uint32_t vcpus = 0;
+  uint64_t memory = 0;  ///< bytes of guest RAM (the memory file's size)
+  CpuTemplate cpu_template = CpuTemplate::Host;
+  std::vector<CpuidEntries> cpuid;  ///< per vCPU, as set at creation
+  // CPU-compatibility stamp.
+  std::string vendor;     ///< CPUID leaf 0 vendor string
+  uint32_t signature = 0;  ///< CPUID leaf 1 EAX: family, model, stepping
+  uint32_t tsc_khz = 0;
+  uint64_t xsave_size = 0;
+};
+
+/// Captures a machine after Machine::quiesce(); `cpu_template` is the one it was created with.
+Result<StateFile> capture(Machine& machine, CpuTemplate cpu_template);
+
+/// Reads the "machine" and "cpuid" sections (errors name `file` and the field).
+Result<MachineShape> read_shape(const StateFile& state, std::string_view file);
+
+/// Checks that this host can run a guest captured on the CPU the shape describes: same vendor,
+/// family/model/stepping and TSC frequency, XSAVE area size, and every CPUID feature the guest
+/// saw still offered here (the template's CPUID table recomputed on this host must have it).
+Result<> check_cpu(const Kvm& kvm, const MachineShape& shape, uint32_t host_tsc_khz, std::string_view file);
+
+/// Loads every section into a machine built from read_shape(): devices first (their interrupt
+/// routes), then KVM's irqchips, PIT and clock, then the vCPUs. Sections the machine has no place
+/// for, and places with no section, are errors. `clock_to_now` steps kvmclock to the present.
+Result<> restore(Machine& machine, const StateFile& state, std::string_view file, bool clock_to_now);
+
+}  // namespace vmm::clone

@@ -1,0 +1,257 @@
+#include "clone/template.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <ctime>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "clone/memory_file.hpp"
+#include "vmm/base/crc32c.hpp"
+#include "vmm/base/fd.hpp"
+
+namespace vmm::clone {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+constexpr size_t kMaxManifestBytes = 1 << 20;
+
+json sum_json(const FileSum& f) {
+  json j = {{"file", f.name}, {"size", f.size}, {"crc32c", fmt::format("{:08x}", f.checksum)}};
+  if (f.data_bytes) j["data_bytes"] = f.data_bytes;
+  return j;
+}
+
+/// A file name inside the template directory: no absolute paths, no "..".
+bool inside(const std::string& name) {
+  if (name.empty() || name.front() == '/') return false;
+  for (const auto& part : fs::path(name)) {
+    if (part == ".." || part == ".") return false;
+  }
+  return true;
+}
+
+Result<FileSum> parse_sum(const json& j, std::string_view what, std::string_view file) {
+  if (!j.is_object() || !j.contains("file") || !j.contains("size") || !j.contains("crc32c") ||
+      !j["file"].is_string() || !j["size"].is_number_unsigned() || !j["crc32c"].is_string()) {
+    return fail("{}: {}: needs file, size and crc32c", file, what);
+  }
+  FileSum f;
+  f.name = j["file"].get<std::string>();
+  if (!inside(f.name)) return fail("{}: {}: file '{}' is not inside the template", file, what, f.name);
+  f.size = j["size"].get<uint64_t>();
+  const std::string crc = j["crc32c"].get<std::string>();
+  char* end = nullptr;
+  const unsigned long v = std::strtoul(crc.c_str(), &end, 16);
+  if (crc.size() != 8 || *end != 0) return fail("{}: {}: crc32c '{}' is not 8 hex digits", file, what, crc);
+  f.checksum = static_cast<uint32_t>(v);
+  if (j.contains("data_bytes")) {
+    if (!j["data_bytes"].is_number_unsigned()) return fail("{}: {}: data_bytes is not a number", file, what);
+    f.data_bytes = j["data_bytes"].get<uint64_t>();
+  }
+  return f;
+}
+
+}  // namespace
+
+bool valid_name(std::string_view name) {
+  if (name.empty() || name.size() > 64 || name.front() == '.') return false;
+  for (char c : name) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-')) return false;
+  }
+  return true;
+}
+
+std::string utc_now() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  ::gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+std::string manifest_json(const Manifest& m) {
+  json disks = json::array();
+  for (const auto& d : m.disks) {
+    disks.push_back({{"image", sum_json(d.file)}, {"id", d.id}, {"format", d.format}, {"read_only", d.read_only}});
+  }
+  json nets = json::array();
+  for (const auto& n : m.nets) nets.push_back({{"mac", n.mac}, {"tap", n.tap}});
+  json j = {
+      {"format_version", fmt::format("{}.{}", m.major, m.minor)},
+      {"name", m.name},
+      {"created", m.created},
+      {"vmm_version", m.vmm_version},
+      {"config",
+       {{"memory", m.memory}, {"vcpus", m.vcpus}, {"cpu_template", m.cpu_template}, {"kernel", m.kernel},
+        {"cmdline", m.cmdline}, {"disks", disks}, {"nets", nets}}},
+      {"files", {{"state", sum_json(m.state)}, {"memory", sum_json(m.memory_file)}}},
+  };
+  return j.dump(2) + "\n";
+}
+
+Result<Manifest> parse_manifest(std::string_view text, std::string_view file) {
+  json j = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) return fail("{}: not valid JSON", file);
+  Manifest m;
+  if (!j.contains("format_version") || !j["format_version"].is_string()) return fail("{}: format_version is missing", file);
+  const std::string version = j["format_version"].get<std::string>();
+  if (std::sscanf(version.c_str(), "%d.%d", &m.major, &m.minor) != 2) return fail("{}: format_version '{}' is not MAJOR.MINOR", file, version);
+  if (m.major != kManifestMajor) return fail("{}: format version {} is not supported (this vmm reads {}.x)", file, version, kManifestMajor);
+  if (m.minor > kManifestMinor) return fail("{}: format version {} is newer than this vmm ({}.{})", file, version, kManifestMajor, kManifestMinor);
+  try {
+    m.name = j.at("name").get<std::string>();
+    m.created = j.at("created").get<std::string>();
+    m.vmm_version = j.at("vmm_version").get<std::string>();
+    const json& c = j.at("config");
+    m.memory = c.at("memory").get<uint64_t>();
+    m.vcpus = c.at("vcpus").get<uint32_t>();
+    m.cpu_template = c.at("cpu_template").get<std::string>();
+    m.kernel = c.at("kernel").get<std::string>();
+    m.cmdline = c.at("cmdline").get<std::string>();
+    for (const auto& d : c.at("disks")) {
+      TemplateDisk td;
+      auto f = parse_sum(d.at("image"), "disk image", file);
+      if (!f) return std::unexpected(f.error());
+      td.file = *f;
+      td.id = d.at("id").get<std::string>();
+      td.format = d.at("format").get<std::string>();
+      td.read_only = d.at("read_only").get<bool>();
+      if (td.format != "raw" && td.format != "qcow2") return fail("{}: disk format '{}' is not raw or qcow2", file, td.format);
+      m.disks.push_back(std::move(td));
+    }
+    for (const auto& n : c.at("nets")) m.nets.push_back({.mac = n.at("mac").get<std::string>(), .tap = n.at("tap").get<std::string>()});
+    auto s = parse_sum(j.at("files").at("state"), "state file", file);
+    if (!s) return std::unexpected(s.error());
+    m.state = *s;
+    auto mem = parse_sum(j.at("files").at("memory"), "memory file", file);
+    if (!mem) return std::unexpected(mem.error());
+    m.memory_file = *mem;
+  } catch (const json::exception& e) {
+    return fail("{}: {}", file, e.what());
+  }
+  if (m.memory == 0 || m.memory % 4096 != 0 || m.memory != m.memory_file.size) {
+    return fail("{}: memory {} does not match the memory file's size {}", file, m.memory, m.memory_file.size);
+  }
+  if (m.vcpus == 0 || m.vcpus > 254) return fail("{}: vcpus {} is out of range", file, m.vcpus);
+  return m;
+}
+
+Result<Manifest> read_manifest(const fs::path& dir) {
+  const fs::path p = dir / kManifestFile;
+  std::ifstream in(p, std::ios::binary);
+  if (!in) return fail("{}: cannot read: {}", p.string(), errno_text(errno));
+  std::string text(kMaxManifestBytes + 1, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<size_t>(in.gcount()));
+  if (text.size() > kMaxManifestBytes) return fail("{}: larger than {} bytes", p.string(), kMaxManifestBytes);
+  return parse_manifest(text, p.string());
+}
+
+fs::path state_dir(const std::string& given) {
+  if (!given.empty()) return given;
+  if (const char* e = std::getenv("VMM_STATE_DIR"); e && *e) return e;
+  if (::geteuid() == 0) return "/var/lib/vmm";
+  if (const char* x = std::getenv("XDG_STATE_HOME"); x && *x) return fs::path(x) / "vmm";
+  if (const char* h = std::getenv("HOME"); h && *h) return fs::path(h) / ".local/state/vmm";
+  return "/tmp/vmm-state";
+}
+
+Result<fs::path> resolve_template(const fs::path& sdir, const std::string& name_or_path) {
+  std::error_code ec;
+  if (name_or_path.find('/') != std::string::npos || fs::exists(fs::path(name_or_path) / kManifestFile, ec)) {
+    const fs::path p = fs::absolute(name_or_path, ec);
+    if (!fs::is_directory(p, ec)) return fail("template {}: no such directory", name_or_path);
+    return p;
+  }
+  if (!valid_name(name_or_path)) return fail("template '{}': not a valid name", name_or_path);
+  const fs::path p = sdir / "templates" / name_or_path;
+  if (!fs::is_directory(p, ec)) return fail("template '{}': not found in {}", name_or_path, (sdir / "templates").string());
+  return p;
+}
+
+Result<FileSum> sum_file(const fs::path& dir, const std::string& name) {
+  const fs::path p = dir / name;
+  Fd fd(::open(p.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return fail("{}: cannot open: {}", p.string(), errno_text(errno));
+  FileSum f{.name = name, .size = 0, .checksum = 0, .data_bytes = 0};
+  std::vector<uint8_t> buf(1 << 20);
+  for (;;) {
+    const ssize_t n = ::read(fd.get(), buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return fail("{}: read: {}", p.string(), errno_text(errno));
+    if (n == 0) break;
+    f.checksum = crc32c(f.checksum, std::span(buf.data(), static_cast<size_t>(n)));
+    f.size += static_cast<uint64_t>(n);
+  }
+  return f;
+}
+
+Result<> verify_template(const fs::path& dir) {
+  auto m = read_manifest(dir);
+  if (!m) return std::unexpected(m.error());
+  auto check = [&](const FileSum& want) -> Result<> {
+    auto got = sum_file(dir, want.name);
+    if (!got) return std::unexpected(got.error());
+    if (got->size != want.size) return fail("{}: {} bytes, the manifest says {}", (dir / want.name).string(), got->size, want.size);
+    if (got->checksum != want.checksum) {
+      return fail("{}: checksum {:08x}, the manifest says {:08x}: the file changed", (dir / want.name).string(), got->checksum, want.checksum);
+    }
+    return {};
+  };
+  if (auto r = check(m->state); !r) return r;
+  for (const auto& d : m->disks) {
+    if (auto r = check(d.file); !r) return r;
+  }
+  auto mem = checksum_memory_file(dir / m->memory_file.name);
+  if (!mem) return std::unexpected(mem.error());
+  const std::string p = (dir / m->memory_file.name).string();
+  if (mem->size != m->memory_file.size) return fail("{}: {} bytes, the manifest says {}", p, mem->size, m->memory_file.size);
+  if (mem->checksum != m->memory_file.checksum) {
+    return fail("{}: checksum {:08x}, the manifest says {:08x}: the file changed", p, mem->checksum, m->memory_file.checksum);
+  }
+  return {};
+}
+
+std::string clone_json(const CloneRecord& c) {
+  json j = {{"name", c.name}, {"template", c.template_dir}, {"full", c.full}, {"pid", c.pid}, {"created", c.created}};
+  return j.dump(2) + "\n";
+}
+
+Result<CloneRecord> read_clone_record(const fs::path& clone_dir) {
+  const fs::path p = clone_dir / "clone.json";
+  std::ifstream in(p);
+  if (!in) return fail("{}: cannot read", p.string());
+  std::stringstream ss;
+  ss << in.rdbuf();
+  json j = json::parse(ss.str(), nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return fail("{}: not valid JSON", p.string());
+  try {
+    return CloneRecord{.name = j.at("name").get<std::string>(), .template_dir = j.at("template").get<std::string>(),
+                       .full = j.at("full").get<bool>(), .pid = j.at("pid").get<int64_t>(),
+                       .created = j.at("created").get<std::string>()};
+  } catch (const json::exception& e) {
+    return fail("{}: {}", p.string(), e.what());
+  }
+}
+
+std::vector<std::string> dependants(const fs::path& sdir, const fs::path& template_dir) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  const fs::path want = fs::weakly_canonical(template_dir, ec);
+  for (const auto& e : fs::directory_iterator(sdir / "clones", ec)) {
+    auto rec = read_clone_record(e.path());
+    if (!rec || rec->full || rec->template_dir.empty()) continue;
+    if (fs::weakly_canonical(rec->template_dir, ec) == want) out.push_back(rec->name);
+  }
+  return out;
+}
+
+}  // namespace vmm::clone

@@ -1,0 +1,93 @@
+// Templates: a directory that a booted, paused VM was written into once, and that clones start
+// from. manifest.json (what the VM was and the checksums of its files), state.bin (the
+// machine state, clone/snapshot.hpp), memory.bin (guest RAM, sparse, clone/memory_file.hpp) and
+// disks/ (the images it owns). After creation every file in it is read-only and never written.
+//
+// Where templates and clones live: a state directory (--state-dir, $VMM_STATE_DIR, else
+// /var/lib/vmm for root and $XDG_STATE_HOME/vmm or ~/.local/state/vmm for a user) with
+// templates/NAME and clones/NAME. A template may also be given by path.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "vmm/base/error.hpp"
+
+namespace vmm::clone {
+
+inline constexpr int kManifestMajor = 1, kManifestMinor = 0;
+inline constexpr const char* kManifestFile = "manifest.json";
+inline constexpr const char* kStateFile = "state.bin";
+inline constexpr const char* kMemoryFile = "memory.bin";
+
+/// A file of a template: its name relative to the template directory, size and CRC-32C.
+struct FileSum {
+  std::string name;
+  uint64_t size = 0;
+  uint32_t checksum = 0;
+  uint64_t data_bytes = 0;  ///< memory file: bytes of non-zero pages (what it really holds)
+};
+
+struct TemplateDisk {
+  FileSum file;           ///< disks/diskN.img or .qcow2
+  std::string id;         ///< the serial the guest reads
+  std::string format;     ///< "raw" or "qcow2"
+  bool read_only = false;
+};
+
+struct TemplateNet {
+  std::string mac;  ///< the template's MAC (clones get their own)
+  std::string tap;
+};
+
+struct Manifest {
+  int major = kManifestMajor, minor = kManifestMinor;
+  std::string name;
+  std::string created;  ///< UTC, ISO 8601
+  std::string vmm_version;
+  uint64_t memory = 0;
+  uint32_t vcpus = 1;
+  std::string cpu_template;
+  std::string kernel, cmdline;  ///< for information
+  std::vector<TemplateDisk> disks;
+  std::vector<TemplateNet> nets;
+  FileSum state, memory_file;
+};
+
+std::string manifest_json(const Manifest& m);
+/// Parses and checks a manifest (version, types, names that stay inside the directory).
+Result<Manifest> parse_manifest(std::string_view text, std::string_view file);
+Result<Manifest> read_manifest(const std::filesystem::path& dir);
+
+/// The state directory: `given` if not empty, else $VMM_STATE_DIR, else the default.
+std::filesystem::path state_dir(const std::string& given);
+/// A template by path (a directory holding a manifest) or by name under state_dir/templates.
+Result<std::filesystem::path> resolve_template(const std::filesystem::path& state_dir, const std::string& name_or_path);
+
+/// CRC-32C and size of a whole file.
+Result<FileSum> sum_file(const std::filesystem::path& dir, const std::string& name);
+/// Checks every file of a template against its manifest (the memory file by its pages).
+Result<> verify_template(const std::filesystem::path& dir);
+
+/// A clone's record (clones/NAME/clone.json).
+struct CloneRecord {
+  std::string name;
+  std::string template_dir;  ///< absolute; empty for a full clone that no longer depends on it
+  bool full = false;
+  int64_t pid = 0;
+  std::string created;
+};
+std::string clone_json(const CloneRecord& c);
+Result<CloneRecord> read_clone_record(const std::filesystem::path& clone_dir);
+/// Linked clones (under state_dir/clones) whose template is `template_dir`.
+std::vector<std::string> dependants(const std::filesystem::path& state_dir, const std::filesystem::path& template_dir);
+
+/// Current UTC time as ISO 8601.
+std::string utc_now();
+/// A valid template or clone name: 1..64 of [A-Za-z0-9._-], not starting with '.'.
+bool valid_name(std::string_view name);
+
+}  // namespace vmm::clone

@@ -1,0 +1,101 @@
+#!/bin/sh
+# Templates and clones through the real binary, on whatever KVM is there (the direct lane, or L1 in
+# the nested lane: POSIX sh, busybox tools). usage: clone-scenario.sh VMM TESTGUEST [--needs-kvm]
+# Exits 77 (skipped) with --needs-kvm when /dev/kvm is missing.
+vmm=$1 guest=$2
+[ "${3:-}" = --needs-kvm ] && [ ! -c /dev/kvm ] && { echo "skipped: no /dev/kvm"; exit 77; }
+work=$(mktemp -d)
+trap 'chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"' EXIT
+export VMM_STATE_DIR="$work/state"
+fail=0
+ok() { echo "clone: ok   $1"; }
+bad() { echo "clone: FAIL $1"; fail=1; }
+# expect NAME STATUS PATTERN -- command...: status and a line of stdout+stderr matching PATTERN.
+expect() {
+  name=$1 want=$2 pattern=$3
+  shift 4
+  "$@" >"$work/out" 2>&1 </dev/null
+  got=$?
+  if [ "$got" = "$want" ] && { [ -z "$pattern" ] || grep -qE -- "$pattern" "$work/out"; }; then ok "$name"; else
+    bad "$name: status $got (expected $want), pattern '$pattern'"; sed 's/^/  | /' "$work/out"; fi
+}
+
+# A template of the counter guest, with a raw disk it owns.
+head -c 1048576 /dev/zero | tr '\0' 'T' >"$work/base.img"
+expect template_create 0 "template .* written" -- "$vmm" template create counter --kernel "$guest" --cmdline counter \
+  --ready-on "counter: ready" --console none --disk path="$work/base.img"
+tdir="$VMM_STATE_DIR/templates/counter"
+[ -f "$tdir/manifest.json" ] && [ -f "$tdir/state.bin" ] && [ -f "$tdir/memory.bin" ] && ok template_files || bad template_files
+[ -w "$tdir/state.bin" ] && [ "$(id -u)" != 0 ] && bad "template files are writable"
+before=$(cd "$tdir" && find . -type f | sort | xargs sha256sum)
+# The memory file is sparse: far less allocated than the guest's 256 MiB.
+alloc=$(du -k "$tdir/memory.bin" | cut -f1)
+[ "$alloc" -lt 16384 ] && ok "memory file sparse (${alloc} KiB allocated)" || bad "memory file not sparse: ${alloc} KiB"
+
+# Clones diverge from each other, and from the template: each starts at 0.
+i=0
+for n in 3 5 7 11; do
+  i=$((i + 1))
+  printf 'get\ninc %s\nget\nquit\n' "$n" >"$work/in$i"
+  "$vmm" run --clone-of counter --name "c$i" --console stdio <"$work/in$i" >"$work/c$i.out" 2>"$work/c$i.err" &
+done
+wait
+i=0
+for n in 3 5 7 11; do
+  i=$((i + 1))
+  if grep -q "^counter: value=0$" "$work/c$i.out" && grep -q "^counter: value=$n$" "$work/c$i.out"; then
+    ok "clone c$i counts on its own (0 then $n)"
+  else
+    bad "clone c$i"; sed 's/^/  | /' "$work/c$i.out" "$work/c$i.err"
+  fi
+  [ -f "$VMM_STATE_DIR/clones/c$i/disk/disk0.qcow2" ] || bad "clone c$i has no overlay"
+done
+
+# Identity: every clone gets its own id and generation through fw_cfg.
+expect template_identity 0 "written" -- "$vmm" template create ident --kernel "$guest" --cmdline identity \
+  --ready-on "identity: ready" --console none
+for i in 1 2 3; do
+  printf 'get\nquit\n' | "$vmm" run --clone-of ident --name "id$i" --console stdio --hostname "web-$i" >"$work/id$i.out" 2>&1
+  grep -o "id=[0-9a-f]* generation=[0-9a-f]*" "$work/id$i.out" | tail -1 >>"$work/ids"
+done
+if [ "$(sort -u "$work/ids" | wc -l)" = 3 ] && [ "$(wc -l <"$work/ids")" = 3 ]; then ok "identities distinct"; else
+  bad "identities"; cat "$work/ids" "$work"/id*.out | sed 's/^/  | /'; fi
+
+# Bad input: one line, a non-zero status, nothing started.
+expect clone_name_taken 2 "already exists" -- "$vmm" run --clone-of counter --name c1
+expect clone_memory_refused 2 "cannot be given with --clone-of" -- "$vmm" run --clone-of counter --memory 512M
+expect clone_kernel_refused 2 "cannot be given with --clone-of" -- "$vmm" run --clone-of counter --kernel "$guest"
+expect clone_missing_template 6 "not found" -- "$vmm" run --clone-of nosuch
+expect template_exists 2 "already exists" -- "$vmm" template create counter --kernel "$guest" --ready-on x
+expect template_timeout 10 "did not print" -- "$vmm" template create slow --kernel "$guest" --cmdline counter \
+  --ready-on "never printed" --timeout 1 --console none
+[ -e "$VMM_STATE_DIR/templates/slow" ] && bad "a timed-out template was left behind"
+expect template_guest_exits 10 "stopped before" -- "$vmm" template create gone --kernel "$guest" --cmdline hello \
+  --ready-on "never printed" --console none
+expect template_rm_refused 2 "linked clone" -- "$vmm" template rm counter
+expect template_ls 0 "^counter +256M" -- "$vmm" template ls
+expect template_verify 0 ": ok" -- "$vmm" template verify counter
+after=$(cd "$tdir" && find . -type f | sort | xargs sha256sum)
+[ "$before" = "$after" ] && ok "template files unchanged after clones" || bad "template files changed"
+
+# Corrupt copies of the template: each refused with status 6.
+corrupt() {
+  name=$1
+  rm -rf "$work/bad"; cp -r "$tdir" "$work/bad"; chmod -R u+w "$work/bad"
+}
+corrupt state; printf 'X' | dd of="$work/bad/state.bin" bs=1 seek=100 conv=notrunc 2>/dev/null
+expect corrupt_state 6 "checksum mismatch" -- "$vmm" run --clone-of "$work/bad" --name x1
+corrupt truncated; truncate -s 1M "$work/bad/memory.bin"
+expect truncated_memory 6 "memory file is 1048576 bytes" -- "$vmm" run --clone-of "$work/bad" --name x2
+corrupt manifest; echo '{"format_version": "9.0"}' >"$work/bad/manifest.json"
+expect manifest_version 6 "format version 9.0 is not supported" -- "$vmm" run --clone-of "$work/bad" --name x3
+corrupt garbage; echo 'not json' >"$work/bad/manifest.json"
+expect manifest_garbage 6 "not valid JSON" -- "$vmm" run --clone-of "$work/bad" --name x4
+corrupt disk; rm "$work/bad/disks/disk0.img"
+expect disk_missing 6 "disk is missing" -- "$vmm" run --clone-of "$work/bad" --name x5
+corrupt memory; printf 'Z' | dd of="$work/bad/memory.bin" bs=1 seek=4096 conv=notrunc 2>/dev/null
+expect verify_detects 6 "the file changed" -- "$vmm" template verify "$work/bad"
+
+expect template_rm_force 0 "" -- "$vmm" template rm counter --force
+[ $fail = 0 ] && echo "clone: PASS"
+exit $fail

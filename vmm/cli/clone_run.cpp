@@ -1,0 +1,145 @@
+// `vmm run --clone-of TEMPLATE`: a fresh KVM VM whose RAM is the template's memory file mapped
+// MAP_PRIVATE, its disks qcow2 overlays on the template's, its state restored, a new identity, run.
+#include <unistd.h>
+
+#include <fstream>
+
+#include "clone/identity.hpp"
+#include "clone/memory_file.hpp"
+#include "clone/snapshot.hpp"
+#include "clone/template.hpp"
+#include "devices/virtio/net.hpp"
+#include "disk/qcow2.hpp"
+#include "vmm/cli/exit_codes.hpp"
+#include "vmm/cli/template_cli.hpp"
+
+namespace vmm::cli {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+int error(int status, const std::string& message) {
+  fmt::print(stderr, "vmm: error: {}\n", message);
+  return status;
+}
+
+
+
+}  // namespace
+
+int run_clone(const CloneOptions& o) {
+  const fs::path sdir = clone::state_dir(o.state_dir);
+  auto tdir = clone::resolve_template(sdir, o.template_name);
+  if (!tdir) return error(exit_code::kImage, tdir.error().message());
+  auto manifest = clone::read_manifest(*tdir);
+  if (!manifest) return error(exit_code::kImage, manifest.error().message());
+  const std::string state_path = (*tdir / manifest->state.name).string();
+  auto state = clone::read_state_file(*tdir / manifest->state.name);
+  if (!state) return error(exit_code::kImage, state.error().message());
+  auto shape = clone::read_shape(*state, state_path);
+  if (!shape) return error(exit_code::kImage, shape.error().message());
+  if (shape->memory != manifest->memory || shape->vcpus != manifest->vcpus) {
+    return error(exit_code::kImage, fmt::format("{}: the state file and the manifest disagree about the machine", tdir->string()));
+  }
+  if (!o.nets.empty() && o.nets.size() != manifest->nets.size()) {
+    return error(exit_code::kUsage, fmt::format("--net: the template has {} interface(s), {} given", manifest->nets.size(), o.nets.size()));
+  }
+  // The template's disks must be the ones it was made with.
+  for (const auto& d : manifest->disks) {
+    std::error_code ec;
+    const auto size = fs::file_size(*tdir / d.file.name, ec);
+    if (ec || size != d.file.size) {
+      return error(exit_code::kImage, fmt::format("{}: template disk {} (run 'vmm template verify')",
+                                                  (*tdir / d.file.name).string(), ec ? "is missing" : "changed size"));
+    }
+  }
+
+  // The clone's own directory.
+  const std::string name = o.name.empty() ? fmt::format("{}-{}", manifest->name, clone::random_hex(4)) : o.name;
+  if (!clone::valid_name(name)) return error(exit_code::kUsage, fmt::format("--name '{}': use letters, digits, '.', '_' and '-'", name));
+  const fs::path cdir = sdir / "clones" / name;
+  std::error_code ec;
+  fs::create_directories(cdir.parent_path(), ec);
+  if (ec) return error(exit_code::kVmmError, fmt::format("{}: cannot create: {}", cdir.parent_path().string(), ec.message()));
+  if (!fs::create_directory(cdir, ec)) {
+    return error(ec ? exit_code::kVmmError : exit_code::kUsage,
+                 ec ? fmt::format("{}: cannot create: {}", cdir.string(), ec.message())
+                    : fmt::format("a clone named '{}' already exists ({})", name, cdir.string()));
+  }
+  fs::create_directory(cdir / "disk", ec);
+
+  // Memory: the template's file mapped copy-on-write, or for a full clone its own copy.
+  fs::path memory_path = *tdir / manifest->memory_file.name;
+  if (o.full) {
+    const fs::path copy = cdir / clone::kMemoryFile;
+    auto in = clone::map_memory_file(memory_path, manifest->memory);
+    if (!in) return error(exit_code::kImage, in.error().message());
+    auto w = clone::write_memory_file(*in, copy);
+    if (!w) return error(exit_code::kVmmError, w.error().message());
+    memory_path = copy;
+  }
+  auto memory = clone::map_memory_file(memory_path, manifest->memory);
+  if (!memory) return error(exit_code::kImage, memory.error().message());
+
+  // Disks: an overlay on each template disk (linked), or a flattened copy (full: later).
+  std::vector<DiskSpec> disks;
+  for (size_t i = 0; i < manifest->disks.size(); ++i) {
+    const auto& d = manifest->disks[i];
+    const fs::path overlay = cdir / "disk" / fmt::format("disk{}.qcow2", i);
+    auto r = disk::Qcow2::create(overlay, disk::Qcow2CreateOptions{.size = 0, .cluster_bits = 16,
+                                                                   .backing = (*tdir / d.file.name).string(),
+                                                                   .backing_format = d.format});
+    if (!r) return error(exit_code::kImage, r.error().message());
+    disks.push_back(DiskSpec{.path = overlay, .read_only = d.read_only, .id = d.id});
+  }
+  std::vector<NetSpec> nets = o.nets;
+  if (nets.empty()) {
+    for (const auto& n : manifest->nets) nets.push_back(NetSpec{.tap = n.tap, .mac = {}});
+  }
+  for (auto& n : nets) {
+    if (n.mac.empty()) {
+      auto mac = random_mac();
+      if (!mac) return error(exit_code::kVmmError, mac.error().message());
+      n.mac = devices::virtio::format_mac(*mac);
+    }
+  }
+  devices::ConsoleSpec console = o.console;
+  if (!o.console_given) console = devices::ConsoleSpec{.kind = devices::ConsoleSpec::Kind::File, .path = (cdir / "console.log").string()};
+  auto devs = open_devices(console, disks, nets);
+  if (!devs) return report_failure(devs.error());
+
+  {
+    std::ofstream rec(cdir / "clone.json");
+    rec << clone::clone_json(clone::CloneRecord{.name = name, .template_dir = o.full ? "" : tdir->string(), .full = o.full,
+                                                .pid = ::getpid(), .created = clone::utc_now()});
+  }
+
+  auto kvm = Kvm::open(o.kvm_device);
+  if (!kvm) return error(exit_code::kKvm, kvm.error().message());
+  // Identity: a new id, generation and MACs; the guest reads them through fw_cfg.
+  clone::Identity identity = clone::new_identity(name);
+  for (const auto& n : nets) identity.macs.push_back(n.mac);
+  identity.hostname = o.hostname;
+  identity.ip = o.ip;
+  const auto identity_kv = clone::identity_pairs(identity);
+
+  auto machine = Machine::create(*kvm, std::move(*memory),
+                                 VmConfig{.vcpus = shape->vcpus, .cpu_template = shape->cpu_template, .cpuid = shape->cpuid},
+                                 PlatformConfig{.console = std::move(devs->console), .disks = std::move(devs->disks),
+                                                .nets = std::move(devs->nets), .loop = nullptr, .identity = identity_kv,
+                                                .console_tap = {}},
+                                 std::move(devs->loop));
+  if (!machine) return error(exit_code::kVmmError, machine.error().message());
+  Machine& m = **machine;
+  auto khz = m.vm().vcpu(0).tsc_khz();
+  if (!khz) return error(exit_code::kVmmError, khz.error().message());
+  if (auto r = clone::check_cpu(*kvm, *shape, *khz, state_path); !r) return error(exit_code::kImage, r.error().message());
+  if (auto r = clone::restore(m, *state, state_path, /*clock_to_now=*/true); !r) return error(exit_code::kImage, r.error().message());
+  // The new generation ID, then the notification, before the vCPUs run: Linux reseeds its RNG.
+  if (auto r = m.platform().vmgenid().set(identity.generation); !r) return error(exit_code::kVmmError, r.error().message());
+  m.platform().vmgenid().notify();
+  return stop_status(m.run());
+}
+
+}  // namespace vmm::cli

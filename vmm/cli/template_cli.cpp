@@ -1,0 +1,285 @@
+#include "vmm/cli/template_cli.hpp"
+
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <condition_variable>
+#include <fstream>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "clone/memory_file.hpp"
+#include "clone/snapshot.hpp"
+#include "clone/template.hpp"
+#include "devices/virtio/net.hpp"
+#include "disk/qcow2.hpp"
+#include "vmm/base/fd.hpp"
+#include "vmm/cli/exit_codes.hpp"
+
+namespace vmm::cli {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+int error(int status, const std::string& message) {
+  fmt::print(stderr, "vmm: error: {}\n", message);
+  return status;
+}
+
+/// Copies `from` to a new file `to`: a reflink where the file system offers one, else a sparse
+/// copy (data extents only).
+Result<> copy_sparse(const fs::path& from, const fs::path& to) {
+  Fd in(::open(from.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!in) return fail("{}: cannot open: {}", from.string(), errno_text(errno));
+  Fd out(::open(to.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+  if (!out) return fail("{}: cannot create: {}", to.string(), errno_text(errno));
+  if (::ioctl(out.get(), FICLONE, in.get()) == 0) return {};
+  struct stat st {};
+  if (::fstat(in.get(), &st) < 0) return fail("{}: stat: {}", from.string(), errno_text(errno));
+  if (::ftruncate(out.get(), st.st_size) < 0) return fail("{}: ftruncate: {}", to.string(), errno_text(errno));
+  off_t pos = 0;
+  while (pos < st.st_size) {
+    off_t data = ::lseek(in.get(), pos, SEEK_DATA);
+    if (data < 0) break;  // the rest is a hole
+    off_t hole = ::lseek(in.get(), data, SEEK_HOLE);
+    if (hole < 0) hole = st.st_size;
+    off_t src = data, dst = data;
+    while (src < hole) {
+      const ssize_t n = ::copy_file_range(in.get(), &src, out.get(), &dst, static_cast<size_t>(hole - src), 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return fail("copying {} to {}: {}", from.string(), to.string(), errno_text(n < 0 ? errno : EIO));
+    }
+    pos = hole;
+  }
+  if (::fsync(out.get()) < 0) return fail("{}: fsync: {}", to.string(), errno_text(errno));
+  return {};
+}
+
+bool is_qcow2(const fs::path& p) {
+  Fd fd(::open(p.c_str(), O_RDONLY | O_CLOEXEC));
+  return fd && disk::Qcow2::probe(fd.get());
+}
+
+Result<fs::path> template_path(const std::string& state_dir, const std::string& dir) {
+  if (dir.find('/') != std::string::npos) return fs::absolute(dir);
+  if (!clone::valid_name(dir)) return fail("template name '{}': use letters, digits, '.', '_' and '-'", dir);
+  return clone::state_dir(state_dir) / "templates" / dir;
+}
+
+/// Makes every file under `dir` read-only (a template is never written again).
+void make_read_only(const fs::path& dir) {
+  std::error_code ec;
+  for (const auto& e : fs::recursive_directory_iterator(dir, ec)) {
+    if (e.is_regular_file(ec)) fs::permissions(e.path(), fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read, ec);
+  }
+}
+
+
+}  // namespace
+
+int template_create(const TemplateCreateOptions& o) {
+  auto dest = template_path(o.state_dir, o.dir);
+  if (!dest) return error(exit_code::kUsage, dest.error().message());
+  std::error_code ec;
+  if (fs::exists(*dest, ec)) return error(exit_code::kUsage, fmt::format("{}: already exists", dest->string()));
+  fs::create_directories(dest->parent_path(), ec);
+  if (ec) return error(exit_code::kVmmError, fmt::format("{}: cannot create: {}", dest->parent_path().string(), ec.message()));
+  // Everything is written into a temporary directory beside the destination and renamed at the
+  // end, so that a failure leaves no half-written template.
+  const fs::path tmp = dest->parent_path() / fmt::format(".{}.tmp-{}", dest->filename().string(), ::getpid());
+  struct Cleanup {
+    fs::path dir;
+    bool keep = false;
+    ~Cleanup() {
+      std::error_code e;
+      if (!keep) fs::remove_all(dir, e);
+    }
+  } cleanup{tmp};
+  fs::create_directories(tmp / "disks", ec);
+  if (ec) return error(exit_code::kVmmError, fmt::format("{}: cannot create: {}", tmp.string(), ec.message()));
+
+  // The template owns copies of its disks; the guest boots on those copies.
+  clone::Manifest m;
+  RunOptions run = o.run;
+  run.name = dest->filename().string();
+  for (size_t i = 0; i < run.disks.size(); ++i) {
+    auto& d = run.disks[i];
+    const bool qcow2 = is_qcow2(d.path);
+    const std::string name = fmt::format("disks/disk{}.{}", i, qcow2 ? "qcow2" : "img");
+    if (auto r = copy_sparse(d.path, tmp / name); !r) return error(exit_code::kImage, r.error().message());
+    m.disks.push_back({.file = {.name = name}, .id = d.id, .format = qcow2 ? "qcow2" : "raw", .read_only = d.read_only});
+    d.path = tmp / name;
+  }
+
+  // Ready when the console has printed the text.
+  std::mutex mutex;
+  std::condition_variable cv;
+  bool ready = false;
+  std::string seen;
+  auto tap = [&, text = o.ready_on](std::span<const uint8_t> bytes) {
+    std::lock_guard lock(mutex);
+    if (ready) return;
+    seen.append(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+    if (seen.find(text) != std::string::npos) {
+      ready = true;
+      cv.notify_all();
+    } else if (seen.size() > text.size()) {
+      seen.erase(0, seen.size() - text.size());
+    }
+  };
+  std::optional<Kvm> kvm;
+  auto machine = boot_machine(nullptr, run, tap, kvm);
+  if (!machine) return report_failure(machine.error());
+  Machine& mach = **machine;
+
+  // The controller: waits for the ready text (or the timeout, or the guest's end), then pauses,
+  // quiesces, writes the template and stops the VM.
+  std::optional<std::string> failure;
+  bool written = false;
+  bool finished = false;
+  std::thread controller([&] {
+    std::unique_lock lock(mutex);
+    const bool got = cv.wait_for(lock, std::chrono::duration<double>(o.timeout_s), [&] { return ready || finished; });
+    if (finished) return;  // the guest stopped first
+    lock.unlock();
+    if (!got) {
+      failure = fmt::format("the guest did not print '{}' within {} s", o.ready_on, o.timeout_s);
+      mach.vm().request_stop(StopInfo{.reason = devices::StopReason::Error, .status = 0, .message = *failure});
+      return;
+    }
+    auto write = [&]() -> Result<> {
+      if (auto q = mach.quiesce(); !q) return q;
+      auto state = clone::capture(mach, run.cpu_template);
+      if (!state) return std::unexpected(state.error());
+      auto mem = clone::write_memory_file(mach.vm().memory(), tmp / clone::kMemoryFile);
+      if (!mem) return std::unexpected(mem.error());
+      if (auto w = clone::write_state_file(tmp / clone::kStateFile, *state); !w) return w;
+      m.memory_file = {.name = clone::kMemoryFile, .size = mem->size, .checksum = mem->checksum, .data_bytes = mem->data_bytes};
+      auto st = clone::sum_file(tmp, clone::kStateFile);
+      if (!st) return std::unexpected(st.error());
+      m.state = *st;
+      return {};
+    };
+    if (auto r = write(); !r) {
+      failure = r.error().message();
+    } else {
+      written = true;
+    }
+    mach.vm().request_stop(StopInfo{.reason = devices::StopReason::PowerOff, .status = 0, .message = {}});
+  });
+  const StopInfo stop = mach.run();
+  {
+    std::lock_guard lock(mutex);
+    finished = true;
+    cv.notify_all();
+  }
+  controller.join();
+  machine->reset();  // the disks are closed (and unlocked) before they are summed and renamed
+  if (failure) return error(exit_code::kVmmError, fmt::format("template {}: {}", dest->string(), *failure));
+  if (!written) {
+    (void)stop;
+    return error(exit_code::kVmmError,
+                 fmt::format("template {}: the guest stopped before it printed '{}'", dest->string(), o.ready_on));
+  }
+  for (auto& d : m.disks) {
+    auto s = clone::sum_file(tmp, d.file.name);
+    if (!s) return error(exit_code::kImage, s.error().message());
+    d.file = *s;
+  }
+  for (const auto& n : run.nets) m.nets.push_back({.mac = n.mac, .tap = n.tap});
+  m.name = dest->filename().string();
+  m.created = clone::utc_now();
+  m.vmm_version = VMM_VERSION;
+  m.memory = run.memory;
+  m.vcpus = run.vcpus;
+  m.cpu_template = std::string(cpu_template_name(run.cpu_template));
+  m.kernel = fs::absolute(run.kernel).string();
+  m.cmdline = run.cmdline;
+  {
+    std::ofstream out(tmp / clone::kManifestFile);
+    out << clone::manifest_json(m);
+    if (!out.flush()) return error(exit_code::kVmmError, fmt::format("{}: cannot write", (tmp / clone::kManifestFile).string()));
+  }
+  make_read_only(tmp);
+  fs::rename(tmp, *dest, ec);
+  if (ec) return error(exit_code::kVmmError, fmt::format("{}: rename: {}", dest->string(), ec.message()));
+  cleanup.keep = true;
+  fmt::print(stderr, "vmm: template {} written ({} MiB of RAM, {} MiB in its memory file)\n", dest->string(), m.memory >> 20,
+             m.memory_file.data_bytes >> 20);
+  return exit_code::kOk;
+}
+
+int template_ls(const std::string& state_dir, bool json) {
+  const fs::path sdir = clone::state_dir(state_dir);
+  nlohmann::json list = nlohmann::json::array();
+  std::error_code ec;
+  std::vector<fs::path> dirs;
+  for (const auto& e : fs::directory_iterator(sdir / "templates", ec)) {
+    if (e.is_directory(ec) && e.path().filename().string().front() != '.') dirs.push_back(e.path());
+  }
+  std::sort(dirs.begin(), dirs.end());
+  if (!json) fmt::print("{:<24} {:>8} {:>5} {:>5} {:>10} {:>7}\n", "NAME", "MEMORY", "CPUS", "DISKS", "ON DISK", "CLONES");
+  for (const auto& d : dirs) {
+    auto m = clone::read_manifest(d);
+    if (!m) {
+      fmt::print(stderr, "vmm: warning: {}\n", m.error().message());
+      continue;
+    }
+    uint64_t on_disk = 0;
+    for (const auto& e : fs::recursive_directory_iterator(d, ec)) {
+      struct stat st {};
+      if (e.is_regular_file(ec) && ::stat(e.path().c_str(), &st) == 0) on_disk += static_cast<uint64_t>(st.st_blocks) * 512;
+    }
+    const auto clones = clone::dependants(sdir, d);
+    if (json) {
+      list.push_back({{"name", m->name}, {"path", d.string()}, {"memory", m->memory}, {"vcpus", m->vcpus},
+                      {"disks", m->disks.size()}, {"size_on_disk", on_disk}, {"linked_clones", clones.size()}});
+    } else {
+      fmt::print("{:<24} {:>7}M {:>5} {:>5} {:>9}M {:>7}\n", m->name, m->memory >> 20, m->vcpus, m->disks.size(),
+                 on_disk >> 20, clones.size());
+    }
+  }
+  if (json) fmt::print("{}\n", list.dump(2));
+  return exit_code::kOk;
+}
+
+int template_inspect(const std::string& state_dir, const std::string& target) {
+  auto dir = clone::resolve_template(clone::state_dir(state_dir), target);
+  if (!dir) return error(exit_code::kImage, dir.error().message());
+  auto m = clone::read_manifest(*dir);
+  if (!m) return error(exit_code::kImage, m.error().message());
+  fmt::print("{}", clone::manifest_json(*m));
+  return exit_code::kOk;
+}
+
+int template_rm(const std::string& state_dir, const std::string& target, bool force) {
+  const fs::path sdir = clone::state_dir(state_dir);
+  auto dir = clone::resolve_template(sdir, target);
+  if (!dir) return error(exit_code::kImage, dir.error().message());
+  if (auto m = clone::read_manifest(*dir); !m) return error(exit_code::kImage, m.error().message());
+  const auto clones = clone::dependants(sdir, *dir);
+  if (!clones.empty() && !force) {
+    return error(exit_code::kUsage, fmt::format("template {}: {} linked clone(s) depend on it ({}); remove them first or use --force",
+                                                dir->string(), clones.size(), fmt::join(clones, ", ")));
+  }
+  std::error_code ec;
+  fs::remove_all(*dir, ec);
+  if (ec) return error(exit_code::kVmmError, fmt::format("{}: {}", dir->string(), ec.message()));
+  return exit_code::kOk;
+}
+
+int template_verify(const std::string& state_dir, const std::string& target) {
+  auto dir = clone::resolve_template(clone::state_dir(state_dir), target);
+  if (!dir) return error(exit_code::kImage, dir.error().message());
+  if (auto r = clone::verify_template(*dir); !r) return error(exit_code::kImage, r.error().message());
+  fmt::print("{}: ok\n", dir->string());
+  return exit_code::kOk;
+}
+
+}  // namespace vmm::cli
