@@ -1,6 +1,9 @@
 #include "clone/template.hpp"
 
 #include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -59,6 +62,35 @@ Result<FileSum> parse_sum(const json& j, std::string_view what, std::string_view
 }
 
 }  // namespace
+
+/// Copies `from` to a new file `to`: a reflink where the file system offers one, else a sparse
+/// copy (data extents only).
+Result<> copy_sparse(const fs::path& from, const fs::path& to) {
+  Fd in(::open(from.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!in) return fail("{}: cannot open: {}", from.string(), errno_text(errno));
+  Fd out(::open(to.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+  if (!out) return fail("{}: cannot create: {}", to.string(), errno_text(errno));
+  if (::ioctl(out.get(), FICLONE, in.get()) == 0) return {};
+  struct stat st {};
+  if (::fstat(in.get(), &st) < 0) return fail("{}: stat: {}", from.string(), errno_text(errno));
+  if (::ftruncate(out.get(), st.st_size) < 0) return fail("{}: ftruncate: {}", to.string(), errno_text(errno));
+  off_t pos = 0;
+  while (pos < st.st_size) {
+    off_t data = ::lseek(in.get(), pos, SEEK_DATA);
+    if (data < 0) break;  // the rest is a hole
+    off_t hole = ::lseek(in.get(), data, SEEK_HOLE);
+    if (hole < 0) hole = st.st_size;
+    off_t src = data, dst = data;
+    while (src < hole) {
+      const ssize_t n = ::copy_file_range(in.get(), &src, out.get(), &dst, static_cast<size_t>(hole - src), 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return fail("copying {} to {}: {}", from.string(), to.string(), errno_text(n < 0 ? errno : EIO));
+    }
+    pos = hole;
+  }
+  if (::fsync(out.get()) < 0) return fail("{}: fsync: {}", to.string(), errno_text(errno));
+  return {};
+}
 
 bool valid_name(std::string_view name) {
   if (name.empty() || name.size() > 64 || name.front() == '.') return false;

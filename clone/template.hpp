@@ -85,6 +85,10 @@ Result<CloneRecord> read_clone_record(const std::filesystem::path& clone_dir);
 /// Linked clones (under state_dir/clones) whose template is `template_dir`.
 std::vector<std::string> dependants(const std::filesystem::path& state_dir, const std::filesystem::path& template_dir);
 
+/// Copies `from` to a new file `to`: a reflink where the file system offers one, else a sparse
+/// copy (data extents only); fsyncs it.
+Result<> copy_sparse(const std::filesystem::path& from, const std::filesystem::path& to);
+
 /// Current UTC time as ISO 8601.
 std::string utc_now();
 /// A valid template or clone name: 1..64 of [A-Za-z0-9._-], not starting with '.'.

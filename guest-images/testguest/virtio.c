@@ -592,6 +592,61 @@ static void net_scenario(const char* s) {
   guest_exit(2);
 }
 
+/* Decimal number at *p (advanced past it and one space); -1 if none. */
+static int64_t take_number(const char** p) {
+  int64_t v = 0;
+  int n = 0;
+  while (**p >= '0' && **p <= '9' && n < 12) v = v * 10 + (*(*p)++ - '0'), n++;
+  if (!n) return -1;
+  if (**p == ' ') (*p)++;
+  return v;
+}
+
+/* blk-serve: the disk set up, then `write S B` (sector S filled with byte B), `read S` (prints the
+ * sector's byte, or "mixed"), `flush`, `quit`, waiting in sti;hlt between lines. For the clone tests:
+ * a template is made after the ready line and each clone writes its own disk. */
+static void blk_serve(void) {
+  static struct tg_line l;
+  tg_irq_init(1u << 4);
+  puts_("blk-serve: ready\n");
+  for (;;) {
+    while (tg_getline(&l)) {
+      const char* p = l.buf + 6;
+      if (starts_with(l.buf, "write ")) {
+        int64_t sector = take_number(&p), byte = take_number(&p);
+        if (sector < 0 || byte < 0 || byte > 255) { puts_("blk-serve: bad write\n"); continue; }
+        for (unsigned i = 0; i < 512; i++) buf[i] = (uint8_t)byte;
+        if (blk_request(1, (uint64_t)sector, buf, 512, 0) != 0) { puts_("blk-serve: write failed\n"); continue; }
+        puts_("blk-serve: wrote ");
+        putu((unsigned)sector);
+        putc_('\n');
+      } else if (starts_with(l.buf, "read ")) {
+        p = l.buf + 5;
+        int64_t sector = take_number(&p);
+        if (sector < 0 || blk_request(0, (uint64_t)sector, buf, 512, 1) != 0) { puts_("blk-serve: read failed\n"); continue; }
+        unsigned same = 1;
+        for (unsigned i = 1; i < 512; i++) same &= buf[i] == buf[0];
+        puts_("blk-serve: sector ");
+        putu((unsigned)sector);
+        if (same) {
+          puts_(" byte=");
+          putx(buf[0]);
+        } else {
+          puts_(" mixed");
+        }
+        putc_('\n');
+      } else if (streq(l.buf, "flush")) {
+        puts_(blk_request(4, 0, 0, 0, 0) == 0 ? "blk-serve: flushed\n" : "blk-serve: flush failed\n");
+      } else if (streq(l.buf, "quit")) {
+        guest_exit(0);
+      } else {
+        puts_("blk-serve: unknown command\n");
+      }
+    }
+    tg_wait();
+  }
+}
+
 void virtio_scenario(const char* s) {
   if (starts_with(s, "net-")) net_scenario(s);
   if (!starts_with(s, "blk-") && !starts_with(s, "hostile-")) return;
@@ -601,6 +656,7 @@ void virtio_scenario(const char* s) {
   }
   if (!setup(1)) fail("virtio: setup");
   if (starts_with(s, "hostile-")) hostile(s);
+  if (streq(s, "blk-serve")) blk_serve();
   if (streq(s, "blk-read")) {
     for (unsigned part = 0; part < 4; part++) {
       if (blk_request(0, part * 32, buf, 16384, 1) != 0) fail("blk-read");

@@ -73,19 +73,24 @@ int run_clone(const CloneOptions& o) {
   fs::path memory_path = *tdir / manifest->memory_file.name;
   if (o.full) {
     const fs::path copy = cdir / clone::kMemoryFile;
-    auto in = clone::map_memory_file(memory_path, manifest->memory);
-    if (!in) return error(exit_code::kImage, in.error().message());
-    auto w = clone::write_memory_file(*in, copy);
-    if (!w) return error(exit_code::kVmmError, w.error().message());
+    if (auto r = clone::copy_sparse(memory_path, copy); !r) return error(exit_code::kVmmError, r.error().message());
     memory_path = copy;
   }
   auto memory = clone::map_memory_file(memory_path, manifest->memory);
   if (!memory) return error(exit_code::kImage, memory.error().message());
 
-  // Disks: an overlay on each template disk (linked), or a flattened copy (full: later).
+  // Disks: an overlay on each template disk (linked), or a copy of it (full; template disks have no
+  // backing file, so a copy is already flat).
   std::vector<DiskSpec> disks;
   for (size_t i = 0; i < manifest->disks.size(); ++i) {
     const auto& d = manifest->disks[i];
+    if (o.full) {
+      const fs::path copy = cdir / "disk" / fmt::format("disk{}.{}", i, d.format == "qcow2" ? "qcow2" : "img");
+      if (auto r = clone::copy_sparse(*tdir / d.file.name, copy); !r) return error(exit_code::kImage, r.error().message());
+      fs::permissions(copy, fs::perms::owner_read | fs::perms::owner_write, ec);
+      disks.push_back(DiskSpec{.path = copy, .read_only = d.read_only, .id = d.id});
+      continue;
+    }
     const fs::path overlay = cdir / "disk" / fmt::format("disk{}.qcow2", i);
     auto r = disk::Qcow2::create(overlay, disk::Qcow2CreateOptions{.size = 0, .cluster_bits = 16,
                                                                    .backing = (*tdir / d.file.name).string(),

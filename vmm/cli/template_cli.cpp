@@ -32,35 +32,6 @@ int error(int status, const std::string& message) {
   return status;
 }
 
-/// Copies `from` to a new file `to`: a reflink where the file system offers one, else a sparse
-/// copy (data extents only).
-Result<> copy_sparse(const fs::path& from, const fs::path& to) {
-  Fd in(::open(from.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!in) return fail("{}: cannot open: {}", from.string(), errno_text(errno));
-  Fd out(::open(to.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
-  if (!out) return fail("{}: cannot create: {}", to.string(), errno_text(errno));
-  if (::ioctl(out.get(), FICLONE, in.get()) == 0) return {};
-  struct stat st {};
-  if (::fstat(in.get(), &st) < 0) return fail("{}: stat: {}", from.string(), errno_text(errno));
-  if (::ftruncate(out.get(), st.st_size) < 0) return fail("{}: ftruncate: {}", to.string(), errno_text(errno));
-  off_t pos = 0;
-  while (pos < st.st_size) {
-    off_t data = ::lseek(in.get(), pos, SEEK_DATA);
-    if (data < 0) break;  // the rest is a hole
-    off_t hole = ::lseek(in.get(), data, SEEK_HOLE);
-    if (hole < 0) hole = st.st_size;
-    off_t src = data, dst = data;
-    while (src < hole) {
-      const ssize_t n = ::copy_file_range(in.get(), &src, out.get(), &dst, static_cast<size_t>(hole - src), 0);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return fail("copying {} to {}: {}", from.string(), to.string(), errno_text(n < 0 ? errno : EIO));
-    }
-    pos = hole;
-  }
-  if (::fsync(out.get()) < 0) return fail("{}: fsync: {}", to.string(), errno_text(errno));
-  return {};
-}
-
 bool is_qcow2(const fs::path& p) {
   Fd fd(::open(p.c_str(), O_RDONLY | O_CLOEXEC));
   return fd && disk::Qcow2::probe(fd.get());
@@ -111,8 +82,17 @@ int template_create(const TemplateCreateOptions& o) {
   for (size_t i = 0; i < run.disks.size(); ++i) {
     auto& d = run.disks[i];
     const bool qcow2 = is_qcow2(d.path);
+    if (qcow2) {
+      // The template owns a copy: an image that depends on a backing file would not be self-contained.
+      auto img = disk::Qcow2::open(d.path, disk::Qcow2OpenOptions{.read_only = true});
+      if (!img) return error(exit_code::kImage, img.error().message());
+      if (!(*img)->info().backing.empty()) {
+        return error(exit_code::kImage, fmt::format("{}: has a backing file; a template's disk must stand alone "
+                                                    "(flatten it first: qemu-img convert -O qcow2)", d.path.string()));
+      }
+    }
     const std::string name = fmt::format("disks/disk{}.{}", i, qcow2 ? "qcow2" : "img");
-    if (auto r = copy_sparse(d.path, tmp / name); !r) return error(exit_code::kImage, r.error().message());
+    if (auto r = clone::copy_sparse(d.path, tmp / name); !r) return error(exit_code::kImage, r.error().message());
     m.disks.push_back({.file = {.name = name}, .id = d.id, .format = qcow2 ? "qcow2" : "raw", .read_only = d.read_only});
     d.path = tmp / name;
   }
