@@ -98,7 +98,28 @@ for fmt in raw qcow2; do
   done
   [ "$(sha256sum "$VMM_STATE_DIR/templates/blk-$fmt/disks/"* | cut -d' ' -f1)" = "$tsum" ] && ok "$fmt template disk unchanged" || bad "$fmt template disk changed"
 done
-# A third clone still sees the template's zeroes, not a sibling's writes.
+# Many clones at once, each writing its own memory and disk; then the template's files are hashed.
+count=${VMM_CLONE_COUNT:-50}
+tbefore=$(cd "$VMM_STATE_DIR/templates/blk-raw" && find . -type f | sort | xargs sha256sum)
+i=0
+while [ $i -lt "$count" ]; do
+  i=$((i + 1))
+  printf 'write 11 %s\nread 11\nquit\n' $((i % 250 + 1)) |
+    "$vmm" run --clone-of blk-raw --name "many$i" --console stdio >"$work/many$i.out" 2>&1 &
+done
+wait
+i=0
+good=0
+while [ $i -lt "$count" ]; do
+  i=$((i + 1))
+  grep -q "sector 11 byte=0x$(printf %x $((i % 250 + 1)))$" "$work/many$i.out" && good=$((good + 1))
+done
+[ $good = "$count" ] && ok "$count concurrent clones each wrote and read their own disk" || {
+  bad "$good of $count concurrent clones"; for f in "$work"/many*.out; do grep -q "byte=" "$f" || sed 's/^/  | /' "$f"; done; }
+tafter=$(cd "$VMM_STATE_DIR/templates/blk-raw" && find . -type f | sort | xargs sha256sum)
+[ "$tbefore" = "$tafter" ] && ok "template files unchanged after $count writing clones" || bad "blk-raw template changed"
+
+# A later clone still sees the template's zeroes, not a sibling's writes.
 printf 'read 7\nquit\n' | "$vmm" run --clone-of blk-raw --name braw3 --console stdio >"$work/braw3.out" 2>&1
 grep -q "sector 7 byte=0x0$" "$work/braw3.out" && ok "sibling writes invisible" || { bad "sibling isolation"; sed 's/^/  | /' "$work/braw3.out"; }
 
