@@ -54,6 +54,8 @@ std::expected<std::unique_ptr<Machine>, CliFailure> boot_machine(const Kvm* kvm,
                                                                  std::optional<Kvm>& kvm_holder);
 /// A random locally administered unicast MAC (02:xx:xx:xx:xx:xx), as Cloud Hypervisor gives.
 Result<devices::virtio::MacAddress> random_mac();
+/// Prints "vmm: error: MESSAGE" and returns `status`.
+int report_error(int status, const std::string& message);
 /// Prints "vmm: error: ..." and returns the status.
 int report_failure(const CliFailure& failure);
 /// The exit status for how a VM stopped (prints what the stop needs said).

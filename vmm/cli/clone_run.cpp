@@ -17,53 +17,42 @@ namespace vmm::cli {
 
 namespace fs = std::filesystem;
 
-namespace {
-
-int error(int status, const std::string& message) {
-  fmt::print(stderr, "vmm: error: {}\n", message);
-  return status;
-}
-
-
-
-}  // namespace
-
 int run_clone(const CloneOptions& o) {
   const fs::path sdir = clone::state_dir(o.state_dir);
   auto tdir = clone::resolve_template(sdir, o.template_name);
-  if (!tdir) return error(exit_code::kImage, tdir.error().message());
+  if (!tdir) return report_error(exit_code::kImage, tdir.error().message());
   auto manifest = clone::read_manifest(*tdir);
-  if (!manifest) return error(exit_code::kImage, manifest.error().message());
+  if (!manifest) return report_error(exit_code::kImage, manifest.error().message());
   const std::string state_path = (*tdir / manifest->state.name).string();
   auto state = clone::read_state_file(*tdir / manifest->state.name);
-  if (!state) return error(exit_code::kImage, state.error().message());
+  if (!state) return report_error(exit_code::kImage, state.error().message());
   auto shape = clone::read_shape(*state, state_path);
-  if (!shape) return error(exit_code::kImage, shape.error().message());
+  if (!shape) return report_error(exit_code::kImage, shape.error().message());
   if (shape->memory != manifest->memory || shape->vcpus != manifest->vcpus) {
-    return error(exit_code::kImage, fmt::format("{}: the state file and the manifest disagree about the machine", tdir->string()));
+    return report_error(exit_code::kImage, fmt::format("{}: the state file and the manifest disagree about the machine", tdir->string()));
   }
   if (!o.nets.empty() && o.nets.size() != manifest->nets.size()) {
-    return error(exit_code::kUsage, fmt::format("--net: the template has {} interface(s), {} given", manifest->nets.size(), o.nets.size()));
+    return report_error(exit_code::kUsage, fmt::format("--net: the template has {} interface(s), {} given", manifest->nets.size(), o.nets.size()));
   }
   // The template's disks must be the ones it was made with.
   for (const auto& d : manifest->disks) {
     std::error_code ec;
     const auto size = fs::file_size(*tdir / d.file.name, ec);
     if (ec || size != d.file.size) {
-      return error(exit_code::kImage, fmt::format("{}: template disk {} (run 'vmm template verify')",
+      return report_error(exit_code::kImage, fmt::format("{}: template disk {} (run 'vmm template verify')",
                                                   (*tdir / d.file.name).string(), ec ? "is missing" : "changed size"));
     }
   }
 
   // The clone's own directory.
   const std::string name = o.name.empty() ? fmt::format("{}-{}", manifest->name, clone::random_hex(4)) : o.name;
-  if (!clone::valid_name(name)) return error(exit_code::kUsage, fmt::format("--name '{}': use letters, digits, '.', '_' and '-'", name));
+  if (!clone::valid_name(name)) return report_error(exit_code::kUsage, fmt::format("--name '{}': use letters, digits, '.', '_' and '-'", name));
   const fs::path cdir = sdir / "clones" / name;
   std::error_code ec;
   fs::create_directories(cdir.parent_path(), ec);
-  if (ec) return error(exit_code::kVmmError, fmt::format("{}: cannot create: {}", cdir.parent_path().string(), ec.message()));
+  if (ec) return report_error(exit_code::kVmmError, fmt::format("{}: cannot create: {}", cdir.parent_path().string(), ec.message()));
   if (!fs::create_directory(cdir, ec)) {
-    return error(ec ? exit_code::kVmmError : exit_code::kUsage,
+    return report_error(ec ? exit_code::kVmmError : exit_code::kUsage,
                  ec ? fmt::format("{}: cannot create: {}", cdir.string(), ec.message())
                     : fmt::format("a clone named '{}' already exists ({})", name, cdir.string()));
   }
@@ -73,11 +62,11 @@ int run_clone(const CloneOptions& o) {
   fs::path memory_path = *tdir / manifest->memory_file.name;
   if (o.full) {
     const fs::path copy = cdir / clone::kMemoryFile;
-    if (auto r = clone::copy_sparse(memory_path, copy); !r) return error(exit_code::kVmmError, r.error().message());
+    if (auto r = clone::copy_sparse(memory_path, copy); !r) return report_error(exit_code::kVmmError, r.error().message());
     memory_path = copy;
   }
   auto memory = clone::map_memory_file(memory_path, manifest->memory);
-  if (!memory) return error(exit_code::kImage, memory.error().message());
+  if (!memory) return report_error(exit_code::kImage, memory.error().message());
 
   // Disks: an overlay on each template disk (linked), or a copy of it (full; template disks have no
   // backing file, so a copy is already flat).
@@ -86,7 +75,7 @@ int run_clone(const CloneOptions& o) {
     const auto& d = manifest->disks[i];
     if (o.full) {
       const fs::path copy = cdir / "disk" / fmt::format("disk{}.{}", i, d.format == "qcow2" ? "qcow2" : "img");
-      if (auto r = clone::copy_sparse(*tdir / d.file.name, copy); !r) return error(exit_code::kImage, r.error().message());
+      if (auto r = clone::copy_sparse(*tdir / d.file.name, copy); !r) return report_error(exit_code::kImage, r.error().message());
       fs::permissions(copy, fs::perms::owner_read | fs::perms::owner_write, ec);
       disks.push_back(DiskSpec{.path = copy, .read_only = d.read_only, .id = d.id});
       continue;
@@ -95,7 +84,7 @@ int run_clone(const CloneOptions& o) {
     auto r = disk::Qcow2::create(overlay, disk::Qcow2CreateOptions{.size = 0, .cluster_bits = 16,
                                                                    .backing = (*tdir / d.file.name).string(),
                                                                    .backing_format = d.format});
-    if (!r) return error(exit_code::kImage, r.error().message());
+    if (!r) return report_error(exit_code::kImage, r.error().message());
     disks.push_back(DiskSpec{.path = overlay, .read_only = d.read_only, .id = d.id});
   }
   std::vector<NetSpec> nets = o.nets;
@@ -105,7 +94,7 @@ int run_clone(const CloneOptions& o) {
   for (auto& n : nets) {
     if (n.mac.empty()) {
       auto mac = random_mac();
-      if (!mac) return error(exit_code::kVmmError, mac.error().message());
+      if (!mac) return report_error(exit_code::kVmmError, mac.error().message());
       n.mac = devices::virtio::format_mac(*mac);
     }
   }
@@ -121,7 +110,7 @@ int run_clone(const CloneOptions& o) {
   }
 
   auto kvm = Kvm::open(o.kvm_device);
-  if (!kvm) return error(exit_code::kKvm, kvm.error().message());
+  if (!kvm) return report_error(exit_code::kKvm, kvm.error().message());
   // Identity: a new id, generation and MACs; the guest reads them through fw_cfg.
   clone::Identity identity = clone::new_identity(name);
   for (const auto& n : nets) identity.macs.push_back(n.mac);
@@ -135,14 +124,14 @@ int run_clone(const CloneOptions& o) {
                                                 .nets = std::move(devs->nets), .loop = nullptr, .identity = identity_kv,
                                                 .console_tap = {}},
                                  std::move(devs->loop));
-  if (!machine) return error(exit_code::kVmmError, machine.error().message());
+  if (!machine) return report_error(exit_code::kVmmError, machine.error().message());
   Machine& m = **machine;
   auto khz = m.vm().vcpu(0).tsc_khz();
-  if (!khz) return error(exit_code::kVmmError, khz.error().message());
-  if (auto r = clone::check_cpu(*kvm, *shape, *khz, state_path); !r) return error(exit_code::kImage, r.error().message());
-  if (auto r = clone::restore(m, *state, state_path, /*clock_to_now=*/true); !r) return error(exit_code::kImage, r.error().message());
+  if (!khz) return report_error(exit_code::kVmmError, khz.error().message());
+  if (auto r = clone::check_cpu(*kvm, *shape, *khz, state_path); !r) return report_error(exit_code::kImage, r.error().message());
+  if (auto r = clone::restore(m, *state, state_path, /*clock_to_now=*/true); !r) return report_error(exit_code::kImage, r.error().message());
   // The new generation ID, then the notification, before the vCPUs run: Linux reseeds its RNG.
-  if (auto r = m.platform().vmgenid().set(identity.generation); !r) return error(exit_code::kVmmError, r.error().message());
+  if (auto r = m.platform().vmgenid().set(identity.generation); !r) return report_error(exit_code::kVmmError, r.error().message());
   m.platform().vmgenid().notify();
   return stop_status(m.run());
 }

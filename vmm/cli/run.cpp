@@ -21,10 +21,6 @@ namespace vmm::cli {
 namespace {
 
 
-int report(int status, const std::string& message) {
-  fmt::print(stderr, "vmm: error: {}\n", message);
-  return status;
-}
 
 int exit_status(const StopInfo& stop) {
   using devices::StopReason;
@@ -48,7 +44,7 @@ int exit_status(const StopInfo& stop) {
     case StopReason::Error:
       break;
   }
-  return report(exit_code::kVmmError, stop.message);
+  return report_error(exit_code::kVmmError, stop.message);
 }
 
 }  // namespace
@@ -119,7 +115,12 @@ Result<devices::virtio::MacAddress> random_mac() {
   return mac;
 }
 
-int report_failure(const CliFailure& f) { return report(f.status, f.message); }
+int report_error(int status, const std::string& message) {
+  fmt::print(stderr, "vmm: error: {}\n", message);
+  return status;
+}
+
+int report_failure(const CliFailure& f) { return report_error(f.status, f.message); }
 
 int run_vm(const RunOptions& o) {
   std::optional<Kvm> kvm;

@@ -27,10 +27,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-int error(int status, const std::string& message) {
-  fmt::print(stderr, "vmm: error: {}\n", message);
-  return status;
-}
 
 bool is_qcow2(const fs::path& p) {
   Fd fd(::open(p.c_str(), O_RDONLY | O_CLOEXEC));
@@ -56,11 +52,11 @@ void make_read_only(const fs::path& dir) {
 
 int template_create(const TemplateCreateOptions& o) {
   auto dest = template_path(o.state_dir, o.dir);
-  if (!dest) return error(exit_code::kUsage, dest.error().message());
+  if (!dest) return report_error(exit_code::kUsage, dest.error().message());
   std::error_code ec;
-  if (fs::exists(*dest, ec)) return error(exit_code::kUsage, fmt::format("{}: already exists", dest->string()));
+  if (fs::exists(*dest, ec)) return report_error(exit_code::kUsage, fmt::format("{}: already exists", dest->string()));
   fs::create_directories(dest->parent_path(), ec);
-  if (ec) return error(exit_code::kVmmError, fmt::format("{}: cannot create: {}", dest->parent_path().string(), ec.message()));
+  if (ec) return report_error(exit_code::kVmmError, fmt::format("{}: cannot create: {}", dest->parent_path().string(), ec.message()));
   // Everything is written into a temporary directory beside the destination and renamed at the
   // end, so that a failure leaves no half-written template.
   const fs::path tmp = dest->parent_path() / fmt::format(".{}.tmp-{}", dest->filename().string(), ::getpid());
@@ -73,7 +69,7 @@ int template_create(const TemplateCreateOptions& o) {
     }
   } cleanup{tmp};
   fs::create_directories(tmp / "disks", ec);
-  if (ec) return error(exit_code::kVmmError, fmt::format("{}: cannot create: {}", tmp.string(), ec.message()));
+  if (ec) return report_error(exit_code::kVmmError, fmt::format("{}: cannot create: {}", tmp.string(), ec.message()));
 
   // The template owns copies of its disks; the guest boots on those copies.
   clone::Manifest m;
@@ -85,14 +81,14 @@ int template_create(const TemplateCreateOptions& o) {
     if (qcow2) {
       // The template owns a copy: an image that depends on a backing file would not be self-contained.
       auto img = disk::Qcow2::open(d.path, disk::Qcow2OpenOptions{.read_only = true});
-      if (!img) return error(exit_code::kImage, img.error().message());
+      if (!img) return report_error(exit_code::kImage, img.error().message());
       if (!(*img)->info().backing.empty()) {
-        return error(exit_code::kImage, fmt::format("{}: has a backing file; a template's disk must stand alone "
+        return report_error(exit_code::kImage, fmt::format("{}: has a backing file; a template's disk must stand alone "
                                                     "(flatten it first: qemu-img convert -O qcow2)", d.path.string()));
       }
     }
     const std::string name = fmt::format("disks/disk{}.{}", i, qcow2 ? "qcow2" : "img");
-    if (auto r = clone::copy_sparse(d.path, tmp / name); !r) return error(exit_code::kImage, r.error().message());
+    if (auto r = clone::copy_sparse(d.path, tmp / name); !r) return report_error(exit_code::kImage, r.error().message());
     m.disks.push_back({.file = {.name = name}, .id = d.id, .format = qcow2 ? "qcow2" : "raw", .read_only = d.read_only});
     d.path = tmp / name;
   }
@@ -161,15 +157,15 @@ int template_create(const TemplateCreateOptions& o) {
   }
   controller.join();
   machine->reset();  // the disks are closed (and unlocked) before they are summed and renamed
-  if (failure) return error(exit_code::kVmmError, fmt::format("template {}: {}", dest->string(), *failure));
+  if (failure) return report_error(exit_code::kVmmError, fmt::format("template {}: {}", dest->string(), *failure));
   if (!written) {
     (void)stop;
-    return error(exit_code::kVmmError,
+    return report_error(exit_code::kVmmError,
                  fmt::format("template {}: the guest stopped before it printed '{}'", dest->string(), o.ready_on));
   }
   for (auto& d : m.disks) {
     auto s = clone::sum_file(tmp, d.file.name);
-    if (!s) return error(exit_code::kImage, s.error().message());
+    if (!s) return report_error(exit_code::kImage, s.error().message());
     d.file = *s;
   }
   for (const auto& n : run.nets) m.nets.push_back({.mac = n.mac, .tap = n.tap});
@@ -184,11 +180,11 @@ int template_create(const TemplateCreateOptions& o) {
   {
     std::ofstream out(tmp / clone::kManifestFile);
     out << clone::manifest_json(m);
-    if (!out.flush()) return error(exit_code::kVmmError, fmt::format("{}: cannot write", (tmp / clone::kManifestFile).string()));
+    if (!out.flush()) return report_error(exit_code::kVmmError, fmt::format("{}: cannot write", (tmp / clone::kManifestFile).string()));
   }
   make_read_only(tmp);
   fs::rename(tmp, *dest, ec);
-  if (ec) return error(exit_code::kVmmError, fmt::format("{}: rename: {}", dest->string(), ec.message()));
+  if (ec) return report_error(exit_code::kVmmError, fmt::format("{}: rename: {}", dest->string(), ec.message()));
   cleanup.keep = true;
   fmt::print(stderr, "vmm: template {} written ({} MiB of RAM, {} MiB in its memory file)\n", dest->string(), m.memory >> 20,
              m.memory_file.data_bytes >> 20);
@@ -231,9 +227,9 @@ int template_ls(const std::string& state_dir, bool json) {
 
 int template_inspect(const std::string& state_dir, const std::string& target) {
   auto dir = clone::resolve_template(clone::state_dir(state_dir), target);
-  if (!dir) return error(exit_code::kImage, dir.error().message());
+  if (!dir) return report_error(exit_code::kImage, dir.error().message());
   auto m = clone::read_manifest(*dir);
-  if (!m) return error(exit_code::kImage, m.error().message());
+  if (!m) return report_error(exit_code::kImage, m.error().message());
   fmt::print("{}", clone::manifest_json(*m));
   return exit_code::kOk;
 }
@@ -241,23 +237,23 @@ int template_inspect(const std::string& state_dir, const std::string& target) {
 int template_rm(const std::string& state_dir, const std::string& target, bool force) {
   const fs::path sdir = clone::state_dir(state_dir);
   auto dir = clone::resolve_template(sdir, target);
-  if (!dir) return error(exit_code::kImage, dir.error().message());
-  if (auto m = clone::read_manifest(*dir); !m) return error(exit_code::kImage, m.error().message());
+  if (!dir) return report_error(exit_code::kImage, dir.error().message());
+  if (auto m = clone::read_manifest(*dir); !m) return report_error(exit_code::kImage, m.error().message());
   const auto clones = clone::dependants(sdir, *dir);
   if (!clones.empty() && !force) {
-    return error(exit_code::kUsage, fmt::format("template {}: {} linked clone(s) depend on it ({}); remove them first or use --force",
+    return report_error(exit_code::kUsage, fmt::format("template {}: {} linked clone(s) depend on it ({}); remove them first or use --force",
                                                 dir->string(), clones.size(), fmt::join(clones, ", ")));
   }
   std::error_code ec;
   fs::remove_all(*dir, ec);
-  if (ec) return error(exit_code::kVmmError, fmt::format("{}: {}", dir->string(), ec.message()));
+  if (ec) return report_error(exit_code::kVmmError, fmt::format("{}: {}", dir->string(), ec.message()));
   return exit_code::kOk;
 }
 
 int template_verify(const std::string& state_dir, const std::string& target) {
   auto dir = clone::resolve_template(clone::state_dir(state_dir), target);
-  if (!dir) return error(exit_code::kImage, dir.error().message());
-  if (auto r = clone::verify_template(*dir); !r) return error(exit_code::kImage, r.error().message());
+  if (!dir) return report_error(exit_code::kImage, dir.error().message());
+  if (auto r = clone::verify_template(*dir); !r) return report_error(exit_code::kImage, r.error().message());
   fmt::print("{}: ok\n", dir->string());
   return exit_code::kOk;
 }
