@@ -2,17 +2,20 @@
 # Builds the L2 initramfs: busybox-static, the virtio, block, network and paravirtual-platform
 # modules of Debian's cloud kernel with their dependencies resolved from modules.dep, and init.sh as
 # /init (it runs the scenario named by vmm.scenario= on the kernel command line). Cached by content
-# hash; prints the path of the cpio archive on stdout.
+# hash; prints the path of the cpio archive on stdout. Works for Debian's generic kernel as well
+# (VMM_LINUX_KERNEL=$(VMM_KERNEL_META=linux-image-amd64 fetch-kernel.sh)): the modules then come from
+# that kernel's package, and those built into it are skipped.
 #
-# usage: build-initramfs.sh
+# usage: build-initramfs.sh [EXTRA_MODULE...]
+#   EXTRA_MODULE     more modules to load at boot, after the usual ones (e.g. qemu_fw_cfg)
 # env:   VMM_LINUX_KERNEL  the bzImage whose modules to use (default: fetch-kernel.sh's)
 #        VMM_CACHE_DIR     cache root (default /var/cache/vmm)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 # Modules the L2 guest loads at boot. ext4 is built into Debian's cloud kernel (module_closure skips
-# built-ins), as is the 8250 UART.
-modules=(virtio_pci virtio_blk virtio_net ext4 af_packet pvpanic_mmio)
+# built-ins; the generic kernel has it as a module), as is the 8250 UART.
+modules=(virtio_pci virtio_blk virtio_net ext4 af_packet pvpanic_mmio "$@")
 
 find_kernel
 key=$(content_hash "$kernel" /bin/busybox "$linux_dir/init.sh" "$linux_dir/lib.sh" "$0" "${modules[*]}")

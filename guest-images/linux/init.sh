@@ -99,6 +99,16 @@ run_scenario() {
       echo "idle: sleeping"
       sleep "$(arg idle_seconds || echo 10)" ;;
     shell) setsid cttyhack sh ;;
+    serve)
+      # Runs shell commands read from the serial console, one a line, each in a subshell, and
+      # prints "serve: status=N" after each; idle in read() in between. The clone tests take a
+      # template at "serve: ready" and drive each clone through its console. Ends at end of input.
+      stty -echo 2>/dev/null
+      echo "serve: ready"
+      while read -r line; do
+        (eval "$line")
+        echo "serve: status=$?"
+      done ;;
     *) echo "vmm-l2: unknown scenario $1"; return 2 ;;
   esac
 }

@@ -1,0 +1,141 @@
+#!/bin/sh
+# Runs inside the nested lane's L1 (busybox sh): a template of a booted Linux guest and linked clones
+# of it, on real KVM. Debian's generic kernel (/files/vmlinuz-generic: CONFIG_VMGENID=y, which the
+# cloud kernel lacks) with the L2 initramfs built against its modules plus qemu_fw_cfg
+# (/files/initramfs-generic.cpio) runs init.sh's `serve` scenario: the template is taken when it
+# prints "serve: ready" (idle in read() on its console), with a small raw disk. Then N clones, one
+# after the other, each driven through its console (a FIFO, time-bounded waits on its output):
+#   - it answers a command, and its first /dev/urandom bytes after resume differ from every other's;
+#   - its kernel log says "crng reseeded due to virtual machine fork" (Linux's vmgenid driver saw the
+#     new generation ID, notified through the GED);
+#   - it reads its identity from fw_cfg (/sys/firmware/qemu_fw_cfg/by_name/opt/vmm/identity/raw):
+#     name, hostname and ip as given, id and generation its own;
+#   - a marker it writes raw to /dev/vda is on its disk only: not on the others' (checked in the
+#     guest and in the qcow2 overlays), not in the template's disk;
+#   - it powers off and vmm exits 0.
+# usage: clone-linux.sh [CLONES]   (default 5)
+n=${1:-5}
+kernel=/files/vmlinuz-generic initrd=/files/initramfs-generic.cpio
+work=/tmp/clone-linux
+rm -rf "$work"
+mkdir -p "$work"
+export VMM_STATE_DIR="$work/state"
+# A clone that ends early must fail its checks, not kill this script when it writes to the FIFO.
+trap '' PIPE
+fail=0
+ok() { echo "clone-linux: ok   $*"; }
+bad() { echo "clone-linux: FAIL $*"; fail=1; }
+now() { cut -d' ' -f1 /proc/uptime; }
+since() { echo "$(now) $1" | awk '{ printf "%.1f", $1 - $2 }'; }
+# clean FILE: the console output without CRs.
+clean() { tr -d '\r' <"$1"; }
+# wait_for FILE ERE SECONDS: until a line of FILE matches, at most SECONDS.
+wait_for() {
+  _end=$(($(cut -d. -f1 /proc/uptime) + $3))
+  while [ "$(cut -d. -f1 /proc/uptime)" -lt "$_end" ]; do
+    clean "$1" | grep -qE -- "$2" && return 0
+    sleep 0.2
+  done
+  clean "$1" | grep -qE -- "$2"
+}
+# wait_exit PID SECONDS: until the process ends, at most SECONDS; its status in $status (255: killed).
+wait_exit() {
+  _end=$(($(cut -d. -f1 /proc/uptime) + $2))
+  while kill -0 "$1" 2>/dev/null && [ "$(cut -d. -f1 /proc/uptime)" -lt "$_end" ]; do sleep 0.2; done
+  if kill -0 "$1" 2>/dev/null; then kill -9 "$1"; wait "$1"; status=255; else wait "$1"; status=$?; fi
+}
+show() { sed 's/^/  | /' "$@"; }
+
+# The template: the generic kernel booted to the serve loop, with a 4 MiB disk of zeros.
+truncate -s 4M "$work/disk.img"
+t0=$(now)
+vmm template create linux --kernel "$kernel" --initrd "$initrd" --memory 256M \
+  --cmdline "console=ttyS0 quiet vmm.scenario=serve" --disk path="$work/disk.img" \
+  --ready-on "serve: ready" --timeout 200 --console "file:$work/template.console" >"$work/template.out" 2>&1
+st=$?
+echo "clone-linux: template create: status $st, $(since "$t0") s"
+tdir=$VMM_STATE_DIR/templates/linux
+if [ $st = 0 ] && [ -f "$tdir/manifest.json" ]; then ok "template created"; else
+  bad "template create (status $st)"; show "$work/template.out" "$work/template.console"; exit 1; fi
+tdisk=$(ls "$tdir"/disks/* 2>/dev/null | head -1)
+[ -f "$tdisk" ] || bad "the template has no disk ($(ls "$tdir"))"
+
+i=0
+while [ $i -lt "$n" ]; do
+  i=$((i + 1))
+  c=c$i out=$work/c$i.out before=$fail
+  mkfifo "$work/c$i.in"
+  t0=$(now)
+  vmm run --clone-of linux --name "$c" --console stdio --hostname "host-$i" --ip "10.0.0.$((10 + i))" \
+    <"$work/c$i.in" >"$out" 2>"$work/c$i.err" &
+  pid=$!
+  exec 3>"$work/c$i.in"
+  # The first command after resume: 16 bytes of /dev/urandom.
+  echo 'echo "rand: $(head -c 16 /dev/urandom | od -An -tx1 | tr -d " \n")"' >&3
+  if wait_for "$out" '^rand: [0-9a-f]{32}$' 60; then
+    ok "$c answers ($(since "$t0") s from exec)"
+    clean "$out" | sed -n 's/^rand: //p' | head -1 >>"$work/rands"
+  else
+    bad "$c does not answer on its console"
+  fi
+  echo 'echo "vmfork: $(dmesg | grep -c "crng reseeded due to virtual machine fork") vmgenid: $(ls /sys/bus/acpi/drivers/vmgenid 2>/dev/null | grep -c :)"' >&3
+  echo 'tr -d "\000" </sys/firmware/qemu_fw_cfg/by_name/opt/vmm/identity/raw | sed "s/^/ident: /"; echo "ident: end"' >&3
+  # A marker at sector i of /dev/vda, synced; then every clone's sector as this clone sees it.
+  echo "printf 'disk-marker-c%s\\n' $i | dd of=/dev/vda bs=512 seek=$i conv=notrunc,fsync 2>/dev/null; sync" >&3
+  echo "for j in \$(seq 1 $n); do echo \"slot \$j: \$(dd if=/dev/vda bs=512 skip=\$j count=1 2>/dev/null | tr -d '\\000')\"; done" >&3
+  echo 'echo "done: all commands"' >&3
+  wait_for "$out" '^done: all commands$' 60 || bad "$c did not finish its commands"
+  echo 'poweroff -f' >&3
+  wait_exit "$pid" 60
+  exec 3>&-
+  echo "clone-linux: $c ran $(since "$t0") s, vmm status $status"
+  [ "$status" = 0 ] || bad "$c: vmm exit status $status (expected 0 on poweroff)"
+  clean "$out" >"$work/c$i.txt"
+
+  v=$(sed -n 's/^vmfork: \([0-9]*\) vmgenid: \([0-9]*\)$/\1 \2/p' "$work/c$i.txt")
+  case "$v" in
+    "1 "*) ok "$c: kernel log says crng reseeded due to virtual machine fork" ;;
+    *) bad "$c: vmfork count / vmgenid devices bound: '$v' (expected one reseed)" ;;
+  esac
+  ident=$work/c$i.ident
+  sed -n 's/^ident: //p' "$work/c$i.txt" >"$ident"
+  get() { sed -n "s/^$1=//p" "$ident" | head -1; }
+  if [ "$(get name)" = "$c" ] && [ "$(get hostname)" = "host-$i" ] && [ "$(get ip)" = "10.0.0.$((10 + i))" ] &&
+    echo "$(get id)" | grep -qE '^[0-9a-f]{16,}$' && echo "$(get generation)" | grep -qE '^[0-9a-f]{32}$'; then
+    ok "$c: identity from fw_cfg (name, hostname, ip as given; id $(get id))"
+    echo "$(get id) $(get generation)" >>"$work/ids"
+  else
+    bad "$c: identity read in the guest"; show "$ident"
+  fi
+  j=0
+  while [ $j -lt "$n" ]; do
+    j=$((j + 1))
+    line=$(grep "^slot $j:" "$work/c$i.txt")
+    if [ $j = $i ]; then want="slot $j: disk-marker-c$j"; else want="slot $j: "; fi
+    [ "$line" = "$want" ] || bad "$c: sector $j reads '$line', expected '$want'"
+  done
+  [ -f "$VMM_STATE_DIR/clones/$c/disk/disk0.qcow2" ] || bad "$c has no overlay"
+  # The first clone's console as evidence; any clone's on failure.
+  if [ $i = 1 ] || [ $fail != "$before" ]; then echo "--- $c console ---"; show "$work/c$i.txt"; echo "--- $c stderr ---"; show "$work/c$i.err"; fi
+done
+
+[ "$(sort -u "$work/rands" | wc -l)" = "$n" ] && ok "urandom after resume differs between the $n clones" ||
+  { bad "urandom after resume repeats"; show "$work/rands"; }
+[ "$(cut -d' ' -f1 "$work/ids" | sort -u | wc -l)" = "$n" ] && [ "$(cut -d' ' -f2 "$work/ids" | sort -u | wc -l)" = "$n" ] &&
+  ok "ids and generations distinct" || { bad "ids or generations repeat"; show "$work/ids"; }
+# Each marker is in its own clone's overlay only, and in neither the template's disk nor the base.
+before=$fail i=0
+while [ $i -lt "$n" ]; do
+  i=$((i + 1))
+  j=0
+  while [ $j -lt "$n" ]; do
+    j=$((j + 1))
+    if grep -q "disk-marker-c$i" "$VMM_STATE_DIR/clones/c$j/disk/disk0.qcow2"; then has=1; else has=0; fi
+    if [ $i = $j ] && [ $has = 0 ]; then bad "c$i's marker is not in its overlay"; fi
+    if [ $i != $j ] && [ $has = 1 ]; then bad "c$i's marker is in c$j's overlay"; fi
+  done
+done
+grep -q "disk-marker" "$tdisk" "$work/disk.img" && bad "a clone's marker reached the template's disk"
+[ $fail = "$before" ] && ok "each marker in its own overlay only"
+[ $fail = 0 ] && echo "clone-linux: PASS"
+exit $fail
