@@ -51,7 +51,7 @@ EventLoop::~EventLoop() {
   // Cancel what is still in flight and reap it without running callbacks (their owners may be
   // gone); the kernel must be done with every buffer before the memory behind them is freed.
   if (io_uring_sqe* sqe = io_uring_get_sqe(&ring_)) {
-    io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
+    io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);  // every request, not only the first
     io_uring_sqe_set_data64(sqe, 0);
   }
   io_uring_submit(&ring_);
