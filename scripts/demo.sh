@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job, on a fresh Debian machine: installs what is needed, builds vmm and the test guest,
-# and boots the bundled test guest (one vCPU, four, and echoing the host's input). Without a usable
+# boots the bundled test guest (one vCPU, four, and echoing the host's input), then makes a template
+# of it and starts a fleet of clones that diverge. Without a usable
 # /dev/kvm on this machine, the same runs happen inside the nested lane (scripts/nested/run.sh:
 # QEMU TCG with an SVM CPU, kvm-amd inside), which takes about a minute more.
 set -euo pipefail

@@ -107,6 +107,7 @@ int main(int argc, char** argv) {
   auto* run = app.add_subcommand("run", "Boot a guest kernel, or start a clone of a template, and run it until it stops");
   add_run_options(run, run_args);
   CloneOptions clone;
+  clone.started = std::chrono::steady_clock::now();
   run->add_option("--clone-of", clone.template_name, "Start a clone of this template (a name in the state directory, or a path)");
   run->add_option("--name", clone.name, "The clone's name (default: a generated one)");
   run->add_flag("--full", clone.full, "A full clone: its own copy of memory and disks, independent of the template");

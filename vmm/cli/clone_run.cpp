@@ -133,6 +133,8 @@ int run_clone(const CloneOptions& o) {
   // The new generation ID, then the notification, before the vCPUs run: Linux reseeds its RNG.
   if (auto r = m.platform().vmgenid().set(identity.generation); !r) return report_error(exit_code::kVmmError, r.error().message());
   m.platform().vmgenid().notify();
+  const auto ready = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - o.started);
+  fmt::print(stderr, "vmm: clone {} of {} restored in {:.2f} ms (since main)\n", name, manifest->name, ready.count());
   return stop_status(m.run());
 }
 

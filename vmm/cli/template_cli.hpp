@@ -1,6 +1,7 @@
 // `vmm template create|ls|inspect|rm|verify` and `vmm run --clone-of`.
 #pragma once
 
+#include <chrono>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,7 @@ struct CloneOptions {
   bool console_given = false;  ///< otherwise the console goes to the clone's console.log
   std::vector<NetSpec> nets;
   std::filesystem::path kvm_device;
+  std::chrono::steady_clock::time_point started;  ///< when main() began (for the start-time line)
 };
 
 int template_create(const TemplateCreateOptions& options);
