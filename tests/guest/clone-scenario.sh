@@ -147,6 +147,8 @@ if [ $st = 1 ] && grep -q "sector 9 byte=0x42$" "$work/full.out" && grep -q "sec
 else bad "full clone (status $st)"; sed 's/^/  | /' "$work/full.out"; fi
 
 # Bad input: one line, a non-zero status, nothing started.
+: >"$work/not-a-dir"
+expect state_dir_unusable 10 "cannot create" -- "$vmm" run --clone-of "$tdir" --state-dir "$work/not-a-dir/state"
 expect clone_name_taken 2 "already exists" -- "$vmm" run --clone-of counter --name c1
 expect clone_memory_refused 2 "cannot be given with --clone-of" -- "$vmm" run --clone-of counter --memory 512M
 expect clone_kernel_refused 2 "cannot be given with --clone-of" -- "$vmm" run --clone-of counter --kernel "$guest"
