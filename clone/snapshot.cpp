@@ -223,6 +223,17 @@ Result<> restore(Machine& machine, const StateFile& state, std::string_view file
       return fail("{}: section '{}' belongs to no part of this machine (another configuration, or a newer vmm)", file, s.id);
     }
   }
+  // The machine and cpuid sections must be well-formed and describe this machine: restore does not
+  // trust that it was built from this very file's read_shape().
+  auto shape = read_shape(state, file);
+  if (!shape) return std::unexpected(shape.error());
+  if (shape->vcpus != vm.vcpu_count()) {
+    return fail("{}: section machine: vcpus: {} saved, this machine has {}", file, shape->vcpus, vm.vcpu_count());
+  }
+  if (shape->memory != vm.memory().size()) {
+    return fail("{}: section machine: memory: {:#x} bytes saved, this machine has {:#x}", file, shape->memory,
+                vm.memory().size());
+  }
   // Devices first: restoring MSI-X tables sets up their interrupt routes before anything fires.
   for (const auto& d : machine.platform().devices()) {
     const std::string id = "dev." + d.id;

@@ -7,7 +7,9 @@
 # Configures and builds a clang build of its own (build-fuzz/, -DVMM_FUZZ=ON: ASan + UBSan + coverage;
 # only the fuzz target and the libraries it needs are built; the same build as scripts/fuzz-qcow2.sh),
 # seeds a corpus with valid state files of a few shapes (written by the fuzzer itself,
-# VMM_STATE_FUZZ_MAKE_SEEDS), runs the fuzzer, and prints runs, exec/s, crashes and the corpus size.
+# VMM_STATE_FUZZ_MAKE_SEEDS: containers, device sections, driven virtio transports) and real ones
+# (tests/fuzz/state-seeds/, captured from vmm template create), runs the fuzzer, and prints runs,
+# exec/s, crashes and the corpus size.
 # Exits non-zero on a crash, leak or timeout, naming the reproducer; rerun one with
 #   build-fuzz/tests/state_fuzz REPRODUCER
 # Environment: VMM_FUZZ_BUILD (build directory), VMM_FUZZ_WORK (corpus, seeds and artifacts; default
@@ -41,13 +43,15 @@ seeds=$work/seeds
 corpus=$work/corpus
 artifacts=$work/artifacts
 mkdir -p "$corpus" "$artifacts"
-if [[ ! -f $seeds/.done ]]; then
+if [[ ! -f $seeds/.done-2 ]]; then  # -2: the seed set changed (device sections)
   echo "=== seeds ($seeds) ==="
   rm -rf "$seeds"
   VMM_STATE_FUZZ_MAKE_SEEDS="$seeds" "$fuzzer" || { echo "fuzz-state: making seeds failed" >&2; exit 2; }
-  touch "$seeds/.done"
+  touch "$seeds/.done-2"
 fi
 dirs=("$corpus" "$seeds")
+# Real state files (vmm template create of the test guest), committed: tests/fuzz/state-seeds/.
+[[ -d $root/tests/fuzz/state-seeds ]] && dirs+=("$root/tests/fuzz/state-seeds")
 [[ -d $root/tests/fuzz/state-regressions ]] && dirs+=("$root/tests/fuzz/state-regressions")
 
 # ---- Fuzz ----------------------------------------------------------------------------------------

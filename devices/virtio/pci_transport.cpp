@@ -541,8 +541,11 @@ Result<> PciTransport::restore(ByteReader& in) {
   if (!table) return std::unexpected(table.error());
   auto pending = in.get_vector<uint64_t>("msix.pending", (vectors + 63) / 64);
   if (!pending) return std::unexpected(pending.error());
-  if (table->size() != vectors || pending->size() != (vectors + 63) / 64) {
+  if (table->size() != vectors) {
     return std::unexpected(in.error("msix.table", fmt::format("{} vectors saved, the device has {}", table->size(), vectors)));
+  }
+  if (pending->size() != (vectors + 63) / 64) {
+    return std::unexpected(in.error("msix.pending", fmt::format("{} words saved, the device has {}", pending->size(), (vectors + 63) / 64)));
   }
   st.msix = Msix::State{.enabled = *enabled, .function_masked = *masked, .table = std::move(*table), .pending = std::move(*pending)};
   auto status = in.get<uint8_t>("status");

@@ -5,7 +5,7 @@
 # With VMM_FUZZ every host library is instrumented for libFuzzer (coverage) and built with ASan and
 # UBSan; the normal g++ build never sees any of this.
 # In the normal build there are only the smoke tests below, each running its script (one clang build
-# under ${CMAKE_BINARY_DIR}/fuzz, about two minutes the first time and half a minute after a change
+# under ${CMAKE_BINARY_DIR}/fuzz, a few minutes the first time and half a minute after a change
 # to the engine, then 30 s of fuzzing). Not in the ASan build: the fuzz build is sanitized already.
 option(VMM_FUZZ "Build the libFuzzer targets (clang only; instruments all host code)" OFF)
 
@@ -31,11 +31,10 @@ if(VMM_FUZZ)
     target_link_libraries(qcow2_fuzz PRIVATE vmm_disk vmm_base)
     target_link_options(qcow2_fuzz PRIVATE -fsanitize=fuzzer)
 
-    # state_fuzz: a snapshot state file through clone::parse_state_file (and, later, the device-state
-    # decoders). It compiles the container's source itself rather than linking vmm_clone, which would
-    # drag the whole VM core into this build; link vmm_clone once device decoders are fuzzed.
-    add_executable(state_fuzz ${CMAKE_CURRENT_LIST_DIR}/state_fuzz.cpp ${CMAKE_SOURCE_DIR}/clone/state_file.cpp)
-    target_link_libraries(state_fuzz PRIVATE vmm_base)
+    # state_fuzz: a snapshot state file through clone::parse_state_file, clone::read_shape and the
+    # device-state decoders (devices built with fake VM interfaces: no KVM is opened).
+    add_executable(state_fuzz ${CMAKE_CURRENT_LIST_DIR}/state_fuzz.cpp)
+    target_link_libraries(state_fuzz PRIVATE vmm_clone vmm_devices vmm_disk vmm_base)
     target_link_options(state_fuzz PRIVATE -fsanitize=fuzzer)
   endif()
 endif()

@@ -1,0 +1,747 @@
+// The state decoders a snapshot restores through, against malformed input: every Snapshottable
+// device (save → restore into a fresh device gives the same bytes; every truncation refused with an
+// error that leaves the device as it was; trailing bytes left for the caller's finish(); specific bad
+// values refused naming the field), then a whole Machine on /dev/kvm: capture, state file, restore
+// into a second machine built from the shape, and the refusals of clone::restore and check_cpu.
+#include <doctest/doctest.h>
+
+#include <sched.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <array>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <thread>
+
+#include "clone/snapshot.hpp"
+#include "devices/console.hpp"
+#include "devices/fw_cfg.hpp"
+#include "devices/legacy.hpp"
+#include "devices/pci.hpp"
+#include "devices/serial.hpp"
+#include "devices/tap.hpp"
+#include "devices/virtio/blk.hpp"
+#include "devices/virtio/net.hpp"
+#include "devices/virtio/pci_transport.hpp"
+#include "devices/vmgenid.hpp"
+#include "disk/image.hpp"
+#include "test_boot_helpers.hpp"
+#include "test_device_helpers.hpp"
+#include "vmm/base/codec.hpp"
+#include "vmm/machine.hpp"
+
+namespace {
+
+using boot_test::Bytes;
+using boot_test::TempFile;
+using vmm::ByteReader;
+using vmm::ByteWriter;
+using vmm::Gpa;
+using vmm::GuestMemory;
+using namespace vmm::devices;
+using namespace vmm::devices::virtio;
+using namespace std::chrono_literals;
+
+constexpr uint64_t kRam = 4 << 20;
+constexpr uint64_t kBars = 0xc0000000;
+constexpr uint64_t kRings = 0x10000;
+
+// ---- Fakes ----------------------------------------------------------------------------------------
+
+struct NullControl final : VmControl {
+  void request_stop(StopReason, uint32_t) override {}
+};
+struct NullIrq final : IrqLine {
+  void trigger() override {}
+};
+struct NullVector final : MsiVector {
+  void set_message(uint64_t, uint32_t) override {}
+  void trigger() override {}
+};
+struct NullIntx final : IntxLine {
+  vmm::Fd resample{::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)};
+  void assert_line() override {}
+  int resample_fd() const override { return resample.get(); }
+};
+struct NullVmIo final : VmIo {
+  vmm::Result<std::unique_ptr<MsiVector>> allocate_msi() override { return std::make_unique<NullVector>(); }
+  vmm::Result<std::unique_ptr<IntxLine>> allocate_intx(uint32_t) override { return std::make_unique<NullIntx>(); }
+  vmm::Result<> add_ioeventfd(uint64_t, int) override { return vmm::fail("no KVM here"); }
+  void remove_ioeventfd(uint64_t, int) override {}
+};
+
+bool contains(const std::string& text, std::string_view part) { return text.find(part) != std::string::npos; }
+
+std::vector<uint8_t> saved(const Snapshottable& d) {
+  ByteWriter w;
+  d.save(w);
+  return w.take();
+}
+
+/// Restores `bytes` into `d`; the error message, or "" on success (finish() not called).
+std::string restore_error(Snapshottable& d, std::span<const uint8_t> bytes) {
+  ByteReader r(bytes, "t");
+  auto res = d.restore(r);
+  return res ? std::string() : res.error().message();
+}
+
+/// The properties every decoder must have. `source` is a device driven into a non-default state,
+/// `fresh` a newly built one of the same configuration.
+void check_codec(const Snapshottable& source, Snapshottable& fresh) {
+  const std::vector<uint8_t> bytes = saved(source);
+  const std::vector<uint8_t> fresh_bytes = saved(fresh);
+  // Every truncation is refused, names what was cut short, and changes nothing.
+  for (size_t n = 0; n < bytes.size(); ++n) {
+    const std::string e = restore_error(fresh, std::span(bytes).first(n));
+    REQUIRE_MESSAGE(!e.empty(), "a truncation to " << n << " of " << bytes.size() << " bytes was accepted");
+    CHECK_MESSAGE(contains(e, "truncated"), e);
+    CHECK_MESSAGE(e.starts_with("t: "), e);
+  }
+  CHECK(saved(fresh) == fresh_bytes);
+  // The whole section restores, consumes every byte, and saves the same bytes again.
+  {
+    ByteReader r(bytes, "t");
+    auto res = fresh.restore(r);
+    REQUIRE_MESSAGE(res, (res ? "" : res.error().message()));
+    CHECK(r.remaining() == 0);
+    CHECK(r.finish());
+  }
+  CHECK(saved(fresh) == bytes);
+  // Trailing bytes are the caller's to detect (clone::restore calls finish()).
+  std::vector<uint8_t> longer = bytes;
+  longer.push_back(0);
+  ByteReader r(longer, "t");
+  REQUIRE(fresh.restore(r));
+  auto fin = r.finish();
+  REQUIRE_FALSE(fin);
+  CHECK_MESSAGE(contains(fin.error().message(), "t: 1 unexpected bytes at the end"), fin.error().message());
+}
+
+/// `bytes` with `value` written at `offset`.
+template <typename T>
+std::vector<uint8_t> patched(std::vector<uint8_t> bytes, size_t offset, T value) {
+  REQUIRE(offset + sizeof value <= bytes.size());
+  std::memcpy(bytes.data() + offset, &value, sizeof value);
+  return bytes;
+}
+
+// ---- virtio-pci rig --------------------------------------------------------------------------------
+
+// Common configuration offsets (virtio 1.2 §4.1.4.3).
+constexpr uint64_t kGFSel = 0x08, kGF = 0x0c, kMsixCfg = 0x10, kStatus = 0x14, kQSel = 0x16, kQSize = 0x18,
+                   kQMsix = 0x1a, kQEnable = 0x1c, kQDesc = 0x20, kQDriver = 0x28, kQDevice = 0x30;
+
+struct Driver {
+  PciTransport& t;
+  uint32_t cfg(uint8_t reg) { return t.config_read(reg); }
+  void cfg_write(uint8_t reg, uint32_t v) { t.config_write(reg, v, 0xf); }
+  template <typename T>
+  void wr(uint64_t off, T v) {
+    REQUIRE(t.mmio_write(kBars + off, std::span(reinterpret_cast<const uint8_t*>(&v), sizeof v)));
+  }
+  void wr64(uint64_t off, uint64_t v) {
+    wr<uint32_t>(off, static_cast<uint32_t>(v));
+    wr<uint32_t>(off + 4, static_cast<uint32_t>(v >> 32));
+  }
+  uint8_t msix_cap() {
+    for (uint8_t p = static_cast<uint8_t>(cfg(0x34)); p; p = static_cast<uint8_t>(cfg(p) >> 8)) {
+      if ((cfg(p) & 0xff) == kPciCapMsix) return p;
+    }
+    FAIL("no MSI-X capability");
+    return 0;
+  }
+  /// The Linux probe sequence up to DRIVER_OK with `features`, MSI-X on, queue 0 ready at kRings.
+  void bring_up(uint64_t features) {
+    cfg_write(0x04, kPciCommandMemory | kPciCommandMaster);
+    wr<uint8_t>(kStatus, 0);
+    wr<uint8_t>(kStatus, kStatusAcknowledge | kStatusDriver);
+    wr<uint32_t>(kGFSel, 0);
+    wr<uint32_t>(kGF, static_cast<uint32_t>(features));
+    wr<uint32_t>(kGFSel, 1);
+    wr<uint32_t>(kGF, static_cast<uint32_t>(features >> 32));
+    wr<uint8_t>(kStatus, kStatusAcknowledge | kStatusDriver | kStatusFeaturesOk);
+    const uint8_t cap = msix_cap();
+    cfg_write(cap, cfg(cap) | (1u << 31));
+    for (uint32_t v = 0; v < 2; ++v) {
+      wr<uint32_t>(PciTransport::kBar0Size + 16 * v, 0xfee00000);
+      wr<uint32_t>(PciTransport::kBar0Size + 16 * v + 8, 0x40 + v);
+      wr<uint32_t>(PciTransport::kBar0Size + 16 * v + 12, 0);
+    }
+    wr<uint16_t>(kMsixCfg, 0);
+    wr<uint16_t>(kQSel, 0);
+    wr<uint16_t>(kQSize, 16);
+    wr<uint16_t>(kQMsix, 1);
+    wr64(kQDesc, kRings);
+    wr64(kQDriver, kRings + 0x1000);
+    wr64(kQDevice, kRings + 0x2000);
+    wr<uint16_t>(kQEnable, 1);
+    wr<uint8_t>(kStatus, kStatusAcknowledge | kStatusDriver | kStatusFeaturesOk | kStatusDriverOk);
+    REQUIRE(t.status() == (kStatusAcknowledge | kStatusDriver | kStatusFeaturesOk | kStatusDriverOk));
+  }
+};
+
+/// The transport's encoding, written independently of PciTransport::save(ByteWriter&) (the round
+/// trip below proves the two agree), so that tests can encode states the device would never save.
+std::vector<uint8_t> encode(const PciTransport::State& st) {
+  ByteWriter w;
+  w.put_bytes(st.config);
+  w.put(st.msix.enabled);
+  w.put(st.msix.function_masked);
+  w.put_vector(st.msix.table);
+  w.put_vector(st.msix.pending);
+  w.put(st.status);
+  w.put(st.driver_features);
+  w.put(st.device_feature_select);
+  w.put(st.driver_feature_select);
+  w.put(st.queue_select);
+  w.put(st.msix_config);
+  w.put_vector(st.queue_vectors);
+  w.put(st.config_generation);
+  w.put(st.isr);
+  w.put(static_cast<uint32_t>(st.queues.size()));
+  for (const auto& q : st.queues) {
+    w.put(q.size);
+    w.put(q.ready);
+    w.put(q.desc);
+    w.put(q.avail);
+    w.put(q.used);
+    w.put(q.next_avail);
+    w.put(q.next_used);
+    w.put(q.signalled_used);
+    w.put(q.signalled_valid);
+    w.put(q.event_idx);
+  }
+  return w.take();
+}
+
+/// Checks a transport's decoder: `source` brought up, `fresh` new, both for the same device kind.
+void check_transport(PciTransport& source, PciTransport& fresh, uint64_t features) {
+  Driver d{source};
+  d.bring_up(features);
+  const PciTransport::State st = source.save();
+  REQUIRE(encode(st) == saved(source));
+  check_codec(source, fresh);
+  CHECK(fresh.status() == st.status);
+
+  auto refused = [&](const PciTransport::State& bad, std::string_view field, std::string_view detail = {}) {
+    const std::string e = restore_error(fresh, encode(bad));
+    REQUIRE_MESSAGE(!e.empty(), "accepted a state with a bad " << field);
+    CHECK_MESSAGE(contains(e, fmt::format("t: {}: ", field)), e);
+    if (!detail.empty()) CHECK_MESSAGE(contains(e, detail), e);
+  };
+  const size_t vectors = st.msix.table.size();
+  REQUIRE(vectors >= 2);
+
+  // A bool that is 2 (msix.enabled comes right after the 256 configuration bytes).
+  {
+    const std::string e = restore_error(fresh, patched(saved(source), 256, uint8_t{2}));
+    CHECK_MESSAGE(contains(e, "t: msix.enabled: 2 is not a boolean"), e);
+  }
+  // Read-only configuration bytes of another device (the device id), writable ones are fine.
+  {
+    auto bad = st;
+    bad.config[2] ^= 1;
+    refused(bad, "pci_config", "byte 0x2");
+    auto ok = st;
+    ok.config[0x0c] = 0x10;  // cache line size: scratch
+    CHECK(restore_error(fresh, encode(ok)) == "");
+  }
+  // An MSI-X table of the wrong size, and a PBA of the wrong size.
+  {
+    auto bad = st;
+    bad.msix.table.pop_back();
+    refused(bad, "msix.table");
+    bad = st;
+    bad.msix.table.push_back({});
+    refused(bad, "msix.table", "over the limit");
+    bad = st;
+    bad.msix.pending.push_back(0);
+    refused(bad, "msix.pending", "over the limit");
+    bad = st;
+    bad.msix.pending.clear();
+    refused(bad, "msix.pending", "0 words saved, the device has 1");
+  }
+  // A vector that does not exist, for the configuration and for a queue.
+  {
+    auto bad = st;
+    bad.msix_config = static_cast<uint16_t>(vectors);
+    refused(bad, "msix_config", "does not exist");
+    bad = st;
+    bad.queue_vectors[0] = static_cast<uint16_t>(vectors);
+    refused(bad, "queue_vectors", "does not exist");
+    auto ok = st;
+    ok.queue_vectors[0] = Msix::kNoVector;
+    CHECK(restore_error(fresh, encode(ok)) == "");
+  }
+  // Driver features the device does not offer.
+  {
+    auto bad = st;
+    bad.driver_features |= 1ull << 63;
+    refused(bad, "driver_features", "does not offer");
+  }
+  // Queue counts that do not fit the device.
+  {
+    auto bad = st;
+    bad.queues.push_back({});
+    refused(bad, "queues", "saved, the device has");
+    bad = st;
+    bad.queue_vectors.push_back(Msix::kNoVector);
+    refused(bad, "queue_vectors", "over the limit");
+  }
+  // A queue larger than its maximum; a ready queue whose size is not a power of two; rings outside
+  // RAM or misaligned.
+  {
+    auto bad = st;
+    bad.queues[0].size = static_cast<uint16_t>(fresh.device().queues()[0].max_size() + 1);
+    refused(bad, "queue.size", "over the maximum");
+    bad = st;
+    bad.queues[0].size = 3;
+    refused(bad, "queues", "not a power of two");
+    bad = st;
+    bad.queues[0].desc = kRam - 0x10;
+    refused(bad, "queues", "descriptor table");
+    bad = st;
+    bad.queues[0].avail = kRam;
+    refused(bad, "queues", "avail ring");
+    bad = st;
+    bad.queues[0].used = ~uint64_t{0} - 3;
+    refused(bad, "queues", "used ring");
+    bad = st;
+    bad.queues[0].used = kRings + 0x2002;
+    refused(bad, "queues", "used ring");
+    // A queue that is not ready is not checked against RAM (the driver sets it up again).
+    auto ok = st;
+    ok.queues[0].ready = false;
+    ok.queues[0].desc = ~uint64_t{0};
+    CHECK(restore_error(fresh, encode(ok)) == "");
+  }
+  // The bools inside a queue.
+  {
+    const std::vector<uint8_t> good = encode(st);
+    const size_t q0 = good.size() - fresh.device().queues().size() * 35;  // 35 bytes per queue
+    for (auto [at, field] : {std::pair{q0 + 2, "queue.ready"}, {q0 + 33, "queue.signalled_valid"}, {q0 + 34, "queue.event_idx"}}) {
+      const std::string e = restore_error(fresh, patched(good, at, uint8_t{7}));
+      CHECK_MESSAGE(contains(e, fmt::format("t: {}: 7 is not a boolean", field)), e);
+    }
+  }
+  // After all that, the good state still restores and saves the same bytes.
+  CHECK(restore_error(fresh, saved(source)) == "");
+  CHECK(saved(fresh) == saved(source));
+}
+
+}  // namespace
+
+// ---- Devices ---------------------------------------------------------------------------------------
+
+TEST_CASE("snapshot codec: serial") {
+  auto make = [] { return std::make_shared<Serial>(std::make_shared<NullIrq>(), [](std::span<const uint8_t>) {}); };
+  auto a = make(), b = make();
+  const uint8_t lcr = 0x1b, scr = 0x5a, ier = 0x03;
+  a->write(3, std::span(&lcr, 1));
+  a->write(7, std::span(&scr, 1));
+  a->write(1, std::span(&ier, 1));
+  const uint8_t input[] = {'h', 'e', 'l', 'l', 'o'};
+  REQUIRE(a->enqueue_input(input) == 5);
+  check_codec(*a, *b);
+
+  const std::vector<uint8_t> good = saved(*a);
+  REQUIRE(good.size() == 9 + 1 + 4 + 5);
+  CHECK(contains(restore_error(*b, patched(good, 9, uint8_t{2})), "t: thre_pending: 2 is not a boolean"));
+  // An RX FIFO longer than the 64 bytes the UART has.
+  std::vector<uint8_t> long_fifo(good.begin(), good.begin() + 10);
+  long_fifo.resize(10 + 4 + 65, 'x');
+  long_fifo = patched(long_fifo, 10, uint32_t{65});
+  CHECK(contains(restore_error(*b, long_fifo), "t: rx: count 65 is over the limit of 64"));
+  long_fifo = patched(long_fifo, 10, uint32_t{64});
+  long_fifo.pop_back();
+  CHECK(restore_error(*b, long_fifo) == "");  // exactly full is fine
+  CHECK(contains(restore_error(*b, patched(good, 10, uint32_t{0xffffffff})), "t: rx: count 4294967295 is over the limit"));
+}
+
+TEST_CASE("snapshot codec: i8042, RTC and the stateless legacy devices") {
+  NullControl vm;
+  {
+    I8042 a(vm), b(vm);
+    const uint8_t read_command_byte = 0x20;
+    a.write(4, std::span(&read_command_byte, 1));  // the output buffer now holds the command byte
+    check_codec(a, b);
+    const std::vector<uint8_t> good = saved(a);
+    REQUIRE(good.size() == 4);
+    CHECK(contains(restore_error(b, patched(good, 2, int16_t{0x100})), "t: output: 256 is not a byte or -1"));
+    CHECK(contains(restore_error(b, patched(good, 2, int16_t{-2})), "t: output: -2 is not a byte or -1"));
+    CHECK(restore_error(b, patched(good, 2, int16_t{-1})) == "");
+    CHECK(restore_error(b, patched(good, 2, int16_t{0xff})) == "");
+  }
+  {
+    Rtc a, b;
+    const uint8_t index = 0x30, value = 0xa5;
+    a.write(0, std::span(&index, 1));
+    a.write(1, std::span(&value, 1));
+    check_codec(a, b);
+    const std::vector<uint8_t> good = saved(a);
+    REQUIRE(good.size() == 1 + 128 + 1);
+    CHECK(contains(restore_error(b, patched(good, 0, uint8_t{128})), "t: index: 128 is past the CMOS RAM"));
+    CHECK(contains(restore_error(b, patched(good, 0, uint8_t{0xff})), "t: index: 255 is past the CMOS RAM"));
+    CHECK(restore_error(b, patched(good, 0, uint8_t{127})) == "");
+  }
+  {
+    DebugExit a(vm), b(vm);
+    check_codec(a, b);
+    PvPanic c(vm), d(vm);
+    check_codec(c, d);
+    AcpiPm e(vm), f(vm);
+    check_codec(e, f);
+  }
+  {
+    auto mem = device_test::ram(kRam);
+    VmGenId a(mem, std::make_shared<NullIrq>()), b(mem, std::make_shared<NullIrq>());
+    check_codec(a, b);
+  }
+}
+
+TEST_CASE("snapshot codec: PCI root") {
+  auto a = std::make_shared<PciRoot>(), b = std::make_shared<PciRoot>();
+  // The host bridge's command register (00:00.0 register 4), then the address register left
+  // pointing at a register of slot 2.
+  const uint32_t select_command = 0x80000004, select_other = 0x80001010;
+  const uint16_t command = kPciCommandMemory | kPciCommandMaster;
+  a->write(0, std::span(reinterpret_cast<const uint8_t*>(&select_command), 4));
+  a->write(4, std::span(reinterpret_cast<const uint8_t*>(&command), 2));
+  a->write(0, std::span(reinterpret_cast<const uint8_t*>(&select_other), 4));
+  check_codec(*a, *b);
+  const std::vector<uint8_t> good = saved(*a);
+  REQUIRE(good.size() == 6);
+  CHECK(contains(restore_error(*b, patched(good, 4, uint16_t{0x8})), "t: host_bridge_command: 0x8 has bits"));
+  CHECK(contains(restore_error(*b, patched(good, 4, uint16_t{0x400})), "t: host_bridge_command"));
+}
+
+TEST_CASE("snapshot codec: fw_cfg") {
+  auto make = [] {
+    auto f = std::make_shared<FwCfg>();
+    REQUIRE(f->add_file(std::string(kIdentityFileName), std::vector<uint8_t>(kIdentitySize, 0)));
+    return f;
+  };
+  auto a = make(), b = make();
+  const uint16_t dir = FwCfg::kFileDirKey;
+  a->write(0, std::span(reinterpret_cast<const uint8_t*>(&dir), 2));
+  uint8_t three[3];
+  a->read(1, three);
+  check_codec(*a, *b);
+  const std::vector<uint8_t> good = saved(*a);
+  REQUIRE(good.size() == 6);
+  CHECK(contains(restore_error(*b, patched(good, 0, uint16_t{0x0005})), "t: selector: 0x5 names no item"));
+  CHECK(contains(restore_error(*b, patched(good, 0, uint16_t{0x0021})), "t: selector: 0x21 names no item"));
+  CHECK(contains(restore_error(*b, patched(good, 0, uint16_t{0x8000})), "t: selector: 0x8000 names no item"));
+  CHECK(contains(restore_error(*b, patched(good, 0, uint16_t{0x4019})), "t: selector"));
+  // The directory has 4 + 64 bytes; the offset may be its end, not past it.
+  CHECK(restore_error(*b, patched(good, 2, uint32_t{68})) == "");
+  CHECK(contains(restore_error(*b, patched(good, 2, uint32_t{69})), "t: offset: 69 is past the end of item 0x19"));
+  CHECK(restore_error(*b, patched(patched(good, 0, uint16_t{0x20}), 2, uint32_t{kIdentitySize})) == "");
+  CHECK(contains(restore_error(*b, patched(patched(good, 0, uint16_t{0x20}), 2, uint32_t{kIdentitySize + 1})), "t: offset"));
+  // No item selected: the offset must be 0.
+  CHECK(restore_error(*b, patched(patched(good, 0, FwCfg::kInvalidKey), 2, uint32_t{0})) == "");
+  CHECK(contains(restore_error(*b, patched(patched(good, 0, FwCfg::kInvalidKey), 2, uint32_t{1})), "t: offset: 1 with no item selected"));
+}
+
+TEST_CASE("snapshot codec: virtio-pci transport with virtio-blk") {
+  auto mem = device_test::ram(kRam);
+  TempFile file{Bytes(1 << 20, 0x5a), "vmm-snap-test"};
+  auto loop = vmm::EventLoop::create();
+  REQUIRE(loop);
+  NullVmIo io;
+  auto make = [&] {
+    auto img = vmm::disk::open_image(**loop, {.path = file.path(), .read_only = true});
+    REQUIRE(img);
+    auto tr = PciTransport::create(std::make_shared<Block>(std::move(*img), "snap"), "blk", io, **loop, mem, kBars, 17);
+    REQUIRE(tr);
+    return *tr;
+  };
+  auto a = make(), b = make();
+  check_transport(*a, *b, kFVersion1 | kFRingEventIdx | kBlkFFlush);
+}
+
+TEST_CASE("snapshot codec: virtio-pci transport with virtio-net") {
+  // TAPs of our own, in a network namespace of our own (as the virtio-net test does).
+  if (::unshare(CLONE_NEWNET) != 0) {
+    MESSAGE("VMM_SKIP: cannot create a network namespace here");
+    return;
+  }
+  const std::string stem = "vmms" + std::to_string(::getpid() % 100000);
+  auto tap_a = Tap::open(stem + "a");
+  if (!tap_a) {
+    MESSAGE("VMM_SKIP: " << tap_a.error().message());
+    return;
+  }
+  auto tap_b = Tap::open(stem + "b");
+  REQUIRE(tap_b);
+  auto mem = device_test::ram(kRam);
+  auto loop = vmm::EventLoop::create();
+  REQUIRE(loop);
+  NullVmIo io;
+  const MacAddress mac{0x02, 0, 0, 0, 0, 1};
+  auto make = [&](Tap tap) {
+    auto net = Net::create(std::move(tap), mac, **loop);
+    REQUIRE(net);
+    auto tr = PciTransport::create(*net, "net", io, **loop, mem, kBars, 18);
+    REQUIRE(tr);
+    return *tr;
+  };
+  auto a = make(std::move(*tap_a)), b = make(std::move(*tap_b));
+  REQUIRE(a->device().queues().size() == 2);
+  check_transport(*a, *b, kFVersion1 | kFRingEventIdx | kNetFMac);
+}
+
+// ---- The whole machine ------------------------------------------------------------------------------
+
+namespace {
+
+bool kvm_missing() {
+  if (::access(vmm::Kvm::default_device().c_str(), R_OK | W_OK) == 0) return false;
+  std::printf("VMM_SKIP: %s is not usable on this machine\n", vmm::Kvm::default_device().c_str());
+  return true;
+}
+
+constexpr uint64_t kCodeAddr = 0x1000;
+constexpr uint64_t kCounterAddr = 0x2000;
+constexpr uint64_t kMachineRam = 4 << 20;
+// loop: inc word [0x2000] ; inc bx ; jmp loop (real mode, CS = 0)
+constexpr std::array<uint8_t, 7> kCounterCode{0xff, 0x06, 0x00, 0x20, 0x43, 0xeb, 0xf9};
+
+struct MachineRig {
+  TempFile disk{Bytes(1 << 20, 0x11), "vmm-snap-disk"};
+  std::unique_ptr<vmm::Machine> m;
+
+  MachineRig(const vmm::Kvm& kvm, GuestMemory mem, const vmm::VmConfig& config) {
+    auto loop = vmm::EventLoop::create();
+    REQUIRE(loop);
+    auto img = vmm::disk::open_image(**loop, {.path = disk.path(), .read_only = true});
+    REQUIRE(img);
+    auto console = Console::open(ConsoleSpec{.kind = ConsoleSpec::Kind::None, .path = {}});
+    REQUIRE(console);
+    vmm::PlatformConfig pc;
+    pc.console = std::move(*console);
+    pc.disks.push_back(vmm::DiskAttachment{.image = std::move(*img), .id = "d0"});
+    auto made = vmm::Machine::create(kvm, std::move(mem), config, std::move(pc), std::move(*loop));
+    REQUIRE_MESSAGE(made, (made ? "" : made.error().message()));
+    m = std::move(*made);
+  }
+};
+
+vmm::Kvm open_kvm() {
+  auto k = vmm::Kvm::open(vmm::Kvm::default_device());
+  REQUIRE_MESSAGE(k, (k ? "" : k.error().message()));
+  return std::move(*k);
+}
+
+void enter_real_mode(vmm::Vcpu& vcpu) {
+  auto sregs = vcpu.get_sregs();
+  REQUIRE(sregs);
+  sregs->cs.base = 0;
+  sregs->cs.selector = 0;
+  REQUIRE(vcpu.set_sregs(*sregs));
+  kvm_regs regs{};
+  regs.rip = kCodeAddr;
+  regs.rflags = 2;
+  REQUIRE(vcpu.set_regs(regs));
+}
+
+vmm::clone::StateFile without(vmm::clone::StateFile s, std::string_view id) {
+  std::erase_if(s.sections, [&](const auto& sec) { return sec.id == id; });
+  return s;
+}
+std::vector<uint8_t>& section(vmm::clone::StateFile& s, std::string_view id) {
+  for (auto& sec : s.sections) {
+    if (sec.id == id) return sec.data;
+  }
+  FAIL("no section " << id);
+  static std::vector<uint8_t> none;
+  return none;
+}
+
+}  // namespace
+
+TEST_CASE("snapshot: a running machine captured, written, read back and restored into another") {
+  if (kvm_missing()) return;
+  vmm::Kvm kvm = open_kvm();
+
+  // The first machine counts in BX and at 0x2000; it runs, is quiesced and captured.
+  auto mem = GuestMemory::anonymous(kMachineRam);
+  REQUIRE(mem);
+  REQUIRE(mem->write(Gpa(kCodeAddr), kCounterCode));
+  MachineRig a(kvm, std::move(*mem), vmm::VmConfig{.vcpus = 1, .cpu_template = vmm::CpuTemplate::Host, .cpuid = {}});
+  enter_real_mode(a.m->vm().vcpu(0));
+  std::thread runner([&] { (void)a.m->run(); });
+  std::this_thread::sleep_for(50ms);
+  auto q = a.m->quiesce();
+  vmm::Result<vmm::clone::StateFile> captured = q ? vmm::clone::capture(*a.m, vmm::CpuTemplate::Host)
+                                                   : std::unexpected(q.error());
+  auto regs_a = a.m->vm().vcpu(0).get_regs();
+  const uint16_t counter_a = *a.m->vm().memory().read_obj<uint16_t>(Gpa(kCounterAddr));
+  a.m->vm().request_stop(StopReason::PowerOff);
+  runner.join();
+  REQUIRE_MESSAGE(captured, (captured ? "" : captured.error().message()));
+  REQUIRE(regs_a);
+  CHECK(regs_a->rbx != 0);
+  CHECK(counter_a != 0);
+  CHECK(regs_a->rip >= kCodeAddr);
+  CHECK(regs_a->rip < kCodeAddr + kCounterCode.size());
+
+  // Every section the platform has, under its id.
+  for (const char* id : {"machine", "cpuid", "kvm", "vcpu0", "dev.serial0", "dev.i8042", "dev.rtc", "dev.debug-exit",
+                         "dev.acpi-pm", "dev.pvpanic", "dev.pci", "dev.fw-cfg", "dev.vmgenid", "dev.virtio-blk0"}) {
+    CHECK_MESSAGE(captured->find(id) != nullptr, id);
+  }
+  const std::vector<uint8_t> file = vmm::clone::encode_state_file(*captured);
+  auto state = vmm::clone::parse_state_file(file, "t.state");
+  REQUIRE_MESSAGE(state, (state ? "" : state.error().message()));
+  auto shape = vmm::clone::read_shape(*state, "t.state");
+  REQUIRE_MESSAGE(shape, (shape ? "" : shape.error().message()));
+  CHECK(shape->vcpus == 1);
+  CHECK(shape->memory == kMachineRam);
+  REQUIRE(shape->cpuid.size() == 1);
+
+  // A machine built from the shape, with a copy of the memory.
+  auto build = [&]() {
+    auto m2 = GuestMemory::anonymous(shape->memory);
+    REQUIRE(m2);
+    auto src = a.m->vm().memory().slice(Gpa(0), kMachineRam);
+    REQUIRE(src);
+    REQUIRE(m2->write(Gpa(0), *src));
+    return std::make_unique<MachineRig>(kvm, std::move(*m2),
+                                        vmm::VmConfig{.vcpus = shape->vcpus, .cpu_template = shape->cpu_template, .cpuid = shape->cpuid});
+  };
+  auto b = build();
+  auto khz = b->m->vm().vcpu(0).tsc_khz();
+  REQUIRE(khz);
+  auto cpu_ok = vmm::clone::check_cpu(kvm, *shape, *khz, "t.state");
+  REQUIRE_MESSAGE(cpu_ok, (cpu_ok ? "" : cpu_ok.error().message()));
+  auto restored = vmm::clone::restore(*b->m, *state, "t.state", false);
+  REQUIRE_MESSAGE(restored, (restored ? "" : restored.error().message()));
+  auto regs_b = b->m->vm().vcpu(0).get_regs();
+  REQUIRE(regs_b);
+  CHECK(regs_b->rbx == regs_a->rbx);
+  CHECK(regs_b->rip == regs_a->rip);
+  CHECK(regs_b->rflags == regs_a->rflags);
+  // Captured again, the restored machine gives the same device and vCPU register sections.
+  {
+    auto again = vmm::clone::capture(*b->m, vmm::CpuTemplate::Host);
+    REQUIRE(again);
+    for (const auto& s : state->sections) {
+      if (!s.id.starts_with("dev.") && s.id != "machine" && s.id != "cpuid") continue;
+      const auto* t = again->find(s.id);
+      REQUIRE_MESSAGE(t != nullptr, s.id);
+      CHECK_MESSAGE(t->data == s.data, s.id);
+    }
+    const auto* v = again->find("vcpu0");
+    REQUIRE(v != nullptr);
+    REQUIRE(v->data.size() >= sizeof(kvm_regs));
+    kvm_regs saved_regs, again_regs;
+    std::memcpy(&saved_regs, state->find("vcpu0")->data.data(), sizeof saved_regs);
+    std::memcpy(&again_regs, v->data.data(), sizeof again_regs);
+    CHECK(std::memcmp(&saved_regs, &again_regs, sizeof saved_regs) == 0);
+  }
+  // And it counts on from where the first one stopped.
+  {
+    std::thread r2([&] { (void)b->m->run(); });
+    std::this_thread::sleep_for(30ms);
+    b->m->vm().pause();
+    auto regs = b->m->vm().vcpu(0).get_regs();
+    b->m->vm().resume();
+    b->m->vm().request_stop(StopReason::PowerOff);
+    r2.join();
+    REQUIRE(regs);
+    CHECK(static_cast<uint16_t>(regs->rbx - regs_a->rbx) != 0);
+  }
+
+  // ---- What clone::restore refuses (each into a fresh machine) ----
+  auto refused = [&](const vmm::clone::StateFile& s, std::initializer_list<std::string_view> parts) {
+    auto fresh = build();
+    auto r = vmm::clone::restore(*fresh->m, s, "t.state", false);
+    REQUIRE_FALSE_MESSAGE(r, "accepted a bad state: " << *parts.begin());
+    for (auto p : parts) CHECK_MESSAGE(contains(r.error().message(), p), r.error().message());
+  };
+  refused(without(*state, "dev.rtc"), {"t.state: section 'dev.rtc' is missing"});
+  refused(without(*state, "vcpu0"), {"vcpu0", "missing"});
+  refused(without(*state, "kvm"), {"kvm", "missing"});
+  {
+    auto s = *state;
+    s.sections.push_back({.id = "dev.bogus", .data = {}});
+    refused(s, {"section 'dev.bogus' belongs to no part of this machine"});
+    s = *state;
+    s.sections.push_back({.id = "vcpu1", .data = section(s, "vcpu0")});
+    refused(s, {"section 'vcpu1' belongs to no part"});
+  }
+  {
+    auto s = *state;
+    section(s, "vcpu0").pop_back();
+    refused(s, {"t.state: section vcpu0: tsc_khz: truncated"});
+    s = *state;
+    section(s, "vcpu0").push_back(0);
+    refused(s, {"t.state: section vcpu0: 1 unexpected bytes"});
+    s = *state;
+    section(s, "kvm").pop_back();
+    refused(s, {"t.state: section kvm: kvm: truncated"});
+    s = *state;
+    section(s, "dev.serial0").push_back(0);
+    refused(s, {"t.state: section dev.serial0: 1 unexpected bytes"});
+    s = *state;
+    section(s, "dev.rtc")[0] = 200;
+    refused(s, {"t.state: section dev.rtc: index: 200 is past the CMOS RAM"});
+  }
+  {
+    // A machine section that does not describe this machine: 0 vCPUs, 2 vCPUs, another RAM size.
+    auto s = *state;
+    auto& machine = section(s, "machine");
+    const uint32_t zero = 0, two = 2;
+    std::memcpy(machine.data(), &zero, 4);
+    refused(s, {"t.state: section machine: vcpus: 0 is out of range"});
+    std::memcpy(machine.data(), &two, 4);
+    refused(s, {"t.state: section cpuid: vcpu 1: truncated"});
+    auto& cpuid = section(s, "cpuid");
+    const std::vector<uint8_t> one = cpuid;
+    cpuid.insert(cpuid.end(), one.begin(), one.end());  // a table for the second vCPU
+    refused(s, {"t.state: section machine: vcpus: 2 saved, this machine has 1"});
+    cpuid = one;
+    std::memcpy(machine.data(), &state->find("machine")->data[0], 4);
+    const uint64_t other_ram = kMachineRam * 2;
+    std::memcpy(machine.data() + 4, &other_ram, 8);
+    refused(s, {"t.state: section machine: memory:"});
+    s = without(*state, "machine");
+    refused(s, {"machine", "missing"});
+  }
+
+  // ---- What check_cpu refuses ----
+  auto cpu_refused = [&](const vmm::clone::MachineShape& sh, uint32_t host_khz, std::string_view part) {
+    auto r = vmm::clone::check_cpu(kvm, sh, host_khz, "t.state");
+    REQUIRE_FALSE_MESSAGE(r, "check_cpu accepted: " << part);
+    CHECK_MESSAGE(contains(r.error().message(), part), r.error().message());
+  };
+  {
+    auto sh = *shape;
+    sh.vendor = sh.vendor == "GenuineIntel" ? "AuthenticAMD" : "GenuineIntel";
+    cpu_refused(sh, *khz, "t.state: made on a");
+    sh = *shape;
+    sh.signature ^= 0x10;
+    cpu_refused(sh, *khz, "family/model/stepping");
+    cpu_refused(*shape, *khz + 1, "kHz TSC");
+    sh = *shape;
+    sh.xsave_size += 64;
+    cpu_refused(sh, *khz, "XSAVE area");
+    // A feature bit this host lacks: leaf 7.0 ECX with every bit set (some are reserved).
+    sh = *shape;
+    bool found = false;
+    for (auto& e : sh.cpuid[0]) {
+      if (e.function == 7 && e.index == 0) e.ecx = 0xffffffff, found = true;
+    }
+    REQUIRE(found);
+    cpu_refused(sh, *khz, "CPUID leaf 0x7.0 ecx bits");
+    sh = *shape;
+    for (auto& e : sh.cpuid[0]) {
+      if (e.function == 0x80000001) e.edx = 0xffffffff;
+    }
+    cpu_refused(sh, *khz, "CPUID leaf 0x80000001.0 edx bits");
+  }
+}
