@@ -548,6 +548,16 @@ void enter_real_mode(vmm::Vcpu& vcpu) {
   REQUIRE(vcpu.set_regs(regs));
 }
 
+/// Waits (up to 10 s: a loaded or sanitized host can be slow to start a vCPU) until the guest's
+/// counter at kCounterAddr is no longer `from`.
+void wait_for_count(const GuestMemory& mem, uint16_t from) {
+  auto word = mem.slice(Gpa(kCounterAddr), 2);
+  REQUIRE(word);
+  const auto* counter = reinterpret_cast<const volatile uint16_t*>(word->data());
+  for (int i = 0; i < 1000 && *counter == from; ++i) std::this_thread::sleep_for(10ms);
+  std::this_thread::sleep_for(10ms);
+}
+
 vmm::clone::StateFile without(vmm::clone::StateFile s, std::string_view id) {
   std::erase_if(s.sections, [&](const auto& sec) { return sec.id == id; });
   return s;
@@ -574,7 +584,7 @@ TEST_CASE("snapshot: a running machine captured, written, read back and restored
   MachineRig a(kvm, std::move(*mem), vmm::VmConfig{.vcpus = 1, .cpu_template = vmm::CpuTemplate::Host, .cpuid = {}});
   enter_real_mode(a.m->vm().vcpu(0));
   std::thread runner([&] { (void)a.m->run(); });
-  std::this_thread::sleep_for(50ms);
+  wait_for_count(a.m->vm().memory(), 0);
   auto q = a.m->quiesce();
   vmm::Result<vmm::clone::StateFile> captured = q ? vmm::clone::capture(*a.m, vmm::CpuTemplate::Host)
                                                    : std::unexpected(q.error());
@@ -646,7 +656,7 @@ TEST_CASE("snapshot: a running machine captured, written, read back and restored
   // And it counts on from where the first one stopped.
   {
     std::thread r2([&] { (void)b->m->run(); });
-    std::this_thread::sleep_for(30ms);
+    wait_for_count(b->m->vm().memory(), counter_a);
     b->m->vm().pause();
     auto regs = b->m->vm().vcpu(0).get_regs();
     b->m->vm().resume();
