@@ -161,6 +161,9 @@ void PciRoot::save(ByteWriter& out) const {
 Result<> PciRoot::restore(ByteReader& in) {
   auto address = in.get<uint32_t>("config_address");
   if (!address) return std::unexpected(address.error());
+  if (*address & ~0x80fffffcu) {
+    return std::unexpected(in.error("config_address", fmt::format("{:#x} has reserved bits set (30:24, 1:0)", *address)));
+  }
   auto command = in.get<uint16_t>("host_bridge_command");
   if (!command) return std::unexpected(command.error());
   if (*command & ~0x7u) return std::unexpected(in.error("host_bridge_command", fmt::format("{:#x} has bits a host bridge does not keep", *command)));

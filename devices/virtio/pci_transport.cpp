@@ -547,6 +547,9 @@ Result<> PciTransport::restore(ByteReader& in) {
   if (pending->size() != (vectors + 63) / 64) {
     return std::unexpected(in.error("msix.pending", fmt::format("{} words saved, the device has {}", pending->size(), (vectors + 63) / 64)));
   }
+  if (vectors % 64 != 0 && (pending->back() >> (vectors % 64)) != 0) {
+    return std::unexpected(in.error("msix.pending", fmt::format("{:#x} has bits for vectors the device does not have ({})", pending->back(), vectors)));
+  }
   st.msix = Msix::State{.enabled = *enabled, .function_masked = *masked, .table = std::move(*table), .pending = std::move(*pending)};
   auto status = in.get<uint8_t>("status");
   if (!status) return std::unexpected(status.error());

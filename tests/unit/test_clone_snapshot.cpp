@@ -263,6 +263,13 @@ void check_transport(PciTransport& source, PciTransport& fresh, uint64_t feature
     bad = st;
     bad.msix.pending.clear();
     refused(bad, "msix.pending", "0 words saved, the device has 1");
+    // A pending bit for a vector past the table (the guest would read it in the PBA).
+    bad = st;
+    bad.msix.pending[0] |= 1ull << vectors;
+    refused(bad, "msix.pending", "bits for vectors the device does not have");
+    auto ok = st;
+    ok.msix.pending[0] = 1ull << (vectors - 1);
+    CHECK(restore_error(fresh, encode(ok)) == "");
   }
   // A vector that does not exist, for the configuration and for a queue.
   {
@@ -416,6 +423,10 @@ TEST_CASE("snapshot codec: PCI root") {
   REQUIRE(good.size() == 6);
   CHECK(contains(restore_error(*b, patched(good, 4, uint16_t{0x8})), "t: host_bridge_command: 0x8 has bits"));
   CHECK(contains(restore_error(*b, patched(good, 4, uint16_t{0x400})), "t: host_bridge_command"));
+  // Reserved bits of the address register read as zero: a state with them set is not one it saved.
+  CHECK(contains(restore_error(*b, patched(good, 0, uint32_t{0xc0000000})), "t: config_address: 0xc0000000 has reserved bits"));
+  CHECK(contains(restore_error(*b, patched(good, 0, uint32_t{0x80000001})), "t: config_address"));
+  CHECK(restore_error(*b, patched(good, 0, uint32_t{0x80fffffc})) == "");
 }
 
 TEST_CASE("snapshot codec: fw_cfg") {
