@@ -174,6 +174,7 @@ corrupt state; printf 'X' | dd of="$work/bad/state.bin" bs=1 seek=100 conv=notru
 expect corrupt_state 6 "checksum mismatch" -- "$vmm" run --clone-of "$work/bad" --name x1
 corrupt truncated; truncate -s 1M "$work/bad/memory.bin"
 expect truncated_memory 6 "memory file is 1048576 bytes" -- "$vmm" run --clone-of "$work/bad" --name x2
+[ -e "$VMM_STATE_DIR/clones/x2" ] && bad "a clone that failed to start left its directory" || ok "a failed clone start leaves nothing"
 corrupt manifest; echo '{"format_version": "9.0"}' >"$work/bad/manifest.json"
 expect manifest_version 6 "format version 9.0 is not supported" -- "$vmm" run --clone-of "$work/bad" --name x3
 corrupt garbage; echo 'not json' >"$work/bad/manifest.json"

@@ -14,7 +14,11 @@ boot() {  # boot SCENARIO DISK-SPEC [EXTRA-CMDLINE]: console in /tmp/c.txt, stat
   tr -d '\r' </tmp/c.txt >/tmp/console.txt
   grep -a 'blk:\|ext4-write\|big$\|vmm-l2: end' /tmp/console.txt
   cat /tmp/e.txt
-  [ $status = 0 ] || bad "vmm exit status $status in $1"
+  if [ $status != 0 ]; then
+    bad "vmm exit status $status in $1"
+    # Where the guest got to: the last console lines (an L2 that spins shows where it stopped).
+    tail -n 25 /tmp/console.txt | sed 's/^/  console: /'
+  fi
 }
 
 cd /tmp

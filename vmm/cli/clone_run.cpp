@@ -56,6 +56,16 @@ int run_clone(const CloneOptions& o) {
                  ec ? fmt::format("{}: cannot create: {}", cdir.string(), ec.message())
                     : fmt::format("a clone named '{}' already exists ({})", name, cdir.string()));
   }
+  // A clone that fails to start leaves nothing behind (its name stays free, the template has no
+  // dependant); one that ran keeps its directory (its disks hold what it wrote).
+  struct Discard {
+    fs::path dir;
+    bool keep = false;
+    ~Discard() {
+      std::error_code e;
+      if (!keep) fs::remove_all(dir, e);
+    }
+  } discard{cdir};
   fs::create_directory(cdir / "disk", ec);
 
   // Memory: the template's file mapped copy-on-write, or for a full clone its own copy.
@@ -135,6 +145,7 @@ int run_clone(const CloneOptions& o) {
   m.platform().vmgenid().notify();
   const auto ready = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - o.started);
   fmt::print(stderr, "vmm: clone {} of {} restored in {:.2f} ms (since main)\n", name, manifest->name, ready.count());
+  discard.keep = true;
   return stop_status(m.run());
 }
 
