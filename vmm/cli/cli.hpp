@@ -56,6 +56,8 @@ std::expected<std::unique_ptr<Machine>, CliFailure> boot_machine(const Kvm* kvm,
 Result<devices::virtio::MacAddress> random_mac();
 /// Prints "vmm: error: MESSAGE" and returns `status`.
 int report_error(int status, const std::string& message);
+/// How a VM stopped, as a clause for an error message ("it exited through the debug port ...").
+std::string describe_stop(const StopInfo& stop);
 /// Prints "vmm: error: ..." and returns the status.
 int report_failure(const CliFailure& failure);
 /// The exit status for how a VM stopped (prints what the stop needs said).

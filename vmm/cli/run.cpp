@@ -49,6 +49,27 @@ int exit_status(const StopInfo& stop) {
 
 }  // namespace
 
+std::string describe_stop(const StopInfo& stop) {
+  using devices::StopReason;
+  switch (stop.reason) {
+    case StopReason::PowerOff:
+      return "it powered off";
+    case StopReason::Reset:
+      return "it reset";
+    case StopReason::Panic:
+      return fmt::format("it panicked (pvpanic event {:#x})", stop.status);
+    case StopReason::DebugExit:
+      return fmt::format("it exited through the debug port with value {:#x}", stop.status);
+    case StopReason::TripleFault:
+      return stop.message;
+    case StopReason::Signal:
+      return fmt::format("vmm got signal {} ({})", stop.status, ::strsignal(static_cast<int>(stop.status)));
+    case StopReason::Error:
+      break;
+  }
+  return stop.message;
+}
+
 std::expected<Devices, CliFailure> open_devices(const devices::ConsoleSpec& console_spec, const std::vector<DiskSpec>& disk_specs,
                                                const std::vector<NetSpec>& net_specs) {
   auto console = devices::Console::open(console_spec);

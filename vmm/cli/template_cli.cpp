@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <fstream>
 #include <mutex>
@@ -97,7 +98,8 @@ int template_create(const TemplateCreateOptions& o) {
   std::mutex mutex;
   std::condition_variable cv;
   bool ready = false;
-  std::string seen;
+  std::string seen;  // the console's last bytes: enough to find the text, and to quote on failure
+  constexpr size_t kTail = 160;
   auto tap = [&, text = o.ready_on](std::span<const uint8_t> bytes) {
     std::lock_guard lock(mutex);
     if (ready) return;
@@ -105,8 +107,8 @@ int template_create(const TemplateCreateOptions& o) {
     if (seen.find(text) != std::string::npos) {
       ready = true;
       cv.notify_all();
-    } else if (seen.size() > text.size()) {
-      seen.erase(0, seen.size() - text.size());
+    } else if (const size_t keep = std::max(text.size(), kTail); seen.size() > keep) {
+      seen.erase(0, seen.size() - keep);
     }
   };
   std::optional<Kvm> kvm;
@@ -159,9 +161,11 @@ int template_create(const TemplateCreateOptions& o) {
   machine->reset();  // the disks are closed (and unlocked) before they are summed and renamed
   if (failure) return report_error(exit_code::kVmmError, fmt::format("template {}: {}", dest->string(), *failure));
   if (!written) {
-    (void)stop;
-    return report_error(exit_code::kVmmError,
-                 fmt::format("template {}: the guest stopped before it printed '{}'", dest->string(), o.ready_on));
+    // Quote the console's last line(s) as one line: what the guest said before it stopped.
+    std::string last;
+    for (char c : seen) last += (c == '\n' || c == '\r') ? std::string(" | ") : (c >= 0x20 && c < 0x7f ? std::string(1, c) : "?");
+    return report_error(exit_code::kVmmError, fmt::format("template {}: the guest stopped before it printed '{}': {}; its console "
+                                                   "ended with \"{}\"", dest->string(), o.ready_on, describe_stop(stop), last));
   }
   for (auto& d : m.disks) {
     auto s = clone::sum_file(tmp, d.file.name);
