@@ -8,7 +8,8 @@
 #
 # usage: scripts/nested/run.sh [options] SCRIPT [ARG...]
 #   --file SRC[:DEST]  copy SRC into L1 as /files/DEST (default: its basename)
-#   --bin PATH         an executable for /files/bin, with the shared libraries ldd names for it
+#   --bin PATH         an executable for /files/bin, with the shared libraries ldd names for it and
+#                      the plugins beside it (vmm-*.so)
 #   --cpus N           L1 vCPUs (default 2, multi-threaded TCG)
 #   --memory MIB       L1 RAM in MiB (default 2048)
 #   --timeout SEC      kill L1 after SEC seconds (default 600)
@@ -99,7 +100,13 @@ for f in "${files[@]}"; do
   mkdir -p "$(dirname "$payload/files/$dest")"
   cp -L "$src" "$payload/files/$dest"
 done
+# Each binary goes with the plugins beside it that it loads at run time (vmm-*.so, e.g. vmm's HTTP
+# transport), and with the shared libraries of both.
+plugins=()
 for b in "${bins[@]}"; do
+  for p in "$(dirname "$b")"/vmm-*.so; do [[ -e $p ]] && plugins+=("$p"); done
+done
+for b in "${bins[@]}" "${plugins[@]}"; do
   [[ -x $b ]] || die "--bin $b: not an executable"
   objcopy --strip-debug "$b" "$payload/files/bin/$(basename "$b")"
   # Shared libraries (and the dynamic loader) at the paths the binary expects.

@@ -1,4 +1,5 @@
 #include "vmm/cli/cli.hpp"
+#include "vmm/cli/vm_cli.hpp"
 
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
@@ -109,7 +110,9 @@ int main(int argc, char** argv) {
   CloneOptions clone;
   clone.started = std::chrono::steady_clock::now();
   run->add_option("--clone-of", clone.template_name, "Start a clone of this template (a name in the state directory, or a path)");
-  run->add_option("--name", clone.name, "The clone's name (default: a generated one)");
+  run->add_option("--name", clone.name, "The VM's name, unique among the running VMs and clones of the state directory (default: a generated one)");
+  std::string api_socket;
+  run->add_option("--api-socket", api_socket, "Where the VM serves its control API (default: STATE_DIR/run/NAME/api.sock)");
   run->add_flag("--full", clone.full, "A full clone: its own copy of memory and disks, independent of the template");
   run->add_option("--hostname", clone.hostname, "Hostname the clone's identity channel carries");
   run->add_option("--ip", clone.ip, "IP address the clone's identity channel carries");
@@ -140,6 +143,28 @@ int main(int argc, char** argv) {
   for (auto* c : {tls, tinspect, trm, tverify}) c->add_option("--state-dir", tstate_dir, "The state directory");
 
   DiskCommand disk(app);
+
+  // Running VMs, over their API.
+  VmCommand vmc;
+  auto* ps = app.add_subcommand("ps", "List the running VMs of the state directory");
+  ps->add_flag("--json", vmc.json, "JSON output (each VM as GET /vm reports it)");
+  std::vector<CLI::App*> vm_verbs;
+  for (auto [verb, what] : {std::pair{"pause", "Pause a running VM (vCPUs parked, disks quiesced)"},
+                            {"resume", "Resume a paused VM"},
+                            {"stop", "Stop a VM (the guest is asked first; a hard stop after --timeout)"},
+                            {"snapshot", "Save a running VM as a template, and let it carry on"},
+                            {"fork", "Fork a running VM into copies of itself that run on from this instant"}}) {
+    auto* c = app.add_subcommand(verb, what);
+    c->add_option("VM", vmc.target, "The VM's name, or the path of its API socket")->required();
+    vm_verbs.push_back(c);
+  }
+  vm_verbs[2]->add_option("--timeout", vmc.timeout_s, "Seconds the guest has to power off before a hard stop")->capture_default_str();
+  vm_verbs[3]->add_option("DIR", vmc.dir, "Where the template goes (a new directory)")->required();
+  vm_verbs[3]->add_flag("--paused", vmc.stay_paused, "Leave the VM paused afterwards");
+  vm_verbs[4]->add_option("--count", vmc.count, "How many copies")->capture_default_str()->check(CLI::Range(1, 256));
+  vm_verbs[4]->add_flag("--paused", vmc.stay_paused, "Leave the parent paused afterwards");
+  vm_verbs.push_back(ps);
+  for (auto* c : vm_verbs) c->add_option("--state-dir", vmc.state_dir, "The state directory");
 
   try {
     app.parse(argc, argv);
@@ -188,9 +213,10 @@ int main(int argc, char** argv) {
       clone.console_given = run->get_option("--console")->count() > 0;
       clone.nets = run_args.opts.nets;
       clone.kvm_device = run_args.opts.kvm_device;
+      clone.api_socket = api_socket;
       return run_clone(clone);
     }
-    for (const char* o : {"--name", "--full", "--hostname", "--ip"}) {
+    for (const char* o : {"--full", "--hostname", "--ip"}) {
       if (run->get_option(o)->count()) {
         print_error(fmt::format("{} needs --clone-of", o));
         return exit_code::kUsage;
@@ -200,6 +226,9 @@ int main(int argc, char** argv) {
       print_error(*err);
       return exit_code::kUsage;
     }
+    run_args.opts.name = clone.name;
+    run_args.opts.api_socket = api_socket;
+    run_args.opts.state_dir = run_args.state_dir;
     return run_vm(run_args.opts);
   }
   if (tcreate->parsed()) {
@@ -220,6 +249,12 @@ int main(int argc, char** argv) {
   if (trm->parsed()) return template_rm(tstate_dir, target, force);
   if (tverify->parsed()) return template_verify(tstate_dir, target);
   if (disk.parsed()) return disk.run();
+  for (auto* c : vm_verbs) {
+    if (c->parsed()) {
+      vmc.verb = c->get_name();
+      return vm_command(vmc);
+    }
+  }
   return exit_code::kUsage;
 }
 

@@ -13,7 +13,9 @@
 #include "vmm/cpuid.hpp"
 #include "vmm/cli/device_spec.hpp"
 #include "devices/virtio/net.hpp"
+#include "clone/identity.hpp"
 #include "vmm/machine.hpp"
+#include <nlohmann/json.hpp>
 
 namespace vmm::cli {
 
@@ -29,7 +31,9 @@ struct RunOptions {
   std::filesystem::path kvm_device;
   std::vector<DiskSpec> disks;
   std::vector<NetSpec> nets;  ///< mac already checked (or empty: random)
-  std::string name;           ///< the VM's name (its identity's name)
+  std::string name;           ///< the VM's name (its identity's name; default generated)
+  std::filesystem::path api_socket;  ///< default: STATE_DIR/run/NAME/api.sock
+  std::string state_dir;             ///< where the VM registers (run/NAME)
 };
 
 /// A failure before the guest runs: the exit status and one line.
@@ -49,9 +53,14 @@ std::expected<Devices, CliFailure> open_devices(const devices::ConsoleSpec& cons
                                                const std::vector<NetSpec>& nets);
 
 /// Builds a machine that boots `options`' kernel (KVM opened into `kvm_holder` unless given).
+/// Builds a machine that boots `options`' kernel (KVM opened into `kvm_holder` unless given); its
+/// identity goes to `identity` when given.
 std::expected<std::unique_ptr<Machine>, CliFailure> boot_machine(const Kvm* kvm, const RunOptions& options,
                                                                  std::function<void(std::span<const uint8_t>)> console_tap,
-                                                                 std::optional<Kvm>& kvm_holder);
+                                                                 std::optional<Kvm>& kvm_holder, clone::Identity* identity = nullptr);
+/// The configuration GET /vm reports.
+nlohmann::json config_json(uint64_t memory, uint32_t vcpus, std::string_view cpu_template, const std::vector<DiskSpec>& disks,
+                           const std::vector<NetSpec>& nets, const devices::ConsoleSpec& console);
 /// A random locally administered unicast MAC (02:xx:xx:xx:xx:xx), as Cloud Hypervisor gives.
 Result<devices::virtio::MacAddress> random_mac();
 /// Prints "vmm: error: MESSAGE" and returns `status`.

@@ -10,6 +10,7 @@
 #include "clone/template.hpp"
 #include "devices/virtio/net.hpp"
 #include "disk/qcow2.hpp"
+#include "vmm/api/control.hpp"
 #include "vmm/cli/exit_codes.hpp"
 #include "vmm/cli/template_cli.hpp"
 
@@ -67,6 +68,8 @@ int run_clone(const CloneOptions& o) {
     }
   } discard{cdir};
   fs::create_directory(cdir / "disk", ec);
+  auto control = api::ControlPlane::create(sdir, name, o.api_socket);
+  if (!control) return report_error(exit_code::kUsage, control.error().message());
 
   // Memory: the template's file mapped copy-on-write, or for a full clone its own copy.
   fs::path memory_path = *tdir / manifest->memory_file.name;
@@ -146,6 +149,10 @@ int run_clone(const CloneOptions& o) {
   const auto ready = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - o.started);
   fmt::print(stderr, "vmm: clone {} of {} restored in {:.2f} ms (since main)\n", name, manifest->name, ready.count());
   discard.keep = true;
+  (*control)->start(m, api::VmInfo{.id = identity.id, .name = name, .kind = "clone", .template_name = manifest->name,
+                                   .template_dir = tdir->string(), .parent = {}, .generation = clone::generation_hex(identity),
+                                   .config = config_json(manifest->memory, manifest->vcpus, manifest->cpu_template, disks, nets, console),
+                                   .api_socket = {}});
   return stop_status(m.run());
 }
 

@@ -15,6 +15,8 @@
 #include "vmm/cli/cli.hpp"
 #include "vmm/cli/exit_codes.hpp"
 #include "vmm/machine.hpp"
+#include "vmm/api/control.hpp"
+#include "clone/template.hpp"
 
 namespace vmm::cli {
 
@@ -94,7 +96,7 @@ std::expected<Devices, CliFailure> open_devices(const devices::ConsoleSpec& cons
 
 std::expected<std::unique_ptr<Machine>, CliFailure> boot_machine(const Kvm* kvm_or_null, const RunOptions& o,
                                                                  std::function<void(std::span<const uint8_t>)> console_tap,
-                                                                 std::optional<Kvm>& kvm_holder) {
+                                                                 std::optional<Kvm>& kvm_holder, clone::Identity* identity_out) {
   // Images are loaded into guest memory before KVM is touched: a bad kernel or initrd is reported as
   // such on any machine, and nothing about the VM depends on the order.
   auto memory = GuestMemory::anonymous(o.memory);
@@ -126,6 +128,7 @@ std::expected<std::unique_ptr<Machine>, CliFailure> boot_machine(const Kvm* kvm_
     return std::unexpected(CliFailure{exit_code::kVmmError, r.error().message()});
   }
   if (auto r = (*machine)->vm().prepare_boot(*entry); !r) return std::unexpected(CliFailure{exit_code::kVmmError, r.error().message()});
+  if (identity_out) *identity_out = std::move(identity);
   return std::move(*machine);
 }
 
@@ -143,10 +146,34 @@ int report_error(int status, const std::string& message) {
 
 int report_failure(const CliFailure& f) { return report_error(f.status, f.message); }
 
-int run_vm(const RunOptions& o) {
+nlohmann::json config_json(uint64_t memory, uint32_t vcpus, std::string_view cpu_template, const std::vector<DiskSpec>& disks,
+                           const std::vector<NetSpec>& nets, const devices::ConsoleSpec& console) {
+  nlohmann::json d = nlohmann::json::array(), n = nlohmann::json::array();
+  for (const auto& s : disks) d.push_back({{"path", s.path.string()}, {"read_only", s.read_only}, {"id", s.id}});
+  for (const auto& s : nets) n.push_back({{"tap", s.tap}, {"mac", s.mac}});
+  using Kind = devices::ConsoleSpec::Kind;
+  const std::string con = console.kind == Kind::Stdio ? "stdio" : console.kind == Kind::None ? "none" : "file:" + console.path;
+  return {{"memory_mib", memory >> 20}, {"vcpus", vcpus}, {"cpu_template", cpu_template}, {"disks", d}, {"nets", n}, {"console", con}};
+}
+
+int run_vm(const RunOptions& options) {
+  RunOptions o = options;
+  if (o.name.empty()) o.name = "vm-" + clone::random_hex(4);
+  if (!clone::valid_name(o.name)) return report_error(exit_code::kUsage, fmt::format("--name '{}': use letters, digits, '.', '_' and '-'", o.name));
+  auto control = api::ControlPlane::create(clone::state_dir(o.state_dir), o.name, o.api_socket);
+  if (!control) return report_error(exit_code::kUsage, control.error().message());
   std::optional<Kvm> kvm;
-  auto machine = boot_machine(nullptr, o, {}, kvm);
+  clone::Identity identity;
+  auto machine = boot_machine(nullptr, o, {}, kvm, &identity);
   if (!machine) return report_failure(machine.error());
+  // Nets as the guest has them (MACs drawn where none was given).
+  std::vector<NetSpec> nets;
+  for (size_t i = 0; i < o.nets.size(); ++i) nets.push_back(NetSpec{.tap = o.nets[i].tap, .mac = identity.macs.at(i)});
+  (*control)->start(**machine, api::VmInfo{.id = identity.id, .name = o.name, .kind = "booted", .template_name = {},
+                                           .template_dir = {}, .parent = {}, .generation = clone::generation_hex(identity),
+                                           .config = config_json(o.memory, o.vcpus, cpu_template_name(o.cpu_template), o.disks,
+                                                                 nets, o.console),
+                                           .api_socket = {}});
   return exit_status((*machine)->run());
 }
 

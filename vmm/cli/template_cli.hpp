@@ -27,6 +27,7 @@ struct CloneOptions {
   bool console_given = false;  ///< otherwise the console goes to the clone's console.log
   std::vector<NetSpec> nets;
   std::filesystem::path kvm_device;
+  std::filesystem::path api_socket;
   std::chrono::steady_clock::time_point started;  ///< when main() began (for the start-time line)
 };
 

@@ -1,0 +1,52 @@
+// Running VMs of a state directory: each has STATE_DIR/run/NAME/ (mode 0700) holding its API
+// socket (api.sock, unless --api-socket put it elsewhere) and vm.json (pid, socket), and holds an
+// exclusive lock on vm.json for as long as it runs. A directory whose lock is free belongs to a VM
+// that ended without cleaning up (kill -9): whoever finds it removes it. The name is taken while
+// the directory exists, so names are unique among running VMs.
+#pragma once
+
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "vmm/base/error.hpp"
+#include "vmm/base/fd.hpp"
+
+namespace vmm::api {
+
+class Registration {
+ public:
+  /// Takes `name` in `state_dir`/run; `socket` empty means the default, run/NAME/api.sock.
+  static Result<std::unique_ptr<Registration>> create(const std::filesystem::path& state_dir, const std::string& name,
+                                                      const std::filesystem::path& socket = {});
+  ~Registration();  ///< removes the directory (and the socket) unless released
+  Registration(const Registration&) = delete;
+  Registration& operator=(const Registration&) = delete;
+
+  const std::string& name() const { return name_; }
+  const std::filesystem::path& socket() const { return socket_; }
+  const std::filesystem::path& dir() const { return dir_; }
+  /// In a forked child: forget the parent's registration without touching its files (the lock
+  /// fd is shared with the parent: it is closed, never unlocked).
+  void abandon();
+
+ private:
+  Registration() = default;
+  std::string name_;
+  std::filesystem::path dir_, socket_;
+  Fd lock_;
+  bool abandoned_ = false;
+};
+
+struct RunningVm {
+  std::string name;
+  std::filesystem::path socket;
+  int64_t pid = 0;
+};
+/// The VMs running in `state_dir` (stale entries are removed on the way), sorted by name.
+std::vector<RunningVm> running_vms(const std::filesystem::path& state_dir);
+/// The API socket of `name_or_socket`: a path containing '/' is a socket; otherwise a VM's name.
+Result<std::filesystem::path> find_vm(const std::filesystem::path& state_dir, const std::string& name_or_socket);
+
+}  // namespace vmm::api

@@ -1,0 +1,207 @@
+#include "vmm/api/service.hpp"
+
+#include <unistd.h>
+
+#include <fstream>
+#include <set>
+
+namespace vmm::api {
+
+using nlohmann::json;
+
+HttpResponse fault(int status, const std::string& message) {
+  return HttpResponse{.status = status, .body = json{{"fault_message", message}}.dump(), .allow = {}};
+}
+
+namespace {
+
+HttpResponse ok_json(const json& body) { return HttpResponse{.status = 200, .body = body.dump(), .allow = {}}; }
+HttpResponse no_content() { return HttpResponse{.status = 204, .body = {}, .allow = {}}; }
+
+/// The request body as a JSON object whose keys are all in `allowed` (an empty body is {}).
+std::expected<json, HttpResponse> parse_body(const std::string& body, std::initializer_list<std::string_view> allowed) {
+  if (body.find_first_not_of(" \t\r\n") == std::string::npos) return json::object();
+  json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return std::unexpected(fault(400, "the body is not valid JSON"));
+  if (!j.is_object()) return std::unexpected(fault(400, "the body must be a JSON object"));
+  for (const auto& [key, value] : j.items()) {
+    bool known = false;
+    for (auto a : allowed) known = known || key == a;
+    if (!known) return std::unexpected(fault(400, "unknown field '" + key + "'"));
+  }
+  return j;
+}
+
+/// Private_Dirty and Rss (KiB) of this process, and of the mapping that starts at `guest`.
+struct MemoryUse {
+  uint64_t private_dirty_kib = 0, rss_kib = 0, guest_private_dirty_kib = 0, guest_rss_kib = 0;
+};
+MemoryUse memory_use(uintptr_t guest) {
+  MemoryUse m;
+  std::ifstream smaps("/proc/self/smaps");
+  std::string line;
+  bool in_guest = false;
+  while (std::getline(smaps, line)) {
+    uintptr_t lo = 0, hi = 0;
+    if (std::sscanf(line.c_str(), "%lx-%lx ", &lo, &hi) == 2 && line.find(':') > line.find(' ')) {
+      in_guest = lo == guest;
+      continue;
+    }
+    uint64_t kib = 0;
+    if (std::sscanf(line.c_str(), "Private_Dirty: %lu kB", &kib) == 1) {
+      m.private_dirty_kib += kib;
+      if (in_guest) m.guest_private_dirty_kib += kib;
+    } else if (std::sscanf(line.c_str(), "Rss: %lu kB", &kib) == 1) {
+      m.rss_kib += kib;
+      if (in_guest) m.guest_rss_kib += kib;
+    }
+  }
+  return m;
+}
+
+}  // namespace
+
+VmService::VmService(Machine& machine, VmInfo info, VmOperations ops)
+    : machine_(machine), info_(std::move(info)), ops_(std::move(ops)) {}
+
+void VmService::set_generation(std::string generation) {
+  std::lock_guard lock(mutex_);
+  info_.generation = std::move(generation);
+}
+
+HttpResponse VmService::handle(const HttpRequest& r) {
+  struct Route {
+    std::string_view path, method;
+  };
+  static constexpr Route kRoutes[] = {{"/vm", "GET"},         {"/vm/pause", "PUT"}, {"/vm/resume", "PUT"},
+                                      {"/vm/stop", "PUT"},    {"/vm/snapshot", "PUT"}, {"/vm/fork", "PUT"},
+                                      {"/vm/metrics", "GET"}};
+  const Route* route = nullptr;
+  for (const auto& rt : kRoutes) {
+    if (rt.path == r.path) route = &rt;
+  }
+  if (!route) return fault(404, "no such path: " + r.path);
+  if (route->method != r.method && !(route->method == "GET" && r.method == "HEAD")) {
+    auto f = fault(405, r.method + " is not allowed on " + r.path + " (use " + std::string(route->method) + ")");
+    f.allow = std::string(route->method);
+    return f;
+  }
+  if (r.path == "/vm") return get_vm();
+  if (r.path == "/vm/metrics") return metrics();
+  if (r.path == "/vm/pause" || r.path == "/vm/resume") {
+    auto body = parse_body(r.body, {});
+    if (!body) return body.error();
+    return r.path == "/vm/pause" ? pause() : resume();
+  }
+  if (r.path == "/vm/stop") {
+    auto body = parse_body(r.body, {"timeout_s"});
+    if (!body) return body.error();
+    return stop(*body);
+  }
+  if (r.path == "/vm/snapshot") {
+    auto body = parse_body(r.body, {"dir", "resume"});
+    if (!body) return body.error();
+    if (!body->contains("dir") || !(*body)["dir"].is_string() || (*body)["dir"].get<std::string>().empty()) {
+      return fault(400, "'dir' (a path for the template) is required");
+    }
+    if (body->contains("resume") && !(*body)["resume"].is_boolean()) return fault(400, "'resume' must be true or false");
+    return paused_operation(*body, ops_.snapshot, true);
+  }
+  // /vm/fork
+  auto body = parse_body(r.body, {"count", "resume"});
+  if (!body) return body.error();
+  if (body->contains("count")) {
+    const json& c = (*body)["count"];
+    if (!c.is_number_unsigned() || c.get<uint64_t>() < 1 || c.get<uint64_t>() > 256) {
+      return fault(400, "'count' must be an integer from 1 to 256");
+    }
+  }
+  if (body->contains("resume") && !(*body)["resume"].is_boolean()) return fault(400, "'resume' must be true or false");
+  return paused_operation(*body, ops_.fork, true);
+}
+
+HttpResponse VmService::get_vm() {
+  std::lock_guard lock(mutex_);
+  const double uptime = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+  json j{{"id", info_.id},
+         {"name", info_.name},
+         {"kind", info_.kind},
+         {"state", stopping_ ? "stopping" : paused_ ? "paused" : "running"},
+         {"pid", ::getpid()},
+         {"generation", info_.generation},
+         {"uptime_s", uptime},
+         {"config", info_.config},
+         {"api_socket", info_.api_socket}};
+  if (!info_.template_name.empty()) j["template"] = {{"name", info_.template_name}, {"dir", info_.template_dir}};
+  if (!info_.parent.empty()) j["parent"] = info_.parent;
+  return ok_json(j);
+}
+
+HttpResponse VmService::pause() {
+  std::lock_guard lock(mutex_);
+  if (stopping_) return fault(409, "the VM is stopping");
+  if (paused_) return fault(409, "the VM is already paused");
+  if (auto r = machine_.quiesce(); !r) {
+    machine_.resume();
+    return fault(500, r.error().message());
+  }
+  paused_ = true;
+  return no_content();
+}
+
+HttpResponse VmService::resume() {
+  std::lock_guard lock(mutex_);
+  if (stopping_) return fault(409, "the VM is stopping");
+  if (!paused_) return fault(409, "the VM is not paused");
+  machine_.resume();
+  paused_ = false;
+  return no_content();
+}
+
+HttpResponse VmService::stop(const json& body) {
+  if (body.contains("timeout_s") && (!body["timeout_s"].is_number() || body["timeout_s"].get<double>() < 0 ||
+                                     body["timeout_s"].get<double>() > 3600)) {
+    return fault(400, "'timeout_s' must be a number of seconds from 0 to 3600");
+  }
+  std::lock_guard lock(mutex_);
+  if (stopping_) return fault(409, "the VM is already stopping");
+  stopping_ = true;
+  machine_.vm().request_stop(StopInfo{.reason = devices::StopReason::PowerOff, .status = 0, .message = "stopped through the API"});
+  return no_content();
+}
+
+HttpResponse VmService::metrics() {
+  const MemoryUse m = memory_use(reinterpret_cast<uintptr_t>(machine_.vm().memory().regions().front().host));
+  json j{{"uptime_s", std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count()},
+         {"memory",
+          {{"private_dirty_kib", m.private_dirty_kib},
+           {"rss_kib", m.rss_kib},
+           {"guest_dirty_kib", m.guest_private_dirty_kib},
+           {"guest_resident_kib", m.guest_rss_kib}}}};
+  return ok_json(j);
+}
+
+HttpResponse VmService::paused_operation(const json& body, const std::function<Result<json>(const json&)>& op,
+                                         bool resume_default) {
+  if (!op) return fault(400, "this VM does not support that operation");
+  std::lock_guard lock(mutex_);
+  if (stopping_) return fault(409, "the VM is stopping");
+  const bool was_paused = paused_;
+  if (!was_paused) {
+    if (auto r = machine_.quiesce(); !r) {
+      machine_.resume();
+      return fault(500, r.error().message());
+    }
+  }
+  auto result = op(body);
+  const bool resume = !was_paused && body.value("resume", resume_default);
+  if (resume) {
+    machine_.resume();
+  } else {
+    paused_ = true;
+  }
+  if (!result) return fault(400, result.error().message());
+  return ok_json(*result);
+}
+
+}  // namespace vmm::api

@@ -1,0 +1,80 @@
+// The control API of one running VM: routes HTTP requests (vmm/api/http.hpp) to the machine.
+// Conventions follow Firecracker's where they fit: JSON bodies, 204 without a body on success,
+// errors as {"fault_message": "..."} with a 4xx status (400 malformed, 404 unknown path, 405 wrong
+// method, 409 not possible in the VM's current state, 413 too large).
+//
+//   GET /vm            what the VM is: id, name, state, pid, template/parent, generation, config, uptime
+//   PUT /vm/pause      204; 409 when already paused
+//   PUT /vm/resume     204; 409 when running
+//   PUT /vm/stop       204; the VM stops (power button first when the guest has one, see stop())
+//   PUT /vm/snapshot   {"dir": PATH, "resume": true}  → 200 {"template": PATH}
+//   PUT /vm/fork       {"count": N}                   → 200 {"children": [{"name", "pid"}...]}
+//   GET /vm/metrics    exits by kind, disk and net counters, memory
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <mutex>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "vmm/api/http.hpp"
+#include "vmm/machine.hpp"
+
+namespace vmm::api {
+
+/// What GET /vm reports about where the VM came from; the rest is read live.
+struct VmInfo {
+  std::string id;
+  std::string name;
+  std::string kind;            ///< "booted", "clone" or "fork"
+  std::string template_name;   ///< clones: the template's name
+  std::string template_dir;    ///< clones: the template's directory
+  std::string parent;          ///< forks: the parent's name
+  std::string generation;      ///< 32 hex digits
+  nlohmann::json config;       ///< memory, vcpus, cpu_template, disks, nets, console
+  std::string api_socket;
+};
+
+/// Operations that need more than the machine (they live in the layers that know templates and
+/// processes); a missing one answers 400 "not supported".
+struct VmOperations {
+  /// PUT /vm/snapshot: called with the VM paused and quiesced; returns the response body.
+  std::function<Result<nlohmann::json>(const nlohmann::json& request)> snapshot;
+  /// PUT /vm/fork: called with the VM paused and quiesced; returns the response body.
+  std::function<Result<nlohmann::json>(const nlohmann::json& request)> fork;
+};
+
+class VmService {
+ public:
+  VmService(Machine& machine, VmInfo info, VmOperations ops = {});
+
+  /// Routes one request; thread-safe (control operations run one at a time).
+  HttpResponse handle(const HttpRequest& request);
+
+  /// The generation after a change of identity (a fork's child).
+  void set_generation(std::string generation);
+
+ private:
+  HttpResponse get_vm();
+  HttpResponse pause();
+  HttpResponse resume();
+  HttpResponse stop(const nlohmann::json& body);
+  HttpResponse metrics();
+  HttpResponse paused_operation(const nlohmann::json& body, const std::function<Result<nlohmann::json>(const nlohmann::json&)>& op,
+                                bool resume_default);
+
+  Machine& machine_;
+  VmInfo info_;
+  VmOperations ops_;
+  const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+  std::mutex mutex_;     // one control operation at a time
+  bool paused_ = false;  // guarded by mutex_
+  bool stopping_ = false;
+};
+
+/// A JSON error response.
+HttpResponse fault(int status, const std::string& message);
+
+}  // namespace vmm::api
