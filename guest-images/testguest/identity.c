@@ -4,10 +4,11 @@
  * `opt/vmm/identity`: text lines `key=value\n`, any subset and order of id, name, generation, mac0,
  * mac1, ..., hostname, ip, time, NUL-padded to a fixed size. Prints
  *   identity: ready
- *   identity: id=ID generation=G name=NAME mac0=MAC time=TIME      (`-` for a missing key)
+ *   identity: id=ID generation=G name=NAME mac0=MAC time=TIME changes=N   (`-` for a missing key)
  * then sleeps, waking on any interrupt (PIT at 20 Hz, re-reading every other tick, i.e. 10 Hz; the
  * UART; any other ISA IRQ, such as the VMM's ACPI GED interrupt on a clone) and prints the line
- * again whenever the generation changed. `get` prints it, `quit` exits with 0. Without fw_cfg it
+ * again whenever the generation changed. N counts the changes this guest's memory has seen (0 in a
+ * template; a clone or fork 1; a fork of a fork 2: proof that memory carried over, and diverged). `get` prints it, `quit` exits with 0. Without fw_cfg it
  * prints `identity: no fw_cfg`, without the file `identity: no identity file`, and exits with 3.
  * The content is untrusted: reads stop at the item's size and at our buffer, values are clipped
  * and non-printable bytes are shown as '?'. */
@@ -104,6 +105,8 @@ static void read_identity(void) {
   }
 }
 
+static uint64_t changes;  /* generation changes seen since boot */
+
 static void print_identity(void) {
   puts_("identity:");
   for (unsigned i = 0; i < NFIELDS; i++) {
@@ -119,6 +122,8 @@ static void print_identity(void) {
       putc_(c > ' ' && c < 0x7f ? c : '?');
     }
   }
+  puts_(" changes=");
+  putu64(changes);
   putc_('\n');
 }
 
@@ -152,7 +157,7 @@ static void identity(void) {
       if (streq(l.buf, "quit")) guest_exit(0);
       if (streq(l.buf, "get")) {
         read_identity();
-        generation_changed();
+        if (generation_changed()) changes++;
         print_identity();
       } else {
         puts_("identity: unknown command\n");
@@ -163,7 +168,10 @@ static void identity(void) {
       seen_ticks = t;
       seen_other = other;
       read_identity();
-      if (generation_changed()) print_identity();
+      if (generation_changed()) {
+        changes++;
+        print_identity();
+      }
     }
     tg_wait();
   }

@@ -65,6 +65,7 @@ class Server final : public HttpServer {
     svr_.set_write_timeout(kIdleTimeoutS, 0);
     svr_.set_keep_alive_timeout(kIdleTimeoutS);
     svr_.set_payload_max_length(kMaxBody);
+    svr_.set_socket_options([this](int fd) { listen_fd_ = fd; });
     auto dispatch = [this](const httplib::Request& req, httplib::Response& res) {
       const HttpResponse r = handler_(HttpRequest{.method = req.method, .path = req.path, .body = req.body});
       res.status = r.status;
@@ -110,6 +111,12 @@ class Server final : public HttpServer {
       return false;
     }
     path_ = path;
+    // httplib listens with a backlog of 5: the 6th client connecting at once would be refused
+    // (EAGAIN on a Unix socket). Listening again only raises the backlog.
+    if (::listen(listen_fd_, SOMAXCONN) != 0) {
+      error = path + ": listen: " + std::strerror(errno);
+      return false;
+    }
     // The directory it is in admits its owner only; the socket itself too.
     if (::chmod(path.c_str(), 0600) != 0) {
       error = path + ": chmod: " + std::strerror(errno);
@@ -130,6 +137,7 @@ class Server final : public HttpServer {
   httplib::Server svr_;
   std::thread listener_;
   std::string path_;
+  int listen_fd_ = -1;
 };
 
 HttpServer* serve(const std::string& path, HttpHandler handler, std::string& error) {

@@ -105,7 +105,7 @@ HttpResponse VmService::handle(const HttpRequest& r) {
       return fault(400, "'dir' (a path for the template) is required");
     }
     if (body->contains("resume") && !(*body)["resume"].is_boolean()) return fault(400, "'resume' must be true or false");
-    return paused_operation(*body, ops_.snapshot, true);
+    return paused_operation(*body, ops_.snapshot);
   }
   // /vm/fork
   auto body = parse_body(r.body, {"count", "resume"});
@@ -117,7 +117,7 @@ HttpResponse VmService::handle(const HttpRequest& r) {
     }
   }
   if (body->contains("resume") && !(*body)["resume"].is_boolean()) return fault(400, "'resume' must be true or false");
-  return paused_operation(*body, ops_.fork, true);
+  return paused_operation(*body, ops_.fork);
 }
 
 HttpResponse VmService::get_vm() {
@@ -181,25 +181,29 @@ HttpResponse VmService::metrics() {
   return ok_json(j);
 }
 
-HttpResponse VmService::paused_operation(const json& body, const std::function<Result<json>(const json&)>& op,
-                                         bool resume_default) {
+HttpResponse VmService::paused_operation(const json& body, const PausedOperation& op) {
   if (!op) return fault(400, "this VM does not support that operation");
   std::lock_guard lock(mutex_);
   if (stopping_) return fault(409, "the VM is stopping");
+  // A VM paused through the API stays paused; otherwise it runs again when the operation lets it
+  // (or at the end), unless the request says "resume": false.
   const bool was_paused = paused_;
   if (!was_paused) {
     if (auto r = machine_.quiesce(); !r) {
       machine_.resume();
       return fault(500, r.error().message());
     }
-  }
-  auto result = op(body);
-  const bool resume = !was_paused && body.value("resume", resume_default);
-  if (resume) {
-    machine_.resume();
-  } else {
     paused_ = true;
   }
+  const bool want_resume = !was_paused && body.value("resume", true);
+  auto resume = [&] {
+    if (want_resume && paused_) {
+      machine_.resume();
+      paused_ = false;
+    }
+  };
+  auto result = op(body, resume);
+  resume();
   if (!result) return fault(400, result.error().message());
   return ok_json(*result);
 }

@@ -37,13 +37,16 @@ struct VmInfo {
   std::string api_socket;
 };
 
+/// An operation on the paused, quiesced VM: gets the request body and a function that lets the VM
+/// run again (if the request asked for that) as soon as the operation no longer needs it paused;
+/// returns the response body. Called at most once at a time.
+using PausedOperation = std::function<Result<nlohmann::json>(const nlohmann::json& request, const std::function<void()>& resume)>;
+
 /// Operations that need more than the machine (they live in the layers that know templates and
 /// processes); a missing one answers 400 "not supported".
 struct VmOperations {
-  /// PUT /vm/snapshot: called with the VM paused and quiesced; returns the response body.
-  std::function<Result<nlohmann::json>(const nlohmann::json& request)> snapshot;
-  /// PUT /vm/fork: called with the VM paused and quiesced; returns the response body.
-  std::function<Result<nlohmann::json>(const nlohmann::json& request)> fork;
+  PausedOperation snapshot;  ///< PUT /vm/snapshot
+  PausedOperation fork;      ///< PUT /vm/fork
 };
 
 class VmService {
@@ -62,8 +65,7 @@ class VmService {
   HttpResponse resume();
   HttpResponse stop(const nlohmann::json& body);
   HttpResponse metrics();
-  HttpResponse paused_operation(const nlohmann::json& body, const std::function<Result<nlohmann::json>(const nlohmann::json&)>& op,
-                                bool resume_default);
+  HttpResponse paused_operation(const nlohmann::json& body, const PausedOperation& op);
 
   Machine& machine_;
   VmInfo info_;

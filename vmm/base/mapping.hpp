@@ -28,6 +28,10 @@ class Mapping {
   /// Maps `size` bytes of `fd` MAP_SHARED with `prot` (e.g. a KVM vCPU's kvm_run page).
   static Result<Mapping> shared(int fd, size_t size, int prot, off_t offset = 0);
 
+  /// Takes ownership of a region mapped elsewhere: in a forked child, the parent's guest RAM,
+  /// inherited copy-on-write, whose first owner the child abandons.
+  static Mapping adopt(void* data, size_t size) { return Mapping(data, size); }
+
   uint8_t* data() const { return static_cast<uint8_t*>(data_); }
   size_t size() const { return size_; }
 

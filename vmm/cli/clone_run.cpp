@@ -11,6 +11,7 @@
 #include "devices/virtio/net.hpp"
 #include "disk/qcow2.hpp"
 #include "vmm/api/control.hpp"
+#include "vmm/cli/live.hpp"
 #include "vmm/cli/exit_codes.hpp"
 #include "vmm/cli/template_cli.hpp"
 
@@ -149,10 +150,15 @@ int run_clone(const CloneOptions& o) {
   const auto ready = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - o.started);
   fmt::print(stderr, "vmm: clone {} of {} restored in {:.2f} ms (since main)\n", name, manifest->name, ready.count());
   discard.keep = true;
+  auto live = std::make_shared<LiveVm>(LiveVm{
+      .state_dir = sdir, .kvm_device = o.kvm_device, .name = name, .template_name = manifest->name,
+      .template_dir = o.full ? std::string() : tdir->string(), .cpu_template = shape->cpu_template,
+      .config = config_json(manifest->memory, manifest->vcpus, manifest->cpu_template, disks, nets, console),
+      .machine = &m, .control = control->get()});
   (*control)->start(m, api::VmInfo{.id = identity.id, .name = name, .kind = "clone", .template_name = manifest->name,
                                    .template_dir = tdir->string(), .parent = {}, .generation = clone::generation_hex(identity),
-                                   .config = config_json(manifest->memory, manifest->vcpus, manifest->cpu_template, disks, nets, console),
-                                   .api_socket = {}});
+                                   .config = live->config, .api_socket = {}},
+                    live_operations(live));
   return stop_status(m.run());
 }
 

@@ -16,6 +16,7 @@
 #include "vmm/cli/exit_codes.hpp"
 #include "vmm/machine.hpp"
 #include "vmm/api/control.hpp"
+#include "vmm/cli/live.hpp"
 #include "clone/template.hpp"
 
 namespace vmm::cli {
@@ -169,11 +170,14 @@ int run_vm(const RunOptions& options) {
   // Nets as the guest has them (MACs drawn where none was given).
   std::vector<NetSpec> nets;
   for (size_t i = 0; i < o.nets.size(); ++i) nets.push_back(NetSpec{.tap = o.nets[i].tap, .mac = identity.macs.at(i)});
+  auto live = std::make_shared<LiveVm>(LiveVm{
+      .state_dir = clone::state_dir(o.state_dir), .kvm_device = o.kvm_device, .name = o.name, .template_name = {}, .template_dir = {},
+      .cpu_template = o.cpu_template, .config = config_json(o.memory, o.vcpus, cpu_template_name(o.cpu_template), o.disks, nets, o.console),
+      .machine = machine->get(), .control = control->get()});
   (*control)->start(**machine, api::VmInfo{.id = identity.id, .name = o.name, .kind = "booted", .template_name = {},
                                            .template_dir = {}, .parent = {}, .generation = clone::generation_hex(identity),
-                                           .config = config_json(o.memory, o.vcpus, cpu_template_name(o.cpu_template), o.disks,
-                                                                 nets, o.console),
-                                           .api_socket = {}});
+                                           .config = live->config, .api_socket = {}},
+                    live_operations(live));
   return exit_status((*machine)->run());
 }
 

@@ -1,0 +1,189 @@
+#!/bin/sh
+# Live fork and the control API through the real binary, on whatever KVM is there (the direct lane,
+# or L1 in the nested lane: POSIX sh, busybox tools). usage: fork-scenario.sh VMM TESTGUEST [--needs-kvm]
+# Exits 77 (skipped) with --needs-kvm when /dev/kvm is missing. Uses curl when there is one.
+vmm=$1 guest=$2
+[ "${3:-}" = --needs-kvm ] && [ ! -c /dev/kvm ] && { echo "skipped: no /dev/kvm"; exit 77; }
+work=$(mktemp -d)
+export VMM_STATE_DIR="$work/state"
+fail=0
+pids=""
+cleanup() {
+  for p in $pids; do kill -9 "$p" 2>/dev/null; done
+  for d in "$VMM_STATE_DIR"/run/*/vm.json; do
+    [ -f "$d" ] && kill -9 "$(sed -n 's/.*"pid":\([0-9]*\).*/\1/p' "$d")" 2>/dev/null
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+ok() { echo "fork: ok   $1"; }
+bad() { echo "fork: FAIL $1"; fail=1; }
+# wait_for FILE PATTERN [TENTHS]: until a line of FILE matches PATTERN (default 10 s).
+wait_for() {
+  n=0
+  while ! grep -qE -- "$2" "$1" 2>/dev/null; do
+    n=$((n + 1))
+    [ "$n" -gt "${3:-100}" ] && return 1
+    sleep 0.1
+  done
+}
+# A running VM whose console input comes from a FIFO: start_vm NAME ARGS...
+start_vm() {
+  name=$1
+  shift
+  mkfifo "$work/$name.in"
+  "$vmm" run --name "$name" --console stdio "$@" <"$work/$name.in" >"$work/$name.out" 2>"$work/$name.err" &
+  eval "pid_$name=$!"
+  pids="$pids $!"
+  exec 3>"$work/$name.in"  # hold the FIFO open (fd 3: one VM at a time is driven this way)
+}
+
+# ---- The identity guest: its line carries changes=N, the generation changes its memory has seen.
+start_vm p --kernel "$guest" --cmdline identity
+wait_for "$work/p.out" "^identity: ready$" || { bad "parent did not start"; cat "$work/p.err"; exit 1; }
+sock="$VMM_STATE_DIR/run/p/api.sock"
+n=0
+while [ ! -S "$sock" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+[ -S "$sock" ] && ok "API socket at STATE_DIR/run/NAME/api.sock" || bad "no API socket"
+mode=$(stat -c %a "$sock" 2>/dev/null) dmode=$(stat -c %a "$VMM_STATE_DIR/run/p" 2>/dev/null)
+[ "$mode" = 600 ] && [ "$dmode" = 700 ] && ok "socket 0600 in a 0700 directory" || bad "socket mode $mode, directory $dmode"
+parent_gen=$(grep -o "generation=[0-9a-f]*" "$work/p.out" | head -1)
+
+"$vmm" fork p --count 3 >"$work/fork1" 2>&1 && [ "$(wc -l <"$work/fork1")" = 3 ] && ok "vmm fork p --count 3" || {
+  bad "fork"; sed 's/^/  | /' "$work/fork1"; }
+children=$(cut -d' ' -f1 "$work/fork1")
+for c in $children; do
+  if wait_for "$VMM_STATE_DIR/clones/$c/console.log" "changes=1$" 50; then
+    line=$(grep "changes=1$" "$VMM_STATE_DIR/clones/$c/console.log" | tail -1)
+    case $line in *"$parent_gen"*) bad "child $c kept its parent's generation" ;; *) ok "child $c runs on with a new generation (changes=1)" ;; esac
+    echo "$line" | grep -o "id=[0-9a-f]* generation=[0-9a-f]*" >>"$work/ids"
+  else
+    bad "child $c"; sed 's/^/  | /' "$VMM_STATE_DIR/clones/$c/console.log" 2>/dev/null
+  fi
+done
+grep -o "id=[0-9a-f]* generation=[0-9a-f]*" "$work/p.out" | head -1 >>"$work/ids"
+[ "$(sort -u "$work/ids" | wc -l)" = 4 ] && ok "parent and children: 4 distinct ids and generations" || { bad "ids"; cat "$work/ids"; }
+
+# A fork of a fork carries its parent's memory on: changes=2.
+first=$(echo "$children" | head -1)
+"$vmm" fork "$first" >"$work/fork2" 2>&1 || { bad "fork of a fork"; cat "$work/fork2"; }
+grand=$(cut -d' ' -f1 "$work/fork2")
+wait_for "$VMM_STATE_DIR/clones/$grand/console.log" "changes=2$" 50 && ok "a fork of a fork sees its parent's memory (changes=2)" || {
+  bad "grandchild"; sed 's/^/  | /' "$VMM_STATE_DIR/clones/$grand/console.log" 2>/dev/null; }
+# The parent's memory is its own: still no change, same generation.
+echo get >&3
+n=0
+while [ "$(grep -c "^identity: id=" "$work/p.out")" -lt 2 ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+[ "$(grep -c "^identity: id=" "$work/p.out")" = 2 ] && [ "$(grep -c "changes=0$" "$work/p.out")" = 2 ] &&
+  [ "$(grep -o "generation=[0-9a-f]*" "$work/p.out" | sort -u)" = "$parent_gen" ] && ok "parent unaffected (changes=0, same generation)" || {
+  bad "parent"; sed 's/^/  | /' "$work/p.out"; }
+
+# vmm ps lists all five; GET /vm says who is whose.
+"$vmm" ps >"$work/ps"
+[ "$(grep -c " running " "$work/ps")" = 5 ] && ok "vmm ps: 5 running" || { bad "ps"; cat "$work/ps"; }
+grep -q "^$grand .*fork of $first" "$work/ps" && ok "ps shows the fork's parent" || { bad "ps parent"; cat "$work/ps"; }
+
+# kill -9 of one child leaves the others running; its stale entry goes away.
+victim=$(echo "$children" | sed -n 2p)
+vpid=$(grep "^$victim " "$work/fork1" | cut -d' ' -f2)
+kill -9 "$vpid"
+sleep 0.3
+"$vmm" ps >"$work/ps2"
+[ "$(grep -c " running " "$work/ps2")" = 4 ] && ! grep -q "^$victim " "$work/ps2" && [ ! -e "$VMM_STATE_DIR/run/$victim" ] &&
+  ok "kill -9 of a child: the others run on, its entry is cleaned" || { bad "after kill"; cat "$work/ps2"; }
+
+# ---- The API: every endpoint and bad request (curl, where there is one).
+if command -v curl >/dev/null; then
+  api() { curl -s -o "$work/body" -w "%{http_code}" --unix-socket "$sock" "$@"; }
+  expect_api() {  # expect_api NAME CODE BODY-PATTERN -- curl args
+    name=$1 code=$2 pat=$3
+    shift 4
+    got=$(api "$@")
+    if [ "$got" = "$code" ] && { [ -z "$pat" ] || grep -qE -- "$pat" "$work/body"; }; then ok "api $name ($code)"; else
+      bad "api $name: got $got, body: $(cat "$work/body" 2>/dev/null)"; fi
+  }
+  expect_api get_vm 200 '"state":"running"' -- http://x/vm
+  expect_api get_vm_fields 200 '"kind":"booted".*"name":"p"' -- http://x/vm
+  expect_api metrics 200 '"private_dirty_kib"' -- http://x/vm/metrics
+  expect_api pause 204 "" -- -X PUT -d '' http://x/vm/pause
+  expect_api pause_again 409 "already paused" -- -X PUT -d '' http://x/vm/pause
+  expect_api state_paused 200 '"state":"paused"' -- http://x/vm
+  expect_api resume 204 "" -- -X PUT -d '' http://x/vm/resume
+  expect_api resume_again 409 "not paused" -- -X PUT -d '' http://x/vm/resume
+  expect_api bad_json 400 "not valid JSON" -- -X PUT -d '{"count":' http://x/vm/fork
+  expect_api not_object 400 "JSON object" -- -X PUT -d '[1]' http://x/vm/pause
+  expect_api unknown_field 400 "unknown field 'bogus'" -- -X PUT -d '{"bogus":1}' http://x/vm/pause
+  expect_api bad_count 400 "count" -- -X PUT -d '{"count":0}' http://x/vm/fork
+  expect_api count_type 400 "count" -- -X PUT -d '{"count":"3"}' http://x/vm/fork
+  expect_api unknown_path 404 "no such path" -- http://x/nope
+  expect_api wrong_method 405 "not allowed" -- -X DELETE http://x/vm
+  expect_api wrong_method_put 405 "not allowed" -- -X GET http://x/vm/pause
+  head -c 70000 /dev/zero | tr '\0' ' ' >"$work/big"
+  expect_api too_large 413 "too large" -- -X PUT --data-binary @"$work/big" http://x/vm/pause
+  expect_api snapshot_no_dir 400 "'dir'" -- -X PUT -d '{}' http://x/vm/snapshot
+  # A client that sends half a request and stalls holds up nobody: others are served meanwhile.
+  # (curl -T - streams its stdin as the body: the headers and two bytes, then nothing for 3 s)
+  { printf '{"'; sleep 3; } | curl -s -o "$work/stalled" -w "%{http_code}" --unix-socket "$sock" -T - -X PUT http://x/vm/pause >"$work/stall_code" &
+  stall=$!
+  if true; then
+    sleep 0.3
+    expect_api served_during_stall 200 '"state":"running"' -- http://x/vm
+    kill -0 "$stall" 2>/dev/null && ok "a stalled client delays no one (answered while it still stalls)" || bad "served only after the stall"
+    wait "$stall"
+    [ "$(cat "$work/stall_code")" != 204 ] && ok "the stalled request was not executed (HTTP $(cat "$work/stall_code"))" || bad "stalled request paused the VM"
+  fi
+  # 100 clients at once: every one answered.
+  i=0
+  while [ $i -lt 100 ]; do curl -s -o /dev/null -w "%{http_code}\n" --unix-socket "$sock" http://x/vm >>"$work/many" & i=$((i + 1)); done
+  wait_for "$work/many" . 10
+  n=0
+  while [ "$(grep -c 200 "$work/many")" -lt 100 ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+  [ "$(grep -c 200 "$work/many")" = 100 ] && ok "100 clients at once all answered" || bad "100 clients: $(sort "$work/many" | uniq -c | tr '\n' ' ')"
+  # The guest ran on through all of it.
+  echo get >&3
+  n=0
+  while [ "$(grep -c "^identity: id=" "$work/p.out")" -lt 3 ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+  [ "$(grep -c "changes=0$" "$work/p.out")" = 3 ] && ok "the guest ran on through the API's bad requests" || bad "guest after API"
+else
+  echo "fork: (no curl: HTTP-level checks skipped)"
+fi
+
+# ---- CLI errors.
+"$vmm" pause nosuchvm >"$work/e" 2>&1; [ $? = 2 ] && grep -q "no VM named 'nosuchvm'" "$work/e" && ok "pause of an unknown VM" || { bad "unknown VM"; cat "$work/e"; }
+"$vmm" run --name p --kernel "$guest" --cmdline identity --console none >"$work/e" 2>&1 </dev/null
+[ $? = 2 ] && grep -q "already running" "$work/e" && ok "a second VM named p is refused" || { bad "duplicate name"; cat "$work/e"; }
+"$vmm" pause p && "$vmm" pause p >"$work/e" 2>&1; [ $? = 2 ] && grep -q "already paused" "$work/e" && ok "vmm pause twice: already paused" || bad "pause twice"
+"$vmm" resume p || bad "resume"
+
+# ---- Stop: every VM ends, and its entry with it.
+for n in p $children $grand; do [ "$n" = "$victim" ] || "$vmm" stop "$n" || bad "stop $n"; done
+exec 3>&-
+n=0
+while [ -n "$(ls "$VMM_STATE_DIR/run" 2>/dev/null)" ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
+[ -z "$(ls "$VMM_STATE_DIR/run" 2>/dev/null)" ] && ok "vmm stop: every VM ended and left run/" || { bad "left behind"; ls "$VMM_STATE_DIR/run"; }
+wait "$pid_p"; st=$?
+[ "$st" = 0 ] && ok "the parent exits 0 after vmm stop" || bad "parent exit status $st"
+
+# ---- Disks: a fork sees its parent's disk at the fork, and they diverge afterwards.
+head -c 1048576 /dev/zero >"$work/disk.img"
+start_vm b --kernel "$guest" --cmdline blk-serve --disk path="$work/disk.img"
+wait_for "$work/b.out" "^blk-serve: ready$" || bad "blk-serve did not start"
+echo "write 5 65" >&3
+wait_for "$work/b.out" "wrote" || bad "write"
+"$vmm" fork b --paused >"$work/forkb" 2>&1 || { bad "fork of a VM with a disk"; cat "$work/forkb"; }
+bc=$(cut -d' ' -f1 "$work/forkb")
+cdisk="$VMM_STATE_DIR/clones/$bc/disk/disk0.img"
+cmp -s "$work/disk.img" "$cdisk" && ok "the child's disk equals the parent's at the fork" || bad "disk at fork"
+"$vmm" resume b
+echo "write 5 66" >&3
+echo "write 6 67" >&3
+wait_for "$work/b.out" "wrote.*6" || bad "write after fork"
+sleep 0.2
+[ "$(dd if="$cdisk" bs=512 skip=5 count=1 2>/dev/null | head -c 1)" = A ] &&
+  [ "$(dd if="$work/disk.img" bs=512 skip=5 count=1 2>/dev/null | head -c 1)" = B ] && ok "parent's writes after the fork stay in the parent's disk" ||
+  bad "disks diverge"
+"$vmm" stop "$bc"; "$vmm" stop b
+exec 3>&-
+wait "$pid_b"
+
+exit $fail

@@ -1,0 +1,240 @@
+// Live fork: PUT /vm/fork {"count": N}. The parent is paused and quiesced (as for a snapshot, but
+// nothing is written), its state captured into memory, and the VMM fork()ed N times; the parent
+// then runs on. Each child is a new VM over the inherited copy-on-write RAM:
+//   - it keeps nothing of its parent's kernel objects: every inherited fd is closed (the VM, vCPU,
+//     io_uring, eventfd, TAP and image fds: an image's lock belongs to the open file description,
+//     which the parent still holds) and every mapping of a KVM or io_uring object is unmapped, so
+//     the parent's VM is freed when the parent ends even while children live;
+//   - the parent's objects in this process (its Machine, threads, server) are abandoned, never
+//     destroyed: their destructors would join threads that do not exist here or write files the
+//     parent still uses;
+//   - it builds a KVM VM of the same shape over the same RAM (one builder, Machine::create),
+//     restores the captured state, takes a new identity (id, generation with the VMGenID
+//     notification, kvmclock stepped to now), registers under its own name with its own API, and
+//     runs until its guest stops; then the process exits.
+// Disks: at the fork every child sees its parent's disk contents and the two diverge afterwards;
+// no file is written by two VMs. A read-only disk is shared. A writable overlay (a clone's) is
+// copied, top file only, onto the child's own file with the same backing file, so chains never
+// grow however often VMs fork; a writable standalone image is copied whole (a reflink where the
+// file system offers one, else its data extents), and the parent stays paused while it is.
+#include "vmm/cli/live.hpp"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fstream>
+
+#include "clone/identity.hpp"
+#include "clone/snapshot.hpp"
+#include "clone/template.hpp"
+#include "disk/qcow2.hpp"
+#include "vmm/cli/cli.hpp"
+#include "vmm/cli/exit_codes.hpp"
+
+namespace vmm::cli {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+/// Everything a child needs, prepared in the parent while it is paused.
+struct ChildPlan {
+  std::string name;
+  fs::path dir;
+  std::vector<DiskSpec> disks;
+  int report_fd = -1;  ///< the child's end of its pipe
+};
+
+/// Drops what the process inherited of its parent's kernel objects: fds other than 0-2 and
+/// `keep`, and mappings of KVM and io_uring objects.
+void drop_inherited(int keep) {
+  if (keep > 3) ::close_range(3, static_cast<unsigned>(keep - 1), 0);
+  ::close_range(static_cast<unsigned>(keep + 1), ~0u, 0);
+  std::ifstream maps("/proc/self/maps");
+  std::vector<std::pair<uintptr_t, uintptr_t>> drop;
+  std::string line;
+  while (std::getline(maps, line)) {
+    if (line.find("anon_inode:kvm") == std::string::npos && line.find("io_uring") == std::string::npos) continue;
+    uintptr_t lo = 0, hi = 0;
+    if (std::sscanf(line.c_str(), "%lx-%lx", &lo, &hi) == 2) drop.emplace_back(lo, hi);
+  }
+  for (auto [lo, hi] : drop) ::munmap(reinterpret_cast<void*>(lo), hi - lo);
+}
+
+void report(int fd, const std::string& text) {
+  const std::string line = text + "\n";
+  (void)!::write(fd, line.data(), line.size());
+}
+
+/// The child's life after fork(): never returns.
+[[noreturn]] void run_child(const LiveVm& parent, const ChildPlan& plan, const clone::StateFile& state) {
+  ::setsid();  // its own session: a Ctrl-C meant for the parent's terminal does not reach it
+  const uint8_t* ram = parent.machine->vm().memory().regions().front().host;
+  const uint64_t ram_size = parent.machine->vm().memory().size();
+  drop_inherited(plan.report_fd);
+  auto fail_child = [&](const std::string& why) {
+    report(plan.report_fd, "error " + why);
+    std::error_code ec;
+    fs::remove_all(plan.dir, ec);
+    ::_exit(exit_code::kVmmError);
+  };
+  auto kvm = Kvm::open(parent.kvm_device);
+  if (!kvm) fail_child(kvm.error().message());
+  auto control = api::ControlPlane::create(parent.state_dir, plan.name);
+  if (!control) fail_child(control.error().message());
+  auto shape = clone::read_shape(state, "fork");
+  if (!shape) fail_child(shape.error().message());
+  const devices::ConsoleSpec console{.kind = devices::ConsoleSpec::Kind::File, .path = (plan.dir / "console.log").string()};
+  auto devs = open_devices(console, plan.disks, {});
+  if (!devs) fail_child(devs.error().message);
+  auto memory = GuestMemory::from_mapping(Mapping::adopt(const_cast<uint8_t*>(ram), ram_size));
+  if (!memory) fail_child(memory.error().message());
+  clone::Identity identity = clone::new_identity(plan.name);
+  auto machine = Machine::create(*kvm, std::move(*memory),
+                                 VmConfig{.vcpus = shape->vcpus, .cpu_template = shape->cpu_template, .cpuid = shape->cpuid},
+                                 PlatformConfig{.console = std::move(devs->console), .disks = std::move(devs->disks), .nets = {},
+                                                .loop = nullptr, .identity = clone::identity_pairs(identity), .console_tap = {}},
+                                 std::move(devs->loop));
+  if (!machine) fail_child(machine.error().message());
+  Machine& m = **machine;
+  if (auto r = clone::restore(m, state, "fork", /*clock_to_now=*/true); !r) fail_child(r.error().message());
+  if (auto r = m.platform().vmgenid().set(identity.generation); !r) fail_child(r.error().message());
+  m.platform().vmgenid().notify();
+
+  auto self = std::make_shared<LiveVm>(LiveVm{.state_dir = parent.state_dir, .kvm_device = parent.kvm_device, .name = plan.name,
+                                              .template_name = parent.template_name, .template_dir = parent.template_dir,
+                                              .cpu_template = parent.cpu_template, .config = parent.config,
+                                              .machine = &m, .control = control->get()});
+  self->config["disks"] = json::array();
+  for (const auto& d : plan.disks) self->config["disks"].push_back({{"path", d.path.string()}, {"read_only", d.read_only}, {"id", d.id}});
+  self->config["console"] = "file:" + console.path;
+  (*control)->start(m, api::VmInfo{.id = identity.id, .name = plan.name, .kind = "fork", .template_name = parent.template_name,
+                                   .template_dir = parent.template_dir, .parent = parent.name,
+                                   .generation = clone::generation_hex(identity), .config = self->config, .api_socket = {}},
+                    live_operations(self));
+  report(plan.report_fd, "ok");
+  ::close(plan.report_fd);
+  const int status = stop_status(m.run());
+  control->reset();
+  ::_exit(status);
+}
+
+/// Gives the child `plan` its disks: see the comment at the top.
+Result<> prepare_disks(const LiveVm& vm, ChildPlan& plan) {
+  std::error_code ec;
+  fs::create_directories(plan.dir / "disk", ec);
+  if (ec) return fail("{}: cannot create: {}", (plan.dir / "disk").string(), ec.message());
+  const auto& disks = vm.machine->platform().disks();
+  for (size_t i = 0; i < disks.size(); ++i) {
+    const auto& image = disks[i]->image();
+    const fs::path src = image.path();
+    if (image.read_only()) {
+      plan.disks.push_back(DiskSpec{.path = src, .read_only = true, .id = disks[i]->id()});
+      continue;
+    }
+    const fs::path dst = plan.dir / "disk" / fmt::format("disk{}{}", i, src.extension().string());
+    if (auto r = clone::copy_sparse(src, dst); !r) return r;
+    fs::permissions(dst, fs::perms::owner_read | fs::perms::owner_write, ec);
+    plan.disks.push_back(DiskSpec{.path = dst, .read_only = false, .id = disks[i]->id()});
+  }
+  return {};
+}
+
+Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const json& request, const std::function<void()>& resume) {
+  Machine& m = *vm->machine;
+  if (!m.platform().nets().empty()) return fail("forking a VM with network interfaces is not supported yet");
+  const unsigned count = request.value("count", 1u);
+  auto state = clone::capture(m, vm->cpu_template);
+  if (!state) return std::unexpected(state.error());
+
+  std::vector<ChildPlan> plans(count);
+  std::vector<int> reads;
+  auto cleanup = [&] {
+    for (int fd : reads) ::close(fd);
+    for (auto& p : plans) {
+      if (p.report_fd >= 0) ::close(p.report_fd);
+    }
+  };
+  for (auto& plan : plans) {
+    plan.name = fmt::format("{}-{}", vm->name, clone::random_hex(3));
+    plan.dir = vm->state_dir / "clones" / plan.name;
+    std::error_code ec;
+    fs::create_directories(plan.dir.parent_path(), ec);
+    if (!fs::create_directory(plan.dir, ec)) {
+      cleanup();
+      return fail("{}: cannot create{}", plan.dir.string(), ec ? ": " + ec.message() : " (exists)");
+    }
+    if (auto r = prepare_disks(*vm, plan); !r) {
+      cleanup();
+      return std::unexpected(r.error());
+    }
+    std::ofstream(plan.dir / "clone.json") << clone::clone_json(clone::CloneRecord{
+        .name = plan.name, .template_dir = vm->template_dir, .full = vm->template_dir.empty(), .pid = 0, .created = clone::utc_now()});
+    int p[2];
+    if (::pipe2(p, O_CLOEXEC) != 0) {
+      cleanup();
+      return fail("pipe: {}", errno_text(errno));
+    }
+    reads.push_back(p[0]);
+    plan.report_fd = p[1];
+  }
+
+  // The forks: the parent is paused from the capture to here.
+  const auto t0 = std::chrono::steady_clock::now();
+  json children = json::array();
+  std::vector<pid_t> pids;
+  for (auto& plan : plans) {
+    const pid_t pid = ::fork();
+    if (pid == 0) run_child(*vm, plan, *state);
+    pids.push_back(pid);
+    ::close(plan.report_fd);
+    plan.report_fd = -1;
+  }
+  const double fork_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  resume();
+  const double paused_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+
+  // Each child reports once it runs (or why it could not).
+  for (size_t i = 0; i < plans.size(); ++i) {
+    json c{{"name", plans[i].name}, {"pid", pids[i]}};
+    if (pids[i] < 0) {
+      c["error"] = fmt::format("fork: {}", errno_text(errno));
+    } else {
+      std::string text;
+      pollfd pfd{.fd = reads[i], .events = POLLIN, .revents = 0};
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+      char buf[512];
+      while (text.find('\n') == std::string::npos && std::chrono::steady_clock::now() < deadline) {
+        if (::poll(&pfd, 1, 100) <= 0) continue;
+        const ssize_t n = ::read(reads[i], buf, sizeof buf);
+        if (n <= 0) break;
+        text.append(buf, static_cast<size_t>(n));
+      }
+      if (text.starts_with("ok")) {
+        std::ofstream(plans[i].dir / "clone.json") << clone::clone_json(clone::CloneRecord{
+            .name = plans[i].name, .template_dir = vm->template_dir, .full = vm->template_dir.empty(), .pid = pids[i],
+            .created = clone::utc_now()});
+      } else {
+        c["error"] = text.starts_with("error ") ? text.substr(6, text.find('\n') - 6) : "the child ended before it ran";
+      }
+    }
+    children.push_back(c);
+  }
+  cleanup();
+  return json{{"children", children}, {"fork_ms", fork_ms}, {"paused_ms", paused_ms}};
+}
+
+}  // namespace
+
+api::VmOperations live_operations(std::shared_ptr<LiveVm> vm) {
+  api::VmOperations ops;
+  ops.fork = [vm](const json& request, const std::function<void()>& resume) { return fork_vm(vm, request, resume); };
+  return ops;
+}
+
+}  // namespace vmm::cli
