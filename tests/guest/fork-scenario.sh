@@ -73,7 +73,8 @@ wait_for "$VMM_STATE_DIR/clones/$grand/console.log" "changes=2$" 50 && ok "a for
 # The parent's memory is its own: still no change, same generation.
 echo get >&3
 n=0
-while [ "$(grep -c "^identity: id=" "$work/p.out")" -lt 2 ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+# (a line is complete once its changes= field is there: the console writes byte by byte)
+while [ "$(grep -c "changes=[0-9]*$" "$work/p.out")" -lt 2 ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
 [ "$(grep -c "^identity: id=" "$work/p.out")" = 2 ] && [ "$(grep -c "changes=0$" "$work/p.out")" = 2 ] &&
   [ "$(grep -o "generation=[0-9a-f]*" "$work/p.out" | sort -u)" = "$parent_gen" ] && ok "parent unaffected (changes=0, same generation)" || {
   bad "parent"; sed 's/^/  | /' "$work/p.out"; }
@@ -142,7 +143,7 @@ if command -v curl >/dev/null; then
   # The guest ran on through all of it.
   echo get >&3
   n=0
-  while [ "$(grep -c "^identity: id=" "$work/p.out")" -lt 3 ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+  while [ "$(grep -c "changes=[0-9]*$" "$work/p.out")" -lt 3 ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
   [ "$(grep -c "changes=0$" "$work/p.out")" = 3 ] && ok "the guest ran on through the API's bad requests" || bad "guest after API"
 else
   echo "fork: (no curl: HTTP-level checks skipped)"
@@ -156,7 +157,11 @@ fi
 "$vmm" resume p || bad "resume"
 
 # ---- Stop: every VM ends, and its entry with it.
-for n in p $children $grand; do [ "$n" = "$victim" ] || "$vmm" stop "$n" || bad "stop $n"; done
+for n in p $children $grand; do
+  [ "$n" = "$victim" ] && continue
+  "$vmm" stop "$n" >"$work/e" 2>&1 || { bad "stop $n"; cat "$work/e"; echo "  parent's (and children's) stderr:"; sed 's/^/  | /' "$work/p.err";
+    echo "  its console:"; sed 's/^/  | /' "$VMM_STATE_DIR/clones/$n/console.log"; }
+done
 exec 3>&-
 n=0
 while [ -n "$(ls "$VMM_STATE_DIR/run" 2>/dev/null)" ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done

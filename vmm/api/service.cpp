@@ -188,6 +188,7 @@ HttpResponse VmService::paused_operation(const json& body, const PausedOperation
   // A VM paused through the API stays paused; otherwise it runs again when the operation lets it
   // (or at the end), unless the request says "resume": false.
   const bool was_paused = paused_;
+  const auto t0 = std::chrono::steady_clock::now();
   if (!was_paused) {
     if (auto r = machine_.quiesce(); !r) {
       machine_.resume();
@@ -196,15 +197,18 @@ HttpResponse VmService::paused_operation(const json& body, const PausedOperation
     paused_ = true;
   }
   const bool want_resume = !was_paused && body.value("resume", true);
+  double paused_ms = -1;  // how long this request kept the guest from running
   auto resume = [&] {
     if (want_resume && paused_) {
       machine_.resume();
       paused_ = false;
+      paused_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     }
   };
   auto result = op(body, resume);
   resume();
   if (!result) return fault(400, result.error().message());
+  if (result->is_object() && paused_ms >= 0) (*result)["paused_ms"] = paused_ms;
   return ok_json(*result);
 }
 

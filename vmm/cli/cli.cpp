@@ -112,6 +112,11 @@ int main(int argc, char** argv) {
   run->add_option("--clone-of", clone.template_name, "Start a clone of this template (a name in the state directory, or a path)");
   run->add_option("--name", clone.name, "The VM's name, unique among the running VMs and clones of the state directory (default: a generated one)");
   std::string api_socket;
+  unsigned fleet_count = 0;
+  bool detach = false;
+  run->add_option("--count", fleet_count, "Start a fleet of N clones, one process each, named NAME-1..NAME-N "
+                                          "(NAME: --name, default the template's)")->check(CLI::Range(1, 100000));
+  run->add_flag("--detach", detach, "With --count: return once every clone runs");
   run->add_option("--api-socket", api_socket, "Where the VM serves its control API (default: STATE_DIR/run/NAME/api.sock)");
   run->add_flag("--full", clone.full, "A full clone: its own copy of memory and disks, independent of the template");
   run->add_option("--hostname", clone.hostname, "Hostname the clone's identity channel carries");
@@ -214,9 +219,20 @@ int main(int argc, char** argv) {
       clone.nets = run_args.opts.nets;
       clone.kvm_device = run_args.opts.kvm_device;
       clone.api_socket = api_socket;
+      if (fleet_count > 0) {
+        if (!api_socket.empty()) {
+          print_error("--api-socket cannot be given with --count: each clone has its own under the state directory");
+          return exit_code::kUsage;
+        }
+        return run_fleet(clone, fleet_count, detach);
+      }
+      if (detach) {
+        print_error("--detach needs --count");
+        return exit_code::kUsage;
+      }
       return run_clone(clone);
     }
-    for (const char* o : {"--full", "--hostname", "--ip"}) {
+    for (const char* o : {"--full", "--hostname", "--ip", "--count", "--detach"}) {
       if (run->get_option(o)->count()) {
         print_error(fmt::format("{} needs --clone-of", o));
         return exit_code::kUsage;

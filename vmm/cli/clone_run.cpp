@@ -19,35 +19,53 @@ namespace vmm::cli {
 
 namespace fs = std::filesystem;
 
-int run_clone(const CloneOptions& o) {
-  const fs::path sdir = clone::state_dir(o.state_dir);
-  auto tdir = clone::resolve_template(sdir, o.template_name);
-  if (!tdir) return report_error(exit_code::kImage, tdir.error().message());
-  auto manifest = clone::read_manifest(*tdir);
-  if (!manifest) return report_error(exit_code::kImage, manifest.error().message());
-  const std::string state_path = (*tdir / manifest->state.name).string();
-  auto state = clone::read_state_file(*tdir / manifest->state.name);
-  if (!state) return report_error(exit_code::kImage, state.error().message());
-  auto shape = clone::read_shape(*state, state_path);
-  if (!shape) return report_error(exit_code::kImage, shape.error().message());
-  if (shape->memory != manifest->memory || shape->vcpus != manifest->vcpus) {
-    return report_error(exit_code::kImage, fmt::format("{}: the state file and the manifest disagree about the machine", tdir->string()));
+std::optional<CliFailure> open_template(const CloneOptions& o, OpenTemplate& t) {
+  auto bad = [](int status, std::string message) { return std::optional<CliFailure>(CliFailure{status, std::move(message)}); };
+  t.sdir = clone::state_dir(o.state_dir);
+  auto tdir = clone::resolve_template(t.sdir, o.template_name);
+  if (!tdir) return bad(exit_code::kImage, tdir.error().message());
+  t.tdir = *tdir;
+  auto manifest = clone::read_manifest(t.tdir);
+  if (!manifest) return bad(exit_code::kImage, manifest.error().message());
+  t.manifest = std::move(*manifest);
+  t.state_path = (t.tdir / t.manifest.state.name).string();
+  auto state = clone::read_state_file(t.tdir / t.manifest.state.name);
+  if (!state) return bad(exit_code::kImage, state.error().message());
+  t.state = std::move(*state);
+  auto shape = clone::read_shape(t.state, t.state_path);
+  if (!shape) return bad(exit_code::kImage, shape.error().message());
+  t.shape = std::move(*shape);
+  if (t.shape.memory != t.manifest.memory || t.shape.vcpus != t.manifest.vcpus) {
+    return bad(exit_code::kImage, fmt::format("{}: the state file and the manifest disagree about the machine", t.tdir.string()));
   }
-  if (!o.nets.empty() && o.nets.size() != manifest->nets.size()) {
-    return report_error(exit_code::kUsage, fmt::format("--net: the template has {} interface(s), {} given", manifest->nets.size(), o.nets.size()));
+  if (!o.nets.empty() && o.nets.size() != t.manifest.nets.size()) {
+    return bad(exit_code::kUsage, fmt::format("--net: the template has {} interface(s), {} given", t.manifest.nets.size(), o.nets.size()));
   }
   // The template's disks must be the ones it was made with.
-  for (const auto& d : manifest->disks) {
+  for (const auto& d : t.manifest.disks) {
     std::error_code ec;
-    const auto size = fs::file_size(*tdir / d.file.name, ec);
+    const auto size = fs::file_size(t.tdir / d.file.name, ec);
     if (ec || size != d.file.size) {
-      return report_error(exit_code::kImage, fmt::format("{}: template disk {} (run 'vmm template verify')",
-                                                  (*tdir / d.file.name).string(), ec ? "is missing" : "changed size"));
+      return bad(exit_code::kImage, fmt::format("{}: template disk {} (run 'vmm template verify')", (t.tdir / d.file.name).string(),
+                                                ec ? "is missing" : "changed size"));
     }
   }
+  // Linked clones share one copy-on-write mapping of the memory file (a fleet's clones inherit it).
+  if (!o.full) {
+    auto memory = clone::map_memory_file(t.tdir / t.manifest.memory_file.name, t.manifest.memory);
+    if (!memory) return bad(exit_code::kImage, memory.error().message());
+    t.memory.emplace(std::move(*memory));
+  }
+  return std::nullopt;
+}
 
-  // The clone's own directory.
-  const std::string name = o.name.empty() ? fmt::format("{}-{}", manifest->name, clone::random_hex(4)) : o.name;
+int start_clone(OpenTemplate& t, const CloneOptions& o, const std::string& name, bool inherited,
+                const std::function<void(const std::string&)>& started) {
+  const fs::path& sdir = t.sdir;
+  const auto* tdir = &t.tdir;
+  const auto* manifest = &t.manifest;
+  const auto* shape = &t.shape;
+  const std::string& state_path = t.state_path;
   if (!clone::valid_name(name)) return report_error(exit_code::kUsage, fmt::format("--name '{}': use letters, digits, '.', '_' and '-'", name));
   const fs::path cdir = sdir / "clones" / name;
   std::error_code ec;
@@ -72,15 +90,23 @@ int run_clone(const CloneOptions& o) {
   auto control = api::ControlPlane::create(sdir, name, o.api_socket);
   if (!control) return report_error(exit_code::kUsage, control.error().message());
 
-  // Memory: the template's file mapped copy-on-write, or for a full clone its own copy.
-  fs::path memory_path = *tdir / manifest->memory_file.name;
+  // Memory: the template's file mapped copy-on-write (once per template: inherited by a fleet's
+  // clones, which adopt the launcher's mapping), or for a full clone its own copy.
+  std::optional<GuestMemory> memory;
   if (o.full) {
     const fs::path copy = cdir / clone::kMemoryFile;
-    if (auto r = clone::copy_sparse(memory_path, copy); !r) return report_error(exit_code::kVmmError, r.error().message());
-    memory_path = copy;
+    if (auto r = clone::copy_sparse(*tdir / manifest->memory_file.name, copy); !r) return report_error(exit_code::kVmmError, r.error().message());
+    auto m = clone::map_memory_file(copy, manifest->memory);
+    if (!m) return report_error(exit_code::kImage, m.error().message());
+    memory.emplace(std::move(*m));
+  } else if (inherited) {
+    auto m = GuestMemory::from_mapping(Mapping::adopt(t.memory->regions().front().host, t.memory->size()));
+    if (!m) return report_error(exit_code::kVmmError, m.error().message());
+    memory.emplace(std::move(*m));
+  } else {
+    memory.emplace(std::move(*t.memory));
+    t.memory.reset();
   }
-  auto memory = clone::map_memory_file(memory_path, manifest->memory);
-  if (!memory) return report_error(exit_code::kImage, memory.error().message());
 
   // Disks: an overlay on each template disk (linked), or a copy of it (full; template disks have no
   // backing file, so a copy is already flat).
@@ -143,12 +169,11 @@ int run_clone(const CloneOptions& o) {
   auto khz = m.vm().vcpu(0).tsc_khz();
   if (!khz) return report_error(exit_code::kVmmError, khz.error().message());
   if (auto r = clone::check_cpu(*kvm, *shape, *khz, state_path); !r) return report_error(exit_code::kImage, r.error().message());
-  if (auto r = clone::restore(m, *state, state_path, /*clock_to_now=*/true); !r) return report_error(exit_code::kImage, r.error().message());
+  if (auto r = clone::restore(m, t.state, state_path, /*clock_to_now=*/true); !r) return report_error(exit_code::kImage, r.error().message());
   // The new generation ID, then the notification, before the vCPUs run: Linux reseeds its RNG.
   if (auto r = m.platform().vmgenid().set(identity.generation); !r) return report_error(exit_code::kVmmError, r.error().message());
   m.platform().vmgenid().notify();
   const auto ready = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - o.started);
-  fmt::print(stderr, "vmm: clone {} of {} restored in {:.2f} ms (since main)\n", name, manifest->name, ready.count());
   discard.keep = true;
   auto live = std::make_shared<LiveVm>(LiveVm{
       .state_dir = sdir, .kvm_device = o.kvm_device, .name = name, .template_name = manifest->name,
@@ -159,7 +184,17 @@ int run_clone(const CloneOptions& o) {
                                    .template_dir = tdir->string(), .parent = {}, .generation = clone::generation_hex(identity),
                                    .config = live->config, .api_socket = {}},
                     live_operations(live));
+  started(fmt::format("{:.2f}", ready.count()));
   return stop_status(m.run());
+}
+
+int run_clone(const CloneOptions& o) {
+  OpenTemplate t;
+  if (auto f = open_template(o, t)) return report_failure(*f);
+  const std::string name = o.name.empty() ? fmt::format("{}-{}", t.manifest.name, clone::random_hex(4)) : o.name;
+  return start_clone(t, o, name, /*inherited=*/false, [&](const std::string& ms) {
+    fmt::print(stderr, "vmm: clone {} of {} restored in {} ms (since main)\n", name, t.manifest.name, ms);
+  });
 }
 
 }  // namespace vmm::cli

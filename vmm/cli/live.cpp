@@ -197,7 +197,6 @@ Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const json& request, con
   }
   const double fork_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   resume();
-  const double paused_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 
   // Each child reports once it runs (or why it could not).
   for (size_t i = 0; i < plans.size(); ++i) {
@@ -226,7 +225,7 @@ Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const json& request, con
     children.push_back(c);
   }
   cleanup();
-  return json{{"children", children}, {"fork_ms", fork_ms}, {"paused_ms", paused_ms}};
+  return json{{"children", children}, {"fork_ms", fork_ms}};
 }
 
 }  // namespace

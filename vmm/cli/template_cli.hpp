@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "clone/snapshot.hpp"
+#include "clone/template.hpp"
 #include "vmm/cli/cli.hpp"
 
 namespace vmm::cli {
@@ -37,5 +39,25 @@ int template_inspect(const std::string& state_dir, const std::string& target);
 int template_rm(const std::string& state_dir, const std::string& target, bool force);
 int template_verify(const std::string& state_dir, const std::string& target);
 int run_clone(const CloneOptions& options);
+/// `vmm run --clone-of T --count N [--detach]` (vmm/cli/fleet.cpp).
+int run_fleet(const CloneOptions& options, unsigned count, bool detach);
+
+/// A template opened once, for one clone or for a fleet's launcher: its manifest, state and, for
+/// linked clones, the one copy-on-write mapping of its memory file.
+struct OpenTemplate {
+  std::filesystem::path sdir, tdir;
+  clone::Manifest manifest;
+  clone::StateFile state;
+  clone::MachineShape shape;
+  std::string state_path;
+  std::optional<GuestMemory> memory;
+};
+/// Opens and checks the template of `options` (nothing is created); a failure to report.
+std::optional<CliFailure> open_template(const CloneOptions& options, OpenTemplate& t);
+/// Starts the clone `name` of `t` and runs it until its guest stops; returns the exit status.
+/// `inherited`: the memory mapping belongs to a launcher this process was forked from (adopted,
+/// not moved). `started(ms)` is called once it is about to run.
+int start_clone(OpenTemplate& t, const CloneOptions& options, const std::string& name, bool inherited,
+                const std::function<void(const std::string&)>& started);
 
 }  // namespace vmm::cli

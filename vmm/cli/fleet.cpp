@@ -1,0 +1,166 @@
+// `vmm run --clone-of TEMPLATE --count N`: a fleet in one command. One launcher opens the template
+// once (manifest, state, one copy-on-write mapping of the memory file, the HTTP plugin loaded) and
+// fork()s a process per clone; each child starts its clone exactly as `vmm run --clone-of` does
+// (own directory, overlays, identity, console log, API socket, TAP from the pattern) over the
+// mapping it inherited, reports to the launcher through a pipe, and runs on its own: in its own
+// session, independent of the launcher's life. Without --detach the launcher stays, prints a line
+// per clone as it starts, and on SIGINT/SIGTERM stops them all; with --detach it returns once
+// every clone runs (or failed).
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <map>
+
+#include "vmm/api/http.hpp"
+#include "vmm/cli/exit_codes.hpp"
+#include "vmm/cli/template_cli.hpp"
+
+namespace vmm::cli {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+/// `pattern` with {name} and {i} replaced.
+std::string expand(std::string pattern, const std::string& name, unsigned i) {
+  for (auto [key, value] : {std::pair<std::string, std::string>{"{name}", name}, {"{i}", std::to_string(i)}}) {
+    for (size_t at; (at = pattern.find(key)) != std::string::npos;) pattern.replace(at, key.size(), value);
+  }
+  return pattern;
+}
+
+struct Member {
+  std::string name;
+  pid_t pid = -1;
+  int report = -1;     ///< read end of its pipe, until it reported
+  std::string result;  ///< "ok MS" or "error WHY"
+  bool ended = false;
+  int status = 0;
+};
+
+}  // namespace
+
+int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
+  OpenTemplate t;
+  if (auto f = open_template(o, t)) return report_failure(*f);
+  if (o.console_given && o.console.kind == devices::ConsoleSpec::Kind::Stdio) {
+    return report_error(exit_code::kUsage, "--console stdio cannot be shared by a fleet: each clone writes its console.log");
+  }
+  const std::string prefix = o.name.empty() ? t.manifest.name : o.name;
+  // The children inherit the plugin instead of loading it each (a missing plugin is only a warning).
+  (void)api::http_plugin();
+  // The launcher is the one to stop them all: its signals are handled here, not by a VM.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGCHLD);
+  ::pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+
+  std::vector<Member> members(count);
+  for (unsigned i = 0; i < count; ++i) {
+    Member& mb = members[i];
+    mb.name = fmt::format("{}-{}", prefix, i + 1);
+    CloneOptions co = o;
+    co.name = mb.name;
+    co.api_socket.clear();
+    for (auto& n : co.nets) n.tap = expand(n.tap, mb.name, i + 1);
+    int p[2];
+    if (::pipe2(p, O_CLOEXEC) != 0) return report_error(exit_code::kVmmError, fmt::format("pipe: {}", errno_text(errno)));
+    co.started = std::chrono::steady_clock::now();
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      ::setsid();
+      ::close(p[0]);
+      for (auto& other : members) {
+        if (other.report >= 0) ::close(other.report);
+      }
+      if (detach) {
+        // Nothing of the launcher's terminal: its messages go to the clone's directory.
+        const int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+        if (null >= 0) ::dup2(null, 0);
+      }
+      const int status = start_clone(t, co, mb.name, /*inherited=*/true, [&](const std::string& ms) {
+        const std::string line = "ok " + ms + "\n";
+        (void)!::write(p[1], line.data(), line.size());
+        ::close(p[1]);
+      });
+      // start_clone printed why it failed (to stderr); the launcher reads the pipe's end.
+      ::_exit(status);
+    }
+    ::close(p[1]);
+    if (pid < 0) {
+      ::close(p[0]);
+      mb.result = fmt::format("error fork: {}", errno_text(errno));
+      continue;
+    }
+    mb.pid = pid;
+    mb.report = p[0];
+  }
+
+  // Reports: one line per clone, in the order they come.
+  auto pending = [&] { return std::ranges::count_if(members, [](const Member& m) { return m.report >= 0; }); };
+  unsigned ok = 0;
+  while (pending() > 0) {
+    std::vector<pollfd> pfds;
+    for (auto& m : members) {
+      if (m.report >= 0) pfds.push_back(pollfd{.fd = m.report, .events = POLLIN, .revents = 0});
+    }
+    if (::poll(pfds.data(), pfds.size(), 1000) <= 0) continue;
+    for (auto& m : members) {
+      if (m.report < 0) continue;
+      pollfd probe{.fd = m.report, .events = POLLIN, .revents = 0};
+      if (::poll(&probe, 1, 0) <= 0) continue;
+      char buf[256];
+      const ssize_t n = ::read(m.report, buf, sizeof buf - 1);
+      ::close(m.report);
+      m.report = -1;
+      m.result = n > 0 ? std::string(buf, static_cast<size_t>(n)) : "error";
+      if (m.result.starts_with("ok ")) {
+        ++ok;
+        fmt::print("{} {} {} ms\n", m.name, m.pid, m.result.substr(3, m.result.find('\n') - 3));
+      } else {
+        // The child said why on stderr; its status tells the rest.
+        int status = 0;
+        ::waitpid(m.pid, &status, 0);
+        m.ended = true;
+        m.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        fmt::print("{} failed (exit status {})\n", m.name, m.status);
+      }
+      std::fflush(stdout);
+    }
+  }
+  const unsigned failed = count - ok;
+  fmt::print(stderr, "vmm: fleet {}: {} of {} clones running{}\n", prefix, ok, count,
+             failed ? fmt::format(", {} failed (see above)", failed) : "");
+  if (detach) return failed ? exit_code::kVmmError : exit_code::kOk;
+
+  // Foreground: wait for the clones; SIGINT/SIGTERM stops them all.
+  auto running = [&] { return std::ranges::count_if(members, [](const Member& m) { return m.pid > 0 && !m.ended; }); };
+  bool stopping = false;
+  while (running() > 0) {
+    siginfo_t si{};
+    if (::sigwaitinfo(&sigs, &si) < 0) continue;
+    if (si.si_signo == SIGCHLD) {
+      for (auto& m : members) {
+        int status = 0;
+        if (m.pid > 0 && !m.ended && ::waitpid(m.pid, &status, WNOHANG) == m.pid) {
+          m.ended = true;
+          m.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        }
+      }
+    } else if (!stopping) {
+      stopping = true;
+      fmt::print(stderr, "vmm: fleet {}: stopping {} clones\n", prefix, running());
+      for (auto& m : members) {
+        if (m.pid > 0 && !m.ended) ::kill(m.pid, SIGTERM);
+      }
+    }
+  }
+  return failed ? exit_code::kVmmError : exit_code::kOk;
+}
+
+}  // namespace vmm::cli
