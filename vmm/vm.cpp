@@ -60,6 +60,10 @@ class KvmIrqLine final : public devices::IrqLine {
 }  // namespace
 
 void Vm::block_signals() {
+  // SIGINT and SIGTERM are taken with sigwait; an ignored signal would be discarded, not queued,
+  // and a shell starts background jobs with SIGINT ignored: `vmm run ... &` must still stop on it.
+  ::signal(SIGINT, SIG_DFL);
+  ::signal(SIGTERM, SIG_DFL);
   sigset_t set = waited_signals();
   ::pthread_sigmask(SIG_BLOCK, &set, nullptr);
   install_kick_handler();

@@ -1,0 +1,79 @@
+#!/bin/sh
+# Fleets through the real binary (`vmm run --clone-of T --count N`), on whatever KVM is there (the
+# direct lane, or L1 in the nested lane: POSIX sh, busybox tools).
+# usage: fleet-scenario.sh VMM TESTGUEST [--needs-kvm]; $VMM_FLEET_COUNT clones (default 100).
+vmm=$1 guest=$2
+[ "${3:-}" = --needs-kvm ] && [ ! -c /dev/kvm ] && { echo "skipped: no /dev/kvm"; exit 77; }
+count=${VMM_FLEET_COUNT:-100}
+work=$(mktemp -d)
+export VMM_STATE_DIR="$work/state"
+fail=0
+cleanup() {
+  for d in "$VMM_STATE_DIR"/run/*/vm.json; do
+    [ -f "$d" ] && kill -9 "$(sed -n 's/.*"pid":\([0-9]*\).*/\1/p' "$d")" 2>/dev/null
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+ok() { echo "fleet: ok   $1"; }
+bad() { echo "fleet: FAIL $1"; fail=1; }
+running() { "$vmm" ps | grep -c " running "; }
+
+"$vmm" template create idt --kernel "$guest" --cmdline identity --ready-on "identity: ready" --console none >"$work/t" 2>&1 ||
+  { bad "template"; cat "$work/t"; exit 1; }
+
+# A detached fleet: every clone its own process, directory, identity and API; the launcher is gone.
+mkdir -p "$VMM_STATE_DIR/clones/web-3"  # a name already taken: that clone fails, the others start
+"$vmm" run --clone-of idt --count "$count" --name web --detach >"$work/fleet.out" 2>"$work/fleet.err"
+st=$?
+[ "$st" != 0 ] && grep -q "^web-3 failed" "$work/fleet.out" && grep -q "already exists" "$work/fleet.err" &&
+  grep -q "$((count - 1)) of $count clones running, 1 failed" "$work/fleet.err" && ok "one clone failing does not stop the others (status $st)" ||
+  { bad "fleet with a taken name: status $st"; sed 's/^/  | /' "$work/fleet.out" "$work/fleet.err" | tail -20; }
+n=$(running)
+[ "$n" = $((count - 1)) ] && ok "vmm ps: $n clones running after --detach" || { bad "ps shows $n"; "$vmm" ps | grep -v " running "; }
+pids=$(grep " ms$" "$work/fleet.out" | cut -d' ' -f2 | sort -u | wc -l)
+[ "$pids" = $((count - 1)) ] && ok "$pids distinct processes" || bad "$pids distinct pids"
+# Each clone is its own machine: its console shows its own name and a fresh generation.
+i=1 seen=0
+while [ $i -le "$count" ]; do
+  [ $i = 3 ] || { log="$VMM_STATE_DIR/clones/web-$i/console.log"; n=0
+    while ! grep -q "name=web-$i .*changes=1$" "$log" 2>/dev/null && [ $n -lt 300 ]; do sleep 0.1; n=$((n + 1)); done
+    grep -q "name=web-$i .*changes=1$" "$log" && seen=$((seen + 1)) && grep -o "generation=[0-9a-f]*" "$log" | tail -1 >>"$work/gens"; }
+  i=$((i + 1))
+done
+[ "$seen" = $((count - 1)) ] && [ "$(sort -u "$work/gens" | wc -l)" = $((count - 1)) ] &&
+  ok "every clone runs with its own name and generation" || { bad "identities: $seen seen, $(sort -u "$work/gens" | wc -l) distinct generations";
+  for l in "$VMM_STATE_DIR"/clones/web-*/console.log; do grep -q "changes=1$" "$l" || { echo "  $l:"; sed 's/^/  | /' "$l"; }; done; }
+# kill -9 of one leaves the rest running.
+pid5=$(grep "^web-5 " "$work/fleet.out" | cut -d' ' -f2)
+kill -9 "$pid5"
+sleep 0.3
+n=$(running)
+[ "$n" = $((count - 2)) ] && ok "kill -9 of one: $n still running" || bad "after kill -9: $n running"
+# Stop them all through their APIs.
+for d in "$VMM_STATE_DIR"/run/*; do "$vmm" stop "$(basename "$d")" >/dev/null 2>&1 & done
+wait
+n=0
+while [ -n "$(ls "$VMM_STATE_DIR/run" 2>/dev/null)" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+[ -z "$(ls "$VMM_STATE_DIR/run" 2>/dev/null)" ] && ok "all stopped" || bad "left running: $(ls "$VMM_STATE_DIR/run" | head -3)"
+
+# A foreground fleet: a line per clone, and SIGINT to the launcher stops every clone.
+"$vmm" run --clone-of idt --count 5 --name fg >"$work/fg.out" 2>"$work/fg.err" &
+launcher=$!
+n=0
+while [ "$(cat "$work/fg.out" 2>/dev/null | grep -c " ms$")" -lt 5 ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n + 1)); done
+[ "$(grep -c "^fg-[1-5] [0-9]* [0-9.]* ms$" "$work/fg.out")" = 5 ] && ok "foreground: a line per clone (name, pid, ms)" || { bad "fg lines"; cat "$work/fg.out"; }
+kill -INT "$launcher"
+wait "$launcher"
+st=$?
+n=0
+while [ -n "$(ls "$VMM_STATE_DIR/run" 2>/dev/null)" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+[ "$st" = 0 ] && [ -z "$(ls "$VMM_STATE_DIR/run" 2>/dev/null)" ] && grep -q "stopping 5 clones" "$work/fg.err" &&
+  ok "Ctrl-C to the launcher stops the whole fleet" || { bad "Ctrl-C: status $st"; cat "$work/fg.err"; ls "$VMM_STATE_DIR/run"; }
+
+# Bad usage.
+"$vmm" run --kernel "$guest" --count 3 >"$work/e" 2>&1; [ $? = 2 ] && grep -q "count needs --clone-of" "$work/e" && ok "--count without --clone-of" || { bad "--count alone"; cat "$work/e"; }
+"$vmm" run --clone-of idt --detach >"$work/e" 2>&1; [ $? = 2 ] && grep -q "detach needs --count" "$work/e" && ok "--detach without --count" || { bad "--detach alone"; cat "$work/e"; }
+"$vmm" run --clone-of idt --count 0 >"$work/e" 2>&1; [ $? = 2 ] && ok "--count 0 refused" || { bad "--count 0"; cat "$work/e"; }
+"$vmm" run --clone-of idt --count 2 --console stdio >"$work/e" 2>&1; [ $? = 2 ] && grep -q "cannot be shared" "$work/e" && ok "--console stdio refused for a fleet" || { bad "stdio fleet"; cat "$work/e"; }
+exit $fail

@@ -1,0 +1,4 @@
+#!/bin/sh
+# Runs inside the nested lane's L1: fleets on real KVM (tests/guest/fleet-scenario.sh, the same
+# checks as guest.fleet on the direct lane, with 20 clones: L1 has 2 GiB and two TCG vCPUs).
+VMM_FLEET_COUNT=20 sh /files/fleet-scenario.sh /files/bin/vmm /files/testguest.elf
