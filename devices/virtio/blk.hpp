@@ -72,6 +72,8 @@ class Block final : public VirtioDevice {
 
   uint64_t capacity() const { return image_->size() / kSectorSize; }
   const disk::Image& image() const { return *image_; }
+  /// For reads by the VMM itself while the device is quiesced (a snapshot copying the disk).
+  disk::Image& image() { return *image_; }
   /// The serial the guest reads with GET_ID.
   const std::string& id() const { return id_; }
   /// Requests answered with IOERR or UNSUPP, or returned unanswered, since creation.

@@ -187,6 +187,20 @@ sleep 0.2
 [ "$(dd if="$cdisk" bs=512 skip=5 count=1 2>/dev/null | head -c 1)" = A ] &&
   [ "$(dd if="$work/disk.img" bs=512 skip=5 count=1 2>/dev/null | head -c 1)" = B ] && ok "parent's writes after the fork stay in the parent's disk" ||
   bad "disks diverge"
+# A snapshot of the running VM: a template of it as it is now; the VM runs on, and what it writes
+# later reaches neither the template nor its clones.
+"$vmm" snapshot b "$work/snapb" >"$work/snap.out" 2>&1 && [ -f "$work/snapb/manifest.json" ] && ok "vmm snapshot b DIR" ||
+  { bad "snapshot"; cat "$work/snap.out"; }
+before=$(cd "$work/snapb" && find . -type f | sort | xargs sha256sum)
+echo "write 5 67" >&3
+wait_for "$work/b.out" "wrote 5" && echo "read 5" >&3
+wait_for "$work/b.out" "sector 5 byte=0x43" && ok "the VM runs on after the snapshot" || { bad "after snapshot"; tail -3 "$work/b.out"; }
+printf 'read 5\nwrite 5 68\nread 5\nquit\n' | "$vmm" run --clone-of "$work/snapb" --name snapclone --console stdio >"$work/sc.out" 2>&1
+grep -q "sector 5 byte=0x42" "$work/sc.out" && grep -q "sector 5 byte=0x44" "$work/sc.out" &&
+  ok "a clone of the snapshot sees the disk as it was, and writes its own" || { bad "clone of snapshot"; sed 's/^/  | /' "$work/sc.out"; }
+"$vmm" template verify "$work/snapb" >/dev/null 2>&1 && [ "$(cd "$work/snapb" && find . -type f | sort | xargs sha256sum)" = "$before" ] &&
+  ok "the snapshot verifies and is unchanged" || bad "snapshot changed"
+"$vmm" snapshot b "$work/snapb" >"$work/e" 2>&1; [ $? = 2 ] && grep -q "already exists" "$work/e" && ok "snapshot onto an existing template refused" || { bad "snapshot exists"; cat "$work/e"; }
 "$vmm" stop "$bc"; "$vmm" stop b
 exec 3>&-
 wait "$pid_b"

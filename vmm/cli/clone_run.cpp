@@ -179,7 +179,7 @@ int start_clone(OpenTemplate& t, const CloneOptions& o, const std::string& name,
       .state_dir = sdir, .kvm_device = o.kvm_device, .name = name, .template_name = manifest->name,
       .template_dir = o.full ? std::string() : tdir->string(), .cpu_template = shape->cpu_template,
       .config = config_json(manifest->memory, manifest->vcpus, manifest->cpu_template, disks, nets, console),
-      .machine = &m, .control = control->get()});
+      .kernel = manifest->kernel, .cmdline = manifest->cmdline, .machine = &m, .control = control->get()});
   (*control)->start(m, api::VmInfo{.id = identity.id, .name = name, .kind = "clone", .template_name = manifest->name,
                                    .template_dir = tdir->string(), .parent = {}, .generation = clone::generation_hex(identity),
                                    .config = live->config, .api_socket = {}},

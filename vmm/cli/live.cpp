@@ -26,6 +26,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <fstream>
 
 #include "clone/identity.hpp"
@@ -33,7 +35,9 @@
 #include "clone/template.hpp"
 #include "disk/qcow2.hpp"
 #include "vmm/cli/cli.hpp"
+#include "clone/memory_file.hpp"
 #include "vmm/cli/exit_codes.hpp"
+#include "vmm/cli/template_cli.hpp"
 
 namespace vmm::cli {
 
@@ -109,6 +113,7 @@ void report(int fd, const std::string& text) {
   auto self = std::make_shared<LiveVm>(LiveVm{.state_dir = parent.state_dir, .kvm_device = parent.kvm_device, .name = plan.name,
                                               .template_name = parent.template_name, .template_dir = parent.template_dir,
                                               .cpu_template = parent.cpu_template, .config = parent.config,
+                                              .kernel = parent.kernel, .cmdline = parent.cmdline,
                                               .machine = &m, .control = control->get()});
   self->config["disks"] = json::array();
   for (const auto& d : plan.disks) self->config["disks"].push_back({{"path", d.path.string()}, {"read_only", d.read_only}, {"id", d.id}});
@@ -228,10 +233,97 @@ Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const json& request, con
   return json{{"children", children}, {"fork_ms", fork_ms}};
 }
 
+/// Copies what the guest sees on `blk` (through its whole backing chain) into a new sparse raw
+/// file: the machine is quiesced, and its own loop (driven here) completes the reads.
+Result<> flatten(Machine& m, devices::virtio::Block& blk, const fs::path& out) {
+  disk::Image& image = blk.image();
+  Fd fd(::open(out.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+  if (!fd) return fail("{}: cannot create: {}", out.string(), errno_text(errno));
+  if (::ftruncate(fd.get(), static_cast<off_t>(image.size())) != 0) return fail("{}: ftruncate: {}", out.string(), errno_text(errno));
+  constexpr size_t kChunk = 1 << 20;
+  std::unique_ptr<uint8_t, decltype(&std::free)> buf(static_cast<uint8_t*>(std::aligned_alloc(4096, kChunk)), &std::free);
+  if (!buf) return fail("out of memory");
+  for (uint64_t off = 0; off < image.size(); off += kChunk) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(kChunk, image.size() - off));
+    const iovec iov{.iov_base = buf.get(), .iov_len = n};
+    bool done = false;
+    int32_t res = 0;
+    if (auto r = image.read(off, std::span(&iov, 1), [&](int32_t v) { res = v, done = true; }); !r) return r;
+    while (!done) {
+      if (auto r = m.loop().run_once(std::chrono::milliseconds(100)); !r) return std::unexpected(r.error());
+    }
+    if (res < 0) return fail("{}: read at {}: {}", image.path().string(), off, errno_text(-res));
+    if (std::all_of(buf.get(), buf.get() + n, [](uint8_t b) { return b == 0; })) continue;  // a hole
+    for (size_t w = 0; w < n;) {
+      const ssize_t k = ::pwrite(fd.get(), buf.get() + w, n - w, static_cast<off_t>(off + w));
+      if (k < 0 && errno == EINTR) continue;
+      if (k <= 0) return fail("{}: write: {}", out.string(), errno_text(errno));
+      w += static_cast<size_t>(k);
+    }
+  }
+  if (::fsync(fd.get()) != 0) return fail("{}: fsync: {}", out.string(), errno_text(errno));
+  return {};
+}
+
+/// PUT /vm/snapshot {"dir": D}: a template of the running VM. While it is paused: its state, its
+/// memory file and a flat copy of each disk are written; then it runs on, on its own disks, which
+/// the template does not share (so nothing the VM does later reaches the template).
+Result<json> snapshot_vm(const std::shared_ptr<LiveVm>& vm, const json& request, const std::function<void()>& resume) {
+  Machine& m = *vm->machine;
+  auto dest = template_path(vm->state_dir.string(), request["dir"].get<std::string>());
+  if (!dest) return std::unexpected(dest.error());
+  std::error_code ec;
+  if (fs::exists(*dest, ec)) return fail("{}: already exists", dest->string());
+  fs::create_directories(dest->parent_path(), ec);
+  const fs::path tmp = dest->parent_path() / fmt::format(".{}.tmp-{}", dest->filename().string(), ::getpid());
+  struct Cleanup {
+    fs::path dir;
+    bool keep = false;
+    ~Cleanup() {
+      std::error_code e;
+      if (!keep) fs::remove_all(dir, e);
+    }
+  } cleanup{tmp};
+  fs::create_directories(tmp / "disks", ec);
+  if (ec) return fail("{}: cannot create: {}", tmp.string(), ec.message());
+
+  clone::Manifest man;
+  auto state = clone::capture(m, vm->cpu_template);
+  if (!state) return std::unexpected(state.error());
+  if (auto r = clone::write_state_file(tmp / clone::kStateFile, *state); !r) return std::unexpected(r.error());
+  auto mem = clone::write_memory_file(m.vm().memory(), tmp / clone::kMemoryFile);
+  if (!mem) return std::unexpected(mem.error());
+  man.memory_file = {.name = clone::kMemoryFile, .size = mem->size, .checksum = mem->checksum, .data_bytes = mem->data_bytes};
+  const auto& disks = m.platform().disks();
+  for (size_t i = 0; i < disks.size(); ++i) {
+    const std::string name = fmt::format("disks/disk{}.img", i);
+    if (auto r = flatten(m, *disks[i], tmp / name); !r) return std::unexpected(r.error());
+    man.disks.push_back({.file = {.name = name}, .id = disks[i]->id(), .format = "raw", .read_only = disks[i]->image().read_only()});
+  }
+  resume();  // everything of the VM is copied: it runs on while the files are summed and sealed
+
+  auto st = clone::sum_file(tmp, clone::kStateFile);
+  if (!st) return std::unexpected(st.error());
+  man.state = *st;
+  man.name = dest->filename().string();
+  man.created = clone::utc_now();
+  man.vmm_version = VMM_VERSION;
+  man.memory = m.vm().memory().size();
+  man.vcpus = static_cast<uint32_t>(m.vm().vcpu_count());
+  man.cpu_template = std::string(cpu_template_name(vm->cpu_template));
+  man.kernel = vm->kernel;
+  man.cmdline = vm->cmdline;
+  for (const auto& n : vm->config.value("nets", json::array())) man.nets.push_back({.mac = n.value("mac", ""), .tap = n.value("tap", "")});
+  if (auto r = seal_template(tmp, *dest, man); !r) return std::unexpected(r.error());
+  cleanup.keep = true;
+  return json{{"template", dest->string()}, {"memory_bytes", mem->data_bytes}};
+}
+
 }  // namespace
 
 api::VmOperations live_operations(std::shared_ptr<LiveVm> vm) {
   api::VmOperations ops;
+  ops.snapshot = [vm](const json& request, const std::function<void()>& resume) { return snapshot_vm(vm, request, resume); };
   ops.fork = [vm](const json& request, const std::function<void()>& resume) { return fork_vm(vm, request, resume); };
   return ops;
 }

@@ -21,6 +21,7 @@ struct LiveVm {
   std::string template_name, template_dir;  ///< what its disks (and those of its forks) depend on
   CpuTemplate cpu_template = CpuTemplate::Host;
   nlohmann::json config;  ///< as GET /vm reports it
+  std::string kernel, cmdline;  ///< what it booted (a template's manifest records them)
   Machine* machine = nullptr;
   api::ControlPlane* control = nullptr;
 };

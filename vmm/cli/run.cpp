@@ -21,6 +21,8 @@
 
 namespace vmm::cli {
 
+namespace fs = std::filesystem;
+
 namespace {
 
 
@@ -173,7 +175,7 @@ int run_vm(const RunOptions& options) {
   auto live = std::make_shared<LiveVm>(LiveVm{
       .state_dir = clone::state_dir(o.state_dir), .kvm_device = o.kvm_device, .name = o.name, .template_name = {}, .template_dir = {},
       .cpu_template = o.cpu_template, .config = config_json(o.memory, o.vcpus, cpu_template_name(o.cpu_template), o.disks, nets, o.console),
-      .machine = machine->get(), .control = control->get()});
+      .kernel = fs::absolute(o.kernel).string(), .cmdline = o.cmdline, .machine = machine->get(), .control = control->get()});
   (*control)->start(**machine, api::VmInfo{.id = identity.id, .name = o.name, .kind = "booted", .template_name = {},
                                            .template_dir = {}, .parent = {}, .generation = clone::generation_hex(identity),
                                            .config = live->config, .api_socket = {}},

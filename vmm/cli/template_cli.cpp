@@ -28,16 +28,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-
 bool is_qcow2(const fs::path& p) {
   Fd fd(::open(p.c_str(), O_RDONLY | O_CLOEXEC));
   return fd && disk::Qcow2::probe(fd.get());
-}
-
-Result<fs::path> template_path(const std::string& state_dir, const std::string& dir) {
-  if (dir.find('/') != std::string::npos) return fs::absolute(dir);
-  if (!clone::valid_name(dir)) return fail("template name '{}': use letters, digits, '.', '_' and '-'", dir);
-  return clone::state_dir(state_dir) / "templates" / dir;
 }
 
 /// Makes every file under `dir` read-only (a template is never written again).
@@ -48,8 +41,31 @@ void make_read_only(const fs::path& dir) {
   }
 }
 
-
 }  // namespace
+
+Result<> seal_template(const fs::path& tmp, const fs::path& dest, clone::Manifest& m) {
+  for (auto& d : m.disks) {
+    auto s = clone::sum_file(tmp, d.file.name);
+    if (!s) return std::unexpected(s.error());
+    d.file = *s;
+  }
+  {
+    std::ofstream out(tmp / clone::kManifestFile);
+    out << clone::manifest_json(m);
+    if (!out.flush()) return fail("{}: cannot write", (tmp / clone::kManifestFile).string());
+  }
+  make_read_only(tmp);
+  std::error_code ec;
+  fs::rename(tmp, dest, ec);
+  if (ec) return fail("{}: rename: {}", dest.string(), ec.message());
+  return {};
+}
+
+Result<fs::path> template_path(const std::string& state_dir, const std::string& dir) {
+  if (dir.find('/') != std::string::npos) return fs::absolute(dir);
+  if (!clone::valid_name(dir)) return fail("template name '{}': use letters, digits, '.', '_' and '-'", dir);
+  return clone::state_dir(state_dir) / "templates" / dir;
+}
 
 int template_create(const TemplateCreateOptions& o) {
   auto dest = template_path(o.state_dir, o.dir);
@@ -167,11 +183,6 @@ int template_create(const TemplateCreateOptions& o) {
     return report_error(exit_code::kVmmError, fmt::format("template {}: the guest stopped before it printed '{}': {}; its console "
                                                    "ended with \"{}\"", dest->string(), o.ready_on, describe_stop(stop), last));
   }
-  for (auto& d : m.disks) {
-    auto s = clone::sum_file(tmp, d.file.name);
-    if (!s) return report_error(exit_code::kImage, s.error().message());
-    d.file = *s;
-  }
   for (const auto& n : run.nets) m.nets.push_back({.mac = n.mac, .tap = n.tap});
   m.name = dest->filename().string();
   m.created = clone::utc_now();
@@ -181,14 +192,7 @@ int template_create(const TemplateCreateOptions& o) {
   m.cpu_template = std::string(cpu_template_name(run.cpu_template));
   m.kernel = fs::absolute(run.kernel).string();
   m.cmdline = run.cmdline;
-  {
-    std::ofstream out(tmp / clone::kManifestFile);
-    out << clone::manifest_json(m);
-    if (!out.flush()) return report_error(exit_code::kVmmError, fmt::format("{}: cannot write", (tmp / clone::kManifestFile).string()));
-  }
-  make_read_only(tmp);
-  fs::rename(tmp, *dest, ec);
-  if (ec) return report_error(exit_code::kVmmError, fmt::format("{}: rename: {}", dest->string(), ec.message()));
+  if (auto r = seal_template(tmp, *dest, m); !r) return report_error(exit_code::kVmmError, r.error().message());
   cleanup.keep = true;
   fmt::print(stderr, "vmm: template {} written ({} MiB of RAM, {} MiB in its memory file)\n", dest->string(), m.memory >> 20,
              m.memory_file.data_bytes >> 20);

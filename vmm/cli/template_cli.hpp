@@ -39,6 +39,11 @@ int template_inspect(const std::string& state_dir, const std::string& target);
 int template_rm(const std::string& state_dir, const std::string& target, bool force);
 int template_verify(const std::string& state_dir, const std::string& target);
 int run_clone(const CloneOptions& options);
+/// A template's directory for DIR given as a name (STATE_DIR/templates/NAME) or as a path.
+Result<std::filesystem::path> template_path(const std::string& state_dir, const std::string& dir);
+/// The end of writing a template in `tmp`: sums its disks into `m`, writes manifest.json, makes
+/// every file read-only and renames `tmp` to `dest`.
+Result<> seal_template(const std::filesystem::path& tmp, const std::filesystem::path& dest, clone::Manifest& m);
 /// `vmm run --clone-of T --count N [--detach]` (vmm/cli/fleet.cpp).
 int run_fleet(const CloneOptions& options, unsigned count, bool detach);
 

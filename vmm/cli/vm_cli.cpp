@@ -1,0 +1,95 @@
+#include "vmm/cli/vm_cli.hpp"
+
+#include <fmt/format.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "clone/template.hpp"
+#include "vmm/api/http.hpp"
+#include "vmm/api/registry.hpp"
+#include "vmm/cli/cli.hpp"
+#include "vmm/cli/exit_codes.hpp"
+
+namespace vmm::cli {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+/// The response's fault_message, or its body.
+std::string fault_text(const api::HttpResponse& r) {
+  auto j = json::parse(r.body, nullptr, false);
+  if (j.is_object() && j.contains("fault_message") && j["fault_message"].is_string()) return j["fault_message"].get<std::string>();
+  return fmt::format("HTTP {}", r.status);
+}
+
+int ps(const fs::path& sdir, bool as_json) {
+  json all = json::array();
+  for (const auto& vm : api::running_vms(sdir)) {
+    json entry{{"name", vm.name}, {"pid", vm.pid}, {"api_socket", vm.socket.string()}, {"state", "unknown"}};
+    auto r = api::call(vm.socket.string(), {.method = "GET", .path = "/vm", .body = {}}, 2.0);
+    if (r && r->status == 200) {
+      auto j = json::parse(r->body, nullptr, false);
+      if (j.is_object()) entry = j;
+    }
+    auto m = api::call(vm.socket.string(), {.method = "GET", .path = "/vm/metrics", .body = {}}, 2.0);
+    if (m && m->status == 200) {
+      auto j = json::parse(m->body, nullptr, false);
+      if (j.is_object() && j.contains("memory")) entry["memory"] = j["memory"];
+    }
+    all.push_back(entry);
+  }
+  if (as_json) {
+    fmt::print("{}\n", all.dump(2));
+    return exit_code::kOk;
+  }
+  fmt::print("{:<24} {:<9} {:>8} {:>8} {:>10} {}\n", "NAME", "STATE", "PID", "MEMORY", "PRIVATE", "TEMPLATE");
+  for (const auto& e : all) {
+    const std::string mem = e.contains("config") ? fmt::format("{}M", e["config"].value("memory_mib", 0)) : "-";
+    const std::string priv = e.contains("memory") ? fmt::format("{}K", e["memory"].value("private_dirty_kib", 0)) : "-";
+    std::string from = "-";
+    if (e.contains("template") && e["template"].is_object()) from = e["template"].value("name", "-");
+    if (e.contains("parent") && e["parent"].is_string()) from = "fork of " + e["parent"].get<std::string>();
+    fmt::print("{:<24} {:<9} {:>8} {:>8} {:>10} {}\n", e.value("name", "?"), e.value("state", "?"), e.value("pid", 0), mem, priv, from);
+  }
+  return exit_code::kOk;
+}
+
+}  // namespace
+
+int vm_command(const VmCommand& c) {
+  const fs::path sdir = clone::state_dir(c.state_dir);
+  if (c.verb == "ps") return ps(sdir, c.json);
+  auto socket = api::find_vm(sdir, c.target);
+  if (!socket) return report_error(exit_code::kUsage, socket.error().message());
+  api::HttpRequest req{.method = "PUT", .path = "/vm/" + c.verb, .body = "{}"};
+  double timeout = 30;
+  if (c.verb == "stop") {
+    req.body = json{{"timeout_s", c.timeout_s}}.dump();
+    timeout = c.timeout_s + 5;
+  } else if (c.verb == "snapshot") {
+    req.body = json{{"dir", fs::absolute(c.dir).string()}, {"resume", !c.stay_paused}}.dump();
+    timeout = 600;
+  } else if (c.verb == "fork") {
+    req.body = json{{"count", c.count}, {"resume", !c.stay_paused}}.dump();
+    timeout = 120;
+  }
+  auto r = api::call(socket->string(), req, timeout);
+  if (!r) return report_error(exit_code::kVmmError, fmt::format("{}: {}", c.target, r.error().message()));
+  if (r->status >= 300) return report_error(r->status < 500 ? exit_code::kUsage : exit_code::kVmmError, fmt::format("{}: {}", c.target, fault_text(*r)));
+  if (!r->body.empty()) {
+    auto j = json::parse(r->body, nullptr, false);
+    if (c.verb == "fork" && j.is_object() && j.contains("children")) {
+      for (const auto& ch : j["children"]) fmt::print("{} {}\n", ch.value("name", "?"), ch.value("pid", 0));
+    } else if (c.verb == "snapshot" && j.is_object() && j.contains("template")) {
+      fmt::print("{}\n", j["template"].get<std::string>());
+    } else {
+      fmt::print("{}\n", r->body);
+    }
+  }
+  return exit_code::kOk;
+}
+
+}  // namespace vmm::cli

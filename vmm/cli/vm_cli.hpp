@@ -1,0 +1,23 @@
+// Commands for running VMs, over their control API (vmm/api): `vmm ps`, `vmm pause|resume|stop`,
+// `vmm snapshot`, `vmm fork`. A VM is named by its name in the state directory or by the path of
+// its API socket.
+#pragma once
+
+#include <string>
+
+namespace vmm::cli {
+
+struct VmCommand {
+  std::string verb;    ///< ps, pause, resume, stop, snapshot, fork
+  std::string target;  ///< name or socket path
+  std::string state_dir;
+  bool json = false;        ///< ps --json
+  std::string dir;          ///< snapshot DIR
+  bool stay_paused = false; ///< snapshot/fork --paused: do not resume afterwards
+  unsigned count = 1;       ///< fork --count
+  double timeout_s = 10;    ///< stop --timeout
+};
+
+int vm_command(const VmCommand& command);
+
+}  // namespace vmm::cli
