@@ -10,6 +10,11 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 VMM_LINUX_KERNEL=$("$root/guest-images/linux/fetch-kernel.sh")
 export VMM_LINUX_KERNEL
 
+# The VMs that tests start register in a state directory (run/NAME): a private one, not the host's.
+VMM_STATE_DIR=$(mktemp -d /tmp/vmm-test-state.XXXXXX)
+export VMM_STATE_DIR
+trap 'rm -rf "$VMM_STATE_DIR"' EXIT
+
 status=0
 for kind in release asan; do
   dir=$("$root/scripts/build.sh" "$kind")
