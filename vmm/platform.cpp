@@ -81,6 +81,7 @@ Result<std::unique_ptr<Platform>> attach_platform(Vm& vm, PlatformConfig config)
   }
   if (r) r = add_pio("fw-cfg", p->fw_cfg_, layout::kFwCfgPort, layout::kFwCfgPortCount);
   p->vmgenid_ = std::make_unique<devices::VmGenId>(vm.memory(), vm.irq_line(layout::kGedGsi));
+  p->power_button_ = vm.irq_line(layout::kPowerButtonGsi);
   p->devices_.push_back({.id = "vmgenid", .state = p->vmgenid_.get()});
   if (!r) return std::unexpected(r.error());
 

@@ -77,6 +77,8 @@ class Platform {
   /// The identity channel (fw_cfg, file opt/vmm/identity) and the VM generation ID.
   devices::FwCfg& fw_cfg() { return *fw_cfg_; }
   devices::VmGenId& vmgenid() { return *vmgenid_; }
+  /// Presses the ACPI power button (the GED's second interrupt, layout::kPowerButtonGsi).
+  void press_power_button() { power_button_->trigger(); }
   /// Replaces the identity the guest reads (same fixed size; key=value pairs).
   Result<> set_identity(const std::vector<std::pair<std::string, std::string>>& identity);
 
@@ -92,6 +94,7 @@ class Platform {
   std::vector<std::shared_ptr<devices::virtio::Net>> nets_;
   std::shared_ptr<devices::FwCfg> fw_cfg_;
   std::unique_ptr<devices::VmGenId> vmgenid_;
+  std::shared_ptr<devices::IrqLine> power_button_;
 };
 
 /// Creates the devices and inserts them on `vm`'s buses. Devices that use the event loop must be

@@ -64,6 +64,10 @@ void tg_isr(struct frame* f) {
     }
   }
   if (irq == 0) tg_ticks++;
+  if (irq == 6) {  /* the VMM's ACPI power button (GED, GSI 6): power off through the S5 sleep port */
+    puts_("testguest: power button\n");
+    outb(0x600, 0x20 | 5 << 2);  /* SLP_EN | SLP_TYP S5: layout::kAcpiSleepControlPort */
+  }
   if (irq == 4) {  /* drain the receiver: IIR goes back to "none", so the next byte raises again */
     uint32_t h = rx_head;
     while (inb(COM1 + 5) & 0x01) {
@@ -95,6 +99,7 @@ void tg_irq_init(uint16_t irq_mask) {
   outb(PIC2 + 1, 0x02);  /* slave identity */
   outb(PIC1 + 1, 0x01);
   outb(PIC2 + 1, 0x01);
+  irq_mask |= 1u << 6;  /* the power button, in every scenario that takes interrupts */
   if (irq_mask & 0xff00) irq_mask |= 1u << 2;  /* the cascade */
   outb(PIC1 + 1, (uint8_t)~irq_mask);
   outb(PIC2 + 1, (uint8_t)~(irq_mask >> 8));

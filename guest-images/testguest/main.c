@@ -11,7 +11,8 @@
  *   identity   reads opt/vmm/identity from fw_cfg; `identity: ready`, then `identity: id=...
  *              generation=... name=... mac0=... time=...` again whenever the generation changes;
  *              `get`; exits with 3 when fw_cfg or the file is absent (identity.c)
- * Each of them also answers `quit` (exit status 0). The second command-line word is the argument. */
+ * Each of them also answers `quit` (exit status 0), and powers off (ACPI S5) when the VMM presses
+ * the power button (IRQ 6, irq.c). The second command-line word is the argument. */
 #include <stdint.h>
 
 #include "tg.h"

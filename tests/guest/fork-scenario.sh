@@ -167,7 +167,20 @@ n=0
 while [ -n "$(ls "$VMM_STATE_DIR/run" 2>/dev/null)" ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
 [ -z "$(ls "$VMM_STATE_DIR/run" 2>/dev/null)" ] && ok "vmm stop: every VM ended and left run/" || { bad "left behind"; ls "$VMM_STATE_DIR/run"; }
 wait "$pid_p"; st=$?
-[ "$st" = 0 ] && ok "the parent exits 0 after vmm stop" || bad "parent exit status $st"
+[ "$st" = 0 ] && grep -q "^testguest: power button$" "$work/p.out" && ok "vmm stop presses the power button: the guest powers off (status 0)" ||
+  { bad "parent exit status $st"; tail -3 "$work/p.out"; }
+# A guest that takes no interrupts (echo polls the UART) ignores the button: a hard stop follows.
+start_vm e --kernel "$guest" --cmdline echo
+exec 3>&-
+n=0
+while [ ! -S "$VMM_STATE_DIR/run/e/api.sock" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+"$vmm" stop e --timeout 1 || bad "stop e"
+sleep 0.3
+[ -e "$VMM_STATE_DIR/run/e" ] && ok "a guest that ignores the button still runs right after vmm stop" || bad "e ended at once"
+n=0
+while [ -e "$VMM_STATE_DIR/run/e" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+wait "$pid_e"; st=$?
+[ "$st" = 0 ] && [ ! -e "$VMM_STATE_DIR/run/e" ] && ! grep -q "power button" "$work/e.out" && ok "...and is stopped hard after the timeout" || bad "hard stop: status $st"
 
 # ---- Disks: a fork sees its parent's disk at the fork, and they diverge afterwards.
 head -c 1048576 /dev/zero >"$work/disk.img"

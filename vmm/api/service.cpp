@@ -64,6 +64,15 @@ MemoryUse memory_use(uintptr_t guest) {
 VmService::VmService(Machine& machine, VmInfo info, VmOperations ops)
     : machine_(machine), info_(std::move(info)), ops_(std::move(ops)) {}
 
+VmService::~VmService() {
+  {
+    std::lock_guard lock(stop_mutex_);
+    cancelled_ = true;
+  }
+  stop_cv_.notify_all();
+  if (stopper_.joinable()) stopper_.join();
+}
+
 void VmService::set_generation(std::string generation) {
   std::lock_guard lock(mutex_);
   info_.generation = std::move(generation);
@@ -163,10 +172,27 @@ HttpResponse VmService::stop(const json& body) {
                                      body["timeout_s"].get<double>() > 3600)) {
     return fault(400, "'timeout_s' must be a number of seconds from 0 to 3600");
   }
+  const double timeout = body.value("timeout_s", 10.0);
   std::lock_guard lock(mutex_);
   if (stopping_) return fault(409, "the VM is already stopping");
   stopping_ = true;
-  machine_.vm().request_stop(StopInfo{.reason = devices::StopReason::PowerOff, .status = 0, .message = "stopped through the API"});
+  auto hard_stop = [this] {
+    machine_.vm().request_stop(StopInfo{.reason = devices::StopReason::PowerOff, .status = 0, .message = "stopped through the API"});
+  };
+  if (timeout <= 0) {
+    hard_stop();
+    return no_content();
+  }
+  // The guest is asked first: a paused one could not answer, so it runs again.
+  if (paused_) {
+    machine_.resume();
+    paused_ = false;
+  }
+  machine_.platform().press_power_button();
+  stopper_ = std::thread([this, hard_stop, timeout] {
+    std::unique_lock l(stop_mutex_);
+    if (!stop_cv_.wait_for(l, std::chrono::duration<double>(timeout), [&] { return cancelled_; })) hard_stop();
+  });
   return no_content();
 }
 

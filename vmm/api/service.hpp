@@ -6,7 +6,8 @@
 //   GET /vm            what the VM is: id, name, state, pid, template/parent, generation, config, uptime
 //   PUT /vm/pause      204; 409 when already paused
 //   PUT /vm/resume     204; 409 when running
-//   PUT /vm/stop       204; the VM stops (power button first when the guest has one, see stop())
+//   PUT /vm/stop       {"timeout_s": 10} → 204; the ACPI power button is pressed, and the VM is
+//                      stopped hard if its guest has not powered off within the timeout (0: at once)
 //   PUT /vm/snapshot   {"dir": PATH, "resume": true}  → 200 {"template": PATH}
 //   PUT /vm/fork       {"count": N}                   → 200 {"children": [{"name", "pid"}...]}
 //   GET /vm/metrics    exits by kind, disk and net counters, memory
@@ -14,7 +15,9 @@
 
 #include <chrono>
 #include <functional>
+#include <condition_variable>
 #include <mutex>
+#include <thread>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -52,6 +55,7 @@ struct VmOperations {
 class VmService {
  public:
   VmService(Machine& machine, VmInfo info, VmOperations ops = {});
+  ~VmService();  ///< cancels a pending hard stop
 
   /// Routes one request; thread-safe (control operations run one at a time).
   HttpResponse handle(const HttpRequest& request);
@@ -74,6 +78,10 @@ class VmService {
   std::mutex mutex_;     // one control operation at a time
   bool paused_ = false;  // guarded by mutex_
   bool stopping_ = false;
+  std::mutex stop_mutex_;
+  std::condition_variable stop_cv_;
+  bool cancelled_ = false;  // guarded by stop_mutex_
+  std::thread stopper_;     // the hard stop after the timeout
 };
 
 /// A JSON error response.

@@ -55,6 +55,9 @@ inline constexpr uint32_t kCom1Irq = 4;
 /// The ACPI Generic Event Device's interrupt (DSDT \_SB.GED_, ACPI0013): an ISA IRQ that no other
 /// device uses (COM1 is 4, PCI INTx 16-23), edge-triggered, active high; its _EVT notifies VGEN.
 inline constexpr uint32_t kGedGsi = 5;
+/// The GED's second interrupt: the power button (DSDT \_SB.PWRB, PNP0C0C; _EVT notifies it 0x80,
+/// which Linux's button driver turns into KEY_POWER). ISA IRQ 6, which no device here uses.
+inline constexpr uint32_t kPowerButtonGsi = 6;
 inline constexpr uint16_t kI8042DataPort = 0x60;
 inline constexpr uint16_t kI8042CommandPort = 0x64;
 inline constexpr uint16_t kRtcPort = 0x70;  ///< CMOS index (0x70) and data (0x71)

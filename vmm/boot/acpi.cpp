@@ -187,15 +187,19 @@ std::vector<uint8_t> clone_devices_aml() {
   // ACPI Generic Event Device (ACPI 6.4 §5.6.10; Linux drivers/acpi/evged.c): Linux requests every
   // interrupt of _CRS and, when one fires, calls _EVT with its GSI (evged looks for _Exx/_Lxx first
   // for GSIs up to 255, then _EVT).
-  const Bytes evt = if_(lequal(arg(0), integer(layout::kGedGsi)), notify("\\_SB_.VGEN", integer(0x80)));
+  const Bytes evt = concat({if_(lequal(arg(0), integer(layout::kGedGsi)), notify("\\_SB_.VGEN", integer(0x80))),
+                            if_(lequal(arg(0), integer(layout::kPowerButtonGsi)), notify("\\_SB_.PWRB", integer(0x80)))});
   const Bytes ged = concat({
       name("_HID", string("ACPI0013")),
       name("_UID", integer(0)),
-      name("_CRS", resource_template({interrupt(layout::kGedGsi, Trigger::Edge, Polarity::ActiveHigh,
-                                                Sharing::Exclusive)})),
+      name("_CRS", resource_template({interrupt(layout::kGedGsi, Trigger::Edge, Polarity::ActiveHigh, Sharing::Exclusive),
+                                      interrupt(layout::kPowerButtonGsi, Trigger::Edge, Polarity::ActiveHigh, Sharing::Exclusive)})),
       method("_EVT", 1, Serialize::NotSerialized, evt),
   });
-  return concat({device("FWCF", fw_cfg), device("VGEN", vgen), device("GED_", ged)});
+  // The power button as a control-method device (hardware-reduced ACPI has no fixed one): Linux's
+  // button driver binds PNP0C0C and reports Notify(PWRB, 0x80) as a power-button press.
+  const Bytes pwrb = concat({name("_HID", string("PNP0C0C")), name("_UID", integer(0))});
+  return concat({device("FWCF", fw_cfg), device("VGEN", vgen), device("PWRB", pwrb), device("GED_", ged)});
 }
 
 std::vector<uint8_t> dsdt_aml(const AcpiConfig& config) {
