@@ -285,7 +285,7 @@ TEST_CASE("boot: AML methods, If, LEqual, Notify, Arg and the Extended Interrupt
   CHECK(aml::method("M8", 8, aml::Serialize::NotSerialized, Bytes{}).empty());
 }
 
-TEST_CASE("boot: DSDT clone devices (fw_cfg, VMGenID, GED) are what iasl emits") {
+TEST_CASE("boot: DSDT clone devices (fw_cfg, VMGenID, power button, GED) are what iasl emits") {
   // iasl 20200925 -oa (no optimizations; -f, since it refuses the non-hex _HID "VMGENCTR" that
   // Linux's vmgenid driver needs) compiles
   //   Scope (\_SB) {
@@ -293,9 +293,12 @@ TEST_CASE("boot: DSDT clone devices (fw_cfg, VMGenID, GED) are what iasl emits")
   //       Name (_CRS, ResourceTemplate () { IO (Decode16, 0x0510, 0x0510, 0x01, 0x02) }) }
   //     Device (VGEN) { Name (_HID, "VMGENCTR") Name (_CID, "VM_Gen_Counter") Name (_DDN, "VM_Gen_Counter")
   //       Name (ADDR, Package () { 0x0009FC00, Zero }) }
+  //     Device (PWRB) { Name (_HID, "PNP0C0C") Name (_UID, Zero) }
   //     Device (GED_) { Name (_HID, "ACPI0013") Name (_UID, Zero)
-  //       Name (_CRS, ResourceTemplate () { Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive) { 5 } })
-  //       Method (_EVT, 1, NotSerialized) { If (LEqual (Arg0, 5)) { Notify (\_SB.VGEN, 0x80) } } } }
+  //       Name (_CRS, ResourceTemplate () { Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive) { 5 }
+  //                                         Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive) { 6 } })
+  //       Method (_EVT, 1, NotSerialized) { If (LEqual (Arg0, 5)) { Notify (\_SB.VGEN, 0x80) }
+  //                                         If (LEqual (Arg0, 6)) { Notify (\_SB.PWRB, 0x80) } } } }
   // to a Scope(\_SB_) header 10 41 0d 5c 5f 53 42 5f, then these bytes.
   const Bytes want = {
       0x5b, 0x82, 0x2e, 0x46, 0x57, 0x43, 0x46,                                            // Device(FWCF)
@@ -310,19 +313,26 @@ TEST_CASE("boot: DSDT clone devices (fw_cfg, VMGenID, GED) are what iasl emits")
       0x08, 0x5f, 0x44, 0x44, 0x4e, 0x0d, 0x56, 0x4d, 0x5f, 0x47, 0x65, 0x6e, 0x5f, 0x43, 0x6f, 0x75,
       0x6e, 0x74, 0x65, 0x72, 0x00,                                                        // _DDN
       0x08, 0x41, 0x44, 0x44, 0x52, 0x12, 0x08, 0x02, 0x0c, 0x00, 0xfc, 0x09, 0x00, 0x00,  // ADDR
-      0x5b, 0x82, 0x49, 0x04, 0x47, 0x45, 0x44, 0x5f,                                      // Device(GED_)
+      0x5b, 0x82, 0x19, 0x50, 0x57, 0x52, 0x42,                                            // Device(PWRB)
+      0x08, 0x5f, 0x48, 0x49, 0x44, 0x0d, 0x50, 0x4e, 0x50, 0x30, 0x43, 0x30, 0x43, 0x00,  // _HID PNP0C0C
+      0x08, 0x5f, 0x55, 0x49, 0x44, 0x00,                                                  // _UID Zero
+      0x5b, 0x82, 0x45, 0x06, 0x47, 0x45, 0x44, 0x5f,                                      // Device(GED_)
       0x08, 0x5f, 0x48, 0x49, 0x44, 0x0d, 0x41, 0x43, 0x50, 0x49, 0x30, 0x30, 0x31, 0x33, 0x00,  // _HID
       0x08, 0x5f, 0x55, 0x49, 0x44, 0x00,                                                  // _UID Zero
-      0x08, 0x5f, 0x43, 0x52, 0x53, 0x11, 0x0e, 0x0a, 0x0b,                                // _CRS Buffer(11)
-      0x89, 0x06, 0x00, 0x03, 0x01, 0x05, 0x00, 0x00, 0x00, 0x79, 0x00,                    // Interrupt, End
-      0x14, 0x19, 0x5f, 0x45, 0x56, 0x54, 0x01,                                            // Method(_EVT, 1)
+      0x08, 0x5f, 0x43, 0x52, 0x53, 0x11, 0x17, 0x0a, 0x14,                                // _CRS Buffer(20)
+      0x89, 0x06, 0x00, 0x03, 0x01, 0x05, 0x00, 0x00, 0x00,                                // Interrupt {5}
+      0x89, 0x06, 0x00, 0x03, 0x01, 0x06, 0x00, 0x00, 0x00, 0x79, 0x00,                    // Interrupt {6}, End
+      0x14, 0x2c, 0x5f, 0x45, 0x56, 0x54, 0x01,                                            // Method(_EVT, 1)
       0xa0, 0x12, 0x93, 0x68, 0x0a, 0x05,                                                  // If (Arg0 == 5)
-      0x86, 0x5c, 0x2e, 0x5f, 0x53, 0x42, 0x5f, 0x56, 0x47, 0x45, 0x4e, 0x0a, 0x80,        // Notify
+      0x86, 0x5c, 0x2e, 0x5f, 0x53, 0x42, 0x5f, 0x56, 0x47, 0x45, 0x4e, 0x0a, 0x80,        // Notify VGEN
+      0xa0, 0x12, 0x93, 0x68, 0x0a, 0x06,                                                  // If (Arg0 == 6)
+      0x86, 0x5c, 0x2e, 0x5f, 0x53, 0x42, 0x5f, 0x50, 0x57, 0x52, 0x42, 0x0a, 0x80,        // Notify PWRB
   };
   CHECK(boot::clone_devices_aml() == want);
   CHECK(layout::kFwCfgPort == 0x510);
   CHECK(layout::kVmGenIdAddr == 0x9fc00);
   CHECK(layout::kGedGsi == 5);
+  CHECK(layout::kPowerButtonGsi == 6);
   CHECK(layout::kGedGsi != layout::kCom1Irq);
   CHECK(layout::kGedGsi < 16);
   CHECK((layout::kGedGsi < layout::kPciIntxGsiBase || layout::kGedGsi >= layout::kPciIntxGsiBase + layout::kPciIntxGsis));
