@@ -50,7 +50,7 @@ work=$(mktemp -d "$base_dir/clone.XXXXXX")
 cleanup() { chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"; rmdir "$base_dir" 2>/dev/null || true; }
 trap cleanup EXIT
 # Private copies: other builds may relink build/ while this runs.
-cp "$dir/vmm/vmm" "$work/vmm"
+cp "$dir/vmm/vmm" "$dir/vmm/vmm-http.so" "$work/"  # the binary and its API plugin
 cp "$dir/guest-images/testguest.elf" "$work/testguest.elf"
 
 python3 - "$runs" "$work" "${CLONES:-100}" "${IDLE:-20}" "${TEMPLATE_RUNS_4G:-2}" \
