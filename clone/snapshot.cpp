@@ -213,6 +213,24 @@ Result<> check_cpu(const Kvm& kvm, const MachineShape& shape, uint32_t host_tsc_
   return {};
 }
 
+namespace {
+/// KVM's per-VM state from the "kvm" section into the machine.
+Result<> load_kernel_state(Machine& machine, const StateFile& state, std::string_view file, bool clock_to_now) {
+  auto bytes = state.require("kvm", file);
+  if (!bytes) return std::unexpected(bytes.error());
+  ByteReader r(*bytes, fmt::format("{}: section kvm", file));
+  auto k = r.get_raw<VmKernelState>("kvm");
+  if (!k) return std::unexpected(k.error());
+  if (auto f = r.finish(); !f) return f;
+  if (auto ok = machine.vm().restore_kernel_state(*k, clock_to_now); !ok) return std::unexpected(ok.error().context(file));
+  return {};
+}
+}  // namespace
+
+Result<> step_clock(Machine& machine, const StateFile& state, std::string_view file) {
+  return load_kernel_state(machine, state, file, /*clock_to_now=*/true);
+}
+
 Result<> restore(Machine& machine, const StateFile& state, std::string_view file, bool clock_to_now) {
   Vm& vm = machine.vm();
   std::set<std::string, std::less<>> expected = {"machine", "cpuid", "kvm"};
@@ -243,15 +261,7 @@ Result<> restore(Machine& machine, const StateFile& state, std::string_view file
     if (auto ok = d.state->restore(r); !ok) return ok;
     if (auto f = r.finish(); !f) return f;
   }
-  {
-    auto bytes = state.require("kvm", file);
-    if (!bytes) return std::unexpected(bytes.error());
-    ByteReader r(*bytes, fmt::format("{}: section kvm", file));
-    auto k = r.get_raw<VmKernelState>("kvm");
-    if (!k) return std::unexpected(k.error());
-    if (auto f = r.finish(); !f) return f;
-    if (auto ok = vm.restore_kernel_state(*k, clock_to_now); !ok) return std::unexpected(ok.error().context(file));
-  }
+  if (auto ok = load_kernel_state(machine, state, file, clock_to_now); !ok) return ok;
   for (size_t i = 0; i < vm.vcpu_count(); ++i) {
     auto bytes = state.require(vcpu_id(i), file);
     if (!bytes) return std::unexpected(bytes.error());

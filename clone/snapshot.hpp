@@ -42,4 +42,8 @@ Result<> check_cpu(const Kvm& kvm, const MachineShape& shape, uint32_t host_tsc_
 /// for, and places with no section, are errors. `clock_to_now` steps kvmclock to the present.
 Result<> restore(Machine& machine, const StateFile& state, std::string_view file, bool clock_to_now);
 
+/// Steps a restored machine's kvmclock to the present (KVM's per-VM state loaded again from the
+/// "kvm" section, with KVM_CLOCK_REALTIME): for a machine restored ahead of its start (a pool's).
+Result<> step_clock(Machine& machine, const StateFile& state, std::string_view file);
+
 }  // namespace vmm::clone

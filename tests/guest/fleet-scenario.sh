@@ -71,6 +71,45 @@ while [ -n "$(ls "$VMM_STATE_DIR/run" 2>/dev/null)" ] && [ $n -lt 100 ]; do slee
 [ "$st" = 0 ] && [ -z "$(ls "$VMM_STATE_DIR/run" 2>/dev/null)" ] && grep -q "stopping 5 clones" "$work/fg.err" &&
   ok "Ctrl-C to the launcher stops the whole fleet" || { bad "Ctrl-C: status $st"; cat "$work/fg.err"; ls "$VMM_STATE_DIR/run"; }
 
+# A warm pool: clones prepared ahead (VM built, state restored), handed out on request.
+"$vmm" pool idt --size 3 >"$work/pool.out" 2>&1 &
+poolpid=$!
+psock="$VMM_STATE_DIR/run/pool-idt/api.sock"
+n=0
+while [ ! -S "$psock" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+i=1
+while [ $i -le 5 ]; do
+  "$vmm" run --clone-of idt --pool "$psock" --hostname "p$i" >>"$work/pooled" 2>>"$work/pooled.err" || bad "pool request $i"
+  i=$((i + 1))
+done
+[ "$(grep -c "^idt-[0-9a-f]* [0-9]* [0-9.]* ms$" "$work/pooled")" = 5 ] && ok "5 clones from the pool (name, pid, request ms)" ||
+  { bad "pool requests"; cat "$work/pooled" "$work/pooled.err" "$work/pool.out"; }
+seen=0
+for c in $(cut -d' ' -f1 "$work/pooled"); do
+  n=0
+  while ! grep -q "name=$c .*changes=1$" "$VMM_STATE_DIR/clones/$c/console.log" 2>/dev/null && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+  grep -q "name=$c .*changes=1$" "$VMM_STATE_DIR/clones/$c/console.log" && seen=$((seen + 1))
+done
+[ "$seen" = 5 ] && ok "each pooled clone runs with its own name and a new generation" || bad "pooled clones running: $seen"
+n=0
+while ! "$vmm" ps --json | grep -q '"ready": 3' && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+"$vmm" ps --json | grep -q '"handed_out": 5' && "$vmm" ps --json | grep -q '"ready": 3' && ok "the pool refilled (3 ready, 5 handed out)" ||
+  { bad "pool refill"; "$vmm" ps --json | grep -E "ready|handed"; }
+"$vmm" run --clone-of nosuch --pool "$psock" >"$work/e" 2>&1; [ $? = 2 ] && grep -q "a pool of template 'idt'" "$work/e" && ok "--pool of another template refused" || { bad "pool template"; cat "$work/e"; }
+"$vmm" run --clone-of idt --pool "$psock" --count 2 >"$work/e" 2>&1; [ $? = 2 ] && ok "--pool with --count refused" || { bad "pool --count"; cat "$work/e"; }
+if command -v curl >/dev/null; then
+  code=$(curl -s -o "$work/body" -w "%{http_code}" --unix-socket "$psock" -X POST -d '{"bogus":1}' http://x/clones)
+  [ "$code" = 400 ] && grep -q "unknown field" "$work/body" && ok "POST /clones with an unknown field: 400" || bad "pool bad field: $code"
+  code=$(curl -s -o /dev/null -w "%{http_code}" --unix-socket "$psock" http://x/clones)
+  [ "$code" = 405 ] && ok "GET /clones: 405" || bad "pool GET /clones: $code"
+fi
+kill -INT "$poolpid"
+wait "$poolpid"; st=$?
+sleep 0.3
+[ "$st" = 0 ] && [ "$(running)" = 5 ] && [ "$(ls "$VMM_STATE_DIR/clones" | grep -c "^idt-")" = 5 ] &&
+  ok "pool stopped: its 5 clones run on, the 3 unused ones left nothing" || { bad "pool stop: status $st, $(running) running"; ls "$VMM_STATE_DIR/clones"; }
+for d in "$VMM_STATE_DIR"/run/*; do "$vmm" stop --timeout 0 "$(basename "$d")" >/dev/null 2>&1; done
+
 # Bad usage.
 "$vmm" run --kernel "$guest" --count 3 >"$work/e" 2>&1; [ $? = 2 ] && grep -q "count needs --clone-of" "$work/e" && ok "--count without --clone-of" || { bad "--count alone"; cat "$work/e"; }
 "$vmm" run --clone-of idt --detach >"$work/e" 2>&1; [ $? = 2 ] && grep -q "detach needs --count" "$work/e" && ok "--detach without --count" || { bad "--detach alone"; cat "$work/e"; }

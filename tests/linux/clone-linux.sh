@@ -12,6 +12,8 @@
 #     name, hostname and ip as given, id and generation its own;
 #   - a marker it writes raw to /dev/vda is on its disk only: not on the others' (checked in the
 #     guest and in the qcow2 overlays), not in the template's disk;
+#   - its clock (date +%s) is the host's within 1 s, although the template was saved earlier
+#     (kvmclock stepped with KVM_CLOCK_REALTIME at the restore);
 #   - it powers off and vmm exits 0.
 # usage: clone-linux.sh [CLONES]   (default 5)
 n=${1:-5}
@@ -77,6 +79,16 @@ while [ $i -lt "$n" ]; do
     clean "$out" | sed -n 's/^rand: //p' | head -1 >>"$work/rands"
   else
     bad "$c does not answer on its console"
+  fi
+  # The guest's wall clock against L1's, read before the command is sent and after its answer.
+  h0=$(date +%s)
+  echo 'echo "clock: $(date +%s)"' >&3
+  if wait_for "$out" '^clock: [0-9]+$' 30; then
+    h1=$(date +%s) g=$(clean "$out" | sed -n 's/^clock: //p' | head -1)
+    if [ "$g" -ge $((h0 - 1)) ] && [ "$g" -le $((h1 + 1)) ]; then ok "$c: clock $g within 1 s of the host's ($h0..$h1)"; else
+      bad "$c: clock $g, host $h0..$h1"; fi
+  else
+    bad "$c: no clock answer"
   fi
   echo 'echo "vmfork: $(dmesg | grep -c "crng reseeded due to virtual machine fork") vmgenid: $(ls /sys/bus/acpi/drivers/vmgenid 2>/dev/null | grep -c :)"' >&3
   echo 'tr -d "\000" </sys/firmware/qemu_fw_cfg/by_name/opt/vmm/identity/raw | sed "s/^/ident: /"; echo "ident: end"' >&3

@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -122,7 +124,14 @@ class Server final : public HttpServer {
       error = path + ": chmod: " + std::strerror(errno);
       return false;
     }
-    listener_ = std::thread([this] { svr_.listen_after_bind(); });
+    listener_ = std::thread([this] {
+      svr_.listen_after_bind();
+      listen_ended_ = true;
+    });
+    // httplib's stop() does nothing until the listener has marked itself running: a server
+    // destroyed before that (a VM that ends right after it started) would wait forever for a
+    // listener blocked in accept(). Return only once stop() can reach it.
+    while (!svr_.is_running() && !listen_ended_) std::this_thread::sleep_for(std::chrono::microseconds(50));
     return true;
   }
 
@@ -138,6 +147,7 @@ class Server final : public HttpServer {
   std::thread listener_;
   std::string path_;
   int listen_fd_ = -1;
+  std::atomic<bool> listen_ended_{false};
 };
 
 HttpServer* serve(const std::string& path, HttpHandler handler, std::string& error) {

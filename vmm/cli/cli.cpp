@@ -117,6 +117,8 @@ int main(int argc, char** argv) {
   run->add_option("--count", fleet_count, "Start a fleet of N clones, one process each, named NAME-1..NAME-N "
                                           "(NAME: --name, default the template's)")->check(CLI::Range(1, 100000));
   run->add_flag("--detach", detach, "With --count: return once every clone runs");
+  std::string pool_socket;
+  run->add_option("--pool", pool_socket, "Take the clone from the warm pool serving this socket (see vmm pool)");
   run->add_option("--api-socket", api_socket, "Where the VM serves its control API (default: STATE_DIR/run/NAME/api.sock)");
   run->add_flag("--full", clone.full, "A full clone: its own copy of memory and disks, independent of the template");
   run->add_option("--hostname", clone.hostname, "Hostname the clone's identity channel carries");
@@ -148,6 +150,18 @@ int main(int argc, char** argv) {
   for (auto* c : {tls, tinspect, trm, tverify}) c->add_option("--state-dir", tstate_dir, "The state directory");
 
   DiskCommand disk(app);
+
+  // A warm pool of clones.
+  auto* pool = app.add_subcommand("pool", "Keep clones of a template ready to start, and hand them out on request");
+  CloneOptions pool_opts;
+  unsigned pool_size = 4;
+  std::string pool_state_dir, pool_kvm = Kvm::default_device().string(), pool_console = "";
+  pool->add_option("TEMPLATE", pool_opts.template_name, "Template name or path")->required();
+  pool->add_option("--size", pool_size, "Clones kept ready")->capture_default_str()->check(CLI::Range(1, 10000));
+  pool->add_option("--name", pool_opts.name, "The pool's name in the state directory (default pool-TEMPLATE)");
+  pool->add_option("--api-socket", pool_opts.api_socket, "Where the pool serves POST /clones (default STATE/run/NAME/api.sock)");
+  pool->add_option("--state-dir", pool_state_dir, "The state directory");
+  pool->add_option("--kvm-device", pool_kvm, "KVM device node")->capture_default_str();
 
   // Running VMs, over their API.
   VmCommand vmc;
@@ -219,6 +233,15 @@ int main(int argc, char** argv) {
       clone.nets = run_args.opts.nets;
       clone.kvm_device = run_args.opts.kvm_device;
       clone.api_socket = api_socket;
+      if (!pool_socket.empty()) {
+        for (const char* opt : {"--count", "--full", "--name", "--console", "--net", "--api-socket", "--detach"}) {
+          if (run->get_option(opt)->count()) {
+            print_error(fmt::format("{} cannot be given with --pool: the pool made the clone ready", opt));
+            return exit_code::kUsage;
+          }
+        }
+        return run_from_pool(pool_socket, clone);
+      }
       if (fleet_count > 0) {
         if (!api_socket.empty()) {
           print_error("--api-socket cannot be given with --count: each clone has its own under the state directory");
@@ -232,7 +255,7 @@ int main(int argc, char** argv) {
       }
       return run_clone(clone);
     }
-    for (const char* o : {"--full", "--hostname", "--ip", "--count", "--detach"}) {
+    for (const char* o : {"--full", "--hostname", "--ip", "--count", "--detach", "--pool"}) {
       if (run->get_option(o)->count()) {
         print_error(fmt::format("{} needs --clone-of", o));
         return exit_code::kUsage;
@@ -265,6 +288,12 @@ int main(int argc, char** argv) {
   if (trm->parsed()) return template_rm(tstate_dir, target, force);
   if (tverify->parsed()) return template_verify(tstate_dir, target);
   if (disk.parsed()) return disk.run();
+  if (pool->parsed()) {
+    pool_opts.state_dir = pool_state_dir;
+    pool_opts.kvm_device = pool_kvm;
+    pool_opts.started = clone.started;
+    return run_pool(pool_opts, pool_size);
+  }
   for (auto* c : vm_verbs) {
     if (c->parsed()) {
       vmc.verb = c->get_name();

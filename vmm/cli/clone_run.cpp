@@ -59,49 +59,42 @@ std::optional<CliFailure> open_template(const CloneOptions& o, OpenTemplate& t) 
   return std::nullopt;
 }
 
-int start_clone(OpenTemplate& t, const CloneOptions& o, const std::string& name, bool inherited,
-                const std::function<void(const std::string&)>& started) {
+std::expected<std::unique_ptr<PreparedClone>, CliFailure> prepare_clone(OpenTemplate& t, const CloneOptions& o,
+                                                                        const std::string& name, bool inherited) {
+  auto bad = [](int status, std::string message) { return std::unexpected(CliFailure{status, std::move(message)}); };
   const fs::path& sdir = t.sdir;
   const auto* tdir = &t.tdir;
   const auto* manifest = &t.manifest;
   const auto* shape = &t.shape;
-  const std::string& state_path = t.state_path;
-  if (!clone::valid_name(name)) return report_error(exit_code::kUsage, fmt::format("--name '{}': use letters, digits, '.', '_' and '-'", name));
+  if (!clone::valid_name(name)) return bad(exit_code::kUsage, fmt::format("--name '{}': use letters, digits, '.', '_' and '-'", name));
+  auto c = std::make_unique<PreparedClone>();
+  c->name = name;
   const fs::path cdir = sdir / "clones" / name;
   std::error_code ec;
   fs::create_directories(cdir.parent_path(), ec);
-  if (ec) return report_error(exit_code::kVmmError, fmt::format("{}: cannot create: {}", cdir.parent_path().string(), ec.message()));
+  if (ec) return bad(exit_code::kVmmError, fmt::format("{}: cannot create: {}", cdir.parent_path().string(), ec.message()));
   if (!fs::create_directory(cdir, ec)) {
-    return report_error(ec ? exit_code::kVmmError : exit_code::kUsage,
-                 ec ? fmt::format("{}: cannot create: {}", cdir.string(), ec.message())
-                    : fmt::format("a clone named '{}' already exists ({})", name, cdir.string()));
+    return bad(ec ? exit_code::kVmmError : exit_code::kUsage,
+               ec ? fmt::format("{}: cannot create: {}", cdir.string(), ec.message())
+                  : fmt::format("a clone named '{}' already exists ({})", name, cdir.string()));
   }
   // A clone that fails to start leaves nothing behind (its name stays free, the template has no
   // dependant); one that ran keeps its directory (its disks hold what it wrote).
-  struct Discard {
-    fs::path dir;
-    bool keep = false;
-    ~Discard() {
-      std::error_code e;
-      if (!keep) fs::remove_all(dir, e);
-    }
-  } discard{cdir};
+  c->dir = cdir;
   fs::create_directory(cdir / "disk", ec);
-  auto control = api::ControlPlane::create(sdir, name, o.api_socket);
-  if (!control) return report_error(exit_code::kUsage, control.error().message());
 
   // Memory: the template's file mapped copy-on-write (once per template: inherited by a fleet's
   // clones, which adopt the launcher's mapping), or for a full clone its own copy.
   std::optional<GuestMemory> memory;
   if (o.full) {
     const fs::path copy = cdir / clone::kMemoryFile;
-    if (auto r = clone::copy_sparse(*tdir / manifest->memory_file.name, copy); !r) return report_error(exit_code::kVmmError, r.error().message());
+    if (auto r = clone::copy_sparse(*tdir / manifest->memory_file.name, copy); !r) return bad(exit_code::kVmmError, r.error().message());
     auto m = clone::map_memory_file(copy, manifest->memory);
-    if (!m) return report_error(exit_code::kImage, m.error().message());
+    if (!m) return bad(exit_code::kImage, m.error().message());
     memory.emplace(std::move(*m));
   } else if (inherited) {
     auto m = GuestMemory::from_mapping(Mapping::adopt(t.memory->regions().front().host, t.memory->size()));
-    if (!m) return report_error(exit_code::kVmmError, m.error().message());
+    if (!m) return bad(exit_code::kVmmError, m.error().message());
     memory.emplace(std::move(*m));
   } else {
     memory.emplace(std::move(*t.memory));
@@ -110,82 +103,110 @@ int start_clone(OpenTemplate& t, const CloneOptions& o, const std::string& name,
 
   // Disks: an overlay on each template disk (linked), or a copy of it (full; template disks have no
   // backing file, so a copy is already flat).
-  std::vector<DiskSpec> disks;
   for (size_t i = 0; i < manifest->disks.size(); ++i) {
     const auto& d = manifest->disks[i];
     if (o.full) {
       const fs::path copy = cdir / "disk" / fmt::format("disk{}.{}", i, d.format == "qcow2" ? "qcow2" : "img");
-      if (auto r = clone::copy_sparse(*tdir / d.file.name, copy); !r) return report_error(exit_code::kImage, r.error().message());
+      if (auto r = clone::copy_sparse(*tdir / d.file.name, copy); !r) return bad(exit_code::kImage, r.error().message());
       fs::permissions(copy, fs::perms::owner_read | fs::perms::owner_write, ec);
-      disks.push_back(DiskSpec{.path = copy, .read_only = d.read_only, .id = d.id});
+      c->disks.push_back(DiskSpec{.path = copy, .read_only = d.read_only, .id = d.id});
       continue;
     }
     const fs::path overlay = cdir / "disk" / fmt::format("disk{}.qcow2", i);
     auto r = disk::Qcow2::create(overlay, disk::Qcow2CreateOptions{.size = 0, .cluster_bits = 16,
                                                                    .backing = (*tdir / d.file.name).string(),
                                                                    .backing_format = d.format});
-    if (!r) return report_error(exit_code::kImage, r.error().message());
-    disks.push_back(DiskSpec{.path = overlay, .read_only = d.read_only, .id = d.id});
+    if (!r) return bad(exit_code::kImage, r.error().message());
+    c->disks.push_back(DiskSpec{.path = overlay, .read_only = d.read_only, .id = d.id});
   }
-  std::vector<NetSpec> nets = o.nets;
-  if (nets.empty()) {
-    for (const auto& n : manifest->nets) nets.push_back(NetSpec{.tap = n.tap, .mac = {}});
+  c->nets = o.nets;
+  if (c->nets.empty()) {
+    for (const auto& n : manifest->nets) c->nets.push_back(NetSpec{.tap = n.tap, .mac = {}});
   }
-  for (auto& n : nets) {
+  for (auto& n : c->nets) {
     if (n.mac.empty()) {
       auto mac = random_mac();
-      if (!mac) return report_error(exit_code::kVmmError, mac.error().message());
+      if (!mac) return bad(exit_code::kVmmError, mac.error().message());
       n.mac = devices::virtio::format_mac(*mac);
     }
   }
-  devices::ConsoleSpec console = o.console;
-  if (!o.console_given) console = devices::ConsoleSpec{.kind = devices::ConsoleSpec::Kind::File, .path = (cdir / "console.log").string()};
-  auto devs = open_devices(console, disks, nets);
-  if (!devs) return report_failure(devs.error());
-
-  {
-    std::ofstream rec(cdir / "clone.json");
-    rec << clone::clone_json(clone::CloneRecord{.name = name, .template_dir = o.full ? "" : tdir->string(), .full = o.full,
-                                                .pid = ::getpid(), .created = clone::utc_now()});
-  }
+  c->console = o.console;
+  if (!o.console_given) c->console = devices::ConsoleSpec{.kind = devices::ConsoleSpec::Kind::File, .path = (cdir / "console.log").string()};
+  auto devs = open_devices(c->console, c->disks, c->nets);
+  if (!devs) return std::unexpected(devs.error());
 
   auto kvm = Kvm::open(o.kvm_device);
-  if (!kvm) return report_error(exit_code::kKvm, kvm.error().message());
+  if (!kvm) return bad(exit_code::kKvm, kvm.error().message());
+  c->kvm = std::make_unique<Kvm>(std::move(*kvm));
   // Identity: a new id, generation and MACs; the guest reads them through fw_cfg.
-  clone::Identity identity = clone::new_identity(name);
-  for (const auto& n : nets) identity.macs.push_back(n.mac);
-  identity.hostname = o.hostname;
-  identity.ip = o.ip;
-  const auto identity_kv = clone::identity_pairs(identity);
+  c->identity = clone::new_identity(name);
+  for (const auto& n : c->nets) c->identity.macs.push_back(n.mac);
+  c->identity.hostname = o.hostname;
+  c->identity.ip = o.ip;
 
-  auto machine = Machine::create(*kvm, std::move(*memory),
+  auto machine = Machine::create(*c->kvm, std::move(*memory),
                                  VmConfig{.vcpus = shape->vcpus, .cpu_template = shape->cpu_template, .cpuid = shape->cpuid},
                                  PlatformConfig{.console = std::move(devs->console), .disks = std::move(devs->disks),
-                                                .nets = std::move(devs->nets), .loop = nullptr, .identity = identity_kv,
-                                                .console_tap = {}},
+                                                .nets = std::move(devs->nets), .loop = nullptr,
+                                                .identity = clone::identity_pairs(c->identity), .console_tap = {}},
                                  std::move(devs->loop));
-  if (!machine) return report_error(exit_code::kVmmError, machine.error().message());
-  Machine& m = **machine;
+  if (!machine) return bad(exit_code::kVmmError, machine.error().message());
+  c->machine = std::move(*machine);
+  Machine& m = *c->machine;
   auto khz = m.vm().vcpu(0).tsc_khz();
-  if (!khz) return report_error(exit_code::kVmmError, khz.error().message());
-  if (auto r = clone::check_cpu(*kvm, *shape, *khz, state_path); !r) return report_error(exit_code::kImage, r.error().message());
-  if (auto r = clone::restore(m, t.state, state_path, /*clock_to_now=*/true); !r) return report_error(exit_code::kImage, r.error().message());
-  // The new generation ID, then the notification, before the vCPUs run: Linux reseeds its RNG.
-  if (auto r = m.platform().vmgenid().set(identity.generation); !r) return report_error(exit_code::kVmmError, r.error().message());
+  if (!khz) return bad(exit_code::kVmmError, khz.error().message());
+  if (auto r = clone::check_cpu(*c->kvm, *shape, *khz, t.state_path); !r) return bad(exit_code::kImage, r.error().message());
+  // Restored now; the clock is stepped when the clone starts (launch_clone), which for a pool's
+  // clone is later.
+  if (auto r = clone::restore(m, t.state, t.state_path, /*clock_to_now=*/false); !r) return bad(exit_code::kImage, r.error().message());
+  return c;
+}
+
+PreparedClone::~PreparedClone() {
+  machine.reset();
+  std::error_code e;
+  if (!keep && !dir.empty()) fs::remove_all(dir, e);
+}
+
+int launch_clone(OpenTemplate& t, const CloneOptions& o, PreparedClone& c, const std::function<void(const std::string&)>& started) {
+  Machine& m = *c.machine;
+  auto control = api::ControlPlane::create(t.sdir, c.name, o.api_socket);
+  if (!control) return report_error(exit_code::kUsage, control.error().message());
+  {
+    std::ofstream rec(c.dir / "clone.json");
+    rec << clone::clone_json(clone::CloneRecord{.name = c.name, .template_dir = o.full ? "" : t.tdir.string(), .full = o.full,
+                                                .pid = ::getpid(), .created = clone::utc_now()});
+  }
+  // Who it is (a pool's clone learns its hostname and IP only now), then the new generation ID and
+  // its notification and the clock, before the vCPUs run: Linux reseeds its RNG.
+  c.identity.hostname = o.hostname;
+  c.identity.ip = o.ip;
+  if (auto r = m.platform().set_identity(clone::identity_pairs(c.identity)); !r) return report_error(exit_code::kVmmError, r.error().message());
+  if (auto r = m.platform().vmgenid().set(c.identity.generation); !r) return report_error(exit_code::kVmmError, r.error().message());
   m.platform().vmgenid().notify();
+  if (auto r = clone::step_clock(m, t.state, t.state_path); !r) return report_error(exit_code::kImage, r.error().message());
   const auto ready = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - o.started);
-  discard.keep = true;
+  c.keep = true;
   auto live = std::make_shared<LiveVm>(LiveVm{
-      .state_dir = sdir, .kvm_device = o.kvm_device, .name = name, .template_name = manifest->name,
-      .template_dir = o.full ? std::string() : tdir->string(), .cpu_template = shape->cpu_template,
-      .config = config_json(manifest->memory, manifest->vcpus, manifest->cpu_template, disks, nets, console),
-      .kernel = manifest->kernel, .cmdline = manifest->cmdline, .machine = &m, .control = control->get()});
-  (*control)->start(m, api::VmInfo{.id = identity.id, .name = name, .kind = "clone", .template_name = manifest->name,
-                                   .template_dir = tdir->string(), .parent = {}, .generation = clone::generation_hex(identity),
+      .state_dir = t.sdir, .kvm_device = o.kvm_device, .name = c.name, .template_name = t.manifest.name,
+      .template_dir = o.full ? std::string() : t.tdir.string(), .cpu_template = t.shape.cpu_template,
+      .config = config_json(t.manifest.memory, t.manifest.vcpus, t.manifest.cpu_template, c.disks, c.nets, c.console),
+      .kernel = t.manifest.kernel, .cmdline = t.manifest.cmdline, .machine = &m, .control = control->get()});
+  (*control)->start(m, api::VmInfo{.id = c.identity.id, .name = c.name, .kind = "clone", .template_name = t.manifest.name,
+                                   .template_dir = t.tdir.string(), .parent = {}, .generation = clone::generation_hex(c.identity),
                                    .config = live->config, .api_socket = {}},
                     live_operations(live));
   started(fmt::format("{:.2f}", ready.count()));
-  return stop_status(m.run());
+  const StopInfo stop = m.run();
+  control->reset();  // the API (whose requests use the machine) ends before the machine does
+  return stop_status(stop);
+}
+
+int start_clone(OpenTemplate& t, const CloneOptions& o, const std::string& name, bool inherited,
+                const std::function<void(const std::string&)>& started) {
+  auto c = prepare_clone(t, o, name, inherited);
+  if (!c) return report_failure(c.error());
+  return launch_clone(t, o, **c, started);
 }
 
 int run_clone(const CloneOptions& o) {

@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -50,6 +51,12 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
     return report_error(exit_code::kUsage, "--console stdio cannot be shared by a fleet: each clone writes its console.log");
   }
   const std::string prefix = o.name.empty() ? t.manifest.name : o.name;
+  // The launcher holds a pipe per clone until it reports: raise the soft limit on open files to
+  // the hard one, so that a thousand clones do not need the user's ulimit changed.
+  if (rlimit nofile{}; ::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+    nofile.rlim_cur = nofile.rlim_max;
+    (void)::setrlimit(RLIMIT_NOFILE, &nofile);
+  }
   // The children inherit the plugin instead of loading it each (a missing plugin is only a warning).
   (void)api::http_plugin();
   // The launcher is the one to stop them all: its signals are handled here, not by a VM.

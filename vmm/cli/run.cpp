@@ -180,7 +180,9 @@ int run_vm(const RunOptions& options) {
                                            .template_dir = {}, .parent = {}, .generation = clone::generation_hex(identity),
                                            .config = live->config, .api_socket = {}},
                     live_operations(live));
-  return exit_status((*machine)->run());
+  const StopInfo stop = (*machine)->run();
+  control->reset();  // the API (whose requests use the machine) ends before the machine does
+  return exit_status(stop);
 }
 
 int stop_status(const StopInfo& stop) { return exit_status(stop); }

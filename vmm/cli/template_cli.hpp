@@ -44,6 +44,10 @@ Result<std::filesystem::path> template_path(const std::string& state_dir, const 
 /// The end of writing a template in `tmp`: sums its disks into `m`, writes manifest.json, makes
 /// every file read-only and renames `tmp` to `dest`.
 Result<> seal_template(const std::filesystem::path& tmp, const std::filesystem::path& dest, clone::Manifest& m);
+/// `vmm pool TEMPLATE --size K` (vmm/cli/pool.cpp): serves until SIGINT/SIGTERM.
+int run_pool(const CloneOptions& options, unsigned size);
+/// `vmm run --clone-of T --pool SOCKET`: a clone from the pool at SOCKET.
+int run_from_pool(const std::string& socket, const CloneOptions& options);
 /// `vmm run --clone-of T --count N [--detach]` (vmm/cli/fleet.cpp).
 int run_fleet(const CloneOptions& options, unsigned count, bool detach);
 
@@ -59,6 +63,28 @@ struct OpenTemplate {
 };
 /// Opens and checks the template of `options` (nothing is created); a failure to report.
 std::optional<CliFailure> open_template(const CloneOptions& options, OpenTemplate& t);
+/// A clone made ready to start: its directory, overlays and devices, its KVM VM built over the
+/// template's memory and restored (all but the clock), its identity drawn. Destroying it without
+/// launching removes the directory.
+struct PreparedClone {
+  std::string name;
+  std::filesystem::path dir;
+  std::vector<DiskSpec> disks;
+  std::vector<NetSpec> nets;
+  devices::ConsoleSpec console;
+  clone::Identity identity;
+  std::unique_ptr<Kvm> kvm;
+  std::unique_ptr<Machine> machine;
+  bool keep = false;
+  ~PreparedClone();
+};
+std::expected<std::unique_ptr<PreparedClone>, CliFailure> prepare_clone(OpenTemplate& t, const CloneOptions& options,
+                                                                        const std::string& name, bool inherited);
+/// Registers the prepared clone under its name, gives it hostname and IP from `options`, a new
+/// generation (notified) and the present time, starts its API and runs it until its guest stops.
+int launch_clone(OpenTemplate& t, const CloneOptions& options, PreparedClone& clone,
+                 const std::function<void(const std::string&)>& started);
+/// prepare_clone + launch_clone.
 /// Starts the clone `name` of `t` and runs it until its guest stops; returns the exit status.
 /// `inherited`: the memory mapping belongs to a launcher this process was forked from (adopted,
 /// not moved). `started(ms)` is called once it is about to run.

@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# Fleet benchmark: live fork, fleets (`vmm run --clone-of T --count N`) and the memory of many idle
+# clones, against QEMU 7.2 restoring the same test guest with -incoming (x-ignore-shared over a
+# share=off RAM file, as in clone.sh) in the same run.
+#
+# Rows (median and min–max of RUNS unless said otherwise):
+#   fork: a booted test guest (`dirty N`: N MiB written before the fork) forked through
+#     PUT /vm/fork {"count": 1}: how long the parent was paused (the API's paused_ms: quiesce,
+#     capture, fork(), resume), and request -> response, which comes once the child reported that it
+#     runs (its VM built over the inherited RAM, state restored, about to enter KVM_RUN). 256 MiB,
+#     1 GiB and 4 GiB. QEMU has no live fork: no peer.
+#   fleet: `--count N --detach` of the 256 MiB counter template: clones/s over the whole fleet and
+#     per hundred (from the time each clone's line reached the launcher's stdout), and the clones'
+#     own start times (fork -> about to run, as each reports). Peer: QEMU -incoming of the same
+#     guest, IDLE of them one after another, exec -> first output.
+#   memory: N idle clones of the fleet: MemAvailable before and after (host memory per clone, KVM's
+#     kernel memory included), and each process's Private_Clean + Private_Dirty (smaps_rollup).
+#     QEMU: IDLE clones the same way.
+#   pool request -> first output: not implemented yet (issue 9 §4).
+#
+# usage: scripts/bench/fleet.sh [RUNS]      (default 5)
+# env:   FLEET (1000)  IDLE (20)  VMM_BENCH_DIR (/var/tmp/vmm-bench)  VMM_BUILD_DIR (build/)
+# Needs a usable /dev/kvm; without one it says so and exits 0.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+runs=${1:-${RUNS:-5}}
+if [[ ! -r /dev/kvm || ! -w /dev/kvm ]]; then
+  echo "fleet.sh: no usable /dev/kvm here; this benchmark needs the direct lane. Skipped."
+  exit 0
+fi
+dir=${VMM_BUILD_DIR:-$root/build}
+[[ -x "$dir/vmm/vmm" && -f "$dir/guest-images/testguest.elf" ]] || dir=$("$root/scripts/build.sh" release)
+command -v qemu-system-x86_64 >/dev/null || "$root/scripts/setup.sh"
+
+base_dir=${VMM_BENCH_DIR:-/var/tmp/vmm-bench}
+mkdir -p "$base_dir"
+work=$(mktemp -d "$base_dir/fleet.XXXXXX")
+cleanup() {
+  for f in "$work"/state/run/*/vm.json; do
+    [[ -f $f ]] && kill -9 "$(sed -n 's/.*"pid":\([0-9]*\).*/\1/p' "$f")" 2>/dev/null
+  done
+  chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"; rmdir "$base_dir" 2>/dev/null || true
+}
+trap cleanup EXIT
+cp "$dir/vmm/vmm" "$dir/vmm/vmm-http.so" "$dir/guest-images/testguest.elf" "$work/"
+
+VMM_BENCH_LIB="$root/scripts/bench" python3 - "$runs" "$work" "${FLEET:-1000}" "${IDLE:-20}" \
+  "$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)" <<'PY'
+import json, os, socket, subprocess, sys, time
+sys.path.insert(0, os.environ["VMM_BENCH_LIB"])
+import benchlib
+from benchlib import log, wait_for, finish, qemu_template, qemu_start, smaps, med, spread, row, header
+
+runs, work, nfleet, nidle, rev = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+vmm, guest = f"{work}/vmm", f"{work}/testguest.elf"
+state = f"{work}/state"
+os.environ["VMM_STATE_DIR"] = state
+benchlib.configure(work, vmm, guest, "fleet.sh")
+
+def api(sock, method, path, body=None, timeout=60):
+    """One HTTP/1.1 request on a Unix socket; returns (status, parsed JSON or None)."""
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(timeout)
+    s.connect(sock)
+    data = json.dumps(body).encode() if body is not None else b""
+    s.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+              f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    buf = b""
+    while chunk := s.recv(65536):
+        buf += chunk
+    s.close()
+    head, _, payload = buf.partition(b"\r\n\r\n")
+    status = int(head.split()[1])
+    return status, (json.loads(payload) if payload.strip() else None)
+
+def sock_of(name):
+    return f"{state}/run/{name}/api.sock"
+
+def wait_socket(name, timeout=30):
+    deadline = time.perf_counter() + timeout
+    while not os.path.exists(sock_of(name)):
+        if time.perf_counter() > deadline:
+            sys.exit(f"fleet.sh: {name}: no API socket after {timeout} s")
+        time.sleep(0.005)
+
+def meminfo(key="MemAvailable"):
+    for line in open("/proc/meminfo"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+
+def stop_all():
+    for n in os.listdir(f"{state}/run") if os.path.isdir(f"{state}/run") else []:
+        try:
+            api(sock_of(n), "PUT", "/vm/stop", {"timeout_s": 0}, timeout=5)
+        except OSError:
+            pass
+    deadline = time.perf_counter() + 120
+    while os.path.isdir(f"{state}/run") and os.listdir(f"{state}/run") and time.perf_counter() < deadline:
+        time.sleep(0.05)
+
+load0 = open("/proc/loadavg").read().split()[:3]
+
+# ---- live fork ------------------------------------------------------------------------------------
+fork = {}
+for mem, dirty in (("256M", 128), ("1G", 512), ("4G", 1024)):
+    name = f"f{mem}"
+    log(f"fork at {mem} (guest dirtied {dirty} MiB), {runs} runs")
+    p = subprocess.Popen([vmm, "run", "--kernel", guest, "--cmdline", f"dirty {dirty}", "--memory", mem, "--name", name,
+                          "--console", "stdio"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    wait_for(p, b"dirty: ready", 600)
+    wait_socket(name)
+    paused, response = [], []
+    for i in range(runs + 1):
+        t0 = time.perf_counter()
+        st, r = api(sock_of(name), "PUT", "/vm/fork", {"count": 1})
+        t1 = time.perf_counter()
+        if st != 200 or "error" in r["children"][0]:
+            sys.exit(f"fleet.sh: fork failed: {st} {r}")
+        if i:  # the first is a warm-up
+            paused.append(r["paused_ms"]); response.append((t1 - t0) * 1e3)
+        api(sock_of(r["children"][0]["name"]), "PUT", "/vm/stop", {"timeout_s": 0})
+        time.sleep(0.05)
+    fork[mem] = (paused, response)
+    finish(p)
+
+# ---- a fleet --------------------------------------------------------------------------------------
+log("templates: ours and QEMU's (256 MiB counter guest)")
+subprocess.run([vmm, "template", "create", "ctr", "--kernel", guest, "--cmdline", "counter", "--ready-on", "counter: ready",
+                "--console", "none"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+qemu_template(f"{work}/qctr", "256M", "counter", "counter: ready")
+
+log(f"fleet of {nfleet} clones")
+avail0 = meminfo()
+t0 = time.perf_counter()
+p = subprocess.Popen([vmm, "run", "--clone-of", "ctr", "--count", str(nfleet), "--name", "web", "--detach"],
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+stamps, starts = [], []
+for line in p.stdout:
+    stamps.append(time.perf_counter() - t0)
+    f = line.split()
+    if len(f) == 4 and f[3] == b"ms":
+        starts.append(float(f[2]))
+p.wait()
+total = time.perf_counter() - t0
+if len(starts) != nfleet:
+    sys.exit(f"fleet.sh: {len(starts)} of {nfleet} clones started: {p.stderr.read()[-500:]!r}")
+per_hundred = [100 / (stamps[min(i + 99, nfleet - 1)] - (stamps[i - 1] if i else 0)) for i in range(0, nfleet, 100)]
+time.sleep(1.0)
+avail1 = meminfo()
+pids = []
+for n in os.listdir(f"{state}/run"):
+    pids.append(json.load(open(f"{state}/run/{n}/vm.json"))["pid"])
+private_ours = [smaps(pid)["private"] for pid in pids]
+answering = sum(1 for n in os.listdir(f"{state}/run") if api(sock_of(n), "GET", "/vm", timeout=10)[0] == 200)
+stop_all()
+
+log(f"QEMU: {nidle} clones with -incoming, one after another, then idle")
+q_first, q_procs = [], []
+for i in range(nidle):
+    p, a, b = qemu_start(f"{work}/qctr", "256M", "counter", b"counter: value=", mode="shared")
+    q_first.append((b - a) * 1e3); q_procs.append(p)
+time.sleep(0.5)
+private_qemu = [smaps(p.pid)["private"] for p in q_procs]
+for p in q_procs:
+    finish(p)
+load1 = open("/proc/loadavg").read().split()[:3]
+
+# ==================================================================================================
+ver = subprocess.run(["qemu-system-x86_64", "--version"], stdout=subprocess.PIPE, text=True).stdout.splitlines()[0]
+print(f"fleet benchmark ({time.strftime('%Y-%m-%d')}, vmm {rev}, {ver.split('(')[0].strip()}); RUNS={runs}; FLEET={nfleet}; "
+      f"test guest, 1 vCPU; {os.cpu_count()} host CPUs; load average {' '.join(load0)} at start, {' '.join(load1)} at end")
+print("ratio: qemu / ours for times and memory, ours / qemu for rates (higher is better for ours)")
+print()
+print("live fork: PUT /vm/fork {\"count\": 1} (ms)")
+header()
+for mem in ("256M", "1G", "4G"):
+    row(f"{mem}: parent paused (quiesce, capture, fork, resume)", fork[mem][0], None, "ms", target="target <= 2 ms at 4 GiB")
+    row(f"{mem}: request -> child about to run (API response)", fork[mem][1], None, "ms", target="target <= 2 ms")
+print()
+print(f"fleet: vmm run --clone-of --count {nfleet} --detach (256 MiB counter template)")
+header()
+row(f"clones/s over the fleet ({total:.2f} s)", [nfleet / total], None, "clones/s", "{:.0f}", True, "target >= 2000/s (pool)")
+row("clones/s per hundred (first .. last hundred)", per_hundred, None, "clones/s", "{:.0f}", True)
+print(f"  {'  per hundred, in order':<58} {' '.join(f'{x:.0f}' for x in per_hundred)}")
+row("a clone's start (ours: fork -> about to run; qemu: exec -> first output)", starts, q_first, "ms")
+print()
+print(f"memory: {nfleet} idle clones (ours), {nidle} (qemu)")
+header()
+row("host MemAvailable drop per clone (KVM's kernel memory included)", [(avail0 - avail1) / nfleet], None, "KiB", "{:.0f}",
+    target=f"target: {nfleet} clones <= 2 GiB: {(avail0 - avail1) / 1024:.0f} MiB here")
+row("Private_Clean + Private_Dirty per process", private_ours, private_qemu, "KiB", "{:.0f}", target="target <= 512 KiB")
+print(f"  {'clones answering GET /vm before the stop':<58} {answering:>26}")
+print()
+print(f"  {'pool: request -> first output':<58} {'not implemented yet':>26}")
+PY

@@ -1,0 +1,304 @@
+// `vmm pool TEMPLATE --size K`: a warm pool. The pool process opens the template once (state, one
+// copy-on-write mapping of the memory file, the HTTP plugin) and keeps K member processes forked
+// from it, each with its clone prepared as far as it can be before anyone asks for it: directory,
+// overlays, console log, KVM VM over the inherited mapping, irqchip, vCPUs with their CPUID, the
+// whole state restored (prepare_clone). A member then waits on its socket. A request (POST /clones
+// on the pool's API socket, or `vmm run --clone-of T --pool SOCKET`) hands one out: it takes its
+// hostname and IP, registers under its name, gets a new generation (notified) and the present
+// time, starts its API and runs (launch_clone); the pool replaces it in the background. Clones
+// handed out live on when the pool stops; members not handed out are discarded with their
+// directories.
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "vmm/api/http.hpp"
+#include "vmm/api/registry.hpp"
+#include "vmm/api/service.hpp"
+#include "vmm/cli/exit_codes.hpp"
+#include "vmm/cli/template_cli.hpp"
+
+namespace vmm::cli {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+/// One line from `fd` (a SOCK_SEQPACKET message), waiting at most `timeout_ms`; empty on EOF or timeout.
+std::string receive(int fd, int timeout_ms) {
+  pollfd p{.fd = fd, .events = POLLIN, .revents = 0};
+  if (::poll(&p, 1, timeout_ms) <= 0) return {};
+  char buf[512];
+  const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+  return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
+}
+
+void send_text(int fd, const std::string& text) { (void)!::send(fd, text.data(), text.size(), MSG_NOSIGNAL); }
+
+/// A member's life after fork(): prepare, wait for the request, launch. Never returns.
+[[noreturn]] void run_member(OpenTemplate& t, CloneOptions o, const std::string& name, int fd) {
+  ::setsid();
+  // Nothing of the pool's but the template's mapping and this socket: its API socket, the other
+  // members' sockets and its clones' fds are not ours.
+  if (fd > 3) ::close_range(3, static_cast<unsigned>(fd - 1), 0);
+  ::close_range(static_cast<unsigned>(fd + 1), ~0u, 0);
+  const int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (null >= 0) ::dup2(null, 0);
+  auto c = prepare_clone(t, o, name, /*inherited=*/true);
+  if (!c) {
+    send_text(fd, "error " + c.error().message);
+    ::_exit(c.error().status);
+  }
+  send_text(fd, "ready");
+  // The request: {"hostname": ..., "ip": ...}, or the end of the pool (EOF: discard).
+  std::string request;
+  for (;;) {
+    char buf[4096];
+    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      c->reset();  // removes the prepared directory
+      ::_exit(0);
+    }
+    request.assign(buf, static_cast<size_t>(n));
+    break;
+  }
+  o.started = std::chrono::steady_clock::now();
+  auto j = json::parse(request, nullptr, false);
+  if (j.is_object()) {
+    o.hostname = j.value("hostname", "");
+    o.ip = j.value("ip", "");
+  }
+  const int status = launch_clone(t, o, **c, [&](const std::string& ms) {
+    send_text(fd, "ok " + ms);
+    ::close(fd);
+  });
+  ::_exit(status);
+}
+
+class Pool {
+ public:
+  Pool(OpenTemplate& t, const CloneOptions& o, std::string name, unsigned size) : t_(t), o_(o), name_(std::move(name)), size_(size) {}
+
+  void start() {
+    refill_ = std::thread([this] { refill(); });
+  }
+
+  void stop() {
+    {
+      std::lock_guard lock(mutex_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    refill_.join();
+    // Members not handed out: their socket's end tells them to discard themselves.
+    for (auto& m : ready_) {
+      ::close(m.fd);
+      ::waitpid(m.pid, nullptr, 0);
+    }
+    ready_.clear();
+  }
+
+  api::HttpResponse handle(const api::HttpRequest& r) {
+    if (r.path == "/clones") {
+      if (r.method != "POST") return method_not_allowed("POST", r);
+      return take(r.body);
+    }
+    if (r.path == "/pool" || r.path == "/vm") {
+      if (r.method != "GET") return method_not_allowed("GET", r);
+      std::lock_guard lock(mutex_);
+      json j{{"name", name_}, {"kind", "pool"}, {"state", "running"}, {"pid", ::getpid()},
+             {"template", {{"name", t_.manifest.name}, {"dir", t_.tdir.string()}}},
+             {"config", {{"memory_mib", t_.manifest.memory >> 20}, {"vcpus", t_.manifest.vcpus}}},
+             {"size", size_}, {"ready", ready_.size()}, {"handed_out", handed_out_}};
+      return {.status = 200, .body = j.dump(), .allow = {}};
+    }
+    return api::fault(404, "no such path: " + r.path);
+  }
+
+ private:
+  struct Member {
+    pid_t pid = -1;
+    int fd = -1;
+    std::string name;
+  };
+
+  static api::HttpResponse method_not_allowed(const std::string& allowed, const api::HttpRequest& r) {
+    auto f = api::fault(405, r.method + " is not allowed on " + r.path + " (use " + allowed + ")");
+    f.allow = allowed;
+    return f;
+  }
+
+  api::HttpResponse take(const std::string& body) {
+    json req = json::object();
+    if (body.find_first_not_of(" \t\r\n") != std::string::npos) {
+      req = json::parse(body, nullptr, false);
+      if (req.is_discarded() || !req.is_object()) return api::fault(400, "the body must be a JSON object");
+      for (const auto& [k, v] : req.items()) {
+        if (k != "hostname" && k != "ip") return api::fault(400, "unknown field '" + k + "'");
+        if (!v.is_string()) return api::fault(400, "'" + k + "' must be a string");
+      }
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    Member m;
+    {
+      std::unique_lock lock(mutex_);
+      if (!cv_.wait_for(lock, std::chrono::seconds(10), [&] { return !ready_.empty() || stopping_; }) || stopping_) {
+        return api::fault(503, "no clone ready in the pool (it refills as fast as it can)");
+      }
+      m = ready_.front();
+      ready_.pop_front();
+    }
+    cv_.notify_all();  // refill
+    send_text(m.fd, req.dump());
+    const std::string reply = receive(m.fd, 10000);
+    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    ::close(m.fd);
+    if (!reply.starts_with("ok ")) {
+      ::waitpid(m.pid, nullptr, 0);
+      return api::fault(500, fmt::format("clone {} did not start{}", m.name, reply.empty() ? "" : ": " + reply));
+    }
+    {
+      std::lock_guard lock(mutex_);
+      ++handed_out_;
+    }
+    json j{{"name", m.name}, {"pid", m.pid}, {"api_socket", (t_.sdir / "run" / m.name / "api.sock").string()}, {"request_ms", ms}};
+    return {.status = 201, .body = j.dump(), .allow = {}};
+  }
+
+  /// Keeps `size_` members ready (one prepared at a time), and reaps the clones that ended.
+  void refill() {
+    std::unique_lock lock(mutex_);
+    while (!stopping_) {
+      while (::waitpid(-1, nullptr, WNOHANG) > 0) {
+      }
+      if (ready_.size() >= size_) {
+        cv_.wait_for(lock, std::chrono::milliseconds(500));
+        continue;
+      }
+      lock.unlock();
+      auto m = spawn();
+      lock.lock();
+      if (m) {
+        ready_.push_back(*m);
+        cv_.notify_all();
+      } else if (!stopping_) {
+        cv_.wait_for(lock, std::chrono::seconds(1));  // a member that failed: do not spin
+      }
+    }
+  }
+
+  std::optional<Member> spawn() {
+    Member m;
+    m.name = fmt::format("{}-{}", t_.manifest.name, clone::random_hex(4));
+    int sv[2];
+    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+      fmt::print(stderr, "vmm: pool: socketpair: {}\n", errno_text(errno));
+      return std::nullopt;
+    }
+    m.pid = ::fork();
+    if (m.pid == 0) run_member(t_, o_, m.name, sv[1]);
+    ::close(sv[1]);
+    if (m.pid < 0) {
+      ::close(sv[0]);
+      return std::nullopt;
+    }
+    m.fd = sv[0];
+    const std::string said = receive(m.fd, 60000);
+    if (said != "ready") {
+      fmt::print(stderr, "vmm: pool: a member could not be prepared: {}\n", said.empty() ? "it ended" : said);
+      ::close(m.fd);
+      ::waitpid(m.pid, nullptr, 0);
+      return std::nullopt;
+    }
+    return m;
+  }
+
+  OpenTemplate& t_;
+  CloneOptions o_;
+  const std::string name_;
+  const unsigned size_;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::deque<Member> ready_;  // guarded by mutex_
+  unsigned handed_out_ = 0;   // guarded by mutex_
+  bool stopping_ = false;     // guarded by mutex_
+  std::thread refill_;
+};
+
+}  // namespace
+
+int run_pool(const CloneOptions& options, unsigned size) {
+  CloneOptions o = options;
+  if (o.full) return report_error(exit_code::kUsage, "--full cannot be given to a pool: its clones share the template's memory mapping");
+  OpenTemplate t;
+  if (auto f = open_template(o, t)) return report_failure(*f);
+  if (o.name.empty()) o.name = "pool-" + t.manifest.name;
+  if (!clone::valid_name(o.name)) return report_error(exit_code::kUsage, fmt::format("--name '{}': use letters, digits, '.', '_' and '-'", o.name));
+  if (rlimit nofile{}; ::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+    nofile.rlim_cur = nofile.rlim_max;
+    (void)::setrlimit(RLIMIT_NOFILE, &nofile);
+  }
+  auto reg = api::Registration::create(t.sdir, o.name, o.api_socket);
+  if (!reg) return report_error(exit_code::kUsage, reg.error().message());
+  // Members' clones must not register as the pool's name; each clone gets its own API socket.
+  CloneOptions member = o;
+  member.name.clear();
+  member.api_socket.clear();
+  Pool pool(t, member, o.name, size);
+  auto server = api::serve((*reg)->socket().string(), [&pool](const api::HttpRequest& r) { return pool.handle(r); });
+  if (!server) return report_error(exit_code::kVmmError, server.error().message());
+  pool.start();
+  fmt::print(stderr, "vmm: pool {} of {} ({} ready clones) serving {}\n", o.name, t.manifest.name, size, (*reg)->socket().string());
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  int sig = 0;
+  ::sigwait(&sigs, &sig);
+  fmt::print(stderr, "vmm: pool {}: stopping (clones handed out run on)\n", o.name);
+  server->reset();
+  pool.stop();
+  return exit_code::kOk;
+}
+
+int run_from_pool(const std::string& socket, const CloneOptions& o) {
+  // The pool must be one of this template.
+  auto info = api::call(socket, {.method = "GET", .path = "/pool", .body = {}}, 10);
+  if (!info) return report_error(exit_code::kVmmError, fmt::format("{}: {}", socket, info.error().message()));
+  auto pj = json::parse(info->body, nullptr, false);
+  if (info->status != 200 || !pj.is_object() || !pj.contains("template")) {
+    return report_error(exit_code::kUsage, fmt::format("{}: not a vmm pool", socket));
+  }
+  const std::string tname = pj["template"].value("name", ""), tdir = pj["template"].value("dir", "");
+  std::error_code ec;
+  if (o.template_name != tname && fs::weakly_canonical(o.template_name, ec) != fs::path(tdir)) {
+    return report_error(exit_code::kUsage, fmt::format("{}: a pool of template '{}', not '{}'", socket, tname, o.template_name));
+  }
+  json body = json::object();
+  if (!o.hostname.empty()) body["hostname"] = o.hostname;
+  if (!o.ip.empty()) body["ip"] = o.ip;
+  auto r = api::call(socket, {.method = "POST", .path = "/clones", .body = body.dump()}, 30);
+  if (!r) return report_error(exit_code::kVmmError, fmt::format("{}: {}", socket, r.error().message()));
+  auto j = json::parse(r->body, nullptr, false);
+  if (r->status != 201 || !j.is_object()) {
+    const std::string why = j.is_object() && j.contains("fault_message") ? j["fault_message"].get<std::string>() : r->body;
+    return report_error(r->status < 500 ? exit_code::kUsage : exit_code::kVmmError, fmt::format("{}: {}", socket, why));
+  }
+  fmt::print("{} {} {:.3f} ms\n", j.value("name", "?"), j.value("pid", 0), j.value("request_ms", 0.0));
+  return exit_code::kOk;
+}
+
+}  // namespace vmm::cli
