@@ -227,8 +227,43 @@ Result<> load_kernel_state(Machine& machine, const StateFile& state, std::string
 }
 }  // namespace
 
+/// Advances every vCPU's TSC by the real time elapsed since the state was saved (by the "kvm"
+/// section's KVM_CLOCK_REALTIME stamp), from its saved value. kvmclock alone is not enough: a guest
+/// whose clocksource is the TSC (Linux when it trusts it; the nested lane's L2) would otherwise
+/// run on from the template's time (found by clone-linux.sh: every clone's `date` was the
+/// template's). All vCPUs move by the same amount, so they stay in step.
+Result<> step_tsc(Machine& machine, const StateFile& state, std::string_view file) {
+  auto bytes = state.require("kvm", file);
+  if (!bytes) return std::unexpected(bytes.error());
+  ByteReader kr(*bytes, fmt::format("{}: section kvm", file));
+  auto k = kr.get_raw<VmKernelState>("kvm");
+  if (!k) return std::unexpected(k.error());
+  if (!(k->clock.flags & KVM_CLOCK_REALTIME)) return {};
+  timespec now{};
+  ::clock_gettime(CLOCK_REALTIME, &now);
+  const uint64_t now_ns = static_cast<uint64_t>(now.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(now.tv_nsec);
+  if (now_ns <= k->clock.realtime) return {};
+  const uint64_t elapsed_ns = now_ns - k->clock.realtime;
+  Vm& vm = machine.vm();
+  for (size_t i = 0; i < vm.vcpu_count(); ++i) {
+    auto vb = state.require(vcpu_id(i), file);
+    if (!vb) return std::unexpected(vb.error());
+    ByteReader r(*vb, fmt::format("{}: section {}", file, vcpu_id(i)));
+    auto s = get_vcpu(r);
+    if (!s) return std::unexpected(s.error());
+    auto tsc = std::ranges::find(s->msrs, kMsrTsc, &kvm_msr_entry::index);
+    if (tsc == s->msrs.end() || s->tsc_khz == 0) continue;
+    kvm_msr_entry e{};
+    e.index = kMsrTsc;
+    e.data = tsc->data + static_cast<uint64_t>(static_cast<unsigned __int128>(elapsed_ns) * s->tsc_khz / 1'000'000);
+    if (auto ok = vm.vcpu(i).set_msrs(std::span(&e, 1)); !ok) return std::unexpected(ok.error().context(file));
+  }
+  return {};
+}
+
 Result<> step_clock(Machine& machine, const StateFile& state, std::string_view file) {
-  return load_kernel_state(machine, state, file, /*clock_to_now=*/true);
+  if (auto r = load_kernel_state(machine, state, file, /*clock_to_now=*/true); !r) return r;
+  return step_tsc(machine, state, file);
 }
 
 Result<> restore(Machine& machine, const StateFile& state, std::string_view file, bool clock_to_now) {
@@ -275,6 +310,7 @@ Result<> restore(Machine& machine, const StateFile& state, std::string_view file
     }
     if (auto ok = vm.vcpu(i).restore(*s); !ok) return std::unexpected(ok.error().context(file));
   }
+  if (clock_to_now) return step_tsc(machine, state, file);
   return {};
 }
 

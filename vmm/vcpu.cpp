@@ -126,7 +126,7 @@ namespace {
 /// areas. Any other MSR the host refuses on restore is skipped.
 bool msr_matters(uint32_t index) {
   switch (index) {
-    case 0x10:        // IA32_TSC
+    case kMsrTsc:
     case 0x174: case 0x175: case 0x176:  // SYSENTER_CS/ESP/EIP
     case 0x1a0:       // IA32_MISC_ENABLE
     case 0x277:       // IA32_PAT

@@ -18,6 +18,9 @@
 namespace vmm {
 
 /// Everything KVM keeps about one vCPU (KVM API §4: KVM_GET_* / KVM_SET_* per piece).
+/// IA32_TSC: the guest's time stamp counter (a clone's is stepped by the time since its snapshot).
+inline constexpr uint32_t kMsrTsc = 0x10;
+
 struct VcpuState {
   kvm_regs regs{};
   kvm_sregs sregs{};

@@ -174,11 +174,11 @@ start_vm e --kernel "$guest" --cmdline echo
 exec 3>&-
 n=0
 while [ ! -S "$VMM_STATE_DIR/run/e/api.sock" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
-"$vmm" stop e --timeout 1 || bad "stop e"
+"$vmm" stop e --timeout 5 || bad "stop e"
 sleep 0.3
 [ -e "$VMM_STATE_DIR/run/e" ] && ok "a guest that ignores the button still runs right after vmm stop" || bad "e ended at once"
 n=0
-while [ -e "$VMM_STATE_DIR/run/e" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+while [ -e "$VMM_STATE_DIR/run/e" ] && [ $n -lt 150 ]; do sleep 0.1; n=$((n + 1)); done
 wait "$pid_e"; st=$?
 [ "$st" = 0 ] && [ ! -e "$VMM_STATE_DIR/run/e" ] && ! grep -q "power button" "$work/e.out" && ok "...and is stopped hard after the timeout" || bad "hard stop: status $st"
 

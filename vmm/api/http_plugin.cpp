@@ -104,26 +104,47 @@ class Server final : public HttpServer {
   }
 
   bool start(const std::string& path, std::string& error) {
-    if (path.size() >= sizeof(sockaddr_un::sun_path)) {
-      error = path + ": too long for a Unix socket path (" + std::to_string(sizeof(sockaddr_un::sun_path) - 1) + " bytes at most)";
+    if (path.size() + 4 >= sizeof(sockaddr_un::sun_path)) {
+      error = path + ": too long for a Unix socket path (" + std::to_string(sizeof(sockaddr_un::sun_path) - 5) + " bytes at most)";
       return false;
     }
-    if (!svr_.bind_to_port(path, 80)) {
+    // Something at the path: only a socket nobody listens on (left by a VM that was killed) is replaced.
+    if (struct stat st {}; ::lstat(path.c_str(), &st) == 0) {
+      if (!S_ISSOCK(st.st_mode)) {
+        error = path + ": exists and is not a socket";
+        return false;
+      }
+      const int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      sockaddr_un addr{};
+      addr.sun_family = AF_UNIX;
+      std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+      const bool live = probe >= 0 && ::connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+      if (probe >= 0) ::close(probe);
+      if (live) {
+        error = path + ": another server listens there";
+        return false;
+      }
+    }
+    // Bound under a temporary name, made 0600, then renamed into place: the socket never appears
+    // at its path with the umask's mode (the directory admits its owner only anyway).
+    const std::string tmp = path + ".tmp";
+    ::unlink(tmp.c_str());
+    if (!svr_.bind_to_port(tmp, 80)) {
       error = path + ": cannot listen: " + std::strerror(errno);
       return false;
     }
-    path_ = path;
     // httplib listens with a backlog of 5: the 6th client connecting at once would be refused
     // (EAGAIN on a Unix socket). Listening again only raises the backlog.
     if (::listen(listen_fd_, SOMAXCONN) != 0) {
       error = path + ": listen: " + std::strerror(errno);
       return false;
     }
-    // The directory it is in admits its owner only; the socket itself too.
-    if (::chmod(path.c_str(), 0600) != 0) {
-      error = path + ": chmod: " + std::strerror(errno);
+    if (::chmod(tmp.c_str(), 0600) != 0 || ::rename(tmp.c_str(), path.c_str()) != 0) {
+      error = path + ": " + std::strerror(errno);
+      ::unlink(tmp.c_str());
       return false;
     }
+    path_ = path;
     listener_ = std::thread([this] {
       svr_.listen_after_bind();
       listen_ended_ = true;

@@ -270,22 +270,10 @@ Result<> flatten(Machine& m, devices::virtio::Block& blk, const fs::path& out) {
 /// the template does not share (so nothing the VM does later reaches the template).
 Result<json> snapshot_vm(const std::shared_ptr<LiveVm>& vm, const json& request, const std::function<void()>& resume) {
   Machine& m = *vm->machine;
-  auto dest = template_path(vm->state_dir.string(), request["dir"].get<std::string>());
-  if (!dest) return std::unexpected(dest.error());
-  std::error_code ec;
-  if (fs::exists(*dest, ec)) return fail("{}: already exists", dest->string());
-  fs::create_directories(dest->parent_path(), ec);
-  const fs::path tmp = dest->parent_path() / fmt::format(".{}.tmp-{}", dest->filename().string(), ::getpid());
-  struct Cleanup {
-    fs::path dir;
-    bool keep = false;
-    ~Cleanup() {
-      std::error_code e;
-      if (!keep) fs::remove_all(dir, e);
-    }
-  } cleanup{tmp};
-  fs::create_directories(tmp / "disks", ec);
-  if (ec) return fail("{}: cannot create: {}", tmp.string(), ec.message());
+  auto draft = begin_template(vm->state_dir.string(), request["dir"].get<std::string>());
+  if (!draft) return fail("{}", draft.error().message);
+  const fs::path tmp = (*draft)->tmp;
+  const fs::path* dest = &(*draft)->dest;
 
   clone::Manifest man;
   auto state = clone::capture(m, vm->cpu_template);
@@ -314,8 +302,7 @@ Result<json> snapshot_vm(const std::shared_ptr<LiveVm>& vm, const json& request,
   man.kernel = vm->kernel;
   man.cmdline = vm->cmdline;
   for (const auto& n : vm->config.value("nets", json::array())) man.nets.push_back({.mac = n.value("mac", ""), .tap = n.value("tap", "")});
-  if (auto r = seal_template(tmp, *dest, man); !r) return std::unexpected(r.error());
-  cleanup.keep = true;
+  if (auto r = seal_template(**draft, man); !r) return std::unexpected(r.error());
   return json{{"template", dest->string()}, {"memory_bytes", mem->data_bytes}};
 }
 

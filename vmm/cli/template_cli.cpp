@@ -43,7 +43,31 @@ void make_read_only(const fs::path& dir) {
 
 }  // namespace
 
-Result<> seal_template(const fs::path& tmp, const fs::path& dest, clone::Manifest& m) {
+TemplateDraft::~TemplateDraft() {
+  std::error_code e;
+  if (!sealed && !tmp.empty()) fs::remove_all(tmp, e);
+}
+
+std::expected<std::unique_ptr<TemplateDraft>, CliFailure> begin_template(const std::string& state_dir, const std::string& dir) {
+  auto dest = template_path(state_dir, dir);
+  if (!dest) return std::unexpected(CliFailure{exit_code::kUsage, dest.error().message()});
+  std::error_code ec;
+  if (fs::exists(*dest, ec)) return std::unexpected(CliFailure{exit_code::kUsage, fmt::format("{}: already exists", dest->string())});
+  fs::create_directories(dest->parent_path(), ec);
+  if (ec) {
+    return std::unexpected(CliFailure{exit_code::kVmmError, fmt::format("{}: cannot create: {}", dest->parent_path().string(), ec.message())});
+  }
+  auto d = std::make_unique<TemplateDraft>();
+  d->dest = *dest;
+  d->tmp = dest->parent_path() / fmt::format(".{}.tmp-{}", dest->filename().string(), ::getpid());
+  fs::create_directories(d->tmp / "disks", ec);
+  if (ec) return std::unexpected(CliFailure{exit_code::kVmmError, fmt::format("{}: cannot create: {}", d->tmp.string(), ec.message())});
+  return d;
+}
+
+Result<> seal_template(TemplateDraft& draft, clone::Manifest& m) {
+  const fs::path& tmp = draft.tmp;
+  const fs::path& dest = draft.dest;
   for (auto& d : m.disks) {
     auto s = clone::sum_file(tmp, d.file.name);
     if (!s) return std::unexpected(s.error());
@@ -58,6 +82,7 @@ Result<> seal_template(const fs::path& tmp, const fs::path& dest, clone::Manifes
   std::error_code ec;
   fs::rename(tmp, dest, ec);
   if (ec) return fail("{}: rename: {}", dest.string(), ec.message());
+  draft.sealed = true;
   return {};
 }
 
@@ -68,25 +93,10 @@ Result<fs::path> template_path(const std::string& state_dir, const std::string& 
 }
 
 int template_create(const TemplateCreateOptions& o) {
-  auto dest = template_path(o.state_dir, o.dir);
-  if (!dest) return report_error(exit_code::kUsage, dest.error().message());
-  std::error_code ec;
-  if (fs::exists(*dest, ec)) return report_error(exit_code::kUsage, fmt::format("{}: already exists", dest->string()));
-  fs::create_directories(dest->parent_path(), ec);
-  if (ec) return report_error(exit_code::kVmmError, fmt::format("{}: cannot create: {}", dest->parent_path().string(), ec.message()));
-  // Everything is written into a temporary directory beside the destination and renamed at the
-  // end, so that a failure leaves no half-written template.
-  const fs::path tmp = dest->parent_path() / fmt::format(".{}.tmp-{}", dest->filename().string(), ::getpid());
-  struct Cleanup {
-    fs::path dir;
-    bool keep = false;
-    ~Cleanup() {
-      std::error_code e;
-      if (!keep) fs::remove_all(dir, e);
-    }
-  } cleanup{tmp};
-  fs::create_directories(tmp / "disks", ec);
-  if (ec) return report_error(exit_code::kVmmError, fmt::format("{}: cannot create: {}", tmp.string(), ec.message()));
+  auto draft = begin_template(o.state_dir, o.dir);
+  if (!draft) return report_failure(draft.error());
+  const fs::path tmp = (*draft)->tmp;
+  const fs::path* dest = &(*draft)->dest;
 
   // The template owns copies of its disks; the guest boots on those copies.
   clone::Manifest m;
@@ -192,8 +202,7 @@ int template_create(const TemplateCreateOptions& o) {
   m.cpu_template = std::string(cpu_template_name(run.cpu_template));
   m.kernel = fs::absolute(run.kernel).string();
   m.cmdline = run.cmdline;
-  if (auto r = seal_template(tmp, *dest, m); !r) return report_error(exit_code::kVmmError, r.error().message());
-  cleanup.keep = true;
+  if (auto r = seal_template(**draft, m); !r) return report_error(exit_code::kVmmError, r.error().message());
   fmt::print(stderr, "vmm: template {} written ({} MiB of RAM, {} MiB in its memory file)\n", dest->string(), m.memory >> 20,
              m.memory_file.data_bytes >> 20);
   return exit_code::kOk;

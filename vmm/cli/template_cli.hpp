@@ -41,9 +41,20 @@ int template_verify(const std::string& state_dir, const std::string& target);
 int run_clone(const CloneOptions& options);
 /// A template's directory for DIR given as a name (STATE_DIR/templates/NAME) or as a path.
 Result<std::filesystem::path> template_path(const std::string& state_dir, const std::string& dir);
-/// The end of writing a template in `tmp`: sums its disks into `m`, writes manifest.json, makes
-/// every file read-only and renames `tmp` to `dest`.
-Result<> seal_template(const std::filesystem::path& tmp, const std::filesystem::path& dest, clone::Manifest& m);
+/// A template being written: everything goes into a hidden temporary directory beside the
+/// destination, renamed at the end (seal_template), so that a failure leaves no half-written
+/// template: the directory is removed unless sealed.
+struct TemplateDraft {
+  std::filesystem::path dest, tmp;
+  bool sealed = false;
+  ~TemplateDraft();
+};
+/// Resolves DIR (a name or a path), refuses an existing destination, makes the temporary directory
+/// (with disks/ in it).
+std::expected<std::unique_ptr<TemplateDraft>, CliFailure> begin_template(const std::string& state_dir, const std::string& dir);
+/// The end of writing a template: sums its disks into `m`, writes manifest.json, makes every file
+/// read-only and renames the draft to its destination.
+Result<> seal_template(TemplateDraft& draft, clone::Manifest& m);
 /// `vmm pool TEMPLATE --size K` (vmm/cli/pool.cpp): serves until SIGINT/SIGTERM.
 int run_pool(const CloneOptions& options, unsigned size);
 /// `vmm run --clone-of T --pool SOCKET`: a clone from the pool at SOCKET.
