@@ -9,12 +9,19 @@ work=$(mktemp -d)
 export VMM_STATE_DIR="$work/state"
 fail=0
 cleanup() {
+  kill "$watchdog" 2>/dev/null
   for d in "$VMM_STATE_DIR"/run/*/vm.json; do
     [ -f "$d" ] && kill -9 "$(sed -n 's/.*"pid":\([0-9]*\).*/\1/p' "$d")" 2>/dev/null
   done
   rm -rf "$work"
 }
 trap cleanup EXIT
+# The clones run in sessions of their own: if this script were killed at ctest's timeout, they
+# would run on. End it (and them) a little before that instead.
+limit=${VMM_TEST_LIMIT:-170}
+( sleep "$limit"; kill -TERM $$ ) >/dev/null 2>&1 </dev/null &
+watchdog=$!
+trap 'echo "watchdog: still running after $limit s: the test ends, and its VMs with it"; exit 1' TERM
 ok() { echo "fleet: ok   $1"; }
 bad() { echo "fleet: FAIL $1"; fail=1; }
 running() { "$vmm" ps | grep -c " running "; }
@@ -51,8 +58,9 @@ sleep 0.3
 n=$(running)
 [ "$n" = $((count - 2)) ] && ok "kill -9 of one: $n still running" || bad "after kill -9: $n running"
 # Stop them all through their APIs.
-for d in "$VMM_STATE_DIR"/run/*; do "$vmm" stop "$(basename "$d")" >/dev/null 2>&1 & done
-wait
+stoppers=""
+for d in "$VMM_STATE_DIR"/run/*; do "$vmm" stop "$(basename "$d")" >/dev/null 2>&1 & stoppers="$stoppers $!"; done
+for p in $stoppers; do wait "$p"; done
 n=0
 while [ -n "$(ls "$VMM_STATE_DIR/run" 2>/dev/null)" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
 [ -z "$(ls "$VMM_STATE_DIR/run" 2>/dev/null)" ] && ok "all stopped" || bad "left running: $(ls "$VMM_STATE_DIR/run" | head -3)"

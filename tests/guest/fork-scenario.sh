@@ -9,6 +9,7 @@ export VMM_STATE_DIR="$work/state"
 fail=0
 pids=""
 cleanup() {
+  kill "$watchdog" 2>/dev/null
   for p in $pids; do kill -9 "$p" 2>/dev/null; done
   for d in "$VMM_STATE_DIR"/run/*/vm.json; do
     [ -f "$d" ] && kill -9 "$(sed -n 's/.*"pid":\([0-9]*\).*/\1/p' "$d")" 2>/dev/null
@@ -16,6 +17,12 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+# The clones run in sessions of their own: if this script were killed at ctest's timeout, they
+# would run on. End it (and them) a little before that instead.
+limit=${VMM_TEST_LIMIT:-170}
+( sleep "$limit"; kill -TERM $$ ) >/dev/null 2>&1 </dev/null &
+watchdog=$!
+trap 'echo "watchdog: still running after $limit s: the test ends, and its VMs with it"; exit 1' TERM
 ok() { echo "fork: ok   $1"; }
 bad() { echo "fork: FAIL $1"; fail=1; }
 # wait_for FILE PATTERN [TENTHS]: until a line of FILE matches PATTERN (default 10 s).
