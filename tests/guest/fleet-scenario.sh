@@ -36,6 +36,9 @@ st=$?
 [ "$st" != 0 ] && grep -q "^web-3 failed" "$work/fleet.out" && grep -q "already exists" "$work/fleet.err" &&
   grep -q "$((count - 1)) of $count clones running, 1 failed" "$work/fleet.err" && ok "one clone failing does not stop the others (status $st)" ||
   { bad "fleet with a taken name: status $st"; sed 's/^/  | /' "$work/fleet.out" "$work/fleet.err" | tail -20; }
+# (each clone's API comes up a moment after its guest runs: give them time on a slow host)
+t=0
+while [ "$(running)" != $((count - 1)) ] && [ $t -lt 30 ]; do sleep 1; t=$((t + 1)); done
 n=$(running)
 [ "$n" = $((count - 1)) ] && ok "vmm ps: $n clones running after --detach" || { bad "ps shows $n"; "$vmm" ps | grep -v " running "; }
 pids=$(grep " ms$" "$work/fleet.out" | cut -d' ' -f2 | sort -u | wc -l)
@@ -44,7 +47,7 @@ pids=$(grep " ms$" "$work/fleet.out" | cut -d' ' -f2 | sort -u | wc -l)
 i=1 seen=0
 while [ $i -le "$count" ]; do
   [ $i = 3 ] || { log="$VMM_STATE_DIR/clones/web-$i/console.log"; n=0
-    while ! grep -q "name=web-$i .*changes=1$" "$log" 2>/dev/null && [ $n -lt 300 ]; do sleep 0.1; n=$((n + 1)); done
+    while ! grep -q "name=web-$i .*changes=1$" "$log" 2>/dev/null && [ $n -lt 600 ]; do sleep 0.1; n=$((n + 1)); done
     grep -q "name=web-$i .*changes=1$" "$log" && seen=$((seen + 1)) && grep -o "generation=[0-9a-f]*" "$log" | tail -1 >>"$work/gens"; }
   i=$((i + 1))
 done
