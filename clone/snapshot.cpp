@@ -255,7 +255,8 @@ Result<> step_tsc(Machine& machine, const StateFile& state, std::string_view fil
     if (tsc == s->msrs.end() || s->tsc_khz == 0) continue;
     kvm_msr_entry e{};
     e.index = kMsrTsc;
-    e.data = tsc->data + static_cast<uint64_t>(static_cast<unsigned __int128>(elapsed_ns) * s->tsc_khz / 1'000'000);
+    // kHz x ms = cycles; the remainder below a millisecond separately (no overflow for any real age).
+    e.data = tsc->data + elapsed_ns / 1'000'000 * s->tsc_khz + elapsed_ns % 1'000'000 * s->tsc_khz / 1'000'000;
     if (auto ok = vm.vcpu(i).set_msrs(std::span(&e, 1)); !ok) return std::unexpected(ok.error().context(file));
   }
   return {};
