@@ -17,6 +17,7 @@
 
 #include "vmm/api/http.hpp"
 #include "vmm/cli/exit_codes.hpp"
+#include "vmm/cli/live.hpp"
 #include "vmm/cli/template_cli.hpp"
 
 namespace vmm::cli {
@@ -53,10 +54,7 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
   const std::string prefix = o.name.empty() ? t.manifest.name : o.name;
   // The launcher holds a pipe per clone until it reports: raise the soft limit on open files to
   // the hard one, so that a thousand clones do not need the user's ulimit changed.
-  if (rlimit nofile{}; ::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
-    nofile.rlim_cur = nofile.rlim_max;
-    (void)::setrlimit(RLIMIT_NOFILE, &nofile);
-  }
+  raise_open_file_limit();
   // The children inherit the plugin instead of loading it each (a missing plugin is only a warning).
   (void)api::http_plugin();
   // The launcher is the one to stop them all: its signals are handled here, not by a VM.

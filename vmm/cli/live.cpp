@@ -23,6 +23,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -54,8 +55,15 @@ struct ChildPlan {
   int report_fd = -1;  ///< the child's end of its pipe
 };
 
-/// Drops what the process inherited of its parent's kernel objects: fds other than 0-2 and
-/// `keep`, and mappings of KVM and io_uring objects.
+}  // namespace
+
+void raise_open_file_limit() {
+  if (rlimit nofile{}; ::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+    nofile.rlim_cur = nofile.rlim_max;
+    (void)::setrlimit(RLIMIT_NOFILE, &nofile);
+  }
+}
+
 void drop_inherited(int keep) {
   if (keep > 3) ::close_range(3, static_cast<unsigned>(keep - 1), 0);
   ::close_range(static_cast<unsigned>(keep + 1), ~0u, 0);
@@ -69,6 +77,8 @@ void drop_inherited(int keep) {
   }
   for (auto [lo, hi] : drop) ::munmap(reinterpret_cast<void*>(lo), hi - lo);
 }
+
+namespace {
 
 void report(int fd, const std::string& text) {
   const std::string line = text + "\n";

@@ -26,7 +26,14 @@ struct LiveVm {
   api::ControlPlane* control = nullptr;
 };
 
-/// The API operations of `vm` (fork), for ControlPlane::start.
+/// In a child forked from a VMM process: drops what it inherited of its parent's kernel objects,
+/// every fd but 0-2 and `keep`, and every mapping of a KVM or io_uring object.
+void drop_inherited(int keep);
+/// Raises the soft limit on open files to the hard one (a launcher or pool holds a socket per
+/// clone), so that a thousand clones need no change to the user's ulimit.
+void raise_open_file_limit();
+
+/// The API operations of `vm` (fork, snapshot), for ControlPlane::start.
 api::VmOperations live_operations(std::shared_ptr<LiveVm> vm);
 
 }  // namespace vmm::cli

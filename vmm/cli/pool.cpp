@@ -27,6 +27,7 @@
 #include "vmm/api/registry.hpp"
 #include "vmm/api/service.hpp"
 #include "vmm/cli/exit_codes.hpp"
+#include "vmm/cli/live.hpp"
 #include "vmm/cli/template_cli.hpp"
 
 namespace vmm::cli {
@@ -52,8 +53,7 @@ void send_text(int fd, const std::string& text) { (void)!::send(fd, text.data(),
   ::setsid();
   // Nothing of the pool's but the template's mapping and this socket: its API socket, the other
   // members' sockets and its clones' fds are not ours.
-  if (fd > 3) ::close_range(3, static_cast<unsigned>(fd - 1), 0);
-  ::close_range(static_cast<unsigned>(fd + 1), ~0u, 0);
+  drop_inherited(fd);
   const int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
   if (null >= 0) ::dup2(null, 0);
   auto c = prepare_clone(t, o, name, /*inherited=*/true);
@@ -247,10 +247,7 @@ int run_pool(const CloneOptions& options, unsigned size) {
   if (auto f = open_template(o, t)) return report_failure(*f);
   if (o.name.empty()) o.name = "pool-" + t.manifest.name;
   if (!clone::valid_name(o.name)) return report_error(exit_code::kUsage, fmt::format("--name '{}': use letters, digits, '.', '_' and '-'", o.name));
-  if (rlimit nofile{}; ::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
-    nofile.rlim_cur = nofile.rlim_max;
-    (void)::setrlimit(RLIMIT_NOFILE, &nofile);
-  }
+  raise_open_file_limit();
   auto reg = api::Registration::create(t.sdir, o.name, o.api_socket);
   if (!reg) return report_error(exit_code::kUsage, reg.error().message());
   // Members' clones must not register as the pool's name; each clone gets its own API socket.
