@@ -13,10 +13,12 @@
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <mutex>
 #include <thread>
@@ -88,9 +90,129 @@ void send_text(int fd, const std::string& text) { (void)!::send(fd, text.data(),
   ::_exit(status);
 }
 
+/// A member handed to the pool: its pid (a child of the zygote) and the pool's end of its socket.
+struct Member {
+  pid_t pid = -1;
+  int fd = -1;
+  std::string name;
+};
+
+/// The zygote's side: forks a member for each name it receives and sends back "PID" with the
+/// member's socket. Ends when the pool's end closes. Never returns.
+[[noreturn]] void run_zygote(OpenTemplate& t, const CloneOptions& o, int control) {
+  drop_inherited(control);
+  for (;;) {
+    while (::waitpid(-1, nullptr, WNOHANG) > 0) {  // members that ended (discarded or clones that stopped)
+    }
+    pollfd p{.fd = control, .events = POLLIN, .revents = 0};
+    if (::poll(&p, 1, 1000) == 0) continue;
+    char buf[256];
+    const ssize_t n = ::recv(control, buf, sizeof buf, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) ::_exit(0);  // the pool ended; its members learn it from their own sockets
+    const std::string name(buf, static_cast<size_t>(n));
+    int sv[2];
+    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+      send_text(control, "error socketpair: " + errno_text(errno));
+      continue;
+    }
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      ::close(sv[0]);
+      run_member(t, o, name, sv[1]);
+    }
+    ::close(sv[1]);
+    if (pid < 0) {
+      send_text(control, "error fork: " + errno_text(errno));
+      ::close(sv[0]);
+      continue;
+    }
+    const std::string text = std::to_string(pid);
+    iovec iov{.iov_base = const_cast<char*>(text.data()), .iov_len = text.size()};
+    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))] = {};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf;
+    msg.msg_controllen = sizeof cbuf;
+    cmsghdr* cm = CMSG_FIRSTHDR(&msg);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(cm), &sv[0], sizeof(int));
+    (void)!::sendmsg(control, &msg, MSG_NOSIGNAL);
+    ::close(sv[0]);
+  }
+}
+
+/// The pool's side of the zygote.
+class Zygote {
+ public:
+  /// Forks the zygote. Call before the process starts any thread.
+  static Result<Zygote> start(OpenTemplate& t, const CloneOptions& o) {
+    int sv[2];
+    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) return fail("pool: socketpair: {}", errno_text(errno));
+    const pid_t pid = ::fork();
+    if (pid == 0) run_zygote(t, o, sv[1]);
+    ::close(sv[1]);
+    if (pid < 0) {
+      ::close(sv[0]);
+      return fail("pool: fork: {}", errno_text(errno));
+    }
+    return Zygote(pid, sv[0]);
+  }
+  Zygote(Zygote&& z) noexcept : pid_(std::exchange(z.pid_, -1)), fd_(std::exchange(z.fd_, -1)) {}
+  Zygote& operator=(Zygote&&) = delete;
+  ~Zygote() {
+    if (fd_ >= 0) ::close(fd_);  // the zygote ends on EOF
+    if (pid_ > 0) ::waitpid(pid_, nullptr, 0);
+  }
+
+  /// A new member named `name` (forked, not yet prepared), or an error text.
+  std::expected<Member, std::string> spawn(const std::string& name) {
+    send_text(fd_, name);
+    pollfd p{.fd = fd_, .events = POLLIN, .revents = 0};
+    if (::poll(&p, 1, 10000) <= 0) return std::unexpected("the pool's zygote does not answer");
+    char buf[256];
+    iovec iov{.iov_base = buf, .iov_len = sizeof buf};
+    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))] = {};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf;
+    msg.msg_controllen = sizeof cbuf;
+    const ssize_t n = ::recvmsg(fd_, &msg, MSG_CMSG_CLOEXEC);
+    if (n <= 0) return std::unexpected("the pool's zygote ended");
+    const std::string text(buf, static_cast<size_t>(n));
+    const cmsghdr* cm = CMSG_FIRSTHDR(&msg);
+    if (cm == nullptr || cm->cmsg_type != SCM_RIGHTS || cm->cmsg_len != CMSG_LEN(sizeof(int))) return std::unexpected(text);
+    Member m;
+    std::memcpy(&m.fd, CMSG_DATA(cm), sizeof(int));
+    m.pid = std::stoi(text);
+    m.name = name;
+    return m;
+  }
+
+ private:
+  Zygote(pid_t pid, int fd) : pid_(pid), fd_(fd) {}
+  pid_t pid_;
+  int fd_;
+};
+
+/// Tells a member that was not handed out to discard itself and waits until it has (its end of
+/// the socket closes when it exits), at most 10 s.
+void discard(const Member& m) {
+  ::shutdown(m.fd, SHUT_WR);
+  pollfd p{.fd = m.fd, .events = POLLIN, .revents = 0};
+  char c;
+  while (::poll(&p, 1, 10000) > 0 && ::recv(m.fd, &c, 1, 0) > 0) {
+  }
+  ::close(m.fd);
+}
+
 class Pool {
  public:
-  Pool(OpenTemplate& t, const CloneOptions& o, std::string name, unsigned size) : t_(t), o_(o), name_(std::move(name)), size_(size) {}
+  Pool(OpenTemplate& t, Zygote& zygote, std::string name, unsigned size) : t_(t), zygote_(zygote), name_(std::move(name)), size_(size) {}
 
   void start() {
     refill_ = std::thread([this] { refill(); });
@@ -104,10 +226,7 @@ class Pool {
     cv_.notify_all();
     refill_.join();
     // Members not handed out: their socket's end tells them to discard themselves.
-    for (auto& m : ready_) {
-      ::close(m.fd);
-      ::waitpid(m.pid, nullptr, 0);
-    }
+    for (auto& m : ready_) discard(m);
     ready_.clear();
   }
 
@@ -129,12 +248,6 @@ class Pool {
   }
 
  private:
-  struct Member {
-    pid_t pid = -1;
-    int fd = -1;
-    std::string name;
-  };
-
   static api::HttpResponse method_not_allowed(const std::string& allowed, const api::HttpRequest& r) {
     auto f = api::fault(405, r.method + " is not allowed on " + r.path + " (use " + allowed + ")");
     f.allow = allowed;
@@ -167,7 +280,6 @@ class Pool {
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     ::close(m.fd);
     if (!reply.starts_with("ok ")) {
-      ::waitpid(m.pid, nullptr, 0);
       return api::fault(500, fmt::format("clone {} did not start{}", m.name, reply.empty() ? "" : ": " + reply));
     }
     {
@@ -178,12 +290,10 @@ class Pool {
     return {.status = 201, .body = j.dump(), .allow = {}};
   }
 
-  /// Keeps `size_` members ready (one prepared at a time), and reaps the clones that ended.
+  /// Keeps `size_` members ready (one prepared at a time).
   void refill() {
     std::unique_lock lock(mutex_);
     while (!stopping_) {
-      while (::waitpid(-1, nullptr, WNOHANG) > 0) {
-      }
       if (ready_.size() >= size_) {
         cv_.wait_for(lock, std::chrono::milliseconds(500));
         continue;
@@ -201,33 +311,22 @@ class Pool {
   }
 
   std::optional<Member> spawn() {
-    Member m;
-    m.name = fmt::format("{}-{}", t_.manifest.name, clone::random_hex(4));
-    int sv[2];
-    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
-      fmt::print(stderr, "vmm: pool: socketpair: {}\n", errno_text(errno));
+    auto m = zygote_.spawn(fmt::format("{}-{}", t_.manifest.name, clone::random_hex(4)));
+    if (!m) {
+      fmt::print(stderr, "vmm: pool: no member: {}\n", m.error());
       return std::nullopt;
     }
-    m.pid = ::fork();
-    if (m.pid == 0) run_member(t_, o_, m.name, sv[1]);
-    ::close(sv[1]);
-    if (m.pid < 0) {
-      ::close(sv[0]);
-      return std::nullopt;
-    }
-    m.fd = sv[0];
-    const std::string said = receive(m.fd, 60000);
+    const std::string said = receive(m->fd, 60000);
     if (said != "ready") {
       fmt::print(stderr, "vmm: pool: a member could not be prepared: {}\n", said.empty() ? "it ended" : said);
-      ::close(m.fd);
-      ::waitpid(m.pid, nullptr, 0);
+      ::close(m->fd);
       return std::nullopt;
     }
-    return m;
+    return *m;
   }
 
   OpenTemplate& t_;
-  CloneOptions o_;
+  Zygote& zygote_;
   const std::string name_;
   const unsigned size_;
   std::mutex mutex_;
@@ -254,7 +353,12 @@ int run_pool(const CloneOptions& options, unsigned size) {
   CloneOptions member = o;
   member.name.clear();
   member.api_socket.clear();
-  Pool pool(t, member, o.name, size);
+  // The HTTP plugin is loaded once here, so that members inherit it; then the zygote is forked,
+  // before the first thread.
+  if (auto p = api::http_plugin(); !p) return report_error(exit_code::kVmmError, p.error().message());
+  auto zygote = Zygote::start(t, member);
+  if (!zygote) return report_error(exit_code::kVmmError, zygote.error().message());
+  Pool pool(t, *zygote, o.name, size);
   auto server = api::serve((*reg)->socket().string(), [&pool](const api::HttpRequest& r) { return pool.handle(r); });
   if (!server) return report_error(exit_code::kVmmError, server.error().message());
   pool.start();
