@@ -92,6 +92,9 @@ void Serial::write_reg(uint64_t offset, uint8_t v) {
         if (rx_.size() < kRxFifoSize) rx_.push_back(v);
         s_.thre_pending = true;
       } else {
+        if (first_output_ns_.load(std::memory_order_relaxed) == 0) {
+          first_output_ns_.store(std::chrono::steady_clock::now().time_since_epoch().count(), std::memory_order_relaxed);
+        }
         sink_(std::span<const uint8_t>(&v, 1));
         s_.thre_pending = true;
       }

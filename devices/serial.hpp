@@ -3,7 +3,10 @@
 #pragma once
 
 #include <cstdint>
+#include <atomic>
+#include <chrono>
 #include <deque>
+#include <optional>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -37,6 +40,12 @@ class Serial final : public BusDevice, public Snapshottable {
   size_t enqueue_input(std::span<const uint8_t> bytes);
   /// True if the RX FIFO has room.
   bool can_accept() const;
+  /// When the guest wrote its first byte out (steady_clock), if it has: how a clone's start is timed.
+  std::optional<std::chrono::steady_clock::time_point> first_output() const {
+    const int64_t ns = first_output_ns_.load(std::memory_order_relaxed);
+    if (ns == 0) return std::nullopt;
+    return std::chrono::steady_clock::time_point(std::chrono::nanoseconds(ns));
+  }
 
   State save() const;
   void restore(const State& s);
@@ -54,6 +63,7 @@ class Serial final : public BusDevice, public Snapshottable {
   mutable std::mutex mutex_;
   State s_;
   std::deque<uint8_t> rx_;
+  std::atomic<int64_t> first_output_ns_{0};
 };
 
 }  // namespace vmm::devices

@@ -77,6 +77,7 @@ class Platform {
   /// The identity channel (fw_cfg, file opt/vmm/identity) and the VM generation ID.
   devices::FwCfg& fw_cfg() { return *fw_cfg_; }
   devices::VmGenId& vmgenid() { return *vmgenid_; }
+  const devices::Serial& serial() const { return *serial_; }
   /// Presses the ACPI power button (the GED's second interrupt, layout::kPowerButtonGsi).
   void press_power_button() { power_button_->trigger(); }
   /// Replaces the identity the guest reads (same fixed size; key=value pairs).

@@ -15,7 +15,17 @@ Result<std::unique_ptr<Vcpu>> Vcpu::create(const Kvm& kvm, int vm_fd, uint32_t i
   Fd owned(fd);
   auto run = Mapping::shared(owned.get(), kvm.vcpu_mmap_size(), PROT_READ | PROT_WRITE);
   if (!run) return std::unexpected(run.error().context(fmt::format("mapping kvm_run of vCPU {}", index)));
-  return std::unique_ptr<Vcpu>(new Vcpu(index, std::move(owned), std::move(*run)));
+  auto vcpu = std::unique_ptr<Vcpu>(new Vcpu(index, std::move(owned), std::move(*run)));
+  // KVM's statistics file, opened now: every vCPU ioctl waits for the vCPU's mutex, which KVM_RUN
+  // holds (a guest idle in HLT would keep KVM_GET_STATS_FD waiting); reading the file does not.
+  // Kernels before 5.14 have none: the metrics say so.
+  vcpu->stats_ = Fd(::ioctl(vcpu->fd_.get(), KVM_GET_STATS_FD, nullptr));
+  return vcpu;
+}
+
+Result<std::vector<KvmStat>> Vcpu::stats() const {
+  if (!stats_) return fail("vCPU {}: no KVM statistics (KVM_GET_STATS_FD needs Linux 5.14)", index_);
+  return read_kvm_stats(stats_.get());
 }
 
 Result<> Vcpu::ioctl_set(unsigned long request, const void* arg, const char* what) const {

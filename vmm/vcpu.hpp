@@ -13,6 +13,7 @@
 #include "vmm/base/error.hpp"
 #include "vmm/base/fd.hpp"
 #include "vmm/kvm.hpp"
+#include "vmm/kvm_stats.hpp"
 #include "vmm/base/mapping.hpp"
 
 namespace vmm {
@@ -79,6 +80,8 @@ class Vcpu {
   /// to the vCPU's thread to interrupt a KVM_RUN already in progress.
   void request_immediate_exit() const { run_area().immediate_exit = 1; }
   void clear_immediate_exit() const { run_area().immediate_exit = 0; }
+  /// KVM's statistics of this vCPU (exit counters and more), read without stopping it.
+  Result<std::vector<KvmStat>> stats() const;
 
  private:
   Vcpu(uint32_t index, Fd fd, Mapping run) : index_(index), fd_(std::move(fd)), run_(std::move(run)) {}
@@ -87,6 +90,7 @@ class Vcpu {
 
   uint32_t index_;
   Fd fd_;
+  Fd stats_;  // KVM_GET_STATS_FD; invalid on kernels without it
   Mapping run_;
   CpuidEntries cpuid_;
 };

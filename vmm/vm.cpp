@@ -201,6 +201,11 @@ void Vm::pause() {
   cv_.wait(lock, [&] { return parked_ == vcpus_.size() || target_ == RunState::Stopped; });
 }
 
+void Vm::start_paused() {
+  std::lock_guard lock(mutex_);
+  if (target_ == RunState::Running) target_ = RunState::Paused;
+}
+
 void Vm::resume() {
   {
     std::lock_guard lock(mutex_);
@@ -241,7 +246,10 @@ void Vm::vcpu_thread(Vcpu& vcpu) {
         continue;
       }
     }
+    const bool first = vcpu.index() == 0 && first_exit_ns_.load(std::memory_order_relaxed) == 0;
+    if (first) first_entry_ns_.store(std::chrono::steady_clock::now().time_since_epoch().count(), std::memory_order_relaxed);
     auto ran = vcpu.run();
+    if (first) first_exit_ns_.store(std::chrono::steady_clock::now().time_since_epoch().count(), std::memory_order_relaxed);
     if (!ran) {
       request_stop(StopInfo{.reason = devices::StopReason::Error, .status = 0, .message = ran.error().message()});
       return;
@@ -259,6 +267,15 @@ void Vm::vcpu_thread(Vcpu& vcpu) {
       return;
     }
   }
+}
+
+Vm::FirstRun Vm::first_run() const {
+  auto at = [](const std::atomic<int64_t>& ns) -> std::optional<std::chrono::steady_clock::time_point> {
+    const int64_t v = ns.load(std::memory_order_relaxed);
+    if (v == 0) return std::nullopt;
+    return std::chrono::steady_clock::time_point(std::chrono::nanoseconds(v));
+  };
+  return FirstRun{.entered = at(first_entry_ns_), .exited = at(first_exit_ns_)};
 }
 
 StopInfo Vm::run() {

@@ -6,6 +6,7 @@
 #include <pthread.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
@@ -88,6 +89,10 @@ class Vm final : public devices::VmControl {
   /// or by SIGINT/SIGTERM. Call from the thread that blocked those signals with block_signals().
   StopInfo run();
 
+  /// Before run(): its vCPU threads start paused (created, parked) and wait for resume(). A pool's
+  /// clone is run this way before it is asked for, so its request does not wait for threads.
+  void start_paused();
+
   /// Pauses every vCPU (each completes a pending I/O exit first); returns when all are paused.
   /// Only while run() is running (on another thread).
   void pause();
@@ -100,6 +105,13 @@ class Vm final : public devices::VmControl {
   /// Blocks SIGINT, SIGTERM and the internal wake-up signal in the calling thread (call early in
   /// main(), before any thread starts, so that every thread inherits the mask).
   static void block_signals();
+
+  /// When vCPU 0 first entered KVM_RUN, and when it first came back (steady_clock), once it has:
+  /// how a clone's start is timed (GET /vm "start").
+  struct FirstRun {
+    std::optional<std::chrono::steady_clock::time_point> entered, exited;
+  };
+  FirstRun first_run() const;
 
  private:
   Vm(const Kvm& kvm, Fd vm_fd, GuestMemory memory) : kvm_(kvm), vm_fd_(std::move(vm_fd)), memory_(std::move(memory)) {}
@@ -126,6 +138,7 @@ class Vm final : public devices::VmControl {
   std::atomic<bool> stopping_{false};
   pthread_t waiter_{};
   std::atomic<bool> have_waiter_{false};
+  std::atomic<int64_t> first_entry_ns_{0}, first_exit_ns_{0};  // steady_clock; 0: not yet
 };
 
 }  // namespace vmm

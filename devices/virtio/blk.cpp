@@ -165,6 +165,7 @@ struct Block::InFlight {
   uint64_t generation;
   uint64_t expect;  // bytes the image must report
   uint32_t written;  // bytes written into the guest on success (data; the status byte is added)
+  BlkRequest::Kind kind;
   std::vector<iovec> iov;
 };
 
@@ -268,6 +269,25 @@ void Block::refuse(const BlkRequest& req, uint16_t head, uint8_t status, const s
   finish(head, req.status_gpa, status, 0);
 }
 
+Block::Stats Block::stats() {
+  std::lock_guard lock(mutex());
+  Stats s = stats_;
+  s.errors = errors_;
+  return s;
+}
+
+void Block::count(BlkRequest::Kind kind, uint64_t bytes) {
+  using Kind = BlkRequest::Kind;
+  switch (kind) {
+    case Kind::Read: ++stats_.reads; stats_.read_bytes += bytes; break;
+    case Kind::Write: ++stats_.writes; stats_.write_bytes += bytes; break;
+    case Kind::Flush: ++stats_.flushes; break;
+    case Kind::Discard:
+    case Kind::WriteZeroes: ++stats_.discards; break;
+    default: break;
+  }
+}
+
 void Block::start(const BlkRequest& req, uint16_t head) {
   using Kind = BlkRequest::Kind;
   if (req.kind == Kind::Invalid) return refuse(req, head, req.status, req.error);
@@ -287,6 +307,7 @@ void Block::start(const BlkRequest& req, uint16_t head) {
   ctx->status_gpa = req.status_gpa;
   ctx->generation = generation_;
   ctx->expect = req.data_bytes;
+  ctx->kind = req.kind;
   ctx->written = req.kind == Kind::Read ? static_cast<uint32_t>(req.data_bytes) : 0;
   for (const Segment& s : req.data) {
     if (s.len == 0) continue;
@@ -307,6 +328,7 @@ void Block::start(const BlkRequest& req, uint16_t head) {
         logged_ = true;
       }
     }
+    if (ok) count(ctx->kind, ctx->expect);
     finish(ctx->head, ctx->status_gpa, ok ? kBlkSOk : kBlkSIoErr, ok ? ctx->written : 0);
     auto need = queues_[0].needs_interrupt(*memory_);
     if (need && *need) interrupt_->signal_used(0);

@@ -79,6 +79,13 @@ class Block final : public VirtioDevice {
   /// Requests answered with IOERR or UNSUPP, or returned unanswered, since creation.
   uint64_t errors() const { return errors_; }
   size_t in_flight() const override { return in_flight_; }
+
+  /// Counters since the device was created (the metrics endpoint), read under the device's mutex.
+  /// Requests are counted when they complete successfully; `errors` as errors() above.
+  struct Stats {
+    uint64_t reads = 0, read_bytes = 0, writes = 0, write_bytes = 0, flushes = 0, discards = 0, errors = 0;
+  };
+  Stats stats();
   /// Makes every completed write durable (qcow2: metadata written back); `done` on the loop thread.
   Result<> flush_image(disk::Image::Done done) { return image_->flush(std::move(done)); }
 
@@ -88,6 +95,8 @@ class Block final : public VirtioDevice {
   void start(const BlkRequest& req, uint16_t head);
   /// Writes the status, returns the chain, interrupts if the driver wants it. Mutex held.
   void finish(uint16_t head, uint64_t status_gpa, uint8_t status, uint32_t written);
+  /// Counts a request that completed successfully. Mutex held.
+  void count(BlkRequest::Kind kind, uint64_t bytes);
   void refuse(const BlkRequest& req, uint16_t head, uint8_t status, const std::string& why);
 
   std::unique_ptr<disk::Image> image_;
@@ -96,6 +105,7 @@ class Block final : public VirtioDevice {
   Interrupt* interrupt_ = nullptr;
   uint64_t generation_ = 0;  // bumped by reset(): completions of older requests are dropped
   uint64_t errors_ = 0;
+  Stats stats_;  // all but errors
   size_t in_flight_ = 0;  // image requests whose completion has not run yet
   bool logged_ = false;
 };

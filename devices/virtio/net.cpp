@@ -128,6 +128,11 @@ Result<> Net::interrupt_if_needed(unsigned queue) {
   return {};
 }
 
+Net::Stats Net::stats() {
+  std::lock_guard lock(mutex());
+  return Stats{.rx_frames = rx_frames_, .rx_bytes = rx_bytes_, .tx_frames = tx_frames_, .tx_bytes = tx_bytes_, .errors = errors_};
+}
+
 Result<> Net::transmit() {
   Queue& q = queues_[kTxQueue];
   for (;;) {
@@ -149,6 +154,7 @@ Result<> Net::transmit() {
           log_once(fmt::format("TAP write: {}", errno_text(static_cast<int>(-n))));
         } else {
           ++tx_frames_;
+          tx_bytes_ += c.readable_bytes - kNetHdrBytes;
         }
       }
       if (auto r = q.push_used(*memory_, c.head, 0); !r) return r;
@@ -201,6 +207,7 @@ Result<> Net::receive() {
     if (auto r = w.skip(kNumBuffersOffset); !r) return r;
     if (auto r = w.write_obj(one); !r) return r;
     ++rx_frames_;
+    rx_bytes_ += static_cast<uint64_t>(n) >= kNetHdrBytes ? static_cast<uint64_t>(n) - kNetHdrBytes : 0;
     if (auto r = q.push_used(*memory_, c.head, static_cast<uint32_t>(n)); !r) return r;
     delivered = true;
   }

@@ -49,6 +49,12 @@ class Net final : public VirtioDevice {
   /// Chains refused (too small for the header) and frames the TAP refused.
   uint64_t errors() const { return errors_; }
 
+  /// Counters since the device was created (the metrics endpoint), read under the device's mutex.
+  struct Stats {
+    uint64_t rx_frames = 0, rx_bytes = 0, tx_frames = 0, tx_bytes = 0, errors = 0;
+  };
+  Stats stats();
+
  private:
   Net(Tap tap, MacAddress mac);
   Result<> receive();
@@ -61,6 +67,7 @@ class Net final : public VirtioDevice {
   const GuestMemory* memory_ = nullptr;
   Interrupt* interrupt_ = nullptr;
   uint64_t rx_frames_ = 0, tx_frames_ = 0, errors_ = 0;
+  uint64_t rx_bytes_ = 0, tx_bytes_ = 0;  // frame bytes, without the virtio-net header
   bool logged_ = false;
 };
 

@@ -16,7 +16,10 @@
 #   memory: N idle clones of the fleet: MemAvailable before and after (host memory per clone, KVM's
 #     kernel memory included), and each process's Private_Clean + Private_Dirty (smaps_rollup).
 #     QEMU: IDLE clones the same way.
-#   pool request -> first output: not implemented yet (issue 9 §4).
+#   pool: `vmm pool ctr --size 16`: request -> vCPU 0's first KVM_RUN and -> first console byte (the
+#     clone's GET /vm start_ms, from the moment the pool took the request), request -> answer
+#     (pool side), and clones/s for 16 and for 80 requests back to back. Peer: QEMU -incoming's
+#     exec -> first output.
 #
 # usage: scripts/bench/fleet.sh [RUNS]      (default 5)
 # env:   FLEET (1000)  IDLE (20)  VMM_BENCH_DIR (/var/tmp/vmm-bench)  VMM_BUILD_DIR (build/)
@@ -154,6 +157,47 @@ private_ours = [smaps(pid)["private"] for pid in pids]
 answering = sum(1 for n in os.listdir(f"{state}/run") if api(sock_of(n), "GET", "/vm", timeout=10)[0] == 200)
 stop_all()
 
+# ---- a warm pool ----------------------------------------------------------------------------------
+npool, nreq = 16, 20 * runs
+log(f"pool of {npool}: {nreq} requests one at a time, then {npool} and {5 * npool} back to back")
+pp = subprocess.Popen([vmm, "pool", "ctr", "--size", str(npool), "--name", "bpool"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+psock = sock_of("bpool")
+def pool_ready(n, timeout=120):
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        try:
+            if api(psock, "GET", "/pool", timeout=5)[1]["ready"] >= n:
+                return
+        except (OSError, TypeError, KeyError):
+            pass
+        time.sleep(0.05)
+    sys.exit("fleet.sh: the pool did not fill")
+def take():
+    st, r = api(psock, "POST", "/clones", {})
+    if st != 201:
+        sys.exit(f"fleet.sh: pool request failed: {st} {r}")
+    return r
+pool_ready(npool)
+p_entry, p_output, p_request = [], [], []
+for i in range(nreq):
+    r = take()
+    p_request.append(r["request_ms"])
+    wait_socket(r["name"])
+    time.sleep(0.02)  # the clone has printed by now
+    s0 = api(sock_of(r["name"]), "GET", "/vm")[1]["start_ms"]
+    p_entry.append(s0["first_entry"]); p_output.append(s0["first_output"])
+    api(sock_of(r["name"]), "PUT", "/vm/stop", {"timeout_s": 0})
+    pool_ready(npool)
+rates = []
+for burst in (npool, 5 * npool):
+    t0 = time.perf_counter()
+    for i in range(burst):
+        take()
+    rates.append(burst / (time.perf_counter() - t0))
+    pp.send_signal(2) if burst == 5 * npool else pool_ready(npool)
+pp.wait(timeout=120)
+stop_all()
+
 log(f"QEMU: {nidle} clones with -incoming, one after another, then idle")
 q_first, q_procs = [], []
 for i in range(nidle):
@@ -191,5 +235,11 @@ row("host MemAvailable drop per clone (KVM's kernel memory included)", [(avail0 
 row("Private_Clean + Private_Dirty per process", private_ours, private_qemu, "KiB", "{:.0f}", target="target <= 512 KiB")
 print(f"  {'clones answering GET /vm before the stop':<58} {answering:>26}")
 print()
-print(f"  {'pool: request -> first output':<58} {'not implemented yet':>26}")
+print(f"pool: vmm pool ctr --size {npool}; POST /clones (ms from the pool taking the request, as the clone's GET /vm start_ms says)")
+header()
+row("request -> vCPU 0 enters KVM_RUN (first guest instruction)", p_entry, None, "ms", target="target <= 0.2 ms")
+row("request -> first byte on the console", p_output, q_first, "ms", target="target <= 0.5 ms")
+row("request -> answer (clone registered, API up; pool side)", p_request, None, "ms")
+row(f"clones/s: {npool} back to back from a full pool", [rates[0]], None, "clones/s", "{:.0f}", True, "target >= 2000/s")
+row(f"clones/s: {5 * npool} back to back (sustained: refill)", [rates[1]], None, "clones/s", "{:.0f}", True)
 PY

@@ -1,7 +1,7 @@
 # libFuzzer targets, built only by clang in a configure of their own (scripts/fuzz-qcow2.sh,
-# scripts/fuzz-state.sh):
+# scripts/fuzz-state.sh, scripts/fuzz-kvm-stats.sh):
 #   cmake -S . -B build-fuzz -G Ninja -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DVMM_FUZZ=ON
-#   ninja -C build-fuzz qcow2_fuzz state_fuzz
+#   ninja -C build-fuzz qcow2_fuzz state_fuzz kvm_stats_fuzz
 # With VMM_FUZZ every host library is instrumented for libFuzzer (coverage) and built with ASan and
 # UBSan; the normal g++ build never sees any of this.
 # In the normal build there are only the smoke tests below, each running its script (one clang build
@@ -36,6 +36,11 @@ if(VMM_FUZZ)
     add_executable(state_fuzz ${CMAKE_CURRENT_LIST_DIR}/state_fuzz.cpp)
     target_link_libraries(state_fuzz PRIVATE vmm_clone vmm_devices vmm_disk vmm_base)
     target_link_options(state_fuzz PRIVATE -fsanitize=fuzzer)
+
+    # kvm_stats_fuzz: a KVM binary stats file (KVM_GET_STATS_FD) through parse_kvm_stats.
+    add_executable(kvm_stats_fuzz ${CMAKE_CURRENT_LIST_DIR}/kvm_stats_fuzz.cpp)
+    target_link_libraries(kvm_stats_fuzz PRIVATE vmm_core vmm_base)
+    target_link_options(kvm_stats_fuzz PRIVATE -fsanitize=fuzzer)
   endif()
 endif()
 
@@ -46,5 +51,8 @@ if(NOT VMM_FUZZ AND NOT VMM_SANITIZE)
     ENVIRONMENT "VMM_FUZZ_BUILD=${CMAKE_BINARY_DIR}/fuzz" RESOURCE_LOCK vmm_fuzz_build)
   add_test(NAME fuzz.state_smoke COMMAND ${CMAKE_SOURCE_DIR}/scripts/fuzz-state.sh 30)
   set_tests_properties(fuzz.state_smoke PROPERTIES LABELS fuzz TIMEOUT 900 SKIP_RETURN_CODE 77
+    ENVIRONMENT "VMM_FUZZ_BUILD=${CMAKE_BINARY_DIR}/fuzz" RESOURCE_LOCK vmm_fuzz_build)
+  add_test(NAME fuzz.kvm_stats_smoke COMMAND ${CMAKE_SOURCE_DIR}/scripts/fuzz-kvm-stats.sh 30)
+  set_tests_properties(fuzz.kvm_stats_smoke PROPERTIES LABELS fuzz TIMEOUT 900 SKIP_RETURN_CODE 77
     ENVIRONMENT "VMM_FUZZ_BUILD=${CMAKE_BINARY_DIR}/fuzz" RESOURCE_LOCK vmm_fuzz_build)
 endif()

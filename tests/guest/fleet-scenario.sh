@@ -111,9 +111,9 @@ while ! "$vmm" ps --json | grep -q '"ready": 3' && [ $n -lt 100 ]; do sleep 0.1;
 "$vmm" run --clone-of nosuch --pool "$psock" >"$work/e" 2>&1; [ $? = 2 ] && grep -q "a pool of template 'idt'" "$work/e" && ok "--pool of another template refused" || { bad "pool template"; cat "$work/e"; }
 "$vmm" run --clone-of idt --pool "$psock" --count 2 >"$work/e" 2>&1; [ $? = 2 ] && ok "--pool with --count refused" || { bad "pool --count"; cat "$work/e"; }
 if command -v curl >/dev/null; then
-  code=$(curl -s -o "$work/body" -w "%{http_code}" --unix-socket "$psock" -X POST -d '{"bogus":1}' http://x/clones)
+  code=$(curl -s --max-time 20 -o "$work/body" -w "%{http_code}" --unix-socket "$psock" -X POST -d '{"bogus":1}' http://x/clones)
   [ "$code" = 400 ] && grep -q "unknown field" "$work/body" && ok "POST /clones with an unknown field: 400" || bad "pool bad field: $code"
-  code=$(curl -s -o /dev/null -w "%{http_code}" --unix-socket "$psock" http://x/clones)
+  code=$(curl -s --max-time 20 -o /dev/null -w "%{http_code}" --unix-socket "$psock" http://x/clones)
   [ "$code" = 405 ] && ok "GET /clones: 405" || bad "pool GET /clones: $code"
 fi
 kill -INT "$poolpid"

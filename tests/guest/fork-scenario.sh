@@ -102,7 +102,7 @@ sleep 0.3
 
 # ---- The API: every endpoint and bad request (curl, where there is one).
 if command -v curl >/dev/null; then
-  api() { curl -s -o "$work/body" -w "%{http_code}" --unix-socket "$sock" "$@"; }
+  api() { curl -s --max-time 20 -o "$work/body" -w "%{http_code}" --unix-socket "$sock" "$@"; }
   expect_api() {  # expect_api NAME CODE BODY-PATTERN -- curl args
     name=$1 code=$2 pat=$3
     shift 4
@@ -215,6 +215,13 @@ before=$(cd "$work/snapb" && find . -type f | sort | xargs sha256sum)
 echo "write 5 67" >&3
 wait_for "$work/b.out" "wrote 5" && echo "read 5" >&3
 wait_for "$work/b.out" "sector 5 byte=0x43" && ok "the VM runs on after the snapshot" || { bad "after snapshot"; tail -3 "$work/b.out"; }
+# The metrics count what the guest did: 4 writes of a sector (the test guest writes one per command).
+if command -v curl >/dev/null; then
+  curl -s --max-time 10 --unix-socket "$VMM_STATE_DIR/run/b/api.sock" http://x/vm/metrics >"$work/mb"
+  writes=$(grep -o '"writes":[0-9]*' "$work/mb" | cut -d: -f2) wbytes=$(grep -o '"write_bytes":[0-9]*' "$work/mb" | cut -d: -f2)
+  [ "$writes" = 4 ] && [ "$wbytes" = 2048 ] && grep -q '"reads":[1-9]' "$work/mb" && grep -qE '"exits":\{[^}]*"mmio":[0-9]+.*"total":[1-9]' "$work/mb" &&
+    ok "metrics: disk requests and bytes, exits by kind" || bad "metrics: $(cat "$work/mb")"
+fi
 printf 'read 5\nwrite 5 68\nread 5\nquit\n' | "$vmm" run --clone-of "$work/snapb" --name snapclone --console stdio >"$work/sc.out" 2>&1
 grep -q "sector 5 byte=0x42" "$work/sc.out" && grep -q "sector 5 byte=0x44" "$work/sc.out" &&
   ok "a clone of the snapshot sees the disk as it was, and writes its own" || { bad "clone of snapshot"; sed 's/^/  | /' "$work/sc.out"; }

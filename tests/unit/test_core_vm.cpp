@@ -59,7 +59,7 @@ struct TestVm {
     auto mem = vmm::GuestMemory::anonymous(2 << 20);
     REQUIRE(mem);
     REQUIRE(mem->write(vmm::Gpa(kCodeAddr), code));
-    auto created = vmm::Vm::create(kvm, {.vcpus = vcpus}, std::move(*mem));
+    auto created = vmm::Vm::create(kvm, {.vcpus = vcpus, .cpu_template = vmm::CpuTemplate::Host, .cpuid = {}}, std::move(*mem));
     REQUIRE_MESSAGE(created, (created ? "" : created.error().message()));
     vm = std::move(*created);
     enter_real_mode(vm->vcpu(0));

@@ -142,6 +142,17 @@ HttpResponse VmService::get_vm() {
          {"config", info_.config},
          {"api_socket", info_.api_socket}};
   if (!info_.template_name.empty()) j["template"] = {{"name", info_.template_name}, {"dir", info_.template_dir}};
+  if (info_.requested) {
+    // The start, from the request: vCPU 0's first KVM_RUN entered and returned, the first byte on
+    // the console (null until it happened).
+    auto since = [&](const std::optional<std::chrono::steady_clock::time_point>& t) -> json {
+      if (!t) return nullptr;
+      return std::chrono::duration<double, std::milli>(*t - *info_.requested).count();
+    };
+    const auto run = machine_.vm().first_run();
+    j["start_ms"] = {{"first_entry", since(run.entered)}, {"first_exit", since(run.exited)},
+                     {"first_output", since(machine_.platform().serial().first_output())}};
+  }
   if (!info_.parent.empty()) j["parent"] = info_.parent;
   return ok_json(j);
 }
@@ -204,6 +215,38 @@ HttpResponse VmService::metrics() {
            {"rss_kib", m.rss_kib},
            {"guest_dirty_kib", m.guest_private_dirty_kib},
            {"guest_resident_kib", m.guest_rss_kib}}}};
+  json disks = json::array();
+  for (const auto& d : machine_.platform().disks()) {
+    const auto s = d->stats();
+    disks.push_back({{"id", d->id()}, {"reads", s.reads}, {"read_bytes", s.read_bytes}, {"writes", s.writes},
+                     {"write_bytes", s.write_bytes}, {"flushes", s.flushes}, {"discards", s.discards}, {"errors", s.errors}});
+  }
+  json nets = json::array();
+  for (const auto& n : machine_.platform().nets()) {
+    const auto s = n->stats();
+    nets.push_back({{"mac", devices::virtio::format_mac(n->mac())}, {"tap", n->tap().name()}, {"rx_frames", s.rx_frames},
+                    {"rx_bytes", s.rx_bytes}, {"tx_frames", s.tx_frames}, {"tx_bytes", s.tx_bytes}, {"errors", s.errors}});
+  }
+  // Exits by kind, all vCPUs together, from KVM's own statistics (KVM_GET_STATS_FD): "exits" is
+  // every exit, the rest KVM's "<kind>_exits" counters (io, mmio, halt, irq, signal, ...), those
+  // handled inside KVM included.
+  json exits = json::object();
+  Vm& vm = machine_.vm();
+  for (size_t i = 0; i < vm.vcpu_count(); ++i) {
+    auto stats = vm.vcpu(i).stats();
+    if (!stats) {
+      exits = {{"error", stats.error().message()}};
+      break;
+    }
+    for (const auto& s : *stats) {
+      if (s.name != "exits" && !s.name.ends_with("_exits")) continue;
+      const std::string kind = s.name == "exits" ? "total" : s.name.substr(0, s.name.size() - 6);
+      exits[kind] = exits.value(kind, uint64_t{0}) + s.value;
+    }
+  }
+  j["exits"] = std::move(exits);
+  j["disks"] = std::move(disks);
+  j["nets"] = std::move(nets);
   return ok_json(j);
 }
 

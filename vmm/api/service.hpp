@@ -17,6 +17,7 @@
 #include <functional>
 #include <condition_variable>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <string>
 
@@ -38,6 +39,9 @@ struct VmInfo {
   std::string generation;      ///< 32 hex digits
   nlohmann::json config;       ///< memory, vcpus, cpu_template, disks, nets, console
   std::string api_socket;
+  /// Clones: when the clone was asked for (a pool's request, or the command's start), so that
+  /// GET /vm can say how long it took to run and to print (steady_clock, one clock for all processes).
+  std::optional<std::chrono::steady_clock::time_point> requested;
 };
 
 /// An operation on the paused, quiesced VM: gets the request body and a function that lets the VM

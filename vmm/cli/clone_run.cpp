@@ -168,24 +168,27 @@ PreparedClone::~PreparedClone() {
   if (!keep && !dir.empty()) fs::remove_all(dir, e);
 }
 
-int launch_clone(OpenTemplate& t, const CloneOptions& o, PreparedClone& c, const std::function<void(const std::string&)>& started) {
+Result<> begin_clone(OpenTemplate& t, const CloneOptions& o, PreparedClone& c) {
+  Machine& m = *c.machine;
+  // Who it is (a pool's clone learns its hostname and IP only now), then the new generation ID and
+  // its notification and the clock, before the vCPUs run: Linux reseeds its RNG.
+  c.identity.hostname = o.hostname;
+  c.identity.ip = o.ip;
+  if (auto r = m.platform().set_identity(clone::identity_pairs(c.identity)); !r) return r;
+  if (auto r = m.platform().vmgenid().set(c.identity.generation); !r) return r;
+  m.platform().vmgenid().notify();
+  return clone::step_clock(m, t.state, t.state_path);
+}
+
+Result<std::unique_ptr<api::ControlPlane>> attach_control(OpenTemplate& t, const CloneOptions& o, PreparedClone& c) {
   Machine& m = *c.machine;
   auto control = api::ControlPlane::create(t.sdir, c.name, o.api_socket);
-  if (!control) return report_error(exit_code::kUsage, control.error().message());
+  if (!control) return std::unexpected(control.error());
   {
     std::ofstream rec(c.dir / "clone.json");
     rec << clone::clone_json(clone::CloneRecord{.name = c.name, .template_dir = o.full ? "" : t.tdir.string(), .full = o.full,
                                                 .pid = ::getpid(), .created = clone::utc_now()});
   }
-  // Who it is (a pool's clone learns its hostname and IP only now), then the new generation ID and
-  // its notification and the clock, before the vCPUs run: Linux reseeds its RNG.
-  c.identity.hostname = o.hostname;
-  c.identity.ip = o.ip;
-  if (auto r = m.platform().set_identity(clone::identity_pairs(c.identity)); !r) return report_error(exit_code::kVmmError, r.error().message());
-  if (auto r = m.platform().vmgenid().set(c.identity.generation); !r) return report_error(exit_code::kVmmError, r.error().message());
-  m.platform().vmgenid().notify();
-  if (auto r = clone::step_clock(m, t.state, t.state_path); !r) return report_error(exit_code::kImage, r.error().message());
-  const auto ready = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - o.started);
   c.keep = true;
   auto live = std::make_shared<LiveVm>(LiveVm{
       .state_dir = t.sdir, .kvm_device = o.kvm_device, .name = c.name, .template_name = t.manifest.name,
@@ -194,9 +197,18 @@ int launch_clone(OpenTemplate& t, const CloneOptions& o, PreparedClone& c, const
       .kernel = t.manifest.kernel, .cmdline = t.manifest.cmdline, .machine = &m, .control = control->get()});
   (*control)->start(m, api::VmInfo{.id = c.identity.id, .name = c.name, .kind = "clone", .template_name = t.manifest.name,
                                    .template_dir = t.tdir.string(), .parent = {}, .generation = clone::generation_hex(c.identity),
-                                   .config = live->config, .api_socket = {}},
+                                   .config = live->config, .api_socket = {}, .requested = o.started},
                     live_operations(live));
-  started(fmt::format("{:.2f}", ready.count()));
+  return std::move(*control);
+}
+
+int launch_clone(OpenTemplate& t, const CloneOptions& o, PreparedClone& c, const std::function<void(const std::string&)>& started) {
+  Machine& m = *c.machine;
+  // Registered first: a name another VM holds stops the clone before its guest runs.
+  auto control = attach_control(t, o, c);
+  if (!control) return report_error(exit_code::kUsage, control.error().message());
+  if (auto r = begin_clone(t, o, c); !r) return report_error(exit_code::kVmmError, r.error().message());
+  started(fmt::format("{:.2f}", std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - o.started).count()));
   const StopInfo stop = m.run();
   control->reset();  // the API (whose requests use the machine) ends before the machine does
   return stop_status(stop);

@@ -130,7 +130,7 @@ void report(int fd, const std::string& text) {
   self->config["console"] = "file:" + console.path;
   (*control)->start(m, api::VmInfo{.id = identity.id, .name = plan.name, .kind = "fork", .template_name = parent.template_name,
                                    .template_dir = parent.template_dir, .parent = parent.name,
-                                   .generation = clone::generation_hex(identity), .config = self->config, .api_socket = {}},
+                                   .generation = clone::generation_hex(identity), .config = self->config, .api_socket = {}, .requested = {}},
                     live_operations(self));
   report(plan.report_fd, "ok");
   ::close(plan.report_fd);

@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -50,7 +51,11 @@ std::string receive(int fd, int timeout_ms) {
 
 void send_text(int fd, const std::string& text) { (void)!::send(fd, text.data(), text.size(), MSG_NOSIGNAL); }
 
-/// A member's life after fork(): prepare, wait for the request, launch. Never returns.
+/// A member's life after fork(): prepare, run paused, wait for the request, launch. Never returns.
+/// The clone is prepared and its machine running with every vCPU thread created and parked before
+/// the request, so that the request pays only for what differs between clones: identity, generation
+/// and clock, then the vCPUs resume. Registration (STATE/run), clone.json and the API come after the
+/// guest runs, on the thread that took the request; the pool is answered once they are done.
 [[noreturn]] void run_member(OpenTemplate& t, CloneOptions o, const std::string& name, int fd) {
   ::setsid();
   // Nothing of the pool's but the template's mapping and this socket: its API socket, the other
@@ -63,30 +68,63 @@ void send_text(int fd, const std::string& text) { (void)!::send(fd, text.data(),
     send_text(fd, "error " + c.error().message);
     ::_exit(c.error().status);
   }
-  send_text(fd, "ready");
-  // The request: {"hostname": ..., "ip": ...}, or the end of the pool (EOF: discard).
-  std::string request;
-  for (;;) {
-    char buf[4096];
-    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      c->reset();  // removes the prepared directory
-      ::_exit(0);
+  Machine& m = *(*c)->machine;
+  m.vm().start_paused();
+  std::atomic<bool> launched{false};
+  std::unique_ptr<api::ControlPlane> control;
+  std::thread taker([&] {
+    ::pthread_setname_np(::pthread_self(), "vmm-pool-wait");
+    send_text(fd, "ready");
+    // The request: {"hostname": ..., "ip": ...}, or the end of the pool (EOF: discard).
+    std::string request;
+    for (;;) {
+      char buf[4096];
+      const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        m.vm().request_stop(devices::StopReason::Signal);  // discarded (or the machine stopped)
+        return;
+      }
+      request.assign(buf, static_cast<size_t>(n));
+      break;
     }
-    request.assign(buf, static_cast<size_t>(n));
-    break;
-  }
-  o.started = std::chrono::steady_clock::now();
-  auto j = json::parse(request, nullptr, false);
-  if (j.is_object()) {
-    o.hostname = j.value("hostname", "");
-    o.ip = j.value("ip", "");
-  }
-  const int status = launch_clone(t, o, **c, [&](const std::string& ms) {
-    send_text(fd, "ok " + ms);
-    ::close(fd);
+    o.started = std::chrono::steady_clock::now();
+    auto j = json::parse(request, nullptr, false);
+    if (j.is_object()) {
+      o.hostname = j.value("hostname", "");
+      o.ip = j.value("ip", "");
+      const int64_t at = j.value("requested_ns", int64_t{0});
+      if (at > 0 && at <= o.started.time_since_epoch().count()) o.started = std::chrono::steady_clock::time_point(std::chrono::nanoseconds(at));
+    }
+    if (auto r = begin_clone(t, o, **c); !r) {
+      send_text(fd, "error " + r.error().message());
+      m.vm().request_stop(StopInfo{.reason = devices::StopReason::Error, .status = 0, .message = r.error().message()});
+      return;
+    }
+    m.vm().resume();
+    launched = true;
+    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - o.started).count();
+    auto attached = attach_control(t, o, **c);
+    if (!attached) {
+      // The guest runs; it has no name in STATE/run nor an API: say so, stop it.
+      send_text(fd, "error " + attached.error().message());
+      m.vm().request_stop(StopInfo{.reason = devices::StopReason::Error, .status = 0, .message = attached.error().message()});
+      return;
+    }
+    control = std::move(*attached);
+    send_text(fd, fmt::format("ok {:.3f}", ms));
   });
+  const StopInfo stop = m.run();
+  ::shutdown(fd, SHUT_RDWR);  // wakes the taker if the machine stopped before any request
+  taker.join();
+  ::close(fd);
+  control.reset();  // the API (whose requests use the machine) ends before the machine does
+  if (!launched) {
+    c->reset();  // never handed out: removes the prepared directory
+    ::_exit(0);
+  }
+  const int status = stop_status(stop);
+  c->reset();
   ::_exit(status);
 }
 
@@ -273,10 +311,20 @@ class Pool {
       }
       m = ready_.front();
       ready_.pop_front();
+      ++taking_;
     }
-    cv_.notify_all();  // refill
+    // The member times the clone's start from here (GET /vm start_ms): steady_clock is one clock
+    // for every process.
+    req["requested_ns"] = t0.time_since_epoch().count();
     send_text(m.fd, req.dump());
     const std::string reply = receive(m.fd, 10000);
+    {
+      // The refill waits until the clone runs: preparing the next member competes for the CPUs
+      // the clone starts on (two here).
+      std::lock_guard lock(mutex_);
+      --taking_;
+    }
+    cv_.notify_all();
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     ::close(m.fd);
     if (!reply.starts_with("ok ")) {
@@ -294,7 +342,7 @@ class Pool {
   void refill() {
     std::unique_lock lock(mutex_);
     while (!stopping_) {
-      if (ready_.size() >= size_) {
+      if (ready_.size() >= size_ || taking_ > 0) {
         cv_.wait_for(lock, std::chrono::milliseconds(500));
         continue;
       }
@@ -333,6 +381,7 @@ class Pool {
   std::condition_variable cv_;
   std::deque<Member> ready_;  // guarded by mutex_
   unsigned handed_out_ = 0;   // guarded by mutex_
+  unsigned taking_ = 0;       // requests being handed a member; guarded by mutex_
   bool stopping_ = false;     // guarded by mutex_
   std::thread refill_;
 };

@@ -7,6 +7,7 @@
 
 #include "clone/snapshot.hpp"
 #include "clone/template.hpp"
+#include "vmm/api/control.hpp"
 #include "vmm/cli/cli.hpp"
 
 namespace vmm::cli {
@@ -91,8 +92,15 @@ struct PreparedClone {
 };
 std::expected<std::unique_ptr<PreparedClone>, CliFailure> prepare_clone(OpenTemplate& t, const CloneOptions& options,
                                                                         const std::string& name, bool inherited);
-/// Registers the prepared clone under its name, gives it hostname and IP from `options`, a new
-/// generation (notified) and the present time, starts its API and runs it until its guest stops.
+/// The start of a prepared clone, in two parts that a pool runs in the other order:
+/// begin_clone gives it hostname and IP from `options`, a new generation (notified) and the present
+/// time; attach_control registers it under its name (STATE/run), writes clone.json and starts its
+/// API (whose server comes up on a thread of its own). The result must be destroyed before the
+/// clone's machine.
+Result<> begin_clone(OpenTemplate& t, const CloneOptions& options, PreparedClone& clone);
+Result<std::unique_ptr<api::ControlPlane>> attach_control(OpenTemplate& t, const CloneOptions& options, PreparedClone& clone);
+/// Registers the prepared clone (attach_control), begins it (begin_clone) and runs it until its
+/// guest stops.
 int launch_clone(OpenTemplate& t, const CloneOptions& options, PreparedClone& clone,
                  const std::function<void(const std::string&)>& started);
 /// prepare_clone + launch_clone.
