@@ -78,6 +78,7 @@ class Platform {
   devices::FwCfg& fw_cfg() { return *fw_cfg_; }
   devices::VmGenId& vmgenid() { return *vmgenid_; }
   const devices::Serial& serial() const { return *serial_; }
+  devices::Serial& serial() { return *serial_; }
   /// Presses the ACPI power button (the GED's second interrupt, layout::kPowerButtonGsi).
   void press_power_button() { power_button_->trigger(); }
   /// Replaces the identity the guest reads (same fixed size; key=value pairs).

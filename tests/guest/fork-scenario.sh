@@ -207,6 +207,16 @@ sleep 0.2
 [ "$(dd if="$cdisk" bs=512 skip=5 count=1 2>/dev/null | head -c 1)" = A ] &&
   [ "$(dd if="$work/disk.img" bs=512 skip=5 count=1 2>/dev/null | head -c 1)" = B ] && ok "parent's writes after the fork stay in the parent's disk" ||
   bad "disks diverge"
+# A fork's console has no terminal: it is typed on through the API (vmm input / PUT /vm/input).
+"$vmm" input "$bc" read 5 && wait_for "$VMM_STATE_DIR/clones/$bc/console.log" "sector 5 byte=0x41" &&
+  ok "vmm input: a fork's console is driven through its API" || { bad "vmm input"; tail -3 "$VMM_STATE_DIR/clones/$bc/console.log"; }
+"$vmm" pause "$bc" && "$vmm" input "$bc" read 6 >"$work/e" 2>&1; [ $? = 2 ] && grep -q "paused" "$work/e" && ok "input to a paused VM: refused" ||
+  { bad "input while paused"; cat "$work/e"; }
+"$vmm" resume "$bc"
+if command -v curl >/dev/null; then
+  code=$(curl -s --max-time 20 -o "$work/body" -w "%{http_code}" --unix-socket "$VMM_STATE_DIR/run/$bc/api.sock" -X PUT -d '{"txt":"x"}' http://x/vm/input)
+  [ "$code" = 400 ] && ok "PUT /vm/input with an unknown field: 400" || bad "input bad field: $code"
+fi
 # A snapshot of the running VM: a template of it as it is now; the VM runs on, and what it writes
 # later reaches neither the template nor its clones.
 "$vmm" snapshot b "$work/snapb" >"$work/snap.out" 2>&1 && [ -f "$work/snapb/manifest.json" ] && ok "vmm snapshot b DIR" ||

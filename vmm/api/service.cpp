@@ -84,7 +84,7 @@ HttpResponse VmService::handle(const HttpRequest& r) {
   };
   static constexpr Route kRoutes[] = {{"/vm", "GET"},         {"/vm/pause", "PUT"}, {"/vm/resume", "PUT"},
                                       {"/vm/stop", "PUT"},    {"/vm/snapshot", "PUT"}, {"/vm/fork", "PUT"},
-                                      {"/vm/metrics", "GET"}};
+                                      {"/vm/metrics", "GET"}, {"/vm/input", "PUT"}};
   const Route* route = nullptr;
   for (const auto& rt : kRoutes) {
     if (rt.path == r.path) route = &rt;
@@ -97,6 +97,12 @@ HttpResponse VmService::handle(const HttpRequest& r) {
   }
   if (r.path == "/vm") return get_vm();
   if (r.path == "/vm/metrics") return metrics();
+  if (r.path == "/vm/input") {
+    auto body = parse_body(r.body, {"text"});
+    if (!body) return body.error();
+    if (!body->contains("text") || !(*body)["text"].is_string()) return fault(400, "'text' (what to type on the console) is required");
+    return input((*body)["text"].get<std::string>());
+  }
   if (r.path == "/vm/pause" || r.path == "/vm/resume") {
     auto body = parse_body(r.body, {});
     if (!body) return body.error();
@@ -204,6 +210,28 @@ HttpResponse VmService::stop(const json& body) {
     std::unique_lock l(stop_mutex_);
     if (!stop_cv_.wait_for(l, std::chrono::duration<double>(timeout), [&] { return cancelled_; })) hard_stop();
   });
+  return no_content();
+}
+
+HttpResponse VmService::input(const std::string& text) {
+  // Typed into the serial port's receive FIFO (64 bytes) as the guest drains it: a console with no
+  // terminal (a clone's, a fork's console.log) can still be driven. A guest that stops reading
+  // gets what fitted and the request a 409 after kInputTimeout.
+  constexpr auto kInputTimeout = std::chrono::seconds(5);
+  {
+    std::lock_guard lock(mutex_);
+    if (paused_) return fault(409, "the VM is paused");
+  }
+  std::span<const uint8_t> rest(reinterpret_cast<const uint8_t*>(text.data()), text.size());
+  const auto deadline = std::chrono::steady_clock::now() + kInputTimeout;
+  while (!rest.empty()) {
+    rest = rest.subspan(machine_.platform().serial().enqueue_input(rest));
+    if (rest.empty()) break;
+    if (std::chrono::steady_clock::now() > deadline) {
+      return fault(409, fmt::format("the guest did not read its console: {} of {} bytes typed", text.size() - rest.size(), text.size()));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   return no_content();
 }
 

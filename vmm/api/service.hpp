@@ -73,6 +73,7 @@ class VmService {
   HttpResponse resume();
   HttpResponse stop(const nlohmann::json& body);
   HttpResponse metrics();
+  HttpResponse input(const std::string& text);
   HttpResponse paused_operation(const nlohmann::json& body, const PausedOperation& op);
 
   Machine& machine_;

@@ -172,7 +172,8 @@ int main(int argc, char** argv) {
                             {"resume", "Resume a paused VM"},
                             {"stop", "Stop a VM (the guest is asked first; a hard stop after --timeout)"},
                             {"snapshot", "Save a running VM as a template, and let it carry on"},
-                            {"fork", "Fork a running VM into copies of itself that run on from this instant"}}) {
+                            {"fork", "Fork a running VM into copies of itself that run on from this instant"},
+                            {"input", "Type a line on a running VM's serial console"}}) {
     auto* c = app.add_subcommand(verb, what);
     c->add_option("VM", vmc.target, "The VM's name, or the path of its API socket")->required();
     vm_verbs.push_back(c);
@@ -182,6 +183,7 @@ int main(int argc, char** argv) {
   vm_verbs[3]->add_flag("--paused", vmc.stay_paused, "Leave the VM paused afterwards");
   vm_verbs[4]->add_option("--count", vmc.count, "How many copies")->capture_default_str()->check(CLI::Range(1, 256));
   vm_verbs[4]->add_flag("--paused", vmc.stay_paused, "Leave the parent paused afterwards");
+  vm_verbs[5]->add_option("TEXT", vmc.text, "The line (its words joined by spaces; a newline is added)")->required();
   vm_verbs.push_back(ps);
   for (auto* c : vm_verbs) c->add_option("--state-dir", vmc.state_dir, "The state directory");
 

@@ -75,6 +75,10 @@ int vm_command(const VmCommand& c) {
   } else if (c.verb == "fork") {
     req.body = json{{"count", c.count}, {"resume", !c.stay_paused}}.dump();
     timeout = 120;
+  } else if (c.verb == "input") {
+    std::string line;
+    for (const auto& w : c.text) line += (line.empty() ? "" : " ") + w;
+    req.body = json{{"text", line + "\n"}}.dump();
   }
   auto r = api::call(socket->string(), req, timeout);
   if (!r) return report_error(exit_code::kVmmError, fmt::format("{}: {}", c.target, r.error().message()));

@@ -1,9 +1,10 @@
 // Commands for running VMs, over their control API (vmm/api): `vmm ps`, `vmm pause|resume|stop`,
-// `vmm snapshot`, `vmm fork`. A VM is named by its name in the state directory or by the path of
+// `vmm snapshot`, `vmm fork`, `vmm input`. A VM is named by its name in the state directory or by the path of
 // its API socket.
 #pragma once
 
 #include <string>
+#include <vector>
 
 namespace vmm::cli {
 
@@ -16,6 +17,7 @@ struct VmCommand {
   bool stay_paused = false; ///< snapshot/fork --paused: do not resume afterwards
   unsigned count = 1;       ///< fork --count
   double timeout_s = 10;    ///< stop --timeout
+  std::vector<std::string> text;  ///< input TEXT...: typed as one line
 };
 
 int vm_command(const VmCommand& command);
