@@ -1,7 +1,7 @@
 #!/bin/sh
 # The demo's guest runs (POSIX sh, so that it also runs inside the nested lane's busybox L1):
 # the bundled test guest with one vCPU, with four, and echoing lines from the host; then a
-# template of it and a fleet of clones.
+# template of it and a fleet of clones; a running guest forked live; a warm pool handing out clones.
 # usage: demo-guest.sh VMM TESTGUEST
 vmm=$1 guest=$2
 run() {
@@ -46,4 +46,57 @@ done
 wait
 echo
 "$vmm" template ls
+echo
+
+# Live fork: a running counter guest (value 5) forked 3 times; each copy is told to add a different
+# amount through its API (vmm input: a fork's console is a log file) and diverges; the parent is
+# unaffected.
+work=$state/demo
+mkdir -p "$work"
+mkfifo "$work/live.in"
+"$vmm" run --kernel "$guest" --cmdline counter --name live --console stdio <"$work/live.in" >"$work/live.out" 2>&1 &
+live=$!
+exec 3>"$work/live.in"
+# wait_for FILE PATTERN: until FILE has a line matching PATTERN (10 s at most)
+wait_for() { t=0; while ! grep -q "$2" "$1" 2>/dev/null && [ $t -lt 100 ]; do sleep 0.1; t=$((t + 1)); done; }
+wait_for "$work/live.out" "counter: ready"
+echo "inc 5" >&3
+wait_for "$work/live.out" "value=5"
+echo "\$ vmm fork live --count 3"
+"$vmm" fork live --count 3 >"$work/forks"
+cat "$work/forks"
+k=0
+for child in $(cut -d' ' -f1 "$work/forks"); do
+  k=$((k + 1))
+  "$vmm" input "$child" "inc $((k * 100))"
+  "$vmm" input "$child" get
+  wait_for "$state/clones/$child/console.log" "value=$((5 + k * 100))"
+  echo "$child: counter $(grep -o 'value=[0-9]*' "$state/clones/$child/console.log" | tail -1) (it was 5 at the fork, then +$((k * 100)))"
+done
+echo "get" >&3
+sleep 0.2
+echo "live (the parent): counter $(grep -o 'value=[0-9]*' "$work/live.out" | tail -1)"
+for child in $(cut -d' ' -f1 "$work/forks"); do "$vmm" stop --timeout 0 "$child"; done
+echo "quit" >&3
+exec 3>&-
+wait "$live"
+echo
+
+# A warm pool: 3 clones of the template prepared ahead (VM built, state restored, vCPU threads
+# parked); each request takes one and the pool refills. Each line: name, pid, request -> answer.
+echo "\$ vmm pool counter --size 3 &"
+"$vmm" pool counter --size 3 2>"$work/pool.err" &
+pool=$!
+n=0
+while ! "$vmm" ps 2>/dev/null | grep -q "^pool-counter " && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+sleep 1  # filled
+sock=$state/run/pool-counter/api.sock
+for i in 1 2 3; do
+  echo "\$ vmm run --clone-of counter --pool $sock"
+  "$vmm" run --clone-of counter --pool "$sock"
+done
+"$vmm" ps
+kill -INT "$pool"
+wait "$pool"
+for d in "$state"/run/*; do [ -d "$d" ] && "$vmm" stop --timeout 0 "$(basename "$d")" >/dev/null; done
 rm -rf "$state"

@@ -4,6 +4,7 @@
 #include <sys/ioctl.h>
 
 #include <cerrno>
+#include <ctime>
 
 #include "vmm/base/layout.hpp"
 #include "vmm/x86_boot.hpp"
@@ -144,6 +145,16 @@ Result<VmKernelState> Vm::save_kernel_state() const {
   }
   if (::ioctl(fd, KVM_GET_PIT2, &s.pit) < 0) return fail("KVM_GET_PIT2: {}", errno_text(errno));
   if (::ioctl(fd, KVM_GET_CLOCK, &s.clock) < 0) return fail("KVM_GET_CLOCK: {}", errno_text(errno));
+  // KVM stamps the clock with the real time it was read at only when the host's clocksource is the
+  // TSC (KVM API, KVM_GET_CLOCK). Without the stamp a restored clock could not be brought to
+  // the present, and every clone would read its template's time (found in the nested lane, whose
+  // L1 does not run on the TSC): stamp it here, right after the read (microseconds apart).
+  if (!(s.clock.flags & KVM_CLOCK_REALTIME)) {
+    timespec now{};
+    ::clock_gettime(CLOCK_REALTIME, &now);
+    s.clock.realtime = static_cast<uint64_t>(now.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(now.tv_nsec);
+    s.clock.flags |= KVM_CLOCK_REALTIME;
+  }
   return s;
 }
 
@@ -154,7 +165,8 @@ Result<> Vm::restore_kernel_state(const VmKernelState& state, bool clock_to_now)
   }
   if (::ioctl(fd, KVM_SET_PIT2, &state.pit) < 0) return fail("KVM_SET_PIT2: {}", errno_text(errno));
   // KVM API 4.64 KVM_SET_CLOCK: with KVM_CLOCK_REALTIME set (and the realtime it was read at), KVM
-  // advances the clock by the real time elapsed since; otherwise it sets it as it was.
+  // advances the clock by the real time elapsed since, whatever the host's clocksource; otherwise
+  // it sets it as it was.
   kvm_clock_data clock{};
   clock.clock = state.clock.clock;
   const bool realtime = clock_to_now && (state.clock.flags & KVM_CLOCK_REALTIME) &&

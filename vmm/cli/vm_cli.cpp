@@ -87,6 +87,7 @@ int vm_command(const VmCommand& c) {
     auto j = json::parse(r->body, nullptr, false);
     if (c.verb == "fork" && j.is_object() && j.contains("children")) {
       for (const auto& ch : j["children"]) fmt::print("{} {}\n", ch.value("name", "?"), ch.value("pid", 0));
+      if (j.contains("paused_ms")) fmt::print(stderr, "vmm: {} forked {} time(s), paused {:.2f} ms\n", c.target, j["children"].size(), j.value("paused_ms", 0.0));
     } else if (c.verb == "snapshot" && j.is_object() && j.contains("template")) {
       fmt::print("{}\n", j["template"].get<std::string>());
     } else {
