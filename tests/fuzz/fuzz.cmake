@@ -1,5 +1,5 @@
-# libFuzzer targets, built only by clang in a configure of their own (scripts/fuzz-qcow2.sh,
-# scripts/fuzz-state.sh, scripts/fuzz-kvm-stats.sh):
+# libFuzzer targets, built only by clang in a configure of their own (scripts/fuzz.sh TARGET; its
+# wrappers scripts/fuzz-qcow2.sh, scripts/fuzz-state.sh, scripts/fuzz-kvm-stats.sh):
 #   cmake -S . -B build-fuzz -G Ninja -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DVMM_FUZZ=ON
 #   ninja -C build-fuzz qcow2_fuzz state_fuzz kvm_stats_fuzz
 # With VMM_FUZZ every host library is instrumented for libFuzzer (coverage) and built with ASan and
