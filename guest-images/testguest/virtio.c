@@ -3,6 +3,9 @@
  *   blk-write   write sectors 128-255 with the guest's pattern (seed 0x5a); the host checks the file
  *   blk-verify  write sectors 64-71 (seed 0x77), read them back and compare
  *   blk-flush   write sector 300 (seed 0x33), then flush
+ *   blk-churn   write 4 KiB chunks round the disk forever, each chunk all one byte (the write's
+ *               number, 1-255); "blk-churn: running" once every chunk has been written: a host that
+ *               copies the disk while the guest writes (a live fork) must find every chunk whole
  *   blk-id      print the disk's serial (GET_ID)
  *   blk-bench   4000 reads of 4 KiB, one at a time, spread over the disk (the disk benchmark's
  *               workload, scripts/bench/disk.sh); timed by the guest with the TSC and printed as
@@ -679,6 +682,18 @@ void virtio_scenario(const char* s) {
     if (!check(64, 4096, 0x77, "blk-verify")) fail("blk-verify");
     puts_("blk-verify: ok\n");
     guest_exit(0);
+  }
+  if (streq(s, "blk-churn")) {
+    const uint64_t capacity = *(volatile uint64_t*)devcfg;
+    if (capacity < 16) fail("blk-churn: disk too small");
+    const uint64_t chunks = capacity / 8;
+    uint64_t* words = (uint64_t*)buf;
+    for (uint64_t i = 0;; i++) {
+      const uint64_t v = (i % 255 + 1) * 0x0101010101010101ull;
+      for (unsigned j = 0; j < 4096 / 8; j++) words[j] = v;
+      if (blk_request(1, (i % chunks) * 8, buf, 4096, 0) != 0) fail("blk-churn");
+      if (i == chunks - 1) puts_("blk-churn: running\n");
+    }
   }
   if (streq(s, "blk-flush")) {
     fill(300, 512, 0x33);

@@ -168,8 +168,8 @@ ask() {
 answer() { clean "$1" | sed -n "s/^$2: //p" | head -1; }
 if ask lf "$work/lf.out" before; then ok "lf (a clone to fork) answers"; else bad "lf does not answer"; show "$work/lf.out" "$work/lf.err"; fi
 t0=$(now)
-vmm fork lf --count 3 >"$work/fork.out" 2>&1 && [ "$(wc -l <"$work/fork.out")" = 3 ] &&
-  ok "vmm fork lf --count 3 ($(since "$t0") s)" || { bad "fork of a running Linux guest"; show "$work/fork.out"; }
+vmm fork lf --count 3 >"$work/fork.out" 2>"$work/fork.err" && [ "$(wc -l <"$work/fork.out")" = 3 ] &&
+  ok "vmm fork lf --count 3 ($(since "$t0") s)" || { bad "fork of a running Linux guest"; show "$work/fork.out" "$work/fork.err"; }
 parent=$(answer "$work/lf.out" before | cut -d' ' -f2)
 for ch in $(cut -d' ' -f1 "$work/fork.out"); do
   log=$VMM_STATE_DIR/clones/$ch/console.log
@@ -186,11 +186,11 @@ ask lf "$work/lf.out" after && [ "$(answer "$work/lf.out" after | cut -d' ' -f2)
   answer "$work/lf.out" after | cut -d' ' -f1 >>"$work/fork.rands" && ok "the parent runs on, no reseed of its own" ||
   bad "parent after the fork: $(answer "$work/lf.out" after)"
 first=$(head -1 "$work/fork.out" | cut -d' ' -f1)
-vmm fork "$first" >"$work/fork2.out" 2>&1 && gc=$(cut -d' ' -f1 "$work/fork2.out") && [ -n "$gc" ] &&
+vmm fork "$first" >"$work/fork2.out" 2>"$work/fork2.err" && gc=$(cut -d' ' -f1 "$work/fork2.out") && [ -n "$gc" ] &&
   ask "$gc" "$VMM_STATE_DIR/clones/$gc/console.log" grandchild &&
   [ "$(answer "$VMM_STATE_DIR/clones/$gc/console.log" grandchild | cut -d' ' -f2)" = $((parent + 2)) ] &&
   answer "$VMM_STATE_DIR/clones/$gc/console.log" grandchild | cut -d' ' -f1 >>"$work/fork.rands" &&
-  ok "a fork of a fork answers ($((parent + 2)) reseeds)" || { bad "fork of a fork"; show "$work/fork2.out"; }
+  ok "a fork of a fork answers ($((parent + 2)) reseeds)" || { bad "fork of a fork"; show "$work/fork2.out" "$work/fork2.err"; }
 [ "$(sort -u "$work/fork.rands" | wc -l)" = 5 ] && ok "urandom differs between the parent and its 4 forks" ||
   { bad "urandom after fork repeats"; show "$work/fork.rands"; }
 for d in "$VMM_STATE_DIR"/run/*; do [ -d "$d" ] && vmm stop --timeout 0 "$(basename "$d")" >/dev/null 2>&1; done

@@ -62,7 +62,7 @@ MemoryUse memory_use(uintptr_t guest) {
 }  // namespace
 
 VmService::VmService(Machine& machine, VmInfo info, VmOperations ops)
-    : machine_(machine), info_(std::move(info)), ops_(std::move(ops)) {}
+    : machine_(machine), info_(std::move(info)), ops_(std::move(ops)), paused_(info_.paused) {}
 
 VmService::~VmService() {
   {
@@ -123,7 +123,7 @@ HttpResponse VmService::handle(const HttpRequest& r) {
     return paused_operation(*body, ops_.snapshot);
   }
   // /vm/fork
-  auto body = parse_body(r.body, {"count", "resume"});
+  auto body = parse_body(r.body, {"count", "resume", "children_paused"});
   if (!body) return body.error();
   if (body->contains("count")) {
     const json& c = (*body)["count"];
@@ -131,7 +131,9 @@ HttpResponse VmService::handle(const HttpRequest& r) {
       return fault(400, "'count' must be an integer from 1 to 256");
     }
   }
-  if (body->contains("resume") && !(*body)["resume"].is_boolean()) return fault(400, "'resume' must be true or false");
+  for (const char* flag : {"resume", "children_paused"}) {
+    if (body->contains(flag) && !(*body)[flag].is_boolean()) return fault(400, fmt::format("'{}' must be true or false", flag));
+  }
   return paused_operation(*body, ops_.fork);
 }
 

@@ -42,6 +42,8 @@ struct VmInfo {
   /// Clones: when the clone was asked for (a pool's request, or the command's start), so that
   /// GET /vm can say how long it took to run and to print (steady_clock, one clock for all processes).
   std::optional<std::chrono::steady_clock::time_point> requested;
+  /// The VM starts paused (its vCPUs parked until PUT /vm/resume).
+  bool paused = false;
 };
 
 /// An operation on the paused, quiesced VM: gets the request body and a function that lets the VM

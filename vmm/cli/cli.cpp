@@ -183,6 +183,7 @@ int main(int argc, char** argv) {
   vm_verbs[3]->add_flag("--paused", vmc.stay_paused, "Leave the VM paused afterwards");
   vm_verbs[4]->add_option("--count", vmc.count, "How many copies")->capture_default_str()->check(CLI::Range(1, 256));
   vm_verbs[4]->add_flag("--paused", vmc.stay_paused, "Leave the parent paused afterwards");
+  vm_verbs[4]->add_flag("--children-paused", vmc.children_paused, "Start the copies paused ('vmm resume' runs them)");
   vm_verbs[5]->add_option("TEXT", vmc.text, "The line (its words joined by spaces; a newline is added)")->required();
   vm_verbs.push_back(ps);
   for (auto* c : vm_verbs) c->add_option("--state-dir", vmc.state_dir, "The state directory");

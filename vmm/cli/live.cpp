@@ -53,6 +53,7 @@ struct ChildPlan {
   fs::path dir;
   std::vector<DiskSpec> disks;
   int report_fd = -1;  ///< the child's end of its pipe
+  bool paused = false;  ///< starts paused (PUT /vm/fork "children_paused"), to run on `vmm resume`
 };
 
 }  // namespace
@@ -130,8 +131,10 @@ void report(int fd, const std::string& text) {
   self->config["console"] = "file:" + console.path;
   (*control)->start(m, api::VmInfo{.id = identity.id, .name = plan.name, .kind = "fork", .template_name = parent.template_name,
                                    .template_dir = parent.template_dir, .parent = parent.name,
-                                   .generation = clone::generation_hex(identity), .config = self->config, .api_socket = {}, .requested = {}},
+                                   .generation = clone::generation_hex(identity), .config = self->config, .api_socket = {}, .requested = {},
+                                   .paused = plan.paused},
                     live_operations(self));
+  if (plan.paused) m.vm().start_paused();
   report(plan.report_fd, "ok");
   ::close(plan.report_fd);
   const int status = stop_status(m.run());
@@ -164,6 +167,7 @@ Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const json& request, con
   Machine& m = *vm->machine;
   if (!m.platform().nets().empty()) return fail("forking a VM with network interfaces is not supported yet");
   const unsigned count = request.value("count", 1u);
+  const bool children_paused = request.value("children_paused", false);
   auto state = clone::capture(m, vm->cpu_template);
   if (!state) return std::unexpected(state.error());
 
@@ -177,6 +181,7 @@ Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const json& request, con
   };
   for (auto& plan : plans) {
     plan.name = fmt::format("{}-{}", vm->name, clone::random_hex(3));
+    plan.paused = children_paused;
     plan.dir = vm->state_dir / "clones" / plan.name;
     std::error_code ec;
     fs::create_directories(plan.dir.parent_path(), ec);

@@ -73,7 +73,7 @@ int vm_command(const VmCommand& c) {
     req.body = json{{"dir", fs::absolute(c.dir).string()}, {"resume", !c.stay_paused}}.dump();
     timeout = 600;
   } else if (c.verb == "fork") {
-    req.body = json{{"count", c.count}, {"resume", !c.stay_paused}}.dump();
+    req.body = json{{"count", c.count}, {"resume", !c.stay_paused}, {"children_paused", c.children_paused}}.dump();
     timeout = 120;
   } else if (c.verb == "input") {
     std::string line;

@@ -16,6 +16,7 @@ struct VmCommand {
   std::string dir;          ///< snapshot DIR
   bool stay_paused = false; ///< snapshot/fork --paused: do not resume afterwards
   unsigned count = 1;       ///< fork --count
+  bool children_paused = false;  ///< fork --children-paused
   double timeout_s = 10;    ///< stop --timeout
   std::vector<std::string> text;  ///< input TEXT...: typed as one line
 };
