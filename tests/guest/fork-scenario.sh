@@ -60,6 +60,10 @@ parent_gen=$(grep -o "generation=[0-9a-f]*" "$work/p.out" | head -1)
   grep -qE "^vmm: p forked 3 time\(s\), paused [0-9.]+ ms$" "$work/fork1.err" && ok "vmm fork p --count 3 (names and pids; the pause on stderr)" || {
   bad "fork"; sed 's/^/  | /' "$work/fork1" "$work/fork1.err"; }
 children=$(cut -d' ' -f1 "$work/fork1")
+# Right after vmm fork returns, each child's API answers (the CLI waits for a registered VM's socket).
+ready=0
+for c in $children; do "$vmm" input "$c" hello && ready=$((ready + 1)); done
+[ "$ready" = 3 ] && ok "each child's API answers as soon as vmm fork returns" || bad "children's API right after the fork: $ready of 3"
 for c in $children; do
   if wait_for "$VMM_STATE_DIR/clones/$c/console.log" "changes=1$" 50; then
     line=$(grep "changes=1$" "$VMM_STATE_DIR/clones/$c/console.log" | tail -1)

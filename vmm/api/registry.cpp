@@ -6,8 +6,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -101,6 +103,15 @@ Result<fs::path> find_vm(const fs::path& state_dir, const std::string& name_or_s
   if (!fs::is_directory(dir, ec) || stale(dir)) return fail("no VM named '{}' is running in {}", name_or_socket, state_dir.string());
   auto vm = read_info(dir);
   if (!vm) return std::unexpected(vm.error());
+  // A VM registers before its guest runs and serves its API a moment later, on a thread of its own
+  // (a fork's children and a fleet's clones are reported running before their API is up): wait for
+  // the socket while the VM is still registered, at most kApiStartS.
+  constexpr auto kApiStartS = std::chrono::seconds(5);
+  const auto deadline = std::chrono::steady_clock::now() + kApiStartS;
+  while (!fs::is_socket(vm->socket, ec)) {
+    if (std::chrono::steady_clock::now() > deadline || stale(dir)) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
   return vm->socket;
 }
 

@@ -47,6 +47,7 @@ struct RunningVm {
 /// The VMs running in `state_dir` (stale entries are removed on the way), sorted by name.
 std::vector<RunningVm> running_vms(const std::filesystem::path& state_dir);
 /// The API socket of `name_or_socket`: a path containing '/' is a socket; otherwise a VM's name.
+/// Waits, a few seconds at most, for a VM that has registered but not yet opened its socket.
 Result<std::filesystem::path> find_vm(const std::filesystem::path& state_dir, const std::string& name_or_socket);
 
 }  // namespace vmm::api

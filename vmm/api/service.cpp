@@ -219,7 +219,7 @@ HttpResponse VmService::input(const std::string& text) {
   // Typed into the serial port's receive FIFO (64 bytes) as the guest drains it: a console with no
   // terminal (a clone's, a fork's console.log) can still be driven. A guest that stops reading
   // gets what fitted and the request a 409 after kInputTimeout.
-  constexpr auto kInputTimeout = std::chrono::seconds(5);
+  constexpr auto kInputTimeout = std::chrono::seconds(10);
   {
     std::lock_guard lock(mutex_);
     if (paused_) return fault(409, "the VM is paused");
