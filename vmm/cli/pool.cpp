@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <charconv>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -50,6 +51,47 @@ std::string receive(int fd, int timeout_ms) {
 }
 
 void send_text(int fd, const std::string& text) { (void)!::send(fd, text.data(), text.size(), MSG_NOSIGNAL); }
+
+/// Sends `text` with a copy of the descriptor `fd` (SCM_RIGHTS) as one message.
+/// A message of one buffer with room for one descriptor (SCM_RIGHTS). Not copyable: it points into itself.
+struct FdMessage {
+  FdMessage(void* data, size_t len) : iov{.iov_base = data, .iov_len = len} {
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf;
+    msg.msg_controllen = sizeof cbuf;
+  }
+  FdMessage(const FdMessage&) = delete;
+  FdMessage& operator=(const FdMessage&) = delete;
+  iovec iov;
+  alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))] = {};
+  msghdr msg{};
+};
+
+void send_with_fd(int sock, const std::string& text, int fd) {
+  FdMessage m(const_cast<char*>(text.data()), text.size());
+  cmsghdr* cm = CMSG_FIRSTHDR(&m.msg);
+  cm->cmsg_level = SOL_SOCKET;
+  cm->cmsg_type = SCM_RIGHTS;
+  cm->cmsg_len = CMSG_LEN(sizeof(int));
+  std::memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+  (void)!::sendmsg(sock, &m.msg, MSG_NOSIGNAL);
+}
+
+/// One message from `sock`: its text and the descriptor it carried (-1 if none; then the text may
+/// say why). Empty text and -1 on EOF.
+std::pair<std::string, int> receive_with_fd(int sock) {
+  char buf[256];
+  FdMessage m(buf, sizeof buf);
+  const ssize_t n = ::recvmsg(sock, &m.msg, MSG_CMSG_CLOEXEC);
+  if (n <= 0) return {std::string(), -1};
+  std::string text(buf, static_cast<size_t>(n));
+  const cmsghdr* cm = CMSG_FIRSTHDR(&m.msg);
+  if (cm == nullptr || cm->cmsg_type != SCM_RIGHTS || cm->cmsg_len != CMSG_LEN(sizeof(int))) return {std::move(text), -1};
+  int fd = -1;
+  std::memcpy(&fd, CMSG_DATA(cm), sizeof(int));
+  return {std::move(text), fd};
+}
 
 /// A member's life after fork(): prepare, run paused, wait for the request, launch. Never returns.
 /// The clone is prepared and its machine running with every vCPU thread created and parked before
@@ -165,20 +207,7 @@ struct Member {
       ::close(sv[0]);
       continue;
     }
-    const std::string text = std::to_string(pid);
-    iovec iov{.iov_base = const_cast<char*>(text.data()), .iov_len = text.size()};
-    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))] = {};
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf;
-    msg.msg_controllen = sizeof cbuf;
-    cmsghdr* cm = CMSG_FIRSTHDR(&msg);
-    cm->cmsg_level = SOL_SOCKET;
-    cm->cmsg_type = SCM_RIGHTS;
-    cm->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(cm), &sv[0], sizeof(int));
-    (void)!::sendmsg(control, &msg, MSG_NOSIGNAL);
+    send_with_fd(control, std::to_string(pid), sv[0]);
     ::close(sv[0]);
   }
 }
@@ -211,22 +240,14 @@ class Zygote {
     send_text(fd_, name);
     pollfd p{.fd = fd_, .events = POLLIN, .revents = 0};
     if (::poll(&p, 1, 10000) <= 0) return std::unexpected("the pool's zygote does not answer");
-    char buf[256];
-    iovec iov{.iov_base = buf, .iov_len = sizeof buf};
-    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))] = {};
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf;
-    msg.msg_controllen = sizeof cbuf;
-    const ssize_t n = ::recvmsg(fd_, &msg, MSG_CMSG_CLOEXEC);
-    if (n <= 0) return std::unexpected("the pool's zygote ended");
-    const std::string text(buf, static_cast<size_t>(n));
-    const cmsghdr* cm = CMSG_FIRSTHDR(&msg);
-    if (cm == nullptr || cm->cmsg_type != SCM_RIGHTS || cm->cmsg_len != CMSG_LEN(sizeof(int))) return std::unexpected(text);
+    auto [text, fd] = receive_with_fd(fd_);
+    if (fd < 0) return std::unexpected(text.empty() ? std::string("the pool's zygote ended") : text);
     Member m;
-    std::memcpy(&m.fd, CMSG_DATA(cm), sizeof(int));
-    m.pid = std::stoi(text);
+    m.fd = fd;
+    if (std::from_chars(text.data(), text.data() + text.size(), m.pid).ec != std::errc()) {
+      ::close(fd);
+      return std::unexpected("the pool's zygote said: " + text);
+    }
     m.name = name;
     return m;
   }
