@@ -92,6 +92,7 @@ while [ $i -lt "$n" ]; do
   else
     bad "$c: no clock answer"
   fi
+  echo 'echo "clocksource: $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"' >&3
   echo 'echo "vmfork: $(dmesg | grep -c "crng reseeded due to virtual machine fork") vmgenid: $(ls /sys/bus/acpi/drivers/vmgenid 2>/dev/null | grep -c :)"' >&3
   echo 'tr -d "\000" </sys/firmware/qemu_fw_cfg/by_name/opt/vmm/identity/raw | sed "s/^/ident: /"; echo "ident: end"' >&3
   # A marker at sector i of /dev/vda, synced; then every clone's sector as this clone sees it.
@@ -179,7 +180,7 @@ for ch in $(cut -d' ' -f1 "$work/fork.out"); do
     [ "${a#* }" = $((parent + 1)) ] && ok "$ch answers; its kernel reseeded at the fork (${a#* } reseeds, its parent $parent)" ||
       bad "$ch: ${a#* } reseeds, its parent had $parent"
   else
-    bad "$ch does not answer on its console"; show "$log"
+    bad "$ch does not answer on its console"; show "$log" "$work/lf.err"  # children inherit lf's stderr
   fi
 done
 ask lf "$work/lf.out" after && [ "$(answer "$work/lf.out" after | cut -d' ' -f2)" = "$parent" ] &&
