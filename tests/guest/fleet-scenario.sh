@@ -54,6 +54,13 @@ done
 [ "$seen" = $((count - 1)) ] && [ "$(sort -u "$work/gens" | wc -l)" = $((count - 1)) ] &&
   ok "every clone runs with its own name and generation" || { bad "identities: $seen seen, $(sort -u "$work/gens" | wc -l) distinct generations";
   for l in "$VMM_STATE_DIR"/clones/web-*/console.log; do grep -q "changes=1$" "$l" || { echo "  $l:"; sed 's/^/  | /' "$l"; }; done; }
+# A detached fleet's clones hold nothing of the launcher's output: a pipe from it ends when the
+# launcher does (they write to STATE/clones/NAME/vmm.log).
+start=$(date +%s)
+"$vmm" run --clone-of idt --count 2 --name piped --detach 2>&1 | cat >"$work/piped"
+[ $(($(date +%s) - start)) -lt 20 ] && [ "$(grep -c "^piped-[12] " "$work/piped")" = 2 ] && [ -f "$VMM_STATE_DIR/clones/piped-1/vmm.log" ] &&
+  ok "vmm run --count --detach | cat returns once the clones run" || { bad "detached fleet through a pipe"; cat "$work/piped"; }
+"$vmm" stop --timeout 0 piped-1 >/dev/null; "$vmm" stop --timeout 0 piped-2 >/dev/null
 # kill -9 of one leaves the rest running.
 pid5=$(grep "^web-5 " "$work/fleet.out" | cut -d' ' -f2)
 kill -9 "$pid5"

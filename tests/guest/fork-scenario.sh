@@ -60,6 +60,13 @@ parent_gen=$(grep -o "generation=[0-9a-f]*" "$work/p.out" | head -1)
   grep -qE "^vmm: p forked 3 time\(s\), paused [0-9.]+ ms$" "$work/fork1.err" && ok "vmm fork p --count 3 (names and pids; the pause on stderr)" || {
   bad "fork"; sed 's/^/  | /' "$work/fork1" "$work/fork1.err"; }
 children=$(cut -d' ' -f1 "$work/fork1")
+# A child holds nothing of the fork command's output: a pipe from vmm fork ends with it.
+start=$(date +%s)
+"$vmm" fork p 2>&1 | cat >"$work/piped"
+piped=$(grep -o "^p-[0-9a-f]*" "$work/piped")
+[ $(($(date +%s) - start)) -lt 20 ] && [ -n "$piped" ] && [ -f "$VMM_STATE_DIR/clones/$piped/vmm.log" ] &&
+  ok "vmm fork | cat returns once the child runs" || { bad "fork through a pipe"; cat "$work/piped"; }
+[ -n "$piped" ] && "$vmm" stop --timeout 0 "$piped" >/dev/null
 # Right after vmm fork returns, each child's API answers (the CLI waits for a registered VM's socket).
 ready=0
 for c in $children; do "$vmm" input "$c" hello && ready=$((ready + 1)); done

@@ -180,7 +180,7 @@ for ch in $(cut -d' ' -f1 "$work/fork.out"); do
     [ "${a#* }" = $((parent + 1)) ] && ok "$ch answers; its kernel reseeded at the fork (${a#* } reseeds, its parent $parent)" ||
       bad "$ch: ${a#* } reseeds, its parent had $parent"
   else
-    bad "$ch does not answer on its console"; show "$log" "$work/lf.err"  # children inherit lf's stderr
+    bad "$ch does not answer on its console"; show "$log" "$VMM_STATE_DIR/clones/$ch/vmm.log"
   fi
 done
 ask lf "$work/lf.out" after && [ "$(answer "$work/lf.out" after | cut -d' ' -f2)" = "$parent" ] &&

@@ -84,7 +84,8 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
         if (other.report >= 0) ::close(other.report);
       }
       if (detach) {
-        // Nothing of the launcher's terminal: its messages go to the clone's directory.
+        // Nothing of the launcher's terminal for input; its output until it runs (a failure to
+        // start is reported there too), then the clone's own log.
         const int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
         if (null >= 0) ::dup2(null, 0);
       }
@@ -92,6 +93,7 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
         const std::string line = "ok " + ms + "\n";
         (void)!::write(p[1], line.data(), line.size());
         ::close(p[1]);
+        if (detach) detach_output(t.sdir / "clones" / mb.name / "vmm.log");
       });
       // start_clone printed why it failed (to stderr); the launcher reads the pipe's end.
       ::_exit(status);

@@ -58,6 +58,19 @@ struct ChildPlan {
 
 }  // namespace
 
+void detach_output(const fs::path& log) {
+  const int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (null >= 0) ::dup2(null, STDIN_FILENO);
+  int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (out < 0) out = null;
+  if (out >= 0) {
+    ::dup2(out, STDOUT_FILENO);
+    ::dup2(out, STDERR_FILENO);
+  }
+  if (out >= 0 && out != null) ::close(out);
+  if (null >= 0) ::close(null);
+}
+
 void raise_open_file_limit() {
   if (rlimit nofile{}; ::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
     nofile.rlim_cur = nofile.rlim_max;
@@ -137,6 +150,7 @@ void report(int fd, const std::string& text) {
   if (plan.paused) m.vm().start_paused();
   report(plan.report_fd, "ok");
   ::close(plan.report_fd);
+  detach_output(plan.dir / "vmm.log");  // it outlives the request, and maybe its parent
   const int status = stop_status(m.run());
   control->reset();
   ::_exit(status);

@@ -29,6 +29,11 @@ struct LiveVm {
 /// In a child forked from a VMM process: drops what it inherited of its parent's kernel objects,
 /// every fd but 0-2 and `keep`, and every mapping of a KVM or io_uring object.
 void drop_inherited(int keep);
+/// For a VM that outlives the command that started it (a fork's child, a detached fleet's clone, a
+/// pool's clone): its stdin becomes /dev/null and its stdout and stderr `log` (created or appended
+/// to), so that it holds no terminal and no pipe of its starter's (`vmm run --count N --detach | cat`
+/// would otherwise wait for every clone to end). Falls back to /dev/null if `log` cannot be opened.
+void detach_output(const std::filesystem::path& log);
 /// Raises the soft limit on open files to the hard one (a launcher or pool holds a socket per
 /// clone), so that a thousand clones need no change to the user's ulimit.
 void raise_open_file_limit();

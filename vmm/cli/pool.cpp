@@ -155,6 +155,7 @@ std::pair<std::string, int> receive_with_fd(int sock) {
     }
     control = std::move(*attached);
     send_text(fd, fmt::format("ok {:.3f}", ms));
+    detach_output((*c)->dir / "vmm.log");  // it outlives the pool
   });
   const StopInfo stop = m.run();
   ::shutdown(fd, SHUT_RDWR);  // wakes the taker if the machine stopped before any request
