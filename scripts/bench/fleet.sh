@@ -9,9 +9,9 @@
 #     capture, fork(), resume), and request -> response, which comes once the child reported that it
 #     runs (its VM built over the inherited RAM, state restored, about to enter KVM_RUN). 256 MiB,
 #     1 GiB and 4 GiB. QEMU has no live fork: no peer.
-#   fleet: `--count N --detach` of the 256 MiB counter template: clones/s over the whole fleet and
-#     per hundred (from the time each clone's line reached the launcher's stdout), and the clones'
-#     own start times (fork -> about to run, as each reports). Peer: QEMU -incoming of the same
+#   fleet: `--count N --detach` of the 256 MiB counter template: clones/s over the whole fleet, and
+#     the clones' own start times (fork -> about to run, as each reports), overall and by hundred
+#     (does creating a VM get slower as their number grows?). Peer: QEMU -incoming of the same
 #     guest, IDLE of them one after another, exec -> first output.
 #   memory: N idle clones of the fleet: MemAvailable before and after (host memory per clone, KVM's
 #     kernel memory included), and each process's Private_Clean + Private_Dirty (smaps_rollup).
@@ -49,7 +49,7 @@ cp "$dir/vmm/vmm" "$dir/vmm/vmm-http.so" "$dir/guest-images/testguest.elf" "$wor
 
 VMM_BENCH_LIB="$root/scripts/bench" python3 - "$runs" "$work" "${FLEET:-1000}" "${IDLE:-20}" \
   "$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)" <<'PY'
-import json, os, socket, subprocess, sys, time
+import json, os, socket, statistics, subprocess, sys, time
 sys.path.insert(0, os.environ["VMM_BENCH_LIB"])
 import benchlib
 from benchlib import log, wait_for, finish, qemu_template, qemu_start, smaps, med, spread, row, header
@@ -137,17 +137,20 @@ avail0 = meminfo()
 t0 = time.perf_counter()
 p = subprocess.Popen([vmm, "run", "--clone-of", "ctr", "--count", str(nfleet), "--name", "web", "--detach"],
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-stamps, starts = [], []
+starts, by_index = [], {}
 for line in p.stdout:
-    stamps.append(time.perf_counter() - t0)
     f = line.split()
     if len(f) == 4 and f[3] == b"ms":
         starts.append(float(f[2]))
+        by_index[int(f[0].rsplit(b"-", 1)[1])] = float(f[2])
 p.wait()
 total = time.perf_counter() - t0
 if len(starts) != nfleet:
     sys.exit(f"fleet.sh: {len(starts)} of {nfleet} clones started: {p.stderr.read()[-500:]!r}")
-per_hundred = [100 / (stamps[min(i + 99, nfleet - 1)] - (stamps[i - 1] if i else 0)) for i in range(0, nfleet, 100)]
+# Whether creating a VM gets slower as their number grows: each clone's own start (fork -> about
+# to run), by the hundred it belongs to (clone i is forked i-th).
+per_hundred = [statistics.median([by_index[j] for j in range(i + 1, min(i + 101, nfleet + 1)) if j in by_index])
+               for i in range(0, nfleet, 100)]
 time.sleep(1.0)
 avail1 = meminfo()
 pids = []
@@ -183,8 +186,14 @@ for i in range(nreq):
     r = take()
     p_request.append(r["request_ms"])
     wait_socket(r["name"])
-    time.sleep(0.02)  # the clone has printed by now
-    s0 = api(sock_of(r["name"]), "GET", "/vm")[1]["start_ms"]
+    deadline = time.perf_counter() + 5
+    while True:  # until the clone has printed
+        s0 = api(sock_of(r["name"]), "GET", "/vm")[1]["start_ms"]
+        if s0["first_output"] is not None or time.perf_counter() > deadline:
+            break
+        time.sleep(0.01)
+    if s0["first_output"] is None:
+        sys.exit(f"fleet.sh: pool clone {r['name']} printed nothing in 5 s")
     p_entry.append(s0["first_entry"]); p_output.append(s0["first_output"])
     api(sock_of(r["name"]), "PUT", "/vm/stop", {"timeout_s": 0})
     pool_ready(npool)
@@ -224,8 +233,7 @@ print()
 print(f"fleet: vmm run --clone-of --count {nfleet} --detach (256 MiB counter template)")
 header()
 row(f"clones/s over the fleet ({total:.2f} s)", [nfleet / total], None, "clones/s", "{:.0f}", True, "target >= 2000/s (pool)")
-row("clones/s per hundred (first .. last hundred)", per_hundred, None, "clones/s", "{:.0f}", True)
-print(f"  {'  per hundred, in order':<58} {' '.join(f'{x:.0f}' for x in per_hundred)}")
+print(f"  {'a clone start (ms), median per hundred, in order':<58} {' '.join(f'{x:.1f}' for x in per_hundred)}")
 row("a clone's start (ours: fork -> about to run; qemu: exec -> first output)", starts, q_first, "ms")
 print()
 print(f"memory: {nfleet} idle clones (ours), {nidle} (qemu)")
