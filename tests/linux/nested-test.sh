@@ -32,8 +32,10 @@ run "$@" || status=$?
 # run.sh reports 125. That is the lane failing, not the test: say so, and run the test once more.
 # L1 can also freeze outright (no console output, no heartbeat): run.sh ends it and reports 126.
 # Seen too: L1's kernel overflowing a vCPU thread's kernel stack inside its KVM ("stack guard page
-# was hit ... vmm-vcpu1", then "Kernel panic"). Any panic of L1's own kernel is the lane's failure.
-if { [[ $status == 125 ]] && grep -aqE "BUG: soft lockup|Kernel panic - not syncing" "$log"; } || [[ $status == 126 ]]; then
+# was hit ... vmm-vcpu1", then "Kernel panic"). Any panic of L1's own kernel is the lane's failure,
+# and so is an L1 that reset by itself before its script reported (run.sh says so in the log).
+if { [[ $status == 125 ]] && grep -aqE "BUG: soft lockup|Kernel panic - not syncing|^run.sh: L1 reset or powered off by itself" "$log"; } ||
+  [[ $status == 126 ]]; then
   echo "nested-test: L1 locked up or froze (lane failure, status $status, log above); running the test again"
   status=0
   run "$@" || status=$?
