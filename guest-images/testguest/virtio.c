@@ -249,12 +249,19 @@ static void publish(unsigned q, uint16_t h) {
   notify((uint16_t)q);
 }
 
-/* Waits until queue `q` has a used entry past last_used (or NEEDS_RESET). 1: there is one. */
+/* Waits until queue `q` has a used entry past last_used (or NEEDS_RESET). 1: there is one. A VM
+ * paused mid-wait (the pause completes its request; the STATUS read is an exit, where a pause
+ * lands) finds its TSC far ahead when it resumes: the ring is looked at once more after the clock
+ * says time is up, so that a long pause is not called a device time-out. */
 static int wait_used(unsigned q) {
   struct ring* r = &rings[q];
-  for (uint64_t start = rdtsc(); rdtsc() - start < WAIT_CYCLES;) {
+  for (uint64_t start = rdtsc();;) {
     if (*(volatile uint16_t*)&r->us.idx != r->last_used) return 1;
     if (C8(STATUS) & S_NEEDS_RESET) return 0;
+    if (rdtsc() - start >= WAIT_CYCLES) {
+      if (*(volatile uint16_t*)&r->us.idx != r->last_used) return 1;
+      break;
+    }
     __asm__ volatile("pause");
   }
   puts_("virtio: timed out waiting for the device\n");

@@ -42,7 +42,7 @@ class HttpServer {
 /// for kIdleTimeoutS seconds (half a request, or an idle keep-alive) is dropped; at most
 /// kMaxConnections connections are served at once, the next wait in turn.
 inline constexpr size_t kMaxBody = 64 * 1024;
-inline constexpr int kIdleTimeoutS = 2;
+inline constexpr int kIdleTimeoutS = 5;
 inline constexpr size_t kMaxConnections = 16;
 
 /// The plugin's entry points (C linkage, one table; `abi` must equal kHttpAbi).
