@@ -134,16 +134,15 @@ Result<std::vector<KvmStat>> read_kvm_stats(int stats_fd) {
   return parse_kvm_stats(*bytes);
 }
 
-Result<std::vector<KvmStat>> read_vcpu_stats(int vcpu_fd) {
-  const int fd = ::ioctl(vcpu_fd, KVM_GET_STATS_FD, nullptr);
+Result<Fd> open_stats_fd(int kvm_object_fd) {
+  const int fd = ::ioctl(kvm_object_fd, KVM_GET_STATS_FD, nullptr);
   if (fd < 0) {
     const int err = errno;
     // KVM_CAP_BINARY_STATS_FD came with Linux 5.14; older kernels do not know the ioctl.
     if (err == ENOTTY || err == EINVAL) return fail("KVM_GET_STATS_FD: {} (needs Linux 5.14 or later)", errno_text(err));
     return fail("KVM_GET_STATS_FD: {}", errno_text(err));
   }
-  const Fd stats(fd);
-  return read_kvm_stats(stats.get());
+  return Fd(fd);
 }
 
 }  // namespace vmm

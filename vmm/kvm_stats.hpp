@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "vmm/base/error.hpp"
+#include "vmm/base/fd.hpp"
 
 namespace vmm {
 
@@ -32,8 +33,9 @@ Result<std::vector<uint8_t>> read_kvm_stats_bytes(int stats_fd);
 /// read_kvm_stats_bytes() then parse_kvm_stats().
 Result<std::vector<KvmStat>> read_kvm_stats(int stats_fd);
 
-/// The stats of one vCPU: KVM_GET_STATS_FD on its fd, then read_kvm_stats(). Each call reads a
-/// fresh snapshot of the counters (the stats fd is opened and closed here).
-Result<std::vector<KvmStat>> read_vcpu_stats(int vcpu_fd);
+/// KVM_GET_STATS_FD on a VM or vCPU fd: the statistics file to read with read_kvm_stats() (each
+/// read is a fresh snapshot). Open a vCPU's before it runs: every vCPU ioctl waits while KVM_RUN
+/// holds the vCPU; reading the file does not.
+Result<Fd> open_stats_fd(int kvm_object_fd);
 
 }  // namespace vmm

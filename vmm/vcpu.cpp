@@ -19,12 +19,17 @@ Result<std::unique_ptr<Vcpu>> Vcpu::create(const Kvm& kvm, int vm_fd, uint32_t i
   // KVM's statistics file, opened now: every vCPU ioctl waits for the vCPU's mutex, which KVM_RUN
   // holds (a guest idle in HLT would keep KVM_GET_STATS_FD waiting); reading the file does not.
   // Kernels before 5.14 have none: the metrics say so.
-  vcpu->stats_ = Fd(::ioctl(vcpu->fd_.get(), KVM_GET_STATS_FD, nullptr));
+  auto stats = open_stats_fd(vcpu->fd_.get());
+  if (stats) {
+    vcpu->stats_ = std::move(*stats);
+  } else {
+    vcpu->stats_error_ = stats.error().message();
+  }
   return vcpu;
 }
 
 Result<std::vector<KvmStat>> Vcpu::stats() const {
-  if (!stats_) return fail("vCPU {}: no KVM statistics (KVM_GET_STATS_FD needs Linux 5.14)", index_);
+  if (!stats_) return fail("vCPU {}: no KVM statistics: {}", index_, stats_error_);
   return read_kvm_stats(stats_.get());
 }
 

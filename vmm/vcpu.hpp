@@ -91,6 +91,7 @@ class Vcpu {
   uint32_t index_;
   Fd fd_;
   Fd stats_;  // KVM_GET_STATS_FD; invalid on kernels without it
+  std::string stats_error_;  // why stats_ is invalid
   Mapping run_;
   CpuidEntries cpuid_;
 };

@@ -304,7 +304,7 @@ TEST_CASE("kvm_stats: read_kvm_stats reads the whole file with pread, refuses mo
 
 TEST_CASE("kvm_stats: KVM_GET_STATS_FD on something that is not a vCPU is one error") {
   const vmm::Fd fd = file_with({});
-  auto r = vmm::read_vcpu_stats(fd.get());
+  auto r = vmm::open_stats_fd(fd.get());
   REQUIRE(!r);
   CHECK(has(r.error().message(), "KVM_GET_STATS_FD: "));
 }
@@ -333,7 +333,9 @@ TEST_CASE("kvm_stats: a fresh vCPU's stats on /dev/kvm include the exit counters
   const vmm::Fd vcpu(::ioctl(vm.get(), KVM_CREATE_VCPU, 0ul));
   REQUIRE_MESSAGE(vcpu, (std::string("KVM_CREATE_VCPU: ") + std::strerror(errno)));
 
-  auto stats = vmm::read_vcpu_stats(vcpu.get());
+  auto stats_fd = vmm::open_stats_fd(vcpu.get());
+  REQUIRE_MESSAGE(stats_fd, stats_fd.error().message());
+  auto stats = vmm::read_kvm_stats(stats_fd->get());
   REQUIRE_MESSAGE(stats, stats.error().message());
   auto find = [&](const std::string& name) {
     return std::find_if(stats->begin(), stats->end(), [&](const vmm::KvmStat& s) { return s.name == name; });
