@@ -178,7 +178,7 @@ fi
 # ---- Stop: every VM ends, and its entry with it.
 for n in p $children $grand; do
   [ "$n" = "$victim" ] && continue
-  "$vmm" stop "$n" >"$work/e" 2>&1 || { bad "stop $n"; cat "$work/e"; echo "  parent's (and children's) stderr:"; sed 's/^/  | /' "$work/p.err";
+  "$vmm" stop "$n" >"$work/e" 2>&1 || { bad "stop $n"; cat "$work/e"; echo "  p's stderr and its own log:"; sed 's/^/  | /' "$work/p.err" "$VMM_STATE_DIR/clones/$n/vmm.log";
     echo "  its console:"; sed 's/^/  | /' "$VMM_STATE_DIR/clones/$n/console.log"; }
 done
 exec 3>&-
@@ -254,11 +254,11 @@ grep -q "sector 5 byte=0x42" "$work/sc.out" && grep -q "sector 5 byte=0x44" "$wo
 exec 3>&-
 wait "$pid_b"
 
-# ---- A fork while the guest writes its disk: blk-churn writes 4 KiB chunks round a 1 MiB qcow2
+# ---- A fork while the guest writes its disk: blk-churn writes 4 KiB chunks round a 256 KiB qcow2
 # image without pause, each chunk all one byte. Forked with parent and children left paused, every
 # child's disk is a sound image (qemu-img check), equal to its parent's at the fork (qemu-img
 # compare), and holds only whole chunks; then they all run on.
-"$vmm" disk create "$work/churn.qcow2" --size 1M >/dev/null
+"$vmm" disk create "$work/churn.qcow2" --size 256K >/dev/null
 start_vm w --kernel "$guest" --cmdline blk-churn --disk path="$work/churn.qcow2"
 wait_for "$work/w.out" "^blk-churn: running$" 600 || { bad "blk-churn did not start"; cat "$work/w.out" "$work/w.err"; }
 "$vmm" fork w --count 3 --paused --children-paused >"$work/forkw" 2>"$work/forkw.err" && [ "$(wc -l <"$work/forkw")" = 3 ] &&

@@ -130,7 +130,8 @@ void report(int fd, const std::string& text) {
                                  std::move(devs->loop));
   if (!machine) fail_child(machine.error().message());
   Machine& m = **machine;
-  if (auto r = clone::restore(m, state, "fork", /*clock_to_now=*/true); !r) fail_child(r.error().message());
+  // The clock as the parent left it at the fork (milliseconds ago): a fork continues its parent.
+  if (auto r = clone::restore(m, state, "fork", /*clock_to_now=*/false); !r) fail_child(r.error().message());
   if (auto r = m.platform().vmgenid().set(identity.generation); !r) fail_child(r.error().message());
   m.platform().vmgenid().notify();
 
