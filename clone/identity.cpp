@@ -2,6 +2,9 @@
 
 #include <sys/random.h>
 
+#include <cctype>
+#include <charconv>
+#include <chrono>
 #include <ctime>
 
 namespace vmm::clone {
@@ -36,6 +39,7 @@ Identity new_identity(std::string name) {
   i.id = random_hex(16);
   i.name = std::move(name);
   fill_random(i.generation.data(), i.generation.size());
+  i.seed = random_hex(32);
   return i;
 }
 
@@ -47,8 +51,88 @@ std::vector<std::pair<std::string, std::string>> identity_pairs(const Identity& 
   for (size_t i = 0; i < identity.macs.size(); ++i) kv.emplace_back(fmt::format("mac{}", i), identity.macs[i]);
   if (!identity.hostname.empty()) kv.emplace_back("hostname", identity.hostname);
   if (!identity.ip.empty()) kv.emplace_back("ip", identity.ip);
-  kv.emplace_back("time", std::to_string(std::time(nullptr)));
+  if (!identity.gateway.empty()) kv.emplace_back("gateway", identity.gateway);
+  if (!identity.seed.empty()) kv.emplace_back("seed", identity.seed);
+  const auto now = std::chrono::system_clock::now().time_since_epoch();
+  kv.emplace_back("time", std::to_string(std::chrono::duration_cast<std::chrono::seconds>(now).count()));
+  kv.emplace_back("time_ms", std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(now).count()));
   return kv;
+}
+
+Result<uint32_t> parse_ipv4(std::string_view text) {
+  uint32_t out = 0;
+  size_t at = 0;
+  for (int part = 0; part < 4; ++part) {
+    const size_t end = part < 3 ? text.find('.', at) : text.size();
+    if (end == std::string_view::npos) return fail("'{}' is not an IPv4 address (A.B.C.D)", text);
+    const std::string_view num = text.substr(at, end - at);
+    unsigned v = 0;
+    auto [p, ec] = std::from_chars(num.data(), num.data() + num.size(), v);
+    if (num.empty() || num.size() > 3 || ec != std::errc() || p != num.data() + num.size() || v > 255 ||
+        (num.size() > 1 && num[0] == '0')) {
+      return fail("'{}' is not an IPv4 address (A.B.C.D, each 0..255 without leading zeros)", text);
+    }
+    out = out << 8 | v;
+    at = end + 1;
+  }
+  return out;
+}
+
+std::string format_ipv4(uint32_t a) { return fmt::format("{}.{}.{}.{}", a >> 24, (a >> 16) & 255, (a >> 8) & 255, a & 255); }
+
+Result<> check_hostname(std::string_view h) {
+  if (h.empty() || h.size() > 64) return fail("--hostname '{}': 1 to 64 characters", h);
+  size_t at = 0;
+  while (at <= h.size()) {
+    const size_t end = std::min(h.find('.', at), h.size());
+    const std::string_view label = h.substr(at, end - at);
+    if (label.empty() || label.size() > 63 || label.front() == '-' || label.back() == '-') {
+      return fail("--hostname '{}': each dot-separated label is 1 to 63 characters, not starting or ending with '-'", h);
+    }
+    for (char c : label) {
+      if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-') {
+        return fail("--hostname '{}': use letters, digits, '-' and '.' (RFC 1123)", h);
+      }
+    }
+    at = end + 1;
+  }
+  return {};
+}
+
+Result<std::string> check_ip(std::string_view ip) {
+  if (ip == "dhcp") return std::string(ip);
+  const size_t slash = ip.find('/');
+  auto a = parse_ipv4(ip.substr(0, slash));
+  if (!a) return fail("--ip {}: {}", ip, a.error().message());
+  unsigned prefix = 24;
+  if (slash != std::string_view::npos) {
+    const std::string_view p = ip.substr(slash + 1);
+    auto [end, ec] = std::from_chars(p.data(), p.data() + p.size(), prefix);
+    if (p.empty() || p.size() > 2 || ec != std::errc() || end != p.data() + p.size() || prefix > 32 || (p.size() > 1 && p[0] == '0')) {
+      return fail("--ip {}: the prefix after '/' is 0 to 32", ip);
+    }
+  }
+  return fmt::format("{}/{}", format_ipv4(*a), prefix);
+}
+
+Result<> check_gateway(std::string_view gateway) {
+  if (auto a = parse_ipv4(gateway); !a) return fail("--gateway {}: {}", gateway, a.error().message());
+  return {};
+}
+
+Result<std::string> ip_plus(std::string_view ip, uint32_t k) {
+  auto norm = check_ip(ip);
+  if (!norm) return norm;
+  if (*norm == "dhcp") return norm;
+  const size_t slash = norm->find('/');
+  const uint32_t a = *parse_ipv4(std::string_view(*norm).substr(0, slash));
+  const unsigned prefix = static_cast<unsigned>(std::stoul(norm->substr(slash + 1)));
+  const uint64_t next = uint64_t{a} + k;
+  const uint32_t mask = prefix == 0 ? 0 : ~uint32_t{0} << (32 - prefix);
+  if (next > 0xffffffffull || (static_cast<uint32_t>(next) & mask) != (a & mask)) {
+    return fail("--ip {}: {} addresses from it leave its /{} network", ip, k + 1, prefix);
+  }
+  return fmt::format("{}/{}", format_ipv4(static_cast<uint32_t>(next)), prefix);
 }
 
 }  // namespace vmm::clone

@@ -215,13 +215,19 @@ Result<> check_cpu(const Kvm& kvm, const MachineShape& shape, uint32_t host_tsc_
 
 namespace {
 /// KVM's per-VM state from the "kvm" section into the machine.
-Result<> load_kernel_state(Machine& machine, const StateFile& state, std::string_view file, bool clock_to_now) {
+Result<VmKernelState> read_kernel_state(const StateFile& state, std::string_view file) {
   auto bytes = state.require("kvm", file);
   if (!bytes) return std::unexpected(bytes.error());
   ByteReader r(*bytes, fmt::format("{}: section kvm", file));
   auto k = r.get_raw<VmKernelState>("kvm");
   if (!k) return std::unexpected(k.error());
-  if (auto f = r.finish(); !f) return f;
+  if (auto f = r.finish(); !f) return std::unexpected(f.error());
+  return *k;
+}
+
+Result<> load_kernel_state(Machine& machine, const StateFile& state, std::string_view file, bool clock_to_now) {
+  auto k = read_kernel_state(state, file);
+  if (!k) return std::unexpected(k.error());
   if (auto ok = machine.vm().restore_kernel_state(*k, clock_to_now); !ok) return std::unexpected(ok.error().context(file));
   return {};
 }
@@ -233,8 +239,14 @@ Result<> load_kernel_state(Machine& machine, const StateFile& state, std::string
 // (tried) made Linux clones in the nested lane triple-fault right after the restore in 2 of 9
 // runs, against none in 10 without it; their clocksource there is kvm-clock, and their clock is
 // right without it.
+// Only the clock: this runs after the restore, when the clone's vmgenid notification may already be
+// pending in the IOAPIC; restoring the interrupt controllers and the PIT again here (as it once did)
+// dropped that state.
 Result<> step_clock(Machine& machine, const StateFile& state, std::string_view file) {
-  return load_kernel_state(machine, state, file, /*clock_to_now=*/true);
+  auto k = read_kernel_state(state, file);
+  if (!k) return std::unexpected(k.error());
+  if (auto ok = machine.vm().set_clock(*k, /*clock_to_now=*/true); !ok) return std::unexpected(ok.error().context(file));
+  return {};
 }
 
 Result<> restore(Machine& machine, const StateFile& state, std::string_view file, bool clock_to_now) {

@@ -1,5 +1,7 @@
 #include "clone/template.hpp"
 
+#include "clone/identity.hpp"
+
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
@@ -123,7 +125,7 @@ std::string manifest_json(const Manifest& m) {
       {"vmm_version", m.vmm_version},
       {"config",
        {{"memory", m.memory}, {"vcpus", m.vcpus}, {"cpu_template", m.cpu_template}, {"kernel", m.kernel},
-        {"cmdline", m.cmdline}, {"disks", disks}, {"nets", nets}}},
+        {"cmdline", m.cmdline}, {"disks", disks}, {"nets", nets}, {"ip", m.ip}, {"gateway", m.gateway}}},
       {"files", {{"state", sum_json(m.state)}, {"memory", sum_json(m.memory_file)}}},
   };
   return j.dump(2) + "\n";
@@ -160,6 +162,13 @@ Result<Manifest> parse_manifest(std::string_view text, std::string_view file) {
       m.disks.push_back(std::move(td));
     }
     for (const auto& n : c.at("nets")) m.nets.push_back({.mac = n.at("mac").get<std::string>(), .tap = n.at("tap").get<std::string>()});
+    m.ip = c.value("ip", "");  // 1.1
+    m.gateway = c.value("gateway", "");
+    if (!m.ip.empty()) {
+      auto ip = check_ip(m.ip);
+      if (!ip || *ip != m.ip) return fail("{}: config.ip '{}' is not A.B.C.D/P or dhcp", file, m.ip);
+    }
+    if (!m.gateway.empty() && !check_gateway(m.gateway)) return fail("{}: config.gateway '{}' is not A.B.C.D", file, m.gateway);
     auto s = parse_sum(j.at("files").at("state"), "state file", file);
     if (!s) return std::unexpected(s.error());
     m.state = *s;

@@ -18,7 +18,7 @@
 
 namespace vmm::clone {
 
-inline constexpr int kManifestMajor = 1, kManifestMinor = 0;
+inline constexpr int kManifestMajor = 1, kManifestMinor = 1;  // 1.1: config.ip, config.gateway
 inline constexpr const char* kManifestFile = "manifest.json";
 inline constexpr const char* kStateFile = "state.bin";
 inline constexpr const char* kMemoryFile = "memory.bin";
@@ -54,6 +54,7 @@ struct Manifest {
   std::string kernel, cmdline;  ///< for information
   std::vector<TemplateDisk> disks;
   std::vector<TemplateNet> nets;
+  std::string ip, gateway;  ///< the guest's, as its identity carried them (empty: none); clones in a netns keep them
   FileSum state, memory_file;
 };
 

@@ -154,7 +154,8 @@ Result<std::vector<uint8_t>> identity_text(const std::vector<std::pair<std::stri
     out.push_back('=');
     out.insert(out.end(), value.begin(), value.end());
     out.push_back('\n');
-    if (out.size() > kIdentitySize) return fail("identity text is over {} bytes (at key {:?})", kIdentitySize, key);
+    // At least one NUL ends the text (vmm-agent requires it: a file without one was cut short).
+    if (out.size() >= kIdentitySize) return fail("identity text is over {} bytes (at key {:?})", kIdentitySize - 1, key);
   }
   out.resize(kIdentitySize, 0);
   return out;

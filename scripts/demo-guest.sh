@@ -1,8 +1,9 @@
 #!/bin/sh
 # The demo's guest runs (POSIX sh, so that it also runs inside the nested lane's busybox L1):
 # the bundled test guest with one vCPU, with four, and echoing lines from the host; then a
-# template of it and a fleet of clones; a running guest forked live; a warm pool handing out clones.
-# usage: demo-guest.sh VMM TESTGUEST
+# template of it and a fleet of clones; a running guest forked live; three clones on a bridge, each
+# with its own MAC (where a network namespace can be made); a warm pool handing out clones.
+# usage: demo-guest.sh VMM TESTGUEST [--bridge]   (--bridge: only that part, in a namespace)
 vmm=$1 guest=$2
 run() {
   echo "\$ vmm $*"
@@ -17,6 +18,27 @@ run() {
   echo
   return 0
 }
+if [ "${3:-}" = --bridge ]; then
+  # Clones on a bridge (run by the main part inside a network namespace of its own): a template of
+  # the test guest's ARP server, and three clones on br0, each on its own TAP with its own MAC and
+  # address. The test guest has no IP stack: it answers for 10.0.2.2, whatever address it is
+  # given; what it shows is the MACs (a Linux guest with vmm-agent takes its address too, README).
+  ip link set lo up
+  ip link add br0 type bridge && ip addr add 10.0.2.1/24 dev br0 && ip link set br0 up || exit 0
+  echo "\$ vmm template create web --kernel testguest.elf --cmdline net-serve --net tap=tweb,mac=52:54:00:00:00:02 ..."
+  "$vmm" template create web --kernel "$guest" --cmdline net-serve --net tap=tweb,mac=52:54:00:00:00:02 --ip 10.0.2.2/24 \
+    --ready-on "net-serve: ready" --console none
+  echo "\$ vmm run --clone-of web --count 3 --name web --net 'tap=web{i},bridge=br0' --ip 10.0.2.11 --detach"
+  "$vmm" run --clone-of web --count 3 --name web --net 'tap=web{i},bridge=br0' --ip 10.0.2.11 --detach
+  "$vmm" ps
+  echo "\$ arping -I br0 10.0.2.2   (each clone answers from its own MAC, none from the template's)"
+  busybox arping -c 2 -w 3 -I br0 10.0.2.2 | grep -i reply | sort -u
+  echo "\$ bridge fdb show br br0"
+  bridge fdb show br br0 | grep -v permanent
+  for n in 1 2 3; do "$vmm" stop --timeout 0 "web-$n" >/dev/null; done
+  exit 0
+fi
+
 run run --kernel "$guest" --cmdline hello
 run run --kernel "$guest" --cmdline smp --cpus 4
 printf 'hello from the host\nquit\n' | run run --kernel "$guest" --cmdline echo
@@ -81,6 +103,17 @@ echo "quit" >&3
 exec 3>&-
 wait "$live"
 echo
+
+# Clones on a bridge, where this runs as root with iproute2 (not in the nested lane's busybox L1).
+ns=vmmdemo$$
+if [ "$(id -u)" = 0 ] && ip netns add $ns 2>/dev/null; then
+  ip netns exec $ns sh "$0" "$vmm" "$guest" --bridge
+  ip netns del $ns
+  echo
+else
+  echo "(clones on a bridge: skipped here; they need root and iproute2's ip netns)"
+  echo
+fi
 
 # A warm pool: 3 clones of the template prepared ahead (VM built, state restored, vCPU threads
 # parked); each request takes one and the pool refills. Each line: name, pid, request -> answer.

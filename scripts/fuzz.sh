@@ -16,13 +16,17 @@
 #              hand-built stats files and, where /dev/kvm is usable, a fresh vCPU's and VM's (written by
 #              the fuzzer itself, VMM_KVM_STATS_FUZZ_MAKE_SEEDS) and the captured ones committed in
 #              tests/fuzz/kvm-stats-seeds/. Regressions: tests/fuzz/kvm-stats-regressions/.
+#   agent-identity  vmm-agent's identity file parser (tests/fuzz/agent_identity_fuzz.cpp,
+#              guest-images/linux/vmm-agent/identity.c). Seeds: canonical files written by the fuzzer
+#              itself (VMM_AGENT_IDENTITY_FUZZ_MAKE_SEEDS) and hand-written ones in
+#              tests/fuzz/agent-identity-seeds/. Regressions: tests/fuzz/agent-identity-regressions/.
 #
 # Configures and builds a clang build of its own (build-fuzz/, -DVMM_FUZZ=ON: ASan + UBSan + coverage;
 # only the fuzz target and the libraries it needs are built; one build serves every target), seeds a
 # corpus, runs the fuzzer, and prints runs, exec/s, crashes and the corpus size. Inputs that once found
 # a bug (the target's regressions directory) are run first, every time.
 # Exits non-zero on a crash, leak or timeout, naming the reproducer; rerun one with
-#   build-fuzz/tests/TARGET_fuzz REPRODUCER     (qcow2_fuzz, state_fuzz, kvm_stats_fuzz)
+#   build-fuzz/tests/TARGET_fuzz REPRODUCER     (qcow2_fuzz, state_fuzz, kvm_stats_fuzz, agent_identity_fuzz)
 # Environment: VMM_FUZZ_BUILD (build directory), VMM_FUZZ_WORK (corpus, seeds and artifacts; default
 # BUILD/TARGET-fuzz), VMM_FUZZ_JOBS (parallel fuzzer processes, default 1).
 # Exit status: 0 clean, 1 the fuzzer found something, 2 the build failed (or no such TARGET), 77 a tool
@@ -51,8 +55,12 @@ case $target in
     bin=kvm_stats_fuzz build_log=fuzz-build-kvm-stats.log seed_env=VMM_KVM_STATS_FUZZ_MAKE_SEEDS
     seed_mark=.done make_seeds=own_seeds dirs=(kvm-stats-seeds kvm-stats-regressions) tools=()
     limits=(-max_len=16384 -timeout=10 -rss_limit_mb=2048) ;;
+  agent-identity)  # The file is 1024 bytes; a little more exercises the size check.
+    bin=agent_identity_fuzz build_log=fuzz-build-agent-identity.log seed_env=VMM_AGENT_IDENTITY_FUZZ_MAKE_SEEDS
+    seed_mark=.done make_seeds=own_seeds dirs=(agent-identity-seeds agent-identity-regressions) tools=()
+    limits=(-max_len=1100 -timeout=10 -rss_limit_mb=2048) ;;
   *)
-    echo "usage: scripts/fuzz.sh qcow2|state|kvm-stats [SECONDS] [extra libFuzzer options...]" >&2
+    echo "usage: scripts/fuzz.sh qcow2|state|kvm-stats|agent-identity [SECONDS] [extra libFuzzer options...]" >&2
     exit 2 ;;
 esac
 name=fuzz-$target  # in messages

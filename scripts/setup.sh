@@ -8,7 +8,7 @@ packages=(
   liburing-dev libfmt-dev doctest-dev libcli11-dev linux-libc-dev nlohmann-json3-dev zlib1g-dev libcpp-httplib-dev curl
   libclang-rt-14-dev
   qemu-system-x86 qemu-utils
-  python3 procps iproute2 kmod
+  python3 procps iproute2 kmod nftables
   busybox-static cpio e2fsprogs zstd xz-utils
 )
 

@@ -110,7 +110,8 @@ Result<std::unique_ptr<Platform>> attach_platform(Vm& vm, PlatformConfig config)
   for (auto& n : config.nets) {
     const std::string name = fmt::format("virtio-net {}", n.tap.name());
     if (!config.loop) return fail("virtio devices need the event loop");
-    auto net = devices::virtio::Net::create(std::move(n.tap), n.mac, *config.loop);
+    auto net = devices::virtio::Net::create(std::move(n.tap), n.mac, *config.loop,
+                                            {.filter_source = n.filter_source, .netns = std::move(n.netns)});
     if (!net) return std::unexpected(net.error());
     if (auto a = attach(*net, fmt::format("virtio-net{}", p->nets_.size()), name); !a) return std::unexpected(a.error());
     p->nets_.push_back(std::move(*net));

@@ -31,10 +31,13 @@ struct DiskAttachment {
   std::string id;
 };
 
-/// A network interface to attach: its TAP and MAC.
+/// A network interface to attach: its TAP and MAC, the namespace that holds the TAP (if any: the
+/// device owns it), and whether frames from any other source MAC are dropped (a clone's).
 struct NetAttachment {
   devices::Tap tap;
   devices::virtio::MacAddress mac;
+  std::unique_ptr<devices::Netns> netns = {};
+  bool filter_source = false;
 };
 
 struct PlatformConfig {

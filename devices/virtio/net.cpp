@@ -52,7 +52,7 @@ std::string format_mac(const MacAddress& m) {
   return fmt::format("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5]);
 }
 
-Net::Net(Tap tap, MacAddress mac)
+Net::Net(Tap tap, MacAddress mac, NetOptions options)
     : VirtioDevice([] {
         std::vector<Queue> q;
         q.emplace_back(kQueueSize);
@@ -60,10 +60,12 @@ Net::Net(Tap tap, MacAddress mac)
         return q;
       }()),
       tap_(std::move(tap)),
-      mac_(mac) {}
+      mac_(mac),
+      filter_source_(options.filter_source),
+      netns_(std::move(options.netns)) {}
 
-Result<std::shared_ptr<Net>> Net::create(Tap tap, MacAddress mac, EventLoop& loop) {
-  std::shared_ptr<Net> net(new Net(std::move(tap), mac));
+Result<std::shared_ptr<Net>> Net::create(Tap tap, MacAddress mac, EventLoop& loop, NetOptions options) {
+  std::shared_ptr<Net> net(new Net(std::move(tap), mac, std::move(options)));
   Net* self = net.get();
   // Frames waiting on the TAP: deliver what the guest has buffers for. Before DRIVER_OK (or after a
   // reset) the frames stay queued in the TAP.
@@ -130,7 +132,24 @@ Result<> Net::interrupt_if_needed(unsigned queue) {
 
 Net::Stats Net::stats() {
   std::lock_guard lock(mutex());
-  return Stats{.rx_frames = rx_frames_, .rx_bytes = rx_bytes_, .tx_frames = tx_frames_, .tx_bytes = tx_bytes_, .errors = errors_};
+  return Stats{.rx_frames = rx_frames_, .rx_bytes = rx_bytes_, .tx_frames = tx_frames_, .tx_bytes = tx_bytes_, .errors = errors_,
+               .filtered = filtered_};
+}
+
+bool Net::foreign_source(const std::vector<iovec>& iov) const {
+  // The Ethernet source address: bytes 6..11 of the frame, after the virtio-net header; the
+  // guest's segments may split it anywhere. A frame too short to hold one is foreign too.
+  constexpr size_t kFrom = kNetHdrBytes + 6;
+  std::array<uint8_t, 6> source{};
+  size_t got = 0, at = 0;
+  for (const iovec& v : iov) {
+    const auto* p = static_cast<const uint8_t*>(v.iov_base);
+    for (size_t i = 0; i < v.iov_len && got < source.size(); ++i, ++at) {
+      if (at >= kFrom) source[got++] = p[i];
+    }
+    if (got == source.size()) break;
+  }
+  return got < source.size() || std::memcmp(source.data(), mac_.data(), source.size()) != 0;
 }
 
 Result<> Net::transmit() {
@@ -148,8 +167,10 @@ Result<> Net::transmit() {
       } else {
         auto iov = host_iov(*memory_, c.readable);
         if (!iov) return std::unexpected(iov.error());
-        const ssize_t n = tap_.write(iov->data(), static_cast<int>(iov->size()));
-        if (n < 0) {
+        const ssize_t n = filter_source_ && foreign_source(*iov) ? (++filtered_, 0) : tap_.write(iov->data(), static_cast<int>(iov->size()));
+        if (n == 0) {
+          // dropped: not from this interface's MAC
+        } else if (n < 0) {
           ++errors_;  // the TAP refused the frame (too long, interface down): dropped, like a wire would
           log_once(fmt::format("TAP write: {}", errno_text(static_cast<int>(-n))));
         } else {

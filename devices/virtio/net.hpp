@@ -5,9 +5,12 @@
 #pragma once
 
 #include <array>
+#include <memory>
+#include <vector>
 #include <cstdint>
 #include <string>
 
+#include "devices/host_net.hpp"
 #include "devices/tap.hpp"
 #include "devices/virtio/device.hpp"
 #include "vmm/base/event_loop.hpp"
@@ -25,6 +28,14 @@ using MacAddress = std::array<uint8_t, 6>;
 Result<MacAddress> parse_mac(std::string_view text);
 std::string format_mac(const MacAddress& mac);
 
+struct NetOptions {
+  /// Drop frames the guest sends from any source MAC but the device's (a clone's: until its guest
+  /// takes the new MAC, nothing leaves it under the template's identity; counted as `filtered`).
+  bool filter_source = false;
+  /// The network namespace that holds the TAP, removed with the device (devices/host_net.hpp).
+  std::unique_ptr<Netns> netns;
+};
+
 class Net final : public VirtioDevice {
  public:
   static constexpr uint16_t kQueueSize = 256;
@@ -32,7 +43,7 @@ class Net final : public VirtioDevice {
   static constexpr unsigned kTxQueue = 1;
 
   /// Must be created before `loop` runs (it watches the TAP from construction on).
-  static Result<std::shared_ptr<Net>> create(Tap tap, MacAddress mac, EventLoop& loop);
+  static Result<std::shared_ptr<Net>> create(Tap tap, MacAddress mac, EventLoop& loop, NetOptions options = {});
 
   uint16_t device_type() const override { return 1; }
   uint64_t device_features() const override;
@@ -44,6 +55,8 @@ class Net final : public VirtioDevice {
 
   const MacAddress& mac() const { return mac_; }
   const Tap& tap() const { return tap_; }
+  /// The namespace that holds the TAP, or null.
+  const Netns* netns() const { return netns_.get(); }
   uint64_t rx_frames() const { return rx_frames_; }
   uint64_t tx_frames() const { return tx_frames_; }
   /// Chains refused (too small for the header) and frames the TAP refused.
@@ -51,12 +64,14 @@ class Net final : public VirtioDevice {
 
   /// Counters since the device was created (the metrics endpoint), read under the device's mutex.
   struct Stats {
-    uint64_t rx_frames = 0, rx_bytes = 0, tx_frames = 0, tx_bytes = 0, errors = 0;
+    uint64_t rx_frames = 0, rx_bytes = 0, tx_frames = 0, tx_bytes = 0, errors = 0, filtered = 0;
   };
   Stats stats();
 
  private:
-  Net(Tap tap, MacAddress mac);
+  Net(Tap tap, MacAddress mac, NetOptions options);
+  /// True when the frame in `iov` (after the header) has a source MAC other than ours.
+  bool foreign_source(const std::vector<iovec>& iov) const;
   Result<> receive();
   Result<> transmit();
   Result<> interrupt_if_needed(unsigned queue);
@@ -68,6 +83,9 @@ class Net final : public VirtioDevice {
   Interrupt* interrupt_ = nullptr;
   uint64_t rx_frames_ = 0, tx_frames_ = 0, errors_ = 0;
   uint64_t rx_bytes_ = 0, tx_bytes_ = 0;  // frame bytes, without the virtio-net header
+  uint64_t filtered_ = 0;
+  bool filter_source_ = false;
+  std::unique_ptr<Netns> netns_;
   bool logged_ = false;
 };
 

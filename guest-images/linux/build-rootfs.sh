@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Builds the L2 ext4 root image with `mkfs.ext4 -d`: busybox-static, init.sh as /sbin/init, and a
-# marker file (/etc/vmm-rootfs) that tests read back. The L2 initramfs mounts it when the kernel
-# command line says vmm.root=DEVICE and switches to it. Cached by content hash; prints the path of
-# the image (sparse, raw) on stdout. Callers that write to it must work on a copy.
+# Builds the L2 ext4 root image with `mkfs.ext4 -d`: busybox-static, init.sh as /sbin/init, vmm-agent
+# (built static by lib.sh's build_agent) as /sbin/vmm-agent, and a marker file (/etc/vmm-rootfs) that
+# tests read back. The L2 initramfs mounts it when the kernel command line says vmm.root=DEVICE and
+# switches to it. Cached by content hash; prints the path of the image (sparse, raw) on stdout.
+# Callers that write to it must work on a copy.
 #
 # usage: build-rootfs.sh [SIZE_MIB]   (default 64)
 # env:   VMM_CACHE_DIR  cache root (default /var/cache/vmm)
@@ -14,7 +15,7 @@ size_mib=${1:-64}
   die "size $size_mib: expected a number of MiB between 8 and 65536"
 command -v mkfs.ext4 >/dev/null || die "mkfs.ext4 is missing (apt-get install e2fsprogs)"
 
-key=$(content_hash /bin/busybox "$linux_dir/init.sh" "$linux_dir/lib.sh" "$0" "$size_mib" "$(mkfs.ext4 -V 2>&1 | head -1)")
+key=$(content_hash /bin/busybox "$linux_dir/init.sh" "$linux_dir/lib.sh" "${agent_sources[@]}" "$(cc --version | head -1)" "$0" "$size_mib" "$(mkfs.ext4 -V 2>&1 | head -1)")
 out=$cache_root/l2/rootfs-$key.ext4
 if [[ -f $out ]]; then echo "$out"; exit 0; fi
 
@@ -24,6 +25,7 @@ tmp=$(mktemp "$out.XXXXXX")
 trap 'rm -rf "$stage" "$tmp"' EXIT
 install_busybox "$stage"
 install -m 755 "$linux_dir/init.sh" "$stage/sbin/init"
+build_agent "$stage/sbin/vmm-agent"
 echo "vmm L2 root file system $key" >"$stage/etc/vmm-rootfs"
 # A fixed UUID and label; inode timestamps come from E2FSPROGS_FAKE_TIME, not the clock.
 E2FSPROGS_FAKE_TIME=1 mkfs.ext4 -q -F -L vmm-root -U 6b1f6a35-5c1a-4d4e-9a0e-766d6d000001 \

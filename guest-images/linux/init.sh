@@ -2,7 +2,8 @@
 # /init of the L2 initramfs (guest-images/linux/build-initramfs.sh), and /sbin/init of the ext4 root
 # image (build-rootfs.sh): mounts the kernel's file systems, loads the modules listed in
 # /etc/modules.load, switches to the ext4 root on vmm.root=DEVICE if the command line names one, then
-# runs the scenario named by vmm.scenario= on the kernel command line. Output between clear markers:
+# starts vmm-agent (unless vmm.agent=0), then runs the scenario named by vmm.scenario= on the kernel
+# command line. Output between clear markers:
 #   === vmm-l2: userspace ===              as soon as userspace runs
 #   === vmm-l2: begin SCENARIO ===         ... scenario output ...
 #   === vmm-l2: end SCENARIO status=N ===
@@ -31,6 +32,14 @@ if [ ! -e /etc/vmm-rootfs ]; then
   fi
 else
   echo "=== vmm-l2: on the ext4 root: $(cat /etc/vmm-rootfs) ==="
+fi
+# Here we are in the final root. vmm-agent (vmm-agent/agent.c) applies the identity vmm publishes
+# through fw_cfg (hostname, address, ... given at boot; a clone's new one on each clone event):
+# --daemon applies it once, prints its lines, then goes to the background, its lines going to the
+# console. Without the identity channel (no qemu_fw_cfg module) it says so and exits 0.
+# vmm.agent=0 on the kernel command line leaves it off.
+if [ "$(arg agent)" != 0 ] && [ -x /sbin/vmm-agent ]; then
+  /sbin/vmm-agent --daemon </dev/null || echo "vmm-l2: vmm-agent failed"
 fi
 scenario=$(arg scenario)
 : "${scenario:=boot}"
@@ -101,6 +110,16 @@ run_scenario() {
       ip link set eth0 up 2>/dev/null
       echo "idle: sleeping"
       sleep "$(arg idle_seconds || echo 10)" ;;
+    web)
+      # An HTTP server that answers GET /cgi-bin/host with the machine's hostname (busybox httpd,
+      # port 80): the load-balancer scenario's server (tests/linux/clone-lb.sh). Its address and
+      # hostname are vmm-agent's to set, at boot and in every clone. Then idle until powered off.
+      mkdir -p /www/cgi-bin
+      printf '#!/bin/sh\nprintf "Content-Type: text/plain\\r\\n\\r\\n%%s\\n" "$(hostname)"\n' >/www/cgi-bin/host
+      chmod 755 /www/cgi-bin/host
+      httpd -p 80 -h /www || return 1
+      echo "web: ready"
+      while :; do sleep 3600; done ;;
     shell) setsid cttyhack sh ;;
     serve)
       # Runs shell commands read from the serial console, one a line, each in a subshell, and

@@ -100,6 +100,21 @@ install_busybox() {
   mknod -m 666 "$root/dev/null" c 1 3
 }
 
+# vmm-agent (vmm-agent/agent.c): the guest side of a clone's identity. The images install it as
+# /sbin/vmm-agent and CMake (guest-images/CMakeLists.txt) builds it with this same function for the
+# host-side tests. agent_sources are its inputs (for cache keys); build_agent DEST compiles it,
+# static, to DEST (written atomically).
+agent_dir=$linux_dir/vmm-agent
+agent_sources=("$agent_dir/agent.c" "$agent_dir/identity.c" "$agent_dir/identity.h")
+build_agent() {
+  local tmp
+  tmp=$(mktemp "$1.XXXXXX")
+  cc -static -O2 -Wall -Wextra -o "$tmp" "$agent_dir/agent.c" "$agent_dir/identity.c" ||
+    { rm -f "$tmp"; die "cannot build vmm-agent (cc with a static libc: apt-get install gcc libc6-dev)"; }
+  chmod 755 "$tmp"
+  mv "$tmp" "$1"
+}
+
 file_is_static() { ! LC_ALL=C readelf -l "$1" 2>/dev/null | grep -q 'INTERP'; }
 
 # Writes a newc cpio archive of directory $1 to $2 with stable order and timestamps.

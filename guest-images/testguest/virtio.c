@@ -16,6 +16,10 @@
  *               addresses swapped; exit after three ARP replies
  *   net-send    (virtio-net) after the first frame arrives, send three gratuitous ARP replies for
  *               10.0.2.2, then exit at the next frame
+ *   net-serve   (virtio-net) print "net-serve: ready", then answer ARP requests for 10.0.2.2 forever,
+ *               from the MAC the device's configuration holds at each request (as an agent would
+ *               apply a clone's new MAC); net-serve-stale answers from the MAC read at boot (a
+ *               clone whose guest never took its new MAC: the host must let none of it out)
  *   net-bench   (virtio-net) after the first frame arrives, send 20000 frames of 1514 bytes one at a
  *               time, then exit (scripts/bench/net.sh; net-bench0 sends none); timed and
  *               handshaken like blk-bench: "net-bench: sent 20000 frames in N us"
@@ -588,6 +592,22 @@ static void net_scenario(const char* s) {
     bench_report(cycles, khz, source);
     bench_sync("net-bench", khz);
     guest_exit(0);
+  }
+  if (streq(s, "net-serve") || streq(s, "net-serve-stale")) {
+    const int fresh = streq(s, "net-serve");
+    puts_("net-serve: ready\n");
+    for (;;) {
+      /* No time-out: it serves until the host stops it (a clone may be resumed long after). */
+      while (*(volatile uint16_t*)&rings[0].us.idx == rings[0].last_used) __asm__ volatile("pause");
+      uint8_t* f = net_recv(&len, &id);
+      if (is_arp_request_for_me(f, len)) {
+        if (fresh) {
+          for (int i = 0; i < 6; i++) mac[i] = devcfg[i];
+        }
+        arp_reply(f + 22, f + 28);
+      }
+      post_rx(id);
+    }
   }
   if (streq(s, "net-send")) {
     net_recv(&len, &id);

@@ -95,6 +95,7 @@ while [ $i -lt "$n" ]; do
   echo 'echo "clocksource: $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"' >&3
   echo 'echo "vmfork: $(dmesg | grep -c "crng reseeded due to virtual machine fork") vmgenid: $(ls /sys/bus/acpi/drivers/vmgenid 2>/dev/null | grep -c :)"' >&3
   echo 'tr -d "\000" </sys/firmware/qemu_fw_cfg/by_name/opt/vmm/identity/raw | sed "s/^/ident: /"; echo "ident: end"' >&3
+  echo 'echo "hostname: $(hostname)"' >&3
   # A marker at sector i of /dev/vda, synced; then every clone's sector as this clone sees it.
   echo "printf 'disk-marker-c%s\\n' $i | dd of=/dev/vda bs=512 seek=$i conv=notrunc,fsync 2>/dev/null; sync" >&3
   echo "for j in \$(seq 1 $n); do echo \"slot \$j: \$(dd if=/dev/vda bs=512 skip=\$j count=1 2>/dev/null | tr -d '\\000')\"; done" >&3
@@ -115,13 +116,16 @@ while [ $i -lt "$n" ]; do
   ident=$work/c$i.ident
   sed -n 's/^ident: //p' "$work/c$i.txt" >"$ident"
   get() { sed -n "s/^$1=//p" "$ident" | head -1; }
-  if [ "$(get name)" = "$c" ] && [ "$(get hostname)" = "host-$i" ] && [ "$(get ip)" = "10.0.0.$((10 + i))" ] &&
+  if [ "$(get name)" = "$c" ] && [ "$(get hostname)" = "host-$i" ] && [ "$(get ip)" = "10.0.0.$((10 + i))/24" ] &&
     echo "$(get id)" | grep -qE '^[0-9a-f]{16,}$' && echo "$(get generation)" | grep -qE '^[0-9a-f]{32}$'; then
     ok "$c: identity from fw_cfg (name, hostname, ip as given; id $(get id))"
     echo "$(get id) $(get generation)" >>"$work/ids"
   else
     bad "$c: identity read in the guest"; show "$ident"
   fi
+  # vmm-agent (on the image, started by init.sh) applied the clone's hostname.
+  grep -q "^hostname: host-$i$" "$work/c$i.txt" && ok "$c: vmm-agent set its hostname to host-$i" ||
+    bad "$c: hostname $(sed -n 's/^hostname: //p' "$work/c$i.txt") (vmm-agent did not apply host-$i)"
   j=0
   while [ $j -lt "$n" ]; do
     j=$((j + 1))

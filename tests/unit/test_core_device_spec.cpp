@@ -32,7 +32,23 @@ TEST_CASE("cli: --net specs") {
   CHECK(n->tap == "tap0");
   CHECK(n->mac == "52:54:00:12:34:56");
   CHECK(vmm::parse_net_spec("tap=t")->mac.empty());
-  for (const char* bad : {"", "tap0", "tap=", "mac=52:54:00:12:34:56", "tap=a,tap=b", "tap=a,vhost=on"}) {
+  auto b = vmm::parse_net_spec("tap=w{i},bridge=br0");
+  REQUIRE(b);
+  CHECK(b->bridge == "br0");
+  CHECK(b->netns.empty());
+  auto x = vmm::parse_net_spec("tap=tap0,netns=ns-{name}");
+  REQUIRE(x);
+  CHECK(x->netns == "ns-{name}");
+  auto e = vmm::expand_net(*x, "web", 7);
+  REQUIRE(e);
+  CHECK(e->netns == "ns-web");
+  CHECK(vmm::expand_net(*b, "web", 12)->tap == "w12");
+  // An expansion that no longer fits an interface name, or brings characters a name cannot have.
+  CHECK_FALSE(vmm::expand_net(*x, "a-very-long-clone-name", 1));
+  CHECK_FALSE(vmm::expand_net(*x, "a/b", 1));
+  CHECK(vmm::expand_pattern("{name}-{i}-{i}", "c", 3) == "c-3-3");
+  for (const char* bad : {"", "tap0", "tap=", "mac=52:54:00:12:34:56", "tap=a,tap=b", "tap=a,vhost=on", "tap=a,bridge=b,netns=c",
+                          "tap=0123456789abcdef", "tap=a b", "tap=a,bridge=x/y", "tap=a,netns=ns-{name}{name}{name}{name}{name}{name}{name}{name}{name}{name}{name}{name}{name}"}) {
     auto r = vmm::parse_net_spec(bad);
     INFO(bad);
     REQUIRE_FALSE(r);
@@ -51,4 +67,56 @@ TEST_CASE("virtio-net: MAC addresses") {
     INFO(bad);
     CHECK_FALSE(vmm::devices::virtio::parse_mac(bad));
   }
+}
+
+#include <map>
+
+#include "clone/identity.hpp"
+
+TEST_CASE("identity: --hostname, --ip and --gateway") {
+  using namespace vmm::clone;
+  for (const char* good : {"web-1", "a", "host.example.org", "x1-2-3"}) CHECK(check_hostname(good));
+  for (const char* bad : {"", "-web", "web-", "a..b", ".a", "a.", "web_1", "$(reboot)", "a b", "a;b", "h\n",
+                          "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}) {
+    INFO(bad);
+    auto r = check_hostname(bad);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().message().starts_with("--hostname"));
+  }
+  CHECK(*check_ip("10.0.3.11") == "10.0.3.11/24");
+  CHECK(*check_ip("10.0.3.11/16") == "10.0.3.11/16");
+  CHECK(*check_ip("0.0.0.0/0") == "0.0.0.0/0");
+  CHECK(*check_ip("dhcp") == "dhcp");
+  for (const char* bad : {"", "1.2.3", "1.2.3.4.5", "256.1.1.1", "01.2.3.4", "1.2.3.4/33", "1.2.3.4/", "1.2.3.4/08", "a.b.c.d",
+                          "1.2.3.4 ", "-1.2.3.4", "1..2.3", "DHCP", "1.2.3.4/24/1"}) {
+    INFO(bad);
+    auto r = check_ip(bad);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().message().starts_with("--ip"));
+  }
+  CHECK(check_gateway("10.0.3.1"));
+  CHECK_FALSE(check_gateway("10.0.3.1/24"));
+  CHECK_FALSE(check_gateway("host"));
+  CHECK(*ip_plus("10.0.3.11/24", 0) == "10.0.3.11/24");
+  CHECK(*ip_plus("10.0.3.11/24", 4) == "10.0.3.15/24");
+  CHECK(*ip_plus("10.0.3.250/16", 10) == "10.0.4.4/16");
+  CHECK_FALSE(ip_plus("10.0.3.250/24", 10));  // leaves the /24
+  CHECK_FALSE(ip_plus("255.255.255.255/0", 1));
+  CHECK(*ip_plus("dhcp", 3) == "dhcp");
+}
+
+TEST_CASE("identity: the channel's keys") {
+  auto id = vmm::clone::new_identity("c1");
+  id.hostname = "web-1";
+  id.ip = "10.0.3.11/24";
+  id.gateway = "10.0.3.1";
+  CHECK(id.seed.size() == 64);
+  std::map<std::string, std::string> kv;
+  for (auto& [k, v] : vmm::clone::identity_pairs(id)) kv[k] = v;
+  CHECK(kv.at("hostname") == "web-1");
+  CHECK(kv.at("ip") == "10.0.3.11/24");
+  CHECK(kv.at("gateway") == "10.0.3.1");
+  CHECK(kv.at("seed") == id.seed);
+  CHECK(kv.at("time_ms").size() >= 13);
+  CHECK(vmm::clone::new_identity("c2").seed != id.seed);
 }

@@ -319,14 +319,14 @@ TEST_CASE("fw_cfg: identity_text renders key=value lines, NUL-padded to 1024 byt
   REQUIRE(none);
   CHECK(*none == Bytes(1024, 0));
 
-  // Exactly 1024 bytes fits; one more does not.
-  const std::string v(1024 - 3, 'v');  // "k=" + v + "\n"
+  // 1023 bytes fit (a NUL always ends the text: vmm-agent refuses a file without one); 1024 do not.
+  const std::string v(1023 - 3, 'v');  // "k=" + v + "\n"
   auto full = identity_text({{"k", v}});
   REQUIRE(full);
-  CHECK(full->back() == '\n');
+  CHECK(full->back() == 0);
   auto over = identity_text({{"k", v + "v"}});
   REQUIRE_FALSE(over);
-  CHECK(over.error().message().find("over 1024 bytes") != std::string::npos);
+  CHECK(over.error().message().find("over 1023 bytes") != std::string::npos);
   CHECK_FALSE(identity_text({{"a", std::string(600, 'x')}, {"b", std::string(600, 'y')}}));
 }
 

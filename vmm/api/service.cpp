@@ -255,7 +255,7 @@ HttpResponse VmService::metrics() {
   for (const auto& n : machine_.platform().nets()) {
     const auto s = n->stats();
     nets.push_back({{"mac", devices::virtio::format_mac(n->mac())}, {"tap", n->tap().name()}, {"rx_frames", s.rx_frames},
-                    {"rx_bytes", s.rx_bytes}, {"tx_frames", s.tx_frames}, {"tx_bytes", s.tx_bytes}, {"errors", s.errors}});
+                    {"rx_bytes", s.rx_bytes}, {"tx_frames", s.tx_frames}, {"tx_bytes", s.tx_bytes}, {"errors", s.errors}, {"filtered", s.filtered}});
   }
   // Exits by kind, all vCPUs together, from KVM's own statistics (KVM_GET_STATS_FD): "exits" is
   // every exit, the rest KVM's "<kind>_exits" counters (io, mmio, halt, irq, signal, ...), those

@@ -59,6 +59,22 @@ std::optional<std::string> validate(RunOptions& o, const std::string& memory_tex
     o.nets.push_back(*n);
   }
   if (o.nets.size() > kMaxNets) return fmt::format("--net: at most {} interfaces are supported", kMaxNets);
+  if (!o.hostname.empty()) {
+    // Its shape, with any {name} and {i} in it (a clone's is checked again once they are known).
+    if (auto r = clone::check_hostname(expand_pattern(o.hostname, "n", 1)); !r) {
+      return o.hostname.find('{') == std::string::npos
+                 ? r.error().message()
+                 : fmt::format("--hostname '{}': not a hostname (RFC 1123) with {{name}} and {{i}} filled in", o.hostname);
+    }
+  }
+  if (!o.ip.empty()) {
+    auto ip = clone::check_ip(o.ip);
+    if (!ip) return ip.error().message();
+    o.ip = *ip;
+  }
+  if (!o.gateway.empty()) {
+    if (auto r = clone::check_gateway(o.gateway); !r) return r.error().message();
+  }
   return std::nullopt;
 }
 
@@ -99,7 +115,12 @@ int main(int argc, char** argv) {
     a.cpus = cmd->add_option("--cpus", a.opts.vcpus, "Number of vCPUs (1-254)")->capture_default_str();
     cmd->add_option("--console", a.console, "Serial console: stdio, file:PATH or none")->capture_default_str();
     cmd->add_option("--disk", a.disks, "A virtio-blk disk: path=FILE[,readonly=on][,id=NAME] (repeatable)");
-    cmd->add_option("--net", a.nets, "A virtio-net interface on a TAP: tap=NAME[,mac=MAC] (repeatable)");
+    cmd->add_option("--net", a.nets, "A virtio-net interface on a TAP: tap=NAME[,mac=MAC][,bridge=BRIDGE][,netns=NAME] (repeatable; "
+                                     "NAME may hold {name} and {i}, the VM's name and a fleet's index)");
+    cmd->add_option("--hostname", a.opts.hostname, "Hostname the guest's identity channel carries (vmm-agent applies it)");
+    cmd->add_option("--ip", a.opts.ip, "IPv4 address A.B.C.D[/PREFIX] (default /24) or dhcp for the first interface, "
+                                       "carried by the identity channel (with --count: the first clone's, each next one +1)");
+    cmd->add_option("--gateway", a.opts.gateway, "IPv4 default gateway the identity channel carries");
     a.tmpl = cmd->add_option("--cpu-template", a.cpu_template, "CPU template: host or baseline")->capture_default_str();
     cmd->add_option("--kvm-device", a.kvm_device, "KVM device node (default: $VMM_KVM_DEVICE or /dev/kvm)")->capture_default_str();
     cmd->add_option("--state-dir", a.state_dir, "Where templates and clones live (default: $VMM_STATE_DIR, /var/lib/vmm for root, ~/.local/state/vmm)");
@@ -121,8 +142,6 @@ int main(int argc, char** argv) {
   run->add_option("--pool", pool_socket, "Take the clone from the warm pool serving this socket (see vmm pool)");
   run->add_option("--api-socket", api_socket, "Where the VM serves its control API (default: STATE_DIR/run/NAME/api.sock)");
   run->add_flag("--full", clone.full, "A full clone: its own copy of memory and disks, independent of the template");
-  run->add_option("--hostname", clone.hostname, "Hostname the clone's identity channel carries");
-  run->add_option("--ip", clone.ip, "IP address the clone's identity channel carries");
   run->footer(
       "Exit status: (v << 1) | 1 when the guest writes v to the debug-exit port 0xf4; 0 on guest power-off "
       "or reset; 2 bad usage; 4 KVM unavailable; 6 kernel/initrd/disk image or template error; 8 guest triple fault; "
@@ -234,6 +253,9 @@ int main(int argc, char** argv) {
       clone.console = run_args.opts.console;
       clone.console_given = run->get_option("--console")->count() > 0;
       clone.nets = run_args.opts.nets;
+      clone.hostname = run_args.opts.hostname;
+      clone.ip = run_args.opts.ip;
+      clone.gateway = run_args.opts.gateway;
       clone.kvm_device = run_args.opts.kvm_device;
       clone.api_socket = api_socket;
       if (!pool_socket.empty()) {
@@ -258,7 +280,7 @@ int main(int argc, char** argv) {
       }
       return run_clone(clone);
     }
-    for (const char* o : {"--full", "--hostname", "--ip", "--count", "--detach", "--pool"}) {
+    for (const char* o : {"--full", "--count", "--detach", "--pool"}) {
       if (run->get_option(o)->count()) {
         print_error(fmt::format("{} needs --clone-of", o));
         return exit_code::kUsage;

@@ -34,6 +34,7 @@ struct RunOptions {
   std::string name;           ///< the VM's name (its identity's name; default generated)
   std::filesystem::path api_socket;  ///< default: STATE_DIR/run/NAME/api.sock
   std::string state_dir;             ///< where the VM registers (run/NAME)
+  std::string hostname, ip, gateway; ///< for the identity channel (checked; ip normalised to A.B.C.D/P)
 };
 
 /// A failure before the guest runs: the exit status and one line.
@@ -49,8 +50,16 @@ struct Devices {
   std::vector<NetAttachment> nets;
   std::unique_ptr<EventLoop> loop;
 };
+/// What a VM's interfaces need from the host beyond their specs: the guest's address and gateway
+/// (a namespace's TAP is the guest's gateway, its NAT maps to the guest's address), where the
+/// namespaces' records go, and whether a clone's source-MAC filter is on (NetOptions).
+struct NetHost {
+  std::string guest_ip, gateway;
+  std::filesystem::path state_dir;
+  bool filter_source = false;
+};
 std::expected<Devices, CliFailure> open_devices(const devices::ConsoleSpec& console, const std::vector<DiskSpec>& disks,
-                                               const std::vector<NetSpec>& nets);
+                                               const std::vector<NetSpec>& nets, const NetHost& host);
 
 /// Builds a machine that boots `options`' kernel (KVM opened into `kvm_holder` unless given).
 /// Builds a machine that boots `options`' kernel (KVM opened into `kvm_holder` unless given); its
@@ -59,8 +68,11 @@ std::expected<std::unique_ptr<Machine>, CliFailure> boot_machine(const Kvm* kvm,
                                                                  std::function<void(std::span<const uint8_t>)> console_tap,
                                                                  std::optional<Kvm>& kvm_holder, clone::Identity* identity = nullptr);
 /// The configuration GET /vm reports.
+/// Its nets: tap, mac, bridge, netns and, in a namespace, `outside` (the address the host reaches
+/// the guest at); hostname, ip and gateway as its identity carries them.
 nlohmann::json config_json(uint64_t memory, uint32_t vcpus, std::string_view cpu_template, const std::vector<DiskSpec>& disks,
-                           const std::vector<NetSpec>& nets, const devices::ConsoleSpec& console);
+                           const std::vector<NetSpec>& nets, const devices::ConsoleSpec& console, const clone::Identity& identity,
+                           const Platform& platform);
 /// A random locally administered unicast MAC (02:xx:xx:xx:xx:xx), as Cloud Hypervisor gives.
 Result<devices::virtio::MacAddress> random_mac();
 /// Prints "vmm: error: MESSAGE" and returns `status`.

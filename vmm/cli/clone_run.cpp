@@ -59,6 +59,13 @@ std::optional<CliFailure> open_template(const CloneOptions& o, OpenTemplate& t) 
   return std::nullopt;
 }
 
+Result<std::string> clone_hostname(const CloneOptions& o, const std::string& name) {
+  if (o.hostname.empty()) return std::string();
+  std::string h = expand_pattern(o.hostname, name, o.index);
+  if (auto r = clone::check_hostname(h); !r) return std::unexpected(r.error());
+  return h;
+}
+
 std::expected<std::unique_ptr<PreparedClone>, CliFailure> prepare_clone(OpenTemplate& t, const CloneOptions& o,
                                                                         const std::string& name, bool inherited) {
   auto bad = [](int status, std::string message) { return std::unexpected(CliFailure{status, std::move(message)}); };
@@ -119,9 +126,19 @@ std::expected<std::unique_ptr<PreparedClone>, CliFailure> prepare_clone(OpenTemp
     if (!r) return bad(exit_code::kImage, r.error().message());
     c->disks.push_back(DiskSpec{.path = overlay, .read_only = d.read_only, .id = d.id});
   }
-  c->nets = o.nets;
-  if (c->nets.empty()) {
-    for (const auto& n : manifest->nets) c->nets.push_back(NetSpec{.tap = n.tap, .mac = {}});
+  // Interfaces: the template's, each on a TAP of the clone's own (a pattern with {name} or {i}
+  // names them in a fleet). On a bridge or a TAP of the host's, a new MAC; in a namespace of its
+  // own, the template's (it keeps the template's IP there too, and needs no agent to be reached).
+  if (o.nets.size() != manifest->nets.size()) {
+    return bad(exit_code::kUsage, fmt::format("the template has {} network interface(s): give the clone as many --net tap=NAME "
+                                              "(each its own TAP; NAME may hold {{name}} and {{i}}), {} given",
+                                              manifest->nets.size(), o.nets.size()));
+  }
+  for (size_t i = 0; i < o.nets.size(); ++i) {
+    auto n = expand_net(o.nets[i], name, o.index);
+    if (!n) return bad(exit_code::kUsage, fmt::format("--net: {}", n.error().message()));
+    if (!n->netns.empty() && n->mac.empty()) n->mac = manifest->nets[i].mac;
+    c->nets.push_back(*n);
   }
   for (auto& n : c->nets) {
     if (n.mac.empty()) {
@@ -132,7 +149,22 @@ std::expected<std::unique_ptr<PreparedClone>, CliFailure> prepare_clone(OpenTemp
   }
   c->console = o.console;
   if (!o.console_given) c->console = devices::ConsoleSpec{.kind = devices::ConsoleSpec::Kind::File, .path = (cdir / "console.log").string()};
-  auto devs = open_devices(c->console, c->disks, c->nets);
+  // The guest's address: as given; else, in a namespace of its own, the template's (every clone
+  // has it there); on a bridge or a host TAP a clone needs one of its own (or DHCP).
+  std::string ip = o.ip, gateway = o.gateway;
+  for (const auto& n : c->nets) {
+    if (!n.netns.empty() && ip.empty()) {
+      ip = manifest->ip;
+      if (gateway.empty()) gateway = manifest->gateway;
+    }
+    if (n.netns.empty() && ip.empty() && manifest->ip != "dhcp") {
+      return bad(exit_code::kUsage, fmt::format("--net tap={}: a clone on a shared network needs --ip (its own address: the "
+                                                "template's{} would be a duplicate), or netns= to keep the template's",
+                                                n.tap, manifest->ip.empty() ? "" : " " + manifest->ip));
+    }
+  }
+  auto devs = open_devices(c->console, c->disks, c->nets,
+                           NetHost{.guest_ip = ip, .gateway = gateway, .state_dir = t.sdir, .filter_source = true});
   if (!devs) return std::unexpected(devs.error());
 
   auto kvm = Kvm::open(o.kvm_device);
@@ -141,8 +173,11 @@ std::expected<std::unique_ptr<PreparedClone>, CliFailure> prepare_clone(OpenTemp
   // Identity: a new id, generation and MACs; the guest reads them through fw_cfg.
   c->identity = clone::new_identity(name);
   for (const auto& n : c->nets) c->identity.macs.push_back(n.mac);
-  c->identity.hostname = o.hostname;
-  c->identity.ip = o.ip;
+  auto hostname = clone_hostname(o, name);
+  if (!hostname) return bad(exit_code::kUsage, hostname.error().message());
+  c->identity.hostname = *hostname;
+  c->identity.ip = ip;
+  c->identity.gateway = gateway;
 
   auto machine = Machine::create(*c->kvm, std::move(*memory),
                                  VmConfig{.vcpus = shape->vcpus, .cpu_template = shape->cpu_template, .cpuid = shape->cpuid},
@@ -172,12 +207,17 @@ Result<> begin_clone(OpenTemplate& t, const CloneOptions& o, PreparedClone& c) {
   Machine& m = *c.machine;
   // Who it is (a pool's clone learns its hostname and IP only now), then the new generation ID and
   // its notification and the clock, before the vCPUs run: Linux reseeds its RNG.
-  c.identity.hostname = o.hostname;
-  c.identity.ip = o.ip;
+  auto hostname = clone_hostname(o, c.name);
+  if (!hostname) return std::unexpected(hostname.error());
+  // What the request gives replaces what the clone was prepared with.
+  if (!hostname->empty()) c.identity.hostname = *hostname;
+  if (!o.ip.empty()) c.identity.ip = o.ip;
+  if (!o.gateway.empty()) c.identity.gateway = o.gateway;
+  if (auto r = clone::step_clock(m, t.state, t.state_path); !r) return r;
   if (auto r = m.platform().set_identity(clone::identity_pairs(c.identity)); !r) return r;
   if (auto r = m.platform().vmgenid().set(c.identity.generation); !r) return r;
   m.platform().vmgenid().notify();
-  return clone::step_clock(m, t.state, t.state_path);
+  return {};
 }
 
 Result<std::unique_ptr<api::ControlPlane>> attach_control(OpenTemplate& t, const CloneOptions& o, PreparedClone& c) {
@@ -193,7 +233,8 @@ Result<std::unique_ptr<api::ControlPlane>> attach_control(OpenTemplate& t, const
   auto live = std::make_shared<LiveVm>(LiveVm{
       .state_dir = t.sdir, .kvm_device = o.kvm_device, .name = c.name, .template_name = t.manifest.name,
       .template_dir = o.full ? std::string() : t.tdir.string(), .cpu_template = t.shape.cpu_template,
-      .config = config_json(t.manifest.memory, t.manifest.vcpus, t.manifest.cpu_template, c.disks, c.nets, c.console),
+      .config = config_json(t.manifest.memory, t.manifest.vcpus, t.manifest.cpu_template, c.disks, c.nets, c.console, c.identity,
+                             m.platform()),
       .kernel = t.manifest.kernel, .cmdline = t.manifest.cmdline, .machine = &m, .control = control->get()});
   (*control)->start(m, api::VmInfo{.id = c.identity.id, .name = c.name, .kind = "clone", .template_name = t.manifest.name,
                                    .template_dir = t.tdir.string(), .parent = {}, .generation = clone::generation_hex(c.identity),

@@ -1,5 +1,6 @@
 #include "vmm/cli/device_spec.hpp"
 
+#include <cctype>
 #include <map>
 
 namespace vmm {
@@ -65,11 +66,41 @@ Result<NetSpec> parse_net_spec(std::string_view text) {
       n.tap = value;
     } else if (key == "mac") {
       n.mac = value;
+    } else if (key == "bridge") {
+      n.bridge = value;
+    } else if (key == "netns") {
+      n.netns = value;
     } else {
-      return fail("--net {}: unknown key '{}' (expected tap, mac)", text, key);
+      return fail("--net {}: unknown key '{}' (expected tap, mac, bridge, netns)", text, key);
     }
   }
   if (n.tap.empty()) return fail("--net {}: tap=NAME is required", text);
+  if (!n.bridge.empty() && !n.netns.empty()) {
+    return fail("--net {}: bridge= and netns= exclude each other (a namespace's TAP is reached through its veth pair)", text);
+  }
+  // The names as they will be (the longest expansion is checked when it is known).
+  if (auto e = expand_net(n, "n", 1); !e) return fail("--net {}: {}", text, e.error().message());
+  return n;
+}
+
+std::string expand_pattern(std::string pattern, const std::string& name, unsigned index) {
+  for (auto [key, value] : {std::pair<std::string, std::string>{"{name}", name}, {"{i}", std::to_string(index)}}) {
+    for (size_t at; (at = pattern.find(key)) != std::string::npos;) pattern.replace(at, key.size(), value);
+  }
+  return pattern;
+}
+
+Result<NetSpec> expand_net(const NetSpec& spec, const std::string& name, unsigned index) {
+  NetSpec n = spec;
+  for (auto [what, field] : {std::pair<const char*, std::string*>{"tap", &n.tap}, {"bridge", &n.bridge}, {"netns", &n.netns}}) {
+    *field = expand_pattern(*field, name, index);
+    if (field->size() > 15) return fail("{}={}: an interface or namespace name is at most 15 bytes", what, *field);
+    for (char c : *field) {
+      if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.') {
+        return fail("{}={}: use letters, digits, '-', '_' and '.'", what, *field);
+      }
+    }
+  }
   return n;
 }
 

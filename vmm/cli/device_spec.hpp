@@ -21,11 +21,19 @@ struct DiskSpec {
 Result<DiskSpec> parse_disk_spec(std::string_view text);
 
 struct NetSpec {
-  std::string tap;  ///< TAP interface name (created if missing)
-  std::string mac;  ///< "52:54:00:..." or empty: a random locally administered address
+  std::string tap;     ///< TAP interface name (created if missing)
+  std::string mac;     ///< "52:54:00:..." or empty: a random locally administered address
+  std::string bridge;  ///< a bridge the TAP joins (empty: none)
+  std::string netns;   ///< a network namespace of the VM's own that holds the TAP (empty: the host's)
 };
 
-/// Parses one --net value: tap=NAME[,mac=MAC] (the MAC's syntax is checked by the device).
+/// Parses one --net value: tap=NAME[,mac=MAC][,bridge=BR][,netns=NAME] (the MAC's syntax is
+/// checked by the device; names may hold the patterns {name} and {i}, see expand_pattern).
 Result<NetSpec> parse_net_spec(std::string_view text);
+
+/// `pattern` with {name} and {i} replaced by the VM's name and its index in a fleet (1 otherwise).
+std::string expand_pattern(std::string pattern, const std::string& name, unsigned index);
+/// A NetSpec's names (tap, bridge, netns) expanded; each must then fit an interface name (15 bytes).
+Result<NetSpec> expand_net(const NetSpec& spec, const std::string& name, unsigned index);
 
 }  // namespace vmm

@@ -26,14 +26,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-/// `pattern` with {name} and {i} replaced.
-std::string expand(std::string pattern, const std::string& name, unsigned i) {
-  for (auto [key, value] : {std::pair<std::string, std::string>{"{name}", name}, {"{i}", std::to_string(i)}}) {
-    for (size_t at; (at = pattern.find(key)) != std::string::npos;) pattern.replace(at, key.size(), value);
-  }
-  return pattern;
-}
-
 struct Member {
   std::string name;
   pid_t pid = -1;
@@ -65,6 +57,10 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
   sigaddset(&sigs, SIGCHLD);
   ::pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
 
+  if (!o.ip.empty()) {
+    // Every clone's address, checked before the first starts.
+    if (auto last = clone::ip_plus(o.ip, count - 1); !last) return report_error(exit_code::kUsage, last.error().message());
+  }
   std::vector<Member> members(count);
   for (unsigned i = 0; i < count; ++i) {
     Member& mb = members[i];
@@ -72,7 +68,12 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
     CloneOptions co = o;
     co.name = mb.name;
     co.api_socket.clear();
-    for (auto& n : co.nets) n.tap = expand(n.tap, mb.name, i + 1);
+    co.index = i + 1;  // names from patterns ({name}, {i}) are made by prepare_clone
+    if (!o.ip.empty()) {
+      auto ip = clone::ip_plus(o.ip, i);  // one address each, from the first
+      if (!ip) return report_error(exit_code::kUsage, ip.error().message());
+      co.ip = *ip;
+    }
     int p[2];
     if (::pipe2(p, O_CLOEXEC) != 0) return report_error(exit_code::kVmmError, fmt::format("pipe: {}", errno_text(errno)));
     co.started = std::chrono::steady_clock::now();

@@ -118,7 +118,7 @@ void report(int fd, const std::string& text) {
   auto shape = clone::read_shape(state, "fork");
   if (!shape) fail_child(shape.error().message());
   const devices::ConsoleSpec console{.kind = devices::ConsoleSpec::Kind::File, .path = (plan.dir / "console.log").string()};
-  auto devs = open_devices(console, plan.disks, {});
+  auto devs = open_devices(console, plan.disks, {}, {});
   if (!devs) fail_child(devs.error().message);
   auto memory = GuestMemory::from_mapping(Mapping::adopt(const_cast<uint8_t*>(ram), ram_size));
   if (!memory) fail_child(memory.error().message());
@@ -332,6 +332,8 @@ Result<json> snapshot_vm(const std::shared_ptr<LiveVm>& vm, const json& request,
   man.kernel = vm->kernel;
   man.cmdline = vm->cmdline;
   for (const auto& n : vm->config.value("nets", json::array())) man.nets.push_back({.mac = n.value("mac", ""), .tap = n.value("tap", "")});
+  man.ip = vm->config.value("ip", "");
+  man.gateway = vm->config.value("gateway", "");
   if (auto r = seal_template(**draft, man); !r) return std::unexpected(r.error());
   return json{{"template", dest->string()}, {"memory_bytes", mem->data_bytes}};
 }

@@ -135,6 +135,7 @@ std::pair<std::string, int> receive_with_fd(int sock) {
     if (j.is_object()) {
       o.hostname = j.value("hostname", "");
       o.ip = j.value("ip", "");
+      o.gateway = j.value("gateway", "");
       const int64_t at = j.value("requested_ns", int64_t{0});
       if (at > 0 && at <= o.started.time_since_epoch().count()) o.started = std::chrono::steady_clock::time_point(std::chrono::nanoseconds(at));
     }
@@ -320,8 +321,20 @@ class Pool {
       req = json::parse(body, nullptr, false);
       if (req.is_discarded() || !req.is_object()) return api::fault(400, "the body must be a JSON object");
       for (const auto& [k, v] : req.items()) {
-        if (k != "hostname" && k != "ip") return api::fault(400, "unknown field '" + k + "'");
+        if (k != "hostname" && k != "ip" && k != "gateway") return api::fault(400, "unknown field '" + k + "'");
         if (!v.is_string()) return api::fault(400, "'" + k + "' must be a string");
+      }
+      // Checked here as the command line checks them: the identity channel carries them as given.
+      if (req.contains("hostname")) {
+        if (auto r = clone::check_hostname(req["hostname"].get<std::string>()); !r) return api::fault(400, r.error().message());
+      }
+      if (req.contains("ip")) {
+        auto ip = clone::check_ip(req["ip"].get<std::string>());
+        if (!ip) return api::fault(400, ip.error().message());
+        req["ip"] = *ip;
+      }
+      if (req.contains("gateway")) {
+        if (auto r = clone::check_gateway(req["gateway"].get<std::string>()); !r) return api::fault(400, r.error().message());
       }
     }
     const auto t0 = std::chrono::steady_clock::now();
@@ -462,6 +475,7 @@ int run_from_pool(const std::string& socket, const CloneOptions& o) {
   json body = json::object();
   if (!o.hostname.empty()) body["hostname"] = o.hostname;
   if (!o.ip.empty()) body["ip"] = o.ip;
+  if (!o.gateway.empty()) body["gateway"] = o.gateway;
   auto r = api::call(socket, {.method = "POST", .path = "/clones", .body = body.dump()}, 30);
   if (!r) return report_error(exit_code::kVmmError, fmt::format("{}: {}", socket, r.error().message()));
   auto j = json::parse(r->body, nullptr, false);

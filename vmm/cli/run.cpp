@@ -76,7 +76,7 @@ std::string describe_stop(const StopInfo& stop) {
 }
 
 std::expected<Devices, CliFailure> open_devices(const devices::ConsoleSpec& console_spec, const std::vector<DiskSpec>& disk_specs,
-                                               const std::vector<NetSpec>& net_specs) {
+                                               const std::vector<NetSpec>& net_specs, const NetHost& host) {
   auto console = devices::Console::open(console_spec);
   if (!console) return std::unexpected(CliFailure{exit_code::kUsage, console.error().message()});
   auto loop = EventLoop::create();
@@ -88,11 +88,30 @@ std::expected<Devices, CliFailure> open_devices(const devices::ConsoleSpec& cons
     d.disks.push_back({.image = std::move(*image), .id = spec.id});
   }
   for (const auto& n : net_specs) {
-    auto tap = devices::Tap::open(n.tap);
-    if (!tap) return std::unexpected(CliFailure{exit_code::kVmmError, tap.error().message()});
     auto mac = n.mac.empty() ? random_mac() : devices::virtio::parse_mac(n.mac);
     if (!mac) return std::unexpected(CliFailure{exit_code::kUsage, mac.error().message()});
-    d.nets.push_back({.tap = std::move(*tap), .mac = *mac});
+    std::unique_ptr<devices::Netns> netns;
+    std::optional<devices::Tap> tap;
+    if (!n.netns.empty()) {
+      if (host.guest_ip.empty() || host.guest_ip == "dhcp" || host.gateway.empty()) {
+        return std::unexpected(CliFailure{exit_code::kUsage, fmt::format(
+            "--net tap={},netns={}: needs --ip A.B.C.D/P and --gateway G (the guest's address in its namespace, the same "
+            "in every clone, and the gateway the namespace's TAP gets)", n.tap, n.netns)});
+      }
+      auto ns = devices::Netns::create({.netns = n.netns, .tap = n.tap, .guest_ip = host.guest_ip, .gateway = host.gateway,
+                                        .records = host.state_dir / "netns"});
+      if (!ns) return std::unexpected(CliFailure{exit_code::kVmmError, ns.error().message()});
+      tap.emplace((*ns)->take_tap());
+      netns = std::move(*ns);
+    } else {
+      auto t = devices::Tap::open(n.tap);
+      if (!t) return std::unexpected(CliFailure{exit_code::kVmmError, t.error().message()});
+      tap.emplace(std::move(*t));
+      if (!n.bridge.empty()) {
+        if (auto r = devices::attach_tap(n.tap, n.bridge); !r) return std::unexpected(CliFailure{exit_code::kVmmError, r.error().message()});
+      }
+    }
+    d.nets.push_back({.tap = std::move(*tap), .mac = *mac, .netns = std::move(netns), .filter_source = host.filter_source});
   }
   return d;
 }
@@ -109,7 +128,14 @@ std::expected<std::unique_ptr<Machine>, CliFailure> boot_machine(const Kvm* kvm_
   if (!entry) return std::unexpected(CliFailure{exit_code::kImage, entry.error().message()});
   // The console's output file and the disks are opened before KVM too: a bad path is reported as
   // such on any machine.
-  auto devs = open_devices(o.console, o.disks, o.nets);
+  std::vector<NetSpec> nets;
+  for (const auto& spec : o.nets) {
+    auto n = expand_net(spec, o.name, 1);
+    if (!n) return std::unexpected(CliFailure{exit_code::kUsage, fmt::format("--net: {}", n.error().message())});
+    nets.push_back(*n);
+  }
+  auto devs = open_devices(o.console, o.disks, nets,
+                           NetHost{.guest_ip = o.ip, .gateway = o.gateway, .state_dir = clone::state_dir(o.state_dir), .filter_source = false});
   if (!devs) return std::unexpected(devs.error());
   if (!kvm_or_null) {
     auto kvm = Kvm::open(o.kvm_device);
@@ -120,6 +146,12 @@ std::expected<std::unique_ptr<Machine>, CliFailure> boot_machine(const Kvm* kvm_
   // A booted VM has an identity too (a template's guest reads it before it is cloned).
   clone::Identity identity = clone::new_identity(o.name);
   for (const auto& n : devs->nets) identity.macs.push_back(devices::virtio::format_mac(n.mac));
+  identity.hostname = expand_pattern(o.hostname, o.name, 1);
+  if (auto r = clone::check_hostname(identity.hostname); !r && !o.hostname.empty()) {
+    return std::unexpected(CliFailure{exit_code::kUsage, r.error().message()});
+  }
+  identity.ip = o.ip;
+  identity.gateway = o.gateway;
   auto machine = Machine::create(*kvm_or_null, std::move(*memory), VmConfig{.vcpus = o.vcpus, .cpu_template = o.cpu_template, .cpuid = {}},
                                  PlatformConfig{.console = std::move(devs->console), .disks = std::move(devs->disks),
                                                 .nets = std::move(devs->nets), .loop = nullptr,
@@ -150,13 +182,28 @@ int report_error(int status, const std::string& message) {
 int report_failure(const CliFailure& f) { return report_error(f.status, f.message); }
 
 nlohmann::json config_json(uint64_t memory, uint32_t vcpus, std::string_view cpu_template, const std::vector<DiskSpec>& disks,
-                           const std::vector<NetSpec>& nets, const devices::ConsoleSpec& console) {
+                           const std::vector<NetSpec>& nets, const devices::ConsoleSpec& console, const clone::Identity& identity,
+                           const Platform& platform) {
   nlohmann::json d = nlohmann::json::array(), n = nlohmann::json::array();
   for (const auto& s : disks) d.push_back({{"path", s.path.string()}, {"read_only", s.read_only}, {"id", s.id}});
-  for (const auto& s : nets) n.push_back({{"tap", s.tap}, {"mac", s.mac}});
+  for (size_t i = 0; i < nets.size(); ++i) {
+    const auto& s = nets[i];
+    nlohmann::json e = {{"tap", s.tap}, {"mac", i < identity.macs.size() ? identity.macs[i] : s.mac}};
+    if (!s.bridge.empty()) e["bridge"] = s.bridge;
+    if (!s.netns.empty()) e["netns"] = s.netns;
+    if (i < platform.nets().size() && platform.nets()[i]->netns()) {
+      e["outside"] = platform.nets()[i]->netns()->outside();
+      e["host_if"] = platform.nets()[i]->netns()->host_if();
+    }
+    n.push_back(e);
+  }
   using Kind = devices::ConsoleSpec::Kind;
   const std::string con = console.kind == Kind::Stdio ? "stdio" : console.kind == Kind::None ? "none" : "file:" + console.path;
-  return {{"memory_mib", memory >> 20}, {"vcpus", vcpus}, {"cpu_template", cpu_template}, {"disks", d}, {"nets", n}, {"console", con}};
+  nlohmann::json c = {{"memory_mib", memory >> 20}, {"vcpus", vcpus}, {"cpu_template", cpu_template}, {"disks", d}, {"nets", n}, {"console", con}};
+  for (auto [key, value] : {std::pair{"hostname", &identity.hostname}, {"ip", &identity.ip}, {"gateway", &identity.gateway}}) {
+    if (!value->empty()) c[key] = *value;
+  }
+  return c;
 }
 
 int run_vm(const RunOptions& options) {
@@ -174,7 +221,8 @@ int run_vm(const RunOptions& options) {
   for (size_t i = 0; i < o.nets.size(); ++i) nets.push_back(NetSpec{.tap = o.nets[i].tap, .mac = identity.macs.at(i)});
   auto live = std::make_shared<LiveVm>(LiveVm{
       .state_dir = clone::state_dir(o.state_dir), .kvm_device = o.kvm_device, .name = o.name, .template_name = {}, .template_dir = {},
-      .cpu_template = o.cpu_template, .config = config_json(o.memory, o.vcpus, cpu_template_name(o.cpu_template), o.disks, nets, o.console),
+      .cpu_template = o.cpu_template, .config = config_json(o.memory, o.vcpus, cpu_template_name(o.cpu_template), o.disks, nets, o.console,
+                                                                     identity, (*machine)->platform()),
       .kernel = fs::absolute(o.kernel).string(), .cmdline = o.cmdline, .machine = machine->get(), .control = control->get()});
   (*control)->start(**machine, api::VmInfo{.id = identity.id, .name = o.name, .kind = "booted", .template_name = {},
                                            .template_dir = {}, .parent = {}, .generation = clone::generation_hex(identity),

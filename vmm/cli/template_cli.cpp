@@ -138,7 +138,8 @@ int template_create(const TemplateCreateOptions& o) {
     }
   };
   std::optional<Kvm> kvm;
-  auto machine = boot_machine(nullptr, run, tap, kvm);
+  clone::Identity identity;
+  auto machine = boot_machine(nullptr, run, tap, kvm, &identity);
   if (!machine) return report_failure(machine.error());
   Machine& mach = **machine;
 
@@ -193,7 +194,10 @@ int template_create(const TemplateCreateOptions& o) {
     return report_error(exit_code::kVmmError, fmt::format("template {}: the guest stopped before it printed '{}': {}; its console "
                                                    "ended with \"{}\"", dest->string(), o.ready_on, describe_stop(stop), last));
   }
-  for (const auto& n : run.nets) m.nets.push_back({.mac = n.mac, .tap = n.tap});
+  // The MACs the guest has (drawn at boot where none was given): a clone in a namespace keeps them.
+  for (size_t i = 0; i < run.nets.size(); ++i) m.nets.push_back({.mac = identity.macs.at(i), .tap = run.nets[i].tap});
+  m.ip = run.ip;
+  m.gateway = run.gateway;
   m.name = dest->filename().string();
   m.created = clone::utc_now();
   m.vmm_version = VMM_VERSION;

@@ -24,7 +24,8 @@ struct CloneOptions {
   std::string template_name;
   std::string name;
   bool full = false;
-  std::string hostname, ip;
+  std::string hostname, ip, gateway;  ///< checked; ip normalised (A.B.C.D/P or dhcp); hostname may hold {name}, {i}
+  unsigned index = 1;                 ///< a fleet's clone number ({i} in patterns)
   std::string state_dir;
   devices::ConsoleSpec console;
   bool console_given = false;  ///< otherwise the console goes to the clone's console.log
@@ -90,6 +91,8 @@ struct PreparedClone {
   bool keep = false;
   ~PreparedClone();
 };
+/// The clone's hostname: --hostname with {name} and {i} expanded, checked (empty if none given).
+Result<std::string> clone_hostname(const CloneOptions& options, const std::string& name);
 std::expected<std::unique_ptr<PreparedClone>, CliFailure> prepare_clone(OpenTemplate& t, const CloneOptions& options,
                                                                         const std::string& name, bool inherited);
 /// The start of a prepared clone, in two parts that a pool runs in the other order:

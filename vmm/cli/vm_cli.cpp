@@ -45,14 +45,28 @@ int ps(const fs::path& sdir, bool as_json) {
     fmt::print("{}\n", all.dump(2));
     return exit_code::kOk;
   }
-  fmt::print("{:<24} {:<9} {:>8} {:>8} {:>10} {}\n", "NAME", "STATE", "PID", "MEMORY", "PRIVATE", "TEMPLATE");
+  fmt::print("{:<24} {:<9} {:>8} {:>8} {:>10} {:<17} {:<15} {}\n", "NAME", "STATE", "PID", "MEMORY", "PRIVATE", "MAC", "IP", "TEMPLATE");
   for (const auto& e : all) {
     const std::string mem = e.contains("config") ? fmt::format("{}M", e["config"].value("memory_mib", 0)) : "-";
     const std::string priv = e.contains("memory") ? fmt::format("{}K", e["memory"].value("private_dirty_kib", 0)) : "-";
     std::string from = "-";
     if (e.contains("template") && e["template"].is_object()) from = e["template"].value("name", "-");
     if (e.contains("parent") && e["parent"].is_string()) from = "fork of " + e["parent"].get<std::string>();
-    fmt::print("{:<24} {:<9} {:>8} {:>8} {:>10} {}\n", e.value("name", "?"), e.value("state", "?"), e.value("pid", 0), mem, priv, from);
+    // The first interface's MAC, and the guest's IP as the host reaches it (in a namespace: its
+    // outside address).
+    std::string mac = "-", ip = "-";
+    if (e.contains("config") && e["config"].is_object()) {
+      const json& c = e["config"];
+      ip = c.value("ip", "-");
+      if (auto slash = ip.find('/'); slash != std::string::npos) ip.resize(slash);
+      const json nets = c.value("nets", json::array());
+      if (nets.is_array() && !nets.empty() && nets[0].is_object()) {
+        mac = nets[0].value("mac", "-");
+        ip = nets[0].value("outside", ip);
+      }
+    }
+    fmt::print("{:<24} {:<9} {:>8} {:>8} {:>10} {:<17} {:<15} {}\n", e.value("name", "?"), e.value("state", "?"), e.value("pid", 0), mem,
+               priv, mac, ip, from);
   }
   return exit_code::kOk;
 }

@@ -1,0 +1,217 @@
+#include "devices/host_net.hpp"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <ifaddrs.h>
+#include <linux/if.h>
+#include <linux/sockios.h>
+#include <netinet/in.h>
+#include <sched.h>
+#include <sys/file.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <set>
+#include <thread>
+
+#include "vmm/base/fd.hpp"
+#include "vmm/base/process.hpp"
+
+namespace vmm::devices {
+
+namespace {
+
+// The outside addresses: one /30 per namespace, host end .1, namespace end .2.
+constexpr uint32_t kOutsideNet = 0x0ac80000;  // 10.200.0.0/16
+constexpr uint32_t kOutsideMask = 0xffff0000;
+
+std::string ipv4(uint32_t a) { return fmt::format("{}.{}.{}.{}", a >> 24, (a >> 16) & 255, (a >> 8) & 255, a & 255); }
+
+Result<> set_flags_up(int sock, const std::string& name) {
+  ifreq ifr{};
+  std::memcpy(ifr.ifr_name, name.data(), std::min(name.size(), size_t{IFNAMSIZ - 1}));
+  if (::ioctl(sock, SIOCGIFFLAGS, &ifr) < 0) return fail("{}: SIOCGIFFLAGS: {}", name, errno_text(errno));
+  if (ifr.ifr_flags & IFF_UP) return {};
+  ifr.ifr_flags = static_cast<short>(ifr.ifr_flags | IFF_UP);
+  if (::ioctl(sock, SIOCSIFFLAGS, &ifr) < 0) return fail("{}: cannot bring it up: {}", name, errno_text(errno));
+  return {};
+}
+
+/// The /30 blocks of 10.200.0.0/16 that an address of this namespace's interfaces uses.
+std::set<uint32_t> used_outside_blocks() {
+  std::set<uint32_t> used;
+  ifaddrs* list = nullptr;
+  if (::getifaddrs(&list) != 0) return used;
+  for (ifaddrs* a = list; a; a = a->ifa_next) {
+    if (!a->ifa_addr || a->ifa_addr->sa_family != AF_INET) continue;
+    const uint32_t addr = ntohl(reinterpret_cast<const sockaddr_in*>(a->ifa_addr)->sin_addr.s_addr);
+    if ((addr & kOutsideMask) == kOutsideNet) used.insert(addr & ~3u);
+  }
+  ::freeifaddrs(list);
+  return used;
+}
+
+int if_index(int sock, const std::string& name) {
+  ifreq ifr{};
+  std::memcpy(ifr.ifr_name, name.data(), std::min(name.size(), size_t{IFNAMSIZ - 1}));
+  return ::ioctl(sock, SIOCGIFINDEX, &ifr) < 0 ? 0 : ifr.ifr_ifindex;
+}
+
+std::string host_if_name(const std::string& netns) {
+  if (netns.size() <= 11) return "vmh-" + netns;
+  uint32_t h = 2166136261u;  // FNV-1a: a stable short name for a long namespace name
+  for (unsigned char c : netns) h = (h ^ c) * 16777619u;
+  return fmt::format("vmh-{:08x}", h);
+}
+
+}  // namespace
+
+Result<> attach_tap(const std::string& tap, const std::string& bridge) {
+  Fd sock(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  if (!sock) return fail("socket: {}", errno_text(errno));
+  if (!bridge.empty()) {
+    ifreq ifr{};
+    std::memcpy(ifr.ifr_name, bridge.data(), std::min(bridge.size(), size_t{IFNAMSIZ - 1}));
+    ifr.ifr_ifindex = if_index(sock.get(), tap);
+    if (ifr.ifr_ifindex == 0) return fail("TAP {}: {}", tap, errno_text(errno));
+    if (if_index(sock.get(), bridge) == 0) {
+      return fail("bridge {} does not exist (make it: ip link add {} type bridge && ip link set {} up)", bridge, bridge, bridge);
+    }
+    // EBUSY: the TAP is a port already (of this bridge, when a VM reopens its TAP): then check it.
+    if (::ioctl(sock.get(), SIOCBRADDIF, &ifr) < 0 && errno != EBUSY) {
+      return fail("TAP {}: cannot join bridge {}: {}", tap, bridge, errno_text(errno));
+    }
+  }
+  return set_flags_up(sock.get(), tap);
+}
+
+static void remove_netns(const std::string& netns, const std::string& host_if) {
+  // The veth pair first: a namespace lives on while a TAP fd of it is open, and its veth with it.
+  if (!host_if.empty()) (void)run_command({"ip", "link", "del", host_if});
+  if (!netns.empty()) (void)run_command({"ip", "netns", "del", netns});
+}
+
+unsigned release_stale_netns(const std::filesystem::path& records) {
+  unsigned removed = 0;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(records, ec)) {
+    if (e.path().filename().string().starts_with(".")) continue;
+    Fd fd(::open(e.path().c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd || ::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) continue;  // its VM runs
+    char buf[128] = {};
+    const ssize_t n = ::read(fd.get(), buf, sizeof buf - 1);
+    const std::string text(buf, n > 0 ? static_cast<size_t>(n) : 0);
+    const size_t sp = text.find(' ');
+    // "NETNS HOSTIF\n", both names as this file wrote them (checked before they reach `ip`).
+    const std::string netns = e.path().filename().string(), host_if = sp == std::string::npos ? "" : text.substr(sp + 1, text.find('\n', sp) - sp - 1);
+    const bool sane = text.starts_with(netns + " ") && host_if.starts_with("vmh-") && host_if.size() < IFNAMSIZ &&
+                      host_if.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") == std::string::npos;
+    if (sane) {
+      remove_netns(netns, host_if);
+      ++removed;
+    }
+    std::filesystem::remove(e.path(), ec);
+  }
+  return removed;
+}
+
+Result<std::unique_ptr<Netns>> Netns::create(const NetnsConfig& c) {
+  std::unique_ptr<Netns> ns(new Netns);
+  std::error_code ec;
+  std::filesystem::create_directories(c.records, ec);
+  if (ec) return fail("{}: cannot create: {}", c.records.string(), ec.message());
+  if (const unsigned n = release_stale_netns(c.records)) {
+    fmt::print(stderr, "vmm: removed {} network namespace(s) left by VMs that were killed\n", n);
+  }
+  const std::string prefix = c.guest_ip.substr(c.guest_ip.find('/'));  // "/P"
+  const std::string guest = c.guest_ip.substr(0, c.guest_ip.find('/'));
+  if (auto r = run_command({"ip", "netns", "add", c.netns}); !r) {
+    return fail("netns {}: {} (another VM's, or one a killed VM left: ip netns del {})", c.netns, r.error().message(), c.netns);
+  }
+  ns->name_ = c.netns;  // from here on, the destructor removes it
+  ns->host_if_ = host_if_name(c.netns);
+  // Its record, locked for the VM's life (a killed VM's is found unlocked).
+  ns->record_ = c.records / c.netns;
+  ns->record_lock_ = Fd(::open(ns->record_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  if (!ns->record_lock_ || ::flock(ns->record_lock_.get(), LOCK_EX | LOCK_NB) != 0) {
+    return fail("{}: cannot lock: {}", ns->record_.string(), errno_text(errno));
+  }
+  const std::string record = c.netns + " " + ns->host_if_ + "\n";
+  if (::write(ns->record_lock_.get(), record.data(), record.size()) != static_cast<ssize_t>(record.size())) {
+    return fail("{}: cannot write: {}", ns->record_.string(), errno_text(errno));
+  }
+
+  // The TAP, opened from a thread that entered the namespace: a TAP belongs to the namespace of
+  // the task that creates it, and stays there while this process uses its fd from the host's.
+  Result<Tap> tap = fail("netns {}: not entered", c.netns);
+  std::thread enter([&] {
+    Fd target(::open(("/run/netns/" + c.netns).c_str(), O_RDONLY | O_CLOEXEC));
+    if (!target) {
+      tap = fail("/run/netns/{}: {}", c.netns, errno_text(errno));
+      return;
+    }
+    if (::setns(target.get(), CLONE_NEWNET) != 0) {
+      tap = fail("setns {}: {}", c.netns, errno_text(errno));
+      return;
+    }
+    tap = Tap::open(c.tap);
+    // Forwarding between the veth and the TAP (this thread's /proc/sys/net is the namespace's).
+    Fd fwd(::open("/proc/sys/net/ipv4/ip_forward", O_WRONLY | O_CLOEXEC));
+    if (!fwd || ::write(fwd.get(), "1", 1) != 1) tap = fail("netns {}: cannot enable IPv4 forwarding: {}", c.netns, errno_text(errno));
+  });
+  enter.join();
+  if (!tap) return std::unexpected(tap.error());
+  ns->tap_.emplace(std::move(*tap));
+
+  {
+    // The outside address: the first free /30, chosen and taken under the state directory's lock.
+    const auto lock_path = c.records / ".outside.lock";
+    Fd lock(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+    if (!lock || ::flock(lock.get(), LOCK_EX) != 0) return fail("{}: cannot lock: {}", lock_path.string(), errno_text(errno));
+    const auto used = used_outside_blocks();
+    uint32_t block = kOutsideNet;
+    while (used.contains(block)) block += 4;
+    if ((block & kOutsideMask) != kOutsideNet) return fail("netns {}: every /30 of 10.200.0.0/16 is taken", c.netns);
+    ns->outside_ = ipv4(block + 2);
+    const std::string host = ipv4(block + 1);
+    if (auto r = run_command({"ip", "-batch", "-"}, fmt::format("link add {0} type veth peer name veth0 netns {1}\n"
+                                                                "addr add {2}/30 dev {0}\n"
+                                                                "link set {0} up\n",
+                                                                ns->host_if_, c.netns, host));
+        !r) {
+      return fail("netns {}: {}", c.netns, r.error().message());
+    }
+    if (auto r = run_command({"ip", "-n", c.netns, "-batch", "-"}, fmt::format("link set lo up\n"
+                                                                               "addr add {0}/30 dev veth0\n"
+                                                                               "link set veth0 up\n"
+                                                                               "addr add {1}{2} dev {3}\n"
+                                                                               "link set {3} up\n"
+                                                                               "route add default via {4}\n",
+                                                                               ns->outside_, c.gateway, prefix, c.tap, host));
+        !r) {
+      return fail("netns {}: {}", c.netns, r.error().message());
+    }
+  }
+  // NAT: the outside address is the guest's to the host, and the guest's traffic leaves as it.
+  const std::string rules = fmt::format(
+      "table ip vmm {{\n"
+      "  chain pre {{ type nat hook prerouting priority dstnat; policy accept; iifname \"veth0\" ip daddr {0} dnat to {1}; }}\n"
+      "  chain post {{ type nat hook postrouting priority srcnat; policy accept; oifname \"veth0\" ip saddr {1} snat to {0}; }}\n"
+      "}}\n",
+      ns->outside_, guest);
+  if (auto r = run_command({"ip", "netns", "exec", c.netns, "nft", "-f", "-"}, rules); !r) {
+    return fail("netns {}: {}", c.netns, r.error().message());
+  }
+  return ns;
+}
+
+Netns::~Netns() {
+  if (name_.empty()) return;
+  remove_netns(name_, host_if_);
+  std::error_code ec;
+  std::filesystem::remove(record_, ec);
+}
+
+}  // namespace vmm::devices

@@ -1,0 +1,158 @@
+#!/bin/sh
+# Clones on networks, with the test guest's net-serve scenario (it answers ARP requests for
+# 10.0.2.2 from the MAC its device's configuration holds at each request, as vmm-agent applies a
+# clone's new MAC; net-serve-stale keeps the MAC it read at boot). Runs in a network namespace of
+# its own (removed afterwards), in either lane; POSIX sh, busybox's arping.
+#   - bridge mode: a fleet of 3 clones with --net tap=tc{i},bridge=br0 --ip 10.0.2.2: each TAP a
+#     port of the bridge, each clone its own MAC (none the template's), answering from it; three
+#     distinct MACs in the bridge's forwarding table; vmm ps and GET /vm show each MAC and IP
+#     (10.0.2.2, .3, .4: --ip counts up in a fleet);
+#   - the source-MAC filter: a clone whose guest keeps the template's MAC sends nothing out (no
+#     ARP reply reaches the bridge) and its metrics count the frames dropped (`filtered`);
+#   - netns mode: a clone with --net tap=tap0,netns=tn-{name} keeps the template's MAC and IP, its
+#     TAP inside its own namespace with the gateway's address and NAT rules, a veth pair to the host
+#     with an outside address of its own (GET /vm, vmm ps); all of it gone after `vmm stop`; one
+#     killed with -9 leaves its namespace, which the next namespace clone removes;
+#   - refusals, one line each: a bridge that does not exist, a clone on a bridge without --ip, a
+#     clone without --net of a template with one, a bad --hostname, --ip or --net name.
+# usage: clone-net-scenario.sh VMM TESTGUEST [--needs-kvm]
+vmm=$1 guest=$2
+shift 2
+for a in "$@"; do
+  case "$a" in
+    --needs-kvm) { [ -r /dev/kvm ] && [ -w /dev/kvm ]; } || { echo "SKIP: /dev/kvm is not usable here"; exit 77; } ;;
+    --inside) inside=1 ;;
+  esac
+done
+if [ -z "$inside" ]; then
+  command -v nft >/dev/null || { echo "clone-net: FAIL: nft is missing (scripts/setup.sh installs nftables)"; exit 1; }
+  ns=vmmcn$$
+  ip netns add $ns || { echo "SKIP: cannot create a network namespace"; exit 77; }
+  ip netns exec $ns sh "$0" "$vmm" "$guest" --inside
+  status=$?
+  # The clones' own namespaces, should a failure have left any.
+  for n in $(ip netns list 2>/dev/null | awk '/^tn-c/ { print $1 }'); do ip netns del "$n"; done
+  ip netns delete $ns
+  exit $status
+fi
+
+work=$(mktemp -d)
+export VMM_STATE_DIR=$work/state
+fail=0
+ok() { echo "clone-net: ok   $*"; }
+bad() { echo "clone-net: FAIL $*"; fail=1; }
+show() { sed 's/^/  | /' "$@"; }
+cleanup() {
+  for d in "$VMM_STATE_DIR"/run/*; do [ -d "$d" ] && "$vmm" stop --timeout 0 "$(basename "$d")" >/dev/null 2>&1; done
+  pkill -9 -f "$VMM_STATE_DIR" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+# get_vm NAME: GET /vm of a running VM.
+get_vm() { curl -s --max-time 5 --unix-socket "$VMM_STATE_DIR/run/$1/api.sock" http://vm/vm; }
+metrics() { curl -s --max-time 5 --unix-socket "$VMM_STATE_DIR/run/$1/api.sock" http://vm/vm/metrics; }
+
+ip link set lo up
+for c in all default; do [ ! -d /proc/sys/net/ipv6 ] || echo 1 >/proc/sys/net/ipv6/conf/$c/disable_ipv6; done
+ip link add br0 type bridge && ip addr add 10.0.2.1/24 dev br0 && ip link set br0 up || { echo "clone-net: FAIL cannot make a bridge"; exit 1; }
+
+# Two templates of the serving guest (MAC 52:54:00:00:00:02, address 10.0.2.2/24 via 10.0.2.1).
+k=0
+for t in net-serve net-serve-stale; do
+  "$vmm" template create $t --kernel "$guest" --memory 64M --cmdline $t --net tap=t$((k += 1)),mac=52:54:00:00:00:02 \
+    --ip 10.0.2.2/24 --gateway 10.0.2.1 --ready-on "net-serve: ready" --console none >"$work/$t.out" 2>&1 ||
+    { bad "template $t"; show "$work/$t.out"; exit 1; }
+done
+grep -q '"ip": "10.0.2.2/24"' "$VMM_STATE_DIR/templates/net-serve/manifest.json" &&
+  grep -q '"mac": "52:54:00:00:00:02"' "$VMM_STATE_DIR/templates/net-serve/manifest.json" &&
+  ok "the template's manifest records its MAC and address" || { bad "manifest"; show "$VMM_STATE_DIR/templates/net-serve/manifest.json"; }
+
+# ---- Bridge mode.
+"$vmm" run --clone-of net-serve --count 3 --name c --net 'tap=tc{i},bridge=br0' --ip 10.0.2.2 --hostname 'web-{i}' --detach \
+  >"$work/fleet.out" 2>&1 || { bad "fleet on br0"; show "$work/fleet.out"; }
+"$vmm" ps >"$work/ps"
+macs=""
+for i in 1 2 3; do
+  get_vm c-$i >"$work/c$i.json"
+  mac=$(sed -n 's/.*"mac":"\([0-9a-f:]*\)".*/\1/p' "$work/c$i.json")
+  grep -q "\"bridge\":\"br0\"" "$work/c$i.json" && grep -q "\"ip\":\"10.0.2.$((i + 1))/24\"" "$work/c$i.json" &&
+    grep -q "\"hostname\":\"web-$i\"" "$work/c$i.json" && [ -n "$mac" ] && [ "$mac" != 52:54:00:00:00:02 ] &&
+    ok "c-$i: GET /vm: MAC $mac (its own), bridge br0, ip 10.0.2.$((i + 1))/24, hostname web-$i" ||
+    { bad "c-$i: GET /vm"; show "$work/c$i.json"; }
+  grep -q "^c-$i .* $mac *10.0.2.$((i + 1)) " "$work/ps" || { bad "c-$i: vmm ps lacks its MAC or IP"; show "$work/ps"; }
+  [ "$(cat /sys/class/net/tc$i/master/ifindex 2>/dev/null)" = "$(cat /sys/class/net/br0/ifindex)" ] || bad "tc$i is not a port of br0"
+  macs="$macs $mac"
+done
+busybox arping -c 3 -w 5 -I br0 10.0.2.2 >"$work/arping" 2>&1
+n=0
+for mac in $macs; do grep -qi "\[$mac\]" "$work/arping" && n=$((n + 1)); done
+[ $n = 3 ] && ! grep -qi "52:54:00:00:00:02" "$work/arping" && ok "all 3 clones answer on br0, each from its own MAC" ||
+  { bad "ARP replies on br0: $n of 3 clones"; show "$work/arping"; }
+bridge fdb show br br0 >"$work/fdb" 2>&1
+n=0
+for mac in $macs; do grep -q "^$mac dev tc" "$work/fdb" && n=$((n + 1)); done
+[ $n = 3 ] && ok "3 distinct MACs in br0's forwarding table" || { bad "br0's fdb has $n of the clones' MACs"; show "$work/fdb"; }
+
+# ---- The source-MAC filter: a guest that keeps the template's MAC is not let out.
+"$vmm" run --clone-of net-serve-stale --name s --count 1 --net 'tap=ts{i},bridge=br0' --ip 10.0.2.20 --detach >"$work/s.out" 2>&1 ||
+  { bad "stale clone"; show "$work/s.out"; }
+busybox arping -c 2 -w 3 -I br0 10.0.2.2 >"$work/arping2" 2>&1
+filtered=$(metrics s-1 | sed -n 's/.*"filtered":\([0-9]*\).*/\1/p')
+! grep -qi "52:54:00:00:00:02" "$work/arping2" && [ "${filtered:-0}" -ge 1 ] &&
+  ok "a clone still on the template's MAC sends nothing out ($filtered frames filtered)" ||
+  { bad "source filter: filtered=$filtered"; show "$work/arping2"; }
+"$vmm" stop --timeout 0 s-1 >/dev/null 2>&1
+
+# ---- Netns mode.
+"$vmm" run --clone-of net-serve --name n --count 2 --net 'tap=tap0,netns=tn-{name}' --detach >"$work/n.out" 2>&1 ||
+  { bad "netns clones"; show "$work/n.out"; }
+outs=""
+for i in 1 2; do
+  get_vm n-$i >"$work/n$i.json"
+  out=$(sed -n 's/.*"outside":"\([0-9.]*\)".*/\1/p' "$work/n$i.json")
+  outs="$outs $out"
+  grep -q '"mac":"52:54:00:00:00:02"' "$work/n$i.json" && grep -q '"ip":"10.0.2.2/24"' "$work/n$i.json" && [ -n "$out" ] &&
+    ok "n-$i: keeps the template's MAC and IP; outside address $out" || { bad "n-$i: GET /vm"; show "$work/n$i.json"; }
+  ip netns exec tn-n-$i busybox arping -c 2 -w 5 -I tap0 10.0.2.2 >"$work/narp$i" 2>&1
+  grep -qi "\[52:54:00:00:00:02\]" "$work/narp$i" && ok "n-$i answers in its namespace" || { bad "n-$i: no ARP reply in tn-n-$i"; show "$work/narp$i"; }
+  ip netns exec tn-n-$i ip -4 addr show tap0 | grep -q "10.0.2.1/24" || bad "tn-n-$i: tap0 lacks the gateway address"
+  ip netns exec tn-n-$i nft list ruleset | grep -q "dnat to 10.0.2.2" || bad "tn-n-$i: no DNAT rule"
+  # The outside address answers ARP on the host's end of the veth pair (ICMP to it is the guest's,
+  # NAT'd: the test guest has no IP stack).
+  busybox arping -c 1 -w 3 -I "vmh-tn-n-$i" "$out" >"$work/oarp$i" 2>&1 && ok "the host reaches n-$i's namespace at $out" ||
+    { bad "no ARP reply from $out on vmh-tn-n-$i"; show "$work/oarp$i"; }
+done
+[ "$(echo $outs | tr ' ' '\n' | sort -u | wc -l)" = 2 ] || bad "outside addresses repeat: $outs"
+"$vmm" stop --timeout 0 n-1 >/dev/null 2>&1
+# vmm stop returns once the VM is told; its process removes what it set up as it ends.
+n=0
+while ip netns list 2>/dev/null | grep -q "^tn-n-1" && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
+ip netns list 2>/dev/null | grep -q "^tn-n-1" || ip link 2>/dev/null | grep -q "vmh-tn-n-1" && bad "tn-n-1 or its veth outlived its clone" ||
+  ok "vmm stop removed n-1's namespace and veth pair"
+pkill -9 -f "clone-of net-serve --name n " 2>/dev/null
+kill -9 "$(sed -n 's/.*"pid":\([0-9]*\).*/\1/p' "$work/n2.json")"
+sleep 0.5
+ip netns list 2>/dev/null | grep -q "^tn-n-2" || bad "a killed clone's namespace is already gone (the next check proves nothing)"
+"$vmm" run --clone-of net-serve --name m --count 1 --net 'tap=tap0,netns=tn-{name}' --detach >"$work/m.out" 2>&1 || bad "netns clone m"
+grep -q "removed 1 network namespace" "$work/m.out" && ! ip netns list 2>/dev/null | grep -q "^tn-n-2" && ! ip link 2>/dev/null | grep -q "vmh-tn-n-2" &&
+  ok "the next namespace clone removed what the killed one left" || { bad "stale namespace"; show "$work/m.out"; ip netns list 2>/dev/null; }
+"$vmm" stop --timeout 0 m-1 >/dev/null 2>&1
+
+# ---- Refusals: one line, status 2 (usage) or 10, nothing left running.
+refuse() {
+  want=$1 text=$2
+  shift 2
+  timeout 30 "$vmm" run --clone-of net-serve --console none "$@" >"$work/r.out" 2>&1 </dev/null
+  st=$?
+  if [ $st = "$want" ] && [ "$(wc -l <"$work/r.out")" = 1 ] && grep -q -- "$text" "$work/r.out"; then ok "refused: $*"; else
+    bad "$*: status $st (want $want)"; show "$work/r.out"; fi
+}
+refuse 10 "bridge nobr does not exist" --name r1 --net tap=tr1,bridge=nobr --ip 10.0.2.50
+refuse 2 "needs --ip" --name r2 --net tap=tr2,bridge=br0
+refuse 2 "has 1 network interface" --name r3
+refuse 2 "RFC 1123" --name r4 --net tap=tr4,bridge=br0 --ip 10.0.2.50 --hostname 'a;reboot'
+refuse 2 "prefix after" --name r5 --net tap=tr5,bridge=br0 --ip 10.0.2.50/40
+refuse 2 "at most 15 bytes" --name r6-a-long-name --net 'tap=tap-{name},bridge=br0' --ip 10.0.2.50
+[ -z "$(ls "$VMM_STATE_DIR/clones" | grep '^r')" ] && ok "no refused clone left a directory" || bad "refused clones left directories"
+echo "clone-net: $([ $fail = 0 ] && echo PASS || echo FAIL)"
+exit $fail

@@ -1,0 +1,84 @@
+#include "vmm/base/process.hpp"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include "vmm/base/fd.hpp"
+
+extern char** environ;
+
+namespace vmm {
+
+namespace {
+
+std::string joined(const std::vector<std::string>& argv) {
+  std::string s;
+  for (const auto& a : argv) s += (s.empty() ? "" : " ") + a;
+  return s;
+}
+
+}  // namespace
+
+Result<> run_command(const std::vector<std::string>& argv, std::string_view input) {
+  if (argv.empty()) return fail("run_command: no program");
+  int in[2], err[2];
+  if (::pipe2(in, O_CLOEXEC) != 0) return fail("pipe: {}", errno_text(errno));
+  Fd in_r(in[0]), in_w(in[1]);
+  if (::pipe2(err, O_CLOEXEC) != 0) return fail("pipe: {}", errno_text(errno));
+  Fd err_r(err[0]), err_w(err[1]);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, in_r.get(), 0);
+  posix_spawn_file_actions_adddup2(&fa, err_w.get(), 2);
+  posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t none;
+  sigemptyset(&none);
+  posix_spawnattr_setsigmask(&attr, &none);  // the VMM's blocked signals are not the tool's
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK);
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  pid_t pid = -1;
+  const int rc = ::posix_spawnp(&pid, args[0], &fa, &attr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  posix_spawnattr_destroy(&attr);
+  if (rc != 0) return fail("{}: cannot run: {}", argv[0], errno_text(rc));
+  in_r = Fd();
+  err_w = Fd();
+  // The input is small (a few commands): written whole before its stderr is read, which a tool
+  // that reads all its input first (ip -batch, nft -f) allows.
+  signal(SIGPIPE, SIG_IGN);
+  for (size_t off = 0; off < input.size();) {
+    const ssize_t n = ::write(in_w.get(), input.data() + off, input.size() - off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    off += static_cast<size_t>(n);
+  }
+  in_w = Fd();
+  std::string errors;
+  char buf[1024];
+  for (;;) {
+    const ssize_t n = ::read(err_r.get(), buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    if (errors.size() < 4096) errors.append(buf, static_cast<size_t>(n));
+  }
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return {};
+  while (!errors.empty() && (errors.back() == '\n' || errors.back() == ' ')) errors.pop_back();
+  if (auto nl = errors.find('\n'); nl != std::string::npos) errors.resize(nl);
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 127 && errors.empty()) errors = "not found";
+  return fail("`{}` failed: {}", joined(argv), errors.empty() ? fmt::format("status {}", status) : errors);
+}
+
+}  // namespace vmm

@@ -1,0 +1,17 @@
+// Running a host tool (iproute2's `ip`, `nft`) to its end: no shell, the argument vector as given,
+// the input on its stdin, its stderr kept for the error message.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "vmm/base/error.hpp"
+
+namespace vmm {
+
+/// Runs argv[0] (looked up in PATH) with `input` on its stdin; fails with its first line of stderr
+/// when it cannot start or exits non-zero.
+Result<> run_command(const std::vector<std::string>& argv, std::string_view input = {});
+
+}  // namespace vmm
