@@ -411,6 +411,12 @@ void PciTransport::signal_used(unsigned queue) {
   raise(kIsrQueue, queue < queue_vectors_.size() ? queue_vectors_[queue] : Msix::kNoVector);
 }
 
+void PciTransport::signal_all_queues() {
+  std::lock_guard lock(device_->mutex());
+  if (!(status_ & kStatusDriverOk) || (status_ & kStatusNeedsReset)) return;
+  for (unsigned q = 0; q < queue_vectors_.size(); ++q) raise(kIsrQueue, queue_vectors_[q]);
+}
+
 // ---- Snapshots ------------------------------------------------------------------------------------
 
 PciTransport::State PciTransport::save() const {

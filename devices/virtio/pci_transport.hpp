@@ -58,6 +58,10 @@ class PciTransport final : public PciFunction, public Interrupt, public Snapshot
 
   // Interrupt (called by the device with its mutex held)
   void signal_used(unsigned queue) override;
+  /// After a restore (takes the device's mutex): one used-buffer interrupt per queue of a running
+  /// device. A driver that finds nothing new ignores it; one that waits for an interrupt the
+  /// snapshot left owed (our event-index bookkeeping is not saved) runs on.
+  void signal_all_queues();
 
   /// The device status register (virtio 1.2 §2.1).
   uint8_t status() const;

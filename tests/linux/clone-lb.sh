@@ -22,6 +22,8 @@
 #      clone of that on br0 with a new address and hostname answers; so does its parent.
 # usage: clone-lb.sh
 kernel=/files/vmlinuz-generic initrd=/files/initramfs-generic.cpio rootfs=/files/rootfs.ext4
+# iproute2's ip for namespaces (busybox's sh runs its own ip applet, which has no netns).
+ipr=/files/bin/ip
 work=/tmp/clone-lb
 rm -rf "$work"
 mkdir -p "$work"
@@ -73,24 +75,28 @@ while [ $i -lt 5 ]; do
   fi
 done
 # The round robin: 100 requests, 20 per clone, in turn, by one curl (one process: L1 is slow to
-# start them); each answer is the body, then "@ URL".
+# start them); each answer is the body, then "URL " and the URL (curl -w; a format starting with @
+# names a file).
 urls="" k=0
 while [ $k -lt 100 ]; do urls="$urls http://10.0.3.$((11 + k % 5))/cgi-bin/host"; k=$((k + 1)); done
 t0=$(now)
 # shellcheck disable=SC2086
-curl -s --max-time 10 -w '@ %{url_effective}\n' $urls >"$work/raw"
-awk '/^@ / { split($2, a, "/"); print a[3], body; body = ""; next } { body = $0 }' "$work/raw" >"$work/answers"
+curl -s --max-time 10 -w 'URL %{url_effective}\n' $urls >"$work/raw"
+awk '/^URL / { split($2, a, "/"); print a[3], body; body = ""; next } { body = $0 }' "$work/raw" >"$work/answers"
 i=0 good=0
 while [ $i -lt 5 ]; do
   i=$((i + 1))
   n=$(grep -c "^10.0.3.$((10 + i)) web-$i$" "$work/answers")
   [ "$n" = 20 ] && good=$((good + 1)) || bad "web-$i answered $n of its 20 requests as itself"
 done
-[ $good = 5 ] && ok "100 requests round robin ($(since "$t0") s): every clone answered each of its 20 with its own hostname" ||
-  { sort "$work/answers" | uniq -c | show; }
+if [ $good = 5 ]; then ok "100 requests round robin ($(since "$t0") s): every clone answered each of its 20 with its own hostname"; else
+  sort "$work/answers" | uniq -c | show
+  vmm ps | show
+  for i in 1 2 3 4 5; do echo "--- web-$i"; show "$VMM_STATE_DIR/clones/web-$i/vmm.log"; tail -5 "$VMM_STATE_DIR/clones/web-$i/console.log" | show; done
+fi
 bridge fdb show br br0 >"$work/fdb"
-macs=$(for i in 1 2 3 4 5; do curl -s --max-time 5 --unix-socket "$VMM_STATE_DIR/run/web-$i/api.sock" http://vm/vm |
-  sed -n 's/.*"mac":"\([0-9a-f:]*\)".*/\1/p'; done)
+# The clones' MACs as vmm ps shows them (NAME STATE PID MEMORY PRIVATE MAC IP TEMPLATE).
+macs=$(vmm ps | awk '$1 ~ /^web-[1-5]$/ { print $6 }')
 n=0
 for mac in $macs; do grep -q "^$mac dev w" "$work/fdb" && n=$((n + 1)); done
 tmac=$(sed -n 's/.*"mac": "\([0-9a-f:]*\)".*/\1/p' "$VMM_STATE_DIR/templates/web/manifest.json")
@@ -142,7 +148,8 @@ wait_http http://10.0.3.12/cgi-bin/host 30 && [ "$body" = web-2 ] && ok "its par
   bad "web-2 after its snapshot: '$body'"
 stop_all
 n=0
-while [ -n "$(ip netns list 2>/dev/null)" ] && [ $n -lt 100 ]; do sleep 0.2; n=$((n + 1)); done
-[ -z "$(ip netns list 2>/dev/null)" ] && ok "no namespace left after the clones stopped" || { bad "namespaces left"; ip netns list; }
+while [ -n "$($ipr netns list 2>/dev/null)" ] && [ $n -lt 100 ]; do sleep 0.2; n=$((n + 1)); done
+[ -z "$($ipr netns list 2>/dev/null)" ] && [ -z "$($ipr link show 2>/dev/null | grep vmh-)" ] &&
+  ok "no namespace or veth left after the clones stopped" || { bad "namespaces left"; $ipr netns list; }
 echo "clone-lb: $([ $fail = 0 ] && echo PASS || echo FAIL)"
 exit $fail

@@ -95,7 +95,8 @@ while [ $i -lt "$n" ]; do
   echo 'echo "clocksource: $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"' >&3
   echo 'echo "vmfork: $(dmesg | grep -c "crng reseeded due to virtual machine fork") vmgenid: $(ls /sys/bus/acpi/drivers/vmgenid 2>/dev/null | grep -c :)"' >&3
   echo 'tr -d "\000" </sys/firmware/qemu_fw_cfg/by_name/opt/vmm/identity/raw | sed "s/^/ident: /"; echo "ident: end"' >&3
-  echo 'echo "hostname: $(hostname)"' >&3
+  # vmm-agent polls the generation (100 ms) and applies the identity; in this lane that takes seconds.
+  echo "k=0; while [ \"\$(hostname)\" != host-$i ] && [ \$k -lt 300 ]; do sleep 0.1; k=\$((k + 1)); done; echo \"hostname: \$(hostname)\"" >&3
   # A marker at sector i of /dev/vda, synced; then every clone's sector as this clone sees it.
   echo "printf 'disk-marker-c%s\\n' $i | dd of=/dev/vda bs=512 seek=$i conv=notrunc,fsync 2>/dev/null; sync" >&3
   echo "for j in \$(seq 1 $n); do echo \"slot \$j: \$(dd if=/dev/vda bs=512 skip=\$j count=1 2>/dev/null | tr -d '\\000')\"; done" >&3

@@ -3,7 +3,8 @@
 # with the vmm binary, the test guest, Debian's cloud kernel, the L2 initramfs and the dmesg allow
 # list in /files (and the executables in $VMM_NESTED_BINS in /files/bin, the SRC:DEST files in
 # $VMM_NESTED_FILES in /files; with VMM_NESTED_ROOTFS=MIB
-# also a fresh ext4 root image of that size as /files/rootfs.ext4).
+# also a fresh ext4 root image of that size as /files/rootfs.ext4; VMM_NESTED_CPUS: L1's vCPUs,
+# default 2).
 # usage: nested-test.sh VMM TESTGUEST INNER [ARG...]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -20,7 +21,7 @@ if [[ -n ${VMM_NESTED_ROOTFS:-} ]]; then
 fi
 log=$(mktemp /tmp/vmm-nested-test.XXXXXX.log)
 run() {
-  "$root/scripts/nested/run.sh" --timeout "${VMM_NESTED_TIMEOUT:-300}" --log "$log" "${extra[@]}" \
+  "$root/scripts/nested/run.sh" --timeout "${VMM_NESTED_TIMEOUT:-300}" --cpus "${VMM_NESTED_CPUS:-2}" --log "$log" "${extra[@]}" \
     --bin "$vmm" --file "$testguest:testguest.elf" --file "$kernel:vmlinuz" --file "$initramfs:initramfs.cpio" \
     --file "$root/tests/linux/dmesg-allow.txt:dmesg-allow.txt" \
     "$root/tests/linux/$inner" "$@"

@@ -127,8 +127,11 @@ std::expected<std::unique_ptr<PreparedClone>, CliFailure> prepare_clone(OpenTemp
     c->disks.push_back(DiskSpec{.path = overlay, .read_only = d.read_only, .id = d.id});
   }
   // Interfaces: the template's, each on a TAP of the clone's own (a pattern with {name} or {i}
-  // names them in a fleet). On a bridge or a TAP of the host's, a new MAC; in a namespace of its
-  // own, the template's (it keeps the template's IP there too, and needs no agent to be reached).
+  // names them in a fleet), each with a new MAC unless given: the source-MAC filter then keeps the
+  // clone silent until its guest has taken it, which vmm-agent does last, once hostname and keys are
+  // the clone's. That holds in a namespace too, where the clone keeps the template's IP and would
+  // otherwise answer at once under the template's hostname (seen in the nested lane); a guest
+  // without the agent keeps its template's MAC there with mac=.
   if (o.nets.size() != manifest->nets.size()) {
     return bad(exit_code::kUsage, fmt::format("the template has {} network interface(s): give the clone as many --net tap=NAME "
                                               "(each its own TAP; NAME may hold {{name}} and {{i}}), {} given",
@@ -137,7 +140,6 @@ std::expected<std::unique_ptr<PreparedClone>, CliFailure> prepare_clone(OpenTemp
   for (size_t i = 0; i < o.nets.size(); ++i) {
     auto n = expand_net(o.nets[i], name, o.index);
     if (!n) return bad(exit_code::kUsage, fmt::format("--net: {}", n.error().message()));
-    if (!n->netns.empty() && n->mac.empty()) n->mac = manifest->nets[i].mac;
     c->nets.push_back(*n);
   }
   for (auto& n : c->nets) {
@@ -217,6 +219,9 @@ Result<> begin_clone(OpenTemplate& t, const CloneOptions& o, PreparedClone& c) {
   if (auto r = m.platform().set_identity(clone::identity_pairs(c.identity)); !r) return r;
   if (auto r = m.platform().vmgenid().set(c.identity.generation); !r) return r;
   m.platform().vmgenid().notify();
+  // Whatever the snapshot left owed to the guest's drivers (a Linux clone on a network that nothing
+  // re-initialised did not answer ARP until its virtio-net queues were signalled).
+  for (const auto& tr : m.platform().transports()) tr->signal_all_queues();
   return {};
 }
 

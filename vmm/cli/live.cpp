@@ -134,6 +134,7 @@ void report(int fd, const std::string& text) {
   if (auto r = clone::restore(m, state, "fork", /*clock_to_now=*/false); !r) fail_child(r.error().message());
   if (auto r = m.platform().vmgenid().set(identity.generation); !r) fail_child(r.error().message());
   m.platform().vmgenid().notify();
+  for (const auto& t : m.platform().transports()) t->signal_all_queues();
 
   auto self = std::make_shared<LiveVm>(LiveVm{.state_dir = parent.state_dir, .kvm_device = parent.kvm_device, .name = plan.name,
                                               .template_name = parent.template_name, .template_dir = parent.template_dir,
