@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -54,14 +55,22 @@ Result<> run_command(const std::vector<std::string>& argv, std::string_view inpu
   in_r = Fd();
   err_w = Fd();
   // The input is small (a few commands): written whole before its stderr is read, which a tool
-  // that reads all its input first (ip -batch, nft -f) allows.
-  signal(SIGPIPE, SIG_IGN);
+  // that reads all its input first (ip -batch, nft -f) allows. A tool that exits first makes the
+  // write fail with EPIPE: its SIGPIPE (sent to this thread) is blocked here and taken back.
+  sigset_t pipe_set, old_set;
+  sigemptyset(&pipe_set);
+  sigaddset(&pipe_set, SIGPIPE);
+  ::pthread_sigmask(SIG_BLOCK, &pipe_set, &old_set);
   for (size_t off = 0; off < input.size();) {
     const ssize_t n = ::write(in_w.get(), input.data() + off, input.size() - off);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;
     off += static_cast<size_t>(n);
   }
+  const timespec now{};
+  while (::sigtimedwait(&pipe_set, nullptr, &now) > 0) {
+  }
+  ::pthread_sigmask(SIG_SETMASK, &old_set, nullptr);
   in_w = Fd();
   std::string errors;
   char buf[1024];
