@@ -73,7 +73,10 @@ for d in "$VMM_STATE_DIR"/run/*; do "$vmm" stop "$(basename "$d")" >/dev/null 2>
 for p in $stoppers; do wait "$p"; done
 n=0
 while [ -n "$(ls "$VMM_STATE_DIR/run" 2>/dev/null)" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
-[ -z "$(ls "$VMM_STATE_DIR/run" 2>/dev/null)" ] && ok "all stopped" || bad "left running: $(ls "$VMM_STATE_DIR/run" | head -3)"
+[ -z "$(ls "$VMM_STATE_DIR/run" 2>/dev/null)" ] && ok "all stopped" || {
+  bad "left running: $(ls "$VMM_STATE_DIR/run" | head -3)"
+  for d in "$VMM_STATE_DIR"/run/*; do c=$(basename "$d"); echo "--- $c"; cat "$VMM_STATE_DIR/clones/$c/vmm.log"; tail -3 "$VMM_STATE_DIR/clones/$c/console.log"; cat "$d/vm.json"; done
+}
 
 # A foreground fleet: a line per clone, and SIGINT to the launcher stops every clone.
 "$vmm" run --clone-of idt --count 5 --name fg >"$work/fg.out" 2>"$work/fg.err" &
@@ -99,9 +102,17 @@ n=0
 while [ ! -S "$psock" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
 i=1
 while [ $i -le 5 ]; do
-  "$vmm" run --clone-of idt --pool "$psock" --hostname "p$i" >>"$work/pooled" 2>>"$work/pooled.err" || bad "pool request $i"
+  set -- --hostname "p$i"
+  [ $i = 5 ] && set -- --hostname p5 --ip 10.1.0.5 --gateway 10.1.0.1  # the address the identity channel carries
+  "$vmm" run --clone-of idt --pool "$psock" "$@" >>"$work/pooled" 2>>"$work/pooled.err" || bad "pool request $i"
   i=$((i + 1))
 done
+p5=$(tail -1 "$work/pooled" | cut -d' ' -f1)
+if command -v curl >/dev/null; then
+  curl -s --max-time 5 --unix-socket "$VMM_STATE_DIR/run/$p5/api.sock" http://x/vm >"$work/p5.json"
+  grep -q '"hostname":"p5"' "$work/p5.json" && grep -q '"ip":"10.1.0.5/24"' "$work/p5.json" && grep -q '"gateway":"10.1.0.1"' "$work/p5.json" &&
+    ok "a pooled clone takes the request's hostname, ip and gateway (GET /vm)" || { bad "pooled clone's identity"; cat "$work/p5.json"; }
+fi
 [ "$(grep -c "^idt-[0-9a-f]* [0-9]* [0-9.]* ms$" "$work/pooled")" = 5 ] && ok "5 clones from the pool (name, pid, request ms)" ||
   { bad "pool requests"; cat "$work/pooled" "$work/pooled.err" "$work/pool.out"; }
 seen=0
@@ -120,6 +131,10 @@ while ! "$vmm" ps --json | grep -q '"ready": 3' && [ $n -lt 100 ]; do sleep 0.1;
 if command -v curl >/dev/null; then
   code=$(curl -s --max-time 20 -o "$work/body" -w "%{http_code}" --unix-socket "$psock" -X POST -d '{"bogus":1}' http://x/clones)
   [ "$code" = 400 ] && grep -q "unknown field" "$work/body" && ok "POST /clones with an unknown field: 400" || bad "pool bad field: $code"
+  for body in '{"hostname":"a;reboot"}' '{"ip":"10.0.0.1/40"}' '{"gateway":"10.0.0.1/24"}'; do
+    code=$(curl -s --max-time 20 -o "$work/body" -w "%{http_code}" --unix-socket "$psock" -X POST -d "$body" http://x/clones)
+    [ "$code" = 400 ] && grep -q "fault_message" "$work/body" && ok "POST /clones $body: 400" || bad "pool $body: $code"
+  done
   code=$(curl -s --max-time 20 -o /dev/null -w "%{http_code}" --unix-socket "$psock" http://x/clones)
   [ "$code" = 405 ] && ok "GET /clones: 405" || bad "pool GET /clones: $code"
 fi

@@ -215,10 +215,10 @@ Result<> begin_clone(OpenTemplate& t, const CloneOptions& o, PreparedClone& c) {
   if (!hostname->empty()) c.identity.hostname = *hostname;
   if (!o.ip.empty()) c.identity.ip = o.ip;
   if (!o.gateway.empty()) c.identity.gateway = o.gateway;
-  if (auto r = clone::step_clock(m, t.state, t.state_path); !r) return r;
   if (auto r = m.platform().set_identity(clone::identity_pairs(c.identity)); !r) return r;
   if (auto r = m.platform().vmgenid().set(c.identity.generation); !r) return r;
   m.platform().vmgenid().notify();
+  if (auto r = clone::step_clock(m, t.state, t.state_path); !r) return r;
   // Whatever the snapshot left owed to the guest's drivers (a Linux clone on a network that nothing
   // re-initialised did not answer ARP until its virtio-net queues were signalled).
   for (const auto& tr : m.platform().transports()) tr->signal_all_queues();
