@@ -215,19 +215,13 @@ Result<> check_cpu(const Kvm& kvm, const MachineShape& shape, uint32_t host_tsc_
 
 namespace {
 /// KVM's per-VM state from the "kvm" section into the machine.
-Result<VmKernelState> read_kernel_state(const StateFile& state, std::string_view file) {
+Result<> load_kernel_state(Machine& machine, const StateFile& state, std::string_view file, bool clock_to_now) {
   auto bytes = state.require("kvm", file);
   if (!bytes) return std::unexpected(bytes.error());
   ByteReader r(*bytes, fmt::format("{}: section kvm", file));
   auto k = r.get_raw<VmKernelState>("kvm");
   if (!k) return std::unexpected(k.error());
-  if (auto f = r.finish(); !f) return std::unexpected(f.error());
-  return *k;
-}
-
-Result<> load_kernel_state(Machine& machine, const StateFile& state, std::string_view file, bool clock_to_now) {
-  auto k = read_kernel_state(state, file);
-  if (!k) return std::unexpected(k.error());
+  if (auto f = r.finish(); !f) return f;
   if (auto ok = machine.vm().restore_kernel_state(*k, clock_to_now); !ok) return std::unexpected(ok.error().context(file));
   return {};
 }

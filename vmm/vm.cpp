@@ -164,11 +164,6 @@ Result<> Vm::restore_kernel_state(const VmKernelState& state, bool clock_to_now)
     if (::ioctl(fd, KVM_SET_IRQCHIP, chip) < 0) return fail("KVM_SET_IRQCHIP {}: {}", chip->chip_id, errno_text(errno));
   }
   if (::ioctl(fd, KVM_SET_PIT2, &state.pit) < 0) return fail("KVM_SET_PIT2: {}", errno_text(errno));
-  return set_clock(state, clock_to_now);
-}
-
-Result<> Vm::set_clock(const VmKernelState& state, bool clock_to_now) {
-  const int fd = vm_fd_.get();
   // KVM API 4.64 KVM_SET_CLOCK: with KVM_CLOCK_REALTIME set (and the realtime it was read at), KVM
   // advances the clock by the real time elapsed since, whatever the host's clocksource; otherwise
   // it sets it as it was.

@@ -84,9 +84,6 @@ class Vm final : public devices::VmControl {
   /// Writes it back. With `clock_to_now`, kvmclock is stepped by the real time that passed since
   /// it was saved (KVM_CLOCK_REALTIME, when KVM offers it), so a restored guest's clock is current.
   Result<> restore_kernel_state(const VmKernelState& state, bool clock_to_now);
-  /// Sets kvmclock alone from `state`: brought to the present (KVM_CLOCK_REALTIME) when it carries a
-  /// real-time stamp and KVM takes one, else as saved. Nothing else of the VM's state is touched.
-  Result<> set_clock(const VmKernelState& state, bool clock_to_now);
 
   /// Starts the vCPU threads and blocks until the VM stops: by a device or an exit (request_stop),
   /// or by SIGINT/SIGTERM. Call from the thread that blocked those signals with block_signals().
