@@ -14,6 +14,10 @@
 #     TAP inside its own namespace with the gateway's address and NAT rules, a veth pair to the host
 #     with an outside address of its own (GET /vm, vmm ps); all of it gone after `vmm stop`; one
 #     killed with -9 leaves its namespace, which the next namespace clone removes;
+#   - a live fork of a clone on the bridge (vmm fork --net tap=fk{i},bridge=br0 --ip): each child
+#     its own TAP, MAC and address, answering on br0; forks without --net or --ip refused;
+#   - a warm pool on the bridge (--net tap=pl{i},bridge=br0): a request gives the clone its address
+#     (one without is 400), the clone has a TAP and a MAC of its own and answers on br0;
 #   - refusals, one line each: a bridge that does not exist, a clone on a bridge without --ip, a
 #     clone without --net of a template with one, a bad --hostname, --ip or --net name.
 # usage: clone-net-scenario.sh VMM TESTGUEST [--needs-kvm]
@@ -94,6 +98,34 @@ n=0
 for mac in $macs; do grep -q "^$mac dev tc" "$work/fdb" && n=$((n + 1)); done
 [ $n = 3 ] && ok "3 distinct MACs in br0's forwarding table" || { bad "br0's fdb has $n of the clones' MACs"; show "$work/fdb"; }
 
+# ---- A live fork of a clone on br0: each child on a TAP of its own, with a MAC of its own and
+# the next address; a fork without --net, or on the bridge without --ip, is refused.
+"$vmm" fork c-1 --count 2 --net 'tap=fk{i},bridge=br0' --ip 10.0.2.50 --hostname 'fk-{i}' >"$work/fork.out" 2>"$work/fork.err" ||
+  { bad "fork of c-1 on br0"; show "$work/fork.out" "$work/fork.err"; }
+i=0 fmacs=""
+for child in $(cut -d' ' -f1 "$work/fork.out"); do
+  i=$((i + 1))
+  get_vm "$child" >"$work/fk$i.json"
+  fmac=$(sed -n 's/.*"mac":"\([0-9a-f:]*\)".*/\1/p' "$work/fk$i.json")
+  grep -q "\"tap\":\"fk$i\"" "$work/fk$i.json" && grep -q "\"ip\":\"10.0.2.$((49 + i))/24\"" "$work/fk$i.json" &&
+    grep -q "\"hostname\":\"fk-$i\"" "$work/fk$i.json" && [ -n "$fmac" ] && ! echo "$macs" | grep -q "$fmac" &&
+    [ "$(cat /sys/class/net/fk$i/master/ifindex 2>/dev/null)" = "$(cat /sys/class/net/br0/ifindex)" ] &&
+    ok "fork child $child: TAP fk$i on br0, its own MAC $fmac, 10.0.2.$((49 + i)), fk-$i" || { bad "fork child $i: GET /vm"; show "$work/fk$i.json"; }
+  fmacs="$fmacs $fmac"
+done
+[ $i = 2 ] || bad "fork of c-1: $i children (want 2)"
+busybox arping -c 3 -w 5 -I br0 10.0.2.2 >"$work/farp" 2>&1
+n=0
+for mac in $fmacs; do grep -qi "\[$mac\]" "$work/farp" && n=$((n + 1)); done
+[ $n = 2 ] && ok "both fork children answer on br0, each from its own MAC" || { bad "fork children on br0: $n of 2 answer"; show "$work/farp"; }
+for child in $(cut -d' ' -f1 "$work/fork.out"); do "$vmm" stop --timeout 0 "$child" >/dev/null 2>&1; done
+"$vmm" fork c-1 >"$work/f2" 2>&1; st=$?
+[ $st = 2 ] && [ "$(wc -l <"$work/f2")" = 1 ] && grep -q "give the fork as many 'nets'" "$work/f2" && ok "a fork of a VM with an interface, without --net: refused" ||
+  { bad "fork without --net: status $st"; show "$work/f2"; }
+"$vmm" fork c-1 --net tap=fx,bridge=br0 >"$work/f3" 2>&1; st=$?
+[ $st = 2 ] && grep -q "needs 'ip'" "$work/f3" && ok "a fork on a bridge without --ip: refused" || { bad "fork without --ip: status $st"; show "$work/f3"; }
+get_vm c-1 | grep -q '"state":"running"' && ok "c-1 runs on after its forks" || bad "c-1 after the forks"
+
 # ---- The source-MAC filter: a guest that keeps the template's MAC is not let out.
 "$vmm" run --clone-of net-serve-stale --name s --count 1 --net 'tap=ts{i},bridge=br0' --ip 10.0.2.20 --detach >"$work/s.out" 2>&1 ||
   { bad "stale clone"; show "$work/s.out"; }
@@ -140,6 +172,41 @@ ip netns list 2>/dev/null | grep -q "^tn-n-2" || bad "a killed clone's namespace
 grep -q "removed 1 network namespace" "$work/m.out" && ! ip netns list 2>/dev/null | grep -q "^tn-n-2" && ! ip link 2>/dev/null | grep -q "vmh-tn-n-2" &&
   ok "the next namespace clone removed what the killed one left" || { bad "stale namespace"; show "$work/m.out"; ip netns list 2>/dev/null; }
 "$vmm" stop --timeout 0 m-1 >/dev/null 2>&1
+
+# ---- A warm pool on br0: each member on a TAP of its own (p{i}, the member's number), each
+# request giving the clone its address; a request without one is refused (400).
+"$vmm" pool net-serve --size 2 --name pl --net 'tap=pl{i},bridge=br0' >"$work/pool.out" 2>&1 &
+poolpid=$!
+psock=$VMM_STATE_DIR/run/pl/api.sock
+post() { curl -s --max-time 20 --unix-socket "$psock" -o "$work/body" -w '%{http_code}' -X POST -d "$1" http://pool/clones; }
+n=0
+while [ ! -S "$psock" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+code=$(post '{"hostname": "pooled"}')
+[ "$code" = 400 ] && grep -q "needs\|shared network" "$work/body" && ok "a pool on a bridge: a request without ip is 400" ||
+  { bad "pool request without ip: $code"; show "$work/body"; }
+code=$(post '{"hostname": "pooled", "ip": "10.0.2.40"}')
+pname=$(sed -n 's/.*"name":"\([^"]*\)".*/\1/p' "$work/body")
+if [ "$code" = 201 ] && [ -n "$pname" ]; then
+  get_vm "$pname" >"$work/p.json"
+  pmac=$(sed -n 's/.*"mac":"\([0-9a-f:]*\)".*/\1/p' "$work/p.json")
+  ptap=$(sed -n 's/.*"tap":"\(pl[0-9]*\)".*/\1/p' "$work/p.json")
+  grep -q '"ip":"10.0.2.40/24"' "$work/p.json" && grep -q '"bridge":"br0"' "$work/p.json" && [ -n "$ptap" ] &&
+    [ -n "$pmac" ] && [ "$pmac" != 52:54:00:00:00:02 ] &&
+    [ "$(cat /sys/class/net/$ptap/master/ifindex 2>/dev/null)" = "$(cat /sys/class/net/br0/ifindex)" ] &&
+    ok "a pooled clone: its own TAP $ptap on br0, its own MAC $pmac, the request's address" || { bad "pooled clone on br0"; show "$work/p.json"; }
+  busybox arping -c 3 -w 5 -I br0 10.0.2.2 >"$work/parp" 2>&1
+  grep -qi "\[$pmac\]" "$work/parp" && ok "the pooled clone answers on br0 from its MAC" || { bad "no ARP reply from the pooled clone"; show "$work/parp"; }
+else
+  bad "POST /clones with an ip: $code"; show "$work/body" "$work/pool.out"
+fi
+kill -INT "$poolpid"; wait "$poolpid"
+[ -n "$pname" ] && "$vmm" stop --timeout 0 "$pname" >/dev/null 2>&1
+"$vmm" pool net-serve --size 1 --name pl2 >"$work/pool2.out" 2>&1
+[ $? = 2 ] && grep -q "give the pool as many --net" "$work/pool2.out" && ok "a pool without --net of a template with one: refused" ||
+  { bad "pool without --net"; show "$work/pool2.out"; }
+"$vmm" pool net-serve --size 1 --name pl3 --net tap=x,mac=52:54:00:00:00:09 >"$work/pool3.out" 2>&1
+[ $? = 2 ] && grep -q "mac= cannot be given to a pool" "$work/pool3.out" && ok "a pool with one mac= for all: refused" ||
+  { bad "pool with mac="; show "$work/pool3.out"; }
 
 # ---- Refusals: one line, status 2 (usage) or 10, nothing left running.
 refuse() {

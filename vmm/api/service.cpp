@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
 #include <set>
 
@@ -123,8 +124,17 @@ HttpResponse VmService::handle(const HttpRequest& r) {
     return paused_operation(*body, ops_.snapshot);
   }
   // /vm/fork
-  auto body = parse_body(r.body, {"count", "resume", "children_paused"});
+  auto body = parse_body(r.body, {"count", "resume", "children_paused", "nets", "hostname", "ip", "gateway"});
   if (!body) return body.error();
+  if (body->contains("nets")) {
+    const json& n = (*body)["nets"];
+    if (!n.is_array() || n.size() > 16 || !std::ranges::all_of(n, [](const json& e) { return e.is_string(); })) {
+      return fault(400, "'nets' must be an array of strings (--net syntax: tap=NAME[,bridge=BR][,netns=NS]), one per interface");
+    }
+  }
+  for (const char* text : {"hostname", "ip", "gateway"}) {
+    if (body->contains(text) && !(*body)[text].is_string()) return fault(400, fmt::format("'{}' must be a string", text));
+  }
   if (body->contains("count")) {
     const json& c = (*body)["count"];
     if (!c.is_number_unsigned() || c.get<uint64_t>() < 1 || c.get<uint64_t>() > 256) {

@@ -181,6 +181,10 @@ int main(int argc, char** argv) {
   pool->add_option("--api-socket", pool_opts.api_socket, "Where the pool serves POST /clones (default STATE/run/NAME/api.sock)");
   pool->add_option("--state-dir", pool_state_dir, "The state directory");
   pool->add_option("--kvm-device", pool_kvm, "KVM device node")->capture_default_str();
+  std::vector<std::string> pool_nets;
+  pool->add_option("--net", pool_nets, "Each clone's interface: tap=NAME[,mac=MAC][,bridge=BRIDGE][,netns=NAME], one per template "
+                                       "interface (NAME holds {i}, the member's number, or {name}); on a bridge each request "
+                                       "gives the clone's ip");
 
   // Running VMs, over their API.
   VmCommand vmc;
@@ -203,6 +207,11 @@ int main(int argc, char** argv) {
   vm_verbs[4]->add_option("--count", vmc.count, "How many copies")->capture_default_str()->check(CLI::Range(1, 256));
   vm_verbs[4]->add_flag("--paused", vmc.stay_paused, "Leave the parent paused afterwards");
   vm_verbs[4]->add_flag("--children-paused", vmc.children_paused, "Start the copies paused ('vmm resume' runs them)");
+  vm_verbs[4]->add_option("--net", vmc.nets, "Each copy's interface: tap=NAME[,bridge=BRIDGE][,netns=NAME], one per interface of the VM "
+                                             "(NAME holds {name} or {i}: each copy its own TAP)");
+  vm_verbs[4]->add_option("--hostname", vmc.hostname, "Each copy's hostname (may hold {name} and {i})");
+  vm_verbs[4]->add_option("--ip", vmc.ip, "The first copy's IPv4 address A.B.C.D[/PREFIX] (each next one +1); needed on a bridge");
+  vm_verbs[4]->add_option("--gateway", vmc.gateway, "The copies' IPv4 default gateway");
   vm_verbs[5]->add_option("TEXT", vmc.text, "The line (its words joined by spaces; a newline is added)")->required();
   vm_verbs.push_back(ps);
   for (auto* c : vm_verbs) c->add_option("--state-dir", vmc.state_dir, "The state directory");
@@ -317,6 +326,18 @@ int main(int argc, char** argv) {
     pool_opts.state_dir = pool_state_dir;
     pool_opts.kvm_device = pool_kvm;
     pool_opts.started = clone.started;
+    for (const auto& text : pool_nets) {
+      auto n = parse_net_spec(text);
+      if (n && !n->mac.empty()) {
+        print_error(fmt::format("--net {}: mac= cannot be given to a pool (its clones would share it)", text));
+        return exit_code::kUsage;
+      }
+      if (!n) {
+        print_error(n.error().message());
+        return exit_code::kUsage;
+      }
+      pool_opts.nets.push_back(*n);
+    }
     return run_pool(pool_opts, pool_size);
   }
   for (auto* c : vm_verbs) {

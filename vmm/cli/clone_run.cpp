@@ -159,7 +159,7 @@ std::expected<std::unique_ptr<PreparedClone>, CliFailure> prepare_clone(OpenTemp
       ip = manifest->ip;
       if (gateway.empty()) gateway = manifest->gateway;
     }
-    if (n.netns.empty() && ip.empty() && manifest->ip != "dhcp") {
+    if (n.netns.empty() && ip.empty() && manifest->ip != "dhcp" && !o.ip_at_request) {
       return bad(exit_code::kUsage, fmt::format("--net tap={}: a clone on a shared network needs --ip (its own address: the "
                                                 "template's{} would be a duplicate), or netns= to keep the template's",
                                                 n.tap, manifest->ip.empty() ? "" : " " + manifest->ip));

@@ -54,6 +54,8 @@ struct ChildPlan {
   std::vector<DiskSpec> disks;
   int report_fd = -1;  ///< the child's end of its pipe
   bool paused = false;  ///< starts paused (PUT /vm/fork "children_paused"), to run on `vmm resume`
+  std::vector<NetSpec> nets;  ///< its own TAPs (patterns expanded) and MACs, one per parent interface
+  std::string hostname, ip, gateway;  ///< for its identity channel (empty: not given)
 };
 
 }  // namespace
@@ -118,14 +120,21 @@ void report(int fd, const std::string& text) {
   auto shape = clone::read_shape(state, "fork");
   if (!shape) fail_child(shape.error().message());
   const devices::ConsoleSpec console{.kind = devices::ConsoleSpec::Kind::File, .path = (plan.dir / "console.log").string()};
-  auto devs = open_devices(console, plan.disks, {}, {});
+  // Its interfaces on TAPs of its own, with the source-MAC filter of every clone: nothing leaves
+  // under the parent's MAC (the guest's agent takes the new one from the identity channel).
+  auto devs = open_devices(console, plan.disks, plan.nets,
+                           NetHost{.guest_ip = plan.ip, .gateway = plan.gateway, .state_dir = parent.state_dir, .filter_source = true});
   if (!devs) fail_child(devs.error().message);
   auto memory = GuestMemory::from_mapping(Mapping::adopt(const_cast<uint8_t*>(ram), ram_size));
   if (!memory) fail_child(memory.error().message());
   clone::Identity identity = clone::new_identity(plan.name);
+  for (const auto& n : plan.nets) identity.macs.push_back(n.mac);
+  identity.hostname = plan.hostname;
+  identity.ip = plan.ip;
+  identity.gateway = plan.gateway;
   auto machine = Machine::create(*kvm, std::move(*memory),
                                  VmConfig{.vcpus = shape->vcpus, .cpu_template = shape->cpu_template, .cpuid = shape->cpuid},
-                                 PlatformConfig{.console = std::move(devs->console), .disks = std::move(devs->disks), .nets = {},
+                                 PlatformConfig{.console = std::move(devs->console), .disks = std::move(devs->disks), .nets = std::move(devs->nets),
                                                 .loop = nullptr, .identity = clone::identity_pairs(identity), .console_tap = {}},
                                  std::move(devs->loop));
   if (!machine) fail_child(machine.error().message());
@@ -141,9 +150,8 @@ void report(int fd, const std::string& text) {
                                               .cpu_template = parent.cpu_template, .config = parent.config,
                                               .kernel = parent.kernel, .cmdline = parent.cmdline,
                                               .machine = &m, .control = control->get()});
-  self->config["disks"] = json::array();
-  for (const auto& d : plan.disks) self->config["disks"].push_back({{"path", d.path.string()}, {"read_only", d.read_only}, {"id", d.id}});
-  self->config["console"] = "file:" + console.path;
+  self->config = config_json(ram_size, shape->vcpus, self->config.value("cpu_template", ""), plan.disks, plan.nets, console, identity,
+                             m.platform());
   (*control)->start(m, api::VmInfo{.id = identity.id, .name = plan.name, .kind = "fork", .template_name = parent.template_name,
                                    .template_dir = parent.template_dir, .parent = parent.name,
                                    .generation = clone::generation_hex(identity), .config = self->config, .api_socket = {}, .requested = {},
@@ -179,15 +187,85 @@ Result<> prepare_disks(const LiveVm& vm, ChildPlan& plan) {
   return {};
 }
 
+/// The children's interfaces and identity from a fork request ("nets": the --net syntax, one per
+/// interface of the parent, names with {name} and {i}; "hostname" with them too; "ip", counted up
+/// from child to child; "gateway"), checked before anything is forked.
+Result<> plan_networks(const LiveVm& vm, const json& request, std::vector<ChildPlan>& plans) {
+  const size_t have = vm.machine->platform().nets().size();
+  std::vector<NetSpec> patterns;
+  if (request.contains("nets")) {
+    for (const auto& text : request["nets"]) {
+      auto n = parse_net_spec(text.get<std::string>());
+      if (!n) return std::unexpected(n.error());
+      if (!n->mac.empty()) return fail("nets: mac= cannot be given to a fork (its children would share it)");
+      patterns.push_back(*n);
+    }
+  }
+  if (patterns.size() != have) {
+    return fail("the VM has {} network interface(s): give the fork as many 'nets' (--net tap=NAME, NAME with {{i}} or {{name}}: "
+                "each child its own TAP), {} given", have, patterns.size());
+  }
+  const std::string parent_ip = vm.config.value("ip", ""), parent_gw = vm.config.value("gateway", "");
+  std::string ip = request.value("ip", ""), gateway = request.value("gateway", "");
+  if (!ip.empty()) {
+    auto checked = clone::check_ip(ip);
+    if (!checked) return std::unexpected(checked.error());
+    ip = *checked;
+  }
+  if (!gateway.empty()) {
+    if (auto r = clone::check_gateway(gateway); !r) return r;
+  }
+  for (size_t i = 0; i < plans.size(); ++i) {
+    ChildPlan& p = plans[i];
+    const unsigned index = static_cast<unsigned>(i + 1);
+    for (const auto& pattern : patterns) {
+      auto n = expand_net(pattern, p.name, index);
+      if (!n) return fail("nets: {}", n.error().message());
+      auto mac = random_mac();
+      if (!mac) return std::unexpected(mac.error());
+      n->mac = devices::virtio::format_mac(*mac);
+      p.nets.push_back(*n);
+    }
+    if (request.contains("hostname")) {
+      p.hostname = expand_pattern(request["hostname"].get<std::string>(), p.name, index);
+      if (auto r = clone::check_hostname(p.hostname); !r) return r;
+    }
+    // As for clones: on a shared network a child needs an address of its own; in a namespace of its
+    // own it keeps its parent's.
+    p.gateway = gateway;
+    if (!ip.empty()) {
+      auto next = clone::ip_plus(ip, static_cast<uint32_t>(i));
+      if (!next) return std::unexpected(next.error());
+      p.ip = *next;
+    }
+    for (const auto& n : p.nets) {
+      if (!n.netns.empty() && p.ip.empty()) {
+        p.ip = parent_ip;
+        if (p.gateway.empty()) p.gateway = parent_gw;
+      }
+      if (n.netns.empty() && p.ip.empty() && parent_ip != "dhcp" && !parent_ip.empty()) {
+        return fail("nets: tap={}: a fork on a shared network needs 'ip' (its own address: the parent's {} would be a duplicate), "
+                    "or netns= to keep the parent's", n.tap, parent_ip);
+      }
+    }
+  }
+  return {};
+}
+
 Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const json& request, const std::function<void()>& resume) {
   Machine& m = *vm->machine;
-  if (!m.platform().nets().empty()) return fail("forking a VM with network interfaces is not supported yet");
   const unsigned count = request.value("count", 1u);
   const bool children_paused = request.value("children_paused", false);
+  std::vector<ChildPlan> plans(count);
+  for (auto& plan : plans) {
+    plan.name = fmt::format("{}-{}", vm->name, clone::random_hex(3));
+    plan.paused = children_paused;
+    plan.dir = vm->state_dir / "clones" / plan.name;
+  }
+  if (auto r = plan_networks(*vm, request, plans); !r) return std::unexpected(r.error());
   auto state = clone::capture(m, vm->cpu_template);
   if (!state) return std::unexpected(state.error());
 
-  std::vector<ChildPlan> plans(count);
   std::vector<int> reads;
   auto cleanup = [&] {
     for (int fd : reads) ::close(fd);
@@ -196,9 +274,6 @@ Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const json& request, con
     }
   };
   for (auto& plan : plans) {
-    plan.name = fmt::format("{}-{}", vm->name, clone::random_hex(3));
-    plan.paused = children_paused;
-    plan.dir = vm->state_dir / "clones" / plan.name;
     std::error_code ec;
     fs::create_directories(plan.dir.parent_path(), ec);
     if (!fs::create_directory(plan.dir, ec)) {

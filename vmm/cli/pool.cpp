@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <charconv>
 #include <condition_variable>
@@ -192,7 +193,12 @@ struct Member {
     const ssize_t n = ::recv(control, buf, sizeof buf, 0);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) ::_exit(0);  // the pool ended; its members learn it from their own sockets
-    const std::string name(buf, static_cast<size_t>(n));
+    // "INDEX NAME": the member's number ({i} in its TAP names) and its name.
+    const std::string text(buf, static_cast<size_t>(n));
+    const size_t space = text.find(' ');
+    const std::string name = space == std::string::npos ? text : text.substr(space + 1);
+    CloneOptions mo = o;
+    if (space != std::string::npos) (void)std::from_chars(text.data(), text.data() + space, mo.index);
     int sv[2];
     if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
       send_text(control, "error socketpair: " + errno_text(errno));
@@ -201,7 +207,7 @@ struct Member {
     const pid_t pid = ::fork();
     if (pid == 0) {
       ::close(sv[0]);
-      run_member(t, o, name, sv[1]);
+      run_member(t, mo, name, sv[1]);
     }
     ::close(sv[1]);
     if (pid < 0) {
@@ -237,9 +243,9 @@ class Zygote {
     if (pid_ > 0) ::waitpid(pid_, nullptr, 0);
   }
 
-  /// A new member named `name` (forked, not yet prepared), or an error text.
-  std::expected<Member, std::string> spawn(const std::string& name) {
-    send_text(fd_, name);
+  /// A new member named `name`, number `index` (forked, not yet prepared), or an error text.
+  std::expected<Member, std::string> spawn(unsigned index, const std::string& name) {
+    send_text(fd_, fmt::format("{} {}", index, name));
     pollfd p{.fd = fd_, .events = POLLIN, .revents = 0};
     if (::poll(&p, 1, 10000) <= 0) return std::unexpected("the pool's zygote does not answer");
     auto [text, fd] = receive_with_fd(fd_);
@@ -273,7 +279,10 @@ void discard(const Member& m) {
 
 class Pool {
  public:
-  Pool(OpenTemplate& t, Zygote& zygote, std::string name, unsigned size) : t_(t), zygote_(zygote), name_(std::move(name)), size_(size) {}
+  /// `needs_ip`: its clones are on a shared network (a bridge or a host TAP), where each request
+  /// must give the clone an address of its own.
+  Pool(OpenTemplate& t, Zygote& zygote, std::string name, unsigned size, bool needs_ip)
+      : t_(t), zygote_(zygote), name_(std::move(name)), size_(size), needs_ip_(needs_ip) {}
 
   void start() {
     refill_ = std::thread([this] { refill(); });
@@ -337,6 +346,9 @@ class Pool {
         if (auto r = clone::check_gateway(req["gateway"].get<std::string>()); !r) return api::fault(400, r.error().message());
       }
     }
+    if (needs_ip_ && !req.contains("ip")) {
+      return api::fault(400, "this pool's clones are on a shared network: give each its own 'ip' (the template's would be a duplicate)");
+    }
     const auto t0 = std::chrono::steady_clock::now();
     Member m;
     {
@@ -394,7 +406,7 @@ class Pool {
   }
 
   std::optional<Member> spawn() {
-    auto m = zygote_.spawn(fmt::format("{}-{}", t_.manifest.name, clone::random_hex(4)));
+    auto m = zygote_.spawn(++spawned_, fmt::format("{}-{}", t_.manifest.name, clone::random_hex(4)));
     if (!m) {
       fmt::print(stderr, "vmm: pool: no member: {}\n", m.error());
       return std::nullopt;
@@ -412,12 +424,14 @@ class Pool {
   Zygote& zygote_;
   const std::string name_;
   const unsigned size_;
+  const bool needs_ip_;
   std::mutex mutex_;
   std::condition_variable cv_;
   std::deque<Member> ready_;  // guarded by mutex_
   unsigned handed_out_ = 0;   // guarded by mutex_
   unsigned taking_ = 0;       // requests being handed a member; guarded by mutex_
   bool stopping_ = false;     // guarded by mutex_
+  unsigned spawned_ = 0;      // members made so far (the refill thread's)
   std::thread refill_;
 };
 
@@ -437,12 +451,19 @@ int run_pool(const CloneOptions& options, unsigned size) {
   CloneOptions member = o;
   member.name.clear();
   member.api_socket.clear();
+  member.ip_at_request = true;
+  if (o.nets.size() != t.manifest.nets.size()) {
+    return report_error(exit_code::kUsage, fmt::format("the template has {} network interface(s): give the pool as many --net tap=NAME "
+                                                       "(NAME with {{i}} or {{name}}: each clone its own TAP), {} given",
+                                                       t.manifest.nets.size(), o.nets.size()));
+  }
   // The HTTP plugin is loaded once here, so that members inherit it; then the zygote is forked,
   // before the first thread.
   if (auto p = api::http_plugin(); !p) return report_error(exit_code::kVmmError, p.error().message());
   auto zygote = Zygote::start(t, member);
   if (!zygote) return report_error(exit_code::kVmmError, zygote.error().message());
-  Pool pool(t, *zygote, o.name, size);
+  const bool needs_ip = t.manifest.ip != "dhcp" && std::ranges::any_of(o.nets, [](const NetSpec& n) { return n.netns.empty(); });
+  Pool pool(t, *zygote, o.name, size, needs_ip);
   auto server = api::serve((*reg)->socket().string(), [&pool](const api::HttpRequest& r) { return pool.handle(r); });
   if (!server) return report_error(exit_code::kVmmError, server.error().message());
   pool.start();

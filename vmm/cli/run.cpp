@@ -218,7 +218,10 @@ int run_vm(const RunOptions& options) {
   if (!machine) return report_failure(machine.error());
   // Nets as the guest has them (MACs drawn where none was given).
   std::vector<NetSpec> nets;
-  for (size_t i = 0; i < o.nets.size(); ++i) nets.push_back(NetSpec{.tap = o.nets[i].tap, .mac = identity.macs.at(i)});
+  for (size_t i = 0; i < o.nets.size(); ++i) {
+    nets.push_back(o.nets[i]);
+    nets.back().mac = identity.macs.at(i);
+  }
   auto live = std::make_shared<LiveVm>(LiveVm{
       .state_dir = clone::state_dir(o.state_dir), .kvm_device = o.kvm_device, .name = o.name, .template_name = {}, .template_dir = {},
       .cpu_template = o.cpu_template, .config = config_json(o.memory, o.vcpus, cpu_template_name(o.cpu_template), o.disks, nets, o.console,

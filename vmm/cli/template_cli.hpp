@@ -25,7 +25,8 @@ struct CloneOptions {
   std::string name;
   bool full = false;
   std::string hostname, ip, gateway;  ///< checked; ip normalised (A.B.C.D/P or dhcp); hostname may hold {name}, {i}
-  unsigned index = 1;                 ///< a fleet's clone number ({i} in patterns)
+  unsigned index = 1;                 ///< a fleet's clone number, a pool member's ({i} in patterns)
+  bool ip_at_request = false;         ///< a pool's member: a clone on a shared network gets its ip with the request
   std::string state_dir;
   devices::ConsoleSpec console;
   bool console_given = false;  ///< otherwise the console goes to the clone's console.log

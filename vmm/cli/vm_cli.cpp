@@ -87,7 +87,12 @@ int vm_command(const VmCommand& c) {
     req.body = json{{"dir", fs::absolute(c.dir).string()}, {"resume", !c.stay_paused}}.dump();
     timeout = 600;
   } else if (c.verb == "fork") {
-    req.body = json{{"count", c.count}, {"resume", !c.stay_paused}, {"children_paused", c.children_paused}}.dump();
+    json body{{"count", c.count}, {"resume", !c.stay_paused}, {"children_paused", c.children_paused}};
+    if (!c.nets.empty()) body["nets"] = c.nets;
+    for (auto [key, value] : {std::pair{"hostname", &c.hostname}, {"ip", &c.ip}, {"gateway", &c.gateway}}) {
+      if (!value->empty()) body[key] = *value;
+    }
+    req.body = body.dump();
     timeout = 120;
   } else if (c.verb == "input") {
     std::string line;
@@ -100,8 +105,17 @@ int vm_command(const VmCommand& c) {
   if (!r->body.empty()) {
     auto j = json::parse(r->body, nullptr, false);
     if (c.verb == "fork" && j.is_object() && j.contains("children")) {
-      for (const auto& ch : j["children"]) fmt::print("{} {}\n", ch.value("name", "?"), ch.value("pid", 0));
+      size_t failed = 0;
+      for (const auto& ch : j["children"]) {
+        if (ch.contains("error")) {
+          ++failed;
+          (void)report_error(exit_code::kVmmError, fmt::format("{}: fork {}: {}", c.target, ch.value("name", "?"), ch.value("error", "")));
+          continue;
+        }
+        fmt::print("{} {}\n", ch.value("name", "?"), ch.value("pid", 0));
+      }
       if (j.contains("paused_ms")) fmt::print(stderr, "vmm: {} forked {} time(s), paused {:.2f} ms\n", c.target, j["children"].size(), j.value("paused_ms", 0.0));
+      if (failed) return exit_code::kVmmError;
     } else if (c.verb == "snapshot" && j.is_object() && j.contains("template")) {
       fmt::print("{}\n", j["template"].get<std::string>());
     } else {
