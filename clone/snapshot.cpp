@@ -234,10 +234,8 @@ Result<> load_kernel_state(Machine& machine, const StateFile& state, std::string
 // runs, against none in 10 without it; their clocksource there is kvm-clock, and their clock is
 // right without it.
 // The kernel state once more, kvmclock brought to the present. It also restores the PIC, IOAPIC
-// and PIT as saved, which drops the vmgenid edge begin_clone raised just before if the guest routes
-// it through the 8259 (there it waits in the PIC's IRR; through the IOAPIC it is already in the
-// LAPIC). Setting the clock alone (tried) let the test guest, a PIC guest, take that interrupt, and
-// then 3 to 4 in 100 of a fleet's clones ignored the ACPI power button under load: an open question.
+// and PIT as saved, dropping any interrupt raised since the restore: call it before raising one
+// (begin_clone steps the clock, then notifies the new generation).
 Result<> step_clock(Machine& machine, const StateFile& state, std::string_view file) {
   return load_kernel_state(machine, state, file, /*clock_to_now=*/true);
 }

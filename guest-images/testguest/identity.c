@@ -4,7 +4,8 @@
  * `opt/vmm/identity`: text lines `key=value\n`, any subset and order of id, name, generation, mac0,
  * mac1, ..., hostname, ip, time, NUL-padded to a fixed size. Prints
  *   identity: ready
- *   identity: id=ID generation=G name=NAME mac0=MAC time=TIME changes=N   (`-` for a missing key)
+ *   identity: id=ID generation=G name=NAME mac0=MAC time=TIME seen=HOW changes=N   (`-` for a missing key;
+ *   HOW: what made it read: boot, get, irq or poll)
  * then sleeps, waking on any interrupt (the UART; any ISA IRQ but the PIT's, such as the VMM's ACPI
  * GED interrupt on a clone, makes it re-read at once; otherwise it re-reads once a second, on every
  * 20th tick of the PIT at 20 Hz: on the direct lane the guest's ring 0 is emulated, and re-reading
@@ -109,6 +110,7 @@ static void read_identity(void) {
 }
 
 static uint64_t changes;  /* generation changes seen since boot */
+static const char* seen_by = "boot";  /* what made it read last: boot, get, irq (any ISA IRQ but the PIT's) or poll */
 
 static void print_identity(void) {
   puts_("identity:");
@@ -125,6 +127,8 @@ static void print_identity(void) {
       putc_(c > ' ' && c < 0x7f ? c : '?');
     }
   }
+  puts_(" seen=");
+  puts_(seen_by);
   puts_(" changes=");
   putu64(changes);
   putc_('\n');
@@ -159,6 +163,7 @@ static void identity(void) {
     while (tg_getline(&l)) {
       if (streq(l.buf, "quit")) guest_exit(0);
       if (streq(l.buf, "get")) {
+        seen_by = "get";
         read_identity();
         if (generation_changed()) changes++;
         print_identity();
@@ -168,6 +173,7 @@ static void identity(void) {
     }
     uint64_t t = tg_ticks, other = tg_irqs - t;
     if (t - seen_ticks >= 20 || other != seen_other) {
+      seen_by = other != seen_other ? "irq" : "poll";
       seen_ticks = t;
       seen_other = other;
       read_identity();

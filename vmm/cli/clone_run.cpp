@@ -217,8 +217,10 @@ Result<> begin_clone(OpenTemplate& t, const CloneOptions& o, PreparedClone& c) {
   if (!o.gateway.empty()) c.identity.gateway = o.gateway;
   if (auto r = m.platform().set_identity(clone::identity_pairs(c.identity)); !r) return r;
   if (auto r = m.platform().vmgenid().set(c.identity.generation); !r) return r;
-  m.platform().vmgenid().notify();
+  // The clock first: stepping it reloads the interrupt controllers as saved, which would drop an
+  // edge raised before it (a guest that routes the GED's line through the 8259 never saw it).
   if (auto r = clone::step_clock(m, t.state, t.state_path); !r) return r;
+  m.platform().vmgenid().notify();
   // Whatever the snapshot left owed to the guest's drivers (a Linux clone on a network that nothing
   // re-initialised did not answer ARP until its virtio-net queues were signalled).
   for (const auto& tr : m.platform().transports()) tr->signal_all_queues();
