@@ -30,7 +30,7 @@ trap 'rm -rf "$stage"' EXIT
 install_busybox "$stage"
 install_modules "$stage" "${modules[@]}"
 install -m 755 "$linux_dir/init.sh" "$stage/init"
-build_agent "$stage/sbin/vmm-agent"
+install_agent "$stage"
 make_cpio "$stage" "$out"
 log "built $out ($(du -h "$out" | cut -f1))"
 echo "$out"

@@ -25,7 +25,7 @@ tmp=$(mktemp "$out.XXXXXX")
 trap 'rm -rf "$stage" "$tmp"' EXIT
 install_busybox "$stage"
 install -m 755 "$linux_dir/init.sh" "$stage/sbin/init"
-build_agent "$stage/sbin/vmm-agent"
+install_agent "$stage"
 echo "vmm L2 root file system $key" >"$stage/etc/vmm-rootfs"
 # A fixed UUID and label; inode timestamps come from E2FSPROGS_FAKE_TIME, not the clock.
 E2FSPROGS_FAKE_TIME=1 mkfs.ext4 -q -F -L vmm-root -U 6b1f6a35-5c1a-4d4e-9a0e-766d6d000001 \

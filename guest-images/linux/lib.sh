@@ -105,7 +105,7 @@ install_busybox() {
 # host-side tests. agent_sources are its inputs (for cache keys); build_agent DEST compiles it,
 # static, to DEST (written atomically).
 agent_dir=$linux_dir/vmm-agent
-agent_sources=("$agent_dir/agent.c" "$agent_dir/identity.c" "$agent_dir/identity.h")
+agent_sources=("$agent_dir/agent.c" "$agent_dir/identity.c" "$agent_dir/identity.h" "$agent_dir/udhcpc.script")
 build_agent() {
   local tmp
   tmp=$(mktemp "$1.XXXXXX")
@@ -113,6 +113,13 @@ build_agent() {
     { rm -f "$tmp"; die "cannot build vmm-agent (cc with a static libc: apt-get install gcc libc6-dev)"; }
   chmod 755 "$tmp"
   mv "$tmp" "$1"
+}
+# install_agent ROOT: vmm-agent as ROOT/sbin/vmm-agent, and the script with which busybox's udhcpc
+# applies a lease (the agent runs udhcpc for an identity with ip=dhcp).
+install_agent() {
+  mkdir -p "$1/sbin" "$1/usr/share/udhcpc"
+  build_agent "$1/sbin/vmm-agent"
+  install -m 755 "$agent_dir/udhcpc.script" "$1/usr/share/udhcpc/default.script"
 }
 
 file_is_static() { ! LC_ALL=C readelf -l "$1" 2>/dev/null | grep -q 'INTERP'; }

@@ -81,9 +81,9 @@ mk minimal "$gen"
 run minimal 0 --expect '^vmm-agent: would apply generation 00112233445566778899aabbccddeeff$' \
   --reject 'mac|address|route|hostname|machine-id|reseed|flush|error'
 
-mk dhcp "${gen}mac0=02:00:00:00:00:01\nip=dhcp\n"
+mk dhcp "${gen}mac0=02:00:00:00:00:01\nip=dhcp\ngateway=10.0.3.1\n"
 run dhcp 0 --expect '^vmm-agent: would eth0 mac 02:00:00:00:00:01$' --expect '^vmm-agent: would eth0 dhcp$' \
-  --reject 'address|gratuitous'
+  --reject 'address|gratuitous|route'
 
 # A MAC for an interface that does not exist: an error line, the rest goes on.
 mk nomac "${gen}mac3=02:00:00:00:00:04\nhostname=agent-dry-other\n"

@@ -20,6 +20,8 @@
 #      address (GET /vm), through the namespace's NAT.
 #   4. A clone of a clone: a running clone saved as a template (vmm snapshot, it carries on), and a
 #      clone of that on br0 with a new address and hostname answers; so does its parent.
+#   5. DHCP: a clone with --ip dhcp on br0 gets its address from busybox's udhcpd in L1 (vmm-agent
+#      runs udhcpc; the images' udhcpc script applies the lease) and answers there.
 # usage: clone-lb.sh
 kernel=/files/vmlinuz-generic initrd=/files/initramfs-generic.cpio rootfs=/files/rootfs.ext4
 # iproute2's ip for namespaces (busybox's sh runs its own ip applet, which has no netns).
@@ -146,6 +148,25 @@ if wait_http http://10.0.3.30/cgi-bin/host 120 && [ "$body" = web-cc ]; then ok 
   bad "clone of a clone: '$body'"; show "$work/cc.out" "$VMM_STATE_DIR/clones/cc/console.log"; fi
 wait_http http://10.0.3.12/cgi-bin/host 30 && [ "$body" = web-2 ] && ok "its parent web-2 still answers as web-2" ||
   bad "web-2 after its snapshot: '$body'"
+# ---- 5. DHCP: a clone with --ip dhcp on br0 takes its address from a DHCP server (busybox udhcpd
+# in L1, leases from 10.0.3.100): vmm-agent runs udhcpc, whose script applies the lease. The other
+# clones are stopped first (eleven Linux L2s starve a one-vCPU L1: seen, an RCU stall in L1).
+stop_all
+n=0
+while [ -n "$(ls "$VMM_STATE_DIR/run" 2>/dev/null)" ] && [ $n -lt 100 ]; do sleep 0.2; n=$((n + 1)); done
+printf 'start 10.0.3.100\nend 10.0.3.109\ninterface br0\nlease_file %s\noption subnet 255.255.255.0\noption router 10.0.3.1\n' \
+  "$work/leases" >"$work/udhcpd.conf"
+: >"$work/leases"
+udhcpd -f "$work/udhcpd.conf" >"$work/udhcpd.out" 2>&1 &
+dhcpd=$!
+vmm run --clone-of web --name dh --net tap=wdh,bridge=br0 --hostname web-dhcp --ip dhcp </dev/null >"$work/dh.out" 2>&1 &
+if wait_http http://10.0.3.100/cgi-bin/host 120 && [ "$body" = web-dhcp ]; then
+  ok "a clone with --ip dhcp took 10.0.3.100 from L1's DHCP server and answers there as web-dhcp"
+else
+  bad "DHCP clone: '$body'"; show "$work/dh.out" "$work/udhcpd.out" "$VMM_STATE_DIR/clones/dh/console.log"
+fi
+grep -a "vmm-agent" "$VMM_STATE_DIR/clones/dh/console.log" | tail -3 | sed 's/^/  dh | /'
+kill "$dhcpd" 2>/dev/null
 stop_all
 n=0
 while [ -n "$($ipr netns list 2>/dev/null)" ] && [ $n -lt 100 ]; do sleep 0.2; n=$((n + 1)); done

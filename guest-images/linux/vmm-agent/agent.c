@@ -413,14 +413,16 @@ static void apply_network(const struct vmm_identity *id) {
       else say("%s address %s/%u", ifn, a, id->prefix);
     }
     if ((changed[i] || readdress) && set_up(ifn, 1) != 0) fail("%s: link up: %s", ifn, strerror(errno));
-    if (had_gw && !id->has_gateway) {
+    if (had_gw && !id->has_gateway && id->ip_mode != VMM_IP_DHCP) {
       fmt_ip(a, gw);
       int e = set_default_route(gw);
       if (e) fail("default route via %s: %s", a, strerror(-e));
       else say("default route via %s (restored)", a);
     }
   }
-  if (id->has_gateway) {
+  /* With DHCP the lease's router is the default route (the udhcpc script sets it): a gateway in
+   * the identity (a clone keeps its template's) is not reachable before the lease anyway. */
+  if (id->has_gateway && id->ip_mode != VMM_IP_DHCP) {
     char a[16];
     fmt_ip(a, id->gateway);
     int e = dry_run ? 0 : set_default_route(id->gateway);
