@@ -226,6 +226,8 @@ void Vm::resume() {
   cv_.notify_all();
 }
 
+void Vm::start_on(std::function<bool()> gate) { gate_ = std::move(gate); }
+
 void Vm::park(Vcpu& vcpu) {
   // Complete a pending PIO/MMIO exit before the vCPU is considered paused (KVM API, KVM_RUN:
   // "enter KVM_RUN with immediate_exit set so that pending operations complete").
@@ -235,6 +237,18 @@ void Vm::park(Vcpu& vcpu) {
   std::unique_lock lock(mutex_);
   ++parked_;
   cv_.notify_all();
+  if (vcpu.index() == 0 && gate_) {
+    auto gate = std::exchange(gate_, nullptr);  // once
+    lock.unlock();
+    const bool go = gate();
+    lock.lock();
+    if (go && target_ == RunState::Paused) {
+      target_ = RunState::Running;
+      lock.unlock();
+      cv_.notify_all();  // the other vCPUs
+      lock.lock();
+    }
+  }
   cv_.wait(lock, [&] { return target_ != RunState::Paused; });
   --parked_;
 }

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -93,6 +94,14 @@ class Vm final : public devices::VmControl {
   /// clone is run this way before it is asked for, so its request does not wait for threads.
   void start_paused();
 
+  /// With start_paused(), before run(): vCPU 0, once parked, calls `gate` on its own thread instead
+  /// of waiting for resume(). `gate` returns true to run: the VM resumes from vCPU 0's thread, which
+  /// goes straight on into KVM_RUN (no other thread has to wake first: a pool's member takes its
+  /// request there); false to wait as usual (for resume(), or a stop that `gate` requested).
+  void start_on(std::function<bool()> gate);
+  /// Whether a stop was requested (a `gate` that waits checks it).
+  bool stopping() const { return stopping_; }
+
   /// Pauses every vCPU (each completes a pending I/O exit first); returns when all are paused.
   /// Only while run() is running (on another thread).
   void pause();
@@ -136,6 +145,7 @@ class Vm final : public devices::VmControl {
   size_t parked_ = 0;                    // vCPUs waiting in park(); guarded by mutex_
   std::optional<StopInfo> stop_;         // first stop request wins; guarded by mutex_
   std::atomic<bool> stopping_{false};
+  std::function<bool()> gate_;  // start_on(); set before run(), taken by vCPU 0's thread
   pthread_t waiter_{};
   std::atomic<bool> have_waiter_{false};
   std::atomic<int64_t> first_entry_ns_{0}, first_exit_ns_{0};  // steady_clock; 0: not yet

@@ -170,6 +170,7 @@ HttpResponse VmService::get_vm() {
     const auto run = machine_.vm().first_run();
     j["start_ms"] = {{"first_entry", since(run.entered)}, {"first_exit", since(run.exited)},
                      {"first_output", since(machine_.platform().serial().first_output())}};
+    for (const auto& [step, at] : info_.steps) j["start_ms"][step] = since(at);
   }
   if (!info_.parent.empty()) j["parent"] = info_.parent;
   return ok_json(j);

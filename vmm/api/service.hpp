@@ -42,6 +42,9 @@ struct VmInfo {
   /// Clones: when the clone was asked for (a pool's request, or the command's start), so that
   /// GET /vm can say how long it took to run and to print (steady_clock, one clock for all processes).
   std::optional<std::chrono::steady_clock::time_point> requested;
+  /// Clones: named moments of the start after `requested` (a pool's member "taken", "resumed"),
+  /// reported in GET /vm's start_ms beside the first guest entry and output.
+  std::vector<std::pair<std::string, std::chrono::steady_clock::time_point>> steps;
   /// The VM starts paused (its vCPUs parked until PUT /vm/resume).
   bool paused = false;
 };

@@ -245,7 +245,7 @@ Result<std::unique_ptr<api::ControlPlane>> attach_control(OpenTemplate& t, const
       .kernel = t.manifest.kernel, .cmdline = t.manifest.cmdline, .machine = &m, .control = control->get()});
   (*control)->start(m, api::VmInfo{.id = c.identity.id, .name = c.name, .kind = "clone", .template_name = t.manifest.name,
                                    .template_dir = t.tdir.string(), .parent = {}, .generation = clone::generation_hex(c.identity),
-                                   .config = live->config, .api_socket = {}, .requested = o.started, .paused = false},
+                                   .config = live->config, .api_socket = {}, .requested = o.started, .steps = c.steps, .paused = false},
                     live_operations(live));
   return std::move(*control);
 }

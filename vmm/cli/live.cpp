@@ -154,7 +154,7 @@ void report(int fd, const std::string& text) {
                              m.platform());
   (*control)->start(m, api::VmInfo{.id = identity.id, .name = plan.name, .kind = "fork", .template_name = parent.template_name,
                                    .template_dir = parent.template_dir, .parent = parent.name,
-                                   .generation = clone::generation_hex(identity), .config = self->config, .api_socket = {}, .requested = {},
+                                   .generation = clone::generation_hex(identity), .config = self->config, .api_socket = {}, .requested = {}, .steps = {},
                                    .paused = plan.paused},
                     live_operations(self));
   if (plan.paused) m.vm().start_paused();

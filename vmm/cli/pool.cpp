@@ -97,8 +97,9 @@ std::pair<std::string, int> receive_with_fd(int sock) {
 /// A member's life after fork(): prepare, run paused, wait for the request, launch. Never returns.
 /// The clone is prepared and its machine running with every vCPU thread created and parked before
 /// the request, so that the request pays only for what differs between clones: identity, generation
-/// and clock, then the vCPUs resume. Registration (STATE/run), clone.json and the API come after the
-/// guest runs, on the thread that took the request; the pool is answered once they are done.
+/// and clock, then the vCPUs resume. vCPU 0's thread, parked, takes the request and goes on into the
+/// guest itself. Registration (STATE/run), clone.json and the API come after the guest runs, on
+/// another thread; the pool is answered once they are done.
 [[noreturn]] void run_member(OpenTemplate& t, CloneOptions o, const std::string& name, int fd) {
   ::setsid();
   // Nothing of the pool's but the template's mapping and this socket: its API socket, the other
@@ -113,25 +114,40 @@ std::pair<std::string, int> receive_with_fd(int sock) {
   }
   Machine& m = *(*c)->machine;
   m.vm().start_paused();
-  std::atomic<bool> launched{false};
-  std::unique_ptr<api::ControlPlane> control;
-  std::thread taker([&] {
-    ::pthread_setname_np(::pthread_self(), "vmm-pool-wait");
+  // The request is taken on vCPU 0's thread, parked (Vm::start_on): it restores what differs
+  // between clones (begin_clone) and goes straight on into the guest; no other thread has to wake
+  // before the guest runs. The rest (registration, API, the pool's answer) follows on `finisher`.
+  std::mutex mu;
+  std::condition_variable cv;
+  enum class Phase { Waiting, Launched, Ended } phase = Phase::Waiting;  // guarded by mu
+  auto end_wait = [&] {
+    {
+      std::lock_guard lock(mu);
+      if (phase == Phase::Waiting) phase = Phase::Ended;
+    }
+    cv.notify_one();
+  };
+  m.vm().start_on([&]() -> bool {
     send_text(fd, "ready");
-    // The request: {"hostname": ..., "ip": ...}, or the end of the pool (EOF: discard).
+    // The request: {"hostname": ..., "ip": ...}, or the end of the pool (EOF: discard). Polled in
+    // slices, so that a stop that arrives meanwhile (a signal) is seen.
     std::string request;
     for (;;) {
+      if (m.vm().stopping()) return false;
+      pollfd p{.fd = fd, .events = POLLIN, .revents = 0};
+      if (::poll(&p, 1, 200) <= 0) continue;
       char buf[4096];
       const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
       if (n <= 0) {
-        m.vm().request_stop(devices::StopReason::Signal);  // discarded (or the machine stopped)
-        return;
+        m.vm().request_stop(devices::StopReason::Signal);  // discarded (or the pool ended)
+        return false;
       }
       request.assign(buf, static_cast<size_t>(n));
       break;
     }
     o.started = std::chrono::steady_clock::now();
+    (*c)->steps.emplace_back("taken", o.started);
     auto j = json::parse(request, nullptr, false);
     if (j.is_object()) {
       o.hostname = j.value("hostname", "");
@@ -143,10 +159,24 @@ std::pair<std::string, int> receive_with_fd(int sock) {
     if (auto r = begin_clone(t, o, **c); !r) {
       send_text(fd, "error " + r.error().message());
       m.vm().request_stop(StopInfo{.reason = devices::StopReason::Error, .status = 0, .message = r.error().message()});
-      return;
+      return false;
     }
-    m.vm().resume();
-    launched = true;
+    (*c)->steps.emplace_back("resumed", std::chrono::steady_clock::now());
+    {
+      std::lock_guard lock(mu);
+      phase = Phase::Launched;
+    }
+    cv.notify_one();
+    return true;
+  });
+  std::unique_ptr<api::ControlPlane> control;
+  std::thread finisher([&] {
+    ::pthread_setname_np(::pthread_self(), "vmm-pool-wait");
+    {
+      std::unique_lock lock(mu);
+      cv.wait(lock, [&] { return phase != Phase::Waiting; });
+      if (phase != Phase::Launched) return;
+    }
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - o.started).count();
     auto attached = attach_control(t, o, **c);
     if (!attached) {
@@ -160,10 +190,15 @@ std::pair<std::string, int> receive_with_fd(int sock) {
     detach_output((*c)->dir / "vmm.log");  // it outlives the pool
   });
   const StopInfo stop = m.run();
-  ::shutdown(fd, SHUT_RDWR);  // wakes the taker if the machine stopped before any request
-  taker.join();
+  end_wait();  // the finisher, if the machine stopped before any request
+  finisher.join();
   ::close(fd);
   control.reset();  // the API (whose requests use the machine) ends before the machine does
+  bool launched = false;
+  {
+    std::lock_guard lock(mu);
+    launched = phase == Phase::Launched;
+  }
   if (!launched) {
     c->reset();  // never handed out: removes the prepared directory
     ::_exit(0);

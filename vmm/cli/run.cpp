@@ -229,7 +229,7 @@ int run_vm(const RunOptions& options) {
       .kernel = fs::absolute(o.kernel).string(), .cmdline = o.cmdline, .machine = machine->get(), .control = control->get()});
   (*control)->start(**machine, api::VmInfo{.id = identity.id, .name = o.name, .kind = "booted", .template_name = {},
                                            .template_dir = {}, .parent = {}, .generation = clone::generation_hex(identity),
-                                           .config = live->config, .api_socket = {}, .requested = {}, .paused = false},
+                                           .config = live->config, .api_socket = {}, .requested = {}, .steps = {}, .paused = false},
                     live_operations(live));
   const StopInfo stop = (*machine)->run();
   control->reset();  // the API (whose requests use the machine) ends before the machine does

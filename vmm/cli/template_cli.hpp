@@ -90,6 +90,8 @@ struct PreparedClone {
   std::unique_ptr<Kvm> kvm;
   std::unique_ptr<Machine> machine;
   bool keep = false;
+  /// Moments of its start (GET /vm start_ms): a pool's member "taken" (the request read), "resumed".
+  std::vector<std::pair<std::string, std::chrono::steady_clock::time_point>> steps;
   ~PreparedClone();
 };
 /// The clone's hostname: --hostname with {name} and {i} expanded, checked (empty if none given).
