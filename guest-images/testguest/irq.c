@@ -33,6 +33,7 @@ struct frame {
 
 volatile uint64_t tg_ticks;     /* IRQ 0 count */
 volatile uint64_t tg_irqs;      /* every PIC interrupt handled (the identity scenario wakes on any) */
+volatile uint64_t tg_serial_irqs;  /* IRQ 4 count */
 static volatile uint8_t rx[256];  /* serial input, filled by IRQ 4 */
 static volatile uint32_t rx_head, rx_tail;  /* head: written by the handler only; tail: by the main loop */
 
@@ -69,6 +70,7 @@ void tg_isr(struct frame* f) {
     outb(0x600, 0x20 | 5 << 2);  /* SLP_EN | SLP_TYP S5: layout::kAcpiSleepControlPort */
   }
   if (irq == 4) {  /* drain the receiver: IIR goes back to "none", so the next byte raises again */
+    tg_serial_irqs++;
     uint32_t h = rx_head;
     while (inb(COM1 + 5) & 0x01) {
       uint8_t c = inb(COM1);

@@ -38,7 +38,7 @@ struct tg_line {
   unsigned len;
 };
 int tg_getline(struct tg_line* l);  /* 1: a complete line (NUL-terminated, no CR/LF) is in l->buf */
-extern volatile uint64_t tg_ticks, tg_irqs;
+extern volatile uint64_t tg_ticks, tg_irqs, tg_serial_irqs;
 void putu64(uint64_t v);
 
 /* clone.c and identity.c: the scenarios that clone tests snapshot at their ready line (counter,

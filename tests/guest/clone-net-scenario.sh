@@ -31,12 +31,18 @@ for a in "$@"; do
 done
 if [ -z "$inside" ]; then
   command -v nft >/dev/null || { echo "clone-net: FAIL: nft is missing (scripts/setup.sh installs nftables)"; exit 1; }
+  # What a run that was killed before its cleanup left: its namespace (vmmcnPID, PID gone) and its
+  # clones' (tn-*: the names this test gives them), which would make the checks below see old state.
+  for n in $(ip netns list 2>/dev/null | awk '$1 ~ /^(tn-|vmmcn)/ { print $1 }'); do
+    case $n in vmmcn*) kill -0 "${n#vmmcn}" 2>/dev/null && continue ;; esac
+    ip netns del "$n"
+  done
   ns=vmmcn$$
   ip netns add $ns || { echo "SKIP: cannot create a network namespace"; exit 77; }
   ip netns exec $ns sh "$0" "$vmm" "$guest" --inside
   status=$?
   # The clones' own namespaces, should a failure have left any.
-  for n in $(ip netns list 2>/dev/null | awk '/^tn-c/ { print $1 }'); do ip netns del "$n"; done
+  for n in $(ip netns list 2>/dev/null | awk '/^tn-/ { print $1 }'); do ip netns del "$n"; done
   ip netns delete $ns
   exit $status
 fi
