@@ -115,10 +115,12 @@ build_agent() {
   mv "$tmp" "$1"
 }
 # install_agent ROOT: vmm-agent as ROOT/sbin/vmm-agent, and the script with which busybox's udhcpc
-# applies a lease (the agent runs udhcpc for an identity with ip=dhcp).
+# applies a lease (the agent runs udhcpc for an identity with ip=dhcp) where udhcpc looks for it:
+# /etc/udhcpc/default.script in Debian's busybox, /usr/share/udhcpc/default.script upstream.
 install_agent() {
-  mkdir -p "$1/sbin" "$1/usr/share/udhcpc"
+  mkdir -p "$1/sbin" "$1/etc/udhcpc" "$1/usr/share/udhcpc"
   build_agent "$1/sbin/vmm-agent"
+  install -m 755 "$agent_dir/udhcpc.script" "$1/etc/udhcpc/default.script"
   install -m 755 "$agent_dir/udhcpc.script" "$1/usr/share/udhcpc/default.script"
 }
 
