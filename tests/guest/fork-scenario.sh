@@ -199,7 +199,7 @@ sleep 0.3
 n=0
 while [ -e "$VMM_STATE_DIR/run/e" ] && [ $n -lt 150 ]; do sleep 0.1; n=$((n + 1)); done
 wait "$pid_e"; st=$?
-[ "$st" = 0 ] && [ ! -e "$VMM_STATE_DIR/run/e" ] && ! grep -q "power button" "$work/e.out" && ok "...and is stopped hard after the timeout" || { bad "hard stop: status $st"; tail -5 "$work/e.out" "$work/e.err"; }
+[ "$st" = 0 ] && [ ! -e "$VMM_STATE_DIR/run/e" ] && ! grep -q "power button" "$work/e.out" && ok "...and is stopped hard after the timeout" || { bad "hard stop: status $st"; tail -n 5 "$work/e.out" "$work/e.err"; }
 
 # ---- Disks: a fork sees its parent's disk at the fork, and they diverge afterwards.
 head -c 1048576 /dev/zero >"$work/disk.img"
@@ -279,10 +279,12 @@ else
 fi
 for c in $(cut -d' ' -f1 "$work/forkw"); do "$vmm" resume "$c" || bad "resume $c"; done
 "$vmm" resume w
-sleep 0.5
+# (vmm ps asks each VM's API, with a 2 s limit: under load a busy one may answer late; give it time)
+n=0
+while [ "$("$vmm" ps | grep -c "^w.* running ")" != 4 ] && [ $n -lt 10 ]; do sleep 0.5; n=$((n + 1)); done
 [ "$("$vmm" ps | grep -c "^w.* running ")" = 4 ] && ok "the parent and its 3 children write on" || {
-  bad "after resume"; "$vmm" ps; tail -3 "$work/w.out" "$work/w.err"
-  for c in $(cut -d' ' -f1 "$work/forkw"); do tail -3 "$VMM_STATE_DIR/clones/$c/console.log" "$VMM_STATE_DIR/clones/$c/vmm.log"; done; }
+  bad "after resume"; "$vmm" ps; tail -n 3 "$work/w.out" "$work/w.err"
+  for c in $(cut -d' ' -f1 "$work/forkw"); do tail -n 3 "$VMM_STATE_DIR/clones/$c/console.log" "$VMM_STATE_DIR/clones/$c/vmm.log"; done; }
 for c in $(cut -d' ' -f1 "$work/forkw"); do "$vmm" stop --timeout 0 "$c"; done
 "$vmm" stop --timeout 0 w
 exec 3>&-
