@@ -234,8 +234,8 @@ Result<> load_kernel_state(Machine& machine, const StateFile& state, std::string
 // runs, against none in 10 without it; their clocksource there is kvm-clock, and their clock is
 // right without it.
 // The kernel state once more, kvmclock brought to the present. It also restores the PIC, IOAPIC
-// and PIT as saved, dropping any interrupt raised since the restore: call it before raising one
-// (begin_clone steps the clock, then notifies the new generation).
+// and PIT as saved, dropping an interrupt raised since the restore if the guest routes it through
+// the 8259 (begin_clone's VMGenID edge: see there).
 Result<> step_clock(Machine& machine, const StateFile& state, std::string_view file) {
   return load_kernel_state(machine, state, file, /*clock_to_now=*/true);
 }
