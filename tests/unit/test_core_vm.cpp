@@ -86,42 +86,57 @@ TEST_CASE("vm: a guest port write reaches the bus and its stop ends run()") {
   CHECK(stop.status == 0x2a);
 }
 
+// Waits until the guest has stored a non-zero counter at kCounterAddr (it ran), up to 20 s (a loaded
+// nested L1 may take a while to schedule the vCPU: a fixed sleep made this test flaky there).
+constexpr uint64_t kCounterAddr = 0x500;
+uint32_t wait_for_counter(const vmm::Vm& vm) {
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (std::chrono::steady_clock::now() < deadline) {
+    auto v = vm.memory().read_obj<uint32_t>(vmm::Gpa(kCounterAddr));
+    REQUIRE(v);
+    if (*v != 0) return *v;
+    std::this_thread::sleep_for(1ms);
+  }
+  return 0;
+}
+
 TEST_CASE("vm: pause, save the vCPU, restore it into a new VM, and it runs on from there") {
   SKIP_WITHOUT_KVM();
-  // loop: inc bx ; jmp loop
-  const std::array<uint8_t, 3> code{0x43, 0xeb, 0xfd};
+  // loop: inc ebx ; mov [0x500], ebx ; jmp loop
+  const std::array<uint8_t, 9> code{0x66, 0x43, 0x66, 0x89, 0x1e, 0x00, 0x05, 0xeb, 0xf7};
   TestVm a(code);
   vmm::StopInfo stop_a;
   std::thread runner([&] { stop_a = a.vm->run(); });
-  std::this_thread::sleep_for(30ms);
+  const uint32_t seen_a = wait_for_counter(*a.vm);
   a.vm->pause();
   auto saved = a.vm->vcpu(0).save(a.kvm.msr_index_list(), a.kvm.xsave_size());
   REQUIRE_MESSAGE(saved, (saved ? "" : saved.error().message()));
-  const uint16_t bx_at_pause = static_cast<uint16_t>(saved->regs.rbx);
+  const uint32_t bx_at_pause = static_cast<uint32_t>(saved->regs.rbx);
   CHECK(saved->regs.rip >= kCodeAddr);
-  CHECK(saved->regs.rip < kCodeAddr + 3);
+  CHECK(saved->regs.rip < kCodeAddr + code.size());
   // Paused means paused: the counter does not move.
   std::this_thread::sleep_for(10ms);
-  CHECK(static_cast<uint16_t>(a.vm->vcpu(0).get_regs()->rbx) == bx_at_pause);
+  CHECK(static_cast<uint32_t>(a.vm->vcpu(0).get_regs()->rbx) == bx_at_pause);
   a.vm->resume();
-  std::this_thread::sleep_for(10ms);
   a.vm->request_stop(StopReason::PowerOff);
   runner.join();
   CHECK(stop_a.reason == StopReason::PowerOff);
-  CHECK(bx_at_pause != 0);
+  CHECK(seen_a != 0);
+  CHECK(bx_at_pause >= seen_a);
 
   // A second VM gets the saved state, with the counter set to a marker; it counts on from it.
   TestVm b(code);
   saved->regs.rbx = 0x1000;
   REQUIRE(b.vm->vcpu(0).restore(*saved));
   std::thread runner_b([&] { (void)b.vm->run(); });
-  std::this_thread::sleep_for(20ms);
+  const uint32_t seen_b = wait_for_counter(*b.vm);
   b.vm->pause();
   const auto regs_b = b.vm->vcpu(0).get_regs();
   REQUIRE(regs_b);
-  CHECK(regs_b->rbx != 0x1000);  // it ran
+  CHECK(seen_b > 0x1000);  // it ran, on from the marker
+  CHECK(static_cast<uint32_t>(regs_b->rbx) >= seen_b);
   CHECK(regs_b->rip >= kCodeAddr);
-  CHECK(regs_b->rip < kCodeAddr + 3);
+  CHECK(regs_b->rip < kCodeAddr + code.size());
   b.vm->resume();
   b.vm->request_stop(StopReason::PowerOff);
   runner_b.join();

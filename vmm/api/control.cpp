@@ -28,6 +28,10 @@ void ControlPlane::start(Machine& machine, VmInfo info, VmOperations ops) {
   });
 }
 
+void ControlPlane::wait_serving() {
+  if (starter_.joinable()) starter_.join();
+}
+
 void ControlPlane::abandon() {
   // The parent's threads do not exist here: its server object cannot be stopped or destroyed
   // (its destructor would join a thread that is not ours); it is leaked on purpose.

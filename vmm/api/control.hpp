@@ -20,6 +20,9 @@ class ControlPlane {
                                                       const std::filesystem::path& socket = {});
   /// Serves the VM's API from now on (in the background; a failure is printed, the VM runs on).
   void start(Machine& machine, VmInfo info, VmOperations ops = {});
+  /// Returns once the API answers at its socket (or failed to start, which start() printed): what
+  /// reports a VM as started to a client waits for this, so that the client can use it at once.
+  void wait_serving();
   /// Stops serving (requests in progress finish) and gives the name back.
   ~ControlPlane();
 

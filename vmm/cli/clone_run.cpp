@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <thread>
 
 #include "clone/identity.hpp"
 #include "clone/memory_file.hpp"
@@ -254,30 +255,41 @@ Result<std::unique_ptr<api::ControlPlane>> attach_control(OpenTemplate& t, const
   return std::move(*control);
 }
 
-int launch_clone(OpenTemplate& t, const CloneOptions& o, PreparedClone& c, const std::function<void(const std::string&)>& started) {
+int launch_clone(OpenTemplate& t, const CloneOptions& o, PreparedClone& c, Announce when,
+                 const std::function<void(const std::string&)>& started) {
   Machine& m = *c.machine;
   // Registered first: a name another VM holds stops the clone before its guest runs.
   auto control = attach_control(t, o, c);
   if (!control) return report_error(exit_code::kUsage, control.error().message());
   if (auto r = begin_clone(t, o, c); !r) return report_error(exit_code::kVmmError, r.error().message());
-  started(fmt::format("{:.2f}", std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - o.started).count()));
+  const std::string ms = fmt::format("{:.2f}", std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - o.started).count());
+  std::thread announcer;
+  if (when == Announce::AtStart) {
+    started(ms);
+  } else {
+    announcer = std::thread([&control, &started, ms] {
+      (*control)->wait_serving();
+      started(ms);
+    });
+  }
   const StopInfo stop = m.run();
+  if (announcer.joinable()) announcer.join();
   control->reset();  // the API (whose requests use the machine) ends before the machine does
   return stop_status(stop);
 }
 
-int start_clone(OpenTemplate& t, const CloneOptions& o, const std::string& name, bool inherited,
+int start_clone(OpenTemplate& t, const CloneOptions& o, const std::string& name, bool inherited, Announce when,
                 const std::function<void(const std::string&)>& started) {
   auto c = prepare_clone(t, o, name, inherited);
   if (!c) return report_failure(c.error());
-  return launch_clone(t, o, **c, started);
+  return launch_clone(t, o, **c, when, started);
 }
 
 int run_clone(const CloneOptions& o) {
   OpenTemplate t;
   if (auto f = open_template(o, t)) return report_failure(*f);
   const std::string name = o.name.empty() ? fmt::format("{}-{}", t.manifest.name, clone::random_hex(4)) : o.name;
-  return start_clone(t, o, name, /*inherited=*/false, [&](const std::string& ms) {
+  return start_clone(t, o, name, /*inherited=*/false, Announce::AtStart, [&](const std::string& ms) {
     fmt::print(stderr, "vmm: clone {} of {} restored in {} ms (since main)\n", name, t.manifest.name, ms);
   });
 }

@@ -90,7 +90,7 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
         const int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
         if (null >= 0) ::dup2(null, 0);
       }
-      const int status = start_clone(t, co, mb.name, /*inherited=*/true, [&](const std::string& ms) {
+      const int status = start_clone(t, co, mb.name, /*inherited=*/true, Announce::WhenServing, [&](const std::string& ms) {
         const std::string line = "ok " + ms + "\n";
         (void)!::write(p[1], line.data(), line.size());
         ::close(p[1]);

@@ -30,6 +30,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <fstream>
+#include <thread>
 
 #include "clone/identity.hpp"
 #include "clone/snapshot.hpp"
@@ -158,10 +159,15 @@ void report(int fd, const std::string& text) {
                                    .paused = plan.paused},
                     live_operations(self));
   if (plan.paused) m.vm().start_paused();
-  report(plan.report_fd, "ok");
-  ::close(plan.report_fd);
-  detach_output(plan.dir / "vmm.log");  // it outlives the request, and maybe its parent
+  // Reported once its API answers (the request's client may use it at once); the guest runs meanwhile.
+  std::thread reporter([&] {
+    (*control)->wait_serving();
+    report(plan.report_fd, "ok");
+    ::close(plan.report_fd);
+    detach_output(plan.dir / "vmm.log");  // it outlives the request, and maybe its parent
+  });
   const int status = stop_status(m.run());
+  reporter.join();
   control->reset();
   ::_exit(status);
 }

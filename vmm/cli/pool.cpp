@@ -186,6 +186,7 @@ std::pair<std::string, int> receive_with_fd(int sock) {
       return;
     }
     control = std::move(*attached);
+    control->wait_serving();  // the client may use the clone's API as soon as it has the answer
     send_text(fd, fmt::format("ok {:.3f}", ms));
     detach_output((*c)->dir / "vmm.log");  // it outlives the pool
   });

@@ -105,15 +105,18 @@ std::expected<std::unique_ptr<PreparedClone>, CliFailure> prepare_clone(OpenTemp
 /// clone's machine.
 Result<> begin_clone(OpenTemplate& t, const CloneOptions& options, PreparedClone& clone);
 Result<std::unique_ptr<api::ControlPlane>> attach_control(OpenTemplate& t, const CloneOptions& options, PreparedClone& clone);
+/// When a clone's start is announced (`started(ms)`, ms from the request to the resume): at once,
+/// before its guest runs (a message), or once its API answers (to a launcher whose caller may use
+/// the clone at once: the guest runs meanwhile).
+enum class Announce { AtStart, WhenServing };
 /// Registers the prepared clone (attach_control), begins it (begin_clone) and runs it until its
 /// guest stops.
-int launch_clone(OpenTemplate& t, const CloneOptions& options, PreparedClone& clone,
+int launch_clone(OpenTemplate& t, const CloneOptions& options, PreparedClone& clone, Announce when,
                  const std::function<void(const std::string&)>& started);
-/// prepare_clone + launch_clone.
-/// Starts the clone `name` of `t` and runs it until its guest stops; returns the exit status.
-/// `inherited`: the memory mapping belongs to a launcher this process was forked from (adopted,
-/// not moved). `started(ms)` is called once it is about to run.
-int start_clone(OpenTemplate& t, const CloneOptions& options, const std::string& name, bool inherited,
+/// prepare_clone + launch_clone: starts the clone `name` of `t` and runs it until its guest stops;
+/// returns the exit status. `inherited`: the memory mapping belongs to a launcher this process was
+/// forked from (adopted, not moved).
+int start_clone(OpenTemplate& t, const CloneOptions& options, const std::string& name, bool inherited, Announce when,
                 const std::function<void(const std::string&)>& started);
 
 }  // namespace vmm::cli
