@@ -126,10 +126,10 @@ for mac in $fmacs; do grep -qi "\[$mac\]" "$work/farp" && n=$((n + 1)); done
 [ $n = 2 ] && ok "both fork children answer on br0, each from its own MAC" || { bad "fork children on br0: $n of 2 answer"; show "$work/farp"; }
 for child in $(cut -d' ' -f1 "$work/fork.out"); do "$vmm" stop --timeout 0 "$child" >/dev/null 2>&1; done
 "$vmm" fork c-1 >"$work/f2" 2>&1; st=$?
-[ $st = 2 ] && [ "$(wc -l <"$work/f2")" = 1 ] && grep -q "give the fork as many 'nets'" "$work/f2" && ok "a fork of a VM with an interface, without --net: refused" ||
+[ $st = 2 ] && [ "$(wc -l <"$work/f2")" = 1 ] && grep -q "give the fork as many --net" "$work/f2" && ok "a fork of a VM with an interface, without --net: refused" ||
   { bad "fork without --net: status $st"; show "$work/f2"; }
 "$vmm" fork c-1 --net tap=fx,bridge=br0 >"$work/f3" 2>&1; st=$?
-[ $st = 2 ] && grep -q "needs 'ip'" "$work/f3" && ok "a fork on a bridge without --ip: refused" || { bad "fork without --ip: status $st"; show "$work/f3"; }
+[ $st = 2 ] && grep -q "needs --ip" "$work/f3" && ok "a fork on a bridge without --ip: refused" || { bad "fork without --ip: status $st"; show "$work/f3"; }
 get_vm c-1 | grep -q '"state":"running"' && ok "c-1 runs on after its forks" || bad "c-1 after the forks"
 
 # ---- The source-MAC filter: a guest that keeps the template's MAC is not let out.

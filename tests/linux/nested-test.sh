@@ -4,7 +4,7 @@
 # list in /files (and the executables in $VMM_NESTED_BINS in /files/bin, the SRC:DEST files in
 # $VMM_NESTED_FILES in /files; with VMM_NESTED_ROOTFS=MIB
 # also a fresh ext4 root image of that size as /files/rootfs.ext4; VMM_NESTED_CPUS: L1's vCPUs,
-# default 2).
+# default 1: see below).
 # usage: nested-test.sh VMM TESTGUEST INNER [ARG...]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -21,7 +21,7 @@ if [[ -n ${VMM_NESTED_ROOTFS:-} ]]; then
 fi
 log=$(mktemp /tmp/vmm-nested-test.XXXXXX.log)
 run() {
-  "$root/scripts/nested/run.sh" --timeout "${VMM_NESTED_TIMEOUT:-300}" --cpus "${VMM_NESTED_CPUS:-2}" --log "$log" "${extra[@]}" \
+  "$root/scripts/nested/run.sh" --timeout "${VMM_NESTED_TIMEOUT:-300}" --cpus "${VMM_NESTED_CPUS:-1}" --log "$log" "${extra[@]}" \
     --bin "$vmm" --file "$testguest:testguest.elf" --file "$kernel:vmlinuz" --file "$initramfs:initramfs.cpio" \
     --file "$root/tests/linux/dmesg-allow.txt:dmesg-allow.txt" \
     "$root/tests/linux/$inner" "$@"

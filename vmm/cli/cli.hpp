@@ -61,7 +61,6 @@ struct NetHost {
 std::expected<Devices, CliFailure> open_devices(const devices::ConsoleSpec& console, const std::vector<DiskSpec>& disks,
                                                const std::vector<NetSpec>& nets, const NetHost& host);
 
-/// Builds a machine that boots `options`' kernel (KVM opened into `kvm_holder` unless given).
 /// Builds a machine that boots `options`' kernel (KVM opened into `kvm_holder` unless given); its
 /// identity goes to `identity` when given.
 std::expected<std::unique_ptr<Machine>, CliFailure> boot_machine(const Kvm* kvm, const RunOptions& options,
@@ -75,6 +74,27 @@ nlohmann::json config_json(uint64_t memory, uint32_t vcpus, std::string_view cpu
                            const Platform& platform);
 /// A random locally administered unicast MAC (02:xx:xx:xx:xx:xx), as Cloud Hypervisor gives.
 Result<devices::virtio::MacAddress> random_mac();
+
+/// What a clone or a fork's child takes its network from: its template, or its parent.
+struct NetSource {
+  std::string_view kind;      ///< "template" or "VM"
+  size_t interfaces = 0;
+  std::string ip, gateway;    ///< as configured there ("dhcp", an address, or empty)
+};
+/// The interfaces and the guest address a clone or a fork's child gets.
+struct NetPlan {
+  std::vector<NetSpec> nets;
+  std::string ip, gateway;
+};
+/// Fails unless one --net is given per interface of the source (`who`: "clone", "pool", "fork").
+Result<> check_net_count(std::string_view who, const NetSource& source, size_t given);
+/// Plans them for the VM `name` (`index`: its number in a fleet, pool or fork): one pattern per
+/// interface of the source, names expanded, each with a random MAC unless it gives one. The
+/// address: `ip` and `gateway` as asked (checked); else, in a namespace of its own, the source's;
+/// on a shared network (a bridge or a host TAP) a VM needs one of its own: refused unless the
+/// source uses DHCP or `ip_later` (a pool's member gets it with the request).
+Result<NetPlan> plan_nets(std::string_view who, const std::vector<NetSpec>& patterns, const NetSource& source, const std::string& name,
+                          unsigned index, const std::string& ip, const std::string& gateway, bool ip_later);
 /// Prints "vmm: error: MESSAGE" and returns `status`.
 int report_error(int status, const std::string& message);
 /// How a VM stopped, as a clause for an error message ("it exited through the debug port ...").

@@ -133,39 +133,14 @@ std::expected<std::unique_ptr<PreparedClone>, CliFailure> prepare_clone(OpenTemp
   // the clone's. That holds in a namespace too, where the clone keeps the template's IP and would
   // otherwise answer at once under the template's hostname (seen in the nested lane); a guest
   // without the agent keeps its template's MAC there with mac=.
-  if (o.nets.size() != manifest->nets.size()) {
-    return bad(exit_code::kUsage, fmt::format("the template has {} network interface(s): give the clone as many --net tap=NAME "
-                                              "(each its own TAP; NAME may hold {{name}} and {{i}}), {} given",
-                                              manifest->nets.size(), o.nets.size()));
-  }
-  for (size_t i = 0; i < o.nets.size(); ++i) {
-    auto n = expand_net(o.nets[i], name, o.index);
-    if (!n) return bad(exit_code::kUsage, fmt::format("--net: {}", n.error().message()));
-    c->nets.push_back(*n);
-  }
-  for (auto& n : c->nets) {
-    if (n.mac.empty()) {
-      auto mac = random_mac();
-      if (!mac) return bad(exit_code::kVmmError, mac.error().message());
-      n.mac = devices::virtio::format_mac(*mac);
-    }
-  }
+  auto net = plan_nets(o.ip_at_request ? "pool" : "clone", o.nets,
+                       NetSource{.kind = "template", .interfaces = manifest->nets.size(), .ip = manifest->ip, .gateway = manifest->gateway},
+                       name, o.index, o.ip, o.gateway, o.ip_at_request);
+  if (!net) return bad(exit_code::kUsage, net.error().message());
+  c->nets = std::move(net->nets);
   c->console = o.console;
   if (!o.console_given) c->console = devices::ConsoleSpec{.kind = devices::ConsoleSpec::Kind::File, .path = (cdir / "console.log").string()};
-  // The guest's address: as given; else, in a namespace of its own, the template's (every clone
-  // has it there); on a bridge or a host TAP a clone needs one of its own (or DHCP).
-  std::string ip = o.ip, gateway = o.gateway;
-  for (const auto& n : c->nets) {
-    if (!n.netns.empty() && ip.empty()) {
-      ip = manifest->ip;
-      if (gateway.empty()) gateway = manifest->gateway;
-    }
-    if (n.netns.empty() && ip.empty() && manifest->ip != "dhcp" && !o.ip_at_request) {
-      return bad(exit_code::kUsage, fmt::format("--net tap={}: a clone on a shared network needs --ip (its own address: the "
-                                                "template's{} would be a duplicate), or netns= to keep the template's",
-                                                n.tap, manifest->ip.empty() ? "" : " " + manifest->ip));
-    }
-  }
+  const std::string ip = net->ip, gateway = net->gateway;
   auto devs = open_devices(c->console, c->disks, c->nets,
                            NetHost{.guest_ip = ip, .gateway = gateway, .state_dir = t.sdir, .filter_source = true});
   if (!devs) return std::unexpected(devs.error());

@@ -197,62 +197,36 @@ Result<> prepare_disks(const LiveVm& vm, ChildPlan& plan) {
 /// interface of the parent, names with {name} and {i}; "hostname" with them too; "ip", counted up
 /// from child to child; "gateway"), checked before anything is forked.
 Result<> plan_networks(const LiveVm& vm, const json& request, std::vector<ChildPlan>& plans) {
-  const size_t have = vm.machine->platform().nets().size();
   std::vector<NetSpec> patterns;
   if (request.contains("nets")) {
     for (const auto& text : request["nets"]) {
       auto n = parse_net_spec(text.get<std::string>());
       if (!n) return std::unexpected(n.error());
-      if (!n->mac.empty()) return fail("nets: mac= cannot be given to a fork (its children would share it)");
+      if (!n->mac.empty()) return fail("--net: mac= cannot be given to a fork (its children would share it)");
       patterns.push_back(*n);
     }
   }
-  if (patterns.size() != have) {
-    return fail("the VM has {} network interface(s): give the fork as many 'nets' (--net tap=NAME, NAME with {{i}} or {{name}}: "
-                "each child its own TAP), {} given", have, patterns.size());
-  }
-  const std::string parent_ip = vm.config.value("ip", ""), parent_gw = vm.config.value("gateway", "");
-  std::string ip = request.value("ip", ""), gateway = request.value("gateway", "");
-  if (!ip.empty()) {
-    auto checked = clone::check_ip(ip);
-    if (!checked) return std::unexpected(checked.error());
-    ip = *checked;
-  }
-  if (!gateway.empty()) {
-    if (auto r = clone::check_gateway(gateway); !r) return r;
-  }
+  const NetSource source{.kind = "VM", .interfaces = vm.machine->platform().nets().size(), .ip = vm.config.value("ip", ""),
+                         .gateway = vm.config.value("gateway", "")};
+  // Consecutive addresses from the one asked for, one per child.
+  const std::string ip = request.value("ip", "");
   for (size_t i = 0; i < plans.size(); ++i) {
     ChildPlan& p = plans[i];
     const unsigned index = static_cast<unsigned>(i + 1);
-    for (const auto& pattern : patterns) {
-      auto n = expand_net(pattern, p.name, index);
-      if (!n) return fail("nets: {}", n.error().message());
-      auto mac = random_mac();
-      if (!mac) return std::unexpected(mac.error());
-      n->mac = devices::virtio::format_mac(*mac);
-      p.nets.push_back(*n);
-    }
-    if (request.contains("hostname")) {
-      p.hostname = expand_pattern(request["hostname"].get<std::string>(), p.name, index);
-      if (auto r = clone::check_hostname(p.hostname); !r) return r;
-    }
-    // As for clones: on a shared network a child needs an address of its own; in a namespace of its
-    // own it keeps its parent's.
-    p.gateway = gateway;
+    std::string child_ip;
     if (!ip.empty()) {
       auto next = clone::ip_plus(ip, static_cast<uint32_t>(i));
       if (!next) return std::unexpected(next.error());
-      p.ip = *next;
+      child_ip = *next;
     }
-    for (const auto& n : p.nets) {
-      if (!n.netns.empty() && p.ip.empty()) {
-        p.ip = parent_ip;
-        if (p.gateway.empty()) p.gateway = parent_gw;
-      }
-      if (n.netns.empty() && p.ip.empty() && parent_ip != "dhcp" && !parent_ip.empty()) {
-        return fail("nets: tap={}: a fork on a shared network needs 'ip' (its own address: the parent's {} would be a duplicate), "
-                    "or netns= to keep the parent's", n.tap, parent_ip);
-      }
+    auto net = plan_nets("fork", patterns, source, p.name, index, child_ip, request.value("gateway", ""), /*ip_later=*/false);
+    if (!net) return std::unexpected(net.error());
+    p.nets = std::move(net->nets);
+    p.ip = net->ip;
+    p.gateway = net->gateway;
+    if (request.contains("hostname")) {
+      p.hostname = expand_pattern(request["hostname"].get<std::string>(), p.name, index);
+      if (auto r = clone::check_hostname(p.hostname); !r) return r;
     }
   }
   return {};

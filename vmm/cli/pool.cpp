@@ -488,10 +488,10 @@ int run_pool(const CloneOptions& options, unsigned size) {
   member.name.clear();
   member.api_socket.clear();
   member.ip_at_request = true;
-  if (o.nets.size() != t.manifest.nets.size()) {
-    return report_error(exit_code::kUsage, fmt::format("the template has {} network interface(s): give the pool as many --net tap=NAME "
-                                                       "(NAME with {{i}} or {{name}}: each clone its own TAP), {} given",
-                                                       t.manifest.nets.size(), o.nets.size()));
+  if (auto r = check_net_count("pool", NetSource{.kind = "template", .interfaces = t.manifest.nets.size(), .ip = {}, .gateway = {}},
+                               o.nets.size());
+      !r) {
+    return report_error(exit_code::kUsage, r.error().message());
   }
   // The HTTP plugin is loaded once here, so that members inherit it; then the zygote is forked,
   // before the first thread.

@@ -174,6 +174,48 @@ Result<devices::virtio::MacAddress> random_mac() {
   return mac;
 }
 
+Result<> check_net_count(std::string_view who, const NetSource& source, size_t given) {
+  if (given == source.interfaces) return {};
+  return fail("the {} has {} network interface(s): give the {} as many --net tap=NAME (NAME with {{name}} or {{i}}: each its own "
+              "TAP), {} given", source.kind, source.interfaces, who, given);
+}
+
+Result<NetPlan> plan_nets(std::string_view who, const std::vector<NetSpec>& patterns, const NetSource& source, const std::string& name,
+                          unsigned index, const std::string& ip, const std::string& gateway, bool ip_later) {
+  if (auto r = check_net_count(who, source, patterns.size()); !r) return std::unexpected(r.error());
+  NetPlan plan;
+  for (const auto& pattern : patterns) {
+    auto n = expand_net(pattern, name, index);
+    if (!n) return fail("--net: {}", n.error().message());
+    if (n->mac.empty()) {
+      auto mac = random_mac();
+      if (!mac) return std::unexpected(mac.error());
+      n->mac = devices::virtio::format_mac(*mac);
+    }
+    plan.nets.push_back(*n);
+  }
+  if (!ip.empty()) {
+    auto checked = clone::check_ip(ip);
+    if (!checked) return std::unexpected(checked.error());
+    plan.ip = *checked;
+  }
+  if (!gateway.empty()) {
+    if (auto r = clone::check_gateway(gateway); !r) return std::unexpected(r.error());
+    plan.gateway = gateway;
+  }
+  for (const auto& n : plan.nets) {
+    if (!n.netns.empty() && plan.ip.empty()) {
+      plan.ip = source.ip;
+      if (plan.gateway.empty()) plan.gateway = source.gateway;
+    }
+    if (n.netns.empty() && plan.ip.empty() && source.ip != "dhcp" && !ip_later) {
+      return fail("--net tap={}: a {} on a shared network needs --ip (its own address: the {}'s{} would be a duplicate), or netns= "
+                  "to keep the {}'s", n.tap, who, source.kind, source.ip.empty() ? "" : " " + source.ip, source.kind);
+    }
+  }
+  return plan;
+}
+
 int report_error(int status, const std::string& message) {
   fmt::print(stderr, "vmm: error: {}\n", message);
   return status;
