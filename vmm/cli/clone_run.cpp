@@ -39,9 +39,6 @@ std::optional<CliFailure> open_template(const CloneOptions& o, OpenTemplate& t) 
   if (t.shape.memory != t.manifest.memory || t.shape.vcpus != t.manifest.vcpus) {
     return bad(exit_code::kImage, fmt::format("{}: the state file and the manifest disagree about the machine", t.tdir.string()));
   }
-  if (!o.nets.empty() && o.nets.size() != t.manifest.nets.size()) {
-    return bad(exit_code::kUsage, fmt::format("--net: the template has {} interface(s), {} given", t.manifest.nets.size(), o.nets.size()));
-  }
   // The template's disks must be the ones it was made with.
   for (const auto& d : t.manifest.disks) {
     std::error_code ec;

@@ -43,6 +43,12 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
   if (o.console_given && o.console.kind == devices::ConsoleSpec::Kind::Stdio) {
     return report_error(exit_code::kUsage, "--console stdio cannot be shared by a fleet: each clone writes its console.log");
   }
+  // Said once here rather than by every clone.
+  if (auto r = check_net_count("fleet", NetSource{.kind = "template", .interfaces = t.manifest.nets.size(), .ip = {}, .gateway = {}},
+                               o.nets.size());
+      !r) {
+    return report_error(exit_code::kUsage, r.error().message());
+  }
   const std::string prefix = o.name.empty() ? t.manifest.name : o.name;
   // The launcher holds a pipe per clone until it reports: raise the soft limit on open files to
   // the hard one, so that a thousand clones do not need the user's ulimit changed.
