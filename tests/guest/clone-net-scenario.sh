@@ -193,11 +193,8 @@ code=$(post '{"hostname": "pooled"}')
 code=$(post '{"hostname": "pooled", "ip": "10.0.2.40"}')
 pname=$(sed -n 's/.*"name":"\([^"]*\)".*/\1/p' "$work/body")
 if [ "$code" = 201 ] && [ -n "$pname" ]; then
-  # Its API comes up a moment after the pool answered (on a thread of its own): wait for it.
-  n=0
-  while ! get_vm "$pname" >"$work/p.json" || ! grep -q '"mac"' "$work/p.json"; do
-    [ $n -lt 50 ] || break; sleep 0.1; n=$((n + 1))
-  done
+  # The pool answers once the clone's API serves: asked at once, it answers.
+  get_vm "$pname" >"$work/p.json"
   pmac=$(sed -n 's/.*"mac":"\([0-9a-f:]*\)".*/\1/p' "$work/p.json")
   ptap=$(sed -n 's/.*"tap":"\(pl[0-9]*\)".*/\1/p' "$work/p.json")
   grep -q '"ip":"10.0.2.40/24"' "$work/p.json" && grep -q '"bridge":"br0"' "$work/p.json" && [ -n "$ptap" ] &&

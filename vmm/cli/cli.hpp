@@ -86,8 +86,9 @@ struct NetPlan {
   std::vector<NetSpec> nets;
   std::string ip, gateway;
 };
-/// Fails unless one --net is given per interface of the source (`who`: "clone", "pool", "fork").
-Result<> check_net_count(std::string_view who, const NetSource& source, size_t given);
+/// Fails unless one --net is given per interface of the source (`who`: "clone", "fleet", "pool",
+/// "fork"; `source_kind`: NetSource::kind).
+Result<> check_net_count(std::string_view who, std::string_view source_kind, size_t interfaces, size_t given);
 /// Plans them for the VM `name` (`index`: its number in a fleet, pool or fork): one pattern per
 /// interface of the source, names expanded, each with a random MAC unless it gives one. The
 /// address: `ip` and `gateway` as asked (checked); else, in a namespace of its own, the source's;

@@ -44,9 +44,7 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
     return report_error(exit_code::kUsage, "--console stdio cannot be shared by a fleet: each clone writes its console.log");
   }
   // Said once here rather than by every clone.
-  if (auto r = check_net_count("fleet", NetSource{.kind = "template", .interfaces = t.manifest.nets.size(), .ip = {}, .gateway = {}},
-                               o.nets.size());
-      !r) {
+  if (auto r = check_net_count("fleet", "template", t.manifest.nets.size(), o.nets.size()); !r) {
     return report_error(exit_code::kUsage, r.error().message());
   }
   const std::string prefix = o.name.empty() ? t.manifest.name : o.name;

@@ -488,9 +488,7 @@ int run_pool(const CloneOptions& options, unsigned size) {
   member.name.clear();
   member.api_socket.clear();
   member.ip_at_request = true;
-  if (auto r = check_net_count("pool", NetSource{.kind = "template", .interfaces = t.manifest.nets.size(), .ip = {}, .gateway = {}},
-                               o.nets.size());
-      !r) {
+  if (auto r = check_net_count("pool", "template", t.manifest.nets.size(), o.nets.size()); !r) {
     return report_error(exit_code::kUsage, r.error().message());
   }
   // The HTTP plugin is loaded once here, so that members inherit it; then the zygote is forked,

@@ -174,15 +174,15 @@ Result<devices::virtio::MacAddress> random_mac() {
   return mac;
 }
 
-Result<> check_net_count(std::string_view who, const NetSource& source, size_t given) {
-  if (given == source.interfaces) return {};
+Result<> check_net_count(std::string_view who, std::string_view source_kind, size_t interfaces, size_t given) {
+  if (given == interfaces) return {};
   return fail("the {} has {} network interface(s): give the {} as many --net tap=NAME (NAME with {{name}} or {{i}}: each its own "
-              "TAP), {} given", source.kind, source.interfaces, who, given);
+              "TAP), {} given", source_kind, interfaces, who, given);
 }
 
 Result<NetPlan> plan_nets(std::string_view who, const std::vector<NetSpec>& patterns, const NetSource& source, const std::string& name,
                           unsigned index, const std::string& ip, const std::string& gateway, bool ip_later) {
-  if (auto r = check_net_count(who, source, patterns.size()); !r) return std::unexpected(r.error());
+  if (auto r = check_net_count(who, source.kind, source.interfaces, patterns.size()); !r) return std::unexpected(r.error());
   NetPlan plan;
   for (const auto& pattern : patterns) {
     auto n = expand_net(pattern, name, index);
