@@ -13,6 +13,7 @@
 #include "vmm/base/codec.hpp"
 #include "vmm/base/crc32c.hpp"
 #include "vmm/base/fd.hpp"
+#include "vmm/base/read_file.hpp"
 
 namespace vmm::clone {
 namespace {
@@ -264,27 +265,9 @@ Result<> write_state_file(const std::filesystem::path& path, const StateFile& st
 }
 
 Result<StateFile> read_state_file(const std::filesystem::path& path) {
-  const std::string name = path.string();
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) return fail("{}: cannot open: {}", name, errno_text(errno));
-  struct stat st {};
-  if (::fstat(fd.get(), &st) != 0) return fail("{}: cannot stat: {}", name, errno_text(errno));
-  if (!S_ISREG(st.st_mode)) return fail("{}: not a regular file", name);
-  if (static_cast<uint64_t>(st.st_size) > kMaxFileSize) {
-    return fail("{}: {} bytes is over the state file limit of {} MiB", name, st.st_size, kMaxFileSize >> 20);
-  }
-  // One byte more than expected, so a file that grew since fstat is seen (and refused by the length check).
-  std::vector<uint8_t> bytes(static_cast<size_t>(st.st_size) + 1);
-  size_t done = 0;
-  while (done < bytes.size()) {
-    const ssize_t n = ::read(fd.get(), bytes.data() + done, bytes.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return fail("{}: cannot read: {}", name, errno_text(errno));
-    if (n == 0) break;
-    done += static_cast<size_t>(n);
-  }
-  bytes.resize(done);
-  return parse_state_file(bytes, name);
+  auto bytes = read_file(path, kMaxFileSize, "state file");
+  if (!bytes) return std::unexpected(bytes.error());
+  return parse_state_file(std::span(reinterpret_cast<const uint8_t*>(bytes->data()), bytes->size()), path.string());
 }
 
 }  // namespace vmm::clone

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <ctime>
 #include <fstream>
@@ -17,6 +18,7 @@
 #include "clone/memory_file.hpp"
 #include "vmm/base/crc32c.hpp"
 #include "vmm/base/fd.hpp"
+#include "vmm/base/read_file.hpp"
 
 namespace vmm::clone {
 
@@ -67,15 +69,20 @@ Result<FileSum> parse_sum(const json& j, std::string_view what, std::string_view
 
 /// Copies `from` to a new file `to`: a reflink where the file system offers one, else a sparse
 /// copy (data extents only).
-Result<> copy_sparse(const fs::path& from, const fs::path& to) {
+Result<> copy_sparse(const fs::path& from, const fs::path& to, const std::function<void(uint64_t)>& progress) {
   Fd in(::open(from.c_str(), O_RDONLY | O_CLOEXEC));
   if (!in) return fail("{}: cannot open: {}", from.string(), errno_text(errno));
   Fd out(::open(to.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
   if (!out) return fail("{}: cannot create: {}", to.string(), errno_text(errno));
-  if (::ioctl(out.get(), FICLONE, in.get()) == 0) return {};
   struct stat st {};
   if (::fstat(in.get(), &st) < 0) return fail("{}: stat: {}", from.string(), errno_text(errno));
+  if (::ioctl(out.get(), FICLONE, in.get()) == 0) {
+    if (progress) progress(data_bytes(from));
+    return {};
+  }
   if (::ftruncate(out.get(), st.st_size) < 0) return fail("{}: ftruncate: {}", to.string(), errno_text(errno));
+  constexpr off_t kStep = off_t{64} << 20;
+  uint64_t copied = 0;
   off_t pos = 0;
   while (pos < st.st_size) {
     off_t data = ::lseek(in.get(), pos, SEEK_DATA);
@@ -84,14 +91,22 @@ Result<> copy_sparse(const fs::path& from, const fs::path& to) {
     if (hole < 0) hole = st.st_size;
     off_t src = data, dst = data;
     while (src < hole) {
-      const ssize_t n = ::copy_file_range(in.get(), &src, out.get(), &dst, static_cast<size_t>(hole - src), 0);
+      const ssize_t n = ::copy_file_range(in.get(), &src, out.get(), &dst, static_cast<size_t>(std::min(hole - src, kStep)), 0);
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) return fail("copying {} to {}: {}", from.string(), to.string(), errno_text(n < 0 ? errno : EIO));
+      copied += static_cast<uint64_t>(n);
+      if (progress) progress(copied);
     }
     pos = hole;
   }
   if (::fsync(out.get()) < 0) return fail("{}: fsync: {}", to.string(), errno_text(errno));
   return {};
+}
+
+uint64_t data_bytes(const fs::path& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) < 0) return 0;
+  return std::min(static_cast<uint64_t>(st.st_blocks) * 512, static_cast<uint64_t>(st.st_size));
 }
 
 bool valid_name(std::string_view name) {
@@ -187,13 +202,9 @@ Result<Manifest> parse_manifest(std::string_view text, std::string_view file) {
 
 Result<Manifest> read_manifest(const fs::path& dir) {
   const fs::path p = dir / kManifestFile;
-  std::ifstream in(p, std::ios::binary);
-  if (!in) return fail("{}: cannot read: {}", p.string(), errno_text(errno));
-  std::string text(kMaxManifestBytes + 1, '\0');
-  in.read(text.data(), static_cast<std::streamsize>(text.size()));
-  text.resize(static_cast<size_t>(in.gcount()));
-  if (text.size() > kMaxManifestBytes) return fail("{}: larger than {} bytes", p.string(), kMaxManifestBytes);
-  return parse_manifest(text, p.string());
+  auto text = read_file(p, kMaxManifestBytes, "manifest");
+  if (!text) return std::unexpected(text.error());
+  return parse_manifest(*text, p.string());
 }
 
 fs::path state_dir(const std::string& given) {

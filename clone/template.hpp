@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -87,8 +88,13 @@ Result<CloneRecord> read_clone_record(const std::filesystem::path& clone_dir);
 std::vector<std::string> dependants(const std::filesystem::path& state_dir, const std::filesystem::path& template_dir);
 
 /// Copies `from` to a new file `to`: a reflink where the file system offers one, else a sparse
-/// copy (data extents only); fsyncs it.
-Result<> copy_sparse(const std::filesystem::path& from, const std::filesystem::path& to);
+/// copy (data extents only, in steps of at most 64 MiB); fsyncs it. `progress`, when given, is
+/// told the bytes of data copied so far after each step (a reflink is one step of them all).
+Result<> copy_sparse(const std::filesystem::path& from, const std::filesystem::path& to,
+                     const std::function<void(uint64_t copied)>& progress = {});
+/// Bytes of data in the file at `path` (its allocated blocks, at most its size): what copy_sparse
+/// copies when it cannot reflink.
+uint64_t data_bytes(const std::filesystem::path& path);
 
 /// Current UTC time as ISO 8601.
 std::string utc_now();

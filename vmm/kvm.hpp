@@ -25,6 +25,8 @@ class Kvm {
 
   /// KVM_CREATE_VM.
   Result<Fd> create_vm() const;
+  /// The system fd (for a forked child that keeps it).
+  int fd() const { return fd_.get(); }
   /// KVM_CHECK_EXTENSION (on the system fd).
   int check_extension(long cap) const;
   /// Size of each vCPU's kvm_run mapping (KVM_GET_VCPU_MMAP_SIZE).

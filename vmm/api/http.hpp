@@ -5,6 +5,11 @@
 // vmm-http.so beside the binary, loaded on first use off the clone's start path (a VM starts its
 // API after its vCPUs run; a fleet's launcher loads it once before it forks).
 //
+// The plugin and cpp-httplib use the shared libstdc++, the vmm binary its own static copy (the
+// top CMakeLists.txt says why): what crosses between them is this header's plain structs,
+// std::string and std::function of one ABI, all allocated through libc's malloc; the handler
+// catches its own exceptions (none crosses).
+//
 // The plugin knows nothing of VMs: it hands every request to one handler (vmm/api/service.hpp
 // routes them) and turns transport failures into JSON errors.
 #pragma once

@@ -79,7 +79,20 @@ void VmService::set_generation(std::string generation) {
   info_.generation = std::move(generation);
 }
 
-HttpResponse VmService::handle(const HttpRequest& r) {
+HttpResponse VmService::handle(const HttpRequest& r) noexcept {
+  try {
+    return route(r);
+  } catch (const std::exception& e) {
+    try {
+      return fault(500, std::string("internal error: ") + e.what());
+    } catch (...) {
+    }
+  } catch (...) {
+  }
+  return HttpResponse{.status = 500, .body = {}, .allow = {}};
+}
+
+HttpResponse VmService::route(const HttpRequest& r) {
   struct Route {
     std::string_view path, method;
   };

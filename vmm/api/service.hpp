@@ -66,13 +66,15 @@ class VmService {
   VmService(Machine& machine, VmInfo info, VmOperations ops = {});
   ~VmService();  ///< cancels a pending hard stop
 
-  /// Routes one request; thread-safe (control operations run one at a time).
-  HttpResponse handle(const HttpRequest& request);
+  /// Routes one request; thread-safe (control operations run one at a time). Throws nothing: what
+  /// a route throws (an allocation that failed) is a 500 (http.hpp: nothing crosses to the plugin).
+  HttpResponse handle(const HttpRequest& request) noexcept;
 
   /// The generation after a change of identity (a fork's child).
   void set_generation(std::string generation);
 
  private:
+  HttpResponse route(const HttpRequest& request);
   HttpResponse get_vm();
   HttpResponse pause();
   HttpResponse resume();

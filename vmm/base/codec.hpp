@@ -82,7 +82,7 @@ class ByteReader {
       if (*b > 1) return fail("{}: {}: {} is not a boolean (0 or 1)", context_, field, *b);
       return *b == 1;
     } else {
-      T value;
+      T value{};
       if (auto r = get_into(std::span(reinterpret_cast<uint8_t*>(&value), sizeof value), field); !r) {
         return std::unexpected(r.error());
       }
@@ -92,7 +92,7 @@ class ByteReader {
   template <typename T>
     requires(std::is_trivially_copyable_v<T> && !std::is_integral_v<T>)
   Result<T> get_raw(std::string_view field) {
-    T value;
+    T value{};
     if (auto r = get_into(std::span(reinterpret_cast<uint8_t*>(&value), sizeof value), field); !r) {
       return std::unexpected(r.error());
     }

@@ -81,9 +81,15 @@ void raise_open_file_limit() {
   }
 }
 
-void drop_inherited(int keep) {
-  if (keep > 3) ::close_range(3, static_cast<unsigned>(keep - 1), 0);
-  ::close_range(static_cast<unsigned>(keep + 1), ~0u, 0);
+void drop_inherited(std::vector<int> keep) {
+  std::sort(keep.begin(), keep.end());
+  unsigned from = 3;
+  for (const int k : keep) {
+    if (k < static_cast<int>(from)) continue;
+    if (static_cast<unsigned>(k) > from) ::close_range(from, static_cast<unsigned>(k) - 1, 0);
+    from = static_cast<unsigned>(k) + 1;
+  }
+  ::close_range(from, ~0u, 0);
   std::ifstream maps("/proc/self/maps");
   std::vector<std::pair<uintptr_t, uintptr_t>> drop;
   std::string line;
@@ -107,7 +113,7 @@ void report(int fd, const std::string& text) {
   ::setsid();  // its own session: a Ctrl-C meant for the parent's terminal does not reach it
   const uint8_t* ram = parent.machine->vm().memory().regions().front().host;
   const uint64_t ram_size = parent.machine->vm().memory().size();
-  drop_inherited(plan.report_fd);
+  drop_inherited({plan.report_fd});
   auto fail_child = [&](const std::string& why) {
     report(plan.report_fd, "error " + why);
     std::error_code ec;

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -27,8 +28,8 @@ struct LiveVm {
 };
 
 /// In a child forked from a VMM process: drops what it inherited of its parent's kernel objects,
-/// every fd but 0-2 and `keep`, and every mapping of a KVM or io_uring object.
-void drop_inherited(int keep);
+/// every fd but 0-2 and those in `keep`, and every mapping of a KVM or io_uring object.
+void drop_inherited(std::vector<int> keep);
 /// For a VM that outlives the command that started it (a fork's child, a detached fleet's clone, a
 /// pool's clone): its stdin becomes /dev/null and its stdout and stderr `log` (created or appended
 /// to), so that it holds no terminal and no pipe of its starter's (`vmm run --count N --detach | cat`

@@ -102,9 +102,9 @@ std::pair<std::string, int> receive_with_fd(int sock) {
 /// another thread; the pool is answered once they are done.
 [[noreturn]] void run_member(OpenTemplate& t, CloneOptions o, const std::string& name, int fd) {
   ::setsid();
-  // Nothing of the pool's but the template's mapping and this socket: its API socket, the other
-  // members' sockets and its clones' fds are not ours.
-  drop_inherited(fd);
+  // Nothing of the pool's but the template's mapping, /dev/kvm and this socket: its API socket, the
+  // other members' sockets and its clones' fds are not ours.
+  drop_inherited({fd, t.kvm->fd()});
   const int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
   if (null >= 0) ::dup2(null, 0);
   auto c = prepare_clone(t, o, name, /*inherited=*/true);
@@ -147,6 +147,7 @@ std::pair<std::string, int> receive_with_fd(int sock) {
       break;
     }
     o.started = std::chrono::steady_clock::now();
+    (*c)->steps.clear();  // the preparation's own steps came before the request
     (*c)->steps.emplace_back("taken", o.started);
     auto j = json::parse(request, nullptr, false);
     if (j.is_object()) {
@@ -178,7 +179,8 @@ std::pair<std::string, int> receive_with_fd(int sock) {
       if (phase != Phase::Launched) return;
     }
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - o.started).count();
-    auto attached = attach_control(t, o, **c);
+    auto attached = register_clone(t, o, **c);
+    if (attached) serve_clone(t, o, **c, **attached);
     if (!attached) {
       // The guest runs; it has no name in STATE/run nor an API: say so, stop it.
       send_text(fd, "error " + attached.error().message());
@@ -219,7 +221,7 @@ struct Member {
 /// The zygote's side: forks a member for each name it receives and sends back "PID" with the
 /// member's socket. Ends when the pool's end closes. Never returns.
 [[noreturn]] void run_zygote(OpenTemplate& t, const CloneOptions& o, int control) {
-  drop_inherited(control);
+  drop_inherited({control, t.kvm->fd()});
   for (;;) {
     while (::waitpid(-1, nullptr, WNOHANG) > 0) {  // members that ended (discarded or clones that stopped)
     }

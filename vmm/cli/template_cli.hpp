@@ -65,8 +65,9 @@ int run_from_pool(const std::string& socket, const CloneOptions& options);
 /// `vmm run --clone-of T --count N [--detach]` (vmm/cli/fleet.cpp).
 int run_fleet(const CloneOptions& options, unsigned count, bool detach);
 
-/// A template opened once, for one clone or for a fleet's launcher: its manifest, state and, for
-/// linked clones, the one copy-on-write mapping of its memory file.
+/// A template opened once, for one clone or for a fleet's or a pool's launcher: its manifest, state
+/// and, for linked clones, the one copy-on-write mapping of its memory file; and /dev/kvm, which
+/// every clone made from it uses (it must outlive their machines).
 struct OpenTemplate {
   std::filesystem::path sdir, tdir;
   clone::Manifest manifest;
@@ -74,8 +75,10 @@ struct OpenTemplate {
   clone::MachineShape shape;
   std::string state_path;
   std::optional<GuestMemory> memory;
+  std::unique_ptr<Kvm> kvm;
 };
-/// Opens and checks the template of `options` (nothing is created); a failure to report.
+/// Opens and checks the template of `options` and opens /dev/kvm (nothing is created); a failure
+/// to report. No thread of its own runs once it returns.
 std::optional<CliFailure> open_template(const CloneOptions& options, OpenTemplate& t);
 /// A clone made ready to start: its directory, overlays and devices, its KVM VM built over the
 /// template's memory and restored (all but the clock), its identity drawn. Destroying it without
@@ -87,7 +90,6 @@ struct PreparedClone {
   std::vector<NetSpec> nets;
   devices::ConsoleSpec console;
   clone::Identity identity;
-  std::unique_ptr<Kvm> kvm;
   std::unique_ptr<Machine> machine;
   bool keep = false;
   /// Moments of its start (GET /vm start_ms): a pool's member "taken" (the request read), "resumed".
@@ -100,16 +102,17 @@ std::expected<std::unique_ptr<PreparedClone>, CliFailure> prepare_clone(OpenTemp
                                                                         const std::string& name, bool inherited);
 /// The start of a prepared clone, in two parts that a pool runs in the other order:
 /// begin_clone gives it hostname and IP from `options`, a new generation (notified) and the present
-/// time; attach_control registers it under its name (STATE/run), writes clone.json and starts its
-/// API (whose server comes up on a thread of its own). The result must be destroyed before the
-/// clone's machine.
+/// time; register_clone registers it under its name (STATE/run) and writes clone.json, and
+/// serve_clone then starts its API (whose server comes up on a thread of its own) with the start's
+/// steps so far. The control plane must be destroyed before the clone's machine.
 Result<> begin_clone(OpenTemplate& t, const CloneOptions& options, PreparedClone& clone);
-Result<std::unique_ptr<api::ControlPlane>> attach_control(OpenTemplate& t, const CloneOptions& options, PreparedClone& clone);
+Result<std::unique_ptr<api::ControlPlane>> register_clone(OpenTemplate& t, const CloneOptions& options, PreparedClone& clone);
+void serve_clone(OpenTemplate& t, const CloneOptions& options, PreparedClone& clone, api::ControlPlane& control);
 /// When a clone's start is announced (`started(ms)`, ms from the request to the resume): at once,
 /// before its guest runs (a message), or once its API answers (to a launcher whose caller may use
 /// the clone at once: the guest runs meanwhile).
 enum class Announce { AtStart, WhenServing };
-/// Registers the prepared clone (attach_control), begins it (begin_clone) and runs it until its
+/// Registers the prepared clone (register_clone), begins it (begin_clone), serves its API and runs it until its
 /// guest stops.
 int launch_clone(OpenTemplate& t, const CloneOptions& options, PreparedClone& clone, Announce when,
                  const std::function<void(const std::string&)>& started);
