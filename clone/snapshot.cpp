@@ -214,16 +214,15 @@ Result<> check_cpu(const Kvm& kvm, const MachineShape& shape, uint32_t host_tsc_
 }
 
 namespace {
-/// KVM's per-VM state from the "kvm" section into the machine.
-Result<> load_kernel_state(Machine& machine, const StateFile& state, std::string_view file, bool clock_to_now) {
+/// KVM's per-VM state from the "kvm" section.
+Result<VmKernelState> read_kernel_state(const StateFile& state, std::string_view file) {
   auto bytes = state.require("kvm", file);
   if (!bytes) return std::unexpected(bytes.error());
   ByteReader r(*bytes, fmt::format("{}: section kvm", file));
   auto k = r.get_raw<VmKernelState>("kvm");
   if (!k) return std::unexpected(k.error());
-  if (auto f = r.finish(); !f) return f;
-  if (auto ok = machine.vm().restore_kernel_state(*k, clock_to_now); !ok) return std::unexpected(ok.error().context(file));
-  return {};
+  if (auto f = r.finish(); !f) return std::unexpected(f.error());
+  return *k;
 }
 }  // namespace
 
@@ -233,11 +232,14 @@ Result<> load_kernel_state(Machine& machine, const StateFile& state, std::string
 // (tried) made Linux clones in the nested lane triple-fault right after the restore in 2 of 9
 // runs, against none in 10 without it; their clocksource there is kvm-clock, and their clock is
 // right without it.
-// The kernel state once more, kvmclock brought to the present. It also restores the PIC, IOAPIC
-// and PIT as saved, dropping an interrupt raised since the restore if the guest routes it through
-// the 8259 (begin_clone's VMGenID edge: see there).
+// The PIT and kvmclock only: the interrupt controllers keep what was raised since the restore
+// (begin_clone's VMGenID edge; reloading them as saved, as this did until 2026-12-04, dropped that
+// edge for a guest routing it through the 8259).
 Result<> step_clock(Machine& machine, const StateFile& state, std::string_view file) {
-  return load_kernel_state(machine, state, file, /*clock_to_now=*/true);
+  auto k = read_kernel_state(state, file);
+  if (!k) return std::unexpected(k.error());
+  if (auto ok = machine.vm().restore_timers(*k, /*clock_to_now=*/true); !ok) return std::unexpected(ok.error().context(file));
+  return {};
 }
 
 Result<> restore(Machine& machine, const StateFile& state, std::string_view file, bool clock_to_now) {
@@ -270,7 +272,9 @@ Result<> restore(Machine& machine, const StateFile& state, std::string_view file
     if (auto ok = d.state->restore(r); !ok) return ok;
     if (auto f = r.finish(); !f) return f;
   }
-  if (auto ok = load_kernel_state(machine, state, file, clock_to_now); !ok) return ok;
+  auto kernel = read_kernel_state(state, file);
+  if (!kernel) return std::unexpected(kernel.error());
+  if (auto ok = vm.restore_kernel_state(*kernel, clock_to_now); !ok) return std::unexpected(ok.error().context(file));
   for (size_t i = 0; i < vm.vcpu_count(); ++i) {
     auto bytes = state.require(vcpu_id(i), file);
     if (!bytes) return std::unexpected(bytes.error());

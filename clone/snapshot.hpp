@@ -42,8 +42,9 @@ Result<> check_cpu(const Kvm& kvm, const MachineShape& shape, uint32_t host_tsc_
 /// for, and places with no section, are errors. `clock_to_now` steps kvmclock to the present.
 Result<> restore(Machine& machine, const StateFile& state, std::string_view file, bool clock_to_now);
 
-/// Steps a restored machine's kvmclock to the present (KVM's per-VM state loaded again from the
-/// "kvm" section, with KVM_CLOCK_REALTIME): for a machine restored ahead of its start (a pool's).
+/// Steps a restored machine's kvmclock to the present (KVM_CLOCK_REALTIME) and restarts its PIT
+/// from the "kvm" section; the interrupt controllers are not touched: for a machine restored ahead
+/// of its start (a pool's), or just before it.
 Result<> step_clock(Machine& machine, const StateFile& state, std::string_view file);
 
 }  // namespace vmm::clone

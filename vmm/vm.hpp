@@ -85,6 +85,10 @@ class Vm final : public devices::VmControl {
   /// Writes it back. With `clock_to_now`, kvmclock is stepped by the real time that passed since
   /// it was saved (KVM_CLOCK_REALTIME, when KVM offers it), so a restored guest's clock is current.
   Result<> restore_kernel_state(const VmKernelState& state, bool clock_to_now);
+  /// Its timers alone: the PIT (counting afresh from now) and kvmclock (stepped to the present with
+  /// `clock_to_now`); the interrupt controllers are left as they are, with whatever was raised
+  /// since they were restored.
+  Result<> restore_timers(const VmKernelState& state, bool clock_to_now);
 
   /// Starts the vCPU threads and blocks until the VM stops: by a device or an exit (request_stop),
   /// or by SIGINT/SIGTERM. Call from the thread that blocked those signals with block_signals().

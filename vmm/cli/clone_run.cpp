@@ -223,12 +223,12 @@ Result<> begin_clone(OpenTemplate& t, const CloneOptions& o, PreparedClone& c) {
   if (!o.gateway.empty()) c.identity.gateway = o.gateway;
   if (auto r = m.platform().set_identity(clone::identity_pairs(c.identity)); !r) return r;
   if (auto r = m.platform().vmgenid().set(c.identity.generation); !r) return r;
-  // The edge, then the clock. Stepping the clock reloads the interrupt controllers as saved, which
-  // drops the edge for a guest that routes the GED's line through the 8259 (the test guest learns
-  // its generation by polling then); through the IOAPIC it is already in the LAPIC. Raising it
-  // after the clock (tried, 2026-12-03) let the test guest take it, but in the nested lane's full
-  // runs two clones then stayed halted for good, waiting for an interrupt (a Linux clone, and a
-  // test guest waiting for its UART's), against none before: reverted until that is understood.
+  // The edge, then the clock. Stepping the clock leaves the interrupt controllers as they are, so
+  // the edge reaches the guest through the 8259 as through the IOAPIC. (Until 2026-12-04 it
+  // reloaded them as saved, which dropped the edge for an 8259 guest such as the test guest, which
+  // then learnt its generation by polling; raising the edge after that reload was tried on
+  // 2026-12-03 and two clones in the nested lane's full runs, on its old two-vCPU L1, stayed
+  // halted waiting for an interrupt.)
   m.platform().vmgenid().notify();
   if (auto r = clone::step_clock(m, t.state, t.state_path); !r) return r;
   // Whatever the snapshot left owed to the guest's drivers (a Linux clone on a network that nothing
