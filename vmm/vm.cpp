@@ -168,7 +168,8 @@ Result<> Vm::restore_kernel_state(const VmKernelState& state, bool clock_to_now)
 
 Result<> Vm::restore_timers(const VmKernelState& state, bool clock_to_now) {
   const int fd = vm_fd_.get();
-  // KVM_SET_PIT2 starts the PIT's counting afresh from now (KVM API 4.73).
+  // KVM_SET_PIT2 loads each channel's count as if it were written now (KVM's kvm_pit_load_count):
+  // the PIT counts afresh from the start, not from when the state was saved.
   if (::ioctl(fd, KVM_SET_PIT2, &state.pit) < 0) return fail("KVM_SET_PIT2: {}", errno_text(errno));
   // KVM API 4.64 KVM_SET_CLOCK: with KVM_CLOCK_REALTIME set (and the realtime it was read at), KVM
   // advances the clock by the real time elapsed since, whatever the host's clocksource; otherwise
