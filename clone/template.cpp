@@ -11,9 +11,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <ctime>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "clone/memory_file.hpp"
 #include "vmm/base/crc32c.hpp"
@@ -280,11 +278,9 @@ std::string clone_json(const CloneRecord& c) {
 
 Result<CloneRecord> read_clone_record(const fs::path& clone_dir) {
   const fs::path p = clone_dir / "clone.json";
-  std::ifstream in(p);
-  if (!in) return fail("{}: cannot read", p.string());
-  std::stringstream ss;
-  ss << in.rdbuf();
-  json j = json::parse(ss.str(), nullptr, false);
+  auto text = read_file(p, 64 * 1024, "clone record");
+  if (!text) return std::unexpected(text.error());
+  json j = json::parse(*text, nullptr, false);
   if (j.is_discarded() || !j.is_object()) return fail("{}: not valid JSON", p.string());
   try {
     return CloneRecord{.name = j.at("name").get<std::string>(), .template_dir = j.at("template").get<std::string>(),

@@ -7,11 +7,11 @@
 
 #include <algorithm>
 #include <chrono>
-#include <fstream>
-#include <sstream>
 #include <thread>
 
 #include <nlohmann/json.hpp>
+
+#include "vmm/base/read_file.hpp"
 
 namespace vmm::api {
 
@@ -30,10 +30,9 @@ bool stale(const fs::path& dir) {
 }
 
 Result<RunningVm> read_info(const fs::path& dir) {
-  std::ifstream in(dir / kInfoFile);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  auto j = nlohmann::json::parse(ss.str(), nullptr, false);
+  auto text = read_file(dir / kInfoFile, 64 * 1024, "VM record");
+  if (!text) return std::unexpected(text.error());
+  auto j = nlohmann::json::parse(*text, nullptr, false);
   if (j.is_discarded() || !j.is_object() || !j.value("socket", nlohmann::json()).is_string()) {
     return fail("{}: unreadable", (dir / kInfoFile).string());
   }
