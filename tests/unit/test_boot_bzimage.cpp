@@ -197,7 +197,7 @@ TEST_CASE("boot: bzImage loads at pref_address with a zero page from its setup h
   CHECK(val(bp->e820_table[2].type) == 1);
 }
 
-TEST_CASE("boot: bzImage non-relocatable loads at 1 MiB; setup_sects 0 means 4") {
+TEST_CASE("boot: bzImage non-relocatable loads at 1 MiB, setup_sects 0 means 4") {
   const BzSpec spec{.setup_sects = 0, .relocatable = 0};
   TempFile f(make_bzimage(spec));
   auto mem = memory();

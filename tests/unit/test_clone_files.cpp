@@ -38,7 +38,7 @@ bool has(const std::string& message, const std::string& part) { return message.f
 
 }  // namespace
 
-TEST_CASE("read_file: the whole file, sized by the file; refuses what is over the limit, missing or not a file") {
+TEST_CASE("read_file: the whole file, sized by the file, refuses what is over the limit, missing or not a file") {
   TempDir d;
   write(d.path / "small", "{\"a\": 1}\n");
   auto ok = vmm::read_file(d.path / "small", 1 << 20, "manifest");
@@ -59,7 +59,7 @@ TEST_CASE("read_file: the whole file, sized by the file; refuses what is over th
 
   auto missing = vmm::read_file(d.path / "nope", 1 << 20, "manifest");
   REQUIRE_FALSE(missing);
-  CHECK(has(missing.error().message(), "nope: cannot read"));
+  CHECK(has(missing.error().message(), "nope: cannot open"));
   auto dir = vmm::read_file(d.path, 1 << 20, "manifest");
   REQUIRE_FALSE(dir);
   CHECK(has(dir.error().message(), "not a regular file"));

@@ -182,7 +182,7 @@ TEST_CASE("state file: round trip with several sections, an empty one included")
   }
 }
 
-TEST_CASE("state file: write and read through a file; errors name the path") {
+TEST_CASE("state file: write and read through a file, errors name the path") {
   TempDir dir;
   StateFile f = sample();
   f.sections.push_back({"big.section-1_x", random_bytes(100000, 3)});

@@ -79,7 +79,7 @@ void write_file(const fs::path& p, const Bytes& b) {
 
 }  // namespace
 
-TEST_CASE("qcow2: a new image reads zeroes; writes across clusters read back, also after reopening") {
+TEST_CASE("qcow2: a new image reads zeroes, writes across clusters read back, also after reopening") {
   for (unsigned bits : {12u, 16u, 21u}) {
     CAPTURE(bits);
     TempDir d;
@@ -144,7 +144,7 @@ TEST_CASE("qcow2: overlays read through to raw and qcow2 backing files and copy 
   }
 }
 
-TEST_CASE("qcow2: discarded clusters are freed at flush and reused; qemu-img finds no leaks") {
+TEST_CASE("qcow2: discarded clusters are freed at flush and reused, qemu-img finds no leaks") {
   TempDir d;
   const auto img = d / "a.qcow2";
   REQUIRE(Qcow2::create(img, {.size = 64 << 20}));

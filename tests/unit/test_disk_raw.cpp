@@ -161,7 +161,7 @@ TEST_CASE("disk: discard punches a hole, write-zeroes zeroes, the size never cha
   CHECK(device_test::file_bytes(f.path(), (1 << 20) - 512, 512) == Bytes(full.end() - 512, full.end()));
 }
 
-TEST_CASE("disk: read-only images refuse modification; locks keep writers apart") {
+TEST_CASE("disk: read-only images refuse modification, locks keep writers apart") {
   TempFile f(pattern(64 << 10, 5), "vmm-disk-test");
   auto loop = make_loop();
   {

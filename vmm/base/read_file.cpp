@@ -13,7 +13,7 @@ namespace vmm {
 Result<std::string> read_file(const std::filesystem::path& path, size_t max_bytes, std::string_view what) {
   const std::string name = path.string();
   Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) return fail("{}: cannot read: {}", name, errno_text(errno));
+  if (!fd) return fail("{}: cannot open: {}", name, errno_text(errno));
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0) return fail("{}: cannot stat: {}", name, errno_text(errno));
   if (!S_ISREG(st.st_mode)) return fail("{}: not a regular file", name);
