@@ -115,8 +115,9 @@ std::expected<std::unique_ptr<PreparedClone>, CliFailure> prepare_clone(OpenTemp
   std::optional<Progress> progress;
   uint64_t copied_before = 0;
   auto copy = [&](const fs::path& from, const fs::path& to) -> Result<> {
-    auto r = clone::copy_sparse(from, to, [&](uint64_t n) { progress->update(copied_before + n); });
-    copied_before += clone::data_bytes(from);
+    uint64_t copied = 0;
+    auto r = clone::copy_sparse(from, to, [&](uint64_t n) { progress->update(copied_before + (copied = n)); });
+    copied_before += copied;
     return r;
   };
   if (o.full) {

@@ -180,7 +180,6 @@ std::pair<std::string, int> receive_with_fd(int sock) {
     }
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - o.started).count();
     auto attached = register_clone(t, o, **c);
-    if (attached) serve_clone(t, o, **c, **attached);
     if (!attached) {
       // The guest runs; it has no name in STATE/run nor an API: say so, stop it.
       send_text(fd, "error " + attached.error().message());
@@ -188,6 +187,7 @@ std::pair<std::string, int> receive_with_fd(int sock) {
       return;
     }
     control = std::move(*attached);
+    serve_clone(t, o, **c, *control);
     control->wait_serving();  // the client may use the clone's API as soon as it has the answer
     send_text(fd, fmt::format("ok {:.3f}", ms));
     detach_output((*c)->dir / "vmm.log");  // it outlives the pool
