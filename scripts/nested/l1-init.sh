@@ -15,6 +15,30 @@ ip link set lo up
 for m in $(cat /etc/modules.load); do
   insmod "/lib/modules/$m" || echo "vmm-nested: insmod $m failed"
 done
+# What a stuck VM's vCPUs do, from L1's KVM: each thread's CPU time 3 s apart (spinning or idle),
+# and 3 s of KVM's trace events (exits with the guest's RIP, interrupts accepted and injected, IPIs,
+# wake-ups), their counts and the last of them.
+kvm_trace() {
+  t=/sys/kernel/tracing
+  [ -d $t/events/kvm ] || mount -t tracefs nodev $t 2>/dev/null
+  [ -d $t/events/kvm ] || { echo "l1-watchdog: no KVM trace events"; return; }
+  for th in "$1"/task/*; do
+    echo "l1-watchdog:   now: $(cat "$th/comm") utime/stime=$(cut -d' ' -f14,15 "$th/stat")"
+  done
+  echo 8192 >$t/buffer_size_kb
+  echo >$t/trace
+  echo 1 >$t/events/kvm/enable
+  sleep 3
+  echo 0 >$t/events/kvm/enable
+  for th in "$1"/task/*; do
+    echo "l1-watchdog:   3 s later: $(cat "$th/comm") utime/stime=$(cut -d' ' -f14,15 "$th/stat")"
+  done
+  grep -v '^#' $t/trace >/tmp/kvm-trace.txt
+  echo "l1-watchdog:   KVM events in 3 s by kind:"
+  sed -n 's/.* \(kvm_[a-z_0-9]*\):.*/\1/p' /tmp/kvm-trace.txt | sort | uniq -c | sed 's/^/l1-watchdog:     /'
+  echo "l1-watchdog:   the last 60 events:"
+  tail -n 60 /tmp/kvm-trace.txt | cut -c1-200 | sed 's/^/l1-watchdog:     /'
+}
 l1_watchdog() {
   limit=$(sed -n 's/.*vmm_nested.vmm_limit=\([0-9]*\).*/\1/p' /proc/cmdline)
   limit=${limit:-150}
@@ -37,6 +61,7 @@ l1_watchdog() {
         echo "l1-watchdog:   $(cat "$t/comm") wchan=$(cat "$t/wchan" 2>/dev/null) state/utime/stime=$(cut -d' ' -f3,14,15 "$t/stat")"
         sed 's/^/l1-watchdog:     /' "$t/stack" 2>/dev/null | head -12
       done
+      kvm_trace "$p"
       kill -9 "$pid"
       killed="$killed$pid "
     done

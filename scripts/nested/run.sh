@@ -129,6 +129,12 @@ qemu=(qemu-system-x86_64 -M pc -accel tcg,thread=multi -cpu EPYC,+svm,+npt -smp 
   -device isa-debug-exit,iobase=0xf4,iosize=0x01
   -kernel "$kernel" -initrd "$work/initrd.cpio"
   -append "console=ttyS0 quiet loglevel=4 panic=-1 softlockup_panic=1 mitigations=off vmm_nested.vmm_limit=${VMM_NESTED_VMM_LIMIT:-150}")
+# L1's vCPU is one TCG thread: starved by other work on the host (a parallel test's compiler, say),
+# its L2s stall and can hang outright (seen in CI: a 2-vCPU L2 halted on both vCPUs in SMP bring-up
+# while the fuzz smoke test's clang build ran beside it). It runs ahead of the host's ordinary work
+# where we may raise its priority (root); the rest of the host still has the other CPUs.
+prio=()
+((EUID == 0)) && prio=(nice -n -10)
 # L1 writes a heartbeat every 5 s (l1-init.sh); 60 s without one means L1 froze: end it.
 (
   last=-1 quiet_for=0
@@ -146,10 +152,10 @@ monitor=$!
 start=$(date +%s.%N)
 set +e
 if ((quiet)); then
-  timeout -k 5 "$timeout" "${qemu[@]}" </dev/null >"$log" 2>"$work/qemu.err"
+  timeout -k 5 "$timeout" "${prio[@]}" "${qemu[@]}" </dev/null >"$log" 2>"$work/qemu.err"
   qstatus=$?
 else
-  timeout -k 5 "$timeout" "${qemu[@]}" </dev/null 2>"$work/qemu.err" | tee "$log"
+  timeout -k 5 "$timeout" "${prio[@]}" "${qemu[@]}" </dev/null 2>"$work/qemu.err" | tee "$log"
   qstatus=${PIPESTATUS[0]}
 fi
 set -e
