@@ -596,6 +596,12 @@ struct Qcow2::State {
       if (tail_from && !skip_tail) part.push_back({tail_buf.data(), cs - tail_from});
       const uint64_t at = skip_head ? host + in : host;
       if (auto r = io(pwrite_full(fd.get(), part, at)); !r) return r;
+      uint64_t written = 0;
+      for (const auto& v : part) written += v.iov_len;
+      grew(at + written);
+      // A skipped tail leaves the run's end unwritten: extend the file over it. Only then: an
+      // ftruncate to the length the file already has still runs ext4's truncate path (a journal
+      // handle per request; 1 MiB allocating writes went from ~7850 to ~8500 req/s without it).
       const uint64_t end_of_run = host + k * cs;
       if (fresh && phys_size < end_of_run) {
         if (::ftruncate(fd.get(), static_cast<off_t>(end_of_run)) != 0) return err("ftruncate: {}", errno_text(errno));

@@ -12,6 +12,17 @@
 # odd stride (-S, ~0.618 of the image, wrapping) in both tools: every request lands far from the
 # previous one, and both tools issue the same offsets in the same order. Writes carry 0xa5 bytes in
 # both. Neither tool's time includes its final flush (qemu-img's happens when it closes the image).
+# Both tools copy through one buffer: qemu-img bench's requests all use its first I/O vector, so ours
+# runs with --shared-buffer (with a buffer per request, its 64 MiB of 1 MiB buffers miss the CPU's
+# caches where qemu-img's one stays in them: 0.3-0.5x on the 1 MiB rows from that alone).
+# Each measurement starts from the same state, prepared untimed: `sync` (the previous one's dirty
+# pages written back) and, where /dev/shm is a tmpfs, twice the image size of memory touched and
+# freed just before. That second part is for hosts that are VMs with free page reporting
+# (virtio-balloon; this workplace's machines boot with page_reporting.page_reporting_order=11):
+# memory that stays free for ~2 s goes back to the hypervisor, and the next 512 MiB of page cache
+# costs ~0.45 s of faults to get it back. Whoever ran first in the 1 MiB overlay write row paid for
+# it (measured: 500-970 req/s first, 3000-8000 second, for either tool); the issue's "sequence"
+# effect was this, not the dirty page cache or the per-request ftruncate.
 # Then the cost of creating an overlay: `vmm disk create --backing` vs `qemu-img create -b`.
 #
 # usage: scripts/bench/qcow2.sh [RUNS]    (default $RUNS, else 5; median req/s of RUNS runs)
@@ -57,6 +68,15 @@ for who in ours qemu; do
 done
 sync
 
+# Touches and frees 2 x SIZE of memory (see the top: free page reporting), if /dev/shm is a tmpfs.
+warm_memory() {
+  [[ $(stat -f -c %T /dev/shm 2>/dev/null) == tmpfs ]] || return 0
+  local f
+  f=$(mktemp /dev/shm/vmm-bench-warm.XXXXXX)
+  head -c $((2 * bytes)) /dev/zero >"$f" 2>/dev/null || true
+  rm -f "$f"
+}
+
 # bench_once WHO IMAGE WORKLOAD → req/s of one run
 bench_once() {
   local who=$1 image=$2 workload=$3 file fmt count write=() opts=() out secs
@@ -74,8 +94,10 @@ bench_once() {
     [[ $image == qcow2 ]] && file=full-$who.qcow2
     [[ $image == raw ]] && file=raw-$who.raw
   fi
+  sync
+  warm_memory
   if [[ $who == ours ]]; then
-    out=$("$vmm" disk bench "${write[@]}" -c "$count" -d "$depth" -s "${opts[1]}B" -S "${opts[3]}B" "$file")
+    out=$("$vmm" disk bench --shared-buffer "${write[@]}" -c "$count" -d "$depth" -s "${opts[1]}B" -S "${opts[3]}B" "$file")
     secs=$(sed -n 's/^vmm disk bench: .* in \([0-9.]*\) s: .*/\1/p' <<<"$out")
   else
     [[ -n ${write[*]} ]] && write+=(--pattern=0xa5)

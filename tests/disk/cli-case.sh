@@ -124,5 +124,18 @@ case $case_name in
     step "qemu-img check" qemu-img check -q "$dir/compare.qcow2"
     run "$@" -- qemu-img compare -f qcow2 -F raw "$dir/compare.qcow2" "$dir/compare.img" ;;
 
+  bench_overlay_shared)
+    # Allocating 1 MiB writes on an overlay, every request from one buffer (--shared-buffer): the
+    # overlay reads as the backing file's first MiB, then the written bytes (0xa5), per qemu-img.
+    needs_qemu_img
+    fresh shared.qcow2 shared-want.img
+    step "create" "$vmm" disk create "$dir/shared.qcow2" --backing data.img --backing-format raw
+    "$expect" --status 0 --out "^vmm disk bench: 3 requests of 1048576 bytes" \
+      -- "$vmm" disk bench -w --shared-buffer -c 3 -d 3 -s 1M -o 1M "$dir/shared.qcow2" || exit 1
+    head -c 1M "$dir/data.img" >"$dir/shared-want.img"
+    head -c 3M /dev/zero | tr '\0' '\245' >>"$dir/shared-want.img"
+    step "qemu-img check" qemu-img check -q "$dir/shared.qcow2"
+    run "$@" -- qemu-img compare -f qcow2 -F raw "$dir/shared.qcow2" "$dir/shared-want.img" ;;
+
   *) echo "cli-case.sh: unknown case $case_name" >&2; exit 2 ;;
 esac

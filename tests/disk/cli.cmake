@@ -25,7 +25,7 @@ endfunction()
 disk_test(help --status 0 --out "^Usage: vmm disk " --out "create" --out "info" --out "bench" -- ${VMM} disk --help)
 disk_test(create_help --status 0 --out "^Usage: vmm disk create " --out "--backing-format" -- ${VMM} disk create --help)
 disk_test(info_help --status 0 --out "^Usage: vmm disk info " --out "--json" -- ${VMM} disk info --help)
-disk_test(bench_help --status 0 --out "^Usage: vmm disk bench " --out "--flush-interval" -- ${VMM} disk bench --help)
+disk_test(bench_help --status 0 --out "^Usage: vmm disk bench " --out "--flush-interval" --out "--shared-buffer" -- ${VMM} disk bench --help)
 
 # ---- Usage errors: status 2, one line, nothing created ------------------------------------------
 set(i 0)
@@ -92,3 +92,4 @@ disk_case(bench_raw_write bench_raw_write --status 0 --out "^vmm disk bench: 200
 disk_case(bench_qcow2 bench_qcow2 --status 0 --out "^vmm disk bench: 2000 requests of 4096 bytes in" --out "${BENCH_LINE}")
 disk_case(bench_overlay bench_overlay --status 0 --out "^vmm disk bench: 1000 requests of 16384 bytes in")
 disk_case(bench_qcow2_compare bench_qcow2_compare --status 0 --out "^Images are identical")
+disk_case(bench_overlay_shared bench_overlay_shared --status 0 --out "^Images are identical")

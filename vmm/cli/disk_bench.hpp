@@ -23,6 +23,7 @@ struct BenchOptions {
   uint64_t step = 0;               ///< sequential stride; 0: the buffer size
   uint64_t flush_interval = 0;     ///< writes only: drain and flush after every N requests
   uint8_t fill = 0xa5;             ///< the byte write buffers are filled with
+  bool shared_buffer = false;      ///< every request uses one buffer (as qemu-img bench does)
 };
 
 inline constexpr unsigned kMaxBenchDepth = 1024;

@@ -328,6 +328,8 @@ DiskCommand::DiskCommand(CLI::App& app) : o_(std::make_unique<Options>()) {
   o.bench->add_option("-o,--offset", o.offset, "First offset (seq), lowest offset (rand)")->capture_default_str();
   o.bench->add_option("-S,--step-size", o.step, "Stride of --pattern seq (default: the buffer size)");
   o.bench->add_option("--flush-interval", o.flush_interval, "Write tests: drain and flush every N requests");
+  o.bench->add_flag("--shared-buffer", b.shared_buffer,
+                    "One buffer for every request in flight, as qemu-img bench uses (default: one each)");
   o.bench->footer(
       "Prints one line: requests, time, req/s, MiB/s. The time ends with the last request; the final flush "
       "of a write test is not timed (as in qemu-img bench). Write buffers hold 0xa5 bytes.");
