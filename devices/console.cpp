@@ -31,6 +31,8 @@ Result<std::unique_ptr<Console>> Console::open(const ConsoleSpec& spec) {
     c->file_ = Fd(::open(spec.path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
     if (!c->file_) return fail("--console file:{}: {}", spec.path, errno_text(errno));
     c->out_fd_ = c->file_.get();
+  } else if (spec.kind == ConsoleSpec::Kind::Fd) {
+    c->out_fd_ = spec.fd;
   }
   return c;
 }

@@ -19,8 +19,11 @@
 namespace vmm::devices {
 
 struct ConsoleSpec {
-  enum class Kind { Stdio, File, None } kind = Kind::Stdio;
+  /// Fd: output to a descriptor the caller owns and keeps open (in-process users such as
+  /// `vmm template bench`; not a command-line choice).
+  enum class Kind { Stdio, File, None, Fd } kind = Kind::Stdio;
   std::string path;  ///< for File
+  int fd = -1;       ///< for Fd
 };
 
 /// Parses "stdio", "none" or "file:PATH".

@@ -177,6 +177,20 @@ expect template_guest_exits 10 "stopped before" -- "$vmm" template create gone -
 expect template_rm_refused 2 "linked clone" -- "$vmm" template rm counter
 expect template_ls 0 "^counter +256M" -- "$vmm" template ls
 expect template_verify 0 ": ok" -- "$vmm" template verify counter
+# The clone path in one process (vmm template bench): each clone answers `get`, and none is left;
+# a guest that does not answer, or stops instead, is an error.
+ls "$VMM_STATE_DIR/clones" >"$work/clones-before"
+expect template_bench 0 "^  to the answer: median [0-9.]+ ms \(min [0-9.]+, max [0-9.]+\)$" -- \
+  "$vmm" template bench counter --count 5
+grep -qE "^vmm template bench: 5 clones of counter \(256 MiB, 1 vCPU\(s\)\) in one process$" "$work/out" &&
+  grep -qE "steps .*: template [0-9.]+; files [0-9.]+; devices [0-9.]+; machine [0-9.]+; restored [0-9.]+; answer [0-9.]+;$" "$work/out" &&
+  ok "template bench: its summary and steps" || { bad "template bench output"; sed 's/^/  | /' "$work/out"; }
+ls "$VMM_STATE_DIR/clones" | cmp -s - "$work/clones-before" && ok "template bench leaves no clone behind" ||
+  bad "template bench left clones: $(ls "$VMM_STATE_DIR/clones" | tr '\n' ' ')"
+expect template_bench_silent 10 "'never printed' not printed within 1 s of its resume \(does its guest answer 'inc 5'\?\)" -- \
+  "$vmm" template bench counter --count 1 --input "inc 5" --expect "never printed" --timeout 1
+expect template_bench_quit 10 "stopped before it printed" -- "$vmm" template bench counter --count 1 --input quit
+expect template_bench_missing 6 "not found" -- "$vmm" template bench nosuch
 after=$(cd "$tdir" && find . -type f | sort | xargs sha256sum)
 [ "$before" = "$after" ] && ok "template files unchanged after clones" || bad "template files changed"
 

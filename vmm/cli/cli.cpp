@@ -165,8 +165,21 @@ int main(int argc, char** argv) {
   auto* trm = tmpl->add_subcommand("rm", "Remove a template (refused while linked clones depend on it)");
   trm->add_flag("--force", force, "Remove it even if linked clones depend on it");
   auto* tverify = tmpl->add_subcommand("verify", "Check every file of a template against its manifest");
-  for (auto* c : {tinspect, trm, tverify}) c->add_option("TEMPLATE", target, "Template name or path")->required();
-  for (auto* c : {tls, tinspect, trm, tverify}) c->add_option("--state-dir", tstate_dir, "The state directory");
+  auto* tbench = tmpl->add_subcommand("bench", "Start clones of a template one after another in this process and time each "
+                                                "to its guest's answer on the console (the clone path alone, as a library call)");
+  unsigned bench_count = 100;
+  double bench_timeout = 10;
+  std::string bench_input = "get", bench_expect = "counter: value=", bench_kvm = Kvm::default_device().string();
+  tbench->add_option("--count", bench_count, "Clones to start")->capture_default_str()->check(CLI::Range(1, 100000));
+  tbench->add_option("--input", bench_input, "A line each clone's UART holds before it resumes (the counter guest answers 'get')")
+      ->capture_default_str();
+  tbench->add_option("--expect", bench_expect, "The console text that ends each clone's clock (its answer)")->capture_default_str();
+  tbench->add_option("--timeout", bench_timeout, "Seconds a clone has to answer")->capture_default_str()->check(CLI::PositiveNumber);
+  tbench->add_option("--kvm-device", bench_kvm, "KVM device node")->capture_default_str();
+  tbench->footer("Prints the median, min and max of the time from mapping a clone's memory to its answer, and the "
+                 "median of each step (the start_ms steps of GET /vm). Each clone's directory is removed after it ran.");
+  for (auto* c : {tinspect, trm, tverify, tbench}) c->add_option("TEMPLATE", target, "Template name or path")->required();
+  for (auto* c : {tls, tinspect, trm, tverify, tbench}) c->add_option("--state-dir", tstate_dir, "The state directory");
 
   DiskCommand disk(app);
 
@@ -321,6 +334,14 @@ int main(int argc, char** argv) {
   if (tinspect->parsed()) return template_inspect(tstate_dir, target);
   if (trm->parsed()) return template_rm(tstate_dir, target, force);
   if (tverify->parsed()) return template_verify(tstate_dir, target);
+  if (tbench->parsed()) {
+    CloneOptions b;
+    b.template_name = target;
+    b.state_dir = tstate_dir;
+    b.kvm_device = bench_kvm;
+    b.started = clone.started;
+    return template_bench(b, bench_count, bench_input + "\n", bench_expect, bench_timeout);
+  }
   if (disk.parsed()) return disk.run();
   if (pool->parsed()) {
     pool_opts.state_dir = pool_state_dir;

@@ -240,7 +240,7 @@ nlohmann::json config_json(uint64_t memory, uint32_t vcpus, std::string_view cpu
     n.push_back(e);
   }
   using Kind = devices::ConsoleSpec::Kind;
-  const std::string con = console.kind == Kind::Stdio ? "stdio" : console.kind == Kind::None ? "none" : "file:" + console.path;
+  const std::string con = console.kind == Kind::Stdio ? "stdio" : console.kind == Kind::None ? "none" : console.kind == Kind::Fd ? "fd" : "file:" + console.path;
   nlohmann::json c = {{"memory_mib", memory >> 20}, {"vcpus", vcpus}, {"cpu_template", cpu_template}, {"disks", d}, {"nets", n}, {"console", con}};
   for (auto [key, value] : {std::pair{"hostname", &identity.hostname}, {"ip", &identity.ip}, {"gateway", &identity.gateway}}) {
     if (!value->empty()) c[key] = *value;

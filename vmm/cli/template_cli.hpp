@@ -58,6 +58,12 @@ std::expected<std::unique_ptr<TemplateDraft>, CliFailure> begin_template(const s
 /// The end of writing a template: sums its disks into `m`, writes manifest.json, makes every file
 /// read-only and renames the draft to its destination.
 Result<> seal_template(TemplateDraft& draft, clone::Manifest& m);
+/// `vmm template bench TEMPLATE [--count N] [--input TEXT] [--expect TEXT]` (vmm/cli/clone_bench.cpp):
+/// `count` clones started one after another in this process, each timed from its memory mapping to
+/// `expect` on its console (its guest's answer to `input`, given to its UART before resume), then
+/// removed.
+int template_bench(const CloneOptions& options, unsigned count, const std::string& input, const std::string& expect,
+                   double timeout_s);
 /// `vmm pool TEMPLATE --size K` (vmm/cli/pool.cpp): serves until SIGINT/SIGTERM.
 int run_pool(const CloneOptions& options, unsigned size);
 /// `vmm run --clone-of T --pool SOCKET`: a clone from the pool at SOCKET.
