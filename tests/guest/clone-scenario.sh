@@ -50,6 +50,10 @@ for n in 3 5 7 11; do
   fi
   [ -f "$VMM_STATE_DIR/clones/c$i/disk/disk0.qcow2" ] || bad "clone c$i has no overlay"
 done
+# The template was saved with its ready line complete: a clone's first output is its first answer,
+# not the rest of that line.
+[ "$(head -c 15 "$work/c1.out")" = "counter: value=" ] && ok "a clone's output starts with its answer" ||
+  { bad "a clone's output starts with something else:"; head -c 40 "$work/c1.out" | od -c | head -3; }
 
 # Identity: every clone gets its own id and generation through fw_cfg.
 expect template_identity 0 "written" -- "$vmm" template create ident --kernel "$guest" --cmdline identity \

@@ -11,6 +11,7 @@
 #include <condition_variable>
 #include <fstream>
 #include <mutex>
+#include <string_view>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -120,18 +121,31 @@ int template_create(const TemplateCreateOptions& o) {
     d.path = tmp / name;
   }
 
-  // Ready when the console has printed the text.
+  // Ready when the console has printed the text, and the line it is on: saved in the middle of its
+  // ready line, every clone would first print the rest of it (the test guest's "counter: ready"
+  // was saved before its '\n', which each clone then printed on resume). A line the guest leaves
+  // open (a prompt) is waited for briefly (kLineGrace), then saved as it is.
   std::mutex mutex;
   std::condition_variable cv;
-  bool ready = false;
+  bool ready = false, line_done = false;
   std::string seen;  // the console's last bytes: enough to find the text, and to quote on failure
   constexpr size_t kTail = 160;
+  constexpr auto kLineGrace = std::chrono::milliseconds(200);
   auto tap = [&, text = o.ready_on](std::span<const uint8_t> bytes) {
     std::lock_guard lock(mutex);
-    if (ready) return;
-    seen.append(reinterpret_cast<const char*>(bytes.data()), bytes.size());
-    if (seen.find(text) != std::string::npos) {
+    if (line_done) return;
+    const std::string_view in(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+    if (ready) {
+      if (in.find('\n') != std::string_view::npos) {
+        line_done = true;
+        cv.notify_all();
+      }
+      return;
+    }
+    seen.append(in);
+    if (const size_t at = seen.find(text); at != std::string::npos) {
       ready = true;
+      line_done = seen.find('\n', at + text.size()) != std::string::npos;
       cv.notify_all();
     } else if (const size_t keep = std::max(text.size(), kTail); seen.size() > keep) {
       seen.erase(0, seen.size() - keep);
@@ -152,6 +166,11 @@ int template_create(const TemplateCreateOptions& o) {
     std::unique_lock lock(mutex);
     const bool got = cv.wait_for(lock, std::chrono::duration<double>(o.timeout_s), [&] { return ready || finished; });
     if (finished) return;  // the guest stopped first
+    if (got) cv.wait_for(lock, kLineGrace, [&] { return line_done || finished; });
+    if (finished) {
+      failure = fmt::format("the guest stopped right after it printed '{}', before it could be paused", o.ready_on);
+      return;
+    }
     lock.unlock();
     if (!got) {
       failure = fmt::format("the guest did not print '{}' within {} s", o.ready_on, o.timeout_s);
