@@ -55,11 +55,16 @@ while [ ! -S "$sock" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
 mode=$(stat -c %a "$sock" 2>/dev/null) dmode=$(stat -c %a "$VMM_STATE_DIR/run/p" 2>/dev/null)
 [ "$mode" = 600 ] && [ "$dmode" = 700 ] && ok "socket 0600 in a 0700 directory" || bad "socket mode $mode, directory $dmode"
 parent_gen=$(grep -o "generation=[0-9a-f]*" "$work/p.out" | head -1)
+# The HTTP plugin (cpp-httplib and the OpenSSL it brings: ~740 KiB of private memory) is loaded by
+# the first client, not before: a VM nobody asked has none of it.
+grep -q "vmm-http.so" "/proc/$pid_p/maps" && bad "the HTTP plugin was loaded before any request" ||
+  ok "no HTTP plugin in a VM that nobody asked (/proc/PID/maps)"
 
 "$vmm" fork p --count 3 >"$work/fork1" 2>"$work/fork1.err" && [ "$(wc -l <"$work/fork1")" = 3 ] &&
   grep -qE "^vmm: p forked 3 time\(s\), paused [0-9.]+ ms$" "$work/fork1.err" && ok "vmm fork p --count 3 (names and pids; the pause on stderr)" || {
   bad "fork"; sed 's/^/  | /' "$work/fork1" "$work/fork1.err"; }
 children=$(cut -d' ' -f1 "$work/fork1")
+grep -q "vmm-http.so" "/proc/$pid_p/maps" && ok "the first request (vmm fork) loaded it" || bad "no HTTP plugin after a request"
 # A child holds nothing of the fork command's output: a pipe from vmm fork ends with it.
 start=$(date +%s)
 "$vmm" fork p 2>&1 | cat >"$work/piped"

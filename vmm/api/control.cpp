@@ -1,7 +1,10 @@
 #include "vmm/api/control.hpp"
 
 #include <fmt/format.h>
+#include <poll.h>
+#include <sys/eventfd.h>
 
+#include <cerrno>
 #include <chrono>
 
 #include "vmm/machine.hpp"
@@ -14,6 +17,8 @@ Result<std::unique_ptr<ControlPlane>> ControlPlane::create(const std::filesystem
   if (!reg) return std::unexpected(reg.error());
   std::unique_ptr<ControlPlane> c(new ControlPlane);
   c->registration_ = std::move(*reg);
+  c->wake_ = Fd(::eventfd(0, EFD_CLOEXEC));
+  if (!c->wake_) return fail("eventfd: {}", errno_text(errno));
   return c;
 }
 
@@ -21,39 +26,68 @@ void ControlPlane::start(Machine& machine, VmInfo info, VmOperations ops) {
   info.api_socket = registration_->socket().string();
   const bool paused = info.paused;
   service_ = std::make_unique<VmService>(machine, std::move(info), std::move(ops));
-  starter_ = std::thread([this, &machine, paused] {
-    ::pthread_setname_np(::pthread_self(), "vmm-api");
-    // The HTTP plugin's loading and the server's start wait until the guest runs: on two CPUs they
-    // delayed a clone's first guest instruction (exec → first output 8.5 ms with, 6.6 ms without,
-    // medians of 30). A VM started paused, or one that stops first, is not waited for.
+  starter_ = std::thread([this, &machine, paused] { run_starter(machine, paused); });
+}
+
+void ControlPlane::run_starter(Machine& machine, bool paused) {
+  ::pthread_setname_np(::pthread_self(), "vmm-api");
+  Fd listener;
+  {
+    // Whatever happens below, wait_serving() returns.
+    struct Listening {
+      ControlPlane& c;
+      ~Listening() {
+        {
+          std::lock_guard lock(c.mutex_);
+          c.listening_ = true;
+        }
+        c.listening_cv_.notify_all();
+      }
+    } listening{*this};
+    // Even the socket waits until the guest runs: on two CPUs the API's start delayed a clone's
+    // first guest instruction (exec -> first output 8.5 ms with the plugin loaded here, 6.6 ms
+    // without, medians of 30). A VM started paused, or one that stops first, is not waited for.
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(20);
-    while (!paused && !machine.vm().first_run().entered && !machine.vm().stopping() && std::chrono::steady_clock::now() < deadline) {
+    while (!paused && !machine.vm().first_run().entered && !machine.vm().stopping() && !stopping_ &&
+           std::chrono::steady_clock::now() < deadline) {
       std::this_thread::sleep_for(std::chrono::microseconds(100));
     }
-    auto server = serve(registration_->socket().string(), [svc = service_.get()](const HttpRequest& r) { return svc->handle(r); });
-    if (!server) {
-      fmt::print(stderr, "vmm: warning: no API: {}\n", server.error().message());
+    auto fd = listen_unix(registration_->socket().string());
+    if (!fd) {
+      fmt::print(stderr, "vmm: warning: no API: {}\n", fd.error().message());
       return;
     }
-    std::lock_guard lock(mutex_);
-    server_ = std::move(*server);
-  });
+    listener = std::move(*fd);
+  }
+  // The first client (or the end). An idle VM nobody asks keeps this thread, in poll(), and none
+  // of the plugin.
+  pollfd fds[2] = {{.fd = listener.get(), .events = POLLIN, .revents = 0}, {.fd = wake_.get(), .events = POLLIN, .revents = 0}};
+  while (::poll(fds, 2, -1) < 0) {
+    if (errno != EINTR) {
+      fmt::print(stderr, "vmm: warning: no API: poll: {}\n", errno_text(errno));
+      return;
+    }
+  }
+  if (fds[1].revents != 0 || stopping_) return;
+  auto server = serve(std::move(listener), [svc = service_.get()](const HttpRequest& r) { return svc->handle(r); });
+  if (!server) {
+    fmt::print(stderr, "vmm: warning: no API: {}\n", server.error().message());
+    return;
+  }
+  std::lock_guard lock(mutex_);
+  server_ = std::move(*server);
 }
 
 void ControlPlane::wait_serving() {
-  if (starter_.joinable()) starter_.join();
-}
-
-void ControlPlane::abandon() {
-  // The parent's threads do not exist here: its server object cannot be stopped or destroyed
-  // (its destructor would join a thread that is not ours); it is leaked on purpose.
-  if (starter_.joinable()) starter_.detach();
-  (void)server_.release();
-  if (registration_) registration_->abandon();
-  registration_.reset();
+  if (!starter_.joinable()) return;
+  std::unique_lock lock(mutex_);
+  listening_cv_.wait(lock, [&] { return listening_; });
 }
 
 ControlPlane::~ControlPlane() {
+  stopping_ = true;
+  const uint64_t one = 1;
+  if (wake_) (void)!::write(wake_.get(), &one, sizeof one);
   if (starter_.joinable()) starter_.join();
   {
     std::lock_guard lock(mutex_);

@@ -1,8 +1,11 @@
 // A running VM's control plane: its registration in the state directory (name, API socket) and
-// its API server, started on a thread of its own once the VM runs so that loading the HTTP plugin
-// never delays the guest.
+// its API server. The socket listens from a thread of its own once the VM runs; the HTTP plugin
+// is loaded when the first client connects (http.hpp says what it costs), so a VM that nobody
+// asks pays nothing for it and a clone's start never waits for it.
 #pragma once
 
+#include <atomic>
+#include <condition_variable>
 #include <filesystem>
 #include <memory>
 #include <mutex>
@@ -20,22 +23,28 @@ class ControlPlane {
                                                       const std::filesystem::path& socket = {});
   /// Serves the VM's API from now on (in the background; a failure is printed, the VM runs on).
   void start(Machine& machine, VmInfo info, VmOperations ops = {});
-  /// Returns once the API answers at its socket (or failed to start, which start() printed): what
-  /// reports a VM as started to a client waits for this, so that the client can use it at once.
+  /// Returns once the API's socket accepts connections (or failed to, which start() printed): what
+  /// reports a VM as started to a client waits for this, so that the client can use it at once
+  /// (its first request is answered once the plugin is loaded, if it was not yet).
   void wait_serving();
   /// Stops serving (requests in progress finish) and gives the name back.
   ~ControlPlane();
 
   const Registration& registration() const { return *registration_; }
   VmService* service() { return service_.get(); }
-  /// In a forked child: drops the parent's server and registration without touching them.
-  void abandon();
 
  private:
   ControlPlane() = default;
+  /// The starter thread: listen, wait for the first client (or the end), then serve.
+  void run_starter(Machine& machine, bool paused);
+
   std::unique_ptr<Registration> registration_;
   std::unique_ptr<VmService> service_;
+  Fd wake_;  ///< eventfd: the destructor's "stop" to a starter waiting for a client
+  std::atomic<bool> stopping_{false};
   std::mutex mutex_;
+  std::condition_variable listening_cv_;
+  bool listening_ = false;              // guarded by mutex_: the socket listens, or never will
   std::unique_ptr<HttpServer> server_;  // guarded by mutex_
   std::thread starter_;
 };

@@ -1,8 +1,12 @@
 #include "vmm/api/http.hpp"
 
 #include <dlfcn.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <mutex>
 
@@ -43,13 +47,62 @@ Result<const HttpPlugin*> http_plugin() {
   return loaded;
 }
 
-Result<std::unique_ptr<HttpServer>> serve(const std::string& path, HttpHandler handler) {
+namespace {
+sockaddr_un unix_address(const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  return addr;
+}
+}  // namespace
+
+Result<Fd> listen_unix(const std::string& path) {
+  // The temporary name below is 4 bytes longer.
+  if (path.size() + 4 >= sizeof(sockaddr_un::sun_path)) {
+    return fail("{}: too long for a Unix socket path ({} bytes at most)", path, sizeof(sockaddr_un::sun_path) - 5);
+  }
+  // Something at the path: only a socket nobody listens on (left by a VM that was killed) is replaced.
+  if (struct stat st {}; ::lstat(path.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) return fail("{}: exists and is not a socket", path);
+    Fd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    const sockaddr_un addr = unix_address(path);
+    if (probe && ::connect(probe.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0) {
+      return fail("{}: another server listens there", path);
+    }
+  }
+  // Bound under a temporary name, made 0600, then renamed into place: the socket never appears
+  // at its path with the umask's mode (the directory admits its owner only anyway).
+  const std::string tmp = path + ".tmp";
+  ::unlink(tmp.c_str());
+  Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) return fail("{}: socket: {}", path, errno_text(errno));
+  const sockaddr_un addr = unix_address(tmp);
+  if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) {
+    return fail("{}: cannot listen: {}", path, errno_text(errno));
+  }
+  // A backlog of SOMAXCONN: 100 clients connecting at once are all served in turn (with httplib's
+  // own 5, the 6th was refused with EAGAIN).
+  if (::listen(fd.get(), SOMAXCONN) != 0 || ::chmod(tmp.c_str(), 0600) != 0 || ::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    ::unlink(tmp.c_str());
+    return fail("{}: cannot listen: {}", path, errno_text(err));
+  }
+  return fd;
+}
+
+Result<std::unique_ptr<HttpServer>> serve(Fd listener, HttpHandler handler) {
   auto plugin = http_plugin();
   if (!plugin) return std::unexpected(plugin.error());
   std::string error;
-  HttpServer* server = (*plugin)->serve(path, std::move(handler), error);
+  HttpServer* server = (*plugin)->serve(listener.release(), std::move(handler), error);
   if (!server) return fail("{}", error);
   return std::unique_ptr<HttpServer>(server);
+}
+
+Result<std::unique_ptr<HttpServer>> serve(const std::string& path, HttpHandler handler) {
+  auto fd = listen_unix(path);
+  if (!fd) return std::unexpected(fd.error());
+  return serve(std::move(*fd), std::move(handler));
 }
 
 Result<HttpResponse> call(const std::string& path, const HttpRequest& request, double timeout_s) {

@@ -1,9 +1,12 @@
 // The control API's transport: HTTP/1.1 on a Unix socket, served and called through Debian's
 // cpp-httplib. cpp-httplib's library pulls in OpenSSL, zlib and brotli, whose loading costs ~4 ms
 // and ~300 page faults per exec on this host (measured: an empty program linked to it starts in
-// 5.1 ms against 0.9 ms), more than a whole clone start may take. So the transport is a plugin,
-// vmm-http.so beside the binary, loaded on first use off the clone's start path (a VM starts its
-// API after its vCPUs run; a fleet's launcher loads it once before it forks).
+// 5.1 ms against 0.9 ms), more than a whole clone start may take, and ~740 KiB of private dirty
+// memory (their relocations; measured with a dlopen probe), more than the rest of an idle clone.
+// So the transport is a plugin, vmm-http.so beside the binary, loaded on first use: a VM listens
+// on its socket itself (listen_unix, no plugin) and loads the plugin when the first client
+// connects (ControlPlane); a fleet's launcher or a pool loads it once before it forks, so that
+// their clones share its pages.
 //
 // The plugin and cpp-httplib use the shared libstdc++, the vmm binary its own static copy (the
 // top CMakeLists.txt says why): what crosses between them is this header's plain structs,
@@ -20,6 +23,7 @@
 #include <string>
 
 #include "vmm/base/error.hpp"
+#include "vmm/base/fd.hpp"
 
 namespace vmm::api {
 
@@ -53,18 +57,24 @@ inline constexpr size_t kMaxConnections = 16;
 /// The plugin's entry points (C linkage, one table; `abi` must equal kHttpAbi).
 struct HttpPlugin {
   uint32_t abi;
-  /// Serves `handler` on a Unix socket at `path` (created mode 0600; an existing file there is an
-  /// error). Returns null and sets `error` on failure.
-  HttpServer* (*serve)(const std::string& path, HttpHandler handler, std::string& error);
+  /// Serves `handler` on `listen_fd`, a listening Unix socket (from listen_unix), which the server
+  /// owns from then on, even on failure. Returns null and sets `error` on failure.
+  HttpServer* (*serve)(int listen_fd, HttpHandler handler, std::string& error);
   /// One request to the server at `path`; false and `error` when it cannot be made.
   bool (*call)(const std::string& path, const HttpRequest& request, double timeout_s, HttpResponse& response,
                std::string& error);
 };
-inline constexpr uint32_t kHttpAbi = 1;
+inline constexpr uint32_t kHttpAbi = 2;
 
 /// The loaded plugin (dlopen of vmm-http.so beside the running binary, once; thread-safe).
 Result<const HttpPlugin*> http_plugin();
-/// Serves `handler` at `path` (see HttpPlugin::serve).
+/// A Unix socket listening at `path` (mode 0600, bound under a temporary name and renamed into
+/// place; a socket left there by a VM that was killed is replaced; anything else there is an error).
+/// Plain system calls: no plugin.
+Result<Fd> listen_unix(const std::string& path);
+/// Serves `handler` on `listener` (see HttpPlugin::serve).
+Result<std::unique_ptr<HttpServer>> serve(Fd listener, HttpHandler handler);
+/// Serves `handler` at `path` (listen_unix, then serve).
 Result<std::unique_ptr<HttpServer>> serve(const std::string& path, HttpHandler handler);
 /// One request to the server at `path`.
 Result<HttpResponse> call(const std::string& path, const HttpRequest& request, double timeout_s = 5.0);

@@ -1,7 +1,6 @@
 // vmm-http.so: the control API's transport over cpp-httplib (see http.hpp for why a plugin).
 #include <httplib.h>
-#include <sys/stat.h>
-#include <sys/un.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -58,6 +57,13 @@ class ConnectionThreads final : public httplib::TaskQueue {
   size_t running_ = 0;
 };
 
+/// httplib's server on a socket it did not make: svr_sock_ is what its accept loop
+/// (listen_after_bind) uses and stop() closes.
+class AdoptingServer final : public httplib::Server {
+ public:
+  void adopt(int fd) { svr_sock_ = fd; }
+};
+
 class Server final : public HttpServer {
  public:
   explicit Server(HttpHandler handler) : handler_(std::move(handler)) {
@@ -67,7 +73,6 @@ class Server final : public HttpServer {
     svr_.set_write_timeout(kIdleTimeoutS, 0);
     svr_.set_keep_alive_timeout(kIdleTimeoutS);
     svr_.set_payload_max_length(kMaxBody);
-    svr_.set_socket_options([this](int fd) { listen_fd_ = fd; });
     auto dispatch = [this](const httplib::Request& req, httplib::Response& res) {
       const HttpResponse r = handler_(HttpRequest{.method = req.method, .path = req.path, .body = req.body});
       res.status = r.status;
@@ -103,48 +108,10 @@ class Server final : public HttpServer {
     });
   }
 
-  bool start(const std::string& path, std::string& error) {
-    if (path.size() + 4 >= sizeof(sockaddr_un::sun_path)) {
-      error = path + ": too long for a Unix socket path (" + std::to_string(sizeof(sockaddr_un::sun_path) - 5) + " bytes at most)";
-      return false;
-    }
-    // Something at the path: only a socket nobody listens on (left by a VM that was killed) is replaced.
-    if (struct stat st {}; ::lstat(path.c_str(), &st) == 0) {
-      if (!S_ISSOCK(st.st_mode)) {
-        error = path + ": exists and is not a socket";
-        return false;
-      }
-      const int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-      sockaddr_un addr{};
-      addr.sun_family = AF_UNIX;
-      std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-      const bool live = probe >= 0 && ::connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
-      if (probe >= 0) ::close(probe);
-      if (live) {
-        error = path + ": another server listens there";
-        return false;
-      }
-    }
-    // Bound under a temporary name, made 0600, then renamed into place: the socket never appears
-    // at its path with the umask's mode (the directory admits its owner only anyway).
-    const std::string tmp = path + ".tmp";
-    ::unlink(tmp.c_str());
-    if (!svr_.bind_to_port(tmp, 80)) {
-      error = path + ": cannot listen: " + std::strerror(errno);
-      return false;
-    }
-    // httplib listens with a backlog of 5: the 6th client connecting at once would be refused
-    // (EAGAIN on a Unix socket). Listening again only raises the backlog.
-    if (::listen(listen_fd_, SOMAXCONN) != 0) {
-      error = path + ": listen: " + std::strerror(errno);
-      return false;
-    }
-    if (::chmod(tmp.c_str(), 0600) != 0 || ::rename(tmp.c_str(), path.c_str()) != 0) {
-      error = path + ": " + std::strerror(errno);
-      ::unlink(tmp.c_str());
-      return false;
-    }
-    path_ = path;
+  /// Serves on `fd`, a listening socket (listen_unix made it): httplib's accept loop runs on it as
+  /// on a socket of its own (listen_after_bind uses svr_sock_, which it then owns and closes).
+  void start(int fd) {
+    svr_.adopt(fd);
     listener_ = std::thread([this] {
       svr_.listen_after_bind();
       listen_ended_ = true;
@@ -153,28 +120,30 @@ class Server final : public HttpServer {
     // destroyed before that (a VM that ends right after it started) would wait forever for a
     // listener blocked in accept(). Return only once stop() can reach it.
     while (!svr_.is_running() && !listen_ended_) std::this_thread::sleep_for(std::chrono::microseconds(50));
-    return true;
   }
 
   ~Server() override {
     svr_.stop();
     if (listener_.joinable()) listener_.join();
-    if (!path_.empty()) ::unlink(path_.c_str());
   }
 
  private:
   HttpHandler handler_;
-  httplib::Server svr_;
+  AdoptingServer svr_;
   std::thread listener_;
-  std::string path_;
-  int listen_fd_ = -1;
   std::atomic<bool> listen_ended_{false};
 };
 
-HttpServer* serve(const std::string& path, HttpHandler handler, std::string& error) {
-  auto server = std::make_unique<Server>(std::move(handler));
-  if (!server->start(path, error)) return nullptr;
-  return server.release();
+HttpServer* serve(int listen_fd, HttpHandler handler, std::string& error) {
+  try {
+    auto server = std::make_unique<Server>(std::move(handler));
+    server->start(listen_fd);
+    return server.release();
+  } catch (const std::exception& e) {  // a thread that cannot be made
+    ::close(listen_fd);
+    error = e.what();
+    return nullptr;
+  }
 }
 
 bool call(const std::string& path, const HttpRequest& request, double timeout_s, HttpResponse& response, std::string& error) {
