@@ -180,16 +180,18 @@ fi
 "$vmm" pause p && "$vmm" pause p >"$work/e" 2>&1; [ $? = 2 ] && grep -q "already paused" "$work/e" && ok "vmm pause twice: already paused" || bad "pause twice"
 "$vmm" resume p || bad "resume"
 
-# ---- Stop: every VM ends, and its entry with it.
+# ---- Stop: every VM ends, and its entry with it; vmm stop returns once the VM's process has ended.
+# ended PID: the process is gone, or a zombie (p is this shell's child, reaped by the wait below).
+ended() { [ ! -e "/proc/$1" ] || grep -q "^State:.*Z" "/proc/$1/status" 2>/dev/null; }
 for n in p $children $grand; do
   [ "$n" = "$victim" ] && continue
+  vpid=$(sed -n 's/.*"pid":\([0-9]*\).*/\1/p' "$VMM_STATE_DIR/run/$n/vm.json")
   "$vmm" stop "$n" >"$work/e" 2>&1 || { bad "stop $n"; cat "$work/e"; echo "  p's stderr and its own log:"; sed 's/^/  | /' "$work/p.err" "$VMM_STATE_DIR/clones/$n/vmm.log";
     echo "  its console:"; sed 's/^/  | /' "$VMM_STATE_DIR/clones/$n/console.log"; }
+  [ -n "$vpid" ] && ended "$vpid" && [ ! -e "$VMM_STATE_DIR/run/$n" ] || bad "vmm stop $n returned while its process $vpid runs"
 done
 exec 3>&-
-n=0
-while [ -n "$(ls "$VMM_STATE_DIR/run" 2>/dev/null)" ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
-[ -z "$(ls "$VMM_STATE_DIR/run" 2>/dev/null)" ] && ok "vmm stop: every VM ended and left run/" || { bad "left behind"; ls "$VMM_STATE_DIR/run"; }
+[ -z "$(ls "$VMM_STATE_DIR/run" 2>/dev/null)" ] && ok "vmm stop: every VM had ended when it returned, and left run/" || { bad "left behind"; ls "$VMM_STATE_DIR/run"; }
 wait "$pid_p"; st=$?
 [ "$st" = 0 ] && grep -q "^testguest: power button$" "$work/p.out" && ok "vmm stop presses the power button: the guest powers off (status 0)" ||
   { bad "parent exit status $st"; tail -3 "$work/p.out"; }
@@ -198,13 +200,27 @@ start_vm e --kernel "$guest" --cmdline echo
 exec 3>&-
 n=0
 while [ ! -S "$VMM_STATE_DIR/run/e/api.sock" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
-"$vmm" stop e --timeout 5 || bad "stop e"
+"$vmm" stop e --timeout 5 --no-wait || bad "stop e"
 sleep 0.3
-[ -e "$VMM_STATE_DIR/run/e" ] && ok "a guest that ignores the button still runs right after vmm stop" || bad "e ended at once"
+[ -e "$VMM_STATE_DIR/run/e" ] && ok "a guest that ignores the button still runs right after vmm stop --no-wait" || bad "e ended at once"
 n=0
 while [ -e "$VMM_STATE_DIR/run/e" ] && [ $n -lt 150 ]; do sleep 0.1; n=$((n + 1)); done
 wait "$pid_e"; st=$?
 [ "$st" = 0 ] && [ ! -e "$VMM_STATE_DIR/run/e" ] && ! grep -q "power button" "$work/e.out" && ok "...and is stopped hard after the timeout" || { bad "hard stop: status $st"; tail -n 5 "$work/e.out" "$work/e.err"; }
+# Without --no-wait, vmm stop waits through the timeout and the hard stop.
+start_vm e2 --kernel "$guest" --cmdline echo
+exec 3>&-
+n=0
+while [ ! -S "$VMM_STATE_DIR/run/e2/api.sock" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+start=$(date +%s)
+"$vmm" stop e2 --timeout 2 || bad "stop e2"
+took=$(($(date +%s) - start))
+ended "$pid_e2" && [ "$took" -ge 1 ] && [ "$took" -le 12 ] && ok "vmm stop waits for the hard stop after --timeout (${took} s)" ||
+  { bad "vmm stop e2 --timeout 2 returned after ${took} s"; tail -n 5 "$work/e2.out" "$work/e2.err"; }
+wait "$pid_e2"
+# A VM that is gone already, and one that is not there.
+"$vmm" stop e2 >"$work/e" 2>&1; [ $? = 2 ] && grep -q "no VM named 'e2'" "$work/e" && ok "vmm stop of a VM that has ended: status 2" || { bad "stop after the end"; cat "$work/e"; }
+"$vmm" stop e2 --timeout -1 >"$work/e" 2>&1; [ $? = 2 ] && ok "vmm stop --timeout -1 is refused" || { bad "negative timeout"; cat "$work/e"; }
 
 # ---- Disks: a fork sees its parent's disk at the fork, and they diverge afterwards.
 head -c 1048576 /dev/zero >"$work/disk.img"

@@ -206,7 +206,7 @@ int main(int argc, char** argv) {
   std::vector<CLI::App*> vm_verbs;
   for (auto [verb, what] : {std::pair{"pause", "Pause a running VM (vCPUs parked, disks quiesced)"},
                             {"resume", "Resume a paused VM"},
-                            {"stop", "Stop a VM (the guest is asked first; a hard stop after --timeout)"},
+                            {"stop", "Stop a VM and wait until it has ended (the guest is asked first; a hard stop after --timeout)"},
                             {"snapshot", "Save a running VM as a template, and let it carry on"},
                             {"fork", "Fork a running VM into copies of itself that run on from this instant"},
                             {"input", "Type a line on a running VM's serial console"}}) {
@@ -214,7 +214,9 @@ int main(int argc, char** argv) {
     c->add_option("VM", vmc.target, "The VM's name, or the path of its API socket")->required();
     vm_verbs.push_back(c);
   }
-  vm_verbs[2]->add_option("--timeout", vmc.timeout_s, "Seconds the guest has to power off before a hard stop")->capture_default_str();
+  vm_verbs[2]->add_option("--timeout", vmc.timeout_s, "Seconds the guest has to power off before a hard stop")->capture_default_str()
+      ->check(CLI::Range(0.0, 86400.0));
+  vm_verbs[2]->add_flag("--no-wait", vmc.no_wait, "Return once the VM is told, not once its process has ended");
   vm_verbs[3]->add_option("DIR", vmc.dir, "Where the template goes (a new directory)")->required();
   vm_verbs[3]->add_flag("--paused", vmc.stay_paused, "Leave the VM paused afterwards");
   vm_verbs[4]->add_option("--count", vmc.count, "How many copies")->capture_default_str()->check(CLI::Range(1, 256));

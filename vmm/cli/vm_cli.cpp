@@ -1,7 +1,13 @@
 #include "vmm/cli/vm_cli.hpp"
 
 #include <fmt/format.h>
+#include <poll.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -73,6 +79,39 @@ int ps(const fs::path& sdir, bool as_json) {
 
 }  // namespace
 
+namespace {
+
+constexpr double kStopGraceS = 10;
+
+/// A pidfd of the VM serving at `socket` (its pid from GET /vm); an invalid Fd when the process has
+/// already gone.
+Result<Fd> vm_process(const std::string& socket) {
+  auto r = api::call(socket, {.method = "GET", .path = "/vm", .body = {}}, 5.0);
+  if (!r) return std::unexpected(r.error());
+  auto j = json::parse(r->body, nullptr, false);
+  const int64_t pid = j.is_object() ? j.value("pid", int64_t{0}) : 0;
+  if (r->status != 200 || pid <= 0) return fail("GET /vm: no pid in the answer (status {})", r->status);
+  const int fd = static_cast<int>(::syscall(SYS_pidfd_open, static_cast<pid_t>(pid), 0));
+  if (fd < 0 && errno == ESRCH) return Fd();
+  if (fd < 0) return fail("pidfd_open({}): {}", pid, errno_text(errno));
+  return Fd(fd);
+}
+
+/// Waits until the process of `pidfd` has ended, `timeout_s` at most.
+Result<> wait_exit(const Fd& pidfd, double timeout_s) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
+    if (left <= 0) return fail("told to stop, but still running after {:.0f} s", timeout_s);
+    pollfd p{.fd = pidfd.get(), .events = POLLIN, .revents = 0};
+    const int n = ::poll(&p, 1, static_cast<int>(std::min<int64_t>(left, 1000)));
+    if (n > 0) return {};
+    if (n < 0 && errno != EINTR) return fail("poll: {}", errno_text(errno));
+  }
+}
+
+}  // namespace
+
 int vm_command(const VmCommand& c) {
   const fs::path sdir = clone::state_dir(c.state_dir);
   if (c.verb == "ps") return ps(sdir, c.json);
@@ -99,8 +138,22 @@ int vm_command(const VmCommand& c) {
     for (const auto& w : c.text) line += (line.empty() ? "" : " ") + w;
     req.body = json{{"text", line + "\n"}}.dump();
   }
+  // Who is to be stopped, held before it is told: its process's end is what `vmm stop` waits for.
+  Fd process;
+  if (c.verb == "stop" && !c.no_wait) {
+    auto p = vm_process(socket->string());
+    if (!p) return report_error(exit_code::kVmmError, fmt::format("{}: {}", c.target, p.error().message()));
+    process = std::move(*p);
+  }
   auto r = api::call(socket->string(), req, timeout);
   if (!r) return report_error(exit_code::kVmmError, fmt::format("{}: {}", c.target, r.error().message()));
+  if (process && r->status < 300) {
+    // Ended once its disks are closed and its TAPs and namespace are gone: the hard stop comes at
+    // the timeout, and what follows it (KVM tearing the VM down, the event loop ending) gets 10 s.
+    if (auto w = wait_exit(process, c.timeout_s + kStopGraceS); !w) {
+      return report_error(exit_code::kVmmError, fmt::format("{}: {}", c.target, w.error().message()));
+    }
+  }
   if (r->status >= 300) return report_error(r->status < 500 ? exit_code::kUsage : exit_code::kVmmError, fmt::format("{}: {}", c.target, fault_text(*r)));
   if (!r->body.empty()) {
     auto j = json::parse(r->body, nullptr, false);

@@ -20,6 +20,7 @@ struct VmCommand {
   std::vector<std::string> nets;  ///< fork --net (each child's TAP patterns)
   std::string hostname, ip, gateway;  ///< fork --hostname/--ip/--gateway
   double timeout_s = 10;    ///< stop --timeout
+  bool no_wait = false;     ///< stop --no-wait: return once the VM is told
   std::vector<std::string> text;  ///< input TEXT...: typed as one line
 };
 
