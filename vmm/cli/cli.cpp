@@ -4,7 +4,10 @@
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <optional>
+#include <string_view>
 
 #include "devices/virtio/net.hpp"
 #include "vmm/cli/disk_cli.hpp"
@@ -94,6 +97,14 @@ int main(int argc, char** argv) {
   CLI::App app{"vmm: a small, fast KVM virtual machine monitor with millisecond cloning", "vmm"};
   app.set_version_flag("-V,--version", std::string("vmm ") + VMM_VERSION);
   app.require_subcommand(1);
+  // Only the subcommand named on the command line is built: CLI11 makes every option, validator and
+  // help text up front, ~0.5 ms for all of them at each exec here (a clone's start pays it). For
+  // anything else (help, a misspelt command) all of them are, so that help and errors list them.
+  static constexpr std::string_view kCommands[] = {"run", "template", "disk", "pool", "ps", "pause", "resume",
+                                                   "stop", "snapshot", "fork", "input"};
+  const std::string_view named = argc > 1 ? std::string_view(argv[1]) : std::string_view();
+  const bool known = std::ranges::find(kCommands, named) != std::end(kCommands);
+  auto want = [&](std::string_view command) { return !known || named == command; };
 
   // `vmm run` and `vmm template create` take the same options.
   struct RunArgs {
@@ -126,110 +137,135 @@ int main(int argc, char** argv) {
     cmd->add_option("--state-dir", a.state_dir, "Where templates and clones live (default: $VMM_STATE_DIR, /var/lib/vmm for root, ~/.local/state/vmm)");
   };
   RunArgs run_args;
-  auto* run = app.add_subcommand("run", "Boot a guest kernel, or start a clone of a template, and run it until it stops");
-  add_run_options(run, run_args);
   CloneOptions clone;
   clone.started = std::chrono::steady_clock::now();
-  run->add_option("--clone-of", clone.template_name, "Start a clone of this template (a name in the state directory, or a path)");
-  run->add_option("--name", clone.name, "The VM's name, unique among the running VMs and clones of the state directory (default: a generated one)");
   std::string api_socket;
   unsigned fleet_count = 0;
   bool detach = false;
-  run->add_option("--count", fleet_count, "Start a fleet of N clones, one process each, named NAME-1..NAME-N "
-                                          "(NAME: --name, default the template's)")->check(CLI::Range(1, 100000));
-  run->add_flag("--detach", detach, "With --count: return once every clone runs");
   std::string pool_socket;
-  run->add_option("--pool", pool_socket, "Take the clone from the warm pool serving this socket (see vmm pool)");
-  run->add_option("--api-socket", api_socket, "Where the VM serves its control API (default: STATE_DIR/run/NAME/api.sock)");
-  run->add_flag("--full", clone.full, "A full clone: its own copy of memory and disks, independent of the template");
-  run->footer(
-      "Exit status: (v << 1) | 1 when the guest writes v to the debug-exit port 0xf4; 0 on guest power-off "
-      "or reset; 2 bad usage; 4 KVM unavailable; 6 kernel/initrd/disk image or template error; 8 guest triple fault; "
-      "10 other VMM error; 12 stopped by SIGINT/SIGTERM; 14 guest kernel panic (pvpanic).");
+  CLI::App* run = nullptr;
+  if (want("run")) {
+    run = app.add_subcommand("run", "Boot a guest kernel, or start a clone of a template, and run it until it stops");
+    add_run_options(run, run_args);
+    run->add_option("--clone-of", clone.template_name, "Start a clone of this template (a name in the state directory, or a path)");
+    run->add_option("--name", clone.name, "The VM's name, unique among the running VMs and clones of the state directory (default: a generated one)");
+    run->add_option("--count", fleet_count, "Start a fleet of N clones, one process each, named NAME-1..NAME-N "
+                                            "(NAME: --name, default the template's)")->check(CLI::Range(1, 100000));
+    run->add_flag("--detach", detach, "With --count: return once every clone runs");
+    run->add_option("--pool", pool_socket, "Take the clone from the warm pool serving this socket (see vmm pool)");
+    run->add_option("--api-socket", api_socket, "Where the VM serves its control API (default: STATE_DIR/run/NAME/api.sock)");
+    run->add_flag("--full", clone.full, "A full clone: its own copy of memory and disks, independent of the template");
+    run->footer(
+        "Exit status: (v << 1) | 1 when the guest writes v to the debug-exit port 0xf4; 0 on guest power-off "
+        "or reset; 2 bad usage; 4 KVM unavailable; 6 kernel/initrd/disk image or template error; 8 guest triple fault; "
+        "10 other VMM error; 12 stopped by SIGINT/SIGTERM; 14 guest kernel panic (pvpanic).");
+  }
 
-  auto* tmpl = app.add_subcommand("template", "Make, list, inspect, verify and remove templates");
-  tmpl->require_subcommand(1);
   RunArgs create_args;
   TemplateCreateOptions create;
-  auto* tcreate = tmpl->add_subcommand("create", "Boot a guest, wait for a console line, and save it as a template");
-  tcreate->add_option("DIR", create.dir, "Template name (in the state directory) or path")->required();
-  add_run_options(tcreate, create_args);
-  tcreate->add_option("--ready-on", create.ready_on, "Console text that means the guest is ready to be saved")->required();
-  tcreate->add_option("--timeout", create.timeout_s, "Seconds to wait for it")->capture_default_str();
   std::string tstate_dir;
   bool ls_json = false, force = false;
   std::string target;
-  auto* tls = tmpl->add_subcommand("ls", "List the templates of the state directory");
-  tls->add_flag("--json", ls_json, "JSON output");
-  auto* tinspect = tmpl->add_subcommand("inspect", "Print a template's manifest");
-  auto* trm = tmpl->add_subcommand("rm", "Remove a template (refused while linked clones depend on it)");
-  trm->add_flag("--force", force, "Remove it even if linked clones depend on it");
-  auto* tverify = tmpl->add_subcommand("verify", "Check every file of a template against its manifest");
-  auto* tbench = tmpl->add_subcommand("bench", "Start clones of a template one after another in this process and time each "
-                                                "to its guest's answer on the console (the clone path alone, as a library call)");
   unsigned bench_count = 100;
   double bench_timeout = 10;
   std::string bench_input = "get", bench_expect = "counter: value=", bench_kvm = Kvm::default_device().string();
-  tbench->add_option("--count", bench_count, "Clones to start")->capture_default_str()->check(CLI::Range(1, 100000));
-  tbench->add_option("--input", bench_input, "A line each clone's UART holds before it resumes (the counter guest answers 'get')")
-      ->capture_default_str();
-  tbench->add_option("--expect", bench_expect, "The console text that ends each clone's clock (its answer)")->capture_default_str();
-  tbench->add_option("--timeout", bench_timeout, "Seconds a clone has to answer")->capture_default_str()->check(CLI::PositiveNumber);
-  tbench->add_option("--kvm-device", bench_kvm, "KVM device node")->capture_default_str();
-  tbench->footer("Prints the median, min and max of the time from mapping a clone's memory to its answer, and the "
-                 "median of each step (the start_ms steps of GET /vm). Each clone's directory is removed after it ran.");
-  for (auto* c : {tinspect, trm, tverify, tbench}) c->add_option("TEMPLATE", target, "Template name or path")->required();
-  for (auto* c : {tls, tinspect, trm, tverify, tbench}) c->add_option("--state-dir", tstate_dir, "The state directory");
+  CLI::App *tcreate = nullptr, *tls = nullptr, *tinspect = nullptr, *trm = nullptr, *tverify = nullptr, *tbench = nullptr;
+  if (want("template")) {
+    auto* tmpl = app.add_subcommand("template", "Make, list, inspect, verify and remove templates");
+    tmpl->require_subcommand(1);
+    tcreate = tmpl->add_subcommand("create", "Boot a guest, wait for a console line, and save it as a template");
+    tcreate->add_option("DIR", create.dir, "Template name (in the state directory) or path")->required();
+    add_run_options(tcreate, create_args);
+    tcreate->add_option("--ready-on", create.ready_on, "Console text that means the guest is ready to be saved")->required();
+    tcreate->add_option("--timeout", create.timeout_s, "Seconds to wait for it")->capture_default_str();
+    tls = tmpl->add_subcommand("ls", "List the templates of the state directory");
+    tls->add_flag("--json", ls_json, "JSON output");
+    tinspect = tmpl->add_subcommand("inspect", "Print a template's manifest");
+    trm = tmpl->add_subcommand("rm", "Remove a template (refused while linked clones depend on it)");
+    trm->add_flag("--force", force, "Remove it even if linked clones depend on it");
+    tverify = tmpl->add_subcommand("verify", "Check every file of a template against its manifest");
+    tbench = tmpl->add_subcommand("bench", "Start clones of a template one after another in this process and time each "
+                                           "to its guest's answer on the console (the clone path alone, as a library call)");
+    tbench->add_option("--count", bench_count, "Clones to start")->capture_default_str()->check(CLI::Range(1, 100000));
+    tbench->add_option("--input", bench_input, "A line each clone's UART holds before it resumes (the counter guest answers 'get')")
+        ->capture_default_str();
+    tbench->add_option("--expect", bench_expect, "The console text that ends each clone's clock (its answer)")->capture_default_str();
+    tbench->add_option("--timeout", bench_timeout, "Seconds a clone has to answer")->capture_default_str()->check(CLI::PositiveNumber);
+    tbench->add_option("--kvm-device", bench_kvm, "KVM device node")->capture_default_str();
+    tbench->footer("Prints the median, min and max of the time from mapping a clone's memory to its answer, and the "
+                   "median of each step (the start_ms steps of GET /vm). Each clone's directory is removed after it ran.");
+    for (auto* c : {tinspect, trm, tverify, tbench}) c->add_option("TEMPLATE", target, "Template name or path")->required();
+    for (auto* c : {tls, tinspect, trm, tverify, tbench}) c->add_option("--state-dir", tstate_dir, "The state directory");
+  }
 
-  DiskCommand disk(app);
+  std::optional<DiskCommand> disk;
+  if (want("disk")) disk.emplace(app);
 
   // A warm pool of clones.
-  auto* pool = app.add_subcommand("pool", "Keep clones of a template ready to start, and hand them out on request");
   CloneOptions pool_opts;
   unsigned pool_size = 4;
-  std::string pool_state_dir, pool_kvm = Kvm::default_device().string(), pool_console = "";
-  pool->add_option("TEMPLATE", pool_opts.template_name, "Template name or path")->required();
-  pool->add_option("--size", pool_size, "Clones kept ready")->capture_default_str()->check(CLI::Range(1, 10000));
-  pool->add_option("--name", pool_opts.name, "The pool's name in the state directory (default pool-TEMPLATE)");
-  pool->add_option("--api-socket", pool_opts.api_socket, "Where the pool serves POST /clones (default STATE/run/NAME/api.sock)");
-  pool->add_option("--state-dir", pool_state_dir, "The state directory");
-  pool->add_option("--kvm-device", pool_kvm, "KVM device node")->capture_default_str();
+  std::string pool_state_dir, pool_kvm = Kvm::default_device().string();
   std::vector<std::string> pool_nets;
-  pool->add_option("--net", pool_nets, "Each clone's interface: tap=NAME[,mac=MAC][,bridge=BRIDGE][,netns=NAME], one per template "
-                                       "interface (NAME holds {i}, the member's number, or {name}); on a bridge each request "
-                                       "gives the clone's ip");
+  CLI::App* pool = nullptr;
+  if (want("pool")) {
+    pool = app.add_subcommand("pool", "Keep clones of a template ready to start, and hand them out on request");
+    pool->add_option("TEMPLATE", pool_opts.template_name, "Template name or path")->required();
+    pool->add_option("--size", pool_size, "Clones kept ready")->capture_default_str()->check(CLI::Range(1, 10000));
+    pool->add_option("--name", pool_opts.name, "The pool's name in the state directory (default pool-TEMPLATE)");
+    pool->add_option("--api-socket", pool_opts.api_socket, "Where the pool serves POST /clones (default STATE/run/NAME/api.sock)");
+    pool->add_option("--state-dir", pool_state_dir, "The state directory");
+    pool->add_option("--kvm-device", pool_kvm, "KVM device node")->capture_default_str();
+    pool->add_option("--net", pool_nets, "Each clone's interface: tap=NAME[,mac=MAC][,bridge=BRIDGE][,netns=NAME], one per template "
+                                         "interface (NAME holds {i}, the member's number, or {name}); on a bridge each request "
+                                         "gives the clone's ip");
+  }
 
   // Running VMs, over their API.
   VmCommand vmc;
-  auto* ps = app.add_subcommand("ps", "List the running VMs of the state directory");
-  ps->add_flag("--json", vmc.json, "JSON output (each VM as GET /vm reports it)");
-  std::vector<CLI::App*> vm_verbs;
+  CLI::App* ps = nullptr;
+  if (want("ps")) {
+    ps = app.add_subcommand("ps", "List the running VMs of the state directory");
+    ps->add_flag("--json", vmc.json, "JSON output (each VM as GET /vm reports it)");
+  }
+  std::vector<CLI::App*> vm_verbs;  // null: not named on this command line
   for (auto [verb, what] : {std::pair{"pause", "Pause a running VM (vCPUs parked, disks quiesced)"},
                             {"resume", "Resume a paused VM"},
                             {"stop", "Stop a VM and wait until it has ended (the guest is asked first; a hard stop after --timeout)"},
                             {"snapshot", "Save a running VM as a template, and let it carry on"},
                             {"fork", "Fork a running VM into copies of itself that run on from this instant"},
                             {"input", "Type a line on a running VM's serial console"}}) {
+    if (!want(verb)) {
+      vm_verbs.push_back(nullptr);
+      continue;
+    }
     auto* c = app.add_subcommand(verb, what);
     c->add_option("VM", vmc.target, "The VM's name, or the path of its API socket")->required();
     vm_verbs.push_back(c);
   }
-  vm_verbs[2]->add_option("--timeout", vmc.timeout_s, "Seconds the guest has to power off before a hard stop")->capture_default_str()
-      ->check(CLI::Range(0.0, 86400.0));
-  vm_verbs[2]->add_flag("--no-wait", vmc.no_wait, "Return once the VM is told, not once its process has ended");
-  vm_verbs[3]->add_option("DIR", vmc.dir, "Where the template goes (a new directory)")->required();
-  vm_verbs[3]->add_flag("--paused", vmc.stay_paused, "Leave the VM paused afterwards");
-  vm_verbs[4]->add_option("--count", vmc.count, "How many copies")->capture_default_str()->check(CLI::Range(1, 256));
-  vm_verbs[4]->add_flag("--paused", vmc.stay_paused, "Leave the parent paused afterwards");
-  vm_verbs[4]->add_flag("--children-paused", vmc.children_paused, "Start the copies paused ('vmm resume' runs them)");
-  vm_verbs[4]->add_option("--net", vmc.nets, "Each copy's interface: tap=NAME[,bridge=BRIDGE][,netns=NAME], one per interface of the VM "
-                                             "(NAME holds {name} or {i}: each copy its own TAP)");
-  vm_verbs[4]->add_option("--hostname", vmc.hostname, "Each copy's hostname (may hold {name} and {i})");
-  vm_verbs[4]->add_option("--ip", vmc.ip, "The first copy's IPv4 address A.B.C.D[/PREFIX] (each next one +1); needed on a bridge");
-  vm_verbs[4]->add_option("--gateway", vmc.gateway, "The copies' IPv4 default gateway");
-  vm_verbs[5]->add_option("TEXT", vmc.text, "The line (its words joined by spaces; a newline is added)")->required();
+  if (vm_verbs[2]) {
+    vm_verbs[2]->add_option("--timeout", vmc.timeout_s, "Seconds the guest has to power off before a hard stop")->capture_default_str()
+        ->check(CLI::Range(0.0, 86400.0));
+    vm_verbs[2]->add_flag("--no-wait", vmc.no_wait, "Return once the VM is told, not once its process has ended");
+  }
+  if (vm_verbs[3]) {
+    vm_verbs[3]->add_option("DIR", vmc.dir, "Where the template goes (a new directory)")->required();
+    vm_verbs[3]->add_flag("--paused", vmc.stay_paused, "Leave the VM paused afterwards");
+  }
+  if (vm_verbs[4]) {
+    vm_verbs[4]->add_option("--count", vmc.count, "How many copies")->capture_default_str()->check(CLI::Range(1, 256));
+    vm_verbs[4]->add_flag("--paused", vmc.stay_paused, "Leave the parent paused afterwards");
+    vm_verbs[4]->add_flag("--children-paused", vmc.children_paused, "Start the copies paused ('vmm resume' runs them)");
+    vm_verbs[4]->add_option("--net", vmc.nets, "Each copy's interface: tap=NAME[,bridge=BRIDGE][,netns=NAME], one per interface of the VM "
+                                               "(NAME holds {name} or {i}: each copy its own TAP)");
+    vm_verbs[4]->add_option("--hostname", vmc.hostname, "Each copy's hostname (may hold {name} and {i})");
+    vm_verbs[4]->add_option("--ip", vmc.ip, "The first copy's IPv4 address A.B.C.D[/PREFIX] (each next one +1); needed on a bridge");
+    vm_verbs[4]->add_option("--gateway", vmc.gateway, "The copies' IPv4 default gateway");
+  }
+  if (vm_verbs[5]) vm_verbs[5]->add_option("TEXT", vmc.text, "The line (its words joined by spaces; a newline is added)")->required();
   vm_verbs.push_back(ps);
-  for (auto* c : vm_verbs) c->add_option("--state-dir", vmc.state_dir, "The state directory");
+  for (auto* c : vm_verbs) {
+    if (c) c->add_option("--state-dir", vmc.state_dir, "The state directory");
+  }
 
   try {
     app.parse(argc, argv);
@@ -255,7 +291,7 @@ int main(int argc, char** argv) {
     a.opts.kvm_device = a.kvm_device;
     return std::nullopt;
   };
-  if (run->parsed()) {
+  if (run && run->parsed()) {
     if (!clone.template_name.empty()) {
       // A clone restores a machine: what would change it is refused.
       for (auto [opt, what] : {std::pair{run_args.kernel, "--kernel"}, {run_args.memory, "--memory"}, {run_args.cpus, "--cpus"},
@@ -319,7 +355,7 @@ int main(int argc, char** argv) {
     run_args.opts.state_dir = run_args.state_dir;
     return run_vm(run_args.opts);
   }
-  if (tcreate->parsed()) {
+  if (tcreate && tcreate->parsed()) {
     if (auto err = finish_run_args(create_args, true)) {
       print_error(*err);
       return exit_code::kUsage;
@@ -332,11 +368,11 @@ int main(int argc, char** argv) {
     create.state_dir = create_args.state_dir;
     return template_create(create);
   }
-  if (tls->parsed()) return template_ls(tstate_dir, ls_json);
-  if (tinspect->parsed()) return template_inspect(tstate_dir, target);
-  if (trm->parsed()) return template_rm(tstate_dir, target, force);
-  if (tverify->parsed()) return template_verify(tstate_dir, target);
-  if (tbench->parsed()) {
+  if (tls && tls->parsed()) return template_ls(tstate_dir, ls_json);
+  if (tinspect && tinspect->parsed()) return template_inspect(tstate_dir, target);
+  if (trm && trm->parsed()) return template_rm(tstate_dir, target, force);
+  if (tverify && tverify->parsed()) return template_verify(tstate_dir, target);
+  if (tbench && tbench->parsed()) {
     CloneOptions b;
     b.template_name = target;
     b.state_dir = tstate_dir;
@@ -344,8 +380,8 @@ int main(int argc, char** argv) {
     b.started = clone.started;
     return template_bench(b, bench_count, bench_input + "\n", bench_expect, bench_timeout);
   }
-  if (disk.parsed()) return disk.run();
-  if (pool->parsed()) {
+  if (disk && disk->parsed()) return disk->run();
+  if (pool && pool->parsed()) {
     pool_opts.state_dir = pool_state_dir;
     pool_opts.kvm_device = pool_kvm;
     pool_opts.started = clone.started;
@@ -364,7 +400,7 @@ int main(int argc, char** argv) {
     return run_pool(pool_opts, pool_size);
   }
   for (auto* c : vm_verbs) {
-    if (c->parsed()) {
+    if (c && c->parsed()) {
       vmc.verb = c->get_name();
       return vm_command(vmc);
     }
