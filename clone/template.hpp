@@ -66,6 +66,8 @@ Result<Manifest> read_manifest(const std::filesystem::path& dir);
 
 /// The state directory: `given` if not empty, else $VMM_STATE_DIR, else the default.
 std::filesystem::path state_dir(const std::string& given);
+/// Where vmm keeps KVM's supported CPUID for the next VM of this host (vmm/kvm_cache.hpp).
+inline std::filesystem::path cpuid_cache(const std::filesystem::path& state_dir) { return state_dir / "cache" / "kvm-cpuid"; }
 /// A template by path (a directory holding a manifest) or by name under state_dir/templates.
 Result<std::filesystem::path> resolve_template(const std::filesystem::path& state_dir, const std::string& name_or_path);
 

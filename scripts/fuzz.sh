@@ -16,6 +16,9 @@
 #              hand-built stats files and, where /dev/kvm is usable, a fresh vCPU's and VM's (written by
 #              the fuzzer itself, VMM_KVM_STATS_FUZZ_MAKE_SEEDS) and the captured ones committed in
 #              tests/fuzz/kvm-stats-seeds/. Regressions: tests/fuzz/kvm-stats-regressions/.
+#   kvm-cache  the supported-CPUID cache file's decoder (tests/fuzz/kvm_cache_fuzz.cpp,
+#              vmm/kvm_cache.cpp). Seeds: well-formed files written by the fuzzer itself
+#              (VMM_KVM_CACHE_FUZZ_MAKE_SEEDS). Regressions: tests/fuzz/kvm-cache-regressions/.
 #   agent-identity  vmm-agent's identity file parser (tests/fuzz/agent_identity_fuzz.cpp,
 #              guest-images/linux/vmm-agent/identity.c). Seeds: canonical files written by the fuzzer
 #              itself (VMM_AGENT_IDENTITY_FUZZ_MAKE_SEEDS) and hand-written ones in
@@ -26,7 +29,8 @@
 # corpus, runs the fuzzer, and prints runs, exec/s, crashes and the corpus size. Inputs that once found
 # a bug (the target's regressions directory) are run first, every time.
 # Exits non-zero on a crash, leak or timeout, naming the reproducer; rerun one with
-#   build-fuzz/tests/TARGET_fuzz REPRODUCER     (qcow2_fuzz, state_fuzz, kvm_stats_fuzz, agent_identity_fuzz)
+#   build-fuzz/tests/TARGET_fuzz REPRODUCER     (qcow2_fuzz, state_fuzz, kvm_stats_fuzz, kvm_cache_fuzz,
+#                                                agent_identity_fuzz)
 # Environment: VMM_FUZZ_BUILD (build directory), VMM_FUZZ_WORK (corpus, seeds and artifacts; default
 # BUILD/TARGET-fuzz), VMM_FUZZ_JOBS (parallel fuzzer processes, default 1).
 # Exit status: 0 clean, 1 the fuzzer found something, 2 the build failed (or no such TARGET), 77 a tool
@@ -55,12 +59,16 @@ case $target in
     bin=kvm_stats_fuzz build_log=fuzz-build-kvm-stats.log seed_env=VMM_KVM_STATS_FUZZ_MAKE_SEEDS
     seed_mark=.done make_seeds=own_seeds dirs=(kvm-stats-seeds kvm-stats-regressions) tools=()
     limits=(-max_len=16384 -timeout=10 -rss_limit_mb=2048) ;;
+  kvm-cache)  # 60 entries (a real host's count) make ~2.5 KiB; the decoder refuses over ~165 KiB.
+    bin=kvm_cache_fuzz build_log=fuzz-build-kvm-cache.log seed_env=VMM_KVM_CACHE_FUZZ_MAKE_SEEDS
+    seed_mark=.done make_seeds=own_seeds dirs=(kvm-cache-regressions) tools=()
+    limits=(-max_len=8192 -timeout=10 -rss_limit_mb=2048) ;;
   agent-identity)  # The file is 1024 bytes; a little more exercises the size check.
     bin=agent_identity_fuzz build_log=fuzz-build-agent-identity.log seed_env=VMM_AGENT_IDENTITY_FUZZ_MAKE_SEEDS
     seed_mark=.done make_seeds=own_seeds dirs=(agent-identity-seeds agent-identity-regressions) tools=()
     limits=(-max_len=1100 -timeout=10 -rss_limit_mb=2048) ;;
   *)
-    echo "usage: scripts/fuzz.sh qcow2|state|kvm-stats|agent-identity [SECONDS] [extra libFuzzer options...]" >&2
+    echo "usage: scripts/fuzz.sh qcow2|state|kvm-stats|kvm-cache|agent-identity [SECONDS] [extra libFuzzer options...]" >&2
     exit 2 ;;
 esac
 name=fuzz-$target  # in messages

@@ -1,6 +1,7 @@
 #include "vmm/kvm.hpp"
 
 #include "vmm/kvm_abi.hpp"
+#include "vmm/kvm_cache.hpp"
 
 #include <fcntl.h>
 #include <sys/ioctl.h>
@@ -36,7 +37,7 @@ std::filesystem::path Kvm::default_device() {
   return "/dev/kvm";
 }
 
-Result<Kvm> Kvm::open(const std::filesystem::path& device) {
+Result<Kvm> Kvm::open(const std::filesystem::path& device, const std::filesystem::path& cpuid_cache) {
   Kvm kvm;
   kvm.fd_ = Fd(::open(device.c_str(), O_RDWR | O_CLOEXEC));
   if (!kvm.fd_) {
@@ -59,8 +60,17 @@ Result<Kvm> Kvm::open(const std::filesystem::path& device) {
   if (max <= 0) max = 4;  // KVM API: "assume 4 if KVM_CAP_NR_VCPUS is absent"
   kvm.max_vcpus_ = static_cast<uint32_t>(max);
 
+  std::string key;
+  bool from_cache = false;
+  if (!cpuid_cache.empty()) {
+    key = kvm_host_key(kvm.fd_.get());
+    if (auto cached = read_cpuid_cache(cpuid_cache, key)) {
+      kvm.supported_cpuid_ = std::move(*cached);
+      from_cache = true;
+    }
+  }
   // KVM_GET_SUPPORTED_CPUID: grow the buffer until E2BIG stops.
-  for (uint32_t n = 128; n <= 4096; n *= 2) {
+  for (uint32_t n = 128; kvm.supported_cpuid_.empty() && n <= kMaxCachedCpuid; n *= 2) {
     kvm_abi::FlexBuffer<kvm_abi::Cpuid2Header, kvm_cpuid_entry2> buf(n);
     buf.header().nent = n;
     if (::ioctl(kvm.fd_.get(), kvm_abi::kGetSupportedCpuid, buf.data()) == 0) {
@@ -70,6 +80,7 @@ Result<Kvm> Kvm::open(const std::filesystem::path& device) {
     if (errno != E2BIG) return fail("{}: KVM_GET_SUPPORTED_CPUID: {}", device.string(), errno_text(errno));
   }
   if (kvm.supported_cpuid_.empty()) return fail("{}: KVM_GET_SUPPORTED_CPUID returned nothing", device.string());
+  if (!cpuid_cache.empty() && !from_cache) write_cpuid_cache(cpuid_cache, key, kvm.supported_cpuid_);
 
   if (const int x = kvm.check_extension(KVM_CAP_XSAVE2); x > 4096) kvm.xsave_size_ = static_cast<size_t>(x);
 

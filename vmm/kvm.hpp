@@ -21,7 +21,9 @@ class Kvm {
   /// Default device path: $VMM_KVM_DEVICE if set, else /dev/kvm.
   static std::filesystem::path default_device();
   /// Opens and checks the device; errors are one line naming the path and what is missing.
-  static Result<Kvm> open(const std::filesystem::path& device);
+  /// `cpuid_cache`: a file keeping KVM_GET_SUPPORTED_CPUID's answer for this boot and this KVM
+  /// (vmm/kvm_cache.hpp), read when it is this host's and (re)written when it is not; none if empty.
+  static Result<Kvm> open(const std::filesystem::path& device, const std::filesystem::path& cpuid_cache = {});
 
   /// KVM_CREATE_VM.
   Result<Fd> create_vm() const;

@@ -1,8 +1,8 @@
 # libFuzzer targets, built only by clang in a configure of their own (scripts/fuzz.sh TARGET; its
 # wrappers scripts/fuzz-qcow2.sh, scripts/fuzz-state.sh, scripts/fuzz-kvm-stats.sh,
-# scripts/fuzz-agent-identity.sh):
+# scripts/fuzz-kvm-cache.sh, scripts/fuzz-agent-identity.sh):
 #   cmake -S . -B build-fuzz -G Ninja -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DVMM_FUZZ=ON
-#   ninja -C build-fuzz qcow2_fuzz state_fuzz kvm_stats_fuzz agent_identity_fuzz
+#   ninja -C build-fuzz qcow2_fuzz state_fuzz kvm_stats_fuzz kvm_cache_fuzz agent_identity_fuzz
 # With VMM_FUZZ every host library is instrumented for libFuzzer (coverage) and built with ASan and
 # UBSan; the normal g++ build never sees any of this.
 # In the normal build there are only the smoke tests below, each running its script (one clang build
@@ -43,6 +43,11 @@ if(VMM_FUZZ)
     target_link_libraries(kvm_stats_fuzz PRIVATE vmm_core vmm_base)
     target_link_options(kvm_stats_fuzz PRIVATE -fsanitize=fuzzer)
 
+    # kvm_cache_fuzz: the supported-CPUID cache file through decode_cpuid_cache.
+    add_executable(kvm_cache_fuzz ${CMAKE_CURRENT_LIST_DIR}/kvm_cache_fuzz.cpp)
+    target_link_libraries(kvm_cache_fuzz PRIVATE vmm_core vmm_base)
+    target_link_options(kvm_cache_fuzz PRIVATE -fsanitize=fuzzer)
+
     # agent_identity_fuzz: vmm-agent's identity file (guest-images/linux/vmm-agent/identity.c).
     add_executable(agent_identity_fuzz ${CMAKE_CURRENT_LIST_DIR}/agent_identity_fuzz.cpp)
     target_link_libraries(agent_identity_fuzz PRIVATE vmm_agent_identity vmm_host_flags)
@@ -60,6 +65,9 @@ if(NOT VMM_FUZZ AND NOT VMM_SANITIZE)
     ENVIRONMENT "VMM_FUZZ_BUILD=${CMAKE_BINARY_DIR}/fuzz" RESOURCE_LOCK vmm_fuzz_build)
   add_test(NAME fuzz.kvm_stats_smoke COMMAND ${CMAKE_SOURCE_DIR}/scripts/fuzz-kvm-stats.sh 30)
   set_tests_properties(fuzz.kvm_stats_smoke PROPERTIES LABELS fuzz TIMEOUT 900 SKIP_RETURN_CODE 77
+    ENVIRONMENT "VMM_FUZZ_BUILD=${CMAKE_BINARY_DIR}/fuzz" RESOURCE_LOCK vmm_fuzz_build)
+  add_test(NAME fuzz.kvm_cache_smoke COMMAND ${CMAKE_SOURCE_DIR}/scripts/fuzz-kvm-cache.sh 30)
+  set_tests_properties(fuzz.kvm_cache_smoke PROPERTIES LABELS fuzz TIMEOUT 900 SKIP_RETURN_CODE 77
     ENVIRONMENT "VMM_FUZZ_BUILD=${CMAKE_BINARY_DIR}/fuzz" RESOURCE_LOCK vmm_fuzz_build)
   add_test(NAME fuzz.agent_identity_smoke COMMAND ${CMAKE_SOURCE_DIR}/scripts/fuzz-agent-identity.sh 30)
   set_tests_properties(fuzz.agent_identity_smoke PROPERTIES LABELS fuzz TIMEOUT 900 SKIP_RETURN_CODE 77

@@ -55,6 +55,23 @@ done
 [ "$(head -c 15 "$work/c1.out")" = "counter: value=" ] && ok "a clone's output starts with its answer" ||
   { bad "a clone's output starts with something else:"; head -c 40 "$work/c1.out" | od -c | head -3; }
 
+# KVM's supported CPUID is kept for the next VM (STATE/cache/kvm-cpuid): a cache that is garbage,
+# or not this host's, is ignored and replaced, never an error.
+cache="$VMM_STATE_DIR/cache/kvm-cpuid"
+good=$(cksum <"$cache" 2>/dev/null)
+[ -s "$cache" ] && ok "the supported CPUID is cached ($(wc -c <"$cache") bytes)" || bad "no CPUID cache at $cache"
+for garbage in "not a cache" "$(head -c 3000 "$VMM_STATE_DIR/templates/counter/state.bin" | tr '\0' x)"; do
+  printf '%s' "$garbage" >"$cache"
+  printf 'get\nquit\n' | "$vmm" run --clone-of counter --console stdio >"$work/cached.out" 2>&1
+  grep -q "^counter: value=0$" "$work/cached.out" && [ "$(cksum <"$cache")" = "$good" ] &&
+    ok "a clone starts past a bad CPUID cache, which it rewrites" || { bad "bad CPUID cache"; sed 's/^/  | /' "$work/cached.out"; }
+done
+# A good one is used as it is: not rewritten (a rewrite renames a new file into place).
+inode=$(stat -c %i "$cache")
+printf 'get\nquit\n' | "$vmm" run --clone-of counter --console stdio >"$work/cached.out" 2>&1
+grep -q "^counter: value=0$" "$work/cached.out" && [ -n "$inode" ] && [ "$(stat -c %i "$cache")" = "$inode" ] &&
+  ok "a clone uses a good CPUID cache without asking KVM again" || { bad "good CPUID cache rewritten"; sed 's/^/  | /' "$work/cached.out"; }
+
 # Identity: every clone gets its own id and generation through fw_cfg.
 expect template_identity 0 "written" -- "$vmm" template create ident --kernel "$guest" --cmdline identity \
   --ready-on "identity: ready" --console none

@@ -67,9 +67,9 @@ std::optional<CliFailure> open_template(const CloneOptions& o, OpenTemplate& t) 
   // /dev/kvm, opened once: a fleet's and a pool's clones use their launcher's (a /dev/kvm fd holds
   // no per-process state; each clone makes its own VM with it), which spares each of them the
   // capability checks and KVM_GET_SUPPORTED_CPUID (~0.4 ms of KVM's time here, its host CPUID
-  // reads trapping). (Opening it on a thread beside the template's reading gained nothing: the
+  // reads trapping); a lone clone reads the last answer from the state directory's cache. (Opening it on a thread beside the template's reading gained nothing: the
   // thread ran only once the reading was done, 0.3-0.6 ms after it was made.)
-  auto kvm = Kvm::open(o.kvm_device);
+  auto kvm = Kvm::open(o.kvm_device, clone::cpuid_cache(t.sdir));
   if (!kvm) return CliFailure{exit_code::kKvm, kvm.error().message()};
   t.kvm = std::make_unique<Kvm>(std::move(*kvm));
   return std::nullopt;

@@ -138,7 +138,7 @@ std::expected<std::unique_ptr<Machine>, CliFailure> boot_machine(const Kvm* kvm_
                            NetHost{.guest_ip = o.ip, .gateway = o.gateway, .state_dir = clone::state_dir(o.state_dir), .filter_source = false});
   if (!devs) return std::unexpected(devs.error());
   if (!kvm_or_null) {
-    auto kvm = Kvm::open(o.kvm_device);
+    auto kvm = Kvm::open(o.kvm_device, clone::cpuid_cache(clone::state_dir(o.state_dir)));
     if (!kvm) return std::unexpected(CliFailure{exit_code::kKvm, kvm.error().message()});
     kvm_holder.emplace(std::move(*kvm));
     kvm_or_null = &*kvm_holder;
