@@ -61,7 +61,8 @@ grep -q "vmm-http.so" "/proc/$pid_p/maps" && bad "the HTTP plugin was loaded bef
   ok "no HTTP plugin in a VM that nobody asked (/proc/PID/maps)"
 
 "$vmm" fork p --count 3 >"$work/fork1" 2>"$work/fork1.err" && [ "$(wc -l <"$work/fork1")" = 3 ] &&
-  grep -qE "^vmm: p forked 3 time\(s\), paused [0-9.]+ ms$" "$work/fork1.err" && ok "vmm fork p --count 3 (names and pids; the pause on stderr)" || {
+  grep -qE "^vmm: p forked 3 time\(s\), paused [0-9.]+ ms \(quiesce [0-9.]+, capture [0-9.]+, files [0-9.]+, fork [0-9.]+, resume [0-9.]+\)$" "$work/fork1.err" &&
+  ok "vmm fork p --count 3 (names and pids; the pause and its steps on stderr)" || {
   bad "fork"; sed 's/^/  | /' "$work/fork1" "$work/fork1.err"; }
 children=$(cut -d' ' -f1 "$work/fork1")
 grep -q "vmm-http.so" "/proc/$pid_p/maps" && ok "the first request (vmm fork) loaded it" || bad "no HTTP plugin after a request"

@@ -319,11 +319,15 @@ HttpResponse VmService::paused_operation(const json& body, const PausedOperation
     }
     paused_ = true;
   }
+  const double quiesce_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   const bool want_resume = !was_paused && body.value("resume", true);
   double paused_ms = -1;  // how long this request kept the guest from running
+  double resume_ms = 0;
   auto resume = [&] {
     if (want_resume && paused_) {
+      const auto r0 = std::chrono::steady_clock::now();
       machine_.resume();
+      resume_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - r0).count();
       paused_ = false;
       paused_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     }
@@ -331,7 +335,11 @@ HttpResponse VmService::paused_operation(const json& body, const PausedOperation
   auto result = op(body, resume);
   resume();
   if (!result) return fault(400, result.error().message());
-  if (result->is_object() && paused_ms >= 0) (*result)["paused_ms"] = paused_ms;
+  if (result->is_object() && paused_ms >= 0) {
+    (*result)["paused_ms"] = paused_ms;
+    (*result)["quiesce_ms"] = quiesce_ms;
+    (*result)["resume_ms"] = resume_ms;
+  }
   return ok_json(*result);
 }
 

@@ -251,8 +251,14 @@ Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const json& request, con
     plan.dir = vm->state_dir / "clones" / plan.name;
   }
   if (auto r = plan_networks(*vm, request, plans); !r) return std::unexpected(r.error());
+  const auto started = std::chrono::steady_clock::now();
+  auto ms_since = [](std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count();
+  };
   auto state = clone::capture(m, vm->cpu_template);
   if (!state) return std::unexpected(state.error());
+  const double capture_ms = ms_since(started);
+  const auto files_started = std::chrono::steady_clock::now();
 
   std::vector<int> reads;
   auto cleanup = [&] {
@@ -283,6 +289,7 @@ Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const json& request, con
     plan.report_fd = p[1];
   }
 
+  const double files_ms = ms_since(files_started);
   // The forks: the parent is paused from the capture to here.
   const auto t0 = std::chrono::steady_clock::now();
   json children = json::array();
@@ -294,7 +301,7 @@ Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const json& request, con
     ::close(plan.report_fd);
     plan.report_fd = -1;
   }
-  const double fork_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  const double fork_ms = ms_since(t0);
   resume();
 
   // Each child reports once it runs (or why it could not).
@@ -324,7 +331,7 @@ Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const json& request, con
     children.push_back(c);
   }
   cleanup();
-  return json{{"children", children}, {"fork_ms", fork_ms}};
+  return json{{"children", children}, {"capture_ms", capture_ms}, {"files_ms", files_ms}, {"fork_ms", fork_ms}};
 }
 
 /// Copies what the guest sees on `blk` (through its whole backing chain) into a new sparse raw
