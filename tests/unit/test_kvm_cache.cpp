@@ -117,7 +117,7 @@ TEST_CASE("kvm cache: the key names this boot, the device node and the modules")
   CHECK(vmm::kvm_host_key(null.get()) == key);
 }
 
-TEST_CASE("kvm cache: written through a temporary file, read back; an unwritable place is no error") {
+TEST_CASE("kvm cache: written through a temporary file and read back, an unwritable place is no error") {
   const fs::path dir = fs::temp_directory_path() / ("vmm-kvm-cache-" + std::to_string(::getpid()));
   fs::remove_all(dir);
   const fs::path file = dir / "cache" / "kvm-cpuid";
