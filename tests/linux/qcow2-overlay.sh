@@ -4,19 +4,13 @@
 # guest's root file system, write a file and sync; then: the base is unchanged, qemu-img check is
 # clean on both overlays, each flattened overlay (qemu-img convert) is a clean ext4 holding the file,
 # the second overlay reads as the base until its own guest runs, and an overlay made by qemu-img itself works the same way.
-# One vCPU per L2 here: this test is about the disk, and each two-vCPU L2 boot in the nested lane
-# risks a lost wake-up IPI at SMP bring-up inside L1's KVM on QEMU TCG's SVM (seen twice in CI in
-# linux.virtio_blk, 6 two-vCPU boots per run: both L2 vCPUs halted, the L1 watchdog's KVM trace showing only
-# local-timer interrupts, vector 236, every 4 ms, the console stopped at "x86: Booting SMP
-# configuration:"; vmm is not in the IPI path with the in-kernel irqchip). SMP L2s are covered by
-# linux.boot_cpus2/4, linux.dmesg_clean, linux.virtio_net and linux.idle_cpu.
 fail=0
 bad() { echo "qcow2-overlay: FAIL: $*"; fail=1; }
 cd /tmp
 base=/files/rootfs.ext4
 base_md5=$(md5sum <"$base" | cut -d' ' -f1)
 clone() {  # clone NAME IMAGE: boot on IMAGE, write /root-write.txt, check the overlay afterwards
-  vmm run --kernel /files/vmlinuz --initrd /files/initramfs.cpio --memory 256M --cpus 1 \
+  vmm run --kernel /files/vmlinuz --initrd /files/initramfs.cpio --memory 256M --cpus 2 \
     --disk "path=$2" --cmdline "console=ttyS0 vmm.scenario=root-write vmm.root=/dev/vda" >/tmp/c.txt 2>/tmp/e.txt
   status=$?
   tr -d '\r' </tmp/c.txt | grep -a 'root-write\|vmm-l2: end'

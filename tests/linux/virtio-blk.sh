@@ -5,16 +5,10 @@
 # with MSI-X off in the guest (pci=nomsi), so the driver runs on INTx through the _PRT; (3) the ext4
 # root image: the guest mounts it, writes files, syncs and powers off, and the host finds them
 # intact with debugfs and a clean e2fsck; (4) the ext4 image as the root file system; (5) two disks.
-# One vCPU per L2 here: this test is about the disk, and each two-vCPU L2 boot in the nested lane
-# risks a lost wake-up IPI at SMP bring-up inside L1's KVM on QEMU TCG's SVM (seen twice in CI in
-# this test, 6 two-vCPU boots per run: both L2 vCPUs halted, the L1 watchdog's KVM trace showing only
-# local-timer interrupts, vector 236, every 4 ms, the console stopped at "x86: Booting SMP
-# configuration:"; vmm is not in the IPI path with the in-kernel irqchip). SMP L2s are covered by
-# linux.boot_cpus2/4, linux.dmesg_clean, linux.virtio_net and linux.idle_cpu.
 fail=0
 bad() { echo "virtio-blk: FAIL: $*"; fail=1; }
 boot() {  # boot SCENARIO DISK-SPEC [EXTRA-CMDLINE]: console in /tmp/c.txt, status in $status
-  vmm run --kernel /files/vmlinuz --initrd /files/initramfs.cpio --memory 256M --cpus 1 \
+  vmm run --kernel /files/vmlinuz --initrd /files/initramfs.cpio --memory 256M --cpus 2 \
     --disk "$2" --cmdline "console=ttyS0 vmm.scenario=$1 ${3:-}" >/tmp/c.txt 2>/tmp/e.txt
   status=$?
   tr -d '\r' </tmp/c.txt >/tmp/console.txt
@@ -64,7 +58,7 @@ got=$(debugfs -R 'cat /root-write.txt' /tmp/root2.ext4 2>/dev/null)
 # (5) Two disks: both bound, each with its serial and its own bytes.
 dd if=/dev/urandom of=disk2.img bs=1M count=4 2>/dev/null
 want2=$(dd if=disk2.img bs=1M count=1 2>/dev/null | md5sum | cut -d' ' -f1)
-vmm run --kernel /files/vmlinuz --initrd /files/initramfs.cpio --memory 256M --cpus 1 \
+vmm run --kernel /files/vmlinuz --initrd /files/initramfs.cpio --memory 256M --cpus 2 \
   --disk path=/tmp/disk.img,id=first --disk path=/tmp/disk2.img,id=second \
   --cmdline "console=ttyS0 vmm.scenario=blk" 2>/tmp/e.txt | tr -d '\r' >/tmp/console.txt
 grep -a 'blk:' /tmp/console.txt
