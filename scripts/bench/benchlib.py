@@ -8,6 +8,8 @@ script = "bench"
 seq = 0
 QEMU_COMMON = ["-cpu", "max,-arch-capabilities", "-accel", "kvm", "-smp", "1", "-nodefaults", "-no-user-config",
                "-nographic", "-serial", "stdio", "-device", "isa-debug-exit,iobase=0xf4,iosize=4"]
+if os.environ.get("VMM_BENCH_QEMU_DATA"):  # QEMU's firmware directory where it is not installed (the nested lane)
+    QEMU_COMMON += ["-L", os.environ["VMM_BENCH_QEMU_DATA"]]
 
 def configure(work_dir, vmm_path, guest_path, script_name):
     """Where the run's files go, the binaries, and the script's name for messages."""

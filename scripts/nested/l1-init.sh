@@ -1,6 +1,7 @@
 #!/bin/sh
 # /init of the nested lane's L1 guest (scripts/nested/run.sh): mounts the kernel's file systems, loads
-# kvm-amd (and the modules in /etc/modules.load), checks /dev/kvm, runs /files/.run/script with the
+# kvm-amd (and the modules in /etc/modules.load), checks /dev/kvm, starts l1-kvm-hold (one idle VM
+# for L1's life: l1-kvm-hold.c says why), runs /files/.run/script with the
 # arguments in /files/.run/args from /files, and ends QEMU with the script's exit status through the
 # isa-debug-exit port. A background watchdog writes a heartbeat to the second serial port (run.sh
 # ends a frozen L1 by it) and ends, with a dump of its threads, any vmm process that runs longer than
@@ -72,6 +73,8 @@ status=125
 if [ ! -c /dev/kvm ]; then
   echo "vmm-nested: error: L1 has no /dev/kvm (kvm-amd did not load; is the L1 CPU SVM-capable?)"
 else
+  # One idle VM for L1's whole life: the static keys that count VMs never flip (l1-kvm-hold.c says why).
+  /sbin/l1-kvm-hold </dev/null &
   cd /files
   echo "=== vmm-nested: begin ($(cut -d' ' -f1 /proc/uptime) s after L1 start) ==="
   IFS='

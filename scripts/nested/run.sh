@@ -10,6 +10,8 @@
 #   --file SRC[:DEST]  copy SRC into L1 as /files/DEST (default: its basename)
 #   --bin PATH         an executable for /files/bin, with the shared libraries ldd names for it and
 #                      the plugins beside it (vmm-*.so)
+#   --python SCRIPT    the host's python3 as /files/bin/python3 with the standard-library modules
+#                      SCRIPT imports, directly or not (PYTHONHOME=/files/python in L1; repeatable)
 #   --cpus N           L1 vCPUs (default 2, multi-threaded TCG)
 #   --memory MIB       L1 RAM in MiB (default 2048)
 #   --timeout SEC      kill L1 after SEC seconds (default 600)
@@ -23,11 +25,12 @@ source "$root/guest-images/linux/lib.sh"
 here="$root/scripts/nested"
 
 cpus=2 memory=2048 timeout=600 log="" quiet=0 build_only=0
-files=() bins=()
+files=() bins=() pyscripts=()
 while (($#)); do
   case "$1" in
     --file) files+=("$2"); shift 2 ;;
     --bin) bins+=("$2"); shift 2 ;;
+    --python) pyscripts+=("$2"); shift 2 ;;
     --cpus) cpus=$2; shift 2 ;;
     --memory) memory=$2; shift 2 ;;
     --timeout) timeout=$2; shift 2 ;;
@@ -51,7 +54,7 @@ find_kernel
 # The L1 base initramfs: busybox, the modules above, /init and the static exit helper.
 build_l1() {
   local key stage
-  key=$(content_hash "$kernel" /bin/busybox "$here/l1-init.sh" "$here/l1-exit.c" \
+  key=$(content_hash "$kernel" /bin/busybox "$here/l1-init.sh" "$here/l1-exit.c" "$here/l1-kvm-hold.c" \
     "$root/guest-images/linux/lib.sh" "$0" "${l1_modules[*]}")
   l1_cpio=$cache_root/nested/l1-$key.cpio
   [[ -f $l1_cpio ]] && return 0
@@ -63,6 +66,7 @@ build_l1() {
   install_modules "$stage" "${l1_modules[@]}"
   install -m 755 "$here/l1-init.sh" "$stage/init"
   cc -static -O2 -o "$stage/sbin/l1-exit" "$here/l1-exit.c" || die "cannot build l1-exit (static libc missing?)"
+  cc -static -O2 -o "$stage/sbin/l1-kvm-hold" "$here/l1-kvm-hold.c" || die "cannot build l1-kvm-hold"
   make_cpio "$stage" "$l1_cpio"
   rm -rf "$stage"
   trap - EXIT
@@ -107,15 +111,49 @@ plugins=()
 for b in "${bins[@]}"; do
   for p in "$(dirname "$b")"/vmm-*.so; do [[ -e $p ]] && plugins+=("$p"); done
 done
-for b in "${bins[@]}" "${plugins[@]}"; do
-  [[ -x $b ]] || die "--bin $b: not an executable"
-  objcopy --strip-debug "$b" "$payload/files/bin/$(basename "$b")"
-  # Shared libraries (and the dynamic loader) at the paths the binary expects.
-  for lib in $(ldd "$b" 2>/dev/null | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'); do
+# ship_libs FILE: the shared libraries (and the dynamic loader) FILE needs, at the paths it expects.
+ship_libs() {
+  local lib
+  for lib in $(ldd "$1" 2>/dev/null | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'); do
     [[ -e $payload$lib ]] && continue
     mkdir -p "$payload$(dirname "$lib")"
     objcopy --strip-debug "$(readlink -f "$lib")" "$payload$lib"
   done
+}
+if ((${#pyscripts[@]})); then
+  # Debian's interpreter where it is (a pyenv or venv python3 on PATH may be a shell shim).
+  python=/usr/bin/python3
+  [[ -x $python ]] || python=$(python3 -c 'import sys; print(sys.executable)') || die "--python: no python3 on this host"
+  bins+=("$python")
+  # The modules the scripts import (ModuleFinder follows every import statement, whether it runs or
+  # not) and those the interpreter imports at start-up, from the standard library only, at
+  # /files/python/lib/python3.X/...; extension modules with their shared libraries.
+  while IFS= read -r f; do
+    rel=${f#*/lib/}
+    mkdir -p "$(dirname "$payload/files/python/lib/$rel")"
+    cp "$f" "$payload/files/python/lib/$rel"
+    [[ $f == *.so ]] && ship_libs "$f"
+  done < <("$python" - "${pyscripts[@]}" <<'PY'
+import modulefinder, os, subprocess, sys, sysconfig
+std = sysconfig.get_paths()["stdlib"]
+files = set(subprocess.run([sys.executable, "-c", "import sys; print(*(m.__file__ for m in list(sys.modules.values())"
+                            " if getattr(m, '__file__', None)), sep='\\n')"], stdout=subprocess.PIPE, text=True, check=True).stdout.split())
+for script in sys.argv[1:]:
+    finder = modulefinder.ModuleFinder(path=[os.path.dirname(os.path.abspath(script))] + sys.path)
+    finder.run_script(script)
+    files |= {m.__file__ for m in finder.modules.values() if m.__file__}
+# encodings whole: which codec start-up wants depends on L1's locale
+files |= {os.path.join(std, "encodings", f) for f in os.listdir(os.path.join(std, "encodings")) if f.endswith(".py")}
+for f in sorted(files):
+    if f.startswith(std + "/") and "-packages/" not in f:
+        print(f)
+PY
+)
+fi
+for b in "${bins[@]}" "${plugins[@]}"; do
+  [[ -x $b ]] || die "--bin $b: not an executable"
+  objcopy --strip-debug "$b" "$payload/files/bin/$(basename "$b")"
+  ship_libs "$b"
 done
 make_cpio "$payload" "$work/payload.cpio"
 # The kernel unpacks concatenated newc archives in order: base first, payload on top.
@@ -125,7 +163,7 @@ heartbeat=$work/heartbeat
 : >"$heartbeat"
 qemu=(qemu-system-x86_64 -M pc -accel tcg,thread=multi -cpu EPYC,+svm,+npt -smp "$cpus" -m "$memory"
   -nodefaults -no-user-config -display none -no-reboot -serial stdio -serial "file:$heartbeat"
-  -pidfile "$work/qemu.pid"
+  -pidfile "$work/qemu.pid" -monitor "unix:$work/monitor,server=on,wait=off"
   -device isa-debug-exit,iobase=0xf4,iosize=0x01
   -kernel "$kernel" -initrd "$work/initrd.cpio"
   -append "console=ttyS0 quiet loglevel=4 panic=-1 softlockup_panic=1 mitigations=off vmm_nested.vmm_limit=${VMM_NESTED_VMM_LIMIT:-150}")
@@ -143,6 +181,28 @@ prio=()
     if [[ $size == "$last" ]]; then quiet_for=$((quiet_for + 5)); else quiet_for=0 last=$size; fi
     if ((quiet_for >= 60)); then
       touch "$work/froze"
+      # Where L1's vCPUs are, from QEMU's monitor, for the log (a frozen L1 prints nothing itself).
+      timeout 10 python3 - "$work/monitor" >"$work/froze.txt" 2>&1 <<'PY' || true
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(3)
+s.connect(sys.argv[1])
+def reply():
+    buf = b""
+    try:
+        while not buf.endswith(b"(qemu) "):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    except socket.timeout:
+        pass
+    return buf.decode(errors="replace")
+reply()
+for cmd in ("info cpus", "info registers -a"):
+    s.sendall(cmd.encode() + b"\n")
+    print(reply().split("\n", 1)[-1].replace("(qemu) ", ""))
+PY
       kill -9 "$(cat "$work/qemu.pid" 2>/dev/null)" 2>/dev/null
       exit 0
     fi
@@ -166,6 +226,7 @@ grep -v "TCG doesn't support requested feature" "$work/qemu.err" >&2 || true
 elapsed=$(echo "$(date +%s.%N) - $start" | bc)
 if [[ -e $work/froze ]]; then
   status=126; log "L1 froze: no heartbeat for 60 s (a lane failure: QEMU TCG or L1's kernel, not the test)"
+  { echo "run.sh: L1's vCPUs when it froze (QEMU monitor):"; cat "$work/froze.txt" 2>/dev/null; } >>"$log"
 elif ((qstatus == 124 || qstatus == 137)); then
   status=124; log "timeout after ${timeout}s"
 elif ((qstatus & 1)); then

@@ -1,0 +1,212 @@
+"""The rows of scripts/bench/fleet.sh, whose header says what each row measures. They run on the host
+when it has a usable /dev/kvm (the direct lane), otherwise inside the nested lane's L1
+(scripts/bench/rows-inner.sh), where only the ratios carry over.
+usage: fleet-rows.py RUNS WORK FLEET IDLE REV   (WORK holds vmm, vmm-http.so, testguest.elf)
+env:   VMM_BENCH_LIB (this directory), FORK_SIZES ("256M:128 1G:512 4G:1024": memory:MiB dirtied
+       for the live-fork rows), BENCH_LANE (where this runs, for the report's first line)."""
+import json, os, socket, statistics, subprocess, sys, time
+sys.path.insert(0, os.environ["VMM_BENCH_LIB"])
+import benchlib
+from benchlib import log, wait_for, finish, qemu_template, qemu_start, smaps, med, spread, row, header
+
+runs, work, nfleet, nidle, rev = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+vmm, guest = f"{work}/vmm", f"{work}/testguest.elf"
+state = f"{work}/state"
+os.environ["VMM_STATE_DIR"] = state
+benchlib.configure(work, vmm, guest, "fleet.sh")
+
+def api(sock, method, path, body=None, timeout=60):
+    """One HTTP/1.1 request on a Unix socket; returns (status, parsed JSON or None)."""
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(timeout)
+    s.connect(sock)
+    data = json.dumps(body).encode() if body is not None else b""
+    s.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+              f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    buf = b""
+    while chunk := s.recv(65536):
+        buf += chunk
+    s.close()
+    head, _, payload = buf.partition(b"\r\n\r\n")
+    status = int(head.split()[1])
+    return status, (json.loads(payload) if payload.strip() else None)
+
+def sock_of(name):
+    return f"{state}/run/{name}/api.sock"
+
+def wait_socket(name, timeout=30):
+    deadline = time.perf_counter() + timeout
+    while not os.path.exists(sock_of(name)):
+        if time.perf_counter() > deadline:
+            sys.exit(f"fleet.sh: {name}: no API socket after {timeout} s")
+        time.sleep(0.005)
+
+def meminfo(key="MemAvailable"):
+    for line in open("/proc/meminfo"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+
+def stop_all():
+    for n in os.listdir(f"{state}/run") if os.path.isdir(f"{state}/run") else []:
+        try:
+            api(sock_of(n), "PUT", "/vm/stop", {"timeout_s": 0}, timeout=5)
+        except OSError:
+            pass
+    deadline = time.perf_counter() + 120
+    while os.path.isdir(f"{state}/run") and os.listdir(f"{state}/run") and time.perf_counter() < deadline:
+        time.sleep(0.05)
+
+load0 = open("/proc/loadavg").read().split()[:3]
+
+# ---- live fork ------------------------------------------------------------------------------------
+fork = {}
+fork_sizes = [(m, int(d)) for m, d in (x.split(":") for x in os.environ.get("FORK_SIZES", "256M:128 1G:512 4G:1024").split())]
+lane = os.environ.get("BENCH_LANE", "direct lane")
+for mem, dirty in fork_sizes:
+    name = f"f{mem}"
+    log(f"fork at {mem} (guest dirtied {dirty} MiB), {runs} runs")
+    p = subprocess.Popen([vmm, "run", "--kernel", guest, "--cmdline", f"dirty {dirty}", "--memory", mem, "--name", name,
+                          "--console", "stdio"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    wait_for(p, b"dirty: ready", 600)
+    wait_socket(name)
+    paused, response = [], []
+    for i in range(runs + 1):
+        t0 = time.perf_counter()
+        st, r = api(sock_of(name), "PUT", "/vm/fork", {"count": 1})
+        t1 = time.perf_counter()
+        if st != 200 or "error" in r["children"][0]:
+            sys.exit(f"fleet.sh: fork failed: {st} {r}")
+        if i:  # the first is a warm-up
+            paused.append(r["paused_ms"]); response.append((t1 - t0) * 1e3)
+        api(sock_of(r["children"][0]["name"]), "PUT", "/vm/stop", {"timeout_s": 0})
+        time.sleep(0.05)
+    fork[mem] = (paused, response)
+    finish(p)
+
+# ---- a fleet --------------------------------------------------------------------------------------
+log("templates: ours and QEMU's (256 MiB counter guest)")
+subprocess.run([vmm, "template", "create", "ctr", "--kernel", guest, "--cmdline", "counter", "--ready-on", "counter: ready",
+                "--console", "none"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+qemu_template(f"{work}/qctr", "256M", "counter", "counter: ready")
+
+log(f"fleet of {nfleet} clones")
+avail0 = meminfo()
+t0 = time.perf_counter()
+p = subprocess.Popen([vmm, "run", "--clone-of", "ctr", "--count", str(nfleet), "--name", "web", "--detach"],
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+starts, by_index = [], {}
+for line in p.stdout:
+    f = line.split()
+    if len(f) == 4 and f[3] == b"ms":
+        starts.append(float(f[2]))
+        by_index[int(f[0].rsplit(b"-", 1)[1])] = float(f[2])
+p.wait()
+total = time.perf_counter() - t0
+if len(starts) != nfleet:
+    sys.exit(f"fleet.sh: {len(starts)} of {nfleet} clones started: {p.stderr.read()[-500:]!r}")
+# Whether creating a VM gets slower as their number grows: each clone's own start (fork -> about
+# to run), by the hundred it belongs to (clone i is forked i-th).
+per_hundred = [statistics.median([by_index[j] for j in range(i + 1, min(i + 101, nfleet + 1)) if j in by_index])
+               for i in range(0, nfleet, 100)]
+time.sleep(1.0)
+avail1 = meminfo()
+pids = []
+for n in os.listdir(f"{state}/run"):
+    pids.append(json.load(open(f"{state}/run/{n}/vm.json"))["pid"])
+private_ours = [smaps(pid)["private"] for pid in pids]
+answering = sum(1 for n in os.listdir(f"{state}/run") if api(sock_of(n), "GET", "/vm", timeout=10)[0] == 200)
+stop_all()
+
+# ---- a warm pool ----------------------------------------------------------------------------------
+npool, nreq = 16, 20 * runs
+log(f"pool of {npool}: {nreq} requests one at a time, then {npool} and {5 * npool} back to back")
+pp = subprocess.Popen([vmm, "pool", "ctr", "--size", str(npool), "--name", "bpool"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+psock = sock_of("bpool")
+def pool_ready(n, timeout=120):
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        try:
+            if api(psock, "GET", "/pool", timeout=5)[1]["ready"] >= n:
+                return
+        except (OSError, TypeError, KeyError):
+            pass
+        time.sleep(0.05)
+    sys.exit("fleet.sh: the pool did not fill")
+def take():
+    st, r = api(psock, "POST", "/clones", {})
+    if st != 201:
+        sys.exit(f"fleet.sh: pool request failed: {st} {r}")
+    return r
+pool_ready(npool)
+p_entry, p_output, p_request, p_taken, p_resumed = [], [], [], [], []
+for i in range(nreq):
+    r = take()
+    p_request.append(r["request_ms"])
+    wait_socket(r["name"])
+    deadline = time.perf_counter() + 5
+    while True:  # until the clone has printed
+        s0 = api(sock_of(r["name"]), "GET", "/vm")[1]["start_ms"]
+        if s0["first_output"] is not None or time.perf_counter() > deadline:
+            break
+        time.sleep(0.01)
+    if s0["first_output"] is None:
+        sys.exit(f"fleet.sh: pool clone {r['name']} printed nothing in 5 s")
+    p_entry.append(s0["first_entry"]); p_output.append(s0["first_output"])
+    p_taken.append(s0["taken"]); p_resumed.append(s0["resumed"])
+    api(sock_of(r["name"]), "PUT", "/vm/stop", {"timeout_s": 0})
+    pool_ready(npool)
+rates = []
+for burst in (npool, 5 * npool):
+    t0 = time.perf_counter()
+    for i in range(burst):
+        take()
+    rates.append(burst / (time.perf_counter() - t0))
+    pp.send_signal(2) if burst == 5 * npool else pool_ready(npool)
+pp.wait(timeout=120)
+stop_all()
+
+log(f"QEMU: {nidle} clones with -incoming, one after another, then idle")
+q_first, q_procs = [], []
+for i in range(nidle):
+    p, a, b = qemu_start(f"{work}/qctr", "256M", "counter", b"counter: value=", mode="shared")
+    q_first.append((b - a) * 1e3); q_procs.append(p)
+time.sleep(0.5)
+private_qemu = [smaps(p.pid)["private"] for p in q_procs]
+for p in q_procs:
+    finish(p)
+load1 = open("/proc/loadavg").read().split()[:3]
+
+# ==================================================================================================
+ver = subprocess.run(["qemu-system-x86_64", "--version"], stdout=subprocess.PIPE, text=True).stdout.splitlines()[0]
+print(f"fleet benchmark ({time.strftime('%Y-%m-%d')}, vmm {rev}, {ver.split('(')[0].strip()}); RUNS={runs}; FLEET={nfleet}; "
+      f"{lane}; test guest, 1 vCPU; {os.cpu_count()} CPUs; load average {' '.join(load0)} at start, {' '.join(load1)} at end")
+print("ratio: qemu / ours for times and memory, ours / qemu for rates (higher is better for ours)")
+print()
+print("live fork: PUT /vm/fork {\"count\": 1} (ms)")
+header()
+for mem, _ in fork_sizes:
+    row(f"{mem}: parent paused (quiesce, capture, fork, resume)", fork[mem][0], None, "ms", target="target <= 2 ms at 4 GiB")
+    row(f"{mem}: request -> child about to run (API response)", fork[mem][1], None, "ms", target="target <= 2 ms")
+print()
+print(f"fleet: vmm run --clone-of --count {nfleet} --detach (256 MiB counter template)")
+header()
+row(f"clones/s over the fleet ({total:.2f} s)", [nfleet / total], None, "clones/s", "{:.0f}", True, "target >= 2000/s (pool)")
+print(f"  {'a clone start (ms), median per hundred, in order':<58} {' '.join(f'{x:.1f}' for x in per_hundred)}")
+row("a clone's start (ours: fork -> about to run; qemu: exec -> first output)", starts, q_first, "ms")
+print()
+print(f"memory: {nfleet} idle clones (ours), {nidle} (qemu)")
+header()
+row("host MemAvailable drop per clone (KVM's kernel memory included)", [(avail0 - avail1) / nfleet], None, "KiB", "{:.0f}",
+    target=f"target: {nfleet} clones <= 2 GiB: {(avail0 - avail1) / 1024:.0f} MiB here")
+row("Private_Clean + Private_Dirty per process", private_ours, private_qemu, "KiB", "{:.0f}", target="target <= 512 KiB")
+print(f"  {'clones answering GET /vm before the stop':<58} {answering:>26}")
+print()
+print(f"pool: vmm pool ctr --size {npool}; POST /clones (ms from the pool taking the request, as the clone's GET /vm start_ms says)")
+header()
+row("request -> member's vCPU 0 thread has it", p_taken, None, "ms")
+row("request -> resumed (identity, generation, clock set)", p_resumed, None, "ms")
+row("request -> vCPU 0 enters KVM_RUN (first guest instruction)", p_entry, None, "ms", target="target <= 0.2 ms")
+row("request -> first byte on the console", p_output, q_first, "ms", target="target <= 0.5 ms")
+row("request -> answer (clone registered, API up; pool side)", p_request, None, "ms")
+row(f"clones/s: {npool} back to back from a full pool", [rates[0]], None, "clones/s", "{:.0f}", True, "target >= 2000/s")
+row(f"clones/s: {5 * npool} back to back (sustained: refill)", [rates[1]], None, "clones/s", "{:.0f}", True)
