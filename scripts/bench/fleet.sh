@@ -16,8 +16,10 @@
 #   memory: N idle clones of the fleet: MemAvailable before and after (host memory per clone, KVM's
 #     kernel memory included), and each process's Private_Clean + Private_Dirty (smaps_rollup).
 #     QEMU: IDLE clones the same way.
-#   pool: `vmm pool ctr --size 16`: request -> vCPU 0's first KVM_RUN and -> first console byte (the
-#     clone's GET /vm start_ms, from the moment the pool took the request), request -> answer
+#   pool: `vmm pool idt --size 16` (the identity guest, which answers the VMGenID notification at
+#     once): request -> the member's vCPU 0 thread has it, -> resumed, -> vCPU 0's first KVM_RUN and
+#     -> first console byte (the clone's GET /vm start_ms, from the moment the pool took the
+#     request), request -> answer
 #     (pool side), and clones/s for 16 and for 80 requests back to back. Peer: QEMU -incoming's
 #     exec -> first output.
 #
