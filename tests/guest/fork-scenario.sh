@@ -219,6 +219,24 @@ took=$(($(date +%s) - start))
 ended "$pid_e2" && [ "$took" -ge 1 ] && [ "$took" -le 12 ] && ok "vmm stop waits for the hard stop after --timeout (${took} s)" ||
   { bad "vmm stop e2 --timeout 2 returned after ${took} s"; tail -n 5 "$work/e2.out" "$work/e2.err"; }
 wait "$pid_e2"
+# A VM in a PID namespace of its own says it is pid 1 (GET /vm, vm.json): vmm stop waits for the
+# right process all the same, the socket's owner as the kernel sees it from here.
+if unshare -p -f true 2>/dev/null; then
+  unshare -p -f "$vmm" run --name nsvm --console none --kernel "$guest" --cmdline identity >"$work/nsvm.out" 2>"$work/nsvm.err" &
+  pid_ns=$!
+  n=0
+  while [ ! -S "$VMM_STATE_DIR/run/nsvm/api.sock" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+  nspid=$(sed -n 's/.*"pid":\([0-9]*\).*/\1/p' "$VMM_STATE_DIR/run/nsvm/vm.json")
+  start=$(date +%s)
+  "$vmm" stop nsvm >"$work/e" 2>&1; st=$?
+  took=$(($(date +%s) - start))
+  wait "$pid_ns"
+  [ "$st" = 0 ] && [ "$nspid" = 1 ] && [ "$took" -le 5 ] && [ ! -e "$VMM_STATE_DIR/run/nsvm" ] &&
+    ok "vmm stop waits for a VM in another PID namespace (its pid there: 1) and returns once it ended (${took} s)" ||
+    { bad "vmm stop of a VM in a PID namespace: status $st after ${took} s, its pid there '$nspid'"; cat "$work/e" "$work/nsvm.err"; }
+else
+  echo "fork-scenario: no PID namespaces here: vmm stop of a VM in one is not checked"
+fi
 # A VM that is gone already, and one that is not there.
 "$vmm" stop e2 >"$work/e" 2>&1; [ $? = 2 ] && grep -q "no VM named 'e2'" "$work/e" && ok "vmm stop of a VM that has ended: status 2" || { bad "stop after the end"; cat "$work/e"; }
 "$vmm" stop e2 --timeout -1 >"$work/e" 2>&1; [ $? = 2 ] && ok "vmm stop --timeout -1 is refused" || { bad "negative timeout"; cat "$work/e"; }
