@@ -192,6 +192,15 @@ def row(label, ours, qemu, unit, f="{:.2f}", higher_better=False, target=""):
         r = "-"
     print(f"  {label:<58} {o:>26} {q:>26} {r:>8}  {unit}{('  ' + target) if target else ''}")
 
+def title(kind, rev, settings, load0, load1):
+    """The report's first lines: what ran where, and how to read the ratio column."""
+    ver = subprocess.run(["qemu-system-x86_64", "--version"], stdout=subprocess.PIPE, text=True).stdout.splitlines()[0]
+    lane = os.environ.get("BENCH_LANE", "direct lane")
+    print(f"{kind} benchmark ({time.strftime('%Y-%m-%d')}, vmm {rev}, {ver.split('(')[0].strip()}); {settings}; "
+          f"{lane}; test guest, 1 vCPU; {os.cpu_count()} CPUs; load average {' '.join(load0)} at start, {' '.join(load1)} at end")
+    print("ratio: qemu / ours for times and memory, ours / qemu for rates (higher is better for ours)")
+    print()
+
 def header():
     print(f"  {'':<58} {'ours median (min–max)':>26} {'qemu median (min–max)':>26} {'ratio':>8}")
 

@@ -14,7 +14,6 @@ vmm, guest = f"{work}/vmm", f"{work}/testguest.elf"
 state = f"{work}/state"
 big_mem, big_dirty = os.environ.get("BIG_MEMORY", "4G"), int(os.environ.get("BIG_DIRTY", "3000"))
 BIG = f"{big_mem[:-1]} GiB" if big_mem.endswith("G") else f"{big_mem[:-1]} MiB"
-lane = os.environ.get("BENCH_LANE", "direct lane")
 benchlib.configure(work, vmm, guest, "clone.sh")
 os.environ["VMM_STATE_DIR"] = state
 have_strace = shutil.which("strace") is not None and subprocess.run(
@@ -240,11 +239,7 @@ if runs4g:
 load1 = open("/proc/loadavg").read().split()[:3]
 
 # ================================================================================================
-kvm_ver = subprocess.run(["qemu-system-x86_64", "--version"], stdout=subprocess.PIPE, text=True).stdout.splitlines()[0]
-print(f"clone benchmark ({time.strftime('%Y-%m-%d')}, vmm {rev}, {kvm_ver.split('(')[0].strip()}); RUNS={runs}; "
-      f"{lane}; test guest, 1 vCPU; {os.cpu_count()} CPUs; load average {' '.join(load0)} at start, {' '.join(load1)} at end")
-print("ratio: qemu / ours for times and memory, ours / qemu for rates (higher is better for ours)")
-print()
+benchlib.title("clone", rev, f"RUNS={runs}", load0, load1)
 print("clone start: exec -> first guest output after resume (ms)")
 header()
 row("256 MiB (qemu: x-ignore-shared, share=off)", lat["ours256"], lat["qemu256"], "ms", target="target <= 3 ms")

@@ -61,7 +61,6 @@ load0 = open("/proc/loadavg").read().split()[:3]
 # ---- live fork ------------------------------------------------------------------------------------
 fork = {}
 fork_sizes = [(m, int(d)) for m, d in (x.split(":") for x in os.environ.get("FORK_SIZES", "256M:128 1G:512 4G:1024").split())]
-lane = os.environ.get("BENCH_LANE", "direct lane")
 for mem, dirty in fork_sizes:
     name = f"f{mem}"
     log(f"fork at {mem} (guest dirtied {dirty} MiB), {runs} runs")
@@ -182,11 +181,7 @@ for p in q_procs:
 load1 = open("/proc/loadavg").read().split()[:3]
 
 # ==================================================================================================
-ver = subprocess.run(["qemu-system-x86_64", "--version"], stdout=subprocess.PIPE, text=True).stdout.splitlines()[0]
-print(f"fleet benchmark ({time.strftime('%Y-%m-%d')}, vmm {rev}, {ver.split('(')[0].strip()}); RUNS={runs}; FLEET={nfleet}; "
-      f"{lane}; test guest, 1 vCPU; {os.cpu_count()} CPUs; load average {' '.join(load0)} at start, {' '.join(load1)} at end")
-print("ratio: qemu / ours for times and memory, ours / qemu for rates (higher is better for ours)")
-print()
+benchlib.title("fleet", rev, f"RUNS={runs}; FLEET={nfleet}", load0, load1)
 print("live fork: PUT /vm/fork {\"count\": 1} (ms)")
 header()
 for mem, _ in fork_sizes:
