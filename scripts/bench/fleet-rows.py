@@ -116,6 +116,19 @@ private_ours = [smaps(pid)["private"] for pid in pids]
 answering = sum(1 for n in os.listdir(f"{state}/run") if api(sock_of(n), "GET", "/vm", timeout=10)[0] == 200)
 stop_all()
 
+# ---- KVM alone: does creating a VM get slower as their number grows? (scripts/bench/vm-growth.c) ----
+ngrowth = int(os.environ.get("VM_GROWTH", "1000"))
+growth = {}
+for per, label in ((0, "all in one process"), (1, "one process each (as a fleet's clones)")):
+    log(f"KVM alone: {ngrowth} VMs, {label}")
+    r = subprocess.run([f"{work}/vm-growth", str(ngrowth), "256", str(per)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True, timeout=1200)
+    if r.returncode != 0:
+        sys.exit(f"fleet.sh: vm-growth failed ({r.returncode}): {r.stdout[-400:]}")
+    # per hundred: create_vm, irqchip, memslot, vcpu, total
+    growth[label] = [[float(x) for x in line.split()[1:]] for line in r.stdout.splitlines()[1:] if line.split()]
+    time.sleep(2)  # the VMs' teardown is partly asynchronous
+
 # ---- a warm pool ----------------------------------------------------------------------------------
 npool, nreq = 16, 20 * runs
 log(f"pool of {npool}: {nreq} requests one at a time, then {npool} and {5 * npool} back to back")
@@ -200,6 +213,12 @@ row("host MemAvailable drop per clone (KVM's kernel memory included)", [(avail0 
     target=f"target: {nfleet} clones <= 2 GiB: {(avail0 - avail1) / 1024:.0f} MiB here")
 row("Private_Clean + Private_Dirty per process", private_ours, private_qemu, "KiB", "{:.0f}", target="target <= 512 KiB")
 print(f"  {'clones answering GET /vm before the stop':<58} {answering:>26}")
+print()
+print(f"KVM alone (vm-growth.c): {ngrowth} VMs made one after another and kept, each KVM_CREATE_VM, irqchip, a 256 MiB memslot,"
+      f" a vCPU; ms, median per hundred, in order")
+for label, rows in growth.items():
+    print(f"  {label + ': KVM_CREATE_VM':<58} {' '.join(f'{r[0]:.2f}' for r in rows)}")
+    print(f"  {label + ': all four':<58} {' '.join(f'{r[4]:.2f}' for r in rows)}")
 print()
 print(f"pool: vmm pool idt --size {npool} (the identity guest); POST /clones (ms from the pool taking the request, as the clone's GET /vm start_ms says)")
 header()

@@ -16,6 +16,9 @@
 #   memory: N idle clones of the fleet: MemAvailable before and after (host memory per clone, KVM's
 #     kernel memory included), and each process's Private_Clean + Private_Dirty (smaps_rollup).
 #     QEMU: IDLE clones the same way.
+#   KVM alone (scripts/bench/vm-growth.c): VM_GROWTH (1000) VMs made one after another and kept, each
+#     KVM_CREATE_VM, irqchip, a 256 MiB memslot and a vCPU; the median of each step per hundred, all
+#     in one process and one process each: whether KVM itself gets slower as VMs accumulate.
 #   pool: `vmm pool idt --size 16` (the identity guest, which answers the VMGenID notification at
 #     once): request -> the member's vCPU 0 thread has it, -> resumed, -> vCPU 0's first KVM_RUN and
 #     -> first console byte (the clone's GET /vm start_ms, from the moment the pool took the
@@ -25,7 +28,7 @@
 #
 # usage: scripts/bench/fleet.sh [RUNS]      (default 5)
 # env:   FLEET (1000; 100 nested)  IDLE (20; 10 nested)  FORK_SIZES ("256M:128 1G:512 4G:1024", the
-#        live-fork rows' memory:MiB dirtied)  VMM_BENCH_DIR (/var/tmp/vmm-bench)  VMM_BUILD_DIR (build/)
+#        live-fork rows' memory:MiB dirtied)  VM_GROWTH (1000)  VMM_BENCH_DIR (/var/tmp/vmm-bench)  VMM_BUILD_DIR (build/)
 # The rows (scripts/bench/fleet-rows.py) run on this host when it has a usable /dev/kvm, otherwise in
 # the nested lane (scripts/bench/nested-rows.sh: L1 with 8 GiB, both VMMs under its KVM; read the
 # ratios there, TCG sets the absolute times).
@@ -49,6 +52,7 @@ cleanup() {
 }
 trap cleanup EXIT
 cp "$dir/vmm/vmm" "$dir/vmm/vmm-http.so" "$dir/guest-images/testguest.elf" "$work/"
+cc -O2 -static -o "$work/vm-growth" "$root/scripts/bench/vm-growth.c"  # static: it runs in L1 as well
 
 rev=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
 if ((kvm)); then
@@ -56,5 +60,6 @@ if ((kvm)); then
 else
   source "$root/scripts/bench/nested-rows.sh"
   nested_rows fleet.sh $((3600 + 900 * runs)) 8192 "$work" FORK_SIZES="${FORK_SIZES:-256M:128 1G:512 4G:1024}" \
+    VM_GROWTH="${VM_GROWTH:-1000}" \
     fleet-rows.py "$runs" "${FLEET:-100}" "${IDLE:-10}" "$rev"
 fi

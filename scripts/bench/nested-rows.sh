@@ -15,6 +15,7 @@ nested_rows() {
     fw+=(--file "$f:qemu/$(basename "$f")")
   done
   command -v strace >/dev/null && extra+=(--bin "$(command -v strace)")
+  [[ -x $work/vm-growth ]] && extra+=(--bin "$work/vm-growth")
   echo "$name: no usable /dev/kvm here: the test-guest rows run in the nested lane (L1: QEMU TCG, 2 vCPUs, ${mib} MiB)" >&2
   set +e
   VMM_NESTED_VMM_LIMIT=0 "$root/scripts/nested/run.sh" --cpus 2 --memory "$mib" --timeout "$timeout" --quiet \
