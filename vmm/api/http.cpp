@@ -3,7 +3,9 @@
 #include <dlfcn.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -54,7 +56,39 @@ sockaddr_un unix_address(const std::string& path) {
   std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
   return addr;
 }
+
+/// A socket connected to the server at `path` (which fits sockaddr_un: the callers check), or
+/// errno's reason.
+Result<Fd> connect_unix(const std::string& path) {
+  Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) return fail("socket: {}", errno_text(errno));
+  const sockaddr_un addr = unix_address(path);
+  if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) return fail("{}: {}", path, errno_text(errno));
+  return fd;
+}
 }  // namespace
+
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77  // Linux 6.5; Debian 12's headers predate it
+#endif
+
+Result<Fd> listener_process(const std::string& path) {
+  if (path.size() >= sizeof(sockaddr_un::sun_path)) return fail("{}: too long for a Unix socket path", path);
+  auto s = connect_unix(path);
+  if (!s) return std::unexpected(s.error());
+  int pidfd = -1;
+  socklen_t len = sizeof pidfd;
+  if (::getsockopt(s->get(), SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) == 0 && pidfd >= 0) return Fd(pidfd);
+  if (errno == ESRCH) return Fd();
+  ucred cred{};
+  len = sizeof cred;
+  if (::getsockopt(s->get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return fail("SO_PEERCRED: {}", errno_text(errno));
+  if (cred.pid <= 0) return fail("{}: its server runs in a PID namespace this one cannot see", path);
+  const int fd = static_cast<int>(::syscall(SYS_pidfd_open, cred.pid, 0));
+  if (fd < 0 && errno == ESRCH) return Fd();
+  if (fd < 0) return fail("pidfd_open({}): {}", cred.pid, errno_text(errno));
+  return Fd(fd);
+}
 
 Result<Fd> listen_unix(const std::string& path) {
   // The temporary name below is 4 bytes longer.
@@ -64,11 +98,7 @@ Result<Fd> listen_unix(const std::string& path) {
   // Something at the path: only a socket nobody listens on (left by a VM that was killed) is replaced.
   if (struct stat st {}; ::lstat(path.c_str(), &st) == 0) {
     if (!S_ISSOCK(st.st_mode)) return fail("{}: exists and is not a socket", path);
-    Fd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    const sockaddr_un addr = unix_address(path);
-    if (probe && ::connect(probe.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0) {
-      return fail("{}: another server listens there", path);
-    }
+    if (connect_unix(path)) return fail("{}: another server listens there", path);
   }
   // Bound under a temporary name, made 0600, then renamed into place: the socket never appears
   // at its path with the umask's mode (the directory admits its owner only anyway).

@@ -72,6 +72,10 @@ Result<const HttpPlugin*> http_plugin();
 /// place; a socket left there by a VM that was killed is replaced; anything else there is an error).
 /// Plain system calls: no plugin.
 Result<Fd> listen_unix(const std::string& path);
+/// A pidfd of the process that listens at `path`, as the kernel knows it (SO_PEERPIDFD, Linux 6.5;
+/// else SO_PEERCRED's pid as this PID namespace sees it): the right process even when its server
+/// runs in another PID namespace and says its pid there. An invalid Fd when it has just ended.
+Result<Fd> listener_process(const std::string& path);
 /// Serves `handler` on `listener` (see HttpPlugin::serve).
 Result<std::unique_ptr<HttpServer>> serve(Fd listener, HttpHandler handler);
 /// Serves `handler` at `path` (listen_unix, then serve).

@@ -2,9 +2,6 @@
 
 #include <fmt/format.h>
 #include <poll.h>
-#include <sys/socket.h>
-#include <sys/syscall.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -85,39 +82,6 @@ namespace {
 
 constexpr double kStopGraceS = 10;
 
-#ifndef SO_PEERPIDFD
-#define SO_PEERPIDFD 77  // Linux 6.5; Debian 12's headers predate it
-#endif
-
-/// A pidfd of the process serving at `socket`, the one that made its listening socket (the VM's
-/// own: each VM listens itself), from the kernel rather than from what the VM says of itself, so
-/// that a VM in another PID namespace is waited for by the right process: SO_PEERPIDFD (Linux
-/// 6.5), else SO_PEERCRED's pid as this namespace sees it and pidfd_open. An invalid Fd when the
-/// process has already gone.
-Result<Fd> vm_process(const std::string& socket) {
-  Fd s(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!s) return fail("socket: {}", errno_text(errno));
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (socket.size() >= sizeof addr.sun_path) return fail("{}: path too long for a Unix socket", socket);
-  std::copy(socket.begin(), socket.end(), addr.sun_path);
-  if (::connect(s.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) {
-    return fail("{}: {}", socket, errno_text(errno));
-  }
-  int pidfd = -1;
-  socklen_t len = sizeof pidfd;
-  if (::getsockopt(s.get(), SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) == 0 && pidfd >= 0) return Fd(pidfd);
-  if (errno == ESRCH) return Fd();
-  ucred cred{};
-  len = sizeof cred;
-  if (::getsockopt(s.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return fail("SO_PEERCRED: {}", errno_text(errno));
-  if (cred.pid <= 0) return fail("the VM runs in a PID namespace this one cannot see (use --no-wait)");
-  const int fd = static_cast<int>(::syscall(SYS_pidfd_open, cred.pid, 0));
-  if (fd < 0 && errno == ESRCH) return Fd();
-  if (fd < 0) return fail("pidfd_open({}): {}", cred.pid, errno_text(errno));
-  return Fd(fd);
-}
-
 /// Waits until the process of `pidfd` has ended, `timeout_s` at most.
 Result<> wait_exit(const Fd& pidfd, double timeout_s) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
@@ -162,7 +126,8 @@ int vm_command(const VmCommand& c) {
   // Who is to be stopped, held before it is told: its process's end is what `vmm stop` waits for.
   Fd process;
   if (c.verb == "stop" && !c.no_wait) {
-    auto p = vm_process(socket->string());
+    // The listening socket's owner: each VM listens itself.
+    auto p = api::listener_process(socket->string());
     if (!p) return report_error(exit_code::kVmmError, fmt::format("{}: {}", c.target, p.error().message()));
     process = std::move(*p);
   }
