@@ -2,9 +2,9 @@
 # without a usable /dev/kvm (scripts/bench/rows-inner.sh runs them in L1, vmm and QEMU both under L1's
 # KVM; absolute times are TCG's, the ratios carry over).
 # nested_rows NAME TIMEOUT L1_MIB WORK [VAR=VALUE...] SCRIPT.py RUNS ARG...: prints the report of
-# SCRIPT.py run in L1 with the VARs in its environment (rows-inner.sh); the L1
-# console goes to WORK/NAME.log (on failure its last lines are shown and it is kept in $TMPDIR). Needs $root and the
-# release build's binaries in WORK (vmm, vmm-http.so, testguest.elf).
+# SCRIPT.py run in L1 with the VARs in its environment (rows-inner.sh). L1's console goes to
+# WORK/NAME.log; on failure its last lines are shown and it is kept in $TMPDIR. Needs $root and the
+# release build's binaries in WORK (vmm, vmm-http.so, testguest.elf; vm-growth if there).
 nested_rows() {
   local name=$1 timeout=$2 mib=$3 work=$4 status f script a
   shift 4
