@@ -158,13 +158,17 @@ if command -v curl >/dev/null; then
     wait "$stall"
     [ "$(cat "$work/stall_code")" != 204 ] && ok "the stalled request was not executed (HTTP $(cat "$work/stall_code"))" || bad "stalled request paused the VM"
   fi
-  # 100 clients at once: every one answered.
+  # 100 clients at once: every one answered. Each line: HTTP status, curl's exit code and error.
   i=0
-  while [ $i -lt 100 ]; do curl -s -o /dev/null -w "%{http_code}\n" --unix-socket "$sock" http://x/vm >>"$work/many" & i=$((i + 1)); done
+  while [ $i -lt 100 ]; do
+    curl -s -o /dev/null -w "%{http_code} %{exitcode} %{errormsg}\n" --unix-socket "$sock" http://x/vm >>"$work/many" &
+    i=$((i + 1))
+  done
   wait_for "$work/many" . 10
   n=0
-  while [ "$(grep -c 200 "$work/many")" -lt 100 ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
-  [ "$(grep -c 200 "$work/many")" = 100 ] && ok "100 clients at once all answered" || bad "100 clients: $(sort "$work/many" | uniq -c | tr '\n' ' ')"
+  while [ "$(grep -c "^200 " "$work/many")" -lt 100 ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+  [ "$(grep -c "^200 " "$work/many")" = 100 ] && ok "100 clients at once all answered" ||
+    bad "100 clients: $(sort "$work/many" | uniq -c | tr '\n' ';')"
   # The guest ran on through all of it.
   echo get >&3
   n=0

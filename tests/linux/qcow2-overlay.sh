@@ -15,7 +15,7 @@ clone() {  # clone NAME IMAGE: boot on IMAGE, write /root-write.txt, check the o
   status=$?
   tr -d '\r' </tmp/c.txt | grep -a 'root-write\|vmm-l2: end'
   cat /tmp/e.txt
-  [ $status = 0 ] || bad "$1: vmm exit status $status"
+  [ $status = 0 ] || { bad "$1: vmm exit status $status"; tr -d '\r' </tmp/c.txt | tail -n 40 | sed 's/^/  console: /'; }
   qemu-img check -q "$2" || bad "$1: qemu-img check finds problems in $2"
   qemu-img convert -O raw "$2" "/tmp/$1.raw" || bad "$1: qemu-img convert failed"
   e2fsck -fn "/tmp/$1.raw" >/tmp/fsck.txt 2>&1 || { cat /tmp/fsck.txt; bad "$1: e2fsck finds the flattened image inconsistent"; }

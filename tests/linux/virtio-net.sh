@@ -43,5 +43,8 @@ grep -q "net: got $want" /tmp/c.txt || bad "the guest received other bytes than 
 served=$(tr -d '\r' </tmp/c.txt | sed -n 's/.*net: serving \([0-9a-f]*\).*/\1/p')
 [ -n "$served" ] && [ "$served" = "$up" ] || bad "L1 fetched '$up', the guest served '$served'"
 grep -q "net: done" /tmp/c.txt || bad "the guest did not finish"
-[ $fail = 0 ] && echo "virtio-net: PASS"
+if [ $fail = 0 ]; then echo "virtio-net: PASS"; else
+  echo "virtio-net: the guest's console, last 40 lines:"
+  tr -d '\r' </tmp/c.txt | tail -n 40 | sed 's/^/  console: /'
+fi
 exit $fail
