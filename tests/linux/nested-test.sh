@@ -41,9 +41,10 @@ if { [[ $status == 125 ]] && grep -aqE "BUG: soft lockup|Kernel panic - not sync
   status=0
   run "$@" || status=$?
 fi
-# The lane's other failure (README, nested lane): an L2 with two or more vCPUs whose wake-up IPI was
-# lost inside L1's KVM on QEMU TCG's SVM stops in SMP bring-up for good, its vCPUs halted taking only
-# their timer interrupts, until L1's watchdog kills vmm. Recognised by both: the watchdog's kill in
+# The lane's other failure (README, nested lane): L1's KVM on QEMU TCG's SVM delivers an L2 timer
+# interrupt while L2 has interrupts disabled; inside __schedule that deadlocks L2 on its own runqueue
+# lock, most often in SMP bring-up (its vCPUs halted with interrupts off, or an AP spinning for the
+# BSP's callout) until L1's watchdog kills vmm. Recognised by both: the watchdog's kill in
 # the log, and an L2 console there whose "x86: Booting SMP configuration:" line is followed by
 # something other than the bring-up's own lines. Said so, and the test runs once more.
 smp_hang() {
@@ -53,7 +54,7 @@ smp_hang() {
     END { exit !found }'
 }
 if [[ $status != 0 ]] && smp_hang; then
-  echo "nested-test: LANE FAILURE, not vmm: an L2 stopped in SMP bring-up (an IPI lost in L1's KVM on TCG's SVM; log above); running the test again"
+  echo "nested-test: LANE FAILURE, not vmm: an L2 stopped in SMP bring-up (an interrupt delivered to L2 with interrupts off, below vmm; log above); running the test again"
   status=0
   run "$@" || status=$?
 fi
