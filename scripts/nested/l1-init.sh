@@ -37,16 +37,8 @@ kvm_trace() {
   grep -v '^#' $t/trace >/tmp/kvm-trace.txt
   echo "l1-watchdog:   KVM events in 3 s by kind:"
   sed -n 's/.* \(kvm_[a-z_0-9]*\):.*/\1/p' /tmp/kvm-trace.txt | sort | uniq -c | sed 's/^/l1-watchdog:     /'
-  # Per vCPU: entries, exits, wake-ups, the last exit. A vCPU woken again and again but never
-  # entered is halted with interrupts blocked (its timer's interrupt is accepted, not deliverable).
   echo "l1-watchdog:   per vCPU in 3 s:"
-  awk '$1 ~ /^vmm-vcpu[0-9]+-/ {
-      v = $1; sub(/^vmm-/, "", v); sub(/-[0-9]+$/, "", v); seen[v] = 1
-      if ($0 ~ / kvm_entry: /) entry[v]++
-      if ($0 ~ / kvm_vcpu_wakeup: /) wake[v]++
-      if ($0 ~ / kvm_exit: /) { exits[v]++; last[v] = $0; sub(/.* reason /, "", last[v]); sub(/ info1 .*/, "", last[v]) }
-    }
-    END { for (v in seen) printf "l1-watchdog:     %s: %d entries, %d exits, %d wake-ups, last exit: %s\n", v, entry[v], exits[v], wake[v], (v in last) ? last[v] : "none" }' /tmp/kvm-trace.txt | sort
+  awk -v prefix="l1-watchdog:     " -f /etc/kvm-vcpus.awk /tmp/kvm-trace.txt | sort
   echo "l1-watchdog:   the last 60 events:"
   tail -n 60 /tmp/kvm-trace.txt | cut -c1-200 | sed 's/^/l1-watchdog:     /'
 }
@@ -73,6 +65,13 @@ l1_watchdog() {
         sed 's/^/l1-watchdog:     /' "$t/stack" 2>/dev/null | head -12
       done
       kvm_trace "$p"
+      # What its guest printed last, when its console is a file (as in most tests): a hang's
+      # console is in the log whatever the test prints (nested-test.sh reads it there).
+      out=$(readlink "$p/fd/1" 2>/dev/null) || out=""
+      if [ -f "$out" ]; then
+        echo "l1-watchdog:   its console ($out), the last 30 lines:"
+        tr -d '\r' <"$out" | tail -n 30 | sed 's/^/l1-watchdog:     console: /'
+      fi
       kill -9 "$pid"
       killed="$killed$pid "
     done

@@ -54,7 +54,7 @@ find_kernel
 # The L1 base initramfs: busybox, the modules above, /init and the static exit helper.
 build_l1() {
   local key stage
-  key=$(content_hash "$kernel" /bin/busybox "$here/l1-init.sh" "$here/l1-exit.c" "$here/l1-kvm-hold.c" \
+  key=$(content_hash "$kernel" /bin/busybox "$here/l1-init.sh" "$here/l1-exit.c" "$here/l1-kvm-hold.c" "$here/kvm-vcpus.awk" \
     "$root/guest-images/linux/lib.sh" "$0" "${l1_modules[*]}")
   l1_cpio=$cache_root/nested/l1-$key.cpio
   [[ -f $l1_cpio ]] && return 0
@@ -65,6 +65,7 @@ build_l1() {
   install_busybox "$stage"
   install_modules "$stage" "${l1_modules[@]}"
   install -m 755 "$here/l1-init.sh" "$stage/init"
+  install -D -m 644 "$here/kvm-vcpus.awk" "$stage/etc/kvm-vcpus.awk"
   cc -static -O2 -o "$stage/sbin/l1-exit" "$here/l1-exit.c" || die "cannot build l1-exit (static libc missing?)"
   cc -static -O2 -o "$stage/sbin/l1-kvm-hold" "$here/l1-kvm-hold.c" || die "cannot build l1-kvm-hold"
   make_cpio "$stage" "$l1_cpio"

@@ -1,6 +1,7 @@
 # A debugging aid of the nested lane (smp-soak.sh runs it in L1): reads a template that
-# `vmm snapshot` wrote of a stalled Linux guest booted with nokaslr, and prints for each vCPU its
-# RIP, RSP, RFLAGS and CR3, the kernel-text addresses on its stack, and, when it runs on an
+# `vmm snapshot` wrote of a stalled Linux guest and prints for each vCPU its RIP, RSP, RFLAGS and
+# CR3, the kernel-text addresses on its stack as offsets from the kernel's _text (found in the page
+# tables: KASLR needs no symbol file here), and, when it runs on an
 # interrupt stack, the hardware interrupt frame of the context it interrupted (found through the
 # previous stack pointer that Linux keeps in the interrupt stack's top word): its RIP and RFLAGS,
 # that is whether interrupts were enabled when the interrupt came.
@@ -11,8 +12,8 @@
 import struct
 import sys
 
-TEXT = 0xFFFFFFFF81000000  # the kernel's text with nokaslr
-TEXT_END = TEXT + (16 << 20)
+KERNEL_MAP = 0xFFFFFFFF80000000  # __START_KERNEL_map
+TEXT = TEXT_END = 0  # set by main()
 KERNEL = 0xFFFF800000000000
 PHYS = 0x000FFFFFFFFFF000
 
@@ -60,6 +61,16 @@ class Guest:
         return None if raw is None else struct.unpack("<Q", raw)[0]
 
 
+def kernel_text(guest):
+    """_text: Linux maps its image in 2 MiB pages from __START_KERNEL_map and clears the entries
+    before _text (cleanup_highmap), so the first present entry there is _text (KASLR or not)."""
+    for i in range(512):
+        va = KERNEL_MAP + (i << 21)
+        if guest.translate(va) is not None:
+            return va
+    sys.exit("vcpu-stacks: no kernel mapping at __START_KERNEL_map")
+
+
 def text(value):
     return "+%x" % (value - TEXT) if TEXT <= value < TEXT_END else "%#x" % value
 
@@ -76,6 +87,7 @@ def interrupt_frames(guest, start):
 
 
 def main():
+    global TEXT, TEXT_END
     d = sys.argv[1]
     with open(d + "/state.bin", "rb") as f:
         secs = sections(f.read())
@@ -87,6 +99,10 @@ def main():
         rsp, rip, rflags = regs[6], regs[16], regs[17]
         cr3 = struct.unpack_from("<Q", s, 144 + 8 * 24 + 2 * 16 + 16)[0]  # kvm_sregs: 8 segments, gdt, idt, cr0, cr2, cr3
         guest = Guest(memory, cr3)
+        if not TEXT and rsp >= KERNEL:
+            TEXT = kernel_text(guest)
+            TEXT_END = TEXT + (16 << 20)
+            print("kernel: _text at %#x" % TEXT)
         print("vcpu%d: rip %s rsp %#x rflags %#x (interrupts %s) cr3 %#x"
               % (v, text(rip), rsp, rflags, "on" if rflags & 0x200 else "off", cr3))
         if rsp >= KERNEL:

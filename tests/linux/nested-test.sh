@@ -45,7 +45,7 @@ fi
 # interrupt while L2 has interrupts disabled; inside __schedule that deadlocks L2 on its own runqueue
 # lock, most often in SMP bring-up (its vCPUs halted with interrupts off, or an AP spinning for the
 # BSP's callout) until L1's watchdog kills vmm. Recognised by both: the watchdog's kill in
-# the log, and an L2 console there whose "x86: Booting SMP configuration:" line is followed by
+# the log, and an L2 console there (the watchdog prints the killed VM's, the test may too) whose "x86: Booting SMP configuration:" line is followed by
 # something other than the bring-up's own lines. Said so, and the test runs once more.
 smp_hang() {
   grep -aq "^l1-watchdog: vmm (pid" "$log" && tr -d '\r' <"$log" | awk '
