@@ -28,19 +28,6 @@ constexpr uint64_t entry_size(size_t id_length) { return 1 + id_length + 8 + 8; 
 
 bool id_char(char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-'; }
 
-/// A quoted, printable rendering of untrusted id bytes for messages.
-std::string printable(std::string_view s) {
-  std::string out;
-  for (const char c : s) {
-    if (c >= 0x20 && c < 0x7f && c != '\'' && c != '\\') {
-      out += c;
-    } else {
-      out += fmt::format("\\x{:02x}", static_cast<uint8_t>(c));
-    }
-  }
-  return out;
-}
-
 /// Where each section's data goes: offsets strictly increasing and 8-byte aligned (an empty
 /// section still advances by 8, so no two sections share an offset). Returns the offsets and the
 /// file length, checksum included.

@@ -155,12 +155,15 @@ Result<Header> parse_header(std::span<const uint8_t> head, uint64_t file_size) {
                   h.backing_file_offset, h.backing_file_size);
     }
     h.backing_file.assign(reinterpret_cast<const char*>(p + h.backing_file_offset), h.backing_file_size);
-    if (h.backing_file.find('\0') != std::string::npos) return fail("backing file name contains a NUL byte");
+    for (size_t i = 0; i < h.backing_file.size(); ++i) {
+      const auto c = static_cast<uint8_t>(h.backing_file[i]);
+      if (c < 0x20 || c == 0x7f) return fail("backing file name has a control character ({:#04x}) at byte {}", c, i);
+    }
     ext_end = h.backing_file_offset;
   }
   if (auto r = parse_extensions(h, head.first(cs), h.header_length, ext_end); !r) return std::unexpected(r.error());
   if (!h.backing_format.empty() && h.backing_format != "raw" && h.backing_format != "qcow2") {
-    return fail("backing format '{}' is not supported (raw or qcow2)", h.backing_format);
+    return fail("backing format '{}' is not supported (raw or qcow2)", printable(h.backing_format));
   }
   return h;
 }

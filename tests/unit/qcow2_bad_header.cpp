@@ -288,6 +288,12 @@ TEST_CASE("qcow2 bad input: backing file name outside the header cluster or too 
     expect_refused(dir, "bf-in-header.qcow2", i.b, field, ro_opts());
   }
   {
+    // Control characters in the name (a newline would split every message that names the file).
+    for (const std::string name : {std::string("base\n.raw"), std::string("base\x1b[2J.raw"), std::string("b\x7f")}) {
+      expect_refused(dir, "bf-control.qcow2", Image({.backing = name}).b, {"backing file name has a control character"}, ro_opts());
+    }
+  }
+  {
     // 1023 bytes is the limit; with a valid (if odd) name it opens without the chain.
     Image i({.backing = std::string(1023, 'x')});
     expect_opens(dir, "bf-1023.qcow2", i.b, ro_opts(false));
@@ -332,6 +338,12 @@ TEST_CASE("qcow2 bad input: snapshots and header extensions") {
     Image i({.backing = "base.raw", .backing_format = "vmdk"});
     write_file(dir / "base.raw", Bytes(1 << 20, 0));
     expect_refused(dir, "ext-bf-vmdk.qcow2", i.b, {"backing format 'vmdk'"}, ro_opts(true));
+  }
+  {
+    // An unknown format with a newline and a control byte in it: still one line, the bytes escaped
+    // (the qcow2 fuzzer found the message split over two lines).
+    Image i({.backing = "base.raw", .backing_format = std::string("vm\ndk\x01'", 7)});
+    expect_refused(dir, "ext-bf-newline.qcow2", i.b, {"backing format 'vm\\x0adk\\x01\\x27'"}, ro_opts(true));
   }
 }
 

@@ -10,4 +10,16 @@ std::string errno_text(int err) {
   return ::strerror_r(err, buf, sizeof buf);
 }
 
+std::string printable(std::string_view bytes) {
+  std::string out;
+  for (const char c : bytes) {
+    if (c >= 0x20 && c < 0x7f && c != '\'' && c != '\\') {
+      out += c;
+    } else {
+      out += fmt::format("\\x{:02x}", static_cast<uint8_t>(c));
+    }
+  }
+  return out;
+}
+
 }  // namespace vmm

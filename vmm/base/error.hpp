@@ -5,6 +5,7 @@
 
 #include <expected>
 #include <string>
+#include <string_view>
 #include <utility>
 
 #include <fmt/format.h>
@@ -35,6 +36,10 @@ std::unexpected<Error> fail(fmt::format_string<Args...> format, Args&&... args) 
 
 /// Errno text for messages.
 std::string errno_text(int err);
+
+/// Untrusted bytes (from a file or a guest) made fit for a one-line message: printable ASCII stays,
+/// everything else (and ' and \\) becomes \\xNN.
+std::string printable(std::string_view bytes);
 
 }  // namespace vmm
 
