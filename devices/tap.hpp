@@ -16,6 +16,9 @@ class Tap {
  public:
   /// Attaches to the TAP interface `name`, creating it if it does not exist.
   static Result<Tap> open(const std::string& name);
+  /// Takes `fd` as a TAP's: it must keep frame boundaries and be non-blocking (tests and fuzz targets
+  /// use one end of a SOCK_SEQPACKET socketpair, so no TAP and no privilege is needed).
+  static Tap adopt(Fd fd, std::string name) { return Tap(std::move(fd), std::move(name)); }
 
   int fd() const { return fd_.get(); }
   const std::string& name() const { return name_; }

@@ -75,7 +75,15 @@ Result<std::shared_ptr<Net>> Net::create(Tap tap, MacAddress mac, EventLoop& loo
     if (auto r = self->receive(); !r) self->log_once(r.error().message());
   });
   if (!w) return std::unexpected(w.error());
+  net->loop_ = &loop;
+  net->watch_ = *w;
   return net;
+}
+
+// A device that goes while the loop runs on (a snapshot check, a failed start) must not leave its
+// callback behind: the TAP's next readiness would run it on a freed device.
+Net::~Net() {
+  if (watch_) loop_->unwatch(watch_);
 }
 
 uint64_t Net::device_features() const {

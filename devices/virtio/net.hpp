@@ -42,8 +42,10 @@ class Net final : public VirtioDevice {
   static constexpr unsigned kRxQueue = 0;
   static constexpr unsigned kTxQueue = 1;
 
-  /// Must be created before `loop` runs (it watches the TAP from construction on).
+  /// Must be created before `loop` runs (it watches the TAP from construction on) and destroyed
+  /// before `loop` is (its watch goes with it).
   static Result<std::shared_ptr<Net>> create(Tap tap, MacAddress mac, EventLoop& loop, NetOptions options = {});
+  ~Net() override;
 
   uint16_t device_type() const override { return 1; }
   uint64_t device_features() const override;
@@ -78,6 +80,8 @@ class Net final : public VirtioDevice {
   void log_once(const std::string& what);
 
   Tap tap_;
+  EventLoop* loop_ = nullptr;
+  uint64_t watch_ = 0;  // the TAP's readiness on loop_
   MacAddress mac_;
   const GuestMemory* memory_ = nullptr;
   Interrupt* interrupt_ = nullptr;
