@@ -464,8 +464,11 @@ Result<> PciTransport::restore(const State& st) {
   intx_disabled_ = config_.command() & kPciCommandIntxDisable;
   if ((status_ & kStatusDriverOk) && !(status_ & kStatusNeedsReset)) {
     // Activation keeps the restored ring positions (devices only read features and start serving).
-    if (auto r = device_->activate(memory_, driver_features_, *this); !r) return r;
-    add_notifiers_locked();
+    // A device that starts serving may find the driver broke the ring rules in guest memory before
+    // the pause (an avail idx too far ahead, a bad chain): that is the guest's error, met as a
+    // running device meets it, with NEEDS_RESET, not a state that cannot be restored (a template
+    // of such a guest still clones).
+    activate_locked();
   }
   return {};
 }
@@ -491,7 +494,6 @@ void put_queue(ByteWriter& out, const Queue::State& q) {
 }
 
 Result<Queue::State> get_queue(ByteReader& in) {
-  Queue::State q;
   auto size = in.get<uint16_t>("queue.size");
   auto ready = size ? in.get<bool>("queue.ready") : std::unexpected(size.error());
   auto desc = ready ? in.get<uint64_t>("queue.desc") : std::unexpected(ready.error());
@@ -561,7 +563,13 @@ Result<> PciTransport::restore(ByteReader& in) {
   if (!status) return std::unexpected(status.error());
   auto features = in.get<uint64_t>("driver_features");
   if (!features) return std::unexpected(features.error());
-  if (*features & ~device_->device_features()) {
+  // Until FEATURES_OK the driver may have written anything (the device refuses it at FEATURES_OK,
+  // and a guest can be paused in between); a device that runs has a subset of what it offers.
+  const bool runs = (*status & kStatusDriverOk) && !(*status & kStatusNeedsReset);
+  if (runs && !(*status & kStatusFeaturesOk)) {
+    return std::unexpected(in.error("status", fmt::format("{:#x}: DRIVER_OK without FEATURES_OK or NEEDS_RESET", *status)));
+  }
+  if ((*status & kStatusFeaturesOk) && (*features & ~device_->device_features())) {
     return std::unexpected(in.error("driver_features", fmt::format("{:#x} includes features the device does not offer ({:#x})", *features, device_->device_features())));
   }
   auto dfs = in.get<uint32_t>("device_feature_select");
