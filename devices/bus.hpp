@@ -40,4 +40,18 @@ class Bus {
   std::vector<Range> ranges_;  // sorted by base
 };
 
+/// Presents a device at a fixed offset of its own (the i8042's command port 0x64 is offset 4 of the
+/// device at 0x60).
+class OffsetDevice final : public BusDevice {
+ public:
+  OffsetDevice(std::shared_ptr<BusDevice> inner, uint64_t offset) : inner_(std::move(inner)), offset_(offset) {}
+  void read(uint64_t o, std::span<uint8_t> d) override { inner_->read(o + offset_, d); }
+  void write(uint64_t o, std::span<const uint8_t> d) override { inner_->write(o + offset_, d); }
+  std::string_view name() const override { return inner_->name(); }
+
+ private:
+  std::shared_ptr<BusDevice> inner_;
+  uint64_t offset_;
+};
+
 }  // namespace vmm::devices

@@ -23,6 +23,11 @@
 #              guest-images/linux/vmm-agent/identity.c). Seeds: canonical files written by the fuzzer
 #              itself (VMM_AGENT_IDENTITY_FUZZ_MAKE_SEEDS) and hand-written ones in
 #              tests/fuzz/agent-identity-seeds/. Regressions: tests/fuzz/agent-identity-regressions/.
+#   guest-io   a hostile guest's device traffic (tests/fuzz/guest_io_fuzz.cpp): port I/O to the legacy
+#              devices, PCI configuration (ports and ECAM), the virtio-pci BARs, virtqueues and their
+#              chains, block requests on a file, frames through a socketpair "TAP"; a snapshot of a
+#              device mid-program must restore. Seeds: programs written by the fuzzer itself
+#              (VMM_GUEST_IO_FUZZ_MAKE_SEEDS). Regressions: tests/fuzz/guest-io-regressions/.
 #
 # Configures and builds a clang build of its own (build-fuzz/, -DVMM_FUZZ=ON: ASan + UBSan + coverage;
 # only the fuzz target and the libraries it needs are built; one build serves every target), seeds a
@@ -30,7 +35,7 @@
 # a bug (the target's regressions directory) are run first, every time.
 # Exits non-zero on a crash, leak or timeout, naming the reproducer; rerun one with
 #   build-fuzz/tests/TARGET_fuzz REPRODUCER     (qcow2_fuzz, state_fuzz, kvm_stats_fuzz, kvm_cache_fuzz,
-#                                                agent_identity_fuzz)
+#                                                agent_identity_fuzz, guest_io_fuzz)
 # Environment: VMM_FUZZ_BUILD (build directory), VMM_FUZZ_WORK (corpus, seeds and artifacts; default
 # BUILD/TARGET-fuzz), VMM_FUZZ_JOBS (parallel fuzzer processes, default 1).
 # Exit status: 0 clean, 1 the fuzzer found something, 2 the build failed (or no such TARGET), 77 a tool
@@ -67,8 +72,12 @@ case $target in
     bin=agent_identity_fuzz build_log=fuzz-build-agent-identity.log seed_env=VMM_AGENT_IDENTITY_FUZZ_MAKE_SEEDS
     seed_mark=.done make_seeds=own_seeds dirs=(agent-identity-seeds agent-identity-regressions) tools=()
     limits=(-max_len=1100 -timeout=10 -rss_limit_mb=2048) ;;
+  guest-io)  # Programs of a few hundred operations; each input builds a machine (an io_uring, files).
+    bin=guest_io_fuzz build_log=fuzz-build-guest-io.log seed_env=VMM_GUEST_IO_FUZZ_MAKE_SEEDS
+    seed_mark=.done make_seeds=own_seeds dirs=(guest-io-regressions) tools=()
+    limits=(-max_len=8192 -timeout=10 -rss_limit_mb=2048) ;;
   *)
-    echo "usage: scripts/fuzz.sh qcow2|state|kvm-stats|kvm-cache|agent-identity [SECONDS] [extra libFuzzer options...]" >&2
+    echo "usage: scripts/fuzz.sh qcow2|state|kvm-stats|kvm-cache|agent-identity|guest-io [SECONDS] [extra libFuzzer options...]" >&2
     exit 2 ;;
 esac
 name=fuzz-$target  # in messages

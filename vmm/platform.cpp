@@ -2,6 +2,7 @@
 
 #include <fmt/core.h>
 
+#include "devices/bus.hpp"
 #include "devices/console.hpp"
 #include "devices/legacy.hpp"
 #include "devices/pci.hpp"
@@ -19,19 +20,6 @@ constexpr std::string_view kIdentityFile = "opt/vmm/identity";
 /// PCI MMIO window bytes per device (a power of two that holds BAR 0 and BAR 1 aligned).
 constexpr uint64_t kPciSliceBytes = 0x8000;
 static_assert(kPciSliceBytes >= devices::virtio::PciTransport::kMmioBytes);
-
-/// Presents a device at a fixed offset (e.g. i8042's command port 0x64 as offset 4).
-class OffsetDevice final : public devices::BusDevice {
- public:
-  OffsetDevice(std::shared_ptr<devices::BusDevice> inner, uint64_t offset) : inner_(std::move(inner)), offset_(offset) {}
-  void read(uint64_t o, std::span<uint8_t> d) override { inner_->read(o + offset_, d); }
-  void write(uint64_t o, std::span<const uint8_t> d) override { inner_->write(o + offset_, d); }
-  std::string_view name() const override { return inner_->name(); }
-
- private:
-  std::shared_ptr<devices::BusDevice> inner_;
-  uint64_t offset_;
-};
 
 }  // namespace
 
@@ -67,7 +55,7 @@ Result<std::unique_ptr<Platform>> attach_platform(Vm& vm, PlatformConfig config)
   auto i8042 = std::make_shared<devices::I8042>(vm);
   Result<> r = add_pio("serial0", p->serial_, layout::kCom1Port, 8);
   if (r) r = add_pio("i8042", i8042, layout::kI8042DataPort, 1);
-  if (r) r = pio.insert(std::make_shared<OffsetDevice>(i8042, 4), layout::kI8042CommandPort, 1);  // same device
+  if (r) r = pio.insert(std::make_shared<devices::OffsetDevice>(i8042, 4), layout::kI8042CommandPort, 1);  // same device
   if (r) r = add_pio("rtc", std::make_shared<devices::Rtc>(), layout::kRtcPort, 2);
   if (r) r = add_pio("debug-exit", std::make_shared<devices::DebugExit>(vm), layout::kDebugExitPort, 4);
   if (r) r = add_pio("acpi-pm", std::make_shared<devices::AcpiPm>(vm), layout::kAcpiSleepControlPort, 3);

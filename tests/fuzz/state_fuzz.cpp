@@ -26,7 +26,6 @@
 #include <vector>
 
 #include <fmt/core.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <memory>
@@ -35,6 +34,7 @@
 #include "clone/snapshot.hpp"
 #include "clone/state_file.hpp"
 #include "devices/fw_cfg.hpp"
+#include "fake_vm.hpp"
 #include "devices/legacy.hpp"
 #include "devices/pci.hpp"
 #include "devices/serial.hpp"
@@ -73,28 +73,6 @@ bool same(const StateFile& a, const StateFile& b) {
 namespace dev = vmm::devices;
 namespace virtio = vmm::devices::virtio;
 
-struct NullControl final : dev::VmControl {
-  void request_stop(dev::StopReason, uint32_t) override {}
-};
-struct NullIrq final : dev::IrqLine {
-  void trigger() override {}
-};
-struct NullVector final : dev::MsiVector {
-  void set_message(uint64_t, uint32_t) override {}
-  void trigger() override {}
-};
-struct NullIntx final : dev::IntxLine {
-  vmm::Fd resample{::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)};
-  void assert_line() override {}
-  int resample_fd() const override { return resample.get(); }
-};
-struct NullVmIo final : dev::VmIo {
-  vmm::Result<std::unique_ptr<dev::MsiVector>> allocate_msi() override { return std::make_unique<NullVector>(); }
-  vmm::Result<std::unique_ptr<dev::IntxLine>> allocate_intx(uint32_t) override { return std::make_unique<NullIntx>(); }
-  vmm::Result<> add_ioeventfd(uint64_t, int) override { return {}; }
-  void remove_ioeventfd(uint64_t, int) override {}
-};
-
 /// virtio-net's shape for the transport (virtio::Net needs a TAP): type 1, two queues of 256, the
 /// features Net offers, nothing in flight.
 class FakeNet final : public virtio::VirtioDevice {
@@ -118,21 +96,21 @@ struct Bed {
   static constexpr uint64_t kBars = 0xc0000000;
   vmm::GuestMemory memory;
   std::unique_ptr<vmm::EventLoop> loop;
-  NullVmIo io;
-  NullControl control;
+  fuzz_vm::FakeVmIo io;
+  fuzz_vm::FakeControl control;
   fs::path disk;
 
   static Bed& get() {
     static Bed* bed = [] {
       auto mem = vmm::GuestMemory::anonymous(kRam);
       if (!mem) die("guest memory", mem.error().message());
-      auto loop = vmm::EventLoop::create();
-      if (!loop) die("event loop", loop.error().message());
+      auto ev = vmm::EventLoop::create();
+      if (!ev) die("event loop", ev.error().message());
       char path[] = "/tmp/state-fuzz-disk-XXXXXX";
       const int fd = ::mkstemp(path);
       if (fd < 0 || ::ftruncate(fd, 1 << 20) != 0) die("disk image");
       ::close(fd);
-      auto* b = new Bed{std::move(*mem), std::move(*loop), {}, {}, path};
+      auto* b = new Bed{std::move(*mem), std::move(*ev), {}, {}, path};
       std::atexit([] { std::error_code ec; fs::remove(get().disk, ec); });
       return b;
     }();
@@ -146,14 +124,14 @@ std::shared_ptr<dev::Snapshottable> make_device(std::string_view id, std::shared
   Bed& bed = Bed::get();
   if (!id.starts_with("dev.")) return nullptr;
   id.remove_prefix(4);
-  if (id == "serial0") return std::make_shared<dev::Serial>(std::make_shared<NullIrq>(), [](std::span<const uint8_t>) {});
+  if (id == "serial0") return std::make_shared<dev::Serial>(std::make_shared<fuzz_vm::FakeIrq>(), [](std::span<const uint8_t>) {});
   if (id == "i8042") return std::make_shared<dev::I8042>(bed.control);
   if (id == "rtc") return std::make_shared<dev::Rtc>();
   if (id == "debug-exit") return std::make_shared<dev::DebugExit>(bed.control);
   if (id == "acpi-pm") return std::make_shared<dev::AcpiPm>(bed.control);
   if (id == "pvpanic") return std::make_shared<dev::PvPanic>(bed.control);
   if (id == "pci") return std::make_shared<dev::PciRoot>();
-  if (id == "vmgenid") return std::make_shared<dev::VmGenId>(bed.memory, std::make_shared<NullIrq>());
+  if (id == "vmgenid") return std::make_shared<dev::VmGenId>(bed.memory, std::make_shared<fuzz_vm::FakeIrq>());
   if (id == "fw-cfg") {
     auto f = std::make_shared<dev::FwCfg>();
     if (!f->add_file(std::string(dev::kIdentityFileName), std::vector<uint8_t>(dev::kIdentitySize, 0))) die("fw_cfg file");
