@@ -28,6 +28,10 @@
 #              chains, block requests on a file, frames through a socketpair "TAP"; a snapshot of a
 #              device mid-program must restore. Seeds: programs written by the fuzzer itself
 #              (VMM_GUEST_IO_FUZZ_MAKE_SEEDS). Regressions: tests/fuzz/guest-io-regressions/.
+#   kernel     the kernel loaders (tests/fuzz/kernel_fuzz.cpp, vmm/boot): a kernel file with an initrd,
+#              a command line, a RAM size and a vCPU count through boot::load. Seeds: PVH ELF64/32,
+#              vmlinux and bzImages from the unit tests' builders (VMM_KERNEL_FUZZ_MAKE_SEEDS).
+#              Regressions: tests/fuzz/kernel-regressions/.
 #
 # Configures and builds a clang build of its own (build-fuzz/, -DVMM_FUZZ=ON: ASan + UBSan + coverage;
 # only the fuzz target and the libraries it needs are built; one build serves every target), seeds a
@@ -35,7 +39,8 @@
 # a bug (the target's regressions directory) are run first, every time.
 # Exits non-zero on a crash, leak or timeout, naming the reproducer; rerun one with
 #   build-fuzz/tests/TARGET_fuzz REPRODUCER     (qcow2_fuzz, state_fuzz, kvm_stats_fuzz, kvm_cache_fuzz,
-#                                                agent_identity_fuzz, guest_io_fuzz)
+#                                                agent_identity_fuzz, guest_io_fuzz,
+#                                                kernel_fuzz)
 # Environment: VMM_FUZZ_BUILD (build directory), VMM_FUZZ_WORK (corpus, seeds and artifacts; default
 # BUILD/TARGET-fuzz), VMM_FUZZ_JOBS (parallel fuzzer processes, default 1).
 # Exit status: 0 clean, 1 the fuzzer found something, 2 the build failed (or no such TARGET), 77 a tool
@@ -76,8 +81,12 @@ case $target in
     bin=guest_io_fuzz build_log=fuzz-build-guest-io.log seed_env=VMM_GUEST_IO_FUZZ_MAKE_SEEDS
     seed_mark=.done make_seeds=own_seeds dirs=(guest-io-regressions) tools=()
     limits=(-max_len=8192 -timeout=10 -rss_limit_mb=2048) ;;
+  kernel)  # Kernels here are synthetic and small; a real bzImage's header and first pages fit.
+    bin=kernel_fuzz build_log=fuzz-build-kernel.log seed_env=VMM_KERNEL_FUZZ_MAKE_SEEDS
+    seed_mark=.done make_seeds=own_seeds dirs=(kernel-regressions) tools=()
+    limits=(-max_len=65536 -timeout=10 -rss_limit_mb=2048) ;;
   *)
-    echo "usage: scripts/fuzz.sh qcow2|state|kvm-stats|kvm-cache|agent-identity|guest-io [SECONDS] [extra libFuzzer options...]" >&2
+    echo "usage: scripts/fuzz.sh qcow2|state|kvm-stats|kvm-cache|agent-identity|guest-io|kernel [SECONDS] [extra libFuzzer options...]" >&2
     exit 2 ;;
 esac
 name=fuzz-$target  # in messages
