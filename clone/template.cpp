@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cstdlib>
 #include <ctime>
 #include <nlohmann/json.hpp>
@@ -42,6 +43,33 @@ bool inside(const std::string& name) {
   return true;
 }
 
+/// The first control character in `text`, if any: every string a manifest or clone record holds
+/// ends up in messages and listings (`vmm template ls` prints the name), so one that would split a
+/// line or drive a terminal is refused, never printed.
+std::optional<size_t> control_char(std::string_view text) {
+  for (size_t i = 0; i < text.size(); ++i) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (c < 0x20 || c == 0x7f) return i;
+  }
+  return std::nullopt;
+}
+
+Result<> check_text(std::string_view value, std::string_view field, std::string_view file) {
+  if (auto at = control_char(value)) {
+    return fail("{}: {} '{}' has a control character at byte {}", file, field, printable(value), *at);
+  }
+  return {};
+}
+
+/// A JSON number that is an unsigned integer no larger than `max` (nlohmann's get<> would wrap a
+/// negative one and truncate a large or fractional one without a word).
+Result<uint64_t> unsigned_field(const json& j, std::string_view field, uint64_t max, std::string_view file) {
+  if (!j.is_number_unsigned() || j.get<uint64_t>() > max) {
+    return fail("{}: {} {} is not an integer from 0 to {}", file, field, printable(j.dump()), max);
+  }
+  return j.get<uint64_t>();
+}
+
 Result<FileSum> parse_sum(const json& j, std::string_view what, std::string_view file) {
   if (!j.is_object() || !j.contains("file") || !j.contains("size") || !j.contains("crc32c") ||
       !j["file"].is_string() || !j["size"].is_number_unsigned() || !j["crc32c"].is_string()) {
@@ -49,13 +77,15 @@ Result<FileSum> parse_sum(const json& j, std::string_view what, std::string_view
   }
   FileSum f;
   f.name = j["file"].get<std::string>();
-  if (!inside(f.name)) return fail("{}: {}: file '{}' is not inside the template", file, what, f.name);
+  if (!inside(f.name) || control_char(f.name)) {
+    return fail("{}: {}: file '{}' is not inside the template", file, what, printable(f.name));
+  }
   f.size = j["size"].get<uint64_t>();
   const std::string crc = j["crc32c"].get<std::string>();
-  char* end = nullptr;
-  const unsigned long v = std::strtoul(crc.c_str(), &end, 16);
-  if (crc.size() != 8 || *end != 0) return fail("{}: {}: crc32c '{}' is not 8 hex digits", file, what, crc);
-  f.checksum = static_cast<uint32_t>(v);
+  if (crc.size() != 8 || !std::all_of(crc.begin(), crc.end(), [](char c) { return std::isxdigit(static_cast<unsigned char>(c)); })) {
+    return fail("{}: {}: crc32c '{}' is not 8 hex digits", file, what, printable(crc));
+  }
+  f.checksum = static_cast<uint32_t>(std::strtoul(crc.c_str(), nullptr, 16));
   if (j.contains("data_bytes")) {
     if (!j["data_bytes"].is_number_unsigned()) return fail("{}: {}: data_bytes is not a number", file, what);
     f.data_bytes = j["data_bytes"].get<uint64_t>();
@@ -151,7 +181,19 @@ Result<Manifest> parse_manifest(std::string_view text, std::string_view file) {
   Manifest m;
   if (!j.contains("format_version") || !j["format_version"].is_string()) return fail("{}: format_version is missing", file);
   const std::string version = j["format_version"].get<std::string>();
-  if (std::sscanf(version.c_str(), "%d.%d", &m.major, &m.minor) != 2) return fail("{}: format_version '{}' is not MAJOR.MINOR", file, version);
+  {
+    // MAJOR.MINOR, two decimal numbers and nothing else.
+    const char* const end = version.data() + version.size();
+    std::from_chars_result r = std::from_chars(version.data(), end, m.major);
+    if (r.ec == std::errc() && r.ptr != end && *r.ptr == '.' && r.ptr + 1 != end && *(r.ptr + 1) != '-') {
+      r = std::from_chars(r.ptr + 1, end, m.minor);
+    } else {
+      r.ec = std::errc::invalid_argument;
+    }
+    if (r.ec != std::errc() || r.ptr != end || version.front() == '-') {
+      return fail("{}: format_version '{}' is not MAJOR.MINOR", file, printable(version));
+    }
+  }
   if (m.major != kManifestMajor) return fail("{}: format version {} is not supported (this vmm reads {}.x)", file, version, kManifestMajor);
   if (m.minor > kManifestMinor) return fail("{}: format version {} is newer than this vmm ({}.{})", file, version, kManifestMajor, kManifestMinor);
   try {
@@ -159,11 +201,16 @@ Result<Manifest> parse_manifest(std::string_view text, std::string_view file) {
     m.created = j.at("created").get<std::string>();
     m.vmm_version = j.at("vmm_version").get<std::string>();
     const json& c = j.at("config");
-    m.memory = c.at("memory").get<uint64_t>();
-    m.vcpus = c.at("vcpus").get<uint32_t>();
+    auto memory = unsigned_field(c.at("memory"), "config.memory", UINT64_MAX, file);
+    if (!memory) return std::unexpected(memory.error());
+    m.memory = *memory;
+    auto vcpus = unsigned_field(c.at("vcpus"), "config.vcpus", 254, file);
+    if (!vcpus) return std::unexpected(vcpus.error());
+    m.vcpus = static_cast<uint32_t>(*vcpus);
     m.cpu_template = c.at("cpu_template").get<std::string>();
     m.kernel = c.at("kernel").get<std::string>();
     m.cmdline = c.at("cmdline").get<std::string>();
+    if (!c.at("disks").is_array() || !c.at("nets").is_array()) return fail("{}: config.disks and config.nets must be arrays", file);
     for (const auto& d : c.at("disks")) {
       TemplateDisk td;
       auto f = parse_sum(d.at("image"), "disk image", file);
@@ -172,17 +219,28 @@ Result<Manifest> parse_manifest(std::string_view text, std::string_view file) {
       td.id = d.at("id").get<std::string>();
       td.format = d.at("format").get<std::string>();
       td.read_only = d.at("read_only").get<bool>();
-      if (td.format != "raw" && td.format != "qcow2") return fail("{}: disk format '{}' is not raw or qcow2", file, td.format);
+      if (td.format != "raw" && td.format != "qcow2") return fail("{}: disk format '{}' is not raw or qcow2", file, printable(td.format));
+      if (auto r = check_text(td.id, "disk id", file); !r) return std::unexpected(r.error());
       m.disks.push_back(std::move(td));
     }
-    for (const auto& n : c.at("nets")) m.nets.push_back({.mac = n.at("mac").get<std::string>(), .tap = n.at("tap").get<std::string>()});
+    for (const auto& n : c.at("nets")) {
+      TemplateNet tn{.mac = n.at("mac").get<std::string>(), .tap = n.at("tap").get<std::string>()};
+      if (auto r = check_text(tn.mac, "net mac", file); !r) return std::unexpected(r.error());
+      if (auto r = check_text(tn.tap, "net tap", file); !r) return std::unexpected(r.error());
+      m.nets.push_back(std::move(tn));
+    }
     m.ip = c.value("ip", "");  // 1.1
     m.gateway = c.value("gateway", "");
     if (!m.ip.empty()) {
       auto ip = check_ip(m.ip);
-      if (!ip || *ip != m.ip) return fail("{}: config.ip '{}' is not A.B.C.D/P or dhcp", file, m.ip);
+      if (!ip || *ip != m.ip) return fail("{}: config.ip '{}' is not A.B.C.D/P or dhcp", file, printable(m.ip));
     }
-    if (!m.gateway.empty() && !check_gateway(m.gateway)) return fail("{}: config.gateway '{}' is not A.B.C.D", file, m.gateway);
+    if (!m.gateway.empty() && !check_gateway(m.gateway)) return fail("{}: config.gateway '{}' is not A.B.C.D", file, printable(m.gateway));
+    for (const auto& [field, value] : {std::pair<const char*, const std::string*>{"name", &m.name}, {"created", &m.created},
+                                       {"vmm_version", &m.vmm_version}, {"config.cpu_template", &m.cpu_template},
+                                       {"config.kernel", &m.kernel}, {"config.cmdline", &m.cmdline}}) {
+      if (auto r = check_text(*value, field, file); !r) return std::unexpected(r.error());
+    }
     auto s = parse_sum(j.at("files").at("state"), "state file", file);
     if (!s) return std::unexpected(s.error());
     m.state = *s;
@@ -195,7 +253,7 @@ Result<Manifest> parse_manifest(std::string_view text, std::string_view file) {
   if (m.memory == 0 || m.memory % 4096 != 0 || m.memory != m.memory_file.size) {
     return fail("{}: memory {} does not match the memory file's size {}", file, m.memory, m.memory_file.size);
   }
-  if (m.vcpus == 0 || m.vcpus > 254) return fail("{}: vcpus {} is out of range", file, m.vcpus);
+  if (m.vcpus == 0) return fail("{}: vcpus {} is out of range", file, m.vcpus);
   return m;
 }
 
@@ -276,19 +334,30 @@ std::string clone_json(const CloneRecord& c) {
   return j.dump(2) + "\n";
 }
 
+Result<CloneRecord> parse_clone_record(std::string_view text, std::string_view file) {
+  json j = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) return fail("{}: not valid JSON", file);
+  CloneRecord c;
+  try {
+    c = CloneRecord{.name = j.at("name").get<std::string>(), .template_dir = j.at("template").get<std::string>(),
+                    .full = j.at("full").get<bool>(), .pid = 0, .created = j.at("created").get<std::string>()};
+    if (!j.at("pid").is_number_integer()) return fail("{}: pid is not an integer", file);
+    c.pid = j.at("pid").get<int64_t>();
+  } catch (const json::exception& e) {
+    return fail("{}: {}", file, e.what());
+  }
+  for (const auto& [field, value] : {std::pair<const char*, const std::string*>{"name", &c.name}, {"template", &c.template_dir},
+                                     {"created", &c.created}}) {
+    if (auto r = check_text(*value, field, file); !r) return std::unexpected(r.error());
+  }
+  return c;
+}
+
 Result<CloneRecord> read_clone_record(const fs::path& clone_dir) {
   const fs::path p = clone_dir / "clone.json";
   auto text = read_file(p, 64 * 1024, "clone record");
   if (!text) return std::unexpected(text.error());
-  json j = json::parse(*text, nullptr, false);
-  if (j.is_discarded() || !j.is_object()) return fail("{}: not valid JSON", p.string());
-  try {
-    return CloneRecord{.name = j.at("name").get<std::string>(), .template_dir = j.at("template").get<std::string>(),
-                       .full = j.at("full").get<bool>(), .pid = j.at("pid").get<int64_t>(),
-                       .created = j.at("created").get<std::string>()};
-  } catch (const json::exception& e) {
-    return fail("{}: {}", p.string(), e.what());
-  }
+  return parse_clone_record(*text, p.string());
 }
 
 std::vector<std::string> dependants(const fs::path& sdir, const fs::path& template_dir) {

@@ -85,6 +85,8 @@ struct CloneRecord {
   std::string created;
 };
 std::string clone_json(const CloneRecord& c);
+/// Parses and checks a clone record (clone.json) read from `file`.
+Result<CloneRecord> parse_clone_record(std::string_view text, std::string_view file);
 Result<CloneRecord> read_clone_record(const std::filesystem::path& clone_dir);
 /// Linked clones (under state_dir/clones) whose template is `template_dir`.
 std::vector<std::string> dependants(const std::filesystem::path& state_dir, const std::filesystem::path& template_dir);

@@ -1,0 +1,205 @@
+// A template's manifest.json and a clone's clone.json are files a user may be handed (a template
+// copied from elsewhere): parse_manifest and parse_clone_record refuse every malformed one with one
+// line naming the file and the field, and what manifest_json writes parses back to the same.
+#include <doctest/doctest.h>
+
+#include <nlohmann/json.hpp>
+
+#include <string>
+
+#include "clone/template.hpp"
+
+namespace {
+
+using nlohmann::json;
+using namespace vmm::clone;
+
+constexpr const char* kFile = "t/manifest.json";
+
+Manifest sample() {
+  Manifest m;
+  m.name = "web";
+  m.created = "2026-12-05T01:00:00Z";
+  m.vmm_version = "0.1.0";
+  m.memory = 256ull << 20;
+  m.vcpus = 2;
+  m.cpu_template = "host";
+  m.kernel = "/boot/vmlinuz";
+  m.cmdline = "console=ttyS0 quiet";
+  m.disks.push_back({.file = {.name = "disks/disk0.qcow2", .size = 196608, .checksum = 0x1234abcd, .data_bytes = 0},
+                     .id = "root",
+                     .format = "qcow2",
+                     .read_only = false});
+  m.nets.push_back({.mac = "52:54:00:12:34:56", .tap = "tap0"});
+  m.ip = "10.0.0.2/24";
+  m.gateway = "10.0.0.1";
+  m.state = {.name = kStateFile, .size = 9000, .checksum = 0xdeadbeef, .data_bytes = 0};
+  m.memory_file = {.name = kMemoryFile, .size = 256ull << 20, .checksum = 0x00c0ffee, .data_bytes = 4096};
+  return m;
+}
+
+json sample_json() { return json::parse(manifest_json(sample())); }
+
+/// The error parse_manifest gives for `j` ("" if it accepts it).
+std::string error_of(const json& j) {
+  auto r = parse_manifest(j.dump(), kFile);
+  return r ? std::string() : r.error().message();
+}
+
+void refused(const json& j, std::string_view says) {
+  const std::string e = error_of(j);
+  REQUIRE_MESSAGE(!e.empty(), "accepted: " << j.dump());
+  CHECK_MESSAGE(e.starts_with(std::string(kFile) + ": "), e);
+  CHECK_MESSAGE(e.find('\n') == std::string::npos, e);
+  CHECK_MESSAGE(e.find(says) != std::string::npos, e << " (wanted: " << says << ")");
+}
+
+}  // namespace
+
+TEST_CASE("template manifest: what manifest_json writes parses back to the same") {
+  auto r = parse_manifest(manifest_json(sample()), kFile);
+  REQUIRE_MESSAGE(r, r.error().message());
+  CHECK(manifest_json(*r) == manifest_json(sample()));
+  CHECK(r->disks.at(0).file.checksum == 0x1234abcd);
+  CHECK(r->memory_file.data_bytes == 4096);
+  // 1.0 manifests have no ip and gateway.
+  json old = sample_json();
+  old["format_version"] = "1.0";
+  old["config"].erase("ip");
+  old["config"].erase("gateway");
+  CHECK(error_of(old) == "");
+}
+
+TEST_CASE("template manifest: malformed JSON, versions and missing fields") {
+  for (const char* text : {"", "{", "[]", "null", "\"x\"", "{\"format_version\": 1}", "{} garbage"}) {
+    auto r = parse_manifest(text, kFile);
+    REQUIRE_MESSAGE(!r, text);
+    CHECK(r.error().message().starts_with(std::string(kFile) + ": "));
+  }
+  json j = sample_json();
+  for (const char* v : {"1", "1.", ".1", "1.1.1", "x.1", "1.x", " 1.1", "1.1 ", "+1.1", "-1.1", "1.-1", "1.99999999999999999999",
+                        "1.1\n"}) {
+    j["format_version"] = v;
+    refused(j, "format_version");
+  }
+  j["format_version"] = "2.0";
+  refused(j, "is not supported");
+  j["format_version"] = "1.2";
+  refused(j, "is newer than this vmm");
+  for (const char* key : {"name", "created", "vmm_version", "config", "files"}) {
+    json k = sample_json();
+    k.erase(key);
+    refused(k, key);
+  }
+  for (const char* key : {"memory", "vcpus", "cpu_template", "kernel", "cmdline", "disks", "nets"}) {
+    json k = sample_json();
+    k["config"].erase(key);
+    refused(k, key);
+  }
+  json wrong = sample_json();
+  wrong["name"] = 7;
+  refused(wrong, "type must be string");
+}
+
+TEST_CASE("template manifest: numbers that are not what they say are refused, not wrapped") {
+  json j = sample_json();
+  j["config"]["vcpus"] = (1ull << 32) + 1;  // would wrap to 1
+  refused(j, "config.vcpus");
+  j["config"]["vcpus"] = -1;
+  refused(j, "config.vcpus");
+  j["config"]["vcpus"] = 1.5;
+  refused(j, "config.vcpus");
+  j["config"]["vcpus"] = 255;
+  refused(j, "config.vcpus");
+  j["config"]["vcpus"] = 0;
+  refused(j, "vcpus 0 is out of range");
+  j = sample_json();
+  j["config"]["memory"] = -4096;
+  refused(j, "config.memory");
+  j["config"]["memory"] = "256M";
+  refused(j, "config.memory");
+  j = sample_json();
+  j["config"]["memory"] = 128ull << 20;  // not the memory file's size
+  refused(j, "does not match the memory file's size");
+  j = sample_json();
+  j["files"]["memory"]["size"] = -1;
+  refused(j, "needs file, size and crc32c");
+}
+
+TEST_CASE("template manifest: file names stay inside the template, checksums are 8 hex digits") {
+  for (const char* name : {"/etc/shadow", "../x", "disks/../../x", "./state.bin", "", "state.bin\n", "a\x1b[2Jb"}) {
+    json j = sample_json();
+    j["files"]["state"]["file"] = name;
+    refused(j, "is not inside the template");
+    j = sample_json();
+    j["config"]["disks"][0]["image"]["file"] = name;
+    refused(j, "disk image");
+  }
+  for (const char* crc : {"", "1234567", "123456789", "0x123456", "+1234567", " 1234567", "-1234567", "1234567g"}) {
+    json j = sample_json();
+    j["files"]["state"]["crc32c"] = crc;
+    refused(j, "is not 8 hex digits");
+  }
+  json j = sample_json();
+  j["files"]["state"]["crc32c"] = "ABCDEF01";
+  auto r = parse_manifest(j.dump(), kFile);
+  REQUIRE(r);
+  CHECK(r->state.checksum == 0xabcdef01);
+}
+
+TEST_CASE("template manifest: strings with control characters are refused, and errors stay one line") {
+  for (const char* key : {"name", "created", "vmm_version"}) {
+    json j = sample_json();
+    j[key] = std::string("a\nb");
+    refused(j, std::string(key) + " 'a\\x0ab' has a control character at byte 1");
+  }
+  for (const char* key : {"cpu_template", "kernel", "cmdline"}) {
+    json j = sample_json();
+    j["config"][key] = std::string("x\x1b[31m");
+    refused(j, "has a control character at byte 1");
+  }
+  json j = sample_json();
+  j["config"]["disks"][0]["id"] = "r\too";
+  refused(j, "disk id");
+  j = sample_json();
+  j["config"]["nets"][0]["tap"] = "tap\r0";
+  refused(j, "net tap");
+  j = sample_json();
+  j["config"]["disks"][0]["format"] = "vmdk\nvmm: all is well";
+  refused(j, "disk format 'vmdk\\x0avmm: all is well' is not raw or qcow2");
+  j = sample_json();
+  j["config"]["ip"] = "10.0.0.2/24\n";
+  refused(j, "config.ip");
+  j = sample_json();
+  j["config"]["disks"] = json::object();
+  refused(j, "must be arrays");
+  j = sample_json();
+  j["config"]["nets"] = "tap0";
+  refused(j, "must be arrays");
+}
+
+TEST_CASE("clone record: parsed and checked") {
+  const CloneRecord c{.name = "web-1", .template_dir = "/var/lib/vmm/templates/web", .full = false, .pid = 4242,
+                      .created = "2026-12-05T01:00:00Z"};
+  auto r = parse_clone_record(clone_json(c), "c/clone.json");
+  REQUIRE_MESSAGE(r, r.error().message());
+  CHECK(clone_json(*r) == clone_json(c));
+  auto bad = [](const std::string& text, std::string_view says) {
+    auto e = parse_clone_record(text, "c/clone.json");
+    REQUIRE_MESSAGE(!e, text);
+    CHECK_MESSAGE(e.error().message().starts_with("c/clone.json: "), e.error().message());
+    CHECK_MESSAGE(e.error().message().find('\n') == std::string::npos, e.error().message());
+    CHECK_MESSAGE(e.error().message().find(says) != std::string::npos, e.error().message());
+  };
+  bad("", "not valid JSON");
+  bad("[1]", "not valid JSON");
+  json j = json::parse(clone_json(c));
+  j["pid"] = 1.5;
+  bad(j.dump(), "pid is not an integer");
+  j = json::parse(clone_json(c));
+  j.erase("template");
+  bad(j.dump(), "template");
+  j = json::parse(clone_json(c));
+  j["name"] = "a\nb";
+  bad(j.dump(), "name 'a\\x0ab' has a control character");
+}
