@@ -32,6 +32,10 @@
 #              a command line, a RAM size and a vCPU count through boot::load. Seeds: PVH ELF64/32,
 #              vmlinux and bzImages from the unit tests' builders (VMM_KERNEL_FUZZ_MAKE_SEEDS).
 #              Regressions: tests/fuzz/kernel-regressions/.
+#   manifest   a template's manifest.json and a clone's clone.json (tests/fuzz/manifest_fuzz.cpp,
+#              clone/template.cpp): refusals one line, accepted files written back the same. Seeds:
+#              files written by the fuzzer itself (VMM_MANIFEST_FUZZ_MAKE_SEEDS). Regressions:
+#              tests/fuzz/manifest-regressions/.
 #
 # Configures and builds a clang build of its own (build-fuzz/, -DVMM_FUZZ=ON: ASan + UBSan + coverage;
 # only the fuzz target and the libraries it needs are built; one build serves every target), seeds a
@@ -40,7 +44,7 @@
 # Exits non-zero on a crash, leak or timeout, naming the reproducer; rerun one with
 #   build-fuzz/tests/TARGET_fuzz REPRODUCER     (qcow2_fuzz, state_fuzz, kvm_stats_fuzz, kvm_cache_fuzz,
 #                                                agent_identity_fuzz, guest_io_fuzz,
-#                                                kernel_fuzz)
+#                                                kernel_fuzz, manifest_fuzz)
 # Environment: VMM_FUZZ_BUILD (build directory), VMM_FUZZ_WORK (corpus, seeds and artifacts; default
 # BUILD/TARGET-fuzz), VMM_FUZZ_JOBS (parallel fuzzer processes, default 1).
 # Exit status: 0 clean, 1 the fuzzer found something, 2 the build failed (or no such TARGET), 77 a tool
@@ -85,8 +89,12 @@ case $target in
     bin=kernel_fuzz build_log=fuzz-build-kernel.log seed_env=VMM_KERNEL_FUZZ_MAKE_SEEDS
     seed_mark=.done make_seeds=own_seeds dirs=(kernel-regressions) tools=()
     limits=(-max_len=65536 -timeout=10 -rss_limit_mb=2048) ;;
+  manifest)  # A manifest is ~1 KiB; read_manifest refuses files over its limit before parsing.
+    bin=manifest_fuzz build_log=fuzz-build-manifest.log seed_env=VMM_MANIFEST_FUZZ_MAKE_SEEDS
+    seed_mark=.done make_seeds=own_seeds dirs=(manifest-regressions) tools=()
+    limits=(-max_len=16384 -timeout=10 -rss_limit_mb=2048) ;;
   *)
-    echo "usage: scripts/fuzz.sh qcow2|state|kvm-stats|kvm-cache|agent-identity|guest-io|kernel [SECONDS] [extra libFuzzer options...]" >&2
+    echo "usage: scripts/fuzz.sh qcow2|state|kvm-stats|kvm-cache|agent-identity|guest-io|kernel|manifest [SECONDS] [extra libFuzzer options...]" >&2
     exit 2 ;;
 esac
 name=fuzz-$target  # in messages

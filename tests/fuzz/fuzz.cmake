@@ -1,8 +1,9 @@
 # libFuzzer targets, built only by clang in a configure of their own (scripts/fuzz.sh TARGET; its
 # wrappers scripts/fuzz-qcow2.sh, scripts/fuzz-state.sh, scripts/fuzz-kvm-stats.sh,
-# scripts/fuzz-kvm-cache.sh, scripts/fuzz-agent-identity.sh, scripts/fuzz-guest-io.sh, scripts/fuzz-kernel.sh):
+# scripts/fuzz-kvm-cache.sh, scripts/fuzz-agent-identity.sh, scripts/fuzz-guest-io.sh, scripts/fuzz-kernel.sh,
+# scripts/fuzz-manifest.sh):
 #   cmake -S . -B build-fuzz -G Ninja -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DVMM_FUZZ=ON
-#   ninja -C build-fuzz qcow2_fuzz state_fuzz kvm_stats_fuzz kvm_cache_fuzz agent_identity_fuzz guest_io_fuzz kernel_fuzz
+#   ninja -C build-fuzz qcow2_fuzz state_fuzz kvm_stats_fuzz kvm_cache_fuzz agent_identity_fuzz guest_io_fuzz kernel_fuzz manifest_fuzz
 # With VMM_FUZZ every host library is instrumented for libFuzzer (coverage) and built with ASan and
 # UBSan; the normal g++ build never sees any of this.
 # In the normal build there are only the smoke tests below, each running its script (one clang build
@@ -63,6 +64,11 @@ if(VMM_FUZZ)
     add_executable(kernel_fuzz ${CMAKE_CURRENT_LIST_DIR}/kernel_fuzz.cpp)
     target_link_libraries(kernel_fuzz PRIVATE vmm_boot vmm_base)
     target_link_options(kernel_fuzz PRIVATE -fsanitize=fuzzer)
+
+    # manifest_fuzz: a template's manifest.json and a clone's clone.json through their parsers.
+    add_executable(manifest_fuzz ${CMAKE_CURRENT_LIST_DIR}/manifest_fuzz.cpp)
+    target_link_libraries(manifest_fuzz PRIVATE vmm_clone vmm_base)
+    target_link_options(manifest_fuzz PRIVATE -fsanitize=fuzzer)
   endif()
 endif()
 
@@ -88,5 +94,8 @@ if(NOT VMM_FUZZ AND NOT VMM_SANITIZE)
     ENVIRONMENT "VMM_FUZZ_BUILD=${CMAKE_BINARY_DIR}/fuzz" RESOURCE_LOCK vmm_fuzz_build)
   add_test(NAME fuzz.kernel_smoke COMMAND ${CMAKE_SOURCE_DIR}/scripts/fuzz-kernel.sh 30)
   set_tests_properties(fuzz.kernel_smoke PROPERTIES LABELS fuzz TIMEOUT 900 SKIP_RETURN_CODE 77
+    ENVIRONMENT "VMM_FUZZ_BUILD=${CMAKE_BINARY_DIR}/fuzz" RESOURCE_LOCK vmm_fuzz_build)
+  add_test(NAME fuzz.manifest_smoke COMMAND ${CMAKE_SOURCE_DIR}/scripts/fuzz-manifest.sh 30)
+  set_tests_properties(fuzz.manifest_smoke PROPERTIES LABELS fuzz TIMEOUT 900 SKIP_RETURN_CODE 77
     ENVIRONMENT "VMM_FUZZ_BUILD=${CMAKE_BINARY_DIR}/fuzz" RESOURCE_LOCK vmm_fuzz_build)
 endif()
