@@ -83,7 +83,7 @@ case $target in
     limits=(-max_len=1100 -timeout=10 -rss_limit_mb=2048) ;;
   guest-io)  # Programs of a few hundred operations; each input builds a machine (an io_uring, files).
     bin=guest_io_fuzz build_log=fuzz-build-guest-io.log seed_env=VMM_GUEST_IO_FUZZ_MAKE_SEEDS
-    seed_mark=.done make_seeds=own_seeds dirs=(guest-io-regressions) tools=()
+    seed_mark=.done-2 make_seeds=own_seeds dirs=(guest-io-regressions) tools=()
     limits=(-max_len=8192 -timeout=10 -rss_limit_mb=2048) ;;
   kernel)  # Kernels here are synthetic and small; a real bzImage's header and first pages fit.
     bin=kernel_fuzz build_log=fuzz-build-kernel.log seed_env=VMM_KERNEL_FUZZ_MAKE_SEEDS

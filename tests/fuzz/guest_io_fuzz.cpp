@@ -3,8 +3,9 @@
 // PCI configuration through ECAM, and two virtio-pci functions (virtio-blk on a raw image file,
 // virtio-net on one end of a socketpair standing in for a TAP): their BARs (common configuration,
 // ISR, device configuration, notify, MSI-X table and PBA), their virtqueues' rings and descriptor
-// chains in guest RAM, block requests against the file and frames both ways. Built by clang only
-// (tests/fuzz/fuzz.cmake, scripts/fuzz-guest-io.sh) with -fsanitize=fuzzer,address,undefined.
+// chains in guest RAM, block requests against the file (raw, or a qcow2 overlay on it) and frames
+// both ways. Built by clang only (tests/fuzz/fuzz.cmake, scripts/fuzz-guest-io.sh) with
+// -fsanitize=fuzzer,address,undefined.
 //
 // An input is a program: one byte of set-up flags, then operations (an opcode byte and its operands;
 // bytes past the end read as zero). Besides the raw accesses a guest makes, a few operations do what
@@ -51,6 +52,7 @@
 #include "devices/virtio/net.hpp"
 #include "devices/virtio/pci_transport.hpp"
 #include "disk/image.hpp"
+#include "disk/qcow2.hpp"
 #include "fake_vm.hpp"
 #include "vmm/base/codec.hpp"
 #include "vmm/base/event_loop.hpp"
@@ -90,10 +92,12 @@ std::vector<uint8_t> disk_pattern() {
   return b;
 }
 
-/// Two image files made once: the disk the program drives, reset to a pattern before each run, and
-/// a twin of the same size for the devices a snapshot check restores into.
+/// The image files: a raw disk the program drives (reset to a pattern before each run) and a twin
+/// of the same size for the devices a snapshot check restores into; or, with set-up flag 4, qcow2
+/// overlays made afresh for each run over the raw one (a linked clone's disk: the raw file, its
+/// backing, must come out unchanged).
 struct Files {
-  fs::path disk, twin;
+  fs::path disk, twin, qdisk, qtwin;
   std::vector<uint8_t> pattern = disk_pattern();
   static Files& get() {
     static Files* f = [] {
@@ -105,23 +109,34 @@ struct Files {
         ::close(fd);
         *p = path;
       }
+      files->qdisk = files->disk.string() + ".qcow2";
+      files->qtwin = files->twin.string() + ".qcow2";
       std::atexit([] {
         std::error_code ec;
-        fs::remove(get().disk, ec);
-        fs::remove(get().twin, ec);
+        for (const fs::path& p : {get().disk, get().twin, get().qdisk, get().qtwin}) fs::remove(p, ec);
       });
       return files;
     }();
     return *f;
   }
-  void reset_disk() const {
+  void reset_disk(bool qcow2) const {
     const int fd = ::open(disk.c_str(), O_WRONLY | O_CLOEXEC);
     if (fd < 0 || ::ftruncate(fd, kDiskBytes) != 0 ||
         ::pwrite(fd, pattern.data(), pattern.size(), 0) != static_cast<ssize_t>(pattern.size())) {
       die("resetting the disk image");
     }
     ::close(fd);
+    if (!qcow2) return;
+    for (const fs::path& q : {qdisk, qtwin}) {
+      std::error_code ec;
+      fs::remove(q, ec);
+      auto r = vmm::disk::Qcow2::create(q, {.size = kDiskBytes, .cluster_bits = 12, .backing = disk.filename().string(),
+                                            .backing_format = "raw"});
+      if (!r) die("qcow2 overlay", r.error().message());
+    }
   }
+  const fs::path& driven(bool qcow2) const { return qcow2 ? qdisk : disk; }
+  const fs::path& spare(bool qcow2) const { return qcow2 ? qtwin : twin; }
 };
 
 /// A virtio device of either kind behind its transport, and what it needs alive.
@@ -213,7 +228,7 @@ struct DriverQueue {
 };
 
 struct Machine {
-  bool read_only, filter;
+  bool read_only, filter, qcow2;
   vmm::GuestMemory memory;
   std::unique_ptr<vmm::EventLoop> loop;
   fuzz_vm::FakeVmIo io{false};
@@ -230,7 +245,7 @@ struct Machine {
   std::array<std::array<DriverQueue, 2>, kFunctions> queues{};
 
   Machine(uint8_t flags, vmm::GuestMemory mem, std::unique_ptr<vmm::EventLoop> l)
-      : read_only(flags & 1), filter(flags & 2), memory(std::move(mem)), loop(std::move(l)) {
+      : read_only(flags & 1), filter(flags & 2), qcow2(flags & 4), memory(std::move(mem)), loop(std::move(l)) {
     auto fw = std::make_shared<dev::FwCfg>();
     if (!fw->add_file(std::string(dev::kIdentityFileName), std::vector<uint8_t>(dev::kIdentitySize, 'i'))) {
       die("fw_cfg file");
@@ -253,7 +268,7 @@ struct Machine {
       ports.push_back({port, len});
     }
     for (unsigned i = 0; i < kFunctions; ++i) {
-      functions[i] = make_function(i, Files::get().disk, read_only, filter, *loop, io, memory, kBars + i * kSlice, 17 + i);
+      functions[i] = make_function(i, Files::get().driven(qcow2), read_only, filter, *loop, io, memory, kBars + i * kSlice, 17 + i);
       if (!pci->attach(1 + i, functions[i].transport)) die("attach");
     }
     window = pci->mmio_window(kBars);  // after the functions are attached: it forwards to those
@@ -466,7 +481,7 @@ struct Machine {
     transport(fn).save(w);
     const std::vector<uint8_t> saved = w.take();
     fuzz_vm::FakeVmIo io2{false};
-    Function fresh = make_function(fn, Files::get().twin, read_only, filter, *loop, io2, memory, kBars + fn * kSlice, 17 + fn);
+    Function fresh = make_function(fn, Files::get().spare(qcow2), read_only, filter, *loop, io2, memory, kBars + fn * kSlice, 17 + fn);
     vmm::ByteReader r(saved, "snapshot");
     auto res = fresh.transport->restore(r);
     if (res) res = r.finish();
@@ -521,23 +536,23 @@ struct Machine {
   }
 };
 
-void check_disk(bool read_only) {
+void check_disk(bool read_only, bool qcow2) {
   const Files& f = Files::get();
   std::error_code ec;
   const auto size = fs::file_size(f.disk, ec);
   if (ec || size != kDiskBytes) die("the disk file changed size", fmt::format("{}", size));
-  if (!read_only) return;
+  if (!read_only && !qcow2) return;
   std::vector<uint8_t> now(kDiskBytes);
   const int fd = ::open(f.disk.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0 || ::pread(fd, now.data(), now.size(), 0) != static_cast<ssize_t>(now.size())) die("reading the disk");
   ::close(fd);
-  if (now != f.pattern) die("a read-only disk's file was written");
+  if (now != f.pattern) die(qcow2 ? "an overlay's backing file was written" : "a read-only disk's file was written");
 }
 
 void run_program(std::span<const uint8_t> data) {
-  Files::get().reset_disk();
   Input in{data};
   const auto flags = in.take<uint8_t>();
+  Files::get().reset_disk(flags & 4);
   auto memory = vmm::GuestMemory::anonymous(kRam);
   if (!memory) die("guest memory", memory.error().message());
   auto loop = vmm::EventLoop::create();
@@ -546,7 +561,7 @@ void run_program(std::span<const uint8_t> data) {
     Machine m(flags, std::move(*memory), std::move(*loop));
     m.run(in);
   }
-  check_disk(flags & 1);
+  check_disk(flags & 1, flags & 4);
 }
 
 // ---- Seeds -------------------------------------------------------------------------------------------
@@ -583,6 +598,8 @@ void make_seeds(const fs::path& dir) {
     p.u8(10).u8(3);
     p.u8(13).u8(0);  // snapshot
     seeds.push_back({fmt::format("blk-type{}", type), p});
+    p.b[0] = 4;  // the same on a qcow2 overlay
+    seeds.push_back({fmt::format("blk-qcow2-type{}", type), p});
   }
   {  // Net: bring up, receive buffers, a frame in, a frame out
     Program p;
