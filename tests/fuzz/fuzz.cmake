@@ -28,74 +28,39 @@ if(VMM_FUZZ)
       target_include_directories(vmm_host_flags SYSTEM BEFORE INTERFACE ${CMAKE_CURRENT_LIST_DIR}/compat)
     endif()
 
-    # qcow2_fuzz: an image file plus a short sequence of guest operations through disk::Qcow2.
-    add_executable(qcow2_fuzz ${CMAKE_CURRENT_LIST_DIR}/qcow2_fuzz.cpp)
-    target_link_libraries(qcow2_fuzz PRIVATE vmm_disk vmm_base)
-    target_link_options(qcow2_fuzz PRIVATE -fsanitize=fuzzer)
-
-    # state_fuzz: a snapshot state file through clone::parse_state_file, clone::read_shape and the
+    # One target per tests/fuzz/NAME_fuzz.cpp, linked to the libraries it drives.
+    function(vmm_fuzz_target name)
+      add_executable(${name}_fuzz ${CMAKE_CURRENT_FUNCTION_LIST_DIR}/${name}_fuzz.cpp)
+      target_link_libraries(${name}_fuzz PRIVATE ${ARGN})
+      target_link_options(${name}_fuzz PRIVATE -fsanitize=fuzzer)
+    endfunction()
+    # qcow2: an image file plus a short sequence of guest operations through disk::Qcow2.
+    vmm_fuzz_target(qcow2 vmm_disk vmm_base)
+    # state: a snapshot state file through clone::parse_state_file, clone::read_shape and the
     # device-state decoders (devices built with fake VM interfaces: no KVM is opened).
-    add_executable(state_fuzz ${CMAKE_CURRENT_LIST_DIR}/state_fuzz.cpp)
-    target_link_libraries(state_fuzz PRIVATE vmm_clone vmm_devices vmm_disk vmm_base)
-    target_link_options(state_fuzz PRIVATE -fsanitize=fuzzer)
-
-    # kvm_stats_fuzz: a KVM binary stats file (KVM_GET_STATS_FD) through parse_kvm_stats.
-    add_executable(kvm_stats_fuzz ${CMAKE_CURRENT_LIST_DIR}/kvm_stats_fuzz.cpp)
-    target_link_libraries(kvm_stats_fuzz PRIVATE vmm_core vmm_base)
-    target_link_options(kvm_stats_fuzz PRIVATE -fsanitize=fuzzer)
-
-    # kvm_cache_fuzz: the supported-CPUID cache file through decode_cpuid_cache.
-    add_executable(kvm_cache_fuzz ${CMAKE_CURRENT_LIST_DIR}/kvm_cache_fuzz.cpp)
-    target_link_libraries(kvm_cache_fuzz PRIVATE vmm_core vmm_base)
-    target_link_options(kvm_cache_fuzz PRIVATE -fsanitize=fuzzer)
-
-    # agent_identity_fuzz: vmm-agent's identity file (guest-images/linux/vmm-agent/identity.c).
-    add_executable(agent_identity_fuzz ${CMAKE_CURRENT_LIST_DIR}/agent_identity_fuzz.cpp)
-    target_link_libraries(agent_identity_fuzz PRIVATE vmm_agent_identity vmm_host_flags)
-    target_link_options(agent_identity_fuzz PRIVATE -fsanitize=fuzzer)
-
-    # guest_io_fuzz: a hostile guest's port, MMIO, PCI configuration and virtqueue traffic through the
+    vmm_fuzz_target(state vmm_clone vmm_devices vmm_disk vmm_base)
+    # kvm_stats: a KVM binary stats file (KVM_GET_STATS_FD) through parse_kvm_stats.
+    vmm_fuzz_target(kvm_stats vmm_core vmm_base)
+    # kvm_cache: the supported-CPUID cache file through decode_cpuid_cache.
+    vmm_fuzz_target(kvm_cache vmm_core vmm_base)
+    # agent_identity: vmm-agent's identity file (guest-images/linux/vmm-agent/identity.c).
+    vmm_fuzz_target(agent_identity vmm_agent_identity vmm_host_flags)
+    # guest_io: a hostile guest's port, MMIO, PCI configuration and virtqueue traffic through the
     # legacy devices and virtio-blk/virtio-net over virtio-pci (no KVM: the accesses are made directly).
-    add_executable(guest_io_fuzz ${CMAKE_CURRENT_LIST_DIR}/guest_io_fuzz.cpp)
-    target_link_libraries(guest_io_fuzz PRIVATE vmm_devices vmm_disk vmm_base)
-    target_link_options(guest_io_fuzz PRIVATE -fsanitize=fuzzer)
-
-    # kernel_fuzz: a kernel file (and an initrd, a command line, a RAM size) through boot::load.
-    add_executable(kernel_fuzz ${CMAKE_CURRENT_LIST_DIR}/kernel_fuzz.cpp)
-    target_link_libraries(kernel_fuzz PRIVATE vmm_boot vmm_base)
-    target_link_options(kernel_fuzz PRIVATE -fsanitize=fuzzer)
-
-    # manifest_fuzz: a template's manifest.json and a clone's clone.json through their parsers.
-    add_executable(manifest_fuzz ${CMAKE_CURRENT_LIST_DIR}/manifest_fuzz.cpp)
-    target_link_libraries(manifest_fuzz PRIVATE vmm_clone vmm_base)
-    target_link_options(manifest_fuzz PRIVATE -fsanitize=fuzzer)
+    vmm_fuzz_target(guest_io vmm_devices vmm_disk vmm_base)
+    # kernel: a kernel file (and an initrd, a command line, a RAM size) through boot::load.
+    vmm_fuzz_target(kernel vmm_boot vmm_base)
+    # manifest: a template's manifest.json and a clone's clone.json through their parsers.
+    vmm_fuzz_target(manifest vmm_clone vmm_base)
   endif()
 endif()
 
 if(NOT VMM_FUZZ AND NOT VMM_SANITIZE)
-  add_test(NAME fuzz.qcow2_smoke COMMAND ${CMAKE_SOURCE_DIR}/scripts/fuzz-qcow2.sh 30)
   # The smoke tests share one clang build directory: never two configures or ninjas in it at once.
-  set_tests_properties(fuzz.qcow2_smoke PROPERTIES LABELS fuzz TIMEOUT 900 SKIP_RETURN_CODE 77
-    ENVIRONMENT "VMM_FUZZ_BUILD=${CMAKE_BINARY_DIR}/fuzz" RESOURCE_LOCK vmm_fuzz_build)
-  add_test(NAME fuzz.state_smoke COMMAND ${CMAKE_SOURCE_DIR}/scripts/fuzz-state.sh 30)
-  set_tests_properties(fuzz.state_smoke PROPERTIES LABELS fuzz TIMEOUT 900 SKIP_RETURN_CODE 77
-    ENVIRONMENT "VMM_FUZZ_BUILD=${CMAKE_BINARY_DIR}/fuzz" RESOURCE_LOCK vmm_fuzz_build)
-  add_test(NAME fuzz.kvm_stats_smoke COMMAND ${CMAKE_SOURCE_DIR}/scripts/fuzz-kvm-stats.sh 30)
-  set_tests_properties(fuzz.kvm_stats_smoke PROPERTIES LABELS fuzz TIMEOUT 900 SKIP_RETURN_CODE 77
-    ENVIRONMENT "VMM_FUZZ_BUILD=${CMAKE_BINARY_DIR}/fuzz" RESOURCE_LOCK vmm_fuzz_build)
-  add_test(NAME fuzz.kvm_cache_smoke COMMAND ${CMAKE_SOURCE_DIR}/scripts/fuzz-kvm-cache.sh 30)
-  set_tests_properties(fuzz.kvm_cache_smoke PROPERTIES LABELS fuzz TIMEOUT 900 SKIP_RETURN_CODE 77
-    ENVIRONMENT "VMM_FUZZ_BUILD=${CMAKE_BINARY_DIR}/fuzz" RESOURCE_LOCK vmm_fuzz_build)
-  add_test(NAME fuzz.agent_identity_smoke COMMAND ${CMAKE_SOURCE_DIR}/scripts/fuzz-agent-identity.sh 30)
-  set_tests_properties(fuzz.agent_identity_smoke PROPERTIES LABELS fuzz TIMEOUT 900 SKIP_RETURN_CODE 77
-    ENVIRONMENT "VMM_FUZZ_BUILD=${CMAKE_BINARY_DIR}/fuzz" RESOURCE_LOCK vmm_fuzz_build)
-  add_test(NAME fuzz.guest_io_smoke COMMAND ${CMAKE_SOURCE_DIR}/scripts/fuzz-guest-io.sh 30)
-  set_tests_properties(fuzz.guest_io_smoke PROPERTIES LABELS fuzz TIMEOUT 900 SKIP_RETURN_CODE 77
-    ENVIRONMENT "VMM_FUZZ_BUILD=${CMAKE_BINARY_DIR}/fuzz" RESOURCE_LOCK vmm_fuzz_build)
-  add_test(NAME fuzz.kernel_smoke COMMAND ${CMAKE_SOURCE_DIR}/scripts/fuzz-kernel.sh 30)
-  set_tests_properties(fuzz.kernel_smoke PROPERTIES LABELS fuzz TIMEOUT 900 SKIP_RETURN_CODE 77
-    ENVIRONMENT "VMM_FUZZ_BUILD=${CMAKE_BINARY_DIR}/fuzz" RESOURCE_LOCK vmm_fuzz_build)
-  add_test(NAME fuzz.manifest_smoke COMMAND ${CMAKE_SOURCE_DIR}/scripts/fuzz-manifest.sh 30)
-  set_tests_properties(fuzz.manifest_smoke PROPERTIES LABELS fuzz TIMEOUT 900 SKIP_RETURN_CODE 77
-    ENVIRONMENT "VMM_FUZZ_BUILD=${CMAKE_BINARY_DIR}/fuzz" RESOURCE_LOCK vmm_fuzz_build)
+  foreach(target qcow2 state kvm-stats kvm-cache agent-identity guest-io kernel manifest)
+    string(REPLACE "-" "_" test ${target})
+    add_test(NAME fuzz.${test}_smoke COMMAND ${CMAKE_SOURCE_DIR}/scripts/fuzz-${target}.sh 30)
+    set_tests_properties(fuzz.${test}_smoke PROPERTIES LABELS fuzz TIMEOUT 900 SKIP_RETURN_CODE 77
+      ENVIRONMENT "VMM_FUZZ_BUILD=${CMAKE_BINARY_DIR}/fuzz" RESOURCE_LOCK vmm_fuzz_build)
+  endforeach()
 endif()

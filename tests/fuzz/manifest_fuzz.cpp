@@ -18,6 +18,7 @@
 #include <string_view>
 #include <vector>
 
+#include "../unit/template_samples.hpp"
 #include "clone/template.hpp"
 
 namespace {
@@ -47,41 +48,12 @@ void round_trip(std::string_view text, Parse parse, Write write) {
   if (write(*again) != once) die("writing back is not stable", once);
 }
 
-Manifest sample(unsigned disks, unsigned nets, bool v10) {
-  Manifest m;
-  m.name = "web";
-  m.created = "2026-12-05T01:00:00Z";
-  m.vmm_version = "0.1.0";
-  m.memory = 256ull << 20;
-  m.vcpus = 2;
-  m.cpu_template = "host";
-  m.kernel = "/boot/vmlinuz";
-  m.cmdline = "console=ttyS0";
-  for (unsigned i = 0; i < disks; ++i) {
-    m.disks.push_back({.file = {.name = "disks/disk" + std::to_string(i) + ".img", .size = 65536, .checksum = 0x1234abcd + i,
-                                .data_bytes = 0},
-                       .id = "d" + std::to_string(i),
-                       .format = i % 2 ? "qcow2" : "raw",
-                       .read_only = i % 2 == 0});
-  }
-  for (unsigned i = 0; i < nets; ++i) m.nets.push_back({.mac = "52:54:00:12:34:5" + std::to_string(i), .tap = "tap" + std::to_string(i)});
-  if (!v10) {
-    m.ip = "10.0.0.2/24";
-    m.gateway = "10.0.0.1";
-  } else {
-    m.minor = 0;
-  }
-  m.state = {.name = kStateFile, .size = 9000, .checksum = 0xdeadbeef, .data_bytes = 0};
-  m.memory_file = {.name = kMemoryFile, .size = m.memory, .checksum = 0x00c0ffee, .data_bytes = 4096};
-  return m;
-}
-
 void make_seeds(const fs::path& dir) {
   fs::create_directories(dir);
   std::vector<std::pair<std::string, std::string>> seeds;
-  seeds.push_back({"manifest-plain", manifest_json(sample(0, 0, false))});
-  seeds.push_back({"manifest-disks-nets", manifest_json(sample(2, 2, false))});
-  seeds.push_back({"manifest-1.0", manifest_json(sample(1, 0, true))});
+  seeds.push_back({"manifest-plain", manifest_json(template_test::sample_manifest(0, 0, false))});
+  seeds.push_back({"manifest-disks-nets", manifest_json(template_test::sample_manifest(2, 2, false))});
+  seeds.push_back({"manifest-1.0", manifest_json(template_test::sample_manifest(1, 0, true))});
   seeds.push_back({"clone-linked", clone_json({.name = "web-1", .template_dir = "/var/lib/vmm/templates/web", .full = false,
                                                .pid = 4242, .created = "2026-12-05T01:00:00Z"})});
   seeds.push_back({"clone-full", clone_json({.name = "web-2", .template_dir = "", .full = true, .pid = -1, .created = "x"})});

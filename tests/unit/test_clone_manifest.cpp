@@ -8,6 +8,7 @@
 #include <string>
 
 #include "clone/template.hpp"
+#include "template_samples.hpp"
 
 namespace {
 
@@ -16,27 +17,7 @@ using namespace vmm::clone;
 
 constexpr const char* kFile = "t/manifest.json";
 
-Manifest sample() {
-  Manifest m;
-  m.name = "web";
-  m.created = "2026-12-05T01:00:00Z";
-  m.vmm_version = "0.1.0";
-  m.memory = 256ull << 20;
-  m.vcpus = 2;
-  m.cpu_template = "host";
-  m.kernel = "/boot/vmlinuz";
-  m.cmdline = "console=ttyS0 quiet";
-  m.disks.push_back({.file = {.name = "disks/disk0.qcow2", .size = 196608, .checksum = 0x1234abcd, .data_bytes = 0},
-                     .id = "root",
-                     .format = "qcow2",
-                     .read_only = false});
-  m.nets.push_back({.mac = "52:54:00:12:34:56", .tap = "tap0"});
-  m.ip = "10.0.0.2/24";
-  m.gateway = "10.0.0.1";
-  m.state = {.name = kStateFile, .size = 9000, .checksum = 0xdeadbeef, .data_bytes = 0};
-  m.memory_file = {.name = kMemoryFile, .size = 256ull << 20, .checksum = 0x00c0ffee, .data_bytes = 4096};
-  return m;
-}
+Manifest sample() { return template_test::sample_manifest(); }
 
 json sample_json() { return json::parse(manifest_json(sample())); }
 
