@@ -1,7 +1,8 @@
 #!/bin/sh
 # Runs in L1 for smp-soak.sh: boots the L2 BOOTS times with CPUS vCPUs until a boot stalls (no exit
-# within 60 s), then reports on the stalled VM. (With nokaslr on the L2's command line no boot of 115
-# stalled, against 4 of ~145 with KASLR: the soak keeps KASLR, and addresses are offsets from _text.)
+# within 60 s), then reports on the stalled VM. (nokaslr on the L2's command line is no cure: 115 boots
+# without a stall one day, two L1 freezes within 16 boots the next; the soak keeps KASLR, and
+# addresses are offsets from _text.)
 # usage: smp-soak-inner.sh BOOTS CPUS SCENARIO
 boots=$1 cpus=$2 scenario=$3
 t=/sys/kernel/tracing
