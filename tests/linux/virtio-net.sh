@@ -9,6 +9,12 @@ mkdir -p www
 dd if=/dev/urandom of=www/payload bs=1M count=4 2>/dev/null
 want=$(md5sum <www/payload | cut -d' ' -f1)
 httpd -p 8080 -h /tmp/www
+# No IPv6 on the TAP: the test is about the frames it sends, not the kernel's router solicitations
+# and MLD reports. Set as the default before the TAP exists, which it inherits when it is made (a
+# write to tap0's own setting raced with its creation: the TAP was there before its conf directory).
+for c in all default; do
+  [ ! -d /proc/sys/net/ipv6 ] || echo 1 >/proc/sys/net/ipv6/conf/$c/disable_ipv6 || bad "cannot turn IPv6 off ($c)"
+done
 
 vmm run --kernel /files/vmlinuz --initrd /files/initramfs.cpio --memory 256M --cpus 2 \
   --net tap=tap0,mac=52:54:00:12:34:56 --cmdline "console=ttyS0 vmm.scenario=net" >/tmp/c.txt 2>/tmp/e.txt &
@@ -17,9 +23,6 @@ i=0
 until ip link show tap0 >/dev/null 2>&1; do
   i=$((i + 1)); [ $i -gt 300 ] && break; sleep 0.1
 done
-# No IPv6 on L1's side of the TAP, set before it comes up: the test is about the frames it sends,
-# not the kernel's router solicitations and MLD reports.
-[ ! -d /proc/sys/net/ipv6 ] || echo 1 >/proc/sys/net/ipv6/conf/tap0/disable_ipv6 || bad "cannot turn IPv6 off on tap0"
 ip addr add 10.0.2.1/24 dev tap0
 ip link set tap0 up
 # Wait for the guest to serve its payload, fetch it, and tell the guest we are done.
