@@ -319,6 +319,10 @@ void check_transport(PciTransport& source, PciTransport& fresh, uint64_t feature
     auto bad = st;
     bad.queues[0].size = static_cast<uint16_t>(fresh.device().queues()[0].max_size() + 1);
     refused(bad, "queue.size", "over the maximum");
+    // Before the queue is enabled a driver may have written any size (its enable then fails).
+    auto unready = bad;
+    unready.queues[0].ready = false;
+    CHECK(restore_error(fresh, encode(unready)) == "");
     bad = st;
     bad.queues[0].size = 3;
     refused(bad, "queues", "not a power of two");
