@@ -324,7 +324,10 @@ void PciTransport::write_status(uint8_t value) {
     status_ |= value & kStatusFailed;  // only a reset (or FAILED) gets out of NEEDS_RESET
     return;
   }
-  uint8_t next = value;
+  // A driver never clears a status bit (virtio 1.2 §2.1.2); one that tries keeps them: a running
+  // device cannot be made to look unconfigured (DRIVER_OK without FEATURES_OK, a state no restore
+  // takes: the guest-io fuzzer wrote 0x36 over 0x0f) or be activated twice by setting DRIVER_OK again.
+  uint8_t next = static_cast<uint8_t>(value | status_);
   if ((next & kStatusFeaturesOk) && !(status_ & kStatusFeaturesOk)) {
     // virtio 1.2 §3.1.1: refuse features we did not offer, and legacy drivers (no VERSION_1).
     const uint64_t offered = device_->device_features();

@@ -234,6 +234,16 @@ TEST_CASE("virtio-pci: a request end to end with MSI-X, masking, NEEDS_RESET and
   CHECK(rig.io.vectors[1]->fired == 2);
   CHECK((d.rd<uint32_t>(PciTransport::kBar0Size + PciTransport::kPbaOffset) & 2) == 0);
 
+  // A driver that clears status bits keeps them (it cannot make a running device look
+  // unconfigured, nor activate it twice), and the device serves on.
+  const uint8_t running = kStatusAcknowledge | kStatusDriver | kStatusFeaturesOk | kStatusDriverOk;
+  d.wr<uint8_t>(kStatus, 0x36);
+  CHECK(d.rd<uint8_t>(kStatus) == (running | 0x30));
+  d.wr<uint8_t>(kStatus, kStatusAcknowledge);
+  CHECK(d.rd<uint8_t>(kStatus) == (running | 0x30));
+  rig.read_sector(d, 6, 0x41000);
+  CHECK(*rig.mem.read_obj<uint8_t>(Gpa(0x30100)) == kBlkSOk);
+
   // A hostile avail index: NEEDS_RESET, a config interrupt, and no more processing.
   rig.vq.set_avail_idx(static_cast<uint16_t>(rig.vq.used_idx() + 50));
   d.wr<uint16_t>(PciTransport::kNotifyOffset, 0);
