@@ -43,17 +43,8 @@ bool inside(const std::string& name) {
   return true;
 }
 
-/// The first control character in `text`, if any: every string a manifest or clone record holds
-/// ends up in messages and listings (`vmm template ls` prints the name), so one that would split a
-/// line or drive a terminal is refused, never printed.
-std::optional<size_t> control_char(std::string_view text) {
-  for (size_t i = 0; i < text.size(); ++i) {
-    const auto c = static_cast<unsigned char>(text[i]);
-    if (c < 0x20 || c == 0x7f) return i;
-  }
-  return std::nullopt;
-}
-
+/// Every string a manifest or clone record holds ends up in messages and listings (`vmm template ls`
+/// prints the name): one with a control character is refused, never printed.
 Result<> check_text(std::string_view value, std::string_view field, std::string_view file) {
   if (auto at = control_char(value)) {
     return fail("{}: {} '{}' has a control character at byte {}", file, field, printable(value), *at);

@@ -155,9 +155,8 @@ Result<Header> parse_header(std::span<const uint8_t> head, uint64_t file_size) {
                   h.backing_file_offset, h.backing_file_size);
     }
     h.backing_file.assign(reinterpret_cast<const char*>(p + h.backing_file_offset), h.backing_file_size);
-    for (size_t i = 0; i < h.backing_file.size(); ++i) {
-      const auto c = static_cast<uint8_t>(h.backing_file[i]);
-      if (c < 0x20 || c == 0x7f) return fail("backing file name has a control character ({:#04x}) at byte {}", c, i);
+    if (auto i = control_char(h.backing_file)) {
+      return fail("backing file name has a control character ({:#04x}) at byte {}", static_cast<uint8_t>(h.backing_file[*i]), *i);
     }
     ext_end = h.backing_file_offset;
   }

@@ -10,6 +10,14 @@ std::string errno_text(int err) {
   return ::strerror_r(err, buf, sizeof buf);
 }
 
+std::optional<size_t> control_char(std::string_view text) {
+  for (size_t i = 0; i < text.size(); ++i) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (c < 0x20 || c == 0x7f) return i;
+  }
+  return std::nullopt;
+}
+
 std::string printable(std::string_view bytes) {
   std::string out;
   for (const char c : bytes) {

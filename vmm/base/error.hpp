@@ -4,6 +4,7 @@
 #pragma once
 
 #include <expected>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -40,6 +41,9 @@ std::string errno_text(int err);
 /// Untrusted bytes (from a file or a guest) made fit for a one-line message: printable ASCII stays,
 /// everything else (and ' and \\) becomes \\xNN.
 std::string printable(std::string_view bytes);
+/// Where the first control character (below 0x20, or 0x7f) of untrusted text is, if it has one: a
+/// name from a file that would split a message's line or drive a terminal is refused by its parser.
+std::optional<size_t> control_char(std::string_view text);
 
 }  // namespace vmm
 

@@ -90,9 +90,8 @@ Result<> seal_template(TemplateDraft& draft, clone::Manifest& m) {
 Result<fs::path> template_path(const std::string& state_dir, const std::string& dir) {
   if (dir.find('/') != std::string::npos) {
     // The directory's name becomes the template's (its manifest refuses control characters).
-    const std::string name = fs::path(dir).lexically_normal().filename().string();
-    for (const char c : name) {
-      if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) return fail("template directory '{}': its name has a control character", printable(dir));
+    if (control_char(fs::path(dir).lexically_normal().filename().string())) {
+      return fail("template directory '{}': its name has a control character", printable(dir));
     }
     return fs::absolute(dir);
   }
