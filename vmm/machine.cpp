@@ -20,34 +20,65 @@ Result<std::unique_ptr<Machine>> Machine::create(const Kvm& kvm, GuestMemory mem
   return m;
 }
 
-Machine::~Machine() { stop_io(); }
+Machine::~Machine() { end_io(); }
+
+void Machine::io_thread() {
+  ::pthread_setname_np(::pthread_self(), "vmm-io");
+  for (;;) {
+    auto r = loop_->run();  // until park_io() or end_io() stops the loop
+    if (!r) {
+      io_result_ = r;
+      vm_->request_stop(StopInfo{.reason = devices::StopReason::Error, .status = 0, .message = "I/O thread: " + r.error().message()});
+    }
+    std::unique_lock lock(io_mutex_);
+    io_parked_ = true;
+    io_cv_.notify_all();
+    if (!r) return;
+    io_cv_.wait(lock, [&] { return io_want_ != IoWant::Park; });
+    if (io_want_ == IoWant::End) return;
+    io_parked_ = false;
+  }
+}
 
 void Machine::start_io() {
   std::lock_guard lock(io_mutex_);
-  if (io_.joinable()) return;
-  io_ = std::thread([this] {
-    ::pthread_setname_np(::pthread_self(), "vmm-io");
-    auto r = loop_->run();
-    if (!r) {
-      io_result_ = r;
-      vm_->request_stop(StopInfo{.reason = devices::StopReason::Error, .status = 0,
-                                 .message = "I/O thread: " + r.error().message()});
-    }
-  });
+  if (io_want_ == IoWant::End) return;
+  io_want_ = IoWant::Run;
+  if (!io_.joinable()) {
+    io_parked_ = false;
+    io_ = std::thread([this] { io_thread(); });
+  }
+  io_cv_.notify_all();
 }
 
-void Machine::stop_io() {
-  std::lock_guard lock(io_mutex_);
-  if (!io_.joinable()) return;
+void Machine::park_io() {
+  std::unique_lock lock(io_mutex_);
+  if (!io_.joinable() || io_want_ == IoWant::End) return;
+  io_want_ = IoWant::Park;
+  if (io_parked_) return;  // still parked (a resume it has not woken for yet) or ended
   loop_->stop();
+  io_cv_.wait(lock, [&] { return io_parked_; });
+}
+
+void Machine::end_io() {
+  {
+    std::lock_guard lock(io_mutex_);
+    if (!io_.joinable()) return;
+    io_want_ = IoWant::End;
+    if (!io_parked_) loop_->stop();
+    io_cv_.notify_all();
+  }
   io_.join();
+  std::lock_guard lock(io_mutex_);
+  io_want_ = IoWant::Run;  // a later run() starts a new one
+  io_parked_ = false;
 }
 
 StopInfo Machine::run() {
   platform_->start();
   start_io();
   StopInfo stop = vm_->run();
-  stop_io();
+  end_io();
   platform_->shutdown();
   if (!io_result_ && stop.reason != devices::StopReason::Error) {
     return StopInfo{.reason = devices::StopReason::Error, .status = 0, .message = io_result_.error().message()};
@@ -63,9 +94,9 @@ size_t Machine::requests_in_flight() const {
 
 Result<> Machine::quiesce(std::chrono::milliseconds timeout) {
   vm_->pause();
-  // The I/O thread stops between two batches of completions; from here on this thread drives the
+  // The I/O thread parks between two batches of completions; from here on this thread drives the
   // loop, so completions still owed (io_uring, qcow2 workers) land before anything is captured.
-  stop_io();
+  park_io();
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   auto drive_until = [&](auto done, const char* what) -> Result<> {
     while (!done()) {

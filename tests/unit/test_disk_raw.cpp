@@ -8,6 +8,9 @@
 #include <unistd.h>
 
 #include <array>
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
 #include <thread>
 
 #include "disk/image.hpp"
@@ -76,6 +79,84 @@ TEST_CASE("event loop: watches fire on readiness, unwatch stops them, stop() end
   });
   CHECK(loop->run());
   stopper.join();
+}
+
+// What a machine's pause relies on (Machine::quiesce parks its I/O thread rather than ending it):
+// requests the I/O thread submitted (a watch, a read) complete for another thread that drives the
+// loop while the I/O thread waits out of it, and the I/O thread runs the loop again afterwards.
+TEST_CASE("event loop: parked by one thread, driven by another, run again by the first") {
+  auto loop = make_loop();
+  const Bytes data = pattern(1 << 16, 3);
+  TempFile f(data, "vmm-loop-park");
+  auto img = vmm::disk::open_image(*loop, {.path = f.path()});
+  REQUIRE_MESSAGE(img, img.error().message());
+  vmm::Fd efd(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+  REQUIRE(efd);
+  std::atomic<int> fired = 0;
+  REQUIRE(loop->watch(efd.get(), [&] {
+    uint64_t v;
+    while (::read(efd.get(), &v, sizeof v) > 0) {
+    }
+    ++fired;
+  }));
+  std::mutex mu;
+  std::condition_variable cv;
+  enum { Run, Park, End } want = Run;
+  bool parked = false;
+  std::atomic<bool> io_failed = false;  // doctest's assertions belong to the test's thread
+  std::thread io([&] {
+    for (;;) {
+      if (!loop->run()) io_failed = true;
+      std::unique_lock lock(mu);
+      parked = true;
+      cv.notify_all();
+      cv.wait(lock, [&] { return want != Park; });
+      if (want == End) return;
+      parked = false;
+    }
+  });
+  auto park = [&] {
+    std::unique_lock lock(mu);
+    want = Park;
+    loop->stop();
+    cv.wait(lock, [&] { return parked; });
+  };
+  auto wake = [&] {
+    std::lock_guard lock(mu);
+    want = Run;
+    cv.notify_all();
+  };
+  const uint64_t one = 1;
+  for (int round = 0; round < 3; ++round) {
+    // On the I/O thread: the watch (armed there) fires; a read is submitted there.
+    const int before = fired;
+    REQUIRE(::write(efd.get(), &one, sizeof one) == 8);
+    for (int i = 0; i < 500 && fired == before; ++i) std::this_thread::sleep_for(1ms);
+    REQUIRE(fired == before + 1);
+    std::atomic<int> pending = 0;
+    Bytes got(4096);
+    const iovec v{.iov_base = got.data(), .iov_len = got.size()};
+    park();
+    // Parked: this thread drives the loop; the I/O thread's watch and a read submitted now complete here.
+    pending = 1;
+    int32_t res = -1;
+    REQUIRE((*img)->read(4096 * static_cast<uint64_t>(round + 1), std::span(&v, 1), [&](int32_t r) { res = r, --pending; }));
+    REQUIRE(::write(efd.get(), &one, sizeof one) == 8);
+    for (int i = 0; i < 100 && (pending > 0 || fired == before + 1); ++i) REQUIRE(loop->run_once(100ms));
+    CHECK(pending == 0);
+    CHECK(res == 4096);
+    CHECK(Bytes(got.begin(), got.end()) == Bytes(data.begin() + 4096 * (round + 1), data.begin() + 4096 * (round + 2)));
+    CHECK(fired == before + 2);
+    wake();
+  }
+  {
+    std::lock_guard lock(mu);
+    want = End;
+    loop->stop();
+    cv.notify_all();
+  }
+  io.join();
+  CHECK_FALSE(io_failed);
 }
 
 TEST_CASE("disk: raw image round trip, scattered buffers, many requests in flight, flush") {
