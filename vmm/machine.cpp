@@ -31,10 +31,20 @@ void Machine::io_thread() {
       vm_->request_stop(StopInfo{.reason = devices::StopReason::Error, .status = 0, .message = "I/O thread: " + r.error().message()});
     }
     std::unique_lock lock(io_mutex_);
+    if (!r || io_want_ == IoWant::End) {
+      // Ending from the loop, which no other thread drives meanwhile (park_io() waits for
+      // io_parked_): its watches are cancelled while it still runs, for a cheap exit.
+      lock.unlock();
+      if (r) loop_->release_thread();
+      lock.lock();
+      io_parked_ = true;
+      io_cv_.notify_all();
+      return;
+    }
     io_parked_ = true;
     io_cv_.notify_all();
-    if (!r) return;
     io_cv_.wait(lock, [&] { return io_want_ != IoWant::Park; });
+    // Ended while parked: the loop is the quiescing thread's now, so it is left alone.
     if (io_want_ == IoWant::End) return;
     io_parked_ = false;
   }

@@ -81,6 +81,55 @@ TEST_CASE("event loop: watches fire on readiness, unwatch stops them, stop() end
   stopper.join();
 }
 
+// A thread that ran the loop releases it before it ends (Machine's I/O thread does): its watches'
+// polls are cancelled, and armed again by whichever thread runs the loop next; a watch removed
+// while disarmed is freed at once.
+TEST_CASE("event loop: a thread's watches released before it ends are armed again by the next") {
+  auto loop = make_loop();
+  vmm::Fd a(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)), b(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+  REQUIRE(a);
+  REQUIRE(b);
+  int fired_a = 0, fired_b = 0;
+  auto drain_fd = [](int fd) {
+    uint64_t v;
+    while (::read(fd, &v, sizeof v) > 0) {
+    }
+  };
+  REQUIRE(loop->watch(a.get(), [&] { drain_fd(a.get()), ++fired_a; }));
+  auto wb = loop->watch(b.get(), [&] { drain_fd(b.get()), ++fired_b; });
+  REQUIRE(wb);
+  const uint64_t one = 1;
+  for (int round = 1; round <= 3; ++round) {
+    bool ok = true;
+    std::thread t([&] {
+      ok = ok && loop->run_once(10ms).has_value();  // submits the polls: this thread's requests
+      ok = ok && ::write(a.get(), &one, sizeof one) == 8;
+      for (int i = 0; i < 50 && fired_a < 2 * round - 1; ++i) ok = ok && loop->run_once(100ms).has_value();
+      loop->release_thread();
+    });
+    t.join();
+    CHECK(ok);
+    CHECK(fired_a == 2 * round - 1);
+    // Released: nothing of the ended thread's is in the kernel; this thread's run_once arms again.
+    REQUIRE(::write(a.get(), &one, sizeof one) == 8);
+    for (int i = 0; i < 50 && fired_a < 2 * round; ++i) REQUIRE(loop->run_once(100ms));
+    CHECK(fired_a == 2 * round);
+    CHECK(fired_b == 0);
+    if (round == 2) {
+      // Disarmed by a release and removed before anything armed it again: gone for good.
+      std::thread u([&] {
+        (void)loop->run_once(0ms);
+        loop->release_thread();
+      });
+      u.join();
+      loop->unwatch(*wb);
+    }
+  }
+  REQUIRE(::write(b.get(), &one, sizeof one) == 8);
+  REQUIRE(loop->run_once(50ms));
+  CHECK(fired_b == 0);
+}
+
 // What a machine's pause relies on (Machine::quiesce parks its I/O thread rather than ending it):
 // requests the I/O thread submitted (a watch, a read) complete for another thread that drives the
 // loop while the I/O thread waits out of it, and the I/O thread runs the loop again afterwards.

@@ -3,7 +3,9 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <utility>
 
 namespace vmm {
 
@@ -19,6 +21,7 @@ struct EventLoop::Watch : EventLoop::Op {
   std::function<void()> on_ready;
   uint64_t id = 0;
   bool active = true;  // false after unwatch(): freed when its last completion arrives
+  bool releasing = false;  // its poll is being cancelled by release_thread()
 };
 
 Result<std::unique_ptr<EventLoop>> EventLoop::create(unsigned entries, unsigned max_files) {
@@ -48,6 +51,7 @@ Result<std::unique_ptr<EventLoop>> EventLoop::create(unsigned entries, unsigned 
 
 EventLoop::~EventLoop() {
   if (!ring_ok_) return;
+  for (Watch* w : std::exchange(disarmed_, {})) watches_.erase(w->id);  // nothing of theirs in flight
   // Cancel what is still in flight and reap it without running callbacks (their owners may be
   // gone); the kernel must be done with every buffer before the memory behind them is freed.
   if (io_uring_sqe* sqe = io_uring_get_sqe(&ring_)) {
@@ -126,6 +130,11 @@ Result<uint64_t> EventLoop::watch(int fd, std::function<void()> on_ready) {
 void EventLoop::unwatch(uint64_t id) {
   auto it = watches_.find(id);
   if (it == watches_.end() || !it->second->active) return;
+  if (auto d = std::ranges::find(disarmed_, it->second.get()); d != disarmed_.end()) {
+    disarmed_.erase(d);  // no poll in the kernel to remove
+    watches_.erase(it);
+    return;
+  }
   it->second->active = false;
   if (auto sqe = next_sqe()) {
     io_uring_prep_poll_remove(*sqe, reinterpret_cast<uint64_t>(it->second.get()));
@@ -196,6 +205,16 @@ void EventLoop::complete(const Completion& cqe) {
   const bool more = cqe.flags & IORING_CQE_F_MORE;
   if (w->active && cqe.res >= 0) w->on_ready();
   if (more) return;
+  if (w->releasing) {
+    w->releasing = false;
+    --releasing_;
+    if (w->active) {
+      disarmed_.push_back(w);
+      return;
+    }
+    watches_.erase(w->id);
+    return;
+  }
   // The kernel ended this poll: re-arm it, or free it after unwatch().
   if (w->active) {
     if (auto r = arm(*w); r) return;
@@ -204,6 +223,9 @@ void EventLoop::complete(const Completion& cqe) {
 }
 
 Result<unsigned> EventLoop::run_once(std::optional<std::chrono::milliseconds> timeout) {
+  for (Watch* w : std::exchange(disarmed_, {})) {
+    if (auto r = arm(*w); !r) return std::unexpected(r.error());
+  }
   io_uring_cqe* first = nullptr;
   int r;
   if (timeout) {
@@ -215,6 +237,10 @@ Result<unsigned> EventLoop::run_once(std::optional<std::chrono::milliseconds> ti
   }
   if (r == -EINTR) return 0u;
   if (r < 0) return fail("io_uring wait: {}", errno_text(-r));
+  return reap();
+}
+
+unsigned EventLoop::reap() {
   // Copy the completions out first: callbacks may submit more work.
   std::vector<Completion> batch;
   unsigned head;
@@ -236,6 +262,27 @@ Result<> EventLoop::run() {
 void EventLoop::stop() {
   const uint64_t one = 1;
   [[maybe_unused]] auto n = ::write(stop_fd_.get(), &one, sizeof one);
+}
+
+void EventLoop::release_thread(std::chrono::milliseconds timeout) {
+  for (auto& [id, w] : watches_) {
+    if (w->releasing || std::ranges::find(disarmed_, w.get()) != disarmed_.end()) continue;
+    auto sqe = next_sqe();
+    if (!sqe) break;
+    io_uring_prep_cancel64(*sqe, reinterpret_cast<uint64_t>(w.get()), 0);
+    io_uring_sqe_set_data64(*sqe, 0);
+    w->releasing = true;
+    ++releasing_;
+  }
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (releasing_ > 0 && std::chrono::steady_clock::now() < deadline) {
+    // Not run_once: that would arm the watches already disarmed.
+    __kernel_timespec ts{.tv_sec = 0, .tv_nsec = 10'000'000};
+    io_uring_cqe* first = nullptr;
+    const int r = io_uring_submit_and_wait_timeout(&ring_, &first, 1, &ts, nullptr);
+    if (r < 0 && r != -ETIME && r != -EINTR) break;
+    reap();
+  }
 }
 
 }  // namespace vmm

@@ -62,6 +62,12 @@ class EventLoop {
   Result<unsigned> run_once(std::optional<std::chrono::milliseconds> timeout);
   /// Makes run() return soon. The only call that is safe from any thread.
   void stop();
+  /// Called by a thread that has run the loop before it ends: cancels the watches' polls it armed
+  /// and waits for their last completions (at most `timeout`); the next run_once(), on any
+  /// thread, arms them again. Otherwise the kernel cancels an ending thread's requests itself and
+  /// completes them through a workqueue one tick later: that thread's exit took 4-6 ms here
+  /// instead of ~30 us.
+  void release_thread(std::chrono::milliseconds timeout = std::chrono::milliseconds(100));
 
   /// Operations submitted whose completion has not run yet (watches not counted).
   unsigned in_flight() const { return in_flight_; }
@@ -79,6 +85,7 @@ class EventLoop {
   Result<> arm(Watch& w);
   Result<> submit_op(io_uring_sqe* sqe, Done done);
   void complete(const Completion& cqe);
+  unsigned reap();  ///< runs the completions that are there; returns how many
 
   io_uring ring_{};
   bool ring_ok_ = false;
@@ -86,6 +93,8 @@ class EventLoop {
   std::unordered_map<uint64_t, std::unique_ptr<Watch>> watches_;
   uint64_t next_watch_ = 1;
   unsigned in_flight_ = 0;
+  unsigned releasing_ = 0;        // watches whose cancelled poll has not completed yet (release_thread)
+  std::vector<Watch*> disarmed_;  // active watches to arm again at the next run_once
   Fd stop_fd_;  // eventfd: written by stop()
   bool stopping_ = false;
 };
