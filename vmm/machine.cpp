@@ -63,10 +63,13 @@ void Machine::start_io() {
 
 void Machine::park_io() {
   std::unique_lock lock(io_mutex_);
-  if (!io_.joinable() || io_want_ == IoWant::End) return;
-  io_want_ = IoWant::Park;
-  if (io_parked_) return;  // still parked (a resume it has not woken for yet) or ended
-  loop_->stop();
+  if (!io_.joinable()) return;
+  // Ending (end_io() ran meanwhile): it still leaves the loop, and the caller may drive the loop
+  // only once it has.
+  if (io_want_ != IoWant::End) {
+    io_want_ = IoWant::Park;
+    if (!io_parked_) loop_->stop();  // parked already: a resume it has not woken for yet
+  }
   io_cv_.wait(lock, [&] { return io_parked_; });
 }
 
