@@ -16,7 +16,8 @@
 // Must never crash, hang, leak or trip a sanitizer. Checked besides:
 // - a device's saved state (a snapshot taken mid-program, after the in-flight requests completed as
 //   a pause waits for them) restores into a freshly built device, which saves the same bytes (unless
-//   it served its rings on activation: chains published without a notification, or broken ones);
+//   it served its rings on activation: chains published without a notification, or broken ones),
+//   and so do the port devices' states (serial, i8042, RTC, PCI address register, fw_cfg selector);
 // - every request the device started completes (the loop drains) and the disk file keeps its size;
 //   a read-only disk's file keeps its contents.
 //
@@ -35,6 +36,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <memory>
 #include <span>
@@ -68,8 +70,8 @@ using namespace std::chrono_literals;
 using vmm::Gpa;
 using Transport = virtio::PciTransport;
 
-[[noreturn]] void die(const char* what, const std::string& detail = {}) {
-  std::fprintf(stderr, "guest_io_fuzz: %s%s%s\n", what, detail.empty() ? "" : ": ", detail.c_str());
+[[noreturn]] void die(const std::string& what, const std::string& detail = {}) {
+  std::fprintf(stderr, "guest_io_fuzz: %s%s%s\n", what.c_str(), detail.empty() ? "" : ": ", detail.c_str());
   std::abort();
 }
 
@@ -244,20 +246,40 @@ struct Machine {
   std::array<Function, kFunctions> functions;
   std::array<std::array<DriverQueue, 2>, kFunctions> queues{};
 
-  Machine(uint8_t flags, vmm::GuestMemory mem, std::unique_ptr<vmm::EventLoop> l)
-      : read_only(flags & 1), filter(flags & 2), qcow2(flags & 4), memory(std::move(mem)), loop(std::move(l)) {
+  /// The port devices that keep state a snapshot carries, each with a way to build a fresh one.
+  struct Legacy {
+    const char* name;
+    std::shared_ptr<dev::Snapshottable> device;
+    std::function<std::shared_ptr<dev::Snapshottable>()> fresh;
+  };
+  std::vector<Legacy> legacy;
+
+  static std::shared_ptr<dev::FwCfg> make_fw_cfg() {
     auto fw = std::make_shared<dev::FwCfg>();
     if (!fw->add_file(std::string(dev::kIdentityFileName), std::vector<uint8_t>(dev::kIdentitySize, 'i'))) {
       die("fw_cfg file");
     }
+    return fw;
+  }
+
+  Machine(uint8_t flags, vmm::GuestMemory mem, std::unique_ptr<vmm::EventLoop> l)
+      : read_only(flags & 1), filter(flags & 2), qcow2(flags & 4), memory(std::move(mem)), loop(std::move(l)) {
+    auto fw = make_fw_cfg();
     auto i8042 = std::make_shared<dev::I8042>(control);
+    auto make_serial = [] { return std::make_shared<dev::Serial>(std::make_shared<fuzz_vm::FakeIrq>(), [](std::span<const uint8_t>) {}); };
+    auto serial = make_serial();
+    auto rtc = std::make_shared<dev::Rtc>();
+    legacy = {{"serial", serial, make_serial},
+              {"i8042", i8042, [this] { return std::make_shared<dev::I8042>(control); }},
+              {"rtc", rtc, [] { return std::make_shared<dev::Rtc>(); }},
+              {"pci", pci, [] { return std::make_shared<dev::PciRoot>(); }},
+              {"fw_cfg", fw, [] { return make_fw_cfg(); }}};
     namespace layout = vmm::layout;
     const std::vector<std::tuple<std::shared_ptr<dev::BusDevice>, uint64_t, uint64_t>> pio = {
-        {std::make_shared<dev::Serial>(std::make_shared<fuzz_vm::FakeIrq>(), [](std::span<const uint8_t>) {}),
-         layout::kCom1Port, 8},
+        {serial, layout::kCom1Port, 8},
         {i8042, layout::kI8042DataPort, 1},
         {std::make_shared<dev::OffsetDevice>(i8042, 4), layout::kI8042CommandPort, 1},
-        {std::make_shared<dev::Rtc>(), layout::kRtcPort, 2},
+        {rtc, layout::kRtcPort, 2},
         {std::make_shared<dev::DebugExit>(control), layout::kDebugExitPort, 4},
         {std::make_shared<dev::AcpiPm>(control), layout::kAcpiSleepControlPort, 3},
         {std::make_shared<dev::PvPanic>(control), layout::kPvPanicPort, 1},
@@ -488,9 +510,23 @@ struct Machine {
 
   /// A snapshot of one function as a pause takes it (requests completed first), restored into a
   /// freshly built one: the restore must take it, and the restored device must save the same bytes.
+  /// The port devices' states go through the same round trip each time.
   void snapshot(Input& in) {
     const unsigned fn = in.take<uint8_t>() % kFunctions;
     drain();
+    for (const Legacy& d : legacy) {
+      vmm::ByteWriter lw;
+      d.device->save(lw);
+      const std::vector<uint8_t> state = lw.take();
+      auto copy = d.fresh();
+      vmm::ByteReader lr(state, d.name);
+      auto res = copy->restore(lr);
+      if (res) res = lr.finish();
+      if (!res) die(fmt::format("{} refuses the state it saved", d.name), res.error().message());
+      vmm::ByteWriter back;
+      copy->save(back);
+      if (back.take() != state) die(fmt::format("a restored {} saves other bytes than it was restored from", d.name));
+    }
     vmm::ByteWriter w;
     transport(fn).save(w);
     const std::vector<uint8_t> saved = w.take();
