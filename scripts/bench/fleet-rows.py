@@ -68,18 +68,26 @@ for mem, dirty in fork_sizes:
                           "--console", "stdio"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     wait_for(p, b"dirty: ready", 600)
     wait_socket(name)
-    paused, response = [], []
+    paused, response, parts = [], [], {}
     for i in range(runs + 1):
         t0 = time.perf_counter()
         st, r = api(sock_of(name), "PUT", "/vm/fork", {"count": 1})
         t1 = time.perf_counter()
         if st != 200 or "error" in r["children"][0]:
             sys.exit(f"fleet.sh: fork failed: {st} {r}")
+        child = sock_of(r["children"][0]["name"])
         if i:  # the first is a warm-up
             paused.append(r["paused_ms"]); response.append((t1 - t0) * 1e3)
-        api(sock_of(r["children"][0]["name"]), "PUT", "/vm/stop", {"timeout_s": 0})
+            # Where the pause went (the parent's parts), and the child's steps (ms from the fork's start)
+            for k in ("quiesce_ms", "capture_ms", "files_ms", "fork_ms", "resume_ms"):
+                parts.setdefault("parent " + k[:-3], []).append(r.get(k, 0.0))
+            cst, info = api(child, "GET", "/vm")
+            for k, v in ((info or {}).get("start_ms") or {}).items() if cst == 200 else ():
+                if v is not None:
+                    parts.setdefault("child " + k, []).append(v)
+        api(child, "PUT", "/vm/stop", {"timeout_s": 0})
         time.sleep(0.05)
-    fork[mem] = (paused, response)
+    fork[mem] = (paused, response, parts)
     finish(p)
 
 # ---- a fleet --------------------------------------------------------------------------------------
@@ -200,6 +208,8 @@ header()
 for mem, _ in fork_sizes:
     row(f"{mem}: parent paused (quiesce, capture, fork, resume)", fork[mem][0], None, "ms", target="target <= 2 ms at 4 GiB")
     row(f"{mem}: request -> child about to run (API response)", fork[mem][1], None, "ms", target="target <= 2 ms")
+    steps = sorted(fork[mem][2].items(), key=lambda kv: (not kv[0].startswith("parent"), benchlib.med(kv[1])))
+    print(f"    {mem} medians: " + ", ".join(f"{k} {benchlib.med(v):.2f}" for k, v in steps))
 print()
 print(f"fleet: vmm run --clone-of --count {nfleet} --detach (256 MiB counter template)")
 header()

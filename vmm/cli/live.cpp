@@ -55,6 +55,7 @@ struct ChildPlan {
   std::vector<DiskSpec> disks;
   int report_fd = -1;  ///< the child's end of its pipe
   bool paused = false;  ///< starts paused (PUT /vm/fork "children_paused"), to run on `vmm resume`
+  std::chrono::steady_clock::time_point requested;  ///< when the parent began the fork (after its quiesce)
   std::vector<NetSpec> nets;  ///< its own TAPs (patterns expanded) and MACs, one per parent interface
   std::string hostname, ip, gateway;  ///< for its identity channel (empty: not given)
 };
@@ -110,6 +111,10 @@ void report(int fd, const std::string& text) {
 
 /// The child's life after fork(): never returns.
 [[noreturn]] void run_child(const LiveVm& parent, const ChildPlan& plan, const clone::StateFile& state) {
+  // Its start, step by step from the fork request (GET /vm start_ms, as a clone's; the bench's rows).
+  std::vector<std::pair<std::string, std::chrono::steady_clock::time_point>> steps;
+  auto step = [&steps](const char* what) { steps.emplace_back(what, std::chrono::steady_clock::now()); };
+  step("forked");
   ::setsid();  // its own session: a Ctrl-C meant for the parent's terminal does not reach it
   const uint8_t* ram = parent.machine->vm().memory().regions().front().host;
   const uint64_t ram_size = parent.machine->vm().memory().size();
@@ -118,6 +123,7 @@ void report(int fd, const std::string& text) {
   // KVM_GET_SUPPORTED_CPUID (~0.3 ms on a nested host, every host CPUID trapping).
   const Kvm& kvm = parent.machine->kvm();
   drop_inherited({plan.report_fd, kvm.fd()});
+  step("inherited_dropped");
   auto fail_child = [&](const std::string& why) {
     report(plan.report_fd, "error " + why);
     std::error_code ec;
@@ -126,6 +132,7 @@ void report(int fd, const std::string& text) {
   };
   auto control = api::ControlPlane::create(parent.state_dir, plan.name);
   if (!control) fail_child(control.error().message());
+  step("registered");
   auto shape = clone::read_shape(state, "fork");
   if (!shape) fail_child(shape.error().message());
   const devices::ConsoleSpec console{.kind = devices::ConsoleSpec::Kind::File, .path = (plan.dir / "console.log").string()};
@@ -134,6 +141,7 @@ void report(int fd, const std::string& text) {
   auto devs = open_devices(console, plan.disks, plan.nets,
                            NetHost{.guest_ip = plan.ip, .gateway = plan.gateway, .state_dir = parent.state_dir, .filter_source = true});
   if (!devs) fail_child(devs.error().message);
+  step("devices");
   auto memory = GuestMemory::from_mapping(Mapping::adopt(const_cast<uint8_t*>(ram), ram_size));
   if (!memory) fail_child(memory.error().message());
   clone::Identity identity = clone::new_identity(plan.name);
@@ -148,11 +156,14 @@ void report(int fd, const std::string& text) {
                                  std::move(devs->loop));
   if (!machine) fail_child(machine.error().message());
   Machine& m = **machine;
+  step("machine");
   // The clock as the parent left it at the fork (milliseconds ago): a fork continues its parent.
   if (auto r = clone::restore(m, state, "fork", /*clock_to_now=*/false); !r) fail_child(r.error().message());
+  step("restored");
   if (auto r = m.platform().vmgenid().set(identity.generation); !r) fail_child(r.error().message());
   m.platform().vmgenid().notify();
   for (const auto& t : m.platform().transports()) t->signal_all_queues();
+  step("identity");
 
   auto self = std::make_shared<LiveVm>(LiveVm{.state_dir = parent.state_dir, .kvm_device = parent.kvm_device, .name = plan.name,
                                               .template_name = parent.template_name, .template_dir = parent.template_dir,
@@ -163,8 +174,8 @@ void report(int fd, const std::string& text) {
                              m.platform());
   (*control)->start(m, api::VmInfo{.id = identity.id, .name = plan.name, .kind = "fork", .template_name = parent.template_name,
                                    .template_dir = parent.template_dir, .parent = parent.name,
-                                   .generation = clone::generation_hex(identity), .config = self->config, .api_socket = {}, .requested = {}, .steps = {},
-                                   .paused = plan.paused},
+                                   .generation = clone::generation_hex(identity), .config = self->config, .api_socket = {}, .requested = plan.requested,
+                                   .steps = steps, .paused = plan.paused},
                     live_operations(self));
   if (plan.paused) m.vm().start_paused();
   // Reported once its API answers (the request's client may use it at once); the guest runs meanwhile.
@@ -252,6 +263,7 @@ Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const json& request, con
   }
   if (auto r = plan_networks(*vm, request, plans); !r) return std::unexpected(r.error());
   const auto started = std::chrono::steady_clock::now();
+  for (auto& plan : plans) plan.requested = started;  // the children time their start from here
   auto ms_since = [](std::chrono::steady_clock::time_point t) {
     return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count();
   };
