@@ -108,6 +108,15 @@ while [ "$(grep -c "changes=[0-9]*$" "$work/p.out")" -lt 2 ] && [ $n -lt 100 ]; 
 "$vmm" ps >"$work/ps"
 [ "$(grep -c " running " "$work/ps")" = 5 ] && ok "vmm ps: 5 running" || { bad "ps"; cat "$work/ps"; }
 grep -q "^$grand .*fork of $first" "$work/ps" && ok "ps shows the fork's parent" || { bad "ps parent"; cat "$work/ps"; }
+# A child's GET /vm times its start from the fork, step by step, in order.
+if command -v curl >/dev/null; then
+  curl -s --max-time 20 --unix-socket "$VMM_STATE_DIR/run/$grand/api.sock" http://x/vm >"$work/grand.json"
+  step() { sed -n "s/.*\"start_ms\":{[^}]*\"$1\":\([0-9.]*\)[,}].*/\1/p" "$work/grand.json"; }
+  steps="$(step forked) $(step inherited_dropped) $(step machine) $(step restored) $(step identity) $(step first_entry)"
+  echo "$steps" | awk 'NF == 6 { for (i = 2; i <= NF; i++) if ($i < $(i - 1)) exit 1; exit 0 } { exit 1 }' &&
+    ok "a child's start_ms: forked, inherited_dropped, machine, restored, identity, first_entry in order ($steps ms)" || {
+    bad "a child's start_ms steps: '$steps'"; cat "$work/grand.json"; }
+fi
 
 # kill -9 of one child leaves the others running; its stale entry goes away.
 victim=$(echo "$children" | sed -n 2p)
