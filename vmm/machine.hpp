@@ -46,9 +46,9 @@ class Machine {
  private:
   Machine(const Kvm& kvm, std::unique_ptr<EventLoop> loop) : kvm_(kvm), loop_(std::move(loop)) {}
   /// The I/O thread lives as long as run() does: a pause parks it (it leaves the loop and waits)
-  /// rather than ending it, because a thread that has used an io_uring pays for its exit: the
-  /// kernel cancels its requests and tears down its io-wq workers (4-5 ms here, measured against
-  /// ~15 us for a park and wake-up: most of a live fork's pause).
+  /// rather than ending it, because a thread that leaves requests in an io_uring pays for its exit
+  /// (the kernel cancels them itself, apparently completing them a tick later: 4-6 ms here against
+  /// ~15 us for a park and wake-up, scripts/bench/uring-exit.c; it was most of a live fork's pause).
   void start_io();  ///< creates the thread, or wakes it from a park
   void park_io();   ///< returns once the thread is out of the loop (or has ended on an error)
   void end_io();    ///< ends the thread and joins it

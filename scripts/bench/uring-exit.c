@@ -3,7 +3,7 @@
 // multishot polls on two eventfds (as the event loop's watches are), runs until told to stop, and
 // then, by mode:
 //   exit     returns with its polls armed: the kernel cancels them itself as the thread exits and,
-//            the task being on its way out, completes them through a workqueue a tick later;
+//            by the timing (tens of microseconds or about one tick), completes them a tick later;
 //   release  cancels its polls and reaps the cancellations first, then returns (the next thread
 //            arms them again);
 //   park     does not end: it waits on a condition variable until woken (what a pause does now).

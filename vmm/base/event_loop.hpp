@@ -64,9 +64,9 @@ class EventLoop {
   void stop();
   /// Called by a thread that has run the loop before it ends: cancels the watches' polls it armed
   /// and waits for their last completions (at most `timeout`); the next run_once(), on any
-  /// thread, arms them again. Otherwise the kernel cancels an ending thread's requests itself and
-  /// completes them through a workqueue one tick later: that thread's exit took 4-6 ms here
-  /// instead of ~30 us.
+  /// thread, arms them again. Otherwise the kernel cancels an ending thread's requests itself,
+  /// apparently completing them a tick later: that thread's exit took 4-6 ms here instead of tens
+  /// of microseconds (scripts/bench/uring-exit.c).
   void release_thread(std::chrono::milliseconds timeout = std::chrono::milliseconds(100));
 
   /// Operations submitted whose completion has not run yet (watches not counted).
