@@ -79,7 +79,7 @@ for mem, dirty in fork_sizes:
         if i:  # the first is a warm-up
             paused.append(r["paused_ms"]); response.append((t1 - t0) * 1e3)
             # Where the pause went (the parent's parts), and the child's steps (ms from the fork's start)
-            for k in ("quiesce_ms", "capture_ms", "files_ms", "fork_ms", "resume_ms"):
+            for k in ("prepare_ms", "quiesce_ms", "capture_ms", "disks_ms", "fork_ms", "resume_ms"):
                 parts.setdefault("parent " + k[:-3], []).append(r.get(k, 0.0))
             cst, info = api(child, "GET", "/vm")
             for k, v in ((info or {}).get("start_ms") or {}).items() if cst == 200 else ():

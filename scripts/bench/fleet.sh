@@ -8,8 +8,8 @@
 #     PUT /vm/fork {"count": 1}: how long the parent was paused (the API's paused_ms: quiesce,
 #     capture, fork(), resume), and request -> response, which comes once the child reported that it
 #     runs (its VM built over the inherited RAM, state restored, about to enter KVM_RUN). 256 MiB,
-#     1 GiB and 4 GiB; under each, the medians of the parts: the parent's (quiesce, capture, files,
-#     fork, resume) and the child's steps in ms from the fork's start (its GET /vm start_ms:
+#     1 GiB and 4 GiB; under each, the medians of the parts: the parent's (prepare, before the pause;
+#     quiesce, capture, disks, fork, resume) and the child's steps in ms from the fork's start (its GET /vm start_ms:
 #     forked, inherited_dropped, registered, devices, machine, restored, identity, first_entry).
 #     QEMU has no live fork: no peer.
 #   fleet: `--count N --detach` of the 256 MiB counter template: clones/s over the whole fleet, and

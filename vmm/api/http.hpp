@@ -49,10 +49,13 @@ class HttpServer {
 
 /// Limits every server applies: a request body over kMaxBody gets 413; a client that sends nothing
 /// for kIdleTimeoutS seconds (half a request, or an idle keep-alive) is dropped; at most
-/// kMaxConnections connections are served at once, the next wait in turn.
+/// kMaxConnections connections are served at once, the next wait in turn. A connection holds its
+/// thread while it is open, idle keep-alive included: with 16, one curl holding 100 connections
+/// open got its answers 16 at a time, 5 s apart (25 s in the nested lane); threads are made only
+/// while there are connections, so the cap costs an idle VM nothing.
 inline constexpr size_t kMaxBody = 64 * 1024;
 inline constexpr int kIdleTimeoutS = 5;
-inline constexpr size_t kMaxConnections = 16;
+inline constexpr size_t kMaxConnections = 128;
 
 /// The plugin's entry points (C linkage, one table; `abi` must equal kHttpAbi).
 struct HttpPlugin {

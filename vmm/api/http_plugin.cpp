@@ -85,6 +85,20 @@ class Server final : public HttpServer {
     svr_.Patch(".*", dispatch);
     svr_.Delete(".*", dispatch);
     svr_.Options(".*", dispatch);
+    // httplib takes a Content-Length it cannot read for 0 and hands the request on without its
+    // body (the rest of it then read as the next request); two of them are the classic way to
+    // smuggle one request in another. Both are malformed: 400, and the connection closed.
+    svr_.set_pre_routing_handler([](const httplib::Request& req, httplib::Response& res) {
+      const size_t n = req.get_header_value_count("Content-Length");
+      const std::string v = req.get_header_value("Content-Length");
+      if (n == 0 || (n == 1 && !v.empty() && v.size() <= 19 && v.find_first_not_of("0123456789") == std::string::npos)) {
+        return httplib::Server::HandlerResponse::Unhandled;
+      }
+      res.status = 400;
+      res.set_header("Connection", "close");
+      res.set_content(fault("malformed request: Content-Length"), "application/json");
+      return httplib::Server::HandlerResponse::Handled;
+    });
     // Errors httplib answers itself (a body over the limit, a malformed request line) get a JSON
     // body too; the handler's own errors already have one.
     svr_.set_error_handler([](const httplib::Request&, httplib::Response& res) {

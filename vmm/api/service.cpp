@@ -310,32 +310,43 @@ HttpResponse VmService::paused_operation(const json& body, const PausedOperation
   if (stopping_) return fault(409, "the VM is stopping");
   // A VM paused through the API stays paused; otherwise it runs again when the operation lets it
   // (or at the end), unless the request says "resume": false.
-  const bool was_paused = paused_;
-  const auto t0 = std::chrono::steady_clock::now();
-  if (!was_paused) {
+  using clock = std::chrono::steady_clock;
+  auto ms = [](clock::time_point from, clock::time_point to) { return std::chrono::duration<double, std::milli>(to - from).count(); };
+  const auto requested = clock::now();
+  const bool want_resume = !paused_ && body.value("resume", true);
+  std::optional<clock::time_point> paused_at;  // when this operation paused the VM
+  double quiesce_ms = 0, resume_ms = 0;
+  double paused_ms = -1;  // how long this request kept the guest from running
+  std::optional<Error> pause_error;
+  auto pause = [&]() -> Result<> {
+    if (paused_) return {};
+    paused_at = clock::now();
     if (auto r = machine_.quiesce(); !r) {
       machine_.resume();
-      return fault(500, r.error().message());
+      paused_at.reset();
+      pause_error = r.error();
+      return r;
     }
     paused_ = true;
-  }
-  const double quiesce_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-  const bool want_resume = !was_paused && body.value("resume", true);
-  double paused_ms = -1;  // how long this request kept the guest from running
-  double resume_ms = 0;
+    quiesce_ms = ms(*paused_at, clock::now());
+    return {};
+  };
   auto resume = [&] {
-    if (want_resume && paused_) {
-      const auto r0 = std::chrono::steady_clock::now();
+    if (want_resume && paused_at && paused_) {
+      const auto r0 = clock::now();
       machine_.resume();
-      resume_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - r0).count();
       paused_ = false;
-      paused_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      const auto r1 = clock::now();
+      resume_ms = ms(r0, r1);
+      paused_ms = ms(*paused_at, r1);
     }
   };
-  auto result = op(body, resume);
+  auto result = op(body, PauseWindow{.pause = pause, .resume = resume});
   resume();
+  if (pause_error) return fault(500, pause_error->message());
   if (!result) return fault(400, result.error().message());
   if (result->is_object() && paused_ms >= 0) {
+    (*result)["prepare_ms"] = ms(requested, *paused_at);
     (*result)["paused_ms"] = paused_ms;
     (*result)["quiesce_ms"] = quiesce_ms;
     (*result)["resume_ms"] = resume_ms;

@@ -49,10 +49,18 @@ struct VmInfo {
   bool paused = false;
 };
 
-/// An operation on the paused, quiesced VM: gets the request body and a function that lets the VM
-/// run again (if the request asked for that) as soon as the operation no longer needs it paused;
-/// returns the response body. Called at most once at a time.
-using PausedOperation = std::function<Result<nlohmann::json>(const nlohmann::json& request, const std::function<void()>& resume)>;
+/// How an operation holds the VM still: pause() parks and quiesces it (nothing if the API has paused
+/// it already; an error leaves it running), resume() lets it run again, if the request asked for
+/// that, as soon as the operation no longer needs it paused. The operation prepares what it can
+/// before it calls pause(), so that the guest is stopped only for what must see it stopped.
+struct PauseWindow {
+  std::function<Result<>()> pause;
+  std::function<void()> resume;
+};
+
+/// An operation that needs the VM paused for part of its work: gets the request body and the pause
+/// window; returns the response body. Called at most once at a time.
+using PausedOperation = std::function<Result<nlohmann::json>(const nlohmann::json& request, const PauseWindow& window)>;
 
 /// Operations that need more than the machine (they live in the layers that know templates and
 /// processes); a missing one answers 400 "not supported".

@@ -191,11 +191,10 @@ void report(int fd, const std::string& text) {
   ::_exit(status);
 }
 
-/// Gives the child `plan` its disks: see the comment at the top.
+/// Gives the child `plan` its disks (copies into plan.dir/disk, made beforehand): see the comment
+/// at the top.
 Result<> prepare_disks(const LiveVm& vm, ChildPlan& plan) {
   std::error_code ec;
-  fs::create_directories(plan.dir / "disk", ec);
-  if (ec) return fail("{}: cannot create: {}", (plan.dir / "disk").string(), ec.message());
   const auto& disks = vm.machine->platform().disks();
   for (size_t i = 0; i < disks.size(); ++i) {
     const auto& image = disks[i]->image();
@@ -251,7 +250,7 @@ Result<> plan_networks(const LiveVm& vm, const json& request, std::vector<ChildP
   return {};
 }
 
-Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const json& request, const std::function<void()>& resume) {
+Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const json& request, const api::PauseWindow& window) {
   Machine& m = *vm->machine;
   const unsigned count = request.value("count", 1u);
   const bool children_paused = request.value("children_paused", false);
@@ -262,47 +261,58 @@ Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const json& request, con
     plan.dir = vm->state_dir / "clones" / plan.name;
   }
   if (auto r = plan_networks(*vm, request, plans); !r) return std::unexpected(r.error());
-  const auto started = std::chrono::steady_clock::now();
-  for (auto& plan : plans) plan.requested = started;  // the children time their start from here
-  auto ms_since = [](std::chrono::steady_clock::time_point t) {
-    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count();
-  };
-  auto state = clone::capture(m, vm->cpu_template);
-  if (!state) return std::unexpected(state.error());
-  const double capture_ms = ms_since(started);
-  const auto files_started = std::chrono::steady_clock::now();
 
+  // While the guest runs: each child's directory, its record and the pipe it reports on (nothing
+  // here depends on the VM's state). A fork that fails leaves none of them behind.
   std::vector<int> reads;
-  auto cleanup = [&] {
+  std::vector<fs::path> made;
+  auto cleanup = [&](bool remove_dirs) {
     for (int fd : reads) ::close(fd);
     for (auto& p : plans) {
       if (p.report_fd >= 0) ::close(p.report_fd);
     }
+    std::error_code ec;
+    if (remove_dirs) {
+      for (const auto& d : made) fs::remove_all(d, ec);
+    }
+  };
+  auto failed = [&](Error e) {
+    cleanup(true);
+    return std::unexpected(std::move(e));
   };
   for (auto& plan : plans) {
     std::error_code ec;
     fs::create_directories(plan.dir.parent_path(), ec);
     if (!fs::create_directory(plan.dir, ec)) {
-      cleanup();
-      return fail("{}: cannot create{}", plan.dir.string(), ec ? ": " + ec.message() : " (exists)");
+      return failed(Error(fmt::format("{}: cannot create{}", plan.dir.string(), ec ? ": " + ec.message() : " (exists)")));
     }
-    if (auto r = prepare_disks(*vm, plan); !r) {
-      cleanup();
-      return std::unexpected(r.error());
+    made.push_back(plan.dir);
+    if (!fs::create_directory(plan.dir / "disk", ec)) {
+      return failed(Error(fmt::format("{}: cannot create: {}", (plan.dir / "disk").string(), ec.message())));
     }
     std::ofstream(plan.dir / "clone.json") << clone::clone_json(clone::CloneRecord{
         .name = plan.name, .template_dir = vm->template_dir, .full = vm->template_dir.empty(), .pid = 0, .created = clone::utc_now()});
     int p[2];
-    if (::pipe2(p, O_CLOEXEC) != 0) {
-      cleanup();
-      return fail("pipe: {}", errno_text(errno));
-    }
+    if (::pipe2(p, O_CLOEXEC) != 0) return failed(Error(fmt::format("pipe: {}", errno_text(errno))));
     reads.push_back(p[0]);
     plan.report_fd = p[1];
   }
 
-  const double files_ms = ms_since(files_started);
-  // The forks: the parent is paused from the capture to here.
+  // Paused: the state, the disks as they are at this moment, the forks.
+  if (auto r = window.pause(); !r) return failed(r.error());
+  auto ms_since = [](std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count();
+  };
+  const auto started = std::chrono::steady_clock::now();
+  for (auto& plan : plans) plan.requested = started;  // the children time their start from here
+  auto state = clone::capture(m, vm->cpu_template);
+  if (!state) return failed(state.error());
+  const double capture_ms = ms_since(started);
+  const auto disks_started = std::chrono::steady_clock::now();
+  for (auto& plan : plans) {
+    if (auto r = prepare_disks(*vm, plan); !r) return failed(r.error());
+  }
+  const double disks_ms = ms_since(disks_started);
   const auto t0 = std::chrono::steady_clock::now();
   json children = json::array();
   std::vector<pid_t> pids;
@@ -314,13 +324,15 @@ Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const json& request, con
     plan.report_fd = -1;
   }
   const double fork_ms = ms_since(t0);
-  resume();
+  window.resume();
 
   // Each child reports once it runs (or why it could not).
   for (size_t i = 0; i < plans.size(); ++i) {
     json c{{"name", plans[i].name}, {"pid", pids[i]}};
     if (pids[i] < 0) {
       c["error"] = fmt::format("fork: {}", errno_text(errno));
+      std::error_code ec;
+      fs::remove_all(plans[i].dir, ec);
     } else {
       std::string text;
       pollfd pfd{.fd = reads[i], .events = POLLIN, .revents = 0};
@@ -342,8 +354,8 @@ Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const json& request, con
     }
     children.push_back(c);
   }
-  cleanup();
-  return json{{"children", children}, {"capture_ms", capture_ms}, {"files_ms", files_ms}, {"fork_ms", fork_ms}};
+  cleanup(false);
+  return json{{"children", children}, {"capture_ms", capture_ms}, {"disks_ms", disks_ms}, {"fork_ms", fork_ms}};
 }
 
 /// Copies what the guest sees on `blk` (through its whole backing chain) into a new sparse raw
@@ -381,7 +393,7 @@ Result<> flatten(Machine& m, devices::virtio::Block& blk, const fs::path& out) {
 /// PUT /vm/snapshot {"dir": D}: a template of the running VM. While it is paused: its state, its
 /// memory file and a flat copy of each disk are written; then it runs on, on its own disks, which
 /// the template does not share (so nothing the VM does later reaches the template).
-Result<json> snapshot_vm(const std::shared_ptr<LiveVm>& vm, const json& request, const std::function<void()>& resume) {
+Result<json> snapshot_vm(const std::shared_ptr<LiveVm>& vm, const json& request, const api::PauseWindow& window) {
   Machine& m = *vm->machine;
   auto draft = begin_template(vm->state_dir.string(), request["dir"].get<std::string>());
   if (!draft) return fail("{}", draft.error().message);
@@ -389,6 +401,7 @@ Result<json> snapshot_vm(const std::shared_ptr<LiveVm>& vm, const json& request,
   const fs::path* dest = &(*draft)->dest;
 
   clone::Manifest man;
+  if (auto r = window.pause(); !r) return std::unexpected(r.error());
   auto state = clone::capture(m, vm->cpu_template);
   if (!state) return std::unexpected(state.error());
   if (auto r = clone::write_state_file(tmp / clone::kStateFile, *state); !r) return std::unexpected(r.error());
@@ -401,7 +414,7 @@ Result<json> snapshot_vm(const std::shared_ptr<LiveVm>& vm, const json& request,
     if (auto r = flatten(m, *disks[i], tmp / name); !r) return std::unexpected(r.error());
     man.disks.push_back({.file = {.name = name}, .id = disks[i]->id(), .format = "raw", .read_only = disks[i]->image().read_only()});
   }
-  resume();  // everything of the VM is copied: it runs on while the files are summed and sealed
+  window.resume();  // everything of the VM is copied: it runs on while the files are summed and sealed
 
   auto st = clone::sum_file(tmp, clone::kStateFile);
   if (!st) return std::unexpected(st.error());
@@ -425,8 +438,8 @@ Result<json> snapshot_vm(const std::shared_ptr<LiveVm>& vm, const json& request,
 
 api::VmOperations live_operations(std::shared_ptr<LiveVm> vm) {
   api::VmOperations ops;
-  ops.snapshot = [vm](const json& request, const std::function<void()>& resume) { return snapshot_vm(vm, request, resume); };
-  ops.fork = [vm](const json& request, const std::function<void()>& resume) { return fork_vm(vm, request, resume); };
+  ops.snapshot = [vm](const json& request, const api::PauseWindow& window) { return snapshot_vm(vm, request, window); };
+  ops.fork = [vm](const json& request, const api::PauseWindow& window) { return fork_vm(vm, request, window); };
   return ops;
 }
 

@@ -154,9 +154,11 @@ int vm_command(const VmCommand& c) {
         fmt::print("{} {}\n", ch.value("name", "?"), ch.value("pid", 0));
       }
       if (j.contains("paused_ms")) {
-        fmt::print(stderr, "vmm: {} forked {} time(s), paused {:.2f} ms (quiesce {:.2f}, capture {:.2f}, files {:.2f}, fork {:.2f}, resume {:.2f})\n",
+        fmt::print(stderr,
+                   "vmm: {} forked {} time(s), paused {:.2f} ms (quiesce {:.2f}, capture {:.2f}, disks {:.2f}, fork {:.2f}, resume {:.2f}) "
+                   "after {:.2f} ms of preparation\n",
                    c.target, j["children"].size(), j.value("paused_ms", 0.0), j.value("quiesce_ms", 0.0), j.value("capture_ms", 0.0),
-                   j.value("files_ms", 0.0), j.value("fork_ms", 0.0), j.value("resume_ms", 0.0));
+                   j.value("disks_ms", 0.0), j.value("fork_ms", 0.0), j.value("resume_ms", 0.0), j.value("prepare_ms", 0.0));
       }
       if (failed) return exit_code::kVmmError;
     } else if (c.verb == "snapshot" && j.is_object() && j.contains("template")) {

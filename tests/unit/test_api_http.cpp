@@ -1,0 +1,164 @@
+// The control API's transport (vmm-http.so, vmm/api/http.hpp) through raw sockets: many clients at
+// once, a stalled client, malformed and oversized requests.
+#include <doctest/doctest.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "vmm/api/http.hpp"
+
+namespace fs = std::filesystem;
+using namespace vmm;
+
+namespace {
+
+/// A server on a socket in a fresh directory, answering every request 200 {"ok":true}; null (and
+/// the test skipped) where the plugin is not built beside the tests (the nested lane's copy).
+struct TestServer {
+  fs::path dir;
+  std::string path;
+  std::unique_ptr<api::HttpServer> server;
+  std::atomic<int> requests{0};
+
+  TestServer() {
+    const fs::path plugin = fs::path(VMM_BINARY_DIR) / "vmm" / "vmm-http.so";
+    if (!fs::exists(plugin)) return;
+    ::setenv("VMM_HTTP_PLUGIN", plugin.c_str(), 1);
+    char tmpl[] = "/tmp/vmm-http-test.XXXXXX";
+    REQUIRE(::mkdtemp(tmpl) != nullptr);
+    dir = tmpl;
+    path = (dir / "api.sock").string();
+    auto s = api::serve(path, [this](const api::HttpRequest&) {
+      ++requests;
+      return api::HttpResponse{.status = 200, .body = R"({"ok":true})", .allow = {}};
+    });
+    REQUIRE_MESSAGE(s.has_value(), (s ? "" : s.error().message()));
+    server = std::move(*s);
+  }
+  ~TestServer() {
+    server.reset();
+    std::error_code ec;
+    if (!dir.empty()) fs::remove_all(dir, ec);
+  }
+  bool skipped() const {
+    if (server) return false;
+    MESSAGE("VMM_SKIP: no vmm-http.so beside the tests");
+    return true;
+  }
+};
+
+Fd connect_to(const std::string& path) {
+  Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  REQUIRE(fd);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  REQUIRE(::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0);
+  return fd;
+}
+
+void send_all(int fd, const std::string& text) {
+  for (size_t off = 0; off < text.size();) {
+    const ssize_t n = ::send(fd, text.data() + off, text.size() - off, MSG_NOSIGNAL);
+    REQUIRE(n > 0);
+    off += static_cast<size_t>(n);
+  }
+}
+
+/// What arrives on `fd` until a whole response (headers and the Content-Length body) is there, the
+/// peer closes, or `deadline` passes.
+std::string read_response(int fd, std::chrono::steady_clock::time_point deadline) {
+  std::string got;
+  char buf[4096];
+  while (std::chrono::steady_clock::now() < deadline) {
+    const size_t end = got.find("\r\n\r\n");
+    if (end != std::string::npos) {
+      size_t length = 0;
+      if (const size_t cl = got.find("Content-Length: "); cl != std::string::npos && cl < end) length = std::stoul(got.substr(cl + 16));
+      if (got.size() >= end + 4 + length) break;
+    }
+    pollfd p{.fd = fd, .events = POLLIN, .revents = 0};
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
+    if (::poll(&p, 1, static_cast<int>(std::max<long>(left, 1))) <= 0) continue;
+    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) break;
+    got.append(buf, static_cast<size_t>(n));
+  }
+  return got;
+}
+
+constexpr const char* kGet = "GET /vm HTTP/1.1\r\nHost: x\r\n\r\n";
+
+}  // namespace
+
+TEST_CASE("http: 100 clients that keep their connections open are all answered at once") {
+  TestServer t;
+  if (t.skipped()) return;
+  // Every client sends its request and keeps its connection open (keep-alive) while the others
+  // wait: a server serving fewer connections than that at once answers the rest only when an idle
+  // one times out (api::kIdleTimeoutS), after this test's deadline.
+  std::vector<Fd> clients;
+  for (int i = 0; i < 100; ++i) {
+    clients.push_back(connect_to(t.path));
+    send_all(clients.back().get(), kGet);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(api::kIdleTimeoutS - 1);
+  int answered = 0;
+  for (auto& c : clients) {
+    const std::string r = read_response(c.get(), deadline);
+    if (r.starts_with("HTTP/1.1 200") && r.ends_with(R"({"ok":true})")) ++answered;
+  }
+  CHECK(answered == 100);
+  CHECK(t.requests == 100);
+}
+
+TEST_CASE("http: a client that sends half a request and stalls holds up no one") {
+  TestServer t;
+  if (t.skipped()) return;
+  Fd stalled = connect_to(t.path);
+  send_all(stalled.get(), "PUT /vm/pause HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{\"");
+  Fd other = connect_to(t.path);
+  send_all(other.get(), kGet);
+  const std::string r = read_response(other.get(), std::chrono::steady_clock::now() + std::chrono::seconds(api::kIdleTimeoutS - 1));
+  CHECK(r.starts_with("HTTP/1.1 200"));
+  CHECK(t.requests == 1);  // the stalled one was not handed on
+}
+
+TEST_CASE("http: malformed and oversized requests get a 4xx with a JSON fault, and reach no handler") {
+  TestServer t;
+  if (t.skipped()) return;
+  struct Case {
+    std::string what;
+    std::string request;
+    const char* status;
+  };
+  const std::vector<Case> cases = {
+      {"a request line that is not HTTP", "NOT A REQUEST\r\n\r\n", "HTTP/1.1 400"},
+      {"a body over the limit", "PUT /vm/pause HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(api::kMaxBody + 1) + "\r\n\r\n" +
+                                    std::string(api::kMaxBody + 1, ' '),
+       "HTTP/1.1 413"},
+      {"a Content-Length that is no number", "PUT /vm/pause HTTP/1.1\r\nHost: x\r\nContent-Length: lots\r\n\r\n{}", "HTTP/1.1 400"},
+      {"a Content-Length with a number and more", "PUT /vm/pause HTTP/1.1\r\nHost: x\r\nContent-Length: 2x\r\n\r\n{}", "HTTP/1.1 400"},
+      {"two Content-Lengths", "PUT /vm/pause HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 0\r\n\r\n{}",
+       "HTTP/1.1 400"},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.what);
+    Fd fd = connect_to(t.path);
+    send_all(fd.get(), c.request);
+    const std::string r = read_response(fd.get(), std::chrono::steady_clock::now() + std::chrono::seconds(api::kIdleTimeoutS - 1));
+    CAPTURE(r);
+    CHECK(r.starts_with(c.status));
+    CHECK(r.find(R"({"fault_message":)") != std::string::npos);
+  }
+  CHECK(t.requests == 0);
+}
