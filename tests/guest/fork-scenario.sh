@@ -217,9 +217,12 @@ exec 3>&-
 wait "$pid_p"; st=$?
 [ "$st" = 0 ] && grep -q "^testguest: power button$" "$work/p.out" && ok "vmm stop presses the power button: the guest powers off (status 0)" ||
   { bad "parent exit status $st"; tail -3 "$work/p.out"; }
-# A guest that takes no interrupts (echo polls the UART) ignores the button: a hard stop follows.
-start_vm e --kernel "$guest" --cmdline echo
+# A guest that takes no interrupts (deaf: halted with them off) ignores the button: a hard stop
+# follows. (These used the echo guest, whose busy poll of the UART kept the nested lane's one L1 CPU
+# to itself through the timeout; L1 froze twice in such a window.)
+start_vm e --kernel "$guest" --cmdline deaf
 exec 3>&-
+wait_for "$work/e.out" "^deaf: halted" || bad "the deaf guest did not start"
 n=0
 while [ ! -S "$VMM_STATE_DIR/run/e/api.sock" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
 "$vmm" stop e --timeout 5 --no-wait || bad "stop e"
@@ -230,8 +233,9 @@ while [ -e "$VMM_STATE_DIR/run/e" ] && [ $n -lt 150 ]; do sleep 0.1; n=$((n + 1)
 wait "$pid_e"; st=$?
 [ "$st" = 0 ] && [ ! -e "$VMM_STATE_DIR/run/e" ] && ! grep -q "power button" "$work/e.out" && ok "...and is stopped hard after the timeout" || { bad "hard stop: status $st"; tail -n 5 "$work/e.out" "$work/e.err"; }
 # Without --no-wait, vmm stop waits through the timeout and the hard stop.
-start_vm e2 --kernel "$guest" --cmdline echo
+start_vm e2 --kernel "$guest" --cmdline deaf
 exec 3>&-
+wait_for "$work/e2.out" "^deaf: halted" || bad "the deaf guest did not start"
 n=0
 while [ ! -S "$VMM_STATE_DIR/run/e2/api.sock" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
 start=$(date +%s)

@@ -37,7 +37,10 @@ run "$@" || status=$?
 # and so is an L1 that reset by itself before its script reported (run.sh says so in the log).
 if { [[ $status == 125 ]] && grep -aqE "BUG: soft lockup|Kernel panic - not syncing|^run.sh: L1 reset or powered off by itself" "$log"; } ||
   [[ $status == 126 ]]; then
-  echo "nested-test: L1 locked up or froze (lane failure, status $status, log above); running the test again"
+  # Its log is kept (L1's registers from QEMU's monitor are at its end when it froze): the retry
+  # writes its own.
+  cp "$log" "${log%.log}.lane-failure.log"
+  echo "nested-test: L1 locked up or froze (lane failure, status $status, log above and kept in ${log%.log}.lane-failure.log); running the test again"
   status=0
   run "$@" || status=$?
 fi
