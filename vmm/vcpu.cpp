@@ -15,6 +15,11 @@ Result<std::unique_ptr<Vcpu>> Vcpu::create(const Kvm& kvm, int vm_fd, uint32_t i
   Fd owned(fd);
   auto run = Mapping::shared(owned.get(), kvm.vcpu_mmap_size(), PROT_READ | PROT_WRITE);
   if (!run) return std::unexpected(run.error().context(fmt::format("mapping kvm_run of vCPU {}", index)));
+  // A child fork()ed from this VMM (a live fork, a pool's member) builds VMs of its own and must not
+  // hold this one's run page: it is not inherited at all (fork() copies one mapping less).
+  if (::madvise(run->data(), run->size(), MADV_DONTFORK) != 0) {
+    return fail("madvise(MADV_DONTFORK) of vCPU {}'s kvm_run: {}", index, errno_text(errno));
+  }
   auto vcpu = std::unique_ptr<Vcpu>(new Vcpu(index, std::move(owned), std::move(*run)));
   // KVM's statistics file, opened now: every vCPU ioctl waits for the vCPU's mutex, which KVM_RUN
   // holds (a guest idle in HLT would keep KVM_GET_STATS_FD waiting); reading the file does not.

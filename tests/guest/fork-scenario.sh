@@ -66,6 +66,15 @@ grep -q "vmm-http.so" "/proc/$pid_p/maps" && bad "the HTTP plugin was loaded bef
   bad "fork"; sed 's/^/  | /' "$work/fork1" "$work/fork1.err"; }
 children=$(cut -d' ' -f1 "$work/fork1")
 grep -q "vmm-http.so" "/proc/$pid_p/maps" && ok "the first request (vmm fork) loaded it" || bad "no HTTP plugin after a request"
+# A child holds its own KVM and io_uring mappings only, none of its parent's (MADV_DONTFORK): as many
+# of each as the parent has (one vCPU's run page; one loop's rings).
+first_pid=$(head -1 "$work/fork1" | cut -d' ' -f2)
+kvm_maps() { grep -c "anon_inode:kvm-vcpu" "/proc/$1/maps"; }
+uring_maps() { grep -c "io_uring" "/proc/$1/maps"; }
+[ "$(kvm_maps "$first_pid")" = "$(kvm_maps "$pid_p")" ] && [ "$(kvm_maps "$pid_p")" = 1 ] &&
+  [ "$(uring_maps "$first_pid")" = "$(uring_maps "$pid_p")" ] && [ "$(uring_maps "$pid_p")" -ge 1 ] &&
+  ok "a child maps its own vCPU run page and io_uring rings, none of its parent's" ||
+  { bad "a child's KVM/io_uring mappings: vCPU $(kvm_maps "$first_pid"), io_uring $(uring_maps "$first_pid") (parent: $(kvm_maps "$pid_p"), $(uring_maps "$pid_p"))"; }
 # A child holds nothing of the fork command's output: a pipe from vmm fork ends with it.
 start=$(date +%s)
 "$vmm" fork p 2>&1 | cat >"$work/piped"

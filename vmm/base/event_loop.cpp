@@ -30,6 +30,11 @@ Result<std::unique_ptr<EventLoop>> EventLoop::create(unsigned entries, unsigned 
     return fail("io_uring_queue_init({} entries): {}", entries, errno_text(-r));
   }
   loop->ring_ok_ = true;
+  // Its rings are not inherited by a fork()ed child (which makes loops of its own): a child could
+  // otherwise write into a ring its parent still uses.
+  if (int r = io_uring_ring_dontfork(&loop->ring_); r < 0) {
+    return fail("io_uring: MADV_DONTFORK of its rings: {}", errno_text(-r));
+  }
   if (max_files > 0) {
     if (int r = io_uring_register_files_sparse(&loop->ring_, max_files); r < 0) {
       return fail("io_uring: registering a table of {} files: {}", max_files, errno_text(-r));

@@ -3,8 +3,8 @@
 // then runs on. Each child is a new VM over the inherited copy-on-write RAM:
 //   - it keeps nothing of its parent's kernel objects: every inherited fd is closed (the VM, vCPU,
 //     io_uring, eventfd, TAP and image fds: an image's lock belongs to the open file description,
-//     which the parent still holds) and every mapping of a KVM or io_uring object is unmapped, so
-//     the parent's VM is freed when the parent ends even while children live;
+//     which the parent still holds), and it never had the parent's KVM or io_uring mappings (made
+//     MADV_DONTFORK), so the parent's VM is freed when the parent ends even while children live;
 //   - the parent's objects in this process (its Machine, threads, server) are abandoned, never
 //     destroyed: their destructors would join threads that do not exist here or write files the
 //     parent still uses;
@@ -91,15 +91,8 @@ void drop_inherited(std::vector<int> keep) {
     from = static_cast<unsigned>(k) + 1;
   }
   ::close_range(from, ~0u, 0);
-  std::ifstream maps("/proc/self/maps");
-  std::vector<std::pair<uintptr_t, uintptr_t>> drop;
-  std::string line;
-  while (std::getline(maps, line)) {
-    if (line.find("anon_inode:kvm") == std::string::npos && line.find("io_uring") == std::string::npos) continue;
-    uintptr_t lo = 0, hi = 0;
-    if (std::sscanf(line.c_str(), "%lx-%lx", &lo, &hi) == 2) drop.emplace_back(lo, hi);
-  }
-  for (auto [lo, hi] : drop) ::munmap(reinterpret_cast<void*>(lo), hi - lo);
+  // The KVM and io_uring mappings (vCPU run pages, rings) were never inherited: they are made
+  // MADV_DONTFORK (Vcpu::create, EventLoop::create).
 }
 
 namespace {

@@ -28,7 +28,8 @@ struct LiveVm {
 };
 
 /// In a child forked from a VMM process: drops what it inherited of its parent's kernel objects,
-/// every fd but 0-2 and those in `keep`, and every mapping of a KVM or io_uring object.
+/// every fd but 0-2 and those in `keep` (KVM's and io_uring's mappings are not inherited: they are
+/// made MADV_DONTFORK).
 void drop_inherited(std::vector<int> keep);
 /// For a VM that outlives the command that started it (a fork's child, a detached fleet's clone, a
 /// pool's clone): its stdin becomes /dev/null and its stdout and stderr `log` (created or appended
