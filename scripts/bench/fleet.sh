@@ -26,12 +26,14 @@
 #     once): request -> the member's vCPU 0 thread has it, -> resumed, -> vCPU 0's first KVM_RUN and
 #     -> first console byte (the clone's GET /vm start_ms, from the moment the pool took the
 #     request), request -> answer
-#     (pool side), and clones/s for 16 and for 80 requests back to back. Peer: QEMU -incoming's
+#     (pool side), and clones/s for 16 and for 80 requests back to back and for 16 from POOL_CLIENTS
+#     clients at once. Peer: QEMU -incoming's
 #     exec -> first output.
 #
 # usage: scripts/bench/fleet.sh [RUNS]      (default 5)
 # env:   FLEET (1000; 100 nested)  IDLE (20; 10 nested)  FORK_SIZES ("256M:128 1G:512 4G:1024", the
-#        live-fork rows' memory:MiB dirtied)  VM_GROWTH (1000)  VMM_BENCH_DIR (/var/tmp/vmm-bench)  VMM_BUILD_DIR (build/)
+#        live-fork rows' memory:MiB dirtied)  VM_GROWTH (1000)  POOL_CLIENTS (4: the concurrent pool row)
+#        VMM_BENCH_DIR (/var/tmp/vmm-bench)  VMM_BUILD_DIR (build/)
 # The rows (scripts/bench/fleet-rows.py) run on this host when it has a usable /dev/kvm, otherwise in
 # the nested lane (scripts/bench/nested-rows.sh: L1 with 8 GiB, both VMMs under its KVM; read the
 # ratios there, TCG sets the absolute times).
@@ -63,6 +65,6 @@ if ((kvm)); then
 else
   source "$root/scripts/bench/nested-rows.sh"
   nested_rows fleet.sh $((3600 + 900 * runs)) 8192 "$work" FORK_SIZES="${FORK_SIZES:-256M:128 1G:512 4G:1024}" \
-    VM_GROWTH="${VM_GROWTH:-1000}" \
+    VM_GROWTH="${VM_GROWTH:-1000}" POOL_CLIENTS="${POOL_CLIENTS:-4}" \
     fleet-rows.py "$runs" "${FLEET:-100}" "${IDLE:-10}" "$rev"
 fi
