@@ -210,6 +210,32 @@ fi
 [ $? = 2 ] && grep -q "already running" "$work/e" && ok "a second VM named p is refused" || { bad "duplicate name"; cat "$work/e"; }
 "$vmm" pause p && "$vmm" pause p >"$work/e" 2>&1; [ $? = 2 ] && grep -q "already paused" "$work/e" && ok "vmm pause twice: already paused" || bad "pause twice"
 "$vmm" resume p || bad "resume"
+# A fork() that fails (p in a pids cgroup with room for one more task: the request's connection
+# thread, not the child; p has no disk, whose flush at the pause would need an io_uring worker)
+# says why, leaves no child directory, and the VM runs on.
+cg="$work/cgroup"
+mkdir -p "$cg"
+if mount -t cgroup2 none "$cg" 2>/dev/null && { grep -qw pids "$cg/cgroup.subtree_control" || echo +pids >"$cg/cgroup.subtree_control"; } 2>/dev/null &&
+  mkdir "$cg/vmmtest" && echo "$pid_p" >"$cg/vmmtest/cgroup.procs"; then
+  echo $(($(cat "$cg/vmmtest/pids.current") + 1)) >"$cg/vmmtest/pids.max"
+  ls "$VMM_STATE_DIR/clones" >"$work/clones.before"
+  "$vmm" fork p >"$work/e" 2>&1; st=$?
+  echo max >"$cg/vmmtest/pids.max"
+  echo "$pid_p" >"$cg/cgroup.procs"
+  rmdir "$cg/vmmtest"
+  umount "$cg"
+  ls "$VMM_STATE_DIR/clones" >"$work/clones.after"
+  answers=$(grep -c "changes=[0-9]*$" "$work/p.out")
+  echo get >&3
+  n=0
+  while [ "$(grep -c "changes=[0-9]*$" "$work/p.out")" -le "$answers" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+  [ "$st" != 0 ] && grep -q "fork: Resource temporarily unavailable" "$work/e" && cmp -s "$work/clones.before" "$work/clones.after" &&
+    [ $n -lt 100 ] && ok "a fork() that fails says why (EAGAIN), leaves no child directory, and the VM runs on" ||
+    { bad "failed fork() (status $st)"; cat "$work/e"; diff "$work/clones.before" "$work/clones.after"; tail -3 "$work/p.out"; }
+else
+  echo "fork-scenario: no pids cgroup to put p in here: a failing fork() is not checked"
+  umount "$cg" 2>/dev/null
+fi
 
 # ---- Stop: every VM ends, and its entry with it; vmm stop returns once the VM's process has ended.
 # ended PID: the process is gone, or a zombie (p is this shell's child, reaped by the wait below).

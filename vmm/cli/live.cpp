@@ -309,10 +309,12 @@ Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const json& request, con
   const auto t0 = std::chrono::steady_clock::now();
   json children = json::array();
   std::vector<pid_t> pids;
+  std::vector<int> fork_errors;  // errno of each fork() that failed, before later calls change it
   for (auto& plan : plans) {
     const pid_t pid = ::fork();
     if (pid == 0) run_child(*vm, plan, *state);
     pids.push_back(pid);
+    fork_errors.push_back(pid < 0 ? errno : 0);
     ::close(plan.report_fd);
     plan.report_fd = -1;
   }
@@ -323,7 +325,7 @@ Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const json& request, con
   for (size_t i = 0; i < plans.size(); ++i) {
     json c{{"name", plans[i].name}, {"pid", pids[i]}};
     if (pids[i] < 0) {
-      c["error"] = fmt::format("fork: {}", errno_text(errno));
+      c["error"] = fmt::format("fork: {}", errno_text(fork_errors[i]));
       std::error_code ec;
       fs::remove_all(plans[i].dir, ec);
     } else {
