@@ -85,6 +85,9 @@ else
   # One idle VM for L1's whole life: the static keys that count VMs never flip (l1-kvm-hold.c says why).
   /sbin/l1-kvm-hold </dev/null &
   cd /files
+  # Where L1's kernel text is (KASLR): a frozen L1's RIP and stack words (run.sh reads them through
+  # QEMU's monitor) are offsets from it into the kernel's System.map.
+  echo "vmm-nested: L1 kernel _text at $(grep -m1 ' _text$' /proc/kallsyms | cut -d' ' -f1)"
   echo "=== vmm-nested: begin ($(cut -d' ' -f1 /proc/uptime) s after L1 start) ==="
   IFS='
 '

@@ -200,9 +200,18 @@ def reply():
         pass
     return buf.decode(errors="replace")
 reply()
+import re
+regs = ""
 for cmd in ("info cpus", "info registers -a"):
     s.sendall(cmd.encode() + b"\n")
-    print(reply().split("\n", 1)[-1].replace("(qemu) ", ""))
+    regs = reply().split("\n", 1)[-1].replace("(qemu) ", "")
+    print(regs)
+# Each vCPU's stack, for the kernel addresses on it (offsets from the _text that l1-init printed).
+for cpu, rsp in enumerate(re.findall(r"RSP=([0-9a-f]{16})", regs)):
+    for cmd in (f"cpu {cpu}", f"x /48gx 0x{rsp}"):
+        s.sendall(cmd.encode() + b"\n")
+        out = reply().split("\n", 1)[-1].replace("(qemu) ", "")
+    print(f"CPU#{cpu} stack from RSP={rsp}:\n{out}")
 PY
       kill -9 "$(cat "$work/qemu.pid" 2>/dev/null)" 2>/dev/null
       exit 0

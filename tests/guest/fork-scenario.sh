@@ -216,12 +216,12 @@ fi
 cg="$work/cgroup"
 mkdir -p "$cg"
 if mount -t cgroup2 none "$cg" 2>/dev/null && { grep -qw pids "$cg/cgroup.subtree_control" || echo +pids >"$cg/cgroup.subtree_control"; } 2>/dev/null &&
-  mkdir "$cg/vmmtest" && echo "$pid_p" >"$cg/vmmtest/cgroup.procs"; then
+  orig=$(sed -n 's/^0:://p' "/proc/$pid_p/cgroup") && mkdir "$cg/vmmtest" && echo "$pid_p" >"$cg/vmmtest/cgroup.procs"; then
   echo $(($(cat "$cg/vmmtest/pids.current") + 1)) >"$cg/vmmtest/pids.max"
   ls "$VMM_STATE_DIR/clones" >"$work/clones.before"
   "$vmm" fork p >"$work/e" 2>&1; st=$?
   echo max >"$cg/vmmtest/pids.max"
-  echo "$pid_p" >"$cg/cgroup.procs"
+  echo "$pid_p" >"$cg$orig/cgroup.procs"  # back where it was
   rmdir "$cg/vmmtest"
   umount "$cg"
   ls "$VMM_STATE_DIR/clones" >"$work/clones.after"
