@@ -13,6 +13,17 @@ Result<std::unique_ptr<Vcpu>> Vcpu::create(const Kvm& kvm, int vm_fd, uint32_t i
   const int fd = ::ioctl(vm_fd, KVM_CREATE_VCPU, static_cast<unsigned long>(index));
   if (fd < 0) return fail("KVM_CREATE_VCPU {}: {}", index, errno_text(errno));
   Fd owned(fd);
+  // The guest's TSC rate: the host's (KVM_SET_TSC_KHZ with 0 means the host TSC's current rate).
+  // KVM gives a new vCPU the rate it measured when it loaded, and the kernel refines its TSC
+  // calibration about a second after boot (by up to 1%). Loaded before that, on a host without TSC
+  // scaling, KVM finds its own default "below hardware speed" (its log says so), fails to apply it
+  // and leaves the vCPU's TSC scaling ratio at 0 (Linux 6.1 kvm_set_tsc_khz): every TSC KVM
+  // computes for the vCPU is then a constant, a snapshot records the guest's TSC as 0, and kvmclock
+  // after a restore is off by the host's uptime (a Linux clone's clock was tens of seconds ahead,
+  // nested lane, 2026-12-05). Setting the host's rate writes a sane ratio; on a sane host it
+  // changes nothing. It fails only when the host kernel has no TSC rate (its calibration failed):
+  // the vCPU then keeps KVM's default, as before.
+  (void)::ioctl(owned.get(), KVM_SET_TSC_KHZ, 0);
   auto run = Mapping::shared(owned.get(), kvm.vcpu_mmap_size(), PROT_READ | PROT_WRITE);
   if (!run) return std::unexpected(run.error().context(fmt::format("mapping kvm_run of vCPU {}", index)));
   // A child fork()ed from this VMM (a live fork, a pool's member) builds VMs of its own and must not

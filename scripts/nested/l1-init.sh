@@ -13,6 +13,19 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t tmpfs tmp /tmp
 ip link set lo up
+# KVM takes the TSC's rate once, when it loads, as every new VM's default; the kernel refines its
+# early TSC calibration about a second after boot, by up to 1%. Loaded before that, L1's KVM can find
+# its default "below hardware speed" (beyond its 250 ppm tolerance; TCG's EPYC has no TSC scaling):
+# what that did to clones, and what vmm does about it, is in vmm/vcpu.cpp (Vcpu::create); L2's
+# kvmclock would still run by the stale rate. A real host loads KVM long after boot: so does L1,
+# once the refinement is over (it removes the tsc-early clocksource, whatever its outcome; at most
+# 10 s).
+k=0
+while grep -qw tsc-early /sys/devices/system/clocksource/clocksource0/available_clocksource 2>/dev/null && [ $k -lt 100 ]; do
+  sleep 0.1
+  k=$((k + 1))
+done
+[ $k -lt 100 ] || echo "vmm-nested: the TSC calibration was not refined within 10 s; loading KVM anyway"
 for m in $(cat /etc/modules.load); do
   insmod "/lib/modules/$m" || echo "vmm-nested: insmod $m failed"
 done

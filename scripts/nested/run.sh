@@ -18,7 +18,8 @@
 #   --log FILE         where L1's console goes (default: a file under $TMPDIR, kept on failure)
 #   --quiet            do not stream the console to stdout
 #   --build-only       build (or find in the cache) the L1 and L2 images (initramfs, ext4 root) and exit
-# env: VMM_LINUX_KERNEL, VMM_CACHE_DIR as for guest-images/linux/*.sh
+# env: VMM_LINUX_KERNEL, VMM_CACHE_DIR as for guest-images/linux/*.sh; VMM_NESTED_APPEND: more
+#      arguments for L1's kernel command line (an experiment's, e.g. clocksource=tsc)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 source "$root/guest-images/linux/lib.sh"
@@ -167,7 +168,7 @@ qemu=(qemu-system-x86_64 -M pc -accel tcg,thread=multi -cpu EPYC,+svm,+npt -smp 
   -pidfile "$work/qemu.pid" -monitor "unix:$work/monitor,server=on,wait=off"
   -device isa-debug-exit,iobase=0xf4,iosize=0x01
   -kernel "$kernel" -initrd "$work/initrd.cpio"
-  -append "console=ttyS0 quiet loglevel=4 panic=-1 softlockup_panic=1 mitigations=off vmm_nested.vmm_limit=${VMM_NESTED_VMM_LIMIT:-150}")
+  -append "console=ttyS0 quiet loglevel=4 panic=-1 softlockup_panic=1 mitigations=off vmm_nested.vmm_limit=${VMM_NESTED_VMM_LIMIT:-150} ${VMM_NESTED_APPEND:-}")
 # L1's vCPU is one TCG thread: starved by other work on the host (a parallel test's compiler, say),
 # its L2s stall and can hang outright (seen in CI: a 2-vCPU L2 halted on both vCPUs in SMP bring-up
 # while the fuzz smoke test's clang build ran beside it). It runs ahead of the host's ordinary work
