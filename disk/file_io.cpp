@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <climits>
 #include <condition_variable>
@@ -11,6 +12,7 @@
 #include <deque>
 #include <functional>
 #include <optional>
+#include <system_error>
 #include <mutex>
 #include <thread>
 
@@ -95,15 +97,39 @@ namespace {
 
 constexpr uint64_t kParallelThreshold = 256 * 1024;
 
-/// Threads that run pieces of large transfers; lives for the whole process.
+/// Threads that run pieces of large transfers, one pool per process, made on first use.
+///
+/// A fork()ed child (a live fork, a pool's member) inherits the parent's pool object but none of its
+/// threads: a task posted to it would wait forever (a fork's child hung on its first large qcow2
+/// read), and its lock may have been held by one of them at the fork. So a child forgets the
+/// pool (pthread_atfork) and makes its own on first use. A thread that cannot be made (a pids limit
+/// reached) is done without; with none, tasks run on the thread that posts them.
 class CopyPool {
  public:
   static CopyPool& get() {
-    static CopyPool* pool = new CopyPool;  // never destroyed: its threads may wait on it at exit
-    return *pool;
+    if (CopyPool* p = current_.load(std::memory_order_acquire)) return *p;
+    ::pthread_mutex_lock(&make_mu_);
+    CopyPool* p = current_.load(std::memory_order_relaxed);
+    if (!p) {
+      p = new CopyPool;  // never destroyed: its threads may wait on it at exit
+      current_.store(p, std::memory_order_release);
+    }
+    ::pthread_mutex_unlock(&make_mu_);
+    return *p;
+  }
+  /// In a fork()ed child, before anything else runs there: the pool and the lock that guards its
+  /// making are the parent's (the pool object is left behind, unused).
+  static void forget_in_child() {
+    current_.store(nullptr, std::memory_order_relaxed);
+    const pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+    std::memcpy(&make_mu_, &fresh, sizeof fresh);
   }
   unsigned helpers() const { return static_cast<unsigned>(threads_.size()); }
   void post(std::function<void()> f) {
+    if (threads_.empty()) {
+      f();
+      return;
+    }
     {
       std::lock_guard lock(mu_);
       tasks_.push_back(std::move(f));
@@ -115,7 +141,11 @@ class CopyPool {
   CopyPool() {
     const unsigned cpus = std::max(1u, std::thread::hardware_concurrency());
     for (unsigned i = 0; i < std::min(2 * cpus, 8u); ++i) {
-      threads_.emplace_back([this] { loop(); });
+      try {
+        threads_.emplace_back([this] { loop(); });
+      } catch (const std::system_error&) {
+        break;
+      }
       pthread_setname_np(threads_.back().native_handle(), "vmm-copy");
       threads_.back().detach();  // idle at exit; never joined
     }
@@ -132,11 +162,16 @@ class CopyPool {
       f();
     }
   }
+  static inline std::atomic<CopyPool*> current_{nullptr};
+  static inline pthread_mutex_t make_mu_ = PTHREAD_MUTEX_INITIALIZER;
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::function<void()>> tasks_;
   std::vector<std::thread> threads_;
 };
+
+/// Registered at start-up, before any fork().
+[[maybe_unused]] const int at_fork_registered = ::pthread_atfork(nullptr, nullptr, &CopyPool::forget_in_child);
 
 Result<> transfer_parallel(int fd, std::span<const iovec> iov, uint64_t offset, bool write) {
   auto one = [&](std::span<const iovec> v, uint64_t off) { return write ? pwrite_full(fd, v, off) : pread_full(fd, v, off); };

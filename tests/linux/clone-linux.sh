@@ -168,7 +168,8 @@ grep -q "disk-marker" "$tdisk" "$work/disk.img" && bad "a clone's marker reached
 # ---- Live fork of a running Linux guest: a clone of the template (it has reseeded once) forked 3
 # times, then one child forked again. Each answers on its console (typed on through `vmm input`:
 # a fork's console is its console.log), with urandom bytes of its own, and its kernel log counts one
-# more "crng reseeded due to virtual machine fork" than its parent's; the parent runs on unaffected.
+# more "crng reseeded due to virtual machine fork" than its parent's, and reads its whole disk in
+# large requests (the parent did too, before the fork); the parent runs on unaffected.
 mkfifo "$work/lf.in"
 vmm run --clone-of linux --name lf --console stdio <"$work/lf.in" >"$work/lf.out" 2>"$work/lf.err" &
 lfpid=$!
@@ -180,7 +181,16 @@ ask() {
   wait_for "$2" "^$3: [0-9a-f]{32} [0-9]+$" 60
 }
 answer() { clean "$1" | sed -n "s/^$2: //p" | head -1; }
+# readall NAME LOG TAG: the guest reads all of /dev/vda (4 MiB) in 1 MiB direct reads, requests large
+# enough to go through the qcow2 image's copy threads, and prints "TAG: <whole blocks read>+<partial>".
+readall() {
+  cmd="echo \"$3: \$(dd if=/dev/vda of=/dev/null bs=1M iflag=direct 2>&1 | sed -n 's/ records in//p')\""
+  if [ "$1" = lf ]; then printf '%s\n' "$cmd" >&3; else vmm input "$1" "$cmd" || return 1; fi
+  wait_for "$2" "^$3: 4\+0$" 60
+}
 if ask lf "$work/lf.out" before; then ok "lf (a clone to fork) answers"; else bad "lf does not answer"; show "$work/lf.out" "$work/lf.err"; fi
+# Its copy threads exist from now on: a fork's child inherits the pool but not its threads.
+readall lf "$work/lf.out" lfread && ok "lf reads its whole disk in 1 MiB requests" || bad "lf: its disk read did not finish"
 t0=$(now)
 vmm fork lf --count 3 >"$work/fork.out" 2>"$work/fork.err" && [ "$(wc -l <"$work/fork.out")" = 3 ] &&
   ok "vmm fork lf --count 3 ($(since "$t0") s)" || { bad "fork of a running Linux guest"; show "$work/fork.out" "$work/fork.err"; }
@@ -195,6 +205,8 @@ for ch in $(cut -d' ' -f1 "$work/fork.out"); do
   else
     bad "$ch does not answer on its console"; show "$log" "$VMM_STATE_DIR/clones/$ch/vmm.log"
   fi
+  readall "$ch" "$log" childread && ok "$ch reads its whole disk in 1 MiB requests" ||
+    { bad "$ch: its disk read did not finish"; show "$log"; }
 done
 ask lf "$work/lf.out" after && [ "$(answer "$work/lf.out" after | cut -d' ' -f2)" = "$parent" ] &&
   answer "$work/lf.out" after | cut -d' ' -f1 >>"$work/fork.rands" && ok "the parent runs on, no reseed of its own" ||
