@@ -10,12 +10,42 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <thread>
 #include <condition_variable>
 #include <mutex>
 
 #include "disk/file_io.hpp"
 
 using namespace std::chrono_literals;
+
+namespace {
+
+/// True once every thread of this process but the calling one has been asleep ('S') in three
+/// samples 20 ms apart; false after 10 s.
+bool others_asleep() {
+  const std::string self = std::to_string(::gettid());
+  int quiet = 0;
+  for (auto end = std::chrono::steady_clock::now() + 10s; std::chrono::steady_clock::now() < end;) {
+    bool all = true;
+    for (const auto& t : std::filesystem::directory_iterator("/proc/self/task")) {
+      if (t.path().filename() == self) continue;
+      std::ifstream stat(t.path() / "stat");
+      std::string line;
+      std::getline(stat, line);
+      const auto paren = line.rfind(')');
+      if (paren == std::string::npos || paren + 2 >= line.size() || line[paren + 2] != 'S') all = false;
+    }
+    quiet = all ? quiet + 1 : 0;
+    if (quiet == 3) return true;
+    std::this_thread::sleep_for(20ms);
+  }
+  return false;
+}
+
+}  // namespace
 
 TEST_CASE("disk: the I/O pool runs tasks in a fork()ed child of a process that used it") {
   {  // the parent uses the pool: it exists, with its threads
@@ -30,6 +60,10 @@ TEST_CASE("disk: the I/O pool runs tasks in a fork()ed child of a process that u
     std::unique_lock lock(mu);
     REQUIRE(cv.wait_for(lock, 10s, [&] { return ran; }));
   }
+  // fork() only once every other thread sleeps: one that holds a lock at the fork leaves it held
+  // in the child. glibc's malloc guards itself across fork(); GCC 12's ASan allocator does not, and
+  // a pool thread still starting (or freeing the task it ran) left the child's allocator locked.
+  REQUIRE_MESSAGE(others_asleep(), "the process's other threads did not all go to sleep within 10 s");
   int p[2];
   REQUIRE(::pipe(p) == 0);
   const pid_t pid = ::fork();
