@@ -86,8 +86,8 @@ while [ $i -lt "$n" ]; do
   echo 'echo "clock: $(date +%s)"' >&3
   if wait_for "$out" '^clock: [0-9]+$' 30; then
     h1=$(date +%s) g=$(clean "$out" | sed -n 's/^clock: //p' | head -1)
-    # Its clock was brought to the present at the restore (kvmclock and TSC stepped by the real time
-    # since the template's capture, which the state file stamps when KVM does not: L1 here).
+    # Its clock was brought to the present at the restore (kvmclock stepped by the real time since
+    # the template's capture, which the state file stamps when KVM does not).
     if [ "$g" -ge $((h0 - 1)) ] && [ "$g" -le $((h1 + 1)) ]; then ok "$c: clock $g within 1 s of the host's ($h0..$h1)"; else
       # Seen twice until 2026-12-05: every clone ahead by L1's uptime plus the time since the
       # template. L1's KVM had left the vCPUs' TSC scaling ratio at 0 (vmm/vcpu.cpp, Vcpu::create,
@@ -189,7 +189,7 @@ readall() {
   wait_for "$2" "^$3: 4\+0$" 60
 }
 if ask lf "$work/lf.out" before; then ok "lf (a clone to fork) answers"; else bad "lf does not answer"; show "$work/lf.out" "$work/lf.err"; fi
-# Its copy threads exist from now on: a fork's child inherits the pool but not its threads.
+# Its qcow2 copy threads exist from now on (a fork's child once inherited their pool without them).
 readall lf "$work/lf.out" lfread && ok "lf reads its whole disk in 1 MiB requests" || bad "lf: its disk read did not finish"
 t0=$(now)
 vmm fork lf --count 3 >"$work/fork.out" 2>"$work/fork.err" && [ "$(wc -l <"$work/fork.out")" = 3 ] &&
