@@ -10,6 +10,8 @@
 #include <cerrno>
 #include <chrono>
 
+#include "vmm/base/thread.hpp"
+
 namespace vmm::devices {
 
 Result<ConsoleSpec> parse_console_spec(std::string_view text) {
@@ -49,8 +51,8 @@ void Console::write(std::span<const uint8_t> bytes) {
   }
 }
 
-void Console::start_input(std::shared_ptr<Serial> serial) {
-  if (spec_.kind != ConsoleSpec::Kind::Stdio) return;
+Result<> Console::start_input(std::shared_ptr<Serial> serial) {
+  if (spec_.kind != ConsoleSpec::Kind::Stdio) return {};
   serial_ = std::move(serial);
   wake_ = Fd(::eventfd(0, EFD_CLOEXEC));
   if (::isatty(STDIN_FILENO) && ::tcgetattr(STDIN_FILENO, &saved_) == 0) {
@@ -59,7 +61,13 @@ void Console::start_input(std::shared_ptr<Serial> serial) {
     raw.c_oflag = saved_.c_oflag;  // keep output post-processing (\n → \r\n)
     if (::tcsetattr(STDIN_FILENO, TCSANOW, &raw) == 0) raw_ = true;
   }
-  input_ = std::thread([this] { input_loop(); });
+  auto t = start_thread("the console's input thread", [this] { input_loop(); });
+  if (!t) {
+    shutdown();  // the terminal as it was
+    return std::unexpected(t.error());
+  }
+  input_ = std::move(*t);
+  return {};
 }
 
 void Console::input_loop() {

@@ -37,8 +37,8 @@ class Console {
 
   /// Writes guest output.
   void write(std::span<const uint8_t> bytes);
-  /// Starts forwarding stdin to `serial` (stdio mode only).
-  void start_input(std::shared_ptr<Serial> serial);
+  /// Starts forwarding stdin to `serial` (stdio mode only): fails if its thread cannot be made.
+  Result<> start_input(std::shared_ptr<Serial> serial);
   /// Stops the input thread and restores the terminal. Idempotent.
   void shutdown();
 

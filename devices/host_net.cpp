@@ -18,6 +18,7 @@
 
 #include "vmm/base/fd.hpp"
 #include "vmm/base/process.hpp"
+#include "vmm/base/thread.hpp"
 
 namespace vmm::devices {
 
@@ -146,7 +147,7 @@ Result<std::unique_ptr<Netns>> Netns::create(const NetnsConfig& c) {
   // The TAP, opened from a thread that entered the namespace: a TAP belongs to the namespace of
   // the task that creates it, and stays there while this process uses its fd from the host's.
   Result<Tap> tap = fail("netns {}: not entered", c.netns);
-  std::thread enter([&] {
+  auto enter = start_thread("a thread to enter the network namespace", [&] {
     Fd target(::open(("/run/netns/" + c.netns).c_str(), O_RDONLY | O_CLOEXEC));
     if (!target) {
       tap = fail("/run/netns/{}: {}", c.netns, errno_text(errno));
@@ -161,7 +162,8 @@ Result<std::unique_ptr<Netns>> Netns::create(const NetnsConfig& c) {
     Fd fwd(::open("/proc/sys/net/ipv4/ip_forward", O_WRONLY | O_CLOEXEC));
     if (!fwd || ::write(fwd.get(), "1", 1) != 1) tap = fail("netns {}: cannot enable IPv4 forwarding: {}", c.netns, errno_text(errno));
   });
-  enter.join();
+  if (!enter) return std::unexpected(enter.error());
+  enter->join();
   if (!tap) return std::unexpected(tap.error());
   ns->tap_.emplace(std::move(*tap));
 

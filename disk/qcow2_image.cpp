@@ -7,6 +7,7 @@
 #include <cerrno>
 
 #include "disk/file_io.hpp"
+#include "vmm/base/thread.hpp"
 
 #include <fmt/core.h>
 
@@ -26,7 +27,9 @@ Result<std::unique_ptr<Qcow2Image>> Qcow2Image::create(EventLoop& loop, std::uni
   auto w = loop.watch(img->event_.get(), [p = img.get()] { p->deliver(); });
   if (!w) return std::unexpected(w.error().context(img->path_.string()));
   img->watch_ = *w;
-  img->thread_ = std::thread([p = img.get()] { p->worker(); });
+  auto t = start_thread(fmt::format("the worker thread of {}", img->path_.string()), [p = img.get()] { p->worker(); });
+  if (!t) return std::unexpected(t.error());
+  img->thread_ = std::move(*t);
   pthread_setname_np(img->thread_.native_handle(), "vmm-qcow2");
   return img;
 }

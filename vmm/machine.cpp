@@ -4,6 +4,8 @@
 
 #include <chrono>
 
+#include "vmm/base/thread.hpp"
+
 namespace vmm {
 
 Result<std::unique_ptr<Machine>> Machine::create(const Kvm& kvm, GuestMemory memory, const VmConfig& vm,
@@ -50,15 +52,18 @@ void Machine::io_thread() {
   }
 }
 
-void Machine::start_io() {
+Result<> Machine::start_io() {
   std::lock_guard lock(io_mutex_);
-  if (io_want_ == IoWant::End) return;
+  if (io_want_ == IoWant::End) return {};
   io_want_ = IoWant::Run;
   if (!io_.joinable()) {
     io_parked_ = false;
-    io_ = std::thread([this] { io_thread(); });
+    auto t = start_thread("the I/O thread", [this] { io_thread(); });
+    if (!t) return std::unexpected(t.error());
+    io_ = std::move(*t);
   }
   io_cv_.notify_all();
+  return {};
 }
 
 void Machine::park_io() {
@@ -88,8 +93,17 @@ void Machine::end_io() {
 }
 
 StopInfo Machine::run() {
-  platform_->start();
-  start_io();
+  // A thread that cannot be made stops the VM before it runs, as an error of its own would.
+  auto not_started = [&](const Error& e) {
+    StopInfo stop{.reason = devices::StopReason::Error, .status = 0, .message = e.message()};
+    vm_->request_stop(stop);
+    return stop;
+  };
+  if (auto r = platform_->start(); !r) return not_started(r.error());
+  if (auto r = start_io(); !r) {
+    platform_->shutdown();
+    return not_started(r.error());
+  }
   StopInfo stop = vm_->run();
   end_io();
   platform_->shutdown();
@@ -147,7 +161,10 @@ Result<> Machine::quiesce(std::chrono::milliseconds timeout) {
 }
 
 void Machine::resume() {
-  start_io();
+  if (auto r = start_io(); !r) {  // only when no I/O thread was running: it is woken, not made, after a quiesce
+    vm_->request_stop(StopInfo{.reason = devices::StopReason::Error, .status = 0, .message = r.error().message()});
+    return;
+  }
   vm_->resume();
 }
 

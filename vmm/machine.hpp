@@ -49,7 +49,7 @@ class Machine {
   /// rather than ending it, because a thread that leaves requests in an io_uring pays for its exit
   /// (the kernel cancels them itself, apparently completing them a tick later: 4-6 ms here against
   /// ~15 us for a park and wake-up, scripts/bench/uring-exit.c; it was most of a live fork's pause).
-  void start_io();  ///< creates the thread, or wakes it from a park
+  Result<> start_io();  ///< creates the thread, or wakes it from a park
   void park_io();   ///< returns once the thread is out of the loop (or has ended on an error)
   void end_io();    ///< ends the thread and joins it
   void io_thread();

@@ -29,7 +29,7 @@ Result<> Platform::set_identity(const std::vector<std::pair<std::string, std::st
   return fw_cfg_->set_file_content(kIdentityFile, *text);
 }
 
-void Platform::start() { console_->start_input(serial_); }
+Result<> Platform::start() { return console_->start_input(serial_); }
 
 void Platform::shutdown() {
   if (console_) console_->shutdown();

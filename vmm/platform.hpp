@@ -64,7 +64,7 @@ class Platform {
  public:
   /// Starts feeding host input to the guest's serial port (after any restore: input that arrived
   /// before it would be overwritten by the saved FIFO).
-  void start();
+  Result<> start();
   /// Stops the console's input thread and restores the terminal.
   void shutdown();
   /// The PCI root complex, where PCI devices are attached.

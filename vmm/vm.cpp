@@ -5,8 +5,10 @@
 
 #include <cerrno>
 #include <ctime>
+#include <optional>
 
 #include "vmm/base/layout.hpp"
+#include "vmm/base/thread.hpp"
 #include "vmm/x86_boot.hpp"
 
 namespace vmm {
@@ -319,12 +321,22 @@ StopInfo Vm::run() {
   ::pthread_sigmask(SIG_BLOCK, &set, nullptr);
   install_kick_handler();
 
+  std::optional<Error> no_thread;
   {
     // kick_all() may run on a vCPU thread while later threads are still being started.
     std::lock_guard lock(threads_mutex_);
     threads_.reserve(vcpus_.size());
-    for (auto& v : vcpus_) threads_.emplace_back([this, &v] { vcpu_thread(*v); });
+    for (auto& v : vcpus_) {
+      auto t = start_thread(fmt::format("vCPU {}'s thread", v->index()), [this, &v] { vcpu_thread(*v); });
+      if (!t) {
+        no_thread = t.error();
+        break;
+      }
+      threads_.push_back(std::move(*t));
+    }
   }
+  // The VM stops as for any error: the threads that started see the stop and end.
+  if (no_thread) request_stop(StopInfo{.reason = devices::StopReason::Error, .status = 0, .message = no_thread->message()});
   for (;;) {
     {
       std::lock_guard lock(mutex_);

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Runs inside the nested lane's L1 (busybox sh): the test guest's scenarios on real KVM (full CPUID,
-# XSAVE, SVM), the same checks as the `guest` label runs on the direct lane.
+# XSAVE, SVM), the same checks as the `guest` label runs on the direct lane, and vmm at a limit on
+# threads (tests/guest/limits-scenario.sh).
 fail=0
 # check NAME STATUS PATTERN [vmm run args...]: the exit status and a console line matching PATTERN.
 check() {
@@ -28,5 +29,7 @@ check memory-4g-hole 1 "scenario=hello" --memory 3200M
 printf 'hello world\nquit\n' >/tmp/stdin
 check echo 1 "^echo: hello world" --cmdline echo
 grep -q "^echo: bye" /tmp/out || { echo "testguest: FAIL echo: no bye"; fail=1; }
+# At a limit on threads and processes (a pids cgroup of L1's cgroup v2): a skip is a failure here.
+sh /files/limits-scenario.sh /files/bin/vmm /files/testguest.elf || { echo "testguest: FAIL limits (status $?)"; fail=1; }
 [ $fail = 0 ] && echo "testguest: PASS"
 exit $fail

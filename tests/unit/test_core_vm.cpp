@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <thread>
 
+#include "child_helpers.hpp"
 #include "vmm/vm.hpp"
 
 namespace {
@@ -85,6 +86,18 @@ TEST_CASE("vm: a guest port write reaches the bus and its stop ends run()") {
   const vmm::StopInfo stop = t.vm->run();
   CHECK(stop.reason == StopReason::DebugExit);
   CHECK(stop.status == 0x2a);
+}
+
+TEST_CASE("vm: a vCPU thread that cannot be made stops the VM with an error, not the process") {
+  SKIP_WITHOUT_KVM();
+  const std::string said = test_child::run([] {
+    const std::array<uint8_t, 1> code{0xf4};  // hlt
+    TestVm t(code, 2);
+    if (!test_child::forbid_threads()) return std::string("cannot forbid threads");
+    const vmm::StopInfo stop = t.vm->run();
+    return fmt::format("{} {}", stop.reason == StopReason::Error ? "error" : "other", stop.message);
+  });
+  CHECK(said.starts_with("error cannot start vCPU 0's thread: Resource temporarily unavailable"));
 }
 
 // Waits until the guest has stored a non-zero counter at kCounterAddr (it ran), up to 20 s (a loaded

@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <chrono>
 
+#include "vmm/base/thread.hpp"
 #include "vmm/machine.hpp"
 
 namespace vmm::api {
@@ -26,7 +27,13 @@ void ControlPlane::start(Machine& machine, VmInfo info, VmOperations ops) {
   info.api_socket = registration_->socket().string();
   const bool paused = info.paused;
   service_ = std::make_unique<VmService>(machine, std::move(info), std::move(ops));
-  starter_ = std::thread([this, &machine, paused] { run_starter(machine, paused); });
+  // Without its thread the VM runs on without an API, as when its socket cannot be made.
+  auto t = start_thread("the API's thread", [this, &machine, paused] { run_starter(machine, paused); });
+  if (!t) {
+    fmt::print(stderr, "vmm: warning: no API: {}\n", t.error().message());
+    return;
+  }
+  starter_ = std::move(*t);
 }
 
 void ControlPlane::run_starter(Machine& machine, bool paused) {

@@ -27,11 +27,17 @@ std::string fault(const std::string& message) { return nlohmann::json{{"fault_me
 class ConnectionThreads final : public httplib::TaskQueue {
  public:
   void enqueue(std::function<void()> fn) override {
-    std::lock_guard lock(mutex_);
+    std::unique_lock lock(mutex_);
     jobs_.push_back(std::move(fn));
-    if (running_ < kMaxConnections) {
-      ++running_;
+    if (running_ >= kMaxConnections) return;
+    ++running_;
+    try {
       std::thread([this] { work(); }).detach();
+    } catch (const std::system_error&) {
+      // No thread to be had (at a pids limit): the connections are served on the accept loop's
+      // thread, in turn, rather than the exception ending the process there.
+      lock.unlock();
+      work();
     }
   }
   void shutdown() override {

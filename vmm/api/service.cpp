@@ -6,6 +6,8 @@
 #include <fstream>
 #include <set>
 
+#include "vmm/base/thread.hpp"
+
 namespace vmm::api {
 
 using nlohmann::json;
@@ -226,16 +228,22 @@ HttpResponse VmService::stop(const json& body) {
     hard_stop();
     return no_content();
   }
+  // The hard stop's timer first: without it the guest is not asked (a 503, nothing changed).
+  auto timer = start_thread("the stop's timer thread", [this, hard_stop, timeout] {
+    std::unique_lock l(stop_mutex_);
+    if (!stop_cv_.wait_for(l, std::chrono::duration<double>(timeout), [&] { return cancelled_; })) hard_stop();
+  });
+  if (!timer) {
+    stopping_ = false;
+    return fault(503, timer.error().message());
+  }
+  stopper_ = std::move(*timer);
   // The guest is asked first: a paused one could not answer, so it runs again.
   if (paused_) {
     machine_.resume();
     paused_ = false;
   }
   machine_.platform().press_power_button();
-  stopper_ = std::thread([this, hard_stop, timeout] {
-    std::unique_lock l(stop_mutex_);
-    if (!stop_cv_.wait_for(l, std::chrono::duration<double>(timeout), [&] { return cancelled_; })) hard_stop();
-  });
   return no_content();
 }
 

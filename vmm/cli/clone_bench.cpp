@@ -17,6 +17,7 @@
 
 #include "clone/identity.hpp"
 #include "clone/memory_file.hpp"
+#include "vmm/base/thread.hpp"
 #include "vmm/cli/exit_codes.hpp"
 #include "vmm/cli/template_cli.hpp"
 
@@ -76,11 +77,12 @@ int template_bench(const CloneOptions& options, unsigned count, const std::strin
     if (auto r = begin_clone(t, o, **c); !r) return report_error(exit_code::kVmmError, r.error().message());
     const auto t_resume = Clock::now();
     StopInfo stop;
-    std::thread runner([&] {
+    auto runner = start_thread("the clone's running thread", [&] {
       stop = m.run();
       const uint64_t one = 1;
       (void)!::write(ended.get(), &one, sizeof one);
     });
+    if (!runner) return report_error(exit_code::kVmmError, runner.error().message());
     // Until the output holds `expect` (the guest's answer; not merely its first byte, which may be
     // the rest of the line the template was saved on), the clone's machine stops, or the time is up.
     const auto deadline = t_resume + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_s));
@@ -99,7 +101,7 @@ int template_bench(const CloneOptions& options, unsigned count, const std::strin
       stopped = p[1].revents & POLLIN;
     }
     m.vm().request_stop(StopInfo{.reason = devices::StopReason::PowerOff, .status = 0, .message = "template bench"});
-    runner.join();
+    runner->join();
     uint64_t n = 0;
     (void)!::read(ended.get(), &n, sizeof n);
     char drain[4096];

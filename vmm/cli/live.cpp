@@ -25,6 +25,8 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -36,6 +38,7 @@
 #include "clone/snapshot.hpp"
 #include "clone/template.hpp"
 #include "disk/qcow2.hpp"
+#include "vmm/base/thread.hpp"
 #include "vmm/cli/cli.hpp"
 #include "clone/memory_file.hpp"
 #include "vmm/cli/exit_codes.hpp"
@@ -100,6 +103,26 @@ namespace {
 void report(int fd, const std::string& text) {
   const std::string line = text + "\n";
   (void)!::write(fd, line.data(), line.size());
+}
+
+/// A fork's child is reaped by its parent's event loop once it ends (its pidfd readable): a VM
+/// forked over and over keeps no zombies (each holds a pid and counts against pids.max; a child
+/// that could not start left one per request). SIGCHLD is left alone: run_command() waits for its
+/// own children.
+void reap_when_ended(EventLoop& loop, pid_t pid) {
+  const int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));  // close-on-exec
+  if (fd < 0) return;  // (Linux before 5.3) a zombie until the VM ends
+  auto id = std::make_shared<uint64_t>(0);
+  auto w = loop.watch(fd, [&loop, pid, fd, id] {
+    if (::waitpid(pid, nullptr, WNOHANG) != pid) return;
+    loop.unwatch(*id);  // (safe in its own callback: the watch is freed when its poll's end completes)
+    ::close(fd);
+  });
+  if (!w) {
+    ::close(fd);
+    return;
+  }
+  *id = *w;
 }
 
 /// The child's life after fork(): never returns.
@@ -172,14 +195,25 @@ void report(int fd, const std::string& text) {
                     live_operations(self));
   if (plan.paused) m.vm().start_paused();
   // Reported once its API answers (the request's client may use it at once); the guest runs meanwhile.
-  std::thread reporter([&] {
+  bool reported = false;
+  auto reporter = start_thread("the fork's reporting thread", [&] {
     (*control)->wait_serving();
+    // A VM that stopped before it ran (a vCPU thread that could not be made) is not reported as
+    // running: its error is, once run() returns.
+    if (m.vm().stopping() && !m.vm().first_run().entered) return;
     report(plan.report_fd, "ok");
     ::close(plan.report_fd);
+    reported = true;
     detach_output(plan.dir / "vmm.log");  // it outlives the request, and maybe its parent
   });
-  const int status = stop_status(m.run());
-  reporter.join();
+  if (!reporter) fail_child(reporter.error().message());
+  const StopInfo stop = m.run();
+  reporter->join();
+  if (!reported) {
+    control->reset();
+    fail_child(describe_stop(stop));
+  }
+  const int status = stop_status(stop);
   control->reset();
   ::_exit(status);
 }
@@ -319,6 +353,9 @@ Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const json& request, con
     plan.report_fd = -1;
   }
   const double fork_ms = ms_since(t0);
+  for (const pid_t pid : pids) {
+    if (pid > 0) reap_when_ended(m.loop(), pid);  // the loop is this thread's while paused
+  }
   window.resume();
 
   // Each child reports once it runs (or why it could not).

@@ -31,6 +31,7 @@
 #include "vmm/api/http.hpp"
 #include "vmm/api/registry.hpp"
 #include "vmm/api/service.hpp"
+#include "vmm/base/thread.hpp"
 #include "vmm/cli/exit_codes.hpp"
 #include "vmm/cli/live.hpp"
 #include "vmm/cli/template_cli.hpp"
@@ -171,7 +172,7 @@ std::pair<std::string, int> receive_with_fd(int sock) {
     return true;
   });
   std::unique_ptr<api::ControlPlane> control;
-  std::thread finisher([&] {
+  auto finisher = start_thread("the clone's finishing thread", [&] {
     ::pthread_setname_np(::pthread_self(), "vmm-pool-wait");
     {
       std::unique_lock lock(mu);
@@ -192,9 +193,14 @@ std::pair<std::string, int> receive_with_fd(int sock) {
     send_text(fd, fmt::format("ok {:.3f}", ms));
     detach_output((*c)->dir / "vmm.log");  // it outlives the pool
   });
+  if (!finisher) {
+    send_text(fd, "error " + finisher.error().message());
+    c->reset();  // removes the prepared directory
+    ::_exit(exit_code::kVmmError);
+  }
   const StopInfo stop = m.run();
   end_wait();  // the finisher, if the machine stopped before any request
-  finisher.join();
+  finisher->join();
   ::close(fd);
   control.reset();  // the API (whose requests use the machine) ends before the machine does
   bool launched = false;
@@ -322,8 +328,11 @@ class Pool {
   Pool(OpenTemplate& t, Zygote& zygote, std::string name, unsigned size, bool needs_ip)
       : t_(t), zygote_(zygote), name_(std::move(name)), size_(size), needs_ip_(needs_ip) {}
 
-  void start() {
-    refill_ = std::thread([this] { refill(); });
+  Result<> start() {
+    auto t = start_thread("the pool's refilling thread", [this] { refill(); });
+    if (!t) return std::unexpected(t.error());
+    refill_ = std::move(*t);
+    return {};
   }
 
   void stop() {
@@ -332,7 +341,7 @@ class Pool {
       stopping_ = true;
     }
     cv_.notify_all();
-    refill_.join();
+    if (refill_.joinable()) refill_.join();
     // Members not handed out: their socket's end tells them to discard themselves.
     for (auto& m : ready_) discard(m);
     ready_.clear();
@@ -502,7 +511,10 @@ int run_pool(const CloneOptions& options, unsigned size) {
   Pool pool(t, *zygote, o.name, size, needs_ip);
   auto server = api::serve((*reg)->socket().string(), [&pool](const api::HttpRequest& r) { return pool.handle(r); });
   if (!server) return report_error(exit_code::kVmmError, server.error().message());
-  pool.start();
+  if (auto r = pool.start(); !r) {
+    server->reset();
+    return report_error(exit_code::kVmmError, r.error().message());
+  }
   fmt::print(stderr, "vmm: pool {} of {} ({} ready clones) serving {}\n", o.name, t.manifest.name, size, (*reg)->socket().string());
   sigset_t sigs;
   sigemptyset(&sigs);

@@ -21,6 +21,7 @@
 #include "devices/virtio/net.hpp"
 #include "disk/qcow2.hpp"
 #include "vmm/base/fd.hpp"
+#include "vmm/base/thread.hpp"
 #include "vmm/cli/exit_codes.hpp"
 
 namespace vmm::cli {
@@ -168,7 +169,7 @@ int template_create(const TemplateCreateOptions& o) {
   std::optional<std::string> failure;
   bool written = false;
   bool finished = false;
-  std::thread controller([&] {
+  auto controller = start_thread("the template's controlling thread", [&] {
     std::unique_lock lock(mutex);
     const bool got = cv.wait_for(lock, std::chrono::duration<double>(o.timeout_s), [&] { return ready || finished; });
     if (finished) return;  // the guest stopped first
@@ -203,13 +204,14 @@ int template_create(const TemplateCreateOptions& o) {
     }
     mach.vm().request_stop(StopInfo{.reason = devices::StopReason::PowerOff, .status = 0, .message = {}});
   });
+  if (!controller) return report_error(exit_code::kVmmError, fmt::format("template {}: {}", dest->string(), controller.error().message()));
   const StopInfo stop = mach.run();
   {
     std::lock_guard lock(mutex);
     finished = true;
     cv.notify_all();
   }
-  controller.join();
+  controller->join();
   machine->reset();  // the disks are closed (and unlocked) before they are summed and renamed
   if (failure) return report_error(exit_code::kVmmError, fmt::format("template {}: {}", dest->string(), *failure));
   if (!written) {

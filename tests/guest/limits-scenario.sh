@@ -1,0 +1,149 @@
+#!/bin/sh
+# vmm at a limit on threads and processes (a cgroup's pids.max, as a sandbox or a dense host sets
+# it), through the real binary on whatever KVM is there (the direct lane, or L1 in the nested lane:
+# POSIX sh, busybox tools). Every thread vmm cannot make is a one-line error and a non-zero exit, or
+# is done without; never std::terminate (until 2026-12-05 every one of them ended the process so).
+# Boots and clones run with pids.max from 1 up to where they succeed; a running VM moved into a
+# cgroup at its limit is forked.
+# usage: limits-scenario.sh VMM TESTGUEST [--needs-kvm]
+# Exits 77 (skipped) with --needs-kvm when /dev/kvm is missing, or when no pids cgroup can be made.
+vmm=$1 guest=$2
+[ "${3:-}" = --needs-kvm ] && [ ! -c /dev/kvm ] && { echo "skipped: no /dev/kvm"; exit 77; }
+work=$(mktemp -d)
+export VMM_STATE_DIR="$work/state"
+fail=0
+cg=""
+cleanup() {
+  for p in $(cat "$cg/cgroup.procs" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
+  [ -n "$cg" ] && { sleep 0.2; rmdir "$cg" 2>/dev/null; }
+  [ -n "${mounted:-}" ] && umount "$mounted"
+  rm -rf "$work"
+}
+trap cleanup EXIT
+ok() { echo "limits: ok   $1"; }
+bad() { echo "limits: FAIL $1"; fail=1; }
+
+# A pids cgroup of our own: cgroup v1's pids hierarchy, or cgroup v2 (mounted here if nothing is,
+# as in the nested lane's L1).
+if [ -f /sys/fs/cgroup/pids/cgroup.procs ]; then
+  base=/sys/fs/cgroup/pids
+elif [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+  base=/sys/fs/cgroup
+else
+  mkdir -p "$work/cgroup" && mount -t cgroup2 none "$work/cgroup" && mounted="$work/cgroup"
+  base="$work/cgroup"
+fi
+[ -f "$base/cgroup.controllers" ] && echo +pids >"$base/cgroup.subtree_control" 2>/dev/null
+cg="$base/vmm-limits-$$"
+if ! mkdir "$cg" 2>/dev/null || [ ! -f "$cg/pids.max" ]; then
+  echo "skipped: no pids cgroup can be made under $base"
+  cg=""
+  exit 77
+fi
+
+# limited MAX OUT ERR ARGS...: runs `vmm ARGS` as the only task of the cgroup, at most MAX tasks
+# (the process and its threads); sets $status.
+limited() {
+  max=$1 out=$2 err=$3
+  shift 3
+  echo "$max" >"$cg/pids.max"
+  sh -c 'echo $$ >"$1/cgroup.procs" && shift && exec "$@"' sh "$cg" "$vmm" "$@" <"$work/in" >"$out" 2>"$err"
+  status=$?
+}
+
+# one_error PATTERN: $work/err has one error line ("vmm: error: ..."), matching PATTERN, and nothing
+# but warnings and the clone's start line besides (no "terminate called", no sanitizer report).
+one_error() {
+  [ "$(grep -c "^vmm: error: " "$work/err")" = 1 ] && grep "^vmm: error: " "$work/err" | grep -qE -- "$1" &&
+    ! grep -vqE "^vmm: (error|warning): |^vmm: clone .* restored in |^vmm: [^ ]+ forked " "$work/err"
+}
+
+# sweep NAME WANT PATTERN ARGS...: pids.max from 1 up; each run either succeeds (status WANT, a
+# console line matching PATTERN) or fails with one error line that names the thread and the limit,
+# and a status that is not a signal's. Passes once a run succeeds after at least one failed.
+sweep() {
+  name=$1 want=$2 pattern=$3
+  shift 3
+  failed=0
+  for max in 1 2 3 4 5 6 7 8 9 10 11 12; do
+    limited "$max" "$work/out" "$work/err" "$@"
+    if [ "$status" = "$want" ] && grep -qE -- "$pattern" "$work/out"; then
+      [ "$failed" -gt 0 ] && ok "$name: $failed limit(s) refused with one error line each, runs at pids.max=$max" ||
+        bad "$name: ran at pids.max=1 (the limit was not applied?)"
+      return
+    fi
+    if [ "$status" -ge 128 ] || [ "$status" = 0 ] || ! one_error "cannot start .*: Resource temporarily unavailable \(at the limit on threads and processes"; then
+      bad "$name at pids.max=$max: status $status, $(wc -c <"$work/out") bytes of output"
+      sed 's/^/  err: /' "$work/err"
+      sed 's/^/  out: /' "$work/out" | head -5
+      return
+    fi
+    failed=$((failed + 1))
+  done
+  bad "$name: did not run even at pids.max=12"
+  sed 's/^/  err: /' "$work/err"
+}
+
+: >"$work/in"
+sweep "vmm run, 2 vCPUs" 1 "^vmm-testguest: ready cpus=2 scenario=hello" run --kernel "$guest" --cmdline hello --cpus 2
+
+# A template with a disk (no limit), then its clones under the limit: each clone's disk is a qcow2
+# overlay, served by a worker thread of its own.
+head -c 1048576 /dev/zero >"$work/base.img"
+"$vmm" template create counter --kernel "$guest" --cmdline counter --ready-on "counter: ready" --timeout 30 \
+  --console none --disk path="$work/base.img" >"$work/tc.out" 2>"$work/tc.err" && ok "template create" || { bad "template create"; cat "$work/tc.err"; }
+printf 'get\nquit\n' >"$work/in"
+sweep "vmm run --clone-of" 1 "^counter: value=" run --clone-of counter --console stdio
+
+# A running VM moved into the cgroup (the limit is checked only when a task is made) with no room or
+# little: `vmm fork` gets a one-line error (the fork() refused, or a thread of the child that could
+# not be made), and the VM runs on; with room, the fork works.
+# zombies_of PID: the pids of its children that ended and were not reaped.
+zombies_of() {
+  for st in /proc/[0-9]*/status; do
+    grep -q "^PPid:[[:space:]]*$1\$" "$st" 2>/dev/null && grep -q "^State:[[:space:]]*Z" "$st" 2>/dev/null && echo "${st%/status}"
+  done
+}
+mkfifo "$work/p.in"
+"$vmm" run --name p --kernel "$guest" --cmdline counter --console stdio <"$work/p.in" >"$work/p.out" 2>"$work/p.err" &
+ppid=$!
+exec 3>"$work/p.in"
+n=0
+while ! grep -q "counter: ready" "$work/p.out" 2>/dev/null && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+# Its API serving already (its server's threads are made by the first request).
+"$vmm" pause p && "$vmm" resume p || bad "pause and resume of p"
+sleep 0.5  # the request's connection thread ends
+echo max >"$cg/pids.max"
+echo "$ppid" >"$cg/cgroup.procs"
+tasks=$(ls "/proc/$ppid/task" | wc -l)
+refused=0
+for extra in 0 1 2 3 4 5 6 7 8; do
+  echo $((tasks + extra)) >"$cg/pids.max"
+  "$vmm" fork p >"$work/f.out" 2>"$work/f.err"
+  status=$?
+  [ "$status" = 0 ] && break
+  cp "$work/f.err" "$work/err"
+  if ! one_error "Resource temporarily unavailable"; then
+    bad "vmm fork of a VM with room for $extra more task(s): status $status"
+    sed 's/^/  err: /' "$work/f.err"
+    break
+  fi
+  refused=$((refused + 1))
+  echo "limits: (room for $extra: $(grep "^vmm: error: " "$work/f.err"))"
+  # A child that could not start has ended: p reaps it (a zombie would hold a pid of the cgroup's).
+  n=0
+  while [ -n "$(zombies_of "$ppid")" ] && [ $n -lt 30 ]; do sleep 0.1; n=$((n + 1)); done
+  [ -z "$(zombies_of "$ppid")" ] || { bad "p left its ended child as a zombie: $(zombies_of "$ppid")"; break; }
+done
+[ "$status" = 0 ] && [ $refused -gt 1 ] && ok "vmm fork: refused with one error line with room for 0..$((refused - 1)) more tasks, forked with $refused" ||
+  bad "vmm fork: $refused refusals, last status $status"
+echo get >&3
+n=0
+while ! grep -q "^counter: value=" "$work/p.out" && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
+kill -0 "$ppid" 2>/dev/null && grep -q "^counter: value=" "$work/p.out" && ok "the parent runs on and answers" ||
+  { bad "the parent after the refused fork"; sed 's/^/  err: /' "$work/p.err"; }
+echo quit >&3
+exec 3>&-
+wait "$ppid"
+[ $fail = 0 ] && echo "limits: PASS"
+exit $fail
