@@ -42,12 +42,12 @@ if ! mkdir "$cg" 2>/dev/null || [ ! -f "$cg/pids.max" ]; then
 fi
 
 # limited MAX OUT ERR ARGS...: runs `vmm ARGS` as the only task of the cgroup, at most MAX tasks
-# (the process and its threads); sets $status.
+# (the process and its threads), its stdin from $input (default $work/in); sets $status.
 limited() {
   max=$1 out=$2 err=$3
   shift 3
   echo "$max" >"$cg/pids.max"
-  sh -c 'echo $$ >"$1/cgroup.procs" && shift && exec "$@"' sh "$cg" "$vmm" "$@" <"$work/in" >"$out" 2>"$err"
+  sh -c 'echo $$ >"$1/cgroup.procs" && shift && exec "$@"' sh "$cg" "$vmm" "$@" <"${input:-$work/in}" >"$out" 2>"$err"
   status=$?
 }
 
@@ -86,6 +86,24 @@ sweep() {
 
 : >"$work/in"
 sweep "vmm run, 2 vCPUs" 1 "^vmm-testguest: ready cpus=2 scenario=hello" run --kernel "$guest" --cmdline hello --cpus 2
+
+# A raw disk written and flushed at the lowest limit the VM runs at: no room for io_uring's worker
+# threads, so io_uring cancels the requests it would hand them (the flush; large writes); vmm does
+# them itself (the guest saw an I/O error before) and says so once.
+head -c 1048576 /dev/zero >"$work/raw.img"
+# Its console's input stays open (a FIFO this script holds): the input thread lives on, as with a
+# terminal, instead of ending at an EOF and leaving its room to io_uring.
+mkfifo "$work/hold"
+exec 4<>"$work/hold"
+input="$work/hold"
+for scenario in blk-write:"128 sectors written" blk-flush:ok; do
+  sweep "a raw disk, ${scenario%%:*}" 1 "^${scenario%%:*}: ${scenario#*:}" run --kernel "$guest" --cmdline "${scenario%%:*}" \
+    --disk path="$work/raw.img"
+  [ "$status" = 1 ] && grep -q "^vmm: warning: io_uring cancelled a disk request for want of a worker thread" "$work/err" &&
+    ok "  ... its requests that io_uring cancelled were done synchronously" || bad "  ... no sign of a request io_uring cancelled"
+done
+input=""
+exec 4>&-
 
 # A template with a disk (no limit), then its clones under the limit: each clone's disk is a qcow2
 # overlay, served by a worker thread of its own.

@@ -3,7 +3,11 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <utility>
 
@@ -14,6 +18,15 @@ namespace vmm {
 struct EventLoop::Op {
   bool is_watch = false;
   Done done;
+  // A file request, as the synchronous call that does the same (see redone_synchronously()); the
+  // iovecs stay valid until `done` runs, as for the request itself.
+  enum class File : uint8_t { None, Read, Write, Sync, Fallocate } file = File::None;
+  int fd = -1;
+  int mode = 0;  // fallocate
+  unsigned count = 0;
+  const iovec* iov = nullptr;
+  uint64_t offset = 0;
+  uint64_t length = 0;  // fallocate
 };
 
 struct EventLoop::Watch : EventLoop::Op {
@@ -39,7 +52,7 @@ Result<std::unique_ptr<EventLoop>> EventLoop::create(unsigned entries, unsigned 
     if (int r = io_uring_register_files_sparse(&loop->ring_, max_files); r < 0) {
       return fail("io_uring: registering a table of {} files: {}", max_files, errno_text(-r));
     }
-    loop->files_used_.assign(max_files, false);
+    loop->files_.assign(max_files, -1);
   }
   loop->stop_fd_ = Fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!loop->stop_fd_) return fail("eventfd: {}", errno_text(errno));
@@ -83,22 +96,22 @@ EventLoop::~EventLoop() {
 }
 
 Result<unsigned> EventLoop::register_file(int fd) {
-  for (unsigned i = 0; i < files_used_.size(); ++i) {
-    if (files_used_[i]) continue;
+  for (unsigned i = 0; i < files_.size(); ++i) {
+    if (files_[i] >= 0) continue;
     if (int r = io_uring_register_files_update(&ring_, i, &fd, 1); r < 0) {
       return fail("io_uring: registering fd {}: {}", fd, errno_text(-r));
     }
-    files_used_[i] = true;
+    files_[i] = fd;
     return i;
   }
-  return fail("io_uring: all {} registered-file slots are in use", files_used_.size());
+  return fail("io_uring: all {} registered-file slots are in use", files_.size());
 }
 
 void EventLoop::unregister_file(unsigned index) {
-  if (index >= files_used_.size() || !files_used_[index]) return;
+  if (index >= files_.size() || files_[index] < 0) return;
   int none = -1;
   io_uring_register_files_update(&ring_, index, &none, 1);
-  files_used_[index] = false;
+  files_[index] = -1;
 }
 
 Result<io_uring_sqe*> EventLoop::next_sqe() {
@@ -147,8 +160,8 @@ void EventLoop::unwatch(uint64_t id) {
   }
 }
 
-Result<> EventLoop::submit_op(io_uring_sqe* sqe, Done done) {
-  auto* op = new Op{.is_watch = false, .done = std::move(done)};
+Result<> EventLoop::submit_op(io_uring_sqe* sqe, Op request) {
+  auto* op = new Op(std::move(request));
   io_uring_sqe_set_data(sqe, op);
   sqe->flags |= IOSQE_FIXED_FILE;
   ++in_flight_;
@@ -156,6 +169,9 @@ Result<> EventLoop::submit_op(io_uring_sqe* sqe, Done done) {
 }
 
 namespace {
+
+std::atomic<uint64_t> redone{0};
+
 /// A buffered transfer that hits the page cache completes inline, on the thread that submits it;
 /// a large one is sent to io_uring's workers instead, so that several copy in parallel on
 /// several CPUs while this thread goes on (small ones stay inline: a worker hop costs more).
@@ -172,7 +188,8 @@ Result<> EventLoop::readv(unsigned file, const iovec* iov, unsigned count, uint6
   if (!sqe) return std::unexpected(sqe.error());
   io_uring_prep_readv(*sqe, static_cast<int>(file), iov, count, offset);
   punt_if_large(*sqe, iov, count);
-  return submit_op(*sqe, std::move(done));
+  return submit_op(*sqe, Op{.is_watch = false, .done = std::move(done), .file = Op::File::Read, .fd = fd_of(file), .count = count,
+                            .iov = iov, .offset = offset});
 }
 
 Result<> EventLoop::writev(unsigned file, const iovec* iov, unsigned count, uint64_t offset, Done done) {
@@ -180,22 +197,57 @@ Result<> EventLoop::writev(unsigned file, const iovec* iov, unsigned count, uint
   if (!sqe) return std::unexpected(sqe.error());
   io_uring_prep_writev(*sqe, static_cast<int>(file), iov, count, offset);
   punt_if_large(*sqe, iov, count);
-  return submit_op(*sqe, std::move(done));
+  return submit_op(*sqe, Op{.is_watch = false, .done = std::move(done), .file = Op::File::Write, .fd = fd_of(file), .count = count,
+                            .iov = iov, .offset = offset});
 }
 
 Result<> EventLoop::fdatasync(unsigned file, Done done) {
   auto sqe = next_sqe();
   if (!sqe) return std::unexpected(sqe.error());
   io_uring_prep_fsync(*sqe, static_cast<int>(file), IORING_FSYNC_DATASYNC);
-  return submit_op(*sqe, std::move(done));
+  return submit_op(*sqe, Op{.is_watch = false, .done = std::move(done), .file = Op::File::Sync, .fd = fd_of(file)});
 }
 
 Result<> EventLoop::fallocate(unsigned file, int mode, uint64_t offset, uint64_t length, Done done) {
   auto sqe = next_sqe();
   if (!sqe) return std::unexpected(sqe.error());
   io_uring_prep_fallocate(*sqe, static_cast<int>(file), mode, offset, length);
-  return submit_op(*sqe, std::move(done));
+  return submit_op(*sqe, Op{.is_watch = false, .done = std::move(done), .file = Op::File::Fallocate, .fd = fd_of(file), .mode = mode,
+                            .offset = offset, .length = length});
 }
+
+/// `op` done by the system call that does the same, on this thread: -errno or bytes, as io_uring.
+int32_t EventLoop::redo(const Op& op) {
+  if (redone.fetch_add(1, std::memory_order_relaxed) == 0) {
+    fmt::print(stderr, "vmm: warning: io_uring cancelled a disk request for want of a worker thread (at a limit on "
+                       "threads and processes?): such requests are done synchronously on the I/O thread\n");
+  }
+  const int iovs = static_cast<int>(op.count);
+  const auto offset = static_cast<off_t>(op.offset);
+  for (;;) {
+    ssize_t r = -1;
+    switch (op.file) {
+      case Op::File::Read:
+        r = ::preadv(op.fd, op.iov, iovs, offset);
+        break;
+      case Op::File::Write:
+        r = ::pwritev(op.fd, op.iov, iovs, offset);
+        break;
+      case Op::File::Sync:
+        r = ::fdatasync(op.fd);
+        break;
+      case Op::File::Fallocate:
+        r = ::fallocate(op.fd, op.mode, offset, static_cast<off_t>(op.length));
+        break;
+      case Op::File::None:
+        return -ECANCELED;
+    }
+    if (r >= 0) return static_cast<int32_t>(r);
+    if (errno != EINTR) return -errno;
+  }
+}
+
+uint64_t EventLoop::redone_synchronously() { return redone.load(std::memory_order_relaxed); }
 
 void EventLoop::complete(const Completion& cqe) {
   auto* op = reinterpret_cast<Op*>(cqe.user_data);
@@ -203,7 +255,9 @@ void EventLoop::complete(const Completion& cqe) {
   if (!op->is_watch) {
     --in_flight_;
     std::unique_ptr<Op> owned(op);
-    owned->done(cqe.res);
+    // Nothing here cancels a file request (only the destructor does, and it runs no callbacks):
+    // -ECANCELED is io_uring's own, for want of a worker thread (or its submitting thread's end).
+    owned->done(cqe.res == -ECANCELED && owned->file != Op::File::None ? redo(*owned) : cqe.res);
     return;
   }
   auto* w = static_cast<Watch*>(op);

@@ -69,6 +69,11 @@ class EventLoop {
   /// of microseconds (scripts/bench/uring-exit.c).
   void release_thread(std::chrono::milliseconds timeout = std::chrono::milliseconds(100));
 
+  /// A file request that io_uring cancelled without being asked (it found no worker thread to run
+  /// it: at a limit on tasks, a cgroup's pids.max) is done again here, synchronously, so that the
+  /// guest sees its data read or written rather than an I/O error. How many were, in this process.
+  static uint64_t redone_synchronously();
+
   /// Operations submitted whose completion has not run yet (watches not counted).
   unsigned in_flight() const { return in_flight_; }
 
@@ -83,13 +88,15 @@ class EventLoop {
   EventLoop() = default;
   Result<io_uring_sqe*> next_sqe();
   Result<> arm(Watch& w);
-  Result<> submit_op(io_uring_sqe* sqe, Done done);
+  Result<> submit_op(io_uring_sqe* sqe, Op request);
+  static int32_t redo(const Op& op);  ///< see redone_synchronously()
+  int fd_of(unsigned file) const { return file < files_.size() ? files_[file] : -1; }
   void complete(const Completion& cqe);
   unsigned reap();  ///< runs the completions that are there; returns how many
 
   io_uring ring_{};
   bool ring_ok_ = false;
-  std::vector<bool> files_used_;
+  std::vector<int> files_;  // the fd in each registered-file slot, -1 where free
   std::unordered_map<uint64_t, std::unique_ptr<Watch>> watches_;
   uint64_t next_watch_ = 1;
   unsigned in_flight_ = 0;
