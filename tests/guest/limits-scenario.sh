@@ -3,8 +3,9 @@
 # it), through the real binary on whatever KVM is there (the direct lane, or L1 in the nested lane:
 # POSIX sh, busybox tools). Every thread vmm cannot make is a one-line error and a non-zero exit, or
 # is done without; never std::terminate (until 2026-12-05 every one of them ended the process so).
-# Boots and clones run with pids.max from 1 up to where they succeed; a running VM moved into a
-# cgroup at its limit is forked.
+# Boots, clones and a raw disk's writes and flushes run with pids.max from 1 up to where they succeed;
+# a pool from 2 up to where it hands out a clone; a running VM moved into a cgroup at its limit is
+# forked.
 # usage: limits-scenario.sh VMM TESTGUEST [--needs-kvm]
 # Exits 77 (skipped) with --needs-kvm when /dev/kvm is missing, or when no pids cgroup can be made.
 vmm=$1 guest=$2
@@ -12,11 +13,14 @@ vmm=$1 guest=$2
 work=$(mktemp -d)
 export VMM_STATE_DIR="$work/state"
 fail=0
-cg=""
+made=""
 cleanup() {
-  for p in $(cat "$cg/cgroup.procs" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
-  [ -n "$cg" ] && { sleep 0.2; rmdir "$cg" 2>/dev/null; }
-  [ -n "${mounted:-}" ] && umount "$mounted"
+  for c in $made; do
+    for p in $(cat "$c/cgroup.procs" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
+  done
+  sleep 0.2
+  for c in $made; do rmdir "$c" 2>/dev/null; done
+  [ -n "${mounted:-}" ] && umount -l "$mounted"
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -34,12 +38,13 @@ else
   base="$work/cgroup"
 fi
 [ -f "$base/cgroup.controllers" ] && echo +pids >"$base/cgroup.subtree_control" 2>/dev/null
-cg="$base/vmm-limits-$$"
-if ! mkdir "$cg" 2>/dev/null || [ ! -f "$cg/pids.max" ]; then
-  echo "skipped: no pids cgroup can be made under $base"
-  cg=""
-  exit 77
-fi
+# fresh_cgroup NAME: $cg, a new one. Each part of the test has its own: processes killed in one
+# (orphans, then zombies until an init reaps them: L1's does not) keep counting in it.
+fresh_cgroup() {
+  cg="$base/vmm-limits-$$-$1"
+  mkdir "$cg" 2>/dev/null && [ -f "$cg/pids.max" ] && made="$made $cg"
+}
+fresh_cgroup boot || { echo "skipped: no pids cgroup can be made under $base"; exit 77; }
 
 # limited MAX OUT ERR ARGS...: runs `vmm ARGS` as the only task of the cgroup, at most MAX tasks
 # (the process and its threads), its stdin from $input (default $work/in); sets $status.
@@ -113,6 +118,70 @@ head -c 1048576 /dev/zero >"$work/base.img"
 printf 'get\nquit\n' >"$work/in"
 sweep "vmm run --clone-of" 1 "^counter: value=" run --clone-of counter --console stdio
 
+# A warm pool under the limit (the pool, its zygote, its members and their clones all in the
+# cgroup), from pids.max 2 up until a clone is handed out: at each limit the pool refuses to start
+# (one error line), or runs and says why each member could not be prepared (the thread or process
+# that could not be made: before, a member whose vCPU thread failed was only "it ended"), or a
+# request gets a clone (or one error line).
+handed=0 causes=0
+for max in 2 3 4 5 6 7 8 9 10 11 12 13 14; do
+  fresh_cgroup "pool$max" || bad "cgroup pool$max"
+  echo "$max" >"$cg/pids.max"
+  : >"$work/pool.err"  # now: the background shell truncates it only when it gets to run
+  sh -c 'echo $$ >"$1/cgroup.procs" && shift && exec "$@"' sh "$cg" "$vmm" pool counter --size 1 --name "pl$max" \
+    </dev/null >"$work/pool.out" 2>"$work/pool.err" &
+  pool=$!
+  n=0
+  while kill -0 "$pool" 2>/dev/null && ! grep -qE "vmm: pool: | serving " "$work/pool.err" && [ $n -lt 100 ]; do
+    sleep 0.1
+    n=$((n + 1))
+  done
+  if ! kill -0 "$pool" 2>/dev/null; then
+    wait "$pool"
+    status=$?
+    cp "$work/pool.err" "$work/err"
+    if [ "$status" -ge 128 ] || [ "$status" = 0 ] || ! one_error "Resource temporarily unavailable"; then
+      bad "vmm pool at pids.max=$max: status $status"
+      sed 's/^/  err: /' "$work/pool.err"
+      break
+    fi
+    echo "limits: (pool at pids.max=$max: $(grep "^vmm: error: " "$work/pool.err"))"
+  else
+    # A request once a member is ready (`vmm ps`), unless one failed first.
+    n=0
+    while ! grep -q "vmm: pool: " "$work/pool.err" && ! "$vmm" ps --json 2>/dev/null | grep -q '"ready": *1' && [ $n -lt 50 ]; do
+      sleep 0.1
+      n=$((n + 1))
+    done
+    status=1
+    if ! grep -q "vmm: pool: " "$work/pool.err"; then
+      "$vmm" run --clone-of counter --pool "$VMM_STATE_DIR/run/pl$max/api.sock" >"$work/req.out" 2>"$work/req.err"
+      status=$?
+    fi
+    if [ "$status" = 0 ]; then
+      handed=$max
+    elif grep -q "vmm: pool: " "$work/pool.err" && ! grep "vmm: pool: " "$work/pool.err" | grep -qv "Resource temporarily unavailable"; then
+      causes=$((causes + 1))
+      echo "limits: (pool at pids.max=$max: $(grep -m1 "vmm: pool: " "$work/pool.err"))"
+    else
+      bad "vmm pool at pids.max=$max: no clone (status $status), and no member's failure with its cause"
+      sed 's/^/  err: /' "$work/req.err" "$work/pool.err"
+      for t in /proc/"$pool"/task/*; do
+        echo "  pool thread $(cat "$t/comm") wchan=$(cat "$t/wchan" 2>/dev/null) state=$(cut -d' ' -f3 "$t/stat")"
+        sed 's/^/    /' "$t/stack" 2>/dev/null | head -8
+      done
+      echo "  cgroup: $(cat "$cg/pids.current") tasks: $(cat "$cg/cgroup.procs" | tr '\n' ' ')"
+      break
+    fi
+  fi
+  for t in $(cat "$cg/cgroup.procs"); do kill -9 "$t" 2>/dev/null; done
+  wait "$pool" 2>/dev/null
+  [ "$handed" != 0 ] && break
+done
+[ "$handed" != 0 ] && [ "$causes" -gt 0 ] &&
+  ok "vmm pool: members that could not be prepared said why ($causes limit(s)); a clone handed out at pids.max=$handed" ||
+  bad "vmm pool: $causes limit(s) with a member's cause, a clone handed out at pids.max=$handed"
+
 # A running VM moved into the cgroup (the limit is checked only when a task is made) with no room or
 # little: `vmm fork` gets a one-line error (the fork() refused, or a thread of the child that could
 # not be made), and the VM runs on; with room, the fork works.
@@ -131,7 +200,7 @@ while ! grep -q "counter: ready" "$work/p.out" 2>/dev/null && [ $n -lt 100 ]; do
 # Its API serving already (its server's threads are made by the first request).
 "$vmm" pause p && "$vmm" resume p || bad "pause and resume of p"
 sleep 0.5  # the request's connection thread ends
-echo max >"$cg/pids.max"
+fresh_cgroup fork || bad "cgroup fork"
 echo "$ppid" >"$cg/cgroup.procs"
 tasks=$(ls "/proc/$ppid/task" | wc -l)
 refused=0
@@ -141,7 +210,7 @@ for extra in 0 1 2 3 4 5 6 7 8; do
   status=$?
   [ "$status" = 0 ] && break
   cp "$work/f.err" "$work/err"
-  if ! one_error "Resource temporarily unavailable"; then
+  if ! one_error "Resource temporarily unavailable" || ! grep -q "^vmm: p forked 0 of 1 time(s)" "$work/f.err"; then
     bad "vmm fork of a VM with room for $extra more task(s): status $status"
     sed 's/^/  err: /' "$work/f.err"
     break

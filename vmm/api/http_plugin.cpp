@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "vmm/api/http.hpp"
+#include "vmm/base/thread.hpp"
 
 namespace vmm::api {
 namespace {
@@ -159,7 +160,11 @@ HttpServer* serve(int listen_fd, HttpHandler handler, std::string& error) {
     auto server = std::make_unique<Server>(std::move(handler));
     server->start(listen_fd);
     return server.release();
-  } catch (const std::exception& e) {  // a thread that cannot be made
+  } catch (const std::system_error& e) {  // a thread that cannot be made
+    ::close(listen_fd);
+    error = thread_error("the API server's thread", e).message();
+    return nullptr;
+  } catch (const std::exception& e) {
     ::close(listen_fd);
     error = e.what();
     return nullptr;

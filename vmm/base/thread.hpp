@@ -13,8 +13,15 @@
 
 namespace vmm {
 
-/// The error of a thread that could not be made: "cannot start WHAT: CAUSE (HINT)".
-Error thread_error(std::string_view what, const std::system_error& e);
+/// The error of a thread that could not be made: "cannot start WHAT: CAUSE (HINT)". (Inline, and
+/// without errno_text(): the HTTP plugin, which links nothing of vmm's, uses it too.)
+inline Error thread_error(std::string_view what, const std::system_error& e) {
+  // pthread_create's EAGAIN: the process or its user is at its limit of tasks.
+  const char* hint = e.code() == std::errc::resource_unavailable_try_again
+                         ? " (at the limit on threads and processes: 'ulimit -u', or the cgroup's pids.max)"
+                         : "";
+  return Error(fmt::format("cannot start {}: {}{}", what, e.code().message(), hint));
+}
 
 /// Starts a thread running `f`; `what` names it in the error ("the I/O thread").
 template <typename F>

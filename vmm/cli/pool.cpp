@@ -128,8 +128,10 @@ std::pair<std::string, int> receive_with_fd(int sock) {
     }
     cv.notify_one();
   };
+  bool said_ready = false;  // vCPU 0's, read once run() has joined it
   m.vm().start_on([&]() -> bool {
     send_text(fd, "ready");
+    said_ready = true;
     // The request: {"hostname": ..., "ip": ...}, or the end of the pool (EOF: discard). Polled in
     // slices, so that a stop that arrives meanwhile (a signal) is seen.
     std::string request;
@@ -201,6 +203,8 @@ std::pair<std::string, int> receive_with_fd(int sock) {
   const StopInfo stop = m.run();
   end_wait();  // the finisher, if the machine stopped before any request
   finisher->join();
+  // Stopped before it was ready (a thread that could not be made): the pool logs why.
+  if (!said_ready && stop.reason == devices::StopReason::Error) send_text(fd, "error " + stop.message);
   ::close(fd);
   control.reset();  // the API (whose requests use the machine) ends before the machine does
   bool launched = false;

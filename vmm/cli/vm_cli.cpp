@@ -154,10 +154,13 @@ int vm_command(const VmCommand& c) {
         fmt::print("{} {}\n", ch.value("name", "?"), ch.value("pid", 0));
       }
       if (j.contains("paused_ms")) {
+        // "forked 2 of 3 time(s)" when some failed (each said why above).
+        const size_t asked = j["children"].size();
+        const std::string times = failed ? fmt::format("{} of {}", asked - failed, asked) : fmt::format("{}", asked);
         fmt::print(stderr,
                    "vmm: {} forked {} time(s), paused {:.2f} ms (quiesce {:.2f}, capture {:.2f}, disks {:.2f}, fork {:.2f}, resume {:.2f}) "
                    "after {:.2f} ms of preparation\n",
-                   c.target, j["children"].size(), j.value("paused_ms", 0.0), j.value("quiesce_ms", 0.0), j.value("capture_ms", 0.0),
+                   c.target, times, j.value("paused_ms", 0.0), j.value("quiesce_ms", 0.0), j.value("capture_ms", 0.0),
                    j.value("disks_ms", 0.0), j.value("fork_ms", 0.0), j.value("resume_ms", 0.0), j.value("prepare_ms", 0.0));
       }
       if (failed) return exit_code::kVmmError;
