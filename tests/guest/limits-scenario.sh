@@ -204,7 +204,7 @@ fresh_cgroup fork || bad "cgroup fork"
 echo "$ppid" >"$cg/cgroup.procs"
 tasks=$(ls "/proc/$ppid/task" | wc -l)
 refused=0
-for extra in 0 1 2 3 4 5 6 7 8; do
+for extra in 0 1 2 3 4 5 6 7 8 9 10 11 12; do
   echo $((tasks + extra)) >"$cg/pids.max"
   "$vmm" fork p >"$work/f.out" 2>"$work/f.err"
   status=$?
