@@ -1,6 +1,6 @@
 #include "clone/template.hpp"
 
-#include "clone/identity.hpp"
+#include "vmm/identity.hpp"
 
 #include <fcntl.h>
 #include <linux/fs.h>
@@ -128,14 +128,6 @@ uint64_t data_bytes(const fs::path& path) {
   return std::min(static_cast<uint64_t>(st.st_blocks) * 512, static_cast<uint64_t>(st.st_size));
 }
 
-bool valid_name(std::string_view name) {
-  if (name.empty() || name.size() > 64 || name.front() == '.') return false;
-  for (char c : name) {
-    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-')) return false;
-  }
-  return true;
-}
-
 std::string utc_now() {
   const std::time_t t = std::time(nullptr);
   std::tm tm{};
@@ -253,15 +245,6 @@ Result<Manifest> read_manifest(const fs::path& dir) {
   auto text = read_file(p, kMaxManifestBytes, "manifest");
   if (!text) return std::unexpected(text.error());
   return parse_manifest(*text, p.string());
-}
-
-fs::path state_dir(const std::string& given) {
-  if (!given.empty()) return given;
-  if (const char* e = std::getenv("VMM_STATE_DIR"); e && *e) return e;
-  if (::geteuid() == 0) return "/var/lib/vmm";
-  if (const char* x = std::getenv("XDG_STATE_HOME"); x && *x) return fs::path(x) / "vmm";
-  if (const char* h = std::getenv("HOME"); h && *h) return fs::path(h) / ".local/state/vmm";
-  return "/tmp/vmm-state";
 }
 
 Result<fs::path> resolve_template(const fs::path& sdir, const std::string& name_or_path) {

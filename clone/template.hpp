@@ -3,9 +3,8 @@
 // machine state, clone/snapshot.hpp), memory.bin (guest RAM, sparse, clone/memory_file.hpp) and
 // disks/ (the images it owns). After creation every file in it is read-only and never written.
 //
-// Where templates and clones live: a state directory (--state-dir, $VMM_STATE_DIR, else
-// /var/lib/vmm for root and $XDG_STATE_HOME/vmm or ~/.local/state/vmm for a user) with
-// templates/NAME and clones/NAME. A template may also be given by path.
+// Templates and clones live in the state directory (vmm/state_dir.hpp), under templates/NAME and
+// clones/NAME; a template may also be given by path.
 #pragma once
 
 #include <cstdint>
@@ -16,6 +15,7 @@
 #include <vector>
 
 #include "vmm/base/error.hpp"
+#include "vmm/state_dir.hpp"
 
 namespace vmm::clone {
 
@@ -64,10 +64,6 @@ std::string manifest_json(const Manifest& m);
 Result<Manifest> parse_manifest(std::string_view text, std::string_view file);
 Result<Manifest> read_manifest(const std::filesystem::path& dir);
 
-/// The state directory: `given` if not empty, else $VMM_STATE_DIR, else the default.
-std::filesystem::path state_dir(const std::string& given);
-/// Where vmm keeps KVM's supported CPUID for the next VM of this host (vmm/kvm_cache.hpp).
-inline std::filesystem::path cpuid_cache(const std::filesystem::path& state_dir) { return state_dir / "cache" / "kvm-cpuid"; }
 /// A template by path (a directory holding a manifest) or by name under state_dir/templates.
 Result<std::filesystem::path> resolve_template(const std::filesystem::path& state_dir, const std::string& name_or_path);
 
@@ -102,7 +98,5 @@ uint64_t data_bytes(const std::filesystem::path& path);
 
 /// Current UTC time as ISO 8601.
 std::string utc_now();
-/// A valid template or clone name: 1..64 of [A-Za-z0-9._-], not starting with '.'.
-bool valid_name(std::string_view name);
 
 }  // namespace vmm::clone

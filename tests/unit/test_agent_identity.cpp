@@ -317,7 +317,7 @@ TEST_CASE("agent identity: a whole valid file, any order, unknown keys ignored")
 }
 
 TEST_CASE("agent identity: what vmm writes parses") {
-  // The shape of clone::identity_pairs as devices::identity_text lays it out.
+  // The shape of vmm::identity_pairs as devices::identity_text lays it out.
   const auto p = parse(file("id=8c2e3a51d0f94b7e9a0c1d2e3f405162\nname=linux-1a2b3c4d\n"
                             "generation=9f8e7d6c5b4a39281706f5e4d3c2b1a0\nmac0=02:4a:1b:2c:3d:4e\n"
                             "hostname=host-1\nip=10.0.0.11\ntime=1733241600\n"));

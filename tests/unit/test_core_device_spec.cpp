@@ -1,7 +1,7 @@
 // --disk option parsing: good values and every kind of malformed one.
 #include <doctest/doctest.h>
 
-#include "vmm/cli/device_spec.hpp"
+#include "vmm/device_spec.hpp"
 
 TEST_CASE("cli: --disk specs") {
   auto d = vmm::parse_disk_spec("path=/tmp/a.img");
@@ -71,10 +71,10 @@ TEST_CASE("virtio-net: MAC addresses") {
 
 #include <map>
 
-#include "clone/identity.hpp"
+#include "vmm/identity.hpp"
 
 TEST_CASE("identity: --hostname, --ip and --gateway") {
-  using namespace vmm::clone;
+  using namespace vmm;
   for (const char* good : {"web-1", "a", "host.example.org", "x1-2-3"}) CHECK(check_hostname(good));
   for (const char* bad : {"", "-web", "web-", "a..b", ".a", "a.", "web_1", "$(reboot)", "a b", "a;b", "h\n",
                           "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}) {
@@ -106,17 +106,17 @@ TEST_CASE("identity: --hostname, --ip and --gateway") {
 }
 
 TEST_CASE("identity: the channel's keys") {
-  auto id = vmm::clone::new_identity("c1");
+  auto id = vmm::new_identity("c1");
   id.hostname = "web-1";
   id.ip = "10.0.3.11/24";
   id.gateway = "10.0.3.1";
   CHECK(id.seed.size() == 64);
   std::map<std::string, std::string> kv;
-  for (auto& [k, v] : vmm::clone::identity_pairs(id)) kv[k] = v;
+  for (auto& [k, v] : vmm::identity_pairs(id)) kv[k] = v;
   CHECK(kv.at("hostname") == "web-1");
   CHECK(kv.at("ip") == "10.0.3.11/24");
   CHECK(kv.at("gateway") == "10.0.3.1");
   CHECK(kv.at("seed") == id.seed);
   CHECK(kv.at("time_ms").size() >= 13);
-  CHECK(vmm::clone::new_identity("c2").seed != id.seed);
+  CHECK(vmm::new_identity("c2").seed != id.seed);
 }

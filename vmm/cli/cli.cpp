@@ -1,5 +1,4 @@
 #include "vmm/cli/cli.hpp"
-#include "vmm/cli/vm_cli.hpp"
 
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
@@ -9,11 +8,15 @@
 #include <optional>
 #include <string_view>
 
+#include "clone/fleet.hpp"
+#include "clone/make_template.hpp"
+#include "clone/pool.hpp"
 #include "devices/virtio/net.hpp"
+#include "vmm/base/size_parse.hpp"
 #include "vmm/cli/disk_cli.hpp"
 #include "vmm/cli/template_cli.hpp"
-#include "vmm/cli/exit_codes.hpp"
-#include "vmm/base/size_parse.hpp"
+#include "vmm/cli/vm_cli.hpp"
+#include "vmm/exit_status.hpp"
 #include "vmm/vm.hpp"
 
 namespace vmm::cli {
@@ -28,7 +31,7 @@ constexpr size_t kMaxNets = 8;
 void print_error(const std::string& message) { fmt::print(stderr, "vmm: error: {}\n", message); }
 
 /// Validates what CLI11 cannot; returns an error message or nothing.
-std::optional<std::string> validate(RunOptions& o, const std::string& memory_text, const std::string& cpu_template,
+std::optional<std::string> validate(BootOptions& o, const std::string& memory_text, const std::string& cpu_template,
                                     const std::string& console, const std::vector<std::string>& disks,
                                     const std::vector<std::string>& nets) {
   auto mem = parse_size(memory_text);
@@ -64,19 +67,19 @@ std::optional<std::string> validate(RunOptions& o, const std::string& memory_tex
   if (o.nets.size() > kMaxNets) return fmt::format("--net: at most {} interfaces are supported", kMaxNets);
   if (!o.hostname.empty()) {
     // Its shape, with any {name} and {i} in it (a clone's is checked again once they are known).
-    if (auto r = clone::check_hostname(expand_pattern(o.hostname, "n", 1)); !r) {
+    if (auto r = check_hostname(expand_pattern(o.hostname, "n", 1)); !r) {
       return o.hostname.find('{') == std::string::npos
                  ? r.error().message()
                  : fmt::format("--hostname '{}': not a hostname (RFC 1123) with {{name}} and {{i}} filled in", o.hostname);
     }
   }
   if (!o.ip.empty()) {
-    auto ip = clone::check_ip(o.ip);
+    auto ip = check_ip(o.ip);
     if (!ip) return ip.error().message();
     o.ip = *ip;
   }
   if (!o.gateway.empty()) {
-    if (auto r = clone::check_gateway(o.gateway); !r) return r.error().message();
+    if (auto r = check_gateway(o.gateway); !r) return r.error().message();
   }
   return std::nullopt;
 }
@@ -108,7 +111,7 @@ int main(int argc, char** argv) {
 
   // `vmm run` and `vmm template create` take the same options.
   struct RunArgs {
-    RunOptions opts;
+    BootOptions opts;
     std::string memory_text = "256M", cpu_template = "host", console = "stdio";
     std::vector<std::string> disks, nets;
     std::string kvm_device = Kvm::default_device().string();
@@ -137,8 +140,8 @@ int main(int argc, char** argv) {
     cmd->add_option("--state-dir", a.state_dir, "Where templates and clones live (default: $VMM_STATE_DIR, /var/lib/vmm for root, ~/.local/state/vmm)");
   };
   RunArgs run_args;
-  CloneOptions clone;
-  clone.started = std::chrono::steady_clock::now();
+  clone::CloneOptions clone_args;
+  clone_args.started = std::chrono::steady_clock::now();
   std::string api_socket;
   unsigned fleet_count = 0;
   bool detach = false;
@@ -147,14 +150,14 @@ int main(int argc, char** argv) {
   if (want("run")) {
     run = app.add_subcommand("run", "Boot a guest kernel, or start a clone of a template, and run it until it stops");
     add_run_options(run, run_args);
-    run->add_option("--clone-of", clone.template_name, "Start a clone of this template (a name in the state directory, or a path)");
-    run->add_option("--name", clone.name, "The VM's name, unique among the running VMs and clones of the state directory (default: a generated one)");
+    run->add_option("--clone-of", clone_args.template_name, "Start a clone of this template (a name in the state directory, or a path)");
+    run->add_option("--name", clone_args.name, "The VM's name, unique among the running VMs and clones of the state directory (default: a generated one)");
     run->add_option("--count", fleet_count, "Start a fleet of N clones, one process each, named NAME-1..NAME-N "
                                             "(NAME: --name, default the template's)")->check(CLI::Range(1, 100000));
     run->add_flag("--detach", detach, "With --count: return once every clone runs");
     run->add_option("--pool", pool_socket, "Take the clone from the warm pool serving this socket (see vmm pool)");
     run->add_option("--api-socket", api_socket, "Where the VM serves its control API (default: STATE_DIR/run/NAME/api.sock)");
-    run->add_flag("--full", clone.full, "A full clone: its own copy of memory and disks, independent of the template");
+    run->add_flag("--full", clone_args.full, "A full clone: its own copy of memory and disks, independent of the template");
     run->footer(
         "Exit status: (v << 1) | 1 when the guest writes v to the debug-exit port 0xf4; 0 on guest power-off "
         "or reset; 2 bad usage; 4 KVM unavailable; 6 kernel/initrd/disk image or template error; 8 guest triple fault; "
@@ -162,7 +165,7 @@ int main(int argc, char** argv) {
   }
 
   RunArgs create_args;
-  TemplateCreateOptions create;
+  clone::TemplateCreateOptions create;
   std::string tstate_dir;
   bool ls_json = false, force = false;
   std::string target;
@@ -202,7 +205,7 @@ int main(int argc, char** argv) {
   if (want("disk")) disk.emplace(app);
 
   // A warm pool of clones.
-  CloneOptions pool_opts;
+  clone::CloneOptions pool_opts;
   unsigned pool_size = 4;
   std::string pool_state_dir, pool_kvm = Kvm::default_device().string();
   std::vector<std::string> pool_nets;
@@ -292,7 +295,7 @@ int main(int argc, char** argv) {
     return std::nullopt;
   };
   if (run && run->parsed()) {
-    if (!clone.template_name.empty()) {
+    if (!clone_args.template_name.empty()) {
       // A clone restores a machine: what would change it is refused.
       for (auto [opt, what] : {std::pair{run_args.kernel, "--kernel"}, {run_args.memory, "--memory"}, {run_args.cpus, "--cpus"},
                                {run_args.tmpl, "--cpu-template"}}) {
@@ -309,15 +312,15 @@ int main(int argc, char** argv) {
         print_error(*err);
         return exit_code::kUsage;
       }
-      clone.state_dir = run_args.state_dir;
-      clone.console = run_args.opts.console;
-      clone.console_given = run->get_option("--console")->count() > 0;
-      clone.nets = run_args.opts.nets;
-      clone.hostname = run_args.opts.hostname;
-      clone.ip = run_args.opts.ip;
-      clone.gateway = run_args.opts.gateway;
-      clone.kvm_device = run_args.opts.kvm_device;
-      clone.api_socket = api_socket;
+      clone_args.state_dir = run_args.state_dir;
+      clone_args.console = run_args.opts.console;
+      clone_args.console_given = run->get_option("--console")->count() > 0;
+      clone_args.nets = run_args.opts.nets;
+      clone_args.hostname = run_args.opts.hostname;
+      clone_args.ip = run_args.opts.ip;
+      clone_args.gateway = run_args.opts.gateway;
+      clone_args.kvm_device = run_args.opts.kvm_device;
+      clone_args.api_socket = api_socket;
       if (!pool_socket.empty()) {
         for (const char* opt : {"--count", "--full", "--name", "--console", "--net", "--api-socket", "--detach"}) {
           if (run->get_option(opt)->count()) {
@@ -325,20 +328,20 @@ int main(int argc, char** argv) {
             return exit_code::kUsage;
           }
         }
-        return run_from_pool(pool_socket, clone);
+        return clone::run_from_pool(pool_socket, clone_args);
       }
       if (fleet_count > 0) {
         if (!api_socket.empty()) {
           print_error("--api-socket cannot be given with --count: each clone has its own under the state directory");
           return exit_code::kUsage;
         }
-        return run_fleet(clone, fleet_count, detach);
+        return clone::run_fleet(clone_args, fleet_count, detach);
       }
       if (detach) {
         print_error("--detach needs --count");
         return exit_code::kUsage;
       }
-      return run_clone(clone);
+      return clone::run_clone(clone_args);
     }
     for (const char* o : {"--full", "--count", "--detach", "--pool"}) {
       if (run->get_option(o)->count()) {
@@ -350,7 +353,7 @@ int main(int argc, char** argv) {
       print_error(*err);
       return exit_code::kUsage;
     }
-    run_args.opts.name = clone.name;
+    run_args.opts.name = clone_args.name;
     run_args.opts.api_socket = api_socket;
     run_args.opts.state_dir = run_args.state_dir;
     return run_vm(run_args.opts);
@@ -366,25 +369,25 @@ int main(int argc, char** argv) {
     }
     create.run = create_args.opts;
     create.state_dir = create_args.state_dir;
-    return template_create(create);
+    return clone::create_template(create);
   }
   if (tls && tls->parsed()) return template_ls(tstate_dir, ls_json);
   if (tinspect && tinspect->parsed()) return template_inspect(tstate_dir, target);
   if (trm && trm->parsed()) return template_rm(tstate_dir, target, force);
   if (tverify && tverify->parsed()) return template_verify(tstate_dir, target);
   if (tbench && tbench->parsed()) {
-    CloneOptions b;
+    clone::CloneOptions b;
     b.template_name = target;
     b.state_dir = tstate_dir;
     b.kvm_device = bench_kvm;
-    b.started = clone.started;
+    b.started = clone_args.started;
     return template_bench(b, bench_count, bench_input + "\n", bench_expect, bench_timeout);
   }
   if (disk && disk->parsed()) return disk->run();
   if (pool && pool->parsed()) {
     pool_opts.state_dir = pool_state_dir;
     pool_opts.kvm_device = pool_kvm;
-    pool_opts.started = clone.started;
+    pool_opts.started = clone_args.started;
     for (const auto& text : pool_nets) {
       auto n = parse_net_spec(text);
       if (n && !n->mac.empty()) {
@@ -397,7 +400,7 @@ int main(int argc, char** argv) {
       }
       pool_opts.nets.push_back(*n);
     }
-    return run_pool(pool_opts, pool_size);
+    return clone::run_pool(pool_opts, pool_size);
   }
   for (auto* c : vm_verbs) {
     if (c && c->parsed()) {

@@ -15,10 +15,10 @@
 
 #include <fmt/format.h>
 
-#include "clone/identity.hpp"
+#include "vmm/identity.hpp"
 #include "clone/memory_file.hpp"
 #include "vmm/base/thread.hpp"
-#include "vmm/cli/exit_codes.hpp"
+#include "vmm/exit_status.hpp"
 #include "vmm/cli/template_cli.hpp"
 
 namespace vmm::cli {
@@ -40,11 +40,11 @@ Spread spread(std::vector<double> v) {
 
 }  // namespace
 
-int template_bench(const CloneOptions& options, unsigned count, const std::string& input, const std::string& expect,
+int template_bench(const clone::CloneOptions& options, unsigned count, const std::string& input, const std::string& expect,
                    double timeout_s) {
-  CloneOptions o = options;
-  OpenTemplate t;
-  if (auto f = open_template(o, t)) return report_failure(*f);
+  clone::CloneOptions o = options;
+  clone::OpenTemplate t;
+  if (auto f = clone::open_template(o, t)) return report_failure(*f);
   int pipe_fds[2];
   if (::pipe2(pipe_fds, O_CLOEXEC | O_NONBLOCK) != 0) return report_error(exit_code::kVmmError, fmt::format("pipe: {}", errno_text(errno)));
   const Fd out_read(pipe_fds[0]), out_write(pipe_fds[1]);
@@ -58,14 +58,14 @@ int template_bench(const CloneOptions& options, unsigned count, const std::strin
   std::map<std::string, std::vector<double>> steps;  // each step's time since the previous one
   std::vector<std::string> order;
   for (unsigned i = 0; i < count; ++i) {
-    const std::string name = fmt::format("{}-bench-{}-{}", t.manifest.name, clone::random_hex(4), i);
+    const std::string name = fmt::format("{}-bench-{}-{}", t.manifest.name, random_hex(4), i);
     const auto t0 = Clock::now();
     {  // each clone its own copy-on-write mapping of the memory file
       auto m = clone::map_memory_file(t.tdir / t.manifest.memory_file.name, t.manifest.memory);
       if (!m) return report_error(exit_code::kImage, m.error().message());
       t.memory.emplace(std::move(*m));
     }
-    auto c = prepare_clone(t, o, name, /*inherited=*/false);
+    auto c = clone::prepare_clone(t, o, name, /*inherited=*/false);
     if (!c) return report_failure(c.error());
     Machine& m = *(*c)->machine;
     if (!input.empty()) {
@@ -74,7 +74,7 @@ int template_bench(const CloneOptions& options, unsigned count, const std::strin
         return report_error(exit_code::kUsage, fmt::format("--input: {} bytes do not fit in the UART's receive FIFO", input.size()));
       }
     }
-    if (auto r = begin_clone(t, o, **c); !r) return report_error(exit_code::kVmmError, r.error().message());
+    if (auto r = clone::begin_clone(t, o, **c); !r) return report_error(exit_code::kVmmError, r.error().message());
     const auto t_resume = Clock::now();
     StopInfo stop;
     auto runner = start_thread("the clone's running thread", [&] {

@@ -14,7 +14,7 @@
 #include "disk/image.hpp"
 #include "vmm/cli/disk_cli.hpp"
 #include "vmm/base/event_loop.hpp"
-#include "vmm/cli/exit_codes.hpp"
+#include "vmm/exit_status.hpp"
 
 namespace vmm::cli {
 

@@ -21,7 +21,7 @@
 
 #include "disk/qcow2.hpp"
 #include "vmm/cli/disk_bench.hpp"
-#include "vmm/cli/exit_codes.hpp"
+#include "vmm/exit_status.hpp"
 #include "vmm/base/fd.hpp"
 #include "vmm/base/size_parse.hpp"
 

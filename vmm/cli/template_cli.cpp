@@ -1,246 +1,21 @@
 #include "vmm/cli/template_cli.hpp"
 
-#include <fcntl.h>
-#include <linux/fs.h>
-#include <sys/ioctl.h>
-#include <sys/random.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <condition_variable>
-#include <fstream>
-#include <mutex>
-#include <string_view>
-#include <nlohmann/json.hpp>
-#include <thread>
 
-#include "clone/memory_file.hpp"
-#include "clone/snapshot.hpp"
+#include <nlohmann/json.hpp>
+
 #include "clone/template.hpp"
-#include "devices/virtio/net.hpp"
-#include "disk/qcow2.hpp"
-#include "vmm/base/fd.hpp"
-#include "vmm/base/thread.hpp"
-#include "vmm/cli/exit_codes.hpp"
+#include "vmm/exit_status.hpp"
+#include "vmm/state_dir.hpp"
 
 namespace vmm::cli {
 
 namespace fs = std::filesystem;
 
-namespace {
-
-bool is_qcow2(const fs::path& p) {
-  Fd fd(::open(p.c_str(), O_RDONLY | O_CLOEXEC));
-  return fd && disk::Qcow2::probe(fd.get());
-}
-
-/// Makes every file under `dir` read-only (a template is never written again).
-void make_read_only(const fs::path& dir) {
-  std::error_code ec;
-  for (const auto& e : fs::recursive_directory_iterator(dir, ec)) {
-    if (e.is_regular_file(ec)) fs::permissions(e.path(), fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read, ec);
-  }
-}
-
-}  // namespace
-
-TemplateDraft::~TemplateDraft() {
-  std::error_code e;
-  if (!sealed && !tmp.empty()) fs::remove_all(tmp, e);
-}
-
-std::expected<std::unique_ptr<TemplateDraft>, CliFailure> begin_template(const std::string& state_dir, const std::string& dir) {
-  auto dest = template_path(state_dir, dir);
-  if (!dest) return std::unexpected(CliFailure{exit_code::kUsage, dest.error().message()});
-  std::error_code ec;
-  if (fs::exists(*dest, ec)) return std::unexpected(CliFailure{exit_code::kUsage, fmt::format("{}: already exists", dest->string())});
-  fs::create_directories(dest->parent_path(), ec);
-  if (ec) {
-    return std::unexpected(CliFailure{exit_code::kVmmError, fmt::format("{}: cannot create: {}", dest->parent_path().string(), ec.message())});
-  }
-  auto d = std::make_unique<TemplateDraft>();
-  d->dest = *dest;
-  d->tmp = dest->parent_path() / fmt::format(".{}.tmp-{}", dest->filename().string(), ::getpid());
-  fs::create_directories(d->tmp / "disks", ec);
-  if (ec) return std::unexpected(CliFailure{exit_code::kVmmError, fmt::format("{}: cannot create: {}", d->tmp.string(), ec.message())});
-  return d;
-}
-
-Result<> seal_template(TemplateDraft& draft, clone::Manifest& m) {
-  const fs::path& tmp = draft.tmp;
-  const fs::path& dest = draft.dest;
-  for (auto& d : m.disks) {
-    auto s = clone::sum_file(tmp, d.file.name);
-    if (!s) return std::unexpected(s.error());
-    d.file = *s;
-  }
-  {
-    std::ofstream out(tmp / clone::kManifestFile);
-    out << clone::manifest_json(m);
-    if (!out.flush()) return fail("{}: cannot write", (tmp / clone::kManifestFile).string());
-  }
-  make_read_only(tmp);
-  std::error_code ec;
-  fs::rename(tmp, dest, ec);
-  if (ec) return fail("{}: rename: {}", dest.string(), ec.message());
-  draft.sealed = true;
-  return {};
-}
-
-Result<fs::path> template_path(const std::string& state_dir, const std::string& dir) {
-  if (dir.find('/') != std::string::npos) {
-    // The directory's name becomes the template's (its manifest refuses control characters).
-    if (control_char(fs::path(dir).lexically_normal().filename().string())) {
-      return fail("template directory '{}': its name has a control character", printable(dir));
-    }
-    return fs::absolute(dir);
-  }
-  if (!clone::valid_name(dir)) return fail("template name '{}': use letters, digits, '.', '_' and '-'", dir);
-  return clone::state_dir(state_dir) / "templates" / dir;
-}
-
-int template_create(const TemplateCreateOptions& o) {
-  auto draft = begin_template(o.state_dir, o.dir);
-  if (!draft) return report_failure(draft.error());
-  const fs::path tmp = (*draft)->tmp;
-  const fs::path* dest = &(*draft)->dest;
-
-  // The template owns copies of its disks; the guest boots on those copies.
-  clone::Manifest m;
-  RunOptions run = o.run;
-  run.name = dest->filename().string();
-  for (size_t i = 0; i < run.disks.size(); ++i) {
-    auto& d = run.disks[i];
-    const bool qcow2 = is_qcow2(d.path);
-    if (qcow2) {
-      // The template owns a copy: an image that depends on a backing file would not be self-contained.
-      auto img = disk::Qcow2::open(d.path, disk::Qcow2OpenOptions{.read_only = true});
-      if (!img) return report_error(exit_code::kImage, img.error().message());
-      if (!(*img)->info().backing.empty()) {
-        return report_error(exit_code::kImage, fmt::format("{}: has a backing file; a template's disk must stand alone "
-                                                    "(flatten it first: qemu-img convert -O qcow2)", d.path.string()));
-      }
-    }
-    const std::string name = fmt::format("disks/disk{}.{}", i, qcow2 ? "qcow2" : "img");
-    if (auto r = clone::copy_sparse(d.path, tmp / name); !r) return report_error(exit_code::kImage, r.error().message());
-    m.disks.push_back({.file = {.name = name}, .id = d.id, .format = qcow2 ? "qcow2" : "raw", .read_only = d.read_only});
-    d.path = tmp / name;
-  }
-
-  // Ready when the console has printed the text, and the line it is on: saved in the middle of its
-  // ready line, every clone would first print the rest of it (the test guest's "counter: ready"
-  // was saved before its '\n', which each clone then printed on resume). A line the guest leaves
-  // open (a prompt) is waited for briefly (kLineGrace), then saved as it is.
-  std::mutex mutex;
-  std::condition_variable cv;
-  bool ready = false, line_done = false;
-  std::string seen;  // the console's last bytes: enough to find the text, and to quote on failure
-  constexpr size_t kTail = 160;
-  constexpr auto kLineGrace = std::chrono::milliseconds(200);
-  auto tap = [&, text = o.ready_on](std::span<const uint8_t> bytes) {
-    std::lock_guard lock(mutex);
-    if (line_done) return;
-    const std::string_view in(reinterpret_cast<const char*>(bytes.data()), bytes.size());
-    if (ready) {
-      if (in.find('\n') != std::string_view::npos) {
-        line_done = true;
-        cv.notify_all();
-      }
-      return;
-    }
-    seen.append(in);
-    if (const size_t at = seen.find(text); at != std::string::npos) {
-      ready = true;
-      line_done = seen.find('\n', at + text.size()) != std::string::npos;
-      cv.notify_all();
-    } else if (const size_t keep = std::max(text.size(), kTail); seen.size() > keep) {
-      seen.erase(0, seen.size() - keep);
-    }
-  };
-  std::optional<Kvm> kvm;
-  clone::Identity identity;
-  auto machine = boot_machine(nullptr, run, tap, kvm, &identity);
-  if (!machine) return report_failure(machine.error());
-  Machine& mach = **machine;
-
-  // The controller: waits for the ready text (or the timeout, or the guest's end), then pauses,
-  // quiesces, writes the template and stops the VM.
-  std::optional<std::string> failure;
-  bool written = false;
-  bool finished = false;
-  auto controller = start_thread("the template's controlling thread", [&] {
-    std::unique_lock lock(mutex);
-    const bool got = cv.wait_for(lock, std::chrono::duration<double>(o.timeout_s), [&] { return ready || finished; });
-    if (finished) return;  // the guest stopped first
-    if (got) cv.wait_for(lock, kLineGrace, [&] { return line_done || finished; });
-    if (finished) {
-      failure = fmt::format("the guest stopped right after it printed '{}', before it could be paused", o.ready_on);
-      return;
-    }
-    lock.unlock();
-    if (!got) {
-      failure = fmt::format("the guest did not print '{}' within {} s", o.ready_on, o.timeout_s);
-      mach.vm().request_stop(StopInfo{.reason = devices::StopReason::Error, .status = 0, .message = *failure});
-      return;
-    }
-    auto write = [&]() -> Result<> {
-      if (auto q = mach.quiesce(); !q) return q;
-      auto state = clone::capture(mach, run.cpu_template);
-      if (!state) return std::unexpected(state.error());
-      auto mem = clone::write_memory_file(mach.vm().memory(), tmp / clone::kMemoryFile);
-      if (!mem) return std::unexpected(mem.error());
-      if (auto w = clone::write_state_file(tmp / clone::kStateFile, *state); !w) return w;
-      m.memory_file = {.name = clone::kMemoryFile, .size = mem->size, .checksum = mem->checksum, .data_bytes = mem->data_bytes};
-      auto st = clone::sum_file(tmp, clone::kStateFile);
-      if (!st) return std::unexpected(st.error());
-      m.state = *st;
-      return {};
-    };
-    if (auto r = write(); !r) {
-      failure = r.error().message();
-    } else {
-      written = true;
-    }
-    mach.vm().request_stop(StopInfo{.reason = devices::StopReason::PowerOff, .status = 0, .message = {}});
-  });
-  if (!controller) return report_error(exit_code::kVmmError, fmt::format("template {}: {}", dest->string(), controller.error().message()));
-  const StopInfo stop = mach.run();
-  {
-    std::lock_guard lock(mutex);
-    finished = true;
-    cv.notify_all();
-  }
-  controller->join();
-  machine->reset();  // the disks are closed (and unlocked) before they are summed and renamed
-  if (failure) return report_error(exit_code::kVmmError, fmt::format("template {}: {}", dest->string(), *failure));
-  if (!written) {
-    // Quote the console's last line(s) as one line: what the guest said before it stopped.
-    std::string last;
-    for (char c : seen) last += (c == '\n' || c == '\r') ? std::string(" | ") : (c >= 0x20 && c < 0x7f ? std::string(1, c) : "?");
-    return report_error(exit_code::kVmmError, fmt::format("template {}: the guest stopped before it printed '{}': {}; its console "
-                                                   "ended with \"{}\"", dest->string(), o.ready_on, describe_stop(stop), last));
-  }
-  // The MACs the guest has (drawn at boot where none was given): a clone in a namespace keeps them.
-  for (size_t i = 0; i < run.nets.size(); ++i) m.nets.push_back({.mac = identity.macs.at(i), .tap = run.nets[i].tap});
-  m.ip = run.ip;
-  m.gateway = run.gateway;
-  m.name = dest->filename().string();
-  m.created = clone::utc_now();
-  m.vmm_version = VMM_VERSION;
-  m.memory = run.memory;
-  m.vcpus = run.vcpus;
-  m.cpu_template = std::string(cpu_template_name(run.cpu_template));
-  m.kernel = fs::absolute(run.kernel).string();
-  m.cmdline = run.cmdline;
-  if (auto r = seal_template(**draft, m); !r) return report_error(exit_code::kVmmError, r.error().message());
-  fmt::print(stderr, "vmm: template {} written ({} MiB of RAM, {} MiB in its memory file)\n", dest->string(), m.memory >> 20,
-             m.memory_file.data_bytes >> 20);
-  return exit_code::kOk;
-}
-
 int template_ls(const std::string& state_dir, bool json) {
-  const fs::path sdir = clone::state_dir(state_dir);
+  const fs::path sdir = resolve_state_dir(state_dir);
   nlohmann::json list = nlohmann::json::array();
   std::error_code ec;
   std::vector<fs::path> dirs;
@@ -274,7 +49,7 @@ int template_ls(const std::string& state_dir, bool json) {
 }
 
 int template_inspect(const std::string& state_dir, const std::string& target) {
-  auto dir = clone::resolve_template(clone::state_dir(state_dir), target);
+  auto dir = clone::resolve_template(resolve_state_dir(state_dir), target);
   if (!dir) return report_error(exit_code::kImage, dir.error().message());
   auto m = clone::read_manifest(*dir);
   if (!m) return report_error(exit_code::kImage, m.error().message());
@@ -283,7 +58,7 @@ int template_inspect(const std::string& state_dir, const std::string& target) {
 }
 
 int template_rm(const std::string& state_dir, const std::string& target, bool force) {
-  const fs::path sdir = clone::state_dir(state_dir);
+  const fs::path sdir = resolve_state_dir(state_dir);
   auto dir = clone::resolve_template(sdir, target);
   if (!dir) return report_error(exit_code::kImage, dir.error().message());
   if (auto m = clone::read_manifest(*dir); !m) return report_error(exit_code::kImage, m.error().message());
@@ -299,7 +74,7 @@ int template_rm(const std::string& state_dir, const std::string& target, bool fo
 }
 
 int template_verify(const std::string& state_dir, const std::string& target) {
-  auto dir = clone::resolve_template(clone::state_dir(state_dir), target);
+  auto dir = clone::resolve_template(resolve_state_dir(state_dir), target);
   if (!dir) return report_error(exit_code::kImage, dir.error().message());
   if (auto r = clone::verify_template(*dir); !r) return report_error(exit_code::kImage, r.error().message());
   fmt::print("{}: ok\n", dir->string());

@@ -14,7 +14,7 @@
 #include "vmm/api/http.hpp"
 #include "vmm/api/registry.hpp"
 #include "vmm/cli/cli.hpp"
-#include "vmm/cli/exit_codes.hpp"
+#include "vmm/exit_status.hpp"
 
 namespace vmm::cli {
 
@@ -98,7 +98,7 @@ Result<> wait_exit(const Fd& pidfd, double timeout_s) {
 }  // namespace
 
 int vm_command(const VmCommand& c) {
-  const fs::path sdir = clone::state_dir(c.state_dir);
+  const fs::path sdir = resolve_state_dir(c.state_dir);
   if (c.verb == "ps") return ps(sdir, c.json);
   auto socket = api::find_vm(sdir, c.target);
   if (!socket) return report_error(exit_code::kUsage, socket.error().message());

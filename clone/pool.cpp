@@ -8,6 +8,8 @@
 // time, starts its API and runs (launch_clone); the pool replaces it in the background. Clones
 // handed out live on when the pool stops; members not handed out are discarded with their
 // directories.
+#include "clone/pool.hpp"
+
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -28,15 +30,14 @@
 
 #include <nlohmann/json.hpp>
 
+#include "clone/live.hpp"
 #include "vmm/api/http.hpp"
 #include "vmm/api/registry.hpp"
 #include "vmm/api/service.hpp"
 #include "vmm/base/thread.hpp"
-#include "vmm/cli/exit_codes.hpp"
-#include "vmm/cli/live.hpp"
-#include "vmm/cli/template_cli.hpp"
+#include "vmm/exit_status.hpp"
 
-namespace vmm::cli {
+namespace vmm::clone {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -386,15 +387,15 @@ class Pool {
       }
       // Checked here as the command line checks them: the identity channel carries them as given.
       if (req.contains("hostname")) {
-        if (auto r = clone::check_hostname(req["hostname"].get<std::string>()); !r) return api::fault(400, r.error().message());
+        if (auto r = check_hostname(req["hostname"].get<std::string>()); !r) return api::fault(400, r.error().message());
       }
       if (req.contains("ip")) {
-        auto ip = clone::check_ip(req["ip"].get<std::string>());
+        auto ip = check_ip(req["ip"].get<std::string>());
         if (!ip) return api::fault(400, ip.error().message());
         req["ip"] = *ip;
       }
       if (req.contains("gateway")) {
-        if (auto r = clone::check_gateway(req["gateway"].get<std::string>()); !r) return api::fault(400, r.error().message());
+        if (auto r = check_gateway(req["gateway"].get<std::string>()); !r) return api::fault(400, r.error().message());
       }
     }
     if (needs_ip_ && !req.contains("ip")) {
@@ -457,7 +458,7 @@ class Pool {
   }
 
   std::optional<Member> spawn() {
-    auto m = zygote_.spawn(++spawned_, fmt::format("{}-{}", t_.manifest.name, clone::random_hex(4)));
+    auto m = zygote_.spawn(++spawned_, fmt::format("{}-{}", t_.manifest.name, random_hex(4)));
     if (!m) {
       fmt::print(stderr, "vmm: pool: no member: {}\n", m.error());
       return std::nullopt;
@@ -494,7 +495,7 @@ int run_pool(const CloneOptions& options, unsigned size) {
   OpenTemplate t;
   if (auto f = open_template(o, t)) return report_failure(*f);
   if (o.name.empty()) o.name = "pool-" + t.manifest.name;
-  if (!clone::valid_name(o.name)) return report_error(exit_code::kUsage, fmt::format("--name '{}': use letters, digits, '.', '_' and '-'", o.name));
+  if (!valid_name(o.name)) return report_error(exit_code::kUsage, fmt::format("--name '{}': use letters, digits, '.', '_' and '-'", o.name));
   raise_open_file_limit();
   auto reg = api::Registration::create(t.sdir, o.name, o.api_socket);
   if (!reg) return report_error(exit_code::kUsage, reg.error().message());
@@ -560,4 +561,4 @@ int run_from_pool(const std::string& socket, const CloneOptions& o) {
   return exit_code::kOk;
 }
 
-}  // namespace vmm::cli
+}  // namespace vmm::clone

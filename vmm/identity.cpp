@@ -1,4 +1,4 @@
-#include "clone/identity.hpp"
+#include "vmm/identity.hpp"
 
 #include <sys/random.h>
 
@@ -7,7 +7,7 @@
 #include <chrono>
 #include <ctime>
 
-namespace vmm::clone {
+namespace vmm {
 
 namespace {
 
@@ -135,4 +135,4 @@ Result<std::string> ip_plus(std::string_view ip, uint32_t k) {
   return fmt::format("{}/{}", format_ipv4(static_cast<uint32_t>(next)), prefix);
 }
 
-}  // namespace vmm::clone
+}  // namespace vmm

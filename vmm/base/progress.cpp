@@ -1,4 +1,4 @@
-#include "vmm/cli/progress.hpp"
+#include "vmm/base/progress.hpp"
 
 #include <unistd.h>
 
@@ -8,7 +8,7 @@
 
 #include <fmt/format.h>
 
-namespace vmm::cli {
+namespace vmm {
 
 Progress::Progress(std::string what, uint64_t total, uint64_t min_bytes)
     : what_(std::move(what)), total_(total), shown_(total >= min_bytes && ::isatty(STDERR_FILENO) == 1) {
@@ -40,4 +40,4 @@ void Progress::draw(uint64_t done) {
   std::fflush(stderr);
 }
 
-}  // namespace vmm::cli
+}  // namespace vmm

@@ -13,7 +13,7 @@
 #include "vmm/cpuid.hpp"
 #include "vmm/machine.hpp"
 
-namespace vmm::cli {
+namespace vmm::clone {
 
 struct LiveVm {
   std::filesystem::path state_dir;
@@ -43,4 +43,4 @@ void raise_open_file_limit();
 /// The API operations of `vm` (fork, snapshot), for ControlPlane::start.
 api::VmOperations live_operations(std::shared_ptr<LiveVm> vm);
 
-}  // namespace vmm::cli
+}  // namespace vmm::clone

@@ -17,7 +17,7 @@
 // copied, top file only, onto the child's own file with the same backing file, so chains never
 // grow however often VMs fork; a writable standalone image is copied whole (a reflink where the
 // file system offers one, else its data extents), and the parent stays paused while it is.
-#include "vmm/cli/live.hpp"
+#include "clone/live.hpp"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -34,17 +34,17 @@
 #include <fstream>
 #include <thread>
 
-#include "clone/identity.hpp"
+#include "clone/clones.hpp"
+#include "clone/make_template.hpp"
+#include "clone/memory_file.hpp"
 #include "clone/snapshot.hpp"
 #include "clone/template.hpp"
 #include "disk/qcow2.hpp"
 #include "vmm/base/thread.hpp"
-#include "vmm/cli/cli.hpp"
-#include "clone/memory_file.hpp"
-#include "vmm/cli/exit_codes.hpp"
-#include "vmm/cli/template_cli.hpp"
+#include "vmm/exit_status.hpp"
+#include "vmm/identity.hpp"
 
-namespace vmm::cli {
+namespace vmm::clone {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -126,7 +126,7 @@ void reap_when_ended(EventLoop& loop, pid_t pid) {
 }
 
 /// The child's life after fork(): never returns.
-[[noreturn]] void run_child(const LiveVm& parent, const ChildPlan& plan, const clone::StateFile& state) {
+[[noreturn]] void run_child(const LiveVm& parent, const ChildPlan& plan, const StateFile& state) {
   // Its start, step by step from the fork request (GET /vm start_ms, as a clone's; the bench's rows).
   std::vector<std::pair<std::string, std::chrono::steady_clock::time_point>> steps;
   auto step = [&steps](const char* what) { steps.emplace_back(what, std::chrono::steady_clock::now()); };
@@ -149,7 +149,7 @@ void reap_when_ended(EventLoop& loop, pid_t pid) {
   auto control = api::ControlPlane::create(parent.state_dir, plan.name);
   if (!control) fail_child(control.error().message());
   step("registered");
-  auto shape = clone::read_shape(state, "fork");
+  auto shape = read_shape(state, "fork");
   if (!shape) fail_child(shape.error().message());
   const devices::ConsoleSpec console{.kind = devices::ConsoleSpec::Kind::File, .path = (plan.dir / "console.log").string()};
   // Its interfaces on TAPs of its own, with the source-MAC filter of every clone: nothing leaves
@@ -160,7 +160,7 @@ void reap_when_ended(EventLoop& loop, pid_t pid) {
   step("devices");
   auto memory = GuestMemory::from_mapping(Mapping::adopt(const_cast<uint8_t*>(ram), ram_size));
   if (!memory) fail_child(memory.error().message());
-  clone::Identity identity = clone::new_identity(plan.name);
+  Identity identity = new_identity(plan.name);
   for (const auto& n : plan.nets) identity.macs.push_back(n.mac);
   identity.hostname = plan.hostname;
   identity.ip = plan.ip;
@@ -168,13 +168,13 @@ void reap_when_ended(EventLoop& loop, pid_t pid) {
   auto machine = Machine::create(kvm, std::move(*memory),
                                  VmConfig{.vcpus = shape->vcpus, .cpu_template = shape->cpu_template, .cpuid = shape->cpuid},
                                  PlatformConfig{.console = std::move(devs->console), .disks = std::move(devs->disks), .nets = std::move(devs->nets),
-                                                .loop = nullptr, .identity = clone::identity_pairs(identity), .console_tap = {}},
+                                                .loop = nullptr, .identity = identity_pairs(identity), .console_tap = {}},
                                  std::move(devs->loop));
   if (!machine) fail_child(machine.error().message());
   Machine& m = **machine;
   step("machine");
   // The clock as the parent left it at the fork (milliseconds ago): a fork continues its parent.
-  if (auto r = clone::restore(m, state, "fork", /*clock_to_now=*/false); !r) fail_child(r.error().message());
+  if (auto r = restore(m, state, "fork", /*clock_to_now=*/false); !r) fail_child(r.error().message());
   step("restored");
   if (auto r = m.platform().vmgenid().set(identity.generation); !r) fail_child(r.error().message());
   m.platform().vmgenid().notify();
@@ -190,7 +190,7 @@ void reap_when_ended(EventLoop& loop, pid_t pid) {
                              m.platform());
   (*control)->start(m, api::VmInfo{.id = identity.id, .name = plan.name, .kind = "fork", .template_name = parent.template_name,
                                    .template_dir = parent.template_dir, .parent = parent.name,
-                                   .generation = clone::generation_hex(identity), .config = self->config, .api_socket = {}, .requested = plan.requested,
+                                   .generation = generation_hex(identity), .config = self->config, .api_socket = {}, .requested = plan.requested,
                                    .steps = steps, .paused = plan.paused},
                     live_operations(self));
   if (plan.paused) m.vm().start_paused();
@@ -231,7 +231,7 @@ Result<> prepare_disks(const LiveVm& vm, ChildPlan& plan) {
       continue;
     }
     const fs::path dst = plan.dir / "disk" / fmt::format("disk{}{}", i, src.extension().string());
-    if (auto r = clone::copy_sparse(src, dst); !r) return r;
+    if (auto r = copy_sparse(src, dst); !r) return r;
     fs::permissions(dst, fs::perms::owner_read | fs::perms::owner_write, ec);
     plan.disks.push_back(DiskSpec{.path = dst, .read_only = false, .id = disks[i]->id()});
   }
@@ -260,7 +260,7 @@ Result<> plan_networks(const LiveVm& vm, const json& request, std::vector<ChildP
     const unsigned index = static_cast<unsigned>(i + 1);
     std::string child_ip;
     if (!ip.empty()) {
-      auto next = clone::ip_plus(ip, static_cast<uint32_t>(i));
+      auto next = ip_plus(ip, static_cast<uint32_t>(i));
       if (!next) return std::unexpected(next.error());
       child_ip = *next;
     }
@@ -271,7 +271,7 @@ Result<> plan_networks(const LiveVm& vm, const json& request, std::vector<ChildP
     p.gateway = net->gateway;
     if (request.contains("hostname")) {
       p.hostname = expand_pattern(request["hostname"].get<std::string>(), p.name, index);
-      if (auto r = clone::check_hostname(p.hostname); !r) return r;
+      if (auto r = check_hostname(p.hostname); !r) return r;
     }
   }
   return {};
@@ -283,7 +283,7 @@ Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const json& request, con
   const bool children_paused = request.value("children_paused", false);
   std::vector<ChildPlan> plans(count);
   for (auto& plan : plans) {
-    plan.name = fmt::format("{}-{}", vm->name, clone::random_hex(3));
+    plan.name = fmt::format("{}-{}", vm->name, random_hex(3));
     plan.paused = children_paused;
     plan.dir = vm->state_dir / "clones" / plan.name;
   }
@@ -317,8 +317,8 @@ Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const json& request, con
     if (!fs::create_directory(plan.dir / "disk", ec)) {
       return failed(Error(fmt::format("{}: cannot create: {}", (plan.dir / "disk").string(), ec.message())));
     }
-    std::ofstream(plan.dir / "clone.json") << clone::clone_json(clone::CloneRecord{
-        .name = plan.name, .template_dir = vm->template_dir, .full = vm->template_dir.empty(), .pid = 0, .created = clone::utc_now()});
+    std::ofstream(plan.dir / "clone.json") << clone_json(CloneRecord{
+        .name = plan.name, .template_dir = vm->template_dir, .full = vm->template_dir.empty(), .pid = 0, .created = utc_now()});
     int p[2];
     if (::pipe2(p, O_CLOEXEC) != 0) return failed(Error(fmt::format("pipe: {}", errno_text(errno))));
     reads.push_back(p[0]);
@@ -332,7 +332,7 @@ Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const json& request, con
   };
   const auto started = std::chrono::steady_clock::now();
   for (auto& plan : plans) plan.requested = started;  // the children time their start from here
-  auto state = clone::capture(m, vm->cpu_template);
+  auto state = capture(m, vm->cpu_template);
   if (!state) return failed(state.error());
   const double capture_ms = ms_since(started);
   const auto disks_started = std::chrono::steady_clock::now();
@@ -377,9 +377,9 @@ Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const json& request, con
         text.append(buf, static_cast<size_t>(n));
       }
       if (text.starts_with("ok")) {
-        std::ofstream(plans[i].dir / "clone.json") << clone::clone_json(clone::CloneRecord{
+        std::ofstream(plans[i].dir / "clone.json") << clone_json(CloneRecord{
             .name = plans[i].name, .template_dir = vm->template_dir, .full = vm->template_dir.empty(), .pid = pids[i],
-            .created = clone::utc_now()});
+            .created = utc_now()});
       } else {
         c["error"] = text.starts_with("error ") ? text.substr(6, text.find('\n') - 6) : "the child ended before it ran";
       }
@@ -432,14 +432,14 @@ Result<json> snapshot_vm(const std::shared_ptr<LiveVm>& vm, const json& request,
   const fs::path tmp = (*draft)->tmp;
   const fs::path* dest = &(*draft)->dest;
 
-  clone::Manifest man;
+  Manifest man;
   if (auto r = window.pause(); !r) return std::unexpected(r.error());
-  auto state = clone::capture(m, vm->cpu_template);
+  auto state = capture(m, vm->cpu_template);
   if (!state) return std::unexpected(state.error());
-  if (auto r = clone::write_state_file(tmp / clone::kStateFile, *state); !r) return std::unexpected(r.error());
-  auto mem = clone::write_memory_file(m.vm().memory(), tmp / clone::kMemoryFile);
+  if (auto r = write_state_file(tmp / kStateFile, *state); !r) return std::unexpected(r.error());
+  auto mem = write_memory_file(m.vm().memory(), tmp / kMemoryFile);
   if (!mem) return std::unexpected(mem.error());
-  man.memory_file = {.name = clone::kMemoryFile, .size = mem->size, .checksum = mem->checksum, .data_bytes = mem->data_bytes};
+  man.memory_file = {.name = kMemoryFile, .size = mem->size, .checksum = mem->checksum, .data_bytes = mem->data_bytes};
   const auto& disks = m.platform().disks();
   for (size_t i = 0; i < disks.size(); ++i) {
     const std::string name = fmt::format("disks/disk{}.img", i);
@@ -448,11 +448,11 @@ Result<json> snapshot_vm(const std::shared_ptr<LiveVm>& vm, const json& request,
   }
   window.resume();  // everything of the VM is copied: it runs on while the files are summed and sealed
 
-  auto st = clone::sum_file(tmp, clone::kStateFile);
+  auto st = sum_file(tmp, kStateFile);
   if (!st) return std::unexpected(st.error());
   man.state = *st;
   man.name = dest->filename().string();
-  man.created = clone::utc_now();
+  man.created = utc_now();
   man.vmm_version = VMM_VERSION;
   man.memory = m.vm().memory().size();
   man.vcpus = static_cast<uint32_t>(m.vm().vcpu_count());
@@ -475,4 +475,4 @@ api::VmOperations live_operations(std::shared_ptr<LiveVm> vm) {
   return ops;
 }
 
-}  // namespace vmm::cli
+}  // namespace vmm::clone

@@ -1,4 +1,4 @@
-#include "vmm/cli/device_spec.hpp"
+#include "vmm/device_spec.hpp"
 
 #include <cctype>
 #include <map>

@@ -6,6 +6,8 @@
 // session, independent of the launcher's life. Without --detach the launcher stays, prints a line
 // per clone as it starts, and on SIGINT/SIGTERM stops them all; with --detach it returns once
 // every clone runs (or failed).
+#include "clone/fleet.hpp"
+
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -15,12 +17,11 @@
 
 #include <map>
 
+#include "clone/live.hpp"
 #include "vmm/api/http.hpp"
-#include "vmm/cli/exit_codes.hpp"
-#include "vmm/cli/live.hpp"
-#include "vmm/cli/template_cli.hpp"
+#include "vmm/exit_status.hpp"
 
-namespace vmm::cli {
+namespace vmm::clone {
 
 namespace fs = std::filesystem;
 
@@ -63,7 +64,7 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
 
   if (!o.ip.empty()) {
     // Every clone's address, checked before the first starts.
-    if (auto last = clone::ip_plus(o.ip, count - 1); !last) return report_error(exit_code::kUsage, last.error().message());
+    if (auto last = ip_plus(o.ip, count - 1); !last) return report_error(exit_code::kUsage, last.error().message());
   }
   std::vector<Member> members(count);
   for (unsigned i = 0; i < count; ++i) {
@@ -74,7 +75,7 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
     co.api_socket.clear();
     co.index = i + 1;  // names from patterns ({name}, {i}) are made by prepare_clone
     if (!o.ip.empty()) {
-      auto ip = clone::ip_plus(o.ip, i);  // one address each, from the first
+      auto ip = ip_plus(o.ip, i);  // one address each, from the first
       if (!ip) return report_error(exit_code::kUsage, ip.error().message());
       co.ip = *ip;
     }
@@ -175,4 +176,4 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
   return failed ? exit_code::kVmmError : exit_code::kOk;
 }
 
-}  // namespace vmm::cli
+}  // namespace vmm::clone

@@ -1,43 +1,44 @@
 // `vmm run --clone-of TEMPLATE`: a fresh KVM VM whose RAM is the template's memory file mapped
 // MAP_PRIVATE, its disks qcow2 overlays on the template's, its state restored, a new identity, run.
+#include "clone/clones.hpp"
+
 #include <unistd.h>
 
 #include <fstream>
 #include <thread>
 
-#include "clone/identity.hpp"
+#include "clone/live.hpp"
 #include "clone/memory_file.hpp"
 #include "clone/snapshot.hpp"
 #include "clone/template.hpp"
 #include "devices/virtio/net.hpp"
 #include "disk/qcow2.hpp"
 #include "vmm/api/control.hpp"
+#include "vmm/base/progress.hpp"
 #include "vmm/base/thread.hpp"
-#include "vmm/cli/live.hpp"
-#include "vmm/cli/progress.hpp"
-#include "vmm/cli/exit_codes.hpp"
-#include "vmm/cli/template_cli.hpp"
+#include "vmm/exit_status.hpp"
+#include "vmm/identity.hpp"
 
-namespace vmm::cli {
+namespace vmm::clone {
 
 namespace fs = std::filesystem;
 
 namespace {
 
-std::optional<CliFailure> read_template(const CloneOptions& o, OpenTemplate& t) {
-  auto bad = [](int status, std::string message) { return std::optional<CliFailure>(CliFailure{status, std::move(message)}); };
-  t.sdir = clone::state_dir(o.state_dir);
-  auto tdir = clone::resolve_template(t.sdir, o.template_name);
+std::optional<Failure> read_template(const CloneOptions& o, OpenTemplate& t) {
+  auto bad = [](int status, std::string message) { return std::optional<Failure>(Failure{status, std::move(message)}); };
+  t.sdir = resolve_state_dir(o.state_dir);
+  auto tdir = resolve_template(t.sdir, o.template_name);
   if (!tdir) return bad(exit_code::kImage, tdir.error().message());
   t.tdir = *tdir;
-  auto manifest = clone::read_manifest(t.tdir);
+  auto manifest = read_manifest(t.tdir);
   if (!manifest) return bad(exit_code::kImage, manifest.error().message());
   t.manifest = std::move(*manifest);
   t.state_path = (t.tdir / t.manifest.state.name).string();
-  auto state = clone::read_state_file(t.tdir / t.manifest.state.name);
+  auto state = read_state_file(t.tdir / t.manifest.state.name);
   if (!state) return bad(exit_code::kImage, state.error().message());
   t.state = std::move(*state);
-  auto shape = clone::read_shape(t.state, t.state_path);
+  auto shape = read_shape(t.state, t.state_path);
   if (!shape) return bad(exit_code::kImage, shape.error().message());
   t.shape = std::move(*shape);
   if (t.shape.memory != t.manifest.memory || t.shape.vcpus != t.manifest.vcpus) {
@@ -54,7 +55,7 @@ std::optional<CliFailure> read_template(const CloneOptions& o, OpenTemplate& t) 
   }
   // Linked clones share one copy-on-write mapping of the memory file (a fleet's clones inherit it).
   if (!o.full) {
-    auto memory = clone::map_memory_file(t.tdir / t.manifest.memory_file.name, t.manifest.memory);
+    auto memory = map_memory_file(t.tdir / t.manifest.memory_file.name, t.manifest.memory);
     if (!memory) return bad(exit_code::kImage, memory.error().message());
     t.memory.emplace(std::move(*memory));
   }
@@ -63,15 +64,15 @@ std::optional<CliFailure> read_template(const CloneOptions& o, OpenTemplate& t) 
 
 }  // namespace
 
-std::optional<CliFailure> open_template(const CloneOptions& o, OpenTemplate& t) {
+std::optional<Failure> open_template(const CloneOptions& o, OpenTemplate& t) {
   if (auto f = read_template(o, t)) return f;
   // /dev/kvm, opened once: a fleet's and a pool's clones use their launcher's (a /dev/kvm fd holds
   // no per-process state; each clone makes its own VM with it), which spares each of them the
   // capability checks and KVM_GET_SUPPORTED_CPUID (~0.4 ms of KVM's time here, its host CPUID
   // reads trapping); a lone clone reads the last answer from the state directory's cache. (Opening it on a thread beside the template's reading gained nothing: the
   // thread ran only once the reading was done, 0.3-0.6 ms after it was made.)
-  auto kvm = Kvm::open(o.kvm_device, clone::cpuid_cache(t.sdir));
-  if (!kvm) return CliFailure{exit_code::kKvm, kvm.error().message()};
+  auto kvm = Kvm::open(o.kvm_device, cpuid_cache(t.sdir));
+  if (!kvm) return Failure{exit_code::kKvm, kvm.error().message()};
   t.kvm = std::make_unique<Kvm>(std::move(*kvm));
   return std::nullopt;
 }
@@ -79,18 +80,18 @@ std::optional<CliFailure> open_template(const CloneOptions& o, OpenTemplate& t) 
 Result<std::string> clone_hostname(const CloneOptions& o, const std::string& name) {
   if (o.hostname.empty()) return std::string();
   std::string h = expand_pattern(o.hostname, name, o.index);
-  if (auto r = clone::check_hostname(h); !r) return std::unexpected(r.error());
+  if (auto r = check_hostname(h); !r) return std::unexpected(r.error());
   return h;
 }
 
-std::expected<std::unique_ptr<PreparedClone>, CliFailure> prepare_clone(OpenTemplate& t, const CloneOptions& o,
+std::expected<std::unique_ptr<PreparedClone>, Failure> prepare_clone(OpenTemplate& t, const CloneOptions& o,
                                                                         const std::string& name, bool inherited) {
-  auto bad = [](int status, std::string message) { return std::unexpected(CliFailure{status, std::move(message)}); };
+  auto bad = [](int status, std::string message) { return std::unexpected(Failure{status, std::move(message)}); };
   const fs::path& sdir = t.sdir;
   const auto* tdir = &t.tdir;
   const auto* manifest = &t.manifest;
   const auto* shape = &t.shape;
-  if (!clone::valid_name(name)) return bad(exit_code::kUsage, fmt::format("--name '{}': use letters, digits, '.', '_' and '-'", name));
+  if (!valid_name(name)) return bad(exit_code::kUsage, fmt::format("--name '{}': use letters, digits, '.', '_' and '-'", name));
   auto c = std::make_unique<PreparedClone>();
   c->name = name;
   auto step = [&c](const char* what) { c->steps.emplace_back(what, std::chrono::steady_clock::now()); };
@@ -117,17 +118,17 @@ std::expected<std::unique_ptr<PreparedClone>, CliFailure> prepare_clone(OpenTemp
   uint64_t copied_before = 0;
   auto copy = [&](const fs::path& from, const fs::path& to) -> Result<> {
     uint64_t copied = 0;
-    auto r = clone::copy_sparse(from, to, [&](uint64_t n) { progress->update(copied_before + (copied = n)); });
+    auto r = copy_sparse(from, to, [&](uint64_t n) { progress->update(copied_before + (copied = n)); });
     copied_before += copied;
     return r;
   };
   if (o.full) {
-    uint64_t total = clone::data_bytes(*tdir / manifest->memory_file.name);
-    for (const auto& d : manifest->disks) total += clone::data_bytes(*tdir / d.file.name);
+    uint64_t total = data_bytes(*tdir / manifest->memory_file.name);
+    for (const auto& d : manifest->disks) total += data_bytes(*tdir / d.file.name);
     progress.emplace(fmt::format("copying template {} for the full clone {}", manifest->name, name), total);
-    const fs::path copy_path = cdir / clone::kMemoryFile;
+    const fs::path copy_path = cdir / kMemoryFile;
     if (auto r = copy(*tdir / manifest->memory_file.name, copy_path); !r) return bad(exit_code::kVmmError, r.error().message());
-    auto m = clone::map_memory_file(copy_path, manifest->memory);
+    auto m = map_memory_file(copy_path, manifest->memory);
     if (!m) return bad(exit_code::kImage, m.error().message());
     memory.emplace(std::move(*m));
   } else if (inherited) {
@@ -179,7 +180,7 @@ std::expected<std::unique_ptr<PreparedClone>, CliFailure> prepare_clone(OpenTemp
   step("devices");
 
   // Identity: a new id, generation and MACs; the guest reads them through fw_cfg.
-  c->identity = clone::new_identity(name);
+  c->identity = new_identity(name);
   for (const auto& n : c->nets) c->identity.macs.push_back(n.mac);
   auto hostname = clone_hostname(o, name);
   if (!hostname) return bad(exit_code::kUsage, hostname.error().message());
@@ -191,7 +192,7 @@ std::expected<std::unique_ptr<PreparedClone>, CliFailure> prepare_clone(OpenTemp
                                  VmConfig{.vcpus = shape->vcpus, .cpu_template = shape->cpu_template, .cpuid = shape->cpuid},
                                  PlatformConfig{.console = std::move(devs->console), .disks = std::move(devs->disks),
                                                 .nets = std::move(devs->nets), .loop = nullptr,
-                                                .identity = clone::identity_pairs(c->identity), .console_tap = {}},
+                                                .identity = identity_pairs(c->identity), .console_tap = {}},
                                  std::move(devs->loop));
   if (!machine) return bad(exit_code::kVmmError, machine.error().message());
   c->machine = std::move(*machine);
@@ -199,10 +200,10 @@ std::expected<std::unique_ptr<PreparedClone>, CliFailure> prepare_clone(OpenTemp
   Machine& m = *c->machine;
   auto khz = m.vm().vcpu(0).tsc_khz();
   if (!khz) return bad(exit_code::kVmmError, khz.error().message());
-  if (auto r = clone::check_cpu(*t.kvm, *shape, *khz, t.state_path); !r) return bad(exit_code::kImage, r.error().message());
+  if (auto r = check_cpu(*t.kvm, *shape, *khz, t.state_path); !r) return bad(exit_code::kImage, r.error().message());
   // Restored now; the clock is stepped when the clone starts (launch_clone), which for a pool's
   // clone is later.
-  if (auto r = clone::restore(m, t.state, t.state_path, /*clock_to_now=*/false); !r) return bad(exit_code::kImage, r.error().message());
+  if (auto r = restore(m, t.state, t.state_path, /*clock_to_now=*/false); !r) return bad(exit_code::kImage, r.error().message());
   step("restored");
   return c;
 }
@@ -223,7 +224,7 @@ Result<> begin_clone(OpenTemplate& t, const CloneOptions& o, PreparedClone& c) {
   if (!hostname->empty()) c.identity.hostname = *hostname;
   if (!o.ip.empty()) c.identity.ip = o.ip;
   if (!o.gateway.empty()) c.identity.gateway = o.gateway;
-  if (auto r = m.platform().set_identity(clone::identity_pairs(c.identity)); !r) return r;
+  if (auto r = m.platform().set_identity(identity_pairs(c.identity)); !r) return r;
   if (auto r = m.platform().vmgenid().set(c.identity.generation); !r) return r;
   // The edge, then the clock. Stepping the clock leaves the interrupt controllers as they are, so
   // the edge reaches the guest through the 8259 as through the IOAPIC. (Until 2026-12-04 it
@@ -232,7 +233,7 @@ Result<> begin_clone(OpenTemplate& t, const CloneOptions& o, PreparedClone& c) {
   // 2026-12-03 and two clones in the nested lane's full runs, on its old two-vCPU L1, stayed
   // halted waiting for an interrupt.)
   m.platform().vmgenid().notify();
-  if (auto r = clone::step_clock(m, t.state, t.state_path); !r) return r;
+  if (auto r = step_clock(m, t.state, t.state_path); !r) return r;
   // Whatever the snapshot left owed to the guest's drivers (a Linux clone on a network that nothing
   // re-initialised did not answer ARP until its virtio-net queues were signalled).
   for (const auto& tr : m.platform().transports()) tr->signal_all_queues();
@@ -244,8 +245,8 @@ Result<std::unique_ptr<api::ControlPlane>> register_clone(OpenTemplate& t, const
   if (!control) return std::unexpected(control.error());
   {
     std::ofstream rec(c.dir / "clone.json");
-    rec << clone::clone_json(clone::CloneRecord{.name = c.name, .template_dir = o.full ? "" : t.tdir.string(), .full = o.full,
-                                                .pid = ::getpid(), .created = clone::utc_now()});
+    rec << clone_json(CloneRecord{.name = c.name, .template_dir = o.full ? "" : t.tdir.string(), .full = o.full,
+                                                .pid = ::getpid(), .created = utc_now()});
   }
   c.keep = true;
   return std::move(*control);
@@ -260,7 +261,7 @@ void serve_clone(OpenTemplate& t, const CloneOptions& o, PreparedClone& c, api::
                              m.platform()),
       .kernel = t.manifest.kernel, .cmdline = t.manifest.cmdline, .machine = &m, .control = &control});
   control.start(m, api::VmInfo{.id = c.identity.id, .name = c.name, .kind = "clone", .template_name = t.manifest.name,
-                               .template_dir = t.tdir.string(), .parent = {}, .generation = clone::generation_hex(c.identity),
+                               .template_dir = t.tdir.string(), .parent = {}, .generation = generation_hex(c.identity),
                                .config = live->config, .api_socket = {}, .requested = o.started, .steps = c.steps, .paused = false},
                 live_operations(live));
 }
@@ -304,10 +305,52 @@ int start_clone(OpenTemplate& t, const CloneOptions& o, const std::string& name,
 int run_clone(const CloneOptions& o) {
   OpenTemplate t;
   if (auto f = open_template(o, t)) return report_failure(*f);
-  const std::string name = o.name.empty() ? fmt::format("{}-{}", t.manifest.name, clone::random_hex(4)) : o.name;
+  const std::string name = o.name.empty() ? fmt::format("{}-{}", t.manifest.name, random_hex(4)) : o.name;
   return start_clone(t, o, name, /*inherited=*/false, Announce::AtStart, [&](const std::string& ms) {
     fmt::print(stderr, "vmm: clone {} of {} restored in {} ms (since main)\n", name, t.manifest.name, ms);
   });
 }
 
-}  // namespace vmm::cli
+Result<> check_net_count(std::string_view who, std::string_view source_kind, size_t interfaces, size_t given) {
+  if (given == interfaces) return {};
+  return fail("the {} has {} network interface(s): give the {} as many --net tap=NAME (NAME with {{name}} or {{i}}: each its own "
+              "TAP), {} given", source_kind, interfaces, who, given);
+}
+
+Result<NetPlan> plan_nets(std::string_view who, const std::vector<NetSpec>& patterns, const NetSource& source, const std::string& name,
+                          unsigned index, const std::string& ip, const std::string& gateway, bool ip_later) {
+  if (auto r = check_net_count(who, source.kind, source.interfaces, patterns.size()); !r) return std::unexpected(r.error());
+  NetPlan plan;
+  for (const auto& pattern : patterns) {
+    auto n = expand_net(pattern, name, index);
+    if (!n) return fail("--net: {}", n.error().message());
+    if (n->mac.empty()) {
+      auto mac = random_mac();
+      if (!mac) return std::unexpected(mac.error());
+      n->mac = devices::virtio::format_mac(*mac);
+    }
+    plan.nets.push_back(*n);
+  }
+  if (!ip.empty()) {
+    auto checked = check_ip(ip);
+    if (!checked) return std::unexpected(checked.error());
+    plan.ip = *checked;
+  }
+  if (!gateway.empty()) {
+    if (auto r = check_gateway(gateway); !r) return std::unexpected(r.error());
+    plan.gateway = gateway;
+  }
+  for (const auto& n : plan.nets) {
+    if (!n.netns.empty() && plan.ip.empty()) {
+      plan.ip = source.ip;
+      if (plan.gateway.empty()) plan.gateway = source.gateway;
+    }
+    if (n.netns.empty() && plan.ip.empty() && source.ip != "dhcp" && !ip_later) {
+      return fail("--net tap={}: a {} on a shared network needs --ip (its own address: the {}'s{} would be a duplicate), or netns= "
+                  "to keep the {}'s", n.tap, who, source.kind, source.ip.empty() ? "" : " " + source.ip, source.kind);
+    }
+  }
+  return plan;
+}
+
+}  // namespace vmm::clone

@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <string>
 
-namespace vmm::cli {
+namespace vmm {
 
 /// One line on stderr, redrawn in place ("vmm: WHAT  DONE/TOTAL MiB [#####     ]  NN%"), at most
 /// ten times a second, ended by finish() or the destructor. Drawn only when stderr is a terminal
@@ -39,4 +39,4 @@ class Progress {
   std::chrono::steady_clock::time_point last_{};
 };
 
-}  // namespace vmm::cli
+}  // namespace vmm

@@ -14,7 +14,7 @@
 #include "devices/vmgenid.hpp"
 #include "vmm/base/error.hpp"
 
-namespace vmm::clone {
+namespace vmm {
 
 struct Identity {
   std::string id;                      ///< 32 hex digits, random
@@ -49,4 +49,4 @@ std::string generation_hex(const Identity& identity);
 /// The fw_cfg identity file's pairs (the current time included).
 std::vector<std::pair<std::string, std::string>> identity_pairs(const Identity& identity);
 
-}  // namespace vmm::clone
+}  // namespace vmm

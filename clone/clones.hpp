@@ -1,0 +1,124 @@
+// Clones of a template: the template opened once (its manifest, state and the one copy-on-write
+// mapping of its memory file), a clone prepared (its directory, overlays, devices, a KVM VM built
+// over the template's memory and restored, a new identity), then launched (registered, its
+// generation and clock made new, its API served, run). `vmm run --clone-of`, a fleet's clones
+// (clone/fleet.hpp) and a pool's (clone/pool.hpp) all go this way.
+#pragma once
+
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "clone/snapshot.hpp"
+#include "clone/template.hpp"
+#include "vmm/api/control.hpp"
+#include "vmm/setup.hpp"
+
+namespace vmm::clone {
+
+/// A clone to start, as `vmm run --clone-of`, a fleet or a pool was asked for it (checked).
+struct CloneOptions {
+  std::string template_name;
+  std::string name;
+  bool full = false;
+  std::string hostname, ip, gateway;  ///< checked; ip normalised (A.B.C.D/P or dhcp); hostname may hold {name}, {i}
+  unsigned index = 1;                 ///< a fleet's clone number, a pool member's ({i} in patterns)
+  bool ip_at_request = false;         ///< a pool's member: a clone on a shared network gets its ip with the request
+  std::string state_dir;
+  devices::ConsoleSpec console;
+  bool console_given = false;  ///< otherwise the console goes to the clone's console.log
+  std::vector<NetSpec> nets;
+  std::filesystem::path kvm_device;
+  std::filesystem::path api_socket;
+  std::chrono::steady_clock::time_point started;  ///< when main() began (for the start-time line)
+};
+
+/// `vmm run --clone-of TEMPLATE`: starts one clone and runs it until its guest stops; returns the
+/// exit status.
+int run_clone(const CloneOptions& options);
+
+/// A template opened once, for one clone or for a fleet's or a pool's launcher: its manifest, state
+/// and, for linked clones, the one copy-on-write mapping of its memory file; and /dev/kvm, which
+/// every clone made from it uses (it must outlive their machines).
+struct OpenTemplate {
+  std::filesystem::path sdir, tdir;
+  Manifest manifest;
+  StateFile state;
+  MachineShape shape;
+  std::string state_path;
+  std::optional<GuestMemory> memory;
+  std::unique_ptr<Kvm> kvm;
+};
+/// Opens and checks the template of `options` and opens /dev/kvm (nothing is created); a failure
+/// to report. No thread of its own runs once it returns.
+std::optional<Failure> open_template(const CloneOptions& options, OpenTemplate& t);
+/// A clone made ready to start: its directory, overlays and devices, its KVM VM built over the
+/// template's memory and restored (all but the clock), its identity drawn. Destroying it without
+/// launching removes the directory.
+struct PreparedClone {
+  std::string name;
+  std::filesystem::path dir;
+  std::vector<DiskSpec> disks;
+  std::vector<NetSpec> nets;
+  devices::ConsoleSpec console;
+  Identity identity;
+  std::unique_ptr<Machine> machine;
+  bool keep = false;
+  /// Moments of its start (GET /vm start_ms): a pool's member "taken" (the request read), "resumed".
+  std::vector<std::pair<std::string, std::chrono::steady_clock::time_point>> steps;
+  ~PreparedClone();
+};
+/// The clone's hostname: --hostname with {name} and {i} expanded, checked (empty if none given).
+Result<std::string> clone_hostname(const CloneOptions& options, const std::string& name);
+std::expected<std::unique_ptr<PreparedClone>, Failure> prepare_clone(OpenTemplate& t, const CloneOptions& options,
+                                                                        const std::string& name, bool inherited);
+/// The start of a prepared clone, in two parts that a pool runs in the other order:
+/// begin_clone gives it hostname and IP from `options`, a new generation (notified) and the present
+/// time; register_clone registers it under its name (STATE/run) and writes clone.json, and
+/// serve_clone then starts its API (whose server comes up on a thread of its own) with the start's
+/// steps so far. The control plane must be destroyed before the clone's machine.
+Result<> begin_clone(OpenTemplate& t, const CloneOptions& options, PreparedClone& clone);
+Result<std::unique_ptr<api::ControlPlane>> register_clone(OpenTemplate& t, const CloneOptions& options, PreparedClone& clone);
+void serve_clone(OpenTemplate& t, const CloneOptions& options, PreparedClone& clone, api::ControlPlane& control);
+/// When a clone's start is announced (`started(ms)`, ms from the request to the resume): at once,
+/// before its guest runs (a message), or once its API answers (to a launcher whose caller may use
+/// the clone at once: the guest runs meanwhile).
+enum class Announce { AtStart, WhenServing };
+/// Registers the prepared clone (register_clone), begins it (begin_clone), serves its API and runs it until its
+/// guest stops.
+int launch_clone(OpenTemplate& t, const CloneOptions& options, PreparedClone& clone, Announce when,
+                 const std::function<void(const std::string&)>& started);
+/// prepare_clone + launch_clone: starts the clone `name` of `t` and runs it until its guest stops;
+/// returns the exit status. `inherited`: the memory mapping belongs to a launcher this process was
+/// forked from (adopted, not moved).
+int start_clone(OpenTemplate& t, const CloneOptions& options, const std::string& name, bool inherited, Announce when,
+                const std::function<void(const std::string&)>& started);
+
+/// What a clone or a fork's child takes its network from: its template, or its parent.
+struct NetSource {
+  std::string_view kind;      ///< "template" or "VM"
+  size_t interfaces = 0;
+  std::string ip, gateway;    ///< as configured there ("dhcp", an address, or empty)
+};
+/// The interfaces and the guest address a clone or a fork's child gets.
+struct NetPlan {
+  std::vector<NetSpec> nets;
+  std::string ip, gateway;
+};
+/// Fails unless one --net is given per interface of the source (`who`: "clone", "fleet", "pool",
+/// "fork"; `source_kind`: NetSource::kind).
+Result<> check_net_count(std::string_view who, std::string_view source_kind, size_t interfaces, size_t given);
+/// Plans them for the VM `name` (`index`: its number in a fleet, pool or fork): one pattern per
+/// interface of the source, names expanded, each with a random MAC unless it gives one. The
+/// address: `ip` and `gateway` as asked (checked); else, in a namespace of its own, the source's;
+/// on a shared network (a bridge or a host TAP) a VM needs one of its own: refused unless the
+/// source uses DHCP or `ip_later` (a pool's member gets it with the request).
+Result<NetPlan> plan_nets(std::string_view who, const std::vector<NetSpec>& patterns, const NetSource& source, const std::string& name,
+                          unsigned index, const std::string& ip, const std::string& gateway, bool ip_later);
+
+}  // namespace vmm::clone

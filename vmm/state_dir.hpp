@@ -1,0 +1,20 @@
+// The state directory: where VMs register while they run (run/NAME: the API socket, vmm ps),
+// where templates (templates/NAME) and clones (clones/NAME) live, and what vmm caches for the next
+// VM of this host (cache/). --state-dir, else $VMM_STATE_DIR, else /var/lib/vmm for root and
+// $XDG_STATE_HOME/vmm or ~/.local/state/vmm for a user.
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <string_view>
+
+namespace vmm {
+
+/// The state directory: `given` if not empty, else $VMM_STATE_DIR, else the default.
+std::filesystem::path resolve_state_dir(const std::string& given);
+/// Where vmm keeps KVM's supported CPUID for the next VM of this host (vmm/kvm_cache.hpp).
+inline std::filesystem::path cpuid_cache(const std::filesystem::path& state_dir) { return state_dir / "cache" / "kvm-cpuid"; }
+/// A valid VM, template or clone name: 1..64 of [A-Za-z0-9._-], not starting with '.'.
+bool valid_name(std::string_view name);
+
+}  // namespace vmm
