@@ -4,6 +4,7 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <fstream>
 #include <thread>
 
@@ -266,49 +267,73 @@ void serve_clone(OpenTemplate& t, const CloneOptions& o, PreparedClone& c, api::
                 live_operations(live));
 }
 
-int launch_clone(OpenTemplate& t, const CloneOptions& o, PreparedClone& c, Announce when,
-                 const std::function<void(const std::string&)>& started) {
+int launch_clone(OpenTemplate& t, const CloneOptions& o, PreparedClone& c, const StartReport& report) {
+  auto fail = [&report, &c](Failure f) {
+    c.keep = false;  // it never ran: nothing of it is worth keeping
+    if (!report.failed) return report_failure(f);
+    report.failed(f);
+    return f.status;
+  };
   Machine& m = *c.machine;
   // Registered first: a name another VM holds stops the clone before its guest runs.
   auto control = register_clone(t, o, c);
-  if (!control) return report_error(exit_code::kUsage, control.error().message());
+  if (!control) return fail({exit_code::kUsage, control.error().message()});
   c.steps.emplace_back("registered", std::chrono::steady_clock::now());
-  if (auto r = begin_clone(t, o, c); !r) return report_error(exit_code::kVmmError, r.error().message());
+  if (auto r = begin_clone(t, o, c); !r) return fail({exit_code::kVmmError, r.error().message()});
   c.steps.emplace_back("resumed", std::chrono::steady_clock::now());
   serve_clone(t, o, c, **control);
   const std::string ms = fmt::format("{:.2f}", std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - o.started).count());
   std::thread announcer;
-  auto announce = [&control, &started, ms] {
+  std::atomic<bool> announced{false}, ended{false};
+  // Once its API answers, and once its guest runs: a clone whose VM stopped before its guest ran
+  // (a vCPU thread that could not be made, at a limit on tasks) failed to start, and is not
+  // announced as running.
+  auto announce = [&] {
     (*control)->wait_serving();
-    started(ms);
+    while (!m.vm().first_run().entered && !m.vm().stopping() && !ended) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    if (!m.vm().first_run().entered) return;
+    announced = true;
+    report.started(ms);
   };
-  if (when == Announce::AtStart) {
-    started(ms);
+  if (report.when == Announce::AtStart) {
+    announced = true;
+    report.started(ms);
   } else if (auto a = start_thread("the clone's announcing thread", announce)) {
     announcer = std::move(*a);
   } else {
-    announce();  // here, then: the API listens 20 ms later, without waiting for the guest to run
+    // Not announced before its guest runs, which may still fail (the next thread it needs, at the
+    // same limit): it fails here instead.
+    return fail({exit_code::kVmmError, a.error().message()});
   }
   const StopInfo stop = m.run();
+  ended = true;
   if (announcer.joinable()) announcer.join();
   control->reset();  // the API (whose requests use the machine) ends before the machine does
+  if (!announced) {
+    return fail({exit_status_of(stop), stop.reason == devices::StopReason::Error ? stop.message
+                                                                                  : "it stopped before it ran: " + describe_stop(stop)});
+  }
   return stop_status(stop);
 }
 
-int start_clone(OpenTemplate& t, const CloneOptions& o, const std::string& name, bool inherited, Announce when,
-                const std::function<void(const std::string&)>& started) {
+int start_clone(OpenTemplate& t, const CloneOptions& o, const std::string& name, bool inherited, const StartReport& report) {
   auto c = prepare_clone(t, o, name, inherited);
-  if (!c) return report_failure(c.error());
-  return launch_clone(t, o, **c, when, started);
+  if (!c) {
+    if (!report.failed) return report_failure(c.error());
+    report.failed(c.error());
+    return c.error().status;
+  }
+  return launch_clone(t, o, **c, report);
 }
 
 int run_clone(const CloneOptions& o) {
   OpenTemplate t;
   if (auto f = open_template(o, t)) return report_failure(*f);
   const std::string name = o.name.empty() ? fmt::format("{}-{}", t.manifest.name, random_hex(4)) : o.name;
-  return start_clone(t, o, name, /*inherited=*/false, Announce::AtStart, [&](const std::string& ms) {
-    fmt::print(stderr, "vmm: clone {} of {} restored in {} ms (since main)\n", name, t.manifest.name, ms);
-  });
+  return start_clone(t, o, name, /*inherited=*/false,
+                     StartReport{.when = Announce::AtStart, .started = [&](const std::string& ms) {
+                       fmt::print(stderr, "vmm: clone {} of {} restored in {} ms (since main)\n", name, t.manifest.name, ms);
+                     }, .failed = {}});
 }
 
 Result<> check_net_count(std::string_view who, std::string_view source_kind, size_t interfaces, size_t given) {

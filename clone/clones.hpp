@@ -86,18 +86,25 @@ Result<> begin_clone(OpenTemplate& t, const CloneOptions& options, PreparedClone
 Result<std::unique_ptr<api::ControlPlane>> register_clone(OpenTemplate& t, const CloneOptions& options, PreparedClone& clone);
 void serve_clone(OpenTemplate& t, const CloneOptions& options, PreparedClone& clone, api::ControlPlane& control);
 /// When a clone's start is announced (`started(ms)`, ms from the request to the resume): at once,
-/// before its guest runs (a message), or once its API answers (to a launcher whose caller may use
-/// the clone at once: the guest runs meanwhile).
+/// before its guest runs (a message), or once its API answers and its guest runs (to a launcher
+/// whose caller may use the clone at once).
 enum class Announce { AtStart, WhenServing };
-/// Registers the prepared clone (register_clone), begins it (begin_clone), serves its API and runs it until its
-/// guest stops.
-int launch_clone(OpenTemplate& t, const CloneOptions& options, PreparedClone& clone, Announce when,
-                 const std::function<void(const std::string&)>& started);
+/// How a clone's start is told to whoever asked for it.
+struct StartReport {
+  Announce when = Announce::AtStart;
+  std::function<void(const std::string& ms)> started;
+  /// Called instead, with the status and the one line that says why, when the clone could not
+  /// start (with WhenServing: also when its VM stopped before its guest ran); when empty, that line
+  /// is printed ("vmm: error: ...").
+  std::function<void(const Failure&)> failed;
+};
+/// Registers the prepared clone (register_clone), begins it (begin_clone), serves its API and runs
+/// it until its guest stops; returns the exit status.
+int launch_clone(OpenTemplate& t, const CloneOptions& options, PreparedClone& clone, const StartReport& report);
 /// prepare_clone + launch_clone: starts the clone `name` of `t` and runs it until its guest stops;
 /// returns the exit status. `inherited`: the memory mapping belongs to a launcher this process was
 /// forked from (adopted, not moved).
-int start_clone(OpenTemplate& t, const CloneOptions& options, const std::string& name, bool inherited, Announce when,
-                const std::function<void(const std::string&)>& started);
+int start_clone(OpenTemplate& t, const CloneOptions& options, const std::string& name, bool inherited, const StartReport& report);
 
 /// What a clone or a fork's child takes its network from: its template, or its parent.
 struct NetSource {

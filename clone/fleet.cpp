@@ -3,9 +3,10 @@
 // fork()s a process per clone; each child starts its clone exactly as `vmm run --clone-of` does
 // (own directory, overlays, identity, console log, API socket, TAP from the pattern) over the
 // mapping it inherited, reports to the launcher through a pipe, and runs on its own: in its own
-// session, independent of the launcher's life. Without --detach the launcher stays, prints a line
-// per clone as it starts, and on SIGINT/SIGTERM stops them all; with --detach it returns once
-// every clone runs (or failed).
+// session, independent of the launcher's life. The launcher prints a line per clone as it starts,
+// or why it could not (its process not forked, its start failed, or its VM stopped before its guest
+// ran). Without --detach it stays, and on SIGINT/SIGTERM stops them all; with --detach it returns
+// once every clone runs (or failed).
 #include "clone/fleet.hpp"
 
 #include <fcntl.h>
@@ -31,7 +32,7 @@ struct Member {
   std::string name;
   pid_t pid = -1;
   int report = -1;     ///< read end of its pipe, until it reported
-  std::string result;  ///< "ok MS" or "error WHY"
+  std::string result;  ///< its report: "ok MS" or "error WHY"
   bool ended = false;
   int status = 0;
 };
@@ -95,19 +96,26 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
         const int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
         if (null >= 0) ::dup2(null, 0);
       }
-      const int status = start_clone(t, co, mb.name, /*inherited=*/true, Announce::WhenServing, [&](const std::string& ms) {
-        const std::string line = "ok " + ms + "\n";
-        (void)!::write(p[1], line.data(), line.size());
-        ::close(p[1]);
-        if (detach) detach_output(t.sdir / "clones" / mb.name / "vmm.log");
-      });
-      // start_clone printed why it failed (to stderr); the launcher reads the pipe's end.
+      // Its start, or why it could not start, goes to the launcher through the pipe: the launcher
+      // prints one line per clone, with its name.
+      auto tell = [fd = p[1]](const std::string& line) { (void)!::write(fd, line.data(), line.size()); };
+      const int status = start_clone(t, co, mb.name, /*inherited=*/true,
+                                     StartReport{.when = Announce::WhenServing,
+                                                 .started = [&](const std::string& ms) {
+                                                   tell("ok " + ms + "\n");
+                                                   ::close(p[1]);
+                                                   if (detach) detach_output(t.sdir / "clones" / mb.name / "vmm.log");
+                                                 },
+                                                 .failed = [&](const Failure& f) { tell("error " + f.message + "\n"); }});
       ::_exit(status);
     }
     ::close(p[1]);
     if (pid < 0) {
+      const int err = errno;
       ::close(p[0]);
-      mb.result = fmt::format("error fork: {}", errno_text(errno));
+      mb.ended = true;
+      fmt::print("{} failed: cannot fork its process: {}\n", mb.name, errno_text(err));
+      std::fflush(stdout);  // before the next fork: a child would inherit what is buffered
       continue;
     }
     mb.pid = pid;
@@ -127,21 +135,23 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
       if (m.report < 0) continue;
       pollfd probe{.fd = m.report, .events = POLLIN, .revents = 0};
       if (::poll(&probe, 1, 0) <= 0) continue;
-      char buf[256];
-      const ssize_t n = ::read(m.report, buf, sizeof buf - 1);
+      char buf[1024];
+      const ssize_t n = ::read(m.report, buf, sizeof buf);
       ::close(m.report);
       m.report = -1;
-      m.result = n > 0 ? std::string(buf, static_cast<size_t>(n)) : "error";
+      m.result = n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
+      if (const size_t nl = m.result.find('\n'); nl != std::string::npos) m.result.resize(nl);
       if (m.result.starts_with("ok ")) {
         ++ok;
-        fmt::print("{} {} {} ms\n", m.name, m.pid, m.result.substr(3, m.result.find('\n') - 3));
+        fmt::print("{} {} {} ms\n", m.name, m.pid, m.result.substr(3));
       } else {
-        // The child said why on stderr; its status tells the rest.
         int status = 0;
         ::waitpid(m.pid, &status, 0);
         m.ended = true;
         m.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-        fmt::print("{} failed (exit status {})\n", m.name, m.status);
+        // Why, as the clone said it; a clone that ended without a word (killed) has its status.
+        const std::string why = m.result.starts_with("error ") ? m.result.substr(6) : "it ended before it ran";
+        fmt::print("{} failed: {} (exit status {})\n", m.name, why, m.status);
       }
       std::fflush(stdout);
     }

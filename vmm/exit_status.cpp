@@ -35,29 +35,49 @@ std::string describe_stop(const StopInfo& stop) {
   return stop.message;
 }
 
-int stop_status(const StopInfo& stop) {
+int exit_status_of(const StopInfo& stop) {
   using devices::StopReason;
   switch (stop.reason) {
     case StopReason::PowerOff:
-      return exit_code::kOk;
     case StopReason::Reset:
-      fmt::print(stderr, "vmm: guest reset; exiting\n");
       return exit_code::kOk;
     case StopReason::Panic:
-      fmt::print(stderr, "vmm: guest panicked (pvpanic event {:#x})\n", stop.status);
       return exit_code::kGuestPanic;
     case StopReason::DebugExit:
       return exit_code::debug_exit(stop.status);
     case StopReason::TripleFault:
-      fmt::print(stderr, "vmm: {}\n", stop.message);
       return exit_code::kTripleFault;
     case StopReason::Signal:
-      fmt::print(stderr, "vmm: stopped by signal {} ({})\n", stop.status, ::strsignal(static_cast<int>(stop.status)));
       return exit_code::kSignal;
     case StopReason::Error:
       break;
   }
-  return report_error(exit_code::kVmmError, stop.message);
+  return exit_code::kVmmError;
+}
+
+int stop_status(const StopInfo& stop) {
+  using devices::StopReason;
+  switch (stop.reason) {
+    case StopReason::PowerOff:
+    case StopReason::DebugExit:
+      break;
+    case StopReason::Reset:
+      fmt::print(stderr, "vmm: guest reset; exiting\n");
+      break;
+    case StopReason::Panic:
+      fmt::print(stderr, "vmm: guest panicked (pvpanic event {:#x})\n", stop.status);
+      break;
+    case StopReason::TripleFault:
+      fmt::print(stderr, "vmm: {}\n", stop.message);
+      break;
+    case StopReason::Signal:
+      fmt::print(stderr, "vmm: stopped by signal {} ({})\n", stop.status, ::strsignal(static_cast<int>(stop.status)));
+      break;
+    case StopReason::Error:
+      fmt::print(stderr, "vmm: error: {}\n", stop.message);
+      break;
+  }
+  return exit_status_of(stop);
 }
 
 }  // namespace vmm

@@ -39,6 +39,8 @@ int report_error(int status, const std::string& message);
 int report_failure(const Failure& failure);
 /// How a VM stopped, as a clause for an error message ("it exited through the debug port ...").
 std::string describe_stop(const StopInfo& stop);
+/// The exit status for how a VM stopped, and nothing printed.
+int exit_status_of(const StopInfo& stop);
 /// The exit status for how a VM stopped (prints what the stop needs said).
 int stop_status(const StopInfo& stop);
 

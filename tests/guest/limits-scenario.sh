@@ -4,8 +4,8 @@
 # POSIX sh, busybox tools). Every thread vmm cannot make is a one-line error and a non-zero exit, or
 # is done without; never std::terminate (until 2026-12-05 every one of them ended the process so).
 # Boots, clones and a raw disk's writes and flushes run with pids.max from 1 up to where they succeed;
-# a pool from 2 up to where it hands out a clone; a running VM moved into a cgroup at its limit is
-# forked.
+# a fleet until all its clones run; a pool from 2 up to where it hands out a clone; a running VM
+# moved into a cgroup at its limit is forked.
 # usage: limits-scenario.sh VMM TESTGUEST [--needs-kvm]
 # Exits 77 (skipped) with --needs-kvm when /dev/kvm is missing, or when no pids cgroup can be made.
 vmm=$1 guest=$2
@@ -117,6 +117,46 @@ head -c 1048576 /dev/zero >"$work/base.img"
   --console none --disk path="$work/base.img" >"$work/tc.out" 2>"$work/tc.err" && ok "template create" || { bad "template create"; cat "$work/tc.err"; }
 printf 'get\nquit\n' >"$work/in"
 sweep "vmm run --clone-of" 1 "^counter: value=" run --clone-of counter --console stdio
+
+# A fleet under the limit (`--count 3 --detach`: the launcher and its clones in one cgroup), from
+# pids.max 1 up until all three run: each clone that could not start has a line that names it and
+# says why (its process not forked, or the thread it could not make), the summary counts them, the
+# status is 10 while any failed, and each clone said to run does (the clones start at once and
+# share the room: which of them fail at a limit varies). Before 2026-12-05 a clone whose thread
+# could not be made could be announced as running (and then end), and one that could not be forked
+# had no line.
+refused=0 all_ran=0
+for max in 1 3 5 7 9 11 13 15 17 19 21 23 25 27 29 31 33 35; do
+  fresh_cgroup "fleet$max" || bad "cgroup fleet$max"
+  echo "$max" >"$cg/pids.max"
+  sh -c 'echo $$ >"$1/cgroup.procs" && shift && exec "$@"' sh "$cg" "$vmm" run --clone-of counter --count 3 --detach \
+    --name "fl$max" </dev/null >"$work/fleet.out" 2>"$work/fleet.err"
+  status=$?
+  running=$(grep -cE "^fl$max-[123] [0-9]+ [0-9.]+ ms\$" "$work/fleet.out")
+  failed=$(grep -cE "^fl$max-[123] failed: (cannot fork its process: Resource temporarily unavailable|.*: Resource temporarily unavailable \(at the limit on threads and processes.* \(exit status [0-9]+\))\$" "$work/fleet.out")
+  alive=0
+  for pid in $(grep -E "^fl$max-[123] [0-9]+ " "$work/fleet.out" | cut -d' ' -f2); do
+    kill -0 "$pid" 2>/dev/null && [ "$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null)" != Z ] && alive=$((alive + 1))
+  done
+  if [ $((running + failed)) != 3 ] || [ "$alive" != "$running" ] || grep -vqE "^vmm: warning: |^vmm: fleet " "$work/fleet.err" ||
+     ! grep -q "^vmm: fleet fl$max: $running of 3 clones running" "$work/fleet.err" ||
+     { [ "$failed" = 0 ] && [ "$status" != 0 ]; } || { [ "$failed" != 0 ] && [ "$status" != 10 ]; }; then
+    bad "a fleet at pids.max=$max: status $status, $running running ($alive alive), $failed failed with a cause"
+    sed 's/^/  out: /' "$work/fleet.out"
+    sed 's/^/  err: /' "$work/fleet.err"
+    break
+  fi
+  for t in $(cat "$cg/cgroup.procs"); do kill -9 "$t" 2>/dev/null; done
+  if [ "$failed" = 0 ]; then
+    all_ran=$max
+    break
+  fi
+  refused=$((refused + 1))
+  echo "limits: (fleet at pids.max=$max: $running running; $(grep -m1 " failed: " "$work/fleet.out"))"
+done
+[ "$all_ran" != 0 ] && [ "$refused" -gt 0 ] &&
+  ok "vmm run --count 3: each clone that could not start said why ($refused limit(s)), all ran at pids.max=$all_ran" ||
+  bad "vmm run --count 3: $refused limit(s) with failures, all ran at pids.max=$all_ran"
 
 # A warm pool under the limit (the pool, its zygote, its members and their clones all in the
 # cgroup), from pids.max 2 up until a clone is handed out: at each limit the pool refuses to start

@@ -18,6 +18,7 @@ Result<std::unique_ptr<ControlPlane>> ControlPlane::create(const std::filesystem
   if (!reg) return std::unexpected(reg.error());
   std::unique_ptr<ControlPlane> c(new ControlPlane);
   c->registration_ = std::move(*reg);
+  c->name_ = name;
   c->wake_ = Fd(::eventfd(0, EFD_CLOEXEC));
   if (!c->wake_) return fail("eventfd: {}", errno_text(errno));
   return c;
@@ -30,7 +31,7 @@ void ControlPlane::start(Machine& machine, VmInfo info, VmOperations ops) {
   // Without its thread the VM runs on without an API, as when its socket cannot be made.
   auto t = start_thread("the API's thread", [this, &machine, paused] { run_starter(machine, paused); });
   if (!t) {
-    fmt::print(stderr, "vmm: warning: no API: {}\n", t.error().message());
+    fmt::print(stderr, "vmm: warning: {} has no API: {}\n", name_, t.error().message());
     return;
   }
   starter_ = std::move(*t);
@@ -61,7 +62,7 @@ void ControlPlane::run_starter(Machine& machine, bool paused) {
     }
     auto fd = listen_unix(registration_->socket().string());
     if (!fd) {
-      fmt::print(stderr, "vmm: warning: no API: {}\n", fd.error().message());
+      fmt::print(stderr, "vmm: warning: {} has no API: {}\n", name_, fd.error().message());
       return;
     }
     listener = std::move(*fd);
@@ -71,7 +72,7 @@ void ControlPlane::run_starter(Machine& machine, bool paused) {
   pollfd fds[2] = {{.fd = listener.get(), .events = POLLIN, .revents = 0}, {.fd = wake_.get(), .events = POLLIN, .revents = 0}};
   while (::poll(fds, 2, -1) < 0) {
     if (errno != EINTR) {
-      fmt::print(stderr, "vmm: warning: no API: poll: {}\n", errno_text(errno));
+      fmt::print(stderr, "vmm: warning: {} has no API: poll: {}\n", name_, errno_text(errno));
       return;
     }
   }

@@ -39,6 +39,7 @@ class ControlPlane {
   void run_starter(Machine& machine, bool paused);
 
   std::unique_ptr<Registration> registration_;
+  std::string name_;  ///< the VM's, for warnings (a fleet's clones share their launcher's stderr)
   std::unique_ptr<VmService> service_;
   Fd wake_;  ///< eventfd: the destructor's "stop" to a starter waiting for a client
   std::atomic<bool> stopping_{false};
