@@ -1,5 +1,5 @@
 // What a running VM (booted, cloned or forked) knows about itself to serve the API's operations
-// that need more than the machine: live fork (and, later, snapshot). See README "Live fork".
+// that need more than the machine: live fork and snapshot. See README "Live fork".
 #pragma once
 
 #include <filesystem>

@@ -1,4 +1,4 @@
-// Size parsing, CPU templates and x86 boot register setup.
+// Size parsing, CPU templates, x86 boot register setup and exit statuses.
 #include <doctest/doctest.h>
 
 #include "vmm/cpuid.hpp"
@@ -86,4 +86,35 @@ TEST_CASE("x86: identity page tables map the first 4 GiB with 2 MiB pages") {
   // Last 2 MiB page of the 4th GiB.
   CHECK(*mem->read_obj<uint64_t>(vmm::Gpa(vmm::layout::kPd + 0x3000 + 511 * 8)) == (((4ull << 30) - (2 << 20)) | 0x83));
   CHECK(*mem->read_obj<uint64_t>(vmm::Gpa(vmm::layout::kPd + 8)) == ((2ull << 20) | 0x83));
+}
+
+#include "vmm/exit_status.hpp"
+
+TEST_CASE("exit status: every way a VM stops has its status, printed or not") {
+  using vmm::devices::StopReason;
+  using vmm::StopInfo;
+  struct Case {
+    StopInfo stop;
+    int status;
+  };
+  const Case cases[] = {
+      {StopInfo{.reason = StopReason::PowerOff, .status = 0, .message = {}}, vmm::exit_code::kOk},
+      {StopInfo{.reason = StopReason::Reset, .status = 0, .message = {}}, vmm::exit_code::kOk},
+      {StopInfo{.reason = StopReason::Panic, .status = 1, .message = {}}, vmm::exit_code::kGuestPanic},
+      {StopInfo{.reason = StopReason::DebugExit, .status = 0x31, .message = {}}, 0x63},
+      {StopInfo{.reason = StopReason::TripleFault, .status = 0, .message = "triple fault"}, vmm::exit_code::kTripleFault},
+      {StopInfo{.reason = StopReason::Signal, .status = 15, .message = {}}, vmm::exit_code::kSignal},
+      {StopInfo{.reason = StopReason::Error, .status = 0, .message = "cannot start the I/O thread"}, vmm::exit_code::kVmmError},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(static_cast<int>(c.stop.reason));
+    CHECK(vmm::exit_status_of(c.stop) == c.status);
+    CHECK(vmm::stop_status(c.stop) == c.status);
+    CHECK_FALSE(vmm::describe_stop(c.stop).empty());
+  }
+  CHECK(vmm::describe_stop(cases[6].stop) == "cannot start the I/O thread");
+  CHECK(vmm::describe_stop(cases[3].stop) == "it exited through the debug port with value 0x31");
+  // Odd statuses are the guest's: (value << 1) | 1, in eight bits.
+  CHECK(vmm::exit_code::debug_exit(0) == 1);
+  CHECK(vmm::exit_code::debug_exit(0x80) == 1);
 }
