@@ -1,0 +1,156 @@
+// The clone layer's host-side planning, without KVM: the interfaces and address a clone, fleet
+// member, pool member or fork child gets (plan_nets), where a template goes (template_path), and a
+// template's draft: removed unless sealed, sealed read-only under its final name.
+#include <doctest/doctest.h>
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "clone/clones.hpp"
+#include "clone/make_template.hpp"
+
+namespace fs = std::filesystem;
+using namespace vmm;
+using namespace vmm::clone;
+
+namespace {
+
+NetSpec pattern(std::string tap, std::string bridge = {}, std::string netns = {}, std::string mac = {}) {
+  return NetSpec{.tap = std::move(tap), .mac = std::move(mac), .bridge = std::move(bridge), .netns = std::move(netns)};
+}
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    char t[] = "/tmp/vmm-clone-engine-XXXXXX";
+    path = ::mkdtemp(t);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    for (const auto& e : fs::recursive_directory_iterator(path, ec)) fs::permissions(e.path(), fs::perms::owner_all, ec);
+    fs::remove_all(path, ec);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("clone: plan_nets gives each VM its interfaces, MACs and address, or says why not") {
+  const NetSource bridged{.kind = "template", .interfaces = 1, .ip = "10.0.0.2/24", .gateway = "10.0.0.1"};
+  SUBCASE("one --net per interface of the source") {
+    auto none = plan_nets("clone", {}, bridged, "web-1", 1, "10.0.0.5/24", "", false);
+    REQUIRE_FALSE(none);
+    CHECK(none.error().message().find("the template has 1 network interface(s)") != std::string::npos);
+    CHECK(none.error().message().find("0 given") != std::string::npos);
+    CHECK_FALSE(plan_nets("fleet", {pattern("a{i}"), pattern("b{i}")}, bridged, "web-1", 1, "10.0.0.5/24", "", false));
+  }
+  SUBCASE("names from the pattern, a random locally administered MAC unless one is given") {
+    auto p = plan_nets("fleet", {pattern("t{i}-{name}", "br0")}, bridged, "web", 7, "10.0.0.9", "", false);
+    REQUIRE(p);
+    REQUIRE(p->nets.size() == 1);
+    CHECK(p->nets[0].tap == "t7-web");
+    CHECK(p->nets[0].bridge == "br0");
+    REQUIRE(p->nets[0].mac.size() == 17);
+    CHECK(p->nets[0].mac.starts_with("02:"));
+    CHECK(p->ip == "10.0.0.9/24");  // normalised
+    auto again = plan_nets("fleet", {pattern("t{i}", "br0")}, bridged, "web", 7, "10.0.0.9", "", false);
+    REQUIRE(again);
+    CHECK(again->nets[0].mac != p->nets[0].mac);
+    auto given = plan_nets("clone", {pattern("t1", "", "", "52:54:00:12:34:56")}, bridged, "c", 1, "10.0.0.3/24", "", false);
+    REQUIRE(given);
+    CHECK(given->nets[0].mac == "52:54:00:12:34:56");
+  }
+  SUBCASE("a name too long or with a bad character once expanded") {
+    CHECK_FALSE(plan_nets("fleet", {pattern("tap-{name}")}, bridged, "a-very-long-name", 1, "10.0.0.5", "", false));
+    CHECK_FALSE(plan_nets("fleet", {pattern("t{name}")}, bridged, "a/b", 1, "10.0.0.5", "", false));
+  }
+  SUBCASE("on a shared network a VM needs an address of its own") {
+    auto dup = plan_nets("clone", {pattern("t1", "br0")}, bridged, "c", 1, "", "", false);
+    REQUIRE_FALSE(dup);
+    CHECK(dup.error().message().find("needs --ip") != std::string::npos);
+    CHECK(dup.error().message().find("10.0.0.2/24") != std::string::npos);
+    // unless the source uses DHCP, or (a pool's member) it gets one with the request
+    CHECK(plan_nets("clone", {pattern("t1", "br0")}, NetSource{.kind = "template", .interfaces = 1, .ip = "dhcp", .gateway = ""}, "c",
+                    1, "", "", false));
+    CHECK(plan_nets("pool", {pattern("t1", "br0")}, bridged, "c", 1, "", "", true));
+  }
+  SUBCASE("in a namespace of its own a VM keeps its source's address and gateway") {
+    auto p = plan_nets("fork", {pattern("t1", "", "ns{i}")}, bridged, "c", 3, "", "", false);
+    REQUIRE(p);
+    CHECK(p->nets[0].netns == "ns3");
+    CHECK(p->ip == "10.0.0.2/24");
+    CHECK(p->gateway == "10.0.0.1");
+  }
+  SUBCASE("a bad address or gateway") {
+    CHECK_FALSE(plan_nets("clone", {pattern("t1", "br0")}, bridged, "c", 1, "10.0.0.256", "", false));
+    CHECK_FALSE(plan_nets("clone", {pattern("t1", "br0")}, bridged, "c", 1, "10.0.0.5", "10.0.0.1/24", false));
+  }
+  SUBCASE("no interfaces, none given") {
+    auto p = plan_nets("clone", {}, NetSource{.kind = "template", .interfaces = 0, .ip = "", .gateway = ""}, "c", 1, "", "", false);
+    REQUIRE(p);
+    CHECK(p->nets.empty());
+  }
+}
+
+TEST_CASE("clone: a template's place, by name in the state directory or by path") {
+  TempDir d;
+  auto by_name = template_path(d.path.string(), "web");
+  REQUIRE(by_name);
+  CHECK(*by_name == d.path / "templates" / "web");
+  auto by_path = template_path(d.path.string(), (d.path / "elsewhere" / "t1").string());
+  REQUIRE(by_path);
+  CHECK(*by_path == d.path / "elsewhere" / "t1");
+  for (const char* bad : {".hidden", "a b", "semi;colon", ""}) {
+    CAPTURE(bad);
+    CHECK_FALSE(template_path(d.path.string(), bad));
+  }
+  auto ctl = template_path(d.path.string(), (d.path / "x\ny").string());
+  REQUIRE_FALSE(ctl);
+  CHECK(ctl.error().message().find("control character") != std::string::npos);
+}
+
+TEST_CASE("clone: a template draft is removed unless sealed, and once sealed it is read-only under its name") {
+  TempDir d;
+  const std::string sdir = d.path.string();
+  SUBCASE("abandoned") {
+    fs::path tmp;
+    {
+      auto draft = begin_template(sdir, "t");
+      REQUIRE(draft);
+      tmp = (*draft)->tmp;
+      CHECK(fs::is_directory(tmp / "disks"));
+      CHECK(tmp.filename().string().starts_with(".t.tmp-"));
+      std::ofstream(tmp / "state.bin") << "x";
+    }
+    CHECK_FALSE(fs::exists(tmp));
+    CHECK_FALSE(fs::exists(d.path / "templates" / "t"));
+  }
+  SUBCASE("sealed") {
+    auto draft = begin_template(sdir, "t");
+    REQUIRE(draft);
+    std::ofstream((*draft)->tmp / "disks" / "disk0.img") << "0123456789";
+    Manifest m;
+    m.name = "t";
+    m.memory = 4 << 20;
+    m.disks.push_back(TemplateDisk{.file = {.name = "disks/disk0.img"}, .id = "disk0", .format = "raw", .read_only = false});
+    REQUIRE(seal_template(**draft, m));
+    const fs::path dest = d.path / "templates" / "t";
+    CHECK(fs::is_directory(dest));
+    CHECK_FALSE(fs::exists((*draft)->tmp));
+    CHECK(m.disks[0].file.size == 10);  // summed as it was sealed
+    struct stat st {};
+    REQUIRE(::stat((dest / "disks" / "disk0.img").c_str(), &st) == 0);
+    CHECK((st.st_mode & 0222) == 0);
+    REQUIRE(::stat((dest / "manifest.json").c_str(), &st) == 0);
+    CHECK((st.st_mode & 0222) == 0);
+    // Its destination exists now: another draft of the same name is refused.
+    auto again = begin_template(sdir, "t");
+    REQUIRE_FALSE(again);
+    CHECK(again.error().message.find("already exists") != std::string::npos);
+    CHECK(again.error().status == exit_code::kUsage);
+  }
+}
