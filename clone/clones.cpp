@@ -104,7 +104,8 @@ std::expected<std::unique_ptr<PreparedClone>, Failure> prepare_clone(OpenTemplat
   if (!fs::create_directory(cdir, ec)) {
     return bad(ec ? exit_code::kVmmError : exit_code::kUsage,
                ec ? fmt::format("{}: cannot create: {}", cdir.string(), ec.message())
-                  : fmt::format("a clone named '{}' already exists ({})", name, cdir.string()));
+                  : fmt::format("a clone named '{}' already exists ({}; 'vmm clone rm {}' removes it once it has stopped)", name,
+                                cdir.string(), name));
   }
   // A clone that fails to start leaves nothing behind (its name stays free, the template has no
   // dependant); one that ran keeps its directory (its disks hold what it wrote).

@@ -234,6 +234,35 @@ expect disk_missing 6 "disk is missing" -- "$vmm" run --clone-of "$work/bad" --n
 corrupt memory; printf 'Z' | dd of="$work/bad/memory.bin" bs=1 seek=4096 conv=notrunc 2>/dev/null
 expect verify_detects 6 "the file changed" -- "$vmm" template verify "$work/bad"
 
-expect template_rm_force 0 "" -- "$vmm" template rm counter --force
+# Clones on disk: a clone's directory stays after it stops, keeping its name and its template.
+# Stopped ones are listed and removed (the name is free again), a running one is refused unless
+# --force (which kills it), and prune removes every stopped one, after which nothing depends on the
+# template any more.
+expect clone_ls 0 "^c1 +stopped +- +counter +linked +[0-9]+K 20[0-9-]+T" -- "$vmm" clone ls
+expect clone_ls_json 0 '"state": "stopped"' -- "$vmm" clone ls --json
+mkfifo "$work/live.in"
+"$vmm" run --clone-of counter --name live1 --console stdio <"$work/live.in" >"$work/live.out" 2>&1 &
+livepid=$!
+exec 4>"$work/live.in"
+i=0
+while [ $i -lt 100 ] && ! "$vmm" clone ls | grep -qE "^live1 +running +$livepid "; do sleep 0.1; i=$((i + 1)); done
+expect clone_rm_running 2 "clone 'live1' is running \(pid $livepid\): stop it first" -- "$vmm" clone rm live1
+[ -d "$VMM_STATE_DIR/clones/live1" ] && kill -0 "$livepid" && ok "a running clone is left alone" || bad "clone rm touched a running clone"
+expect clone_rm 0 "" -- "$vmm" clone rm c1 braw3
+[ ! -e "$VMM_STATE_DIR/clones/c1" ] && [ ! -e "$VMM_STATE_DIR/clones/braw3" ] && ok "clone rm removed their directories" ||
+  bad "clone rm left a directory"
+printf 'get\nquit\n' | "$vmm" run --clone-of counter --name c1 --console stdio >"$work/c1again.out" 2>&1
+grep -q "^counter: value=" "$work/c1again.out" && ok "a removed clone's name can be used again" ||
+  { bad "c1 again"; sed 's/^/  | /' "$work/c1again.out"; }
+expect clone_rm_missing 2 "no clone named 'nosuch'" -- "$vmm" clone rm nosuch
+expect clone_rm_bad_name 2 "clone name '\.\./templates'" -- "$vmm" clone rm ../templates
+expect clone_rm_force 0 "" -- "$vmm" clone rm --force live1
+wait "$livepid" 2>/dev/null
+exec 4>&-
+[ ! -e "$VMM_STATE_DIR/clones/live1" ] && ! kill -0 "$livepid" 2>/dev/null && ok "clone rm --force killed the running clone and removed it" ||
+  bad "clone rm --force"
+expect clone_prune 0 "^removed [1-9][0-9]* stopped clone\(s\)" -- "$vmm" clone prune
+[ -z "$("$vmm" clone ls | grep -E " stopped ")" ] && ok "no stopped clone left after prune" || bad "stopped clones after prune"
+expect template_rm_after_prune 0 "" -- "$vmm" template rm counter
 [ $fail = 0 ] && echo "clone: PASS"
 exit $fail

@@ -154,3 +154,71 @@ TEST_CASE("clone: a template draft is removed unless sealed, and once sealed it 
     CHECK(again.error().status == exit_code::kUsage);
   }
 }
+
+#include "clone/inventory.hpp"
+#include "vmm/api/registry.hpp"
+
+namespace {
+
+void write_record(const fs::path& dir, const std::string& name, int64_t pid) {
+  fs::create_directories(dir);
+  std::ofstream(dir / "clone.json") << clone_json(CloneRecord{.name = name, .template_dir = "/t/web", .full = false, .pid = pid,
+                                                             .created = "2026-12-05T00:00:00Z"});
+}
+
+}  // namespace
+
+TEST_CASE("clone: clones on disk are listed as running, stopped or starting, and only stopped ones are removed") {
+  TempDir d;
+  const fs::path clones = d.path / "clones";
+  write_record(clones / "stopped1", "stopped1", 4242);  // its process ended long ago
+  fs::create_directories(clones / "member");             // no record yet: a pool's member
+  write_record(clones / "forkchild", "forkchild", 0);    // a fork's child before it runs
+  write_record(clones / "running1", "running1", ::getpid());
+  auto running = api::Registration::create(d.path, "running1");  // this process "runs" it
+  REQUIRE(running);
+  // Things that are not clones: a file, a symlink to a directory that must survive.
+  std::ofstream(clones / "stray.txt") << "x";
+  fs::create_directories(d.path / "precious");
+  std::ofstream(d.path / "precious" / "keep") << "x";
+  fs::create_directory_symlink(d.path / "precious", clones / "link");
+
+  const auto list = list_clones(d.path);
+  REQUIRE(list.size() == 4);
+  CHECK(list[0].name == "forkchild");
+  CHECK(list[0].state == CloneEntry::State::Starting);
+  CHECK(list[1].name == "member");
+  CHECK(list[1].state == CloneEntry::State::Starting);
+  CHECK_FALSE(list[1].record);
+  CHECK(list[2].name == "running1");
+  CHECK(list[2].state == CloneEntry::State::Running);
+  CHECK(list[2].pid == ::getpid());
+  CHECK(list[3].name == "stopped1");
+  CHECK(list[3].state == CloneEntry::State::Stopped);
+  REQUIRE(list[3].record);
+  CHECK(list[3].record->template_dir == "/t/web");
+
+  auto busy = remove_clone(d.path, "running1", RemoveRunning::Refuse);
+  REQUIRE_FALSE(busy);
+  CHECK(busy.error().message().find("is running (pid ") != std::string::npos);
+  CHECK(fs::exists(clones / "running1" / "clone.json"));
+  auto starting = remove_clone(d.path, "member", RemoveRunning::Refuse);
+  REQUIRE_FALSE(starting);
+  CHECK(starting.error().message().find("is starting") != std::string::npos);
+  CHECK(fs::exists(clones / "member"));
+  CHECK_FALSE(remove_clone(d.path, "forkchild", RemoveRunning::Refuse));
+
+  REQUIRE(remove_clone(d.path, "stopped1", RemoveRunning::Refuse));
+  CHECK_FALSE(fs::exists(clones / "stopped1"));
+  // Its name was taken while it went, and given back.
+  CHECK_FALSE(fs::exists(d.path / "run" / "stopped1"));
+  REQUIRE(remove_clone(d.path, "member", RemoveRunning::Kill));  // starting, no process to kill: removed
+  CHECK_FALSE(fs::exists(clones / "member"));
+
+  for (const char* bad : {"../precious", "link", "stray.txt", "", ".", "..", "nosuch"}) {
+    CAPTURE(bad);
+    CHECK_FALSE(remove_clone(d.path, bad, RemoveRunning::Kill));
+  }
+  CHECK(fs::exists(d.path / "precious" / "keep"));
+  CHECK(fs::exists(clones / "running1"));
+}

@@ -103,7 +103,7 @@ int main(int argc, char** argv) {
   // Only the subcommand named on the command line is built: CLI11 makes every option, validator and
   // help text up front, ~0.5 ms for all of them at each exec here (a clone's start pays it). For
   // anything else (help, a misspelt command) all of them are, so that help and errors list them.
-  static constexpr std::string_view kCommands[] = {"run", "template", "disk", "pool", "ps", "pause", "resume",
+  static constexpr std::string_view kCommands[] = {"run", "template", "clone", "disk", "pool", "ps", "pause", "resume",
                                                    "stop", "snapshot", "fork", "input"};
   const std::string_view named = argc > 1 ? std::string_view(argv[1]) : std::string_view();
   const bool known = std::ranges::find(kCommands, named) != std::end(kCommands);
@@ -199,6 +199,23 @@ int main(int argc, char** argv) {
                    "median of each step (the start_ms steps of GET /vm). Each clone's directory is removed after it ran.");
     for (auto* c : {tinspect, trm, tverify, tbench}) c->add_option("TEMPLATE", target, "Template name or path")->required();
     for (auto* c : {tls, tinspect, trm, tverify, tbench}) c->add_option("--state-dir", tstate_dir, "The state directory");
+  }
+
+  // Clones on disk.
+  std::string cstate_dir;
+  bool cls_json = false, crm_force = false;
+  std::vector<std::string> crm_names;
+  CLI::App *cls = nullptr, *crm = nullptr, *cprune = nullptr;
+  if (want("clone")) {
+    auto* cl = app.add_subcommand("clone", "List and remove clones (their directories stay after they stop)");
+    cl->require_subcommand(1);
+    cls = cl->add_subcommand("ls", "List the clones of the state directory: running, stopped or starting");
+    cls->add_flag("--json", cls_json, "JSON output");
+    crm = cl->add_subcommand("rm", "Remove clones: their directories, overlays and console logs (a running one is refused)");
+    crm->add_option("NAME", crm_names, "Clone names")->required();
+    crm->add_flag("--force", crm_force, "Kill a running or starting clone first");
+    cprune = cl->add_subcommand("prune", "Remove every stopped clone");
+    for (auto* c : {cls, crm, cprune}) c->add_option("--state-dir", cstate_dir, "The state directory");
   }
 
   std::optional<DiskCommand> disk;
@@ -383,6 +400,9 @@ int main(int argc, char** argv) {
     b.started = clone_args.started;
     return template_bench(b, bench_count, bench_input + "\n", bench_expect, bench_timeout);
   }
+  if (cls && cls->parsed()) return clone_ls(cstate_dir, cls_json);
+  if (crm && crm->parsed()) return clone_rm(cstate_dir, crm_names, crm_force);
+  if (cprune && cprune->parsed()) return clone_prune(cstate_dir);
   if (disk && disk->parsed()) return disk->run();
   if (pool && pool->parsed()) {
     pool_opts.state_dir = pool_state_dir;

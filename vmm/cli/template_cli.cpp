@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "clone/inventory.hpp"
 #include "clone/template.hpp"
 #include "vmm/exit_status.hpp"
 #include "vmm/state_dir.hpp"
@@ -64,8 +65,9 @@ int template_rm(const std::string& state_dir, const std::string& target, bool fo
   if (auto m = clone::read_manifest(*dir); !m) return report_error(exit_code::kImage, m.error().message());
   const auto clones = clone::dependants(sdir, *dir);
   if (!clones.empty() && !force) {
-    return report_error(exit_code::kUsage, fmt::format("template {}: {} linked clone(s) depend on it ({}); remove them first or use --force",
-                                                dir->string(), clones.size(), fmt::join(clones, ", ")));
+    return report_error(exit_code::kUsage, fmt::format("template {}: {} linked clone(s) depend on it ({}); remove them first "
+                                                       "('vmm clone rm NAME...', or 'vmm clone prune' for the stopped ones), or use --force",
+                                                       dir->string(), clones.size(), fmt::join(clones, ", ")));
   }
   std::error_code ec;
   fs::remove_all(*dir, ec);
@@ -79,6 +81,60 @@ int template_verify(const std::string& state_dir, const std::string& target) {
   if (auto r = clone::verify_template(*dir); !r) return report_error(exit_code::kImage, r.error().message());
   fmt::print("{}: ok\n", dir->string());
   return exit_code::kOk;
+}
+
+int clone_ls(const std::string& state_dir, bool json) {
+  const auto clones = clone::list_clones(resolve_state_dir(state_dir));
+  nlohmann::json list = nlohmann::json::array();
+  if (!json) fmt::print("{:<24} {:<9} {:>8} {:<20} {:<7} {:>9} {}\n", "NAME", "STATE", "PID", "TEMPLATE", "KIND", "ON DISK", "CREATED");
+  for (const auto& c : clones) {
+    const bool full = c.record && c.record->full;
+    std::string from = c.record && !c.record->template_dir.empty() ? fs::path(c.record->template_dir).filename().string() : "-";
+    const std::string created = c.record ? c.record->created : "-";  // (JSON: null)
+    if (json) {
+      nlohmann::json e = {{"name", c.name}, {"state", clone::state_name(c.state)}, {"dir", c.dir.string()}, {"size_on_disk", c.bytes},
+                          {"full", full}, {"template", c.record ? nlohmann::json(c.record->template_dir) : nlohmann::json(nullptr)},
+                          {"created", c.record ? nlohmann::json(created) : nlohmann::json(nullptr)}};
+      if (c.state == clone::CloneEntry::State::Running) e["pid"] = c.pid;
+      list.push_back(e);
+    } else {
+      const std::string pid = c.state == clone::CloneEntry::State::Running ? std::to_string(c.pid) : "-";
+      fmt::print("{:<24} {:<9} {:>8} {:<20} {:<7} {:>8}K {}\n", c.name, clone::state_name(c.state), pid, from,
+                 full ? "full" : "linked", c.bytes >> 10, created);
+    }
+  }
+  if (json) fmt::print("{}\n", list.dump(2));
+  return exit_code::kOk;
+}
+
+int clone_rm(const std::string& state_dir, const std::vector<std::string>& names, bool force) {
+  const fs::path sdir = resolve_state_dir(state_dir);
+  int status = exit_code::kOk;
+  for (const auto& name : names) {
+    if (auto r = clone::remove_clone(sdir, name, force ? clone::RemoveRunning::Kill : clone::RemoveRunning::Refuse); !r) {
+      status = report_error(exit_code::kUsage, r.error().message());
+    }
+  }
+  return status;
+}
+
+int clone_prune(const std::string& state_dir) {
+  const fs::path sdir = resolve_state_dir(state_dir);
+  int status = exit_code::kOk;
+  unsigned removed = 0;
+  uint64_t bytes = 0;
+  for (const auto& c : clone::list_clones(sdir)) {
+    if (c.state != clone::CloneEntry::State::Stopped) continue;
+    // A clone that started since it was listed is refused here, and stays.
+    if (auto r = clone::remove_clone(sdir, c.name, clone::RemoveRunning::Refuse); !r) {
+      status = report_error(exit_code::kVmmError, r.error().message());
+      continue;
+    }
+    ++removed;
+    bytes += c.bytes;
+  }
+  fmt::print("removed {} stopped clone(s), {} KiB\n", removed, bytes >> 10);
+  return status;
 }
 
 }  // namespace vmm::cli
