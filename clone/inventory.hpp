@@ -38,7 +38,8 @@ std::vector<CloneEntry> list_clones(const std::filesystem::path& state_dir);
 enum class RemoveRunning { Refuse, Kill };
 /// Removes the stopped clone `name` (its directory: overlays, console log, record). A running clone
 /// is refused, or with Kill its process is killed (SIGKILL) and waited for; a starting one is
-/// refused unless Kill (then it is removed as it is: the VM that was starting it fails).
+/// refused unless Kill (then its directory is removed as it is: a VM still starting under it, such
+/// as a pool's member, loses its files).
 Result<> remove_clone(const std::filesystem::path& state_dir, const std::string& name, RemoveRunning running);
 
 }  // namespace vmm::clone
