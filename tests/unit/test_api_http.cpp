@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -161,4 +162,76 @@ TEST_CASE("http: malformed and oversized requests get a 4xx with a JSON fault, a
     CHECK(r.find(R"({"fault_message":)") != std::string::npos);
   }
   CHECK(t.requests == 0);
+}
+
+#include <sys/wait.h>
+
+#include <chrono>
+
+#include "vmm/api/registry.hpp"
+
+TEST_CASE("registry: a VM registering while another process lists the running VMs is never taken for a stale entry") {
+  char t[] = "/tmp/vmm-registry-XXXXXX";
+  const std::filesystem::path dir = ::mkdtemp(t);
+  // A lister (as `vmm ps`, `vmm clone ls` are while clones start): it removes what it finds stale.
+  const pid_t lister = ::fork();
+  if (lister == 0) {
+    const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+    while (std::chrono::steady_clock::now() < end) (void)vmm::api::running_vms(dir);
+    ::_exit(0);
+  }
+  REQUIRE(lister > 0);
+  int failures = 0, rounds = 0;
+  std::string first;
+  const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(1800);
+  while (std::chrono::steady_clock::now() < end) {
+    auto r = vmm::api::Registration::create(dir, "vm" + std::to_string(rounds % 4));
+    ++rounds;
+    if (!r) {
+      if (first.empty()) first = r.error().message();
+      ++failures;
+    }
+  }
+  int status = 0;
+  ::waitpid(lister, &status, 0);
+  CAPTURE(first);
+  CAPTURE(rounds);
+  CHECK(failures == 0);
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+}
+
+TEST_CASE("registry: a name is taken once, a second VM is refused and leaves the first one alone, a stale entry is reclaimed") {
+  char t[] = "/tmp/vmm-registry-XXXXXX";
+  const std::filesystem::path dir = ::mkdtemp(t);
+  {
+    auto first = vmm::api::Registration::create(dir, "web");
+    REQUIRE(first);
+    auto second = vmm::api::Registration::create(dir, "web");
+    REQUIRE_FALSE(second);
+    CHECK(second.error().message().find("a VM named 'web' is already running") != std::string::npos);
+    CHECK(std::filesystem::exists(dir / "run" / "web" / "vm.json"));  // the refused one removed nothing
+    auto vms = vmm::api::running_vms(dir);
+    REQUIRE(vms.size() == 1);
+    CHECK(vms[0].name == "web");
+    CHECK(vms[0].pid == ::getpid());
+  }
+  CHECK_FALSE(std::filesystem::exists(dir / "run" / "web"));
+  // Left by a VM killed with -9: its vm.json unlocked. The next VM of that name takes it over; a
+  // listing removes one it finds; neither leaves a hidden entry behind.
+  for (const char* name : {"old", "older"}) {
+    std::filesystem::create_directories(dir / "run" / name);
+    std::ofstream(dir / "run" / name / "vm.json") << "{\"name\": \"" << name << "\", \"pid\": 1, \"socket\": \"/nonexistent\"}\n";
+  }
+  auto again = vmm::api::Registration::create(dir, "old");
+  REQUIRE(again);
+  auto vms = vmm::api::running_vms(dir);
+  REQUIRE(vms.size() == 1);
+  CHECK(vms[0].name == "old");
+  CHECK(vms[0].pid == ::getpid());
+  CHECK_FALSE(std::filesystem::exists(dir / "run" / "older"));
+  for (const auto& e : std::filesystem::directory_iterator(dir / "run")) CHECK(e.path().filename().string().front() != '.');
+  again->reset();
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
 }

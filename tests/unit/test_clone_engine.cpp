@@ -200,6 +200,7 @@ TEST_CASE("clone: clones on disk are listed as running, stopped or starting, and
 
   auto busy = remove_clone(d.path, "running1", RemoveRunning::Refuse);
   REQUIRE_FALSE(busy);
+  CAPTURE(busy.error().message());
   CHECK(busy.error().message().find("is running (pid ") != std::string::npos);
   CHECK(fs::exists(clones / "running1" / "clone.json"));
   auto starting = remove_clone(d.path, "member", RemoveRunning::Refuse);

@@ -6,9 +6,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <thread>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "vmm/base/read_file.hpp"
@@ -29,6 +31,40 @@ bool stale(const fs::path& dir) {
   return false;
 }
 
+/// A hidden entry beside the VMs' (".NAME.KIND.PID.N"): one being made, or a stale one moved aside.
+fs::path hidden(const fs::path& run, const std::string& name, const char* kind) {
+  static std::atomic<unsigned> serial{0};
+  return run / fmt::format(".{}.{}.{}.{}", name, kind, ::getpid(), serial.fetch_add(1));
+}
+
+/// Removes `dir` if it is stale (left by a VM that was killed): moved aside under a hidden name
+/// first, then removed if what was moved is still stale; a VM that took the name in between is put
+/// back. Returns whether the name is free now.
+bool reclaim(const fs::path& dir) {
+  if (!stale(dir)) return false;
+  const fs::path aside = hidden(dir.parent_path(), dir.filename().string(), "dead");
+  if (::rename(dir.c_str(), aside.c_str()) != 0) return errno == ENOENT;  // gone already
+  if (!stale(aside)) {
+    (void)::rename(aside.c_str(), dir.c_str());
+    return false;
+  }
+  std::error_code ec;
+  fs::remove_all(aside, ec);
+  return true;
+}
+
+/// Hidden entries older than a minute that no VM holds: left by a process killed while it
+/// registered, or while it removed a stale entry.
+void sweep_hidden(const fs::path& run) {
+  std::error_code ec;
+  const auto now = fs::file_time_type::clock::now();
+  for (const auto& e : fs::directory_iterator(run, ec)) {
+    if (e.path().filename().string().front() != '.' || !e.is_directory(ec)) continue;
+    const auto mtime = fs::last_write_time(e.path(), ec);
+    if (!ec && now - mtime > std::chrono::minutes(1) && stale(e.path())) fs::remove_all(e.path(), ec);
+  }
+}
+
 Result<RunningVm> read_info(const fs::path& dir) {
   auto text = read_file(dir / kInfoFile, 64 * 1024, "VM record");
   if (!text) return std::unexpected(text.error());
@@ -47,24 +83,37 @@ Result<std::unique_ptr<Registration>> Registration::create(const fs::path& state
   fs::create_directories(run, ec);
   if (ec) return fail("{}: cannot create: {}", run.string(), ec.message());
   const fs::path dir = run / name;
-  for (int attempt = 0;; ++attempt) {
-    if (::mkdir(dir.c_str(), 0700) == 0) break;
-    if (errno != EEXIST) return fail("{}: cannot create: {}", dir.string(), errno_text(errno));
-    if (attempt > 0 || !stale(dir)) return fail("a VM named '{}' is already running ({})", name, dir.string());
-    fs::remove_all(dir, ec);  // left by a VM that was killed
-  }
   std::unique_ptr<Registration> r(new Registration);
   r->name_ = name;
-  r->dir_ = dir;
-  r->socket_ = socket.empty() ? dir / "api.sock" : fs::absolute(socket);
-  const fs::path info = dir / kInfoFile;
+  r->socket_ = socket.empty() ? dir / "api.sock" : fs::absolute(socket);  // (dir_ once the directory is ours)
+  // Made whole under a hidden name, its vm.json written and locked, then renamed into place: a
+  // directory under a VM's name always holds its lock. Until 2026-12-05 the directory was made in
+  // place and the lock taken after, and a lister (`vmm ps`, `vmm clone ls`) in between either took
+  // it for a stale entry and removed it, or held its probing lock just as the VM took its own: the
+  // VM failed to start ("cannot lock", 1 to 17 of ~4000 registrations in 2 s while another process
+  // listed, the unit test "registry: a VM registering while ...").
+  const fs::path tmp = hidden(run, name, "new");
+  if (::mkdir(tmp.c_str(), 0700) != 0) return fail("{}: cannot create: {}", tmp.string(), errno_text(errno));
+  auto drop = [&tmp](Error e) {
+    std::error_code ignored;
+    fs::remove_all(tmp, ignored);
+    return std::unexpected(std::move(e));
+  };
+  const fs::path info = tmp / kInfoFile;
   r->lock_ = Fd(::open(info.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
-  if (!r->lock_) return fail("{}: cannot create: {}", info.string(), errno_text(errno));
-  if (::flock(r->lock_.get(), LOCK_EX | LOCK_NB) != 0) return fail("{}: cannot lock: {}", info.string(), errno_text(errno));
+  if (!r->lock_) return drop(Error(fmt::format("{}: cannot create: {}", info.string(), errno_text(errno))));
+  if (::flock(r->lock_.get(), LOCK_EX | LOCK_NB) != 0) return drop(Error(fmt::format("{}: cannot lock: {}", info.string(), errno_text(errno))));
   const std::string text = nlohmann::json{{"name", name}, {"pid", ::getpid()}, {"socket", r->socket_.string()}}.dump() + "\n";
   if (::write(r->lock_.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size())) {
-    return fail("{}: cannot write: {}", info.string(), errno_text(errno));
+    return drop(Error(fmt::format("{}: cannot write: {}", info.string(), errno_text(errno))));
   }
+  for (int attempt = 0;; ++attempt) {
+    if (::rename(tmp.c_str(), dir.c_str()) == 0) break;
+    const int err = errno;
+    if (err != EEXIST && err != ENOTEMPTY) return drop(Error(fmt::format("{}: cannot create: {}", dir.string(), errno_text(err))));
+    if (attempt > 0 || !reclaim(dir)) return drop(Error(fmt::format("a VM named '{}' is already running ({})", name, dir.string())));
+  }
+  r->dir_ = dir;
   return r;
 }
 
@@ -83,10 +132,13 @@ Registration::~Registration() {
 std::vector<RunningVm> running_vms(const fs::path& state_dir) {
   std::vector<RunningVm> out;
   std::error_code ec;
+  // A stale entry is removed as a VM that wants its name removes it (reclaim: removed by path after
+  // a check, it could be the entry of a VM that took the name in between).
+  sweep_hidden(state_dir / "run");
   for (const auto& e : fs::directory_iterator(state_dir / "run", ec)) {
-    if (!e.is_directory(ec)) continue;
+    if (e.path().filename().string().front() == '.' || !e.is_directory(ec)) continue;
     if (stale(e.path())) {
-      fs::remove_all(e.path(), ec);
+      (void)reclaim(e.path());
       continue;
     }
     if (auto vm = read_info(e.path())) out.push_back(std::move(*vm));
