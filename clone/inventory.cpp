@@ -1,16 +1,15 @@
 #include "clone/inventory.hpp"
 
-#include <poll.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
 
 #include "vmm/api/registry.hpp"
 #include "vmm/base/fd.hpp"
+#include "vmm/base/process.hpp"
 #include "vmm/state_dir.hpp"
 
 namespace vmm::clone {
@@ -55,12 +54,8 @@ Result<> kill_and_wait(int64_t pid) {
   if (::syscall(SYS_pidfd_send_signal, pidfd.get(), SIGKILL, nullptr, 0) != 0 && errno != ESRCH) {
     return fail("kill {}: {}", pid, errno_text(errno));
   }
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  for (;;) {
-    pollfd p{.fd = pidfd.get(), .events = POLLIN, .revents = 0};
-    if (::poll(&p, 1, 100) > 0) return {};
-    if (std::chrono::steady_clock::now() > deadline) return fail("process {} still there 10 s after SIGKILL", pid);
-  }
+  if (auto w = wait_exit(pidfd, 10); !w) return fail("process {} after SIGKILL: {}", pid, w.error().message());
+  return {};
 }
 
 }  // namespace

@@ -8,7 +8,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 
 #include "vmm/base/fd.hpp"
 
@@ -88,6 +90,18 @@ Result<> run_command(const std::vector<std::string>& argv, std::string_view inpu
   if (auto nl = errors.find('\n'); nl != std::string::npos) errors.resize(nl);
   if (WIFEXITED(status) && WEXITSTATUS(status) == 127 && errors.empty()) errors = "not found";
   return fail("`{}` failed: {}", joined(argv), errors.empty() ? fmt::format("status {}", status) : errors);
+}
+
+Result<> wait_exit(const Fd& pidfd, double timeout_s) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
+    if (left <= 0) return fail("still running after {:.0f} s", timeout_s);
+    pollfd p{.fd = pidfd.get(), .events = POLLIN, .revents = 0};
+    const int n = ::poll(&p, 1, static_cast<int>(std::min<int64_t>(left, 1000)));
+    if (n > 0) return {};
+    if (n < 0 && errno != EINTR) return fail("poll: {}", errno_text(errno));
+  }
 }
 
 }  // namespace vmm

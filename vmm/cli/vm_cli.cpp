@@ -13,6 +13,7 @@
 #include "clone/template.hpp"
 #include "vmm/api/http.hpp"
 #include "vmm/api/registry.hpp"
+#include "vmm/base/process.hpp"
 #include "vmm/cli/cli.hpp"
 #include "vmm/exit_status.hpp"
 
@@ -82,19 +83,6 @@ namespace {
 
 constexpr double kStopGraceS = 10;
 
-/// Waits until the process of `pidfd` has ended, `timeout_s` at most.
-Result<> wait_exit(const Fd& pidfd, double timeout_s) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
-  for (;;) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
-    if (left <= 0) return fail("told to stop, but still running after {:.0f} s", timeout_s);
-    pollfd p{.fd = pidfd.get(), .events = POLLIN, .revents = 0};
-    const int n = ::poll(&p, 1, static_cast<int>(std::min<int64_t>(left, 1000)));
-    if (n > 0) return {};
-    if (n < 0 && errno != EINTR) return fail("poll: {}", errno_text(errno));
-  }
-}
-
 }  // namespace
 
 int vm_command(const VmCommand& c) {
@@ -137,7 +125,7 @@ int vm_command(const VmCommand& c) {
     // Ended once its disks are closed and its TAPs and namespace are gone: the hard stop comes at
     // the timeout, and what follows it (KVM tearing the VM down, the event loop ending) gets 10 s.
     if (auto w = wait_exit(process, c.timeout_s + kStopGraceS); !w) {
-      return report_error(exit_code::kVmmError, fmt::format("{}: {}", c.target, w.error().message()));
+      return report_error(exit_code::kVmmError, fmt::format("{}: told to stop, but {}", c.target, w.error().message()));
     }
   }
   if (r->status >= 300) return report_error(r->status < 500 ? exit_code::kUsage : exit_code::kVmmError, fmt::format("{}: {}", c.target, fault_text(*r)));
