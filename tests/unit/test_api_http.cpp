@@ -169,10 +169,11 @@ TEST_CASE("http: malformed and oversized requests get a 4xx with a JSON fault, a
 #include <chrono>
 
 #include "vmm/api/registry.hpp"
+#include "temp_dir.hpp"
 
 TEST_CASE("registry: a VM registering while another process lists the running VMs is never taken for a stale entry") {
-  char t[] = "/tmp/vmm-registry-XXXXXX";
-  const std::filesystem::path dir = ::mkdtemp(t);
+  vmm::test::TempDir tmp("vmm-registry");
+  const std::filesystem::path& dir = tmp.path;
   // A lister (as `vmm ps`, `vmm clone ls` are while clones start): it removes what it finds stale.
   const pid_t lister = ::fork();
   if (lister == 0) {
@@ -197,13 +198,11 @@ TEST_CASE("registry: a VM registering while another process lists the running VM
   CAPTURE(first);
   CAPTURE(rounds);
   CHECK(failures == 0);
-  std::error_code ec;
-  std::filesystem::remove_all(dir, ec);
 }
 
 TEST_CASE("registry: a name is taken once, a second VM is refused and leaves the first one alone, a stale entry is reclaimed") {
-  char t[] = "/tmp/vmm-registry-XXXXXX";
-  const std::filesystem::path dir = ::mkdtemp(t);
+  vmm::test::TempDir tmp("vmm-registry");
+  const std::filesystem::path& dir = tmp.path;
   {
     auto first = vmm::api::Registration::create(dir, "web");
     REQUIRE(first);
@@ -232,6 +231,4 @@ TEST_CASE("registry: a name is taken once, a second VM is refused and leaves the
   CHECK_FALSE(std::filesystem::exists(dir / "run" / "older"));
   for (const auto& e : std::filesystem::directory_iterator(dir / "run")) CHECK(e.path().filename().string().front() != '.');
   again->reset();
-  std::error_code ec;
-  std::filesystem::remove_all(dir, ec);
 }

@@ -13,6 +13,7 @@
 
 #include "clone/clones.hpp"
 #include "clone/make_template.hpp"
+#include "temp_dir.hpp"
 
 namespace fs = std::filesystem;
 using namespace vmm;
@@ -24,18 +25,7 @@ NetSpec pattern(std::string tap, std::string bridge = {}, std::string netns = {}
   return NetSpec{.tap = std::move(tap), .mac = std::move(mac), .bridge = std::move(bridge), .netns = std::move(netns)};
 }
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    char t[] = "/tmp/vmm-clone-engine-XXXXXX";
-    path = ::mkdtemp(t);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    for (const auto& e : fs::recursive_directory_iterator(path, ec)) fs::permissions(e.path(), fs::perms::owner_all, ec);
-    fs::remove_all(path, ec);
-  }
-};
+using vmm::test::TempDir;
 
 }  // namespace
 
@@ -97,7 +87,7 @@ TEST_CASE("clone: plan_nets gives each VM its interfaces, MACs and address, or s
 }
 
 TEST_CASE("clone: a template's place, by name in the state directory or by path") {
-  TempDir d;
+  TempDir d("vmm-clone-engine");
   auto by_name = template_path(d.path.string(), "web");
   REQUIRE(by_name);
   CHECK(*by_name == d.path / "templates" / "web");
@@ -114,7 +104,7 @@ TEST_CASE("clone: a template's place, by name in the state directory or by path"
 }
 
 TEST_CASE("clone: a template draft is removed unless sealed, and once sealed it is read-only under its name") {
-  TempDir d;
+  TempDir d("vmm-clone-engine");
   const std::string sdir = d.path.string();
   SUBCASE("abandoned") {
     fs::path tmp;
@@ -169,7 +159,7 @@ void write_record(const fs::path& dir, const std::string& name, int64_t pid) {
 }  // namespace
 
 TEST_CASE("clone: clones on disk are listed as running, stopped or starting, and only stopped ones are removed") {
-  TempDir d;
+  TempDir d("vmm-clone-engine");
   const fs::path clones = d.path / "clones";
   write_record(clones / "stopped1", "stopped1", 4242);  // its process ended long ago
   fs::create_directories(clones / "member");             // no record yet: a pool's member
