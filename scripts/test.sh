@@ -6,6 +6,7 @@
 # Extra arguments go to ctest (e.g. scripts/test.sh -L unit, or -R guest.smp).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+SECONDS=0
 "$root/scripts/setup.sh"
 VMM_LINUX_KERNEL=$("$root/guest-images/linux/fetch-kernel.sh")
 export VMM_LINUX_KERNEL
@@ -15,15 +16,20 @@ VMM_STATE_DIR=$(mktemp -d /tmp/vmm-test-state.XXXXXX)
 export VMM_STATE_DIR
 trap 'rm -rf "$VMM_STATE_DIR"' EXIT
 
+# Each phase is stamped with the seconds since the start: where CI's time goes (its limit is 45 min).
+start=$SECONDS
+phase() { echo "=== [$((SECONDS - start)) s] $* ==="; }
 status=0
 for kind in release asan; do
+  phase "build ($kind)"
   dir=$("$root/scripts/build.sh" "$kind")
   select=()
   [[ $kind == asan ]] && select=(-LE linux)
-  echo "=== ctest ($kind build${select:+, ${select[*]}}) ==="
+  phase "ctest ($kind build${select:+, ${select[*]}})"
   # ASan needs room for its shadow next to large guest mappings; leaks are reported at exit.
   ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0} \
   UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
     ctest --test-dir "$dir" --output-on-failure -j2 "${select[@]}" "$@" || status=1
 done
+phase "done (status $status)"
 exit $status

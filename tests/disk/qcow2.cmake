@@ -4,7 +4,7 @@
 # `qemu-img compare` judge the result. Each test works in build/tests/disk-qcow2/NAME (kept for a
 # post-mortem, wiped when the test starts) and is skipped (77) only when qemu-img is missing.
 add_executable(qcow2_tool ${CMAKE_CURRENT_LIST_DIR}/qcow2_tool.cpp)
-target_link_libraries(qcow2_tool PRIVATE vmm_disk fmt::fmt)
+target_link_libraries(qcow2_tool PRIVATE vmm_disk)
 
 set(QCOW2_WORK ${CMAKE_CURRENT_BINARY_DIR}/disk-qcow2)
 
