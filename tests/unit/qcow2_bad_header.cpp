@@ -289,7 +289,7 @@ TEST_CASE("qcow2 bad input: backing file name outside the header cluster or too 
   }
   {
     // Control characters in the name (a newline would split every message that names the file).
-    for (const std::string name : {std::string("base\n.raw"), std::string("base\x1b[2J.raw"), std::string("b\x7f")}) {
+    for (const std::string& name : {std::string("base\n.raw"), std::string("base\x1b[2J.raw"), std::string("b\x7f")}) {
       expect_refused(dir, "bf-control.qcow2", Image({.backing = name}).b, {"backing file name has a control character"}, ro_opts());
     }
   }

@@ -88,19 +88,20 @@ int clone_ls(const std::string& state_dir, bool json) {
   nlohmann::json list = nlohmann::json::array();
   if (!json) fmt::print("{:<24} {:<9} {:>8} {:<20} {:<7} {:>9} {}\n", "NAME", "STATE", "PID", "TEMPLATE", "KIND", "ON DISK", "CREATED");
   for (const auto& c : clones) {
-    const bool full = c.record && c.record->full;
+    // No record yet (a starting clone): whether it is full or linked is not known.
+    const char* kind = !c.record ? "-" : c.record->full ? "full" : "linked";
     std::string from = c.record && !c.record->template_dir.empty() ? fs::path(c.record->template_dir).filename().string() : "-";
     const std::string created = c.record ? c.record->created : "-";  // (JSON: null)
     if (json) {
       nlohmann::json e = {{"name", c.name}, {"state", clone::state_name(c.state)}, {"dir", c.dir.string()}, {"size_on_disk", c.bytes},
-                          {"full", full}, {"template", c.record ? nlohmann::json(c.record->template_dir) : nlohmann::json(nullptr)},
+                          {"full", c.record ? nlohmann::json(c.record->full) : nlohmann::json(nullptr)}, {"template", c.record ? nlohmann::json(c.record->template_dir) : nlohmann::json(nullptr)},
                           {"created", c.record ? nlohmann::json(created) : nlohmann::json(nullptr)}};
       if (c.state == clone::CloneEntry::State::Running) e["pid"] = c.pid;
       list.push_back(e);
     } else {
       const std::string pid = c.state == clone::CloneEntry::State::Running ? std::to_string(c.pid) : "-";
       fmt::print("{:<24} {:<9} {:>8} {:<20} {:<7} {:>8}K {}\n", c.name, clone::state_name(c.state), pid, from,
-                 full ? "full" : "linked", c.bytes >> 10, created);
+                 kind, c.bytes >> 10, created);
     }
   }
   if (json) fmt::print("{}\n", list.dump(2));
