@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "disk/qcow2.hpp"
+#include "temp_dir.hpp"
 
 namespace {
 
@@ -61,26 +62,7 @@ enum : size_t {
   kOffHeaderLength = 100,
 };
 
-/// A directory under the temp directory, removed with its content on destruction.
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "vmm-qcow2-bad-XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path_ = tmpl;
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  fs::path operator/(const std::string& name) const { return path_ / name; }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
+using vmm::test::TempDir;
 
 void write_file(const fs::path& p, const Bytes& b) {
   std::ofstream out(p, std::ios::binary | std::ios::trunc);

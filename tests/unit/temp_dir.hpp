@@ -4,17 +4,23 @@
 
 #include <stdlib.h>
 
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
+#include <stdexcept>
 #include <string>
 
 namespace vmm::test {
 
 struct TempDir {
   std::filesystem::path path;
+  /// Under $TMPDIR (or /tmp), named WHAT.XXXXXX; throws (the test fails) if it cannot be made.
   explicit TempDir(const std::string& what = "vmm-test") {
-    std::string t = "/tmp/" + what + ".XXXXXX";
-    if (::mkdtemp(t.data()) != nullptr) path = t;
+    std::string t = (std::filesystem::temp_directory_path() / (what + ".XXXXXX")).string();
+    if (::mkdtemp(t.data()) == nullptr) throw std::runtime_error("cannot make the directory " + t + ": " + std::strerror(errno));
+    path = t;
   }
+  std::filesystem::path operator/(const std::string& name) const { return path / name; }
   ~TempDir() {
     if (path.empty()) return;
     std::error_code ec;

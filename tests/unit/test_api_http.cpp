@@ -1,10 +1,12 @@
 // The control API's transport (vmm-http.so, vmm/api/http.hpp) through raw sockets: many clients at
-// once, a stalled client, malformed and oversized requests.
+// once, a stalled client, malformed and oversized requests; and the registry of running VMs
+// (STATE/run) while other processes list it.
 #include <doctest/doctest.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -15,7 +17,9 @@
 #include <string>
 #include <vector>
 
+#include "temp_dir.hpp"
 #include "vmm/api/http.hpp"
+#include "vmm/api/registry.hpp"
 
 namespace fs = std::filesystem;
 using namespace vmm;
@@ -25,7 +29,7 @@ namespace {
 /// A server on a socket in a fresh directory, answering every request 200 {"ok":true}; null (and
 /// the test skipped) where the plugin is not built beside the tests (the nested lane's copy).
 struct TestServer {
-  fs::path dir;
+  vmm::test::TempDir dir{"vmm-http-test"};  // (declared first: removed after the server stops)
   std::string path;
   std::unique_ptr<api::HttpServer> server;
   std::atomic<int> requests{0};
@@ -34,21 +38,13 @@ struct TestServer {
     const fs::path plugin = fs::path(VMM_BINARY_DIR) / "vmm" / "vmm-http.so";
     if (!fs::exists(plugin)) return;
     ::setenv("VMM_HTTP_PLUGIN", plugin.c_str(), 1);
-    char tmpl[] = "/tmp/vmm-http-test.XXXXXX";
-    REQUIRE(::mkdtemp(tmpl) != nullptr);
-    dir = tmpl;
-    path = (dir / "api.sock").string();
+    path = dir / "api.sock";
     auto s = api::serve(path, [this](const api::HttpRequest&) {
       ++requests;
       return api::HttpResponse{.status = 200, .body = R"({"ok":true})", .allow = {}};
     });
     REQUIRE_MESSAGE(s.has_value(), (s ? "" : s.error().message()));
     server = std::move(*s);
-  }
-  ~TestServer() {
-    server.reset();
-    std::error_code ec;
-    if (!dir.empty()) fs::remove_all(dir, ec);
   }
   bool skipped() const {
     if (server) return false;
@@ -163,13 +159,6 @@ TEST_CASE("http: malformed and oversized requests get a 4xx with a JSON fault, a
   }
   CHECK(t.requests == 0);
 }
-
-#include <sys/wait.h>
-
-#include <chrono>
-
-#include "vmm/api/registry.hpp"
-#include "temp_dir.hpp"
 
 TEST_CASE("registry: a VM registering while another process lists the running VMs is never taken for a stale entry") {
   vmm::test::TempDir tmp("vmm-registry");

@@ -11,6 +11,7 @@
 
 #include <stdlib.h>
 
+#include "temp_dir.hpp"
 #include "test_boot_helpers.hpp"
 #include "vmm/boot/acpi.hpp"
 #include "vmm/boot/reset_vector.hpp"
@@ -103,11 +104,7 @@ std::map<uint8_t, std::vector<Bytes>> madt_entries(const Bytes& madt) {
   return out;
 }
 
-GuestMemory memory() {
-  auto m = GuestMemory::anonymous(8 << 20);
-  REQUIRE(m);
-  return std::move(*m);
-}
+GuestMemory memory() { return loader_memory(8 << 20); }
 
 }  // namespace
 
@@ -385,9 +382,8 @@ TEST_CASE("boot: iasl disassembles the DSDT without errors, with fw_cfg, VMGenID
   std::memcpy(&f, t.tables.at("FACP").data(), sizeof f);
   const Bytes dsdt = read_table(mem, f.x_dsdt);
 
-  char dir_template[] = "/tmp/vmm-iasl-XXXXXX";
-  REQUIRE(::mkdtemp(dir_template) != nullptr);
-  const std::filesystem::path dir = dir_template;
+  const vmm::test::TempDir tmp("vmm-iasl");
+  const std::filesystem::path& dir = tmp.path;
   {
     std::ofstream out(dir / "dsdt.dat", std::ios::binary);
     out.write(reinterpret_cast<const char*>(dsdt.data()), static_cast<std::streamsize>(dsdt.size()));
@@ -398,7 +394,6 @@ TEST_CASE("boot: iasl disassembles the DSDT without errors, with fw_cfg, VMGenID
   const std::string log((std::istreambuf_iterator<char>(log_in)), std::istreambuf_iterator<char>());
   std::ifstream dsl_in(dir / "dsdt.dsl");
   const std::string dsl((std::istreambuf_iterator<char>(dsl_in)), std::istreambuf_iterator<char>());
-  std::filesystem::remove_all(dir);
   INFO("iasl output:\n" << log);
   CHECK(status == 0);
   CHECK(log.find("Disassembly completed") != std::string::npos);

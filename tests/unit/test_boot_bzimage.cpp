@@ -22,12 +22,7 @@ namespace {
 constexpr uint64_t kMiB = 1 << 20;
 constexpr uint64_t kRam = 64 * kMiB;
 
-GuestMemory memory(uint64_t size = kRam) {
-  auto m = GuestMemory::anonymous(size);
-  REQUIRE(m);
-  return std::move(*m);
-}
-
+GuestMemory memory(uint64_t size = kRam) { return loader_memory(size); }
 // Loads `image` and checks the error names the file and contains `what`, on one line.
 void check_refused(const Bytes& image, std::string_view what, std::string cmdline = "console=ttyS0",
                    uint64_t ram = kRam) {

@@ -20,12 +20,7 @@ namespace {
 constexpr uint64_t kMiB = 1 << 20;
 constexpr uint64_t kRam = 64 * kMiB;
 
-GuestMemory memory(uint64_t size = kRam) {
-  auto m = GuestMemory::anonymous(size);
-  REQUIRE(m);
-  return std::move(*m);
-}
-
+GuestMemory memory(uint64_t size = kRam) { return loader_memory(size); }
 // A good PVH ELF64: code at 1 MiB (+ bss), the entry note in a PT_NOTE.
 Bytes good_pvh_elf() {
   return make_elf({{.type = PT_LOAD, .paddr = kMiB, .data = pattern(0x3000), .memsz = 0x5000},

@@ -1,5 +1,5 @@
-// Helpers for the boot-loader tests: temporary files and synthetic ELF / bzImage kernels built in
-// memory, so each malformed case is one edit away from a good image.
+// Helpers for the boot-loader tests: guest memory, temporary files and synthetic ELF / bzImage
+// kernels built in memory, so each malformed case is one edit away from a good image.
 #pragma once
 
 #include <asm/bootparam.h>
@@ -13,14 +13,23 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "vmm/base/guest_memory.hpp"
 #include "vmm/boot/boot.hpp"
 
 namespace boot_test {
 
 using Bytes = std::vector<uint8_t>;
+
+/// Anonymous guest memory for a loader to write into (throws where it cannot be had).
+inline vmm::GuestMemory loader_memory(uint64_t size) {
+  auto m = vmm::GuestMemory::anonymous(size);
+  if (!m) throw std::runtime_error("guest memory: " + m.error().message());
+  return std::move(*m);
+}
 
 /// A file with the given content under the temp directory, removed on destruction.
 class TempFile {

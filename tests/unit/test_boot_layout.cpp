@@ -20,15 +20,8 @@ using boot::E820Entry;
 using boot::E820Type;
 
 namespace {
-
 constexpr uint64_t kMiB = 1 << 20;
-
-GuestMemory memory(uint64_t size) {
-  auto m = GuestMemory::anonymous(size);
-  REQUIRE(m);
-  return std::move(*m);
-}
-
+GuestMemory memory(uint64_t size) { return loader_memory(size); }
 }  // namespace
 
 TEST_CASE("boot: e820 map for small, ordinary and above-4-GiB RAM") {

@@ -3,7 +3,6 @@
 // with a one-line error naming the file and the field; truncation at every offset and random
 // corruption must fail cleanly.
 #include <doctest/doctest.h>
-#include <stdlib.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -14,6 +13,7 @@
 #include <vector>
 
 #include "clone/state_file.hpp"
+#include "temp_dir.hpp"
 #include "vmm/base/crc32c.hpp"
 
 namespace {
@@ -89,24 +89,7 @@ bool same(const StateFile& a, const StateFile& b) {
   return true;
 }
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "vmm-state-XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path_ = tmpl;
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  fs::path operator/(const std::string& name) const { return path_ / name; }
-
- private:
-  fs::path path_;
-};
+using vmm::test::TempDir;
 
 }  // namespace
 

@@ -14,6 +14,7 @@
 
 #include "disk/image.hpp"
 #include "disk/qcow2.hpp"
+#include "temp_dir.hpp"
 #include "vmm/base/event_loop.hpp"
 
 namespace {
@@ -23,19 +24,7 @@ using vmm::disk::Qcow2;
 using Bytes = std::vector<uint8_t>;
 using namespace std::chrono_literals;
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string t = (fs::temp_directory_path() / "vmm-qcow2-XXXXXX").string();
-    REQUIRE(::mkdtemp(t.data()) != nullptr);
-    path = t;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  fs::path operator/(const char* n) const { return path / n; }
-};
+using vmm::test::TempDir;
 
 Bytes pattern(size_t n, uint32_t seed) {
   Bytes b(n);

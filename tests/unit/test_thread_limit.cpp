@@ -17,6 +17,7 @@
 #include "child_helpers.hpp"
 #include "disk/qcow2.hpp"
 #include "disk/qcow2_image.hpp"
+#include "temp_dir.hpp"
 #include "vmm/base/event_loop.hpp"
 #include "vmm/base/thread.hpp"
 
@@ -40,9 +41,8 @@ TEST_CASE("base: a thread that cannot be made is an error naming it and the limi
 }
 
 TEST_CASE("qcow2: an image whose worker thread cannot be made does not open, with an error") {
-  std::string dir = (std::filesystem::temp_directory_path() / "vmm-thread-limit-XXXXXX").string();
-  REQUIRE(::mkdtemp(dir.data()) != nullptr);
-  const std::filesystem::path img = std::filesystem::path(dir) / "a.qcow2";
+  const vmm::test::TempDir dir("vmm-thread-limit");
+  const std::filesystem::path img = dir / "a.qcow2";
   REQUIRE(vmm::disk::Qcow2::create(img, {.size = 1 << 20}));
   const std::string said = test_child::run([&] {
     auto loop = vmm::EventLoop::create();
@@ -54,7 +54,6 @@ TEST_CASE("qcow2: an image whose worker thread cannot be made does not open, wit
     if (image) return std::string("opened");
     return image.error().message();
   });
-  std::filesystem::remove_all(dir);
   CHECK(said.starts_with("cannot start the worker thread of " + img.string() + ": Resource temporarily unavailable"));
 }
 
@@ -62,9 +61,8 @@ TEST_CASE("event loop: file requests io_uring cancels for want of a worker threa
   // io_uring runs a request it cannot complete inline (a large buffered transfer flagged
   // IOSQE_ASYNC, every fsync) on a worker thread of the submitting task; where none can be made it
   // completes the request with -ECANCELED (seen on 6.1 and 6.18), which a guest saw as an I/O error.
-  std::string dir = (std::filesystem::temp_directory_path() / "vmm-thread-limit-XXXXXX").string();
-  REQUIRE(::mkdtemp(dir.data()) != nullptr);
-  const std::string path = dir + "/disk.img";
+  const vmm::test::TempDir dir("vmm-thread-limit");
+  const std::string path = dir / "disk.img";
   const std::string said = test_child::run([&] {
     const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     auto loop = vmm::EventLoop::create();
@@ -91,6 +89,5 @@ TEST_CASE("event loop: file requests io_uring cancels for want of a worker threa
     return fmt::format("{} w={} s={} r={} same={} f={} redone={}", ok ? "done" : "stuck", w, s, r, in == out, f,
                        vmm::EventLoop::redone_synchronously() > 0 ? "yes" : "no");
   });
-  std::filesystem::remove_all(dir);
   CHECK(said == "done w=131072 s=0 r=131072 same=true f=0 redone=yes");
 }
