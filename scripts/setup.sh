@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(
-  build-essential cmake ninja-build pkg-config g++ clang
+  build-essential cmake ninja-build pkg-config g++ clang acpica-tools
   liburing-dev libfmt-dev doctest-dev libcli11-dev linux-libc-dev nlohmann-json3-dev zlib1g-dev libcpp-httplib-dev curl
   libclang-rt-14-dev
   qemu-system-x86 qemu-utils

@@ -29,6 +29,7 @@
 #include "devices/virtio/pci_transport.hpp"
 #include "devices/vmgenid.hpp"
 #include "disk/image.hpp"
+#include "kvm_helpers.hpp"
 #include "test_boot_helpers.hpp"
 #include "test_device_helpers.hpp"
 #include "vmm/base/codec.hpp"
@@ -537,11 +538,8 @@ TEST_CASE("snapshot codec: virtio-pci transport with virtio-net") {
 
 namespace {
 
-bool kvm_missing() {
-  if (::access(vmm::Kvm::default_device().c_str(), R_OK | W_OK) == 0) return false;
-  std::printf("VMM_SKIP: %s is not usable on this machine\n", vmm::Kvm::default_device().c_str());
-  return true;
-}
+using vmm::test::kvm_missing;
+using vmm::test::open_kvm;
 
 constexpr uint64_t kCodeAddr = 0x1000;
 constexpr uint64_t kCounterAddr = 0x2000;
@@ -569,23 +567,7 @@ struct MachineRig {
   }
 };
 
-vmm::Kvm open_kvm() {
-  auto k = vmm::Kvm::open(vmm::Kvm::default_device());
-  REQUIRE_MESSAGE(k, (k ? "" : k.error().message()));
-  return std::move(*k);
-}
-
-void enter_real_mode(vmm::Vcpu& vcpu) {
-  auto sregs = vcpu.get_sregs();
-  REQUIRE(sregs);
-  sregs->cs.base = 0;
-  sregs->cs.selector = 0;
-  REQUIRE(vcpu.set_sregs(*sregs));
-  kvm_regs regs{};
-  regs.rip = kCodeAddr;
-  regs.rflags = 2;
-  REQUIRE(vcpu.set_regs(regs));
-}
+void enter_real_mode(vmm::Vcpu& vcpu) { vmm::test::enter_real_mode(vcpu, kCodeAddr); }
 
 /// Waits (up to 10 s: a loaded or sanitized host can be slow to start a vCPU) until the guest's
 /// counter at kCounterAddr is no longer `from`.

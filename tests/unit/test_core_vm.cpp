@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "child_helpers.hpp"
+#include "kvm_helpers.hpp"
 #include "vmm/vm.hpp"
 
 namespace {
@@ -30,29 +31,14 @@ struct StopPort final : vmm::devices::BusDevice {
   std::string_view name() const override { return "stop-port"; }
 };
 
-// A machine without /dev/kvm (e.g. a VM without nested virtualisation) skips these tests: CTest sees
-// the marker (SKIP_REGULAR_EXPRESSION). The nested lane runs the whole unit_tests binary with a real
-// /dev/kvm (ctest -L linux).
-bool kvm_missing() {
-  if (::access(vmm::Kvm::default_device().c_str(), R_OK | W_OK) == 0) return false;
-  std::printf("VMM_SKIP: %s is not usable on this machine\n", vmm::Kvm::default_device().c_str());
-  return true;
-}
+// (kvm_helpers.hpp: a machine without /dev/kvm skips these tests.)
+using vmm::test::kvm_missing;
+using vmm::test::open_kvm;
 #define SKIP_WITHOUT_KVM() \
   if (kvm_missing()) return
 
 // Real mode at CS=0, IP=kCodeAddr.
-void enter_real_mode(vmm::Vcpu& vcpu) {
-  auto sregs = vcpu.get_sregs();
-  REQUIRE(sregs);
-  sregs->cs.base = 0;
-  sregs->cs.selector = 0;
-  REQUIRE(vcpu.set_sregs(*sregs));
-  kvm_regs regs{};
-  regs.rip = kCodeAddr;
-  regs.rflags = 2;
-  REQUIRE(vcpu.set_regs(regs));
-}
+void enter_real_mode(vmm::Vcpu& vcpu) { vmm::test::enter_real_mode(vcpu, kCodeAddr); }
 
 struct TestVm {
   vmm::Kvm kvm;
@@ -65,11 +51,6 @@ struct TestVm {
     REQUIRE_MESSAGE(created, (created ? "" : created.error().message()));
     vm = std::move(*created);
     enter_real_mode(vm->vcpu(0));
-  }
-  static vmm::Kvm open_kvm() {
-    auto k = vmm::Kvm::open(vmm::Kvm::default_device());
-    REQUIRE_MESSAGE(k, (k ? "" : k.error().message()));
-    return std::move(*k);
   }
 };
 
@@ -164,7 +145,7 @@ TEST_CASE("vm: pause, save the vCPU, restore it into a new VM, and it runs on fr
 // calibration. A VM default set low provokes the same: the vCPU must still count at the host's rate.
 TEST_CASE("vm: a vCPU's TSC counts at the host's rate even when the VM's default TSC rate is lower") {
   SKIP_WITHOUT_KVM();
-  vmm::Kvm kvm = TestVm::open_kvm();
+  vmm::Kvm kvm = open_kvm();
   auto vm = kvm.create_vm();
   REQUIRE_MESSAGE(vm, (vm ? "" : vm.error().message()));
   const int host_khz = ::ioctl(vm->get(), KVM_GET_TSC_KHZ, 0);  // KVM_CAP_VM_TSC_CONTROL (Linux 6.0)
