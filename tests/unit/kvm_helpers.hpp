@@ -1,6 +1,7 @@
 // Helpers for the unit tests that run a few bytes of real-mode guest code on the real /dev/kvm.
 // Without a usable /dev/kvm (a VM without nested virtualisation) they skip: CTest sees the marker
-// (SKIP_REGULAR_EXPRESSION). The nested lane runs the whole unit_tests binary with one (linux.unit_tests).
+// (SKIP_REGULAR_EXPRESSION). The nested lane runs each of them in L1, which has one
+// (tests/linux/unit-tests.sh, linux.unit_tests).
 #pragma once
 
 #include <doctest/doctest.h>
