@@ -2,6 +2,8 @@
 
 #include <fmt/core.h>
 
+#include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cstring>
 #include <vector>
@@ -144,20 +146,33 @@ Net::Stats Net::stats() {
                .filtered = filtered_};
 }
 
-bool Net::foreign_source(const std::vector<iovec>& iov) const {
-  // The Ethernet source address: bytes 6..11 of the frame, after the virtio-net header; the
-  // guest's segments may split it anywhere. A frame too short to hold one is foreign too.
-  constexpr size_t kFrom = kNetHdrBytes + 6;
-  std::array<uint8_t, 6> source{};
-  size_t got = 0, at = 0;
-  for (const iovec& v : iov) {
-    const auto* p = static_cast<const uint8_t*>(v.iov_base);
-    for (size_t i = 0; i < v.iov_len && got < source.size(); ++i, ++at) {
-      if (at >= kFrom) source[got++] = p[i];
-    }
-    if (got == source.size()) break;
+ssize_t Net::send(const std::vector<iovec>& guest) {
+  // What the device looks at is copied out of guest memory once, and the copy is what is sent: the
+  // virtio-net header and the Ethernet addresses. A guest that rewrites its buffer meanwhile (another
+  // vCPU) cannot slip another source address past the filter. The header goes out zeroed: no
+  // checksum or segmentation offload was offered, so the host kernel gets no such request from
+  // the guest (a driver must not make one, and tun would act on it).
+  constexpr size_t kPrefix = kNetHdrBytes + 12;  // the header, then destination and source MAC
+  std::array<uint8_t, kPrefix> prefix{};
+  std::vector<iovec> iov;
+  iov.reserve(guest.size() + 1);
+  iov.push_back({prefix.data(), 0});
+  size_t got = 0;
+  for (const iovec& v : guest) {
+    auto* p = static_cast<uint8_t*>(v.iov_base);
+    const size_t take = std::min(v.iov_len, kPrefix - got);
+    std::memcpy(prefix.data() + got, p, take);
+    got += take;
+    if (take < v.iov_len) iov.push_back({p + take, v.iov_len - take});
   }
-  return got < source.size() || std::memcmp(source.data(), mac_.data(), source.size()) != 0;
+  iov[0].iov_len = got;
+  std::memset(prefix.data(), 0, std::min(got, kNetHdrBytes));
+  // A frame too short to hold a source address is foreign too.
+  if (filter_source_ && (got < kPrefix || std::memcmp(prefix.data() + kNetHdrBytes + 6, mac_.data(), mac_.size()) != 0)) {
+    ++filtered_;
+    return 0;
+  }
+  return tap_.write(iov.data(), static_cast<int>(iov.size()));
 }
 
 Result<> Net::transmit() {
@@ -175,7 +190,7 @@ Result<> Net::transmit() {
       } else {
         auto iov = host_iov(*memory_, c.readable);
         if (!iov) return std::unexpected(iov.error());
-        const ssize_t n = filter_source_ && foreign_source(*iov) ? (++filtered_, 0) : tap_.write(iov->data(), static_cast<int>(iov->size()));
+        const ssize_t n = send(*iov);
         if (n == 0) {
           // dropped: not from this interface's MAC
         } else if (n < 0) {
@@ -224,11 +239,26 @@ Result<> Net::receive() {
     }
     auto iov = host_iov(*memory_, c.writable);
     if (!iov) return std::unexpected(iov.error());
+    // One byte past the guest's buffer: tun copies what fits and says how much, so a frame longer
+    // than the buffer shows only as a byte in here.
+    uint8_t overflow = 0;
+    iov->push_back({&overflow, 1});
     const ssize_t n = tap_.read(iov->data(), static_cast<int>(iov->size()));
     if (n < 0) {
       q.unpop();  // nothing to deliver now (EAGAIN) or the TAP failed: the buffer stays the driver's
       if (n != -EAGAIN) log_once(fmt::format("TAP read: {}", errno_text(static_cast<int>(-n))));
       break;
+    }
+    if (static_cast<uint64_t>(n) > c.writable_bytes) {
+      // The frame was longer than the buffer (a driver that posts buffers under the 1526 bytes
+      // virtio 1.2 §5.1.6.3.1 asks for, a host MTU above the guest's). Dropped rather than handed
+      // over cut short as if whole, as a NIC drops a frame too long for its buffer (and as QEMU
+      // does), and the buffer stays the driver's for the next one.
+      ++errors_;
+      log_once(fmt::format("received a frame of {} bytes (header included) for a buffer of {}: dropped", n,
+                           c.writable_bytes));
+      q.unpop();
+      continue;
     }
     // One buffer per frame (no VIRTIO_NET_F_MRG_RXBUF): num_buffers is 1.
     Writer w(*memory_, c.writable);

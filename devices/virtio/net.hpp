@@ -61,7 +61,8 @@ class Net final : public VirtioDevice {
   const Netns* netns() const { return netns_.get(); }
   uint64_t rx_frames() const { return rx_frames_; }
   uint64_t tx_frames() const { return tx_frames_; }
-  /// Chains refused (too small for the header) and frames the TAP refused.
+  /// Chains refused (too small for the header), frames the TAP refused, and received frames
+  /// longer than the buffer the driver gave for them (dropped).
   uint64_t errors() const { return errors_; }
 
   /// Counters since the device was created (the metrics endpoint), read under the device's mutex.
@@ -72,8 +73,9 @@ class Net final : public VirtioDevice {
 
  private:
   Net(Tap tap, MacAddress mac, NetOptions options);
-  /// True when the frame in `iov` (after the header) has a source MAC other than ours.
-  bool foreign_source(const std::vector<iovec>& iov) const;
+  /// Sends one frame (virtio-net header first) from guest buffers: the TAP's result, or 0 when the
+  /// source filter dropped it.
+  ssize_t send(const std::vector<iovec>& guest);
   Result<> receive();
   Result<> transmit();
   Result<> interrupt_if_needed(unsigned queue);

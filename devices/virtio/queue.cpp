@@ -139,7 +139,13 @@ Result<> Queue::restore(const GuestMemory& memory, const State& state) {
   state_ = state;
   if (!state_.ready) return {};
   state_.ready = false;
-  return validate(memory);
+  if (auto r = validate(memory); !r) return r;
+  if (const uint16_t in_use = static_cast<uint16_t>(state_.next_avail - state_.next_used); in_use > state_.size) {
+    state_.ready = false;
+    return fail("{} chains in use (avail position {}, used {}), more than the queue size {}", in_use, state_.next_avail,
+                state_.next_used, state_.size);
+  }
+  return {};
 }
 
 Result<uint16_t> Queue::avail_idx(const GuestMemory& memory) const {
@@ -165,6 +171,14 @@ Result<std::optional<DescriptorChain>> Queue::pop(const GuestMemory& memory) {
                 state_.next_avail, state_.size);
   }
   if (pending == 0) return std::nullopt;
+  // Chains popped and not yet given back: a driver has at most the queue's size of them out (each
+  // needs its own head), so more means heads reused while in use. Unchecked, a guest that keeps
+  // republishing one head would have the device start requests without bound (QEMU: "Virtqueue
+  // size exceeded").
+  if (const uint16_t in_use = static_cast<uint16_t>(state_.next_avail - state_.next_used); in_use >= state_.size) {
+    return fail("{} chains are in use, the whole queue of {}, and the driver made another available", in_use,
+                state_.size);
+  }
   // The ring entry is read after the index (acquire above): the driver wrote it before the index.
   auto slot = ring_u16(memory, state_.avail + 4 + 2ull * (state_.next_avail % state_.size));
   if (!slot) return std::unexpected(slot.error());

@@ -139,7 +139,8 @@ TEST_CASE("virtio-net: frames both ways through a TAP, hostile chains refused") 
   REQUIRE(mem);
   auto loop = vmm::EventLoop::create();
   REQUIRE(loop);
-  auto net = Net::create(std::move(*tap), kMac, **loop);
+  // As a clone's: frames from another source MAC than the device's are dropped.
+  auto net = Net::create(std::move(*tap), kMac, **loop, {.filter_source = true, .netns = nullptr});
   REQUIRE(net);
   HostSide host(name);
 
@@ -173,6 +174,68 @@ TEST_CASE("virtio-net: frames both ways through a TAP, hostile chains refused") 
     CHECK((*net)->tx_frames() == 1);
     CHECK((*net)->errors() == 1);
     CHECK(irq.count >= 1);
+  }
+
+  SUBCASE("transmit: the guest's header goes out zeroed (no offload was offered)") {
+    // hdr_len past the frame's end with GSO asked for: tun refuses such a header (EINVAL), and a
+    // driver must not send one; the device sends none of it.
+    const auto f = frame(2);
+    std::array<uint8_t, kNetHdrBytes> hdr{};
+    hdr[0] = 1;                   // flags: NEEDS_CSUM
+    hdr[1] = 1;                   // gso_type: TCPV4
+    hdr[2] = hdr[3] = 0xff;       // hdr_len 65535
+    hdr[4] = 100;                 // gso_size
+    hdr[6] = 14;                  // csum_start
+    REQUIRE(mem->write(Gpa(kBuf), hdr));
+    REQUIRE(mem->write(Gpa(kBuf + kNetHdrBytes), f));
+    tx.add_chain(0, {{kBuf, static_cast<uint32_t>(kNetHdrBytes + f.size()), false}});
+    {
+      std::lock_guard lock((*net)->mutex());
+      REQUIRE((*net)->process_queue(Net::kTxQueue));
+    }
+    CHECK(tx.used_idx() == 1);
+    CHECK(host.receive() == f);
+    CHECK((*net)->tx_frames() == 1);
+    CHECK((*net)->errors() == 0);
+  }
+
+  SUBCASE("transmit: a clone's frame from another source MAC is dropped, wherever the chain splits it") {
+    auto foreign = frame(3);
+    foreign[11] ^= 1;
+    const auto own = frame(4);
+    REQUIRE(mem->fill_zero(Gpa(kBuf), kNetHdrBytes));
+    REQUIRE(mem->write(Gpa(kBuf + kNetHdrBytes), foreign));
+    REQUIRE(mem->fill_zero(Gpa(kBuf + 0x1000), kNetHdrBytes));
+    REQUIRE(mem->write(Gpa(kBuf + 0x1000 + kNetHdrBytes), own));
+    const uint64_t a = kBuf, b = kBuf + 0x1000;
+    tx.add_chain(0, {{a, static_cast<uint32_t>(kNetHdrBytes + foreign.size()), false}});
+    // The source address split over three descriptors, the header over two.
+    tx.add_chain(2, {{b, 5, false}, {b + 5, kNetHdrBytes + 8 - 5, false}, {b + kNetHdrBytes + 8, 2, false},
+                     {b + kNetHdrBytes + 10, static_cast<uint32_t>(own.size() - 10), false}});
+    tx.add_chain(6, {{a, kNetHdrBytes + 9, false}});  // too short to hold a source address
+    {
+      std::lock_guard lock((*net)->mutex());
+      REQUIRE((*net)->process_queue(Net::kTxQueue));
+    }
+    CHECK(tx.used_idx() == 3);
+    CHECK(host.receive() == own);
+    CHECK(host.receive().empty());
+    CHECK((*net)->tx_frames() == 1);
+    CHECK((*net)->stats().filtered == 2);
+  }
+
+  SUBCASE("receive: a frame longer than the buffer is dropped, the buffer kept") {
+    // tun copies what fits and says how much: a frame cut short must not reach the driver as if
+    // it were whole. 12 bytes of header and 28 of frame fit; the 60-byte frame does not.
+    constexpr uint32_t kSmall = kNetHdrBytes + 28;
+    REQUIRE(mem->write(Gpa(kBuf + kSmall), std::array<uint8_t, 4>{0xaa, 0xbb, 0xcc, 0xdd}));
+    rx.add_chain(0, {{kBuf, kSmall, true}});
+    host.send(frame(5));
+    for (int i = 0; i < 100 && (*net)->errors() == 0; ++i) REQUIRE((*loop)->run_once(20ms));
+    CHECK((*net)->errors() == 1);
+    CHECK(rx.used_idx() == 0);  // still the driver's: nothing was delivered into it
+    CHECK((*net)->rx_frames() == 0);
+    CHECK(*mem->read_obj<uint32_t>(Gpa(kBuf + kSmall)) == 0xddccbbaa);  // nothing past the buffer
   }
 
   SUBCASE("receive: a frame lands in a buffer with num_buffers = 1; no buffer, no loss") {

@@ -193,6 +193,26 @@ TEST_CASE("virtio queue: hostile chains are refused with a reason") {
     vq.publish(0);
     expect_violation(q, mem, "unknown flags 0x8");
   }
+  SUBCASE("one head republished while in use: no more than the queue size in flight") {
+    // A driver has at most 16 chains out on a queue of 16; the device stops at that, however
+    // many times the guest publishes a head it has not been given back.
+    vq.set_desc(0, {.addr = kData, .len = 4, .flags = kDescFWrite, .next = 0});
+    for (int i = 0; i < 16; ++i) vq.publish(0);
+    for (int i = 0; i < 16; ++i) CHECK(pop_one(q, mem).head == 0);
+    vq.publish(0);
+    expect_violation(q, mem, "16 chains are in use, the whole queue of 16");
+    // Given back, the room is there again.
+    fresh();
+    vq.set_desc(0, {.addr = kData, .len = 4, .flags = kDescFWrite, .next = 0});
+    for (int round = 0; round < 3; ++round) {
+      for (int i = 0; i < 16; ++i) vq.publish(0);
+      for (int i = 0; i < 16; ++i) {
+        auto c = pop_one(q, mem);
+        REQUIRE(q.push_used(mem, c.head, 0));
+      }
+    }
+    CHECK(vq.used_idx() == 48);
+  }
   SUBCASE("readable after writable") {
     vq.add_chain(0, {{kData, 4, true}, {kData + 8, 4, false}});
     expect_violation(q, mem, "follows a device-writable");
@@ -339,6 +359,18 @@ TEST_CASE("virtio queue: save and restore, 16-bit index wrap-around") {
   }
   CHECK(vq.used_idx() == 1);
   CHECK(q.save().next_avail == 1);
+
+  // A restored state with more chains in use than the queue holds is refused.
+  auto overfull = q.save();
+  overfull.next_avail = 10;
+  overfull.next_used = 1;
+  auto refused = q.restore(mem, overfull);
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error().message().find("9 chains in use") != std::string::npos);
+  CHECK_FALSE(q.ready());
+  overfull.next_used = 2;  // 8 in use: a full queue
+  REQUIRE(q.restore(mem, overfull));
+  CHECK(q.ready());
 
   // A restored state with rings outside RAM is refused and leaves the queue not ready.
   auto bad = q.save();
