@@ -134,7 +134,7 @@ std::expected<std::unique_ptr<PreparedClone>, Failure> prepare_clone(OpenTemplat
     if (!m) return bad(exit_code::kImage, m.error().message());
     memory.emplace(std::move(*m));
   } else if (inherited) {
-    auto m = GuestMemory::from_mapping(Mapping::adopt(t.memory->regions().front().host, t.memory->size()));
+    auto m = GuestMemory::from_mapping(Mapping::adopt(t.memory->regions().front().host, t.memory->size()), t.memory->file());
     if (!m) return bad(exit_code::kVmmError, m.error().message());
     memory.emplace(std::move(*m));
   } else {

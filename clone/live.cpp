@@ -158,7 +158,7 @@ void reap_when_ended(EventLoop& loop, pid_t pid) {
                            NetHost{.guest_ip = plan.ip, .gateway = plan.gateway, .state_dir = parent.state_dir, .filter_source = true});
   if (!devs) fail_child(devs.error().message);
   step("devices");
-  auto memory = GuestMemory::from_mapping(Mapping::adopt(const_cast<uint8_t*>(ram), ram_size));
+  auto memory = GuestMemory::from_mapping(Mapping::adopt(const_cast<uint8_t*>(ram), ram_size), parent.machine->vm().memory().file());
   if (!memory) fail_child(memory.error().message());
   Identity identity = new_identity(plan.name);
   for (const auto& n : plan.nets) identity.macs.push_back(n.mac);

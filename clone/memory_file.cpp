@@ -16,6 +16,8 @@
 
 namespace vmm::clone {
 
+namespace fs = std::filesystem;
+
 namespace {
 
 constexpr uint64_t kPage = 4096;
@@ -46,6 +48,70 @@ Result<> write_all(int fd, const uint8_t* data, uint64_t len, uint64_t offset, c
   return {};
 }
 
+/// Which pages of guest RAM may hold data, so that the rest is skipped unread. /proc/self/pagemap
+/// says which pages are mapped (present) or swapped out; a page that is neither was never touched
+/// (anonymous RAM: zero) or, in RAM that maps a file privately (a clone's), still reads the file:
+/// data where the file has an extent, zero in its holes. (mincore() cannot tell: for a file mapping
+/// it reports the page cache, so a template page evicted from it looked untouched and was lost; an
+/// anonymous page swapped out looks untouched too.) Whatever cannot be found out is read.
+class PageScan {
+ public:
+  explicit PageScan(const GuestMemory& memory) {
+    pagemap_ = Fd(::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC));
+    if (const auto& f = memory.file()) {
+      // The file the mapping was made from, if it is still the same file.
+      Fd fd(::open(f->path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
+      struct stat st {};
+      if (fd && ::fstat(fd.get(), &st) == 0 && S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_dev) == f->dev &&
+          static_cast<uint64_t>(st.st_ino) == f->ino) {
+        file_ = std::move(fd);
+      }
+      file_backed_ = true;
+    }
+  }
+
+  /// Marks in `out` (one entry per page) the pages of [host, host + len) that may hold data;
+  /// `offset` is the first page's offset in the mapping (and in the file it maps).
+  void scan(const uint8_t* host, uint64_t len, uint64_t offset, std::vector<uint8_t>& out) {
+    const size_t pages = len / kPage;
+    std::fill(out.begin(), out.begin() + static_cast<ptrdiff_t>(pages), 1);
+    if (!pagemap_) return;
+    entries_.resize(pages);
+    const auto at = static_cast<off_t>(reinterpret_cast<uintptr_t>(host) / kPage * sizeof(uint64_t));
+    const size_t want = pages * sizeof(uint64_t);
+    if (::pread(pagemap_.get(), entries_.data(), want, at) != static_cast<ssize_t>(want)) return;
+    constexpr uint64_t kPresent = 1ull << 63, kSwapped = 1ull << 62;
+    for (size_t p = 0; p < pages; ++p) out[p] = (entries_[p] & (kPresent | kSwapped)) != 0;
+    if (!file_backed_) return;
+    // Pages not mapped read the file: data unless the file has a hole there.
+    if (!file_) {
+      for (size_t p = 0; p < pages; ++p) out[p] = 1;
+      return;
+    }
+    const uint64_t end = offset + len;
+    uint64_t pos = offset;
+    while (pos < end) {
+      const off_t data = ::lseek(file_.get(), static_cast<off_t>(pos), SEEK_DATA);
+      if (data < 0 && errno == ENXIO) return;  // holes to the end of the file
+      const off_t hole = data < 0 ? -1 : ::lseek(file_.get(), data, SEEK_HOLE);
+      if (data < 0 || hole < 0) {  // cannot tell: read what is left
+        for (uint64_t p = (pos - offset) / kPage; p < pages; ++p) out[p] = 1;
+        return;
+      }
+      const uint64_t from = std::max<uint64_t>(static_cast<uint64_t>(data), pos) & ~(kPage - 1);
+      const uint64_t to = std::min<uint64_t>(static_cast<uint64_t>(hole), end);
+      for (uint64_t b = from; b < to; b += kPage) out[(b - offset) / kPage] = 1;
+      pos = std::max<uint64_t>(to, pos + kPage);
+    }
+  }
+
+ private:
+  Fd pagemap_;
+  Fd file_;
+  bool file_backed_ = false;
+  std::vector<uint64_t> entries_;
+};
+
 }  // namespace
 
 Result<MemoryFileInfo> write_memory_file(const GuestMemory& memory, const std::filesystem::path& path) {
@@ -55,15 +121,13 @@ Result<MemoryFileInfo> write_memory_file(const GuestMemory& memory, const std::f
   if (::ftruncate(fd.get(), static_cast<off_t>(info.size)) < 0) return fail("{}: ftruncate: {}", path.string(), errno_text(errno));
   // The regions are consecutive slices of one host mapping: file offset = host offset.
   const uint8_t* base = memory.regions().front().host;
-  std::vector<unsigned char> resident(kChunk / kPage);
+  PageScan scan(memory);
+  std::vector<uint8_t> may_hold(kChunk / kPage);
   for (const auto& region : memory.regions()) {
     for (uint64_t at = 0; at < region.size; at += kChunk) {
       const uint64_t len = std::min(kChunk, region.size - at);
       const uint8_t* chunk = region.host + at;
-      // Pages never touched are not resident in an anonymous mapping: skip them unread.
-      if (::mincore(const_cast<uint8_t*>(chunk), len, resident.data()) < 0) {
-        std::fill(resident.begin(), resident.end(), 1);  // cannot tell: read them
-      }
+      scan.scan(chunk, len, static_cast<uint64_t>(chunk - base), may_hold);
       uint64_t run_start = 0, run_len = 0;
       auto flush = [&]() -> Result<> {
         if (!run_len) return {};
@@ -74,7 +138,7 @@ Result<MemoryFileInfo> write_memory_file(const GuestMemory& memory, const std::f
         return {};
       };
       for (uint64_t p = 0; p < len; p += kPage) {
-        const bool data = (resident[p / kPage] & 1) && !page_is_zero(chunk + p);
+        const bool data = may_hold[p / kPage] && !page_is_zero(chunk + p);
         if (!data) {
           if (auto r = flush(); !r) return std::unexpected(r.error());
           continue;
@@ -91,10 +155,11 @@ Result<MemoryFileInfo> write_memory_file(const GuestMemory& memory, const std::f
 }
 
 Result<MemoryFileInfo> checksum_memory_file(const std::filesystem::path& path) {
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
   if (!fd) return fail("{}: cannot open: {}", path.string(), errno_text(errno));
   struct stat st {};
   if (::fstat(fd.get(), &st) < 0) return fail("{}: stat: {}", path.string(), errno_text(errno));
+  if (!S_ISREG(st.st_mode)) return fail("{}: not a regular file", path.string());
   MemoryFileInfo info{.size = static_cast<uint64_t>(st.st_size), .data_bytes = 0, .checksum = 0};
   std::vector<uint8_t> buf(kChunk);
   off_t pos = 0;
@@ -128,7 +193,8 @@ Result<MemoryFileInfo> checksum_memory_file(const std::filesystem::path& path) {
 }
 
 Result<GuestMemory> map_memory_file(const std::filesystem::path& path, uint64_t size) {
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  // Not a FIFO's open, which would wait for a writer; not through a symbolic link out of the template.
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
   if (!fd) return fail("{}: cannot open: {}", path.string(), errno_text(errno));
   struct stat st {};
   if (::fstat(fd.get(), &st) < 0) return fail("{}: stat: {}", path.string(), errno_text(errno));
@@ -139,7 +205,11 @@ Result<GuestMemory> map_memory_file(const std::filesystem::path& path, uint64_t 
   }
   auto m = Mapping::file_private(fd.get(), size);
   if (!m) return std::unexpected(m.error().context(path.string()));
-  return GuestMemory::from_mapping(std::move(*m));
+  std::error_code ec;
+  const fs::path absolute = fs::absolute(path, ec);
+  return GuestMemory::from_mapping(std::move(*m), FileBacking{.path = ec ? path.string() : absolute.string(),
+                                                              .dev = static_cast<uint64_t>(st.st_dev),
+                                                              .ino = static_cast<uint64_t>(st.st_ino)});
 }
 
 }  // namespace vmm::clone

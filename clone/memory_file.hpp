@@ -17,7 +17,8 @@ struct MemoryFileInfo {
 };
 
 /// Writes `memory` to a new file at `path` (must not exist), skipping pages that were never
-/// touched (mincore) and pages that are all zero; fsyncs it.
+/// touched (/proc/self/pagemap; for RAM that maps a file, the file's holes too) and pages that are
+/// all zero; fsyncs it.
 Result<MemoryFileInfo> write_memory_file(const GuestMemory& memory, const std::filesystem::path& path);
 
 /// Recomputes the checksum of a memory file: CRC-32C over (offset, page) of every non-zero 4 KiB

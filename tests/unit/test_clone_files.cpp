@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -13,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "clone/memory_file.hpp"
 #include "clone/template.hpp"
 #include "vmm/base/read_file.hpp"
 #include "temp_dir.hpp"
@@ -26,6 +28,39 @@ using vmm::test::TempDir;
 void write(const fs::path& p, const std::string& text) { std::ofstream(p, std::ios::binary) << text; }
 
 bool has(const std::string& message, const std::string& part) { return message.find(part) != std::string::npos; }
+
+constexpr uint64_t kPage = 4096;
+
+// A page whose every byte says which page it is and which round wrote it.
+void stamp(const vmm::GuestMemory& m, uint64_t page, uint8_t round) {
+  std::vector<uint8_t> b(kPage, static_cast<uint8_t>(page * 7 + round));
+  REQUIRE(m.write(vmm::Gpa(page * kPage), b));
+}
+
+// The file's pages, read with pread (through the page cache, not a mapping).
+std::vector<uint8_t> file_page(const fs::path& p, uint64_t page) {
+  std::vector<uint8_t> b(kPage);
+  const int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
+  REQUIRE(fd >= 0);
+  REQUIRE(::pread(fd, b.data(), kPage, static_cast<off_t>(page * kPage)) == static_cast<ssize_t>(kPage));
+  ::close(fd);
+  return b;
+}
+
+// How many of the file's pages are in the page cache.
+size_t cached_pages(const fs::path& p, uint64_t size) {
+  const int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
+  REQUIRE(fd >= 0);
+  void* m = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+  ::close(fd);
+  REQUIRE(m != MAP_FAILED);
+  std::vector<unsigned char> v(size / kPage);
+  REQUIRE(::mincore(m, size, v.data()) == 0);
+  ::munmap(m, size);
+  size_t n = 0;
+  for (auto c : v) n += c & 1;
+  return n;
+}
 
 }  // namespace
 
@@ -95,6 +130,83 @@ TEST_CASE("copy_sparse: data and holes as they were, progress up to the data cop
   auto again = vmm::clone::copy_sparse(from, to);
   REQUIRE_FALSE(again);
   CHECK(has(again.error().message(), "cannot create"));
+}
+
+TEST_CASE("memory file: written pages kept, zero and untouched ones holes; a clone's RAM saved whole, its template's pages out of the page cache or not") {
+  TempDir d;
+  constexpr uint64_t kSize = 8 << 20;
+  auto ram = vmm::GuestMemory::anonymous(kSize);
+  REQUIRE(ram);
+  const std::vector<uint64_t> written = {0, 3, 511, 512, 1000, 1001, 2047};
+  for (uint64_t p : written) stamp(*ram, p, 1);
+  REQUIRE(ram->fill_zero(vmm::Gpa(1500 * kPage), kPage));  // touched, but zero
+  const fs::path first = d / "memory.bin";
+  auto info = vmm::clone::write_memory_file(*ram, first);
+  if (!info) FAIL(info.error().message());
+  CHECK(info->size == kSize);
+  CHECK(info->data_bytes == written.size() * kPage);
+  auto sum = vmm::clone::checksum_memory_file(first);
+  REQUIRE(sum);
+  CHECK(sum->checksum == info->checksum);
+  CHECK(sum->data_bytes == info->data_bytes);
+  CHECK(vmm::clone::data_bytes(first) <= written.size() * kPage + (64u << 10));  // sparse
+  for (uint64_t p : written) CHECK(file_page(first, p) == std::vector<uint8_t>(kPage, static_cast<uint8_t>(p * 7 + 1)));
+
+  // A clone's RAM maps the file privately. Its template's pages dropped from the page cache (a
+  // host that rebooted, memory pressure) are still its RAM and must be saved: they once looked
+  // untouched to mincore() and became holes of zeroes.
+  const int fd = ::open(first.c_str(), O_RDONLY | O_CLOEXEC);
+  REQUIRE(fd >= 0);
+  REQUIRE(::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED) == 0);
+  ::close(fd);
+  if (cached_pages(first, kSize) != 0) MESSAGE("the page cache kept the file (tmpfs?): the eviction case is not exercised here");
+  auto clone = vmm::clone::map_memory_file(first, kSize);
+  if (!clone) FAIL(clone.error().message());
+  REQUIRE(clone->file());
+  stamp(*clone, 3, 2);     // written over a template page
+  stamp(*clone, 1200, 2);  // written over a hole
+  const fs::path second = d / "snapshot.bin";
+  auto again = vmm::clone::write_memory_file(*clone, second);
+  if (!again) FAIL(again.error().message());
+  CHECK(again->data_bytes == (written.size() + 1) * kPage);
+  for (uint64_t p : written) {
+    const uint8_t round = p == 3 ? 2 : 1;
+    CHECK(file_page(second, p) == std::vector<uint8_t>(kPage, static_cast<uint8_t>(p * 7 + round)));
+  }
+  CHECK(file_page(second, 1200) == std::vector<uint8_t>(kPage, static_cast<uint8_t>(1200 * 7 + 2)));
+  CHECK(vmm::clone::data_bytes(second) <= (written.size() + 1) * kPage + (64u << 10));  // the template's holes stay holes
+  auto sum2 = vmm::clone::checksum_memory_file(second);
+  REQUIRE(sum2);
+  CHECK(sum2->checksum == again->checksum);
+
+  // The template file replaced under the clone (another inode at its path): its holes are no longer
+  // known, so every page is read, and the saved RAM is still the clone's.
+  fs::rename(first, d / "moved.bin");
+  write(first, std::string(kSize, 'x'));
+  const fs::path third = d / "third.bin";
+  auto moved = vmm::clone::write_memory_file(*clone, third);
+  if (!moved) FAIL(moved.error().message());
+  CHECK(moved->checksum == again->checksum);
+  CHECK(moved->data_bytes == again->data_bytes);
+}
+
+TEST_CASE("memory file: not mapped or checked through a FIFO (no hang), a symbolic link or a file of another size") {
+  TempDir d;
+  const fs::path fifo = d / "fifo.bin", link = d / "link.bin", real = d / "real.bin";
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  write(real, std::string(1 << 20, '\0'));
+  fs::create_symlink(real, link);
+  for (const fs::path& p : {fifo, link}) {
+    auto m = vmm::clone::map_memory_file(p, 1 << 20);
+    REQUIRE_FALSE(m);
+    CHECK(has(m.error().message(), p.string()));
+    auto c = vmm::clone::checksum_memory_file(p);
+    REQUIRE_FALSE(c);
+  }
+  auto wrong = vmm::clone::map_memory_file(real, 2 << 20);
+  REQUIRE_FALSE(wrong);
+  CHECK(has(wrong.error().message(), "truncated or replaced"));
+  CHECK(vmm::clone::map_memory_file(real, 1 << 20));
 }
 
 TEST_CASE("utc_now: ISO 8601 in UTC") {

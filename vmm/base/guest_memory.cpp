@@ -20,11 +20,13 @@ Result<GuestMemory> GuestMemory::anonymous(uint64_t size) {
   return GuestMemory(std::move(*m));
 }
 
-Result<GuestMemory> GuestMemory::from_mapping(Mapping mapping) {
+Result<GuestMemory> GuestMemory::from_mapping(Mapping mapping, std::optional<FileBacking> file) {
   if (mapping.size() == 0 || mapping.size() % 4096 != 0) {
     return fail("guest memory size {:#x} is not a positive multiple of 4 KiB", mapping.size());
   }
-  return GuestMemory(std::move(mapping));
+  GuestMemory m(std::move(mapping));
+  m.file_ = std::move(file);
+  return m;
 }
 
 const MemoryRegion* GuestMemory::find(Gpa gpa, uint64_t len) const {

@@ -4,7 +4,9 @@
 
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <span>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -29,13 +31,25 @@ struct MemoryRegion {
   uint64_t end() const { return gpa + size; }
 };
 
+/// The file a MAP_PRIVATE guest RAM mapping reads where the guest has not written (a clone's
+/// template memory file, from offset 0), named by path and identified by device and inode, so that
+/// whoever reads the RAM back can tell the file's holes without reading them.
+struct FileBacking {
+  std::string path;
+  uint64_t dev = 0, ino = 0;
+};
+
 /// Guest RAM. Not copyable; the regions' host pointers stay valid for its lifetime.
 class GuestMemory {
  public:
   /// Anonymous private memory with THP advice, `size` bytes of RAM (a multiple of 4 KiB).
   static Result<GuestMemory> anonymous(uint64_t size);
-  /// RAM backed by an existing mapping (e.g. a template's memory file mapped MAP_PRIVATE).
-  static Result<GuestMemory> from_mapping(Mapping mapping);
+  /// RAM backed by an existing mapping (e.g. a template's memory file mapped MAP_PRIVATE, with the
+  /// file it maps in `file`; nothing for anonymous memory).
+  static Result<GuestMemory> from_mapping(Mapping mapping, std::optional<FileBacking> file = std::nullopt);
+
+  /// The file this RAM maps privately, or nothing (anonymous memory).
+  const std::optional<FileBacking>& file() const { return file_; }
 
   GuestMemory(GuestMemory&&) noexcept = default;
   GuestMemory& operator=(GuestMemory&&) noexcept = default;
@@ -76,6 +90,7 @@ class GuestMemory {
 
   Mapping mapping_;
   std::vector<MemoryRegion> regions_;
+  std::optional<FileBacking> file_;
 };
 
 }  // namespace vmm
