@@ -88,6 +88,7 @@ struct Qcow2::State {
   std::vector<uint8_t> head_buf, tail_buf, zero_buf, zbuf, zin;
   uint64_t zbuf_entry = 0;  // compressed entry whose data zbuf holds (0: none)
   std::string broken;       // set once a corruption is found: no more writes
+  int sync_error = 0;       // the errno of the first fdatasync that failed (sync())
   uint64_t phys_size = 0;   // the file's length as far as we know (never less)
 
   void grew(uint64_t end) { phys_size = std::max(phys_size, end); }
@@ -249,12 +250,12 @@ struct Qcow2::State {
     for (size_t i = 0; i < table.size(); ++i) put_be64(&raw[i * 8], table[i]);
     if (auto r = io(pwrite_full(fd.get(), raw.data(), raw.size(), (e + m) << cb)); !r) return r;
     grew(((e + m) << cb) + raw.size());
-    if (::fdatasync(fd.get()) != 0) return err("fdatasync: {}", errno_text(errno));
+    if (auto r = sync(); !r) return r;
     uint8_t hdr[12];
     put_be64(hdr, (e + m) << cb);
     put_be32(hdr + 8, static_cast<uint32_t>(k));
     if (auto r = io(pwrite_full(fd.get(), hdr, sizeof hdr, kOffRefcountTableOffset)); !r) return r;
-    if (::fdatasync(fd.get()) != 0) return err("fdatasync: {}", errno_text(errno));
+    if (auto r = sync(); !r) return r;
     const uint64_t old_first = h.refcount_table_offset >> cb, old_count = h.refcount_table_clusters;
     h.refcount_table_offset = (e + m) << cb;
     h.refcount_table_clusters = static_cast<uint32_t>(k);
@@ -700,8 +701,18 @@ struct Qcow2::State {
     return any;
   }
 
+  /// fdatasync, failing for good once it has failed: the kernel reports a writeback error once and
+  /// may drop the pages it could not write, and the tables written after a failed sync (marked
+  /// clean, not written again) would otherwise be taken as durable by the next flush.
   Result<> sync() {
-    if (::fdatasync(fd.get()) != 0) return err("fdatasync: {}", errno_text(errno));
+    if (sync_error != 0) {
+      return err("an earlier fdatasync failed ({}): what it covered may not be on disk, so no flush succeeds any more",
+                 errno_text(sync_error));
+    }
+    if (::fdatasync(fd.get()) != 0) {
+      sync_error = errno;
+      return err("fdatasync: {}", errno_text(errno));
+    }
     return {};
   }
 

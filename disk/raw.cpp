@@ -45,7 +45,17 @@ Result<> RawImage::write(uint64_t offset, std::span<const iovec> iov, Done done)
 
 Result<> RawImage::flush(Done done) {
   // A read-only image has nothing to make durable; the guest's flush still succeeds.
-  return loop_.fdatasync(file_, std::move(done));
+  // Once an fdatasync has failed, none may succeed again: the kernel reports a writeback error to
+  // one fdatasync only and may have dropped the pages it could not write, so a later success
+  // would tell the guest that writes are durable which never will be (QEMU does the same).
+  if (const int e = flush_error_.load(std::memory_order_relaxed)) {
+    return fail("{}: an earlier flush failed ({}): what it covered may not be on disk, so no flush succeeds any more",
+                path_.string(), errno_text(e));
+  }
+  return loop_.fdatasync(file_, [this, done = std::move(done)](int32_t res) {
+    if (res < 0) flush_error_.store(-res, std::memory_order_relaxed);
+    done(res);
+  });
 }
 
 Result<> RawImage::discard(uint64_t offset, uint64_t length, Done done) {

@@ -2,6 +2,8 @@
 // one io_uring operation on a registered file.
 #pragma once
 
+#include <atomic>
+
 #include "disk/image.hpp"
 #include "vmm/base/fd.hpp"
 
@@ -36,6 +38,7 @@ class RawImage final : public Image {
   bool read_only_;
   unsigned file_ = 0;  // registered-file index
   bool registered_ = false;
+  std::atomic<int> flush_error_{0};  // the errno of the first fdatasync that failed
 };
 
 }  // namespace vmm::disk

@@ -5,6 +5,7 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -66,7 +67,44 @@ void write_file(const fs::path& p, const Bytes& b) {
   out.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
 }
 
+// The next fdatasync on this thread fails with EIO (the disk's write-back failed): fdatasync is
+// defined here, in the test binary, over the system call, so the engine's calls come here.
+thread_local bool fail_next_fdatasync = false;
+
 }  // namespace
+
+extern "C" int fdatasync(int fd) {
+  if (fail_next_fdatasync) {
+    fail_next_fdatasync = false;
+    errno = EIO;
+    return -1;
+  }
+  return static_cast<int>(::syscall(SYS_fdatasync, fd));
+}
+
+TEST_CASE("qcow2: once an fdatasync has failed, no flush succeeds again") {
+  // The kernel reports a write-back error to one fdatasync only: a flush that then succeeded would
+  // call durable what may be lost (and the tables written before the failure are marked clean).
+  TempDir d;
+  const auto img = d / "a.qcow2";
+  REQUIRE(Qcow2::create(img, {.size = 8 << 20, .cluster_bits = 16}));
+  auto q = open_rw(img);
+  put(*q, 0, pattern(70000, 1));
+  REQUIRE(q->flush());
+  put(*q, 1 << 20, pattern(70000, 2));
+  fail_next_fdatasync = true;
+  auto failed = q->flush();
+  REQUIRE_FALSE(failed);
+  CHECK(failed.error().message().find("fdatasync: Input/output error") != std::string::npos);
+  CHECK_FALSE(fail_next_fdatasync);
+  for (int i = 0; i < 2; ++i) {
+    auto again = q->flush();
+    REQUIRE_FALSE(again);
+    CHECK(again.error().message().find("an earlier fdatasync failed (Input/output error)") != std::string::npos);
+  }
+  // Reads still work; the data written is still what is read.
+  CHECK(get(*q, 1 << 20, 70000) == pattern(70000, 2));
+}
 
 TEST_CASE("qcow2: a new image reads zeroes, writes across clusters read back, also after reopening") {
   for (unsigned bits : {12u, 16u, 21u}) {
