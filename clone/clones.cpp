@@ -36,6 +36,10 @@ std::optional<Failure> read_template(const CloneOptions& o, OpenTemplate& t) {
   if (!manifest) return bad(exit_code::kImage, manifest.error().message());
   t.manifest = std::move(*manifest);
   t.state_path = (t.tdir / t.manifest.state.name).string();
+  // Every file the manifest names is a regular file of the template's own (no link out of it).
+  for (const std::string* name : {&t.manifest.state.name, &t.manifest.memory_file.name}) {
+    if (auto r = template_file(t.tdir, *name); !r) return bad(exit_code::kImage, r.error().message());
+  }
   auto state = read_state_file(t.tdir / t.manifest.state.name);
   if (!state) return bad(exit_code::kImage, state.error().message());
   t.state = std::move(*state);
@@ -47,11 +51,13 @@ std::optional<Failure> read_template(const CloneOptions& o, OpenTemplate& t) {
   }
   // The template's disks must be the ones it was made with.
   for (const auto& d : t.manifest.disks) {
-    std::error_code ec;
-    const auto size = fs::file_size(t.tdir / d.file.name, ec);
-    if (ec || size != d.file.size) {
-      return bad(exit_code::kImage, fmt::format("{}: template disk {} (run 'vmm template verify')", (t.tdir / d.file.name).string(),
-                                                ec ? "is missing" : "changed size"));
+    auto size = template_file(t.tdir, d.file.name);
+    if (!size) return bad(exit_code::kImage, fmt::format("template disk: {} (run 'vmm template verify')", size.error().message()));
+    if (*size != d.file.size) {
+      return bad(exit_code::kImage, fmt::format("{}: template disk changed size (run 'vmm template verify')", (t.tdir / d.file.name).string()));
+    }
+    if (d.format == "qcow2") {
+      if (auto r = check_standalone_qcow2(t.tdir / d.file.name); !r) return bad(exit_code::kImage, r.error().message());
     }
   }
   // Linked clones share one copy-on-write mapping of the memory file (a fleet's clones inherit it).

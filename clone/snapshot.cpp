@@ -138,6 +138,11 @@ Result<MachineShape> read_shape(const StateFile& state, std::string_view file) {
   shape.cpu_template = static_cast<CpuTemplate>(*tmpl);
   auto vendor = r.get_string("vendor", 12);
   if (!vendor) return std::unexpected(vendor.error());
+  // CPUID's vendor string is printable ASCII ("GenuineIntel", "AuthenticAMD"); it is printed in the
+  // mismatch message, which must stay one line without terminal controls.
+  if (!std::ranges::all_of(*vendor, [](char ch) { return ch >= 0x20 && ch < 0x7f; })) {
+    return std::unexpected(r.error("vendor", fmt::format("'{}' is not a CPU vendor string", printable(*vendor))));
+  }
   shape.vendor = *vendor;
   auto sig = r.get<uint32_t>("signature");
   if (!sig) return std::unexpected(sig.error());

@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "clone/memory_file.hpp"
+#include "disk/qcow2_format.hpp"
 #include "vmm/base/crc32c.hpp"
 #include "vmm/base/fd.hpp"
 #include "vmm/base/read_file.hpp"
@@ -260,9 +261,43 @@ Result<fs::path> resolve_template(const fs::path& sdir, const std::string& name_
   return p;
 }
 
+Result<uint64_t> template_file(const fs::path& dir, const std::string& name) {
+  fs::path at = dir;
+  const fs::path rel(name);
+  for (auto part = rel.begin(); part != rel.end(); ++part) {
+    at /= *part;
+    const bool last = std::next(part) == rel.end();
+    struct stat st {};
+    if (::lstat(at.c_str(), &st) != 0) return fail("{}: {}", at.string(), errno_text(errno));
+    if (last && !S_ISREG(st.st_mode)) {
+      return fail("{}: not a regular file{}", at.string(), S_ISLNK(st.st_mode) ? " (a symbolic link)" : "");
+    }
+    if (!last && !S_ISDIR(st.st_mode)) {
+      return fail("{}: not a directory of the template's{}", at.string(), S_ISLNK(st.st_mode) ? " (a symbolic link)" : "");
+    }
+    if (last) return static_cast<uint64_t>(st.st_size);
+  }
+  return fail("{}: an empty file name", dir.string());
+}
+
+Result<> check_standalone_qcow2(const fs::path& path) {
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
+  if (!fd) return fail("{}: cannot open: {}", path.string(), errno_text(errno));
+  // magic (4), version (4), backing_file_offset (8), backing_file_size (4)
+  uint8_t head[20] = {};
+  if (::pread(fd.get(), head, sizeof head, 0) != static_cast<ssize_t>(sizeof head) || disk::qcow2::be32(head) != disk::qcow2::kMagic) {
+    return fail("{}: not a qcow2 image", path.string());
+  }
+  if (disk::qcow2::be64(head + 8) != 0 || disk::qcow2::be32(head + 16) != 0) {
+    return fail("{}: has a backing file; a template's disk must stand alone", path.string());
+  }
+  return {};
+}
+
 Result<FileSum> sum_file(const fs::path& dir, const std::string& name) {
   const fs::path p = dir / name;
-  Fd fd(::open(p.c_str(), O_RDONLY | O_CLOEXEC));
+  if (auto r = template_file(dir, name); !r) return std::unexpected(r.error());
+  Fd fd(::open(p.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
   if (!fd) return fail("{}: cannot open: {}", p.string(), errno_text(errno));
   FileSum f{.name = name, .size = 0, .checksum = 0, .data_bytes = 0};
   std::vector<uint8_t> buf(1 << 20);
@@ -291,8 +326,12 @@ Result<> verify_template(const fs::path& dir) {
   };
   if (auto r = check(m->state); !r) return r;
   for (const auto& d : m->disks) {
+    if (d.format == "qcow2") {
+      if (auto r = check_standalone_qcow2(dir / d.file.name); !r) return r;
+    }
     if (auto r = check(d.file); !r) return r;
   }
+  if (auto r = template_file(dir, m->memory_file.name); !r) return std::unexpected(r.error());
   auto mem = checksum_memory_file(dir / m->memory_file.name);
   if (!mem) return std::unexpected(mem.error());
   const std::string p = (dir / m->memory_file.name).string();

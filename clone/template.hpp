@@ -69,6 +69,13 @@ Result<std::filesystem::path> resolve_template(const std::filesystem::path& stat
 
 /// CRC-32C and size of a whole file.
 Result<FileSum> sum_file(const std::filesystem::path& dir, const std::string& name);
+/// A file the manifest names, checked before it is used: a regular file (no symbolic link, FIFO or
+/// device) under directories of the template's own (none of them a link), so that a template
+/// cannot point a clone at another file of the host. Its size.
+Result<uint64_t> template_file(const std::filesystem::path& dir, const std::string& name);
+/// A template's qcow2 disk stands alone: a backing file named in its header would have clones read
+/// that file (any file of the host) as the disk's unwritten clusters.
+Result<> check_standalone_qcow2(const std::filesystem::path& path);
 /// Checks every file of a template against its manifest (the memory file by its pages).
 Result<> verify_template(const std::filesystem::path& dir);
 

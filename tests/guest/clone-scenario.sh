@@ -230,7 +230,20 @@ expect manifest_version 6 "format version 9.0 is not supported" -- "$vmm" run --
 corrupt garbage; echo 'not json' >"$work/bad/manifest.json"
 expect manifest_garbage 6 "not valid JSON" -- "$vmm" run --clone-of "$work/bad" --name x4
 corrupt disk; rm "$work/bad/disks/disk0.img"
-expect disk_missing 6 "disk is missing" -- "$vmm" run --clone-of "$work/bad" --name x5
+expect disk_missing 6 "template disk: .*/disks/disk0.img: No such file or directory" -- "$vmm" run --clone-of "$work/bad" --name x5
+# A template cannot point a clone at another file of the host: no symbolic link (a disk, the
+# memory file, the disks directory), no qcow2 disk with a backing file.
+corrupt disk_link; rm "$work/bad/disks/disk0.img"; ln -s "$tdir/disks/disk0.img" "$work/bad/disks/disk0.img"
+expect disk_symlink 6 "disk0.img: not a regular file \(a symbolic link\)" -- "$vmm" run --clone-of "$work/bad" --name x6
+corrupt disks_link; mv "$work/bad/disks" "$work/bad/elsewhere"; ln -s elsewhere "$work/bad/disks"
+expect disks_dir_symlink 6 "/disks: not a directory of the template's \(a symbolic link\)" -- "$vmm" run --clone-of "$work/bad" --name x7
+corrupt memory_link; mv "$work/bad/memory.bin" "$work/bad/memory.real"; ln -s memory.real "$work/bad/memory.bin"
+expect memory_symlink 6 "memory.bin: not a regular file \(a symbolic link\)" -- "$vmm" run --clone-of "$work/bad" --name x8
+expect memory_symlink_verify 6 "memory.bin: not a regular file \(a symbolic link\)" -- "$vmm" template verify "$work/bad"
+rm -rf "$work/bad"; cp -r "$VMM_STATE_DIR/templates/blk-qcow2" "$work/bad"; chmod -R u+w "$work/bad"
+printf '\002' | dd of="$work/bad/disks/disk0.qcow2" bs=1 seek=14 conv=notrunc 2>/dev/null  # backing_file_offset 0x200
+expect qcow2_backing 6 "disk0.qcow2: has a backing file; a template's disk must stand alone" -- "$vmm" run --clone-of "$work/bad" --name x9
+expect qcow2_backing_verify 6 "has a backing file" -- "$vmm" template verify "$work/bad"
 corrupt memory; printf 'Z' | dd of="$work/bad/memory.bin" bs=1 seek=4096 conv=notrunc 2>/dev/null
 expect verify_detects 6 "the file changed" -- "$vmm" template verify "$work/bad"
 

@@ -209,6 +209,51 @@ TEST_CASE("memory file: not mapped or checked through a FIFO (no hang), a symbol
   CHECK(vmm::clone::map_memory_file(real, 1 << 20));
 }
 
+TEST_CASE("template files: regular files of the template's own, no link out of it; qcow2 disks stand alone") {
+  TempDir d;
+  fs::create_directories(d / "disks");
+  write(d / "disks/disk0.img", std::string(4096, 'd'));
+  write(d / "outside", "host secret");
+  auto ok = vmm::clone::template_file(d.path, "disks/disk0.img");
+  REQUIRE(ok);
+  CHECK(*ok == 4096);
+  auto missing = vmm::clone::template_file(d.path, "disks/nosuch.img");
+  REQUIRE_FALSE(missing);
+  CHECK(has(missing.error().message(), "nosuch.img: No such file or directory"));
+  fs::create_symlink(d / "outside", d / "disks/link.img");
+  auto link = vmm::clone::template_file(d.path, "disks/link.img");
+  REQUIRE_FALSE(link);
+  CHECK(has(link.error().message(), "link.img: not a regular file (a symbolic link)"));
+  fs::create_directories(d / "elsewhere");
+  write(d / "elsewhere/disk0.img", "x");
+  fs::create_directory_symlink(d / "elsewhere", d / "linked");
+  auto dir_link = vmm::clone::template_file(d.path, "linked/disk0.img");
+  REQUIRE_FALSE(dir_link);
+  CHECK(has(dir_link.error().message(), "linked: not a directory of the template's (a symbolic link)"));
+  REQUIRE(::mkfifo((d / "fifo").c_str(), 0600) == 0);
+  CHECK_FALSE(vmm::clone::template_file(d.path, "fifo"));
+  CHECK_FALSE(vmm::clone::template_file(d.path, "disks"));  // a directory
+
+  // qcow2: the header's backing file offset and size must be zero.
+  std::string q(512, '\0');
+  q[0] = 'Q', q[1] = 'F', q[2] = 'I', q[3] = '\xfb', q[7] = 3;
+  write(d / "alone.qcow2", q);
+  CHECK(vmm::clone::check_standalone_qcow2(d / "alone.qcow2"));
+  q[14] = 2;  // backing_file_offset 0x200
+  write(d / "backed.qcow2", q);
+  auto backed = vmm::clone::check_standalone_qcow2(d / "backed.qcow2");
+  REQUIRE_FALSE(backed);
+  CHECK(has(backed.error().message(), "backed.qcow2: has a backing file; a template's disk must stand alone"));
+  q[14] = 0, q[19] = 9;  // a name size without an offset: refused too
+  write(d / "named.qcow2", q);
+  CHECK_FALSE(vmm::clone::check_standalone_qcow2(d / "named.qcow2"));
+  auto raw = vmm::clone::check_standalone_qcow2(d / "disks/disk0.img");
+  REQUIRE_FALSE(raw);
+  CHECK(has(raw.error().message(), "not a qcow2 image"));
+  CHECK_FALSE(vmm::clone::check_standalone_qcow2(d / "fifo"));  // no hang
+  CHECK_FALSE(vmm::clone::check_standalone_qcow2(d / "disks/link.img"));
+}
+
 TEST_CASE("utc_now: ISO 8601 in UTC") {
   CHECK(std::regex_match(vmm::clone::utc_now(), std::regex(R"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z)")));
 }

@@ -742,6 +742,15 @@ TEST_CASE("snapshot: a running machine captured, written, read back and restored
     refused(s, {"t.state: section machine: memory:"});
     s = without(*state, "machine");
     refused(s, {"machine", "missing"});
+    // A vendor string with a line break and a terminal escape (vcpus u32, memory u64, cpu_template
+    // u8, then the vendor's u32 length and its 12 bytes): refused, and the message stays one line.
+    s = *state;
+    auto& shaped = section(s, "machine");
+    REQUIRE(shaped.size() >= 29);
+    CHECK(std::string(shaped.begin() + 17, shaped.begin() + 29) == shape->vendor);
+    shaped[17] = '\n';
+    shaped[18] = 0x1b;
+    refused(s, {"t.state: section machine: vendor: '", "' is not a CPU vendor string"});
   }
 
   // ---- What check_cpu refuses ----
