@@ -336,7 +336,7 @@ int start_clone(OpenTemplate& t, const CloneOptions& o, const std::string& name,
 int run_clone(const CloneOptions& o) {
   OpenTemplate t;
   if (auto f = open_template(o, t)) return report_failure(*f);
-  const std::string name = o.name.empty() ? fmt::format("{}-{}", t.manifest.name, random_hex(4)) : o.name;
+  const std::string name = o.name.empty() ? fmt::format("{}-{}", std::string_view(t.manifest.name).substr(0, 55), random_hex(4)) : o.name;
   return start_clone(t, o, name, /*inherited=*/false,
                      StartReport{.when = Announce::AtStart, .started = [&](const std::string& ms) {
                        fmt::print(stderr, "vmm: clone {} of {} restored in {} ms (since main)\n", name, t.manifest.name, ms);

@@ -1,5 +1,7 @@
 #include "clone/inventory.hpp"
 
+#include <fstream>
+
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -7,6 +9,7 @@
 
 #include <algorithm>
 
+#include "vmm/api/http.hpp"
 #include "vmm/api/registry.hpp"
 #include "vmm/base/fd.hpp"
 #include "vmm/base/process.hpp"
@@ -44,12 +47,28 @@ CloneEntry read_entry(const fs::path& dir, const std::vector<api::RunningVm>& ru
   return c;
 }
 
-/// Kills the process `pid` and waits until it has ended (10 s at most).
-Result<> kill_and_wait(int64_t pid) {
-  Fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, static_cast<pid_t>(pid), 0)));
-  if (!pidfd) {
-    if (errno == ESRCH) return {};  // ended already
-    return fail("pidfd_open {}: {}", pid, errno_text(errno));
+/// Kills the running VM `vm` and waits until it has ended (10 s at most). The process is the one
+/// that listens on its API socket, as the kernel knows it (as `vmm stop` finds it): the pid its
+/// vm.json gives is as its own PID namespace sees it (1 in a namespace of its own), which here
+/// may name another process. Only a VM whose socket does not listen (yet) is found by that pid,
+/// and only if that process is a vmm.
+Result<> kill_and_wait(const api::RunningVm& vm) {
+  const int64_t pid = vm.pid;
+  Fd pidfd;
+  if (auto p = api::listener_process(vm.socket.string())) {
+    pidfd = std::move(*p);
+    if (!pidfd) return {};  // ended already
+  } else {
+    std::string comm;
+    if (pid > 1) (void)!std::getline(std::ifstream(fmt::format("/proc/{}/comm", pid)), comm);
+    if (!comm.starts_with("vmm")) {
+      return fail("its API socket {} does not answer and its pid {} is not a vmm process here: not killed", vm.socket.string(), pid);
+    }
+    pidfd = Fd(static_cast<int>(::syscall(SYS_pidfd_open, static_cast<pid_t>(pid), 0)));
+    if (!pidfd) {
+      if (errno == ESRCH) return {};  // ended already
+      return fail("pidfd_open {}: {}", pid, errno_text(errno));
+    }
   }
   if (::syscall(SYS_pidfd_send_signal, pidfd.get(), SIGKILL, nullptr, 0) != 0 && errno != ESRCH) {
     return fail("kill {}: {}", pid, errno_text(errno));
@@ -98,7 +117,7 @@ Result<> remove_clone(const fs::path& sdir, const std::string& name, RemoveRunni
     if (running == RemoveRunning::Refuse) {
       return fail("clone '{}' is running (pid {}): stop it first ('vmm stop {}'), or remove it with --force", name, vm->pid, name);
     }
-    if (auto k = kill_and_wait(vm->pid); !k) return fail("clone '{}': {}", name, k.error().message());
+    if (auto k = kill_and_wait(*vm); !k) return fail("clone '{}': {}", name, k.error().message());
     taken = api::Registration::create(sdir, name);  // its entry is stale now: taken over
     if (!taken) return fail("clone '{}': {}", name, taken.error().message());
   }

@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cstdlib>
 #include <fstream>
 #include <thread>
@@ -87,13 +88,30 @@ void raise_open_file_limit() {
 
 void drop_inherited(std::vector<int> keep) {
   std::sort(keep.begin(), keep.end());
+  // Without close_range (a kernel before 5.9, a seccomp profile that does not know it), each
+  // descriptor the process has, from /proc/self/fd: a child that kept its parent's lock, sockets
+  // and KVM fds would keep its parent's name taken and its VM's memory pinned after it ended.
+  auto close_all = [](unsigned lo, unsigned hi) {
+    if (::close_range(lo, hi, 0) == 0) return;
+    std::vector<int> open;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator("/proc/self/fd", ec)) {
+      int fd = -1;
+      const std::string n = e.path().filename().string();
+      if (std::from_chars(n.data(), n.data() + n.size(), fd).ec == std::errc() && fd >= 0 &&
+          static_cast<unsigned>(fd) >= lo && static_cast<unsigned>(fd) <= hi) {
+        open.push_back(fd);
+      }
+    }
+    for (const int fd : open) ::close(fd);  // the directory's own fd is closed by then, or fails harmlessly
+  };
   unsigned from = 3;
   for (const int k : keep) {
     if (k < static_cast<int>(from)) continue;
-    if (static_cast<unsigned>(k) > from) ::close_range(from, static_cast<unsigned>(k) - 1, 0);
+    if (static_cast<unsigned>(k) > from) close_all(from, static_cast<unsigned>(k) - 1);
     from = static_cast<unsigned>(k) + 1;
   }
-  ::close_range(from, ~0u, 0);
+  close_all(from, ~0u);
   // The KVM and io_uring mappings (vCPU run pages, rings) were never inherited: they are made
   // MADV_DONTFORK (Vcpu::create, EventLoop::create).
 }
@@ -283,7 +301,9 @@ Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const json& request, con
   const bool children_paused = request.value("children_paused", false);
   std::vector<ChildPlan> plans(count);
   for (auto& plan : plans) {
-    plan.name = fmt::format("{}-{}", vm->name, random_hex(3));
+    // A fork of a fork of ... stays a valid name (64 characters at most): the parent's name is
+    // shortened to make room for the child's suffix.
+    plan.name = fmt::format("{}-{}", std::string_view(vm->name).substr(0, 57), random_hex(3));
     plan.paused = children_paused;
     plan.dir = vm->state_dir / "clones" / plan.name;
   }

@@ -458,7 +458,7 @@ class Pool {
   }
 
   std::optional<Member> spawn() {
-    auto m = zygote_.spawn(++spawned_, fmt::format("{}-{}", t_.manifest.name, random_hex(4)));
+    auto m = zygote_.spawn(++spawned_, fmt::format("{}-{}", std::string_view(t_.manifest.name).substr(0, 55), random_hex(4)));
     if (!m) {
       fmt::print(stderr, "vmm: pool: no member: {}\n", m.error());
       return std::nullopt;

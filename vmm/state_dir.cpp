@@ -1,9 +1,12 @@
 #include "vmm/state_dir.hpp"
 
+#include <pwd.h>
 #include <unistd.h>
 
 #include <cctype>
 #include <cstdlib>
+#include <string>
+#include <string_view>
 
 namespace vmm {
 
@@ -15,7 +18,12 @@ fs::path resolve_state_dir(const std::string& given) {
   if (::geteuid() == 0) return "/var/lib/vmm";
   if (const char* x = std::getenv("XDG_STATE_HOME"); x && *x) return fs::path(x) / "vmm";
   if (const char* h = std::getenv("HOME"); h && *h) return fs::path(h) / ".local/state/vmm";
-  return "/tmp/vmm-state";
+  // No HOME (a service's environment): the home directory the user database gives. A fixed path
+  // in /tmp, which every user can create first, is the last resort, named after the user.
+  if (const passwd* pw = ::getpwuid(::geteuid()); pw && pw->pw_dir && *pw->pw_dir && std::string_view(pw->pw_dir) != "/") {
+    return fs::path(pw->pw_dir) / ".local/state/vmm";
+  }
+  return fs::path("/tmp") / ("vmm-state-" + std::to_string(::geteuid()));
 }
 
 bool valid_name(std::string_view name) {

@@ -2,6 +2,8 @@
 // write-zeroes, served asynchronously through the image (io_uring), many requests in flight.
 #pragma once
 
+#include <atomic>
+
 #include <memory>
 #include <string>
 
@@ -106,7 +108,7 @@ class Block final : public VirtioDevice {
   uint64_t generation_ = 0;  // bumped by reset(): completions of older requests are dropped
   uint64_t errors_ = 0;
   Stats stats_;  // all but errors
-  size_t in_flight_ = 0;  // image requests whose completion has not run yet
+  std::atomic<size_t> in_flight_{0};  // image requests whose completion has not run yet
   bool logged_ = false;
 };
 

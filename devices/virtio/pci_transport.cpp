@@ -252,7 +252,10 @@ void PciTransport::common_read(uint64_t offset, std::span<uint8_t> data) {
   put(kDriverFeature, driver_feature_select_ < 2 ? static_cast<uint32_t>(driver_features_ >> (32 * driver_feature_select_)) : 0, 4);
   put(kMsixConfig, msix_config_, 2);
   put(kNumQueues, queue_vectors_.size(), 2);
-  put(kDeviceStatus, status_, 1);
+  // A reset completes once the device's requests in flight have (virtio 1.2 §4.1.4.3.1: the
+  // driver waits for a read of 0 before it reuses the rings and buffers, which a request in
+  // flight may still write): until then the status reads NEEDS_RESET.
+  put(kDeviceStatus, status_ == 0 && device_->in_flight() > 0 ? kStatusNeedsReset : status_, 1);
   put(kConfigGeneration, config_generation_, 1);
   put(kQueueSelect, queue_select_, 2);
   if (queue_select_ < queue_vectors_.size()) {

@@ -279,6 +279,25 @@ took=$(($(date +%s) - start))
 ended "$pid_e2" && [ "$took" -ge 1 ] && [ "$took" -le 12 ] && ok "vmm stop waits for the hard stop after --timeout (${took} s)" ||
   { bad "vmm stop e2 --timeout 2 returned after ${took} s"; tail -n 5 "$work/e2.out" "$work/e2.err"; }
 wait "$pid_e2"
+# --api-socket: one path for two VMs. The second is refused before it starts (it would run without
+# an API while its registration named the first one's socket, so that `vmm stop` of it stopped the
+# first, and its end removed the first's socket); the first is untouched and stops by its name.
+asock="$work/shared.sock"
+"$vmm" run --name s1 --console none --kernel "$guest" --cmdline identity --api-socket "$asock" >"$work/s1.out" 2>&1 &
+pid_s1=$!
+pids="$pids $pid_s1"
+n=0
+while ! "$vmm" ps 2>/dev/null | grep -q "^s1 " && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+n=0
+while [ ! -S "$asock" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+"$vmm" run --name s2 --console none --kernel "$guest" --cmdline identity --api-socket "$asock" >"$work/s2.out" 2>&1; st=$?
+[ "$st" != 0 ] && grep -q "shared.sock: another server listens there" "$work/s2.out" && [ ! -e "$VMM_STATE_DIR/run/s2" ] &&
+  ok "a second VM on the first one's --api-socket is refused (status $st), nothing registered" ||
+  { bad "second VM on one --api-socket: status $st"; cat "$work/s2.out"; }
+[ -S "$asock" ] && kill -0 "$pid_s1" 2>/dev/null && ok "...and the first VM and its socket are untouched" || bad "the first VM or its socket is gone"
+"$vmm" stop s1 --timeout 0 >"$work/e" 2>&1 && ended "$pid_s1" && [ ! -e "$asock" ] &&
+  ok "vmm stop s1 through its --api-socket; its socket went with it" || { bad "stop s1"; cat "$work/e" "$work/s1.out"; }
+wait "$pid_s1" 2>/dev/null
 # A VM in a PID namespace of its own says it is pid 1 (GET /vm, vm.json): vmm stop waits for the
 # right process all the same, the socket's owner as the kernel sees it from here.
 if unshare -p -f true 2>/dev/null; then

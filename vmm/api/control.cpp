@@ -14,6 +14,12 @@ namespace vmm::api {
 
 Result<std::unique_ptr<ControlPlane>> ControlPlane::create(const std::filesystem::path& state_dir, const std::string& name,
                                                            const std::filesystem::path& socket) {
+  // A socket given by path that another server listens on (another VM's --api-socket): this VM
+  // would run without an API while its registration named that socket, so that `vmm stop NAME`
+  // reached the other VM. Refused before anything starts.
+  if (!socket.empty() && someone_listens(socket.string())) {
+    return fail("{}: another server listens there (the API socket of another VM?)", socket.string());
+  }
   auto reg = Registration::create(state_dir, name, socket);
   if (!reg) return std::unexpected(reg.error());
   std::unique_ptr<ControlPlane> c(new ControlPlane);
@@ -66,6 +72,7 @@ void ControlPlane::run_starter(Machine& machine, bool paused) {
       return;
     }
     listener = std::move(*fd);
+    registration_->socket_bound();
   }
   // The first client (or the end). An idle VM nobody asks keeps this thread, in poll(), and none
   // of the plugin.

@@ -90,10 +90,14 @@ Result<Fd> listener_process(const std::string& path) {
   return Fd(fd);
 }
 
+bool someone_listens(const std::string& path) {
+  return path.size() < sizeof(sockaddr_un::sun_path) && connect_unix(path).has_value();
+}
+
 Result<Fd> listen_unix(const std::string& path) {
-  // The temporary name below is 4 bytes longer.
-  if (path.size() + 4 >= sizeof(sockaddr_un::sun_path)) {
-    return fail("{}: too long for a Unix socket path ({} bytes at most)", path, sizeof(sockaddr_un::sun_path) - 5);
+  // The temporary name below is up to 12 bytes longer.
+  if (path.size() + 12 >= sizeof(sockaddr_un::sun_path)) {
+    return fail("{}: too long for a Unix socket path ({} bytes at most)", path, sizeof(sockaddr_un::sun_path) - 13);
   }
   // Something at the path: only a socket nobody listens on (left by a VM that was killed) is replaced.
   if (struct stat st {}; ::lstat(path.c_str(), &st) == 0) {
@@ -102,7 +106,7 @@ Result<Fd> listen_unix(const std::string& path) {
   }
   // Bound under a temporary name, made 0600, then renamed into place: the socket never appears
   // at its path with the umask's mode (the directory admits its owner only anyway).
-  const std::string tmp = path + ".tmp";
+  const std::string tmp = fmt::format("{}.{}.tmp", path, ::getpid());  // two VMs starting at once do not share it
   ::unlink(tmp.c_str());
   Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd) return fail("{}: socket: {}", path, errno_text(errno));

@@ -122,10 +122,21 @@ void Registration::abandon() {
   lock_ = Fd();  // closing a duplicate does not unlock: flock belongs to the open file description, the parent's too
 }
 
+void Registration::socket_bound() {
+  struct stat st {};
+  if (::lstat(socket_.c_str(), &st) == 0) bound_ = {static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)};
+}
+
 Registration::~Registration() {
   if (abandoned_ || dir_.empty()) return;
   std::error_code ec;
-  if (socket_.parent_path() != dir_) fs::remove(socket_, ec);
+  // A socket given by path (--api-socket) is removed only if it is still the one this VM bound:
+  // one it never bound belongs to whoever listens there.
+  struct stat st {};
+  if (socket_.parent_path() != dir_ && bound_ && ::lstat(socket_.c_str(), &st) == 0 &&
+      std::pair{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)} == *bound_) {
+    fs::remove(socket_, ec);
+  }
   fs::remove_all(dir_, ec);
 }
 

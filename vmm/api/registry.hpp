@@ -8,6 +8,7 @@
 #pragma once
 
 #include <filesystem>
+#include <optional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -32,6 +33,9 @@ class Registration {
   /// In a forked child: forget the parent's registration without touching its files (the lock
   /// fd is shared with the parent: it is closed, never unlocked).
   void abandon();
+  /// The VM listens at socket() now: the socket there is its own, and goes with the registration
+  /// (a socket it never bound, or that another server has bound since, is left alone).
+  void socket_bound();
 
  private:
   Registration() = default;
@@ -39,6 +43,7 @@ class Registration {
   std::filesystem::path dir_, socket_;
   Fd lock_;
   bool abandoned_ = false;
+  std::optional<std::pair<uint64_t, uint64_t>> bound_;  // the socket file's device and inode
 };
 
 struct RunningVm {

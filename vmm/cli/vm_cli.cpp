@@ -90,6 +90,19 @@ int vm_command(const VmCommand& c) {
   if (c.verb == "ps") return ps(sdir, c.json);
   auto socket = api::find_vm(sdir, c.target);
   if (!socket) return report_error(exit_code::kUsage, socket.error().message());
+  if (c.target.find('/') == std::string::npos) {
+    // By name: the VM that answers on the socket its registration names must be that VM (a socket
+    // path given to two VMs, or one that another server has taken since).
+    auto who = api::call(socket->string(), api::HttpRequest{.method = "GET", .path = "/vm", .body = {}}, 10);
+    if (who && who->status == 200) {
+      const json j = json::parse(who->body, nullptr, false);
+      const std::string name = j.is_object() && j.contains("name") && j["name"].is_string() ? j["name"].get<std::string>() : "";
+      if (name != c.target) {
+        return report_error(exit_code::kVmmError, fmt::format("{}: its API socket {} is served by {}, not by it", c.target,
+                                                              socket->string(), name.empty() ? "another server" : "the VM '" + name + "'"));
+      }
+    }
+  }
   api::HttpRequest req{.method = "PUT", .path = "/vm/" + c.verb, .body = "{}"};
   double timeout = 30;
   if (c.verb == "stop") {
