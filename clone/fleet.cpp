@@ -16,6 +16,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstring>
 #include <map>
 
 #include "clone/live.hpp"
@@ -60,8 +62,19 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
   sigemptyset(&sigs);
   sigaddset(&sigs, SIGINT);
   sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGHUP);
   sigaddset(&sigs, SIGCHLD);
   ::pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  // A stop asked for while the clones start (Ctrl-C during a thousand, the terminal closed, a
+  // service manager's SIGTERM) is seen between two clones: no more start, and those started stop.
+  sigset_t stops = sigs;
+  sigdelset(&stops, SIGCHLD);
+  int interrupted = 0;
+  auto check_interrupt = [&] {
+    const timespec now{};
+    if (interrupted == 0) interrupted = std::max(0, ::sigtimedwait(&stops, nullptr, &now));
+    return interrupted != 0;
+  };
 
   if (!o.ip.empty()) {
     // Every clone's address, checked before the first starts.
@@ -69,6 +82,7 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
   }
   std::vector<Member> members(count);
   for (unsigned i = 0; i < count; ++i) {
+    if (check_interrupt()) break;
     Member& mb = members[i];
     mb.name = fmt::format("{}-{}", prefix, i + 1);
     CloneOptions co = o;
@@ -86,6 +100,10 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
     const pid_t pid = ::fork();
     if (pid == 0) {
       ::setsid();
+      sigset_t hup;  // blocked for the launcher only: a clone keeps SIGHUP's default
+      sigemptyset(&hup);
+      sigaddset(&hup, SIGHUP);
+      ::pthread_sigmask(SIG_UNBLOCK, &hup, nullptr);
       ::close(p[0]);
       for (auto& other : members) {
         if (other.report >= 0) ::close(other.report);
@@ -125,12 +143,12 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
   // Reports: one line per clone, in the order they come.
   auto pending = [&] { return std::ranges::count_if(members, [](const Member& m) { return m.report >= 0; }); };
   unsigned ok = 0;
-  while (pending() > 0) {
+  while (pending() > 0 && !check_interrupt()) {
     std::vector<pollfd> pfds;
     for (auto& m : members) {
       if (m.report >= 0) pfds.push_back(pollfd{.fd = m.report, .events = POLLIN, .revents = 0});
     }
-    if (::poll(pfds.data(), pfds.size(), 1000) <= 0) continue;
+    if (::poll(pfds.data(), pfds.size(), 100) <= 0) continue;
     for (auto& m : members) {
       if (m.report < 0) continue;
       pollfd probe{.fd = m.report, .events = POLLIN, .revents = 0};
@@ -156,14 +174,29 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
       std::fflush(stdout);
     }
   }
-  const unsigned failed = count - ok;
-  fmt::print(stderr, "vmm: fleet {}: {} of {} clones running{}\n", prefix, ok, count,
-             failed ? fmt::format(", {} failed (see above)", failed) : "");
-  if (detach) return failed ? exit_code::kVmmError : exit_code::kOk;
-
-  // Foreground: wait for the clones; SIGINT/SIGTERM stops them all.
   auto running = [&] { return std::ranges::count_if(members, [](const Member& m) { return m.pid > 0 && !m.ended; }); };
-  bool stopping = false;
+  // Stops every clone that runs: SIGTERM (each stops its VM), SIGKILL at a second request.
+  int stop_signal = 0;
+  auto stop_all = [&](int sig) {
+    if (sig == SIGTERM) fmt::print(stderr, "vmm: fleet {}: stopping {} clones\n", prefix, running());
+    for (auto& m : members) {
+      if (m.pid > 0 && !m.ended) ::kill(m.pid, sig);
+    }
+    stop_signal = sig;
+  };
+  const unsigned failed = count - ok;
+  if (interrupted) {
+    fmt::print(stderr, "vmm: fleet {}: interrupted ({}) while starting, {} of {} clones running\n", prefix,
+               ::strsignal(interrupted), running(), count);
+    stop_all(SIGTERM);
+  } else {
+    fmt::print(stderr, "vmm: fleet {}: {} of {} clones running{}\n", prefix, ok, count,
+               failed ? fmt::format(", {} failed (see above)", failed) : "");
+    if (detach) return failed ? exit_code::kVmmError : exit_code::kOk;
+  }
+
+  // Foreground (or a start that was interrupted): wait for the clones; SIGINT, SIGTERM or SIGHUP
+  // stops them all, a second one kills them.
   while (running() > 0) {
     siginfo_t si{};
     if (::sigwaitinfo(&sigs, &si) < 0) continue;
@@ -175,14 +208,11 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
           m.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
         }
       }
-    } else if (!stopping) {
-      stopping = true;
-      fmt::print(stderr, "vmm: fleet {}: stopping {} clones\n", prefix, running());
-      for (auto& m : members) {
-        if (m.pid > 0 && !m.ended) ::kill(m.pid, SIGTERM);
-      }
+    } else {
+      stop_all(stop_signal == 0 ? SIGTERM : SIGKILL);
     }
   }
+  if (interrupted) return 128 + interrupted;
   return failed ? exit_code::kVmmError : exit_code::kOk;
 }
 

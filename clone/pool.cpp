@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <atomic>
 #include <charconv>
+#include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -229,8 +230,9 @@ struct Member {
   std::string name;
 };
 
-/// The zygote's side: forks a member for each name it receives and sends back "PID" with the
-/// member's socket. Ends when the pool's end closes. Never returns.
+/// The zygote's side: forks a member for each name it receives and sends back "INDEX PID" with the
+/// member's socket (or "INDEX error WHY"), INDEX the request's, so that a late answer is never
+/// taken for the next request's. Ends when the pool's end closes. Never returns.
 [[noreturn]] void run_zygote(OpenTemplate& t, const CloneOptions& o, int control) {
   drop_inherited({control, t.kvm->fd()});
   for (;;) {
@@ -248,9 +250,10 @@ struct Member {
     const std::string name = space == std::string::npos ? text : text.substr(space + 1);
     CloneOptions mo = o;
     if (space != std::string::npos) (void)std::from_chars(text.data(), text.data() + space, mo.index);
+    const std::string tag = std::to_string(mo.index) + " ";
     int sv[2];
     if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
-      send_text(control, "error socketpair: " + errno_text(errno));
+      send_text(control, tag + "error socketpair: " + errno_text(errno));
       continue;
     }
     const pid_t pid = ::fork();
@@ -260,11 +263,11 @@ struct Member {
     }
     ::close(sv[1]);
     if (pid < 0) {
-      send_text(control, "error fork: " + errno_text(errno));
+      send_text(control, tag + "error fork: " + errno_text(errno));
       ::close(sv[0]);
       continue;
     }
-    send_with_fd(control, std::to_string(pid), sv[0]);
+    send_with_fd(control, tag + std::to_string(pid), sv[0]);
     ::close(sv[0]);
   }
 }
@@ -295,18 +298,33 @@ class Zygote {
   /// A new member named `name`, number `index` (forked, not yet prepared), or an error text.
   std::expected<Member, std::string> spawn(unsigned index, const std::string& name) {
     send_text(fd_, fmt::format("{} {}", index, name));
-    pollfd p{.fd = fd_, .events = POLLIN, .revents = 0};
-    if (::poll(&p, 1, 10000) <= 0) return std::unexpected("the pool's zygote does not answer");
-    auto [text, fd] = receive_with_fd(fd_);
-    if (fd < 0) return std::unexpected(text.empty() ? std::string("the pool's zygote ended") : text);
-    Member m;
-    m.fd = fd;
-    if (std::from_chars(text.data(), text.data() + text.size(), m.pid).ec != std::errc()) {
-      ::close(fd);
-      return std::unexpected("the pool's zygote said: " + text);
+    const std::string tag = std::to_string(index) + " ";
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    for (;;) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      pollfd p{.fd = fd_, .events = POLLIN, .revents = 0};
+      if (left.count() <= 0 || ::poll(&p, 1, static_cast<int>(left.count())) <= 0) {
+        return std::unexpected("the pool's zygote does not answer");
+      }
+      auto [text, fd] = receive_with_fd(fd_);
+      if (text.empty() && fd < 0) return std::unexpected("the pool's zygote ended");
+      if (!text.starts_with(tag)) {
+        // The answer to an earlier request that was given up on: its member (if one was made)
+        // discards itself when its socket closes.
+        if (fd >= 0) ::close(fd);
+        continue;
+      }
+      text.erase(0, tag.size());
+      if (fd < 0) return std::unexpected(text);
+      Member m;
+      m.fd = fd;
+      if (std::from_chars(text.data(), text.data() + text.size(), m.pid).ec != std::errc()) {
+        ::close(fd);
+        return std::unexpected("the pool's zygote said: " + text);
+      }
+      m.name = name;
+      return m;
     }
-    m.name = name;
-    return m;
   }
 
  private:

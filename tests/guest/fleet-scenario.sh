@@ -99,6 +99,30 @@ while [ -n "$(ls "$VMM_STATE_DIR/run" 2>/dev/null)" ] && [ $n -lt 100 ]; do slee
 [ "$st" = 0 ] && [ -z "$(ls "$VMM_STATE_DIR/run" 2>/dev/null)" ] && grep -q "stopping 5 clones" "$work/fg.err" &&
   ok "Ctrl-C to the launcher stops the whole fleet" || { bad "Ctrl-C: status $st"; cat "$work/fg.err"; ls "$VMM_STATE_DIR/run"; }
 
+# Ctrl-C while the fleet starts: no more clones start, those started stop, and the launcher ends
+# with 128+SIGINT. (If every clone had started before the signal, it is the foreground stop above.)
+"$vmm" run --clone-of idt --count 30 --name int >"$work/int.out" 2>"$work/int.err" &
+launcher=$!
+n=0
+while ! grep -q " ms$" "$work/int.out" 2>/dev/null && [ $n -lt 600 ]; do sleep 0.05; n=$((n + 1)); done
+kill -INT "$launcher"
+start=$(date +%s)
+wait "$launcher"
+st=$?
+took=$(($(date +%s) - start))
+n=0
+while [ -n "$(ls "$VMM_STATE_DIR/run" 2>/dev/null)" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+started=$(grep -c " ms$" "$work/int.out")
+if grep -q "interrupted (Interrupt) while starting" "$work/int.err"; then
+  [ "$st" = 130 ] && [ "$started" -lt 30 ] && [ -z "$(ls "$VMM_STATE_DIR/run" 2>/dev/null)" ] && [ "$took" -le 15 ] &&
+    ok "Ctrl-C while the fleet starts: $started of 30 had started, all stopped, status 130 (${took} s)" ||
+    { bad "Ctrl-C while starting: status $st, $started started, ${took} s"; cat "$work/int.err"; ls "$VMM_STATE_DIR/run"; }
+else
+  [ "$st" = 0 ] && grep -q "stopping 30 clones" "$work/int.err" && [ -z "$(ls "$VMM_STATE_DIR/run" 2>/dev/null)" ] &&
+    ok "Ctrl-C to a fleet of 30 (all had started before it): all stopped" ||
+    { bad "Ctrl-C during a fleet of 30: status $st"; cat "$work/int.err"; ls "$VMM_STATE_DIR/run"; }
+fi
+
 # A warm pool: clones prepared ahead (VM built, state restored), handed out on request. (Under
 # ASan too: members are forked by the pool's single-threaded zygote, so none inherits a lock that
 # another thread held at the fork.)
