@@ -378,31 +378,54 @@ Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const json& request, con
   }
   window.resume();
 
-  // Each child reports once it runs (or why it could not).
+  // Each child reports once it runs (or why it could not): all of them at once, 30 s at most in
+  // all (one at a time, a request for 256 could have held the VM's control for hours).
+  std::vector<std::string> texts(plans.size());
+  std::vector<bool> heard(plans.size(), false);  // a line, or the end of its pipe
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  for (;;) {
+    std::vector<pollfd> pfds;
+    std::vector<size_t> which;
+    for (size_t i = 0; i < plans.size(); ++i) {
+      if (pids[i] > 0 && !heard[i]) {
+        pfds.push_back(pollfd{.fd = reads[i], .events = POLLIN, .revents = 0});
+        which.push_back(i);
+      }
+    }
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
+    if (pfds.empty() || left <= 0) break;
+    if (::poll(pfds.data(), pfds.size(), static_cast<int>(std::min<int64_t>(left, 100))) <= 0) continue;
+    for (size_t k = 0; k < pfds.size(); ++k) {
+      if (pfds[k].revents == 0) continue;
+      const size_t i = which[k];
+      char buf[512];
+      const ssize_t n = ::read(reads[i], buf, sizeof buf);
+      if (n > 0) texts[i].append(buf, static_cast<size_t>(n));
+      if (n <= 0 || texts[i].find('\n') != std::string::npos) heard[i] = true;
+    }
+  }
   for (size_t i = 0; i < plans.size(); ++i) {
     json c{{"name", plans[i].name}, {"pid", pids[i]}};
+    const std::string& text = texts[i];
     if (pids[i] < 0) {
       c["error"] = fmt::format("fork: {}", errno_text(fork_errors[i]));
+    } else if (text.starts_with("ok")) {
+      std::ofstream(plans[i].dir / "clone.json") << clone_json(CloneRecord{
+          .name = plans[i].name, .template_dir = vm->template_dir, .full = vm->template_dir.empty(), .pid = pids[i],
+          .created = utc_now()});
+    } else if (text.starts_with("error ")) {
+      c["error"] = text.substr(6, text.find('\n') - 6);
+    } else if (heard[i]) {
+      c["error"] = "the child ended before it ran";
+    } else {
+      c["error"] = "the child did not run within 30 s: killed";
+      ::kill(pids[i], SIGKILL);  // its pipe is still open: it runs, and the pid is still its own
+    }
+    // A child that does not run leaves nothing behind (one that reported an error removed its
+    // directory itself; one killed, or that ended without a word, could not).
+    if (c.contains("error")) {
       std::error_code ec;
       fs::remove_all(plans[i].dir, ec);
-    } else {
-      std::string text;
-      pollfd pfd{.fd = reads[i], .events = POLLIN, .revents = 0};
-      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-      char buf[512];
-      while (text.find('\n') == std::string::npos && std::chrono::steady_clock::now() < deadline) {
-        if (::poll(&pfd, 1, 100) <= 0) continue;
-        const ssize_t n = ::read(reads[i], buf, sizeof buf);
-        if (n <= 0) break;
-        text.append(buf, static_cast<size_t>(n));
-      }
-      if (text.starts_with("ok")) {
-        std::ofstream(plans[i].dir / "clone.json") << clone_json(CloneRecord{
-            .name = plans[i].name, .template_dir = vm->template_dir, .full = vm->template_dir.empty(), .pid = pids[i],
-            .created = utc_now()});
-      } else {
-        c["error"] = text.starts_with("error ") ? text.substr(6, text.find('\n') - 6) : "the child ended before it ran";
-      }
     }
     children.push_back(c);
   }
