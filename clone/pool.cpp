@@ -334,14 +334,17 @@ class Zygote {
 };
 
 /// Tells a member that was not handed out to discard itself and waits until it has (its end of
-/// the socket closes when it exits), at most 10 s.
-void discard(const Member& m) {
+/// the socket closes when it exits), at most 10 s. Its directory in `clones` goes in any case (a
+/// member that was killed could not remove it).
+void discard(const Member& m, const fs::path& clones) {
   ::shutdown(m.fd, SHUT_WR);
   pollfd p{.fd = m.fd, .events = POLLIN, .revents = 0};
   char c;
   while (::poll(&p, 1, 10000) > 0 && ::recv(m.fd, &c, 1, 0) > 0) {
   }
   ::close(m.fd);
+  std::error_code ec;
+  fs::remove_all(clones / m.name, ec);
 }
 
 class Pool {
@@ -366,7 +369,7 @@ class Pool {
     cv_.notify_all();
     if (refill_.joinable()) refill_.join();
     // Members not handed out: their socket's end tells them to discard themselves.
-    for (auto& m : ready_) discard(m);
+    for (auto& m : ready_) discard(m, t_.sdir / "clones");
     ready_.clear();
   }
 
@@ -420,30 +423,53 @@ class Pool {
       return api::fault(400, "this pool's clones are on a shared network: give each its own 'ip' (the template's would be a duplicate)");
     }
     const auto t0 = std::chrono::steady_clock::now();
-    Member m;
-    {
-      std::unique_lock lock(mutex_);
-      if (!cv_.wait_for(lock, std::chrono::seconds(10), [&] { return !ready_.empty() || stopping_; }) || stopping_) {
-        return api::fault(503, "no clone ready in the pool (it refills as fast as it can)");
-      }
-      m = ready_.front();
-      ready_.pop_front();
-      ++taking_;
-    }
     // The member times the clone's start from here (GET /vm start_ms): steady_clock is one clock
     // for every process.
     req["requested_ns"] = t0.time_since_epoch().count();
-    send_text(m.fd, req.dump());
-    const std::string reply = receive(m.fd, 10000);
-    {
-      // The refill waits until the clone runs: preparing the next member competes for the CPUs
-      // the clone starts on (two here).
-      std::lock_guard lock(mutex_);
-      --taking_;
+    Member m;
+    std::string reply;
+    for (int attempt = 0;; ++attempt) {
+      {
+        std::unique_lock lock(mutex_);
+        if (!cv_.wait_for(lock, std::chrono::seconds(10), [&] { return !ready_.empty() || stopping_; }) || stopping_) {
+          return api::fault(503, "no clone ready in the pool (it refills as fast as it can)");
+        }
+        m = ready_.front();
+        ready_.pop_front();
+        ++taking_;
+      }
+      send_text(m.fd, req.dump());
+      pollfd p{.fd = m.fd, .events = POLLIN, .revents = 0};
+      const int polled = ::poll(&p, 1, 10000);
+      char buf[512];
+      const ssize_t n = polled > 0 ? ::recv(m.fd, buf, sizeof buf, 0) : -1;
+      reply = n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
+      {
+        // The refill waits until the clone runs: preparing the next member competes for the CPUs
+        // the clone starts on (two here).
+        std::lock_guard lock(mutex_);
+        --taking_;
+      }
+      cv_.notify_all();
+      ::close(m.fd);
+      // A member that ended while it waited (killed, out of memory) answers nothing: the next one
+      // takes the request, and its prepared directory goes.
+      if (n == 0) {
+        std::error_code ec;
+        fs::remove_all(t_.sdir / "clones" / m.name, ec);
+        if (attempt < 3) continue;
+      }
+      if (polled == 0) {
+        // Alive but not running after 10 s: it is told no more (killed; its socket was open, so the
+        // pid is its own), and leaves no clone behind that nobody was told about.
+        ::kill(m.pid, SIGKILL);
+        std::error_code ec;
+        fs::remove_all(t_.sdir / "clones" / m.name, ec);
+        return api::fault(500, fmt::format("clone {} did not run within 10 s: stopped", m.name));
+      }
+      break;
     }
-    cv_.notify_all();
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    ::close(m.fd);
     if (!reply.starts_with("ok ")) {
       return api::fault(500, fmt::format("clone {} did not start{}", m.name, reply.empty() ? "" : ": " + reply));
     }
