@@ -16,7 +16,7 @@ constexpr size_t kNumBuffersOffset = 10;  // virtio_net_hdr.num_buffers
 
 Result<std::vector<iovec>> host_iov(const GuestMemory& memory, std::span<const Segment> segments) {
   std::vector<iovec> iov;
-  iov.reserve(segments.size());
+  iov.reserve(segments.size() + 1);  // room for one more (receive()'s overflow byte)
   for (const Segment& s : segments) {
     if (s.len == 0) continue;
     auto host = memory.slice(Gpa(s.gpa), s.len);  // checked at pop
@@ -154,8 +154,8 @@ ssize_t Net::send(const std::vector<iovec>& guest) {
   // the guest (a driver must not make one, and tun would act on it).
   constexpr size_t kPrefix = kNetHdrBytes + 12;  // the header, then destination and source MAC
   std::array<uint8_t, kPrefix> prefix{};
-  std::vector<iovec> iov;
-  iov.reserve(guest.size() + 1);
+  std::vector<iovec>& iov = tx_iov_;  // kept: no allocation per frame
+  iov.clear();
   iov.push_back({prefix.data(), 0});
   size_t got = 0;
   for (const iovec& v : guest) {

@@ -90,6 +90,7 @@ class Net final : public VirtioDevice {
   uint64_t rx_frames_ = 0, tx_frames_ = 0, errors_ = 0;
   uint64_t rx_bytes_ = 0, tx_bytes_ = 0;  // frame bytes, without the virtio-net header
   uint64_t filtered_ = 0;
+  std::vector<iovec> tx_iov_;  // send()'s
   bool filter_source_ = false;
   std::unique_ptr<Netns> netns_;
   bool logged_ = false;
