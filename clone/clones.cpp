@@ -360,6 +360,11 @@ Result<NetPlan> plan_nets(std::string_view who, const std::vector<NetSpec>& patt
       auto mac = random_mac();
       if (!mac) return std::unexpected(mac.error());
       n->mac = devices::virtio::format_mac(*mac);
+    } else {
+      // As the guest's agent reads it from the identity file: lower case (52:54:00:AB:... given).
+      auto mac = devices::virtio::parse_mac(n->mac);
+      if (!mac) return fail("--net: {}", mac.error().message());
+      n->mac = devices::virtio::format_mac(*mac);
     }
     plan.nets.push_back(*n);
   }

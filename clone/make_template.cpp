@@ -83,11 +83,15 @@ Result<> seal_template(TemplateDraft& draft, Manifest& m) {
 
 Result<fs::path> template_path(const std::string& state_dir, const std::string& dir) {
   if (dir.find('/') != std::string::npos) {
-    // The directory's name becomes the template's (its manifest refuses control characters).
-    if (control_char(fs::path(dir).lexically_normal().filename().string())) {
-      return fail("template directory '{}': its name has a control character", printable(dir));
+    // The directory's name becomes the template's, and its clones' names start with it, which a
+    // guest's agent takes only as letters, digits, '.', '_' and '-'.
+    fs::path p = fs::path(dir).lexically_normal();
+    if (p.filename().empty()) p = p.parent_path();  // "DIR/"
+    if (const std::string name = p.filename().string(); !valid_name(name)) {
+      return fail("template directory '{}': its name '{}' must be 1 to 64 letters, digits, '.', '_' and '-' (not starting with '.')",
+                  printable(dir), printable(name));
     }
-    return fs::absolute(dir);
+    return fs::absolute(p);
   }
   if (!valid_name(dir)) return fail("template name '{}': use letters, digits, '.', '_' and '-'", dir);
   return resolve_state_dir(state_dir) / "templates" / dir;

@@ -351,8 +351,8 @@ class Pool {
  public:
   /// `needs_ip`: its clones are on a shared network (a bridge or a host TAP), where each request
   /// must give the clone an address of its own.
-  Pool(OpenTemplate& t, Zygote& zygote, std::string name, unsigned size, bool needs_ip)
-      : t_(t), zygote_(zygote), name_(std::move(name)), size_(size), needs_ip_(needs_ip) {}
+  Pool(OpenTemplate& t, Zygote& zygote, std::string name, unsigned size, bool needs_ip, bool in_netns)
+      : t_(t), zygote_(zygote), name_(std::move(name)), size_(size), needs_ip_(needs_ip), in_netns_(in_netns) {}
 
   Result<> start() {
     auto t = start_thread("the pool's refilling thread", [this] { refill(); });
@@ -421,6 +421,12 @@ class Pool {
     }
     if (needs_ip_ && !req.contains("ip")) {
       return api::fault(400, "this pool's clones are on a shared network: give each its own 'ip' (the template's would be a duplicate)");
+    }
+    if (in_netns_ && (req.contains("ip") || req.contains("gateway"))) {
+      // Each member's namespace was made for the template's address (its gateway, its NAT):
+      // another one in the guest would cut the clone off.
+      return api::fault(400, "this pool's clones are each in a network namespace made for the template's address: "
+                             "no 'ip' or 'gateway' can be given");
     }
     const auto t0 = std::chrono::steady_clock::now();
     // The member times the clone's start from here (GET /vm start_ms): steady_clock is one clock
@@ -521,6 +527,7 @@ class Pool {
   const std::string name_;
   const unsigned size_;
   const bool needs_ip_;
+  const bool in_netns_;  // every interface in a namespace of its own (netns=)
   std::mutex mutex_;
   std::condition_variable cv_;
   std::deque<Member> ready_;  // guarded by mutex_
@@ -557,7 +564,8 @@ int run_pool(const CloneOptions& options, unsigned size) {
   auto zygote = Zygote::start(t, member);
   if (!zygote) return report_error(exit_code::kVmmError, zygote.error().message());
   const bool needs_ip = t.manifest.ip != "dhcp" && std::ranges::any_of(o.nets, [](const NetSpec& n) { return n.netns.empty(); });
-  Pool pool(t, *zygote, o.name, size, needs_ip);
+  const bool in_netns = !o.nets.empty() && std::ranges::all_of(o.nets, [](const NetSpec& n) { return !n.netns.empty(); });
+  Pool pool(t, *zygote, o.name, size, needs_ip, in_netns);
   auto server = api::serve((*reg)->socket().string(), [&pool](const api::HttpRequest& r) { return pool.handle(r); });
   if (!server) return report_error(exit_code::kVmmError, server.error().message());
   if (auto r = pool.start(); !r) {

@@ -64,7 +64,7 @@ std::string host_if_name(const std::string& netns) {
   if (netns.size() <= 11) return "vmh-" + netns;
   uint32_t h = 2166136261u;  // FNV-1a: a stable short name for a long namespace name
   for (unsigned char c : netns) h = (h ^ c) * 16777619u;
-  return fmt::format("vmh-{:08x}", h);
+  return fmt::format("vmx-{:08x}", h);  // another prefix: never a short name's ("vmh-1234abcd")
 }
 
 }  // namespace
@@ -107,7 +107,7 @@ unsigned release_stale_netns(const std::filesystem::path& records) {
     const size_t sp = text.find(' ');
     // "NETNS HOSTIF\n", both names as this file wrote them (checked before they reach `ip`).
     const std::string netns = e.path().filename().string(), host_if = sp == std::string::npos ? "" : text.substr(sp + 1, text.find('\n', sp) - sp - 1);
-    const bool sane = text.starts_with(netns + " ") && host_if.starts_with("vmh-") && host_if.size() < IFNAMSIZ &&
+    const bool sane = text.starts_with(netns + " ") && (host_if.starts_with("vmh-") || host_if.starts_with("vmx-")) && host_if.size() < IFNAMSIZ &&
                       host_if.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") == std::string::npos;
     if (sane) {
       remove_netns(netns, host_if);
@@ -132,14 +132,14 @@ Result<std::unique_ptr<Netns>> Netns::create(const NetnsConfig& c) {
     return fail("netns {}: {} (another VM's, or one a killed VM left: ip netns del {})", c.netns, r.error().message(), c.netns);
   }
   ns->name_ = c.netns;  // from here on, the destructor removes it
-  ns->host_if_ = host_if_name(c.netns);
+  const std::string host_if = host_if_name(c.netns);  // ns->host_if_ once it is ours (made below)
   // Its record, locked for the VM's life (a killed VM's is found unlocked).
   ns->record_ = c.records / c.netns;
   ns->record_lock_ = Fd(::open(ns->record_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
   if (!ns->record_lock_ || ::flock(ns->record_lock_.get(), LOCK_EX | LOCK_NB) != 0) {
     return fail("{}: cannot lock: {}", ns->record_.string(), errno_text(errno));
   }
-  const std::string record = c.netns + " " + ns->host_if_ + "\n";
+  const std::string record = c.netns + " " + host_if + "\n";
   if (::write(ns->record_lock_.get(), record.data(), record.size()) != static_cast<ssize_t>(record.size())) {
     return fail("{}: cannot write: {}", ns->record_.string(), errno_text(errno));
   }
@@ -181,10 +181,12 @@ Result<std::unique_ptr<Netns>> Netns::create(const NetnsConfig& c) {
     if (auto r = run_command({"ip", "-batch", "-"}, fmt::format("link add {0} type veth peer name veth0 netns {1}\n"
                                                                 "addr add {2}/30 dev {0}\n"
                                                                 "link set {0} up\n",
-                                                                ns->host_if_, c.netns, host));
+                                                                host_if, c.netns, host));
         !r) {
+      // Not made (a name another VM's veth has): the destructor leaves that one alone.
       return fail("netns {}: {}", c.netns, r.error().message());
     }
+    ns->host_if_ = host_if;
     if (auto r = run_command({"ip", "-n", c.netns, "-batch", "-"}, fmt::format("link set lo up\n"
                                                                                "addr add {0}/30 dev veth0\n"
                                                                                "link set veth0 up\n"

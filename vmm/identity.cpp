@@ -99,11 +99,25 @@ Result<> check_hostname(std::string_view h) {
   return {};
 }
 
+namespace {
+
+/// An address a host on a network can have: not 0.x (this network), 127.x (loopback), 224.x and
+/// up (multicast, reserved, broadcast). vmm-agent refuses an identity with any other, and applies
+/// nothing of it (identity.c's parse_addr): refused here, so that a clone is never given one.
+Result<> check_unicast(uint32_t a) {
+  const unsigned first = a >> 24;
+  if (first == 0 || first == 127 || first >= 224) return fail("not an address an interface can have (0.x, 127.x, 224.x and up are not)");
+  return {};
+}
+
+}  // namespace
+
 Result<std::string> check_ip(std::string_view ip) {
   if (ip == "dhcp") return std::string(ip);
   const size_t slash = ip.find('/');
   auto a = parse_ipv4(ip.substr(0, slash));
   if (!a) return fail("--ip {}: {}", ip, a.error().message());
+  if (auto r = check_unicast(*a); !r) return fail("--ip {}: {}", ip, r.error().message());
   unsigned prefix = 24;
   if (slash != std::string_view::npos) {
     const std::string_view p = ip.substr(slash + 1);
@@ -116,7 +130,9 @@ Result<std::string> check_ip(std::string_view ip) {
 }
 
 Result<> check_gateway(std::string_view gateway) {
-  if (auto a = parse_ipv4(gateway); !a) return fail("--gateway {}: {}", gateway, a.error().message());
+  auto a = parse_ipv4(gateway);
+  if (!a) return fail("--gateway {}: {}", gateway, a.error().message());
+  if (auto r = check_unicast(*a); !r) return fail("--gateway {}: {}", gateway, r.error().message());
   return {};
 }
 
@@ -132,7 +148,7 @@ Result<std::string> ip_plus(std::string_view ip, uint32_t k) {
   if (next > 0xffffffffull || (static_cast<uint32_t>(next) & mask) != (a & mask)) {
     return fail("--ip {}: {} addresses from it leave its /{} network", ip, k + 1, prefix);
   }
-  return fmt::format("{}/{}", format_ipv4(static_cast<uint32_t>(next)), prefix);
+  return check_ip(fmt::format("{}/{}", format_ipv4(static_cast<uint32_t>(next)), prefix));
 }
 
 }  // namespace vmm

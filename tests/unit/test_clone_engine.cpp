@@ -53,6 +53,10 @@ TEST_CASE("clone: plan_nets gives each VM its interfaces, MACs and address, or s
     auto given = plan_nets("clone", {pattern("t1", "", "", "52:54:00:12:34:56")}, bridged, "c", 1, "10.0.0.3/24", "", false);
     REQUIRE(given);
     CHECK(given->nets[0].mac == "52:54:00:12:34:56");
+    // Given in upper case, written as the guest's agent reads it.
+    auto upper = plan_nets("clone", {pattern("t1", "", "", "52:54:00:AB:CD:EF")}, bridged, "c", 1, "10.0.0.3/24", "", false);
+    REQUIRE(upper);
+    CHECK(upper->nets[0].mac == "52:54:00:ab:cd:ef");
   }
   SUBCASE("a name too long or with a bad character once expanded") {
     CHECK_FALSE(plan_nets("fleet", {pattern("tap-{name}")}, bridged, "a-very-long-name", 1, "10.0.0.5", "", false));
@@ -100,7 +104,16 @@ TEST_CASE("clone: a template's place, by name in the state directory or by path"
   }
   auto ctl = template_path(d.path.string(), (d.path / "x\ny").string());
   REQUIRE_FALSE(ctl);
-  CHECK(ctl.error().message().find("control character") != std::string::npos);
+  CHECK(ctl.error().message().find("must be 1 to 64 letters, digits") != std::string::npos);
+  CHECK(ctl.error().message().find('\n') == std::string::npos);
+  // By path, the directory's name is the template's: the same rule as a name.
+  for (const std::string& bad : std::vector<std::string>{"web server", "semi;colon", ".hidden", std::string(65, 'a')}) {
+    CAPTURE(bad);
+    CHECK_FALSE(template_path(d.path.string(), (d.path / bad).string()));
+  }
+  auto slash = template_path(d.path.string(), (d.path / "t2").string() + "/");
+  REQUIRE(slash);
+  CHECK(*slash == d.path / "t2");
 }
 
 TEST_CASE("clone: a template draft is removed unless sealed, and once sealed it is read-only under its name") {

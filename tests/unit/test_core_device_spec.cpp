@@ -85,8 +85,19 @@ TEST_CASE("identity: --hostname, --ip and --gateway") {
   }
   CHECK(*check_ip("10.0.3.11") == "10.0.3.11/24");
   CHECK(*check_ip("10.0.3.11/16") == "10.0.3.11/16");
-  CHECK(*check_ip("0.0.0.0/0") == "0.0.0.0/0");
+  CHECK(*check_ip("1.0.0.1/0") == "1.0.0.1/0");
+  CHECK(*check_ip("223.255.255.254/32") == "223.255.255.254/32");
   CHECK(*check_ip("dhcp") == "dhcp");
+  // Not an interface's address (vmm-agent would refuse the clone's whole identity for it).
+  for (const char* bad : {"0.0.0.0/0", "0.1.2.3", "127.0.0.2/8", "224.0.0.1", "255.255.255.255"}) {
+    INFO(bad);
+    auto r = check_ip(bad);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().message().find("not an address an interface can have") != std::string::npos);
+  }
+  CHECK_FALSE(vmm::check_gateway("255.255.255.255"));
+  CHECK_FALSE(vmm::check_gateway("127.0.0.1"));
+  CHECK(vmm::check_gateway("10.0.0.1"));
   for (const char* bad : {"", "1.2.3", "1.2.3.4.5", "256.1.1.1", "01.2.3.4", "1.2.3.4/33", "1.2.3.4/", "1.2.3.4/08", "a.b.c.d",
                           "1.2.3.4 ", "-1.2.3.4", "1..2.3", "DHCP", "1.2.3.4/24/1"}) {
     INFO(bad);

@@ -53,6 +53,10 @@ std::optional<std::string> validate(BootOptions& o, const std::string& memory_te
     auto d = parse_disk_spec(text);
     if (!d) return d.error().message();
     if (d->id.empty()) d->id = fmt::format("disk{}", o.disks.size());
+    // The serial a guest names the disk by (/dev/disk/by-id/virtio-ID): one per disk.
+    if (std::ranges::any_of(o.disks, [&](const DiskSpec& other) { return other.id == d->id; })) {
+      return fmt::format("--disk {}: id '{}' is another disk's already (each disk needs its own)", text, d->id);
+    }
     o.disks.push_back(*d);
   }
   if (o.disks.size() > kMaxDisks) return fmt::format("--disk: at most {} disks are supported", kMaxDisks);
@@ -83,6 +87,25 @@ std::optional<std::string> validate(BootOptions& o, const std::string& memory_te
   }
   return std::nullopt;
 }
+
+/// Whole numbers are written in decimal, without leading zeros: CLI11 reads "010" as octal (8)
+/// and "0x10" as 16.
+const CLI::Validator kDecimal(
+    [](std::string& text) {
+      return !text.empty() && text.size() <= 19 && std::ranges::all_of(text, [](char c) { return c >= '0' && c <= '9'; }) &&
+                     (text.size() == 1 || text[0] != '0')
+                 ? std::string()
+                 : "'" + text + "' is not a whole number in decimal";
+    },
+    "DECIMAL");
+/// Seconds: a plain decimal number (no "nan", "inf", hexadecimal or exponent, which CLI11 takes).
+const CLI::Validator kSeconds(
+    [](std::string& text) {
+      const bool plain = !text.empty() && text.size() <= 12 && std::ranges::all_of(text, [](char c) { return (c >= '0' && c <= '9') || c == '.'; }) &&
+                         std::ranges::count(text, '.') <= 1 && text != ".";
+      return plain ? std::string() : "'" + text + "' is not a number of seconds";
+    },
+    "SECONDS");
 
 /// "vmm run", "vmm disk create": the subcommands given, for "see '... --help'" hints.
 std::string command_path(const CLI::App& app) {
@@ -126,7 +149,7 @@ int main(int argc, char** argv) {
     cmd->add_option("--initrd", a.opts.initrd, "Initial ramdisk");
     cmd->add_option("--cmdline", a.opts.cmdline, "Kernel command line");
     a.memory = cmd->add_option("--memory", a.memory_text, "Guest RAM, e.g. 256M, 2G (a bare number means MiB)")->capture_default_str();
-    a.cpus = cmd->add_option("--cpus", a.opts.vcpus, "Number of vCPUs (1-254)")->capture_default_str();
+    a.cpus = cmd->add_option("--cpus", a.opts.vcpus, "Number of vCPUs (1-254)")->capture_default_str()->check(kDecimal);
     cmd->add_option("--console", a.console, "Serial console: stdio, file:PATH or none")->capture_default_str();
     cmd->add_option("--disk", a.disks, "A virtio-blk disk: path=FILE[,readonly=on][,id=NAME] (repeatable)");
     cmd->add_option("--net", a.nets, "A virtio-net interface on a TAP: tap=NAME[,mac=MAC][,bridge=BRIDGE][,netns=NAME] (repeatable; "
@@ -153,7 +176,7 @@ int main(int argc, char** argv) {
     run->add_option("--clone-of", clone_args.template_name, "Start a clone of this template (a name in the state directory, or a path)");
     run->add_option("--name", clone_args.name, "The VM's name, unique among the running VMs and clones of the state directory (default: a generated one)");
     run->add_option("--count", fleet_count, "Start a fleet of N clones, one process each, named NAME-1..NAME-N "
-                                            "(NAME: --name, default the template's)")->check(CLI::Range(1, 100000));
+                                            "(NAME: --name, default the template's)")->check(kDecimal)->check(CLI::Range(1, 100000));
     run->add_flag("--detach", detach, "With --count: return once every clone runs");
     run->add_option("--pool", pool_socket, "Take the clone from the warm pool serving this socket (see vmm pool)");
     run->add_option("--api-socket", api_socket, "Where the VM serves its control API (default: STATE_DIR/run/NAME/api.sock)");
@@ -180,7 +203,7 @@ int main(int argc, char** argv) {
     tcreate->add_option("DIR", create.dir, "Template name (in the state directory) or path")->required();
     add_run_options(tcreate, create_args);
     tcreate->add_option("--ready-on", create.ready_on, "Console text that means the guest is ready to be saved")->required();
-    tcreate->add_option("--timeout", create.timeout_s, "Seconds to wait for it")->capture_default_str();
+    tcreate->add_option("--timeout", create.timeout_s, "Seconds to wait for it")->capture_default_str()->check(kSeconds)->check(CLI::Range(0.0, 31536000.0));
     tls = tmpl->add_subcommand("ls", "List the templates of the state directory");
     tls->add_flag("--json", ls_json, "JSON output");
     tinspect = tmpl->add_subcommand("inspect", "Print a template's manifest");
@@ -189,11 +212,11 @@ int main(int argc, char** argv) {
     tverify = tmpl->add_subcommand("verify", "Check every file of a template against its manifest");
     tbench = tmpl->add_subcommand("bench", "Start clones of a template one after another in this process and time each "
                                            "to its guest's answer on the console (the clone path alone, as a library call)");
-    tbench->add_option("--count", bench_count, "Clones to start")->capture_default_str()->check(CLI::Range(1, 100000));
+    tbench->add_option("--count", bench_count, "Clones to start")->capture_default_str()->check(kDecimal)->check(CLI::Range(1, 100000));
     tbench->add_option("--input", bench_input, "A line each clone's UART holds before it resumes (the counter guest answers 'get')")
         ->capture_default_str();
     tbench->add_option("--expect", bench_expect, "The console text that ends each clone's clock (its answer)")->capture_default_str();
-    tbench->add_option("--timeout", bench_timeout, "Seconds a clone has to answer")->capture_default_str()->check(CLI::PositiveNumber);
+    tbench->add_option("--timeout", bench_timeout, "Seconds a clone has to answer")->capture_default_str()->check(kSeconds)->check(CLI::Range(0.0, 86400.0))->check(CLI::PositiveNumber);
     tbench->add_option("--kvm-device", bench_kvm, "KVM device node")->capture_default_str();
     tbench->footer("Prints the median, min and max of the time from mapping a clone's memory to its answer, and the "
                    "median of each step (the start_ms steps of GET /vm). Each clone's directory is removed after it ran.");
@@ -230,7 +253,7 @@ int main(int argc, char** argv) {
   if (want("pool")) {
     pool = app.add_subcommand("pool", "Keep clones of a template ready to start, and hand them out on request");
     pool->add_option("TEMPLATE", pool_opts.template_name, "Template name or path")->required();
-    pool->add_option("--size", pool_size, "Clones kept ready")->capture_default_str()->check(CLI::Range(1, 10000));
+    pool->add_option("--size", pool_size, "Clones kept ready")->capture_default_str()->check(kDecimal)->check(CLI::Range(1, 10000));
     pool->add_option("--name", pool_opts.name, "The pool's name in the state directory (default pool-TEMPLATE)");
     pool->add_option("--api-socket", pool_opts.api_socket, "Where the pool serves POST /clones (default STATE/run/NAME/api.sock)");
     pool->add_option("--state-dir", pool_state_dir, "The state directory");
@@ -264,7 +287,7 @@ int main(int argc, char** argv) {
   }
   if (vm_verbs[2]) {
     vm_verbs[2]->add_option("--timeout", vmc.timeout_s, "Seconds the guest has to power off before a hard stop")->capture_default_str()
-        ->check(CLI::Range(0.0, 86400.0));
+        ->check(kSeconds)->check(CLI::Range(0.0, 86400.0));
     vm_verbs[2]->add_flag("--no-wait", vmc.no_wait, "Return once the VM is told, not once its process has ended");
   }
   if (vm_verbs[3]) {
@@ -272,7 +295,7 @@ int main(int argc, char** argv) {
     vm_verbs[3]->add_flag("--paused", vmc.stay_paused, "Leave the VM paused afterwards");
   }
   if (vm_verbs[4]) {
-    vm_verbs[4]->add_option("--count", vmc.count, "How many copies")->capture_default_str()->check(CLI::Range(1, 256));
+    vm_verbs[4]->add_option("--count", vmc.count, "How many copies")->capture_default_str()->check(kDecimal)->check(CLI::Range(1, 256));
     vm_verbs[4]->add_flag("--paused", vmc.stay_paused, "Leave the parent paused afterwards");
     vm_verbs[4]->add_flag("--children-paused", vmc.children_paused, "Start the copies paused ('vmm resume' runs them)");
     vm_verbs[4]->add_option("--net", vmc.nets, "Each copy's interface: tap=NAME[,bridge=BRIDGE][,netns=NAME], one per interface of the VM "
