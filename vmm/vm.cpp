@@ -214,11 +214,14 @@ void Vm::kick_all() {
 
 void Vm::pause() {
   std::unique_lock lock(mutex_);
-  if (target_ != RunState::Running) return;
-  target_ = RunState::Paused;
-  lock.unlock();
-  kick_all();
-  lock.lock();
+  if (target_ == RunState::Stopped) return;
+  if (target_ == RunState::Running) {
+    target_ = RunState::Paused;
+    lock.unlock();
+    kick_all();
+    lock.lock();
+  }
+  // Paused already (start_paused, or another pause): returns once every vCPU is parked all the same.
   cv_.wait(lock, [&] { return parked_ == vcpus_.size() || target_ == RunState::Stopped; });
 }
 
@@ -240,8 +243,20 @@ void Vm::start_on(std::function<bool()> gate) { gate_ = std::move(gate); }
 void Vm::park(Vcpu& vcpu) {
   // Complete a pending PIO/MMIO exit before the vCPU is considered paused (KVM API, KVM_RUN:
   // "enter KVM_RUN with immediate_exit set so that pending operations complete").
+  // Completing one may need another exit (a read-modify-write of an MMIO register: the read's
+  // completion leads to the write; a string I/O instruction): KVM then returns that exit rather
+  // than EINTR, and it is handled like any other (dropped, a device register write was lost and
+  // the saved RIP already past it), until KVM_RUN returns EINTR.
   vcpu.request_immediate_exit();
-  (void)vcpu.run();
+  for (int more = 0; more < 1024; ++more) {
+    auto ran = vcpu.run();
+    if (!ran || !*ran) break;
+    ExitOutcome out = handle_exit(vcpu.run_area(), vcpu.run_size(), buses_);
+    if (out.stop) {
+      request_stop(StopInfo{.reason = out.reason, .status = 0, .message = std::move(out.message)});
+      break;
+    }
+  }
   vcpu.clear_immediate_exit();
   std::unique_lock lock(mutex_);
   ++parked_;

@@ -407,6 +407,12 @@ if command -v qemu-img >/dev/null; then
 else
   echo "fork: (no qemu-img here: the disks at the fork are not checked)"
 fi
+# A child started paused (its vCPUs parked, its I/O thread running until then) snapshots: it is
+# quiesced first, so the snapshot drives its event loop alone; the child writes on afterwards.
+c1=$(head -1 "$work/forkw" | cut -d' ' -f1)
+"$vmm" snapshot "$c1" "$work/snap-$c1" >"$work/e" 2>&1 && "$vmm" template verify "$work/snap-$c1" >>"$work/e" 2>&1 &&
+  "$vmm" ps | grep -q "^$c1 .* paused " &&
+  ok "a child started paused snapshots, and stays paused" || { bad "snapshot of a paused child"; cat "$work/e"; }
 for c in $(cut -d' ' -f1 "$work/forkw"); do "$vmm" resume "$c" || bad "resume $c"; done
 "$vmm" resume w
 # (vmm ps asks each VM's API, with a 2 s limit: under load a busy one may answer late; give it time)

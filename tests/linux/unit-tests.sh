@@ -8,5 +8,5 @@ cat /tmp/unit.out
 [ $st = 0 ] || exit 1
 if grep -q VMM_SKIP /tmp/unit.out; then echo "unit-tests: FAIL: skipped although L1 has /dev/kvm"; exit 1; fi
 n=$(unit_tests -tc="$tc" -ltc | grep -cE '^(vm|snapshot|kvm_stats):')
-[ "$n" -ge 6 ] || { echo "unit-tests: FAIL: only $n test cases matched"; exit 1; }
+[ "$n" -ge 7 ] || { echo "unit-tests: FAIL: only $n test cases matched"; exit 1; }
 echo "unit-tests: PASS ($n test cases)"

@@ -7,9 +7,12 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <thread>
 
 #include "child_helpers.hpp"
@@ -135,6 +138,57 @@ TEST_CASE("vm: pause, save the vCPU, restore it into a new VM, and it runs on fr
   b.vm->resume();
   b.vm->request_stop(StopReason::PowerOff);
   runner_b.join();
+}
+
+// An MMIO register that counts its reads and writes (what a read-modify-write of it does).
+struct CountingRegister final : vmm::devices::BusDevice {
+  std::atomic<uint64_t> reads{0}, writes{0};
+  std::atomic<uint32_t> value{0};
+  void read(uint64_t, std::span<uint8_t> d) override {
+    ++reads;
+    const uint32_t v = value;
+    std::memcpy(d.data(), &v, std::min(d.size(), sizeof v));
+  }
+  void write(uint64_t, std::span<const uint8_t> d) override {
+    ++writes;
+    uint32_t v = 0;
+    std::memcpy(&v, d.data(), std::min(d.size(), sizeof v));
+    value = v;
+  }
+  std::string_view name() const override { return "counting-register"; }
+};
+
+TEST_CASE("vm: a pause between the read and the write of an MMIO read-modify-write loses neither") {
+  SKIP_WITHOUT_KVM();
+  // loop: or dword [0], 1 (DS based past RAM, on the MMIO bus: a read exit, then a write exit) ; jmp loop
+  const std::array<uint8_t, 8> code{0x66, 0x83, 0x0e, 0x00, 0x00, 0x01, 0xeb, 0xf8};
+  TestVm t(code);
+  constexpr uint64_t kMmio = 2 << 20;  // RAM ends here
+  auto sregs = t.vm->vcpu(0).get_sregs();
+  REQUIRE(sregs);
+  sregs->ds.base = kMmio;
+  REQUIRE(t.vm->vcpu(0).set_sregs(*sregs));
+  auto reg = std::make_shared<CountingRegister>();
+  REQUIRE(t.vm->buses().mmio.insert(reg, kMmio, 0x1000));
+  vmm::StopInfo stop;
+  std::thread runner([&] { stop = t.vm->run(); });
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (reg->writes == 0 && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(1ms);
+  REQUIRE(reg->writes > 0);
+  // Each pause that parks the vCPU between the two exits must still deliver the write: paused,
+  // every read has had its write.
+  for (int i = 0; i < 200; ++i) {
+    t.vm->pause();
+    const uint64_t r = reg->reads, w = reg->writes;
+    CHECK_MESSAGE(r == w, "pause " << i << ": " << r << " reads, " << w << " writes");
+    if (r != w) break;
+    t.vm->resume();
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  t.vm->resume();
+  t.vm->request_stop(StopReason::PowerOff);
+  runner.join();
+  CHECK(stop.reason == StopReason::PowerOff);
 }
 
 // KVM gives a new vCPU the TSC rate the VM defaults to (the host's, measured when KVM loaded). When

@@ -200,6 +200,7 @@ HttpResponse VmService::pause() {
     return fault(500, r.error().message());
   }
   paused_ = true;
+  quiesced_ = true;
   return no_content();
 }
 
@@ -209,6 +210,7 @@ HttpResponse VmService::resume() {
   if (!paused_) return fault(409, "the VM is not paused");
   machine_.resume();
   paused_ = false;
+  quiesced_ = false;
   return no_content();
 }
 
@@ -242,6 +244,7 @@ HttpResponse VmService::stop(const json& body) {
   if (paused_) {
     machine_.resume();
     paused_ = false;
+    quiesced_ = false;
   }
   machine_.platform().press_power_button();
   return no_content();
@@ -327,15 +330,20 @@ HttpResponse VmService::paused_operation(const json& body, const PausedOperation
   double paused_ms = -1;  // how long this request kept the guest from running
   std::optional<Error> pause_error;
   auto pause = [&]() -> Result<> {
-    if (paused_) return {};
+    // A VM that started paused has its vCPUs parked but its I/O thread running: it is quiesced
+    // now (an operation drives the event loop itself, which must then be its only user).
+    if (paused_ && quiesced_) return {};
+    const bool was_paused = paused_;
     paused_at = clock::now();
     if (auto r = machine_.quiesce(); !r) {
       machine_.resume();
+      if (was_paused) machine_.vm().pause();
       paused_at.reset();
       pause_error = r.error();
       return r;
     }
     paused_ = true;
+    quiesced_ = true;
     quiesce_ms = ms(*paused_at, clock::now());
     return {};
   };
@@ -344,6 +352,7 @@ HttpResponse VmService::paused_operation(const json& body, const PausedOperation
       const auto r0 = clock::now();
       machine_.resume();
       paused_ = false;
+      quiesced_ = false;
       const auto r1 = clock::now();
       resume_ms = ms(r0, r1);
       paused_ms = ms(*paused_at, r1);

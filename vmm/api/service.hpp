@@ -97,6 +97,7 @@ class VmService {
   const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
   std::mutex mutex_;     // one control operation at a time
   bool paused_ = false;  // guarded by mutex_
+  bool quiesced_ = false;  // guarded by mutex_: paused with the I/O thread parked too (not so for a VM started paused)
   bool stopping_ = false;
   std::mutex stop_mutex_;
   std::condition_variable stop_cv_;
