@@ -45,8 +45,11 @@ void Console::write(std::span<const uint8_t> bytes) {
   if (out_fd_ < 0) return;
   while (!bytes.empty()) {
     const ssize_t n = ::write(out_fd_, bytes.data(), bytes.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return;  // output gone (closed pipe): drop, the guest keeps running
+    // Output gone (a closed pipe: EPIPE, SIGPIPE being ignored), or a write blocked on a reader
+    // that stopped reading and interrupted by a kick (EINTR: the vCPU is asked to pause or stop;
+    // retrying would block it there for good, with the serial port's lock held): dropped, and
+    // the guest keeps running.
+    if (n <= 0) return;
     bytes = bytes.subspan(static_cast<size_t>(n));
   }
 }

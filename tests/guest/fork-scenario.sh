@@ -279,6 +279,23 @@ took=$(($(date +%s) - start))
 ended "$pid_e2" && [ "$took" -ge 1 ] && [ "$took" -le 12 ] && ok "vmm stop waits for the hard stop after --timeout (${took} s)" ||
   { bad "vmm stop e2 --timeout 2 returned after ${took} s"; tail -n 5 "$work/e2.out" "$work/e2.err"; }
 wait "$pid_e2"
+# A console written to a pipe whose reader has gone (`vmm run ... | head -n 1`): the output is
+# dropped and the VM runs on (SIGPIPE killed it, unless its HTTP plugin happened to be loaded: so no
+# API call before the check).
+mkfifo "$work/pp.in"
+( "$vmm" run --name pp --kernel "$guest" --cmdline counter --console stdio <"$work/pp.in" 2>"$work/pp.err" | head -n 1 >"$work/pp.head" ) &
+pp_job=$!
+exec 5>"$work/pp.in"
+n=0
+while ! grep -q "counter: ready" "$work/pp.head" 2>/dev/null && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+pppid=$(sed -n 's/.*"pid":\([0-9]*\).*/\1/p' "$VMM_STATE_DIR/run/pp/vm.json" 2>/dev/null)
+printf 'get\nget\nget\n' >&5
+sleep 1
+[ -n "$pppid" ] && kill -0 "$pppid" 2>/dev/null && ok "a console piped into head: the VM runs on after head has gone" ||
+  { bad "the VM ended when its console's reader went ($(cat "$work/pp.head" "$work/pp.err"))"; }
+"$vmm" stop --timeout 0 pp >/dev/null 2>&1
+exec 5>&-
+wait "$pp_job"
 # --api-socket: one path for two VMs. The second is refused before it starts (it would run without
 # an API while its registration named the first one's socket, so that `vmm stop` of it stopped the
 # first, and its end removed the first's socket); the first is untouched and stops by its name.
