@@ -106,6 +106,13 @@ StopInfo Machine::run() {
   }
   StopInfo stop = vm_->run();
   end_io();
+  // Requests still in flight (the guest's last reads and writes, a large one on an io_uring
+  // worker) complete before the devices, the image files and their locks, and guest memory go:
+  // they write into guest memory and the files. This thread drives the loop now, 5 s at most.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (requests_in_flight() > 0 && std::chrono::steady_clock::now() < deadline) {
+    if (auto r = loop_->run_once(std::chrono::milliseconds(100)); !r) break;
+  }
   platform_->shutdown();
   if (!io_result_ && stop.reason != devices::StopReason::Error) {
     return StopInfo{.reason = devices::StopReason::Error, .status = 0, .message = io_result_.error().message()};
