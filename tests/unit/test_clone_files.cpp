@@ -132,7 +132,7 @@ TEST_CASE("copy_sparse: data and holes as they were, progress up to the data cop
   CHECK(has(again.error().message(), "cannot create"));
 }
 
-TEST_CASE("memory file: written pages kept, zero and untouched ones holes; a clone's RAM saved whole, its template's pages out of the page cache or not") {
+TEST_CASE("memory file: written pages kept, zero and untouched ones holes, and a clone's RAM saved whole whether its template's pages are in the page cache or not") {
   TempDir d;
   constexpr uint64_t kSize = 8 << 20;
   auto ram = vmm::GuestMemory::anonymous(kSize);
@@ -209,7 +209,7 @@ TEST_CASE("memory file: not mapped or checked through a FIFO (no hang), a symbol
   CHECK(vmm::clone::map_memory_file(real, 1 << 20));
 }
 
-TEST_CASE("template files: regular files of the template's own, no link out of it; qcow2 disks stand alone") {
+TEST_CASE("template files: regular files of the template's own with no link out of it, and qcow2 disks that stand alone") {
   TempDir d;
   fs::create_directories(d / "disks");
   write(d / "disks/disk0.img", std::string(4096, 'd'));
