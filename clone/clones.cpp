@@ -15,6 +15,7 @@
 #include "devices/virtio/net.hpp"
 #include "disk/qcow2.hpp"
 #include "vmm/api/control.hpp"
+#include "vmm/base/process.hpp"
 #include "vmm/base/progress.hpp"
 #include "vmm/base/thread.hpp"
 #include "vmm/exit_status.hpp"
@@ -130,12 +131,14 @@ std::expected<std::unique_ptr<PreparedClone>, Failure> prepare_clone(OpenTemplat
     copied_before += copied;
     return r;
   };
+  // A copy ends early at Ctrl-C (or SIGTERM): the clone then stops as its VM would have.
+  auto copy_failed = [](int otherwise) { return pending_stop_signal() != 0 ? exit_code::kSignal : otherwise; };
   if (o.full) {
     uint64_t total = data_bytes(*tdir / manifest->memory_file.name);
     for (const auto& d : manifest->disks) total += data_bytes(*tdir / d.file.name);
     progress.emplace(fmt::format("copying template {} for the full clone {}", manifest->name, name), total);
     const fs::path copy_path = cdir / kMemoryFile;
-    if (auto r = copy(*tdir / manifest->memory_file.name, copy_path); !r) return bad(exit_code::kVmmError, r.error().message());
+    if (auto r = copy(*tdir / manifest->memory_file.name, copy_path); !r) return bad(copy_failed(exit_code::kVmmError), r.error().message());
     auto m = map_memory_file(copy_path, manifest->memory);
     if (!m) return bad(exit_code::kImage, m.error().message());
     memory.emplace(std::move(*m));
@@ -154,7 +157,7 @@ std::expected<std::unique_ptr<PreparedClone>, Failure> prepare_clone(OpenTemplat
     const auto& d = manifest->disks[i];
     if (o.full) {
       const fs::path copy_path = cdir / "disk" / fmt::format("disk{}.{}", i, d.format == "qcow2" ? "qcow2" : "img");
-      if (auto r = copy(*tdir / d.file.name, copy_path); !r) return bad(exit_code::kImage, r.error().message());
+      if (auto r = copy(*tdir / d.file.name, copy_path); !r) return bad(copy_failed(exit_code::kImage), r.error().message());
       fs::permissions(copy_path, fs::perms::owner_read | fs::perms::owner_write, ec);
       c->disks.push_back(DiskSpec{.path = copy_path, .read_only = d.read_only, .id = d.id});
       continue;

@@ -13,6 +13,7 @@
 #include "clone/snapshot.hpp"
 #include "disk/qcow2.hpp"
 #include "vmm/base/fd.hpp"
+#include "vmm/base/process.hpp"
 #include "vmm/base/thread.hpp"
 #include "vmm/exit_status.hpp"
 #include "vmm/state_dir.hpp"
@@ -120,7 +121,9 @@ int create_template(const TemplateCreateOptions& o) {
       }
     }
     const std::string name = fmt::format("disks/disk{}.{}", i, qcow2 ? "qcow2" : "img");
-    if (auto r = copy_sparse(d.path, tmp / name); !r) return report_error(exit_code::kImage, r.error().message());
+    if (auto r = copy_sparse(d.path, tmp / name); !r) {
+      return report_error(pending_stop_signal() != 0 ? exit_code::kSignal : exit_code::kImage, r.error().message());
+    }
     m.disks.push_back({.file = {.name = name}, .id = d.id, .format = qcow2 ? "qcow2" : "raw", .read_only = d.read_only});
     d.path = tmp / name;
   }

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cstring>
 #include <cstdlib>
 #include <ctime>
 #include <nlohmann/json.hpp>
@@ -18,6 +19,7 @@
 #include "disk/qcow2_format.hpp"
 #include "vmm/base/crc32c.hpp"
 #include "vmm/base/fd.hpp"
+#include "vmm/base/process.hpp"
 #include "vmm/base/read_file.hpp"
 
 namespace vmm::clone {
@@ -96,7 +98,8 @@ Result<> copy_sparse(const fs::path& from, const fs::path& to, const std::functi
   if (!out) return fail("{}: cannot create: {}", to.string(), errno_text(errno));
   struct stat st {};
   if (::fstat(in.get(), &st) < 0) return fail("{}: stat: {}", from.string(), errno_text(errno));
-  if (::ioctl(out.get(), FICLONE, in.get()) == 0) {
+  // Ctrl-C waits, blocked, for the VM's sigwait (main() blocks it): a copy ends at it instead.
+  if (pending_stop_signal() == 0 && ::ioctl(out.get(), FICLONE, in.get()) == 0) {
     if (progress) progress(data_bytes(from));
     return {};
   }
@@ -111,6 +114,9 @@ Result<> copy_sparse(const fs::path& from, const fs::path& to, const std::functi
     if (hole < 0) hole = st.st_size;
     off_t src = data, dst = data;
     while (src < hole) {
+      if (const int sig = pending_stop_signal()) {
+        return fail("copying {} to {}: stopped by {}", from.string(), to.string(), ::strsignal(sig));
+      }
       const ssize_t n = ::copy_file_range(in.get(), &src, out.get(), &dst, static_cast<size_t>(std::min(hole - src, kStep)), 0);
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) return fail("copying {} to {}: {}", from.string(), to.string(), errno_text(n < 0 ? errno : EIO));

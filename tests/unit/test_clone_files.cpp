@@ -3,6 +3,8 @@
 // progress (a full clone's copies); utc_now's form.
 #include <doctest/doctest.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -130,6 +132,33 @@ TEST_CASE("copy_sparse: data and holes as they were, progress up to the data cop
   auto again = vmm::clone::copy_sparse(from, to);
   REQUIRE_FALSE(again);
   CHECK(has(again.error().message(), "cannot create"));
+}
+
+TEST_CASE("copy_sparse: a pending SIGINT (blocked, as main() blocks it for the VM) ends the copy") {
+  TempDir d;
+  const fs::path from = d.path / "from", to = d.path / "to";
+  {
+    const int fd = ::open(from.c_str(), O_WRONLY | O_CREAT, 0644);
+    REQUIRE(fd >= 0);
+    const std::string a(1 << 20, 'a');
+    REQUIRE(::pwrite(fd, a.data(), a.size(), 0) == static_cast<ssize_t>(a.size()));
+    ::close(fd);
+  }
+  sigset_t interrupt, old;
+  sigemptyset(&interrupt);
+  sigaddset(&interrupt, SIGINT);
+  REQUIRE(::pthread_sigmask(SIG_BLOCK, &interrupt, &old) == 0);
+  REQUIRE(::pthread_kill(::pthread_self(), SIGINT) == 0);
+  auto r = vmm::clone::copy_sparse(from, to);
+  const timespec now{};
+  CHECK(::sigtimedwait(&interrupt, nullptr, &now) == SIGINT);  // taken back before the mask is restored
+  ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  REQUIRE_FALSE(r);
+  CHECK(has(r.error().message(), "stopped by Interrupt"));
+  // Without the signal the same copy goes through.
+  fs::remove(to);
+  CHECK(vmm::clone::copy_sparse(from, to));
+  CHECK(fs::file_size(to) == 1u << 20);
 }
 
 TEST_CASE("memory file: written pages kept, zero and untouched ones holes, and a clone's RAM saved whole whether its template's pages are in the page cache or not") {

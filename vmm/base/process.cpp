@@ -108,4 +108,14 @@ Result<> wait_exit(const Fd& pidfd, double timeout_s) {
   }
 }
 
+int pending_stop_signal() {
+  sigset_t pending;
+  sigemptyset(&pending);
+  if (::sigpending(&pending) != 0) return 0;
+  for (int sig : {SIGINT, SIGTERM}) {
+    if (sigismember(&pending, sig) == 1) return sig;
+  }
+  return 0;
+}
+
 }  // namespace vmm
