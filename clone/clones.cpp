@@ -183,6 +183,7 @@ std::expected<std::unique_ptr<PreparedClone>, Failure> prepare_clone(OpenTemplat
   if (!net) return bad(exit_code::kUsage, net.error().message());
   c->nets = std::move(net->nets);
   c->console = o.console;
+  if (c->console.kind == devices::ConsoleSpec::Kind::File) c->console.path = expand_pattern(c->console.path, name, o.index);
   if (!o.console_given) c->console = devices::ConsoleSpec{.kind = devices::ConsoleSpec::Kind::File, .path = (cdir / "console.log").string()};
   const std::string ip = net->ip, gateway = net->gateway;
   auto devs = open_devices(c->console, c->disks, c->nets,

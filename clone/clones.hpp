@@ -30,12 +30,13 @@ struct CloneOptions {
   unsigned index = 1;                 ///< a fleet's clone number, a pool member's ({i} in patterns)
   bool ip_at_request = false;         ///< a pool's member: a clone on a shared network gets its ip with the request
   std::string state_dir;
-  devices::ConsoleSpec console;
-  bool console_given = false;  ///< otherwise the console goes to the clone's console.log
+  devices::ConsoleSpec console;  ///< a file's path may hold {name} and {i}
+  bool console_given = false;    ///< otherwise the console goes to the clone's console.log
   std::vector<NetSpec> nets;
   std::filesystem::path kvm_device;
   std::filesystem::path api_socket;
   std::chrono::steady_clock::time_point started;  ///< when main() began (for the start-time line)
+  double start_timeout_s = 120;  ///< a fleet's: a clone not started this long after its fork is killed
 };
 
 /// `vmm run --clone-of TEMPLATE`: starts one clone and runs it until its guest stops; returns the

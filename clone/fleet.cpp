@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <map>
 
@@ -35,6 +36,8 @@ struct Member {
   pid_t pid = -1;
   int report = -1;     ///< read end of its pipe, until it reported
   std::string result;  ///< its report: "ok MS" or "error WHY"
+  std::chrono::steady_clock::time_point forked;
+  bool dir_existed = false;  ///< a clone of its name was there before: never the launcher's to remove
   bool ended = false;
   int status = 0;
 };
@@ -42,11 +45,16 @@ struct Member {
 }  // namespace
 
 int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
-  OpenTemplate t;
-  if (auto f = open_template(o, t)) return report_failure(*f);
   if (o.console_given && o.console.kind == devices::ConsoleSpec::Kind::Stdio) {
     return report_error(exit_code::kUsage, "--console stdio cannot be shared by a fleet: each clone writes its console.log");
   }
+  if (o.console_given && o.console.kind == devices::ConsoleSpec::Kind::File && count > 1 &&
+      o.console.path.find("{name}") == std::string::npos && o.console.path.find("{i}") == std::string::npos) {
+    return report_error(exit_code::kUsage, fmt::format("--console file:{}: one file for every clone of the fleet; put {{name}} or "
+                                                       "{{i}} in its path", o.console.path));
+  }
+  OpenTemplate t;
+  if (auto f = open_template(o, t)) return report_failure(*f);
   // Said once here rather than by every clone.
   if (auto r = check_net_count("fleet", "template", t.manifest.nets.size(), o.nets.size()); !r) {
     return report_error(exit_code::kUsage, r.error().message());
@@ -94,6 +102,8 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
       if (!ip) return report_error(exit_code::kUsage, ip.error().message());
       co.ip = *ip;
     }
+    std::error_code ec;
+    mb.dir_existed = fs::exists(t.sdir / "clones" / mb.name, ec);
     int p[2];
     if (::pipe2(p, O_CLOEXEC) != 0) return report_error(exit_code::kVmmError, fmt::format("pipe: {}", errno_text(errno)));
     co.started = std::chrono::steady_clock::now();
@@ -138,8 +148,15 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
     }
     mb.pid = pid;
     mb.report = p[0];
+    mb.forked = std::chrono::steady_clock::now();
   }
 
+  // A clone killed, or ended without a word, before it started could not remove its directory (one
+  // that reported an error did): nothing of it stays behind.
+  auto remove_unstarted = [&](const Member& m) {
+    std::error_code ec;
+    if (!m.dir_existed) fs::remove_all(t.sdir / "clones" / m.name, ec);
+  };
   // Reports: one line per clone, in the order they come.
   auto pending = [&] { return std::ranges::count_if(members, [](const Member& m) { return m.report >= 0; }); };
   unsigned ok = 0;
@@ -148,7 +165,24 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
     for (auto& m : members) {
       if (m.report >= 0) pfds.push_back(pollfd{.fd = m.report, .events = POLLIN, .revents = 0});
     }
-    if (::poll(pfds.data(), pfds.size(), 100) <= 0) continue;
+    const int ready = ::poll(pfds.data(), pfds.size(), 100);
+    // A clone that has not started in time (stuck opening its console on a FIFO nobody reads, a
+    // TAP or a host tool that never answers) is given up: killed, and reported failed.
+    const auto now = std::chrono::steady_clock::now();
+    for (auto& m : members) {
+      if (m.report < 0 || now - m.forked < std::chrono::duration<double>(o.start_timeout_s)) continue;
+      ::kill(m.pid, SIGKILL);
+      int status = 0;
+      ::waitpid(m.pid, &status, 0);
+      ::close(m.report);
+      m.report = -1;
+      m.ended = true;
+      m.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      remove_unstarted(m);
+      fmt::print("{} failed: not started {:g} s after its process was made (killed)\n", m.name, o.start_timeout_s);
+      std::fflush(stdout);
+    }
+    if (ready <= 0) continue;
     for (auto& m : members) {
       if (m.report < 0) continue;
       pollfd probe{.fd = m.report, .events = POLLIN, .revents = 0};
@@ -169,6 +203,7 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
         m.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
         // Why, as the clone said it; a clone that ended without a word (killed) has its status.
         const std::string why = m.result.starts_with("error ") ? m.result.substr(6) : "it ended before it ran";
+        if (!m.result.starts_with("error ")) remove_unstarted(m);
         fmt::print("{} failed: {} (exit status {})\n", m.name, why, m.status);
       }
       std::fflush(stdout);

@@ -68,6 +68,20 @@ start=$(date +%s)
 [ $(($(date +%s) - start)) -lt 20 ] && [ "$(grep -c "^piped-[12] " "$work/piped")" = 2 ] && [ -f "$VMM_STATE_DIR/clones/piped-1/vmm.log" ] &&
   ok "vmm run --count --detach | cat returns once the clones run" || { bad "detached fleet through a pipe"; cat "$work/piped"; }
 "$vmm" stop --timeout 0 piped-1 >/dev/null; "$vmm" stop --timeout 0 piped-2 >/dev/null
+# A clone that does not start in time (its console a FIFO nobody reads: its open() waits) is killed,
+# reported, and leaves nothing behind; the others run, each with its console file from the pattern.
+mkfifo "$work/hang-2.con"
+"$vmm" run --clone-of idt --count 3 --name hang --console "file:$work/{name}.con" --start-timeout 8 --detach \
+  >"$work/hang.out" 2>"$work/hang.err"
+st=$?
+n=0
+while { [ ! -s "$work/hang-1.con" ] || [ ! -s "$work/hang-3.con" ]; } && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+[ "$st" = 10 ] && grep -q "^hang-2 failed: not started 8 s after its process was made (killed)\$" "$work/hang.out" &&
+  grep -q "2 of 3 clones running, 1 failed" "$work/hang.err" && [ ! -e "$VMM_STATE_DIR/clones/hang-2" ] &&
+  [ -s "$work/hang-1.con" ] && [ -s "$work/hang-3.con" ] && [ ! -e "$VMM_STATE_DIR/clones/hang-1/console.log" ] &&
+  ok "a clone not started in --start-timeout is killed and removed, the others run (console file:{name})" ||
+  { bad "fleet start timeout: status $st"; cat "$work/hang.out" "$work/hang.err"; ls -l "$work"; }
+"$vmm" stop --timeout 0 hang-1 >/dev/null; "$vmm" stop --timeout 0 hang-3 >/dev/null
 # kill -9 of one leaves the rest running.
 pid5=$(grep "^web-5 " "$work/fleet.out" | cut -d' ' -f2)
 kill -9 "$pid5"

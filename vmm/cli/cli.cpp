@@ -4,6 +4,7 @@
 #include <fmt/core.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstdio>
 #include <optional>
 #include <string_view>
@@ -106,6 +107,13 @@ const CLI::Validator kSeconds(
       return plain ? std::string() : "'" + text + "' is not a number of seconds";
     },
     "SECONDS");
+/// As kSeconds, and more than zero.
+const CLI::Validator kPositiveSeconds(
+    [](std::string& text) {
+      if (std::string e = kSeconds(text); !e.empty()) return e;
+      return std::strtod(text.c_str(), nullptr) > 0 ? std::string() : "'" + text + "' seconds: give more than 0";
+    },
+    "SECONDS");
 
 /// "vmm run", "vmm disk create": the subcommands given, for "see '... --help'" hints.
 std::string command_path(const CLI::App& app) {
@@ -178,6 +186,9 @@ int main(int argc, char** argv) {
     run->add_option("--count", fleet_count, "Start a fleet of N clones, one process each, named NAME-1..NAME-N "
                                             "(NAME: --name, default the template's)")->check(kDecimal)->check(CLI::Range(1, 100000));
     run->add_flag("--detach", detach, "With --count: return once every clone runs");
+    run->add_option("--start-timeout", clone_args.start_timeout_s, "With --count: seconds a clone has to start after its process "
+                                                                   "is made; then it is killed and counted failed")
+        ->capture_default_str()->check(kPositiveSeconds)->check(CLI::Range(0.0, 86400.0));
     run->add_option("--pool", pool_socket, "Take the clone from the warm pool serving this socket (see vmm pool)");
     run->add_option("--api-socket", api_socket, "Where the VM serves its control API (default: STATE_DIR/run/NAME/api.sock)");
     run->add_flag("--full", clone_args.full, "A full clone: its own copy of memory and disks, independent of the template");
@@ -216,7 +227,7 @@ int main(int argc, char** argv) {
     tbench->add_option("--input", bench_input, "A line each clone's UART holds before it resumes (the counter guest answers 'get')")
         ->capture_default_str();
     tbench->add_option("--expect", bench_expect, "The console text that ends each clone's clock (its answer)")->capture_default_str();
-    tbench->add_option("--timeout", bench_timeout, "Seconds a clone has to answer")->capture_default_str()->check(kSeconds)->check(CLI::Range(0.0, 86400.0))->check(CLI::PositiveNumber);
+    tbench->add_option("--timeout", bench_timeout, "Seconds a clone has to answer")->capture_default_str()->check(kPositiveSeconds)->check(CLI::Range(0.0, 86400.0));
     tbench->add_option("--kvm-device", bench_kvm, "KVM device node")->capture_default_str();
     tbench->footer("Prints the median, min and max of the time from mapping a clone's memory to its answer, and the "
                    "median of each step (the start_ms steps of GET /vm). Each clone's directory is removed after it ran.");
@@ -362,7 +373,7 @@ int main(int argc, char** argv) {
       clone_args.kvm_device = run_args.opts.kvm_device;
       clone_args.api_socket = api_socket;
       if (!pool_socket.empty()) {
-        for (const char* opt : {"--count", "--full", "--name", "--console", "--net", "--api-socket", "--detach"}) {
+        for (const char* opt : {"--count", "--full", "--name", "--console", "--net", "--api-socket", "--detach", "--start-timeout"}) {
           if (run->get_option(opt)->count()) {
             print_error(fmt::format("{} cannot be given with --pool: the pool made the clone ready", opt));
             return exit_code::kUsage;
@@ -377,13 +388,15 @@ int main(int argc, char** argv) {
         }
         return clone::run_fleet(clone_args, fleet_count, detach);
       }
-      if (detach) {
-        print_error("--detach needs --count");
-        return exit_code::kUsage;
+      for (const char* opt : {"--detach", "--start-timeout"}) {
+        if (run->get_option(opt)->count()) {
+          print_error(fmt::format("{} needs --count", opt));
+          return exit_code::kUsage;
+        }
       }
       return clone::run_clone(clone_args);
     }
-    for (const char* o : {"--full", "--count", "--detach", "--pool"}) {
+    for (const char* o : {"--full", "--count", "--detach", "--start-timeout", "--pool"}) {
       if (run->get_option(o)->count()) {
         print_error(fmt::format("{} needs --clone-of", o));
         return exit_code::kUsage;
