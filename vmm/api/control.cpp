@@ -22,6 +22,11 @@ Result<std::unique_ptr<ControlPlane>> ControlPlane::create(const std::filesystem
   }
   auto reg = Registration::create(state_dir, name, socket);
   if (!reg) return std::unexpected(reg.error());
+  // A socket that cannot be bound (a long state directory and name) would leave the VM running
+  // without an API, out of reach of `vmm stop` and `vmm ps`: refused before anything starts.
+  if (auto r = check_socket_path((*reg)->socket().string()); !r) {
+    return fail("{}: use a shorter --state-dir or --name, or --api-socket", r.error().message());
+  }
   std::unique_ptr<ControlPlane> c(new ControlPlane);
   c->registration_ = std::move(*reg);
   c->name_ = name;

@@ -94,11 +94,16 @@ bool someone_listens(const std::string& path) {
   return path.size() < sizeof(sockaddr_un::sun_path) && connect_unix(path).has_value();
 }
 
-Result<Fd> listen_unix(const std::string& path) {
-  // The temporary name below is up to 12 bytes longer.
+Result<> check_socket_path(const std::string& path) {
+  // listen_unix's temporary name is up to 12 bytes longer.
   if (path.size() + 12 >= sizeof(sockaddr_un::sun_path)) {
     return fail("{}: too long for a Unix socket path ({} bytes at most)", path, sizeof(sockaddr_un::sun_path) - 13);
   }
+  return {};
+}
+
+Result<Fd> listen_unix(const std::string& path) {
+  if (auto r = check_socket_path(path); !r) return std::unexpected(r.error());
   // Something at the path: only a socket nobody listens on (left by a VM that was killed) is replaced.
   if (struct stat st {}; ::lstat(path.c_str(), &st) == 0) {
     if (!S_ISSOCK(st.st_mode)) return fail("{}: exists and is not a socket", path);

@@ -75,6 +75,8 @@ Result<const HttpPlugin*> http_plugin();
 /// place; a socket left there by a VM that was killed is replaced; anything else there is an error).
 /// Plain system calls: no plugin.
 Result<Fd> listen_unix(const std::string& path);
+/// Whether listen_unix can bind at `path`: short enough for a Unix socket with its temporary name.
+Result<> check_socket_path(const std::string& path);
 /// Whether a server accepts connections at `path` (a Unix socket).
 bool someone_listens(const std::string& path);
 /// A pidfd of the process that listens at `path`, as the kernel knows it (SO_PEERPIDFD, Linux 6.5;
