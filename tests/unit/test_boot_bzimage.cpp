@@ -106,9 +106,34 @@ TEST_CASE("boot: bzImage command line longer than cmdline_size") {
   CHECK(boot::load(mem, config(f.path(), std::string(16, 'a'))));
 }
 
+TEST_CASE("boot: a non-relocatable bzImage runs at pref_address: init_size bytes there are RAM and hold no initrd") {
+  // It is loaded at 1 MiB and decompresses itself to pref_address (16 MiB), into init_size (2 MiB).
+  const BzSpec spec{.relocatable = 0, .pref_address = 16 * kMiB, .init_size = static_cast<uint32_t>(2 * kMiB),
+                    .initrd_addr_max = static_cast<uint32_t>(20 * kMiB - 1)};
+  TempFile kernel(make_bzimage(spec));
+  TempFile initrd(pattern(10 * kMiB));
+  auto mem = memory();
+  auto r = boot::load(mem, config(kernel.path(), "", initrd.path()));
+  if (!r) FAIL(r.error().message());
+  auto bp = mem.read_obj<boot_params>(Gpa(layout::kZeroPage));
+  REQUIRE(bp);
+  // As high as it goes below 20 MiB ([10, 20) MiB) would cross [16, 18) MiB: below 16 MiB instead.
+  CHECK(val(bp->hdr.ramdisk_image) == 6 * kMiB);
+  // No room outside the range: refused, saying why.
+  TempFile big(pattern(15 * kMiB + 1));
+  auto mem2 = memory();
+  auto full = boot::load(mem2, config(kernel.path(), "", big.path()));
+  REQUIRE_FALSE(full);
+  CHECK(full.error().message().find("outside [0x1000000, 0x1200000), where it runs") != std::string::npos);
+  // Where it runs must be RAM: 17 MiB is not enough.
+  check_refused(make_bzimage(spec), "(not relocatable) runs at [0x1000000, 0x1200000) (pref_address + init_size) but low RAM",
+                "console=ttyS0", 17 * kMiB);
+  check_refused(make_bzimage({.relocatable = 0, .pref_address = 0x8000}), "(not relocatable) runs at [0x8000,");
+}
+
 TEST_CASE("boot: initrd too large, missing, and limited by initrd_addr_max") {
   auto mem = memory(8 * kMiB);
-  TempFile kernel(make_bzimage({.relocatable = 0, .init_size = static_cast<uint32_t>(kMiB)}));
+  TempFile kernel(make_bzimage({.relocatable = 0, .pref_address = kMiB, .init_size = static_cast<uint32_t>(kMiB)}));
   TempFile big(Bytes(7 * kMiB, 1));
   auto r = boot::load(mem, config(kernel.path(), "", big.path()));
   REQUIRE_FALSE(r);

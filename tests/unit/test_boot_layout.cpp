@@ -69,6 +69,13 @@ TEST_CASE("boot: initrd placement is page-aligned, as high as possible, above th
   CHECK_FALSE(boot::place_initrd(0x1000, 0x200001, 0x201fff));  // kernel end rounds up past the room
   CHECK_FALSE(boot::place_initrd(UINT64_MAX, 0, 0x400000));
   CHECK_FALSE(boot::place_initrd(0x1000, UINT64_MAX, UINT64_MAX));
+  // A range to avoid (where a non-relocatable kernel runs): placed below it, or nowhere.
+  CHECK(boot::place_initrd(0x1000, 0x200000, 0x400000, {.start = 0x3ff800, .end = 0x500000}) == 0x3fe000);
+  CHECK(boot::place_initrd(0x1000, 0x200000, 0x400000, {.start = 0x400000, .end = 0x500000}) == 0x3ff000);  // touching is fine
+  CHECK(boot::place_initrd(0x1000, 0x200000, 0x400000, {.start = 0x100000, .end = 0x200000}) == 0x3ff000);
+  CHECK_FALSE(boot::place_initrd(0x1000, 0x200000, 0x400000, {.start = 0x200800, .end = 0x400000}));
+  CHECK_FALSE(boot::place_initrd(0x2000, 0x0, 0x400000, {.start = 0x1000, .end = 0x400000}));
+  CHECK(boot::place_initrd(0x1000, 0x200000, 0x400000, {.start = 0x300000, .end = 0x300000}) == 0x3ff000);  // empty
 }
 
 TEST_CASE("boot: kernel format detection from content") {

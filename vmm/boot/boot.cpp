@@ -50,7 +50,7 @@ Result<BootEntry> load(const GuestMemory& memory, const BootConfig& config) {
 
   Initrd initrd;
   if (config.initrd) {
-    auto loaded = load_initrd(memory, *config.initrd, kernel->end, kernel->initrd_end_max);
+    auto loaded = load_initrd(memory, *config.initrd, kernel->end, kernel->initrd_end_max, kernel->runtime);
     if (!loaded) return std::unexpected(loaded.error());
     initrd = *loaded;
   }

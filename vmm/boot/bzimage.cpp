@@ -99,6 +99,17 @@ Result<LoadedKernel> load_bzimage(const GuestMemory& memory, const ImageFile& fi
     return file.error("bzImage needs guest RAM [{:#x}, {:#x}) (load address + max(size, init_size)) but low RAM "
                       "ends at {:#x}", load, load + need, memory.low_end());
   }
+  // A kernel that cannot relocate runs at pref_address (LOAD_PHYSICAL_ADDR), whatever address it
+  // was loaded at: it decompresses itself there, into init_size bytes that must be RAM and must
+  // not hold the initrd.
+  GpaRange runtime;
+  if (!hdr.relocatable_kernel) {
+    runtime = GpaRange{.start = hdr.pref_address, .end = hdr.pref_address + hdr.init_size};
+    if (runtime.start < layout::kHighMemStart || runtime.start > memory.low_end() || hdr.init_size > memory.low_end() - runtime.start) {
+      return file.error("bzImage (not relocatable) runs at [{:#x}, {:#x}) (pref_address + init_size) but low RAM is [{:#x}, {:#x})",
+                        runtime.start, runtime.start + hdr.init_size, layout::kHighMemStart, memory.low_end());
+    }
+  }
   if (auto r = file.read_into(memory, Gpa(load), setup_size, kernel_size, "bzImage protected-mode kernel"); !r) {
     return std::unexpected(r.error());
   }
@@ -108,6 +119,7 @@ Result<LoadedKernel> load_bzimage(const GuestMemory& memory, const ImageFile& fi
       .mode = EntryMode::Linux64,
       .entry = load + kStartup64Offset,
       .end = load + need,
+      .runtime = runtime,
       .initrd_end_max = std::min(initrd_addr_max + 1, memory.low_end()),
       .cmdline_max = std::min<uint64_t>(hdr.cmdline_size, layout::kCmdlineMax - 1),
       .setup_header = std::vector<uint8_t>(head.begin() + kSetupHeaderOffset, head.begin() + copy_end),

@@ -7,6 +7,7 @@
 
 #include "vmm/boot/boot.hpp"
 #include "vmm/boot/image_file.hpp"
+#include "vmm/boot/initrd.hpp"
 
 namespace vmm::boot {
 
@@ -15,6 +16,9 @@ struct LoadedKernel {
   EntryMode mode = EntryMode::Pvh32;
   uint64_t entry = 0;        ///< guest-physical entry point
   uint64_t end = 0;          ///< first GPA above everything the kernel occupies or needs (init_size)
+  /// Where it runs, when not where it was loaded: a non-relocatable bzImage decompresses itself to
+  /// pref_address and needs init_size bytes there (boot.rst: "the kernel runtime start address").
+  GpaRange runtime = {};
   uint64_t initrd_end_max = 0;  ///< the initrd must end at or below this GPA (exclusive)
   uint64_t cmdline_max = 0;  ///< longest command line the kernel accepts, without the NUL
   /// bzImage only: the image's setup header, bytes 0x1F1 up to the end the jump at 0x200 gives.
