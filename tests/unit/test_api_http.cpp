@@ -14,12 +14,14 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "temp_dir.hpp"
 #include "vmm/api/http.hpp"
 #include "vmm/api/registry.hpp"
+#include "vmm/api/service.hpp"
 
 namespace fs = std::filesystem;
 using namespace vmm;
@@ -147,6 +149,11 @@ TEST_CASE("http: malformed and oversized requests get a 4xx with a JSON fault, a
       {"a Content-Length with a number and more", "PUT /vm/pause HTTP/1.1\r\nHost: x\r\nContent-Length: 2x\r\n\r\n{}", "HTTP/1.1 400"},
       {"two Content-Lengths", "PUT /vm/pause HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 0\r\n\r\n{}",
        "HTTP/1.1 400"},
+      // httplib 0.11.4 has no limit on a chunked body, nor on a compressed one once inflated.
+      {"a chunked body", "PUT /vm/pause HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+       "HTTP/1.1 411"},
+      {"a compressed body", "PUT /vm/pause HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\nContent-Length: 2\r\n\r\n{}",
+       "HTTP/1.1 415"},
   };
   for (const auto& c : cases) {
     CAPTURE(c.what);
@@ -220,4 +227,46 @@ TEST_CASE("registry: a name is taken once, a second VM is refused and leaves the
   CHECK_FALSE(std::filesystem::exists(dir / "run" / "older"));
   for (const auto& e : std::filesystem::directory_iterator(dir / "run")) CHECK(e.path().filename().string().front() != '.');
   again->reset();
+}
+
+TEST_CASE("http: a PUT without a Content-Length has an empty body, answered at once (not read until the client closes)") {
+  TestServer t;
+  if (t.skipped()) return;
+  Fd fd = connect_to(t.path);
+  const auto t0 = std::chrono::steady_clock::now();
+  send_all(fd.get(), "PUT /vm/pause HTTP/1.1\r\nHost: x\r\n\r\n");
+  const std::string r = read_response(fd.get(), t0 + std::chrono::seconds(api::kIdleTimeoutS - 1));
+  CHECK(r.starts_with("HTTP/1.1 200"));
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(2));
+  CHECK(t.requests == 1);
+}
+
+TEST_CASE("http: an exception out of a handler, or text that is not UTF-8, is a 500 with a JSON fault, not the end of the process") {
+  const fs::path plugin = fs::path(VMM_BINARY_DIR) / "vmm" / "vmm-http.so";
+  if (!fs::exists(plugin)) return;
+  ::setenv("VMM_HTTP_PLUGIN", plugin.c_str(), 1);
+  vmm::test::TempDir dir{"vmm-http-test"};
+  const std::string path = dir / "api.sock";
+  // vmm and the plugin have a C++ runtime each: an exception unwinding from one into the other
+  // aborted the process (a pool's handler let one out for a path that is not UTF-8).
+  auto s = api::serve(path, [](const api::HttpRequest& r) -> api::HttpResponse {
+    if (r.path == "/throw") throw std::runtime_error("boom");
+    return api::fault(404, "no such path: " + r.path);
+  });
+  if (!s) FAIL(s.error().message());
+  for (const char* req : {"GET /throw HTTP/1.1\r\nHost: x\r\n\r\n", "GET /%FF HTTP/1.1\r\nHost: x\r\n\r\n"}) {
+    CAPTURE(req);
+    Fd fd = connect_to(path);
+    send_all(fd.get(), req);
+    const std::string r = read_response(fd.get(), std::chrono::steady_clock::now() + std::chrono::seconds(api::kIdleTimeoutS - 1));
+    CAPTURE(r);
+    CHECK(r.find(R"({"fault_message":)") != std::string::npos);
+    if (std::string(req).starts_with("GET /throw")) {
+      CHECK(r.starts_with("HTTP/1.1 500"));
+      CHECK(r.find("internal error: boom") != std::string::npos);
+    } else {
+      CHECK(r.starts_with("HTTP/1.1 404"));
+      CHECK(r.find("no such path: /\xef\xbf\xbd") != std::string::npos);  // U+FFFD for the byte 0xFF
+    }
+  }
 }

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <mutex>
+#include <nlohmann/json.hpp>
 
 namespace vmm::api {
 
@@ -132,8 +133,22 @@ Result<Fd> listen_unix(const std::string& path) {
 Result<std::unique_ptr<HttpServer>> serve(Fd listener, HttpHandler handler) {
   auto plugin = http_plugin();
   if (!plugin) return std::unexpected(plugin.error());
+  // No exception may leave a handler: vmm and the plugin each have their own C++ runtime (vmm's is
+  // linked in), and one unwinding from vmm's frames into the plugin's aborts the process. Caught
+  // here, on vmm's side, whatever the handler forgot.
+  HttpHandler guarded = [handler = std::move(handler)](const HttpRequest& request) noexcept -> HttpResponse {
+    std::string what = "internal error";
+    try {
+      return handler(request);
+    } catch (const std::exception& e) {
+      what = fmt::format("internal error: {}", e.what());
+    } catch (...) {
+    }
+    const nlohmann::json body = {{"fault_message", what}};
+    return HttpResponse{.status = 500, .body = body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), .allow = {}};
+  };
   std::string error;
-  HttpServer* server = (*plugin)->serve(listener.release(), std::move(handler), error);
+  HttpServer* server = (*plugin)->serve(listener.release(), std::move(guarded), error);
   if (!server) return fail("{}", error);
   return std::unique_ptr<HttpServer>(server);
 }

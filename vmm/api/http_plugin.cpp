@@ -95,16 +95,33 @@ class Server final : public HttpServer {
     // httplib takes a Content-Length it cannot read for 0 and hands the request on without its
     // body (the rest of it then read as the next request); two of them are the classic way to
     // smuggle one request in another. Both are malformed: 400, and the connection closed.
-    svr_.set_pre_routing_handler([](const httplib::Request& req, httplib::Response& res) {
+    //
+    // It runs before the body is read, and httplib 0.11.4 limits a body only by its Content-Length:
+    // a chunked body, or a compressed one (inflated after the check), or one read until the client
+    // closes (no Content-Length) could be any size. A body comes with a Content-Length, or there
+    // is none (RFC 9112 6.3: no Content-Length and no Transfer-Encoding means an empty body; httplib
+    // waited for the client to close, then answered 400).
+    svr_.set_pre_routing_handler([dispatch](const httplib::Request& req, httplib::Response& res) {
+      auto refuse = [&](int status, const std::string& why) {
+        res.status = status;
+        res.set_header("Connection", "close");
+        res.set_content(fault(why), "application/json");
+        return httplib::Server::HandlerResponse::Handled;
+      };
+      if (req.has_header("Transfer-Encoding")) return refuse(411, "send the body with a Content-Length (no Transfer-Encoding)");
+      if (req.has_header("Content-Encoding")) return refuse(415, "a body is sent as it is (no Content-Encoding)");
       const size_t n = req.get_header_value_count("Content-Length");
       const std::string v = req.get_header_value("Content-Length");
-      if (n == 0 || (n == 1 && !v.empty() && v.size() <= 19 && v.find_first_not_of("0123456789") == std::string::npos)) {
+      if (n == 0) {
+        httplib::Request empty = req;
+        empty.body.clear();
+        dispatch(empty, res);
+        return httplib::Server::HandlerResponse::Handled;
+      }
+      if (n == 1 && !v.empty() && v.size() <= 19 && v.find_first_not_of("0123456789") == std::string::npos) {
         return httplib::Server::HandlerResponse::Unhandled;
       }
-      res.status = 400;
-      res.set_header("Connection", "close");
-      res.set_content(fault("malformed request: Content-Length"), "application/json");
-      return httplib::Server::HandlerResponse::Handled;
+      return refuse(400, "malformed request: Content-Length");
     });
     // Errors httplib answers itself (a body over the limit, a malformed request line) get a JSON
     // body too; the handler's own errors already have one.

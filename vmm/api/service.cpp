@@ -12,13 +12,18 @@ namespace vmm::api {
 
 using nlohmann::json;
 
+// Bodies are dumped with invalid UTF-8 replaced (U+FFFD): a path or name that is not UTF-8 (a disk
+// file's, a request's path echoed in a fault) would otherwise make dump() throw.
 HttpResponse fault(int status, const std::string& message) {
-  return HttpResponse{.status = status, .body = json{{"fault_message", message}}.dump(), .allow = {}};
+  return HttpResponse{.status = status, .body = json{{"fault_message", message}}.dump(-1, ' ', false, json::error_handler_t::replace),
+                      .allow = {}};
 }
 
 namespace {
 
-HttpResponse ok_json(const json& body) { return HttpResponse{.status = 200, .body = body.dump(), .allow = {}}; }
+HttpResponse ok_json(const json& body) {
+  return HttpResponse{.status = 200, .body = body.dump(-1, ' ', false, json::error_handler_t::replace), .allow = {}};
+}
 HttpResponse no_content() { return HttpResponse{.status = 204, .body = {}, .allow = {}}; }
 
 /// The request body as a JSON object whose keys are all in `allowed` (an empty body is {}).
