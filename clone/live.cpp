@@ -440,25 +440,37 @@ Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const json& request, con
 /// file: the machine is quiesced, and its own loop (driven here) completes the reads.
 Result<> flatten(Machine& m, devices::virtio::Block& blk, const fs::path& out) {
   disk::Image& image = blk.image();
+  auto lease = m.lease_loop();
+  if (!lease) return std::unexpected(lease.error());
   Fd fd(::open(out.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
   if (!fd) return fail("{}: cannot create: {}", out.string(), errno_text(errno));
   if (::ftruncate(fd.get(), static_cast<off_t>(image.size())) != 0) return fail("{}: ftruncate: {}", out.string(), errno_text(errno));
   constexpr size_t kChunk = 1 << 20;
-  std::unique_ptr<uint8_t, decltype(&std::free)> buf(static_cast<uint8_t*>(std::aligned_alloc(4096, kChunk)), &std::free);
+  // The buffer and what the completion says live on the heap, shared with the callback: a read
+  // still in flight when this returns early (the loop failed) completes into them, not into freed
+  // memory, once the machine's I/O thread runs the loop again.
+  struct Chunk {
+    std::unique_ptr<uint8_t, decltype(&std::free)> buf{static_cast<uint8_t*>(std::aligned_alloc(4096, kChunk)), &std::free};
+    bool done = false;
+    int32_t res = 0;
+  };
+  auto chunk = std::make_shared<Chunk>();
+  uint8_t* buf = chunk->buf.get();
   if (!buf) return fail("out of memory");
   for (uint64_t off = 0; off < image.size(); off += kChunk) {
     const size_t n = static_cast<size_t>(std::min<uint64_t>(kChunk, image.size() - off));
-    const iovec iov{.iov_base = buf.get(), .iov_len = n};
-    bool done = false;
-    int32_t res = 0;
-    if (auto r = image.read(off, std::span(&iov, 1), [&](int32_t v) { res = v, done = true; }); !r) return r;
-    while (!done) {
+    const iovec iov{.iov_base = buf, .iov_len = n};
+    chunk->done = false;
+    if (auto r = image.read(off, std::span(&iov, 1), [chunk](int32_t v) { chunk->res = v, chunk->done = true; }); !r) return r;
+    while (!chunk->done) {
+      if (m.vm().stopping()) return fail("the VM is stopping");
       if (auto r = m.loop().run_once(std::chrono::milliseconds(100)); !r) return std::unexpected(r.error());
     }
+    const int32_t res = chunk->res;
     if (res < 0) return fail("{}: read at {}: {}", image.path().string(), off, errno_text(-res));
-    if (std::all_of(buf.get(), buf.get() + n, [](uint8_t b) { return b == 0; })) continue;  // a hole
+    if (std::all_of(buf, buf + n, [](uint8_t b) { return b == 0; })) continue;  // a hole
     for (size_t w = 0; w < n;) {
-      const ssize_t k = ::pwrite(fd.get(), buf.get() + w, n - w, static_cast<off_t>(off + w));
+      const ssize_t k = ::pwrite(fd.get(), buf + w, n - w, static_cast<off_t>(off + w));
       if (k < 0 && errno == EINTR) continue;
       if (k <= 0) return fail("{}: write: {}", out.string(), errno_text(errno));
       w += static_cast<size_t>(k);

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <condition_variable>
 #include <fstream>
 #include <mutex>
@@ -29,11 +30,12 @@ bool is_qcow2(const fs::path& p) {
   return fd && disk::Qcow2::probe(fd.get());
 }
 
-/// Makes every file under `dir` read-only (a template is never written again).
+/// Makes every file under `dir` read-only (a template is never written again), and its owner's
+/// alone: the memory file is the guest's RAM, with whatever secrets it held.
 void make_read_only(const fs::path& dir) {
   std::error_code ec;
   for (const auto& e : fs::recursive_directory_iterator(dir, ec)) {
-    if (e.is_regular_file(ec)) fs::permissions(e.path(), fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read, ec);
+    if (fs::is_regular_file(e.symlink_status(ec))) fs::permissions(e.path(), fs::perms::owner_read, ec);
   }
 }
 
@@ -55,8 +57,14 @@ std::expected<std::unique_ptr<TemplateDraft>, Failure> begin_template(const std:
   }
   auto d = std::make_unique<TemplateDraft>();
   d->dest = *dest;
-  d->tmp = dest->parent_path() / fmt::format(".{}.tmp-{}", dest->filename().string(), ::getpid());
-  fs::create_directories(d->tmp / "disks", ec);
+  // A directory of its own, made here (mkdtemp: a new name, mode 0700): never one that someone
+  // else made in its place beforehand, with links in it to files of the user's.
+  std::string tmp = (dest->parent_path() / fmt::format(".{}.tmp-XXXXXX", dest->filename().string())).string();
+  if (::mkdtemp(tmp.data()) == nullptr) {
+    return std::unexpected(Failure{exit_code::kVmmError, fmt::format("{}: cannot create: {}", tmp, errno_text(errno))});
+  }
+  d->tmp = tmp;
+  fs::create_directory(d->tmp / "disks", ec);
   if (ec) return std::unexpected(Failure{exit_code::kVmmError, fmt::format("{}: cannot create: {}", d->tmp.string(), ec.message())});
   return d;
 }

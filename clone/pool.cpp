@@ -585,7 +585,9 @@ int run_pool(const CloneOptions& options, unsigned size) {
   return exit_code::kOk;
 }
 
-int run_from_pool(const std::string& socket, const CloneOptions& o) {
+namespace {
+
+int run_from_pool_answered(const std::string& socket, const CloneOptions& o) {
   // The pool must be one of this template.
   auto info = api::call(socket, {.method = "GET", .path = "/pool", .body = {}}, 10);
   if (!info) return report_error(exit_code::kVmmError, fmt::format("{}: {}", socket, info.error().message()));
@@ -611,6 +613,17 @@ int run_from_pool(const std::string& socket, const CloneOptions& o) {
   }
   fmt::print("{} {} {:.3f} ms\n", j.value("name", "?"), j.value("pid", 0), j.value("request_ms", 0.0));
   return exit_code::kOk;
+}
+
+}  // namespace
+
+int run_from_pool(const std::string& socket, const CloneOptions& o) {
+  // A server that answers JSON of another shape: one line, not an abort (json's accessors throw).
+  try {
+    return run_from_pool_answered(socket, o);
+  } catch (const json::exception& e) {
+    return report_error(exit_code::kVmmError, fmt::format("{}: an answer vmm cannot read: {}", socket, e.what()));
+  }
 }
 
 }  // namespace vmm::clone

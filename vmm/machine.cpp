@@ -106,6 +106,12 @@ StopInfo Machine::run() {
   }
   StopInfo stop = vm_->run();
   end_io();
+  {
+    // A quiesce (the API's pause, snapshot or fork) that began before the stop drives the loop
+    // until it gives up (it sees the stop): two threads must not reap one ring.
+    std::unique_lock lock(io_mutex_);
+    io_cv_.wait(lock, [&] { return !quiescing_; });
+  }
   // Requests still in flight (the guest's last reads and writes, a large one on an io_uring
   // worker) complete before the devices, the image files and their locks, and guest memory go:
   // they write into guest memory and the files. This thread drives the loop now, 5 s at most.
@@ -126,14 +132,37 @@ size_t Machine::requests_in_flight() const {
   return n;
 }
 
+Result<std::unique_ptr<Machine::LoopLease>> Machine::lease_loop() {
+  std::lock_guard lock(io_mutex_);
+  if (vm_->stopping() || io_want_ == IoWant::End) return fail("the VM is stopping");
+  if (quiescing_) return fail("another operation drives the VM's I/O");
+  quiescing_ = true;
+  return std::make_unique<LoopLease>(*this);
+}
+
+Machine::LoopLease::~LoopLease() {
+  {
+    std::lock_guard lock(m_.io_mutex_);
+    m_.quiescing_ = false;
+  }
+  m_.io_cv_.notify_all();
+}
+
 Result<> Machine::quiesce(std::chrono::milliseconds timeout) {
   vm_->pause();
+  // A VM that stops is not paused (its vCPUs left without completing their exits, and run() is
+  // about to drive the loop to drain it): nothing to capture or fork.
+  const auto stopped = [] { return fail("the VM is stopping"); };
+  auto lease = lease_loop();
+  if (!lease) return std::unexpected(lease.error());
   // The I/O thread parks between two batches of completions; from here on this thread drives the
   // loop, so completions still owed (io_uring, qcow2 workers) land before anything is captured.
   park_io();
+  if (vm_->stopping()) return stopped();
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   auto drive_until = [&](auto done, const char* what) -> Result<> {
     while (!done()) {
+      if (vm_->stopping()) return stopped();
       if (std::chrono::steady_clock::now() >= deadline) return fail("pausing: {} still pending after {} ms", what, timeout.count());
       if (auto r = loop_->run_once(std::chrono::milliseconds(100)); !r) return std::unexpected(r.error());
     }
@@ -151,28 +180,40 @@ Result<> Machine::quiesce(std::chrono::milliseconds timeout) {
     if (requests_in_flight() == 0) break;
     if (auto r = drive_until([&] { return requests_in_flight() == 0; }, "disk requests"); !r) return r;
   }
-  // Every disk flushed: a qcow2 image writes its cached metadata back.
-  size_t flushes = 0;
-  Result<> flush_error;
+  // Every disk flushed: a qcow2 image writes its cached metadata back. What the callbacks count
+  // lives on the heap: a flush still pending when this returns early (another disk's refused, the
+  // deadline) completes later, on the I/O thread, after this frame is gone.
+  struct Flushes {
+    size_t pending = 0;
+    Result<> error;
+  };
+  auto flushes = std::make_shared<Flushes>();
   for (const auto& d : platform_->disks()) {
     if (d->image().read_only()) continue;
-    ++flushes;
-    auto r = d->flush_image([&flushes, &flush_error, path = d->image().path()](int32_t res) {
-      --flushes;
-      if (res < 0) flush_error = fail("flushing {}: {}", path.string(), errno_text(-res));
+    ++flushes->pending;
+    auto r = d->flush_image([flushes, path = d->image().path()](int32_t res) {
+      --flushes->pending;
+      if (res < 0 && flushes->error) flushes->error = fail("flushing {}: {}", path.string(), errno_text(-res));
     });
-    if (!r) return r;
+    if (!r) {
+      --flushes->pending;
+      if (flushes->error) flushes->error = std::unexpected(r.error());
+    }
   }
-  if (auto r = drive_until([&] { return flushes == 0; }, "disk flushes"); !r) return r;
-  return flush_error;
+  if (auto r = drive_until([&] { return flushes->pending == 0; }, "disk flushes"); !r) return r;
+  return flushes->error;
+}
+
+void Machine::resume_io() {
+  // A VM stopping has no I/O thread to wake: run() drains the loop and ends.
+  if (vm_->stopping()) return;
+  // Only when no I/O thread was running is one made: after a quiesce it is woken.
+  if (auto r = start_io(); !r) vm_->request_stop(StopInfo{.reason = devices::StopReason::Error, .status = 0, .message = r.error().message()});
 }
 
 void Machine::resume() {
-  if (auto r = start_io(); !r) {  // only when no I/O thread was running: it is woken, not made, after a quiesce
-    vm_->request_stop(StopInfo{.reason = devices::StopReason::Error, .status = 0, .message = r.error().message()});
-    return;
-  }
-  vm_->resume();
+  resume_io();
+  if (!vm_->stopping()) vm_->resume();
 }
 
 }  // namespace vmm

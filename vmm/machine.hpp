@@ -42,6 +42,23 @@ class Machine {
   Result<> quiesce(std::chrono::milliseconds timeout = std::chrono::seconds(30));
   /// Lets the I/O thread and the vCPUs run on after quiesce().
   void resume();
+  /// Lets the I/O thread alone run on (the vCPUs stay paused).
+  void resume_io();
+
+  /// The loop, driven by the holder (after quiesce(), on the API's thread) as long as it lives:
+  /// run(), ending after a stop, drains the loop only once no one else drives it.
+  class LoopLease {
+   public:
+    explicit LoopLease(Machine& m) : m_(m) {}
+    LoopLease(const LoopLease&) = delete;
+    LoopLease& operator=(const LoopLease&) = delete;
+    ~LoopLease();
+
+   private:
+    Machine& m_;
+  };
+  /// A lease of the loop; fails ("the VM is stopping") once the VM stops.
+  Result<std::unique_ptr<LoopLease>> lease_loop();
 
  private:
   Machine(const Kvm& kvm, std::unique_ptr<EventLoop> loop) : kvm_(kvm), loop_(std::move(loop)) {}
@@ -64,6 +81,7 @@ class Machine {
   std::condition_variable io_cv_;
   IoWant io_want_ = IoWant::Run;  // guarded by io_mutex_
   bool io_parked_ = false;        // out of the loop, waiting or ended; guarded by io_mutex_
+  bool quiescing_ = false;        // a LoopLease is held: run() drains the loop only after; guarded by io_mutex_
   std::thread io_;
   Result<> io_result_;
 };

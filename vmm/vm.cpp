@@ -363,11 +363,14 @@ StopInfo Vm::run() {
       request_stop(StopInfo{.reason = devices::StopReason::Signal, .status = static_cast<uint32_t>(sig), .message = {}});
     }
   }
-  for (auto& t : threads_) t.join();
+  // Joined out of kick_all()'s reach: a stop requested meanwhile (the API's hard-stop timer, an
+  // I/O error) would otherwise kick a thread being joined, or one joined (pthread_kill(0): SIGSEGV).
+  std::vector<std::thread> ended;
   {
     std::lock_guard lock(threads_mutex_);
-    threads_.clear();
+    ended.swap(threads_);
   }
+  for (auto& t : ended) t.join();
   have_waiter_ = false;
   std::lock_guard lock(mutex_);
   return *stop_;

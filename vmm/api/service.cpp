@@ -198,11 +198,11 @@ HttpResponse VmService::get_vm() {
 
 HttpResponse VmService::pause() {
   std::lock_guard lock(mutex_);
-  if (stopping_) return fault(409, "the VM is stopping");
+  if (stopping()) return fault(409, "the VM is stopping");
   if (paused_) return fault(409, "the VM is already paused");
   if (auto r = machine_.quiesce(); !r) {
     machine_.resume();
-    return fault(500, r.error().message());
+    return fault(stopping() ? 409 : 500, r.error().message());
   }
   paused_ = true;
   quiesced_ = true;
@@ -211,7 +211,7 @@ HttpResponse VmService::pause() {
 
 HttpResponse VmService::resume() {
   std::lock_guard lock(mutex_);
-  if (stopping_) return fault(409, "the VM is stopping");
+  if (stopping()) return fault(409, "the VM is stopping");
   if (!paused_) return fault(409, "the VM is not paused");
   machine_.resume();
   paused_ = false;
@@ -323,7 +323,7 @@ HttpResponse VmService::metrics() {
 HttpResponse VmService::paused_operation(const json& body, const PausedOperation& op) {
   if (!op) return fault(400, "this VM does not support that operation");
   std::lock_guard lock(mutex_);
-  if (stopping_) return fault(409, "the VM is stopping");
+  if (stopping()) return fault(409, "the VM is stopping");
   // A VM paused through the API stays paused; otherwise it runs again when the operation lets it
   // (or at the end), unless the request says "resume": false.
   using clock = std::chrono::steady_clock;
@@ -341,8 +341,12 @@ HttpResponse VmService::paused_operation(const json& body, const PausedOperation
     const bool was_paused = paused_;
     paused_at = clock::now();
     if (auto r = machine_.quiesce(); !r) {
-      machine_.resume();
-      if (was_paused) machine_.vm().pause();
+      // Its I/O runs again; vCPUs that were paused (a fork's child started paused) stay so.
+      if (was_paused) {
+        machine_.resume_io();
+      } else {
+        machine_.resume();
+      }
       paused_at.reset();
       pause_error = r.error();
       return r;

@@ -99,6 +99,8 @@ class VmService {
   bool paused_ = false;  // guarded by mutex_
   bool quiesced_ = false;  // guarded by mutex_: paused with the I/O thread parked too (not so for a VM started paused)
   bool stopping_ = false;
+  /// Stopped through the API, or stopping for any reason (the guest powered off, a signal).
+  bool stopping() const { return stopping_ || machine_.vm().stopping(); }
   std::mutex stop_mutex_;
   std::condition_variable stop_cv_;
   bool cancelled_ = false;  // guarded by stop_mutex_

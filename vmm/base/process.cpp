@@ -108,6 +108,14 @@ Result<> wait_exit(const Fd& pidfd, double timeout_s) {
   }
 }
 
+void unblock_stop_signals() {
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  ::pthread_sigmask(SIG_UNBLOCK, &stop_signals, nullptr);
+}
+
 int pending_stop_signal() {
   sigset_t pending;
   sigemptyset(&pending);

@@ -24,5 +24,8 @@ Result<> wait_exit(const Fd& pidfd, double timeout_s);
 /// both for the VM's sigwait, so a long step before the VM runs (a full clone's copy of its
 /// template) looks here to end early; the signal stays pending.
 int pending_stop_signal();
+/// Unblocks SIGINT and SIGTERM in this thread (threads made later inherit it): for the commands
+/// that run no VM, which end on them like any other tool.
+void unblock_stop_signals();
 
 }  // namespace vmm

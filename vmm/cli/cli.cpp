@@ -13,6 +13,7 @@
 #include "clone/make_template.hpp"
 #include "clone/pool.hpp"
 #include "devices/virtio/net.hpp"
+#include "vmm/base/process.hpp"
 #include "vmm/base/size_parse.hpp"
 #include "vmm/cli/disk_cli.hpp"
 #include "vmm/cli/template_cli.hpp"
@@ -379,6 +380,7 @@ int main(int argc, char** argv) {
             return exit_code::kUsage;
           }
         }
+        unblock_stop_signals();  // it only asks the pool, which runs the clone
         return clone::run_from_pool(pool_socket, clone_args);
       }
       if (fleet_count > 0) {
@@ -424,6 +426,10 @@ int main(int argc, char** argv) {
     create.state_dir = create_args.state_dir;
     return clone::create_template(create);
   }
+  // main() blocks SIGINT and SIGTERM for the commands that run a VM (its sigwait takes them); the
+  // others (a checksum of gigabytes, a stop that waits for a VM) end on them like any other tool.
+  const bool runs_vm = (tbench && tbench->parsed()) || (pool && pool->parsed());
+  if (!runs_vm) unblock_stop_signals();
   if (tls && tls->parsed()) return template_ls(tstate_dir, ls_json);
   if (tinspect && tinspect->parsed()) return template_inspect(tstate_dir, target);
   if (trm && trm->parsed()) return template_rm(tstate_dir, target, force);

@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "vmm/base/process.hpp"
 #include "disk/qcow2.hpp"
 #include "vmm/cli/disk_bench.hpp"
 #include "vmm/exit_status.hpp"
@@ -342,11 +343,7 @@ bool DiskCommand::parsed() const { return o_->disk->parsed(); }
 int DiskCommand::run() const {
   // main() blocks SIGINT and SIGTERM for `vmm run`, which waits for them; the disk commands end on
   // them like any other tool (no thread exists yet: the ones started later inherit this mask).
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGINT);
-  sigaddset(&stop_signals, SIGTERM);
-  ::pthread_sigmask(SIG_UNBLOCK, &stop_signals, nullptr);
+  unblock_stop_signals();
 
   try {
     return run_parsed();

@@ -53,39 +53,39 @@ int ps(const fs::path& sdir, bool as_json) {
   }
   fmt::print("{:<24} {:<9} {:>8} {:>8} {:>10} {:<17} {:<15} {}\n", "NAME", "STATE", "PID", "MEMORY", "PRIVATE", "MAC", "IP", "TEMPLATE");
   for (const auto& e : all) {
-    const std::string mem = e.contains("config") ? fmt::format("{}M", e["config"].value("memory_mib", 0)) : "-";
-    const std::string priv = e.contains("memory") ? fmt::format("{}K", e["memory"].value("private_dirty_kib", 0)) : "-";
-    std::string from = "-";
-    if (e.contains("template") && e["template"].is_object()) from = e["template"].value("name", "-");
-    if (e.contains("parent") && e["parent"].is_string()) from = "fork of " + e["parent"].get<std::string>();
-    // The first interface's MAC, and the guest's IP as the host reaches it (in a namespace: its
-    // outside address).
-    std::string mac = "-", ip = "-";
-    if (e.contains("config") && e["config"].is_object()) {
-      const json& c = e["config"];
-      ip = c.value("ip", "-");
-      if (auto slash = ip.find('/'); slash != std::string::npos) ip.resize(slash);
-      const json nets = c.value("nets", json::array());
-      if (nets.is_array() && !nets.empty() && nets[0].is_object()) {
-        mac = nets[0].value("mac", "-");
-        ip = nets[0].value("outside", ip);
+    // An answer of the wrong shape (a server that is not a vmm, another version) is shown as such,
+    // not the end of the listing: json's accessors throw on a type they did not expect.
+    try {
+      const std::string mem = e.contains("config") ? fmt::format("{}M", e["config"].value("memory_mib", 0)) : "-";
+      const std::string priv = e.contains("memory") ? fmt::format("{}K", e["memory"].value("private_dirty_kib", 0)) : "-";
+      std::string from = "-";
+      if (e.contains("template") && e["template"].is_object()) from = e["template"].value("name", "-");
+      if (e.contains("parent") && e["parent"].is_string()) from = "fork of " + e["parent"].get<std::string>();
+      // The first interface's MAC, and the guest's IP as the host reaches it (in a namespace: its
+      // outside address).
+      std::string mac = "-", ip = "-";
+      if (e.contains("config") && e["config"].is_object()) {
+        const json& c = e["config"];
+        ip = c.value("ip", "-");
+        if (auto slash = ip.find('/'); slash != std::string::npos) ip.resize(slash);
+        const json nets = c.value("nets", json::array());
+        if (nets.is_array() && !nets.empty() && nets[0].is_object()) {
+          mac = nets[0].value("mac", "-");
+          ip = nets[0].value("outside", ip);
+        }
       }
+      fmt::print("{:<24} {:<9} {:>8} {:>8} {:>10} {:<17} {:<15} {}\n", e.value("name", "?"), e.value("state", "?"), e.value("pid", 0), mem,
+                 priv, mac, ip, from);
+    } catch (const json::exception&) {
+      fmt::print("{:<24} {:<9} {:>8} {:>8} {:>10} {:<17} {:<15} {}\n", "?", "unknown", "?", "-", "-", "-", "-", "(an answer vmm cannot read)");
     }
-    fmt::print("{:<24} {:<9} {:>8} {:>8} {:>10} {:<17} {:<15} {}\n", e.value("name", "?"), e.value("state", "?"), e.value("pid", 0), mem,
-               priv, mac, ip, from);
   }
   return exit_code::kOk;
 }
 
-}  // namespace
-
-namespace {
-
 constexpr double kStopGraceS = 10;
 
-}  // namespace
-
-int vm_command(const VmCommand& c) {
+int vm_command_answered(const VmCommand& c) {
   const fs::path sdir = resolve_state_dir(c.state_dir);
   if (c.verb == "ps") return ps(sdir, c.json);
   auto socket = api::find_vm(sdir, c.target);
@@ -172,6 +172,18 @@ int vm_command(const VmCommand& c) {
     }
   }
   return exit_code::kOk;
+}
+
+}  // namespace
+
+int vm_command(const VmCommand& c) {
+  // A server that answers JSON of another shape (not a vmm, another version): one line, not an
+  // abort (json's accessors throw on a type they did not expect).
+  try {
+    return vm_command_answered(c);
+  } catch (const json::exception& e) {
+    return report_error(exit_code::kVmmError, fmt::format("{}: an answer vmm cannot read: {}", c.target, e.what()));
+  }
 }
 
 }  // namespace vmm::cli
