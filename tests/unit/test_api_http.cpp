@@ -5,6 +5,7 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -16,6 +17,7 @@
 #include <fstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "temp_dir.hpp"
@@ -269,4 +271,115 @@ TEST_CASE("http: an exception out of a handler, or text that is not UTF-8, is a 
       CHECK(r.find("no such path: /\xef\xbf\xbd") != std::string::npos);  // U+FFFD for the byte 0xFF
     }
   }
+}
+
+TEST_CASE("http: a request line or header without end, or a request dripped a byte at a time, is dropped, and the server's end waits for neither") {
+  TestServer t;
+  if (t.skipped()) return;
+  using clock = std::chrono::steady_clock;
+  // 1 MiB of request line with no end: httplib 0.11.4 would grow its line without bound. The
+  // connection is closed once a request has brought kMaxBody + 16 KiB.
+  Fd endless = connect_to(t.path);
+  const std::string chunk(64 * 1024, 'a');
+  bool refused = false;
+  for (int i = 0; i < 16 && !refused; ++i) {
+    refused = ::send(endless.get(), chunk.data(), chunk.size(), MSG_NOSIGNAL) < 0;
+    if (!refused) {
+      pollfd p{.fd = endless.get(), .events = POLLIN, .revents = 0};
+      char c;
+      refused = ::poll(&p, 1, 50) > 0 && ::recv(endless.get(), &c, 1, MSG_DONTWAIT) <= 0;
+    }
+  }
+  CHECK(refused);
+  // A request dripped a byte every 400 ms: never idle for kIdleTimeoutS, yet ended (a 400, or the
+  // connection closed) once its 10 s are up, not after its 86th byte 34 s later.
+  Fd drip = connect_to(t.path);
+  const std::string request = std::string("GET /vm HTTP/1.1\r\nX-Slow: ") + std::string(60, 'y');
+  const auto t0 = clock::now();
+  bool dropped = false;
+  for (char c : request) {
+    if (::send(drip.get(), &c, 1, MSG_NOSIGNAL) < 0) {
+      dropped = true;
+      break;
+    }
+    // The server's answer (a 400 for the headers it could not read) or its close.
+    pollfd p{.fd = drip.get(), .events = POLLIN, .revents = 0};
+    if (::poll(&p, 1, 400) > 0) {
+      dropped = true;
+      break;
+    }
+  }
+  const double took = std::chrono::duration<double>(clock::now() - t0).count();
+  CHECK(dropped);
+  CHECK(took >= 9.5);
+  CHECK(took < 13);
+  CHECK(t.requests == 0);
+  // A client that keeps its connection busy does not hold up the server's end.
+  Fd busy = connect_to(t.path);
+  send_all(busy.get(), "GET /vm HTTP/1.1\r\nX-Slow: ");
+  const auto t1 = clock::now();
+  t.server.reset();
+  CHECK(clock::now() - t1 < std::chrono::seconds(1));
+}
+
+TEST_CASE("http: connections beyond those served and those waiting get a 503 at once: the descriptors a client holds are bounded") {
+  TestServer t;
+  if (t.skipped()) return;
+  // kMaxConnections served (idle: their threads wait for a request) and as many waiting; the next
+  // ones are refused.
+  std::vector<Fd> idle;
+  for (size_t i = 0; i < 2 * api::kMaxConnections; ++i) idle.push_back(connect_to(t.path));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // accepted, in order
+  Fd extra = connect_to(t.path);
+  const std::string r = read_response(extra.get(), std::chrono::steady_clock::now() + std::chrono::seconds(2));
+  CAPTURE(r);
+  CHECK(r.starts_with("HTTP/1.1 503"));
+  CHECK(r.find(R"({"fault_message":"too many connections)") != std::string::npos);
+  // The first ones are still served.
+  send_all(idle.front().get(), kGet);
+  CHECK(read_response(idle.front().get(), std::chrono::steady_clock::now() + std::chrono::seconds(2)).starts_with("HTTP/1.1 200"));
+}
+
+TEST_CASE("http: a request being handled when the server ends still gets its response (PUT /vm/stop: the guest powers off at once)") {
+  const fs::path plugin = fs::path(VMM_BINARY_DIR) / "vmm" / "vmm-http.so";
+  if (!fs::exists(plugin)) return;
+  ::setenv("VMM_HTTP_PLUGIN", plugin.c_str(), 1);
+  vmm::test::TempDir dir{"vmm-http-test"};
+  const std::string path = dir / "api.sock";
+  std::atomic<bool> handling{false};
+  auto s = api::serve(path, [&](const api::HttpRequest&) {
+    handling = true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    return api::HttpResponse{.status = 204, .body = {}, .allow = {}};
+  });
+  if (!s) FAIL(s.error().message());
+  Fd fd = connect_to(path);
+  send_all(fd.get(), "PUT /vm/stop HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+  while (!handling) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  s->reset();  // the VM has stopped: its server ends while the handler still runs
+  const std::string r = read_response(fd.get(), std::chrono::steady_clock::now() + std::chrono::seconds(2));
+  CHECK(r.starts_with("HTTP/1.1 204"));
+}
+
+TEST_CASE("http: a socket is bound in a directory of its own, then renamed into place 0600, and nothing stays beside it") {
+  vmm::test::TempDir dir{"vmm-http-test"};
+  const std::string path = dir / "api.sock";
+  const mode_t umask_was = ::umask(0);  // the mode a socket is bound with: nobody may reach it before its chmod
+  auto fd = api::listen_unix(path);
+  ::umask(umask_was);
+  if (!fd) FAIL(fd.error().message());
+  struct stat st {};
+  REQUIRE(::stat(path.c_str(), &st) == 0);
+  CHECK(S_ISSOCK(st.st_mode));
+  CHECK((st.st_mode & 0777) == 0600);
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir.path)) names.push_back(e.path().filename().string());
+  CHECK(names == std::vector<std::string>{"api.sock"});
+  // Its directory must leave room for the temporary one (DIR/.sXXXXXX/s in 107 bytes).
+  const std::string deep = "/tmp/" + std::string(91, 'd') + "/api.sock";  // a directory of 96 bytes
+  CHECK(api::check_socket_path(deep));
+  const std::string deeper = "/tmp/" + std::string(92, 'd') + "/api.sock";
+  auto refused = api::check_socket_path(deeper);
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error().message().find("(107 bytes at most, its directory's 96)") != std::string::npos);
 }

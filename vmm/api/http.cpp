@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <mutex>
+#include <string_view>
 #include <nlohmann/json.hpp>
 
 namespace vmm::api {
@@ -95,10 +96,20 @@ bool someone_listens(const std::string& path) {
   return path.size() < sizeof(sockaddr_un::sun_path) && connect_unix(path).has_value();
 }
 
+namespace {
+/// listen_unix binds first in a directory of its own beside the socket: DIR/.sXXXXXX/s.
+constexpr std::string_view kBindDir = "/.sXXXXXX";
+std::string socket_dir(const std::string& path) {
+  const std::string dir = fs::path(path).parent_path().string();
+  return dir.empty() ? "." : dir;
+}
+}  // namespace
+
 Result<> check_socket_path(const std::string& path) {
-  // listen_unix's temporary name is up to 12 bytes longer.
-  if (path.size() + 12 >= sizeof(sockaddr_un::sun_path)) {
-    return fail("{}: too long for a Unix socket path ({} bytes at most)", path, sizeof(sockaddr_un::sun_path) - 13);
+  constexpr size_t kMax = sizeof(sockaddr_un::sun_path) - 1;
+  constexpr size_t kMaxDir = kMax - kBindDir.size() - 2;
+  if (path.size() > kMax || socket_dir(path).size() > kMaxDir) {
+    return fail("{}: too long for a Unix socket path ({} bytes at most, its directory's {})", path, kMax, kMaxDir);
   }
   return {};
 }
@@ -110,23 +121,27 @@ Result<Fd> listen_unix(const std::string& path) {
     if (!S_ISSOCK(st.st_mode)) return fail("{}: exists and is not a socket", path);
     if (connect_unix(path)) return fail("{}: another server listens there", path);
   }
-  // Bound under a temporary name, made 0600, then renamed into place: the socket never appears
-  // at its path with the umask's mode (the directory admits its owner only anyway).
-  const std::string tmp = fmt::format("{}.{}.tmp", path, ::getpid());  // two VMs starting at once do not share it
-  ::unlink(tmp.c_str());
-  Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!fd) return fail("{}: socket: {}", path, errno_text(errno));
-  const sockaddr_un addr = unix_address(tmp);
-  if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) {
-    return fail("{}: cannot listen: {}", path, errno_text(errno));
-  }
-  // A backlog of SOMAXCONN: 100 clients connecting at once are all served in turn (with httplib's
-  // own 5, the 6th was refused with EAGAIN).
-  if (::listen(fd.get(), SOMAXCONN) != 0 || ::chmod(tmp.c_str(), 0600) != 0 || ::rename(tmp.c_str(), path.c_str()) != 0) {
+  // Bound in a directory of its own (mkdtemp: a new name, mode 0700), made 0600 there, then
+  // renamed into place: nobody else can reach it while it has the umask's mode, nor take its
+  // temporary name first (a fixed one in a shared directory, /tmp, could be), and two VMs starting
+  // at once do not share one.
+  std::string dir = socket_dir(path) + std::string(kBindDir);
+  if (::mkdtemp(dir.data()) == nullptr) return fail("{}: cannot listen: {}: {}", path, dir, errno_text(errno));
+  const std::string tmp = dir + "/s";
+  auto failed = [&](const char* what) {
     const int err = errno;
     ::unlink(tmp.c_str());
-    return fail("{}: cannot listen: {}", path, errno_text(err));
-  }
+    ::rmdir(dir.c_str());
+    return fail("{}: cannot listen: {}{}", path, what, errno_text(err));
+  };
+  Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) return failed("socket: ");
+  const sockaddr_un addr = unix_address(tmp);
+  if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) return failed("");
+  // A backlog of SOMAXCONN: 100 clients connecting at once are all served in turn (with httplib's
+  // own 5, the 6th was refused with EAGAIN).
+  if (::listen(fd.get(), SOMAXCONN) != 0 || ::chmod(tmp.c_str(), 0600) != 0 || ::rename(tmp.c_str(), path.c_str()) != 0) return failed("");
+  ::rmdir(dir.c_str());
   return fd;
 }
 

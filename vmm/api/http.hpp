@@ -47,12 +47,15 @@ class HttpServer {
   virtual ~HttpServer() = default;
 };
 
-/// Limits every server applies: a request body over kMaxBody gets 413; a client that sends nothing
-/// for kIdleTimeoutS seconds (half a request, or an idle keep-alive) is dropped; at most
-/// kMaxConnections connections are served at once, the next wait in turn. A connection holds its
-/// thread while it is open, idle keep-alive included: with 16, one curl holding 100 connections
-/// open got its answers 16 at a time, 5 s apart (25 s in the nested lane); threads are made only
-/// while there are connections, so the cap costs an idle VM nothing.
+/// Limits every server applies: a request body over kMaxBody gets 413 (a chunked or compressed one
+/// 411 and 415: its size is not known before it is read); a request whose line and headers and
+/// body bring more than kMaxBody + 16 KiB is dropped, as is one not all there 10 s after it began,
+/// and a client that sends nothing for kIdleTimeoutS seconds (half a request, or an idle
+/// keep-alive); at most kMaxConnections connections are served at once, as many more wait in turn,
+/// and the next get a 503 at once. A connection holds its thread while it is open, idle keep-alive
+/// included: with 16, one curl holding 100 connections open got its answers 16 at a time, 5 s
+/// apart (25 s in the nested lane); threads are made only while there are connections, so the cap
+/// costs an idle VM nothing. The server's end ends every connection's wait at once.
 inline constexpr size_t kMaxBody = 64 * 1024;
 inline constexpr int kIdleTimeoutS = 5;
 inline constexpr size_t kMaxConnections = 128;

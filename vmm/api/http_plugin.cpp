@@ -1,5 +1,7 @@
 // vmm-http.so: the control API's transport over cpp-httplib (see http.hpp for why a plugin).
 #include <httplib.h>
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -10,6 +12,7 @@
 #include <cstring>
 #include <deque>
 #include <mutex>
+#include <system_error>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -22,63 +25,102 @@ namespace {
 
 std::string fault(const std::string& message) { return nlohmann::json{{"fault_message", message}}.dump(); }
 
-/// httplib's task queue, one thread per connection while there are connections (up to
-/// kMaxConnections, the rest wait in turn) and none when idle: an idle VM keeps no API threads but
-/// the listener, and a client that stalls holds only its own thread until the idle timeout.
-class ConnectionThreads final : public httplib::TaskQueue {
+/// One connection as httplib reads and writes it (its process_request() takes any Stream): the
+/// limits httplib 0.11.4 lacks are kept here, where every byte passes. A request (its line, its
+/// headers, its body) may bring kMaxBody + kMaxHead bytes and must have arrived kRequestS seconds
+/// after it began (httplib reads a line or a header of any length, and a client that sends a
+/// byte every few seconds held its thread, and the server's end, forever); nothing arrives for
+/// kIdleTimeoutS: dropped; the server's end (stop_fd readable) ends every wait at once.
+class ConnectionStream final : public httplib::Stream {
  public:
-  void enqueue(std::function<void()> fn) override {
-    std::unique_lock lock(mutex_);
-    jobs_.push_back(std::move(fn));
-    if (running_ >= kMaxConnections) return;
-    ++running_;
-    try {
-      std::thread([this] { work(); }).detach();
-    } catch (const std::system_error&) {
-      // No thread to be had (at a pids limit): the connections are served on the accept loop's
-      // thread, in turn, rather than the exception ending the process there.
-      lock.unlock();
-      work();
+  ConnectionStream(int fd, int stop_fd) : fd_(fd), stop_fd_(stop_fd) {}
+
+  /// Waits (kIdleTimeoutS at most) for the next request of a kept-alive connection, and starts
+  /// its budget and its clock.
+  bool next_request() {
+    if (pos_ == end_ && !wait(POLLIN, std::chrono::steady_clock::now() + std::chrono::seconds(kIdleTimeoutS))) return false;
+    budget_ = kMaxBody + kMaxHead;
+    deadline_ = std::chrono::steady_clock::now() + std::chrono::seconds(kRequestS);
+    return true;
+  }
+
+  bool is_readable() const override { return pos_ != end_ || wait(POLLIN, read_until()); }
+  // A response is written even as the server ends (PUT /vm/stop's 204, the guest powering off at
+  // once): only a client that takes none of it for kIdleTimeoutS ends it.
+  bool is_writable() const override {
+    return wait(POLLOUT, std::chrono::steady_clock::now() + std::chrono::seconds(kIdleTimeoutS), /*until_stop=*/false);
+  }
+
+  ssize_t read(char* ptr, size_t size) override {
+    if (pos_ == end_) {
+      // httplib reads a line a byte at a time: received a buffer at a time here.
+      if (budget_ == 0 || !wait(POLLIN, read_until())) return -1;
+      ssize_t n;
+      do {
+        n = ::recv(fd_, buf_, std::min(sizeof buf_, budget_), 0);
+      } while (n < 0 && errno == EINTR);
+      if (n <= 0) return n;
+      budget_ -= static_cast<size_t>(n);
+      pos_ = 0;
+      end_ = static_cast<size_t>(n);
     }
+    const size_t n = std::min(size, end_ - pos_);
+    std::memcpy(ptr, buf_ + pos_, n);
+    pos_ += n;
+    return static_cast<ssize_t>(n);
   }
-  void shutdown() override {
-    std::unique_lock lock(mutex_);
-    done_.wait(lock, [&] { return running_ == 0; });
+
+  ssize_t write(const char* ptr, size_t size) override {
+    for (size_t off = 0; off < size;) {
+      if (!is_writable()) return -1;
+      const ssize_t n = ::send(fd_, ptr + off, size - off, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+      if (n <= 0) return -1;
+      off += static_cast<size_t>(n);
+    }
+    return static_cast<ssize_t>(size);
   }
+
+  void get_remote_ip_and_port(std::string& ip, int& port) const override { ip.clear(), port = 0; }
+  void get_local_ip_and_port(std::string& ip, int& port) const override { ip.clear(), port = 0; }
+  socket_t socket() const override { return fd_; }
 
  private:
-  void work() {
-    std::unique_lock lock(mutex_);
-    while (!jobs_.empty()) {
-      auto fn = std::move(jobs_.front());
-      jobs_.pop_front();
-      lock.unlock();
-      fn();
-      lock.lock();
-    }
-    if (--running_ == 0) done_.notify_all();
+  static constexpr size_t kMaxHead = 16 * 1024;
+  static constexpr int kRequestS = 10;
+
+  std::chrono::steady_clock::time_point read_until() const {
+    return std::min(deadline_, std::chrono::steady_clock::now() + std::chrono::seconds(kIdleTimeoutS));
   }
-  std::mutex mutex_;
-  std::condition_variable done_;
-  std::deque<std::function<void()>> jobs_;
-  size_t running_ = 0;
+  /// Until `events` on the connection, `until`, or (`until_stop`) the server's end.
+  bool wait(short events, std::chrono::steady_clock::time_point until, bool until_stop = true) const {
+    for (;;) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now()).count();
+      if (left <= 0) return false;
+      pollfd p[2] = {{.fd = fd_, .events = events, .revents = 0}, {.fd = until_stop ? stop_fd_ : -1, .events = POLLIN, .revents = 0}};
+      const int n = ::poll(p, 2, static_cast<int>(std::min<long>(left, 60000)));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 || p[1].revents != 0) return false;
+      if (n > 0) return p[0].revents != 0;
+    }
+  }
+
+  int fd_, stop_fd_;
+  size_t budget_ = 0;
+  std::chrono::steady_clock::time_point deadline_{};
+  char buf_[4096];
+  size_t pos_ = 0, end_ = 0;
 };
 
-/// httplib's server on a socket it did not make: svr_sock_ is what its accept loop
-/// (listen_after_bind) uses and stop() closes.
-class AdoptingServer final : public httplib::Server {
+/// httplib's request processing, on connections this server accepted itself.
+class ConnectionServer final : public httplib::Server {
  public:
-  void adopt(int fd) { svr_sock_ = fd; }
+  bool serve_request(httplib::Stream& s, bool close_connection, bool& closed) { return process_request(s, close_connection, closed, nullptr); }
 };
 
 class Server final : public HttpServer {
  public:
   explicit Server(HttpHandler handler) : handler_(std::move(handler)) {
-    svr_.new_task_queue = [] { return new ConnectionThreads; };
-    svr_.set_address_family(AF_UNIX);
-    svr_.set_read_timeout(kIdleTimeoutS, 0);
-    svr_.set_write_timeout(kIdleTimeoutS, 0);
-    svr_.set_keep_alive_timeout(kIdleTimeoutS);
     svr_.set_payload_max_length(kMaxBody);
     auto dispatch = [this](const httplib::Request& req, httplib::Response& res) {
       const HttpResponse r = handler_(HttpRequest{.method = req.method, .path = req.path, .body = req.body});
@@ -146,30 +188,111 @@ class Server final : public HttpServer {
     });
   }
 
-  /// Serves on `fd`, a listening socket (listen_unix made it): httplib's accept loop runs on it as
-  /// on a socket of its own (listen_after_bind uses svr_sock_, which it then owns and closes).
+  /// Serves on `fd`, a listening socket (listen_unix made it), which the server owns from here.
+  /// Throws (the caller closes `fd`) when it cannot start.
   void start(int fd) {
-    svr_.adopt(fd);
-    listener_ = std::thread([this] {
-      svr_.listen_after_bind();
-      listen_ended_ = true;
-    });
-    // httplib's stop() does nothing until the listener has marked itself running: a server
-    // destroyed before that (a VM that ends right after it started) would wait forever for a
-    // listener blocked in accept(). Return only once stop() can reach it.
-    while (!svr_.is_running() && !listen_ended_) std::this_thread::sleep_for(std::chrono::microseconds(50));
+    stop_fd_ = ::eventfd(0, EFD_CLOEXEC);
+    if (stop_fd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
+    listen_fd_ = fd;
+    try {
+      acceptor_ = std::thread([this] { accept_loop(); });
+    } catch (...) {
+      listen_fd_ = -1;
+      throw;
+    }
   }
 
   ~Server() override {
-    svr_.stop();
-    if (listener_.joinable()) listener_.join();
+    const uint64_t one = 1;
+    if (stop_fd_ >= 0) (void)!::write(stop_fd_, &one, sizeof one);  // readable from now on: every wait ends
+    if (acceptor_.joinable()) acceptor_.join();
+    {
+      // A request being handled finishes (the handler may reach what its owner destroys next).
+      std::unique_lock lock(mutex_);
+      idle_.wait(lock, [&] { return running_ == 0; });
+      for (int fd : waiting_) ::close(fd);
+    }
+    if (listen_fd_ >= 0) ::close(listen_fd_);
+    if (stop_fd_ >= 0) ::close(stop_fd_);
   }
 
  private:
+  /// Connections beyond kMaxConnections wait for a thread, up to kMaxWaiting of them; the next
+  /// get a 503 at once: the file descriptors a client can hold are bounded.
+  static constexpr size_t kMaxWaiting = 128;
+  static constexpr size_t kKeepAliveMax = 100;
+
+  void accept_loop() {
+    ::pthread_setname_np(::pthread_self(), "vmm-api-accept");
+    for (;;) {
+      pollfd p[2] = {{.fd = listen_fd_, .events = POLLIN, .revents = 0}, {.fd = stop_fd_, .events = POLLIN, .revents = 0}};
+      if (::poll(p, 2, -1) < 0 && errno != EINTR) return;
+      if (p[1].revents != 0) return;
+      if (p[0].revents == 0) continue;
+      const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd < 0) {
+        // Out of file descriptors or memory: tried again a moment later, the listener kept.
+        if (errno != EINTR && errno != EAGAIN && errno != ECONNABORTED) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        continue;
+      }
+      std::unique_lock lock(mutex_);
+      if (running_ < kMaxConnections) {
+        ++running_;
+        try {
+          std::thread([this, fd] { work(fd); }).detach();
+        } catch (const std::system_error&) {
+          // No thread to be had (at a pids limit): served here, in turn.
+          lock.unlock();
+          work(fd);
+        }
+      } else if (waiting_.size() < kMaxWaiting) {
+        waiting_.push_back(fd);
+      } else {
+        lock.unlock();
+        refuse(fd);
+      }
+    }
+  }
+
+  static void refuse(int fd) {
+    const std::string body = fault("too many connections: try again");
+    const std::string r = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: " +
+                          std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body;
+    (void)!::send(fd, r.data(), r.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    ::close(fd);
+  }
+
+  /// Serves `fd`, then the connections that waited, until none waits.
+  void work(int fd) {
+    for (;;) {
+      serve(fd);
+      std::lock_guard lock(mutex_);
+      if (waiting_.empty()) {
+        if (--running_ == 0) idle_.notify_all();
+        return;
+      }
+      fd = waiting_.front();
+      waiting_.pop_front();
+    }
+  }
+
+  void serve(int fd) {
+    ConnectionStream stream(fd, stop_fd_);
+    for (size_t count = kKeepAliveMax; count > 0 && stream.next_request(); --count) {
+      bool closed = false;
+      if (!svr_.serve_request(stream, count == 1, closed) || closed) break;
+    }
+    ::close(fd);
+  }
+
   HttpHandler handler_;
-  AdoptingServer svr_;
-  std::thread listener_;
-  std::atomic<bool> listen_ended_{false};
+  ConnectionServer svr_;
+  int listen_fd_ = -1, stop_fd_ = -1;
+  std::thread acceptor_;
+  std::mutex mutex_;
+  std::condition_variable idle_;
+  size_t running_ = 0;       // connection threads; guarded by mutex_
+  std::deque<int> waiting_;  // accepted connections no thread serves yet; guarded by mutex_
 };
 
 HttpServer* serve(int listen_fd, HttpHandler handler, std::string& error) {
