@@ -125,6 +125,7 @@ void Serial::write_reg(uint64_t offset, uint8_t v) {
 }
 
 size_t Serial::enqueue_input(std::span<const uint8_t> bytes) {
+  if (input_held_) return 0;
   size_t n = 0;
   bool raise = false;
   {
@@ -138,7 +139,7 @@ size_t Serial::enqueue_input(std::span<const uint8_t> bytes) {
 
 bool Serial::can_accept() const {
   std::lock_guard lock(mutex_);
-  return rx_.size() < kRxFifoSize;
+  return !input_held_ && rx_.size() < kRxFifoSize;
 }
 
 Serial::State Serial::save() const {

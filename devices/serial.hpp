@@ -40,6 +40,10 @@ class Serial final : public BusDevice, public Snapshottable {
   size_t enqueue_input(std::span<const uint8_t> bytes);
   /// True if the RX FIFO has room.
   bool can_accept() const;
+  /// While held (the machine quiesced for a snapshot or a fork), input is taken no more: nothing
+  /// changes the UART's state or raises its interrupt between its capture and the PIC's. The
+  /// console thread waits as for a full FIFO.
+  void hold_input(bool held) { input_held_ = held; }
   /// When the guest wrote its first byte out (steady_clock), if it has: how a clone's start is timed.
   std::optional<std::chrono::steady_clock::time_point> first_output() const {
     const int64_t ns = first_output_ns_.load(std::memory_order_relaxed);
@@ -61,6 +65,7 @@ class Serial final : public BusDevice, public Snapshottable {
   std::shared_ptr<IrqLine> irq_;
   Sink sink_;
   mutable std::mutex mutex_;
+  std::atomic<bool> input_held_{false};
   State s_;
   std::deque<uint8_t> rx_;
   std::atomic<int64_t> first_output_ns_{0};

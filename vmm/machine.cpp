@@ -150,6 +150,7 @@ Machine::LoopLease::~LoopLease() {
 
 Result<> Machine::quiesce(std::chrono::milliseconds timeout) {
   vm_->pause();
+  platform_->serial().hold_input(true);  // taken again at resume
   // A VM that stops is not paused (its vCPUs left without completing their exits, and run() is
   // about to drive the loop to drain it): nothing to capture or fork.
   const auto stopped = [] { return fail("the VM is stopping"); };
@@ -207,6 +208,7 @@ Result<> Machine::quiesce(std::chrono::milliseconds timeout) {
 void Machine::resume_io() {
   // A VM stopping has no I/O thread to wake: run() drains the loop and ends.
   if (vm_->stopping()) return;
+  platform_->serial().hold_input(false);
   // Only when no I/O thread was running is one made: after a quiesce it is woken.
   if (auto r = start_io(); !r) vm_->request_stop(StopInfo{.reason = devices::StopReason::Error, .status = 0, .message = r.error().message()});
 }

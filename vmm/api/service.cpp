@@ -196,8 +196,15 @@ HttpResponse VmService::get_vm() {
   return ok_json(j);
 }
 
+namespace {
+
+HttpResponse busy() { return fault(409, "another operation (a pause, resume, snapshot or fork) is in progress"); }
+
+}  // namespace
+
 HttpResponse VmService::pause() {
-  std::lock_guard lock(mutex_);
+  std::unique_lock op(op_mutex_, std::try_to_lock);
+  if (!op.owns_lock()) return busy();
   if (stopping()) return fault(409, "the VM is stopping");
   if (paused_) return fault(409, "the VM is already paused");
   if (auto r = machine_.quiesce(); !r) {
@@ -210,7 +217,8 @@ HttpResponse VmService::pause() {
 }
 
 HttpResponse VmService::resume() {
-  std::lock_guard lock(mutex_);
+  std::unique_lock op(op_mutex_, std::try_to_lock);
+  if (!op.owns_lock()) return busy();
   if (stopping()) return fault(409, "the VM is stopping");
   if (!paused_) return fault(409, "the VM is not paused");
   machine_.resume();
@@ -225,9 +233,7 @@ HttpResponse VmService::stop(const json& body) {
     return fault(400, "'timeout_s' must be a number of seconds from 0 to 3600");
   }
   const double timeout = body.value("timeout_s", 10.0);
-  std::lock_guard lock(mutex_);
-  if (stopping_) return fault(409, "the VM is already stopping");
-  stopping_ = true;
+  if (stopping_.exchange(true)) return fault(409, "the VM is already stopping");
   auto hard_stop = [this] {
     machine_.vm().request_stop(StopInfo{.reason = devices::StopReason::PowerOff, .status = 0, .message = "stopped through the API"});
   };
@@ -260,10 +266,7 @@ HttpResponse VmService::input(const std::string& text) {
   // terminal (a clone's, a fork's console.log) can still be driven. A guest that stops reading
   // gets what fitted and the request a 409 after kInputTimeout.
   constexpr auto kInputTimeout = std::chrono::seconds(10);
-  {
-    std::lock_guard lock(mutex_);
-    if (paused_) return fault(409, "the VM is paused");
-  }
+  if (paused_) return fault(409, "the VM is paused");
   std::span<const uint8_t> rest(reinterpret_cast<const uint8_t*>(text.data()), text.size());
   const auto deadline = std::chrono::steady_clock::now() + kInputTimeout;
   while (!rest.empty()) {
@@ -322,7 +325,8 @@ HttpResponse VmService::metrics() {
 
 HttpResponse VmService::paused_operation(const json& body, const PausedOperation& op) {
   if (!op) return fault(400, "this VM does not support that operation");
-  std::lock_guard lock(mutex_);
+  std::unique_lock op_lock(op_mutex_, std::try_to_lock);
+  if (!op_lock.owns_lock()) return busy();
   if (stopping()) return fault(409, "the VM is stopping");
   // A VM paused through the API stays paused; otherwise it runs again when the operation lets it
   // (or at the end), unless the request says "resume": false.
@@ -334,7 +338,9 @@ HttpResponse VmService::paused_operation(const json& body, const PausedOperation
   double quiesce_ms = 0, resume_ms = 0;
   double paused_ms = -1;  // how long this request kept the guest from running
   std::optional<Error> pause_error;
+  bool began = false;  // the operation got as far as pausing the VM: what fails from there is ours
   auto pause = [&]() -> Result<> {
+    began = true;
     // A VM that started paused has its vCPUs parked but its I/O thread running: it is quiesced
     // now (an operation drives the event loop itself, which must then be its only user).
     if (paused_ && quiesced_) return {};
@@ -370,7 +376,9 @@ HttpResponse VmService::paused_operation(const json& body, const PausedOperation
   auto result = op(body, PauseWindow{.pause = pause, .resume = resume});
   resume();
   if (pause_error) return fault(500, pause_error->message());
-  if (!result) return fault(400, result.error().message());
+  // Refused before the VM was touched (a bad request, a name taken): the client's, 400. Failed
+  // while doing it (a full disk, a fork the system refused): the server's, 500.
+  if (!result) return fault(began ? 500 : 400, result.error().message());
   if (result->is_object() && paused_ms >= 0) {
     (*result)["prepare_ms"] = ms(requested, *paused_at);
     (*result)["paused_ms"] = paused_ms;

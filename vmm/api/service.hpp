@@ -95,10 +95,14 @@ class VmService {
   VmInfo info_;
   VmOperations ops_;
   const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
-  std::mutex mutex_;     // one control operation at a time
-  bool paused_ = false;  // guarded by mutex_
-  bool quiesced_ = false;  // guarded by mutex_: paused with the I/O thread parked too (not so for a VM started paused)
-  bool stopping_ = false;
+  // One operation that changes the VM's state at a time (pause, resume, snapshot, fork); a second
+  // meanwhile is a 409 rather than a wait of minutes behind a snapshot, which its client would
+  // give up on while the server went on to do it later. GET /vm and stop are never held up.
+  std::mutex op_mutex_;
+  std::mutex mutex_;  // info_ (a fork's child changes its generation)
+  std::atomic<bool> paused_{false};    // written under op_mutex_
+  std::atomic<bool> quiesced_{false};  // written under op_mutex_: paused with the I/O thread parked too (not so for a VM started paused)
+  std::atomic<bool> stopping_{false};
   /// Stopped through the API, or stopping for any reason (the guest powered off, a signal).
   bool stopping() const { return stopping_ || machine_.vm().stopping(); }
   std::mutex stop_mutex_;
