@@ -386,7 +386,9 @@ Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const json& request, con
   std::vector<std::string> texts(plans.size());
   std::vector<bool> heard(plans.size(), false);  // a line, or the end of its pipe
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-  for (;;) {
+  // Reads what the children say within `wait_ms`: how many spoke (or ended), -1 once none is left
+  // to hear.
+  auto listen = [&](int wait_ms) {
     std::vector<pollfd> pfds;
     std::vector<size_t> which;
     for (size_t i = 0; i < plans.size(); ++i) {
@@ -395,10 +397,9 @@ Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const json& request, con
         which.push_back(i);
       }
     }
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
-    if (pfds.empty() || left <= 0) break;
-    if (::poll(pfds.data(), pfds.size(), static_cast<int>(std::min<int64_t>(left, 100))) <= 0) continue;
-    for (size_t k = 0; k < pfds.size(); ++k) {
+    if (pfds.empty()) return -1;
+    const int ready = ::poll(pfds.data(), pfds.size(), wait_ms);
+    for (size_t k = 0; ready > 0 && k < pfds.size(); ++k) {
       if (pfds[k].revents == 0) continue;
       const size_t i = which[k];
       char buf[512];
@@ -406,6 +407,15 @@ Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const json& request, con
       if (n > 0) texts[i].append(buf, static_cast<size_t>(n));
       if (n <= 0 || texts[i].find('\n') != std::string::npos) heard[i] = true;
     }
+    return std::max(ready, 0);
+  };
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
+    if (left <= 0 || listen(static_cast<int>(std::min<int64_t>(left, 100))) < 0) break;
+  }
+  // Once more at the deadline: a child that spoke or ended in its last moments is heard. One still
+  // unheard holds its pipe open, so it has not ended and its pid is still its own: killed below.
+  while (listen(0) > 0) {
   }
   for (size_t i = 0; i < plans.size(); ++i) {
     json c{{"name", plans[i].name}, {"pid", pids[i]}};
