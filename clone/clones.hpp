@@ -36,7 +36,7 @@ struct CloneOptions {
   std::filesystem::path kvm_device;
   std::filesystem::path api_socket;
   std::chrono::steady_clock::time_point started;  ///< when main() began (for the start-time line)
-  double start_timeout_s = 120;  ///< a fleet's: a clone not started this long after its fork is killed
+  double start_timeout_s = 120;  ///< a fleet's: a clone not started this long after its fork is killed; 0: no limit
 };
 
 /// `vmm run --clone-of TEMPLATE`: starts one clone and runs it until its guest stops; returns the

@@ -166,25 +166,8 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
       if (m.report >= 0) pfds.push_back(pollfd{.fd = m.report, .events = POLLIN, .revents = 0});
     }
     const int ready = ::poll(pfds.data(), pfds.size(), 100);
-    // A clone that has not started in time (stuck opening its console on a FIFO nobody reads, a
-    // TAP or a host tool that never answers) is given up: killed, and reported failed.
-    const auto now = std::chrono::steady_clock::now();
     for (auto& m : members) {
-      if (m.report < 0 || now - m.forked < std::chrono::duration<double>(o.start_timeout_s)) continue;
-      ::kill(m.pid, SIGKILL);
-      int status = 0;
-      ::waitpid(m.pid, &status, 0);
-      ::close(m.report);
-      m.report = -1;
-      m.ended = true;
-      m.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-      remove_unstarted(m);
-      fmt::print("{} failed: not started {:g} s after its process was made (killed)\n", m.name, o.start_timeout_s);
-      std::fflush(stdout);
-    }
-    if (ready <= 0) continue;
-    for (auto& m : members) {
-      if (m.report < 0) continue;
+      if (ready <= 0 || m.report < 0) continue;
       pollfd probe{.fd = m.report, .events = POLLIN, .revents = 0};
       if (::poll(&probe, 1, 0) <= 0) continue;
       char buf[1024];
@@ -206,6 +189,25 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
         if (!m.result.starts_with("error ")) remove_unstarted(m);
         fmt::print("{} failed: {} (exit status {})\n", m.name, why, m.status);
       }
+      std::fflush(stdout);
+    }
+    // A clone that has not started in time (stuck opening its console on a FIFO nobody reads, a
+    // TAP or a host tool that never answers) is given up: killed, and reported failed.
+    const auto now = std::chrono::steady_clock::now();
+    for (auto& m : members) {
+      if (m.report < 0 || o.start_timeout_s <= 0 || now - m.forked < std::chrono::duration<double>(o.start_timeout_s)) continue;
+      // What it said (or its end) in the last moment is read first, at the next turn.
+      pollfd probe{.fd = m.report, .events = POLLIN, .revents = 0};
+      if (::poll(&probe, 1, 0) > 0) continue;
+      ::kill(m.pid, SIGKILL);  // its pipe is open: it has not ended, the pid is its own
+      int status = 0;
+      ::waitpid(m.pid, &status, 0);
+      ::close(m.report);
+      m.report = -1;
+      m.ended = true;
+      m.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      remove_unstarted(m);
+      fmt::print("{} failed: not started {:g} s after its process was made (killed)\n", m.name, o.start_timeout_s);
       std::fflush(stdout);
     }
   }

@@ -125,15 +125,13 @@ void Serial::write_reg(uint64_t offset, uint8_t v) {
 }
 
 size_t Serial::enqueue_input(std::span<const uint8_t> bytes) {
+  // The interrupt is raised under the lock too: once hold_input(true) has it, nothing of this
+  // reaches the UART or the PIC any more (a capture of both follows).
+  std::lock_guard lock(mutex_);
   if (input_held_) return 0;
   size_t n = 0;
-  bool raise = false;
-  {
-    std::lock_guard lock(mutex_);
-    while (n < bytes.size() && rx_.size() < kRxFifoSize) rx_.push_back(bytes[n++]);
-    raise = update_iir();
-  }
-  if (raise) irq_->trigger();
+  while (n < bytes.size() && rx_.size() < kRxFifoSize) rx_.push_back(bytes[n++]);
+  if (update_iir()) irq_->trigger();
   return n;
 }
 

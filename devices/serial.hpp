@@ -43,7 +43,12 @@ class Serial final : public BusDevice, public Snapshottable {
   /// While held (the machine quiesced for a snapshot or a fork), input is taken no more: nothing
   /// changes the UART's state or raises its interrupt between its capture and the PIC's. The
   /// console thread waits as for a full FIFO.
-  void hold_input(bool held) { input_held_ = held; }
+  /// Once hold_input(true) returns, no input being taken meanwhile is left half done.
+  void hold_input(bool held) {
+    std::lock_guard lock(mutex_);
+    input_held_ = held;
+  }
+  bool input_held() const { return input_held_; }
   /// When the guest wrote its first byte out (steady_clock), if it has: how a clone's start is timed.
   std::optional<std::chrono::steady_clock::time_point> first_output() const {
     const int64_t ns = first_output_ns_.load(std::memory_order_relaxed);

@@ -88,8 +88,10 @@ void Machine::end_io() {
   }
   io_.join();
   std::lock_guard lock(io_mutex_);
-  io_want_ = IoWant::Run;  // a later run() starts a new one
-  io_parked_ = false;
+  // A later run() starts a new one. io_parked_ stays true (an ended thread counts as parked): a
+  // park_io() woken by the thread's end but not yet running would otherwise see it false again
+  // and wait forever, holding its lease, and run() with it.
+  io_want_ = IoWant::Run;
 }
 
 StopInfo Machine::run() {

@@ -411,9 +411,22 @@ if command -v curl >/dev/null; then
   [ "$st" = 0 ] && [ "$seen_paused" -ge 1 ] && [ "$seen_busy" -ge 1 ] &&
     ok "during a snapshot: GET /vm answered ($seen_paused x paused), a pause refused with 409 ($seen_busy x)" ||
     { bad "during a snapshot: status $st, $seen_paused GETs saw it paused, $seen_busy pauses refused"; cat "$work/snapbig.out"; }
-  "$vmm" stop --timeout 0 big >/dev/null
+  # A stop during a snapshot: the VM is not resumed under the snapshot's copy of its memory and
+  # disks; the snapshot completes whole (and the guest then takes its power button) or fails, and
+  # the VM ends either way.
+  "$vmm" snapshot big "$work/snapbig2" >"$work/snapbig2.out" 2>&1 &
+  snapper=$!
+  n=0
+  while ! curl -s --max-time 5 --unix-socket "$bsock" http://x/vm | grep -q '"state":"paused"' && [ $n -lt 100 ]; do n=$((n + 1)); done
+  "$vmm" stop --timeout 2 big >"$work/stopbig" 2>&1; stst=$?
+  wait "$snapper"; snst=$?
+  if [ "$snst" = 0 ]; then "$vmm" template verify "$work/snapbig2" >>"$work/snapbig2.out" 2>&1; vst=$?; else vst=x; fi
+  [ "$stst" = 0 ] && [ ! -e "$VMM_STATE_DIR/run/big" ] &&
+    { [ "$vst" = 0 ] || grep -q "stopping" "$work/snapbig2.out"; } &&
+    ok "a stop during a snapshot: the VM ends, the snapshot whole (status $snst) or refused as the VM stops" ||
+    { bad "stop during a snapshot: stop $stst, snapshot $snst, verify $vst"; cat "$work/stopbig" "$work/snapbig2.out"; }
   exec 4>&-
-  rm -rf "$work/big.img" "$work/snapbig"
+  rm -rf "$work/big.img" "$work/snapbig" "$work/snapbig2"
 fi
 # A fork that fails after its children's directories were made (the disk's file is gone: no copy
 # of it can be made) leaves none behind, and the VM runs on.

@@ -378,3 +378,34 @@ TEST_CASE("http: a socket is bound in a directory of its own, then renamed into 
   REQUIRE_FALSE(refused);
   CHECK(refused.error().message().find("(107 bytes at most, its directory's 96)") != std::string::npos);
 }
+
+TEST_CASE("http: after a refused request the connection is closed: the body it did not read is never taken for a request") {
+  TestServer t;
+  if (t.skipped()) return;
+  const std::string smuggled = "PUT /vm/stop HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
+  const std::vector<std::pair<std::string, const char*>> cases = {
+      {"PUT /vm/pause HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + smuggled, "HTTP/1.1 411"},
+      {"PUT /vm/pause HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\nContent-Length: 2\r\n\r\n" + smuggled, "HTTP/1.1 415"},
+      {"PUT /vm/pause HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(api::kMaxBody + 1) + "\r\n\r\n" +
+           std::string(api::kMaxBody + 1, ' ') + smuggled,
+       "HTTP/1.1 413"},
+  };
+  for (const auto& [request, status] : cases) {
+    CAPTURE(status);
+    Fd fd = connect_to(t.path);
+    send_all(fd.get(), request);
+    std::string all;
+    char buf[4096];
+    for (;;) {  // everything until the server closes (it must: 2 s at most here)
+      pollfd p{.fd = fd.get(), .events = POLLIN, .revents = 0};
+      if (::poll(&p, 1, 2000) <= 0) break;
+      const ssize_t n = ::recv(fd.get(), buf, sizeof buf, 0);
+      if (n <= 0) break;
+      all.append(buf, static_cast<size_t>(n));
+    }
+    CAPTURE(all);
+    CHECK(all.starts_with(status));
+    CHECK(all.find("HTTP/1.1", 1) == std::string::npos);  // one response: the smuggled request got none
+  }
+  CHECK(t.requests == 0);
+}

@@ -25,6 +25,11 @@ namespace {
 
 std::string fault(const std::string& message) { return nlohmann::json{{"fault_message", message}}.dump(); }
 
+/// Set while a request is answered (on its connection's thread) when what follows it on the
+/// connection cannot be trusted to start a request: a body refused unread, a request httplib could
+/// not parse. A Connection: close header on the response alone does not close it in httplib.
+thread_local bool t_close_connection = false;
+
 /// One connection as httplib reads and writes it (its process_request() takes any Stream): the
 /// limits httplib 0.11.4 lacks are kept here, where every byte passes. A request (its line, its
 /// headers, its body) may bring kMaxBody + kMaxHead bytes and must have arrived kRequestS seconds
@@ -38,6 +43,7 @@ class ConnectionStream final : public httplib::Stream {
   /// Waits (kIdleTimeoutS at most) for the next request of a kept-alive connection, and starts
   /// its budget and its clock.
   bool next_request() {
+    if (budget_exhausted_) return false;  // the rest of an over-long request is not read as another
     if (pos_ == end_ && !wait(POLLIN, std::chrono::steady_clock::now() + std::chrono::seconds(kIdleTimeoutS))) return false;
     budget_ = kMaxBody + kMaxHead;
     deadline_ = std::chrono::steady_clock::now() + std::chrono::seconds(kRequestS);
@@ -54,6 +60,7 @@ class ConnectionStream final : public httplib::Stream {
   ssize_t read(char* ptr, size_t size) override {
     if (pos_ == end_) {
       // httplib reads a line a byte at a time: received a buffer at a time here.
+      if (budget_ == 0) budget_exhausted_ = true;
       if (budget_ == 0 || !wait(POLLIN, read_until())) return -1;
       ssize_t n;
       do {
@@ -107,6 +114,7 @@ class ConnectionStream final : public httplib::Stream {
 
   int fd_, stop_fd_;
   size_t budget_ = 0;
+  bool budget_exhausted_ = false;
   std::chrono::steady_clock::time_point deadline_{};
   char buf_[4096];
   size_t pos_ = 0, end_ = 0;
@@ -122,6 +130,7 @@ class Server final : public HttpServer {
  public:
   explicit Server(HttpHandler handler) : handler_(std::move(handler)) {
     svr_.set_payload_max_length(kMaxBody);
+    svr_.set_keep_alive_max_count(kKeepAliveMax);  // what its Keep-Alive header says: serve() counts
     auto dispatch = [this](const httplib::Request& req, httplib::Response& res) {
       const HttpResponse r = handler_(HttpRequest{.method = req.method, .path = req.path, .body = req.body});
       res.status = r.status;
@@ -145,6 +154,7 @@ class Server final : public HttpServer {
     // waited for the client to close, then answered 400).
     svr_.set_pre_routing_handler([dispatch](const httplib::Request& req, httplib::Response& res) {
       auto refuse = [&](int status, const std::string& why) {
+        t_close_connection = true;  // its body, if any, was not read
         res.status = status;
         res.set_header("Connection", "close");
         res.set_content(fault(why), "application/json");
@@ -169,6 +179,7 @@ class Server final : public HttpServer {
     // body too; the handler's own errors already have one.
     svr_.set_error_handler([](const httplib::Request&, httplib::Response& res) {
       if (!res.body.empty()) return;
+      t_close_connection = true;  // httplib's own refusal (413, a malformed request): the rest is not read
       std::string what = "HTTP error " + std::to_string(res.status);
       if (res.status == 413) what = "request body too large (" + std::to_string(kMaxBody) + " bytes at most)";
       if (res.status == 400) what = "malformed request";
@@ -192,7 +203,7 @@ class Server final : public HttpServer {
   /// Throws (the caller closes `fd`) when it cannot start.
   void start(int fd) {
     stop_fd_ = ::eventfd(0, EFD_CLOEXEC);
-    if (stop_fd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
+    if (stop_fd_ < 0) throw std::runtime_error(std::string("eventfd: ") + std::strerror(errno));
     listen_fd_ = fd;
     try {
       acceptor_ = std::thread([this] { accept_loop(); });
@@ -280,7 +291,8 @@ class Server final : public HttpServer {
     ConnectionStream stream(fd, stop_fd_);
     for (size_t count = kKeepAliveMax; count > 0 && stream.next_request(); --count) {
       bool closed = false;
-      if (!svr_.serve_request(stream, count == 1, closed) || closed) break;
+      t_close_connection = false;
+      if (!svr_.serve_request(stream, count == 1, closed) || closed || t_close_connection) break;
     }
     ::close(fd);
   }

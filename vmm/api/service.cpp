@@ -202,7 +202,19 @@ HttpResponse busy() { return fault(409, "another operation (a pause, resume, sna
 
 }  // namespace
 
+void VmService::resume_for_stop() {
+  // The stop sets stopping_ then tries the lock; an operation releases the lock then looks at
+  // stopping_ and tries it: whichever comes second sees the other, so a VM left paused by an
+  // operation that was running when the stop came takes its power button all the same.
+  std::unique_lock op(op_mutex_, std::try_to_lock);
+  if (!op.owns_lock() || !stopping_ || !paused_) return;
+  machine_.resume();
+  paused_ = false;
+  quiesced_ = false;
+}
+
 HttpResponse VmService::pause() {
+  AfterOperation after{*this};  // (declared first: runs once the lock below is released)
   std::unique_lock op(op_mutex_, std::try_to_lock);
   if (!op.owns_lock()) return busy();
   if (stopping()) return fault(409, "the VM is stopping");
@@ -213,6 +225,7 @@ HttpResponse VmService::pause() {
   }
   paused_ = true;
   quiesced_ = true;
+  if (stopping()) return fault(409, "the VM is stopping");  // resumed after, for its power button
   return no_content();
 }
 
@@ -251,12 +264,9 @@ HttpResponse VmService::stop(const json& body) {
     return fault(503, timer.error().message());
   }
   stopper_ = std::move(*timer);
-  // The guest is asked first: a paused one could not answer, so it runs again.
-  if (paused_) {
-    machine_.resume();
-    paused_ = false;
-    quiesced_ = false;
-  }
+  // The guest is asked first: a paused one could not answer, so it runs again (now, or when the
+  // operation that paused it ends: never under a snapshot or a fork in progress).
+  resume_for_stop();
   machine_.platform().press_power_button();
   return no_content();
 }
@@ -267,11 +277,13 @@ HttpResponse VmService::input(const std::string& text) {
   // gets what fitted and the request a 409 after kInputTimeout.
   constexpr auto kInputTimeout = std::chrono::seconds(10);
   if (paused_) return fault(409, "the VM is paused");
+  devices::Serial& serial = machine_.platform().serial();
   std::span<const uint8_t> rest(reinterpret_cast<const uint8_t*>(text.data()), text.size());
   const auto deadline = std::chrono::steady_clock::now() + kInputTimeout;
   while (!rest.empty()) {
-    rest = rest.subspan(machine_.platform().serial().enqueue_input(rest));
+    rest = rest.subspan(serial.enqueue_input(rest));
     if (rest.empty()) break;
+    if (serial.input_held()) return fault(409, "the VM is being paused (for a snapshot or a fork)");
     if (std::chrono::steady_clock::now() > deadline) {
       return fault(409, fmt::format("the guest did not read its console: {} of {} bytes typed", text.size() - rest.size(), text.size()));
     }
@@ -325,6 +337,7 @@ HttpResponse VmService::metrics() {
 
 HttpResponse VmService::paused_operation(const json& body, const PausedOperation& op) {
   if (!op) return fault(400, "this VM does not support that operation");
+  AfterOperation after{*this};  // (declared first: runs once the lock below is released)
   std::unique_lock op_lock(op_mutex_, std::try_to_lock);
   if (!op_lock.owns_lock()) return busy();
   if (stopping()) return fault(409, "the VM is stopping");
@@ -375,7 +388,7 @@ HttpResponse VmService::paused_operation(const json& body, const PausedOperation
   };
   auto result = op(body, PauseWindow{.pause = pause, .resume = resume});
   resume();
-  if (pause_error) return fault(500, pause_error->message());
+  if (pause_error) return fault(stopping() ? 409 : 500, pause_error->message());
   // Refused before the VM was touched (a bad request, a name taken): the client's, 400. Failed
   // while doing it (a full disk, a fork the system refused): the server's, 500.
   if (!result) return fault(began ? 500 : 400, result.error().message());

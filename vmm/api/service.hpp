@@ -90,6 +90,13 @@ class VmService {
   HttpResponse metrics();
   HttpResponse input(const std::string& text);
   HttpResponse paused_operation(const nlohmann::json& body, const PausedOperation& op);
+  /// A VM that is to stop and was left paused (by an operation, or through the API) runs again,
+  /// to take its power button; unless an operation holds the VM.
+  void resume_for_stop();
+  struct AfterOperation {
+    VmService& s;
+    ~AfterOperation() { s.resume_for_stop(); }
+  };
 
   Machine& machine_;
   VmInfo info_;

@@ -188,7 +188,7 @@ int main(int argc, char** argv) {
                                             "(NAME: --name, default the template's)")->check(kDecimal)->check(CLI::Range(1, 100000));
     run->add_flag("--detach", detach, "With --count: return once every clone runs");
     run->add_option("--start-timeout", clone_args.start_timeout_s, "With --count: seconds a clone has to start after its process "
-                                                                   "is made; then it is killed and counted failed")
+                                                                   "is made; then it is killed and counted failed (default: 120, none with --full, which copies the template first)")
         ->capture_default_str()->check(kPositiveSeconds)->check(CLI::Range(0.0, 86400.0));
     run->add_option("--pool", pool_socket, "Take the clone from the warm pool serving this socket (see vmm pool)");
     run->add_option("--api-socket", api_socket, "Where the VM serves its control API (default: STATE_DIR/run/NAME/api.sock)");
@@ -384,6 +384,8 @@ int main(int argc, char** argv) {
         return clone::run_from_pool(pool_socket, clone_args);
       }
       if (fleet_count > 0) {
+        // A full clone copies its template first, as long as that takes: no limit unless given.
+        if (clone_args.full && run->get_option("--start-timeout")->count() == 0) clone_args.start_timeout_s = 0;
         if (!api_socket.empty()) {
           print_error("--api-socket cannot be given with --count: each clone has its own under the state directory");
           return exit_code::kUsage;
