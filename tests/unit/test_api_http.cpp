@@ -409,3 +409,30 @@ TEST_CASE("http: after a refused request the connection is closed: the body it d
   }
   CHECK(t.requests == 0);
 }
+
+TEST_CASE("http: a server whose backlog is full (stopped, or swamped) still counts as listening, and no connect waits for ever") {
+  vmm::test::TempDir dir{"vmm-http-test"};
+  const std::string path = dir / "api.sock";
+  Fd server(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  REQUIRE(server);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  REQUIRE(::bind(server.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0);
+  REQUIRE(::listen(server.get(), 0) == 0);  // never accepts
+  std::vector<Fd> queued;  // fill its backlog
+  for (int i = 0; i < 8; ++i) {
+    Fd c(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    if (::connect(c.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) {
+      REQUIRE(errno == EAGAIN);
+      break;
+    }
+    queued.push_back(std::move(c));
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  CHECK(api::someone_listens(path));
+  auto taken = api::listen_unix(path);  // its socket is not replaced
+  REQUIRE_FALSE(taken);
+  CHECK(taken.error().message().find("another server listens there") != std::string::npos);
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(6));
+}

@@ -7,11 +7,13 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <mutex>
 #include <string_view>
+#include <thread>
 #include <nlohmann/json.hpp>
 
 namespace vmm::api {
@@ -60,12 +62,23 @@ sockaddr_un unix_address(const std::string& path) {
 }
 
 /// A socket connected to the server at `path` (which fits sockaddr_un: the callers check), or
-/// errno's reason.
+/// errno's reason. Non-blocking: a blocking connect to a server whose backlog is full (a VM that
+/// is stopped, or swamped) waits for ever; this one tries again for 2 s, then gives up.
 Result<Fd> connect_unix(const std::string& path) {
-  Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (!fd) return fail("socket: {}", errno_text(errno));
   const sockaddr_un addr = unix_address(path);
-  if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) return fail("{}: {}", path, errno_text(errno));
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  while (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) {
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN) return fail("{}: {}", path, errno_text(errno));
+    if (std::chrono::steady_clock::now() >= deadline) {
+      auto e = fail("{}: its server accepts no connection (its backlog is full)", path);
+      errno = EAGAIN;  // for the callers: someone does listen there
+      return e;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
   return fd;
 }
 }  // namespace
@@ -93,7 +106,8 @@ Result<Fd> listener_process(const std::string& path) {
 }
 
 bool someone_listens(const std::string& path) {
-  return path.size() < sizeof(sockaddr_un::sun_path) && connect_unix(path).has_value();
+  // A server too busy (or stopped) to accept still listens there.
+  return path.size() < sizeof(sockaddr_un::sun_path) && (connect_unix(path).has_value() || errno == EAGAIN);
 }
 
 namespace {
@@ -119,7 +133,7 @@ Result<Fd> listen_unix(const std::string& path) {
   // Something at the path: only a socket nobody listens on (left by a VM that was killed) is replaced.
   if (struct stat st {}; ::lstat(path.c_str(), &st) == 0) {
     if (!S_ISSOCK(st.st_mode)) return fail("{}: exists and is not a socket", path);
-    if (connect_unix(path)) return fail("{}: another server listens there", path);
+    if (someone_listens(path)) return fail("{}: another server listens there", path);
   }
   // Bound in a directory of its own (mkdtemp: a new name, mode 0700), made 0600 there, then
   // renamed into place: nobody else can reach it while it has the umask's mode, nor take its
