@@ -61,12 +61,18 @@ struct TestServer {
   }
 };
 
+sockaddr_un address_of(const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  REQUIRE(path.size() < sizeof addr.sun_path);
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  return addr;
+}
+
 Fd connect_to(const std::string& path) {
   Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   REQUIRE(fd);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  const sockaddr_un addr = address_of(path);
   REQUIRE(::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0);
   return fd;
 }
@@ -415,9 +421,7 @@ TEST_CASE("http: a server whose backlog is full (stopped, or swamped) still coun
   const std::string path = dir / "api.sock";
   Fd server(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   REQUIRE(server);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  const sockaddr_un addr = address_of(path);
   REQUIRE(::bind(server.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0);
   REQUIRE(::listen(server.get(), 0) == 0);  // never accepts
   std::vector<Fd> queued;  // fill its backlog
