@@ -71,12 +71,12 @@ start=$(date +%s)
 # A clone that does not start in time (its console a FIFO nobody reads: its open() waits) is killed,
 # reported, and leaves nothing behind; the others run, each with its console file from the pattern.
 mkfifo "$work/hang-2.con"
-"$vmm" run --clone-of idt --count 3 --name hang --console "file:$work/{name}.con" --start-timeout 8 --detach \
+"$vmm" run --clone-of idt --count 3 --name hang --console "file:$work/{name}.con" --start-timeout 12 --detach \
   >"$work/hang.out" 2>"$work/hang.err"
 st=$?
 n=0
 while { [ ! -s "$work/hang-1.con" ] || [ ! -s "$work/hang-3.con" ]; } && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
-[ "$st" = 10 ] && grep -q "^hang-2 failed: not started 8 s after its process was made (killed)\$" "$work/hang.out" &&
+[ "$st" = 10 ] && grep -q "^hang-2 failed: not started 12 s after its process was made (killed)\$" "$work/hang.out" &&
   grep -q "2 of 3 clones running, 1 failed" "$work/hang.err" && [ ! -e "$VMM_STATE_DIR/clones/hang-2" ] &&
   [ -s "$work/hang-1.con" ] && [ -s "$work/hang-3.con" ] && [ ! -e "$VMM_STATE_DIR/clones/hang-1/console.log" ] &&
   ok "a clone not started in --start-timeout is killed and removed, the others run (console file:{name})" ||
