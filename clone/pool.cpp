@@ -385,7 +385,7 @@ class Pool {
              {"template", {{"name", t_.manifest.name}, {"dir", t_.tdir.string()}}},
              {"config", {{"memory_mib", t_.manifest.memory >> 20}, {"vcpus", t_.manifest.vcpus}}},
              {"size", size_}, {"ready", ready_.size()}, {"handed_out", handed_out_}};
-      return {.status = 200, .body = j.dump(-1, ' ', false, json::error_handler_t::replace), .allow = {}};
+      return {.status = 200, .body = api::json_body(j), .allow = {}};
     }
     return api::fault(404, "no such path: " + r.path);
   }
@@ -493,7 +493,7 @@ class Pool {
       ++handed_out_;
     }
     json j{{"name", m.name}, {"pid", m.pid}, {"api_socket", (t_.sdir / "run" / m.name / "api.sock").string()}, {"request_ms", ms}};
-    return {.status = 201, .body = j.dump(-1, ' ', false, json::error_handler_t::replace), .allow = {}};
+    return {.status = 201, .body = api::json_body(j), .allow = {}};
   }
 
   /// Keeps `size_` members ready (one prepared at a time).

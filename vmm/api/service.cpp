@@ -12,17 +12,16 @@ namespace vmm::api {
 
 using nlohmann::json;
 
-// Bodies are dumped with invalid UTF-8 replaced (U+FFFD): a path or name that is not UTF-8 (a disk
-// file's, a request's path echoed in a fault) would otherwise make dump() throw.
+std::string json_body(const json& body) { return body.dump(-1, ' ', false, json::error_handler_t::replace); }
+
 HttpResponse fault(int status, const std::string& message) {
-  return HttpResponse{.status = status, .body = json{{"fault_message", message}}.dump(-1, ' ', false, json::error_handler_t::replace),
-                      .allow = {}};
+  return HttpResponse{.status = status, .body = json_body(json{{"fault_message", message}}), .allow = {}};
 }
 
 namespace {
 
 HttpResponse ok_json(const json& body) {
-  return HttpResponse{.status = 200, .body = body.dump(-1, ' ', false, json::error_handler_t::replace), .allow = {}};
+  return HttpResponse{.status = 200, .body = json_body(body), .allow = {}};
 }
 HttpResponse no_content() { return HttpResponse{.status = 204, .body = {}, .allow = {}}; }
 

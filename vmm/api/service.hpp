@@ -120,5 +120,8 @@ class VmService {
 
 /// A JSON error response.
 HttpResponse fault(int status, const std::string& message);
+/// A response body: `body` dumped, invalid UTF-8 replaced (a path or name that is not UTF-8 would
+/// otherwise make dump() throw).
+std::string json_body(const nlohmann::json& body);
 
 }  // namespace vmm::api
