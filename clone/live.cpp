@@ -376,8 +376,13 @@ Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const json& request, con
     plan.report_fd = -1;
   }
   const double fork_ms = ms_since(t0);
-  for (const pid_t pid : pids) {
-    if (pid > 0) reap_when_ended(m.loop(), pid);  // the loop is this thread's while paused
+  // The loop is this thread's while the VM is paused, under a lease: a VM that stops meanwhile
+  // (SIGTERM) has run() drain the loop, which must not meet a watch being added. A VM that stops
+  // leaves its children unwatched: they are reaped by init once it has exited.
+  if (auto lease = m.lease_loop()) {
+    for (const pid_t pid : pids) {
+      if (pid > 0) reap_when_ended(m.loop(), pid);
+    }
   }
   window.resume();
 
