@@ -26,40 +26,47 @@ run() {
     --file "$root/tests/linux/dmesg-allow.txt:dmesg-allow.txt" \
     "$root/tests/linux/$inner" "$@"
 }
-status=0
-run "$@" || status=$?
 # L1's own kernel can lock up inside its KVM under TCG (seen: "BUG: soft lockup ... [vmm]", the vCPU
 # thread stuck in L1's kernel where no signal reaches it). L1 then panics (softlockup_panic=1) and
-# run.sh reports 125. That is the lane failing, not the test: say so, and run the test once more.
-# L1 can also freeze outright (no console output, no heartbeat): run.sh ends it and reports 126.
+# run.sh reports 125. That is the lane failing, not the test. L1 can also freeze outright (no
+# console output, no heartbeat): run.sh ends it and reports 126.
 # Seen too: L1's kernel overflowing a vCPU thread's kernel stack inside its KVM ("stack guard page
 # was hit ... vmm-vcpu1", then "Kernel panic"). Any panic of L1's own kernel is the lane's failure,
 # and so is an L1 that reset by itself before its script reported (run.sh says so in the log).
-if { [[ $status == 125 ]] && grep -aqE "BUG: soft lockup|Kernel panic - not syncing|^run.sh: L1 reset or powered off by itself" "$log"; } ||
-  [[ $status == 126 ]]; then
-  # Its log is kept (L1's registers from QEMU's monitor are at its end when it froze): the retry
-  # writes its own.
-  cp "$log" "${log%.log}.lane-failure.log"
-  echo "nested-test: L1 locked up or froze (lane failure, status $status, log above and kept in ${log%.log}.lane-failure.log); running the test again"
-  status=0
-  run "$@" || status=$?
-fi
+l1_failed() {
+  { [[ $status == 125 ]] && grep -aqE "BUG: soft lockup|Kernel panic - not syncing|^run.sh: L1 reset or powered off by itself" "$log"; } ||
+    [[ $status == 126 ]]
+}
 # The lane's other failure (README, nested lane): L1's KVM on QEMU TCG's SVM delivers an L2 timer
 # interrupt while L2 has interrupts disabled; inside __schedule that deadlocks L2 on its own runqueue
 # lock, most often in SMP bring-up (its vCPUs halted with interrupts off, or an AP spinning for the
 # BSP's callout) until L1's watchdog kills vmm. Recognised by both: the watchdog's kill in
 # the log, and an L2 console there (the watchdog prints the killed VM's, the test may too) whose "x86: Booting SMP configuration:" line is followed by
-# something other than the bring-up's own lines. Said so, and the test runs once more.
+# something other than the bring-up's own lines.
 smp_hang() {
   grep -aq "^l1-watchdog: vmm (pid" "$log" && tr -d '\r' <"$log" | awk '
     /x86: Booting SMP configuration:/ { hit = 1; next }
     hit && NF { if ($0 ~ /(\.\.\.\. node|CPUs:|smp: |x86: )/) hit = 0; else { found = 1; exit } }
     END { exit !found }'
 }
-if [[ $status != 0 ]] && smp_hang; then
-  echo "nested-test: LANE FAILURE, not vmm: an L2 stopped in SMP bring-up (an interrupt delivered to L2 with interrupts off, below vmm; log above); running the test again"
+# Either is said so in the log, the failed run's log is kept beside the next one's (an L1 that froze
+# has its registers from QEMU's monitor at its end), and the test runs again: at most twice more
+# (a test with several SMP boots has met the SMP hang twice in a row).
+status=0
+run "$@" || status=$?
+for retry in 1 2; do
+  [[ $status == 0 ]] && break
+  if l1_failed; then
+    why="L1 locked up or froze (lane failure, status $status)"
+  elif smp_hang; then
+    why="LANE FAILURE, not vmm: an L2 stopped in SMP bring-up (an interrupt delivered to L2 with interrupts off, below vmm)"
+  else
+    break
+  fi
+  cp "$log" "${log%.log}.lane-failure$retry.log"
+  echo "nested-test: $why; log above and kept in ${log%.log}.lane-failure$retry.log; running the test again (retry $retry of 2)"
   status=0
   run "$@" || status=$?
-fi
+done
 [[ $status == 0 ]] && rm -f "$log"
 exit $status
