@@ -53,4 +53,24 @@ isr_common:
     add $16, %rsp                   /* vector and error code */
     iretq
 
+/* void tg_wait(void): sleeps until an interrupt, unless serial input is waiting. `cli`, then the
+ * check, then `sti; hlt`: the STI shadow makes the pair atomic, so an interrupt that arrives after
+ * the check still ends the hlt. In assembly so that tg_isr knows where the check begins and ends:
+ * an interrupt delivered between tg_wait_check and tg_wait_hlt (a broken CPU: see tg_isr) returns
+ * to tg_wait_wake instead. */
+    .globl tg_wait, tg_wait_check, tg_wait_hlt, tg_wait_wake
+tg_wait:
+    cli
+tg_wait_check:
+    mov tg_rx_head(%rip), %eax
+    cmp tg_rx_tail(%rip), %eax
+    jne tg_wait_wake
+    sti
+tg_wait_hlt:
+    hlt
+    ret
+tg_wait_wake:
+    sti
+    ret
+
     .section .note.GNU-stack, "", @progbits

@@ -1,7 +1,8 @@
 /* The vmm test guest: prints a banner with its vCPU count (from the ACPI MADT), runs the scenario
  * named by the first command-line word, and exits through the debug-exit port 0xf4 (QEMU
  * isa-debug-exit convention). Ring-0 code is emulated on some hosts: keep the work tiny.
- * Scenarios: hello, echo (polls the UART), smp, fault; virtio.c: blk-*, hostile-*, net-*;
+ * Scenarios: hello, echo (polls the UART), smp, fault, wait-erratum (irq.c); virtio.c: blk-*,
+ * hostile-*, net-*;
  * for clone tests, which snapshot after the ready line and resume clones there (interrupt-driven,
  * idle in `sti; hlt`, irq.c):
  *   counter    `counter: ready`; `inc N` / `get` → `counter: value=V`; `quit` (clone.c)
@@ -58,6 +59,13 @@ void putx(uint64_t v) {
 }
 
 void guest_exit(uint32_t status) {
+  if (tg_blocked_irqs) {  /* said last, so that no answer a test reads is interleaved with it */
+    puts_("testguest: the CPU delivered ");
+    putu64(tg_blocked_irqs);
+    puts_(" interrupt(s) where it had to hold them (the last at rip ");
+    putx(tg_blocked_rip);
+    puts_("): the wait ended instead of halting for ever\n");
+  }
   flush_();
   outl(DEBUG_EXIT, status);
   for (;;) __asm__ volatile("cli; hlt");
@@ -240,6 +248,7 @@ void guest_main(uint32_t start_info) {
   if (streq(scenario, "echo")) echo();
   if (streq(scenario, "deaf")) deaf();
   if (streq(scenario, "smp")) smp(cpus);
+  if (streq(scenario, "wait-erratum")) tg_wait_erratum_scenario();
   virtio_scenario(scenario);
   clone_scenario(scenario, arg);
   identity_scenario(scenario);

@@ -32,13 +32,15 @@ void virtio_scenario(const char* scenario);
  * UART's receive interrupt). */
 void tg_irq_init(uint16_t irq_mask);
 void tg_pit_start(unsigned hz);  /* channel 0, mode 2; below 19 Hz it runs at 18.2 Hz */
-void tg_wait(void);              /* sleep (sti; hlt) until an interrupt, unless input is pending */
+void tg_wait(void);              /* sleep (sti; hlt) until an interrupt, unless input is pending (isr.S) */
+void tg_wait_erratum_scenario(void) __attribute__((noreturn));  /* `wait-erratum` (irq.c) */
 struct tg_line {
   char buf[128];
   unsigned len;
 };
 int tg_getline(struct tg_line* l);  /* 1: a complete line (NUL-terminated, no CR/LF) is in l->buf */
 extern volatile uint64_t tg_ticks, tg_irqs, tg_serial_irqs;
+extern volatile uint64_t tg_blocked_irqs, tg_blocked_rip;  /* interrupts a broken CPU delivered in tg_wait's check */
 void putu64(uint64_t v);
 
 /* clone.c and identity.c: the scenarios that clone tests snapshot at their ready line (counter,

@@ -24,6 +24,7 @@ for n in 1 2 4; do
 done
 check smp2-baseline 1 "^smp: 2/2 cpus alive" --cmdline smp --cpus 2 --cpu-template baseline
 check fault 8 "^fault: triple faulting now" --cmdline fault
+check wait-erratum 1 "^wait-erratum: ok" --cmdline wait-erratum
 check unknown 5 "^unknown scenario: nosuch" --cmdline nosuch
 check memory-4g-hole 1 "scenario=hello" --memory 3200M
 printf 'hello world\nquit\n' >/tmp/stdin

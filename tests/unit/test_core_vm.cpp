@@ -140,6 +140,30 @@ TEST_CASE("vm: pause, save the vCPU, restore it into a new VM, and it runs on fr
   runner_b.join();
 }
 
+TEST_CASE("vm: a vCPU saved in an STI interrupt shadow is restored in it") {
+  SKIP_WITHOUT_KVM();
+  // `sti; hlt` is how a guest waits (the test guest's tg_wait): a vCPU captured between the two
+  // must come back with the shadow, or a pending interrupt is taken before the hlt rather than
+  // ending it, and the guest halts with its wake-up already spent.
+  const std::array<uint8_t, 3> code{0xfb, 0xf4, 0xf4};  // sti ; hlt ; hlt
+  TestVm a(code);
+  auto saved = a.vm->vcpu(0).save(a.kvm.msr_index_list(), a.kvm.xsave_size());
+  REQUIRE_MESSAGE(saved, (saved ? "" : saved.error().message()));
+  saved->regs.rip = kCodeAddr + 1;  // the hlt after the sti
+  saved->regs.rflags |= 0x200;      // IF, as the sti left it
+  saved->events.flags |= KVM_VCPUEVENT_VALID_SHADOW;
+  saved->events.interrupt.shadow = KVM_X86_SHADOW_INT_STI;
+
+  TestVm b(code);
+  auto restored = b.vm->vcpu(0).restore(*saved);
+  REQUIRE_MESSAGE(restored, (restored ? "" : restored.error().message()));
+  auto again = b.vm->vcpu(0).save(b.kvm.msr_index_list(), b.kvm.xsave_size());
+  REQUIRE_MESSAGE(again, (again ? "" : again.error().message()));
+  CHECK((again->events.flags & KVM_VCPUEVENT_VALID_SHADOW) != 0);
+  CHECK((again->events.interrupt.shadow & KVM_X86_SHADOW_INT_STI) != 0);
+  CHECK(again->regs.rip == kCodeAddr + 1);
+}
+
 // An MMIO register that counts its reads and writes (what a read-modify-write of it does).
 struct CountingRegister final : vmm::devices::BusDevice {
   std::atomic<uint64_t> reads{0}, writes{0};
