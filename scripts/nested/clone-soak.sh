@@ -23,7 +23,7 @@ for ((i = 0; i < hogs; i++)); do { while :; do :; done; } & pids+=($!); done
 trap '[[ ${#pids[@]} -gt 0 ]] && kill "${pids[@]}" 2>/dev/null; true' EXIT
 status=0
 "$here/run.sh" --timeout $((rounds * 6 + 300)) --cpus 1 --quiet --log "$log" \
-  --bin "$vmm" --python "$here/tg-report.py" --file "$here/tg-report.py:tg-report.py" \
+  --bin "$vmm" --python "$here/tg-report.py" --file "$here/tg-report.py:tg-report.py" --file "$here/vmmstate.py:vmmstate.py" \
   --file "$guest:testguest.elf" "$here/clone-soak-inner.sh" "$rounds" $syms || status=$?
 tr -d '\r' <"$log" | grep -a '^soak' || true
 echo "clone-soak: L1's console: $log"

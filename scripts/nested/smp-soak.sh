@@ -19,7 +19,7 @@ here=$root/scripts/nested
 # The watchdog that ends long-running VMs is off: the script ends a stalled one itself.
 status=0
 VMM_NESTED_VMM_LIMIT=0 "$here/run.sh" --timeout $((boots * 45 + 300)) --cpus 1 --quiet --log "$log" \
-  --bin "$vmm" --python "$here/vcpu-stacks.py" --file "$here/vcpu-stacks.py:vcpu-stacks.py" \
+  --bin "$vmm" --python "$here/vcpu-stacks.py" --file "$here/vcpu-stacks.py:vcpu-stacks.py" --file "$here/vmmstate.py:vmmstate.py" \
   --file "$kernel:vmlinuz" --file "$initramfs:initramfs.cpio" \
   "$here/smp-soak-inner.sh" "$boots" "$cpus" "$scenario" || status=$?
 tr -d '\r' <"$log" | grep -a '^soak: ' || true

@@ -12,30 +12,18 @@
 import struct
 import sys
 
+from vmmstate import sections
+
 REGS, SREGS, FPU, XCRS, LAPIC = 144, 312, 416, 392, 1024
 EVENTS_SHADOW = 11  # offsetof(struct kvm_vcpu_events, interrupt.shadow)
 EVENTS = 64
-
-
-def sections(state):
-    magic, _major, _minor, count, _length = struct.unpack_from("<8sHHIQ", state, 0)
-    if magic != b"VMMSTATE":
-        sys.exit("tg-report: not a vmm state file")
-    pos, out = 24, {}
-    for _ in range(count):
-        n = state[pos]
-        sid = state[pos + 1 : pos + 1 + n].decode()
-        off, size = struct.unpack_from("<QQ", state, pos + 1 + n)
-        out[sid] = state[off : off + size]
-        pos += 1 + n + 16
-    return out
 
 
 def main():
     tdir = sys.argv[1]
     syms = {k: int(v, 16) for k, v in (a.split("=", 1) for a in sys.argv[2:])}
     with open(f"{tdir}/state.bin", "rb") as f:
-        vcpu = sections(f.read())["vcpu0"]
+        vcpu = sections(f.read(), "tg-report")["vcpu0"]
     regs = struct.unpack_from("<18Q", vcpu, 0)
     rsp, rip, rflags = regs[6], regs[16], regs[17]
     pos = REGS + SREGS + FPU

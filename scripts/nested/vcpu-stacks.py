@@ -12,24 +12,12 @@
 import struct
 import sys
 
+from vmmstate import sections
+
 KERNEL_MAP = 0xFFFFFFFF80000000  # __START_KERNEL_map
 TEXT = TEXT_END = 0  # set by main()
 KERNEL = 0xFFFF800000000000
 PHYS = 0x000FFFFFFFFFF000
-
-
-def sections(state):
-    magic, _major, _minor, count, _length = struct.unpack_from("<8sHHIQ", state, 0)
-    if magic != b"VMMSTATE":
-        sys.exit("vcpu-stacks: not a vmm state file")
-    pos, out = 24, {}
-    for _ in range(count):
-        n = state[pos]
-        sid = state[pos + 1 : pos + 1 + n].decode()
-        off, size = struct.unpack_from("<QQ", state, pos + 1 + n)
-        out[sid] = state[off : off + size]
-        pos += 1 + n + 16
-    return out
 
 
 class Guest:
@@ -90,7 +78,7 @@ def main():
     global TEXT, TEXT_END
     d = sys.argv[1]
     with open(d + "/state.bin", "rb") as f:
-        secs = sections(f.read())
+        secs = sections(f.read(), "vcpu-stacks")
     memory = open(d + "/memory.bin", "rb")
     v = 0
     while "vcpu%d" % v in secs:
