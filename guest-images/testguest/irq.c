@@ -66,9 +66,10 @@ void tg_isr(struct frame* f) {
    * 2026-12-06, IRQ 4 delivered at the hlt itself (its frame's RIP), its handler draining the input,
    * and the guest then halted for ever with the input unread (2 clones in 3600 under host load:
    * scripts/nested/clone-soak.sh).
-   * Linux meets the same in the lane (README: its SMP bring-up). No correct CPU does it, so nothing
-   * is hidden elsewhere: such an interrupt ends the wait instead of returning into the hlt, and
-   * is counted (guest_exit reports it). */
+   * Linux meets the same in the lane (README: its SMP bring-up). No correct CPU does it: such an
+   * interrupt ends the wait instead of returning into the hlt, and is counted; guest_exit reports
+   * it, and the tests fail on that report anywhere but in the nested lane (tests/guest/expect.sh
+   * and the scenarios' last check), so that a VMM that lost a saved STI shadow is still caught. */
   if (f->rip >= (uint64_t)tg_wait_check && f->rip <= (uint64_t)tg_wait_hlt) {
     tg_blocked_irqs++;
     tg_blocked_rip = f->rip;

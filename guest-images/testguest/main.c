@@ -4,7 +4,7 @@
  * Scenarios: hello, echo (polls the UART), smp, fault, wait-erratum (irq.c); virtio.c: blk-*,
  * hostile-*, net-*;
  * for clone tests, which snapshot after the ready line and resume clones there (interrupt-driven,
- * idle in `sti; hlt`, irq.c):
+ * idle in `sti; hlt`: irq.c, and tg_wait in isr.S):
  *   counter    `counter: ready`; `inc N` / `get` → `counter: value=V`; `quit` (clone.c)
  *   ticks      PIT at 100 Hz; `ticks: ready` after the first tick; `get` → `ticks: n=N` (clone.c)
  *   dirty N    writes every 4 KiB page of N MiB; `dirty: ready mib=N`; `check` → `dirty: ok` or

@@ -3,7 +3,7 @@
 # a time with their input on stdin, again and again in one L1, and reports on any clone that does
 # not answer within 20 s: a snapshot of it (`vmm snapshot`) read by tg-report.py (its vCPU, the
 # guest's serial ring and wait counters, and the interrupt frames left on its stack). It found the
-# lane's broken STI shadow (README, nested lane): about one clone in 1200 under two host CPU hogs.
+# lane's broken STI shadow (README, nested lane): 2 clones in 3600 under two host CPU hogs.
 # usage: scripts/nested/clone-soak.sh [ROUNDS [HOGS]]   (default 300 rounds; HOGS busy loops on the
 #        host beside L1, default 2: the hang showed only under load)
 # env:   VMM (default build/vmm/vmm), TESTGUEST (default build/guest-images/testguest.elf);

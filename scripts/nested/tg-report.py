@@ -55,7 +55,7 @@ def main():
         base = max(top - 4096, min(rsp, top) - 1024)
         stack = read(base, top - base)
         words = struct.unpack_from(f"<{len(stack) // 8}Q", stack)
-        for i in range(len(words) - 5):
+        for i in range(len(words) - 4):
             frame_rip, cs, fl, frsp, ss = words[i : i + 5]
             if cs == 8 and ss in (0, 0x10) and 0x100000 <= frame_rip < 0x40000000 and base <= frsp <= top:
                 vector = words[i - 2] if i >= 2 else -1

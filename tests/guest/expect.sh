@@ -5,12 +5,16 @@
 #
 # usage: expect.sh [--status N] [--out REGEX]... [--err REGEX]... [--no-out REGEX]...
 #                  [--stdin TEXT] [--timeout SEC] [--stop-on REGEX] [--stop-signal SIG]
-#                  [--one-line-err] [--out-file PATH --file-out REGEX] [--needs-kvm] -- command args...
+#                  [--one-line-err] [--out-file PATH --file-out REGEX] [--needs-kvm] [--cpu-erratum-ok]
+#                  -- command args...
 # --needs-kvm: on a machine whose /dev/kvm (or $VMM_KVM_DEVICE) is not usable, print why and exit 77
 # (CTest's SKIP_RETURN_CODE); the nested lane (ctest -L linux) runs the guest scenarios there.
+# The test guest's report of an interrupt taken inside its wait's check (a broken CPU: README, nested
+# lane) fails the test, unless --cpu-erratum-ok (the scenario that stages it): these tests run on
+# the host's CPU, which must hold such an interrupt.
 set -u
 status="" timeout=60 stdin_text="" have_stdin=0 stop_on="" stop_signal=TERM one_line_err=0
-out_file="" needs_kvm=0 outs=() errs=() no_outs=() file_outs=()
+out_file="" needs_kvm=0 outs=() errs=() no_outs=("^testguest: the CPU delivered") file_outs=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --status) status=$2; shift 2 ;;
@@ -25,6 +29,7 @@ while [[ $# -gt 0 ]]; do
     --out-file) out_file=$2; shift 2 ;;
     --file-out) file_outs+=("$2"); shift 2 ;;
     --needs-kvm) needs_kvm=1; shift ;;
+    --cpu-erratum-ok) no_outs=("${no_outs[@]:1}"); shift ;;
     --) shift; break ;;
     *) echo "expect.sh: unknown option $1" >&2; exit 2 ;;
   esac

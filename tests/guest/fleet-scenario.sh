@@ -214,4 +214,7 @@ for d in "$VMM_STATE_DIR"/run/*; do "$vmm" stop --timeout 0 "$(basename "$d")" >
 "$vmm" run --clone-of idt --detach >"$work/e" 2>&1; [ $? = 2 ] && grep -q "detach needs --count" "$work/e" && ok "--detach without --count" || { bad "--detach alone"; cat "$work/e"; }
 "$vmm" run --clone-of idt --count 0 >"$work/e" 2>&1; [ $? = 2 ] && ok "--count 0 refused" || { bad "--count 0"; cat "$work/e"; }
 "$vmm" run --clone-of idt --count 2 --console stdio >"$work/e" 2>&1; [ $? = 2 ] && grep -q "cannot be shared" "$work/e" && ok "--console stdio refused for a fleet" || { bad "stdio fleet"; cat "$work/e"; }
+# The test guest ends a wait a broken CPU interrupted inside its check, and says so: only the nested lane's may (README).
+grep -q "vmm_nested\." /proc/cmdline || ! find "$work" -type f -size -10M -exec grep -l "^testguest: the CPU delivered" {} + 2>/dev/null | grep -q . ||
+  bad "a test guest met an interrupt inside its wait's check on a CPU that must hold it"
 exit $fail

@@ -496,4 +496,7 @@ for c in $(cut -d' ' -f1 "$work/forkw"); do "$vmm" stop --timeout 0 "$c"; done
 exec 3>&-
 wait "$pid_w"
 
+# The test guest ends a wait a broken CPU interrupted inside its check, and says so: only the nested lane's may (README).
+grep -q "vmm_nested\." /proc/cmdline || ! find "$work" -type f -size -10M -exec grep -l "^testguest: the CPU delivered" {} + 2>/dev/null | grep -q . ||
+  bad "a test guest met an interrupt inside its wait's check on a CPU that must hold it"
 exit $fail

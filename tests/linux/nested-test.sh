@@ -43,10 +43,12 @@ l1_failed() {
 # BSP's callout) until L1's watchdog kills vmm. Recognised by both: the watchdog's kill in
 # the log, and an L2 console there (the watchdog prints the killed VM's, the test may too) whose "x86: Booting SMP configuration:" line is followed by
 # something other than the bring-up's own lines.
+# (awk reads the whole log: an early exit could end tr with SIGPIPE, which pipefail makes a miss.)
 smp_hang() {
   grep -aq "^l1-watchdog: vmm (pid" "$log" && tr -d '\r' <"$log" | awk '
     /x86: Booting SMP configuration:/ { hit = 1; next }
-    hit && NF { if ($0 ~ /(\.\.\.\. node|CPUs:|smp: |x86: )/) hit = 0; else { found = 1; exit } }
+    found { next }
+    hit && NF { if ($0 ~ /(\.\.\.\. node|CPUs:|smp: |x86: )/) hit = 0; else found = 1 }
     END { exit !found }'
 }
 # Either is said so in the log, the failed run's log is kept beside the next one's (an L1 that froze
