@@ -23,6 +23,9 @@
 # usage: clone-net-scenario.sh VMM TESTGUEST [--needs-kvm]
 vmm=$1 guest=$2
 shift 2
+# In the nested lane's L1, busybox's sh runs its own ip applet, which has no netns: iproute2's is
+# in /files/bin there (tests/linux/clone-net.sh).
+if [ -x /files/bin/ip ]; then ip() { /files/bin/ip "$@"; }; fi
 for a in "$@"; do
   case "$a" in
     --needs-kvm) { [ -r /dev/kvm ] && [ -w /dev/kvm ]; } || { echo "SKIP: /dev/kvm is not usable here"; exit 77; } ;;
