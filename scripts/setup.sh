@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   build-essential cmake ninja-build pkg-config g++ clang acpica-tools
-  liburing-dev libfmt-dev doctest-dev libcli11-dev linux-libc-dev nlohmann-json3-dev zlib1g-dev libcpp-httplib-dev curl
+  liburing-dev libfmt-dev doctest-dev libcli11-dev linux-libc-dev nlohmann-json3-dev zlib1g-dev libcpp-httplib-dev libfuse3-dev curl
   libclang-rt-14-dev
   qemu-system-x86 qemu-utils
   python3 procps iproute2 kmod nftables

@@ -17,6 +17,11 @@ for scenario in blk-read blk-write blk-verify blk-flush hostile-past-end; do
   BLK_QCOW2=1 sh /files/blk-scenario.sh /files/bin/vmm /files/testguest.elf /files/base.img "/files/$image.img" \
     "$scenario" "$text" "$err" || fail=1
 done </dev/null
+# A disk whose flush fails (on failfs, a FUSE file system): raw, and a qcow2 overlay.
+for q in 0 1; do
+  n=$((n + 1))
+  BLK_QCOW2=$q sh /files/blk-flush-error.sh /files/bin/vmm /files/testguest.elf /files/bin/failfs || fail=1
+done
 echo "testguest-virtio: $n scenarios"
 [ $fail = 0 ] && echo "testguest-virtio: PASS"
 exit $fail

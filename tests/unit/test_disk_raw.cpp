@@ -9,12 +9,15 @@
 
 #include <array>
 #include <atomic>
+#include <fstream>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
 
 #include "disk/image.hpp"
+#include "failfs_mount.hpp"
 #include "test_boot_helpers.hpp"
+#include "temp_dir.hpp"
 #include "test_device_helpers.hpp"
 #include "vmm/base/event_loop.hpp"
 
@@ -251,6 +254,70 @@ TEST_CASE("disk: raw image round trip, scattered buffers, many requests in fligh
   CHECK(got == 0);
   for (int i = 0; i < 64; i += 9) CHECK(device_test::file_bytes(f.path(), static_cast<uint64_t>(i) * 8192, 4096) == bufs[i]);
   CHECK(device_test::file_bytes(f.path(), 4096, 4096) == Bytes(initial.begin() + 4096, initial.begin() + 8192));
+}
+
+TEST_CASE("disk: once a raw image's fdatasync has failed, no flush succeeds again; reads and writes go on") {
+  // The kernel reports a write-back error to one fdatasync only and may drop the pages it could not
+  // write: a later flush that succeeded would call durable what may be lost. failfs makes the
+  // file system's fsync fail as a disk's failed write-back does, through io_uring as in a VM.
+  if (auto why = vmm::test::FailFs::unavailable(); !why.empty()) {
+    MESSAGE("VMM_SKIP: " << why);
+    return;
+  }
+  vmm::test::TempDir dir("vmm-failfs");
+  vmm::test::FailFs fs(dir.path);
+  {
+    std::ofstream(fs.backing() / "disk.img", std::ios::binary)
+        .write(reinterpret_cast<const char*>(pattern(1 << 20, 5).data()), 1 << 20);
+  }
+  auto loop = make_loop();
+  auto img = vmm::disk::open_image(*loop, {.path = fs.mnt() / "disk.img"});
+  REQUIRE_MESSAGE(img, img.error().message());
+  int pending = 0;
+  int32_t got = 1;
+  auto flush = [&]() -> vmm::Result<> {
+    got = 1;
+    pending = 1;
+    auto r = (*img)->flush([&](int32_t res) { got = res, --pending; });
+    if (r) drain(*loop, pending);
+    return r;
+  };
+  Bytes data = pattern(4096, 9);
+  const iovec v = iov(data, 0, data.size());
+  auto write_at = [&](uint64_t offset) {
+    pending = 1;
+    got = 1;
+    REQUIRE((*img)->write(offset, std::span(&v, 1), [&](int32_t res) { got = res, --pending; }));
+    drain(*loop, pending);
+    CHECK(got == 4096);
+  };
+  write_at(0);
+  REQUIRE(flush());
+  CHECK(got == 0);  // the file system works
+
+  write_at(8192);
+  fs.fail_next_fsyncs(1);
+  REQUIRE(flush());  // submitted; the kernel's answer is the error
+  CHECK(got == -EIO);
+  // The file system would now succeed (failfs failed one fsync only): the image refuses anyway,
+  // without asking it, and says why.
+  for (int i = 0; i < 2; ++i) {
+    auto again = flush();
+    REQUIRE_FALSE(again);
+    CHECK(again.error().message().find("an earlier flush failed (Input/output error)") != std::string::npos);
+    CHECK(again.error().message().find("disk.img") != std::string::npos);
+  }
+  CHECK(fs.fsync_log() == "ok disk.img\nEIO disk.img\n");
+  // Reads and writes go on; what was written is what is read.
+  write_at(16384);
+  Bytes back(4096);
+  const iovec rv = iov(back, 0, back.size());
+  pending = 1;
+  REQUIRE((*img)->read(8192, std::span(&rv, 1), [&](int32_t res) { got = res, --pending; }));
+  drain(*loop, pending);
+  CHECK(got == 4096);
+  CHECK(back == data);
+  img->reset();
 }
 
 TEST_CASE("disk: discard punches a hole, write-zeroes zeroes, the size never changes") {

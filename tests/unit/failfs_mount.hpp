@@ -1,0 +1,90 @@
+// A failfs mount for a test (tests/disk/failfs.c): the files of DIR/backing under DIR/mnt, where the
+// test can make the next fsyncs fail with EIO, as a disk's failed write-back makes them fail.
+// Needs root and /dev/fuse; available() says why not.
+#pragma once
+
+#include <signal.h>
+#include <spawn.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+
+extern char** environ;
+
+namespace vmm::test {
+
+class FailFs {
+ public:
+  static std::filesystem::path tool() { return std::filesystem::path(VMM_BINARY_DIR) / "tests" / "failfs"; }
+
+  /// Empty when a failfs can be mounted here, else why not.
+  static std::string unavailable() {
+    if (::geteuid() != 0) return "failfs needs root to mount";
+    if (::access("/dev/fuse", R_OK | W_OK) != 0) return "/dev/fuse is not usable here";
+    if (::access(tool().c_str(), X_OK) != 0) return tool().string() + " is missing";
+    return {};
+  }
+
+  /// Mounts DIR/backing (made here) on DIR/mnt; throws when the mount does not appear in 10 s.
+  explicit FailFs(const std::filesystem::path& dir) : backing_(dir / "backing"), mnt_(dir / "mnt") {
+    std::filesystem::create_directories(backing_);
+    std::filesystem::create_directories(mnt_);
+    struct stat before {};
+    ::stat(mnt_.c_str(), &before);
+    const std::string t = tool().string(), b = backing_.string(), m = mnt_.string();
+    char* argv[] = {const_cast<char*>(t.c_str()), const_cast<char*>(b.c_str()), const_cast<char*>(m.c_str()), nullptr};
+    if (::posix_spawn(&pid_, argv[0], nullptr, nullptr, argv, environ) != 0) throw std::runtime_error("cannot start failfs");
+    for (int i = 0; i < 1000; ++i) {
+      struct stat now {};
+      if (::stat(mnt_.c_str(), &now) == 0 && now.st_dev != before.st_dev) return;
+      int st;
+      if (::waitpid(pid_, &st, WNOHANG) == pid_) {
+        pid_ = -1;
+        throw std::runtime_error("failfs ended before its mount appeared");
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    stop();
+    throw std::runtime_error("failfs's mount did not appear in 10 s");
+  }
+  ~FailFs() { stop(); }
+  FailFs(const FailFs&) = delete;
+  FailFs& operator=(const FailFs&) = delete;
+
+  const std::filesystem::path& backing() const { return backing_; }
+  const std::filesystem::path& mnt() const { return mnt_; }
+
+  /// The next n fsync/fdatasync calls on the mount fail with EIO.
+  void fail_next_fsyncs(int n) const { std::ofstream(backing_ / ".failfs-fsync") << n << '\n'; }
+  /// The fsyncs that reached the file system, one "ok NAME" or "EIO NAME" line each.
+  std::string fsync_log() const {
+    std::ifstream in(backing_ / ".failfs-log");
+    std::ostringstream s;
+    s << in.rdbuf();
+    return s.str();
+  }
+
+ private:
+  void stop() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGTERM);  // failfs unmounts and ends
+      int st;
+      ::waitpid(pid_, &st, 0);
+      pid_ = -1;
+    }
+    ::umount2(mnt_.c_str(), MNT_DETACH);  // in case it could not (EINVAL when it did)
+  }
+
+  std::filesystem::path backing_, mnt_;
+  pid_t pid_ = -1;
+};
+
+}  // namespace vmm::test
