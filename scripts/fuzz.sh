@@ -36,6 +36,10 @@
 #              clone/template.cpp): refusals one line, accepted files written back the same. Seeds:
 #              files written by the fuzzer itself (VMM_MANIFEST_FUZZ_MAKE_SEEDS). Regressions:
 #              tests/fuzz/manifest-regressions/.
+#   http       what a client sends on a VM's API socket (tests/fuzz/http_fuzz.cpp, vmm/api/http_plugin.cpp
+#              over cpp-httplib): whole HTTP/1.1 responses only, JSON bodies, a fault_message in every
+#              error, no body over the limit to the handler, no hang. Seeds: requests written by the
+#              fuzzer itself (VMM_HTTP_FUZZ_MAKE_SEEDS). Regressions: tests/fuzz/http-regressions/.
 #
 # Configures and builds a clang build of its own (build-fuzz/, -DVMM_FUZZ=ON: ASan + UBSan + coverage;
 # only the fuzz target and the libraries it needs are built; one build serves every target), seeds a
@@ -44,7 +48,7 @@
 # Exits non-zero on a crash, leak or timeout, naming the reproducer; rerun one with
 #   build-fuzz/tests/TARGET_fuzz REPRODUCER     (qcow2_fuzz, state_fuzz, kvm_stats_fuzz, kvm_cache_fuzz,
 #                                                agent_identity_fuzz, guest_io_fuzz,
-#                                                kernel_fuzz, manifest_fuzz)
+#                                                kernel_fuzz, manifest_fuzz, http_fuzz)
 # Environment: VMM_FUZZ_BUILD (build directory), VMM_FUZZ_WORK (corpus, seeds and artifacts; default
 # BUILD/TARGET-fuzz), VMM_FUZZ_JOBS (parallel fuzzer processes, default 1).
 # Exit status: 0 clean, 1 the fuzzer found something, 2 the build failed (or no such TARGET), 77 a tool
@@ -93,8 +97,12 @@ case $target in
     bin=manifest_fuzz build_log=fuzz-build-manifest.log seed_env=VMM_MANIFEST_FUZZ_MAKE_SEEDS
     seed_mark=.done make_seeds=own_seeds dirs=(manifest-regressions) tools=()
     limits=(-max_len=16384 -timeout=10 -rss_limit_mb=2048) ;;
+  http)  # A request may bring kMaxBody (64 KiB) + 16 KiB; a little more reaches the drop.
+    bin=http_fuzz build_log=fuzz-build-http.log seed_env=VMM_HTTP_FUZZ_MAKE_SEEDS
+    seed_mark=.done make_seeds=own_seeds dirs=(http-regressions) tools=()
+    limits=(-max_len=90000 -timeout=30 -rss_limit_mb=2048) ;;
   *)
-    echo "usage: scripts/fuzz.sh qcow2|state|kvm-stats|kvm-cache|agent-identity|guest-io|kernel|manifest [SECONDS] [extra libFuzzer options...]" >&2
+    echo "usage: scripts/fuzz.sh qcow2|state|kvm-stats|kvm-cache|agent-identity|guest-io|kernel|manifest|http [SECONDS] [extra libFuzzer options...]" >&2
     exit 2 ;;
 esac
 name=fuzz-$target  # in messages
