@@ -94,24 +94,20 @@ static int ff_readdir(const char* path, void* buf, fuse_fill_dir_t fill, off_t o
   return 0;
 }
 
-static int ff_open(const char* path, struct fuse_file_info* fi) {
+static int open_backing(const char* path, int flags, mode_t mode, struct fuse_file_info* fi) {
   char p[PATH_MAX];
   int r = backing_path(path, p);
   if (r) return r;
-  int fd = open(p, fi->flags & ~O_DIRECT);
+  int fd = open(p, flags & ~O_DIRECT, mode);
   if (fd < 0) return -errno;
   fi->fh = (uint64_t)fd;
   return 0;
 }
 
+static int ff_open(const char* path, struct fuse_file_info* fi) { return open_backing(path, fi->flags, 0, fi); }
+
 static int ff_create(const char* path, mode_t mode, struct fuse_file_info* fi) {
-  char p[PATH_MAX];
-  int r = backing_path(path, p);
-  if (r) return r;
-  int fd = open(p, (fi->flags & ~O_DIRECT) | O_CREAT, mode);
-  if (fd < 0) return -errno;
-  fi->fh = (uint64_t)fd;
-  return 0;
+  return open_backing(path, fi->flags | O_CREAT, mode, fi);
 }
 
 static int ff_read(const char* path, char* buf, size_t n, off_t off, struct fuse_file_info* fi) {
