@@ -124,7 +124,11 @@ void Qcow2Image::worker() {
   };
   auto report = [&](const Error& e) {
     if (!reported_.exchange(true)) {
-      fmt::print(stderr, "vmm: disk {}: {} (further errors on this disk are not logged)\n", path_.string(), e.message());
+      // The engine's errors name the image already: "P: what".
+      const std::string& m = e.message();
+      const std::string p = path_.string();
+      const bool named = m.starts_with(p) && m.compare(p.size(), 2, ": ") == 0;
+      fmt::print(stderr, "vmm: disk {}: {} (further errors on this disk are not logged)\n", p, named ? m.substr(p.size() + 2) : m);
     }
   };
   std::unique_lock lock(mu_);

@@ -39,7 +39,8 @@
 #   http       what a client sends on a VM's API socket (tests/fuzz/http_fuzz.cpp, vmm/api/http_plugin.cpp
 #              over cpp-httplib): whole HTTP/1.1 responses only, JSON bodies, a fault_message in every
 #              error, no body over the limit to the handler, no hang. Seeds: requests written by the
-#              fuzzer itself (VMM_HTTP_FUZZ_MAKE_SEEDS). Regressions: tests/fuzz/http-regressions/.
+#              fuzzer itself (VMM_HTTP_FUZZ_MAKE_SEEDS); a dictionary of header names and values
+#              (tests/fuzz/http.dict: httplib is not instrumented). Regressions: tests/fuzz/http-regressions/.
 #
 # Configures and builds a clang build of its own (build-fuzz/, -DVMM_FUZZ=ON: ASan + UBSan + coverage;
 # only the fuzz target and the libraries it needs are built; one build serves every target), seeds a
@@ -97,10 +98,10 @@ case $target in
     bin=manifest_fuzz build_log=fuzz-build-manifest.log seed_env=VMM_MANIFEST_FUZZ_MAKE_SEEDS
     seed_mark=.done make_seeds=own_seeds dirs=(manifest-regressions) tools=()
     limits=(-max_len=16384 -timeout=10 -rss_limit_mb=2048) ;;
-  http)  # A request may bring kMaxBody (64 KiB) + 16 KiB; a little more reaches the drop.
+  http)  # .done-2: the seed set changed; a request may bring kMaxBody (64 KiB) + 16 KiB; a little more reaches the drop.
     bin=http_fuzz build_log=fuzz-build-http.log seed_env=VMM_HTTP_FUZZ_MAKE_SEEDS
-    seed_mark=.done make_seeds=own_seeds dirs=(http-regressions) tools=()
-    limits=(-max_len=90000 -timeout=30 -rss_limit_mb=2048) ;;
+    seed_mark=.done-2 make_seeds=own_seeds dirs=(http-regressions) tools=()
+    limits=(-max_len=90000 -timeout=30 -rss_limit_mb=2048 -dict="$root/tests/fuzz/http.dict") ;;
   *)
     echo "usage: scripts/fuzz.sh qcow2|state|kvm-stats|kvm-cache|agent-identity|guest-io|kernel|manifest|http [SECONDS] [extra libFuzzer options...]" >&2
     exit 2 ;;

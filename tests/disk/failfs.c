@@ -141,8 +141,9 @@ static int ff_fsync(const char* path, int datasync, struct fuse_file_info* fi) {
     return -EIO;
   }
   int r = datasync ? fdatasync((int)fi->fh) : fsync((int)fi->fh);
+  r = r ? -errno : 0;
   log_fsync(r ? "error" : "ok", path);
-  return r ? -errno : 0;
+  return r;
 }
 
 static int ff_release(const char* path, struct fuse_file_info* fi) {

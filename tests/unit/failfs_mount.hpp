@@ -27,7 +27,7 @@ class FailFs {
 
   /// Empty when a failfs can be mounted here, else why not.
   static std::string unavailable() {
-    if (::geteuid() != 0) return "failfs needs root to mount";
+    if (::geteuid() != 0 || !cap_sys_admin()) return "failfs needs root (CAP_SYS_ADMIN) to mount";
     if (::access("/dev/fuse", R_OK | W_OK) != 0) return "/dev/fuse is not usable here";
     if (::access(tool().c_str(), X_OK) != 0) return tool().string() + " is missing";
     return {};
@@ -73,14 +73,25 @@ class FailFs {
   }
 
  private:
+  static bool cap_sys_admin() {
+    std::ifstream in("/proc/self/status");
+    for (std::string line; std::getline(in, line);) {
+      if (line.starts_with("CapEff:")) return (std::stoull(line.substr(7), nullptr, 16) >> 21) & 1;  // CAP_SYS_ADMIN
+    }
+    return false;
+  }
+
   void stop() {
+    // Unmounted first: the kernel then ends the file system's connection and failfs's loop with it
+    // (a SIGTERM alone can land just before libfuse's read of /dev/fuse and be lost).
+    ::umount2(mnt_.c_str(), MNT_DETACH);
     if (pid_ > 0) {
-      ::kill(pid_, SIGTERM);  // failfs unmounts and ends
+      ::kill(pid_, SIGTERM);
       int st;
-      ::waitpid(pid_, &st, 0);
+      for (int i = 0; i < 500 && ::waitpid(pid_, &st, WNOHANG) == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      if (::kill(pid_, SIGKILL) == 0) ::waitpid(pid_, &st, 0);
       pid_ = -1;
     }
-    ::umount2(mnt_.c_str(), MNT_DETACH);  // in case it could not (EINVAL when it did)
   }
 
   std::filesystem::path backing_, mnt_;

@@ -120,6 +120,18 @@ class ConnectionStream final : public httplib::Stream {
   size_t pos_ = 0, end_ = 0;
 };
 
+/// Every answer is a whole JSON document, as it is: a Range header is ignored (RFC 9110 14.2 lets
+/// a server), and so is Accept-Encoding. httplib would otherwise cut a body to the range asked for
+/// (`{"` for bytes=0-1; also a 416's fault after a Range it could parse only in part) and gzip or
+/// brotli it (Debian's build has both). Found by tests/fuzz/http_fuzz.cpp. Called from the
+/// pre-routing and error handlers, before httplib writes the response; the request is
+/// process_request()'s own object, not a const one, so changing it is well defined.
+void whole_answers(const httplib::Request& req) {
+  auto& r = const_cast<httplib::Request&>(req);
+  r.ranges.clear();
+  r.headers.erase("Accept-Encoding");
+}
+
 /// httplib's request processing, on connections this server accepted itself.
 class ConnectionServer final : public httplib::Server {
  public:
@@ -153,11 +165,7 @@ class Server final : public HttpServer {
     // is none (RFC 9112 6.3: no Content-Length and no Transfer-Encoding means an empty body; httplib
     // waited for the client to close, then answered 400).
     svr_.set_pre_routing_handler([dispatch](const httplib::Request& req, httplib::Response& res) {
-      // A Range header is ignored (RFC 9110 14.2 lets a server): the API's answers are whole JSON
-      // documents. httplib would otherwise cut every 2xx body to the range asked for (found by
-      // tests/fuzz/http_fuzz.cpp: `{"` for bytes=0-1). The request is process_request()'s own,
-      // not a const object: clearing its parsed ranges is well defined.
-      const_cast<httplib::Request&>(req).ranges.clear();
+      whole_answers(req);
       auto refuse = [&](int status, const std::string& why) {
         t_close_connection = true;  // its body, if any, was not read
         res.status = status;
@@ -182,7 +190,8 @@ class Server final : public HttpServer {
     });
     // Errors httplib answers itself (a body over the limit, a malformed request line) get a JSON
     // body too; the handler's own errors already have one.
-    svr_.set_error_handler([](const httplib::Request&, httplib::Response& res) {
+    svr_.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+      whole_answers(req);
       if (!res.body.empty()) return;
       t_close_connection = true;  // httplib's own refusal (413, a malformed request): the rest is not read
       std::string what = "HTTP error " + std::to_string(res.status);
