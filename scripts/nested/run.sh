@@ -48,8 +48,9 @@ done
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 is missing (scripts/setup.sh installs it)"
 
 # Modules L1 loads: KVM for AMD (its CPU is an emulated EPYC), TUN for TAP backends, virtio-blk;
-# bridges, veth pairs and nftables' NAT for clones on networks (vmm's --net bridge= and netns=).
-l1_modules=(kvm_amd tun virtio_pci virtio_blk bridge veth nf_tables nft_chain_nat nft_nat)
+# bridges, veth pairs and nftables' NAT for clones on networks (vmm's --net bridge= and netns=); FUSE
+# for failfs (a disk whose flush fails, tests/disk/failfs.c).
+l1_modules=(kvm_amd tun virtio_pci virtio_blk bridge veth nf_tables nft_chain_nat nft_nat fuse)
 
 find_kernel
 # The L1 base initramfs: busybox, the modules above, /init and the static exit helper.
