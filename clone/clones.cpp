@@ -37,11 +37,14 @@ std::optional<Failure> read_template(const CloneOptions& o, OpenTemplate& t) {
   if (!manifest) return bad(exit_code::kImage, manifest.error().message());
   t.manifest = std::move(*manifest);
   t.state_path = (t.tdir / t.manifest.state.name).string();
-  // Every file the manifest names is a regular file of the template's own (no link out of it).
-  for (const std::string* name : {&t.manifest.state.name, &t.manifest.memory_file.name}) {
-    if (auto r = template_file(t.tdir, *name); !r) return bad(exit_code::kImage, r.error().message());
-  }
-  auto state = read_state_file(t.tdir / t.manifest.state.name);
+  // Every file the manifest names is a regular file of the template's own (no link out of it),
+  // opened once and used as opened (template.hpp: open_template_file).
+  auto state_file = open_template_file(t.tdir, t.manifest.state.name);
+  if (!state_file) return bad(exit_code::kImage, state_file.error().message());
+  auto memory_file = open_template_file(t.tdir, t.manifest.memory_file.name);
+  if (!memory_file) return bad(exit_code::kImage, memory_file.error().message());
+  t.memory_file = std::move(*memory_file);
+  auto state = read_state_file(state_file->fd.get(), t.tdir / t.manifest.state.name);
   if (!state) return bad(exit_code::kImage, state.error().message());
   t.state = std::move(*state);
   auto shape = read_shape(t.state, t.state_path);
@@ -52,18 +55,19 @@ std::optional<Failure> read_template(const CloneOptions& o, OpenTemplate& t) {
   }
   // The template's disks must be the ones it was made with.
   for (const auto& d : t.manifest.disks) {
-    auto size = template_file(t.tdir, d.file.name);
-    if (!size) return bad(exit_code::kImage, fmt::format("template disk: {} (run 'vmm template verify')", size.error().message()));
-    if (*size != d.file.size) {
+    auto file = open_template_file(t.tdir, d.file.name);
+    if (!file) return bad(exit_code::kImage, fmt::format("template disk: {} (run 'vmm template verify')", file.error().message()));
+    if (file->size != d.file.size) {
       return bad(exit_code::kImage, fmt::format("{}: template disk changed size (run 'vmm template verify')", (t.tdir / d.file.name).string()));
     }
     if (d.format == "qcow2") {
-      if (auto r = check_standalone_qcow2(t.tdir / d.file.name); !r) return bad(exit_code::kImage, r.error().message());
+      if (auto r = check_standalone_qcow2(file->fd.get(), t.tdir / d.file.name); !r) return bad(exit_code::kImage, r.error().message());
     }
+    t.disk_files.push_back(std::move(*file));
   }
   // Linked clones share one copy-on-write mapping of the memory file (a fleet's clones inherit it).
   if (!o.full) {
-    auto memory = map_memory_file(t.tdir / t.manifest.memory_file.name, t.manifest.memory);
+    auto memory = map_memory_file(t.memory_file.fd.get(), t.tdir / t.manifest.memory_file.name, t.manifest.memory);
     if (!memory) return bad(exit_code::kImage, memory.error().message());
     t.memory.emplace(std::move(*memory));
   }
@@ -125,20 +129,22 @@ std::expected<std::unique_ptr<PreparedClone>, Failure> prepare_clone(OpenTemplat
   // A full clone's copies (the memory file, then each disk) under one progress bar on a terminal.
   std::optional<Progress> progress;
   uint64_t copied_before = 0;
-  auto copy = [&](const fs::path& from, const fs::path& to) -> Result<> {
+  auto copy = [&](int from_fd, const fs::path& from, const fs::path& to) -> Result<> {
     uint64_t copied = 0;
-    auto r = copy_sparse(from, to, [&](uint64_t n) { progress->update(copied_before + (copied = n)); });
+    auto r = copy_sparse(from_fd, from, to, [&](uint64_t n) { progress->update(copied_before + (copied = n)); });
     copied_before += copied;
     return r;
   };
   // A copy ends early at Ctrl-C (or SIGTERM): the clone then stops as its VM would have.
   auto copy_failed = [](int otherwise) { return pending_stop_signal() != 0 ? exit_code::kSignal : otherwise; };
   if (o.full) {
-    uint64_t total = data_bytes(*tdir / manifest->memory_file.name);
-    for (const auto& d : manifest->disks) total += data_bytes(*tdir / d.file.name);
+    uint64_t total = data_bytes(t.memory_file.fd.get());
+    for (const auto& f : t.disk_files) total += data_bytes(f.fd.get());
     progress.emplace(fmt::format("copying template {} for the full clone {}", manifest->name, name), total);
     const fs::path copy_path = cdir / kMemoryFile;
-    if (auto r = copy(*tdir / manifest->memory_file.name, copy_path); !r) return bad(copy_failed(exit_code::kVmmError), r.error().message());
+    if (auto r = copy(t.memory_file.fd.get(), *tdir / manifest->memory_file.name, copy_path); !r) {
+      return bad(copy_failed(exit_code::kVmmError), r.error().message());
+    }
     auto m = map_memory_file(copy_path, manifest->memory);
     if (!m) return bad(exit_code::kImage, m.error().message());
     memory.emplace(std::move(*m));
@@ -157,7 +163,9 @@ std::expected<std::unique_ptr<PreparedClone>, Failure> prepare_clone(OpenTemplat
     const auto& d = manifest->disks[i];
     if (o.full) {
       const fs::path copy_path = cdir / "disk" / fmt::format("disk{}.{}", i, d.format == "qcow2" ? "qcow2" : "img");
-      if (auto r = copy(*tdir / d.file.name, copy_path); !r) return bad(copy_failed(exit_code::kImage), r.error().message());
+      if (auto r = copy(t.disk_files[i].fd.get(), *tdir / d.file.name, copy_path); !r) {
+        return bad(copy_failed(exit_code::kImage), r.error().message());
+      }
       fs::permissions(copy_path, fs::perms::owner_read | fs::perms::owner_write, ec);
       c->disks.push_back(DiskSpec{.path = copy_path, .read_only = d.read_only, .id = d.id});
       continue;
@@ -167,7 +175,8 @@ std::expected<std::unique_ptr<PreparedClone>, Failure> prepare_clone(OpenTemplat
                                                                    .backing = (*tdir / d.file.name).string(),
                                                                    .backing_format = d.format});
     if (!r) return bad(exit_code::kImage, r.error().message());
-    c->disks.push_back(DiskSpec{.path = overlay, .read_only = d.read_only, .id = d.id});
+    // Its backing file is opened by name when the clone's disks open: it must be the file checked.
+    c->disks.push_back(DiskSpec{.path = overlay, .read_only = d.read_only, .id = d.id, .backing_must_be = t.disk_files[i].id});
   }
   if (progress) progress->complete();
   step("files");

@@ -53,6 +53,8 @@ struct OpenTemplate {
   MachineShape shape;
   std::string state_path;
   std::optional<GuestMemory> memory;
+  TemplateFile memory_file;              ///< opened and checked (a full clone copies it)
+  std::vector<TemplateFile> disk_files;  ///< each of manifest.disks, opened and checked
   std::unique_ptr<Kvm> kvm;
 };
 /// Opens and checks the template of `options` and opens /dev/kvm (nothing is created); a failure

@@ -157,23 +157,27 @@ Result<MemoryFileInfo> write_memory_file(const GuestMemory& memory, const std::f
 Result<MemoryFileInfo> checksum_memory_file(const std::filesystem::path& path) {
   Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
   if (!fd) return fail("{}: cannot open: {}", path.string(), errno_text(errno));
+  return checksum_memory_file(fd.get(), path);
+}
+
+Result<MemoryFileInfo> checksum_memory_file(int fd, const std::filesystem::path& path) {
   struct stat st {};
-  if (::fstat(fd.get(), &st) < 0) return fail("{}: stat: {}", path.string(), errno_text(errno));
+  if (::fstat(fd, &st) < 0) return fail("{}: stat: {}", path.string(), errno_text(errno));
   if (!S_ISREG(st.st_mode)) return fail("{}: not a regular file", path.string());
   MemoryFileInfo info{.size = static_cast<uint64_t>(st.st_size), .data_bytes = 0, .checksum = 0};
   std::vector<uint8_t> buf(kChunk);
   off_t pos = 0;
   while (static_cast<uint64_t>(pos) < info.size) {
-    const off_t data = ::lseek(fd.get(), pos, SEEK_DATA);
+    const off_t data = ::lseek(fd, pos, SEEK_DATA);
     if (data < 0) {
       if (errno == ENXIO) break;  // only a hole is left
       return fail("{}: SEEK_DATA: {}", path.string(), errno_text(errno));
     }
-    off_t hole = ::lseek(fd.get(), data, SEEK_HOLE);
+    off_t hole = ::lseek(fd, data, SEEK_HOLE);
     if (hole < 0) return fail("{}: SEEK_HOLE: {}", path.string(), errno_text(errno));
     for (off_t at = data & ~static_cast<off_t>(kPage - 1); at < hole;) {
       const size_t want = static_cast<size_t>(std::min<off_t>(static_cast<off_t>(kChunk), hole - at));
-      const ssize_t n = ::pread(fd.get(), buf.data(), want, at);
+      const ssize_t n = ::pread(fd, buf.data(), want, at);
       if (n < 0 && errno == EINTR) continue;
       if (n < 0) return fail("{}: read at {:#x}: {}", path.string(), at, errno_text(errno));
       if (n == 0) break;
@@ -196,14 +200,18 @@ Result<GuestMemory> map_memory_file(const std::filesystem::path& path, uint64_t 
   // Not a FIFO's open, which would wait for a writer; not through a symbolic link out of the template.
   Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
   if (!fd) return fail("{}: cannot open: {}", path.string(), errno_text(errno));
+  return map_memory_file(fd.get(), path, size);
+}
+
+Result<GuestMemory> map_memory_file(int fd, const std::filesystem::path& path, uint64_t size) {
   struct stat st {};
-  if (::fstat(fd.get(), &st) < 0) return fail("{}: stat: {}", path.string(), errno_text(errno));
+  if (::fstat(fd, &st) < 0) return fail("{}: stat: {}", path.string(), errno_text(errno));
   if (!S_ISREG(st.st_mode)) return fail("{}: not a regular file", path.string());
   if (static_cast<uint64_t>(st.st_size) != size) {
     return fail("{}: memory file is {} bytes, the guest's RAM is {} bytes (truncated or replaced)", path.string(),
                 st.st_size, size);
   }
-  auto m = Mapping::file_private(fd.get(), size);
+  auto m = Mapping::file_private(fd, size);
   if (!m) return std::unexpected(m.error().context(path.string()));
   std::error_code ec;
   const fs::path absolute = fs::absolute(path, ec);

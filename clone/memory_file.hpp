@@ -24,9 +24,13 @@ Result<MemoryFileInfo> write_memory_file(const GuestMemory& memory, const std::f
 /// Recomputes the checksum of a memory file: CRC-32C over (offset, page) of every non-zero 4 KiB
 /// page, in order, reading only its data extents (SEEK_DATA/SEEK_HOLE).
 Result<MemoryFileInfo> checksum_memory_file(const std::filesystem::path& path);
+/// The same on an open file (`path` for messages).
+Result<MemoryFileInfo> checksum_memory_file(int fd, const std::filesystem::path& path);
 
 /// Maps a memory file MAP_PRIVATE as guest RAM of `size` bytes: the file is opened read-only and
 /// must be exactly `size` bytes (a shorter file would fault the guest with SIGBUS).
 Result<GuestMemory> map_memory_file(const std::filesystem::path& path, uint64_t size);
+/// The same on an open file (`path` for messages and the mapping's record).
+Result<GuestMemory> map_memory_file(int fd, const std::filesystem::path& path, uint64_t size);
 
 }  // namespace vmm::clone

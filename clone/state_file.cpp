@@ -257,4 +257,10 @@ Result<StateFile> read_state_file(const std::filesystem::path& path) {
   return parse_state_file(std::span(reinterpret_cast<const uint8_t*>(bytes->data()), bytes->size()), path.string());
 }
 
+Result<StateFile> read_state_file(int fd, const std::filesystem::path& path) {
+  auto bytes = read_file(fd, path, kMaxFileSize, "state file");
+  if (!bytes) return std::unexpected(bytes.error());
+  return parse_state_file(std::span(reinterpret_cast<const uint8_t*>(bytes->data()), bytes->size()), path.string());
+}
+
 }  // namespace vmm::clone

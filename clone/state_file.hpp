@@ -77,5 +77,7 @@ Result<> write_state_file(const std::filesystem::path& path, const StateFile& st
 
 /// Reads `path` (refusing anything larger than kMaxFileSize before reading) and parses it.
 Result<StateFile> read_state_file(const std::filesystem::path& path);
+/// The same from an open file (`path` names it in messages).
+Result<StateFile> read_state_file(int fd, const std::filesystem::path& path);
 
 }  // namespace vmm::clone

@@ -4,6 +4,8 @@
 
 #include <fcntl.h>
 #include <linux/fs.h>
+#include <linux/openat2.h>
+#include <sys/syscall.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -94,13 +96,19 @@ Result<FileSum> parse_sum(const json& j, std::string_view what, std::string_view
 Result<> copy_sparse(const fs::path& from, const fs::path& to, const std::function<void(uint64_t)>& progress) {
   Fd in(::open(from.c_str(), O_RDONLY | O_CLOEXEC));
   if (!in) return fail("{}: cannot open: {}", from.string(), errno_text(errno));
+  return copy_sparse(in.get(), from, to, progress);
+}
+
+Result<> copy_sparse(int in_fd, const fs::path& from, const fs::path& to, const std::function<void(uint64_t)>& progress) {
+  // SEEK_DATA/SEEK_HOLE return offsets and move the file position, which a fleet's clones share
+  // (the template's files were opened once, before the fork): the copy reads at explicit offsets.
   Fd out(::open(to.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
   if (!out) return fail("{}: cannot create: {}", to.string(), errno_text(errno));
   struct stat st {};
-  if (::fstat(in.get(), &st) < 0) return fail("{}: stat: {}", from.string(), errno_text(errno));
+  if (::fstat(in_fd, &st) < 0) return fail("{}: stat: {}", from.string(), errno_text(errno));
   // Ctrl-C waits, blocked, for the VM's sigwait (main() blocks it): a copy ends at it instead.
-  if (pending_stop_signal() == 0 && ::ioctl(out.get(), FICLONE, in.get()) == 0) {
-    if (progress) progress(data_bytes(from));
+  if (pending_stop_signal() == 0 && ::ioctl(out.get(), FICLONE, in_fd) == 0) {
+    if (progress) progress(data_bytes(in_fd));
     return {};
   }
   if (::ftruncate(out.get(), st.st_size) < 0) return fail("{}: ftruncate: {}", to.string(), errno_text(errno));
@@ -108,16 +116,16 @@ Result<> copy_sparse(const fs::path& from, const fs::path& to, const std::functi
   uint64_t copied = 0;
   off_t pos = 0;
   while (pos < st.st_size) {
-    off_t data = ::lseek(in.get(), pos, SEEK_DATA);
+    off_t data = ::lseek(in_fd, pos, SEEK_DATA);
     if (data < 0) break;  // the rest is a hole
-    off_t hole = ::lseek(in.get(), data, SEEK_HOLE);
+    off_t hole = ::lseek(in_fd, data, SEEK_HOLE);
     if (hole < 0) hole = st.st_size;
     off_t src = data, dst = data;
     while (src < hole) {
       if (const int sig = pending_stop_signal()) {
         return fail("copying {} to {}: stopped by {}", from.string(), to.string(), ::strsignal(sig));
       }
-      const ssize_t n = ::copy_file_range(in.get(), &src, out.get(), &dst, static_cast<size_t>(std::min(hole - src, kStep)), 0);
+      const ssize_t n = ::copy_file_range(in_fd, &src, out.get(), &dst, static_cast<size_t>(std::min(hole - src, kStep)), 0);
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) return fail("copying {} to {}: {}", from.string(), to.string(), errno_text(n < 0 ? errno : EIO));
       copied += static_cast<uint64_t>(n);
@@ -132,6 +140,12 @@ Result<> copy_sparse(const fs::path& from, const fs::path& to, const std::functi
 uint64_t data_bytes(const fs::path& path) {
   struct stat st {};
   if (::stat(path.c_str(), &st) < 0) return 0;
+  return std::min(static_cast<uint64_t>(st.st_blocks) * 512, static_cast<uint64_t>(st.st_size));
+}
+
+uint64_t data_bytes(int fd) {
+  struct stat st {};
+  if (::fstat(fd, &st) < 0) return 0;
   return std::min(static_cast<uint64_t>(st.st_blocks) * 512, static_cast<uint64_t>(st.st_size));
 }
 
@@ -267,31 +281,69 @@ Result<fs::path> resolve_template(const fs::path& sdir, const std::string& name_
   return p;
 }
 
-Result<uint64_t> template_file(const fs::path& dir, const std::string& name) {
+namespace {
+/// Why `name` under `dir` is not a regular file of the template's own: the first component that is
+/// a link, not a directory, missing; or the file that is not a regular one (for the message only:
+/// open_template_file decides on the file it opened).
+Error describe_template_file(const fs::path& dir, const std::string& name, int open_errno) {
   fs::path at = dir;
   const fs::path rel(name);
   for (auto part = rel.begin(); part != rel.end(); ++part) {
     at /= *part;
     const bool last = std::next(part) == rel.end();
     struct stat st {};
-    if (::lstat(at.c_str(), &st) != 0) return fail("{}: {}", at.string(), errno_text(errno));
+    if (::lstat(at.c_str(), &st) != 0) return Error(fmt::format("{}: {}", at.string(), errno_text(errno)));
     if (last && !S_ISREG(st.st_mode)) {
-      return fail("{}: not a regular file{}", at.string(), S_ISLNK(st.st_mode) ? " (a symbolic link)" : "");
+      return Error(fmt::format("{}: not a regular file{}", at.string(), S_ISLNK(st.st_mode) ? " (a symbolic link)" : ""));
     }
     if (!last && !S_ISDIR(st.st_mode)) {
-      return fail("{}: not a directory of the template's{}", at.string(), S_ISLNK(st.st_mode) ? " (a symbolic link)" : "");
+      return Error(fmt::format("{}: not a directory of the template's{}", at.string(), S_ISLNK(st.st_mode) ? " (a symbolic link)" : ""));
     }
-    if (last) return static_cast<uint64_t>(st.st_size);
   }
-  return fail("{}: an empty file name", dir.string());
+  return Error(fmt::format("{}: not a regular file of the template's own{}", (dir / name).string(),
+                           open_errno ? fmt::format(" ({})", errno_text(open_errno)) : std::string()));
+}
+}  // namespace
+
+Result<TemplateFile> open_template_file(const fs::path& dir, const std::string& name) {
+  // One resolution of the whole name, below the template directory and through no symbolic link
+  // (openat2: RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS), then checked on the file opened: no window
+  // between a check of the path and its use in which a writer of the template directory could
+  // put a link to another file of the host in its place. Not a FIFO's open (O_NONBLOCK).
+  Fd d(::open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  if (!d) return fail("{}: {}", dir.string(), errno_text(errno));
+  open_how how{};
+  how.flags = O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK;
+  how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+  Fd fd(static_cast<int>(::syscall(SYS_openat2, d.get(), name.c_str(), &how, sizeof how)));
+  if (!fd) {
+    const int e = errno;
+    if (e == ENOENT) return fail("{}: {}", (dir / name).string(), errno_text(e));
+    return std::unexpected(describe_template_file(dir, name, e));
+  }
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) return fail("{}: stat: {}", (dir / name).string(), errno_text(errno));
+  if (!S_ISREG(st.st_mode)) return std::unexpected(describe_template_file(dir, name, 0));
+  return TemplateFile{.fd = std::move(fd), .size = static_cast<uint64_t>(st.st_size),
+                      .id = {static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)}};
+}
+
+Result<uint64_t> template_file(const fs::path& dir, const std::string& name) {
+  auto f = open_template_file(dir, name);
+  if (!f) return std::unexpected(f.error());
+  return f->size;
 }
 
 Result<> check_standalone_qcow2(const fs::path& path) {
   Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
   if (!fd) return fail("{}: cannot open: {}", path.string(), errno_text(errno));
+  return check_standalone_qcow2(fd.get(), path);
+}
+
+Result<> check_standalone_qcow2(int fd, const fs::path& path) {
   // magic (4), version (4), backing_file_offset (8), backing_file_size (4)
   uint8_t head[20] = {};
-  if (::pread(fd.get(), head, sizeof head, 0) != static_cast<ssize_t>(sizeof head) || disk::qcow2::be32(head) != disk::qcow2::kMagic) {
+  if (::pread(fd, head, sizeof head, 0) != static_cast<ssize_t>(sizeof head) || disk::qcow2::be32(head) != disk::qcow2::kMagic) {
     return fail("{}: not a qcow2 image", path.string());
   }
   if (disk::qcow2::be64(head + 8) != 0 || disk::qcow2::be32(head + 16) != 0) {
@@ -302,9 +354,9 @@ Result<> check_standalone_qcow2(const fs::path& path) {
 
 Result<FileSum> sum_file(const fs::path& dir, const std::string& name) {
   const fs::path p = dir / name;
-  if (auto r = template_file(dir, name); !r) return std::unexpected(r.error());
-  Fd fd(::open(p.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
-  if (!fd) return fail("{}: cannot open: {}", p.string(), errno_text(errno));
+  auto file = open_template_file(dir, name);
+  if (!file) return std::unexpected(file.error());
+  const Fd& fd = file->fd;
   FileSum f{.name = name, .size = 0, .checksum = 0, .data_bytes = 0};
   std::vector<uint8_t> buf(1 << 20);
   for (;;) {
@@ -337,8 +389,9 @@ Result<> verify_template(const fs::path& dir) {
     }
     if (auto r = check(d.file); !r) return r;
   }
-  if (auto r = template_file(dir, m->memory_file.name); !r) return std::unexpected(r.error());
-  auto mem = checksum_memory_file(dir / m->memory_file.name);
+  auto mfile = open_template_file(dir, m->memory_file.name);
+  if (!mfile) return std::unexpected(mfile.error());
+  auto mem = checksum_memory_file(mfile->fd.get(), dir / m->memory_file.name);
   if (!mem) return std::unexpected(mem.error());
   const std::string p = (dir / m->memory_file.name).string();
   if (mem->size != m->memory_file.size) return fail("{}: {} bytes, the manifest says {}", p, mem->size, m->memory_file.size);

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "vmm/base/error.hpp"
+#include "vmm/base/fd.hpp"
 #include "vmm/state_dir.hpp"
 
 namespace vmm::clone {
@@ -73,9 +74,17 @@ Result<FileSum> sum_file(const std::filesystem::path& dir, const std::string& na
 /// device) under directories of the template's own (none of them a link), so that a template
 /// cannot point a clone at another file of the host. Its size.
 Result<uint64_t> template_file(const std::filesystem::path& dir, const std::string& name);
+/// The same file opened (read-only): what a clone reads is the file that was checked.
+struct TemplateFile {
+  Fd fd;
+  uint64_t size = 0;
+  std::pair<uint64_t, uint64_t> id;  ///< (st_dev, st_ino)
+};
+Result<TemplateFile> open_template_file(const std::filesystem::path& dir, const std::string& name);
 /// A template's qcow2 disk stands alone: a backing file named in its header would have clones read
 /// that file (any file of the host) as the disk's unwritten clusters.
 Result<> check_standalone_qcow2(const std::filesystem::path& path);
+Result<> check_standalone_qcow2(int fd, const std::filesystem::path& path);
 /// Checks every file of a template against its manifest (the memory file by its pages).
 Result<> verify_template(const std::filesystem::path& dir);
 
@@ -99,9 +108,13 @@ std::vector<std::string> dependants(const std::filesystem::path& state_dir, cons
 /// told the bytes of data copied so far after each step (a reflink is one step of them all).
 Result<> copy_sparse(const std::filesystem::path& from, const std::filesystem::path& to,
                      const std::function<void(uint64_t copied)>& progress = {});
+/// The same from an open file (`from` names it in messages; its file position is not used).
+Result<> copy_sparse(int from_fd, const std::filesystem::path& from, const std::filesystem::path& to,
+                     const std::function<void(uint64_t copied)>& progress = {});
 /// Bytes of data in the file at `path` (its allocated blocks, at most its size): what copy_sparse
 /// copies when it cannot reflink.
 uint64_t data_bytes(const std::filesystem::path& path);
+uint64_t data_bytes(int fd);
 
 /// Current UTC time as ISO 8601.
 std::string utc_now();

@@ -65,7 +65,7 @@ Result<std::unique_ptr<Image>> open_image(EventLoop& loop, const OpenOptions& o)
   // The format comes from the content, never the name.
   if (Qcow2::probe(f->fd.get())) {
     f->fd.reset();  // (drops the lock) Qcow2::open opens and locks the file itself
-    auto q = Qcow2::open(o.path, Qcow2OpenOptions{.read_only = o.read_only});
+    auto q = Qcow2::open(o.path, Qcow2OpenOptions{.read_only = o.read_only, .backing_must_be = o.backing_must_be});
     if (!q) return std::unexpected(q.error());
     auto img = Qcow2Image::create(loop, std::move(*q));
     if (!img) return std::unexpected(img.error());

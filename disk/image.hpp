@@ -8,7 +8,9 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <span>
+#include <utility>
 
 #include "vmm/base/error.hpp"
 #include "vmm/base/event_loop.hpp"
@@ -43,6 +45,8 @@ class Image {
 struct OpenOptions {
   std::filesystem::path path;
   bool read_only = false;
+  /// A qcow2 image's backing file must be this file (Qcow2OpenOptions::backing_must_be).
+  std::optional<std::pair<uint64_t, uint64_t>> backing_must_be{};
 };
 
 /// Opens the image at `options.path` (format read from its content, never its name), locks it

@@ -37,6 +37,7 @@ class RawSource final : public BlockSource {
   uint64_t size() const override { return size_; }
   const std::filesystem::path& path() const override { return path_; }
   const char* format() const override { return "raw"; }
+  int file() const override { return fd_.get(); }
   Result<> plan_read(uint64_t offset, std::span<const iovec> iov, IoPlan& plan) override {
     plan.push_back({fd_.get(), std::vector<iovec>(iov.begin(), iov.end()), offset});
     return {};
@@ -47,8 +48,6 @@ class RawSource final : public BlockSource {
   std::filesystem::path path_;
   uint64_t size_;
 };
-
-using FileId = std::pair<uint64_t, uint64_t>;  // (st_dev, st_ino)
 
 Result<std::unique_ptr<BlockSource>> open_chain_member(const std::filesystem::path& path, const std::string& format,
                                                        unsigned depth, std::vector<FileId> above);
@@ -231,6 +230,12 @@ Result<std::unique_ptr<Qcow2>> open_qcow2(const std::filesystem::path& path, con
     if (bp.is_relative()) bp = path.parent_path() / bp;
     auto b = open_chain_member(bp, h->backing_format, o.depth + 1, above);
     if (!b) return s->err("backing file: {}", b.error().message());
+    if (o.backing_must_be) {
+      struct stat bst {};
+      if (::fstat((*b)->file(), &bst) != 0 || FileId{bst.st_dev, bst.st_ino} != *o.backing_must_be) {
+        return s->err("backing file {}: not the file that was checked before (it was replaced)", bp.string());
+      }
+    }
     s->backing = std::move(*b);
   }
   return std::unique_ptr<Qcow2>(new Qcow2(std::move(s)));
@@ -246,6 +251,7 @@ Result<std::unique_ptr<BlockSource>> open_backing(const std::filesystem::path& p
 // ---- the public operations ---------------------------------------------------------------------------
 
 uint64_t Qcow2::size() const { return s_->h.size; }
+int Qcow2::file() const { return s_->fd.get(); }
 const std::filesystem::path& Qcow2::path() const { return s_->path; }
 bool Qcow2::read_only() const { return s_->read_only; }
 

@@ -18,6 +18,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "vmm/base/error.hpp"
@@ -53,7 +54,12 @@ class BlockSource {
   virtual Result<> plan_read(uint64_t offset, std::span<const iovec> iov, IoPlan& plan) = 0;
   /// "raw" or "qcow2".
   virtual const char* format() const = 0;
+  /// The open file (for its identity: fstat).
+  virtual int file() const = 0;
 };
+
+/// A file's identity: (st_dev, st_ino).
+using FileId = std::pair<uint64_t, uint64_t>;
 
 /// A raw file opened read-only (shared lock), as a backing file.
 Result<std::unique_ptr<BlockSource>> open_raw_source(const std::filesystem::path& path);
@@ -66,6 +72,9 @@ struct Qcow2OpenOptions {
   bool open_backing = true;
   /// Upper bound of the metadata cache in bytes (L2 tables + refcount blocks).
   uint64_t cache_bytes = 32ull << 20;
+  /// The file the backing file must be once opened (a clone's overlay: the template disk checked
+  /// before, so that one replaced since, by a link out of the template, is refused).
+  std::optional<FileId> backing_must_be{};
 };
 
 struct Qcow2CreateOptions {
@@ -115,6 +124,7 @@ class Qcow2 final : public BlockSource {
   uint64_t size() const override;
   const std::filesystem::path& path() const override;
   const char* format() const override { return "qcow2"; }
+  int file() const override;
   bool read_only() const;
   Qcow2Info info() const;
 

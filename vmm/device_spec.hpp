@@ -4,8 +4,10 @@
 #pragma once
 
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include "vmm/base/error.hpp"
 
@@ -15,6 +17,8 @@ struct DiskSpec {
   std::filesystem::path path;
   bool read_only = false;
   std::string id;  ///< the serial the guest reads (GET_ID), at most 20 bytes; default: disk<N>
+  /// (A clone's overlay) the file its backing file must be: the template disk checked before.
+  std::optional<std::pair<uint64_t, uint64_t>> backing_must_be{};
 };
 
 /// Parses one --disk value.

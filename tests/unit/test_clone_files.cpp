@@ -262,6 +262,18 @@ TEST_CASE("template files: regular files of the template's own with no link out 
   REQUIRE(::mkfifo((d / "fifo").c_str(), 0600) == 0);
   CHECK_FALSE(vmm::clone::template_file(d.path, "fifo"));
   CHECK_FALSE(vmm::clone::template_file(d.path, "disks"));  // a directory
+  CHECK_FALSE(vmm::clone::template_file(d.path, "../" + d.path.filename().string() + "/outside"));  // out and back in
+  CHECK_FALSE(vmm::clone::template_file(d.path, "/etc/hostname"));
+  // Opened: the file checked is the file read (its descriptor, its identity).
+  auto opened = vmm::clone::open_template_file(d.path, "disks/disk0.img");
+  REQUIRE(opened);
+  struct stat st {};
+  REQUIRE(::fstat(opened->fd.get(), &st) == 0);
+  CHECK(opened->size == 4096);
+  CHECK(opened->id == std::pair<uint64_t, uint64_t>(st.st_dev, st.st_ino));
+  char c = 0;
+  CHECK(::pread(opened->fd.get(), &c, 1, 0) == 1);
+  CHECK(c == 'd');
 
   // qcow2: the header's backing file offset and size must be zero.
   std::string q(512, '\0');

@@ -171,6 +171,33 @@ TEST_CASE("qcow2: overlays read through to raw and qcow2 backing files and copy 
   }
 }
 
+TEST_CASE("qcow2: an overlay whose backing file must be a given file refuses another in its place") {
+  // A clone's overlay names its template disk by path; the clone checked that file (no link out of
+  // the template) before: the file opened as its backing must be that one, not one put there since.
+  TempDir d;
+  const Bytes checked = pattern(1 << 20, 3);
+  write_file(d / "checked.raw", checked);
+  write_file(d / "other.raw", pattern(1 << 20, 4));
+  fs::copy_file(d / "checked.raw", d / "base.raw");
+  struct stat st {};
+  REQUIRE(::stat((d / "base.raw").c_str(), &st) == 0);
+  const vmm::disk::FileId id{st.st_dev, st.st_ino};
+  REQUIRE(Qcow2::create(d / "top.qcow2", {.backing = "base.raw", .backing_format = "raw"}));
+  {
+    auto ok = Qcow2::open(d / "top.qcow2", {.read_only = true, .backing_must_be = id});
+    REQUIRE_MESSAGE(ok, ok.error().message());
+    CHECK(get(**ok, 4096, 512) == Bytes(checked.begin() + 4096, checked.begin() + 4608));
+  }
+  // The same name, another file (as a link or a rename would make it): refused, saying so.
+  fs::remove(d / "base.raw");
+  fs::create_symlink(d / "other.raw", d / "base.raw");
+  auto swapped = Qcow2::open(d / "top.qcow2", {.read_only = true, .backing_must_be = id});
+  REQUIRE_FALSE(swapped);
+  CHECK(swapped.error().message().find("base.raw: not the file that was checked before (it was replaced)") != std::string::npos);
+  // Without the requirement (an overlay a user made), the link is followed as QEMU would.
+  CHECK(Qcow2::open(d / "top.qcow2", {.read_only = true}));
+}
+
 TEST_CASE("qcow2: discarded clusters are freed at flush and reused, qemu-img finds no leaks") {
   TempDir d;
   const auto img = d / "a.qcow2";

@@ -14,8 +14,13 @@ Result<std::string> read_file(const std::filesystem::path& path, size_t max_byte
   const std::string name = path.string();
   Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd) return fail("{}: cannot open: {}", name, errno_text(errno));
+  return read_file(fd.get(), path, max_bytes, what);
+}
+
+Result<std::string> read_file(int fd, const std::filesystem::path& path, size_t max_bytes, std::string_view what) {
+  const std::string name = path.string();
   struct stat st {};
-  if (::fstat(fd.get(), &st) != 0) return fail("{}: cannot stat: {}", name, errno_text(errno));
+  if (::fstat(fd, &st) != 0) return fail("{}: cannot stat: {}", name, errno_text(errno));
   if (!S_ISREG(st.st_mode)) return fail("{}: not a regular file", name);
   if (static_cast<uint64_t>(st.st_size) > max_bytes) {
     return fail("{}: {} bytes is over the {} limit of {} MiB", name, st.st_size, what, max_bytes >> 20);
@@ -24,7 +29,7 @@ Result<std::string> read_file(const std::filesystem::path& path, size_t max_byte
   std::string bytes(static_cast<size_t>(st.st_size) + 1, '\0');
   size_t done = 0;
   while (done < bytes.size()) {
-    const ssize_t n = ::read(fd.get(), bytes.data() + done, bytes.size() - done);
+    const ssize_t n = ::pread(fd, bytes.data() + done, bytes.size() - done, static_cast<off_t>(done));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return fail("{}: cannot read: {}", name, errno_text(errno));
     if (n == 0) break;

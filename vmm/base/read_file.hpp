@@ -15,5 +15,7 @@ namespace vmm {
 /// sized by the file, not by the limit (a 1 MiB buffer for a 600-byte manifest cost ~0.7 ms of page
 /// faults on every clone's start); a file that grows while it is read is refused too.
 Result<std::string> read_file(const std::filesystem::path& path, size_t max_bytes, std::string_view what);
+/// The same for an open file (read from its start; `path` names it in messages).
+Result<std::string> read_file(int fd, const std::filesystem::path& path, size_t max_bytes, std::string_view what);
 
 }  // namespace vmm
