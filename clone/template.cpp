@@ -263,7 +263,10 @@ Result<Manifest> parse_manifest(std::string_view text, std::string_view file) {
 
 Result<Manifest> read_manifest(const fs::path& dir) {
   const fs::path p = dir / kManifestFile;
-  auto text = read_file(p, kMaxManifestBytes, "manifest");
+  // A regular file of the template's own, like every file it names (not a link to another file).
+  auto file = open_template_file(dir, kManifestFile);
+  if (!file) return std::unexpected(file.error());
+  auto text = read_file(file->fd.get(), p, kMaxManifestBytes, "manifest");
   if (!text) return std::unexpected(text.error());
   return parse_manifest(*text, p.string());
 }

@@ -256,7 +256,7 @@ TEST_CASE("disk: raw image round trip, scattered buffers, many requests in fligh
   CHECK(device_test::file_bytes(f.path(), 4096, 4096) == Bytes(initial.begin() + 4096, initial.begin() + 8192));
 }
 
-TEST_CASE("disk: once a raw image's fdatasync has failed, no flush succeeds again; reads and writes go on") {
+TEST_CASE("disk: once a raw image's fdatasync has failed, no flush succeeds again, and reads and writes go on") {
   // The kernel reports a write-back error to one fdatasync only and may drop the pages it could not
   // write: a later flush that succeeded would call durable what may be lost. failfs makes the
   // file system's fsync fail as a disk's failed write-back does, through io_uring as in a VM.

@@ -61,7 +61,7 @@ int template_bench(const clone::CloneOptions& options, unsigned count, const std
     const std::string name = fmt::format("{}-bench-{}-{}", t.manifest.name, random_hex(4), i);
     const auto t0 = Clock::now();
     {  // each clone its own copy-on-write mapping of the memory file
-      auto m = clone::map_memory_file(t.tdir / t.manifest.memory_file.name, t.manifest.memory);
+      auto m = clone::map_memory_file(t.memory_file.fd.get(), t.tdir / t.manifest.memory_file.name, t.manifest.memory);
       if (!m) return report_error(exit_code::kImage, m.error().message());
       t.memory.emplace(std::move(*m));
     }
