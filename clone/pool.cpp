@@ -465,14 +465,16 @@ class Pool {
         --taking_;
       }
       cv_.notify_all();
-      // Alive but not running in time: it is told no more (killed while its socket is still open,
-      // so that it has not ended and the pid is its own), and leaves no clone behind that nobody
+      // A member that ended while it waited (killed, out of memory) answers nothing: an end of
+      // file, or ECONNRESET when it ended with the request unread (killed as it was sent). The
+      // next one takes the request, and its prepared directory goes.
+      const bool ended = polled > 0 && n <= 0;
+      // Alive but not running in time, or its socket broken: it is told no more (killed while its
+      // socket is still open, so that the pid is its own), and leaves no clone behind that nobody
       // was told about.
-      if (polled == 0) ::kill(m.pid, SIGKILL);
+      if (polled == 0 || ended) ::kill(m.pid, SIGKILL);
       ::close(m.fd);
-      // A member that ended while it waited (killed, out of memory) answers nothing: the next one
-      // takes the request, and its prepared directory goes.
-      if (n == 0) {
+      if (ended) {
         std::error_code ec;
         fs::remove_all(t_.sdir / "clones" / m.name, ec);
         if (attempt < 3 && left().count() > 0) continue;

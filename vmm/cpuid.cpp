@@ -44,6 +44,13 @@ Result<CpuTemplate> parse_cpu_template(std::string_view name) {
 
 std::string_view cpu_template_name(CpuTemplate t) { return t == CpuTemplate::Host ? "host" : "baseline"; }
 
+void drop_host_apic_ids(CpuidEntries& supported) {
+  for (kvm_cpuid_entry2& e : supported) {
+    if (e.function == 1) e.ebx &= 0x00ffffffu;
+    if (e.function == 0xb || e.function == 0x1f) e.edx = 0;
+  }
+}
+
 CpuidEntries make_cpuid(const CpuidEntries& supported, CpuTemplate tmpl, uint32_t index, uint32_t vcpu_count) {
   CpuidEntries out;
   out.reserve(supported.size());

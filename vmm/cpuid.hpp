@@ -21,6 +21,11 @@ enum class CpuTemplate {
 Result<CpuTemplate> parse_cpu_template(std::string_view name);
 std::string_view cpu_template_name(CpuTemplate t);
 
+/// KVM_GET_SUPPORTED_CPUID passes through the APIC id of the host CPU that ran it (leaf 1
+/// EBX[31:24], leaves 0xB and 0x1F EDX): zeroes them, so that the table (and the cache of it) is
+/// the same whichever CPU asked. make_cpuid() sets them per vCPU.
+void drop_host_apic_ids(CpuidEntries& supported);
+
 /// The CPUID table for vCPU `index` of `vcpu_count`, derived from `supported`.
 CpuidEntries make_cpuid(const CpuidEntries& supported, CpuTemplate tmpl, uint32_t index, uint32_t vcpu_count);
 

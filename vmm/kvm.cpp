@@ -1,5 +1,6 @@
 #include "vmm/kvm.hpp"
 
+#include "vmm/cpuid.hpp"
 #include "vmm/kvm_abi.hpp"
 #include "vmm/kvm_cache.hpp"
 
@@ -80,6 +81,7 @@ Result<Kvm> Kvm::open(const std::filesystem::path& device, const std::filesystem
     if (errno != E2BIG) return fail("{}: KVM_GET_SUPPORTED_CPUID: {}", device.string(), errno_text(errno));
   }
   if (kvm.supported_cpuid_.empty()) return fail("{}: KVM_GET_SUPPORTED_CPUID returned nothing", device.string());
+  drop_host_apic_ids(kvm.supported_cpuid_);  // (a cache written before they were dropped has them)
   if (!cpuid_cache.empty() && !from_cache) write_cpuid_cache(cpuid_cache, key, kvm.supported_cpuid_);
 
   if (const int x = kvm.check_extension(KVM_CAP_XSAVE2); x > 4096) kvm.xsave_size_ = static_cast<size_t>(x);

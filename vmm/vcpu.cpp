@@ -211,10 +211,30 @@ Result<> Vcpu::restore(const VcpuState& s) {
 }
 
 Result<bool> Vcpu::run() {
-  if (::ioctl(fd_.get(), KVM_RUN, 0) == 0) return true;
+  if (::ioctl(fd_.get(), KVM_RUN, 0) == 0) {
+    runnable_eagains_ = 0;
+    return true;
+  }
   const int err = errno;
-  if (err == EINTR || err == EAGAIN) return false;
-  return fail("vCPU {}: KVM_RUN: {}", index_, errno_text(err));
+  if (err == EINTR) return false;
+  if (err != EAGAIN) return fail("vCPU {}: KVM_RUN: {}", index_, errno_text(err));
+  // KVM_RUN says EAGAIN in two cases (arch/x86/kvm/x86.c, virt/kvm/kvm_main.c):
+  // - an AP in wait-for-SIPI woke without being started (its mp_state UNINITIALIZED or
+  //   INIT_RECEIVED), or took its SIPI (RUNNABLE then, once: the next KVM_RUN runs it);
+  // - a thread's first KVM_RUN, when KVM cannot make the task of its own it starts then (Linux
+  //   6.13 on: the VM's "kvm-nx-lpage-recovery" task, counted against this process's limit on
+  //   threads): every KVM_RUN fails so, at once. Retried, that was a vCPU thread spinning forever
+  //   (seen at a cgroup's pids.max on Linux 6.18).
+  // KVM_GET_MP_STATE, on this rare path only, tells them apart.
+  kvm_mp_state mp{};
+  if (::ioctl(fd_.get(), KVM_GET_MP_STATE, &mp) != 0 || mp.mp_state != KVM_MP_STATE_RUNNABLE) {
+    runnable_eagains_ = 0;
+    return false;
+  }
+  if (++runnable_eagains_ < 3) return false;
+  return fail("vCPU {}: KVM_RUN: cannot start KVM's own task for this VM: {} (at the limit on threads and processes: "
+              "'ulimit -u', or the cgroup's pids.max)",
+              index_, errno_text(err));
 }
 
 }  // namespace vmm

@@ -75,6 +75,7 @@ class Vcpu {
 
   /// KVM_RUN once. Ok(true): an exit to handle in run_area(). Ok(false): interrupted (EINTR) or
   /// asked to retry (EAGAIN, an AP leaving wait-for-SIPI) — run again after checking for a stop.
+  /// An EAGAIN that KVM gives a runnable vCPU again and again is an error (see run()).
   Result<bool> run();
   /// Makes the next or current KVM_RUN return promptly (kvm_run.immediate_exit); pair with a signal
   /// to the vCPU's thread to interrupt a KVM_RUN already in progress.
@@ -94,6 +95,7 @@ class Vcpu {
   std::string stats_error_;  // why stats_ is invalid
   Mapping run_;
   CpuidEntries cpuid_;
+  unsigned runnable_eagains_ = 0;  // KVM_RUN's EAGAINs in a row while the vCPU was runnable
 };
 
 }  // namespace vmm

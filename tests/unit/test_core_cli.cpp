@@ -1,6 +1,8 @@
 // Size parsing, CPU templates, x86 boot register setup and exit statuses.
 #include <doctest/doctest.h>
 
+#include <cstring>
+
 #include "vmm/cpuid.hpp"
 #include "vmm/base/layout.hpp"
 #include "vmm/base/size_parse.hpp"
@@ -48,6 +50,32 @@ TEST_CASE("cpuid: per-vCPU APIC ids and the baseline template") {
   CHECK((base[0].ecx & (1u << 13)) == 0);  // CX16 hidden
   CHECK((base[0].ecx & (1u << 26)) == 0);  // XSAVE hidden
   CHECK((base[0].ecx & 1u) != 0);          // SSE3 kept
+}
+
+TEST_CASE("cpuid: the host CPU's APIC ids are dropped from the supported table, and nothing else") {
+  auto entry = [](uint32_t function, uint32_t index, uint32_t eax, uint32_t ebx, uint32_t ecx, uint32_t edx) {
+    kvm_cpuid_entry2 e{};
+    e.function = function, e.index = index, e.eax = eax, e.ebx = ebx, e.ecx = ecx, e.edx = edx;
+    return e;
+  };
+  vmm::CpuidEntries supported{entry(1, 0, 0xb00f21, 0x01020800, 0x81202000, 0x078bfbff), entry(0xb, 0, 1, 2, 0x100, 1),
+                              entry(0x1f, 1, 1, 2, 0x201, 7), entry(0x8000001e, 0, 5, 6, 7, 8), entry(0xd, 1, 0xf, 0x18, 1, 2)};
+  vmm::CpuidEntries other = supported;  // as another host CPU answers: its APIC id 0
+  other[0].ebx = 0x00020800;
+  other[1].edx = 0;
+  other[2].edx = 0;
+  vmm::drop_host_apic_ids(supported);
+  vmm::drop_host_apic_ids(other);
+  CHECK(supported[0].ebx == 0x00020800);
+  CHECK(supported[0].eax == 0xb00f21);
+  CHECK(supported[0].ecx == 0x81202000);
+  CHECK(supported[1].edx == 0);
+  CHECK(supported[1].eax == 1);
+  CHECK(supported[2].edx == 0);
+  CHECK(supported[3].eax == 5);
+  CHECK(supported[3].edx == 8);
+  CHECK(supported[4].edx == 2);
+  CHECK(std::memcmp(supported.data(), other.data(), supported.size() * sizeof(supported[0])) == 0);
 }
 
 TEST_CASE("x86: segment decoding and boot registers") {
