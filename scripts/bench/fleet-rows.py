@@ -134,7 +134,7 @@ for per, label in ((0, "all in one process"), (1, "one process each (as a fleet'
                        text=True, timeout=1200)
     if r.returncode != 0:
         sys.exit(f"fleet.sh: vm-growth failed ({r.returncode}): {r.stdout[-400:]}")
-    # per hundred: create_vm, irqchip, memslot, vcpu, total
+    # per hundred: create_vm, memslot, irqchip, vcpu, total
     growth[label] = [[float(x) for x in line.split()[1:]] for line in r.stdout.splitlines()[1:] if line.split()]
     time.sleep(2)  # the VMs' teardown is partly asynchronous
 
