@@ -130,9 +130,10 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
       const int status = start_clone(t, co, mb.name, /*inherited=*/true,
                                      StartReport{.when = Announce::WhenServing,
                                                  .started = [&](const std::string& ms) {
+                                                   // (its log first: the launcher's client may look for it once told)
+                                                   if (detach) detach_output(t.sdir / "clones" / mb.name / "vmm.log");
                                                    tell("ok " + ms + "\n");
                                                    ::close(p[1]);
-                                                   if (detach) detach_output(t.sdir / "clones" / mb.name / "vmm.log");
                                                  },
                                                  .failed = [&](const Failure& f) { tell("error " + f.message + "\n"); }});
       ::_exit(status);

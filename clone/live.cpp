@@ -219,10 +219,12 @@ void reap_when_ended(EventLoop& loop, pid_t pid) {
     // A VM that stopped before it ran (a vCPU thread that could not be made) is not reported as
     // running: its error is, once run() returns.
     if (m.vm().stopping() && !m.vm().first_run().entered) return;
+    // Its output goes to its own log before it is reported: the client may look for the log as
+    // soon as it has the answer (the fork scenario did, under load, and found none yet).
+    detach_output(plan.dir / "vmm.log");  // it outlives the request, and maybe its parent
     report(plan.report_fd, "ok");
     ::close(plan.report_fd);
     reported = true;
-    detach_output(plan.dir / "vmm.log");  // it outlives the request, and maybe its parent
   });
   if (!reporter) fail_child(reporter.error().message());
   const StopInfo stop = m.run();

@@ -36,10 +36,17 @@ uint32_t add_page(uint32_t crc, uint64_t offset, const uint8_t* page) {
   return crc32c(crc, std::span(page, kPage));
 }
 
+/// Writes [data, data + len) at `offset`. The memory file is opened O_DIRECT where the file system
+/// allows it (write_memory_file() says why); one that refuses an O_DIRECT write (EINVAL) gets this
+/// write, and the rest, through the page cache.
 Result<> write_all(int fd, const uint8_t* data, uint64_t len, uint64_t offset, const std::filesystem::path& path) {
   while (len) {
     const ssize_t n = ::pwrite(fd, data, std::min<uint64_t>(len, 1ull << 30), static_cast<off_t>(offset));
     if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EINVAL) {
+      const int flags = ::fcntl(fd, F_GETFL);
+      if (flags >= 0 && (flags & O_DIRECT) && ::fcntl(fd, F_SETFL, flags & ~O_DIRECT) == 0) continue;
+    }
     if (n <= 0) return fail("{}: write at {:#x}: {}", path.string(), offset, errno_text(n < 0 ? errno : EIO));
     data += n;
     len -= static_cast<uint64_t>(n);
@@ -115,8 +122,17 @@ class PageScan {
 }  // namespace
 
 Result<MemoryFileInfo> write_memory_file(const GuestMemory& memory, const std::filesystem::path& path) {
+  // O_DIRECT: the guest's pages go from its RAM to the disk, not copied into the page cache first.
+  // The copy doubled the memory the guest had dirtied for as long as the template stayed cached,
+  // and cost most of a large template's save: 3000 MiB took 9.3 s buffered on a KVM host whose
+  // new page-cache pages are slow to fault in, 1.2 s direct. (The fsync at the end is paid either
+  // way; clones read the file into the page cache as they touch it.) Runs of whole pages of a
+  // page-aligned mapping at page offsets meet O_DIRECT's alignment; a file system without O_DIRECT
+  // gets buffered writes (F_SETFL refuses O_DIRECT there, and open() would have refused only once
+  // the file was made).
   Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
   if (!fd) return fail("{}: cannot create: {}", path.string(), errno_text(errno));
+  if (const int flags = ::fcntl(fd.get(), F_GETFL); flags >= 0) (void)::fcntl(fd.get(), F_SETFL, flags | O_DIRECT);
   MemoryFileInfo info{.size = memory.size(), .data_bytes = 0, .checksum = 0};
   if (::ftruncate(fd.get(), static_cast<off_t>(info.size)) < 0) return fail("{}: ftruncate: {}", path.string(), errno_text(errno));
   // The regions are consecutive slices of one host mapping: file offset = host offset.

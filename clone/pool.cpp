@@ -194,8 +194,8 @@ std::pair<std::string, int> receive_with_fd(int sock) {
     control = std::move(*attached);
     serve_clone(t, o, **c, *control);
     control->wait_serving();  // the client may use the clone's API as soon as it has the answer
+    detach_output((*c)->dir / "vmm.log");  // it outlives the pool (its log made before it is reported)
     send_text(fd, fmt::format("ok {:.3f}", ms));
-    detach_output((*c)->dir / "vmm.log");  // it outlives the pool
   });
   if (!finisher) {
     send_text(fd, "error " + finisher.error().message());
