@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <charconv>
 #include <cstring>
 #include <cstdlib>
@@ -150,13 +151,15 @@ uint64_t data_bytes(int fd) {
 }
 
 std::string utc_now() {
-  const std::time_t t = std::time(nullptr);
-  std::tm tm{};
-  ::gmtime_r(&t, &tm);
-  // Formatted by hand: strftime() loads the time zone (/etc/localtime) on first use, which every
-  // clone's start paid for this UTC string.
-  return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-                     tm.tm_min, tm.tm_sec);
+  // Civil time from the clock by arithmetic (std::chrono's calendar): gmtime_r() and strftime()
+  // load the time zone (/etc/localtime) on a process's first use, which every clone's start paid
+  // for this UTC string (a pool's member or a fleet's clone is a new process each time).
+  const auto now = std::chrono::floor<std::chrono::seconds>(std::chrono::system_clock::now());
+  const auto day = std::chrono::floor<std::chrono::days>(now);
+  const std::chrono::year_month_day ymd{day};
+  const std::chrono::hh_mm_ss hms{now - day};
+  return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z", static_cast<int>(ymd.year()), static_cast<unsigned>(ymd.month()),
+                     static_cast<unsigned>(ymd.day()), hms.hours().count(), hms.minutes().count(), hms.seconds().count());
 }
 
 std::string manifest_json(const Manifest& m) {
