@@ -358,15 +358,14 @@ Result<> check_standalone_qcow2(int fd, const fs::path& path) {
   return {};
 }
 
-Result<FileSum> sum_file(const fs::path& dir, const std::string& name) {
-  const fs::path p = dir / name;
-  auto file = open_template_file(dir, name);
-  if (!file) return std::unexpected(file.error());
-  const Fd& fd = file->fd;
+namespace {
+
+/// Size and CRC-32C of the whole of an open file, read from its start (`p` names it in errors).
+Result<FileSum> sum_open_file(int fd, const fs::path& p, const std::string& name) {
   FileSum f{.name = name, .size = 0, .checksum = 0, .data_bytes = 0};
   std::vector<uint8_t> buf(1 << 20);
   for (;;) {
-    const ssize_t n = ::read(fd.get(), buf.data(), buf.size());
+    const ssize_t n = ::pread(fd, buf.data(), buf.size(), static_cast<off_t>(f.size));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return fail("{}: read: {}", p.string(), errno_text(errno));
     if (n == 0) break;
@@ -376,11 +375,26 @@ Result<FileSum> sum_file(const fs::path& dir, const std::string& name) {
   return f;
 }
 
+}  // namespace
+
+Result<FileSum> sum_file(const fs::path& dir, const std::string& name) {
+  auto file = open_template_file(dir, name);
+  if (!file) return std::unexpected(file.error());
+  return sum_open_file(file->fd.get(), dir / name, name);
+}
+
 Result<> verify_template(const fs::path& dir) {
   auto m = read_manifest(dir);
   if (!m) return std::unexpected(m.error());
-  auto check = [&](const FileSum& want) -> Result<> {
-    auto got = sum_file(dir, want.name);
+  // Each file opened once, below the template directory through no link, and checked through that
+  // descriptor: what is summed is what was checked.
+  auto check = [&](const FileSum& want, bool qcow2 = false) -> Result<> {
+    auto file = open_template_file(dir, want.name);
+    if (!file) return std::unexpected(file.error());
+    if (qcow2) {
+      if (auto r = check_standalone_qcow2(file->fd.get(), dir / want.name); !r) return r;
+    }
+    auto got = sum_open_file(file->fd.get(), dir / want.name, want.name);
     if (!got) return std::unexpected(got.error());
     if (got->size != want.size) return fail("{}: {} bytes, the manifest says {}", (dir / want.name).string(), got->size, want.size);
     if (got->checksum != want.checksum) {
@@ -390,10 +404,7 @@ Result<> verify_template(const fs::path& dir) {
   };
   if (auto r = check(m->state); !r) return r;
   for (const auto& d : m->disks) {
-    if (d.format == "qcow2") {
-      if (auto r = check_standalone_qcow2(dir / d.file.name); !r) return r;
-    }
-    if (auto r = check(d.file); !r) return r;
+    if (auto r = check(d.file, d.format == "qcow2"); !r) return r;
   }
   auto mfile = open_template_file(dir, m->memory_file.name);
   if (!mfile) return std::unexpected(mfile.error());
