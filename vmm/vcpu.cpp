@@ -210,31 +210,58 @@ Result<> Vcpu::restore(const VcpuState& s) {
   return ioctl_set(KVM_SET_VCPU_EVENTS, &s.events, "KVM_SET_VCPU_EVENTS");
 }
 
+namespace {
+
+/// KVM_RUN's EAGAIN on a thread's first run: KVM could not make its own task for the VM.
+Error kvm_task_error(uint32_t index, int err) {
+  return Error(fmt::format("vCPU {}: KVM_RUN: cannot start KVM's own task for this VM: {} (at the limit on threads and "
+                           "processes: 'ulimit -u', or the cgroup's pids.max)",
+                           index, errno_text(err)));
+}
+
+}  // namespace
+
+Result<> Vcpu::prime() {
+  request_immediate_exit();
+  const int rc = ::ioctl(fd_.get(), KVM_RUN, 0);
+  const int err = errno;
+  clear_immediate_exit();
+  // (With immediate_exit set, a vCPU with no I/O to complete, as on its thread's first run,
+  // returns EINTR before anything else; wait-for-SIPI included: it is not waited in.)
+  if (rc != 0 && err == EINTR) return {};
+  if (rc == 0) return fail("vCPU {}: its first KVM_RUN returned an exit (reason {}) before the guest ran", index_, run_area().exit_reason);
+  if (err == EAGAIN) {
+    return std::unexpected(kvm_task_error(index_, err));
+  }
+  return fail("vCPU {}: KVM_RUN: {}", index_, errno_text(err));
+}
+
 Result<bool> Vcpu::run() {
   if (::ioctl(fd_.get(), KVM_RUN, 0) == 0) {
-    runnable_eagains_ = 0;
+    started_eagains_ = 0;
     return true;
   }
   const int err = errno;
   if (err == EINTR) return false;
   if (err != EAGAIN) return fail("vCPU {}: KVM_RUN: {}", index_, errno_text(err));
   // KVM_RUN says EAGAIN in two cases (arch/x86/kvm/x86.c, virt/kvm/kvm_main.c):
-  // - an AP in wait-for-SIPI woke without being started (its mp_state UNINITIALIZED or
-  //   INIT_RECEIVED), or took its SIPI (RUNNABLE then, once: the next KVM_RUN runs it);
+  // - an AP in wait-for-SIPI (KVM_MP_STATE_UNINITIALIZED) woke without being started: its mp_state
+  //   is then UNINITIALIZED or INIT_RECEIVED, or RUNNABLE once, when the SIPI came (the next
+  //   KVM_RUN runs it);
   // - a thread's first KVM_RUN, when KVM cannot make the task of its own it starts then (Linux
   //   6.13 on: the VM's "kvm-nx-lpage-recovery" task, counted against this process's limit on
-  //   threads): every KVM_RUN fails so, at once. Retried, that was a vCPU thread spinning forever
-  //   (seen at a cgroup's pids.max on Linux 6.18).
+  //   threads): every KVM_RUN fails so, at once, whatever the vCPU's state (a clone's is often
+  //   HALTED). Retried, that was a vCPU thread spinning forever (seen at a cgroup's pids.max on
+  //   Linux 6.18).
   // KVM_GET_MP_STATE, on this rare path only, tells them apart.
   kvm_mp_state mp{};
-  if (::ioctl(fd_.get(), KVM_GET_MP_STATE, &mp) != 0 || mp.mp_state != KVM_MP_STATE_RUNNABLE) {
-    runnable_eagains_ = 0;
+  if (::ioctl(fd_.get(), KVM_GET_MP_STATE, &mp) != 0 || mp.mp_state == KVM_MP_STATE_UNINITIALIZED ||
+      mp.mp_state == KVM_MP_STATE_INIT_RECEIVED) {
+    started_eagains_ = 0;
     return false;
   }
-  if (++runnable_eagains_ < 3) return false;
-  return fail("vCPU {}: KVM_RUN: cannot start KVM's own task for this VM: {} (at the limit on threads and processes: "
-              "'ulimit -u', or the cgroup's pids.max)",
-              index_, errno_text(err));
+  if (++started_eagains_ < 3) return false;
+  return std::unexpected(kvm_task_error(index_, err));
 }
 
 }  // namespace vmm

@@ -73,9 +73,15 @@ class Vcpu {
   kvm_run& run_area() const { return *reinterpret_cast<kvm_run*>(run_.data()); }
   size_t run_size() const { return run_.size(); }
 
+  /// A thread's first KVM_RUN, with immediate_exit set: KVM returns at once (EINTR) without
+  /// entering the guest, having done what it does on a thread's first run (Linux 6.13 on: start a
+  /// task of its own for the VM, which fails at a limit on tasks). Call it first on each vCPU
+  /// thread: a VM that cannot run fails here, before its guest is counted as entered or the VM
+  /// is announced as running.
+  Result<> prime();
   /// KVM_RUN once. Ok(true): an exit to handle in run_area(). Ok(false): interrupted (EINTR) or
   /// asked to retry (EAGAIN, an AP leaving wait-for-SIPI) — run again after checking for a stop.
-  /// An EAGAIN that KVM gives a runnable vCPU again and again is an error (see run()).
+  /// An EAGAIN that KVM gives a vCPU out of wait-for-SIPI again and again is an error (see run()).
   Result<bool> run();
   /// Makes the next or current KVM_RUN return promptly (kvm_run.immediate_exit); pair with a signal
   /// to the vCPU's thread to interrupt a KVM_RUN already in progress.
@@ -95,7 +101,7 @@ class Vcpu {
   std::string stats_error_;  // why stats_ is invalid
   Mapping run_;
   CpuidEntries cpuid_;
-  unsigned runnable_eagains_ = 0;  // KVM_RUN's EAGAINs in a row while the vCPU was runnable
+  unsigned started_eagains_ = 0;  // KVM_RUN's EAGAINs in a row while the vCPU was out of wait-for-SIPI
 };
 
 }  // namespace vmm

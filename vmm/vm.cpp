@@ -285,6 +285,13 @@ void Vm::vcpu_thread(Vcpu& vcpu) {
   sigemptyset(&unblock);
   sigaddset(&unblock, kKickSignal);
   ::pthread_sigmask(SIG_UNBLOCK, &unblock, nullptr);
+  // Before anything counts as the guest's start (first_entry, a paused start's parking): a VM
+  // whose vCPU cannot run at all (KVM's own task not made, at a limit on tasks) fails here, and a
+  // clone, a fork child or a pool member is not announced as running, then gone.
+  if (auto primed = vcpu.prime(); !primed) {
+    request_stop(StopInfo{.reason = devices::StopReason::Error, .status = 0, .message = primed.error().message()});
+    return;
+  }
 
   for (;;) {
     if (stopping_) return;
