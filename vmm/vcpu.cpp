@@ -231,6 +231,14 @@ Result<> Vcpu::prime() {
   if (rc != 0 && err == EINTR) return {};
   if (rc == 0) return fail("vCPU {}: its first KVM_RUN returned an exit (reason {}) before the guest ran", index_, run_area().exit_reason);
   if (err == EAGAIN) {
+    // An AP still in wait-for-SIPI: older kernels wait there whatever immediate_exit says, and say
+    // EAGAIN when it wakes. Primed as far as it can tell: if KVM could not make its task, the
+    // VM's vCPU 0 (never in wait-for-SIPI) says so and stops the VM.
+    kvm_mp_state mp{};
+    if (::ioctl(fd_.get(), KVM_GET_MP_STATE, &mp) == 0 &&
+        (mp.mp_state == KVM_MP_STATE_UNINITIALIZED || mp.mp_state == KVM_MP_STATE_INIT_RECEIVED)) {
+      return {};
+    }
     return std::unexpected(kvm_task_error(index_, err));
   }
   return fail("vCPU {}: KVM_RUN: {}", index_, errno_text(err));
