@@ -256,10 +256,10 @@ Result<bool> Vcpu::run() {
   // - an AP in wait-for-SIPI (KVM_MP_STATE_UNINITIALIZED) woke without being started: its mp_state
   //   is then UNINITIALIZED or INIT_RECEIVED, or RUNNABLE once, when the SIPI came (the next
   //   KVM_RUN runs it);
-  // - a thread's first KVM_RUN, when KVM cannot make the task of its own it starts then (Linux
-  //   6.13 on: the VM's "kvm-nx-lpage-recovery" task, counted against this process's limit on
-  //   threads): every KVM_RUN fails so, at once, whatever the vCPU's state (a clone's is often
-  //   HALTED). Retried, that was a vCPU thread spinning forever (seen at a cgroup's pids.max on
+  // - a thread's first KVM_RUN, when KVM cannot make the task of its own it starts then (recent
+  //   Linux, seen on 6.18: the VM's "kvm-nx-lpage-recovery" task, counted against this process's
+  //   limit on threads): every KVM_RUN fails so, at once, whatever the vCPU's state (a clone's is
+  //   often HALTED). Retried, that was a vCPU thread spinning forever (seen at a cgroup's pids.max on
   //   Linux 6.18).
   // KVM_GET_MP_STATE, on this rare path only, tells them apart.
   kvm_mp_state mp{};

@@ -74,8 +74,8 @@ class Vcpu {
   size_t run_size() const { return run_.size(); }
 
   /// A thread's first KVM_RUN, with immediate_exit set: KVM returns at once (EINTR) without
-  /// entering the guest, having done what it does on a thread's first run (Linux 6.13 on: start a
-  /// task of its own for the VM, which fails at a limit on tasks). Call it first on each vCPU
+  /// entering the guest, having done what it does on a thread's first run (recent Linux, 6.18
+  /// here: start a task of its own for the VM, which fails at a limit on tasks). Call it first on each vCPU
   /// thread: a VM that cannot run fails here, before its guest is counted as entered or the VM
   /// is announced as running.
   Result<> prime();

@@ -111,7 +111,7 @@ TEST_CASE("vm: KVM's supported CPUID is the same table whichever host CPU asked 
 
 TEST_CASE("vm: a vCPU whose first KVM_RUN KVM cannot start its own task for is an error, not a spin") {
   SKIP_WITHOUT_KVM();
-  // Linux 6.13 on starts a task of KVM's own for the VM at a thread's first KVM_RUN (the NX huge
+  // Recent Linux (6.18 here) starts a task of KVM's own for the VM at a thread's first KVM_RUN (the NX huge
   // page recovery task): at the limit on threads that fails with EAGAIN, as every KVM_RUN after it,
   // which Vcpu::run() took for "run again" (an AP leaving wait-for-SIPI) and spun on, a runnable
   // vCPU and a halted one (a clone's) alike. A kernel that starts no such task runs the first
