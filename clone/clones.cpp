@@ -2,7 +2,10 @@
 // MAP_PRIVATE, its disks qcow2 overlays on the template's, its state restored, a new identity, run.
 #include "clone/clones.hpp"
 
+#include <fcntl.h>
 #include <unistd.h>
+
+#include <cstdio>
 
 #include <atomic>
 #include <fstream>
@@ -15,6 +18,7 @@
 #include "devices/virtio/net.hpp"
 #include "disk/qcow2.hpp"
 #include "vmm/api/control.hpp"
+#include "vmm/base/fd.hpp"
 #include "vmm/base/process.hpp"
 #include "vmm/base/progress.hpp"
 #include "vmm/base/thread.hpp"
@@ -261,16 +265,45 @@ Result<> begin_clone(OpenTemplate& t, const CloneOptions& o, PreparedClone& c) {
   return {};
 }
 
+namespace {
+constexpr const char* kStagedRecord = ".clone.json";  // clone.json while it is written
+}  // namespace
+
 Result<std::unique_ptr<api::ControlPlane>> register_clone(OpenTemplate& t, const CloneOptions& o, PreparedClone& c) {
   auto control = api::ControlPlane::create(t.sdir, c.name, o.api_socket);
   if (!control) return std::unexpected(control.error());
-  {
-    std::ofstream rec(c.dir / "clone.json");
-    rec << clone_json(CloneRecord{.name = c.name, .template_dir = o.full ? "" : t.tdir.string(), .full = o.full,
-                                                .pid = ::getpid(), .created = utc_now()});
-  }
-  c.keep = true;
+  if (auto r = record_clone(t, o, c); !r) return std::unexpected(r.error());
   return std::move(*control);
+}
+
+Result<std::unique_ptr<api::ControlPlane>> stage_clone(OpenTemplate& t, const CloneOptions& o, PreparedClone& c) {
+  auto control = api::ControlPlane::prepare(t.sdir, c.name, o.api_socket, /*bind_now=*/true);
+  if (!control) return std::unexpected(control.error());
+  // The record's file made now, written at the request (a clone's time of creation is then).
+  const fs::path staged = c.dir / kStagedRecord;
+  if (Fd f(::open(staged.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)); !f) {
+    return fail("{}: cannot create: {}", staged.string(), errno_text(errno));
+  }
+  return std::move(*control);
+}
+
+Result<> publish_clone(OpenTemplate& t, const CloneOptions& o, PreparedClone& c, api::ControlPlane& control) {
+  if (auto r = control.publish(); !r) return r;
+  return record_clone(t, o, c);
+}
+
+Result<> record_clone(OpenTemplate& t, const CloneOptions& o, PreparedClone& c) {
+  // Written beside it and renamed: a lister (`vmm clone ls`, `template rm`) never reads half of it.
+  const fs::path staged = c.dir / kStagedRecord, record = c.dir / "clone.json";
+  {
+    std::ofstream rec(staged, std::ios::trunc);
+    rec << clone_json(CloneRecord{.name = c.name, .template_dir = o.full ? "" : t.tdir.string(), .full = o.full,
+                                  .pid = ::getpid(), .created = utc_now()});
+    if (!rec.flush()) return fail("{}: cannot write", staged.string());
+  }
+  if (::rename(staged.c_str(), record.c_str()) != 0) return fail("{}: cannot rename: {}", staged.string(), errno_text(errno));
+  c.keep = true;
+  return {};
 }
 
 void serve_clone(OpenTemplate& t, const CloneOptions& o, PreparedClone& c, api::ControlPlane& control) {

@@ -66,18 +66,23 @@ struct ChildPlan {
 
 }  // namespace
 
-void detach_output(const fs::path& log) {
-  const int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
-  if (null >= 0) ::dup2(null, STDIN_FILENO);
-  int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-  if (out < 0) out = null;
+DetachedOutput open_detached_output(const fs::path& log) {
+  DetachedOutput d;
+  d.null = Fd(::open("/dev/null", O_RDWR | O_CLOEXEC));
+  d.log = Fd(::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644));
+  return d;
+}
+
+void detach_output(const DetachedOutput& d) {
+  if (d.null) ::dup2(d.null.get(), STDIN_FILENO);
+  const int out = d.log ? d.log.get() : d.null.get();
   if (out >= 0) {
     ::dup2(out, STDOUT_FILENO);
     ::dup2(out, STDERR_FILENO);
   }
-  if (out >= 0 && out != null) ::close(out);
-  if (null >= 0) ::close(null);
 }
+
+void detach_output(const fs::path& log) { detach_output(open_detached_output(log)); }
 
 void raise_open_file_limit() {
   if (rlimit nofile{}; ::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {

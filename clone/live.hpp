@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "vmm/api/control.hpp"
+#include "vmm/base/fd.hpp"
 #include "vmm/cpuid.hpp"
 #include "vmm/machine.hpp"
 
@@ -36,6 +37,13 @@ void drop_inherited(std::vector<int> keep);
 /// to), so that it holds no terminal and no pipe of its starter's (`vmm run --count N --detach | cat`
 /// would otherwise wait for every clone to end). Falls back to /dev/null if `log` cannot be opened.
 void detach_output(const std::filesystem::path& log);
+/// The same in two steps, for a pool's member, which opens (and creates) the files ahead of the
+/// request and only redirects at it.
+struct DetachedOutput {
+  Fd null, log;
+};
+DetachedOutput open_detached_output(const std::filesystem::path& log);
+void detach_output(const DetachedOutput& output);
 /// Raises the soft limit on open files to the hard one (a launcher or pool holds a socket per
 /// clone), so that a thousand clones need no change to the user's ulimit.
 void raise_open_file_limit();

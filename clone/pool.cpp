@@ -27,6 +27,7 @@
 #include <cstring>
 #include <deque>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -36,6 +37,7 @@
 #include "vmm/api/registry.hpp"
 #include "vmm/api/service.hpp"
 #include "vmm/base/thread.hpp"
+#include "vmm/base/wake_hint.hpp"
 #include "vmm/exit_status.hpp"
 
 namespace vmm::clone {
@@ -101,8 +103,9 @@ std::pair<std::string, int> receive_with_fd(int sock) {
 /// The clone is prepared and its machine running with every vCPU thread created and parked before
 /// the request, so that the request pays only for what differs between clones: identity, generation
 /// and clock, then the vCPUs resume. vCPU 0's thread, parked, takes the request and goes on into the
-/// guest itself. Registration (STATE/run), clone.json and the API come after the guest runs, on
-/// another thread; the pool is answered once they are done.
+/// guest itself. Every file of its registration (STATE/run, its API socket bound, clone.json, its
+/// log) is made before the request under a hidden name (stage_clone); after the guest runs, another
+/// thread renames them into place and starts the API, then answers the pool.
 [[noreturn]] void run_member(OpenTemplate& t, CloneOptions o, const std::string& name, int fd) {
   ::setsid();
   // Nothing of the pool's but the template's mapping, /dev/kvm and this socket: its API socket, the
@@ -115,8 +118,15 @@ std::pair<std::string, int> receive_with_fd(int sock) {
     send_text(fd, "error " + c.error().message);
     ::_exit(c.error().status);
   }
+  auto staged = stage_clone(t, o, **c);
+  if (!staged) {
+    send_text(fd, "error " + staged.error().message());
+    c->reset();  // removes the prepared directory
+    ::_exit(exit_code::kVmmError);
+  }
+  std::unique_ptr<api::ControlPlane> control = std::move(*staged);
+  const DetachedOutput output = open_detached_output((*c)->dir / "vmm.log");
   Machine& m = *(*c)->machine;
-  m.vm().start_paused();
   // The request is taken on vCPU 0's thread, parked (Vm::start_on): it restores what differs
   // between clones (begin_clone) and goes straight on into the guest; no other thread has to wake
   // before the guest runs. The rest (registration, API, the pool's answer) follows on `finisher`.
@@ -130,13 +140,48 @@ std::pair<std::string, int> receive_with_fd(int sock) {
     }
     cv.notify_one();
   };
+  std::optional<OffCpuWake> off_cpu;  // set before vCPU 0's thread may read it
+  auto finisher = start_thread("the clone's finishing thread", [&] {
+    ::pthread_setname_np(::pthread_self(), "vmm-pool-wait");
+    // Its allocator's arena made now, not after the request (glibc makes one per thread at its
+    // first allocation: a 64 MiB reservation, trimmed).
+    std::string warm(256, ' ');
+    {
+      std::unique_lock lock(mu);
+      cv.wait(lock, [&] { return phase != Phase::Waiting; });
+      if (phase != Phase::Launched) return;
+    }
+    off_cpu->allow_all();  // (vCPU 0's thread kept it off its own CPU to wake it: OffCpuWake says why)
+    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - o.started).count();
+    serve_clone(t, o, **c, *control);
+    if (auto r = publish_clone(t, o, **c, *control); !r) {
+      // The guest runs; it has no name in STATE/run nor an API: say so, stop it.
+      send_text(fd, "error " + r.error().message());
+      m.vm().request_stop(StopInfo{.reason = devices::StopReason::Error, .status = 0, .message = r.error().message()});
+      return;
+    }
+    control->wait_serving();  // (bound before the request: at once)
+    detach_output(output);    // it outlives the pool (its log made before it is reported)
+    send_text(fd, fmt::format("ok {:.3f}", ms));
+  });
+  if (!finisher) {
+    send_text(fd, "error " + finisher.error().message());
+    control.reset();
+    c->reset();  // removes the prepared directory
+    ::_exit(exit_code::kVmmError);
+  }
+  off_cpu.emplace(finisher->native_handle());
+  m.vm().start_paused();
   bool said_ready = false;  // vCPU 0's, read once run() has joined it
   m.vm().start_on([&]() -> bool {
+    // The request's buffer (and this thread's arena) made before it comes.
+    std::string request;
+    request.reserve(4096);
+    off_cpu->avoid_this_cpu();
     send_text(fd, "ready");
     said_ready = true;
     // The request: {"hostname": ..., "ip": ...}, or the end of the pool (EOF: discard). Polled in
     // slices, so that a stop that arrives meanwhile (a signal) is seen.
-    std::string request;
     for (;;) {
       if (m.vm().stopping()) return false;
       pollfd p{.fd = fd, .events = POLLIN, .revents = 0};
@@ -168,6 +213,7 @@ std::pair<std::string, int> receive_with_fd(int sock) {
       return false;
     }
     (*c)->steps.emplace_back("resumed", std::chrono::steady_clock::now());
+    off_cpu->avoid_this_cpu();  // (this thread may have woken on the other CPU)
     {
       std::lock_guard lock(mu);
       phase = Phase::Launched;
@@ -175,33 +221,6 @@ std::pair<std::string, int> receive_with_fd(int sock) {
     cv.notify_one();
     return true;
   });
-  std::unique_ptr<api::ControlPlane> control;
-  auto finisher = start_thread("the clone's finishing thread", [&] {
-    ::pthread_setname_np(::pthread_self(), "vmm-pool-wait");
-    {
-      std::unique_lock lock(mu);
-      cv.wait(lock, [&] { return phase != Phase::Waiting; });
-      if (phase != Phase::Launched) return;
-    }
-    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - o.started).count();
-    auto attached = register_clone(t, o, **c);
-    if (!attached) {
-      // The guest runs; it has no name in STATE/run nor an API: say so, stop it.
-      send_text(fd, "error " + attached.error().message());
-      m.vm().request_stop(StopInfo{.reason = devices::StopReason::Error, .status = 0, .message = attached.error().message()});
-      return;
-    }
-    control = std::move(*attached);
-    serve_clone(t, o, **c, *control);
-    control->wait_serving();  // the client may use the clone's API as soon as it has the answer
-    detach_output((*c)->dir / "vmm.log");  // it outlives the pool (its log made before it is reported)
-    send_text(fd, fmt::format("ok {:.3f}", ms));
-  });
-  if (!finisher) {
-    send_text(fd, "error " + finisher.error().message());
-    c->reset();  // removes the prepared directory
-    ::_exit(exit_code::kVmmError);
-  }
   const StopInfo stop = m.run();
   end_wait();  // the finisher, if the machine stopped before any request
   finisher->join();
@@ -333,18 +352,26 @@ class Zygote {
   int fd_;
 };
 
+/// What a member that was not handed out leaves once it has ended: nothing, unless it was killed
+/// (its clone's directory, its unpublished entry in STATE/run). A member whose socket closed may
+/// hold its entry's lock a moment longer (a process's files close one by one as it exits), one
+/// just killed until it is gone: waited for, 200 ms at most.
+void forget(const Member& m, const fs::path& state_dir) {
+  std::error_code ec;
+  fs::remove_all(state_dir / "clones" / m.name, ec);
+  for (int i = 0; i < 100 && !api::remove_unpublished(state_dir, m.name); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+}
+
 /// Tells a member that was not handed out to discard itself and waits until it has (its end of
-/// the socket closes when it exits), at most 10 s. Its directory in `clones` goes in any case (a
-/// member that was killed could not remove it).
-void discard(const Member& m, const fs::path& clones) {
+/// the socket closes when it exits), at most 10 s; then forgets it.
+void discard(const Member& m, const fs::path& state_dir) {
   ::shutdown(m.fd, SHUT_WR);
   pollfd p{.fd = m.fd, .events = POLLIN, .revents = 0};
   char c;
   while (::poll(&p, 1, 10000) > 0 && ::recv(m.fd, &c, 1, 0) > 0) {
   }
   ::close(m.fd);
-  std::error_code ec;
-  fs::remove_all(clones / m.name, ec);
+  forget(m, state_dir);
 }
 
 class Pool {
@@ -369,7 +396,7 @@ class Pool {
     cv_.notify_all();
     if (refill_.joinable()) refill_.join();
     // Members not handed out: their socket's end tells them to discard themselves.
-    for (auto& m : ready_) discard(m, t_.sdir / "clones");
+    for (auto& m : ready_) discard(m, t_.sdir);
     ready_.clear();
   }
 
@@ -463,6 +490,7 @@ class Pool {
         // the clone starts on (two here).
         std::lock_guard lock(mutex_);
         --taking_;
+        last_take_ = std::chrono::steady_clock::now();
       }
       cv_.notify_all();
       // A member that ended while it waited (killed, out of memory) answers nothing: an end of
@@ -475,13 +503,11 @@ class Pool {
       if (polled == 0 || ended) ::kill(m.pid, SIGKILL);
       ::close(m.fd);
       if (ended) {
-        std::error_code ec;
-        fs::remove_all(t_.sdir / "clones" / m.name, ec);
+        forget(m, t_.sdir);
         if (attempt < 3 && left().count() > 0) continue;
       }
       if (polled == 0) {
-        std::error_code ec;
-        fs::remove_all(t_.sdir / "clones" / m.name, ec);
+        forget(m, t_.sdir);
         return api::fault(500, fmt::format("clone {} did not run in time: stopped", m.name));
       }
       break;
@@ -498,12 +524,24 @@ class Pool {
     return {.status = 201, .body = api::json_body(j), .allow = {}};
   }
 
-  /// Keeps `size_` members ready (one prepared at a time).
+  /// Keeps `size_` members ready (one prepared at a time). Preparing one costs a few ms of CPU,
+  /// which a request's clone, started meanwhile, would wait for on a small host (two CPUs here:
+  /// 16 requests back to back from a full pool, a guest idle once started: 576 clones/s refilling
+  /// at once, 1009/s refilling in the pauses). So the refill waits while requests come (one being
+  /// handed out, or the last less than kQuiet ago), unless the pool is down to a quarter: then it
+  /// refills whatever comes, so that a long burst is served at the rate members are prepared
+  /// instead of running dry.
   void refill() {
     std::unique_lock lock(mutex_);
     while (!stopping_) {
-      if (ready_.size() >= size_ || taking_ > 0) {
+      const bool low = ready_.size() <= size_ / 4;
+      const auto quiet_from = last_take_ + kQuiet;
+      if (ready_.size() >= size_ || (!low && taking_ > 0)) {
         cv_.wait_for(lock, std::chrono::milliseconds(500));
+        continue;
+      }
+      if (!low && std::chrono::steady_clock::now() < quiet_from) {
+        cv_.wait_until(lock, quiet_from);
         continue;
       }
       lock.unlock();
@@ -544,6 +582,8 @@ class Pool {
   std::deque<Member> ready_;  // guarded by mutex_
   unsigned handed_out_ = 0;   // guarded by mutex_
   unsigned taking_ = 0;       // requests being handed a member; guarded by mutex_
+  std::chrono::steady_clock::time_point last_take_{};  // the end of the last request; guarded by mutex_
+  static constexpr auto kQuiet = std::chrono::milliseconds(50);
   bool stopping_ = false;     // guarded by mutex_
   unsigned spawned_ = 0;      // members made so far (the refill thread's)
   std::thread refill_;

@@ -171,6 +171,11 @@ n=0
 while ! "$vmm" ps --json | grep -q '"ready": 3' && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
 "$vmm" ps --json | grep -q '"handed_out": 5' && "$vmm" ps --json | grep -q '"ready": 3' && ok "the pool refilled (3 ready, 5 handed out)" ||
   { bad "pool refill"; "$vmm" ps --json | grep -E "ready|handed"; }
+# Each waiting member has its STATE/run entry made, its API socket bound, under a hidden name
+# that it renames into place at the request: `vmm ps` lists the pool and its 5 clones only.
+hidden=$(ls -A "$VMM_STATE_DIR/run" | grep -c '^\.idt-.*\.new\.')
+[ "$(running)" = 6 ] && [ "$hidden" = 3 ] && ok "the waiting members are prepared under hidden names, not listed (6 running, 3 hidden)" ||
+  { bad "waiting members: $(running) running, $hidden hidden"; ls -A "$VMM_STATE_DIR/run"; }
 "$vmm" run --clone-of nosuch --pool "$psock" >"$work/e" 2>&1; [ $? = 2 ] && grep -q "a pool of template 'idt'" "$work/e" && ok "--pool of another template refused" || { bad "pool template"; cat "$work/e"; }
 "$vmm" run --clone-of idt --pool "$psock" --count 2 >"$work/e" 2>&1; [ $? = 2 ] && ok "--pool with --count refused" || { bad "pool --count"; cat "$work/e"; }
 if command -v curl >/dev/null; then
@@ -215,7 +220,9 @@ kill -INT "$poolpid"
 wait "$poolpid"; st=$?
 sleep 0.3
 [ "$st" = 0 ] && [ "$(running)" = 6 ] && [ "$(ls "$VMM_STATE_DIR/clones" | grep -c "^idt-")" = 6 ] &&
-  ok "pool stopped: its 6 clones run on, the unused and the dead members left nothing" || { bad "pool stop: status $st, $(running) running"; ls "$VMM_STATE_DIR/clones"; }
+  [ "$(ls -A "$VMM_STATE_DIR/run" | grep -c '^\.')" = 0 ] &&
+  ok "pool stopped: its 6 clones run on, the unused and the dead members left nothing" ||
+  { bad "pool stop: status $st, $(running) running"; ls "$VMM_STATE_DIR/clones"; ls -A "$VMM_STATE_DIR/run"; }
 for d in "$VMM_STATE_DIR"/run/*; do "$vmm" stop --timeout 0 "$(basename "$d")" >/dev/null 2>&1; done
 
 # Bad usage.

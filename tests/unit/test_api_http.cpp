@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "temp_dir.hpp"
+#include "vmm/api/control.hpp"
 #include "vmm/api/http.hpp"
 #include "vmm/api/registry.hpp"
 #include "vmm/api/service.hpp"
@@ -268,6 +269,70 @@ TEST_CASE("registry: a name is taken once, a second VM is refused and leaves the
   CHECK_FALSE(std::filesystem::exists(dir / "run" / "older"));
   for (const auto& e : std::filesystem::directory_iterator(dir / "run")) CHECK(e.path().filename().string().front() != '.');
   again->reset();
+}
+
+TEST_CASE("registry: a prepared VM (a pool's member) is invisible until published, and its socket, bound ahead, moves into place with it") {
+  vmm::test::TempDir tmp("vmm-registry");
+  const fs::path& dir = tmp.path;
+  auto can_connect = [](const fs::path& path) {
+    Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+    return ::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0;
+  };
+  auto hidden_entries = [&dir] {
+    int n = 0;
+    for (const auto& e : fs::directory_iterator(dir / "run")) n += e.path().filename().string().front() == '.';
+    return n;
+  };
+  {
+    auto c = api::ControlPlane::prepare(dir, "pm", {}, /*bind_now=*/true);
+    REQUIRE(c);
+    const fs::path sock = dir / "run" / "pm" / "api.sock";
+    CHECK((*c)->registration().socket() == sock);
+    // Nothing under its name: not listed, not found, no socket there; its hidden entry, though old,
+    // is not swept while it holds its lock.
+    CHECK_FALSE(fs::exists(dir / "run" / "pm"));
+    CHECK(api::running_vms(dir).empty());
+    CHECK_FALSE(api::find_vm(dir, "pm"));
+    REQUIRE(hidden_entries() == 1);
+    for (const auto& e : fs::directory_iterator(dir / "run")) {
+      fs::last_write_time(e.path(), fs::file_time_type::clock::now() - std::chrono::minutes(5));
+      CHECK(fs::is_socket(e.path() / "api.sock"));
+    }
+    CHECK(api::running_vms(dir).empty());
+    CHECK(hidden_entries() == 1);
+    // Another VM takes the name meanwhile: the prepared one cannot publish, and leaves it alone.
+    {
+      auto other = api::Registration::create(dir, "pm");
+      REQUIRE(other);
+      auto r = (*c)->publish();
+      REQUIRE_FALSE(r);
+      CHECK(r.error().message().find("a VM named 'pm' is already running") != std::string::npos);
+      CHECK(fs::exists(dir / "run" / "pm" / "vm.json"));
+    }
+    // Published: listed under its name, its socket accepting where vm.json says.
+    REQUIRE((*c)->publish());
+    auto vms = api::running_vms(dir);
+    REQUIRE(vms.size() == 1);
+    CHECK(vms[0].name == "pm");
+    CHECK(vms[0].socket == sock);
+    CHECK(can_connect(sock));
+    auto found = api::find_vm(dir, "pm");
+    REQUIRE(found);
+    CHECK(*found == sock);
+    CHECK(hidden_entries() == 0);
+  }
+  CHECK_FALSE(fs::exists(dir / "run" / "pm"));  // gone with it, socket and all
+  // Never published: it leaves nothing behind.
+  {
+    auto c = api::ControlPlane::prepare(dir, "never", {}, /*bind_now=*/true);
+    REQUIRE(c);
+    CHECK(hidden_entries() == 1);
+  }
+  CHECK(hidden_entries() == 0);
+  CHECK(fs::is_empty(dir / "run"));
 }
 
 TEST_CASE("http: a PUT without a Content-Length has an empty body, answered at once (not read until the client closes)") {

@@ -14,13 +14,21 @@ namespace vmm::api {
 
 Result<std::unique_ptr<ControlPlane>> ControlPlane::create(const std::filesystem::path& state_dir, const std::string& name,
                                                            const std::filesystem::path& socket) {
+  auto c = prepare(state_dir, name, socket, /*bind_now=*/false);
+  if (!c) return c;
+  if (auto r = (*c)->publish(); !r) return std::unexpected(r.error());
+  return c;
+}
+
+Result<std::unique_ptr<ControlPlane>> ControlPlane::prepare(const std::filesystem::path& state_dir, const std::string& name,
+                                                            const std::filesystem::path& socket, bool bind_now) {
   // A socket given by path that another server listens on (another VM's --api-socket): this VM
   // would run without an API while its registration named that socket, so that `vmm stop NAME`
   // reached the other VM. Refused before anything starts.
   if (!socket.empty() && someone_listens(socket.string())) {
     return fail("{}: another server listens there (the API socket of another VM?)", socket.string());
   }
-  auto reg = Registration::create(state_dir, name, socket);
+  auto reg = Registration::prepare(state_dir, name, socket);
   if (!reg) return std::unexpected(reg.error());
   // A socket that cannot be bound (a long state directory and name) would leave the VM running
   // without an API, out of reach of `vmm stop` and `vmm ps`: refused before anything starts.
@@ -32,8 +40,20 @@ Result<std::unique_ptr<ControlPlane>> ControlPlane::create(const std::filesystem
   c->name_ = name;
   c->wake_ = Fd(::eventfd(0, EFD_CLOEXEC));
   if (!c->wake_) return fail("eventfd: {}", errno_text(errno));
+  // The default socket is bound in the hidden directory, which nobody else can enter, and moves
+  // into place with it; one given by path is bound once the VM runs (it would be reachable now).
+  const auto staged = c->registration_->staged_socket();
+  if (bind_now && staged != c->registration_->socket()) {
+    auto fd = listen_unix(staged.string());
+    if (!fd) return std::unexpected(fd.error());
+    c->listener_ = std::move(*fd);
+    c->registration_->socket_bound();
+    c->listening_ = true;  // (nobody else has it yet)
+  }
   return c;
 }
+
+Result<> ControlPlane::publish() { return registration_->publish(); }
 
 void ControlPlane::start(Machine& machine, VmInfo info, VmOperations ops) {
   info.api_socket = registration_->socket().string();
@@ -50,8 +70,8 @@ void ControlPlane::start(Machine& machine, VmInfo info, VmOperations ops) {
 
 void ControlPlane::run_starter(Machine& machine, bool paused) {
   ::pthread_setname_np(::pthread_self(), "vmm-api");
-  Fd listener;
-  {
+  Fd listener = std::move(listener_);
+  if (!listener) {
     // Whatever happens below, wait_serving() returns.
     struct Listening {
       ControlPlane& c;

@@ -21,6 +21,13 @@ class ControlPlane {
   /// Takes the VM's name (fails if a running VM has it); nothing is served yet.
   static Result<std::unique_ptr<ControlPlane>> create(const std::filesystem::path& state_dir, const std::string& name,
                                                       const std::filesystem::path& socket = {});
+  /// Everything create() does but taking the name (Registration::prepare); with `bind_now`, the
+  /// default socket is bound and listening too, so that start() and wait_serving() wait for
+  /// nothing. publish() takes the name: a pool's member prepares before the request and publishes
+  /// at it.
+  static Result<std::unique_ptr<ControlPlane>> prepare(const std::filesystem::path& state_dir, const std::string& name,
+                                                       const std::filesystem::path& socket, bool bind_now);
+  Result<> publish();
   /// Serves the VM's API from now on (in the background; a failure is printed, the VM runs on).
   void start(Machine& machine, VmInfo info, VmOperations ops = {});
   /// Returns once the API's socket accepts connections (or failed to, which start() printed): what
@@ -41,6 +48,7 @@ class ControlPlane {
   std::unique_ptr<Registration> registration_;
   std::string name_;  ///< the VM's, for warnings (a fleet's clones share their launcher's stderr)
   std::unique_ptr<VmService> service_;
+  Fd listener_;  ///< bound by prepare(bind_now), until the starter takes it
   Fd wake_;  ///< eventfd: the destructor's "stop" to a starter waiting for a client
   std::atomic<bool> stopping_{false};
   std::mutex mutex_;

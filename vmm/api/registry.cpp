@@ -78,6 +78,13 @@ Result<RunningVm> read_info(const fs::path& dir) {
 }  // namespace
 
 Result<std::unique_ptr<Registration>> Registration::create(const fs::path& state_dir, const std::string& name, const fs::path& socket) {
+  auto r = prepare(state_dir, name, socket);
+  if (!r) return r;
+  if (auto p = (*r)->publish(); !p) return std::unexpected(p.error());
+  return r;
+}
+
+Result<std::unique_ptr<Registration>> Registration::prepare(const fs::path& state_dir, const std::string& name, const fs::path& socket) {
   const fs::path run = state_dir / "run";
   std::error_code ec;
   fs::create_directories(run, ec);
@@ -86,35 +93,42 @@ Result<std::unique_ptr<Registration>> Registration::create(const fs::path& state
   std::unique_ptr<Registration> r(new Registration);
   r->name_ = name;
   r->socket_ = socket.empty() ? dir / "api.sock" : fs::absolute(socket);  // (dir_ once the directory is ours)
-  // Made whole under a hidden name, its vm.json written and locked, then renamed into place: a
-  // directory under a VM's name always holds its lock. Until 2026-12-05 the directory was made in
-  // place and the lock taken after, and a lister (`vmm ps`, `vmm clone ls`) in between either took
-  // it for a stale entry and removed it, or held its probing lock just as the VM took its own: the
-  // VM failed to start ("cannot lock", 1 to 17 of ~4000 registrations in 2 s while another process
-  // listed, the unit test "registry: a VM registering while ...").
+  // Made whole under a hidden name, its vm.json written and locked, then renamed into place
+  // (publish): a directory under a VM's name always holds its lock. Until 2026-12-05 the directory
+  // was made in place and the lock taken after, and a lister (`vmm ps`, `vmm clone ls`) in between
+  // either took it for a stale entry and removed it, or held its probing lock just as the VM took
+  // its own: the VM failed to start ("cannot lock", 1 to 17 of ~4000 registrations in 2 s while
+  // another process listed, the unit test "registry: a VM registering while ...").
   const fs::path tmp = hidden(run, name, "new");
   if (::mkdir(tmp.c_str(), 0700) != 0) return fail("{}: cannot create: {}", tmp.string(), errno_text(errno));
-  auto drop = [&tmp](Error e) {
-    std::error_code ignored;
-    fs::remove_all(tmp, ignored);
-    return std::unexpected(std::move(e));
-  };
+  r->staged_ = tmp;  // removed with the registration from here on
   const fs::path info = tmp / kInfoFile;
   r->lock_ = Fd(::open(info.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
-  if (!r->lock_) return drop(Error(fmt::format("{}: cannot create: {}", info.string(), errno_text(errno))));
-  if (::flock(r->lock_.get(), LOCK_EX | LOCK_NB) != 0) return drop(Error(fmt::format("{}: cannot lock: {}", info.string(), errno_text(errno))));
+  if (!r->lock_) return fail("{}: cannot create: {}", info.string(), errno_text(errno));
+  if (::flock(r->lock_.get(), LOCK_EX | LOCK_NB) != 0) return fail("{}: cannot lock: {}", info.string(), errno_text(errno));
   const std::string text = nlohmann::json{{"name", name}, {"pid", ::getpid()}, {"socket", r->socket_.string()}}.dump() + "\n";
   if (::write(r->lock_.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size())) {
-    return drop(Error(fmt::format("{}: cannot write: {}", info.string(), errno_text(errno))));
+    return fail("{}: cannot write: {}", info.string(), errno_text(errno));
   }
-  for (int attempt = 0;; ++attempt) {
-    if (::rename(tmp.c_str(), dir.c_str()) == 0) break;
-    const int err = errno;
-    if (err != EEXIST && err != ENOTEMPTY) return drop(Error(fmt::format("{}: cannot create: {}", dir.string(), errno_text(err))));
-    if (attempt > 0 || !reclaim(dir)) return drop(Error(fmt::format("a VM named '{}' is already running ({})", name, dir.string())));
-  }
-  r->dir_ = dir;
   return r;
+}
+
+fs::path Registration::staged_socket() const {
+  return !staged_.empty() && socket_.parent_path() == staged_.parent_path() / name_ ? staged_ / socket_.filename() : socket_;
+}
+
+Result<> Registration::publish() {
+  if (staged_.empty()) return {};
+  const fs::path dir = staged_.parent_path() / name_;
+  for (int attempt = 0;; ++attempt) {
+    if (::rename(staged_.c_str(), dir.c_str()) == 0) break;
+    const int err = errno;
+    if (err != EEXIST && err != ENOTEMPTY) return fail("{}: cannot create: {}", dir.string(), errno_text(err));
+    if (attempt > 0 || !reclaim(dir)) return fail("a VM named '{}' is already running ({})", name_, dir.string());
+  }
+  staged_.clear();
+  dir_ = dir;
+  return {};
 }
 
 void Registration::abandon() {
@@ -124,12 +138,17 @@ void Registration::abandon() {
 
 void Registration::socket_bound() {
   struct stat st {};
-  if (::lstat(socket_.c_str(), &st) == 0) bound_ = {static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)};
+  if (::lstat(staged_socket().c_str(), &st) == 0) bound_ = {static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)};
 }
 
 Registration::~Registration() {
-  if (abandoned_ || dir_.empty()) return;
+  if (abandoned_) return;
   std::error_code ec;
+  if (!staged_.empty()) {
+    fs::remove_all(staged_, ec);  // never published: its socket, if bound, is in there
+    return;
+  }
+  if (dir_.empty()) return;
   // A socket given by path (--api-socket) is removed only if it is still the one this VM bound:
   // one it never bound belongs to whoever listens there.
   struct stat st {};
@@ -138,6 +157,21 @@ Registration::~Registration() {
     fs::remove(socket_, ec);
   }
   fs::remove_all(dir_, ec);
+}
+
+bool remove_unpublished(const fs::path& state_dir, const std::string& name) {
+  std::error_code ec;
+  const std::string prefix = "." + name + ".new.";
+  bool held = false;
+  for (const auto& e : fs::directory_iterator(state_dir / "run", ec)) {
+    if (!e.path().filename().string().starts_with(prefix)) continue;
+    if (stale(e.path())) {
+      fs::remove_all(e.path(), ec);
+    } else {
+      held = true;
+    }
+  }
+  return !held;
 }
 
 std::vector<RunningVm> running_vms(const fs::path& state_dir) {
