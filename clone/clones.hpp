@@ -82,12 +82,12 @@ std::expected<std::unique_ptr<PreparedClone>, Failure> prepare_clone(OpenTemplat
                                                                         const std::string& name, bool inherited);
 /// The start of a prepared clone, in two parts that a pool runs in the other order:
 /// begin_clone gives it hostname and IP from `options`, a new generation (notified) and the present
-/// time; register_clone registers it under its name (STATE/run) and writes clone.json, and
-/// serve_clone then starts its API (whose server comes up on a thread of its own) with the start's
-/// steps so far. The control plane must be destroyed before the clone's machine.
+/// time; its registration (a ControlPlane under its name in STATE/run, and clone.json) is made,
+/// and serve_clone then starts its API (whose server comes up on a thread of its own) with the
+/// start's steps so far. The control plane must be destroyed before the clone's machine.
 Result<> begin_clone(OpenTemplate& t, const CloneOptions& options, PreparedClone& clone);
-Result<std::unique_ptr<api::ControlPlane>> register_clone(OpenTemplate& t, const CloneOptions& options, PreparedClone& clone);
-/// register_clone in two parts, for a pool's member: stage_clone makes every file ahead of the
+void serve_clone(OpenTemplate& t, const CloneOptions& options, PreparedClone& clone, api::ControlPlane& control);
+/// A pool's member makes its registration in two parts: stage_clone makes every file ahead of the
 /// request (its STATE/run entry under a hidden name, the API socket bound there, the record's
 /// file); publish_clone, at the request, takes the name and writes the record: renames and one
 /// write, no new file (a new inode costs ~250 us on this host's ext4). The staged control plane's
@@ -96,7 +96,6 @@ Result<std::unique_ptr<api::ControlPlane>> stage_clone(OpenTemplate& t, const Cl
 Result<> publish_clone(OpenTemplate& t, const CloneOptions& options, PreparedClone& clone, api::ControlPlane& control);
 /// Writes the clone's clone.json (its template, pid, time of creation); it is kept from then on.
 Result<> record_clone(OpenTemplate& t, const CloneOptions& options, PreparedClone& clone);
-void serve_clone(OpenTemplate& t, const CloneOptions& options, PreparedClone& clone, api::ControlPlane& control);
 /// When a clone's start is announced (`started(ms)`, ms from the request to the resume): at once,
 /// before its guest runs (a message), or once its API answers and its guest runs (to a launcher
 /// whose caller may use the clone at once).
@@ -110,9 +109,10 @@ struct StartReport {
   /// is printed ("vmm: error: ...").
   std::function<void(const Failure&)> failed;
 };
-/// Registers the prepared clone (register_clone), begins it (begin_clone), serves its API and runs
-/// it until its guest stops; returns the exit status.
-int launch_clone(OpenTemplate& t, const CloneOptions& options, PreparedClone& clone, const StartReport& report);
+/// Registers the prepared clone (`registering`'s control plane, clone.json), begins it
+/// (begin_clone), serves its API and runs it until its guest stops; returns the exit status.
+int launch_clone(OpenTemplate& t, const CloneOptions& options, PreparedClone& clone, const StartReport& report,
+                 api::ControlPlaneTask& registering);
 /// prepare_clone + launch_clone: starts the clone `name` of `t` and runs it until its guest stops;
 /// returns the exit status. `inherited`: the memory mapping belongs to a launcher this process was
 /// forked from (adopted, not moved).

@@ -15,7 +15,9 @@
 #include <charconv>
 #include <cstring>
 #include <cstdlib>
+#include <cstdio>
 #include <ctime>
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "clone/memory_file.hpp"
@@ -449,12 +451,28 @@ Result<CloneRecord> read_clone_record(const fs::path& clone_dir) {
   return parse_clone_record(*text, p.string());
 }
 
+Result<> write_clone_record(const fs::path& clone_dir, const CloneRecord& record) {
+  const fs::path staged = clone_dir / kStagedCloneRecord, final = clone_dir / "clone.json";
+  {
+    std::ofstream out(staged, std::ios::trunc);
+    out << clone_json(record);
+    if (!out.flush()) return fail("{}: cannot write", staged.string());
+  }
+  if (::rename(staged.c_str(), final.c_str()) != 0) return fail("{}: cannot rename: {}", staged.string(), errno_text(errno));
+  return {};
+}
+
 std::vector<std::string> dependants(const fs::path& sdir, const fs::path& template_dir) {
   std::vector<std::string> out;
   std::error_code ec;
   const fs::path want = fs::weakly_canonical(template_dir, ec);
   for (const auto& e : fs::directory_iterator(sdir / "clones", ec)) {
     auto rec = read_clone_record(e.path());
+    // One being made (a pool's member waiting for its request) has its record beside it so far.
+    if (!rec && fs::exists(e.path() / kStagedCloneRecord, ec)) {
+      auto text = read_file(e.path() / kStagedCloneRecord, 64 * 1024, "clone record");
+      if (text) rec = parse_clone_record(*text, (e.path() / kStagedCloneRecord).string());
+    }
     if (!rec || rec->full || rec->template_dir.empty()) continue;
     if (fs::weakly_canonical(rec->template_dir, ec) == want) out.push_back(rec->name);
   }

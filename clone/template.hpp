@@ -100,7 +100,13 @@ std::string clone_json(const CloneRecord& c);
 /// Parses and checks a clone record (clone.json) read from `file`.
 Result<CloneRecord> parse_clone_record(std::string_view text, std::string_view file);
 Result<CloneRecord> read_clone_record(const std::filesystem::path& clone_dir);
-/// Linked clones (under state_dir/clones) whose template is `template_dir`.
+/// clone.json's name while it is written.
+inline constexpr const char* kStagedCloneRecord = ".clone.json";
+/// Writes `clone_dir`/clone.json: beside it first (.clone.json, a file that may have been made
+/// ahead: rewritten, not created), then renamed, so that a lister never reads half of it.
+Result<> write_clone_record(const std::filesystem::path& clone_dir, const CloneRecord& record);
+/// Linked clones (under state_dir/clones) whose template is `template_dir`, those still being made
+/// (a pool's waiting members: their record not yet in place) included.
 std::vector<std::string> dependants(const std::filesystem::path& state_dir, const std::filesystem::path& template_dir);
 
 /// Copies `from` to a new file `to`: a reflink where the file system offers one, else a sparse

@@ -25,10 +25,11 @@
 #   pool: `vmm pool idt --size 16` (the identity guest, which answers the VMGenID notification at
 #     once): request -> the member's vCPU 0 thread has it, -> resumed, -> vCPU 0's first KVM_RUN and
 #     -> first console byte (the clone's GET /vm start_ms, from the moment the pool took the
-#     request), request -> answer
-#     (pool side), and clones/s for 16 and for 80 requests back to back and for 16 from POOL_CLIENTS
-#     clients at once. Peer: QEMU -incoming's
-#     exec -> first output.
+#     request), request -> answer (pool side). Then `vmm pool ctr --size 16` (the counter guest,
+#     idle once started: the identity guest's own work after the notification, ~350 port exits,
+#     bounds its rate on two CPUs, shown in its own row): clones/s for 16 requests back to back and
+#     for 16 from POOL_CLIENTS clients at once, each from a full pool (RUNS times), and for 80 back
+#     to back (the refill keeping up). Peer: QEMU -incoming's exec -> first output.
 #
 # usage: scripts/bench/fleet.sh [RUNS]      (default 5)
 # env:   FLEET (1000; 100 nested)  IDLE (20; 10 nested)  FORK_SIZES ("256M:128 1G:512 4G:1024", the

@@ -176,6 +176,12 @@ while ! "$vmm" ps --json | grep -q '"ready": 3' && [ $n -lt 100 ]; do sleep 0.1;
 hidden=$(ls -A "$VMM_STATE_DIR/run" | grep -c '^\.idt-.*\.new\.')
 [ "$(running)" = 6 ] && [ "$hidden" = 3 ] && ok "the waiting members are prepared under hidden names, not listed (6 running, 3 hidden)" ||
   { bad "waiting members: $(running) running, $hidden hidden"; ls -A "$VMM_STATE_DIR/run"; }
+# They depend on the template as its clones do: removing it is refused while they wait.
+"$vmm" template rm idt >"$work/e" 2>&1; st=$?
+named=0
+for w in $(ls -A "$VMM_STATE_DIR/run" | sed -n 's/^\.\(idt-[0-9a-f]*\)\.new\..*/\1/p'); do grep -q "$w" "$work/e" && named=$((named + 1)); done
+[ $st = 2 ] && [ -d "$VMM_STATE_DIR/templates/idt" ] && [ "$named" = 3 ] &&
+  ok "template rm refused, naming the pool's 3 waiting members among its dependants" || { bad "template rm under a pool: status $st, $named named"; cat "$work/e"; }
 "$vmm" run --clone-of nosuch --pool "$psock" >"$work/e" 2>&1; [ $? = 2 ] && grep -q "a pool of template 'idt'" "$work/e" && ok "--pool of another template refused" || { bad "pool template"; cat "$work/e"; }
 "$vmm" run --clone-of idt --pool "$psock" --count 2 >"$work/e" 2>&1; [ $? = 2 ] && ok "--pool with --count refused" || { bad "pool --count"; cat "$work/e"; }
 if command -v curl >/dev/null; then

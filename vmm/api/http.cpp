@@ -128,6 +128,21 @@ Result<> check_socket_path(const std::string& path) {
   return {};
 }
 
+Result<Fd> listen_unix_in_private_dir(const std::string& path) {
+  if (auto r = check_socket_path(path); !r) return std::unexpected(r.error());
+  auto failed = [&](const char* what) {
+    const int err = errno;
+    ::unlink(path.c_str());
+    return fail("{}: cannot listen: {}{}", path, what, errno_text(err));
+  };
+  Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) return failed("socket: ");
+  const sockaddr_un addr = unix_address(path);
+  if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) return failed("");
+  if (::listen(fd.get(), SOMAXCONN) != 0 || ::chmod(path.c_str(), 0600) != 0) return failed("");
+  return fd;
+}
+
 Result<Fd> listen_unix(const std::string& path) {
   if (auto r = check_socket_path(path); !r) return std::unexpected(r.error());
   // Something at the path: only a socket nobody listens on (left by a VM that was killed) is replaced.

@@ -78,6 +78,10 @@ Result<const HttpPlugin*> http_plugin();
 /// place; a socket left there by a VM that was killed is replaced; anything else there is an error).
 /// Plain system calls: no plugin.
 Result<Fd> listen_unix(const std::string& path);
+/// The same at `path` in a directory that only this process's user can enter and that nobody else
+/// makes files in (a VM's hidden STATE/run entry while it is made): bound in place, no temporary
+/// directory.
+Result<Fd> listen_unix_in_private_dir(const std::string& path);
 /// Whether listen_unix can bind at `path`: short enough for a Unix socket with its temporary name.
 Result<> check_socket_path(const std::string& path);
 /// Whether a server accepts connections at `path` (a Unix socket).
