@@ -91,7 +91,10 @@ void ControlPlane::run_starter(Machine& machine, bool paused) {
            std::chrono::steady_clock::now() < deadline) {
       std::this_thread::sleep_for(std::chrono::microseconds(100));
     }
-    auto fd = listen_unix(registration_->socket().string());
+    // The default socket is bound in place: the VM's own STATE/run entry (mode 0700, nothing else
+    // makes files there) needs no temporary directory, which cost a new inode (~0.1-0.25 ms here).
+    const std::string& path = registration_->socket().string();
+    auto fd = registration_->socket().parent_path() == registration_->dir() ? listen_unix_in_private_dir(path) : listen_unix(path);
     if (!fd) {
       fmt::print(stderr, "vmm: warning: {} has no API: {}\n", name_, fd.error().message());
       return;
