@@ -109,10 +109,9 @@ struct StartReport {
   /// is printed ("vmm: error: ...").
   std::function<void(const Failure&)> failed;
 };
-/// Registers the prepared clone (`registering`'s control plane, clone.json), begins it
-/// (begin_clone), serves its API and runs it until its guest stops; returns the exit status.
-int launch_clone(OpenTemplate& t, const CloneOptions& options, PreparedClone& clone, const StartReport& report,
-                 api::ControlPlaneTask& registering);
+/// Registers the prepared clone (its control plane, clone.json), begins it (begin_clone), serves
+/// its API and runs it until its guest stops; returns the exit status.
+int launch_clone(OpenTemplate& t, const CloneOptions& options, PreparedClone& clone, const StartReport& report);
 /// prepare_clone + launch_clone: starts the clone `name` of `t` and runs it until its guest stops;
 /// returns the exit status. `inherited`: the memory mapping belongs to a launcher this process was
 /// forked from (adopted, not moved).

@@ -170,10 +170,9 @@ void reap_when_ended(EventLoop& loop, pid_t pid) {
     fs::remove_all(plan.dir, ec);
     ::_exit(exit_code::kVmmError);
   };
-  // Registered here, in order: on a thread of its own beside the machine's creation
-  // (ControlPlaneTask, as a clone does) it made the child's first instruction ~0.8 ms later on
-  // this host (2 CPUs, Linux 6.18), the two threads of a process just forked contending for its
-  // memory map.
+  // Registered here, in order: on a thread of its own beside the machine's creation (tried on
+  // 2026-12-06) it made the child's first instruction ~0.8 ms later on this host (2 CPUs, Linux
+  // 6.18), the two threads of a process just forked contending for its memory map.
   auto control = api::ControlPlane::create(parent.state_dir, plan.name);
   if (!control) fail_child(control.error().message());
   step("registered");

@@ -140,34 +140,4 @@ ControlPlane::~ControlPlane() {
   registration_.reset();
 }
 
-ControlPlaneTask::ControlPlaneTask(std::filesystem::path state_dir, std::string name, std::filesystem::path socket,
-                                   std::function<void()> also)
-    : state_dir_(std::move(state_dir)), name_(std::move(name)), socket_(std::move(socket)), also_(std::move(also)) {
-  if (auto t = start_thread("the registering thread", [this] { work(); })) thread_ = std::move(*t);
-}
-
-ControlPlaneTask::~ControlPlaneTask() {
-  if (thread_.joinable()) thread_.join();
-}
-
-void ControlPlaneTask::work() {
-  auto c = ControlPlane::prepare(state_dir_, name_, socket_, /*bind_now=*/true);
-  if (c) {
-    if (auto r = (*c)->publish(); !r) c = std::unexpected(r.error());
-  }
-  result_ = std::move(c);
-  if (also_) also_();
-}
-
-Result<std::unique_ptr<ControlPlane>> ControlPlaneTask::get() {
-  if (thread_.joinable()) {
-    thread_.join();
-  } else if (!result_) {
-    work();  // no thread could be made
-  }
-  auto r = std::move(*result_);
-  result_ = fail("{}: registered once already", name_);
-  return r;
-}
-
 }  // namespace vmm::api

@@ -7,10 +7,8 @@
 #include <atomic>
 #include <condition_variable>
 #include <filesystem>
-#include <functional>
 #include <memory>
 #include <mutex>
-#include <optional>
 #include <thread>
 
 #include "vmm/api/registry.hpp"
@@ -58,30 +56,6 @@ class ControlPlane {
   bool listening_ = false;              // guarded by mutex_: the socket listens, or never will
   std::unique_ptr<HttpServer> server_;  // guarded by mutex_
   std::thread starter_;
-};
-
-/// ControlPlane::create on a thread of its own, the default socket bound at once, then `also` (what
-/// else the VM's start may do meanwhile, such as opening its log): a VM's name takes new files
-/// (its STATE/run entry, vm.json, the socket: ~1 ms on this host's ext4, where a new inode costs
-/// ~250 us), which a clone or a fork's child makes while it builds its machine instead of before.
-/// get() is called before the guest runs, so that a name another VM holds still stops it first.
-/// Where no thread can be made (at a limit on tasks), get() does it all on the caller's.
-class ControlPlaneTask {
- public:
-  ControlPlaneTask(std::filesystem::path state_dir, std::string name, std::filesystem::path socket, std::function<void()> also = {});
-  ~ControlPlaneTask();  ///< joins (a control plane not taken is destroyed: the name is given back)
-  ControlPlaneTask(const ControlPlaneTask&) = delete;
-  ControlPlaneTask& operator=(const ControlPlaneTask&) = delete;
-  Result<std::unique_ptr<ControlPlane>> get();
-
- private:
-  void work();
-  std::filesystem::path state_dir_;
-  std::string name_;
-  std::filesystem::path socket_;
-  std::function<void()> also_;
-  std::optional<Result<std::unique_ptr<ControlPlane>>> result_;  // the thread's until joined
-  std::thread thread_;
 };
 
 }  // namespace vmm::api
