@@ -128,19 +128,29 @@ Result<> check_socket_path(const std::string& path) {
   return {};
 }
 
-Result<Fd> listen_unix_in_private_dir(const std::string& path) {
-  if (auto r = check_socket_path(path); !r) return std::unexpected(r.error());
+namespace {
+/// A socket bound at `at` and listening, mode 0600 (`path`, where it is going, names it in errors;
+/// nothing is left at `at` on failure).
+Result<Fd> bind_and_listen(const std::string& at, const std::string& path) {
   auto failed = [&](const char* what) {
     const int err = errno;
-    ::unlink(path.c_str());
+    ::unlink(at.c_str());
     return fail("{}: cannot listen: {}{}", path, what, errno_text(err));
   };
   Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd) return failed("socket: ");
-  const sockaddr_un addr = unix_address(path);
+  const sockaddr_un addr = unix_address(at);
   if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) return failed("");
-  if (::listen(fd.get(), SOMAXCONN) != 0 || ::chmod(path.c_str(), 0600) != 0) return failed("");
+  // A backlog of SOMAXCONN: 100 clients connecting at once are all served in turn (with httplib's
+  // own 5, the 6th was refused with EAGAIN).
+  if (::listen(fd.get(), SOMAXCONN) != 0 || ::chmod(at.c_str(), 0600) != 0) return failed("");
   return fd;
+}
+}  // namespace
+
+Result<Fd> listen_unix_in_private_dir(const std::string& path) {
+  if (auto r = check_socket_path(path); !r) return std::unexpected(r.error());
+  return bind_and_listen(path, path);
 }
 
 Result<Fd> listen_unix(const std::string& path) {
@@ -157,19 +167,12 @@ Result<Fd> listen_unix(const std::string& path) {
   std::string dir = socket_dir(path) + std::string(kBindDir);
   if (::mkdtemp(dir.data()) == nullptr) return fail("{}: cannot listen: {}: {}", path, dir, errno_text(errno));
   const std::string tmp = dir + "/s";
-  auto failed = [&](const char* what) {
+  auto fd = bind_and_listen(tmp, path);
+  if (fd && ::rename(tmp.c_str(), path.c_str()) != 0) {
     const int err = errno;
     ::unlink(tmp.c_str());
-    ::rmdir(dir.c_str());
-    return fail("{}: cannot listen: {}{}", path, what, errno_text(err));
-  };
-  Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!fd) return failed("socket: ");
-  const sockaddr_un addr = unix_address(tmp);
-  if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) return failed("");
-  // A backlog of SOMAXCONN: 100 clients connecting at once are all served in turn (with httplib's
-  // own 5, the 6th was refused with EAGAIN).
-  if (::listen(fd.get(), SOMAXCONN) != 0 || ::chmod(tmp.c_str(), 0600) != 0 || ::rename(tmp.c_str(), path.c_str()) != 0) return failed("");
+    fd = fail("{}: cannot listen: {}", path, errno_text(err));
+  }
   ::rmdir(dir.c_str());
   return fd;
 }
