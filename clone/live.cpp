@@ -33,7 +33,6 @@
 #include <charconv>
 #include <cstdlib>
 #include <fstream>
-#include <optional>
 #include <thread>
 
 #include "clone/clones.hpp"
@@ -164,10 +163,17 @@ void reap_when_ended(EventLoop& loop, pid_t pid) {
   const Kvm& kvm = parent.machine->kvm();
   drop_inherited({plan.report_fd, kvm.fd()});
   step("inherited_dropped");
+  // Its registration, once made (below): a child that fails after it gives its name back.
+  std::unique_ptr<api::ControlPlane>* registered = nullptr;
   auto fail_child = [&](const std::string& why) {
-    report(plan.report_fd, "error " + why);
+    // Nothing of it left (its STATE/run entry, its directory) before its parent hears why: the
+    // parent removes the directory too once it has heard (a child that could not say so could not
+    // remove it), and the two removing it at once could each leave what the other had listed
+    // (seen in the nested lane: a failed child's directory left behind).
+    if (registered != nullptr) registered->reset();
     std::error_code ec;
     fs::remove_all(plan.dir, ec);
+    report(plan.report_fd, "error " + why);
     ::_exit(exit_code::kVmmError);
   };
   // Registered here, in order: on a thread of its own beside the machine's creation (tried on
@@ -175,6 +181,7 @@ void reap_when_ended(EventLoop& loop, pid_t pid) {
   // 6.18), the two threads of a process just forked contending for its memory map.
   auto control = api::ControlPlane::create(parent.state_dir, plan.name);
   if (!control) fail_child(control.error().message());
+  registered = &*control;
   step("registered");
   auto shape = read_shape(state, "fork");
   if (!shape) fail_child(shape.error().message());
@@ -245,10 +252,7 @@ void reap_when_ended(EventLoop& loop, pid_t pid) {
   if (!reporter) fail_child(reporter.error().message());
   const StopInfo stop = m.run();
   reporter->join();
-  if (!reported) {
-    control->reset();
-    fail_child(describe_stop(stop));
-  }
+  if (!reported) fail_child(describe_stop(stop));  // (its control plane ended first)
   const int status = stop_status(stop);
   control->reset();
   // Its machine ends as any VM's does: the disks' cached metadata written back (a qcow2 overlay's

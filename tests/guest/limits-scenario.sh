@@ -244,7 +244,7 @@ n=0
 while ! grep -q "counter: ready" "$work/p.out" 2>/dev/null && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
 # Its API serving already (its server's threads are made by the first request).
 "$vmm" pause p && "$vmm" resume p || bad "pause and resume of p"
-sleep 0.5  # the request's connection thread ends
+sleep 2.5  # the request's connection thread ends (it lingers 2 s for another connection)
 fresh_cgroup fork || bad "cgroup fork"
 echo "$ppid" >"$cg/cgroup.procs"
 tasks=$(ls "/proc/$ppid/task" | wc -l)
