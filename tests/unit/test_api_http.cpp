@@ -366,6 +366,22 @@ TEST_CASE("registry: a prepared VM (a pool's member) is invisible until publishe
   CHECK(fs::is_empty(dir / "run"));
 }
 
+TEST_CASE("registry: a prepared VM whose hidden socket path would be too long binds at its start instead of failing") {
+  vmm::test::TempDir tmp("vmm-registry");
+  // A state directory whose run/NAME/api.sock fits a socket address (107 bytes) while the hidden
+  // .NAME.new.PID.N/api.sock does not.
+  const size_t want = 86;
+  REQUIRE(tmp.path.string().size() + 2 < want);
+  const fs::path dir = tmp.path / std::string(want - tmp.path.string().size() - 1, 'd');
+  REQUIRE(dir.string().size() == want);
+  auto c = api::ControlPlane::prepare(dir, "pm", {}, /*bind_now=*/true);
+  REQUIRE_MESSAGE(c.has_value(), (c ? "" : c.error().message()));
+  REQUIRE((*c)->registration().socket().string().size() < 108);
+  for (const auto& e : fs::directory_iterator(dir / "run")) CHECK_FALSE(fs::exists(e.path() / "api.sock"));
+  REQUIRE((*c)->publish());
+  CHECK(fs::exists(dir / "run" / "pm" / "vm.json"));
+}
+
 TEST_CASE("http: a PUT without a Content-Length has an empty body, answered at once (not read until the client closes)") {
   TestServer t;
   if (t.skipped()) return;

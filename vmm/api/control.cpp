@@ -41,9 +41,10 @@ Result<std::unique_ptr<ControlPlane>> ControlPlane::prepare(const std::filesyste
   c->wake_ = Fd(::eventfd(0, EFD_CLOEXEC));
   if (!c->wake_) return fail("eventfd: {}", errno_text(errno));
   // The default socket is bound in the hidden directory, which nobody else can enter, and moves
-  // into place with it; one given by path is bound once the VM runs (it would be reachable now).
+  // into place with it; one given by path is bound once the VM runs (it would be reachable now),
+  // and so is one whose hidden path is too long for a socket (the hidden name is ~16 bytes longer).
   const auto staged = c->registration_->staged_socket();
-  if (bind_now && staged != c->registration_->socket()) {
+  if (bind_now && staged != c->registration_->socket() && check_socket_path(staged.string())) {
     auto fd = listen_unix_in_private_dir(staged.string());  // (the hidden directory, mode 0700)
     if (!fd) return std::unexpected(fd.error());
     c->listener_ = std::move(*fd);
