@@ -2,10 +2,7 @@
 // MAP_PRIVATE, its disks qcow2 overlays on the template's, its state restored, a new identity, run.
 #include "clone/clones.hpp"
 
-#include <fcntl.h>
 #include <unistd.h>
-
-#include <cstdio>
 
 #include <atomic>
 #include <fstream>
@@ -18,7 +15,6 @@
 #include "devices/virtio/net.hpp"
 #include "disk/qcow2.hpp"
 #include "vmm/api/control.hpp"
-#include "vmm/base/fd.hpp"
 #include "vmm/base/process.hpp"
 #include "vmm/base/progress.hpp"
 #include "vmm/base/thread.hpp"
@@ -265,16 +261,19 @@ Result<> begin_clone(OpenTemplate& t, const CloneOptions& o, PreparedClone& c) {
   return {};
 }
 
+namespace {
+/// The record of `c`, a clone of `t` made by this process, now.
+CloneRecord record_of(const OpenTemplate& t, const CloneOptions& o, const PreparedClone& c) {
+  return CloneRecord{.name = c.name, .template_dir = o.full ? "" : t.tdir.string(), .full = o.full, .pid = ::getpid(), .created = utc_now()};
+}
+}  // namespace
+
 Result<std::unique_ptr<api::ControlPlane>> stage_clone(OpenTemplate& t, const CloneOptions& o, PreparedClone& c) {
   auto control = api::ControlPlane::prepare(t.sdir, c.name, o.api_socket, /*bind_now=*/true);
   if (!control) return std::unexpected(control.error());
   // The record's file made now (written again at the request, when the clone is created): until
   // then it says whose template the waiting member depends on (`vmm template rm` counts it).
-  const fs::path staged = c.dir / kStagedCloneRecord;
-  std::ofstream rec(staged, std::ios::trunc);
-  rec << clone_json(CloneRecord{.name = c.name, .template_dir = o.full ? "" : t.tdir.string(), .full = o.full, .pid = ::getpid(),
-                                .created = utc_now()});
-  if (!rec.flush()) return fail("{}: cannot write", staged.string());
+  if (auto r = stage_clone_record(c.dir, record_of(t, o, c)); !r) return std::unexpected(r.error());
   return std::move(*control);
 }
 
@@ -284,11 +283,7 @@ Result<> publish_clone(OpenTemplate& t, const CloneOptions& o, PreparedClone& c,
 }
 
 Result<> record_clone(OpenTemplate& t, const CloneOptions& o, PreparedClone& c) {
-  if (auto r = write_clone_record(c.dir, CloneRecord{.name = c.name, .template_dir = o.full ? "" : t.tdir.string(), .full = o.full,
-                                                     .pid = ::getpid(), .created = utc_now()});
-      !r) {
-    return r;
-  }
+  if (auto r = write_clone_record(c.dir, record_of(t, o, c)); !r) return r;
   c.keep = true;
   return {};
 }

@@ -451,13 +451,17 @@ Result<CloneRecord> read_clone_record(const fs::path& clone_dir) {
   return parse_clone_record(*text, p.string());
 }
 
+Result<> stage_clone_record(const fs::path& clone_dir, const CloneRecord& record) {
+  const fs::path staged = clone_dir / kStagedCloneRecord;
+  std::ofstream out(staged, std::ios::trunc);
+  out << clone_json(record);
+  if (!out.flush()) return fail("{}: cannot write", staged.string());
+  return {};
+}
+
 Result<> write_clone_record(const fs::path& clone_dir, const CloneRecord& record) {
+  if (auto r = stage_clone_record(clone_dir, record); !r) return r;
   const fs::path staged = clone_dir / kStagedCloneRecord, final = clone_dir / "clone.json";
-  {
-    std::ofstream out(staged, std::ios::trunc);
-    out << clone_json(record);
-    if (!out.flush()) return fail("{}: cannot write", staged.string());
-  }
   if (::rename(staged.c_str(), final.c_str()) != 0) return fail("{}: cannot rename: {}", staged.string(), errno_text(errno));
   return {};
 }

@@ -102,8 +102,10 @@ Result<CloneRecord> parse_clone_record(std::string_view text, std::string_view f
 Result<CloneRecord> read_clone_record(const std::filesystem::path& clone_dir);
 /// clone.json's name while it is written.
 inline constexpr const char* kStagedCloneRecord = ".clone.json";
-/// Writes `clone_dir`/clone.json: beside it first (.clone.json, a file that may have been made
-/// ahead: rewritten, not created), then renamed, so that a lister never reads half of it.
+/// Writes `clone_dir`/clone.json: beside it first (stage_clone_record: .clone.json, a file that may
+/// have been made ahead, rewritten rather than created), then renamed, so that a lister never reads
+/// half of it.
+Result<> stage_clone_record(const std::filesystem::path& clone_dir, const CloneRecord& record);
 Result<> write_clone_record(const std::filesystem::path& clone_dir, const CloneRecord& record);
 /// Linked clones (under state_dir/clones) whose template is `template_dir`, those still being made
 /// (a pool's waiting members: their record not yet in place) included.
