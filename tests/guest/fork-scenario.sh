@@ -65,6 +65,13 @@ grep -q "vmm-http.so" "/proc/$pid_p/maps" && bad "the HTTP plugin was loaded bef
   ok "vmm fork p --count 3 (names and pids; the pause and its steps on stderr)" || {
   bad "fork"; sed 's/^/  | /' "$work/fork1" "$work/fork1.err"; }
 children=$(cut -d' ' -f1 "$work/fork1")
+# Each child wrote its own record (clone.json, its pid) before `vmm fork` answered: `vmm clone ls`
+# lists each as running under its own pid at once.
+listed=$("$vmm" clone ls)
+recorded=0
+while read -r cname cpid; do echo "$listed" | grep -qE "^$cname +running +$cpid " && recorded=$((recorded + 1)); done <"$work/fork1"
+[ "$recorded" = 3 ] && ok "vmm clone ls lists the 3 children running under their own pids as soon as vmm fork answers" ||
+  { bad "children's records: $recorded of 3"; echo "$listed" | sed 's/^/  | /'; }
 grep -q "vmm-http.so" "/proc/$pid_p/maps" && ok "the first request (vmm fork) loaded it" || bad "no HTTP plugin after a request"
 # A child holds its own KVM and io_uring mappings only, none of its parent's (MADV_DONTFORK): as many
 # of each as the parent has (one vCPU's run page; one loop's rings).
