@@ -209,7 +209,7 @@ std::expected<std::unique_ptr<PreparedClone>, Failure> prepare_clone(OpenTemplat
   c->identity.gateway = gateway;
 
   auto machine = Machine::create(*t.kvm, std::move(*memory),
-                                 VmConfig{.vcpus = shape->vcpus, .cpu_template = shape->cpu_template, .cpuid = shape->cpuid},
+                                 VmConfig{.vcpus = shape->vcpus, .cpu_template = shape->cpu_template, .cpuid = shape->cpuid, .restoring = true},
                                  PlatformConfig{.console = std::move(devs->console), .disks = std::move(devs->disks),
                                                 .nets = std::move(devs->nets), .loop = nullptr,
                                                 .identity = identity_pairs(c->identity), .console_tap = {}},

@@ -200,7 +200,7 @@ void reap_when_ended(EventLoop& loop, pid_t pid) {
   identity.ip = plan.ip;
   identity.gateway = plan.gateway;
   auto machine = Machine::create(kvm, std::move(*memory),
-                                 VmConfig{.vcpus = shape->vcpus, .cpu_template = shape->cpu_template, .cpuid = shape->cpuid},
+                                 VmConfig{.vcpus = shape->vcpus, .cpu_template = shape->cpu_template, .cpuid = shape->cpuid, .restoring = true},
                                  PlatformConfig{.console = std::move(devs->console), .disks = std::move(devs->disks), .nets = std::move(devs->nets),
                                                 .loop = nullptr, .identity = identity_pairs(identity), .console_tap = {}},
                                  std::move(devs->loop));

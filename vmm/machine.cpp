@@ -2,7 +2,9 @@
 
 #include <pthread.h>
 
+#include <algorithm>
 #include <chrono>
+#include <thread>
 
 #include "vmm/base/thread.hpp"
 
@@ -213,6 +215,25 @@ void Machine::resume_io() {
   platform_->serial().hold_input(false);
   // Only when no I/O thread was running is one made: after a quiesce it is woken.
   if (auto r = start_io(); !r) vm_->request_stop(StopInfo{.reason = devices::StopReason::Error, .status = 0, .message = r.error().message()});
+}
+
+Result<bool> Machine::quiesce_at_rest(std::chrono::milliseconds grace, std::chrono::milliseconds timeout) {
+  const auto until = std::chrono::steady_clock::now() + grace;
+  auto wait = std::chrono::microseconds(100);
+  for (;;) {
+    if (auto q = quiesce(timeout); !q) return std::unexpected(q.error());
+    bool halted = true;
+    for (size_t i = 0; i < vm_->vcpu_count() && halted; ++i) {
+      auto mp = vm_->vcpu(i).mp_state();
+      if (!mp) return std::unexpected(mp.error());
+      halted = *mp == KVM_MP_STATE_HALTED;
+    }
+    if (halted) return true;
+    if (std::chrono::steady_clock::now() + wait >= until) return false;
+    resume();
+    std::this_thread::sleep_for(wait);
+    wait = std::min<std::chrono::microseconds>(wait * 2, std::chrono::milliseconds(10));
+  }
 }
 
 void Machine::resume() {

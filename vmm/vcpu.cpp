@@ -119,6 +119,12 @@ Result<std::vector<kvm_msr_entry>> Vcpu::get_msrs(std::span<const uint32_t> indi
   return std::vector<kvm_msr_entry>(buf.elements(), buf.elements() + got);
 }
 
+Result<uint32_t> Vcpu::mp_state() const {
+  kvm_mp_state mp{};
+  if (auto e = ioctl_get(KVM_GET_MP_STATE, &mp, "KVM_GET_MP_STATE"); !e) return std::unexpected(e.error());
+  return mp.mp_state;
+}
+
 Result<VcpuState> Vcpu::save(std::span<const uint32_t> msr_indices, size_t xsave_size) const {
   VcpuState s;
   s.xsave.assign(std::max<size_t>(xsave_size, sizeof(kvm_abi::XsaveRegion)), 0);

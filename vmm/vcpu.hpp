@@ -56,6 +56,8 @@ class Vcpu {
   Result<> set_sregs(const kvm_sregs& sregs);
   Result<> set_fpu(const kvm_fpu& fpu);
   Result<kvm_lapic_state> get_lapic() const;
+  /// KVM_GET_MP_STATE (KVM_MP_STATE_HALTED: the guest waits in HLT for an interrupt).
+  Result<uint32_t> mp_state() const;
   Result<> set_lapic(const kvm_lapic_state& lapic);
   /// KVM_SET_MSRS; fails unless every entry was accepted.
   Result<> set_msrs(std::span<const kvm_msr_entry> msrs);

@@ -117,7 +117,9 @@ Result<> Vm::setup_kvm(const VmConfig& config) {
     const CpuidEntries cpuid = config.cpuid.empty() ? make_cpuid(kvm_.supported_cpuid(), config.cpu_template, i, config.vcpus)
                                                     : config.cpuid.at(i);
     if (auto r = (*vcpu)->set_cpuid(cpuid); !r) return r;
-    if (auto r = x86::setup_vcpu_common(**vcpu); !r) return r;
+    if (!config.restoring) {
+      if (auto r = x86::setup_vcpu_common(**vcpu); !r) return r;
+    }
     vcpus_.push_back(std::move(*vcpu));
   }
   return {};

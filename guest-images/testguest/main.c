@@ -39,8 +39,31 @@ void putc_(char c) {
   tx_buf[tx_len++] = c;
   if (c == '\n' || tx_len == sizeof tx_buf) flush_();
 }
+/* The index of the first `c` in s[0, max), or max: one `repne scasb`. */
+static unsigned long find_(const char* s, char c, unsigned long max) {
+  if (!max) return 0;
+  const char* p = s;
+  unsigned long n = max;
+  __asm__ volatile("repne scasb" : "+D"(p), "+c"(n) : "a"(c), "m"(*(const char(*)[max])s) : "cc");
+  return p[-1] == c ? (unsigned long)(p - 1 - s) : max;
+}
+/* A string goes into the buffer a run at a time (up to its next '\n' or the buffer's end) with
+ * string instructions: where the guest's ring 0 is emulated an instruction at a time, putc_'s ~14
+ * instructions a byte were most of a line's cost (~0.3 ms for 16 bytes), ahead of its first byte. */
 void puts_(const char* s) {
-  while (*s) putc_(*s++);
+  unsigned long len = find_(s, '\0', ~0UL >> 1);
+  while (len) {
+    const unsigned long room = sizeof tx_buf - tx_len;
+    unsigned long n = len < room ? len : room;
+    const unsigned long nl = find_(s, '\n', n);
+    if (nl < n) n = nl + 1;
+    char* d = tx_buf + tx_len;
+    unsigned long c = n;
+    __asm__ volatile("rep movsb" : "+D"(d), "+S"(s), "+c"(c) : : "memory");
+    tx_len += (unsigned)n;
+    len -= n;
+    if (tx_buf[tx_len - 1] == '\n' || tx_len == sizeof tx_buf) flush_();
+  }
 }
 void putu(unsigned v) {
   char buf[12];

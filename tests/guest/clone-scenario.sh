@@ -81,6 +81,20 @@ for i in 1 2 3; do
 done
 if [ "$(sort -u "$work/ids" | wc -l)" = 3 ] && [ "$(wc -l <"$work/ids")" = 3 ]; then ok "identities distinct"; else
   bad "identities"; cat "$work/ids" "$work"/id*.out | sed 's/^/  | /'; fi
+# Saved at rest: the template's guest went idle after its ready line (it then printed its own
+# identity line), and was saved there, so no clone prints the template's identity (name=ident)
+# again.
+if [ -s "$work/id1.out" ] && ! grep -q "name=ident " "$work"/id*.out; then
+  ok "a clone resumes where its template's guest was idle: it repeats none of the template's output"; else
+  bad "a clone repeated its template's output"; sed 's/^/  | /' "$work/id1.out"; fi
+
+# A guest that never goes idle (the echo scenario polls its UART) is saved busy once the grace
+# after its ready line is over, says so, and its clones run.
+expect template_busy 0 "saved busy: a vCPU had not gone idle" -- "$vmm" template create busy --kernel "$guest" --cmdline echo \
+  --ready-on "scenario=echo" --console none
+printf 'hi\nquit\n' | "$vmm" run --clone-of busy --name busy1 --console stdio >"$work/busy.out" 2>&1
+grep -q "^echo: hi$" "$work/busy.out" && grep -q "^echo: bye$" "$work/busy.out" && ok "a clone of a template saved busy runs" ||
+  { bad "a clone of a template saved busy"; sed 's/^/  | /' "$work/busy.out"; }
 
 # Interrupts live after a restore: the PIT keeps ticking and serial input keeps arriving.
 expect template_ticks 0 "written" -- "$vmm" template create ticks --kernel "$guest" --cmdline ticks \

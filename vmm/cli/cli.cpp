@@ -225,7 +225,7 @@ int main(int argc, char** argv) {
     tbench = tmpl->add_subcommand("bench", "Start clones of a template one after another in this process and time each "
                                            "to its guest's answer on the console (the clone path alone, as a library call)");
     tbench->add_option("--count", bench_count, "Clones to start")->capture_default_str()->check(kDecimal)->check(CLI::Range(1, 100000));
-    tbench->add_option("--input", bench_input, "A line each clone's UART holds before it resumes (the counter guest answers 'get')")
+    tbench->add_option("--input", bench_input, "A line each clone's UART holds before it resumes (the counter guest answers 'get'; empty: none)")
         ->capture_default_str();
     tbench->add_option("--expect", bench_expect, "The console text that ends each clone's clock (its answer)")->capture_default_str();
     tbench->add_option("--timeout", bench_timeout, "Seconds a clone has to answer")->capture_default_str()->check(kPositiveSeconds)->check(CLI::Range(0.0, 86400.0));
@@ -442,7 +442,7 @@ int main(int argc, char** argv) {
     b.state_dir = tstate_dir;
     b.kvm_device = bench_kvm;
     b.started = clone_args.started;
-    return template_bench(b, bench_count, bench_input + "\n", bench_expect, bench_timeout);
+    return template_bench(b, bench_count, bench_input.empty() ? std::string() : bench_input + "\n", bench_expect, bench_timeout);
   }
   if (cls && cls->parsed()) return clone_ls(cstate_dir, cls_json);
   if (crm && crm->parsed()) return clone_rm(cstate_dir, crm_names, crm_force);

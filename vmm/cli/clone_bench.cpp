@@ -54,7 +54,7 @@ int template_bench(const clone::CloneOptions& options, unsigned count, const std
   o.console_given = true;
 
   t.memory.reset();  // mapped in each clone's time below, as `vmm run --clone-of` maps it
-  std::vector<double> first_output, resumed;
+  std::vector<double> first_output, first_byte, resumed;
   std::map<std::string, std::vector<double>> steps;  // each step's time since the previous one
   std::vector<std::string> order;
   for (unsigned i = 0; i < count; ++i) {
@@ -114,6 +114,9 @@ int template_bench(const clone::CloneOptions& options, unsigned count, const std
                                                             name, expect, timeout_s, line));
     }
     first_output.push_back(ms(t_first - t0));
+    // The guest's first byte after resume, as the UART took it (a template is saved idle after its
+    // ready line: this is the first byte of the answer).
+    if (const auto b = m.platform().serial().first_output()) first_byte.push_back(ms(*b - t0));
     resumed.push_back(ms(t_resume - t0));
     auto prev = t0;
     for (const auto& [what, when] : (*c)->steps) {
@@ -128,6 +131,10 @@ int template_bench(const clone::CloneOptions& options, unsigned count, const std
   const auto f = spread(first_output), r = spread(resumed);
   fmt::print("vmm template bench: {} clones of {} ({} MiB, {} vCPU(s)) in one process\n", count, t.manifest.name,
              t.manifest.memory >> 20, t.manifest.vcpus);
+  if (first_byte.size() == first_output.size() && !first_byte.empty()) {
+    const auto b = spread(first_byte);
+    fmt::print("  to the first byte: median {:.3f} ms (min {:.3f}, max {:.3f})\n", b.median, b.min, b.max);
+  }
   fmt::print("  to the answer: median {:.3f} ms (min {:.3f}, max {:.3f})\n", f.median, f.min, f.max);
   fmt::print("  to resume: median {:.3f} ms (min {:.3f}, max {:.3f})\n", r.median, r.min, r.max);
   fmt::print("  steps (median ms since the previous one):");
