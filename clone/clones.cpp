@@ -221,9 +221,9 @@ std::expected<std::unique_ptr<PreparedClone>, Failure> prepare_clone(OpenTemplat
   auto khz = m.vm().vcpu(0).tsc_khz();
   if (!khz) return bad(exit_code::kVmmError, khz.error().message());
   if (auto r = check_cpu(*t.kvm, *shape, *khz, t.state_path); !r) return bad(exit_code::kImage, r.error().message());
-  // Restored now; the clock is stepped when the clone starts (launch_clone), which for a pool's
-  // clone is later.
-  if (auto r = restore(m, t.state, t.state_path, /*clock_to_now=*/false); !r) return bad(exit_code::kImage, r.error().message());
+  // Restored now but for its timers, which begin_clone() loads when the clone starts (the clock
+  // stepped to the present), for a pool's clone later.
+  if (auto r = restore(m, t.state, t.state_path, Timers::AtStart); !r) return bad(exit_code::kImage, r.error().message());
   step("restored");
   return c;
 }

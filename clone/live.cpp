@@ -208,7 +208,7 @@ void reap_when_ended(EventLoop& loop, pid_t pid) {
   Machine& m = **machine;
   step("machine");
   // The clock as the parent left it at the fork (milliseconds ago): a fork continues its parent.
-  if (auto r = restore(m, state, "fork", /*clock_to_now=*/false); !r) fail_child(r.error().message());
+  if (auto r = restore(m, state, "fork", Timers::AsSaved); !r) fail_child(r.error().message());
   step("restored");
   if (auto r = m.platform().vmgenid().set(identity.generation); !r) fail_child(r.error().message());
   m.platform().vmgenid().notify();

@@ -247,7 +247,7 @@ Result<> step_clock(Machine& machine, const StateFile& state, std::string_view f
   return {};
 }
 
-Result<> restore(Machine& machine, const StateFile& state, std::string_view file, bool clock_to_now) {
+Result<> restore(Machine& machine, const StateFile& state, std::string_view file, Timers timers) {
   Vm& vm = machine.vm();
   std::set<std::string, std::less<>> expected = {"machine", "cpuid", "kvm"};
   for (size_t i = 0; i < vm.vcpu_count(); ++i) expected.insert(vcpu_id(i));
@@ -279,7 +279,10 @@ Result<> restore(Machine& machine, const StateFile& state, std::string_view file
   }
   auto kernel = read_kernel_state(state, file);
   if (!kernel) return std::unexpected(kernel.error());
-  if (auto ok = vm.restore_kernel_state(*kernel, clock_to_now); !ok) return std::unexpected(ok.error().context(file));
+  if (auto ok = vm.restore_irqchips(*kernel); !ok) return std::unexpected(ok.error().context(file));
+  if (timers == Timers::AsSaved) {
+    if (auto ok = vm.restore_timers(*kernel, /*clock_to_now=*/false); !ok) return std::unexpected(ok.error().context(file));
+  }
   for (size_t i = 0; i < vm.vcpu_count(); ++i) {
     auto bytes = state.require(vcpu_id(i), file);
     if (!bytes) return std::unexpected(bytes.error());

@@ -37,10 +37,20 @@ Result<MachineShape> read_shape(const StateFile& state, std::string_view file);
 /// saw still offered here (the template's CPUID table recomputed on this host must have it).
 Result<> check_cpu(const Kvm& kvm, const MachineShape& shape, uint32_t host_tsc_khz, std::string_view file);
 
+/// What restore() does with the PIT and kvmclock.
+enum class Timers {
+  AsSaved,  ///< loaded as saved (a fork's child continues its parent's clock)
+  /// Left alone until the machine starts, when step_clock() loads them. A pool's member waits
+  /// restored for its request: a PIT loaded ahead ticked meanwhile, and the tick it left raised in
+  /// the 8259 reached the clone before anything else (an interrupt handled that the guest never
+  /// had, ~0.15 ms of emulated ring 0 here before a pool clone's first byte).
+  AtStart,
+};
+
 /// Loads every section into a machine built from read_shape(): devices first (their interrupt
-/// routes), then KVM's irqchips, PIT and clock, then the vCPUs. Sections the machine has no place
-/// for, and places with no section, are errors. `clock_to_now` steps kvmclock to the present.
-Result<> restore(Machine& machine, const StateFile& state, std::string_view file, bool clock_to_now);
+/// routes), then KVM's irqchips (and its PIT and clock: `timers`), then the vCPUs. Sections the
+/// machine has no place for, and places with no section, are errors.
+Result<> restore(Machine& machine, const StateFile& state, std::string_view file, Timers timers);
 
 /// Steps a restored machine's kvmclock to the present (KVM_CLOCK_REALTIME) and restarts its PIT
 /// from the "kvm" section; the interrupt controllers are not touched: for a machine restored ahead

@@ -162,12 +162,12 @@ Result<VmKernelState> Vm::save_kernel_state() const {
   return s;
 }
 
-Result<> Vm::restore_kernel_state(const VmKernelState& state, bool clock_to_now) {
+Result<> Vm::restore_irqchips(const VmKernelState& state) {
   const int fd = vm_fd_.get();
   for (const kvm_irqchip* chip : {&state.pic_master, &state.pic_slave, &state.ioapic}) {
     if (::ioctl(fd, KVM_SET_IRQCHIP, chip) < 0) return fail("KVM_SET_IRQCHIP {}: {}", chip->chip_id, errno_text(errno));
   }
-  return restore_timers(state, clock_to_now);
+  return {};
 }
 
 Result<> Vm::restore_timers(const VmKernelState& state, bool clock_to_now) {

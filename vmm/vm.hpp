@@ -86,10 +86,9 @@ class Vm final : public devices::VmControl {
 
   /// Reads KVM's per-VM state (KVM_GET_IRQCHIP ×3, KVM_GET_PIT2, KVM_GET_CLOCK). Paused VM only.
   Result<VmKernelState> save_kernel_state() const;
-  /// Writes it back. With `clock_to_now`, kvmclock is stepped by the real time that passed since
-  /// it was saved (KVM_CLOCK_REALTIME, when KVM offers it), so a restored guest's clock is current.
-  Result<> restore_kernel_state(const VmKernelState& state, bool clock_to_now);
-  /// Its timers alone: the PIT (counting afresh from now) and kvmclock (stepped to the present with
+  /// Writes back its interrupt controllers (the PIC pair and the IOAPIC); restore_timers() the rest.
+  Result<> restore_irqchips(const VmKernelState& state);
+  /// Its timers: the PIT (counting afresh from now) and kvmclock (stepped to the present with
   /// `clock_to_now`); the interrupt controllers are left as they are, with whatever was raised
   /// since they were restored.
   Result<> restore_timers(const VmKernelState& state, bool clock_to_now);

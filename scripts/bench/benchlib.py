@@ -36,7 +36,8 @@ def watchdog_report(p):
     p.kill()
 
 def wait_for(p, pattern, timeout, buf=b""):
-    """Reads p's stdout until pattern appears; returns (perf_counter at the match, buffer)."""
+    """Reads p's stdout until pattern appears; returns (perf_counter at the match, buffer). The
+    moment the first bytes came is kept as p.first_output_at."""
     fd = p.stdout.fileno()
     deadline = time.perf_counter() + timeout
     while pattern not in buf:
@@ -50,6 +51,8 @@ def wait_for(p, pattern, timeout, buf=b""):
         if not chunk:
             rc = p.wait()
             die(f"{p.args[0]} ended (status {rc}) before printing {pattern!r}", None, buf)
+        if not hasattr(p, "first_output_at"):
+            p.first_output_at = time.perf_counter()
         buf += chunk
     return time.perf_counter(), buf
 

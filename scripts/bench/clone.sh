@@ -5,7 +5,9 @@
 # Rows (median and min–max of RUNS unless said otherwise; `ratio` is qemu / ours, higher is better):
 #   clone start: exec of `vmm run --clone-of T` → first guest output after resume. `get\n` is written
 #     to the clone's stdin at exec (vmm feeds console input only once the machine runs) and the clock
-#     stops when the answer appears on stdout (`counter: value=`; the 4 GiB `dirty` guest answers
+#     stops at the first byte on stdout: the answer's first (a template is saved with its guest idle
+#     after its ready line, so a clone prints nothing before it). Its own rows: until the whole
+#     answer has appeared (`counter: value=`; the 4 GiB `dirty` guest answers
 #     `dirty: unknown command`). 256 MiB counter template; 4 GiB template whose guest dirtied
 #     3000 MiB (BIG_MEMORY, BIG_DIRTY). QEMU: exec of `qemu-system-x86_64 -incoming defer` with the template's RAM file
 #     mapped share=off, QMP x-ignore-shared, `migrate-incoming exec:cat STATE`, wait while
@@ -13,8 +15,9 @@
 #     before the incoming state would be overwritten by it). Also QEMU's plain stream restore (RAM in
 #     the stream, anonymous RAM, no x-ignore-shared) at 256 MiB.
 #   in-process clone: `vmm template bench T --count 20` (no peer): the clone path alone as a library
-#     call in one process, from mapping the memory file to the answer to `get` on the console
-#     (directory, overlays, devices, KVM VM, restore, identity, vCPUs), each run's median of 20.
+#     call in one process, from mapping the memory file to the first byte of the answer to `get`, as
+#     the UART took it (directory, overlays, devices, KVM VM, restore, identity, vCPUs), each run's
+#     median of 20.
 #   clones/s: CLONES clones of the 256 MiB template back to back, each run to its first output and
 #     told `quit`; "serial" waits for each to exit before the next starts, "pipelined" starts the
 #     next as soon as the previous one answered (exits are reaped meanwhile).

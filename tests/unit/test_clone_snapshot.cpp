@@ -649,7 +649,7 @@ TEST_CASE("snapshot: a running machine captured, written, read back and restored
   REQUIRE(khz);
   auto cpu_ok = vmm::clone::check_cpu(kvm, *shape, *khz, "t.state");
   REQUIRE_MESSAGE(cpu_ok, (cpu_ok ? "" : cpu_ok.error().message()));
-  auto restored = vmm::clone::restore(*b->m, *state, "t.state", false);
+  auto restored = vmm::clone::restore(*b->m, *state, "t.state", vmm::clone::Timers::AsSaved);
   REQUIRE_MESSAGE(restored, (restored ? "" : restored.error().message()));
   auto regs_b = b->m->vm().vcpu(0).get_regs();
   REQUIRE(regs_b);
@@ -690,7 +690,7 @@ TEST_CASE("snapshot: a running machine captured, written, read back and restored
   // ---- What clone::restore refuses (each into a fresh machine) ----
   auto refused = [&](const vmm::clone::StateFile& s, std::initializer_list<std::string_view> parts) {
     auto fresh = build();
-    auto r = vmm::clone::restore(*fresh->m, s, "t.state", false);
+    auto r = vmm::clone::restore(*fresh->m, s, "t.state", vmm::clone::Timers::AsSaved);
     REQUIRE_FALSE_MESSAGE(r, "accepted a bad state: " << *parts.begin());
     for (auto p : parts) CHECK_MESSAGE(contains(r.error().message(), p), r.error().message());
   };
