@@ -164,25 +164,18 @@ void reap_when_ended(EventLoop& loop, pid_t pid) {
   drop_inherited({plan.report_fd, kvm.fd()});
   step("inherited_dropped");
   // Its registration, once made (below): a child that fails after it gives its name back.
-  std::unique_ptr<api::ControlPlane>* registered = nullptr;
+  std::unique_ptr<api::ControlPlane> control;
   auto fail_child = [&](const std::string& why) {
     // Nothing of it left (its STATE/run entry, its directory) before its parent hears why: the
     // parent removes the directory too once it has heard (a child that could not say so could not
     // remove it), and the two removing it at once could each leave what the other had listed
     // (seen in the nested lane: a failed child's directory left behind).
-    if (registered != nullptr) registered->reset();
+    control.reset();
     std::error_code ec;
     fs::remove_all(plan.dir, ec);
     report(plan.report_fd, "error " + why);
     ::_exit(exit_code::kVmmError);
   };
-  // Registered here, in order: on a thread of its own beside the machine's creation (tried on
-  // 2026-12-06) it made the child's first instruction ~0.8 ms later on this host (2 CPUs, Linux
-  // 6.18), the two threads of a process just forked contending for its memory map.
-  auto control = api::ControlPlane::create(parent.state_dir, plan.name);
-  if (!control) fail_child(control.error().message());
-  registered = &*control;
-  step("registered");
   auto shape = read_shape(state, "fork");
   if (!shape) fail_child(shape.error().message());
   const devices::ConsoleSpec console{.kind = devices::ConsoleSpec::Kind::File, .path = (plan.dir / "console.log").string()};
@@ -214,47 +207,67 @@ void reap_when_ended(EventLoop& loop, pid_t pid) {
   m.platform().vmgenid().notify();
   for (const auto& t : m.platform().transports()) t->signal_all_queues();
   step("identity");
-
-  auto self = std::make_shared<LiveVm>(LiveVm{.state_dir = parent.state_dir, .kvm_device = parent.kvm_device, .name = plan.name,
-                                              .template_name = parent.template_name, .template_dir = parent.template_dir,
-                                              .cpu_template = parent.cpu_template, .config = parent.config,
-                                              .kernel = parent.kernel, .cmdline = parent.cmdline,
-                                              .machine = &m, .control = control->get()});
-  self->config = config_json(ram_size, shape->vcpus, self->config.value("cpu_template", ""), plan.disks, plan.nets, console, identity,
-                             m.platform());
-  (*control)->start(m, api::VmInfo{.id = identity.id, .name = plan.name, .kind = "fork", .template_name = parent.template_name,
-                                   .template_dir = parent.template_dir, .parent = parent.name,
-                                   .generation = generation_hex(identity), .config = self->config, .api_socket = {}, .requested = plan.requested,
-                                   .steps = steps, .paused = plan.paused},
-                    live_operations(self));
   if (plan.paused) m.vm().start_paused();
-  // Reported once its API answers (the request's client may use it at once); the guest runs meanwhile.
+
+  // Registered once its guest runs (Machine::run's `started`, on this thread, its vCPU threads
+  // made), as a pool's clone is: its STATE/run entry, vm.json and API socket are new files
+  // (~0.25 ms here) that its first instruction does not wait for. A name clash, very unlikely (its
+  // parent picked a random suffix and made its directory), then stops it. (Registered on a thread
+  // of its own beside the machine's creation, tried on 2026-12-06, the child's first instruction
+  // came ~0.8 ms later, the two threads of a process just forked contending for its memory map.)
+  std::optional<std::string> unregistered;
   bool reported = false;
-  auto reporter = start_thread("the fork's reporting thread", [&] {
-    (*control)->wait_serving();
-    // A VM that stopped before it ran (a vCPU thread that could not be made) is not reported as
-    // running: its error is, once run() returns.
-    if (m.vm().stopping() && !m.vm().first_run().entered) return;
-    // Its output goes to its own log before it is reported: the client may look for the log as
-    // soon as it has the answer (the fork scenario did, under load, and found none yet).
-    detach_output(plan.dir / "vmm.log");  // it outlives the request, and maybe its parent
-    // Its record (clone.json, with its pid), written here rather than by its parent, before the
-    // pause and again once the child runs (~0.5 ms of the request).
-    if (auto r = write_clone_record(plan.dir, CloneRecord{.name = plan.name, .template_dir = parent.template_dir,
-                                                          .full = parent.template_dir.empty(), .pid = ::getpid(), .created = utc_now()});
-        !r) {
-      fmt::print(stderr, "vmm: warning: {}\n", r.error().message());  // (it runs; `vmm clone ls` says "starting")
-    }
-    report(plan.report_fd, "ok");
-    ::close(plan.report_fd);
-    reported = true;
-  });
-  if (!reporter) fail_child(reporter.error().message());
-  const StopInfo stop = m.run();
-  reporter->join();
+  std::thread reporter;
+  auto registration = [&] {
+    auto stop_with = [&](const std::string& why) {
+      unregistered = why;
+      m.vm().request_stop(StopInfo{.reason = devices::StopReason::Error, .status = 0, .message = why});
+    };
+    auto made = api::ControlPlane::create(parent.state_dir, plan.name);
+    if (!made) return stop_with(made.error().message());
+    control = std::move(*made);
+    step("registered");
+    auto self = std::make_shared<LiveVm>(LiveVm{.state_dir = parent.state_dir, .kvm_device = parent.kvm_device, .name = plan.name,
+                                                .template_name = parent.template_name, .template_dir = parent.template_dir,
+                                                .cpu_template = parent.cpu_template, .config = parent.config,
+                                                .kernel = parent.kernel, .cmdline = parent.cmdline,
+                                                .machine = &m, .control = control.get()});
+    self->config = config_json(ram_size, shape->vcpus, self->config.value("cpu_template", ""), plan.disks, plan.nets, console, identity,
+                               m.platform());
+    control->start(m, api::VmInfo{.id = identity.id, .name = plan.name, .kind = "fork", .template_name = parent.template_name,
+                                  .template_dir = parent.template_dir, .parent = parent.name,
+                                  .generation = generation_hex(identity), .config = self->config, .api_socket = {},
+                                  .requested = plan.requested, .steps = steps, .paused = plan.paused},
+                   live_operations(self));
+    // Reported once its API answers (the request's client may use it at once); the guest runs meanwhile.
+    auto t = start_thread("the fork's reporting thread", [&] {
+      control->wait_serving();
+      // A VM that stopped before it ran (a vCPU thread that could not be made) is not reported as
+      // running: its error is, once run() returns.
+      if (m.vm().stopping() && !m.vm().first_run().entered) return;
+      // Its output goes to its own log before it is reported: the client may look for the log as
+      // soon as it has the answer (the fork scenario did, under load, and found none yet).
+      detach_output(plan.dir / "vmm.log");  // it outlives the request, and maybe its parent
+      // Its record (clone.json, with its pid), written here rather than by its parent, before the
+      // pause and again once the child runs (~0.5 ms of the request).
+      if (auto r = write_clone_record(plan.dir, CloneRecord{.name = plan.name, .template_dir = parent.template_dir,
+                                                            .full = parent.template_dir.empty(), .pid = ::getpid(), .created = utc_now()});
+          !r) {
+        fmt::print(stderr, "vmm: warning: {}\n", r.error().message());  // (it runs; `vmm clone ls` says "starting")
+      }
+      report(plan.report_fd, "ok");
+      ::close(plan.report_fd);
+      reported = true;
+    });
+    if (!t) return stop_with(t.error().message());
+    reporter = std::move(*t);
+  };
+  const StopInfo stop = m.run(registration);
+  if (reporter.joinable()) reporter.join();
+  if (unregistered) fail_child(*unregistered);
   if (!reported) fail_child(describe_stop(stop));  // (its control plane ended first)
   const int status = stop_status(stop);
-  control->reset();
+  control.reset();
   // Its machine ends as any VM's does: the disks' cached metadata written back (a qcow2 overlay's
   // tables since the guest's last flush), its namespaces and TAPs removed.
   machine->reset();

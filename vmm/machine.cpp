@@ -96,7 +96,7 @@ void Machine::end_io() {
   io_want_ = IoWant::Run;
 }
 
-StopInfo Machine::run() {
+StopInfo Machine::run(const std::function<void()>& started) {
   // A thread that cannot be made stops the VM before it runs, as an error of its own would.
   auto not_started = [&](const Error& e) {
     StopInfo stop{.reason = devices::StopReason::Error, .status = 0, .message = e.message()};
@@ -108,7 +108,7 @@ StopInfo Machine::run() {
     platform_->shutdown();
     return not_started(r.error());
   }
-  StopInfo stop = vm_->run();
+  StopInfo stop = vm_->run(started);
   end_io();
   {
     // A quiesce (the API's pause, snapshot or fork) that began before the stop drives the loop

@@ -30,9 +30,9 @@ class Machine {
   EventLoop& loop() { return *loop_; }
   const Kvm& kvm() const { return kvm_; }
 
-  /// Starts the I/O thread and the vCPUs; blocks until the VM stops (see Vm::run), then stops the
-  /// I/O thread and the console.
-  StopInfo run();
+  /// Starts the I/O thread and the vCPUs; blocks until the VM stops (see Vm::run, and its
+  /// `started`), then stops the I/O thread and the console.
+  StopInfo run(const std::function<void()>& started = {});
 
   /// While run() runs, from another thread: pauses every vCPU (a pending I/O exit completes first),
   /// parks the I/O thread, waits until every virtio request in flight has completed (qcow2 worker

@@ -337,7 +337,7 @@ Vm::FirstRun Vm::first_run() const {
   return FirstRun{.entered = at(first_entry_ns_), .exited = at(first_exit_ns_)};
 }
 
-StopInfo Vm::run() {
+StopInfo Vm::run(const std::function<void()>& started) {
   waiter_ = ::pthread_self();
   have_waiter_ = true;
   // Block the waited signals here too, in case block_signals() was not called first.
@@ -360,7 +360,11 @@ StopInfo Vm::run() {
     }
   }
   // The VM stops as for any error: the threads that started see the stop and end.
-  if (no_thread) request_stop(StopInfo{.reason = devices::StopReason::Error, .status = 0, .message = no_thread->message()});
+  if (no_thread) {
+    request_stop(StopInfo{.reason = devices::StopReason::Error, .status = 0, .message = no_thread->message()});
+  } else if (started) {
+    started();
+  }
   for (;;) {
     {
       std::lock_guard lock(mutex_);

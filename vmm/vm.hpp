@@ -95,7 +95,10 @@ class Vm final : public devices::VmControl {
 
   /// Starts the vCPU threads and blocks until the VM stops: by a device or an exit (request_stop),
   /// or by SIGINT/SIGTERM. Call from the thread that blocked those signals with block_signals().
-  StopInfo run();
+  /// `started`, if given, is called on this thread once every vCPU thread is made, while the guest
+  /// runs: work that need not come before the guest's first instruction (a fork child's
+  /// registration).
+  StopInfo run(const std::function<void()>& started = {});
 
   /// Before run(): its vCPU threads start paused (created, parked) and wait for resume(). A pool's
   /// clone is run this way before it is asked for, so its request does not wait for threads.
