@@ -74,6 +74,32 @@ TEST_CASE("vm: a guest port write reaches the bus and its stop ends run()") {
   CHECK(stop.status == 0x2a);
 }
 
+TEST_CASE("vm: run's started callback comes once the vCPU threads are made, while the guest runs") {
+  SKIP_WITHOUT_KVM();
+  // The guest spins until the byte at 0x500 is set, then writes it to the stop port:
+  //   loop: mov al, [0x500] ; test al, al ; jz loop ; out 0xf4, al ; hlt
+  const std::array<uint8_t, 10> code{0xa0, 0x00, 0x05, 0x84, 0xc0, 0x74, 0xf9, 0xe6, 0xf4, 0xf4};
+  TestVm t(code);
+  auto port = std::make_shared<StopPort>();
+  port->vm = t.vm.get();
+  REQUIRE(t.vm->buses().pio.insert(port, 0xf4, 4));
+  int calls = 0;
+  bool entered = false;
+  const vmm::StopInfo stop = t.vm->run([&] {
+    ++calls;
+    // The guest already runs (it was not held for this callback): its first KVM_RUN is seen here.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!(entered = t.vm->first_run().entered.has_value()) && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    REQUIRE(t.vm->memory().write_obj(vmm::Gpa(0x500), uint8_t{0x37}));
+  });
+  CHECK(calls == 1);
+  CHECK(entered);
+  CHECK(stop.reason == StopReason::DebugExit);
+  CHECK(stop.status == 0x37);
+}
+
 TEST_CASE("vm: a vCPU thread that cannot be made stops the VM with an error, not the process") {
   SKIP_WITHOUT_KVM();
   const std::string said = test_child::run([] {
