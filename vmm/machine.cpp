@@ -226,7 +226,8 @@ Result<bool> Machine::quiesce_at_rest(std::chrono::milliseconds grace, std::chro
     for (size_t i = 0; i < vm_->vcpu_count() && halted; ++i) {
       auto mp = vm_->vcpu(i).mp_state();
       if (!mp) return std::unexpected(mp.error());
-      halted = *mp == KVM_MP_STATE_HALTED;
+      // Idle: in HLT, or an AP never started (wait-for-SIPI), which waits as long as its guest wants.
+      halted = *mp == KVM_MP_STATE_HALTED || *mp == KVM_MP_STATE_UNINITIALIZED || *mp == KVM_MP_STATE_INIT_RECEIVED;
     }
     if (halted) return true;
     if (std::chrono::steady_clock::now() + wait >= until) return false;

@@ -40,7 +40,7 @@ class Machine {
   /// writes guest memory or raises an interrupt until resume(). Fails if requests do not drain
   /// within `timeout`.
   Result<> quiesce(std::chrono::milliseconds timeout = std::chrono::seconds(30));
-  /// quiesce(), at a moment when every vCPU waits in HLT (the guest idle) if one comes within
+  /// quiesce(), at a moment when every vCPU waits in HLT or for a SIPI (the guest idle) if one comes within
   /// `grace`: while some vCPU is not halted, it resumes and pauses again a little later. Returns
   /// whether the guest was caught idle (false: paused as it was when `grace` ran out).
   Result<bool> quiesce_at_rest(std::chrono::milliseconds grace, std::chrono::milliseconds timeout = std::chrono::seconds(30));
