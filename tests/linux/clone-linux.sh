@@ -55,7 +55,7 @@ vmm template create linux --kernel "$kernel" --initrd "$initrd" --memory 256M \
   --cmdline "console=ttyS0 quiet vmm.scenario=serve" --disk path="$work/disk.img" \
   --ready-on "serve: ready" --timeout 200 --console "file:$work/template.console" >"$work/template.out" 2>&1
 st=$?
-echo "clone-linux: template create: status $st, $(since "$t0") s"
+echo "clone-linux: template create: status $st, $(since "$t0") s: $(tail -n 1 "$work/template.out")"
 template_made=$(date +%s)
 tdir=$VMM_STATE_DIR/templates/linux
 if [ $st = 0 ] && [ -f "$tdir/manifest.json" ]; then ok "template created"; else
