@@ -339,6 +339,68 @@ Result<> plan_networks(const LiveVm& vm, const json& request, std::vector<ChildP
   return {};
 }
 
+namespace {
+/// A child's directory with its log files open (and disk/ if its disks are copied): at `dir`.
+Result<ForkSpare> make_child_dir(const fs::path& dir, bool disk_dir) {
+  std::error_code ec;
+  if (!fs::create_directory(dir, ec)) return fail("{}: cannot create{}", dir.string(), ec ? ": " + ec.message() : " (exists)");
+  ForkSpare d{.dir = dir, .console = {}, .output = {}, .disk_dir = disk_dir};
+  auto undone = [&](Error e) {  // what it made goes (not a directory that was there before)
+    fs::remove_all(dir, ec);
+    return std::unexpected(std::move(e));
+  };
+  // Where its copies of the writable disks go (prepare_disks): only if it gets any. (Its record,
+  // clone.json, the child writes.)
+  if (disk_dir && !fs::create_directory(dir / "disk", ec)) {
+    return undone(Error(fmt::format("{}: cannot create: {}", (dir / "disk").string(), ec.message())));
+  }
+  const fs::path log = dir / "console.log";
+  d.console = Fd(::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644));
+  if (!d.console) return undone(Error(fmt::format("{}: {}", log.string(), errno_text(errno))));
+  d.output = open_detached_output(dir / "vmm.log");
+  return d;
+}
+
+/// The spare's place: in the VM's own STATE/run entry (mode 0700, removed with it).
+fs::path spare_dir(const LiveVm& vm) { return vm.control->registration().dir() / "fork-spare"; }
+
+/// Makes the next fork's spare if there is none (errors leave none: that fork makes its own).
+void make_spare(const LiveVm& vm, bool disk_dir) {
+  if (vm.control == nullptr) return;
+  ForkSpares& f = *vm.fork_spares;
+  {
+    std::lock_guard lock(f.mutex);
+    if (f.spare || f.making) return;
+    f.making = true;
+  }
+  const fs::path dir = spare_dir(vm);
+  std::error_code ec;
+  fs::remove_all(dir, ec);  // one taken but not renamed, or left half made
+  auto made = make_child_dir(dir, disk_dir);
+  std::lock_guard lock(f.mutex);
+  if (made) f.spare.emplace(std::move(*made));
+  f.making = false;
+}
+
+/// The spare renamed to `dir`, if there is one that fits; else nothing (and no spare left).
+std::optional<ForkSpare> take_spare(const LiveVm& vm, const fs::path& dir, bool disk_dir) {
+  ForkSpares& f = *vm.fork_spares;
+  std::lock_guard lock(f.mutex);  // (held over the rename: make_spare() clears the spare's place)
+  std::optional<ForkSpare> s;
+  s.swap(f.spare);
+  if (!s) return std::nullopt;
+  // Never over a directory of that name (EEXIST: the caller's own attempt then says so), nor
+  // across file systems (EXDEV): then the spare goes, and the caller makes the directory.
+  if (s->disk_dir != disk_dir || ::renameat2(AT_FDCWD, s->dir.c_str(), AT_FDCWD, dir.c_str(), RENAME_NOREPLACE) != 0) {
+    std::error_code ec;
+    fs::remove_all(s->dir, ec);
+    return std::nullopt;
+  }
+  s->dir = dir;
+  return s;
+}
+}  // namespace
+
 Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const json& request, const api::PauseWindow& window) {
   Machine& m = *vm->machine;
   const unsigned count = request.value("count", 1u);
@@ -376,23 +438,21 @@ Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const json& request, con
   for (auto& plan : plans) {
     std::error_code ec;
     fs::create_directories(plan.dir.parent_path(), ec);
-    if (!fs::create_directory(plan.dir, ec)) {
-      return failed(Error(fmt::format("{}: cannot create{}", plan.dir.string(), ec ? ": " + ec.message() : " (exists)")));
+    // The first child's directory is the one made after the last fork, renamed here (~0.02 ms
+    // against ~0.6 for a directory and two new files on this host's ext4).
+    auto d = &plan == &plans.front() ? take_spare(*vm, plan.dir, copies_disks) : std::nullopt;
+    if (!d) {
+      auto made_now = make_child_dir(plan.dir, copies_disks);
+      if (!made_now) return failed(made_now.error());
+      d.emplace(std::move(*made_now));
     }
     made.push_back(plan.dir);
-    // Where its copies of the writable disks go (prepare_disks): only if it gets any. (Its record,
-    // clone.json, the child writes.)
-    if (copies_disks && !fs::create_directory(plan.dir / "disk", ec)) {
-      return failed(Error(fmt::format("{}: cannot create: {}", (plan.dir / "disk").string(), ec.message())));
-    }
+    plan.console_fd = d->console.release();
+    plan.output = std::move(d->output);
     int p[2];
     if (::pipe2(p, O_CLOEXEC) != 0) return failed(Error(fmt::format("pipe: {}", errno_text(errno))));
     reads.push_back(p[0]);
     plan.report_fd = p[1];
-    const fs::path log = plan.dir / "console.log";
-    plan.console_fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
-    if (plan.console_fd < 0) return failed(Error(fmt::format("{}: {}", log.string(), errno_text(errno))));
-    plan.output = open_detached_output(plan.dir / "vmm.log");
   }
 
   // Paused: the state, the disks as they are at this moment, the forks.
@@ -435,6 +495,9 @@ Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const json& request, con
     }
   }
   window.resume();
+  // The next fork's first directory, made while this one's children start (their parent only
+  // waits for their reports meanwhile).
+  make_spare(*vm, copies_disks);
 
   // Each child reports once it runs (or why it could not): all of them at once, 30 s at most in
   // all (one at a time, a request for 256 could have held the VM's control for hours).

@@ -4,6 +4,8 @@
 
 #include <filesystem>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -16,6 +18,28 @@
 
 namespace vmm::clone {
 
+/// A VM's stdin, stdout and stderr once it outlives its starter (detach_output() below): opened
+/// ahead by a pool's member and a fork's parent, redirected later.
+struct DetachedOutput {
+  Fd null, log;
+};
+
+/// A fork's child's directory made ahead, while nothing waits for it: its console log and
+/// vmm.log open (new files cost 0.05-0.25 ms each on this host's ext4). The next fork renames it
+/// into place for its first child. It lives in the VM's own STATE/run entry, which goes with the
+/// VM (and with a stale entry's sweep).
+struct ForkSpare {
+  std::filesystem::path dir;
+  Fd console;
+  DetachedOutput output;
+  bool disk_dir = false;  ///< it has disk/ (the VM has writable disks, which a child copies)
+};
+struct ForkSpares {
+  std::mutex mutex;
+  std::optional<ForkSpare> spare;  ///< guarded by mutex
+  bool making = false;              ///< one is being made (by one fork at a time); guarded by mutex
+};
+
 struct LiveVm {
   std::filesystem::path state_dir;
   std::filesystem::path kvm_device;
@@ -26,6 +50,7 @@ struct LiveVm {
   std::string kernel, cmdline;  ///< what it booted (a template's manifest records them)
   Machine* machine = nullptr;
   api::ControlPlane* control = nullptr;
+  std::shared_ptr<ForkSpares> fork_spares = std::make_shared<ForkSpares>();
 };
 
 /// In a child forked from a VMM process: drops what it inherited of its parent's kernel objects,
@@ -39,9 +64,6 @@ void drop_inherited(std::vector<int> keep);
 void detach_output(const std::filesystem::path& log);
 /// The same in two steps, for a pool's member, which opens (and creates) the files ahead of the
 /// request and only redirects at it.
-struct DetachedOutput {
-  Fd null, log;
-};
 DetachedOutput open_detached_output(const std::filesystem::path& log);
 void detach_output(const DetachedOutput& output);
 /// Raises the soft limit on open files to the hard one (a launcher or pool holds a socket per

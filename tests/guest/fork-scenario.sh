@@ -88,6 +88,11 @@ start=$(date +%s)
 piped=$(grep -o "^p-[0-9a-f]*" "$work/piped")
 [ $(($(date +%s) - start)) -lt 20 ] && [ -n "$piped" ] && [ -f "$VMM_STATE_DIR/clones/$piped/vmm.log" ] &&
   ok "vmm fork | cat returns once the child runs" || { bad "fork through a pipe"; cat "$work/piped"; }
+# Its directory (console log and vmm.log open) was made ahead, after the first fork, in p's own
+# STATE/run entry, and renamed into place at this one; the next fork's waits there already.
+[ -n "$piped" ] && wait_for "$VMM_STATE_DIR/clones/$piped/console.log" "changes=1$" 50 && [ -d "$VMM_STATE_DIR/run/p/fork-spare" ] &&
+  [ -f "$VMM_STATE_DIR/run/p/fork-spare/console.log" ] && ok "a fork's child directory is made ahead, after the fork before, and its console works" ||
+  { bad "the child directory made ahead"; ls -la "$VMM_STATE_DIR/run/p" "$VMM_STATE_DIR/clones/$piped" 2>&1 | sed 's/^/  | /'; }
 [ -n "$piped" ] && "$vmm" stop --timeout 0 "$piped" >/dev/null
 # Right after vmm fork returns, each child's API answers (the CLI waits for a registered VM's socket).
 ready=0
