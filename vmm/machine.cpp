@@ -227,7 +227,7 @@ Result<bool> Machine::quiesce_at_rest(std::chrono::milliseconds grace, std::chro
       auto mp = vm_->vcpu(i).mp_state();
       if (!mp) return std::unexpected(mp.error());
       // Idle: in HLT, or an AP never started (wait-for-SIPI), which waits as long as its guest wants.
-      halted = *mp == KVM_MP_STATE_HALTED || *mp == KVM_MP_STATE_UNINITIALIZED || *mp == KVM_MP_STATE_INIT_RECEIVED;
+      halted = *mp == KVM_MP_STATE_HALTED || Vcpu::waits_for_sipi(*mp);
     }
     if (halted) return true;
     if (std::chrono::steady_clock::now() + wait >= until) return false;

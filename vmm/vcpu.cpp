@@ -240,11 +240,7 @@ Result<> Vcpu::prime() {
     // An AP still in wait-for-SIPI: older kernels wait there whatever immediate_exit says, and say
     // EAGAIN when it wakes. Primed as far as it can tell: if KVM could not make its task, the
     // VM's vCPU 0 (never in wait-for-SIPI) says so and stops the VM.
-    kvm_mp_state mp{};
-    if (::ioctl(fd_.get(), KVM_GET_MP_STATE, &mp) == 0 &&
-        (mp.mp_state == KVM_MP_STATE_UNINITIALIZED || mp.mp_state == KVM_MP_STATE_INIT_RECEIVED)) {
-      return {};
-    }
+    if (auto mp = mp_state(); mp && waits_for_sipi(*mp)) return {};
     return std::unexpected(kvm_task_error(index_, err));
   }
   return fail("vCPU {}: KVM_RUN: {}", index_, errno_text(err));
@@ -268,9 +264,7 @@ Result<bool> Vcpu::run() {
   //   often HALTED). Retried, that was a vCPU thread spinning forever (seen at a cgroup's pids.max on
   //   Linux 6.18).
   // KVM_GET_MP_STATE, on this rare path only, tells them apart.
-  kvm_mp_state mp{};
-  if (::ioctl(fd_.get(), KVM_GET_MP_STATE, &mp) != 0 || mp.mp_state == KVM_MP_STATE_UNINITIALIZED ||
-      mp.mp_state == KVM_MP_STATE_INIT_RECEIVED) {
+  if (auto mp = mp_state(); !mp || waits_for_sipi(*mp)) {
     started_eagains_ = 0;
     return false;
   }

@@ -58,6 +58,10 @@ class Vcpu {
   Result<kvm_lapic_state> get_lapic() const;
   /// KVM_GET_MP_STATE (KVM_MP_STATE_HALTED: the guest waits in HLT for an interrupt).
   Result<uint32_t> mp_state() const;
+  /// Whether an mp_state is an AP's that was never started (it waits for INIT and SIPI).
+  static bool waits_for_sipi(uint32_t mp_state) {
+    return mp_state == KVM_MP_STATE_UNINITIALIZED || mp_state == KVM_MP_STATE_INIT_RECEIVED;
+  }
   Result<> set_lapic(const kvm_lapic_state& lapic);
   /// KVM_SET_MSRS; fails unless every entry was accepted.
   Result<> set_msrs(std::span<const kvm_msr_entry> msrs);
