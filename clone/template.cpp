@@ -17,7 +17,6 @@
 #include <cstdlib>
 #include <cstdio>
 #include <ctime>
-#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "clone/memory_file.hpp"
@@ -453,9 +452,18 @@ Result<CloneRecord> read_clone_record(const fs::path& clone_dir) {
 
 Result<> stage_clone_record(const fs::path& clone_dir, const CloneRecord& record) {
   const fs::path staged = clone_dir / kStagedCloneRecord;
-  std::ofstream out(staged, std::ios::trunc);
-  out << clone_json(record);
-  if (!out.flush()) return fail("{}: cannot write", staged.string());
+  const std::string text = clone_json(record);
+  // Written over in place and cut to its length after, never truncated to nothing first: ext4
+  // (auto_da_alloc) starts the writeback of a file truncated to zero and written again as it is
+  // closed, which was a tenth of a pool's request here (its member rewrites the record staged
+  // before the request). A reader meanwhile sees the old record or the new one's bytes over it.
+  Fd fd(::open(staged.c_str(), O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644));
+  if (!fd) return fail("{}: cannot write: {}", staged.string(), errno_text(errno));
+  const ssize_t n = ::pwrite(fd.get(), text.data(), text.size(), 0);
+  if (n != static_cast<ssize_t>(text.size())) {
+    return fail("{}: cannot write: {}", staged.string(), n < 0 ? errno_text(errno) : std::string("short write"));
+  }
+  if (::ftruncate(fd.get(), static_cast<off_t>(text.size())) != 0) return fail("{}: cannot write: {}", staged.string(), errno_text(errno));
   return {};
 }
 

@@ -8,7 +8,9 @@
 #include <string>
 
 #include "clone/template.hpp"
+#include "temp_dir.hpp"
 #include "template_samples.hpp"
+#include "vmm/base/read_file.hpp"
 
 namespace {
 
@@ -183,4 +185,23 @@ TEST_CASE("clone record: parsed and checked") {
   j = json::parse(clone_json(c));
   j["name"] = "a\nb";
   bad(j.dump(), "name 'a\\x0ab' has a control character");
+}
+
+TEST_CASE("clone record: staged ahead, then written over with a shorter one, leaves exactly the new record") {
+  // A pool's member stages its record before the request and writes it again at the request, in
+  // place (never truncated to nothing first: see stage_clone_record).
+  vmm::test::TempDir dir("clone-record");
+  const CloneRecord staged{.name = "member-with-a-long-name", .template_dir = "/var/lib/vmm/templates/a-long-template-name",
+                           .full = false, .pid = 4242, .created = "2026-12-05T01:00:00Z"};
+  REQUIRE(stage_clone_record(dir.path, staged));
+  CHECK(!read_clone_record(dir.path));  // not clone.json yet
+  const CloneRecord final{.name = "m", .template_dir = "/t", .full = true, .pid = 7, .created = "2026-12-06T02:00:00Z"};
+  REQUIRE(write_clone_record(dir.path, final));
+  auto text = vmm::read_file(dir / "clone.json", 64 * 1024, "clone record");
+  REQUIRE_MESSAGE(text, text.error().message());
+  CHECK(*text == clone_json(final));
+  CHECK(!std::filesystem::exists(dir / kStagedCloneRecord));
+  auto r = read_clone_record(dir.path);
+  REQUIRE_MESSAGE(r, r.error().message());
+  CHECK(r->name == "m");
 }
