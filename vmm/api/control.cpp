@@ -50,6 +50,14 @@ Result<std::unique_ptr<ControlPlane>> ControlPlane::prepare(const std::filesyste
     c->listener_ = std::move(*fd);
     c->registration_->socket_bound();
     c->listening_ = true;  // (nobody else has it yet)
+    // Its thread made now too, waiting for start(): a thread made once the guest runs takes the
+    // process's memory map for its stack (mmap, mprotect), and a vCPU that faults in a guest page
+    // meanwhile waits for it. Seen in a pool's clone (kvm and sched trace): vCPU 0 blocked there,
+    // then woken onto the CPU of the thread that made the thread, 0.25 ms before its first output.
+    ControlPlane* raw = c.get();
+    auto t = start_thread("the API's thread", [raw] { raw->run_starter(); });
+    if (!t) return std::unexpected(t.error());
+    c->starter_ = std::move(*t);
   }
   return c;
 }
@@ -59,9 +67,22 @@ Result<> ControlPlane::publish() { return registration_->publish(); }
 void ControlPlane::start(Machine& machine, VmInfo info, VmOperations ops) {
   info.api_socket = registration_->socket().string();
   const bool paused = info.paused;
-  service_ = std::make_unique<VmService>(machine, std::move(info), std::move(ops));
+  auto service = std::make_unique<VmService>(machine, std::move(info), std::move(ops));
+  if (starter_.joinable()) {  // made by prepare(), waiting for this
+    {
+      std::lock_guard lock(mutex_);
+      service_ = std::move(service);
+      machine_ = &machine;
+      paused_ = paused;
+    }
+    go_cv_.notify_one();
+    return;
+  }
+  service_ = std::move(service);
+  machine_ = &machine;
+  paused_ = paused;
   // Without its thread the VM runs on without an API, as when its socket cannot be made.
-  auto t = start_thread("the API's thread", [this, &machine, paused] { run_starter(machine, paused); });
+  auto t = start_thread("the API's thread", [this] { run_starter(); });
   if (!t) {
     fmt::print(stderr, "vmm: warning: {} has no API: {}\n", name_, t.error().message());
     return;
@@ -69,8 +90,15 @@ void ControlPlane::start(Machine& machine, VmInfo info, VmOperations ops) {
   starter_ = std::move(*t);
 }
 
-void ControlPlane::run_starter(Machine& machine, bool paused) {
+void ControlPlane::run_starter() {
   ::pthread_setname_np(::pthread_self(), "vmm-api");
+  {
+    std::unique_lock lock(mutex_);
+    go_cv_.wait(lock, [&] { return machine_ != nullptr || stopping_; });
+    if (!machine_) return;  // ended before start()
+  }
+  Machine& machine = *machine_;
+  const bool paused = paused_;
   Fd listener = std::move(listener_);
   if (!listener) {
     // Whatever happens below, wait_serving() returns.
@@ -129,7 +157,11 @@ void ControlPlane::wait_serving() {
 }
 
 ControlPlane::~ControlPlane() {
-  stopping_ = true;
+  {
+    std::lock_guard lock(mutex_);  // (so that a starter waiting for start() cannot miss it)
+    stopping_ = true;
+  }
+  go_cv_.notify_one();
   const uint64_t one = 1;
   if (wake_) (void)!::write(wake_.get(), &one, sizeof one);
   if (starter_.joinable()) starter_.join();

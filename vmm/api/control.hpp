@@ -23,8 +23,8 @@ class ControlPlane {
                                                       const std::filesystem::path& socket = {});
   /// Everything create() does but taking the name (Registration::prepare); with `bind_now`, the
   /// default socket is bound and listening too, so that start() and wait_serving() wait for
-  /// nothing. publish() takes the name: a pool's member prepares before the request and publishes
-  /// at it.
+  /// nothing, and the API's thread is made, waiting for start(). publish() takes the name: a pool's
+  /// member prepares before the request and publishes at it.
   static Result<std::unique_ptr<ControlPlane>> prepare(const std::filesystem::path& state_dir, const std::string& name,
                                                        const std::filesystem::path& socket, bool bind_now);
   Result<> publish();
@@ -42,8 +42,9 @@ class ControlPlane {
 
  private:
   ControlPlane() = default;
-  /// The starter thread: listen, wait for the first client (or the end), then serve.
-  void run_starter(Machine& machine, bool paused);
+  /// The starter thread: wait for start() (made by prepare(bind_now), it waits), listen, wait for
+  /// the first client (or the end), then serve.
+  void run_starter();
 
   std::unique_ptr<Registration> registration_;
   std::string name_;  ///< the VM's, for warnings (a fleet's clones share their launcher's stderr)
@@ -52,6 +53,9 @@ class ControlPlane {
   Fd wake_;  ///< eventfd: the destructor's "stop" to a starter waiting for a client
   std::atomic<bool> stopping_{false};
   std::mutex mutex_;
+  std::condition_variable go_cv_;  ///< start() (or the end) to a starter made ahead
+  Machine* machine_ = nullptr;     // guarded by mutex_ until the starter has it
+  bool paused_ = false;            // likewise
   std::condition_variable listening_cv_;
   bool listening_ = false;              // guarded by mutex_: the socket listens, or never will
   std::unique_ptr<HttpServer> server_;  // guarded by mutex_
