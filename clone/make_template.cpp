@@ -146,7 +146,7 @@ int create_template(const TemplateCreateOptions& o) {
   std::string seen;  // the console's last bytes: enough to find the text, and to quote on failure
   constexpr size_t kTail = 160;
   constexpr auto kLineGrace = std::chrono::milliseconds(200);
-  constexpr auto kIdleGrace = std::chrono::milliseconds(200);
+  constexpr auto kIdleGrace = Machine::kAtRestGrace;
   auto tap = [&, text = o.ready_on](std::span<const uint8_t> bytes) {
     std::lock_guard lock(mutex);
     if (line_done) return;

@@ -44,6 +44,8 @@ class Machine {
   /// `grace`: while some vCPU is not halted, it resumes and pauses again a little later. Returns
   /// whether the guest was caught idle (false: paused as it was when `grace` ran out).
   Result<bool> quiesce_at_rest(std::chrono::milliseconds grace, std::chrono::milliseconds timeout = std::chrono::seconds(30));
+  /// The grace that `template create` (after its ready line) and the API's "at_rest" give a guest.
+  static constexpr std::chrono::milliseconds kAtRestGrace{200};
   /// Lets the I/O thread and the vCPUs run on after quiesce().
   void resume();
   /// Lets the I/O thread alone run on (the vCPUs stay paused).

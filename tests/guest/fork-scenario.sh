@@ -181,6 +181,10 @@ if command -v curl >/dev/null; then
   # paused for the rest). The child is stopped with the others below.
   expect_api fork 200 '^\{"capture_ms":[0-9.e-]+,"children":\[\{"name":"p-[0-9a-f]+","pid":[0-9]+\}\],"disks_ms":[0-9.e-]+,"fork_ms":[0-9.e-]+,"paused_ms":[0-9.e-]+,"prepare_ms":[0-9.e-]+,"quiesce_ms":[0-9.e-]+,"resume_ms":[0-9.e-]+\}$' -- -X PUT -d '{"count":1}' http://x/vm/fork
   children="$children $(sed -n 's/.*"name":"\(p-[0-9a-f]*\)".*/\1/p' "$work/body")"
+  # "at_rest": the fork waits until the guest idles (the identity guest sleeps in HLT), and says so.
+  expect_api fork_at_rest 200 '"at_rest":true' -- -X PUT -d '{"count":1,"at_rest":true}' http://x/vm/fork
+  children="$children $(sed -n 's/.*"name":"\(p-[0-9a-f]*\)".*/\1/p' "$work/body")"
+  expect_api at_rest_type 400 "'at_rest' must be true or false" -- -X PUT -d '{"dir":"/nonexistent/t","at_rest":1}' http://x/vm/snapshot
   # A client that sends half a request and stalls holds up nobody: others are served meanwhile.
   # (curl --limit-rate 1 sends the headers and a byte of its body, then a byte a second: the body,
   # 3 bytes that are not JSON, has arrived after 2 s)
@@ -402,6 +406,16 @@ grep -q "sector 5 byte=0x42" "$work/sc.out" && grep -q "sector 5 byte=0x44" "$wo
 "$vmm" template verify "$work/snapb" >/dev/null 2>&1 && [ "$(cd "$work/snapb" && find . -type f | sort | xargs sha256sum)" = "$before" ] &&
   ok "the snapshot verifies and is unchanged" || bad "snapshot changed"
 "$vmm" snapshot b "$work/snapb" >"$work/e" 2>&1; [ $? = 2 ] && grep -q "already exists" "$work/e" && ok "snapshot onto an existing template refused" || { bad "snapshot exists"; cat "$work/e"; }
+# --at-rest waits (200 ms at most) for every vCPU to idle. The echo guest polls its UART and never
+# does: saved as it is, and said so.
+"$vmm" run --name busy --kernel "$guest" --cmdline echo --memory 64M --console none >/dev/null 2>"$work/busy.err" &
+pids="$pids $!"
+n=0
+while [ ! -S "$VMM_STATE_DIR/run/busy/api.sock" ] && [ $n -lt 300 ]; do sleep 0.1; n=$((n + 1)); done
+"$vmm" snapshot busy "$work/snapbusy" --at-rest >"$work/e" 2>&1 && [ -f "$work/snapbusy/manifest.json" ] &&
+  grep -qx "vmm: busy: saved busy: a vCPU had not gone idle within 200 ms" "$work/e" &&
+  ok "vmm snapshot --at-rest of a guest that never idles: saved busy, and says so" || { bad "snapshot --at-rest"; cat "$work/e" "$work/busy.err"; }
+"$vmm" stop --timeout 0 busy >/dev/null 2>&1
 # While a snapshot runs (256 MiB of disk to flatten), GET /vm answers at once, saying paused, and
 # another operation is a 409: neither waits behind it (vmm ps showed the VM as unknown, and a
 # pause given up on by its client was done minutes later).

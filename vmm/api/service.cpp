@@ -134,16 +134,18 @@ HttpResponse VmService::route(const HttpRequest& r) {
     return stop(*body);
   }
   if (r.path == "/vm/snapshot") {
-    auto body = parse_body(r.body, {"dir", "resume"});
+    auto body = parse_body(r.body, {"dir", "resume", "at_rest"});
     if (!body) return body.error();
     if (!body->contains("dir") || !(*body)["dir"].is_string() || (*body)["dir"].get<std::string>().empty()) {
       return fault(400, "'dir' (a path for the template) is required");
     }
-    if (body->contains("resume") && !(*body)["resume"].is_boolean()) return fault(400, "'resume' must be true or false");
+    for (const char* flag : {"resume", "at_rest"}) {
+      if (body->contains(flag) && !(*body)[flag].is_boolean()) return fault(400, fmt::format("'{}' must be true or false", flag));
+    }
     return paused_operation(*body, ops_.snapshot);
   }
   // /vm/fork
-  auto body = parse_body(r.body, {"count", "resume", "children_paused", "nets", "hostname", "ip", "gateway"});
+  auto body = parse_body(r.body, {"count", "resume", "children_paused", "at_rest", "nets", "hostname", "ip", "gateway"});
   if (!body) return body.error();
   if (body->contains("nets")) {
     const json& n = (*body)["nets"];
@@ -160,7 +162,7 @@ HttpResponse VmService::route(const HttpRequest& r) {
       return fault(400, "'count' must be an integer from 1 to 256");
     }
   }
-  for (const char* flag : {"resume", "children_paused"}) {
+  for (const char* flag : {"resume", "children_paused", "at_rest"}) {
     if (body->contains(flag) && !(*body)[flag].is_boolean()) return fault(400, fmt::format("'{}' must be true or false", flag));
   }
   return paused_operation(*body, ops_.fork);
@@ -346,6 +348,8 @@ HttpResponse VmService::paused_operation(const json& body, const PausedOperation
   auto ms = [](clock::time_point from, clock::time_point to) { return std::chrono::duration<double, std::milli>(to - from).count(); };
   const auto requested = clock::now();
   const bool want_resume = !paused_ && body.value("resume", true);
+  const bool want_rest = body.value("at_rest", false);
+  std::optional<bool> at_rest;  // with "at_rest": whether the guest was caught idle
   std::optional<clock::time_point> paused_at;  // when this operation paused the VM
   double quiesce_ms = 0, resume_ms = 0;
   double paused_ms = -1;  // how long this request kept the guest from running
@@ -358,7 +362,19 @@ HttpResponse VmService::paused_operation(const json& body, const PausedOperation
     if (paused_ && quiesced_) return {};
     const bool was_paused = paused_;
     paused_at = clock::now();
-    if (auto r = machine_.quiesce(); !r) {
+    // "at_rest": paused when every vCPU idles (HLT), if that comes within Machine::kAtRestGrace,
+    // so that a template or a fork does not begin in the middle of the guest's work (a line half
+    // printed, which every clone would finish first); a guest already paused is taken as it is.
+    // The wait counts in quiesce_ms and paused_ms, though the guest ran during it.
+    Result<bool> quiesced = false;
+    if (want_rest && !was_paused) {
+      quiesced = machine_.quiesce_at_rest(Machine::kAtRestGrace);
+      if (quiesced) at_rest = *quiesced;
+    } else if (auto q = machine_.quiesce(); !q) {
+      quiesced = std::unexpected(q.error());
+    }
+    if (!quiesced) {
+      const Error r = quiesced.error();
       // Its I/O runs again; vCPUs that were paused (a fork's child started paused) stay so.
       if (was_paused) {
         machine_.resume_io();
@@ -366,8 +382,8 @@ HttpResponse VmService::paused_operation(const json& body, const PausedOperation
         machine_.resume();
       }
       paused_at.reset();
-      pause_error = r.error();
-      return r;
+      pause_error = r;
+      return std::unexpected(r);
     }
     paused_ = true;
     quiesced_ = true;
@@ -397,6 +413,7 @@ HttpResponse VmService::paused_operation(const json& body, const PausedOperation
     (*result)["quiesce_ms"] = quiesce_ms;
     (*result)["resume_ms"] = resume_ms;
   }
+  if (result->is_object() && at_rest) (*result)["at_rest"] = *at_rest;
   return ok_json(*result);
 }
 

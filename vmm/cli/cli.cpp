@@ -305,11 +305,14 @@ int main(int argc, char** argv) {
   if (vm_verbs[3]) {
     vm_verbs[3]->add_option("DIR", vmc.dir, "Where the template goes (a new directory)")->required();
     vm_verbs[3]->add_flag("--paused", vmc.stay_paused, "Leave the VM paused afterwards");
+    vm_verbs[3]->add_flag("--at-rest", vmc.at_rest, "Pause once every vCPU idles (HLT), within 200 ms, so that the template does not "
+                                                   "begin in the middle of the guest's work");
   }
   if (vm_verbs[4]) {
     vm_verbs[4]->add_option("--count", vmc.count, "How many copies")->capture_default_str()->check(kDecimal)->check(CLI::Range(1, 256));
     vm_verbs[4]->add_flag("--paused", vmc.stay_paused, "Leave the parent paused afterwards");
     vm_verbs[4]->add_flag("--children-paused", vmc.children_paused, "Start the copies paused ('vmm resume' runs them)");
+    vm_verbs[4]->add_flag("--at-rest", vmc.at_rest, "Fork once every vCPU idles (HLT), within 200 ms, rather than at once");
     vm_verbs[4]->add_option("--net", vmc.nets, "Each copy's interface: tap=NAME[,bridge=BRIDGE][,netns=NAME], one per interface of the VM "
                                                "(NAME holds {name} or {i}: each copy its own TAP)");
     vm_verbs[4]->add_option("--hostname", vmc.hostname, "Each copy's hostname (may hold {name} and {i})");

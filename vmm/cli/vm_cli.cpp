@@ -16,6 +16,7 @@
 #include "vmm/base/process.hpp"
 #include "vmm/cli/cli.hpp"
 #include "vmm/exit_status.hpp"
+#include "vmm/machine.hpp"
 
 namespace vmm::cli {
 
@@ -109,10 +110,10 @@ int vm_command_answered(const VmCommand& c) {
     req.body = json{{"timeout_s", c.timeout_s}}.dump();
     timeout = c.timeout_s + 5;
   } else if (c.verb == "snapshot") {
-    req.body = json{{"dir", fs::absolute(c.dir).string()}, {"resume", !c.stay_paused}}.dump();
+    req.body = json{{"dir", fs::absolute(c.dir).string()}, {"resume", !c.stay_paused}, {"at_rest", c.at_rest}}.dump();
     timeout = 600;
   } else if (c.verb == "fork") {
-    json body{{"count", c.count}, {"resume", !c.stay_paused}, {"children_paused", c.children_paused}};
+    json body{{"count", c.count}, {"resume", !c.stay_paused}, {"children_paused", c.children_paused}, {"at_rest", c.at_rest}};
     if (!c.nets.empty()) body["nets"] = c.nets;
     for (auto [key, value] : {std::pair{"hostname", &c.hostname}, {"ip", &c.ip}, {"gateway", &c.gateway}}) {
       if (!value->empty()) body[key] = *value;
@@ -164,9 +165,15 @@ int vm_command_answered(const VmCommand& c) {
                    c.target, times, j.value("paused_ms", 0.0), j.value("quiesce_ms", 0.0), j.value("capture_ms", 0.0),
                    j.value("disks_ms", 0.0), j.value("fork_ms", 0.0), j.value("resume_ms", 0.0), j.value("prepare_ms", 0.0));
       }
+      if (j.contains("at_rest") && !j["at_rest"].get<bool>()) {
+        fmt::print(stderr, "vmm: {}: forked busy: a vCPU had not gone idle within {} ms\n", c.target, Machine::kAtRestGrace.count());
+      }
       if (failed) return exit_code::kVmmError;
     } else if (c.verb == "snapshot" && j.is_object() && j.contains("template")) {
       fmt::print("{}\n", j["template"].get<std::string>());
+      if (j.contains("at_rest") && !j["at_rest"].get<bool>()) {
+        fmt::print(stderr, "vmm: {}: saved busy: a vCPU had not gone idle within {} ms\n", c.target, Machine::kAtRestGrace.count());
+      }
     } else {
       fmt::print("{}\n", r->body);
     }

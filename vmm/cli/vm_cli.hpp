@@ -17,6 +17,7 @@ struct VmCommand {
   bool stay_paused = false; ///< snapshot/fork --paused: do not resume afterwards
   unsigned count = 1;       ///< fork --count
   bool children_paused = false;  ///< fork --children-paused
+  bool at_rest = false;     ///< snapshot/fork --at-rest: paused once the guest idles (within 200 ms)
   std::vector<std::string> nets;  ///< fork --net (each child's TAP patterns)
   std::string hostname, ip, gateway;  ///< fork --hostname/--ip/--gateway
   double timeout_s = 10;    ///< stop --timeout
