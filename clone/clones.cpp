@@ -120,7 +120,7 @@ std::expected<std::unique_ptr<PreparedClone>, Failure> prepare_clone(OpenTemplat
   // A clone that fails to start leaves nothing behind (its name stays free, the template has no
   // dependant); one that ran keeps its directory (its disks hold what it wrote).
   c->dir = cdir;
-  fs::create_directory(cdir / "disk", ec);
+  if (!t.manifest.disks.empty()) fs::create_directory(cdir / "disk", ec);  // (a new directory: ~30 µs here)
 
   // Memory: the template's file mapped copy-on-write (once per template: inherited by a fleet's
   // clones, which adopt the launcher's mapping), or for a full clone its own copy.
