@@ -110,10 +110,13 @@ int vm_command_answered(const VmCommand& c) {
     req.body = json{{"timeout_s", c.timeout_s}}.dump();
     timeout = c.timeout_s + 5;
   } else if (c.verb == "snapshot") {
-    req.body = json{{"dir", fs::absolute(c.dir).string()}, {"resume", !c.stay_paused}, {"at_rest", c.at_rest}}.dump();
+    json body{{"dir", fs::absolute(c.dir).string()}, {"resume", !c.stay_paused}};
+    if (c.at_rest) body["at_rest"] = true;  // (only when asked: a VM of an older vmm refuses the field)
+    req.body = body.dump();
     timeout = 600;
   } else if (c.verb == "fork") {
-    json body{{"count", c.count}, {"resume", !c.stay_paused}, {"children_paused", c.children_paused}, {"at_rest", c.at_rest}};
+    json body{{"count", c.count}, {"resume", !c.stay_paused}, {"children_paused", c.children_paused}};
+    if (c.at_rest) body["at_rest"] = true;
     if (!c.nets.empty()) body["nets"] = c.nets;
     for (auto [key, value] : {std::pair{"hostname", &c.hostname}, {"ip", &c.ip}, {"gateway", &c.gateway}}) {
       if (!value->empty()) body[key] = *value;
@@ -142,6 +145,12 @@ int vm_command_answered(const VmCommand& c) {
       return report_error(exit_code::kVmmError, fmt::format("{}: told to stop, but {}", c.target, w.error().message()));
     }
   }
+  // An "at_rest" operation whose guest did not idle in time was done all the same: said on stderr.
+  auto say_if_busy = [&c](const json& j, const char* done) {
+    if (j.contains("at_rest") && j["at_rest"].is_boolean() && !j["at_rest"].get<bool>()) {
+      fmt::print(stderr, "vmm: {}: {} busy: a vCPU had not gone idle within {} ms\n", c.target, done, Machine::kAtRestGrace.count());
+    }
+  };
   if (r->status >= 300) return report_error(r->status < 500 ? exit_code::kUsage : exit_code::kVmmError, fmt::format("{}: {}", c.target, fault_text(*r)));
   if (!r->body.empty()) {
     auto j = json::parse(r->body, nullptr, false);
@@ -165,15 +174,11 @@ int vm_command_answered(const VmCommand& c) {
                    c.target, times, j.value("paused_ms", 0.0), j.value("quiesce_ms", 0.0), j.value("capture_ms", 0.0),
                    j.value("disks_ms", 0.0), j.value("fork_ms", 0.0), j.value("resume_ms", 0.0), j.value("prepare_ms", 0.0));
       }
-      if (j.contains("at_rest") && !j["at_rest"].get<bool>()) {
-        fmt::print(stderr, "vmm: {}: forked busy: a vCPU had not gone idle within {} ms\n", c.target, Machine::kAtRestGrace.count());
-      }
+      say_if_busy(j, "forked");
       if (failed) return exit_code::kVmmError;
     } else if (c.verb == "snapshot" && j.is_object() && j.contains("template")) {
       fmt::print("{}\n", j["template"].get<std::string>());
-      if (j.contains("at_rest") && !j["at_rest"].get<bool>()) {
-        fmt::print(stderr, "vmm: {}: saved busy: a vCPU had not gone idle within {} ms\n", c.target, Machine::kAtRestGrace.count());
-      }
+      say_if_busy(j, "saved");
     } else {
       fmt::print("{}\n", r->body);
     }
