@@ -238,6 +238,20 @@ log(f"in-process clones (vmm template bench), {runs} runs of 20")
 inproc_ms = {"256": [inproc("c256", CNT.decode()) for _ in range(runs)]}
 if runs4g:
     inproc_ms["4g"] = [inproc("d4g", DIRTY.decode()) for _ in range(runs)]
+# KVM's own floor at the same sizes, in the same run (scripts/bench/kvm-floor.c): a VM over a private
+# mapping of the template's memory file, with irqchip, PIT, a vCPU and its CPUID, run to its first
+# instruction's exit; nothing of vmm's (no restore, no devices, no guest work). Each run's median of 20.
+def kvm_floor(template, mib):
+    r = subprocess.run([f"{work}/kvm-floor", "clone", f"{state}/templates/{template}/memory.bin", str(mib), "20"],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    m = re.search(r"total median ([0-9.]+)", r.stdout)
+    if r.returncode != 0 or not m:
+        die(f"kvm-floor clone {template} failed:\n{r.stdout}")
+    return float(m.group(1))
+big_mib = int(big_mem[:-1]) * (1024 if big_mem.endswith("G") else 1)
+floor_ms = {"256": [kvm_floor("c256", 256) for _ in range(runs)]}
+if runs4g:
+    floor_ms["4g"] = [kvm_floor("d4g", big_mib) for _ in range(runs)]
 load1 = open("/proc/loadavg").read().split()[:3]
 
 # ================================================================================================
@@ -255,6 +269,10 @@ row("256 MiB: exec -> exit after quit", ext["ours256"], ext["qemu256"], "ms")
 row(f"{BIG}: exec -> exit after quit", ext.get("ours4g"), ext.get("qemu4g"), "ms")
 row("in-process clone, 256 MiB (vmm template bench; no peer)", inproc_ms["256"], None, "ms", target="target <= 1 ms")
 row(f"in-process clone, {BIG} dirtied (no peer)", inproc_ms.get("4g"), None, "ms", target="target <= 2x its floor")
+for k, size in (("256", "256 MiB"), ("4g", BIG)):
+    if k in floor_ms and k in inproc_ms:
+        print(f"  {'KVM floor, ' + size + ' (kvm-floor.c; to the first instruction)':<58} {spread(floor_ms[k]):>26}"
+              f"   in-process / floor: {med(inproc_ms[k]) / med(floor_ms[k]):.2f}x")
 print()
 print(f"clones/s, {nclones} clones of the 256 MiB template back to back (each to its first output, then quit)")
 header()

@@ -17,7 +17,10 @@
 #   in-process clone: `vmm template bench T --count 20` (no peer): the clone path alone as a library
 #     call in one process, from mapping the memory file to the first byte of the answer to `get`, as
 #     the UART took it (directory, overlays, devices, KVM VM, restore, identity, vCPUs), each run's
-#     median of 20.
+#     median of 20. Beside it KVM's own floor at the same size (scripts/bench/kvm-floor.c, median of
+#     20): a VM over a private mapping of the template's memory file, irqchip, PIT, one vCPU with the
+#     host's CPUID, run to its first instruction's exit, and nothing else (no restore, no devices,
+#     none of the guest's own work after resume); the row says in-process / floor.
 #   clones/s: CLONES clones of the 256 MiB template back to back, each run to its first output and
 #     told `quit`; "serial" waits for each to exit before the next starts, "pipelined" starts the
 #     next as soon as the previous one answered (exits are reaped meanwhile).
@@ -69,6 +72,7 @@ trap cleanup EXIT
 # Private copies: other builds may relink build/ while this runs.
 cp "$dir/vmm/vmm" "$dir/vmm/vmm-http.so" "$work/"  # the binary and its API plugin
 cp "$dir/guest-images/testguest.elf" "$work/testguest.elf"
+cc -O2 -static -o "$work/kvm-floor" "$root/scripts/bench/kvm-floor.c"  # KVM's own floor (static: it runs in L1 as well)
 
 if ((direct)); then
   args=("$runs" "${CLONES:-$((kvm ? 100 : 20))}" "${IDLE:-$((kvm ? 20 : 10))}" "${TEMPLATE_RUNS_4G:-2}"

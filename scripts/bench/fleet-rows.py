@@ -4,7 +4,7 @@ when it has a usable /dev/kvm (the direct lane), otherwise inside the nested lan
 usage: fleet-rows.py RUNS WORK FLEET IDLE REV   (WORK holds vmm, vmm-http.so, testguest.elf)
 env:   VMM_BENCH_LIB (this directory), FORK_SIZES ("256M:128 1G:512 4G:1024": memory:MiB dirtied
        for the live-fork rows), BENCH_LANE (where this runs, for the report's first line)."""
-import json, os, socket, statistics, subprocess, sys, time
+import json, os, re, socket, statistics, subprocess, sys, time
 from concurrent.futures import ThreadPoolExecutor
 sys.path.insert(0, os.environ["VMM_BENCH_LIB"])
 import benchlib
@@ -60,7 +60,7 @@ def stop_all():
 load0 = open("/proc/loadavg").read().split()[:3]
 
 # ---- live fork ------------------------------------------------------------------------------------
-fork = {}
+fork, fork_floor = {}, {}
 fork_sizes = [(m, int(d)) for m, d in (x.split(":") for x in os.environ.get("FORK_SIZES", "256M:128 1G:512 4G:1024").split())]
 for mem, dirty in fork_sizes:
     name = f"f{mem}"
@@ -90,6 +90,19 @@ for mem, dirty in fork_sizes:
         time.sleep(0.05)
     fork[mem] = (paused, response, parts)
     finish(p)
+    # KVM's own floor for a fork at this size (scripts/bench/kvm-floor.c): fork() of a process whose
+    # VM's guest wrote the same amount of its memory, and the child's own VM over the inherited RAM,
+    # run to its first instruction's exit; nothing of vmm's. Each run's median of 10.
+    mib = int(mem[:-1]) * (1024 if mem.endswith("G") else 1)
+    floors = []
+    for i in range(runs):
+        r = subprocess.run([f"{work}/kvm-floor", "fork", str(mib), str(dirty), "10"], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=600)
+        m = re.search(r"fork\(\) median ([0-9.]+) .*first exit median ([0-9.]+)", r.stdout)
+        if r.returncode != 0 or not m:
+            sys.exit(f"fleet.sh: kvm-floor fork failed ({r.returncode}): {r.stdout[-400:]}")
+        floors.append((float(m.group(1)), float(m.group(2))))
+    fork_floor[mem] = floors
 
 # ---- a fleet --------------------------------------------------------------------------------------
 log("templates: ours and QEMU's (256 MiB counter guest)")
@@ -235,6 +248,11 @@ for mem, _ in fork_sizes:
     row(f"{mem}: request -> child about to run (API response)", fork[mem][1], None, "ms", target="target <= 2 ms")
     steps = sorted(fork[mem][2].items(), key=lambda kv: (not kv[0].startswith("parent"), benchlib.med(kv[1])))
     print(f"    {mem} medians: " + ", ".join(f"{k} {benchlib.med(v):.2f}" for k, v in steps))
+    if fork_floor.get(mem):
+        fl = fork_floor[mem]
+        print(f"    {mem} KVM floor (kvm-floor.c): fork() {spread([f[0] for f in fl])}, fork -> the child's first instruction"
+              f" {spread([f[1] for f in fl])}; ours / floor: paused {med(fork[mem][0]) / med([f[0] for f in fl]):.2f}x,"
+              f" child {med(fork[mem][1]) / med([f[1] for f in fl]):.2f}x")
 print()
 print(f"fleet: vmm run --clone-of --count {nfleet} --detach (256 MiB counter template)")
 header()

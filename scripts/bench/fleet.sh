@@ -11,7 +11,9 @@
 #     1 GiB and 4 GiB; under each, the medians of the parts: the parent's (prepare, before the pause;
 #     quiesce, capture, disks, fork, resume) and the child's steps in ms from the fork's start (its GET /vm start_ms:
 #     forked, inherited_dropped, registered, devices, machine, restored, identity, first_entry).
-#     QEMU has no live fork: no peer.
+#     QEMU has no live fork: no peer. KVM's own floor at each size (scripts/bench/kvm-floor.c fork,
+#     median of 10): fork() of a process whose VM's guest wrote the same MiB, and fork -> the child's
+#     own VM over the inherited RAM at its first instruction's exit; ours / floor for both.
 #   fleet: `--count N --detach` of the 256 MiB counter template: clones/s over the whole fleet, and
 #     the clones' own start times (fork -> about to run, as each reports), overall and by hundred
 #     (does creating a VM get slower as their number grows?). Peer: QEMU -incoming of the same
@@ -58,7 +60,8 @@ cleanup() {
 }
 trap cleanup EXIT
 cp "$dir/vmm/vmm" "$dir/vmm/vmm-http.so" "$dir/guest-images/testguest.elf" "$work/"
-cc -O2 -static -o "$work/vm-growth" "$root/scripts/bench/vm-growth.c"  # static: it runs in L1 as well
+cc -O2 -static -o "$work/vm-growth" "$root/scripts/bench/vm-growth.c"  # static: they run in L1 as well
+cc -O2 -static -o "$work/kvm-floor" "$root/scripts/bench/kvm-floor.c"
 
 rev=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
 if ((kvm)); then

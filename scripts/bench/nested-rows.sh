@@ -4,7 +4,7 @@
 # nested_rows NAME TIMEOUT L1_MIB WORK [VAR=VALUE...] SCRIPT.py RUNS ARG...: prints the report of
 # SCRIPT.py run in L1 with the VARs in its environment (rows-inner.sh). L1's console goes to
 # WORK/NAME.log; on failure its last lines are shown and it is kept in $TMPDIR. Needs $root and the
-# release build's binaries in WORK (vmm, vmm-http.so, testguest.elf; vm-growth if there).
+# release build's binaries in WORK (vmm, vmm-http.so, testguest.elf; vm-growth and kvm-floor if there).
 nested_rows() {
   local name=$1 timeout=$2 mib=$3 work=$4 status f script a
   shift 4
@@ -16,6 +16,7 @@ nested_rows() {
   done
   command -v strace >/dev/null && extra+=(--bin "$(command -v strace)")
   [[ -x $work/vm-growth ]] && extra+=(--bin "$work/vm-growth")
+  [[ -x $work/kvm-floor ]] && extra+=(--bin "$work/kvm-floor")
   echo "$name: no usable /dev/kvm here: the test-guest rows run in the nested lane (L1: QEMU TCG, 2 vCPUs, ${mib} MiB)" >&2
   set +e
   VMM_NESTED_VMM_LIMIT=0 "$root/scripts/nested/run.sh" --cpus 2 --memory "$mib" --timeout "$timeout" --quiet \

@@ -17,6 +17,7 @@ rm -rf "$work"
 mkdir -p "$work"
 cp /files/bin/vmm /files/bin/vmm-http.so /files/testguest.elf "$work/"
 [ -x /files/bin/vm-growth ] && cp /files/bin/vm-growth "$work/"
+[ -x /files/bin/kvm-floor ] && cp /files/bin/kvm-floor "$work/"
 export PYTHONHOME=/files/python PYTHONDONTWRITEBYTECODE=1 VMM_BENCH_LIB=/files/bench
 export VMM_BENCH_QEMU_DATA=/files/qemu TMPDIR=$work
 cpus=$(grep -c '^processor' /proc/cpuinfo)
