@@ -218,6 +218,7 @@ ls "$VMM_STATE_DIR/clones" >"$work/clones-before"
 expect template_bench 0 "^  to the answer: median [0-9.]+ ms \(min [0-9.]+, max [0-9.]+\)$" -- \
   "$vmm" template bench counter --count 5
 grep -qE "^vmm template bench: 5 clones of counter \(256 MiB, 1 vCPU\(s\)\) in one process$" "$work/out" &&
+  grep -qE "^  to the guest's first exit: median [0-9.]+ ms \(min [0-9.]+, max [0-9.]+\)$" "$work/out" &&
   grep -qE "steps .*: template [0-9.]+; files [0-9.]+; devices [0-9.]+; machine [0-9.]+; restored [0-9.]+; answer [0-9.]+;$" "$work/out" &&
   ok "template bench: its summary and steps" || { bad "template bench output"; sed 's/^/  | /' "$work/out"; }
 ls "$VMM_STATE_DIR/clones" | cmp -s - "$work/clones-before" && ok "template bench leaves no clone behind" ||
