@@ -286,3 +286,13 @@ row(f"clones/s: {npool} from a full pool, {nclients} clients at once", rates_con
     "target >= 2000/s")
 row(f"clones/s: {5 * npool} back to back (sustained: refill)", [rate_sustained], None, "clones/s", "{:.0f}", True)
 row(f"clones/s: {npool} back to back, the identity guest (its own work)", [rate_identity], None, "clones/s", "{:.0f}", True)
+print()
+# The anchors: figures others published (../shared/design/CLONES.md), not measured in this
+# run or on this host; ours beside them from the rows above.
+print("anchors (published figures, not measured here; ours from the rows above)")
+print(f"  {'zeroboot: spawn p50 0.79 ms (p99 1.74)':<58} ours: pool request -> first instruction {med(p_entry):.2f} ms,"
+      f" -> first console byte {med(p_output):.2f} ms; live fork request -> child about to run {med(fork[fork_sizes[0][0]][1]):.2f} ms"
+      f" at {fork_sizes[0][0]}")
+print(f"  {'zeroboot: 1000 forks in 815 ms':<58} ours: {nfleet} clones (--count --detach) in {total * 1e3:.0f} ms")
+print(f"  {'zeroboot: ~265 KB per sandbox; Firecracker <= 5 MiB per VM':<58} ours: {med(private_ours):.0f} KiB private per process,"
+      f" {(avail0 - avail1) / nfleet:.0f} KiB MemAvailable per clone with KVM's kernel memory")

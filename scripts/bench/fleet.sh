@@ -32,6 +32,9 @@
 #     bounds its rate on two CPUs, shown in its own row): clones/s for 16 requests back to back and
 #     for 16 from POOL_CLIENTS clients at once, each from a full pool (RUNS times), and for 80 back
 #     to back (the refill keeping up). Peer: QEMU -incoming's exec -> first output.
+#   anchors: the published figures the fleet issue names (zeroboot's spawn p50 0.79 ms, 1000 forks
+#     in 815 ms, ~265 KB per sandbox; Firecracker's <= 5 MiB per VM; ../shared/design/CLONES.md),
+#     not measured here, with ours from the rows above beside them.
 #
 # usage: scripts/bench/fleet.sh [RUNS]      (default 5)
 # env:   FLEET (1000; 100 nested)  IDLE (20; 10 nested)  FORK_SIZES ("256M:128 1G:512 4G:1024", the
