@@ -68,19 +68,16 @@ void ControlPlane::start(Machine& machine, VmInfo info, VmOperations ops) {
   info.api_socket = registration_->socket().string();
   const bool paused = info.paused;
   auto service = std::make_unique<VmService>(machine, std::move(info), std::move(ops));
+  {
+    std::lock_guard lock(mutex_);  // (a starter made by prepare() may be waiting for them)
+    service_ = std::move(service);
+    machine_ = &machine;
+    paused_ = paused;
+  }
   if (starter_.joinable()) {  // made by prepare(), waiting for this
-    {
-      std::lock_guard lock(mutex_);
-      service_ = std::move(service);
-      machine_ = &machine;
-      paused_ = paused;
-    }
     go_cv_.notify_one();
     return;
   }
-  service_ = std::move(service);
-  machine_ = &machine;
-  paused_ = paused;
   // Without its thread the VM runs on without an API, as when its socket cannot be made.
   auto t = start_thread("the API's thread", [this] { run_starter(); });
   if (!t) {

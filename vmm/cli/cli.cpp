@@ -19,6 +19,7 @@
 #include "vmm/cli/template_cli.hpp"
 #include "vmm/cli/vm_cli.hpp"
 #include "vmm/exit_status.hpp"
+#include "vmm/machine.hpp"
 #include "vmm/vm.hpp"
 
 namespace vmm::cli {
@@ -305,14 +306,16 @@ int main(int argc, char** argv) {
   if (vm_verbs[3]) {
     vm_verbs[3]->add_option("DIR", vmc.dir, "Where the template goes (a new directory)")->required();
     vm_verbs[3]->add_flag("--paused", vmc.stay_paused, "Leave the VM paused afterwards");
-    vm_verbs[3]->add_flag("--at-rest", vmc.at_rest, "Pause once every vCPU idles (HLT), within 200 ms, so that the template does not "
-                                                   "begin in the middle of the guest's work");
+    vm_verbs[3]->add_flag("--at-rest", vmc.at_rest, fmt::format("Pause once every vCPU idles (HLT), within {} ms, so that the template does "
+                                                               "not begin in the middle of the guest's work",
+                                                               Machine::kAtRestGrace.count()));
   }
   if (vm_verbs[4]) {
     vm_verbs[4]->add_option("--count", vmc.count, "How many copies")->capture_default_str()->check(kDecimal)->check(CLI::Range(1, 256));
     vm_verbs[4]->add_flag("--paused", vmc.stay_paused, "Leave the parent paused afterwards");
     vm_verbs[4]->add_flag("--children-paused", vmc.children_paused, "Start the copies paused ('vmm resume' runs them)");
-    vm_verbs[4]->add_flag("--at-rest", vmc.at_rest, "Fork once every vCPU idles (HLT), within 200 ms, rather than at once");
+    vm_verbs[4]->add_flag("--at-rest", vmc.at_rest,
+                          fmt::format("Fork once every vCPU idles (HLT), within {} ms, rather than at once", Machine::kAtRestGrace.count()));
     vm_verbs[4]->add_option("--net", vmc.nets, "Each copy's interface: tap=NAME[,bridge=BRIDGE][,netns=NAME], one per interface of the VM "
                                                "(NAME holds {name} or {i}: each copy its own TAP)");
     vm_verbs[4]->add_option("--hostname", vmc.hostname, "Each copy's hostname (may hold {name} and {i})");
