@@ -65,6 +65,20 @@ trap cleanup EXIT
 # get_vm NAME: GET /vm of a running VM.
 get_vm() { curl -s --max-time 5 --unix-socket "$VMM_STATE_DIR/run/$1/api.sock" http://vm/vm; }
 metrics() { curl -s --max-time 5 --unix-socket "$VMM_STATE_DIR/run/$1/api.sock" http://vm/vm/metrics; }
+# diagnose: what each running VM says of itself (state, frames in and out, filtered, exits), twice a
+# second apart (a vCPU that runs counts exits), and its console's last lines: a clone that did not
+# answer shows whether its frames never came in, its replies never went out, or its guest stopped.
+diagnose() {
+  for pass in 1 2; do
+    for d in "$VMM_STATE_DIR"/run/*; do
+      [ -d "$d" ] || continue
+      v=$(basename "$d")
+      echo "  | $v: $(get_vm "$v" | sed -n 's/.*"state":"\([a-z]*\)".*/\1/p') $(metrics "$v")"
+    done
+    [ $pass = 2 ] || sleep 1
+  done
+  for f in "$VMM_STATE_DIR"/clones/*/console.log; do [ -s "$f" ] && echo "  | $f: $(tail -c 300 "$f" | tr '\n' ' ')"; done
+}
 
 ip link set lo up
 for c in all default; do [ ! -d /proc/sys/net/ipv6 ] || echo 1 >/proc/sys/net/ipv6/conf/$c/disable_ipv6; done
@@ -101,7 +115,7 @@ busybox arping -c 3 -w 5 -I br0 10.0.2.2 >"$work/arping" 2>&1
 n=0
 for mac in $macs; do grep -qi "\[$mac\]" "$work/arping" && n=$((n + 1)); done
 [ $n = 3 ] && ! grep -qi "52:54:00:00:00:02" "$work/arping" && ok "all 3 clones answer on br0, each from its own MAC" ||
-  { bad "ARP replies on br0: $n of 3 clones"; show "$work/arping"; }
+  { bad "ARP replies on br0: $n of 3 clones"; show "$work/arping"; diagnose; }
 bridge fdb show br br0 >"$work/fdb" 2>&1
 n=0
 for mac in $macs; do grep -q "^$mac dev tc" "$work/fdb" && n=$((n + 1)); done
@@ -126,7 +140,7 @@ done
 busybox arping -c 3 -w 5 -I br0 10.0.2.2 >"$work/farp" 2>&1
 n=0
 for mac in $fmacs; do grep -qi "\[$mac\]" "$work/farp" && n=$((n + 1)); done
-[ $n = 2 ] && ok "both fork children answer on br0, each from its own MAC" || { bad "fork children on br0: $n of 2 answer"; show "$work/farp"; }
+[ $n = 2 ] && ok "both fork children answer on br0, each from its own MAC" || { bad "fork children on br0: $n of 2 answer"; show "$work/farp"; diagnose; }
 for child in $(cut -d' ' -f1 "$work/fork.out"); do "$vmm" stop --timeout 0 "$child" >/dev/null 2>&1; done
 "$vmm" fork c-1 >"$work/f2" 2>&1; st=$?
 [ $st = 2 ] && [ "$(wc -l <"$work/f2")" = 1 ] && grep -q "give the fork as many --net" "$work/f2" && ok "a fork of a VM with an interface, without --net: refused" ||
@@ -203,7 +217,7 @@ if [ "$code" = 201 ] && [ -n "$pname" ]; then
     [ "$(cat /sys/class/net/$ptap/master/ifindex 2>/dev/null)" = "$(cat /sys/class/net/br0/ifindex)" ] &&
     ok "a pooled clone: its own TAP $ptap on br0, its own MAC $pmac, the request's address" || { bad "pooled clone on br0"; show "$work/p.json"; }
   busybox arping -c 3 -w 5 -I br0 10.0.2.2 >"$work/parp" 2>&1
-  grep -qi "\[$pmac\]" "$work/parp" && ok "the pooled clone answers on br0 from its MAC" || { bad "no ARP reply from the pooled clone"; show "$work/parp"; }
+  grep -qi "\[$pmac\]" "$work/parp" && ok "the pooled clone answers on br0 from its MAC" || { bad "no ARP reply from the pooled clone"; show "$work/parp"; diagnose; }
 else
   bad "POST /clones with an ip: $code"; show "$work/body" "$work/pool.out"
 fi
