@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <ifaddrs.h>
 #include <linux/if.h>
+#include <linux/if_arp.h>
 #include <linux/sockios.h>
 #include <netinet/in.h>
 #include <sched.h>
@@ -69,10 +70,22 @@ std::string host_if_name(const std::string& netns) {
 
 }  // namespace
 
-Result<> attach_tap(const std::string& tap, const std::string& bridge) {
+Result<> attach_tap(const std::string& tap, const std::string& bridge, const std::array<uint8_t, 6>& guest_mac) {
   Fd sock(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
   if (!sock) return fail("socket: {}", errno_text(errno));
   if (!bridge.empty()) {
+    // The TAP's own address high (fe:, above any NIC's and any random locally administered one),
+    // before it joins: so that it never becomes the bridge's. A bridge takes its lowest port's
+    // address unless one was set for it, so a clone joining (or leaving) with a random one may change
+    // the bridge's under its neighbours' ARP caches: the host's LAN on an uplink, the clones on the
+    // bridge. Seen in guest.clone_net: the replies of an arping in flight were addressed to the
+    // bridge's former address, and dropped.
+    ifreq hw{};
+    std::memcpy(hw.ifr_name, tap.data(), std::min(tap.size(), size_t{IFNAMSIZ - 1}));
+    hw.ifr_hwaddr.sa_family = ARPHRD_ETHER;
+    hw.ifr_hwaddr.sa_data[0] = static_cast<char>(0xfe);
+    for (size_t i = 1; i < 6; ++i) hw.ifr_hwaddr.sa_data[i] = static_cast<char>(guest_mac[i]);
+    if (::ioctl(sock.get(), SIOCSIFHWADDR, &hw) < 0) return fail("TAP {}: cannot set its address: {}", tap, errno_text(errno));
     ifreq ifr{};
     std::memcpy(ifr.ifr_name, bridge.data(), std::min(bridge.size(), size_t{IFNAMSIZ - 1}));
     ifr.ifr_ifindex = if_index(sock.get(), tap);

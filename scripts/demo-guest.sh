@@ -24,7 +24,7 @@ if [ "${3:-}" = --bridge ]; then
   # address. The test guest has no IP stack: it answers for 10.0.2.2, whatever address it is
   # given; what it shows is the MACs (a Linux guest with vmm-agent takes its address too, README).
   ip link set lo up
-  ip link add br0 type bridge && ip addr add 10.0.2.1/24 dev br0 && ip link set br0 up || exit 0
+  ip link add br0 address 02:00:00:00:00:01 type bridge && ip addr add 10.0.2.1/24 dev br0 && ip link set br0 up || exit 0
   echo "\$ vmm template create web --kernel testguest.elf --cmdline net-serve --net tap=tweb,mac=52:54:00:00:00:02 ..."
   "$vmm" template create web --kernel "$guest" --cmdline net-serve --net tap=tweb,mac=52:54:00:00:00:02 --ip 10.0.2.2/24 \
     --ready-on "net-serve: ready" --console none

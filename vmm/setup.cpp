@@ -42,7 +42,7 @@ std::expected<Devices, Failure> open_devices(const devices::ConsoleSpec& console
       if (!t) return std::unexpected(Failure{exit_code::kVmmError, t.error().message()});
       tap.emplace(std::move(*t));
       if (!n.bridge.empty()) {
-        if (auto r = devices::attach_tap(n.tap, n.bridge); !r) return std::unexpected(Failure{exit_code::kVmmError, r.error().message()});
+        if (auto r = devices::attach_tap(n.tap, n.bridge, *mac); !r) return std::unexpected(Failure{exit_code::kVmmError, r.error().message()});
       }
     }
     d.nets.push_back({.tap = std::move(*tap), .mac = *mac, .netns = std::move(netns), .filter_source = host.filter_source});

@@ -66,7 +66,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-ip link add br0 type bridge && ip addr add 10.0.3.1/24 dev br0 && ip link set br0 up || { bad "cannot make br0"; exit 1; }
+ip link add br0 address 02:00:00:00:00:01 type bridge && ip addr add 10.0.3.1/24 dev br0 && ip link set br0 up || { bad "cannot make br0"; exit 1; }
 
 # ---- ours: the template.
 cp /files/rootfs.ext4 "$work/root.img"

@@ -83,6 +83,14 @@ diagnose() {
 ip link set lo up
 for c in all default; do [ ! -d /proc/sys/net/ipv6 ] || echo 1 >/proc/sys/net/ipv6/conf/$c/disable_ipv6; done
 ip link add br0 type bridge && ip addr add 10.0.2.1/24 dev br0 && ip link set br0 up || { echo "clone-net: FAIL cannot make a bridge"; exit 1; }
+# A host's bridge as it usually is: an uplink port (here one end of a veth pair, with a NIC's
+# address) and no address set for the bridge, which then takes its lowest port's. The clones' TAPs
+# (fe:...) must never take it from the uplink: a bridge whose address changes under an arping in
+# flight drops the replies addressed to the old one (this test failed so once, stop 32).
+ip link add up0 address 52:54:00:12:34:56 type veth peer name up0p && ip link set up0 master br0 && ip link set up0 up &&
+  ip link set up0p up || { echo "clone-net: FAIL cannot give br0 an uplink"; exit 1; }
+br_mac=$(cat /sys/class/net/br0/address)
+[ "$br_mac" = 52:54:00:12:34:56 ] || { echo "clone-net: FAIL br0 took $br_mac, not its uplink's address"; exit 1; }
 
 # Two templates of the serving guest (MAC 52:54:00:00:00:02, address 10.0.2.2/24 via 10.0.2.1).
 k=0
@@ -109,6 +117,8 @@ for i in 1 2 3; do
     { bad "c-$i: GET /vm"; show "$work/c$i.json"; }
   grep -q "^c-$i .* $mac *10.0.2.$((i + 1)) " "$work/ps" || { bad "c-$i: vmm ps lacks its MAC or IP"; show "$work/ps"; }
   [ "$(cat /sys/class/net/tc$i/master/ifindex 2>/dev/null)" = "$(cat /sys/class/net/br0/ifindex)" ] || bad "tc$i is not a port of br0"
+  # The TAP's own address: fe: and the last five bytes of its clone's MAC.
+  [ "$(cat /sys/class/net/tc$i/address)" = "fe:${mac#??:}" ] || bad "tc$i's address is $(cat /sys/class/net/tc$i/address) (want fe:${mac#??:})"
   macs="$macs $mac"
 done
 busybox arping -c 3 -w 5 -I br0 10.0.2.2 >"$work/arping" 2>&1
@@ -229,6 +239,9 @@ kill -INT "$poolpid"; wait "$poolpid"
 "$vmm" pool net-serve --size 1 --name pl3 --net tap=x,mac=52:54:00:00:00:09 >"$work/pool3.out" 2>&1
 [ $? = 2 ] && grep -q "mac= cannot be given to a pool" "$work/pool3.out" && ok "a pool with one mac= for all: refused" ||
   { bad "pool with mac="; show "$work/pool3.out"; }
+
+[ "$(cat /sys/class/net/br0/address)" = "$br_mac" ] && ok "br0 kept its uplink's address while clones, forks and a pool came and went" ||
+  bad "br0's address changed to $(cat /sys/class/net/br0/address)"
 
 # ---- Refusals: one line, status 2 (usage) or 10, nothing left running.
 refuse() {

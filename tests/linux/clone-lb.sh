@@ -48,7 +48,7 @@ wait_http() {
 stop_all() { for d in "$VMM_STATE_DIR"/run/*; do [ -d "$d" ] && vmm stop --timeout 0 "$(basename "$d")" >/dev/null 2>&1; done; }
 trap stop_all EXIT
 
-ip link add br0 type bridge && ip addr add 10.0.3.1/24 dev br0 && ip link set br0 up || { bad "cannot make br0"; exit 1; }
+ip link add br0 address 02:00:00:00:00:01 type bridge && ip addr add 10.0.3.1/24 dev br0 && ip link set br0 up || { bad "cannot make br0"; exit 1; }
 cp "$rootfs" "$work/root.img"
 
 # ---- 1. The template.
