@@ -86,6 +86,15 @@ Result<> attach_tap(const std::string& tap, const std::string& bridge, const std
     hw.ifr_hwaddr.sa_data[0] = static_cast<char>(0xfe);
     for (size_t i = 1; i < 6; ++i) hw.ifr_hwaddr.sa_data[i] = static_cast<char>(guest_mac[i]);
     if (::ioctl(sock.get(), SIOCSIFHWADDR, &hw) < 0) return fail("TAP {}: cannot set its address: {}", tap, errno_text(errno));
+    // A bridge's port carries the bridge's traffic, not an address of its own: without this, on a
+    // host with IPv6 on, the TAP takes a link-local address once it has carrier and sends its own
+    // router solicitations, MLD reports and DAD probes straight into the guest (measured: 12
+    // frames in a clone's first 5 s on a bridge of its own, 6 without the TAP's, the rest the
+    // bridge's). No IPv6 on the host: nothing to do.
+    const std::string v6 = fmt::format("/proc/sys/net/ipv6/conf/{}/disable_ipv6", tap);
+    Fd off(::open(v6.c_str(), O_WRONLY | O_CLOEXEC));
+    if (!off && errno != ENOENT) return fail("TAP {}: cannot turn IPv6 off on it: {}", tap, errno_text(errno));
+    if (off && ::write(off.get(), "1", 1) != 1) return fail("TAP {}: cannot turn IPv6 off on it: {}", tap, errno_text(errno));
     ifreq ifr{};
     std::memcpy(ifr.ifr_name, bridge.data(), std::min(bridge.size(), size_t{IFNAMSIZ - 1}));
     ifr.ifr_ifindex = if_index(sock.get(), tap);

@@ -90,6 +90,10 @@ ip link add br0 type bridge && ip addr add 10.0.2.1/24 dev br0 && ip link set br
 ip link add up0 address 52:54:00:12:34:56 type veth peer name up0p && ip link set up0 master br0 && ip link set up0 up &&
   ip link set up0p up || { echo "clone-net: FAIL cannot give br0 an uplink"; exit 1; }
 br_mac=$(cat /sys/class/net/br0/address)
+# From here on a new interface has IPv6 on (br0 and the uplink keep it off: no traffic of theirs):
+# vmm turns it off on each TAP it makes a bridge's port, whose own router solicitations and MLD
+# reports would otherwise go into its guest.
+[ ! -d /proc/sys/net/ipv6 ] || echo 0 >/proc/sys/net/ipv6/conf/default/disable_ipv6
 [ "$br_mac" = 52:54:00:12:34:56 ] || { echo "clone-net: FAIL br0 took $br_mac, not its uplink's address"; exit 1; }
 
 # Two templates of the serving guest (MAC 52:54:00:00:00:02, address 10.0.2.2/24 via 10.0.2.1).
@@ -117,6 +121,7 @@ for i in 1 2 3; do
     { bad "c-$i: GET /vm"; show "$work/c$i.json"; }
   grep -q "^c-$i .* $mac *10.0.2.$((i + 1)) " "$work/ps" || { bad "c-$i: vmm ps lacks its MAC or IP"; show "$work/ps"; }
   [ "$(cat /sys/class/net/tc$i/master/ifindex 2>/dev/null)" = "$(cat /sys/class/net/br0/ifindex)" ] || bad "tc$i is not a port of br0"
+  [ ! -d /proc/sys/net/ipv6 ] || [ "$(cat /proc/sys/net/ipv6/conf/tc$i/disable_ipv6)" = 1 ] || bad "tc$i has IPv6 on"
   # The TAP's own address: fe: and the last five bytes of its clone's MAC.
   [ "$(cat /sys/class/net/tc$i/address)" = "fe:${mac#??:}" ] || bad "tc$i's address is $(cat /sys/class/net/tc$i/address) (want fe:${mac#??:})"
   macs="$macs $mac"
