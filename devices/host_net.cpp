@@ -70,7 +70,7 @@ std::string host_if_name(const std::string& netns) {
 
 }  // namespace
 
-Result<> attach_tap(const std::string& tap, const std::string& bridge, const std::array<uint8_t, 6>& guest_mac) {
+Result<> attach_tap(const std::string& tap, const std::string& bridge, const MacAddress& guest_mac) {
   Fd sock(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
   if (!sock) return fail("socket: {}", errno_text(errno));
   if (!bridge.empty()) {

@@ -15,6 +15,7 @@
 #pragma once
 
 #include <array>
+#include <cstdint>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -26,11 +27,14 @@
 
 namespace vmm::devices {
 
+/// An Ethernet address: a guest's (virtio-net's configuration) or a host interface's.
+using MacAddress = std::array<uint8_t, 6>;
+
 /// Brings `tap` up; with a bridge, makes it the bridge's port first (the bridge must exist), its
 /// own (host-side) address fe: and the last five bytes of `guest_mac`: a bridge whose address was
 /// not set takes its lowest port's, and a port that joins or leaves below it changes it, under the
 /// feet of every neighbour that has it cached (libvirt gives its TAPs fe: for the same reason).
-Result<> attach_tap(const std::string& tap, const std::string& bridge, const std::array<uint8_t, 6>& guest_mac);
+Result<> attach_tap(const std::string& tap, const std::string& bridge, const MacAddress& guest_mac);
 
 struct NetnsConfig {
   std::string netns;         ///< its name (/run/netns/NAME)

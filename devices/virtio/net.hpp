@@ -22,7 +22,7 @@ inline constexpr uint64_t kNetFStatus = 1ull << 16;
 inline constexpr uint16_t kNetSLinkUp = 1;
 inline constexpr size_t kNetHdrBytes = 12;  ///< struct virtio_net_hdr with num_buffers (VERSION_1)
 
-using MacAddress = std::array<uint8_t, 6>;
+using MacAddress = devices::MacAddress;  // (host_net.hpp)
 
 /// Parses "52:54:00:12:34:56"; refuses multicast and all-zero addresses.
 Result<MacAddress> parse_mac(std::string_view text);
