@@ -27,12 +27,10 @@ void triple_fault(void);
  * `rep outsb` after THRE, so a line costs one or a few VM exits instead of one per byte. ---- */
 static char tx_buf[16];
 static unsigned tx_len;
+static void send_(const char* s, unsigned long n);
 static void flush_(void) {
   if (!tx_len) return;
-  while (!(inb(COM1 + 5) & 0x20)) __asm__ volatile("pause");
-  const char* p = tx_buf;
-  unsigned long n = tx_len;
-  __asm__ volatile("rep outsb" : "+S"(p), "+c"(n) : "d"((uint16_t)COM1) : "memory");
+  send_(tx_buf, tx_len);
   tx_len = 0;
 }
 void putc_(char c) {
@@ -47,12 +45,30 @@ static unsigned long find_(const char* s, char c, unsigned long max) {
   __asm__ volatile("repne scasb" : "+D"(p), "+c"(n) : "a"(c), "m"(*(const char(*)[max])s) : "cc");
   return p[-1] == c ? (unsigned long)(p - 1 - s) : max;
 }
+/* Sends s[0, n) (n <= 16, the FIFO's depth) once the transmitter is empty. */
+static void send_(const char* s, unsigned long n) {
+  while (!(inb(COM1 + 5) & 0x20)) __asm__ volatile("pause");
+  __asm__ volatile("rep outsb" : "+S"(s), "+c"(n) : "d"((uint16_t)COM1) : "memory");
+}
 /* A string goes into the buffer a run at a time (up to its next '\n' or the buffer's end) with
  * string instructions: where the guest's ring 0 is emulated an instruction at a time, putc_'s ~14
- * instructions a byte were most of a line's cost (~0.3 ms for 16 bytes), ahead of its first byte. */
+ * instructions a byte were most of a line's cost (~0.3 ms for 16 bytes), ahead of its first byte.
+ * With nothing buffered, whole lines and full FIFOs' worth go out straight from the string: the
+ * same bytes in the same order, without the copy (~30 instructions fewer before a first byte). */
 void puts_(const char* s) {
   unsigned long len = find_(s, '\0', ~0UL >> 1);
   while (len) {
+    if (!tx_len) {
+      unsigned long n = len < sizeof tx_buf ? len : sizeof tx_buf;
+      const unsigned long nl = find_(s, '\n', n);
+      if (nl < n || n == sizeof tx_buf) {
+        if (nl < n) n = nl + 1;
+        send_(s, n);
+        s += n;
+        len -= n;
+        continue;
+      }
+    }
     const unsigned long room = sizeof tx_buf - tx_len;
     unsigned long n = len < room ? len : room;
     const unsigned long nl = find_(s, '\n', n);
