@@ -51,6 +51,15 @@ inline constexpr unsigned long kSetXsave = _IOW(KVMIO, 0xa5, XsaveRegion);
 /// KVM API 4.135 KVM_GET_XSAVE2: the whole area, KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2) bytes.
 inline constexpr unsigned long kGetXsave2 = _IOR(KVMIO, 0xcf, XsaveRegion);
 inline constexpr unsigned long kSetGsiRouting = _IOW(KVMIO, 0x6a, IrqRoutingHeader);
+/// struct kvm_pre_fault_memory (KVM API 4.143 KVM_PRE_FAULT_MEMORY, Linux 6.10): not in the UAPI
+/// headers of every host that builds vmm (Debian 12's are 6.1).
+struct PreFaultMemory {
+  uint64_t gpa;
+  uint64_t size;
+  uint64_t flags;
+  uint64_t padding[5];
+};
+inline constexpr unsigned long kPreFaultMemory = _IOWR(KVMIO, 0xd5, PreFaultMemory);
 
 // The values a C compiler computes from <linux/kvm.h> (x86-64).
 static_assert(kGetSupportedCpuid == 0xc008ae05);
@@ -58,6 +67,7 @@ static_assert(kSetCpuid2 == 0x4008ae90);
 static_assert(kGetMsrIndexList == 0xc004ae02);
 static_assert(kGetMsrs == 0xc008ae88);
 static_assert(kSetMsrs == 0x4008ae89);
+static_assert(kPreFaultMemory == 0xc040aed5);
 static_assert(kGetXsave == 0x9000aea4);
 static_assert(kSetXsave == 0x5000aea5);
 static_assert(kGetXsave2 == 0x9000aecf);

@@ -246,6 +246,25 @@ Result<> Vcpu::prime() {
   return fail("vCPU {}: KVM_RUN: {}", index_, errno_text(err));
 }
 
+void Vcpu::preload_mmu() const {
+  // The page of the next instruction: RIP through the guest's page tables (KVM_TRANSLATE).
+  uint64_t gpa = 0;
+  if (auto regs = get_regs()) {
+    kvm_translation t{};
+    t.linear_address = regs->rip;
+    if (::ioctl(fd_.get(), KVM_TRANSLATE, &t) == 0 && t.valid) gpa = t.physical_address & ~uint64_t{0xfff};
+  }
+  // KVM_PRE_FAULT_MEMORY (Linux 6.10+, arch/x86/kvm/mmu/mmu.c kvm_arch_vcpu_pre_fault_memory)
+  // loads the vCPU's MMU (kvm_mmu_reload) before anything else, then maps the range where the MMU
+  // maps by guest-physical address (EPT/NPT with the TDP MMU). With shadow paging (a host without
+  // two-dimensional paging for its guests, as this project's direct lane, nested under another
+  // hypervisor) it fails with EOPNOTSUPP once the MMU is loaded: that load (~0.1 ms there, most of
+  // it filling the vCPU's caches of page-table pages) is what a pool's clone then no longer pays
+  // after its request. Errors are ignored: the first KVM_RUN does what was not done.
+  kvm_abi::PreFaultMemory range{.gpa = gpa, .size = 4096, .flags = 0, .padding = {}};
+  (void)::ioctl(fd_.get(), kvm_abi::kPreFaultMemory, &range);
+}
+
 Result<bool> Vcpu::run() {
   if (::ioctl(fd_.get(), KVM_RUN, 0) == 0) {
     started_eagains_ = 0;

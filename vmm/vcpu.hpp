@@ -85,6 +85,13 @@ class Vcpu {
   /// thread: a VM that cannot run fails here, before its guest is counted as entered or the VM
   /// is announced as running.
   Result<> prime();
+  /// Does ahead, for the vCPU's present state, what its next KVM_RUN would do first: KVM loads
+  /// the vCPU's MMU (the root for the guest's page tables, the vCPU's caches of page-table pages)
+  /// and, with two-dimensional paging, maps the guest page of the next instruction. For a VM made
+  /// ready before it is wanted (a pool's member); call it after the vCPU's last state change
+  /// (KVM_SET_SREGS unloads the MMU). Best effort: nothing the guest sees changes, and a kernel
+  /// that cannot (before Linux 6.10) leaves the work to KVM_RUN.
+  void preload_mmu() const;
   /// KVM_RUN once. Ok(true): an exit to handle in run_area(). Ok(false): interrupted (EINTR) or
   /// asked to retry (EAGAIN, an AP leaving wait-for-SIPI) — run again after checking for a stop.
   /// An EAGAIN that KVM gives a vCPU out of wait-for-SIPI again and again is an error (see run()).
