@@ -74,6 +74,32 @@ TEST_CASE("vm: a guest port write reaches the bus and its stop ends run()") {
   CHECK(stop.status == 0x2a);
 }
 
+TEST_CASE("vm: a vCPU whose MMU was loaded ahead (a pool member's) keeps its state and runs as it would have") {
+  SKIP_WITHOUT_KVM();
+  // mov al, 0x2b ; out 0xf4, al ; hlt
+  const std::array<uint8_t, 5> code{0xb0, 0x2b, 0xe6, 0xf4, 0xf4};
+  TestVm t(code);
+  vmm::Vcpu& vcpu = t.vm->vcpu(0);
+  auto regs = vcpu.get_regs();
+  auto sregs = vcpu.get_sregs();
+  REQUIRE(regs);
+  REQUIRE(sregs);
+  vcpu.preload_mmu();
+  vcpu.preload_mmu();  // (twice: the second finds it loaded)
+  auto regs_after = vcpu.get_regs();
+  auto sregs_after = vcpu.get_sregs();
+  REQUIRE(regs_after);
+  REQUIRE(sregs_after);
+  CHECK(std::memcmp(&*regs, &*regs_after, sizeof(kvm_regs)) == 0);
+  CHECK(std::memcmp(&*sregs, &*sregs_after, sizeof(kvm_sregs)) == 0);
+  auto port = std::make_shared<StopPort>();
+  port->vm = t.vm.get();
+  REQUIRE(t.vm->buses().pio.insert(port, 0xf4, 4));
+  const vmm::StopInfo stop = t.vm->run();
+  CHECK(stop.reason == StopReason::DebugExit);
+  CHECK(stop.status == 0x2b);
+}
+
 TEST_CASE("vm: run's started callback comes once the vCPU threads are made, while the guest runs") {
   SKIP_WITHOUT_KVM();
   // The guest spins until the byte at 0x500 is set, then writes it to the stop port:
