@@ -277,7 +277,11 @@ Result<Manifest> read_manifest(const fs::path& dir) {
 
 Result<fs::path> resolve_template(const fs::path& sdir, const std::string& name_or_path) {
   std::error_code ec;
-  if (name_or_path.find('/') != std::string::npos || fs::exists(fs::path(name_or_path) / kManifestFile, ec)) {
+  // A path has a '/' ("./t" for one in the working directory); anything else is a name, as
+  // `vmm template create NAME` made it: a directory of that name where the command runs is not
+  // taken instead (it was, until 2026-12-07, and a clone then ran another template than the one
+  // created under that name, without a word).
+  if (name_or_path.find('/') != std::string::npos) {
     const fs::path p = fs::absolute(name_or_path, ec);
     if (!fs::is_directory(p, ec)) return fail("template {}: no such directory", name_or_path);
     return p;

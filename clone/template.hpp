@@ -65,7 +65,8 @@ std::string manifest_json(const Manifest& m);
 Result<Manifest> parse_manifest(std::string_view text, std::string_view file);
 Result<Manifest> read_manifest(const std::filesystem::path& dir);
 
-/// A template by path (a directory holding a manifest) or by name under state_dir/templates.
+/// A template by path (any argument with a '/': a directory holding a manifest) or by name under
+/// state_dir/templates.
 Result<std::filesystem::path> resolve_template(const std::filesystem::path& state_dir, const std::string& name_or_path);
 
 /// CRC-32C and size of a whole file.

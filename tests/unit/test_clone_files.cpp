@@ -327,6 +327,28 @@ TEST_CASE("template files: regular files of the template's own with no link out 
   CHECK_FALSE(vmm::clone::check_standalone_qcow2(d / "disks/link.img"));
 }
 
+TEST_CASE("resolve_template: a name is the state directory's template, even beside a directory of that name; a path has a '/'") {
+  TempDir state, cwd;
+  fs::create_directories(state.path / "templates" / "t");
+  fs::create_directories(cwd.path / "t");
+  write(cwd.path / "t" / "manifest.json", "{}");
+  const fs::path before = fs::current_path();
+  fs::current_path(cwd.path);
+  auto named = vmm::clone::resolve_template(state.path, "t");
+  auto local = vmm::clone::resolve_template(state.path, "./t");
+  auto missing = vmm::clone::resolve_template(state.path, "u");
+  auto bad = vmm::clone::resolve_template(state.path, "a b");
+  fs::current_path(before);
+  REQUIRE(named);
+  CHECK(*named == state.path / "templates" / "t");
+  REQUIRE(local);
+  CHECK(fs::equivalent(*local, cwd.path / "t"));
+  REQUIRE_FALSE(missing);
+  CHECK(has(missing.error().message(), "template 'u': not found in"));
+  REQUIRE_FALSE(bad);
+  CHECK(has(bad.error().message(), "not a valid name"));
+}
+
 TEST_CASE("utc_now: ISO 8601 in UTC") {
   auto gm = [] {  // the C library's view of the same second
     const std::time_t t = std::time(nullptr);
