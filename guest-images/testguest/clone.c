@@ -42,15 +42,17 @@ static void counter(void) {
   for (;;) {
     while (tg_getline(&l)) {
       uint64_t n;
-      if (starts_with(l.buf, "inc ") && parse_u64(l.buf + 4, &n) == 0) {
+      if (streq(l.buf, "get")) {
+        /* (first: the clone benchmarks time this answer) */
+      } else if (starts_with(l.buf, "inc ") && parse_u64(l.buf + 4, &n) == 0) {
         value += n;
       } else if (streq(l.buf, "quit")) {
         guest_exit(0);
-      } else if (!streq(l.buf, "get")) {
+      } else {
         unknown("counter");
         continue;
       }
-      puts_("counter: value=");
+      PUTNOW("counter: value=");
       putu64(value);
       putc_('\n');
     }

@@ -178,7 +178,7 @@ static void identity(void) {
      * life a clone gives. */
     if (device != seen_device) {
       seen_device = device;
-      PUTLINE("identity: notified\n");
+      PUTNOW("identity: notified\n");
     }
     if (t - seen_ticks >= 20 || other != seen_other) {
       seen_by = other != seen_other ? "irq" : "poll";

@@ -143,20 +143,29 @@ void tg_pit_start(unsigned hz) {
   outb(PIT_CH0, (uint8_t)(div >> 8));
 }
 
+/* The ring's indexes and the line's length are kept in registers while it scans (the shared ones
+ * are volatile: ~20 instructions a byte when read and written back each time, where ring 0 is
+ * emulated), and the tail is given back once its bytes are read. */
 int tg_getline(struct tg_line* l) {
-  while (tg_rx_tail != tg_rx_head) {
-    char c = (char)rx[tg_rx_tail % sizeof rx];
-    __asm__ volatile("" ::: "memory");
-    tg_rx_tail++;
+  uint32_t tail = tg_rx_tail;
+  const uint32_t head = tg_rx_head;
+  unsigned len = l->len;
+  int got = 0;
+  while (tail != head) {
+    const char c = (char)rx[tail++ % sizeof rx];
     if (c == '\r' || c == '\n') {
-      if (!l->len) continue;
-      l->buf[l->len] = 0;
-      l->len = 0;
-      return 1;
+      if (!len) continue;
+      l->buf[len] = 0;
+      len = 0;
+      got = 1;
+      break;
     }
-    if (l->len < sizeof l->buf - 1) l->buf[l->len++] = c;
+    if (len < sizeof l->buf - 1) l->buf[len++] = c;
   }
-  return 0;
+  l->len = len;
+  __asm__ volatile("" ::: "memory");  /* the bytes are read before their room is given back */
+  tg_rx_tail = tail;
+  return got;
 }
 
 /* Scenario `wait-erratum`: the interrupt entry's answer (isr.S, WAIT_FIXUP) to an interrupt

@@ -81,7 +81,7 @@ void puts_(const char* s) {
     if (tx_buf[tx_len - 1] == '\n' || tx_len == sizeof tx_buf) flush_();
   }
 }
-void putline_(const char* s, unsigned long n) {
+void putnow_(const char* s, unsigned long n) {
   flush_();
   while (n) {
     const unsigned long k = n < sizeof tx_buf ? n : sizeof tx_buf;

@@ -18,10 +18,10 @@ static inline uint32_t inl(uint16_t port) {
 
 void putc_(char c);
 void puts_(const char* s);
-/* A whole line of n bytes, its '\n' last, sent at once (whatever was buffered goes first): no
- * search for its length or its end, for the lines whose first byte is timed. */
-void putline_(const char* s, unsigned long n);
-#define PUTLINE(lit) putline_(lit, sizeof(lit) - 1)
+/* n bytes sent at once, after whatever was buffered, straight from s: no search for a length or a
+ * line's end, no copy. For the answers whose first byte is timed (a clone's first output). */
+void putnow_(const char* s, unsigned long n);
+#define PUTNOW(lit) putnow_(lit, sizeof(lit) - 1)
 void putu(unsigned v);
 void putx(uint64_t v);
 void guest_exit(uint32_t status) __attribute__((noreturn));
