@@ -327,7 +327,7 @@ TEST_CASE("template files: regular files of the template's own with no link out 
   CHECK_FALSE(vmm::clone::check_standalone_qcow2(d / "disks/link.img"));
 }
 
-TEST_CASE("resolve_template: a name is the state directory's template, even beside a directory of that name; a path has a '/'") {
+TEST_CASE("resolve_template: a name is the state directory's template, even beside a directory of that name, and a path has a slash") {
   TempDir state, cwd;
   fs::create_directories(state.path / "templates" / "t");
   fs::create_directories(cwd.path / "t");
