@@ -51,7 +51,7 @@ inline constexpr unsigned long kSetXsave = _IOW(KVMIO, 0xa5, XsaveRegion);
 /// KVM API 4.135 KVM_GET_XSAVE2: the whole area, KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2) bytes.
 inline constexpr unsigned long kGetXsave2 = _IOR(KVMIO, 0xcf, XsaveRegion);
 inline constexpr unsigned long kSetGsiRouting = _IOW(KVMIO, 0x6a, IrqRoutingHeader);
-/// struct kvm_pre_fault_memory (KVM API 4.143 KVM_PRE_FAULT_MEMORY, Linux 6.10): not in the UAPI
+/// struct kvm_pre_fault_memory (KVM API: KVM_PRE_FAULT_MEMORY, Linux 6.10): not in the UAPI
 /// headers of every host that builds vmm (Debian 12's are 6.1).
 struct PreFaultMemory {
   uint64_t gpa;
