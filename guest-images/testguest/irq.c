@@ -71,7 +71,8 @@ void tg_isr(struct frame* f) {
    * interrupt ends the wait instead of returning into the hlt, and is counted; guest_exit reports
    * it, and the tests fail on that report anywhere but in the nested lane (tests/guest/expect.sh
    * and the scenarios' last check), so that a VMM that lost a saved STI shadow is still caught.
-   * That check is made before this handler, for every IRQ, by isr.S (WAIT_FIXUP). */
+   * That check is made before this handler, for every IRQ, by isr.S (WAIT_FIXUP). IRQs 0-3 and 5
+   * never come here: isr.S's irq_fast counts and acknowledges them (tg_ticks for the PIT's). */
   unsigned irq = v - 0x20;
   if (irq == 7 || irq == 15) {  /* spurious unless in-service (8259A datasheet, OCW3 read ISR) */
     uint16_t port = irq == 7 ? PIC1 : PIC2;
@@ -81,7 +82,6 @@ void tg_isr(struct frame* f) {
       return;
     }
   }
-  if (irq == 0) tg_ticks++;
   if (irq == 6) {  /* the VMM's ACPI power button (GED, GSI 6): power off through the S5 sleep port */
     puts_("testguest: power button\n");
     outb(0x600, 0x20 | 5 << 2);  /* SLP_EN | SLP_TYP S5: layout::kAcpiSleepControlPort */
