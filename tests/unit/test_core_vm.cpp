@@ -57,6 +57,12 @@ struct TestVm {
     vm = std::move(*created);
     enter_real_mode(vm->vcpu(0));
   }
+  /// A StopPort at 0xf4 (the guest's `out 0xf4, al` stops the VM with status AL).
+  void add_stop_port() {
+    auto port = std::make_shared<StopPort>();
+    port->vm = vm.get();
+    REQUIRE(vm->buses().pio.insert(port, 0xf4, 4));
+  }
 };
 
 }  // namespace
@@ -66,9 +72,7 @@ TEST_CASE("vm: a guest port write reaches the bus and its stop ends run()") {
   // mov al, 0x2a ; out 0xf4, al ; hlt
   const std::array<uint8_t, 5> code{0xb0, 0x2a, 0xe6, 0xf4, 0xf4};
   TestVm t(code);
-  auto port = std::make_shared<StopPort>();
-  port->vm = t.vm.get();
-  REQUIRE(t.vm->buses().pio.insert(port, 0xf4, 4));
+  t.add_stop_port();
   const vmm::StopInfo stop = t.vm->run();
   CHECK(stop.reason == StopReason::DebugExit);
   CHECK(stop.status == 0x2a);
@@ -92,9 +96,7 @@ TEST_CASE("vm: a vCPU whose MMU was loaded ahead (a pool member's) keeps its sta
   REQUIRE(sregs_after);
   CHECK(std::memcmp(&*regs, &*regs_after, sizeof(kvm_regs)) == 0);
   CHECK(std::memcmp(&*sregs, &*sregs_after, sizeof(kvm_sregs)) == 0);
-  auto port = std::make_shared<StopPort>();
-  port->vm = t.vm.get();
-  REQUIRE(t.vm->buses().pio.insert(port, 0xf4, 4));
+  t.add_stop_port();
   const vmm::StopInfo stop = t.vm->run();
   CHECK(stop.reason == StopReason::DebugExit);
   CHECK(stop.status == 0x2b);
@@ -106,9 +108,7 @@ TEST_CASE("vm: run's started callback comes once the vCPU threads are made, whil
   //   loop: mov al, [0x500] ; test al, al ; jz loop ; out 0xf4, al ; hlt
   const std::array<uint8_t, 10> code{0xa0, 0x00, 0x05, 0x84, 0xc0, 0x74, 0xf9, 0xe6, 0xf4, 0xf4};
   TestVm t(code);
-  auto port = std::make_shared<StopPort>();
-  port->vm = t.vm.get();
-  REQUIRE(t.vm->buses().pio.insert(port, 0xf4, 4));
+  t.add_stop_port();
   int calls = 0;
   bool entered = false;
   const vmm::StopInfo stop = t.vm->run([&] {
