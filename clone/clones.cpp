@@ -166,7 +166,9 @@ std::expected<std::unique_ptr<PreparedClone>, Failure> prepare_clone(OpenTemplat
         return bad(copy_failed(exit_code::kImage), r.error().message());
       }
       fs::permissions(copy_path, fs::perms::owner_read | fs::perms::owner_write, ec);
-      c->disks.push_back(DiskSpec{.path = copy_path, .read_only = d.read_only, .id = d.id});
+      // Opened as the manifest says, never guessed: a raw disk whose guest wrote a qcow2 header
+      // into it would otherwise become a qcow2 image with a backing file of the guest's choosing.
+      c->disks.push_back(DiskSpec{.path = copy_path, .read_only = d.read_only, .id = d.id, .format = d.format});
       continue;
     }
     const fs::path overlay = cdir / "disk" / fmt::format("disk{}.qcow2", i);
@@ -175,7 +177,7 @@ std::expected<std::unique_ptr<PreparedClone>, Failure> prepare_clone(OpenTemplat
                                                                    .backing_format = d.format});
     if (!r) return bad(exit_code::kImage, r.error().message());
     // Its backing file is opened by name when the clone's disks open: it must be the file checked.
-    c->disks.push_back(DiskSpec{.path = overlay, .read_only = d.read_only, .id = d.id, .backing_must_be = t.disk_files[i].id});
+    c->disks.push_back(DiskSpec{.path = overlay, .read_only = d.read_only, .id = d.id, .format = "qcow2", .backing_must_be = t.disk_files[i].id});
   }
   if (progress) progress->complete();
   step("files");

@@ -289,13 +289,14 @@ Result<> prepare_disks(const LiveVm& vm, ChildPlan& plan) {
     const auto& image = disks[i]->image();
     const fs::path src = image.path();
     if (image.read_only()) {
-      plan.disks.push_back(DiskSpec{.path = src, .read_only = true, .id = disks[i]->id()});
+      plan.disks.push_back(DiskSpec{.path = src, .read_only = true, .id = disks[i]->id(), .format = image.format()});
       continue;
     }
     const fs::path dst = plan.dir / "disk" / fmt::format("disk{}{}", i, src.extension().string());
     if (auto r = copy_sparse(src, dst); !r) return r;
     fs::permissions(dst, fs::perms::owner_read | fs::perms::owner_write, ec);
-    plan.disks.push_back(DiskSpec{.path = dst, .read_only = false, .id = disks[i]->id()});
+    // Opened as what the parent's is (a raw image the guest wrote a qcow2 header into stays raw).
+    plan.disks.push_back(DiskSpec{.path = dst, .read_only = false, .id = disks[i]->id(), .format = image.format()});
   }
   return {};
 }

@@ -118,7 +118,8 @@ int create_template(const TemplateCreateOptions& o) {
   run.name = dest->filename().string();
   for (size_t i = 0; i < run.disks.size(); ++i) {
     auto& d = run.disks[i];
-    const bool qcow2 = is_qcow2(d.path);
+    // The format given, else the content's (the manifest then fixes it for every clone).
+    const bool qcow2 = d.format.empty() ? is_qcow2(d.path) : d.format == "qcow2";
     if (qcow2) {
       // The template owns a copy: an image that depends on a backing file would not be self-contained.
       auto img = disk::Qcow2::open(d.path, disk::Qcow2OpenOptions{.read_only = true});

@@ -60,10 +60,15 @@ Result<LockedFile> open_locked(const std::filesystem::path& path, bool read_only
 }
 
 Result<std::unique_ptr<Image>> open_image(EventLoop& loop, const OpenOptions& o) {
+  if (!o.format.empty() && o.format != "raw" && o.format != "qcow2") {
+    return fail("{}: format '{}' is not raw or qcow2", o.path.string(), o.format);
+  }
   auto f = open_locked(o.path, o.read_only);
   if (!f) return std::unexpected(f.error());
-  // The format comes from the content, never the name.
-  if (Qcow2::probe(f->fd.get())) {
+  // The format as given, or from the content, never the name.
+  const bool looks_qcow2 = Qcow2::probe(f->fd.get());
+  if (o.format == "qcow2" && !looks_qcow2) return fail("{}: not a qcow2 image (no qcow2 magic)", o.path.string());
+  if (o.format != "raw" && looks_qcow2) {
     f->fd.reset();  // (drops the lock) Qcow2::open opens and locks the file itself
     auto q = Qcow2::open(o.path, Qcow2OpenOptions{.read_only = o.read_only, .backing_must_be = o.backing_must_be});
     if (!q) return std::unexpected(q.error());
@@ -71,7 +76,7 @@ Result<std::unique_ptr<Image>> open_image(EventLoop& loop, const OpenOptions& o)
     if (!img) return std::unexpected(img.error());
     return std::unique_ptr<Image>(std::move(*img));
   }
-  auto raw = RawImage::create(loop, std::move(f->fd), o.path, f->size, o.read_only);
+  auto raw = RawImage::create(loop, std::move(f->fd), o.path, f->size, o.read_only, /*probed=*/o.format.empty());
   if (!raw) return std::unexpected(raw.error());
   return std::unique_ptr<Image>(std::move(*raw));
 }

@@ -10,6 +10,7 @@
 #include <memory>
 #include <optional>
 #include <span>
+#include <string>
 #include <utility>
 
 #include "vmm/base/error.hpp"
@@ -28,6 +29,8 @@ class Image {
   virtual uint64_t size() const = 0;
   virtual bool read_only() const = 0;
   virtual const std::filesystem::path& path() const = 0;
+  /// "raw" or "qcow2": what the image was opened as (a fork's child opens its copy as the same).
+  virtual const char* format() const = 0;
 
   // Requests. A request outside [0, size()) or a modification of a read-only image is refused here,
   // synchronously, with an error; otherwise `done` runs exactly once. The iovecs (and the memory
@@ -45,11 +48,16 @@ class Image {
 struct OpenOptions {
   std::filesystem::path path;
   bool read_only = false;
+  /// "raw" or "qcow2" as the user or a template's manifest says; empty: read from the content (a
+  /// raw image whose format was guessed then refuses the guest's writes that would make it look
+  /// like a qcow2 image, as QEMU's probed raw images do: see RawImage).
+  std::string format{};
   /// A qcow2 image's backing file must be this file (Qcow2OpenOptions::backing_must_be).
   std::optional<std::pair<uint64_t, uint64_t>> backing_must_be{};
 };
 
-/// Opens the image at `options.path` (format read from its content, never its name), locks it
+/// Opens the image at `options.path` (format as given, else read from its content, never its
+/// name; a qcow2 format given for a file that is not one is an error), locks it
 /// (shared when read-only, exclusive otherwise, so two writers cannot share it) and registers it
 /// with `loop`. Errors name the file and the problem.
 Result<std::unique_ptr<Image>> open_image(EventLoop& loop, const OpenOptions& options);

@@ -29,6 +29,7 @@ class Qcow2Image final : public Image {
   uint64_t size() const override { return size_; }
   bool read_only() const override { return read_only_; }
   const std::filesystem::path& path() const override { return path_; }
+  const char* format() const override { return "qcow2"; }
 
   Result<> read(uint64_t offset, std::span<const iovec> iov, Done done) override;
   Result<> write(uint64_t offset, std::span<const iovec> iov, Done done) override;

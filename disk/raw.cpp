@@ -3,12 +3,22 @@
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <sys/file.h>
+#include <sys/uio.h>
+#include <climits>
+
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#include <fmt/core.h>
+
+#include "disk/qcow2_format.hpp"
 
 namespace vmm::disk {
 
 Result<std::unique_ptr<RawImage>> RawImage::create(EventLoop& loop, Fd fd, std::filesystem::path path, uint64_t size,
-                                                   bool read_only) {
-  std::unique_ptr<RawImage> img(new RawImage(loop, std::move(fd), std::move(path), size, read_only));
+                                                   bool read_only, bool probed) {
+  std::unique_ptr<RawImage> img(new RawImage(loop, std::move(fd), std::move(path), size, read_only, probed));
   auto index = loop.register_file(img->fd_.get());
   if (!index) return std::unexpected(index.error().context(img->path_.string()));
   img->file_ = *index;
@@ -40,7 +50,51 @@ Result<> RawImage::write(uint64_t offset, std::span<const iovec> iov, Done done)
   auto n = iov_bytes(iov);
   if (!n) return std::unexpected(n.error());
   if (auto r = check_range(offset, *n, size_); !r) return r;
+  if (probed_ && offset < sizeof(uint32_t) && *n > 0) return write_head(offset, iov, *n, std::move(done));
   return loop_.writev(file_, iov.data(), static_cast<unsigned>(iov.size()), offset, std::move(done));
+}
+
+Result<> RawImage::write_head(uint64_t offset, std::span<const iovec> iov, uint64_t bytes, Done done) {
+  constexpr uint64_t kHead = sizeof(uint32_t);  // the qcow2 magic's bytes
+  auto refuse = [this](std::string why) -> Result<> {
+    if (!std::exchange(refused_head_, true)) {
+      fmt::print(stderr, "vmm: {}: refused the guest's write {} (give the disk's format=raw to allow it)\n", path_.string(), why);
+    }
+    return fail("{}: {} (the image's format was guessed: give format=raw to allow it)", path_.string(), why);
+  };
+  // Whether the first bytes become the magic must follow from this request alone: one that covers
+  // only part of them (virtio-blk's cannot: whole sectors) is refused rather than read against the
+  // file, which another request in flight may be changing.
+  if (offset != 0 || bytes < kHead) return refuse("over part of its first 4 bytes");
+  // They are copied once and written from the copy: the guest's buffer may change meanwhile.
+  struct Held {
+    uint8_t head[kHead];
+    std::vector<iovec> iov;
+  };
+  auto held = std::make_shared<Held>();
+  uint64_t got = 0;
+  size_t i = 0;
+  uint64_t skip = 0;  // bytes of iov[i] already in head
+  for (; i < iov.size() && got < kHead; ++i) {
+    const uint64_t k = std::min<uint64_t>(kHead - got, iov[i].iov_len);
+    std::memcpy(held->head + got, iov[i].iov_base, k);
+    got += k;
+    if (k < iov[i].iov_len) {
+      skip = k;
+      break;
+    }
+  }
+  if (qcow2::be32(held->head) == qcow2::kMagic) return refuse("that would make it look like a qcow2 image");
+  held->iov.push_back({held->head, kHead});
+  if (skip != 0) {
+    held->iov.push_back({static_cast<uint8_t*>(iov[i].iov_base) + skip, iov[i].iov_len - skip});
+    ++i;
+  }
+  for (; i < iov.size(); ++i) held->iov.push_back(iov[i]);
+  if (held->iov.size() > IOV_MAX) return fail("{}: {} buffers, more than IOV_MAX", path_.string(), held->iov.size());
+  const iovec* v = held->iov.data();
+  const auto count = static_cast<unsigned>(held->iov.size());
+  return loop_.writev(file_, v, count, 0, [held = std::move(held), done = std::move(done)](int32_t res) { done(res); });
 }
 
 Result<> RawImage::flush(Done done) {

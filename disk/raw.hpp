@@ -11,14 +11,20 @@ namespace vmm::disk {
 
 class RawImage final : public Image {
  public:
-  /// Takes an open, locked file of `size` bytes and registers it with `loop`.
+  /// Takes an open, locked file of `size` bytes and registers it with `loop`. `probed`: nobody
+  /// said the image is raw, its content was read to decide. Such an image refuses a write that
+  /// would put the qcow2 magic at its start: the next open, guessing again, would take it for a
+  /// qcow2 image whose header the guest wrote, with a backing file of the guest's choosing (a host
+  /// file the guest could then read). QEMU restricts writes to a probed raw image's first sector
+  /// the same way. The guest gets an I/O error; a raw format given explicitly lifts the guard.
   static Result<std::unique_ptr<RawImage>> create(EventLoop& loop, Fd fd, std::filesystem::path path,
-                                                  uint64_t size, bool read_only);
+                                                  uint64_t size, bool read_only, bool probed = false);
   ~RawImage() override;
 
   uint64_t size() const override { return size_; }
   bool read_only() const override { return read_only_; }
   const std::filesystem::path& path() const override { return path_; }
+  const char* format() const override { return "raw"; }
 
   Result<> read(uint64_t offset, std::span<const iovec> iov, Done done) override;
   Result<> write(uint64_t offset, std::span<const iovec> iov, Done done) override;
@@ -27,15 +33,19 @@ class RawImage final : public Image {
   Result<> write_zeroes(uint64_t offset, uint64_t length, bool may_unmap, Done done) override;
 
  private:
-  RawImage(EventLoop& loop, Fd fd, std::filesystem::path path, uint64_t size, bool read_only)
-      : loop_(loop), fd_(std::move(fd)), path_(std::move(path)), size_(size), read_only_(read_only) {}
+  RawImage(EventLoop& loop, Fd fd, std::filesystem::path path, uint64_t size, bool read_only, bool probed)
+      : loop_(loop), fd_(std::move(fd)), path_(std::move(path)), size_(size), read_only_(read_only), probed_(probed) {}
   Result<> check_writable() const;
+  /// A write over the first bytes of a probed image (see create()).
+  Result<> write_head(uint64_t offset, std::span<const iovec> iov, uint64_t bytes, Done done);
 
   EventLoop& loop_;
   Fd fd_;
   std::filesystem::path path_;
   uint64_t size_;
   bool read_only_;
+  bool probed_;
+  bool refused_head_ = false;  // (said once on stderr)
   unsigned file_ = 0;  // registered-file index
   bool registered_ = false;
   std::atomic<int> flush_error_{0};  // the errno of the first fdatasync that failed

@@ -49,8 +49,11 @@ Result<DiskSpec> parse_disk_spec(std::string_view text) {
     } else if (key == "id") {
       if (value.size() > 20) return fail("--disk {}: id '{}' is longer than 20 bytes", text, value);
       d.id = value;
+    } else if (key == "format") {
+      if (value != "raw" && value != "qcow2") return fail("--disk {}: format '{}': expected raw or qcow2", text, value);
+      d.format = value;
     } else {
-      return fail("--disk {}: unknown key '{}' (expected path, readonly, id)", text, key);
+      return fail("--disk {}: unknown key '{}' (expected path, readonly, id, format)", text, key);
     }
   }
   if (d.path.empty()) return fail("--disk {}: path=FILE is required", text);

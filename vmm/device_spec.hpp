@@ -17,6 +17,8 @@ struct DiskSpec {
   std::filesystem::path path;
   bool read_only = false;
   std::string id;  ///< the serial the guest reads (GET_ID), at most 20 bytes; default: disk<N>
+  /// "raw" or "qcow2"; empty: read from the content (disk::OpenOptions::format).
+  std::string format{};
   /// (A clone's overlay) the file its backing file must be: the template disk checked before.
   std::optional<std::pair<uint64_t, uint64_t>> backing_must_be{};
 };

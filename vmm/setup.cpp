@@ -17,7 +17,7 @@ std::expected<Devices, Failure> open_devices(const devices::ConsoleSpec& console
   if (!loop) return std::unexpected(Failure{exit_code::kVmmError, loop.error().message()});
   Devices d{.console = std::move(*console), .disks = {}, .nets = {}, .loop = std::move(*loop)};
   for (const auto& spec : disk_specs) {
-    auto image = disk::open_image(*d.loop, {.path = spec.path, .read_only = spec.read_only, .backing_must_be = spec.backing_must_be});
+    auto image = disk::open_image(*d.loop, {.path = spec.path, .read_only = spec.read_only, .format = spec.format, .backing_must_be = spec.backing_must_be});
     if (!image) return std::unexpected(Failure{exit_code::kImage, image.error().message()});
     d.disks.push_back({.image = std::move(*image), .id = spec.id});
   }

@@ -632,7 +632,9 @@ static int64_t take_number(const char** p) {
   return v;
 }
 
-/* blk-serve: the disk set up, then `write S B` (sector S filled with byte B), `read S` (prints the
+/* blk-serve: the disk set up, then `write S B` (sector S filled with byte B), `magic S` (sector S
+ * starting with the qcow2 magic "QFI\xfb", zeroes after it: what a hostile guest writes to make its
+ * raw disk look like a qcow2 image to the next VMM that guesses the format), `read S` (prints the
  * sector's byte, or "mixed"), `flush`, `quit`, waiting in sti;hlt between lines. For the clone tests:
  * a template is made after the ready line and each clone writes its own disk. */
 static void blk_serve(void) {
@@ -646,6 +648,15 @@ static void blk_serve(void) {
         int64_t sector = take_number(&p), byte = take_number(&p);
         if (sector < 0 || byte < 0 || byte > 255) { puts_("blk-serve: bad write\n"); continue; }
         for (unsigned i = 0; i < 512; i++) buf[i] = (uint8_t)byte;
+        if (blk_request(1, (uint64_t)sector, buf, 512, 0) != 0) { puts_("blk-serve: write failed\n"); continue; }
+        puts_("blk-serve: wrote ");
+        putu((unsigned)sector);
+        putc_('\n');
+      } else if (starts_with(l.buf, "magic ")) {
+        int64_t sector = take_number(&p);
+        if (sector < 0) { puts_("blk-serve: bad magic\n"); continue; }
+        for (unsigned i = 0; i < 512; i++) buf[i] = 0;
+        buf[0] = 'Q', buf[1] = 'F', buf[2] = 'I', buf[3] = 0xfb;
         if (blk_request(1, (uint64_t)sector, buf, 512, 0) != 0) { puts_("blk-serve: write failed\n"); continue; }
         puts_("blk-serve: wrote ");
         putu((unsigned)sector);

@@ -183,6 +183,34 @@ else bad "full clone (status $st)"; sed 's/^/  | /' "$work/full.out"; fi
 
 grep -q "copying" "$work/full.out" && bad "a progress bar without a terminal" || ok "no progress bar without a terminal"
 
+# A raw disk whose content is a qcow2 image (what a guest may write into its raw disk) with a
+# backing file, a host "secret" of byte 0x5a: the template records raw, and its clones, full and
+# linked, read the file's own bytes (zeroes at sector 100), never the secret through the header.
+head -c 1048576 /dev/zero | tr '\0' Z >"$work/secret"
+"$vmm" disk create "$work/evil.qcow2" --size 1M --backing "$work/secret" --backing-format raw >/dev/null
+expect template_evil 0 "written" -- "$vmm" template create evil --kernel "$guest" --cmdline blk-serve \
+  --ready-on "blk-serve: ready" --console none --disk "path=$work/evil.qcow2,format=raw"
+for kind in full linked; do
+  printf 'read 100\nquit\n' | "$vmm" run --clone-of evil --name "evil-$kind" $([ $kind = full ] && echo --full) --console stdio \
+    >"$work/evil-$kind.out" 2>&1
+  grep -q "sector 100 byte=0x0$" "$work/evil-$kind.out" && ok "$kind clone of a raw disk holding a qcow2 header reads it as raw" ||
+    { bad "$kind clone of a raw disk holding a qcow2 header"; sed 's/^/  | /' "$work/evil-$kind.out"; }
+done
+# A guest cannot put the qcow2 magic at the start of a raw disk whose format was guessed (its
+# write fails, the file keeps its bytes); given as raw, it can (and the disk stays raw to vmm).
+head -c 1048576 /dev/zero >"$work/guessed.img"
+cp "$work/guessed.img" "$work/given.img"
+printf 'magic 0\nmagic 1\nquit\n' | "$vmm" run --kernel "$guest" --memory 64M --cmdline blk-serve --console stdio \
+  --disk "path=$work/guessed.img" >"$work/guessed.out" 2>&1
+printf 'magic 0\nquit\n' | "$vmm" run --kernel "$guest" --memory 64M --cmdline blk-serve --console stdio \
+  --disk "path=$work/given.img,format=raw" >"$work/given.out" 2>&1
+if grep -q "blk-serve: write failed" "$work/guessed.out" && grep -q "blk-serve: wrote 1$" "$work/guessed.out" &&
+  grep -q "refused the guest's write that would make it look like a qcow2 image" "$work/guessed.out" &&
+  [ "$(head -c 4 "$work/guessed.img" | od -An -tx1 | tr -d ' ')" = 00000000 ] &&
+  grep -q "blk-serve: wrote 0$" "$work/given.out" && [ "$(head -c 4 "$work/given.img" | od -An -tx1 | tr -d ' ')" = 514649fb ]; then
+  ok "a guessed raw disk refuses the qcow2 magic at its start; one given as raw takes it"
+else bad "qcow2 magic in a raw disk"; sed 's/^/  | /' "$work/guessed.out" "$work/given.out"; fi
+
 # A full clone of a template with 80 MiB of memory data, on a terminal (script(1)'s pty): a progress
 # bar that ends at 100 %. (busybox has no script(1): the nested lane's L1 skips this part.)
 if command -v script >/dev/null 2>&1; then

@@ -534,6 +534,25 @@ for c in $(cut -d' ' -f1 "$work/forkw"); do "$vmm" stop --timeout 0 "$c"; done
 exec 3>&-
 wait "$pid_w"
 
+# ---- A disk given as raw whose content is a qcow2 image (what a guest may write into its raw disk)
+# with a backing file, a host "secret" of byte 0x5a: the VM reads the file's own bytes, and so does
+# its fork, which opens its copy as raw too (guessed, it would read the secret through the header).
+head -c 1048576 /dev/zero | tr '\0' Z >"$work/secret"
+"$vmm" disk create "$work/evil.qcow2" --size 1M --backing "$work/secret" --backing-format raw >/dev/null
+start_vm ev --kernel "$guest" --cmdline blk-serve --disk "path=$work/evil.qcow2,format=raw"
+wait_for "$work/ev.out" "^blk-serve: ready$" || bad "blk-serve (raw disk holding a qcow2 header) did not start"
+echo "read 100" >&3
+wait_for "$work/ev.out" "sector 100 " || bad "read 100"
+"$vmm" fork ev >"$work/forkev" 2>"$work/forkev.err" || { bad "fork ev"; cat "$work/forkev.err"; }
+ec=$(cut -d' ' -f1 "$work/forkev")
+"$vmm" input "$ec" read 100 && wait_for "$VMM_STATE_DIR/clones/$ec/console.log" "sector 100 "
+grep -q "sector 100 byte=0x0$" "$work/ev.out" && grep -q "sector 100 byte=0x0$" "$VMM_STATE_DIR/clones/$ec/console.log" &&
+  ok "a disk given as raw stays raw in the VM and its fork (a qcow2 header in it is data, its backing file unread)" ||
+  { bad "raw disk holding a qcow2 header"; tail -2 "$work/ev.out" "$VMM_STATE_DIR/clones/$ec/console.log"; }
+"$vmm" stop --timeout 0 "$ec"; "$vmm" stop --timeout 0 ev
+exec 3>&-
+wait "$pid_ev"
+
 # The test guest ends a wait a broken CPU interrupted inside its check, and says so: only the nested lane's may (README).
 grep -q "vmm_nested\." /proc/cmdline || ! find "$work" -type f -size -10M -exec grep -l "^testguest: the CPU delivered" {} + 2>/dev/null | grep -q . ||
   bad "a test guest met an interrupt inside its wait's check on a CPU that must hold it"

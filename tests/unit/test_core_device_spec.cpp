@@ -15,9 +15,13 @@ TEST_CASE("cli: --disk specs") {
   CHECK(e->id == "root");
   CHECK(e->path == "x.raw");
   CHECK_FALSE(vmm::parse_disk_spec("readonly=off,path=x")->read_only);
+  CHECK(d->format.empty());  // guessed from the content
+  CHECK(vmm::parse_disk_spec("path=x,format=raw")->format == "raw");
+  CHECK(vmm::parse_disk_spec("path=x,format=qcow2")->format == "qcow2");
 
   for (const char* bad : {"", "x.img", "path=", "=x", "path=a,path=b", "path=a,readonly=maybe", "path=a,color=red",
-                          "readonly=on", "path=a,,id=b", "path=a,id=123456789012345678901", "path=a,"}) {
+                          "readonly=on", "path=a,,id=b", "path=a,id=123456789012345678901", "path=a,",
+                          "path=a,format=vmdk", "path=a,format=", "path=a,format=RAW"}) {
     auto r = vmm::parse_disk_spec(bad);
     INFO(bad);
     REQUIRE_FALSE(r);

@@ -421,3 +421,79 @@ TEST_CASE("disk: range and buffer arithmetic is overflow-safe") {
   std::vector<iovec> many(IOV_MAX + 1, iovec{nullptr, 1});
   CHECK_FALSE(vmm::disk::iov_bytes(many));
 }
+
+// A guest that writes the qcow2 magic into its raw disk's first sector: were the format guessed at
+// the next open, the image would be read as qcow2, with a header (and a backing file, a host file
+// of the guest's choosing) that the guest wrote. A raw image whose format was guessed refuses such
+// a write, as QEMU's probed raw images do; one opened as raw explicitly takes it and stays raw.
+TEST_CASE("disk: a raw image whose format was guessed refuses to be made to look like qcow2") {
+  auto loop = make_loop();
+  TempFile f(Bytes(1 << 16, 0), "vmm-disk-probe");
+  Bytes magic(512, 0);
+  magic[0] = 'Q', magic[1] = 'F', magic[2] = 'I', magic[3] = 0xfb;
+  int pending = 0;
+  int32_t result = 0;
+  auto done = [&](int32_t r) {
+    result = r;
+    --pending;
+  };
+  {
+    auto img = vmm::disk::open_image(*loop, {.path = f.path()});
+    REQUIRE_MESSAGE(img, img.error().message());
+    CHECK(std::string((*img)->format()) == "raw");
+    // The magic at the start: refused, synchronously, nothing written.
+    iovec whole = iov(magic, 0, 512);
+    auto r = (*img)->write(0, {&whole, 1}, done);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().message().find("look like a qcow2 image") != std::string::npos);
+    // Split over buffers of 1, 2 and the rest: the same four bytes, the same answer.
+    std::array<iovec, 3> split = {iov(magic, 0, 1), iov(magic, 1, 2), iov(magic, 3, 509)};
+    CHECK_FALSE((*img)->write(0, split, done));
+    // A write over only part of the first four bytes is refused (whole sectors are not).
+    iovec part = iov(magic, 0, 2);
+    CHECK_FALSE((*img)->write(2, {&part, 1}, done));
+    CHECK_FALSE((*img)->write(0, {&part, 1}, done));
+    // The magic elsewhere is data like any other.
+    ++pending;
+    REQUIRE((*img)->write(512, {&whole, 1}, done));
+    drain(*loop, pending);
+    CHECK(result == 512);
+    // Other data at the start is written; from a copy of its first bytes made at the request (the
+    // guest's buffer changing before the write completes changes nothing of them).
+    Bytes data = pattern(512, 9);
+    iovec d[2] = {iov(data, 0, 3), iov(data, 3, 509)};
+    ++pending;
+    REQUIRE((*img)->write(0, d, done));
+    std::copy(magic.begin(), magic.begin() + 4, data.begin());
+    drain(*loop, pending);
+    CHECK(result == 512);
+    const auto head = device_test::file_bytes(f.path(), 0, 4);
+    const Bytes want = pattern(512, 9);
+    CHECK(head == std::vector<uint8_t>(want.begin(), want.begin() + 4));
+    CHECK(device_test::file_bytes(f.path(), 512, 4) == std::vector<uint8_t>(magic.begin(), magic.begin() + 4));
+  }
+  {
+    // Its format given: raw, and the magic may be written.
+    auto img = vmm::disk::open_image(*loop, {.path = f.path(), .format = "raw"});
+    REQUIRE_MESSAGE(img, img.error().message());
+    iovec whole = iov(magic, 0, 512);
+    ++pending;
+    REQUIRE((*img)->write(0, {&whole, 1}, done));
+    drain(*loop, pending);
+    CHECK(result == 512);
+  }
+  // Opened as raw again it is still raw (its size the file's); guessing now finds a (broken) qcow2
+  // header, and a qcow2 format given for a raw file is refused.
+  auto raw = vmm::disk::open_image(*loop, {.path = f.path(), .read_only = true, .format = "raw"});
+  REQUIRE_MESSAGE(raw, raw.error().message());
+  CHECK((*raw)->size() == (1u << 16));
+  CHECK(std::string((*raw)->format()) == "raw");
+  CHECK_FALSE(vmm::disk::open_image(*loop, {.path = f.path(), .read_only = true}));
+  TempFile plain(Bytes(4096, 1), "vmm-disk-probe");
+  auto q = vmm::disk::open_image(*loop, {.path = plain.path(), .read_only = true, .format = "qcow2"});
+  REQUIRE_FALSE(q);
+  CHECK(q.error().message() == plain.path().string() + ": not a qcow2 image (no qcow2 magic)");
+  auto bad = vmm::disk::open_image(*loop, {.path = plain.path(), .read_only = true, .format = "vmdk"});
+  REQUIRE_FALSE(bad);
+  CHECK(bad.error().message().find("format 'vmdk' is not raw or qcow2") != std::string::npos);
+}

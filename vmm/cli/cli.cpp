@@ -161,7 +161,9 @@ int main(int argc, char** argv) {
     a.memory = cmd->add_option("--memory", a.memory_text, "Guest RAM, e.g. 256M, 2G (a bare number means MiB)")->capture_default_str();
     a.cpus = cmd->add_option("--cpus", a.opts.vcpus, "Number of vCPUs (1-254)")->capture_default_str()->check(kDecimal);
     cmd->add_option("--console", a.console, "Serial console: stdio, file:PATH or none")->capture_default_str();
-    cmd->add_option("--disk", a.disks, "A virtio-blk disk: path=FILE[,readonly=on][,id=NAME] (repeatable)");
+    cmd->add_option("--disk", a.disks, "A virtio-blk disk: path=FILE[,readonly=on][,id=NAME][,format=raw|qcow2] (repeatable; "
+                                       "format: default the content's, and a guessed raw image refuses the guest's writes that "
+                                       "would make it look like qcow2)");
     cmd->add_option("--net", a.nets, "A virtio-net interface on a TAP: tap=NAME[,mac=MAC][,bridge=BRIDGE][,netns=NAME] (repeatable; "
                                      "NAME may hold {name} and {i}, the VM's name and a fleet's index)");
     cmd->add_option("--hostname", a.opts.hostname, "Hostname the guest's identity channel carries (vmm-agent applies it)");
