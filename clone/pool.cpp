@@ -33,6 +33,7 @@
 #include <nlohmann/json.hpp>
 
 #include "clone/live.hpp"
+#include "vmm/api/json_text.hpp"
 #include "vmm/api/http.hpp"
 #include "vmm/api/registry.hpp"
 #include "vmm/api/service.hpp"
@@ -663,7 +664,9 @@ int run_from_pool_answered(const std::string& socket, const CloneOptions& o) {
   if (!o.hostname.empty()) body["hostname"] = o.hostname;
   if (!o.ip.empty()) body["ip"] = o.ip;
   if (!o.gateway.empty()) body["gateway"] = o.gateway;
-  auto r = api::call(socket, {.method = "POST", .path = "/clones", .body = body.dump()}, 30);
+  auto text = api::json_text(body, "--hostname, --ip or --gateway");
+  if (!text) return report_error(exit_code::kUsage, text.error().message());
+  auto r = api::call(socket, {.method = "POST", .path = "/clones", .body = std::move(*text)}, 30);
   if (!r) return report_error(exit_code::kVmmError, fmt::format("{}: {}", socket, r.error().message()));
   auto j = json::parse(r->body, nullptr, false);
   if (r->status != 201 || !j.is_object()) {

@@ -21,6 +21,7 @@
 
 #include "clone/memory_file.hpp"
 #include "disk/qcow2_format.hpp"
+#include "vmm/api/json_text.hpp"
 #include "vmm/base/crc32c.hpp"
 #include "vmm/base/fd.hpp"
 #include "vmm/base/process.hpp"
@@ -180,7 +181,9 @@ std::string manifest_json(const Manifest& m) {
         {"cmdline", m.cmdline}, {"disks", disks}, {"nets", nets}, {"ip", m.ip}, {"gateway", m.gateway}}},
       {"files", {{"state", sum_json(m.state)}, {"memory", sum_json(m.memory_file)}}},
   };
-  return j.dump(2) + "\n";
+  // Only its name (checked), its files' names (ours) and its formats are read back as they are:
+  // its kernel, command line, TAPs and addresses are for information.
+  return api::json_display(j, 2) + "\n";
 }
 
 Result<Manifest> parse_manifest(std::string_view text, std::string_view file) {
@@ -206,6 +209,9 @@ Result<Manifest> parse_manifest(std::string_view text, std::string_view file) {
   if (m.minor > kManifestMinor) return fail("{}: format version {} is newer than this vmm ({}.{})", file, version, kManifestMajor, kManifestMinor);
   try {
     m.name = j.at("name").get<std::string>();
+    // A template's name names its clones (NAME-1...) and pool members: one that is not a name
+    // would fail each of them later, a pool's forever.
+    if (!valid_name(m.name)) return fail("{}: name '{}': use letters, digits, '.', '_' and '-'", file, printable(m.name));
     m.created = j.at("created").get<std::string>();
     m.vmm_version = j.at("vmm_version").get<std::string>();
     const json& c = j.at("config");
@@ -423,9 +429,12 @@ Result<> verify_template(const fs::path& dir) {
   return {};
 }
 
-std::string clone_json(const CloneRecord& c) {
+Result<std::string> clone_json(const CloneRecord& c) {
+  // Its template's path must read back as it is (`vmm template rm` finds its dependants by it).
   json j = {{"name", c.name}, {"template", c.template_dir}, {"full", c.full}, {"pid", c.pid}, {"created", c.created}};
-  return j.dump(2) + "\n";
+  auto text = api::json_text(j, fmt::format("clone {}'s record (template {})", c.name, c.template_dir), 2);
+  if (!text) return text;
+  return *text + "\n";
 }
 
 Result<CloneRecord> parse_clone_record(std::string_view text, std::string_view file) {
@@ -456,7 +465,9 @@ Result<CloneRecord> read_clone_record(const fs::path& clone_dir) {
 
 Result<> stage_clone_record(const fs::path& clone_dir, const CloneRecord& record) {
   const fs::path staged = clone_dir / kStagedCloneRecord;
-  const std::string text = clone_json(record);
+  auto json = clone_json(record);
+  if (!json) return std::unexpected(json.error());
+  const std::string& text = *json;
   // Written over in place and cut to its length after, never truncated to nothing first: ext4
   // (auto_da_alloc) starts the writeback of a file truncated to zero and written again as it is
   // closed, which was a tenth of a pool's request here (its member rewrites the record staged

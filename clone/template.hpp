@@ -97,7 +97,7 @@ struct CloneRecord {
   int64_t pid = 0;
   std::string created;
 };
-std::string clone_json(const CloneRecord& c);
+Result<std::string> clone_json(const CloneRecord& c);
 /// Parses and checks a clone record (clone.json) read from `file`.
 Result<CloneRecord> parse_clone_record(std::string_view text, std::string_view file);
 Result<CloneRecord> read_clone_record(const std::filesystem::path& clone_dir);

@@ -12,9 +12,20 @@ namespace vmm {
 
 namespace fs = std::filesystem;
 
+namespace {
+/// Absolute: a relative one would name other places once written into a file read elsewhere (a
+/// clone's overlay names its template disk relative to the overlay's own directory, so a linked
+/// clone of a template with disks could not open them).
+fs::path absolute(const fs::path& p) {
+  std::error_code ec;
+  fs::path a = fs::absolute(p, ec);
+  return ec ? p : a;
+}
+}  // namespace
+
 fs::path resolve_state_dir(const std::string& given) {
-  if (!given.empty()) return given;
-  if (const char* e = std::getenv("VMM_STATE_DIR"); e && *e) return e;
+  if (!given.empty()) return absolute(given);
+  if (const char* e = std::getenv("VMM_STATE_DIR"); e && *e) return absolute(e);
   if (::geteuid() == 0) return "/var/lib/vmm";
   if (const char* x = std::getenv("XDG_STATE_HOME"); x && *x) return fs::path(x) / "vmm";
   if (const char* h = std::getenv("HOME"); h && *h) return fs::path(h) / ".local/state/vmm";

@@ -54,9 +54,9 @@ void make_seeds(const fs::path& dir) {
   seeds.push_back({"manifest-plain", manifest_json(template_test::sample_manifest(0, 0, false))});
   seeds.push_back({"manifest-disks-nets", manifest_json(template_test::sample_manifest(2, 2, false))});
   seeds.push_back({"manifest-1.0", manifest_json(template_test::sample_manifest(1, 0, true))});
-  seeds.push_back({"clone-linked", clone_json({.name = "web-1", .template_dir = "/var/lib/vmm/templates/web", .full = false,
+  seeds.push_back({"clone-linked", *clone_json({.name = "web-1", .template_dir = "/var/lib/vmm/templates/web", .full = false,
                                                .pid = 4242, .created = "2026-12-05T01:00:00Z"})});
-  seeds.push_back({"clone-full", clone_json({.name = "web-2", .template_dir = "", .full = true, .pid = -1, .created = "x"})});
+  seeds.push_back({"clone-full", *clone_json({.name = "web-2", .template_dir = "", .full = true, .pid = -1, .created = "x"})});
   for (const auto& [name, text] : seeds) {
     const char selector = name.starts_with("clone") ? 1 : 0;
     std::ofstream out(dir / name, std::ios::binary);

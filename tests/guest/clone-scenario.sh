@@ -196,6 +196,14 @@ for kind in full linked; do
   grep -q "sector 100 byte=0x0$" "$work/evil-$kind.out" && ok "$kind clone of a raw disk holding a qcow2 header reads it as raw" ||
     { bad "$kind clone of a raw disk holding a qcow2 header"; sed 's/^/  | /' "$work/evil-$kind.out"; }
 done
+# A relative --state-dir: a linked clone of a template with a disk opens its template's disk (its
+# overlay named the disk by a relative path, read relative to the overlay's own directory).
+head -c 1048576 /dev/zero | tr '\0' R >"$work/rel.img"
+expect template_relative_state 0 "written" -- sh -c "cd '$work' && '$vmm' template create rel --state-dir relstate --kernel '$guest' \
+  --cmdline blk-serve --ready-on 'blk-serve: ready' --console none --disk path=rel.img"
+printf 'read 7\nquit\n' | (cd "$work" && "$vmm" run --clone-of rel --state-dir relstate --name r1 --console stdio) >"$work/rel.out" 2>&1
+grep -q "sector 7 byte=0x52$" "$work/rel.out" && ok "a linked clone under a relative --state-dir reads its template's disk" ||
+  { bad "relative state directory"; sed 's/^/  | /' "$work/rel.out"; }
 # A guest cannot put the qcow2 magic at the start of a raw disk whose format was guessed (its
 # write fails, the file keeps its bytes); given as raw, it can (and the disk stays raw to vmm).
 head -c 1048576 /dev/zero >"$work/guessed.img"
@@ -231,6 +239,10 @@ expect clone_name_taken 2 "already exists" -- "$vmm" run --clone-of counter --na
 expect clone_memory_refused 2 "cannot be given with --clone-of" -- "$vmm" run --clone-of counter --memory 512M
 expect clone_kernel_refused 2 "cannot be given with --clone-of" -- "$vmm" run --clone-of counter --kernel "$guest"
 expect clone_missing_template 6 "not found" -- "$vmm" run --clone-of nosuch
+# A path that is not UTF-8 (JSON cannot carry it into the VM's record): refused in one line, not
+# an abort (nlohmann's exception ended vmm with SIGABRT, status 134), and the name stays free.
+expect socket_not_utf8 2 "not valid UTF-8" -- "$vmm" run --clone-of counter --name u8 --api-socket "$(printf '%s/a\377.sock' "$work")"
+[ -e "$VMM_STATE_DIR/clones/u8" ] && bad "a clone refused at its registration left its directory"
 expect template_exists 2 "already exists" -- "$vmm" template create counter --kernel "$guest" --ready-on x
 expect template_timeout 10 "did not print" -- "$vmm" template create slow --kernel "$guest" --cmdline counter \
   --ready-on "never printed" --timeout 1 --console none

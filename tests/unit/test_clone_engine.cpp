@@ -14,6 +14,7 @@
 #include "clone/clones.hpp"
 #include "clone/make_template.hpp"
 #include "temp_dir.hpp"
+#include "vmm/state_dir.hpp"
 
 namespace fs = std::filesystem;
 using namespace vmm;
@@ -92,6 +93,10 @@ TEST_CASE("clone: plan_nets gives each VM its interfaces, MACs and address, or s
 
 TEST_CASE("clone: a template's place, by name in the state directory or by path") {
   TempDir d("vmm-clone-engine");
+  // A relative state directory is made absolute (a linked clone's overlay names its template's disk
+  // by a path read relative to the overlay's own directory).
+  CHECK(vmm::resolve_state_dir("st") == std::filesystem::current_path() / "st");
+  CHECK(vmm::resolve_state_dir("st").is_absolute());
   auto by_name = template_path(d.path.string(), "web");
   REQUIRE(by_name);
   CHECK(*by_name == d.path / "templates" / "web");
@@ -165,7 +170,7 @@ namespace {
 
 void write_record(const fs::path& dir, const std::string& name, int64_t pid) {
   fs::create_directories(dir);
-  std::ofstream(dir / "clone.json") << clone_json(CloneRecord{.name = name, .template_dir = "/t/web", .full = false, .pid = pid,
+  std::ofstream(dir / "clone.json") << *clone_json(CloneRecord{.name = name, .template_dir = "/t/web", .full = false, .pid = pid,
                                                              .created = "2026-12-05T00:00:00Z"});
 }
 

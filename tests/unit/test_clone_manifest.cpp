@@ -131,11 +131,14 @@ TEST_CASE("template manifest: file names stay inside the template, checksums are
 }
 
 TEST_CASE("template manifest: strings with control characters are refused, and errors stay one line") {
-  for (const char* key : {"name", "created", "vmm_version"}) {
+  for (const char* key : {"created", "vmm_version"}) {
     json j = sample_json();
     j[key] = std::string("a\nb");
     refused(j, std::string(key) + " 'a\\x0ab' has a control character at byte 1");
   }
+  json n = sample_json();
+  n["name"] = std::string("a\nb");
+  refused(n, "name 'a\\x0ab': use letters");  // (not a name: shown escaped)
   for (const char* key : {"cpu_template", "kernel", "cmdline"}) {
     json j = sample_json();
     j["config"][key] = std::string("x\x1b[31m");
@@ -159,14 +162,21 @@ TEST_CASE("template manifest: strings with control characters are refused, and e
   j = sample_json();
   j["config"]["nets"] = "tap0";
   refused(j, "must be arrays");
+  // Its name names its clones and a pool's members: one that is not a name is refused here, not by
+  // each clone later (a pool retried forever).
+  for (const char* name : {"a b", "../x", "", ".hidden", "a/b"}) {
+    j = sample_json();
+    j["name"] = name;
+    refused(j, "name '");
+  }
 }
 
 TEST_CASE("clone record: parsed and checked") {
   const CloneRecord c{.name = "web-1", .template_dir = "/var/lib/vmm/templates/web", .full = false, .pid = 4242,
                       .created = "2026-12-05T01:00:00Z"};
-  auto r = parse_clone_record(clone_json(c), "c/clone.json");
+  auto r = parse_clone_record(*clone_json(c), "c/clone.json");
   REQUIRE_MESSAGE(r, r.error().message());
-  CHECK(clone_json(*r) == clone_json(c));
+  CHECK(*clone_json(*r) == *clone_json(c));
   auto bad = [](const std::string& text, std::string_view says) {
     auto e = parse_clone_record(text, "c/clone.json");
     REQUIRE_MESSAGE(!e, text);
@@ -176,13 +186,13 @@ TEST_CASE("clone record: parsed and checked") {
   };
   bad("", "not valid JSON");
   bad("[1]", "not valid JSON");
-  json j = json::parse(clone_json(c));
+  json j = json::parse(*clone_json(c));
   j["pid"] = 1.5;
   bad(j.dump(), "pid is not an integer");
-  j = json::parse(clone_json(c));
+  j = json::parse(*clone_json(c));
   j.erase("template");
   bad(j.dump(), "template");
-  j = json::parse(clone_json(c));
+  j = json::parse(*clone_json(c));
   j["name"] = "a\nb";
   bad(j.dump(), "name 'a\\x0ab' has a control character");
 }
@@ -199,9 +209,28 @@ TEST_CASE("clone record: staged ahead, then written over with a shorter one, lea
   REQUIRE(write_clone_record(dir.path, final));
   auto text = vmm::read_file(dir / "clone.json", 64 * 1024, "clone record");
   REQUIRE_MESSAGE(text, text.error().message());
-  CHECK(*text == clone_json(final));
+  CHECK(*text == *clone_json(final));
   CHECK(!std::filesystem::exists(dir / kStagedCloneRecord));
   auto r = read_clone_record(dir.path);
   REQUIRE_MESSAGE(r, r.error().message());
   CHECK(r->name == "m");
+}
+
+// Text that is not UTF-8 (nlohmann's dump() throws on it): a clone record, whose template path is
+// read back, refuses it with an error; a manifest, whose command line and kernel path are for
+// information, shows it as U+FFFD. Neither throws (it ended vmm with std::terminate).
+TEST_CASE("clone record and manifest: text that is not UTF-8 is an error or shown replaced, never an exception") {
+  const CloneRecord c{.name = "web-1", .template_dir = "/var/lib/caf\xe9/templates/web", .full = false, .pid = 1, .created = "x"};
+  vmm::Result<std::string> text = std::string();
+  CHECK_NOTHROW(text = clone_json(c));
+  REQUIRE_FALSE(text);
+  CHECK(text.error().message().find("not valid UTF-8") != std::string::npos);
+  Manifest m = sample();
+  m.cmdline = "console=ttyS0 x=\xe9";
+  m.kernel = "/boot/vmlinuz-\xff";
+  std::string mj;
+  CHECK_NOTHROW(mj = manifest_json(m));
+  auto r = parse_manifest(mj, kFile);
+  REQUIRE_MESSAGE(r, r.error().message());
+  CHECK(r->cmdline == "console=ttyS0 x=\xef\xbf\xbd");
 }

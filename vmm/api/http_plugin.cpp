@@ -18,12 +18,13 @@
 #include <nlohmann/json.hpp>
 
 #include "vmm/api/http.hpp"
+#include "vmm/api/json_text.hpp"
 #include "vmm/base/thread.hpp"
 
 namespace vmm::api {
 namespace {
 
-std::string fault(const std::string& message) { return nlohmann::json{{"fault_message", message}}.dump(); }
+std::string fault(const std::string& message) { return json_display(nlohmann::json{{"fault_message", message}}); }
 
 /// Set while a request is answered (on its connection's thread) when what follows it on the
 /// connection cannot be trusted to start a request: a body refused unread, a request httplib could

@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "vmm/api/json_text.hpp"
 #include "vmm/base/read_file.hpp"
 
 namespace vmm::api {
@@ -69,7 +70,8 @@ Result<RunningVm> read_info(const fs::path& dir) {
   auto text = read_file(dir / kInfoFile, 64 * 1024, "VM record");
   if (!text) return std::unexpected(text.error());
   auto j = nlohmann::json::parse(*text, nullptr, false);
-  if (j.is_discarded() || !j.is_object() || !j.value("socket", nlohmann::json()).is_string()) {
+  if (j.is_discarded() || !j.is_object() || !j.value("socket", nlohmann::json()).is_string() ||
+      !j.value("pid", nlohmann::json(0)).is_number_integer()) {
     return fail("{}: unreadable", (dir / kInfoFile).string());
   }
   return RunningVm{.name = dir.filename().string(), .socket = j["socket"].get<std::string>(), .pid = j.value("pid", int64_t{0})};
@@ -106,7 +108,9 @@ Result<std::unique_ptr<Registration>> Registration::prepare(const fs::path& stat
   r->lock_ = Fd(::open(info.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
   if (!r->lock_) return fail("{}: cannot create: {}", info.string(), errno_text(errno));
   if (::flock(r->lock_.get(), LOCK_EX | LOCK_NB) != 0) return fail("{}: cannot lock: {}", info.string(), errno_text(errno));
-  const std::string text = nlohmann::json{{"name", name}, {"pid", ::getpid()}, {"socket", r->socket_.string()}}.dump() + "\n";
+  auto json = json_text(nlohmann::json{{"name", name}, {"pid", ::getpid()}, {"socket", r->socket_.string()}}, r->socket_.string());
+  if (!json) return std::unexpected(json.error());
+  const std::string text = *json + "\n";
   if (::write(r->lock_.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size())) {
     return fail("{}: cannot write: {}", info.string(), errno_text(errno));
   }

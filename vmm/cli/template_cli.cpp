@@ -8,6 +8,7 @@
 
 #include "clone/inventory.hpp"
 #include "clone/template.hpp"
+#include "vmm/api/json_text.hpp"
 #include "vmm/exit_status.hpp"
 #include "vmm/state_dir.hpp"
 
@@ -45,7 +46,7 @@ int template_ls(const std::string& state_dir, bool json) {
                  on_disk >> 20, clones.size());
     }
   }
-  if (json) fmt::print("{}\n", list.dump(2));
+  if (json) fmt::print("{}\n", api::json_display(list, 2));
   return exit_code::kOk;
 }
 
@@ -104,7 +105,7 @@ int clone_ls(const std::string& state_dir, bool json) {
                  kind, c.bytes >> 10, created);
     }
   }
-  if (json) fmt::print("{}\n", list.dump(2));
+  if (json) fmt::print("{}\n", api::json_display(list, 2));
   return exit_code::kOk;
 }
 

@@ -12,6 +12,7 @@
 
 #include "clone/template.hpp"
 #include "vmm/api/http.hpp"
+#include "vmm/api/json_text.hpp"
 #include "vmm/api/registry.hpp"
 #include "vmm/base/process.hpp"
 #include "vmm/cli/cli.hpp"
@@ -49,7 +50,7 @@ int ps(const fs::path& sdir, bool as_json) {
     all.push_back(entry);
   }
   if (as_json) {
-    fmt::print("{}\n", all.dump(2));
+    fmt::print("{}\n", api::json_display(all, 2));
     return exit_code::kOk;
   }
   fmt::print("{:<24} {:<9} {:>8} {:>8} {:>10} {:<17} {:<15} {}\n", "NAME", "STATE", "PID", "MEMORY", "PRIVATE", "MAC", "IP", "TEMPLATE");
@@ -106,13 +107,14 @@ int vm_command_answered(const VmCommand& c) {
   }
   api::HttpRequest req{.method = "PUT", .path = "/vm/" + c.verb, .body = "{}"};
   double timeout = 30;
+  json body_json;  // a body with the user's text (paths, names, console input): checked for UTF-8
   if (c.verb == "stop") {
-    req.body = json{{"timeout_s", c.timeout_s}}.dump();
+    req.body = json{{"timeout_s", c.timeout_s}}.dump();  // (a number)
     timeout = c.timeout_s + 5;
   } else if (c.verb == "snapshot") {
     json body{{"dir", fs::absolute(c.dir).string()}, {"resume", !c.stay_paused}};
     if (c.at_rest) body["at_rest"] = true;  // (only when asked: a VM of an older vmm refuses the field)
-    req.body = body.dump();
+    body_json = body;
     timeout = 600;
   } else if (c.verb == "fork") {
     json body{{"count", c.count}, {"resume", !c.stay_paused}, {"children_paused", c.children_paused}};
@@ -121,12 +123,17 @@ int vm_command_answered(const VmCommand& c) {
     for (auto [key, value] : {std::pair{"hostname", &c.hostname}, {"ip", &c.ip}, {"gateway", &c.gateway}}) {
       if (!value->empty()) body[key] = *value;
     }
-    req.body = body.dump();
+    body_json = body;
     timeout = 120;
   } else if (c.verb == "input") {
     std::string line;
     for (const auto& w : c.text) line += (line.empty() ? "" : " ") + w;
-    req.body = json{{"text", line + "\n"}}.dump();
+    body_json = json{{"text", line + "\n"}};
+  }
+  if (!body_json.is_null()) {
+    auto text = api::json_text(body_json, fmt::format("vmm {}", c.verb));
+    if (!text) return report_error(exit_code::kUsage, text.error().message());
+    req.body = std::move(*text);
   }
   // Who is to be stopped, held before it is told: its process's end is what `vmm stop` waits for.
   Fd process;
