@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <mutex>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "devices/virtio/queue.hpp"
@@ -36,6 +37,10 @@ class Interrupt {
   virtual ~Interrupt() = default;
   /// Used buffers were added to queue `queue`.
   virtual void signal_used(unsigned queue) = 0;
+  /// The device met a driver error on its own, outside process_queue() (a frame arriving for a
+  /// receive ring the driver broke): NEEDS_RESET, as for an error process_queue() returns. Called
+  /// with the device's mutex held.
+  virtual void device_error(const std::string& why) = 0;
 };
 
 class VirtioDevice {
@@ -58,6 +63,10 @@ class VirtioDevice {
   virtual Result<> process_queue(unsigned queue) = 0;
   /// Device reset: forget the driver's configuration, drop (not complete) requests in flight.
   virtual void reset() = 0;
+  /// The transport set NEEDS_RESET (mutex held): serve nothing on the device's own initiative until
+  /// reset() (a device whose only work comes from process_queue() has nothing to do: the transport
+  /// no longer calls it).
+  virtual void halt() {}
   /// Requests started and not completed yet (mutex held). A paused VM waits for none before a
   /// snapshot; devices that complete everything synchronously have none.
   virtual size_t in_flight() const { return 0; }

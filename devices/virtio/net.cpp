@@ -74,7 +74,9 @@ Result<std::shared_ptr<Net>> Net::create(Tap tap, MacAddress mac, EventLoop& loo
   auto w = loop.watch(net->tap_.fd(), [self] {
     std::lock_guard lock(self->mutex_);
     if (!self->memory_) return;
-    if (auto r = self->receive(); !r) self->log_once(r.error().message());
+    // A receive ring the driver broke is its error as a broken ring it notified is: NEEDS_RESET
+    // (receiving then stops until the reset; it used to stop without telling the driver).
+    if (auto r = self->receive(); !r) self->interrupt_->device_error(fmt::format("queue {}: {}", kRxQueue, r.error().message()));
   });
   if (!w) return std::unexpected(w.error());
   net->loop_ = &loop;
@@ -119,6 +121,11 @@ void Net::reset() {
   for (auto& q : queues_) q.reset();
   memory_ = nullptr;
   interrupt_ = nullptr;
+}
+
+void Net::halt() {
+  // Frames stay queued in the TAP (as before DRIVER_OK); the rings keep their state for a snapshot.
+  memory_ = nullptr;
 }
 
 void Net::log_once(const std::string& what) {

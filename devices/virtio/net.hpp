@@ -54,6 +54,7 @@ class Net final : public VirtioDevice {
   Result<> activate(const GuestMemory& memory, uint64_t features, Interrupt& interrupt) override;
   Result<> process_queue(unsigned queue) override;
   void reset() override;
+  void halt() override;
 
   const MacAddress& mac() const { return mac_; }
   const Tap& tap() const { return tap_; }

@@ -277,8 +277,12 @@ void PciTransport::common_write(uint64_t offset, std::span<const uint8_t> data) 
   Queue* q = queue_select_ < queue_vectors_.size() ? &device_->queues()[queue_select_] : nullptr;
   // Queue fields are frozen once the queue is enabled, and all of them once DRIVER_OK is set.
   const bool queue_writable = q && !q->ready() && !(status_ & kStatusDriverOk);
-  auto set_half = [&](uint64_t base, uint64_t current, auto setter) {
-    if (!queue_writable || n != 4) return;
+  // A 64-bit field, written whole or as two 32-bit halves (virtio 1.2 §4.1.3.1: the driver may
+  // use either; a whole write was dropped until 2026-12-07, leaving the ring at GPA 0).
+  auto set_address = [&](uint64_t base, uint64_t current, auto setter) {
+    if (!queue_writable) return;
+    if (n == 8 && offset == base) return setter(v);
+    if (n != 4) return;
     const bool high = offset == base + 4;
     setter(high ? (current & 0xffffffffull) | (v << 32) : (current & ~0xffffffffull) | v);
   };
@@ -307,13 +311,13 @@ void PciTransport::common_write(uint64_t offset, std::span<const uint8_t> data) 
       }
       break;
     case kQueueDesc: case kQueueDesc + 4:
-      if (q) set_half(kQueueDesc, q->desc(), [&](uint64_t a) { q->set_desc(a); });
+      if (q) set_address(kQueueDesc, q->desc(), [&](uint64_t a) { q->set_desc(a); });
       break;
     case kQueueDriver: case kQueueDriver + 4:
-      if (q) set_half(kQueueDriver, q->avail(), [&](uint64_t a) { q->set_avail(a); });
+      if (q) set_address(kQueueDriver, q->avail(), [&](uint64_t a) { q->set_avail(a); });
       break;
     case kQueueDevice: case kQueueDevice + 4:
-      if (q) set_half(kQueueDevice, q->used(), [&](uint64_t a) { q->set_used(a); });
+      if (q) set_address(kQueueDevice, q->used(), [&](uint64_t a) { q->set_used(a); });
       break;
     default: break;  // read-only or undefined
   }
@@ -363,6 +367,7 @@ void PciTransport::needs_reset_locked(const std::string& why) {
   if (!logged_) fmt::print(stderr, "vmm: {}: driver error, device needs reset: {}\n", name_, why);
   logged_ = true;
   remove_notifiers_locked();
+  device_->halt();  // nor does it serve the device on its own (a TAP's frames) until the reset
   status_ |= kStatusNeedsReset;
   ++config_generation_;
   // A configuration-change interrupt tells the driver (virtio 1.2 §2.1.2).
@@ -411,6 +416,10 @@ void PciTransport::kick(unsigned queue) {
   if (auto r = device_->process_queue(queue); !r) {
     needs_reset_locked(fmt::format("queue {}: {}", queue, r.error().message()));
   }
+}
+
+void PciTransport::device_error(const std::string& why) {
+  if (!(status_ & kStatusNeedsReset)) needs_reset_locked(why);
 }
 
 void PciTransport::signal_used(unsigned queue) {

@@ -57,6 +57,7 @@ class PciTransport final : public PciFunction, public Interrupt, public Snapshot
   bool mmio_write(uint64_t addr, std::span<const uint8_t> data) override;
 
   // Interrupt (called by the device with its mutex held)
+  void device_error(const std::string& why) override;
   void signal_used(unsigned queue) override;
   /// After a restore (takes the device's mutex): one used-buffer interrupt per queue of a running
   /// device. A driver that finds nothing new ignores it; one that waits for an interrupt the

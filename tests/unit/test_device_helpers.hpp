@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <string>
 #include <vector>
 
 #include "devices/virtio/device.hpp"
@@ -36,7 +37,9 @@ inline vmm::GuestMemory ram(uint64_t size) {
 /// Counts the used-buffer interrupts a device raises.
 struct CountingInterrupt final : vmm::devices::virtio::Interrupt {
   int count = 0;
+  std::vector<std::string> errors;  // device_error()s
   void signal_used(unsigned) override { ++count; }
+  void device_error(const std::string& why) override { errors.push_back(why); }
 };
 
 }  // namespace device_test
