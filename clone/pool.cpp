@@ -48,15 +48,6 @@ using nlohmann::json;
 
 namespace {
 
-/// One line from `fd` (a SOCK_SEQPACKET message), waiting at most `timeout_ms`; empty on EOF or timeout.
-std::string receive(int fd, int timeout_ms) {
-  pollfd p{.fd = fd, .events = POLLIN, .revents = 0};
-  if (::poll(&p, 1, timeout_ms) <= 0) return {};
-  char buf[512];
-  const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-  return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
-}
-
 void send_text(int fd, const std::string& text) { (void)!::send(fd, text.data(), text.size(), MSG_NOSIGNAL); }
 
 /// Sends `text` with a copy of the descriptor `fd` (SCM_RIGHTS) as one message.
@@ -154,13 +145,17 @@ std::pair<std::string, int> receive_with_fd(int sock) {
     }
     off_cpu->allow_all();  // (vCPU 0's thread kept it off its own CPU to wake it: OffCpuWake says why)
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - o.started).count();
-    serve_clone(t, o, **c, *control);
+    // Published before it is served: a socket not bound ahead (its hidden path too long) is bound
+    // by the API's thread, which serve_clone() starts, where publish() has moved it (served first,
+    // the thread read the registration's paths while publish() changed them, and could bind where
+    // the directory no longer was: a clone reported running without an API).
     if (auto r = publish_clone(t, o, **c, *control); !r) {
       // The guest runs; it has no name in STATE/run nor an API: say so, stop it.
       send_text(fd, "error " + r.error().message());
       m.vm().request_stop(StopInfo{.reason = devices::StopReason::Error, .status = 0, .message = r.error().message()});
       return;
     }
+    serve_clone(t, o, **c, *control);
     control->wait_serving();  // (bound before the request: at once)
     detach_output(output);    // it outlives the pool (its log made before it is reported)
     send_text(fd, fmt::format("ok {:.3f}", ms));
@@ -506,10 +501,11 @@ class Pool {
       // file, or ECONNRESET when it ended with the request unread (killed as it was sent). The
       // next one takes the request, and its prepared directory goes.
       const bool ended = polled > 0 && n <= 0;
-      // Alive but not running in time, or its socket broken: it is told no more (killed while its
-      // socket is still open, so that the pid is its own), and leaves no clone behind that nobody
-      // was told about.
-      if (polled == 0 || ended) ::kill(m.pid, SIGKILL);
+      // Alive but not running in time: it is told no more (killed while its socket is still open,
+      // so that the pid is its own), and leaves no clone behind that nobody was told about. One
+      // that ended is not killed: the zygote (its parent) has reaped it, and its pid may be
+      // another process's by now (until 2026-12-07 the pool killed it all the same).
+      if (polled == 0) ::kill(m.pid, SIGKILL);
       ::close(m.fd);
       if (ended) {
         forget(m, t_.sdir);
@@ -571,10 +567,20 @@ class Pool {
       fmt::print(stderr, "vmm: pool: no member: {}\n", m.error());
       return std::nullopt;
     }
-    const std::string said = receive(m->fd, 60000);
+    pollfd p{.fd = m->fd, .events = POLLIN, .revents = 0};
+    const bool answered = ::poll(&p, 1, 60000) > 0;
+    char buf[512];
+    const ssize_t n = answered ? ::recv(m->fd, buf, sizeof buf, 0) : -1;
+    const std::string said = n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
     if (said != "ready") {
-      fmt::print(stderr, "vmm: pool: a member could not be prepared: {}\n", said.empty() ? "it ended" : said);
+      const bool ended = answered && n <= 0;
+      fmt::print(stderr, "vmm: pool: a member could not be prepared: {}\n",
+                 ended ? "it ended" : !answered ? "not ready within 60 s" : said);
       ::close(m->fd);
+      // One that ended as it prepared (killed, crashed) left its directory and its registration;
+      // one that said why removed them itself, and one not ready in time does once it sees its
+      // socket closed.
+      if (ended) forget(*m, t_.sdir);
       return std::nullopt;
     }
     return *m;

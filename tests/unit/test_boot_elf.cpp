@@ -124,6 +124,11 @@ TEST_CASE("boot: ELF header fields that cannot describe a kernel") {
                          kMiB),
                 "PVH entry point 0x300000 is outside");
   check_refused(make_elf({{.paddr = kMiB, .data = pattern(64)}}, kMiB, /*is64=*/false), "32-bit ELF without");
+  // In RAM, but above 4 GiB (RAM above the MMIO hole): the boot page tables do not reach it.
+  constexpr uint64_t k4G = vmm::layout::kMmioHoleEnd;
+  check_refused(make_elf({{.paddr = k4G, .data = pattern(64)}}, k4G), "above 4 GiB", vmm::layout::kMmioHoleStart + 16 * kMiB);
+  check_refused(make_elf({{.paddr = kMiB, .data = pattern(64)}, {.paddr = k4G, .data = pattern(64)}}, kMiB), "above 4 GiB",
+                vmm::layout::kMmioHoleStart + 16 * kMiB);
 }
 
 TEST_CASE("boot: ELF segment data past the end of the file, with and without overflow") {

@@ -186,6 +186,12 @@ Result<LoadedKernel> load_elf(const GuestMemory& memory, const ImageFile& file) 
     if (s.type == PT_LOAD) {
       if (s.memsz == 0) continue;
       if (auto r = check_load(memory, file, i, s); !r) return std::unexpected(r.error());
+      // The boot page tables map the first 4 GiB (x86_boot.cpp) and a PVH entry is 32-bit: a kernel
+      // loaded above could not be entered (its guest faulted at once, a "triple fault").
+      if (s.paddr + s.memsz > layout::kMmioHoleEnd) {  // no overflow: inside RAM
+        return file.error("ELF program header {}: loaded at {:#x} ({:#x} bytes), above 4 GiB: a kernel must load below 4 GiB",
+                          i, s.paddr, s.memsz);
+      }
       kernel_end = std::max(kernel_end, s.paddr + s.memsz);  // no overflow: inside RAM
       ++loads;
     } else if (s.type == PT_NOTE && !pvh_entry) {
