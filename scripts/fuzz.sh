@@ -41,6 +41,11 @@
 #              error, no body over the limit to the handler, no hang. Seeds: requests written by the
 #              fuzzer itself (VMM_HTTP_FUZZ_MAKE_SEEDS); a dictionary of header names and values
 #              (tests/fuzz/http.dict: httplib is not instrumented). Regressions: tests/fuzz/http-regressions/.
+#   exit       the vCPU exit handler (tests/fuzz/exit_fuzz.cpp, vmm/exit_handler.cpp): a kvm_run page a
+#              hostile guest and KVM left (port and string I/O, MMIO, system events, internal errors,
+#              unknown exits) against devices that check every access is inside their range. Seeds:
+#              exits written by the fuzzer itself (VMM_EXIT_FUZZ_MAKE_SEEDS). Regressions:
+#              tests/fuzz/exit-regressions/.
 #
 # Configures and builds a clang build of its own (build-fuzz/, -DVMM_FUZZ=ON: ASan + UBSan + coverage;
 # only the fuzz target and the libraries it needs are built; one build serves every target), seeds a
@@ -49,7 +54,7 @@
 # Exits non-zero on a crash, leak or timeout, naming the reproducer; rerun one with
 #   build-fuzz/tests/TARGET_fuzz REPRODUCER     (qcow2_fuzz, state_fuzz, kvm_stats_fuzz, kvm_cache_fuzz,
 #                                                agent_identity_fuzz, guest_io_fuzz,
-#                                                kernel_fuzz, manifest_fuzz, http_fuzz)
+#                                                kernel_fuzz, manifest_fuzz, http_fuzz, exit_fuzz)
 # Environment: VMM_FUZZ_BUILD (build directory), VMM_FUZZ_WORK (corpus, seeds and artifacts; default
 # BUILD/TARGET-fuzz), VMM_FUZZ_JOBS (parallel fuzzer processes, default 1).
 # Exit status: 0 clean, 1 the fuzzer found something, 2 the build failed (or no such TARGET), 77 a tool
@@ -102,8 +107,12 @@ case $target in
     bin=http_fuzz build_log=fuzz-build-http.log seed_env=VMM_HTTP_FUZZ_MAKE_SEEDS
     seed_mark=.done-2 make_seeds=own_seeds dirs=(http-regressions) tools=()
     limits=(-max_len=90000 -timeout=30 -rss_limit_mb=2048 -dict="$root/tests/fuzz/http.dict") ;;
+  exit)  # One kvm_run mapping (the run page and the data behind it) of at most 16 KiB, and its size.
+    bin=exit_fuzz build_log=fuzz-build-exit.log seed_env=VMM_EXIT_FUZZ_MAKE_SEEDS
+    seed_mark=.done make_seeds=own_seeds dirs=(exit-regressions) tools=()
+    limits=(-max_len=16400 -timeout=10 -rss_limit_mb=2048) ;;
   *)
-    echo "usage: scripts/fuzz.sh qcow2|state|kvm-stats|kvm-cache|agent-identity|guest-io|kernel|manifest|http [SECONDS] [extra libFuzzer options...]" >&2
+    echo "usage: scripts/fuzz.sh qcow2|state|kvm-stats|kvm-cache|agent-identity|guest-io|kernel|manifest|http|exit [SECONDS] [extra libFuzzer options...]" >&2
     exit 2 ;;
 esac
 name=fuzz-$target  # in messages

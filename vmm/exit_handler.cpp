@@ -11,10 +11,13 @@ namespace {
 ExitOutcome error(std::string message) { return {.stop = true, .reason = StopReason::Error, .message = std::move(message)}; }
 
 ExitOutcome handle_io(kvm_run& run, size_t run_size, const Buses& buses) {
-  const auto& io = run.io;
+  // Copied once: the data written back by an IN lies in the same mapping, and must not be able to
+  // change the loop that writes it (KVM puts it on the page after kvm_run; one that overlapped the
+  // structure was refused only by luck of the lengths, found by fuzz target `exit`).
+  const auto io = run.io;
   const uint64_t size = io.size;
   const uint64_t total = size * io.count;  // both 32-bit in the ABI: no overflow in 64 bits
-  if ((size != 1 && size != 2 && size != 4) || io.count == 0 || io.data_offset > run_size ||
+  if ((size != 1 && size != 2 && size != 4) || io.count == 0 || io.data_offset < sizeof(kvm_run) || io.data_offset > run_size ||
       total > run_size - io.data_offset) {
     return error(fmt::format("malformed KVM_EXIT_IO: port {:#x} size {} count {} offset {:#x}", io.port, io.size,
                              io.count, io.data_offset));

@@ -1,9 +1,9 @@
 # libFuzzer targets, built only by clang in a configure of their own (scripts/fuzz.sh TARGET; its
 # wrappers scripts/fuzz-qcow2.sh, scripts/fuzz-state.sh, scripts/fuzz-kvm-stats.sh,
 # scripts/fuzz-kvm-cache.sh, scripts/fuzz-agent-identity.sh, scripts/fuzz-guest-io.sh, scripts/fuzz-kernel.sh,
-# scripts/fuzz-manifest.sh, scripts/fuzz-http.sh):
+# scripts/fuzz-manifest.sh, scripts/fuzz-http.sh, scripts/fuzz-exit.sh):
 #   cmake -S . -B build-fuzz -G Ninja -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DVMM_FUZZ=ON
-#   ninja -C build-fuzz qcow2_fuzz state_fuzz kvm_stats_fuzz kvm_cache_fuzz agent_identity_fuzz guest_io_fuzz kernel_fuzz manifest_fuzz http_fuzz
+#   ninja -C build-fuzz qcow2_fuzz state_fuzz kvm_stats_fuzz kvm_cache_fuzz agent_identity_fuzz guest_io_fuzz kernel_fuzz manifest_fuzz http_fuzz exit_fuzz
 # With VMM_FUZZ every host library is instrumented for libFuzzer (coverage) and built with ASan and
 # UBSan; the normal g++ build never sees any of this.
 # In the normal build there are only the smoke tests below, each running its script (one clang build
@@ -52,6 +52,8 @@ if(VMM_FUZZ)
     vmm_fuzz_target(kernel vmm_boot vmm_base)
     # manifest: a template's manifest.json and a clone's clone.json through their parsers.
     vmm_fuzz_target(manifest vmm_clone vmm_base)
+    # exit: a kvm_run page a hostile guest and KVM left, through handle_exit (no KVM is opened).
+    vmm_fuzz_target(exit vmm_core vmm_devices vmm_base)
     # http: what a client sends on a VM's API socket, through the HTTP plugin (its source compiled
     # into the target) and Debian's cpp-httplib.
     pkg_check_modules(FUZZ_HTTPLIB REQUIRED IMPORTED_TARGET cpp-httplib)
@@ -62,7 +64,7 @@ endif()
 
 if(NOT VMM_FUZZ AND NOT VMM_SANITIZE)
   # The smoke tests share one clang build directory: never two configures or ninjas in it at once.
-  foreach(target qcow2 state kvm-stats kvm-cache agent-identity guest-io kernel manifest http)
+  foreach(target qcow2 state kvm-stats kvm-cache agent-identity guest-io kernel manifest http exit)
     string(REPLACE "-" "_" test ${target})
     add_test(NAME fuzz.${test}_smoke COMMAND ${CMAKE_SOURCE_DIR}/scripts/fuzz-${target}.sh 30)
     set_tests_properties(fuzz.${test}_smoke PROPERTIES LABELS fuzz TIMEOUT 900 SKIP_RETURN_CODE 77

@@ -99,6 +99,14 @@ TEST_CASE("exit: malformed PIO exits are errors, not out-of-bounds accesses") {
     run.io.count = 0xffffffffu;
     run.io.data_offset = 4096;
   }
+  SUBCASE("data over the kvm_run structure itself") {
+    // An IN's data would overwrite the count the loop reads (found by fuzz target `exit`: the
+    // loop ran on past the mapping). KVM puts the data on the next page.
+    run.io.direction = KVM_EXIT_IO_IN;
+    run.io.size = 1;
+    run.io.count = 64;
+    run.io.data_offset = 0;
+  }
   auto out = vmm::handle_exit(run, f.buf.size(), buses);
   CHECK(out.stop);
   CHECK(out.reason == StopReason::Error);

@@ -127,13 +127,7 @@ struct Rig {
     d.wr<uint8_t>(kStatus, kStatusAcknowledge | kStatusDriver | kStatusFeaturesOk);
     REQUIRE((d.rd<uint8_t>(kStatus) & kStatusFeaturesOk) != 0);
     // MSI-X: enable in the capability, program and unmask entries 0 and 1.
-    const uint8_t cap = msix_cap(d);
-    d.cfg_write(cap, d.cfg(cap) | (1u << 31));
-    for (uint32_t v = 0; v < 2; ++v) {
-      d.wr<uint32_t>(PciTransport::kBar0Size + 16 * v, 0xfee00000);
-      d.wr<uint32_t>(PciTransport::kBar0Size + 16 * v + 8, 0x40 + v);
-      d.wr<uint32_t>(PciTransport::kBar0Size + 16 * v + 12, 0);
-    }
+    enable_msix(d, 2);
     d.wr<uint16_t>(kMsixCfg, 0);
     d.wr<uint16_t>(kQSel, 0);
     d.wr<uint16_t>(kQSize, 16);
@@ -143,6 +137,16 @@ struct Rig {
     d.wr64(kQDevice, vq.used());
     d.wr<uint16_t>(kQEnable, 1);
     d.wr<uint8_t>(kStatus, kStatusAcknowledge | kStatusDriver | kStatusFeaturesOk | kStatusDriverOk);
+  }
+  // MSI-X enabled in the capability, entries 0..n-1 programmed (data 0x40 + entry) and unmasked.
+  static void enable_msix(Driver& d, uint32_t n) {
+    const uint8_t cap = msix_cap(d);
+    d.cfg_write(cap, d.cfg(cap) | (1u << 31));
+    for (uint32_t v = 0; v < n; ++v) {
+      d.wr<uint32_t>(PciTransport::kBar0Size + 16 * v, 0xfee00000);
+      d.wr<uint32_t>(PciTransport::kBar0Size + 16 * v + 8, 0x40 + v);
+      d.wr<uint32_t>(PciTransport::kBar0Size + 16 * v + 12, 0);
+    }
   }
   static uint8_t msix_cap(Driver& d) {
     for (uint8_t p = static_cast<uint8_t>(d.cfg(0x34)); p; p = static_cast<uint8_t>(d.cfg(p) >> 8)) {
@@ -415,13 +419,7 @@ struct NetRig {
     d.wr<uint32_t>(kGFSel, 1);
     d.wr<uint32_t>(kGF, 1);  // VERSION_1
     d.wr<uint8_t>(kStatus, kStatusAcknowledge | kStatusDriver | kStatusFeaturesOk);
-    const uint8_t cap = Rig::msix_cap(d);
-    d.cfg_write(cap, d.cfg(cap) | (1u << 31));
-    for (uint32_t v = 0; v < 3; ++v) {
-      d.wr<uint32_t>(PciTransport::kBar0Size + 16 * v, 0xfee00000);
-      d.wr<uint32_t>(PciTransport::kBar0Size + 16 * v + 8, 0x40 + v);
-      d.wr<uint32_t>(PciTransport::kBar0Size + 16 * v + 12, 0);
-    }
+    Rig::enable_msix(d, 3);
     d.wr<uint16_t>(kMsixCfg, 0);
     for (uint16_t q = 0; q < 2; ++q) {
       VirtqBuilder& vq = q == 0 ? rx : tx;
