@@ -2,9 +2,11 @@
 // MAP_PRIVATE, its disks qcow2 overlays on the template's, its state restored, a new identity, run.
 #include "clone/clones.hpp"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <thread>
 
 #include "clone/live.hpp"
@@ -111,11 +113,13 @@ std::expected<std::unique_ptr<PreparedClone>, Failure> prepare_clone(OpenTemplat
   std::error_code ec;
   fs::create_directories(cdir.parent_path(), ec);
   if (ec) return bad(exit_code::kVmmError, fmt::format("{}: cannot create: {}", cdir.parent_path().string(), ec.message()));
-  if (!fs::create_directory(cdir, ec)) {
-    return bad(ec ? exit_code::kVmmError : exit_code::kUsage,
-               ec ? fmt::format("{}: cannot create: {}", cdir.string(), ec.message())
-                  : fmt::format("a clone named '{}' already exists ({}; 'vmm clone rm {}' removes it once it has stopped)", name,
-                                cdir.string(), name));
+  // Its owner's alone (0700): its overlays hold what its guest wrote, its log what it printed.
+  if (::mkdir(cdir.c_str(), 0700) != 0) {
+    const int err = errno;
+    return bad(err != EEXIST ? exit_code::kVmmError : exit_code::kUsage,
+               err != EEXIST ? fmt::format("{}: cannot create: {}", cdir.string(), errno_text(err))
+                             : fmt::format("a clone named '{}' already exists ({}; 'vmm clone rm {}' removes it once it has stopped)", name,
+                                           cdir.string(), name));
   }
   // A clone that fails to start leaves nothing behind (its name stays free, the template has no
   // dependant); one that ran keeps its directory (its disks hold what it wrote).

@@ -344,7 +344,8 @@ namespace {
 /// A child's directory with its log files open (and disk/ if its disks are copied): at `dir`.
 Result<ForkSpare> make_child_dir(const fs::path& dir, bool disk_dir) {
   std::error_code ec;
-  if (!fs::create_directory(dir, ec)) return fail("{}: cannot create{}", dir.string(), ec ? ": " + ec.message() : " (exists)");
+  // Its owner's alone (0700), as a clone's: its disks and log hold what its guest wrote and printed.
+  if (::mkdir(dir.c_str(), 0700) != 0) return fail("{}: cannot create{}", dir.string(), errno == EEXIST ? " (exists)" : ": " + errno_text(errno));
   ForkSpare d{.dir = dir, .console = {}, .output = {}, .disk_dir = disk_dir};
   auto undone = [&](Error e) {  // what it made goes (not a directory that was there before)
     fs::remove_all(dir, ec);

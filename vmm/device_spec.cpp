@@ -103,6 +103,9 @@ Result<NetSpec> expand_net(const NetSpec& spec, const std::string& name, unsigne
         return fail("{}={}: use letters, digits, '-', '_' and '.'", what, *field);
       }
     }
+    // Not starting with '.': vmm's own files beside a namespace's record start so (a namespace
+    // named ".outside.lock" locked its own allocation lock, and every VM after it waited forever).
+    if (!field->empty() && field->front() == '.') return fail("{}={}: a name cannot start with '.'", what, *field);
   }
   return n;
 }

@@ -1,12 +1,19 @@
 #include "vmm/state_dir.hpp"
 
 #include <pwd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cctype>
+#include <cerrno>
 #include <cstdlib>
 #include <string>
 #include <string_view>
+
+#include <fmt/core.h>
+
+#include "vmm/base/error.hpp"
+#include "vmm/exit_status.hpp"
 
 namespace vmm {
 
@@ -34,7 +41,25 @@ fs::path resolve_state_dir(const std::string& given) {
   if (const passwd* pw = ::getpwuid(::geteuid()); pw && pw->pw_dir && *pw->pw_dir && std::string_view(pw->pw_dir) != "/") {
     return fs::path(pw->pw_dir) / ".local/state/vmm";
   }
-  return fs::path("/tmp") / ("vmm-state-" + std::to_string(::geteuid()));
+  // That path may be someone else's (a symlink, a directory they made first, open to them): used
+  // only once it is a directory of this user's that nobody else can enter.
+  const fs::path last = fs::path("/tmp") / ("vmm-state-" + std::to_string(::geteuid()));
+  if (auto why = unsafe_private_dir(last)) {
+    fmt::print(stderr, "vmm: {}: {}: give --state-dir or VMM_STATE_DIR\n", last.string(), *why);
+    std::exit(exit_code::kUsage);
+  }
+  return last;
+}
+
+std::optional<std::string> unsafe_private_dir(const fs::path& dir) {
+  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) return fmt::format("cannot create: {}", errno_text(errno));
+  struct stat st {};
+  if (::lstat(dir.c_str(), &st) != 0) return fmt::format("cannot stat: {}", errno_text(errno));
+  if (S_ISLNK(st.st_mode)) return std::string("a symbolic link, not a directory of this user's");
+  if (!S_ISDIR(st.st_mode)) return std::string("not a directory");
+  if (st.st_uid != ::geteuid()) return fmt::format("owned by uid {}, not this user ({})", st.st_uid, ::geteuid());
+  if ((st.st_mode & 077) != 0) return fmt::format("mode {:04o}: other users can enter it", st.st_mode & 07777);
+  return std::nullopt;
 }
 
 bool valid_name(std::string_view name) {

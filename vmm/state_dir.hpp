@@ -5,6 +5,7 @@
 #pragma once
 
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -14,6 +15,10 @@ namespace vmm {
 std::filesystem::path resolve_state_dir(const std::string& given);
 /// Where vmm keeps KVM's supported CPUID for the next VM of this host (vmm/kvm_cache.hpp).
 inline std::filesystem::path cpuid_cache(const std::filesystem::path& state_dir) { return state_dir / "cache" / "kvm-cpuid"; }
+/// Why `dir` is not a directory only this user can enter (made 0700 when missing): a symbolic
+/// link, another user's, open to others; nullopt when it is fine. For a fixed path in a directory
+/// every user can write (/tmp).
+std::optional<std::string> unsafe_private_dir(const std::filesystem::path& dir);
 /// A valid VM, template or clone name: 1..64 of [A-Za-z0-9._-], not starting with '.'.
 bool valid_name(std::string_view name);
 

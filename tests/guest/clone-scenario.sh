@@ -133,6 +133,10 @@ for fmt in raw qcow2; do
   done
   [ "$(sha256sum "$VMM_STATE_DIR/templates/blk-$fmt/disks/"* | cut -d' ' -f1)" = "$tsum" ] && ok "$fmt template disk unchanged" || bad "$fmt template disk changed"
 done
+# A clone's directory is its owner's alone: its overlays hold what its guest wrote (they were
+# readable by every user of the host, 0644 in 0755 directories, until 2026-12-07).
+[ "$(stat -c %a "$VMM_STATE_DIR/clones/bqcow21")" = 700 ] && ok "a clone's directory is mode 0700" ||
+  bad "clone directory mode $(stat -c %a "$VMM_STATE_DIR/clones/bqcow21")"
 # Many clones at once, each writing its own memory and disk; then the template's files are hashed.
 count=${VMM_CLONE_COUNT:-50}
 tbefore=$(cd "$VMM_STATE_DIR/templates/blk-raw" && find . -type f | sort | xargs sha256sum)

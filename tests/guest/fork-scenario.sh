@@ -370,6 +370,7 @@ wait_for "$work/b.out" "wrote" || bad "write"
 bc=$(cut -d' ' -f1 "$work/forkb")
 cdisk="$VMM_STATE_DIR/clones/$bc/disk/disk0.img"
 cmp -s "$work/disk.img" "$cdisk" && ok "the child's disk equals the parent's at the fork" || bad "disk at fork"
+[ "$(stat -c %a "$VMM_STATE_DIR/clones/$bc")" = 700 ] && ok "a fork's directory is mode 0700" || bad "fork directory mode $(stat -c %a "$VMM_STATE_DIR/clones/$bc")"
 "$vmm" resume b
 echo "write 5 66" >&3
 echo "write 6 67" >&3

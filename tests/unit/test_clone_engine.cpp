@@ -231,3 +231,36 @@ TEST_CASE("clone: clones on disk are listed as running, stopped or starting, and
   CHECK(fs::exists(d.path / "precious" / "keep"));
   CHECK(fs::exists(clones / "running1"));
 }
+
+// The last-resort state directory is a fixed path in /tmp: another user may have made it first.
+TEST_CASE("state dir: a fixed path in a shared directory is used only if it is this user's alone") {
+  TempDir d("vmm-private-dir");
+  const auto fresh = d.path / "fresh";
+  CHECK_FALSE(vmm::unsafe_private_dir(fresh));  // made now, 0700
+  struct stat st {};
+  REQUIRE(::lstat(fresh.c_str(), &st) == 0);
+  CHECK((st.st_mode & 07777) == 0700);
+  CHECK_FALSE(vmm::unsafe_private_dir(fresh));  // and fine again
+  const auto open_dir = d.path / "open";
+  REQUIRE(::mkdir(open_dir.c_str(), 0700) == 0);
+  REQUIRE(::chmod(open_dir.c_str(), 0777) == 0);
+  auto why = vmm::unsafe_private_dir(open_dir);
+  REQUIRE(why);
+  CHECK(why->find("other users can enter it") != std::string::npos);
+  const auto link = d.path / "link";
+  REQUIRE(::symlink(fresh.c_str(), link.c_str()) == 0);
+  why = vmm::unsafe_private_dir(link);
+  REQUIRE(why);
+  CHECK(why->find("symbolic link") != std::string::npos);
+  const auto file = d.path / "file";
+  std::ofstream(file) << "x";
+  CHECK(vmm::unsafe_private_dir(file));
+  if (::geteuid() == 0) {  // another user's directory (root can make one)
+    const auto theirs = d.path / "theirs";
+    REQUIRE(::mkdir(theirs.c_str(), 0700) == 0);
+    REQUIRE(::chown(theirs.c_str(), 65534, 65534) == 0);
+    why = vmm::unsafe_private_dir(theirs);
+    REQUIRE(why);
+    CHECK(why->find("owned by uid 65534") != std::string::npos);
+  }
+}
