@@ -596,6 +596,8 @@ Result<> flatten(Machine& m, devices::virtio::Block& blk, const fs::path& out) {
     }
     const int32_t res = chunk->res;
     if (res < 0) return fail("{}: read at {}: {}", image.path().string(), off, errno_text(-res));
+    // A short read (the file shrank under it) would copy the last chunk's bytes in its place.
+    if (static_cast<size_t>(res) != n) return fail("{}: read at {}: {} of {} bytes", image.path().string(), off, res, n);
     if (std::all_of(buf, buf + n, [](uint8_t b) { return b == 0; })) continue;  // a hole
     for (size_t w = 0; w < n;) {
       const ssize_t k = ::pwrite(fd.get(), buf + w, n - w, static_cast<off_t>(off + w));

@@ -41,6 +41,22 @@ void make_read_only(const fs::path& dir) {
 
 }  // namespace
 
+static Result<> fsync_dir(const fs::path& dir) {
+  Fd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd || ::fsync(fd.get()) != 0) return fail("{}: fsync: {}", dir.string(), errno_text(errno));
+  return {};
+}
+
+static Result<> write_all(int fd, const char* data, size_t n) {
+  while (n > 0) {
+    const ssize_t k = ::write(fd, data, n);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) return fail("{}", k < 0 ? errno_text(errno) : std::string("short write"));
+    data += k, n -= static_cast<size_t>(k);
+  }
+  return {};
+}
+
 TemplateDraft::~TemplateDraft() {
   std::error_code e;
   if (!sealed && !tmp.empty()) fs::remove_all(tmp, e);
@@ -77,17 +93,26 @@ Result<> seal_template(TemplateDraft& draft, Manifest& m) {
     if (!s) return std::unexpected(s.error());
     d.file = *s;
   }
+  // Durable before it is renamed into place, and the rename too: after a power loss the template
+  // is there whole or not at all (its manifest was only flushed to the page cache, and a crash
+  // could leave it empty under the template's name, every clone of it refused).
+  const fs::path manifest = tmp / kManifestFile;
   {
-    std::ofstream out(tmp / kManifestFile);
-    out << manifest_json(m);
-    if (!out.flush()) return fail("{}: cannot write", (tmp / kManifestFile).string());
+    Fd out(::open(manifest.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
+    if (!out) return fail("{}: cannot create: {}", manifest.string(), errno_text(errno));
+    const std::string text = manifest_json(m);
+    if (auto r = write_all(out.get(), text.data(), text.size()); !r) return fail("{}: cannot write: {}", manifest.string(), r.error().message());
+    if (::fsync(out.get()) != 0) return fail("{}: fsync: {}", manifest.string(), errno_text(errno));
   }
   make_read_only(tmp);
+  for (const fs::path& d : {tmp / "disks", tmp}) {
+    if (auto r = fsync_dir(d); !r) return r;
+  }
   std::error_code ec;
   fs::rename(tmp, dest, ec);
   if (ec) return fail("{}: rename: {}", dest.string(), ec.message());
   draft.sealed = true;
-  return {};
+  return fsync_dir(dest.parent_path());
 }
 
 Result<fs::path> template_path(const std::string& state_dir, const std::string& dir) {

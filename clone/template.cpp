@@ -20,6 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include "clone/memory_file.hpp"
+#include "disk/file_io.hpp"
 #include "disk/qcow2_format.hpp"
 #include "vmm/api/json_text.hpp"
 #include "vmm/base/crc32c.hpp"
@@ -102,42 +103,96 @@ Result<> copy_sparse(const fs::path& from, const fs::path& to, const std::functi
   return copy_sparse(in.get(), from, to, progress);
 }
 
+namespace {
+
+/// The size of an open regular file or block device (a block device's st_size is 0).
+Result<uint64_t> source_size(int fd, const struct stat& st, const fs::path& path) {
+  if (S_ISREG(st.st_mode)) return static_cast<uint64_t>(st.st_size);
+  if (S_ISBLK(st.st_mode)) {
+    uint64_t size = 0;
+    if (::ioctl(fd, BLKGETSIZE64, &size) != 0) return fail("{}: BLKGETSIZE64: {}", path.string(), errno_text(errno));
+    return size;
+  }
+  return fail("{}: not a regular file or block device", path.string());
+}
+
+}  // namespace
+
 Result<> copy_sparse(int in_fd, const fs::path& from, const fs::path& to, const std::function<void(uint64_t)>& progress) {
   // SEEK_DATA/SEEK_HOLE return offsets and move the file position, which a fleet's clones share
   // (the template's files were opened once, before the fork): the copy reads at explicit offsets.
-  Fd out(::open(to.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
-  if (!out) return fail("{}: cannot create: {}", to.string(), errno_text(errno));
   struct stat st {};
   if (::fstat(in_fd, &st) < 0) return fail("{}: stat: {}", from.string(), errno_text(errno));
-  // Ctrl-C waits, blocked, for the VM's sigwait (main() blocks it): a copy ends at it instead.
-  if (pending_stop_signal() == 0 && ::ioctl(out.get(), FICLONE, in_fd) == 0) {
-    if (progress) progress(data_bytes(in_fd));
+  auto size = source_size(in_fd, st, from);
+  if (!size) return std::unexpected(size.error());
+  const bool regular = S_ISREG(st.st_mode);
+  Fd out(::open(to.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+  if (!out) return fail("{}: cannot create: {}", to.string(), errno_text(errno));
+  auto synced = [&]() -> Result<> {
+    if (::fsync(out.get()) < 0) return fail("{}: fsync: {}", to.string(), errno_text(errno));
     return {};
+  };
+  // Ctrl-C waits, blocked, for the VM's sigwait (main() blocks it): a copy ends at it instead.
+  if (regular && pending_stop_signal() == 0 && ::ioctl(out.get(), FICLONE, in_fd) == 0) {
+    if (progress) progress(data_bytes(in_fd));
+    return synced();  // (the reflink's metadata, durable as a copy's data is)
   }
-  if (::ftruncate(out.get(), st.st_size) < 0) return fail("{}: ftruncate: {}", to.string(), errno_text(errno));
-  constexpr off_t kStep = off_t{64} << 20;
+  if (::ftruncate(out.get(), static_cast<off_t>(*size)) < 0) return fail("{}: ftruncate: {}", to.string(), errno_text(errno));
+  constexpr uint64_t kStep = uint64_t{64} << 20;
   uint64_t copied = 0;
-  off_t pos = 0;
-  while (pos < st.st_size) {
-    off_t data = ::lseek(in_fd, pos, SEEK_DATA);
-    if (data < 0) break;  // the rest is a hole
-    off_t hole = ::lseek(in_fd, data, SEEK_HOLE);
-    if (hole < 0) hole = st.st_size;
-    off_t src = data, dst = data;
-    while (src < hole) {
+  // copy_file_range refuses some pairs of files (EXDEV across file systems since Linux 5.19, and
+  // where a file system does not offer it): then a read and a write, skipping zeroes (the copy is
+  // sparse already where the source was).
+  bool by_hand = !regular;
+  std::vector<uint8_t> buf;
+  auto copy_by_hand = [&](uint64_t at, uint64_t n) -> Result<> {
+    if (buf.empty()) buf.resize(1 << 20);
+    while (n > 0) {
+      const size_t want = static_cast<size_t>(std::min<uint64_t>(n, buf.size()));
+      const ssize_t got = ::pread(in_fd, buf.data(), want, static_cast<off_t>(at));
+      if (got < 0 && errno == EINTR) continue;
+      if (got <= 0) return fail("copying {} to {}: read: {}", from.string(), to.string(), got < 0 ? errno_text(errno) : "the file shrank");
+      const auto k = static_cast<size_t>(got);
+      if (std::any_of(buf.begin(), buf.begin() + static_cast<ptrdiff_t>(k), [](uint8_t b) { return b != 0; })) {
+        if (auto w = disk::pwrite_full(out.get(), buf.data(), k, at); !w) return fail("copying {} to {}: {}", from.string(), to.string(), w.error().message());
+      }
+      at += k, n -= k, copied += k;
+      if (progress) progress(copied);
+      if (const int sig = pending_stop_signal()) return fail("copying {} to {}: stopped by {}", from.string(), to.string(), ::strsignal(sig));
+    }
+    return {};
+  };
+  uint64_t pos = 0;
+  while (pos < *size) {
+    uint64_t data = pos, hole = *size;
+    if (regular) {
+      const off_t d = ::lseek(in_fd, static_cast<off_t>(pos), SEEK_DATA);
+      if (d < 0) break;  // the rest is a hole
+      const off_t h = ::lseek(in_fd, d, SEEK_HOLE);
+      data = static_cast<uint64_t>(d);
+      hole = h < 0 ? *size : std::min<uint64_t>(static_cast<uint64_t>(h), *size);
+    }
+    off_t src = static_cast<off_t>(data), dst = static_cast<off_t>(data);
+    while (!by_hand && static_cast<uint64_t>(src) < hole) {
       if (const int sig = pending_stop_signal()) {
         return fail("copying {} to {}: stopped by {}", from.string(), to.string(), ::strsignal(sig));
       }
-      const ssize_t n = ::copy_file_range(in_fd, &src, out.get(), &dst, static_cast<size_t>(std::min(hole - src, kStep)), 0);
+      const ssize_t n = ::copy_file_range(in_fd, &src, out.get(), &dst, static_cast<size_t>(std::min(hole - static_cast<uint64_t>(src), kStep)), 0);
       if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EXDEV || errno == EOPNOTSUPP || errno == EINVAL || errno == ENOSYS)) {
+        by_hand = true;  // (from here on: src is where this extent's copy stands)
+        break;
+      }
       if (n <= 0) return fail("copying {} to {}: {}", from.string(), to.string(), errno_text(n < 0 ? errno : EIO));
       copied += static_cast<uint64_t>(n);
       if (progress) progress(copied);
     }
+    if (by_hand && static_cast<uint64_t>(src) < hole) {
+      if (auto r = copy_by_hand(static_cast<uint64_t>(src), hole - static_cast<uint64_t>(src)); !r) return r;
+    }
     pos = hole;
   }
-  if (::fsync(out.get()) < 0) return fail("{}: fsync: {}", to.string(), errno_text(errno));
-  return {};
+  return synced();
 }
 
 uint64_t data_bytes(const fs::path& path) {
@@ -149,6 +204,10 @@ uint64_t data_bytes(const fs::path& path) {
 uint64_t data_bytes(int fd) {
   struct stat st {};
   if (::fstat(fd, &st) < 0) return 0;
+  if (S_ISBLK(st.st_mode)) {  // all of it, as copy_sparse reads it
+    uint64_t size = 0;
+    return ::ioctl(fd, BLKGETSIZE64, &size) == 0 ? size : 0;
+  }
   return std::min(static_cast<uint64_t>(st.st_blocks) * 512, static_cast<uint64_t>(st.st_size));
 }
 
@@ -489,6 +548,34 @@ Result<> write_clone_record(const fs::path& clone_dir, const CloneRecord& record
   return {};
 }
 
+namespace {
+
+/// Whether a qcow2 overlay in `disk_dir` names a backing file inside `tdir` (read from its header:
+/// the overlay may be locked by the clone that runs on it).
+bool overlays_back_onto(const fs::path& disk_dir, const fs::path& tdir) {
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(disk_dir, ec)) {
+    Fd fd(::open(e.path().c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK));
+    uint8_t head[20] = {};
+    if (!fd || ::pread(fd.get(), head, sizeof head, 0) != static_cast<ssize_t>(sizeof head) || disk::qcow2::be32(head) != disk::qcow2::kMagic) {
+      continue;
+    }
+    const uint64_t at = disk::qcow2::be64(head + 8);
+    const uint32_t len = disk::qcow2::be32(head + 16);
+    if (at == 0 || len == 0 || len > 1023) continue;
+    std::string name(len, '\0');
+    if (::pread(fd.get(), name.data(), len, static_cast<off_t>(at)) != static_cast<ssize_t>(len)) continue;
+    fs::path backing = name;
+    if (backing.is_relative()) backing = disk_dir / backing;
+    const fs::path b = fs::weakly_canonical(backing, ec);
+    auto [t, in] = std::mismatch(tdir.begin(), tdir.end(), b.begin(), b.end());
+    if (t == tdir.end()) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
 std::vector<std::string> dependants(const fs::path& sdir, const fs::path& template_dir) {
   std::vector<std::string> out;
   std::error_code ec;
@@ -500,7 +587,14 @@ std::vector<std::string> dependants(const fs::path& sdir, const fs::path& templa
       auto text = read_file(e.path() / kStagedCloneRecord, 64 * 1024, "clone record");
       if (text) rec = parse_clone_record(*text, (e.path() / kStagedCloneRecord).string());
     }
-    if (!rec || rec->full || rec->template_dir.empty()) continue;
+    if (!rec) {
+      // No record to read (a crash before its write reached the disk: records are not fsynced,
+      // which each clone's start would pay for): its overlays' backing files tell. (Without this a
+      // crash could let `template rm` take the disks a linked clone's overlays stand on.)
+      if (overlays_back_onto(e.path() / "disk", want)) out.push_back(e.path().filename().string() + " (its record unreadable)");
+      continue;
+    }
+    if (rec->full || rec->template_dir.empty()) continue;
     if (fs::weakly_canonical(rec->template_dir, ec) == want) out.push_back(rec->name);
   }
   return out;

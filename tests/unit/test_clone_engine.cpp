@@ -264,3 +264,32 @@ TEST_CASE("state dir: a fixed path in a shared directory is used only if it is t
     CHECK(why->find("owned by uid 65534") != std::string::npos);
   }
 }
+
+#include "disk/qcow2.hpp"
+
+// A linked clone whose record is unreadable (empty after a crash: records are not fsynced) still
+// counts as its template's dependant through its overlays' backing files: `template rm` would
+// otherwise have taken the disks they stand on.
+TEST_CASE("clone: a linked clone without a readable record depends on the template its overlays name") {
+  TempDir d("vmm-clone-engine");
+  const fs::path tdir = d.path / "templates" / "web", other = d.path / "templates" / "db";
+  for (const auto& t : {tdir, other}) {
+    fs::create_directories(t / "disks");
+    std::ofstream(t / "disks" / "disk0.img") << std::string(1 << 16, '\0');
+  }
+  auto overlay = [&](const std::string& clone, const fs::path& backing) {
+    fs::create_directories(d.path / "clones" / clone / "disk");
+    REQUIRE(vmm::disk::Qcow2::create(d.path / "clones" / clone / "disk" / "disk0.qcow2",
+                                     vmm::disk::Qcow2CreateOptions{.size = 0, .cluster_bits = 16, .backing = backing.string(),
+                                                                   .backing_format = "raw"}));
+  };
+  overlay("crashed", tdir / "disks" / "disk0.img");
+  std::ofstream(d.path / "clones" / "crashed" / "clone.json");  // empty
+  overlay("norecord", tdir / "disks" / "disk0.img");
+  overlay("elsewhere", other / "disks" / "disk0.img");
+  fs::create_directories(d.path / "clones" / "nodisk");  // no record, no overlay: depends on nothing
+  auto deps = dependants(d.path, tdir);
+  std::sort(deps.begin(), deps.end());
+  CHECK(deps == std::vector<std::string>{"crashed (its record unreadable)", "norecord (its record unreadable)"});
+  CHECK(dependants(d.path, other) == std::vector<std::string>{"elsewhere (its record unreadable)"});
+}
