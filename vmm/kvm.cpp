@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <sys/ioctl.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstdlib>
@@ -96,6 +97,16 @@ Result<Kvm> Kvm::open(const std::filesystem::path& device, const std::filesystem
       kvm.msr_index_list_.assign(buf.elements(), buf.elements() + std::min(buf.header().nmsrs, n));
     }
   }
+  // KVM's list leaves out the MTRRs, which it emulates and saves all the same (QEMU adds them):
+  // without them a restored guest ran with MTRRdefType 0 (MTRRs off, uncached by default), not as
+  // it booted (x86_boot.cpp sets write-back). The default type, the fixed ranges and KVM's eight
+  // variable pairs (KVM_NR_VAR_MTRR); one KVM refuses is skipped when saved (Vcpu::save).
+  auto add = [&kvm](uint32_t msr) {
+    if (std::ranges::find(kvm.msr_index_list_, msr) == kvm.msr_index_list_.end()) kvm.msr_index_list_.push_back(msr);
+  };
+  for (uint32_t msr : {0x2ffu, 0x250u, 0x258u, 0x259u}) add(msr);
+  for (uint32_t msr = 0x268; msr <= 0x26f; ++msr) add(msr);
+  for (uint32_t msr = 0x200; msr < 0x210; ++msr) add(msr);
   return kvm;
 }
 

@@ -213,7 +213,12 @@ Result<> Vcpu::restore(const VcpuState& s) {
     if (msr_matters(refused)) return fail("vCPU {}: KVM_SET_MSRS refused MSR {:#x}, which the guest needs", index_, refused);
     rest = rest.subspan(static_cast<size_t>(n) + 1);
   }
-  return ioctl_set(KVM_SET_VCPU_EVENTS, &s.events, "KVM_SET_VCPU_EVENTS");
+  // KVM_GET_VCPU_EVENTS fills nmi.pending and sipi_vector but does not flag them valid, and
+  // KVM_SET_VCPU_EVENTS reads them only when flagged (KVM API 4.32): an NMI pending at the capture
+  // was dropped. (QEMU sets both flags the same way.)
+  kvm_vcpu_events events = s.events;
+  events.flags |= KVM_VCPUEVENT_VALID_NMI_PENDING | KVM_VCPUEVENT_VALID_SIPI_VECTOR;
+  return ioctl_set(KVM_SET_VCPU_EVENTS, &events, "KVM_SET_VCPU_EVENTS");
 }
 
 namespace {
@@ -245,6 +250,8 @@ Result<> Vcpu::prime() {
   }
   return fail("vCPU {}: KVM_RUN: {}", index_, errno_text(err));
 }
+
+void Vcpu::tell_stopped() const { (void)::ioctl(fd_.get(), KVM_KVMCLOCK_CTRL, 0); }
 
 void Vcpu::preload_mmu() const {
   // The page of the next instruction: RIP through the guest's page tables (KVM_TRANSLATE).

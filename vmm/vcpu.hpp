@@ -92,6 +92,13 @@ class Vcpu {
   /// (KVM_SET_SREGS unloads the MMU). Best effort: nothing the guest sees changes, and a kernel
   /// that cannot (before Linux 6.10) leaves the work to KVM_RUN.
   void preload_mmu() const;
+  /// Tells the guest, through its kvmclock, that it was stopped (KVM_KVMCLOCK_CTRL: KVM sets
+  /// PVCLOCK_GUEST_STOPPED at the vCPU's next clock update). Linux's soft-lockup and RCU-stall
+  /// watchdogs then take the time that passed for a stop, not a hung CPU: a clone's clock steps
+  /// over the time since its template was saved, a paused VM's over the pause. Not while the vCPU
+  /// runs (it would wait for KVM_RUN to return). Best effort: a guest without kvmclock (EINVAL) has
+  /// nothing to be told.
+  void tell_stopped() const;
   /// KVM_RUN once. Ok(true): an exit to handle in run_area(). Ok(false): interrupted (EINTR) or
   /// asked to retry (EAGAIN, an AP leaving wait-for-SIPI) — run again after checking for a stop.
   /// An EAGAIN that KVM gives a vCPU out of wait-for-SIPI again and again is an error (see run()).

@@ -187,6 +187,13 @@ Result<> Vm::restore_timers(const VmKernelState& state, bool clock_to_now) {
     clock.realtime = state.clock.realtime;
   }
   if (::ioctl(fd, KVM_SET_CLOCK, &clock) < 0) return fail("KVM_SET_CLOCK: {}", errno_text(errno));
+  // A clock stepped to now jumps over the time since the state was saved (a template's age): the
+  // guest is told it was stopped (QEMU does the same at every resume), or Linux reports a soft
+  // lockup for every CPU once that is more than 20 s. (Called before its vCPUs run, or while they
+  // are parked.)
+  if (clock_to_now) {
+    for (const auto& v : vcpus_) v->tell_stopped();
+  }
   return {};
 }
 
@@ -219,6 +226,7 @@ void Vm::pause() {
   if (target_ == RunState::Stopped) return;
   if (target_ == RunState::Running) {
     target_ = RunState::Paused;
+    ++pauses_;  // each vCPU tells its guest it was stopped once it runs again (park())
     lock.unlock();
     kick_all();
     lock.lock();
@@ -277,6 +285,14 @@ void Vm::park(Vcpu& vcpu) {
   }
   cv_.wait(lock, [&] { return target_ != RunState::Paused; });
   --parked_;
+  // Paused while it ran (not started paused, not a start's gate): its guest's clock went on
+  // meanwhile, and the guest is told it was stopped, on this vCPU's own thread, before it runs.
+  thread_local uint64_t pauses_seen = 0;
+  if (pauses_ != pauses_seen) {
+    pauses_seen = pauses_;
+    lock.unlock();
+    vcpu.tell_stopped();
+  }
 }
 
 void Vm::vcpu_thread(Vcpu& vcpu) {

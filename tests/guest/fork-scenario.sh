@@ -410,6 +410,9 @@ grep -q "sector 5 byte=0x42" "$work/sc.out" && grep -q "sector 5 byte=0x44" "$wo
 "$vmm" template verify "$work/snapb" >/dev/null 2>&1 && [ "$(cd "$work/snapb" && find . -type f | sort | xargs sha256sum)" = "$before" ] &&
   ok "the snapshot verifies and is unchanged" || bad "snapshot changed"
 "$vmm" snapshot b "$work/snapb" >"$work/e" 2>&1; [ $? = 2 ] && grep -q "already exists" "$work/e" && ok "snapshot onto an existing template refused" || { bad "snapshot exists"; cat "$work/e"; }
+# A bare name is a template of the state directory (it was written to the working directory).
+(cd "$work" && "$vmm" snapshot b snapname >"$work/e" 2>&1) && [ -f "$VMM_STATE_DIR/templates/snapname/manifest.json" ] && [ ! -e "$work/snapname" ] &&
+  ok "vmm snapshot NAME TEMPLATE: a bare name is a template of the state directory" || { bad "snapshot by name"; cat "$work/e"; }
 # --at-rest waits (200 ms at most) for every vCPU to idle. The echo guest polls its UART and never
 # does: saved as it is, and said so.
 "$vmm" run --name busy --kernel "$guest" --cmdline echo --memory 64M --console none >/dev/null 2>"$work/busy.err" &

@@ -296,6 +296,45 @@ TEST_CASE("vm: a vCPU saved in an STI interrupt shadow is restored in it") {
   CHECK(again->regs.rip == kCodeAddr + 1);
 }
 
+// An NMI pending at the capture (KVM_GET_VCPU_EVENTS reports it without flagging it valid) is
+// pending again after the restore: it was dropped.
+TEST_CASE("vm: a vCPU saved with an NMI pending is restored with it") {
+  SKIP_WITHOUT_KVM();
+  const std::array<uint8_t, 2> code{0xf4, 0xf4};  // hlt ; hlt
+  TestVm a(code);
+  auto saved = a.vm->vcpu(0).save(a.kvm.msr_index_list(), a.kvm.xsave_size());
+  REQUIRE_MESSAGE(saved, (saved ? "" : saved.error().message()));
+  saved->events.nmi.pending = 1;  // as KVM_GET_VCPU_EVENTS reports an NMI queued (KVM_NMI) and not yet taken
+  saved->events.flags &= ~static_cast<uint32_t>(KVM_VCPUEVENT_VALID_NMI_PENDING);
+  TestVm b(code);
+  auto restored = b.vm->vcpu(0).restore(*saved);
+  REQUIRE_MESSAGE(restored, (restored ? "" : restored.error().message()));
+  auto again = b.vm->vcpu(0).save(b.kvm.msr_index_list(), b.kvm.xsave_size());
+  REQUIRE_MESSAGE(again, (again ? "" : again.error().message()));
+  CHECK(again->events.nmi.pending == 1);
+}
+
+// The MTRRs (not in KVM's list of MSRs to save) come back with the rest: a restored guest ran
+// with MTRRdefType 0, MTRRs off.
+TEST_CASE("vm: a vCPU's MTRRs are saved and restored") {
+  SKIP_WITHOUT_KVM();
+  const std::array<uint8_t, 2> code{0xf4, 0xf4};
+  TestVm a(code);
+  const std::array<kvm_msr_entry, 2> mtrr{kvm_msr_entry{.index = 0x2ff, .reserved = 0, .data = 0xc06},
+                                          kvm_msr_entry{.index = 0x250, .reserved = 0, .data = 0x0606060606060606}};
+  REQUIRE(a.vm->vcpu(0).set_msrs(mtrr));
+  auto saved = a.vm->vcpu(0).save(a.kvm.msr_index_list(), a.kvm.xsave_size());
+  REQUIRE_MESSAGE(saved, (saved ? "" : saved.error().message()));
+  TestVm b(code);
+  REQUIRE(b.vm->vcpu(0).restore(*saved));
+  const std::array<uint32_t, 2> which{0x2ff, 0x250};
+  auto got = b.vm->vcpu(0).get_msrs(which);
+  REQUIRE(got);
+  REQUIRE(got->size() == 2);
+  CHECK((*got)[0].data == 0xc06);
+  CHECK((*got)[1].data == 0x0606060606060606);
+}
+
 // An MMIO register that counts its reads and writes (what a read-modify-write of it does).
 struct CountingRegister final : vmm::devices::BusDevice {
   std::atomic<uint64_t> reads{0}, writes{0};
@@ -385,4 +424,59 @@ TEST_CASE("vm: a vCPU's TSC counts at the host's rate even when the VM's default
   INFO("TSC advanced ", cycles, " cycles in ", seconds, " s, expected about ", expected);
   CHECK(cycles > expected * 0.5);
   CHECK(cycles < expected * 2);
+}
+
+// A guest with kvmclock (MSR_KVM_SYSTEM_TIME_NEW, its pvclock at 0x2000) is told it was stopped
+// (PVCLOCK_GUEST_STOPPED in the pvclock's flags, byte 29) when its clock is stepped to the present
+// (a clone's start) and when it runs again after a pause: Linux's soft-lockup and RCU-stall
+// watchdogs take the jump for a stop then, not for a hung CPU (a clone of a template older than
+// 20 s reported a soft lockup on every CPU).
+namespace {
+constexpr uint64_t kPvclock = 0x2000;
+constexpr uint8_t kGuestStopped = 2;
+uint8_t pvclock_flags(TestVm& t) { return *t.vm->memory().read_obj<uint8_t>(vmm::Gpa(kPvclock + 29)); }
+void enable_kvmclock(TestVm& t) {
+  const kvm_msr_entry e{.index = 0x4b564d01, .reserved = 0, .data = kPvclock | 1};  // MSR_KVM_SYSTEM_TIME_NEW, enabled
+  REQUIRE(t.vm->vcpu(0).set_msrs(std::span(&e, 1)));
+}
+}  // namespace
+
+TEST_CASE("vm: a guest with kvmclock is told it was stopped when its clock is stepped to now, and after a pause") {
+  SKIP_WITHOUT_KVM();
+  // loop: mov al, [0x500] ; test al, al ; jz loop ; out 0xf4, al ; hlt
+  const std::array<uint8_t, 10> code{0xa0, 0x00, 0x05, 0x84, 0xc0, 0x74, 0xf9, 0xe6, 0xf4, 0xf4};
+  SUBCASE("neither: not told") {
+    TestVm t(code);
+    enable_kvmclock(t);
+    t.add_stop_port();
+    REQUIRE(t.vm->memory().write_obj(vmm::Gpa(0x500), uint8_t{1}));
+    CHECK(t.vm->run().reason == StopReason::DebugExit);
+    CHECK((pvclock_flags(t) & kGuestStopped) == 0);
+  }
+  SUBCASE("its clock stepped to now (a clone's start)") {
+    TestVm t(code);
+    enable_kvmclock(t);
+    t.add_stop_port();
+    auto state = t.vm->save_kernel_state();
+    REQUIRE(state);
+    REQUIRE(t.vm->restore_timers(*state, /*clock_to_now=*/true));
+    REQUIRE(t.vm->memory().write_obj(vmm::Gpa(0x500), uint8_t{1}));
+    CHECK(t.vm->run().reason == StopReason::DebugExit);
+    CHECK((pvclock_flags(t) & kGuestStopped) != 0);
+  }
+  SUBCASE("paused while it ran, then resumed") {
+    TestVm t(code);
+    enable_kvmclock(t);
+    t.add_stop_port();
+    const vmm::StopInfo stop = t.vm->run([&] {
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+      while (!t.vm->first_run().entered && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(1ms);
+      t.vm->pause();
+      t.vm->resume();
+      std::this_thread::sleep_for(20ms);  // (it runs again, spinning)
+      REQUIRE(t.vm->memory().write_obj(vmm::Gpa(0x500), uint8_t{1}));
+    });
+    CHECK(stop.reason == StopReason::DebugExit);
+    CHECK((pvclock_flags(t) & kGuestStopped) != 0);
+  }
 }

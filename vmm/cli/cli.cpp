@@ -172,7 +172,7 @@ int main(int argc, char** argv) {
     cmd->add_option("--gateway", a.opts.gateway, "IPv4 default gateway the identity channel carries");
     a.tmpl = cmd->add_option("--cpu-template", a.cpu_template, "CPU template: host or baseline")->capture_default_str();
     cmd->add_option("--kvm-device", a.kvm_device, "KVM device node (default: $VMM_KVM_DEVICE or /dev/kvm)")->capture_default_str();
-    cmd->add_option("--state-dir", a.state_dir, "Where templates and clones live (default: $VMM_STATE_DIR, /var/lib/vmm for root, ~/.local/state/vmm)");
+    cmd->add_option("--state-dir", a.state_dir, "Where templates and clones live (default: $VMM_STATE_DIR, /var/lib/vmm for root, $XDG_STATE_HOME/vmm or ~/.local/state/vmm)");
   };
   RunArgs run_args;
   clone::CloneOptions clone_args;
@@ -251,7 +251,7 @@ int main(int argc, char** argv) {
     cls->add_flag("--json", cls_json, "JSON output");
     crm = cl->add_subcommand("rm", "Remove clones: their directories, overlays and console logs (a running one is refused)");
     crm->add_option("NAME", crm_names, "Clone names")->required();
-    crm->add_flag("--force", crm_force, "Kill a running or starting clone first");
+    crm->add_flag("--force", crm_force, "Kill a running clone first (a starting one's directory is removed as it is)");
     cprune = cl->add_subcommand("prune", "Remove every stopped clone");
     for (auto* c : {cls, crm, cprune}) c->add_option("--state-dir", cstate_dir, "The state directory");
   }
@@ -301,8 +301,9 @@ int main(int argc, char** argv) {
     vm_verbs.push_back(c);
   }
   if (vm_verbs[2]) {
-    vm_verbs[2]->add_option("--timeout", vmc.timeout_s, "Seconds the guest has to power off before a hard stop")->capture_default_str()
-        ->check(kSeconds)->check(CLI::Range(0.0, 86400.0));
+    vm_verbs[2]->add_option("--timeout", vmc.timeout_s, "Seconds the guest has to power off before a hard stop (at most 3600, "
+                                                        "as PUT /vm/stop takes)")->capture_default_str()
+        ->check(kSeconds)->check(CLI::Range(0.0, 3600.0));
     vm_verbs[2]->add_flag("--no-wait", vmc.no_wait, "Return once the VM is told, not once its process has ended");
   }
   if (vm_verbs[3]) {

@@ -112,7 +112,11 @@ int vm_command_answered(const VmCommand& c) {
     req.body = json{{"timeout_s", c.timeout_s}}.dump();  // (a number)
     timeout = c.timeout_s + 5;
   } else if (c.verb == "snapshot") {
-    json body{{"dir", fs::absolute(c.dir).string()}, {"resume", !c.stay_paused}};
+    // A name (no '/') is a template of the state directory, as `vmm template create NAME` makes
+    // one; a path is taken from here (it was made absolute even as a bare name, so `vmm snapshot vm
+    // t` wrote ./t, not STATE/templates/t).
+    const std::string dir = c.dir.find('/') == std::string::npos ? c.dir : fs::absolute(c.dir).string();
+    json body{{"dir", dir}, {"resume", !c.stay_paused}};
     if (c.at_rest) body["at_rest"] = true;  // (only when asked: a VM of an older vmm refuses the field)
     body_json = body;
     timeout = 600;
