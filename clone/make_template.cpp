@@ -12,6 +12,7 @@
 
 #include "clone/memory_file.hpp"
 #include "clone/snapshot.hpp"
+#include "disk/file_io.hpp"
 #include "disk/qcow2.hpp"
 #include "vmm/base/fd.hpp"
 #include "vmm/base/process.hpp"
@@ -44,16 +45,6 @@ void make_read_only(const fs::path& dir) {
 static Result<> fsync_dir(const fs::path& dir) {
   Fd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!fd || ::fsync(fd.get()) != 0) return fail("{}: fsync: {}", dir.string(), errno_text(errno));
-  return {};
-}
-
-static Result<> write_all(int fd, const char* data, size_t n) {
-  while (n > 0) {
-    const ssize_t k = ::write(fd, data, n);
-    if (k < 0 && errno == EINTR) continue;
-    if (k <= 0) return fail("{}", k < 0 ? errno_text(errno) : std::string("short write"));
-    data += k, n -= static_cast<size_t>(k);
-  }
   return {};
 }
 
@@ -101,7 +92,7 @@ Result<> seal_template(TemplateDraft& draft, Manifest& m) {
     Fd out(::open(manifest.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
     if (!out) return fail("{}: cannot create: {}", manifest.string(), errno_text(errno));
     const std::string text = manifest_json(m);
-    if (auto r = write_all(out.get(), text.data(), text.size()); !r) return fail("{}: cannot write: {}", manifest.string(), r.error().message());
+    if (auto r = disk::pwrite_full(out.get(), text.data(), text.size(), 0); !r) return fail("{}: cannot write: {}", manifest.string(), r.error().message());
     if (::fsync(out.get()) != 0) return fail("{}: fsync: {}", manifest.string(), errno_text(errno));
   }
   make_read_only(tmp);

@@ -4,8 +4,8 @@
 #include <linux/falloc.h>
 #include <sys/file.h>
 #include <sys/uio.h>
-#include <climits>
 
+#include <climits>
 #include <cstring>
 #include <utility>
 #include <vector>
