@@ -228,9 +228,10 @@ void Block::reset() {
 Result<> Block::process_queue(unsigned queue) {
   if (queue != 0 || !memory_) return {};
   Queue& q = queues_[0];
+  unsigned budget = q.chains_per_pass();
   for (;;) {
     const uint16_t used_before = q.save().next_used;
-    for (;;) {
+    for (; budget > 0; --budget) {
       auto chain = q.pop(*memory_);
       if (!chain) return std::unexpected(chain.error());
       if (!*chain) break;
@@ -250,6 +251,10 @@ Result<> Block::process_queue(unsigned queue) {
       auto need = q.needs_interrupt(*memory_);
       if (!need) return std::unexpected(need.error());
       if (*need) interrupt_->signal_used(0);
+    }
+    if (budget == 0) {
+      interrupt_->serve_again(0);
+      return {};
     }
     // Ask for the next notification, then look again: a chain made available in between would
     // otherwise wait for the next kick.

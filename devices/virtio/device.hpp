@@ -41,6 +41,14 @@ class Interrupt {
   /// receive ring the driver broke): NEEDS_RESET, as for an error process_queue() returns. Called
   /// with the device's mutex held.
   virtual void device_error(const std::string& why) = 0;
+  /// The device stopped serving queue `queue` with work perhaps left: a pass serves at most one
+  /// ring's worth of chains (Queue::size()), so that a driver that refills its ring as fast as it is
+  /// served (a guest's vCPU, or a frame flood on a TAP with the driver reposting buffers) cannot
+  /// hold the I/O thread and the device's mutex for ever: the disks' completions, the other
+  /// devices, the API's metrics and a pause wait for neither. The transport has process_queue(queue)
+  /// called again from the event loop, after what else is ready there. Called with the device's
+  /// mutex held.
+  virtual void serve_again(unsigned queue) = 0;
 };
 
 class VirtioDevice {

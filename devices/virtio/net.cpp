@@ -184,9 +184,10 @@ ssize_t Net::send(const std::vector<iovec>& guest) {
 
 Result<> Net::transmit() {
   Queue& q = queues_[kTxQueue];
+  unsigned budget = q.chains_per_pass();
   for (;;) {
     bool sent = false;
-    for (;;) {
+    for (; budget > 0; --budget) {
       auto chain = q.pop(*memory_);
       if (!chain) return std::unexpected(chain.error());
       if (!*chain) break;
@@ -214,6 +215,10 @@ Result<> Net::transmit() {
     if (sent) {
       if (auto r = interrupt_if_needed(kTxQueue); !r) return r;
     }
+    if (budget == 0) {
+      interrupt_->serve_again(kTxQueue);
+      return {};
+    }
     if (auto r = q.enable_notification(*memory_); !r) return r;
     auto more = q.has_available(*memory_);
     if (!more) return std::unexpected(more.error());
@@ -225,7 +230,13 @@ Result<> Net::receive() {
   Queue& q = queues_[kRxQueue];
   if (!q.ready()) return {};
   bool delivered = false;
-  for (;;) {
+  for (unsigned budget = q.chains_per_pass();; --budget) {
+    if (budget == 0) {
+      // Frames may be left on the TAP, whose readiness comes again only with the next frame: the
+      // loop comes back for them instead.
+      interrupt_->serve_again(kRxQueue);
+      break;
+    }
     auto chain = q.pop(*memory_);
     if (!chain) return std::unexpected(chain.error());
     if (!*chain) {

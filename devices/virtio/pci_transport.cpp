@@ -226,8 +226,7 @@ bool PciTransport::mmio_write(uint64_t addr, std::span<const uint8_t> data) {
     // A notification that no ioeventfd caught: hand it to the event loop the same way.
     const uint64_t q = (off - kNotifyOffset) / kNotifyMultiplier;
     if (q < notifiers_.size()) {
-      const uint64_t one = 1;
-      [[maybe_unused]] auto w = ::write(notifiers_[q].fd.get(), &one, sizeof one);
+      notify_loop(static_cast<unsigned>(q));
     } else {
       log_ignored_notify(fmt::format("notify for queue {}, which does not exist", q));
     }
@@ -420,6 +419,17 @@ void PciTransport::kick(unsigned queue) {
 
 void PciTransport::device_error(const std::string& why) {
   if (!(status_ & kStatusNeedsReset)) needs_reset_locked(why);
+}
+
+void PciTransport::notify_loop(unsigned queue) {
+  const uint64_t one = 1;
+  [[maybe_unused]] auto w = ::write(notifiers_[queue].fd.get(), &one, sizeof one);
+}
+
+void PciTransport::serve_again(unsigned queue) {
+  // Through the queue's notifier, as a notification: the loop serves what else is ready first (its
+  // completions come in batches), and a quiesce's loop serves it before a snapshot or fork.
+  if (queue < notifiers_.size()) notify_loop(queue);
 }
 
 void PciTransport::signal_used(unsigned queue) {

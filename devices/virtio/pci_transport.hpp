@@ -59,6 +59,7 @@ class PciTransport final : public PciFunction, public Interrupt, public Snapshot
   // Interrupt (called by the device with its mutex held)
   void device_error(const std::string& why) override;
   void signal_used(unsigned queue) override;
+  void serve_again(unsigned queue) override;
   /// After a restore (takes the device's mutex): one used-buffer interrupt per queue of a running
   /// device. A driver that finds nothing new ignores it; one that waits for an interrupt the
   /// snapshot left owed (our event-index bookkeeping is not saved) runs on.
@@ -113,6 +114,8 @@ class PciTransport final : public PciFunction, public Interrupt, public Snapshot
   void kick(unsigned queue);
   Result<> watch_notifiers();
   void add_notifiers_locked();
+  /// Writes queue `queue`'s notifier eventfd: kick(queue) runs on the event loop.
+  void notify_loop(unsigned queue);
   void remove_notifiers_locked();
   uint64_t bar0() const { return config_.bar_address(0); }
   uint64_t bar1() const { return config_.bar_address(1); }

@@ -131,6 +131,9 @@ class Queue {
 
   uint16_t max_size() const { return max_size_; }
   uint16_t size() const { return state_.size; }
+  /// The most chains one pass of a device serves before it yields (Interrupt::serve_again): one
+  /// ring's worth.
+  unsigned chains_per_pass() const { return state_.size > 0 ? state_.size : 1u; }
   bool ready() const { return state_.ready; }
   // Transport setters (virtio-pci common configuration). Effective once the queue is enabled.
   void set_size(uint16_t size) { state_.size = size; }

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -38,8 +39,14 @@ inline vmm::GuestMemory ram(uint64_t size) {
 struct CountingInterrupt final : vmm::devices::virtio::Interrupt {
   int count = 0;
   std::vector<std::string> errors;  // device_error()s
-  void signal_used(unsigned) override { ++count; }
+  std::vector<unsigned> served_again;  // serve_again()s, by queue
+  std::function<void(unsigned)> on_signal;  // a driver's answer to the interrupt (refilling its ring)
+  void signal_used(unsigned queue) override {
+    ++count;
+    if (on_signal) on_signal(queue);
+  }
   void device_error(const std::string& why) override { errors.push_back(why); }
+  void serve_again(unsigned queue) override { served_again.push_back(queue); }
 };
 
 }  // namespace device_test

@@ -176,6 +176,32 @@ TEST_CASE("virtio-net: frames both ways through a TAP, hostile chains refused") 
     CHECK(irq.count >= 1);
   }
 
+  SUBCASE("transmit: a driver that refills its ring at every interrupt is served one ring's worth a pass") {
+    // Chains too short to hold a header: counted and returned, nothing sent.
+    uint16_t made = 0;
+    auto fill = [&] {
+      while (static_cast<uint16_t>(made - tx.used_idx()) < tx.size() / 2 && made < 2000) {
+        tx.add_chain(made % tx.size(), {{kBuf, 4, false}});
+        ++made;
+      }
+    };
+    irq.on_signal = [&](unsigned queue) {
+      if (queue == Net::kTxQueue) fill();
+    };
+    fill();
+    auto pass = [&] {
+      std::lock_guard lock((*net)->mutex());
+      REQUIRE((*net)->process_queue(Net::kTxQueue));
+    };
+    pass();
+    CHECK(tx.used_idx() == tx.size());  // one ring's worth, then it yields
+    CHECK(irq.served_again == std::vector<unsigned>{Net::kTxQueue});
+    for (int i = 0; i < 1000 && irq.served_again.size() > static_cast<size_t>(i); ++i) pass();
+    CHECK(tx.used_idx() == 2000);
+    CHECK((*net)->errors() == 2000);
+    CHECK(host.receive().empty());
+  }
+
   SUBCASE("transmit: the guest's header goes out zeroed (no offload was offered)") {
     // hdr_len past the frame's end with GSO asked for: tun refuses such a header (EINVAL), and a
     // driver must not send one; the device sends none of it.

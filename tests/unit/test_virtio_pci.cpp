@@ -301,6 +301,29 @@ TEST_CASE("virtio-pci: a reset with a request in flight completes when the reque
   CHECK(*rig.mem.read_obj<uint8_t>(Gpa(0x30100)) == kBlkSOk);
 }
 
+TEST_CASE("virtio-pci: a device that stopped at its pass's bound is served again from the event loop") {
+  Rig rig;
+  Driver d{*rig.t};
+  rig.bring_up(d);
+  struct Hdr {
+    uint32_t type, reserved;
+    uint64_t sector;
+  };
+  REQUIRE(rig.mem.write_obj(Gpa(0x30000), Hdr{kBlkTIn, 0, 0}));
+  rig.vq.add_chain(0, {{0x30000, 16, false}, {0x43000, 4096, true}, {0x30100, 1, true}});  // not notified
+  for (int i = 0; i < 3; ++i) REQUIRE(rig.loop->run_once(20ms));
+  CHECK(rig.vq.used_idx() == 0);
+  {
+    std::lock_guard lock(rig.blk->mutex());
+    rig.t->serve_again(0);
+    rig.t->serve_again(7);  // no such queue: nothing
+  }
+  for (int i = 0; i < 100 && rig.vq.used_idx() < 1; ++i) REQUIRE(rig.loop->run_once(20ms));
+  CHECK(rig.vq.used_idx() == 1);
+  CHECK(*rig.mem.read_obj<uint8_t>(Gpa(0x30100)) == kBlkSOk);
+  CHECK(*rig.mem.read_obj<uint8_t>(Gpa(0x43000)) == 0x5a);
+}
+
 TEST_CASE("virtio-pci: a saved transport restores into a new one that carries on") {
   Rig rig;
   Driver d{*rig.t};
