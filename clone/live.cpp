@@ -476,11 +476,15 @@ Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const json& request, con
   json children = json::array();
   std::vector<pid_t> pids;
   std::vector<int> fork_errors;  // errno of each fork() that failed, before later calls change it
+  // Each child's pidfd, for the kill of one that does not run in time: by then the event loop may
+  // have reaped it (reap_when_ended) and its pid be another process's.
+  std::vector<Fd> pidfds;
   for (auto& plan : plans) {
     const pid_t pid = ::fork();
     if (pid == 0) run_child(*vm, plan, *state);
-    pids.push_back(pid);
     fork_errors.push_back(pid < 0 ? errno : 0);
+    pids.push_back(pid);
+    pidfds.emplace_back(pid > 0 ? static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)) : -1);
     ::close(plan.report_fd);
     plan.report_fd = -1;
     ::close(plan.console_fd);
@@ -550,7 +554,11 @@ Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const json& request, con
       c["error"] = "the child ended before it ran";
     } else {
       c["error"] = "the child did not run within 30 s: killed";
-      ::kill(pids[i], SIGKILL);  // its pipe is still open: it runs, and the pid is still its own
+      if (pidfds[i]) {
+        (void)::syscall(SYS_pidfd_send_signal, pidfds[i].get(), SIGKILL, nullptr, 0);
+      } else {
+        ::kill(pids[i], SIGKILL);  // (Linux before 5.3) its pipe was still open just now: the pid is still its own
+      }
     }
     // A child that does not run leaves nothing behind (one that reported an error removed its
     // directory itself; one killed, or that ended without a word, could not).

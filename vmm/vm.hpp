@@ -78,6 +78,8 @@ class Vm final : public devices::VmControl {
 
   /// MSI vectors and ioeventfds for devices (KVM GSI routing, irqfd, ioeventfd).
   devices::VmIo& io() { return *io_; }
+  /// MSI routes set while the batch lives reach KVM together (KvmVmIo::hold_routes).
+  RouteBatch batch_routes() { return RouteBatch(*io_); }
   /// An edge-triggered interrupt line to ISA IRQ / GSI `gsi` (KVM_IRQ_LINE).
   std::shared_ptr<devices::IrqLine> irq_line(uint32_t gsi);
 

@@ -97,14 +97,44 @@ Result<> KvmVmIo::set_msi_route(uint32_t gsi, uint64_t address, uint32_t data) {
     for (auto& m : msi_routes_) {
       if (m.gsi == gsi) e = &m;
     }
+    const auto lo = static_cast<uint32_t>(address), hi = static_cast<uint32_t>(address >> 32);
+    if (e ? (e->u.msi.address_lo == lo && e->u.msi.address_hi == hi && e->u.msi.data == data) : (address == 0 && data == 0)) {
+      return {};
+    }
     if (!e) e = &msi_routes_.emplace_back();
     *e = kvm_irq_routing_entry{};
     e->gsi = gsi;
     e->type = KVM_IRQ_ROUTING_MSI;
-    e->u.msi.address_lo = static_cast<uint32_t>(address);
-    e->u.msi.address_hi = static_cast<uint32_t>(address >> 32);
+    e->u.msi.address_lo = lo;
+    e->u.msi.address_hi = hi;
     e->u.msi.data = data;
+    if (held_ > 0) {
+      uncommitted_ = true;
+      return {};
+    }
   }
+  return commit_routes();
+}
+
+void KvmVmIo::hold_routes() {
+  std::lock_guard lock(mutex_);
+  ++held_;
+}
+
+Result<> KvmVmIo::release_routes() {
+  {
+    std::lock_guard lock(mutex_);
+    if (held_ == 0 || --held_ > 0 || !std::exchange(uncommitted_, false)) return {};
+  }
+  return commit_routes();
+}
+
+uint64_t KvmVmIo::route_commits() const {
+  std::lock_guard lock(mutex_);
+  return commits_;
+}
+
+Result<> KvmVmIo::commit_routes() {
   // Routes are committed whole; a second writer commits a table that includes the first's entry.
   std::lock_guard lock(commit_mutex_);
   const auto table = routes();
@@ -116,6 +146,8 @@ Result<> KvmVmIo::set_msi_route(uint32_t gsi, uint64_t address, uint32_t data) {
   if (::ioctl(vm_fd_, kvm_abi::kSetGsiRouting, buf.data()) < 0) {
     return fail("KVM_SET_GSI_ROUTING: {}", errno_text(errno));
   }
+  std::lock_guard lock2(mutex_);
+  ++commits_;
   return {};
 }
 

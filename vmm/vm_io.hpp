@@ -5,6 +5,7 @@
 #include <linux/kvm.h>
 
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include "devices/device.hpp"
@@ -21,8 +22,18 @@ class KvmVmIo final : public devices::VmIo {
   Result<> add_ioeventfd(uint64_t gpa, int eventfd) override;
   void remove_ioeventfd(uint64_t gpa, int eventfd) override;
 
-  /// Sets the MSI route of `gsi` (called by the vectors); commits the whole routing table.
+  /// Sets the MSI route of `gsi` (called by the vectors) and commits the whole routing table
+  /// (KVM_SET_GSI_ROUTING, which waits for KVM's interrupt readers: tens of microseconds here), unless
+  /// nothing changed (a driver that masks or unmasks an MSI-X entry rewrites its message as it was),
+  /// the route of a vector never programmed would be the all-zero message (no interrupt can go
+  /// there), or routes are held (hold_routes()).
   Result<> set_msi_route(uint32_t gsi, uint64_t address, uint32_t data);
+  /// Routes set from now on are committed together by release_routes(): a restore sets every MSI-X
+  /// vector's, once, rather than one KVM_SET_GSI_ROUTING each. Holds nest.
+  void hold_routes();
+  Result<> release_routes();
+  /// KVM_SET_GSI_ROUTING calls made (for tests).
+  uint64_t route_commits() const;
 
   /// The routing table: KVM's default irqchip routes (GSI 0-15 to both PICs and the IOAPIC, 16-23
   /// to the IOAPIC), which KVM_SET_GSI_ROUTING would otherwise drop, then the MSI routes.
@@ -34,9 +45,30 @@ class KvmVmIo final : public devices::VmIo {
  private:
   int vm_fd_;
   mutable std::mutex mutex_;
+  Result<> commit_routes();
+
   std::mutex commit_mutex_;  // serialises KVM_SET_GSI_ROUTING calls
   uint32_t next_gsi_ = kFirstMsiGsi;
   std::vector<kvm_irq_routing_entry> msi_routes_;  // guarded by mutex_
+  unsigned held_ = 0;        // guarded by mutex_: hold_routes() not yet released
+  bool uncommitted_ = false;  // guarded by mutex_: a route changed while held
+  uint64_t commits_ = 0;      // guarded by mutex_
+};
+
+/// Holds `io`'s routes for a scope (KvmVmIo::hold_routes): commit() releases them and says whether
+/// KVM took them; a scope left early releases them as it goes.
+class RouteBatch {
+ public:
+  explicit RouteBatch(KvmVmIo& io) : io_(&io) { io.hold_routes(); }
+  RouteBatch(const RouteBatch&) = delete;
+  RouteBatch& operator=(const RouteBatch&) = delete;
+  ~RouteBatch() {
+    if (io_) (void)io_->release_routes();
+  }
+  Result<> commit() { return std::exchange(io_, nullptr)->release_routes(); }
+
+ private:
+  KvmVmIo* io_;
 };
 
 }  // namespace vmm
