@@ -9,7 +9,11 @@
  * N fsync or fdatasync calls on any other file fail with EIO (each takes one from N). Every fsync
  * that reaches failfs, failed or not, adds a line to BACKING/.failfs-log ("ok NAME" or
  * "EIO NAME"), so a test can tell a flush that reached the file system from one refused before it.
- * Both control files are hidden from MOUNTPOINT.
+ * The control file BACKING/.failfs-space, when it holds a number B, makes the file system full
+ * at B bytes: a write or fallocate that needs blocks its file does not have yet (a hole, past the
+ * end) fails with ENOSPC when the files of BACKING would then hold more than B bytes in all
+ * (st_blocks); writes over blocks already there go through, as on a real full disk.
+ * The control files are hidden from MOUNTPOINT.
  */
 #define FUSE_USE_VERSION 31
 #define _GNU_SOURCE
@@ -28,11 +32,13 @@
 static const char* backing;
 static const char kControl[] = ".failfs-fsync";
 static const char kLog[] = ".failfs-log";
+static const char kSpace[] = ".failfs-space";
+
+static int is_control(const char* name) { return !strcmp(name, kControl) || !strcmp(name, kLog) || !strcmp(name, kSpace); }
 
 /* BACKING/NAME for a path "/NAME" of the top level; -ENOENT for anything else. */
 static int backing_path(const char* path, char* out) {
-  if (path[0] != '/' || strchr(path + 1, '/') || !strcmp(path + 1, kControl) || !strcmp(path + 1, kLog))
-    return -ENOENT;
+  if (path[0] != '/' || strchr(path + 1, '/') || is_control(path + 1)) return -ENOENT;
   if (snprintf(out, PATH_MAX, "%s%s", backing, path) >= PATH_MAX) return -ENAMETOOLONG;
   return 0;
 }
@@ -62,6 +68,55 @@ static void log_fsync(const char* result, const char* path) {
   fclose(f);
 }
 
+/* The limit in BACKING/.failfs-space, or -1 for none. */
+static long long space_limit(void) {
+  char p[PATH_MAX], buf[32] = {0};
+  snprintf(p, sizeof p, "%s/%s", backing, kSpace);
+  FILE* f = fopen(p, "r");
+  if (!f) return -1;
+  long long n = fgets(buf, sizeof buf, f) ? strtoll(buf, NULL, 10) : -1;
+  fclose(f);
+  return buf[0] ? n : -1;
+}
+
+/* Bytes the files of BACKING hold (their blocks). */
+static long long space_used(void) {
+  long long used = 0;
+  DIR* d = opendir(backing);
+  if (!d) return 0;
+  for (struct dirent* e; (e = readdir(d));) {
+    struct stat st;
+    if (e->d_name[0] == '.' && (!e->d_name[1] || (e->d_name[1] == '.' && !e->d_name[2]))) continue;
+    if (is_control(e->d_name) || fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW)) continue;
+    used += (long long)st.st_blocks * 512;
+  }
+  closedir(d);
+  return used;
+}
+
+/* Bytes of 4 KiB blocks in [off, off + n) that fd's file has no data for yet. */
+static long long unallocated(int fd, off_t off, off_t n) {
+  const off_t end = (off + n + 4095) & ~(off_t)4095;
+  long long missing = 0;
+  for (off_t pos = off & ~(off_t)4095; pos < end;) {
+    off_t data = lseek(fd, pos, SEEK_DATA);
+    if (data < 0 || data >= end) return missing + (end - pos); /* ENXIO: nothing but hole (or EOF) after pos */
+    missing += data - pos;
+    off_t hole = lseek(fd, data, SEEK_HOLE);
+    if (hole < 0) break;
+    pos = hole;
+  }
+  return missing;
+}
+
+/* -ENOSPC when giving fd's file [off, off + n) would take the file system past its limit. */
+static int check_space(int fd, off_t off, off_t n) {
+  long long limit = space_limit();
+  if (limit < 0 || n <= 0) return 0;
+  long long need = unallocated(fd, off, n);
+  return need > 0 && space_used() + need > limit ? -ENOSPC : 0;
+}
+
 static void* ff_init(struct fuse_conn_info* conn, struct fuse_config* cfg) {
   (void)conn;
   cfg->use_ino = 0;
@@ -87,7 +142,7 @@ static int ff_readdir(const char* path, void* buf, fuse_fill_dir_t fill, off_t o
   DIR* d = opendir(backing);
   if (!d) return -errno;
   for (struct dirent* e; (e = readdir(d));) {
-    if (!strcmp(e->d_name, kControl) || !strcmp(e->d_name, kLog)) continue;
+    if (is_control(e->d_name)) continue;
     if (fill(buf, e->d_name, NULL, 0, 0)) break;
   }
   closedir(d);
@@ -118,6 +173,8 @@ static int ff_read(const char* path, char* buf, size_t n, off_t off, struct fuse
 
 static int ff_write(const char* path, const char* buf, size_t n, off_t off, struct fuse_file_info* fi) {
   (void)path;
+  int full = check_space((int)fi->fh, off, (off_t)n);
+  if (full) return full;
   ssize_t r = pwrite((int)fi->fh, buf, n, off);
   return r < 0 ? -errno : (int)r;
 }
@@ -132,6 +189,10 @@ static int ff_truncate(const char* path, off_t size, struct fuse_file_info* fi) 
 
 static int ff_fallocate(const char* path, int mode, off_t off, off_t len, struct fuse_file_info* fi) {
   (void)path;
+  if (!(mode & FALLOC_FL_PUNCH_HOLE)) {
+    int full = check_space((int)fi->fh, off, len);
+    if (full) return full;
+  }
   return fallocate((int)fi->fh, mode, off, len) ? -errno : 0;
 }
 

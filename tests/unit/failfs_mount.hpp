@@ -1,5 +1,6 @@
 // A failfs mount for a test (tests/disk/failfs.c): the files of DIR/backing under DIR/mnt, where the
-// test can make the next fsyncs fail with EIO, as a disk's failed write-back makes them fail.
+// test can make the next fsyncs fail with EIO, as a disk's failed write-back makes them fail, and
+// make the file system full.
 // Needs root and /dev/fuse; available() says why not.
 #pragma once
 
@@ -64,6 +65,25 @@ class FailFs {
 
   /// The next n fsync/fdatasync calls on the mount fail with EIO.
   void fail_next_fsyncs(int n) const { std::ofstream(backing_ / ".failfs-fsync") << n << '\n'; }
+  /// The file system is full once its files hold `bytes` (writes that need new blocks then fail
+  /// with ENOSPC); a negative count: no limit.
+  void set_space_limit(long long bytes) const {
+    if (bytes < 0) {
+      std::filesystem::remove(backing_ / ".failfs-space");
+    } else {
+      std::ofstream(backing_ / ".failfs-space") << bytes << '\n';
+    }
+  }
+  /// Bytes its files hold now (their blocks, as failfs counts them).
+  long long space_used() const {
+    long long used = 0;
+    for (const auto& e : std::filesystem::directory_iterator(backing_)) {
+      if (e.path().filename().string().starts_with(".failfs-")) continue;
+      struct stat st {};
+      if (::lstat(e.path().c_str(), &st) == 0) used += static_cast<long long>(st.st_blocks) * 512;
+    }
+    return used;
+  }
   /// The fsyncs that reached the file system, one "ok NAME" or "EIO NAME" line each.
   std::string fsync_log() const {
     std::ifstream in(backing_ / ".failfs-log");

@@ -15,6 +15,7 @@
 
 #include "disk/image.hpp"
 #include "disk/qcow2.hpp"
+#include "failfs_mount.hpp"
 #include "temp_dir.hpp"
 #include "vmm/base/event_loop.hpp"
 
@@ -326,5 +327,78 @@ TEST_CASE("qcow2: random reads, writes, zeroing, discards and reopens match an i
       if (have_qemu_img()) CHECK(qemu_check(d / "t.qcow2") == 0);
       CHECK(get(*open_rw(d / "t.qcow2"), 0, size) == ref);
     }
+  }
+}
+
+TEST_CASE("qcow2: on a full file system the writes that need space fail, and nothing written or backed is lost") {
+  // A linked clone's overlay grows as its guest writes; the host's file system may fill up. The
+  // guest is told (the write fails), and nothing else changes: what it wrote before still reads
+  // back, what it could not write still reads as the template's, and once there is room again a
+  // flush makes it all durable (QEMU's werror=report).
+  if (auto why = vmm::test::FailFs::unavailable(); !why.empty()) {
+    MESSAGE("VMM_SKIP: " << why);
+    return;
+  }
+  TempDir dir("vmm-enospc");
+  vmm::test::FailFs ffs(dir.path);
+  constexpr uint64_t kCluster = 64 << 10;
+  const Bytes base = pattern(8 << 20, 1);
+  write_file(dir.path / "base.raw", base);
+  const fs::path top = ffs.mnt() / "top.qcow2";
+  REQUIRE(Qcow2::create(top, {.backing = (dir.path / "base.raw").string(), .backing_format = "raw"}));
+  auto q = open_rw(top);
+  // Room for a few more clusters (data, and the L2 table the first write needs at its flush).
+  ffs.set_space_limit(ffs.space_used() + 4 * static_cast<long long>(kCluster));
+
+  // 4 KiB in the middle of cluster i: each allocation copies the template's bytes around it.
+  auto data = [](unsigned i) { return pattern(4096, 100 + i); };
+  auto at = [](unsigned i) { return i * kCluster + 8192; };
+  unsigned written = 0;
+  std::string why;
+  for (; written < 64; ++written) {
+    const Bytes b = data(written);
+    const iovec v{const_cast<uint8_t*>(b.data()), b.size()};
+    auto r = q->write(at(written), std::span(&v, 1));
+    if (!r) {
+      why = r.error().message();
+      break;
+    }
+  }
+  INFO("writes that went through: " << written << "; the first refused: " << why);
+  REQUIRE(written >= 2);
+  REQUIRE(written < 64);
+  CHECK(why.find("No space left on device") != std::string::npos);
+  CHECK(why.find("top.qcow2") != std::string::npos);
+  auto check_contents = [&](Qcow2& img) {
+    for (unsigned i = 0; i <= written + 1; ++i) {
+      const uint64_t c = i * kCluster;
+      Bytes want(base.begin() + static_cast<long>(c), base.begin() + static_cast<long>(c + kCluster));
+      if (i < written) {
+        const Bytes d = data(i);
+        std::copy(d.begin(), d.end(), want.begin() + 8192);
+      }
+      CHECK_MESSAGE(get(img, c, kCluster) == want, "cluster " << i);
+    }
+  };
+  check_contents(*q);
+  // Full, the flush fails too: the L2 table the writes made is a new cluster of metadata, which
+  // needs blocks. Once there is room, one succeeds.
+  auto full_flush = q->flush();
+  REQUIRE_FALSE(full_flush);
+  CHECK(full_flush.error().message().find("No space left on device") != std::string::npos);
+  check_contents(*q);
+  ffs.set_space_limit(-1);
+  REQUIRE(q->flush());
+  // And a write that needs space goes through again.
+  put(*q, at(written), data(written));
+  ++written;
+  REQUIRE(q->flush());
+  q.reset();
+  auto again = open_rw(top);
+  check_contents(*again);
+  again.reset();
+  if (have_qemu_img()) {
+    const int c = qemu_check(top);
+    CHECK_MESSAGE((c == 0 || c == 3), "qemu-img check: " << c << " (0 clean, 3 leaked clusters only)");
   }
 }
