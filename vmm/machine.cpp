@@ -178,10 +178,15 @@ Result<> Machine::quiesce(std::chrono::milliseconds timeout) {
   // pause completes before it, not after a resume that may come much later (a guest that times its
   // wait would see the whole pause go by: the test guest did, forked while writing its disk in the
   // nested lane), and a snapshot or fork never carries a notified request that no one will serve.
-  for (;;) {
+  // A few rounds serve them all (each serves every event ready; a device's pass is bounded, and its
+  // owed pass comes at the next round): events that keep coming while the guest is paused are not
+  // the guest's (frames flooding a TAP, its receive ring full or its device not set up), and must
+  // not hold the pause for ever. A restored device looks at its rings once anyway.
+  constexpr unsigned kServeRounds = 16;
+  for (unsigned round = 0;; ++round) {
     auto n = loop_->run_once(std::chrono::milliseconds(0));
     if (!n) return std::unexpected(n.error());
-    if (*n > 0) continue;
+    if (*n > 0 && round < kServeRounds) continue;
     if (requests_in_flight() == 0) break;
     if (auto r = drive_until([&] { return requests_in_flight() == 0; }, "disk requests"); !r) return r;
   }

@@ -34,14 +34,13 @@ fs::path resolve_state_dir(const std::string& given) {
   if (!given.empty()) return absolute(given);
   if (const char* e = std::getenv("VMM_STATE_DIR"); e && *e) return absolute(e);
   if (::geteuid() == 0) return "/var/lib/vmm";
-  if (const char* x = std::getenv("XDG_STATE_HOME"); x && *x) return fs::path(x) / "vmm";
-  if (const char* h = std::getenv("HOME"); h && *h) return fs::path(h) / ".local/state/vmm";
-  // No HOME (a service's environment): the home directory the user database gives. A fixed path
-  // in /tmp, which every user can create first, is the last resort, named after the user.
-  if (const passwd* pw = ::getpwuid(::geteuid()); pw && pw->pw_dir && *pw->pw_dir && std::string_view(pw->pw_dir) != "/") {
-    return fs::path(pw->pw_dir) / ".local/state/vmm";
+  // Without HOME (a service's environment), the home directory the user database gives.
+  const passwd* pw = ::getpwuid(::geteuid());
+  if (auto dir = user_state_dir(std::getenv("XDG_STATE_HOME"), std::getenv("HOME"), pw ? pw->pw_dir : nullptr); !dir.empty()) {
+    return dir;
   }
-  // That path may be someone else's (a symlink, a directory they made first, open to them): used
+  // A fixed path in /tmp, which every user can create first, is the last resort, named after the
+  // user. That path may be someone else's (a symlink, a directory they made first, open to them): used
   // only once it is a directory of this user's that nobody else can enter.
   const fs::path last = fs::path("/tmp") / ("vmm-state-" + std::to_string(::geteuid()));
   if (auto why = unsafe_private_dir(last)) {
@@ -49,6 +48,15 @@ fs::path resolve_state_dir(const std::string& given) {
     std::exit(exit_code::kUsage);
   }
   return last;
+}
+
+fs::path user_state_dir(const char* xdg_state_home, const char* home, const char* passwd_home) {
+  auto usable = [](const char* p) { return p && *p == '/'; };
+  if (usable(xdg_state_home)) return fs::path(xdg_state_home) / "vmm";
+  for (const char* h : {home, passwd_home}) {
+    if (usable(h) && fs::path(h).lexically_normal() != "/") return fs::path(h) / ".local/state/vmm";
+  }
+  return {};
 }
 
 std::optional<std::string> unsafe_private_dir(const fs::path& dir) {

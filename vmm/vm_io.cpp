@@ -98,9 +98,9 @@ Result<> KvmVmIo::set_msi_route(uint32_t gsi, uint64_t address, uint32_t data) {
       if (m.gsi == gsi) e = &m;
     }
     const auto lo = static_cast<uint32_t>(address), hi = static_cast<uint32_t>(address >> 32);
-    if (e ? (e->u.msi.address_lo == lo && e->u.msi.address_hi == hi && e->u.msi.data == data) : (address == 0 && data == 0)) {
-      return {};
-    }
+    // (Unless KVM's table may differ from this one: a commit failed since.)
+    const bool same = e ? (e->u.msi.address_lo == lo && e->u.msi.address_hi == hi && e->u.msi.data == data) : (address == 0 && data == 0);
+    if (same && !stale_) return {};
     if (!e) e = &msi_routes_.emplace_back();
     *e = kvm_irq_routing_entry{};
     e->gsi = gsi;
@@ -143,10 +143,11 @@ Result<> KvmVmIo::commit_routes() {
   std::vector<uint8_t> buf(sizeof header + table.size() * sizeof(kvm_irq_routing_entry));
   std::memcpy(buf.data(), &header, sizeof header);
   std::memcpy(buf.data() + sizeof header, table.data(), table.size() * sizeof(kvm_irq_routing_entry));
-  if (::ioctl(vm_fd_, kvm_abi::kSetGsiRouting, buf.data()) < 0) {
-    return fail("KVM_SET_GSI_ROUTING: {}", errno_text(errno));
-  }
+  const bool failed = ::ioctl(vm_fd_, kvm_abi::kSetGsiRouting, buf.data()) < 0;
+  const int error = errno;
   std::lock_guard lock2(mutex_);
+  stale_ = failed;
+  if (failed) return fail("KVM_SET_GSI_ROUTING: {}", errno_text(error));
   ++commits_;
   return {};
 }

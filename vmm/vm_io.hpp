@@ -53,6 +53,7 @@ class KvmVmIo final : public devices::VmIo {
   unsigned held_ = 0;        // guarded by mutex_: hold_routes() not yet released
   bool uncommitted_ = false;  // guarded by mutex_: a route changed while held
   uint64_t commits_ = 0;      // guarded by mutex_
+  bool stale_ = false;        // guarded by mutex_: the last commit failed (KVM's table may differ)
 };
 
 /// Holds `io`'s routes for a scope (KvmVmIo::hold_routes): commit() releases them and says whether

@@ -94,6 +94,7 @@ Result<> PciTransport::watch_notifiers() {
   if (!rw) return std::unexpected(rw.error());
   intx_watch_ = *rw;
   notifiers_.resize(queue_vectors_.size());
+  owed_.assign(queue_vectors_.size(), 0);
   for (unsigned q = 0; q < notifiers_.size(); ++q) {
     Notifier& n = notifiers_[q];
     n.fd = Fd(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
@@ -408,8 +409,10 @@ void PciTransport::remove_notifiers_locked() {
 
 void PciTransport::kick(unsigned queue) {
   std::lock_guard lock(device_->mutex());
+  const bool owed = std::exchange(owed_[queue], 0) != 0;
   if (status_ & kStatusNeedsReset) return;
   if (!(status_ & kStatusDriverOk) || !device_->queues()[queue].ready()) {
+    if (owed) return;  // the device's own pass, after a reset
     return log_ignored_notify(fmt::format("notify for queue {} before it was set up", queue));
   }
   if (auto r = device_->process_queue(queue); !r) {
@@ -428,8 +431,11 @@ void PciTransport::notify_loop(unsigned queue) {
 
 void PciTransport::serve_again(unsigned queue) {
   // Through the queue's notifier, as a notification: the loop serves what else is ready first (its
-  // completions come in batches), and a quiesce's loop serves it before a snapshot or fork.
-  if (queue < notifiers_.size()) notify_loop(queue);
+  // completions come in batches). Marked owed: a pass that finds the device reset meanwhile is no
+  // driver's notification to log.
+  if (queue >= notifiers_.size()) return;
+  owed_[queue] = 1;
+  notify_loop(queue);
 }
 
 void PciTransport::signal_used(unsigned queue) {
@@ -494,6 +500,13 @@ Result<> PciTransport::restore(const State& st) {
     // running device meets it, with NEEDS_RESET, not a state that cannot be restored (a template
     // of such a guest still clones).
     activate_locked();
+    // Each ready queue is looked at once, as if notified. A notification the guest made just
+    // before the pause, or a pass the device still owed (serve_again), lived in the old VMM's
+    // eventfd, which a snapshot does not carry; and with EVENT_IDX the driver does not notify again
+    // for chains it had made available already, so without this look they would wait for ever.
+    for (unsigned q = 0; q < notifiers_.size() && !(status_ & kStatusNeedsReset); ++q) {
+      if (device_->queues()[q].ready()) serve_again(q);
+    }
   }
   return {};
 }

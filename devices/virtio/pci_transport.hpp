@@ -145,6 +145,7 @@ class PciTransport final : public PciFunction, public Interrupt, public Snapshot
     uint64_t gpa = 0;   // where it is registered as a KVM ioeventfd (0: not registered)
   };
   std::vector<Notifier> notifiers_;
+  std::vector<uint8_t> owed_;  // per queue: serve_again() asked for a pass (device mutex held)
 };
 
 }  // namespace vmm::devices::virtio

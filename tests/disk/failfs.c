@@ -96,15 +96,16 @@ static long long space_used(void) {
 
 /* Bytes of 4 KiB blocks in [off, off + n) that fd's file has no data for yet. */
 static long long unallocated(int fd, off_t off, off_t n) {
+  if (off < 0 || n > ((off_t)1 << 50) || off > ((off_t)1 << 50)) return n; /* (no overflow below) */
   const off_t end = (off + n + 4095) & ~(off_t)4095;
   long long missing = 0;
   for (off_t pos = off & ~(off_t)4095; pos < end;) {
     off_t data = lseek(fd, pos, SEEK_DATA);
     if (data < 0 || data >= end) return missing + (end - pos); /* ENXIO: nothing but hole (or EOF) after pos */
-    missing += data - pos;
+    missing += (data & ~(off_t)4095) - pos;
     off_t hole = lseek(fd, data, SEEK_HOLE);
-    if (hole < 0) break;
-    pos = hole;
+    if (hole < 0) return missing + (end - data); /* (cannot tell: counted as needing space) */
+    pos = (hole + 4095) & ~(off_t)4095; /* a hole at an unaligned end of file: its last block is there */
   }
   return missing;
 }

@@ -91,6 +91,20 @@ TEST_CASE("clone: plan_nets gives each VM its interfaces, MACs and address, or s
   }
 }
 
+TEST_CASE("clone: a user's default state directory: XDG_STATE_HOME, HOME, the user database, never / or a relative path") {
+  using vmm::user_state_dir;
+  CHECK(user_state_dir("/x/state", "/home/u", "/home/p") == "/x/state/vmm");
+  CHECK(user_state_dir(nullptr, "/home/u", "/home/p") == "/home/u/.local/state/vmm");
+  CHECK(user_state_dir("", "/home/u", "/home/p") == "/home/u/.local/state/vmm");
+  CHECK(user_state_dir("rel/state", "/home/u", nullptr) == "/home/u/.local/state/vmm");  // relative: ignored (XDG)
+  // A home of / (a service account's) is no home, from HOME as from the user database.
+  CHECK(user_state_dir(nullptr, "/", "/home/p") == "/home/p/.local/state/vmm");
+  CHECK(user_state_dir(nullptr, "//", "/") == "");
+  CHECK(user_state_dir(nullptr, "relative", "/srv/u") == "/srv/u/.local/state/vmm");
+  CHECK(user_state_dir(nullptr, nullptr, nullptr) == "");
+  CHECK(user_state_dir(nullptr, "", "") == "");
+}
+
 TEST_CASE("clone: a template's place, by name in the state directory or by path") {
   TempDir d("vmm-clone-engine");
   // A relative state directory is made absolute (a linked clone's overlay names its template's disk

@@ -264,6 +264,26 @@ TEST_CASE("virtio-net: frames both ways through a TAP, hostile chains refused") 
     CHECK(*mem->read_obj<uint32_t>(Gpa(kBuf + kSmall)) == 0xddccbbaa);  // nothing past the buffer
   }
 
+  SUBCASE("receive: a pass reads one ring's worth of frames, then asks to be served again") {
+    // Frames longer than the buffer are read and dropped, the buffer kept: a flood of them would
+    // keep one pass reading for as long as it lasted.
+    constexpr uint32_t kSmall = kNetHdrBytes + 28;
+    rx.add_chain(0, {{kBuf, kSmall, true}});
+    for (int i = 0; i < 40; ++i) host.send(frame(static_cast<uint8_t>(i)));
+    auto pass = [&] {
+      std::lock_guard lock((*net)->mutex());
+      REQUIRE((*net)->process_queue(Net::kRxQueue));
+    };
+    pass();
+    CHECK((*net)->errors() == rx.size());
+    CHECK(irq.served_again == std::vector<unsigned>{Net::kRxQueue});
+    pass();
+    pass();
+    CHECK((*net)->errors() == 40);
+    CHECK(irq.served_again.size() == 2);  // the third pass found the TAP empty
+    CHECK(rx.used_idx() == 0);
+  }
+
   SUBCASE("receive: a frame lands in a buffer with num_buffers = 1; no buffer, no loss") {
     // A malformed receive chain (device-readable) first: refused with length 0.
     rx.add_chain(0, {{kBuf + 0x8000, 1526, false}});
