@@ -4,7 +4,8 @@
 // scripts/fuzz-kernel.sh) with -fsanitize=fuzzer,address,undefined.
 //
 // An input is four bytes of set-up, then the kernel file: byte 0 picks the guest RAM (16 MiB,
-// 64 MiB, 1 GiB, 2 MiB) and the vCPU count, byte 1 the command line's length, bytes 2-3 the
+// 64 MiB, 1 GiB, 2 MiB, or 5 GiB: RAM on both sides of the MMIO hole below 4 GiB, reserved and
+// touched only where the loaders write) and the vCPU count, byte 1 the command line's length, bytes 2-3 the
 // initrd's size in 16-byte units (0: no initrd). boot::load must refuse a bad kernel with one line
 // naming the kernel or initrd file, never crash; a kernel it loads has its entry point and boot
 // information inside RAM.
@@ -39,7 +40,7 @@ using boot_test::Bytes;
 }
 
 constexpr uint64_t kMiB = 1 << 20;
-constexpr uint64_t kRams[] = {16 * kMiB, 64 * kMiB, 1024 * kMiB, 2 * kMiB};
+constexpr uint64_t kRams[] = {16 * kMiB, 64 * kMiB, 1024 * kMiB, 2 * kMiB, 5120 * kMiB};
 
 /// Guest RAM of each size, made once (the loaders only write; what earlier inputs left is harmless).
 const vmm::GuestMemory& ram(unsigned which) {
@@ -107,8 +108,8 @@ void run(std::span<const uint8_t> data) {
     }
     return;
   }
-  if (r->entry >= memory.size()) die("an entry point outside RAM", std::to_string(r->entry));
-  if (r->boot_info >= memory.size()) die("boot information outside RAM", std::to_string(r->boot_info));
+  if (!memory.contains(vmm::Gpa(r->entry), 1)) die("an entry point outside RAM", std::to_string(r->entry));
+  if (!memory.contains(vmm::Gpa(r->boot_info), 1)) die("boot information outside RAM", std::to_string(r->boot_info));
 }
 
 void make_seeds(const fs::path& dir) {
