@@ -274,7 +274,9 @@ Result<> Queue::enable_notification(const GuestMemory& memory) {
   if (!state_.ready || !state_.event_idx) return {};
   auto event = ring_u16(memory, state_.used + 4 + 8ull * state_.size);
   if (!event) return std::unexpected(event.error());
-  event->store(state_.next_avail, std::memory_order_relaxed);
+  // Written only if it changes: in a clone the ring's page is the template's until written, and a
+  // write copies it (a restored device's first look finds most rings as they were).
+  if (event->load(std::memory_order_relaxed) != state_.next_avail) event->store(state_.next_avail, std::memory_order_relaxed);
   // Published before the caller looks at the avail idx again.
   std::atomic_thread_fence(std::memory_order_seq_cst);
   return {};
