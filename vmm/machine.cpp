@@ -183,35 +183,41 @@ Result<> Machine::quiesce(std::chrono::milliseconds timeout) {
   // the guest's (frames flooding a TAP, its receive ring full or its device not set up), and must
   // not hold the pause for ever. A restored device looks at its rings once anyway.
   constexpr unsigned kServeRounds = 16;
-  for (unsigned round = 0;; ++round) {
-    auto n = loop_->run_once(std::chrono::milliseconds(0));
-    if (!n) return std::unexpected(n.error());
-    if (*n > 0 && round < kServeRounds) continue;
-    if (requests_in_flight() == 0) break;
-    if (auto r = drive_until([&] { return requests_in_flight() == 0; }, "disk requests"); !r) return r;
-  }
-  // Every disk flushed: a qcow2 image writes its cached metadata back. What the callbacks count
-  // lives on the heap: a flush still pending when this returns early (another disk's refused, the
-  // deadline) completes later, on the I/O thread, after this frame is gone.
-  struct Flushes {
-    size_t pending = 0;
-    Result<> error;
-  };
-  auto flushes = std::make_shared<Flushes>();
-  for (const auto& d : platform_->disks()) {
-    if (d->image().read_only()) continue;
-    ++flushes->pending;
-    auto r = d->flush_image([flushes, path = d->image().path()](int32_t res) {
-      --flushes->pending;
-      if (res < 0 && flushes->error) flushes->error = fail("flushing {}: {}", path.string(), errno_text(-res));
-    });
-    if (!r) {
-      --flushes->pending;
-      if (flushes->error) flushes->error = std::unexpected(r.error());
+  for (;;) {
+    for (unsigned round = 0;; ++round) {
+      auto n = loop_->run_once(std::chrono::milliseconds(0));
+      if (!n) return std::unexpected(n.error());
+      if (*n > 0 && round < kServeRounds) continue;
+      if (requests_in_flight() == 0) break;
+      if (auto r = drive_until([&] { return requests_in_flight() == 0; }, "disk requests"); !r) return r;
     }
+    // Every disk flushed: a qcow2 image writes its cached metadata back. What the callbacks count
+    // lives on the heap: a flush still pending when this returns early (another disk's refused, the
+    // deadline) completes later, on the I/O thread, after this frame is gone.
+    struct Flushes {
+      size_t pending = 0;
+      Result<> error;
+    };
+    auto flushes = std::make_shared<Flushes>();
+    for (const auto& d : platform_->disks()) {
+      if (d->image().read_only()) continue;
+      ++flushes->pending;
+      auto r = d->flush_image([flushes, path = d->image().path()](int32_t res) {
+        --flushes->pending;
+        if (res < 0 && flushes->error) flushes->error = fail("flushing {}: {}", path.string(), errno_text(-res));
+      });
+      if (!r) {
+        --flushes->pending;
+        if (flushes->error) flushes->error = std::unexpected(r.error());
+      }
+    }
+    if (auto r = drive_until([&] { return flushes->pending == 0; }, "disk flushes"); !r) return r;
+    if (!flushes->error) return flushes->error;
+    // Driving the flushes served the loop too: a notification whose event came only then started a
+    // request, which must complete, and be flushed, before anything is captured (a snapshot would
+    // hold a chain popped and never answered). The guest is paused: there are only so many.
+    if (requests_in_flight() == 0) return {};
   }
-  if (auto r = drive_until([&] { return flushes->pending == 0; }, "disk flushes"); !r) return r;
-  return flushes->error;
 }
 
 void Machine::resume_io() {

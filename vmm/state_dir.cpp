@@ -34,10 +34,11 @@ fs::path resolve_state_dir(const std::string& given) {
   if (!given.empty()) return absolute(given);
   if (const char* e = std::getenv("VMM_STATE_DIR"); e && *e) return absolute(e);
   if (::geteuid() == 0) return "/var/lib/vmm";
-  // Without HOME (a service's environment), the home directory the user database gives.
-  const passwd* pw = ::getpwuid(::geteuid());
-  if (auto dir = user_state_dir(std::getenv("XDG_STATE_HOME"), std::getenv("HOME"), pw ? pw->pw_dir : nullptr); !dir.empty()) {
-    return dir;
+  if (auto dir = user_state_dir(std::getenv("XDG_STATE_HOME"), std::getenv("HOME"), nullptr); !dir.empty()) return dir;
+  // Without a usable HOME (a service's environment), the home directory the user database gives
+  // (looked up only then: a directory service can be slow, and every VM's start would wait for it).
+  if (const passwd* pw = ::getpwuid(::geteuid()); pw) {
+    if (auto dir = user_state_dir(nullptr, nullptr, pw->pw_dir); !dir.empty()) return dir;
   }
   // A fixed path in /tmp, which every user can create first, is the last resort, named after the
   // user. That path may be someone else's (a symlink, a directory they made first, open to them): used

@@ -98,9 +98,9 @@ Result<> KvmVmIo::set_msi_route(uint32_t gsi, uint64_t address, uint32_t data) {
       if (m.gsi == gsi) e = &m;
     }
     const auto lo = static_cast<uint32_t>(address), hi = static_cast<uint32_t>(address >> 32);
-    // (Unless KVM's table may differ from this one: a commit failed since.)
-    const bool same = e ? (e->u.msi.address_lo == lo && e->u.msi.address_hi == hi && e->u.msi.data == data) : (address == 0 && data == 0);
-    if (same && !stale_) return {};
+    if (!e && address == 0 && data == 0) return {};  // a vector never programmed needs no route
+    // An unchanged route, unless KVM's table may differ from this one (a commit failed since).
+    if (e && e->u.msi.address_lo == lo && e->u.msi.address_hi == hi && e->u.msi.data == data && !stale_) return {};
     if (!e) e = &msi_routes_.emplace_back();
     *e = kvm_irq_routing_entry{};
     e->gsi = gsi;
