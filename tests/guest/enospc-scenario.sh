@@ -9,18 +9,13 @@
 #    naming the file and leave nothing behind.
 # usage: enospc-scenario.sh VMM TESTGUEST [--needs-kvm]
 vmm=$1 guest=$2
-shift 2
-inside=
-for a in "$@"; do
-  case "$a" in
-    --needs-kvm) { [ -r /dev/kvm ] && [ -w /dev/kvm ]; } || { echo "SKIP: /dev/kvm is not usable here"; exit 77; } ;;
-    --in-ns) inside=1 ;;
-  esac
-done
-if [ -z "$inside" ]; then
+if [ "${3:-}" = --needs-kvm ] && ! { [ -r /dev/kvm ] && [ -w /dev/kvm ]; }; then
+  echo "SKIP: /dev/kvm is not usable here"; exit 77
+fi
+if [ -z "${VMM_TEST_INSIDE:-}" ]; then  # (set when it runs itself again inside its namespace)
   command -v unshare >/dev/null && unshare --mount --propagation private true 2>/dev/null ||
     { echo "SKIP: cannot make a mount namespace (unshare --mount)"; exit 77; }
-  exec unshare --mount --propagation private sh "$0" "$vmm" "$guest" --in-ns
+  exec unshare --mount --propagation private env VMM_TEST_INSIDE=1 sh "$0" "$vmm" "$guest"
 fi
 
 work=$(mktemp -d /var/tmp/vmm-enospc.XXXXXX)

@@ -10,22 +10,17 @@
 # Runs in a network namespace of its own.
 # usage: pause-flood.sh VMM TESTGUEST [--needs-kvm]
 vmm=$1 guest=$2
-shift 2
-inside=
-for a in "$@"; do
-  case "$a" in
-    --needs-kvm) { [ -r /dev/kvm ] && [ -w /dev/kvm ]; } || { echo "SKIP: /dev/kvm is not usable here"; exit 77; } ;;
-    --in-netns) inside=1 ;;
-  esac
-done
-if [ -z "$inside" ]; then
+if [ "${3:-}" = --needs-kvm ] && ! { [ -r /dev/kvm ] && [ -w /dev/kvm ]; }; then
+  echo "SKIP: /dev/kvm is not usable here"; exit 77
+fi
+if [ -z "${VMM_TEST_INSIDE:-}" ]; then  # (set when it runs itself again inside its namespace)
   command -v python3 >/dev/null || { echo "SKIP: python3 is missing"; exit 77; }
   ns=vmmflood$$
   ip netns add $ns || { echo "SKIP: cannot create a network namespace"; exit 77; }
   # No IPv6 on the TAP: its own frames would be the guest's first (see net-scenario.sh).
   ip netns exec $ns sh -c 'for c in all default; do
     [ ! -d /proc/sys/net/ipv6 ] || echo 1 >/proc/sys/net/ipv6/conf/$c/disable_ipv6 || exit 1; done'
-  ip netns exec $ns sh "$0" "$vmm" "$guest" --in-netns
+  ip netns exec $ns env VMM_TEST_INSIDE=1 sh "$0" "$vmm" "$guest"
   status=$?
   ip netns delete $ns
   exit $status
