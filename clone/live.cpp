@@ -301,39 +301,35 @@ Result<> prepare_disks(const LiveVm& vm, ChildPlan& plan) {
   return {};
 }
 
-/// The children's interfaces and identity from a fork request ("nets": the --net syntax, one per
-/// interface of the parent, names with {name} and {i}; "hostname" with them too; "ip", counted up
-/// from child to child; "gateway"), checked before anything is forked.
-Result<> plan_networks(const LiveVm& vm, const json& request, std::vector<ChildPlan>& plans) {
+/// The children's interfaces and identity from a fork request (checked already: api/requests.hpp):
+/// "nets", the --net syntax, one per interface of the parent, names with {name} and {i}; "hostname"
+/// with them too; "ip", counted up from child to child; "gateway". Planned before anything is forked.
+Result<> plan_networks(const LiveVm& vm, const api::ForkRequest& request, std::vector<ChildPlan>& plans) {
   std::vector<NetSpec> patterns;
-  if (request.contains("nets")) {
-    for (const auto& text : request["nets"]) {
-      auto n = parse_net_spec(text.get<std::string>());
-      if (!n) return std::unexpected(n.error());
-      if (!n->mac.empty()) return fail("--net: mac= cannot be given to a fork (its children would share it)");
-      patterns.push_back(*n);
-    }
+  for (const auto& text : request.nets.value_or(std::vector<std::string>{})) {
+    auto n = parse_net_spec(text);
+    if (!n) return std::unexpected(n.error());
+    patterns.push_back(*n);
   }
   const NetSource source{.kind = "VM", .interfaces = vm.machine->platform().nets().size(), .ip = vm.config.value("ip", ""),
                          .gateway = vm.config.value("gateway", "")};
-  // Consecutive addresses from the one asked for, one per child.
-  const std::string ip = request.value("ip", "");
   for (size_t i = 0; i < plans.size(); ++i) {
     ChildPlan& p = plans[i];
     const unsigned index = static_cast<unsigned>(i + 1);
+    // Consecutive addresses from the one asked for, one per child.
     std::string child_ip;
-    if (!ip.empty()) {
-      auto next = ip_plus(ip, static_cast<uint32_t>(i));
+    if (!request.ip.empty()) {
+      auto next = ip_plus(request.ip, static_cast<uint32_t>(i));
       if (!next) return std::unexpected(next.error());
       child_ip = *next;
     }
-    auto net = plan_nets("fork", patterns, source, p.name, index, child_ip, request.value("gateway", ""), /*ip_later=*/false);
+    auto net = plan_nets("fork", patterns, source, p.name, index, child_ip, request.gateway, /*ip_later=*/false);
     if (!net) return std::unexpected(net.error());
     p.nets = std::move(net->nets);
     p.ip = net->ip;
     p.gateway = net->gateway;
-    if (request.contains("hostname")) {
-      p.hostname = expand_pattern(request["hostname"].get<std::string>(), p.name, index);
+    if (request.hostname) {
+      p.hostname = expand_pattern(*request.hostname, p.name, index);
       if (auto r = check_hostname(p.hostname); !r) return r;
     }
   }
@@ -403,10 +399,10 @@ std::optional<ForkSpare> take_spare(const LiveVm& vm, const fs::path& dir, bool 
 }
 }  // namespace
 
-Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const json& request, const api::PauseWindow& window) {
+Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const api::ForkRequest& request, const api::PauseWindow& window) {
   Machine& m = *vm->machine;
-  const unsigned count = request.value("count", 1u);
-  const bool children_paused = request.value("children_paused", false);
+  const unsigned count = request.count;
+  const bool children_paused = request.children_paused;
   std::vector<ChildPlan> plans(count);
   for (auto& plan : plans) {
     // A fork of a fork of ... stays a valid name (64 characters at most): the parent's name is
@@ -621,9 +617,9 @@ Result<> flatten(Machine& m, devices::virtio::Block& blk, const fs::path& out) {
 /// PUT /vm/snapshot {"dir": D}: a template of the running VM. While it is paused: its state, its
 /// memory file and a flat copy of each disk are written; then it runs on, on its own disks, which
 /// the template does not share (so nothing the VM does later reaches the template).
-Result<json> snapshot_vm(const std::shared_ptr<LiveVm>& vm, const json& request, const api::PauseWindow& window) {
+Result<json> snapshot_vm(const std::shared_ptr<LiveVm>& vm, const api::SnapshotRequest& request, const api::PauseWindow& window) {
   Machine& m = *vm->machine;
-  auto draft = begin_template(vm->state_dir.string(), request["dir"].get<std::string>());
+  auto draft = begin_template(vm->state_dir.string(), request.dir);
   if (!draft) return fail("{}", draft.error().message);
   const fs::path tmp = (*draft)->tmp;
   const fs::path* dest = &(*draft)->dest;
@@ -666,8 +662,8 @@ Result<json> snapshot_vm(const std::shared_ptr<LiveVm>& vm, const json& request,
 
 api::VmOperations live_operations(std::shared_ptr<LiveVm> vm) {
   api::VmOperations ops;
-  ops.snapshot = [vm](const json& request, const api::PauseWindow& window) { return snapshot_vm(vm, request, window); };
-  ops.fork = [vm](const json& request, const api::PauseWindow& window) { return fork_vm(vm, request, window); };
+  ops.snapshot = [vm](const api::SnapshotRequest& request, const api::PauseWindow& window) { return snapshot_vm(vm, request, window); };
+  ops.fork = [vm](const api::ForkRequest& request, const api::PauseWindow& window) { return fork_vm(vm, request, window); };
   return ops;
 }
 

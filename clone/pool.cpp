@@ -406,11 +406,11 @@ class Pool {
 
   api::HttpResponse handle(const api::HttpRequest& r) {
     if (r.path == "/clones") {
-      if (r.method != "POST") return method_not_allowed("POST", r);
+      if (r.method != "POST") return api::method_not_allowed(r, "POST");
       return take(r.body);
     }
     if (r.path == "/pool" || r.path == "/vm") {
-      if (r.method != "GET") return method_not_allowed("GET", r);
+      if (r.method != "GET") return api::method_not_allowed(r, "GET");
       std::lock_guard lock(mutex_);
       json j{{"name", name_}, {"kind", "pool"}, {"state", "running"}, {"pid", ::getpid()},
              {"template", {{"name", t_.manifest.name}, {"dir", t_.tdir.string()}}},
@@ -422,33 +422,12 @@ class Pool {
   }
 
  private:
-  static api::HttpResponse method_not_allowed(const std::string& allowed, const api::HttpRequest& r) {
-    auto f = api::fault(405, r.method + " is not allowed on " + r.path + " (use " + allowed + ")");
-    f.allow = allowed;
-    return f;
-  }
-
   api::HttpResponse take(const std::string& body) {
+    auto clone = api::parse_clone_request(body);
+    if (!clone) return clone.error();
     json req = json::object();
-    if (body.find_first_not_of(" \t\r\n") != std::string::npos) {
-      req = json::parse(body, nullptr, false);
-      if (req.is_discarded() || !req.is_object()) return api::fault(400, "the body must be a JSON object");
-      for (const auto& [k, v] : req.items()) {
-        if (k != "hostname" && k != "ip" && k != "gateway") return api::fault(400, "unknown field '" + k + "'");
-        if (!v.is_string()) return api::fault(400, "'" + k + "' must be a string");
-      }
-      // Checked here as the command line checks them: the identity channel carries them as given.
-      if (req.contains("hostname")) {
-        if (auto r = check_hostname(req["hostname"].get<std::string>()); !r) return api::fault(400, r.error().message());
-      }
-      if (req.contains("ip")) {
-        auto ip = check_ip(req["ip"].get<std::string>());
-        if (!ip) return api::fault(400, ip.error().message());
-        req["ip"] = *ip;
-      }
-      if (req.contains("gateway")) {
-        if (auto r = check_gateway(req["gateway"].get<std::string>()); !r) return api::fault(400, r.error().message());
-      }
+    for (auto [key, value] : {std::pair{"hostname", &clone->hostname}, {"ip", &clone->ip}, {"gateway", &clone->gateway}}) {
+      if (!value->empty()) req[key] = *value;
     }
     if (needs_ip_ && !req.contains("ip")) {
       return api::fault(400, "this pool's clones are on a shared network: give each its own 'ip' (the template's would be a duplicate)");

@@ -46,6 +46,11 @@
 #              unknown exits) against devices that check every access is inside their range. Seeds:
 #              exits written by the fuzzer itself (VMM_EXIT_FUZZ_MAKE_SEEDS). Regressions:
 #              tests/fuzz/exit-regressions/.
+#   api        the control API's requests (tests/fuzz/api_fuzz.cpp, vmm/api/requests.cpp): a method, a
+#              path and a body through parse_vm_request and parse_clone_request; refusals 4xx with a
+#              one-line fault_message, accepted requests checked. Seeds: requests written by the
+#              fuzzer itself (VMM_API_FUZZ_MAKE_SEEDS); a dictionary of the fields (tests/fuzz/api.dict).
+#              Regressions: tests/fuzz/api-regressions/.
 #
 # Configures and builds a clang build of its own (build-fuzz/, -DVMM_FUZZ=ON: ASan + UBSan + coverage;
 # only the fuzz target and the libraries it needs are built; one build serves every target), seeds a
@@ -54,7 +59,8 @@
 # Exits non-zero on a crash, leak or timeout, naming the reproducer; rerun one with
 #   build-fuzz/tests/TARGET_fuzz REPRODUCER     (qcow2_fuzz, state_fuzz, kvm_stats_fuzz, kvm_cache_fuzz,
 #                                                agent_identity_fuzz, guest_io_fuzz,
-#                                                kernel_fuzz, manifest_fuzz, http_fuzz, exit_fuzz)
+#                                                kernel_fuzz, manifest_fuzz, http_fuzz, exit_fuzz,
+#                                                api_fuzz)
 # Environment: VMM_FUZZ_BUILD (build directory), VMM_FUZZ_WORK (corpus, seeds and artifacts; default
 # BUILD/TARGET-fuzz), VMM_FUZZ_JOBS (parallel fuzzer processes, default 1).
 # Exit status: 0 clean, 1 the fuzzer found something, 2 the build failed (or no such TARGET), 77 a tool
@@ -111,8 +117,12 @@ case $target in
     bin=exit_fuzz build_log=fuzz-build-exit.log seed_env=VMM_EXIT_FUZZ_MAKE_SEEDS
     seed_mark=.done make_seeds=own_seeds dirs=(exit-regressions) tools=()
     limits=(-max_len=16400 -timeout=10 -rss_limit_mb=2048) ;;
+  api)  # A body may be kMaxBody (64 KiB); with the method and path bytes, a little more.
+    bin=api_fuzz build_log=fuzz-build-api.log seed_env=VMM_API_FUZZ_MAKE_SEEDS
+    seed_mark=.done make_seeds=own_seeds dirs=(api-regressions) tools=()
+    limits=(-max_len=65538 -timeout=10 -rss_limit_mb=2048 -dict="$root/tests/fuzz/api.dict") ;;
   *)
-    echo "usage: scripts/fuzz.sh qcow2|state|kvm-stats|kvm-cache|agent-identity|guest-io|kernel|manifest|http|exit [SECONDS] [extra libFuzzer options...]" >&2
+    echo "usage: scripts/fuzz.sh qcow2|state|kvm-stats|kvm-cache|agent-identity|guest-io|kernel|manifest|http|exit|api [SECONDS] [extra libFuzzer options...]" >&2
     exit 2 ;;
 esac
 name=fuzz-$target  # in messages

@@ -143,3 +143,15 @@ TEST_CASE("identity: the channel's keys") {
   CHECK(kv.at("time_ms").size() >= 13);
   CHECK(vmm::new_identity("c2").seed != id.seed);
 }
+
+TEST_CASE("errors stay one line: control characters in what a user or a client gave are written \\xNN") {
+  CHECK(vmm::Error("a\nb\tc\x7f" "d é").message() == "a\\x0ab\\x09c\\x7fd é");
+  CHECK(vmm::one_line("plain 'text' / é") == "plain 'text' / é");
+  auto net = vmm::parse_net_spec("tap=a\nb");
+  REQUIRE_FALSE(net);
+  CHECK(net.error().message().find('\n') == std::string::npos);
+  CHECK(net.error().message().find("a\\x0ab") != std::string::npos);
+  auto host = vmm::check_hostname("web\r\n1");
+  REQUIRE_FALSE(host);
+  CHECK(host.error().message() == "--hostname 'web\\x0d\\x0a1': use letters, digits, '-' and '.' (RFC 1123)");
+}

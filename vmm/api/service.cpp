@@ -12,12 +12,6 @@ namespace vmm::api {
 
 using nlohmann::json;
 
-std::string json_body(const json& body) { return body.dump(-1, ' ', false, json::error_handler_t::replace); }
-
-HttpResponse fault(int status, const std::string& message) {
-  return HttpResponse{.status = status, .body = json_body(json{{"fault_message", message}}), .allow = {}};
-}
-
 namespace {
 
 HttpResponse ok_json(const json& body) {
@@ -25,19 +19,12 @@ HttpResponse ok_json(const json& body) {
 }
 HttpResponse no_content() { return HttpResponse{.status = 204, .body = {}, .allow = {}}; }
 
-/// The request body as a JSON object whose keys are all in `allowed` (an empty body is {}).
-std::expected<json, HttpResponse> parse_body(const std::string& body, std::initializer_list<std::string_view> allowed) {
-  if (body.find_first_not_of(" \t\r\n") == std::string::npos) return json::object();
-  json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return std::unexpected(fault(400, "the body is not valid JSON"));
-  if (!j.is_object()) return std::unexpected(fault(400, "the body must be a JSON object"));
-  for (const auto& [key, value] : j.items()) {
-    bool known = false;
-    for (auto a : allowed) known = known || key == a;
-    if (!known) return std::unexpected(fault(400, "unknown field '" + key + "'"));
-  }
-  return j;
-}
+template <typename... F>
+struct Overloaded : F... {
+  using F::operator()...;
+};
+template <typename... F>
+Overloaded(F...) -> Overloaded<F...>;  // (clang 14, the fuzz build's, deduces no aggregate)
 
 /// Private_Dirty and Rss (KiB) of this process, and of the mapping that starts at `guest`.
 struct MemoryUse {
@@ -99,73 +86,21 @@ HttpResponse VmService::handle(const HttpRequest& r) noexcept {
 }
 
 HttpResponse VmService::route(const HttpRequest& r) {
-  struct Route {
-    std::string_view path, method;
-  };
-  static constexpr Route kRoutes[] = {{"/vm", "GET"},         {"/vm/pause", "PUT"}, {"/vm/resume", "PUT"},
-                                      {"/vm/stop", "PUT"},    {"/vm/snapshot", "PUT"}, {"/vm/fork", "PUT"},
-                                      {"/vm/metrics", "GET"}, {"/vm/input", "PUT"}};
-  const Route* route = nullptr;
-  for (const auto& rt : kRoutes) {
-    if (rt.path == r.path) route = &rt;
-  }
-  if (!route) return fault(404, "no such path: " + r.path);
-  if (route->method != r.method && !(route->method == "GET" && r.method == "HEAD")) {
-    auto f = fault(405, r.method + " is not allowed on " + r.path + " (use " + std::string(route->method) + ")");
-    f.allow = std::string(route->method);
-    return f;
-  }
-  if (r.path == "/vm") return get_vm();
-  if (r.path == "/vm/metrics") return metrics();
-  if (r.path == "/vm/input") {
-    auto body = parse_body(r.body, {"text"});
-    if (!body) return body.error();
-    if (!body->contains("text") || !(*body)["text"].is_string()) return fault(400, "'text' (what to type on the console) is required");
-    return input((*body)["text"].get<std::string>());
-  }
-  if (r.path == "/vm/pause" || r.path == "/vm/resume") {
-    auto body = parse_body(r.body, {});
-    if (!body) return body.error();
-    return r.path == "/vm/pause" ? pause() : resume();
-  }
-  if (r.path == "/vm/stop") {
-    auto body = parse_body(r.body, {"timeout_s"});
-    if (!body) return body.error();
-    return stop(*body);
-  }
-  if (r.path == "/vm/snapshot") {
-    auto body = parse_body(r.body, {"dir", "resume", "at_rest"});
-    if (!body) return body.error();
-    if (!body->contains("dir") || !(*body)["dir"].is_string() || (*body)["dir"].get<std::string>().empty()) {
-      return fault(400, "'dir' (a path for the template) is required");
-    }
-    for (const char* flag : {"resume", "at_rest"}) {
-      if (body->contains(flag) && !(*body)[flag].is_boolean()) return fault(400, fmt::format("'{}' must be true or false", flag));
-    }
-    return paused_operation(*body, ops_.snapshot);
-  }
-  // /vm/fork
-  auto body = parse_body(r.body, {"count", "resume", "children_paused", "at_rest", "nets", "hostname", "ip", "gateway"});
-  if (!body) return body.error();
-  if (body->contains("nets")) {
-    const json& n = (*body)["nets"];
-    if (!n.is_array() || n.size() > 16 || !std::ranges::all_of(n, [](const json& e) { return e.is_string(); })) {
-      return fault(400, "'nets' must be an array of strings (--net syntax: tap=NAME[,bridge=BR][,netns=NS]), one per interface");
-    }
-  }
-  for (const char* text : {"hostname", "ip", "gateway"}) {
-    if (body->contains(text) && !(*body)[text].is_string()) return fault(400, fmt::format("'{}' must be a string", text));
-  }
-  if (body->contains("count")) {
-    const json& c = (*body)["count"];
-    if (!c.is_number_unsigned() || c.get<uint64_t>() < 1 || c.get<uint64_t>() > 256) {
-      return fault(400, "'count' must be an integer from 1 to 256");
-    }
-  }
-  for (const char* flag : {"resume", "children_paused", "at_rest"}) {
-    if (body->contains(flag) && !(*body)[flag].is_boolean()) return fault(400, fmt::format("'{}' must be true or false", flag));
-  }
-  return paused_operation(*body, ops_.fork);
+  auto request = parse_vm_request(r);
+  if (!request) return request.error();
+  return std::visit(
+      Overloaded{[&](const GetVmRequest&) { return get_vm(); }, [&](const MetricsRequest&) { return metrics(); },
+                 [&](const PauseRequest&) { return pause(); }, [&](const ResumeRequest&) { return resume(); },
+                 [&](const StopRequest& s) { return stop(s); }, [&](const InputRequest& i) { return input(i.text); },
+                 [&](const SnapshotRequest& s) {
+                   if (!ops_.snapshot) return fault(400, "this VM does not support that operation");
+                   return paused_operation(s.pause, [&](const PauseWindow& w) { return ops_.snapshot(s, w); });
+                 },
+                 [&](const ForkRequest& f) {
+                   if (!ops_.fork) return fault(400, "this VM does not support that operation");
+                   return paused_operation(f.pause, [&](const PauseWindow& w) { return ops_.fork(f, w); });
+                 }},
+      *request);
 }
 
 HttpResponse VmService::get_vm() {
@@ -241,12 +176,8 @@ HttpResponse VmService::resume() {
   return no_content();
 }
 
-HttpResponse VmService::stop(const json& body) {
-  if (body.contains("timeout_s") && (!body["timeout_s"].is_number() || body["timeout_s"].get<double>() < 0 ||
-                                     body["timeout_s"].get<double>() > 3600)) {
-    return fault(400, "'timeout_s' must be a number of seconds from 0 to 3600");
-  }
-  const double timeout = body.value("timeout_s", 10.0);
+HttpResponse VmService::stop(const StopRequest& request) {
+  const double timeout = request.timeout_s;
   if (stopping_.exchange(true)) return fault(409, "the VM is already stopping");
   auto hard_stop = [this] {
     machine_.vm().request_stop(StopInfo{.reason = devices::StopReason::PowerOff, .status = 0, .message = "stopped through the API"});
@@ -336,8 +267,7 @@ HttpResponse VmService::metrics() {
   return ok_json(j);
 }
 
-HttpResponse VmService::paused_operation(const json& body, const PausedOperation& op) {
-  if (!op) return fault(400, "this VM does not support that operation");
+HttpResponse VmService::paused_operation(const PauseOptions& options, const std::function<Result<json>(const PauseWindow&)>& op) {
   AfterOperation after{*this};  // (declared first: runs once the lock below is released)
   std::unique_lock op_lock(op_mutex_, std::try_to_lock);
   if (!op_lock.owns_lock()) return busy();
@@ -347,8 +277,8 @@ HttpResponse VmService::paused_operation(const json& body, const PausedOperation
   using clock = std::chrono::steady_clock;
   auto ms = [](clock::time_point from, clock::time_point to) { return std::chrono::duration<double, std::milli>(to - from).count(); };
   const auto requested = clock::now();
-  const bool want_resume = !paused_ && body.value("resume", true);
-  const bool want_rest = body.value("at_rest", false);
+  const bool want_resume = !paused_ && options.resume;
+  const bool want_rest = options.at_rest;
   std::optional<bool> at_rest;  // with "at_rest": whether the guest was caught idle
   std::optional<clock::time_point> paused_at;  // when this operation paused the VM
   double quiesce_ms = 0, resume_ms = 0;
@@ -401,7 +331,7 @@ HttpResponse VmService::paused_operation(const json& body, const PausedOperation
       paused_ms = ms(*paused_at, r1);
     }
   };
-  auto result = op(body, PauseWindow{.pause = pause, .resume = resume});
+  auto result = op(PauseWindow{.pause = pause, .resume = resume});
   resume();
   if (pause_error) return fault(stopping() ? 409 : 500, pause_error->message());
   // Refused before the VM was touched (a bad request, a name taken): the client's, 400. Failed

@@ -1,4 +1,5 @@
-// The control API of one running VM: routes HTTP requests (vmm/api/http.hpp) to the machine.
+// The control API of one running VM: acts on its requests (parsed and checked by
+// vmm/api/requests.hpp) on the machine.
 // Conventions follow Firecracker's where they fit: JSON bodies, 204 without a body on success,
 // errors as {"fault_message": "..."} with a 4xx status (400 malformed, 404 unknown path, 405 wrong
 // method, 409 not possible in the VM's current state, 413 too large).
@@ -24,6 +25,7 @@
 #include <nlohmann/json.hpp>
 
 #include "vmm/api/http.hpp"
+#include "vmm/api/requests.hpp"
 #include "vmm/machine.hpp"
 
 namespace vmm::api {
@@ -58,15 +60,16 @@ struct PauseWindow {
   std::function<void()> resume;
 };
 
-/// An operation that needs the VM paused for part of its work: gets the request body and the pause
-/// window; returns the response body. Called at most once at a time.
-using PausedOperation = std::function<Result<nlohmann::json>(const nlohmann::json& request, const PauseWindow& window)>;
+/// An operation that needs the VM paused for part of its work: gets the checked request and the
+/// pause window; returns the response body. Called at most once at a time.
+template <typename Request>
+using PausedOperation = std::function<Result<nlohmann::json>(const Request& request, const PauseWindow& window)>;
 
 /// Operations that need more than the machine (they live in the layers that know templates and
 /// processes); a missing one answers 400 "not supported".
 struct VmOperations {
-  PausedOperation snapshot;  ///< PUT /vm/snapshot
-  PausedOperation fork;      ///< PUT /vm/fork
+  PausedOperation<SnapshotRequest> snapshot;  ///< PUT /vm/snapshot
+  PausedOperation<ForkRequest> fork;          ///< PUT /vm/fork
 };
 
 class VmService {
@@ -86,10 +89,10 @@ class VmService {
   HttpResponse get_vm();
   HttpResponse pause();
   HttpResponse resume();
-  HttpResponse stop(const nlohmann::json& body);
+  HttpResponse stop(const StopRequest& request);
   HttpResponse metrics();
   HttpResponse input(const std::string& text);
-  HttpResponse paused_operation(const nlohmann::json& body, const PausedOperation& op);
+  HttpResponse paused_operation(const PauseOptions& options, const std::function<Result<nlohmann::json>(const PauseWindow&)>& op);
   /// A VM that is to stop and was left paused (by an operation, or through the API) runs again,
   /// to take its power button; unless an operation holds the VM.
   void resume_for_stop();
@@ -117,11 +120,5 @@ class VmService {
   bool cancelled_ = false;  // guarded by stop_mutex_
   std::thread stopper_;     // the hard stop after the timeout
 };
-
-/// A JSON error response.
-HttpResponse fault(int status, const std::string& message);
-/// A response body: `body` dumped, invalid UTF-8 replaced (a path or name that is not UTF-8 would
-/// otherwise make dump() throw).
-std::string json_body(const nlohmann::json& body);
 
 }  // namespace vmm::api

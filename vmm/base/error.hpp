@@ -13,10 +13,15 @@
 
 namespace vmm {
 
-/// One error: a one-line, human-readable message (no trailing newline).
+/// `text` with each control character (below 0x20, or 0x7f) as \xNN, the rest as it is: a message
+/// that quotes what a user, a client or a file gave stays one line and drives no terminal.
+std::string one_line(std::string text);
+
+/// One error: a one-line, human-readable message (no trailing newline; control characters, which
+/// quoted input may bring, are written \xNN).
 class Error {
  public:
-  explicit Error(std::string message) : message_(std::move(message)) {}
+  explicit Error(std::string message) : message_(one_line(std::move(message))) {}
   const std::string& message() const { return message_; }
 
   /// Prefix context ("loading kernel foo: ") while keeping the cause.
