@@ -18,21 +18,6 @@ std::optional<size_t> control_char(std::string_view text) {
   return std::nullopt;
 }
 
-std::string one_line(std::string text) {
-  const auto first = control_char(text);
-  if (!first) return text;
-  std::string out(text, 0, *first);
-  for (size_t i = *first; i < text.size(); ++i) {
-    const auto c = static_cast<unsigned char>(text[i]);
-    if (c < 0x20 || c == 0x7f) {
-      out += fmt::format("\\x{:02x}", c);
-    } else {
-      out += text[i];
-    }
-  }
-  return out;
-}
-
 std::string printable(std::string_view bytes) {
   std::string out;
   for (const char c : bytes) {

@@ -14,8 +14,23 @@
 namespace vmm {
 
 /// `text` with each control character (below 0x20, or 0x7f) as \xNN, the rest as it is: a message
-/// that quotes what a user, a client or a file gave stays one line and drives no terminal.
-std::string one_line(std::string text);
+/// that quotes what a user, a client or a file gave stays one line and drives no terminal. (Inline:
+/// the HTTP plugin, which links nothing of vmm's, makes Errors too.)
+inline std::string one_line(std::string text) {
+  auto control = [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; };
+  size_t i = 0;
+  while (i < text.size() && !control(text[i])) ++i;
+  if (i == text.size()) return text;
+  std::string out(text, 0, i);
+  for (; i < text.size(); ++i) {
+    if (control(text[i])) {
+      out += fmt::format("\\x{:02x}", static_cast<unsigned char>(text[i]));
+    } else {
+      out += text[i];
+    }
+  }
+  return out;
+}
 
 /// One error: a one-line, human-readable message (no trailing newline; control characters, which
 /// quoted input may bring, are written \xNN).
