@@ -63,6 +63,19 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
   // The launcher holds a pipe per clone until it reports: raise the soft limit on open files to
   // the hard one, so that a thousand clones do not need the user's ulimit changed.
   raise_open_file_limit();
+  // ... and refuses a fleet whose pipes would not fit under the hard limit, before any clone starts
+  // (rather than failing at the first pipe too many, with clones already running).
+  if (rlimit nofile{}; ::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur != RLIM_INFINITY) {
+    std::error_code ec;
+    const auto open_now = static_cast<uint64_t>(std::distance(fs::directory_iterator("/proc/self/fd", ec), fs::directory_iterator()));
+    constexpr uint64_t kSpare = 16;  // the plugin's, a console's, what the C library opens
+    if (!ec && open_now + count + kSpare > nofile.rlim_cur) {
+      return report_error(exit_code::kVmmError,
+                          fmt::format("--count {}: the launcher holds a pipe per clone and may open {} files (RLIMIT_NOFILE), {} "
+                                      "open already: raise the hard limit (ulimit -Hn, LimitNOFILE=) or start fewer",
+                                      count, nofile.rlim_cur, open_now));
+    }
+  }
   // The children inherit the plugin instead of loading it each (a missing plugin is only a warning).
   (void)api::http_plugin();
   // The launcher is the one to stop them all: its signals are handled here, not by a VM.
@@ -105,7 +118,12 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
     std::error_code ec;
     mb.dir_existed = fs::exists(t.sdir / "clones" / mb.name, ec);
     int p[2];
-    if (::pipe2(p, O_CLOEXEC) != 0) return report_error(exit_code::kVmmError, fmt::format("pipe: {}", errno_text(errno)));
+    if (::pipe2(p, O_CLOEXEC) != 0) {  // (the limit checked above; another limit, memory)
+      mb.ended = true;
+      fmt::print("{} failed: cannot make its pipe: {}\n", mb.name, errno_text(errno));
+      std::fflush(stdout);
+      continue;
+    }
     co.started = std::chrono::steady_clock::now();
     const pid_t pid = ::fork();
     if (pid == 0) {
@@ -244,6 +262,16 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
         if (m.pid > 0 && !m.ended && ::waitpid(m.pid, &status, WNOHANG) == m.pid) {
           m.ended = true;
           m.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+          // One whose report was not read (a start interrupted, then stopped or killed): what it
+          // said before it ended is there to read; one that ended without a word has its directory
+          // removed, as above.
+          if (m.report >= 0) {
+            char buf[8];
+            const ssize_t n = ::read(m.report, buf, sizeof buf);
+            ::close(m.report);
+            m.report = -1;
+            if (n <= 0) remove_unstarted(m);
+          }
         }
       }
     } else {

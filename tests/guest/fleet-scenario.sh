@@ -137,6 +137,33 @@ else
     { bad "Ctrl-C during a fleet of 30: status $st"; cat "$work/int.err"; ls "$VMM_STATE_DIR/run"; }
 fi
 
+# Ctrl-C twice while clones are stuck before their start (consoles on FIFOs nobody reads: the open()
+# waits, and SIGTERM, blocked until a clone runs, with it): the second Ctrl-C kills them, and
+# nothing of them stays behind (their directories were left until 2026-12-07).
+mkfifo "$work/dbl-1.con" "$work/dbl-2.con"
+"$vmm" run --clone-of idt --count 2 --name dbl --console "file:$work/{name}.con" >"$work/dbl.out" 2>"$work/dbl.err" &
+launcher=$!
+n=0
+until { [ -d "$VMM_STATE_DIR/clones/dbl-1" ] && [ -d "$VMM_STATE_DIR/clones/dbl-2" ]; } || [ $n -ge 300 ]; do sleep 0.1; n=$((n + 1)); done
+sleep 0.2
+kill -INT "$launcher"
+sleep 0.5
+kill -INT "$launcher"
+wait "$launcher"
+st=$?
+[ "$st" = 130 ] && [ ! -e "$VMM_STATE_DIR/clones/dbl-1" ] && [ ! -e "$VMM_STATE_DIR/clones/dbl-2" ] &&
+  ok "Ctrl-C twice to a fleet whose clones had not started: killed, status 130, no directory left" ||
+  { bad "double Ctrl-C: status $st"; cat "$work/dbl.err"; ls "$VMM_STATE_DIR/clones"; }
+
+# A fleet whose pipes (one per clone, in the launcher) would not fit under the limit on open files
+# is refused before any clone starts: one line, nothing made.
+(ulimit -n 40 && "$vmm" run --clone-of idt --count 100 --name nofile --detach) >"$work/nofile.out" 2>&1
+st=$?
+[ "$st" = 10 ] && [ "$(wc -l <"$work/nofile.out")" = 1 ] && grep -q "RLIMIT_NOFILE" "$work/nofile.out" &&
+  [ -z "$(ls "$VMM_STATE_DIR/clones" | grep '^nofile-')" ] &&
+  ok "a fleet over the limit on open files: refused before it starts (status 10, one line)" ||
+  { bad "fleet over RLIMIT_NOFILE: status $st"; cat "$work/nofile.out"; }
+
 # A warm pool: clones prepared ahead (VM built, state restored), handed out on request. (Under
 # ASan too: members are forked by the pool's single-threaded zygote, so none inherits a lock that
 # another thread held at the fork.)
