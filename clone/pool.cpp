@@ -407,7 +407,7 @@ class Pool {
   api::HttpResponse handle(const api::HttpRequest& r) {
     if (r.path == "/clones") {
       if (r.method != "POST") return api::method_not_allowed(r, "POST");
-      return take(r.body);
+      return take(r);
     }
     if (r.path == "/pool" || r.path == "/vm") {
       if (r.method != "GET") return api::method_not_allowed(r, "GET");
@@ -422,8 +422,8 @@ class Pool {
   }
 
  private:
-  api::HttpResponse take(const std::string& body) {
-    auto clone = api::parse_clone_request(body);
+  api::HttpResponse take(const api::HttpRequest& r) {
+    auto clone = api::parse_clone_request(r.body);
     if (!clone) return clone.error();
     json req = json::object();
     for (auto [key, value] : {std::pair{"hostname", &clone->hostname}, {"ip", &clone->ip}, {"gateway", &clone->gateway}}) {
@@ -444,9 +444,12 @@ class Pool {
     req["requested_ns"] = t0.time_since_epoch().count();
     Member m;
     std::string reply;
-    // Answered within 20 s whatever happens (a client gives up after 30 s: a clone started after
-    // that would run with nobody told of it).
-    const auto deadline = t0 + std::chrono::seconds(20);
+    // Answered within 20 s of its arrival whatever happens (a client gives up after 30 s: a clone
+    // started after that would run with nobody told of it). From its arrival, not from now: with
+    // more requests at once than the server has threads (api::kMaxConnections), one waits for a
+    // thread, while the others wait for clones.
+    const auto deadline = std::min(t0, r.received.time_since_epoch().count() > 0 ? r.received : t0) + std::chrono::seconds(20);
+    if (deadline <= t0) return api::fault(503, "the request waited 20 s for the pool's API to take it (too many at once): not served");
     auto left = [&] {
       return std::max(std::chrono::milliseconds(0),
                       std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()));

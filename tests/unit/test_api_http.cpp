@@ -489,6 +489,37 @@ TEST_CASE("http: connections beyond those served and those waiting get a 503 at 
   CHECK(read_response(idle.front().get(), std::chrono::steady_clock::now() + std::chrono::seconds(2)).starts_with("HTTP/1.1 200"));
 }
 
+TEST_CASE("http: a request's received time is when its connection was accepted, though it waited for a thread, and a kept-alive one's its first byte") {
+  std::mutex mu;
+  std::vector<double> waited_ms;  // per request: from `received` to the handler
+  TestServer t([&](const api::HttpRequest& r) {
+    std::lock_guard lock(mu);
+    waited_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - r.received).count());
+    return api::HttpResponse{.status = 200, .body = R"({"ok":true})", .allow = {}};
+  });
+  if (t.skipped()) return;
+  // Every thread held by an idle connection; the next one waits for a thread with its request sent.
+  std::vector<Fd> idle;
+  for (size_t i = 0; i < api::kMaxConnections; ++i) idle.push_back(connect_to(t.path));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  Fd late = connect_to(t.path);
+  send_all(late.get(), kGet);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  {
+    std::lock_guard lock(mu);
+    CHECK(waited_ms.empty());  // not served yet: no thread
+  }
+  idle.front() = Fd();  // a thread is free
+  CHECK(read_response(late.get(), std::chrono::steady_clock::now() + std::chrono::seconds(5)).starts_with("HTTP/1.1 200"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));  // the connection idles: the next request's time is its own
+  send_all(late.get(), kGet);
+  CHECK(read_response(late.get(), std::chrono::steady_clock::now() + std::chrono::seconds(5)).starts_with("HTTP/1.1 200"));
+  std::lock_guard lock(mu);
+  REQUIRE(waited_ms.size() == 2);
+  CHECK(waited_ms[0] >= 300);
+  CHECK(waited_ms[1] < 400);  // (from the accept it would be 600 and more)
+}
+
 TEST_CASE("http: a request being handled when the server ends still gets its response (PUT /vm/stop: the guest powers off at once)") {
   std::atomic<bool> handling{false};
   TestServer t([&](const api::HttpRequest&) {

@@ -17,6 +17,7 @@
 // routes them) and turns transport failures into JSON errors.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -31,6 +32,10 @@ struct HttpRequest {
   std::string method;  ///< "GET", "PUT", ...
   std::string path;    ///< without the query
   std::string body;
+  /// Served: when the request began, as the server saw it: its connection accepted (a connection's
+  /// first request, which may have waited for a thread: kMaxConnections) or its first byte (the
+  /// next ones). A handler that promises an answer within some time counts from here.
+  std::chrono::steady_clock::time_point received{};
 };
 
 struct HttpResponse {
@@ -70,7 +75,7 @@ struct HttpPlugin {
   bool (*call)(const std::string& path, const HttpRequest& request, double timeout_s, HttpResponse& response,
                std::string& error);
 };
-inline constexpr uint32_t kHttpAbi = 2;
+inline constexpr uint32_t kHttpAbi = 3;  // 3: HttpRequest::received
 
 /// The loaded plugin (dlopen of vmm-http.so beside the running binary, once; thread-safe).
 Result<const HttpPlugin*> http_plugin();

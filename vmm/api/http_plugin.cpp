@@ -30,6 +30,8 @@ std::string fault(const std::string& message) { return json_display(nlohmann::js
 /// connection cannot be trusted to start a request: a body refused unread, a request httplib could
 /// not parse. A Connection: close header on the response alone does not close it in httplib.
 thread_local bool t_close_connection = false;
+/// When the request being answered began (HttpRequest::received), on its connection's thread.
+thread_local std::chrono::steady_clock::time_point t_received{};
 
 /// One connection as httplib reads and writes it (its process_request() takes any Stream): the
 /// limits httplib 0.11.4 lacks are kept here, where every byte passes. A request (its line, its
@@ -39,13 +41,17 @@ thread_local bool t_close_connection = false;
 /// kIdleTimeoutS: dropped; the server's end (stop_fd readable) ends every wait at once.
 class ConnectionStream final : public httplib::Stream {
  public:
-  ConnectionStream(int fd, int stop_fd) : fd_(fd), stop_fd_(stop_fd) {}
+  /// `accepted`: when the connection was accepted, the first request's beginning.
+  ConnectionStream(int fd, int stop_fd, std::chrono::steady_clock::time_point accepted)
+      : fd_(fd), stop_fd_(stop_fd), began_(accepted) {}
 
   /// Waits (kIdleTimeoutS at most) for the next request of a kept-alive connection, and starts
   /// its budget and its clock.
   bool next_request() {
     if (budget_exhausted_) return false;  // the rest of an over-long request is not read as another
     if (pos_ == end_ && !wait(POLLIN, std::chrono::steady_clock::now() + std::chrono::seconds(kIdleTimeoutS))) return false;
+    if (!first_) began_ = std::chrono::steady_clock::now();
+    first_ = false;
     budget_ = kMaxBody + kMaxHead;
     deadline_ = std::chrono::steady_clock::now() + std::chrono::seconds(kRequestS);
     return true;
@@ -92,6 +98,8 @@ class ConnectionStream final : public httplib::Stream {
   void get_remote_ip_and_port(std::string& ip, int& port) const override { ip.clear(), port = 0; }
   void get_local_ip_and_port(std::string& ip, int& port) const override { ip.clear(), port = 0; }
   socket_t socket() const override { return fd_; }
+  /// When the current request began: its connection's accept (the first), or its first byte.
+  std::chrono::steady_clock::time_point began() const { return began_; }
 
  private:
   static constexpr size_t kMaxHead = 16 * 1024;
@@ -114,6 +122,8 @@ class ConnectionStream final : public httplib::Stream {
   }
 
   int fd_, stop_fd_;
+  std::chrono::steady_clock::time_point began_;
+  bool first_ = true;
   size_t budget_ = 0;
   bool budget_exhausted_ = false;
   std::chrono::steady_clock::time_point deadline_{};
@@ -145,7 +155,7 @@ class Server final : public HttpServer {
     svr_.set_payload_max_length(kMaxBody);
     svr_.set_keep_alive_max_count(kKeepAliveMax);  // what its Keep-Alive header says: serve() counts
     auto dispatch = [this](const httplib::Request& req, httplib::Response& res) {
-      const HttpResponse r = handler_(HttpRequest{.method = req.method, .path = req.path, .body = req.body});
+      const HttpResponse r = handler_(HttpRequest{.method = req.method, .path = req.path, .body = req.body, .received = t_received});
       res.status = r.status;
       if (!r.allow.empty()) res.set_header("Allow", r.allow);
       if (!r.body.empty()) res.set_content(r.body, "application/json");
@@ -239,7 +249,7 @@ class Server final : public HttpServer {
       stopping_ = true;
       work_cv_.notify_all();
       idle_.wait(lock, [&] { return running_ == 0; });
-      for (int fd : waiting_) ::close(fd);
+      for (const auto& w : waiting_) ::close(w.fd);
     }
     if (listen_fd_ >= 0) ::close(listen_fd_);
     if (stop_fd_ >= 0) ::close(stop_fd_);
@@ -249,6 +259,11 @@ class Server final : public HttpServer {
   /// Connections beyond kMaxConnections wait for a thread, up to kMaxWaiting of them; the next
   /// get a 503 at once: the file descriptors a client can hold are bounded.
   static constexpr size_t kMaxWaiting = 128;
+  /// An accepted connection, and when.
+  struct Waiting {
+    int fd;
+    std::chrono::steady_clock::time_point at;
+  };
   static constexpr size_t kKeepAliveMax = 100;
 
   void accept_loop() {
@@ -259,6 +274,7 @@ class Server final : public HttpServer {
       if (p[1].revents != 0) return;
       if (p[0].revents == 0) continue;
       const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      const Waiting accepted{.fd = fd, .at = std::chrono::steady_clock::now()};
       if (fd < 0) {
         // Out of file descriptors or memory: tried again a moment later, the listener kept.
         if (errno != EINTR && errno != EAGAIN && errno != ECONNABORTED) std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -268,19 +284,19 @@ class Server final : public HttpServer {
       if (lingering_ > waiting_.size()) {
         // A thread that served a connection before takes it: no thread made, no allocator arena
         // (glibc's, per thread) set up for it.
-        waiting_.push_back(fd);
+        waiting_.push_back(accepted);
         work_cv_.notify_one();
       } else if (running_ < kMaxConnections) {
         ++running_;
         try {
-          std::thread([this, fd] { work(fd); }).detach();
+          std::thread([this, accepted] { work(accepted); }).detach();
         } catch (const std::system_error&) {
           // No thread to be had (at a pids limit): served here, in turn.
           lock.unlock();
-          work(fd);
+          work(accepted);
         }
       } else if (waiting_.size() < kMaxWaiting) {
-        waiting_.push_back(fd);
+        waiting_.push_back(accepted);
       } else {
         lock.unlock();
         refuse(fd);
@@ -300,9 +316,9 @@ class Server final : public HttpServer {
   /// makes one request after another (a pool's POST /clones, a harness's forks) gets a thread
   /// that is there already (~0.1-0.2 ms a request on this host: the thread, its stack and its
   /// allocator arena).
-  void work(int fd) {
+  void work(Waiting connection) {
     for (;;) {
-      serve(fd);
+      serve(connection);
       std::unique_lock lock(mutex_);
       if (waiting_.empty() && !stopping_) {
         ++lingering_;
@@ -313,16 +329,18 @@ class Server final : public HttpServer {
         if (--running_ == 0) idle_.notify_all();
         return;
       }
-      fd = waiting_.front();
+      connection = waiting_.front();
       waiting_.pop_front();
     }
   }
 
-  void serve(int fd) {
-    ConnectionStream stream(fd, stop_fd_);
+  void serve(Waiting connection) {
+    const int fd = connection.fd;
+    ConnectionStream stream(fd, stop_fd_, connection.at);
     for (size_t count = kKeepAliveMax; count > 0 && stream.next_request(); --count) {
       bool closed = false;
       t_close_connection = false;
+      t_received = stream.began();
       if (!svr_.serve_request(stream, count == 1, closed) || closed || t_close_connection) break;
     }
     ::close(fd);
@@ -338,7 +356,7 @@ class Server final : public HttpServer {
   size_t running_ = 0;       // connection threads; guarded by mutex_
   size_t lingering_ = 0;     // of which waiting for a connection; guarded by mutex_
   bool stopping_ = false;    // guarded by mutex_
-  std::deque<int> waiting_;  // accepted connections no thread serves yet; guarded by mutex_
+  std::deque<Waiting> waiting_;  // accepted connections no thread serves yet; guarded by mutex_
   static constexpr auto kLinger = std::chrono::seconds(2);
 };
 
