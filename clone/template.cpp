@@ -524,9 +524,9 @@ Result<CloneRecord> read_clone_record(const fs::path& clone_dir) {
 
 Result<> stage_clone_record(const fs::path& clone_dir, const CloneRecord& record) {
   const fs::path staged = clone_dir / kStagedCloneRecord;
-  auto json = clone_json(record);
-  if (!json) return std::unexpected(json.error());
-  const std::string& text = *json;
+  auto record_text = clone_json(record);
+  if (!record_text) return std::unexpected(record_text.error());
+  const std::string& text = *record_text;
   // Written over in place and cut to its length after, never truncated to nothing first: ext4
   // (auto_da_alloc) starts the writeback of a file truncated to zero and written again as it is
   // closed, which was a tenth of a pool's request here (its member rewrites the record staged
