@@ -338,6 +338,25 @@ while [ ! -S "$asock" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
 "$vmm" stop s1 --timeout 0 >"$work/e" 2>&1 && ended "$pid_s1" && [ ! -e "$asock" ] &&
   ok "vmm stop s1 through its --api-socket; its socket went with it" || { bad "stop s1"; cat "$work/e" "$work/s1.out"; }
 wait "$pid_s1" 2>/dev/null
+# Two VMs given one --api-socket at the same moment (both may pass the check before the start): the
+# one that binds it first runs, the other stops with that error, whether it saw the socket before
+# its start or only when it came to bind it (it ran on without an API until 2026-12-07).
+asock="$work/race.sock"
+"$vmm" run --name r1 --console none --kernel "$guest" --cmdline identity --api-socket "$asock" >"$work/r1.out" 2>&1 &
+pid_r1=$!
+"$vmm" run --name r2 --console none --kernel "$guest" --cmdline identity --api-socket "$asock" >"$work/r2.out" 2>&1 &
+pid_r2=$!
+pids="$pids $pid_r1 $pid_r2"
+n=0
+while kill -0 "$pid_r1" 2>/dev/null && kill -0 "$pid_r2" 2>/dev/null && [ $n -lt 200 ]; do sleep 0.1; n=$((n + 1)); done
+if kill -0 "$pid_r1" 2>/dev/null; then winner=r1 loser=r2 pid_loser=$pid_r2; else winner=r2 loser=r1 pid_loser=$pid_r1; fi
+wait "$pid_loser" 2>/dev/null
+st=$?
+[ "$st" != 0 ] && grep -q "race.sock: another server listens there" "$work/$loser.out" && [ ! -e "$VMM_STATE_DIR/run/$loser" ] &&
+  "$vmm" stop "$winner" --timeout 0 >"$work/e" 2>&1 && [ ! -e "$asock" ] &&
+  ok "two VMs on one --api-socket at once: $winner runs (and stops by its name), $loser stops with an error (status $st)" ||
+  { bad "two VMs on one --api-socket at once: $loser status $st"; cat "$work/r1.out" "$work/r2.out" "$work/e"; }
+wait "$pid_r1" "$pid_r2" 2>/dev/null
 # A VM in a PID namespace of its own says it is pid 1 (GET /vm, vm.json): vmm stop waits for the
 # right process all the same, the socket's owner as the kernel sees it from here.
 if unshare -p -f true 2>/dev/null; then

@@ -120,8 +120,18 @@ void ControlPlane::run_starter() {
     // The default socket is bound in place: the VM's own STATE/run entry (mode 0700, nothing else
     // makes files there) needs no temporary directory, which cost a new inode (~0.1-0.25 ms here).
     const std::string& path = registration_->socket().string();
-    auto fd = registration_->socket().parent_path() == registration_->dir() ? listen_unix_in_private_dir(path) : listen_unix(path);
+    const bool own_dir = registration_->socket().parent_path() == registration_->dir();
+    auto fd = own_dir ? listen_unix_in_private_dir(path) : listen_unix(path);
     if (!fd) {
+      if (!own_dir && someone_listens(path)) {
+        // Another VM given the same --api-socket, started at the same moment, bound it first (the
+        // check before the start saw nobody there): this one stops rather than run on while its
+        // registration names the other's socket (`vmm stop` of it would stop the other).
+        machine.vm().request_stop(StopInfo{.reason = devices::StopReason::Error, .status = 0,
+                                           .message = fmt::format("{}: another server listens there (the API socket of "
+                                                                  "another VM, started at the same time?)", path)});
+        return;
+      }
       fmt::print(stderr, "vmm: warning: {} has no API: {}\n", name_, fd.error().message());
       return;
     }

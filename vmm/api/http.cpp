@@ -1,6 +1,7 @@
 #include "vmm/api/http.hpp"
 
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -156,7 +157,9 @@ Result<Fd> listen_unix_in_private_dir(const std::string& path) {
 Result<Fd> listen_unix(const std::string& path) {
   if (auto r = check_socket_path(path); !r) return std::unexpected(r.error());
   // Something at the path: only a socket nobody listens on (left by a VM that was killed) is replaced.
+  bool replace = false;
   if (struct stat st {}; ::lstat(path.c_str(), &st) == 0) {
+    replace = true;
     if (!S_ISSOCK(st.st_mode)) return fail("{}: exists and is not a socket", path);
     if (someone_listens(path)) return fail("{}: another server listens there", path);
   }
@@ -168,8 +171,24 @@ Result<Fd> listen_unix(const std::string& path) {
   if (::mkdtemp(dir.data()) == nullptr) return fail("{}: cannot listen: {}: {}", path, dir, errno_text(errno));
   const std::string tmp = dir + "/s";
   auto fd = bind_and_listen(tmp, path);
-  if (fd && ::rename(tmp.c_str(), path.c_str()) != 0) {
+  // Into a free path without replacing what another process put there meanwhile (two VMs given one
+  // --api-socket, started at once, both found it free above): the second finds the first's.
+  auto move_into_place = [&] {
+    if (replace) return ::rename(tmp.c_str(), path.c_str());
+    if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, path.c_str(), RENAME_NOREPLACE) == 0) return 0;
+    if (errno == EINVAL) return ::rename(tmp.c_str(), path.c_str());  // (a file system without it)
+    if (errno != EEXIST) return -1;
+    if (!someone_listens(path)) return ::rename(tmp.c_str(), path.c_str());  // a stale one, just left
+    errno = EEXIST;
+    return -1;
+  };
+  if (fd && move_into_place() != 0) {
     const int err = errno;
+    if (err == EEXIST) {
+      ::unlink(tmp.c_str());
+      ::rmdir(dir.c_str());
+      return fail("{}: another server listens there", path);
+    }
     ::unlink(tmp.c_str());
     fd = fail("{}: cannot listen: {}", path, errno_text(err));
   }
