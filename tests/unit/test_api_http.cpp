@@ -642,3 +642,83 @@ TEST_CASE("registry: a locked VM record with a pid that is not a number is unrea
   CHECK_NOTHROW(vms = vmm::api::running_vms(tmp.path));
   CHECK(vms.empty());  // skipped as unreadable
 }
+
+// The race of a stale entry's removal: a remover checked the entry stale, then moved it aside by its
+// path; by then it could be another VM's, which had taken the name in between (a third process
+// removed the stale one first). That VM ran on with its directory hidden and its name given to a
+// fourth, and at its end removed the fourth's directory. Here processes take one name over and over,
+// half of them ending as a VM killed with -9 (its lock released, its entry left), while others
+// list: a VM holding the name must find its own record under it for as long as it holds it.
+TEST_CASE("registry: VMs taking one name over stale entries while others list: a holder's record stays in place, its end removes only its own") {
+  vmm::test::TempDir tmp("vmm-registry");
+  const fs::path dir = tmp.path;
+  const fs::path info = dir / "run" / "n" / "vm.json";
+  auto own_record = [&info] {
+    std::ifstream in(info);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    return text.find("\"pid\":" + std::to_string(::getpid()) + ",") != std::string::npos;
+  };
+  constexpr int kTakers = 3, kListers = 2;
+  std::vector<pid_t> kids;
+  for (int i = 0; i < kTakers + kListers; ++i) {
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid > 0) {
+      kids.push_back(pid);
+      continue;
+    }
+    const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(2500);
+    int taken = 0, lost = 0;
+    while (std::chrono::steady_clock::now() < end) {
+      if (i >= kTakers) {
+        (void)api::running_vms(dir);
+        continue;
+      }
+      auto r = api::Registration::create(dir, "n");
+      if (!r) continue;
+      ++taken;
+      for (int k = 0; k < 20; ++k) lost += !own_record();
+      if (taken % 2) (*r)->abandon();  // as if killed: its lock freed, its entry left
+    }
+    // Exit status: 1 = a holder lost its record, 2 = the name was never taken (the test proves nothing).
+    ::_exit(lost ? 1 : i < kTakers && taken == 0 ? 2 : 0);
+  }
+  for (pid_t pid : kids) {
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+  }
+  // The last entry, if its VM was "killed", goes with the next listing; nothing hidden stays.
+  CHECK(api::running_vms(dir).empty());
+  CHECK(fs::is_empty(dir / "run"));
+}
+
+// What a pool does for a member that was killed as it waited: removes its hidden entry, and only
+// its own (a VM named "pm.new.1" makes ".pm.new.1.new.PID.N", which begins as "pm"'s do).
+TEST_CASE("registry: a killed pool member's unpublished entry is removed, a held one or another name's is left alone") {
+  vmm::test::TempDir tmp("vmm-registry");
+  const fs::path& dir = tmp.path;
+  auto hidden = [&dir] {
+    std::vector<std::string> out;
+    for (const auto& e : fs::directory_iterator(dir / "run")) out.push_back(e.path().filename().string());
+    std::ranges::sort(out);
+    return out;
+  };
+  auto other = api::Registration::prepare(dir, "pm.new.1");
+  REQUIRE(other);
+  CHECK(api::remove_unpublished(dir, "pm"));  // nothing of pm's; the other's is held and not pm's
+  REQUIRE(hidden().size() == 1);
+  {
+    auto held = api::Registration::prepare(dir, "pm");
+    REQUIRE(held);
+    CHECK_FALSE(api::remove_unpublished(dir, "pm"));  // pm's, held
+    CHECK(hidden().size() == 2);
+    (*held)->abandon();  // as if killed: its lock freed, its entry left
+  }
+  CHECK(hidden().size() == 2);
+  CHECK(api::remove_unpublished(dir, "pm"));
+  const auto left = hidden();
+  REQUIRE(left.size() == 1);
+  CHECK(left[0].starts_with(".pm.new.1.new."));
+}

@@ -1,6 +1,8 @@
 #include "vmm/api/registry.hpp"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -32,26 +34,58 @@ bool stale(const fs::path& dir) {
   return false;
 }
 
-/// A hidden entry beside the VMs' (".NAME.KIND.PID.N"): one being made, or a stale one moved aside.
-fs::path hidden(const fs::path& run, const std::string& name, const char* kind) {
+/// A hidden entry beside the VMs' (".NAME.new.PID.N"): one being made.
+fs::path hidden(const fs::path& run, const std::string& name) {
   static std::atomic<unsigned> serial{0};
-  return run / fmt::format(".{}.{}.{}.{}", name, kind, ::getpid(), serial.fetch_add(1));
+  return run / fmt::format(".{}.new.{}.{}", name, ::getpid(), serial.fetch_add(1));
 }
 
-/// Removes `dir` if it is stale (left by a VM that was killed): moved aside under a hidden name
-/// first, then removed if what was moved is still stale; a VM that took the name in between is put
-/// back. Returns whether the name is free now.
-bool reclaim(const fs::path& dir) {
-  if (!stale(dir)) return false;
-  const fs::path aside = hidden(dir.parent_path(), dir.filename().string(), "dead");
-  if (::rename(dir.c_str(), aside.c_str()) != 0) return errno == ENOENT;  // gone already
-  if (!stale(aside)) {
-    (void)::rename(aside.c_str(), dir.c_str());
-    return false;
+/// Removes what is in the directory `dfd` (recursively, through the descriptor, never by a path
+/// that another VM's directory could take), its vm.json last.
+void empty_dir(int dfd) {
+  Fd copy(::dup(dfd));
+  DIR* d = copy ? ::fdopendir(copy.get()) : nullptr;
+  if (d == nullptr) return;
+  (void)copy.release();  // the DIR owns it now
+  std::vector<std::string> names;
+  while (const dirent* e = ::readdir(d)) {
+    const std::string_view n = e->d_name;
+    if (n != "." && n != ".." && n != kInfoFile) names.emplace_back(n);
   }
-  std::error_code ec;
-  fs::remove_all(aside, ec);
-  return true;
+  ::closedir(d);
+  for (const auto& n : names) {
+    if (::unlinkat(dfd, n.c_str(), 0) == 0 || errno != EISDIR) continue;
+    if (Fd sub(::openat(dfd, n.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)); sub) empty_dir(sub.get());
+    (void)::unlinkat(dfd, n.c_str(), AT_REMOVEDIR);
+  }
+  (void)::unlinkat(dfd, kInfoFile, 0);
+}
+
+/// Removes the entry `dir` if it belongs to no running VM (left by one killed with -9, or one
+/// still removing itself). Returns whether the name is free.
+///
+/// An entry under a VM's name is made only by renaming a whole directory there with
+/// RENAME_NOREPLACE (publish), its vm.json written and locked, and is removed only by emptying it
+/// and then rmdir, which removes nothing but an empty directory: it is never moved or replaced.
+/// So a remover that holds the lock of the vm.json it found in the directory it opened knows that
+/// the directory is the dead VM's and stays so, and empties it through its descriptor. Until
+/// 2026-12-08 a remover checked the entry's lock, then moved it aside by its path: a third process
+/// could remove the stale entry in between and a new VM take the name, whose directory was then
+/// moved aside; it ran on hidden, its name given to a fourth, whose directory it removed at its end
+/// (the unit test "registry: VMs taking one name over stale entries ...": ~2% of holds, every run).
+bool reclaim(const fs::path& dir) {
+  Fd d(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  if (!d) return errno == ENOENT;
+  // Removers one at a time (only they lock the directory itself, and only while they remove): a
+  // second one waits, then finds the vm.json gone and the directory empty.
+  if (::flock(d.get(), LOCK_EX) != 0) return false;
+  Fd info(::openat(d.get(), kInfoFile, O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+  if (!info && errno != ENOENT) return false;
+  // Held: its VM runs (or is removing its own entry, vm.json last).
+  if (info && ::flock(info.get(), LOCK_EX | LOCK_NB) != 0) return false;
+  empty_dir(d.get());
+  // rmdir removes only an empty directory: this one, or none if a VM has taken the name since.
+  return ::rmdir(dir.c_str()) == 0 || errno == ENOENT;
 }
 
 /// Hidden entries older than a minute that no VM holds: left by a process killed while it
@@ -62,7 +96,7 @@ void sweep_hidden(const fs::path& run) {
   for (const auto& e : fs::directory_iterator(run, ec)) {
     if (e.path().filename().string().front() != '.' || !e.is_directory(ec)) continue;
     const auto mtime = fs::last_write_time(e.path(), ec);
-    if (!ec && now - mtime > std::chrono::minutes(1) && stale(e.path())) fs::remove_all(e.path(), ec);
+    if (!ec && now - mtime > std::chrono::minutes(1) && stale(e.path())) (void)reclaim(e.path());
   }
 }
 
@@ -101,7 +135,7 @@ Result<std::unique_ptr<Registration>> Registration::prepare(const fs::path& stat
   // either took it for a stale entry and removed it, or held its probing lock just as the VM took
   // its own: the VM failed to start ("cannot lock", 1 to 17 of ~4000 registrations in 2 s while
   // another process listed, the unit test "registry: a VM registering while ...").
-  const fs::path tmp = hidden(run, name, "new");
+  const fs::path tmp = hidden(run, name);
   if (::mkdir(tmp.c_str(), 0700) != 0) return fail("{}: cannot create: {}", tmp.string(), errno_text(errno));
   r->staged_ = tmp;  // removed with the registration from here on
   const fs::path info = tmp / kInfoFile;
@@ -125,7 +159,12 @@ Result<> Registration::publish() {
   if (staged_.empty()) return {};
   const fs::path dir = staged_.parent_path() / name_;
   for (int attempt = 0;; ++attempt) {
-    if (::rename(staged_.c_str(), dir.c_str()) == 0) break;
+    // Never onto an entry that is there (a rename replaces an empty directory): see reclaim. A
+    // file system without RENAME_NOREPLACE gets a rename, which replaces only an empty directory,
+    // never a VM's.
+    int done = ::renameat2(AT_FDCWD, staged_.c_str(), AT_FDCWD, dir.c_str(), RENAME_NOREPLACE);
+    if (done != 0 && errno == EINVAL) done = ::rename(staged_.c_str(), dir.c_str());
+    if (done == 0) break;
     const int err = errno;
     if (err != EEXIST && err != ENOTEMPTY) return fail("{}: cannot create: {}", dir.string(), errno_text(err));
     if (attempt > 0 || !reclaim(dir)) return fail("a VM named '{}' is already running ({})", name_, dir.string());
@@ -160,7 +199,10 @@ Registration::~Registration() {
       std::pair{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)} == *bound_) {
     fs::remove(socket_, ec);
   }
-  fs::remove_all(dir_, ec);
+  // Emptied through its descriptor, vm.json last and while locked, then removed if still empty
+  // (see reclaim): never removed by its path, which another VM's directory takes once it is gone.
+  if (Fd d(::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)); d) empty_dir(d.get());
+  (void)::rmdir(dir_.c_str());
 }
 
 bool remove_unpublished(const fs::path& state_dir, const std::string& name) {
@@ -168,12 +210,14 @@ bool remove_unpublished(const fs::path& state_dir, const std::string& name) {
   const std::string prefix = "." + name + ".new.";
   bool held = false;
   for (const auto& e : fs::directory_iterator(state_dir / "run", ec)) {
-    if (!e.path().filename().string().starts_with(prefix)) continue;
-    if (stale(e.path())) {
-      fs::remove_all(e.path(), ec);
-    } else {
-      held = true;
-    }
+    // ".NAME.new.PID.N" exactly: not ".NAME.new.x.new.PID.N", made by a VM named "NAME.new.x".
+    const std::string entry = e.path().filename().string();
+    if (!entry.starts_with(prefix)) continue;
+    const std::string_view rest = std::string_view(entry).substr(prefix.size());
+    const size_t dot = rest.find('.');
+    auto digits = [](std::string_view v) { return !v.empty() && std::ranges::all_of(v, [](char c) { return c >= '0' && c <= '9'; }); };
+    if (dot == std::string_view::npos || !digits(rest.substr(0, dot)) || !digits(rest.substr(dot + 1))) continue;
+    if (!stale(e.path()) || !reclaim(e.path())) held = true;
   }
   return !held;
 }
@@ -181,8 +225,6 @@ bool remove_unpublished(const fs::path& state_dir, const std::string& name) {
 std::vector<RunningVm> running_vms(const fs::path& state_dir) {
   std::vector<RunningVm> out;
   std::error_code ec;
-  // A stale entry is removed as a VM that wants its name removes it (reclaim: removed by path after
-  // a check, it could be the entry of a VM that took the name in between).
   sweep_hidden(state_dir / "run");
   for (const auto& e : fs::directory_iterator(state_dir / "run", ec)) {
     if (e.path().filename().string().front() == '.' || !e.is_directory(ec)) continue;

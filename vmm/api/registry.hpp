@@ -1,10 +1,12 @@
 // Running VMs of a state directory: each has STATE_DIR/run/NAME/ (mode 0700) holding its API
 // socket (api.sock, unless --api-socket put it elsewhere) and vm.json (pid, socket), and holds an
 // exclusive lock on vm.json for as long as it runs. The directory is made under a hidden name with
-// its vm.json locked, then renamed into place, so that one under a VM's name is always locked while
-// its VM runs. A directory whose lock is free belongs to a VM that ended without cleaning up
-// (kill -9): whoever finds it moves it aside and removes it. The name is taken while the directory
-// exists, so names are unique among running VMs.
+// its vm.json locked, then renamed into place without replacing anything, so that one under a VM's
+// name always holds its lock while its VM runs; it is never moved, and is removed by emptying it
+// (vm.json last, under its lock) and then removing it only if empty. A directory whose lock is free
+// belongs to a VM that ended without cleaning up (kill -9): whoever finds it removes it so (see
+// reclaim in registry.cpp). The name is taken while the directory exists, so names are unique among
+// running VMs.
 #pragma once
 
 #include <filesystem>
