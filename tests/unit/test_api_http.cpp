@@ -30,6 +30,7 @@
 #include "vmm/api/http.hpp"
 #include "vmm/api/registry.hpp"
 #include "vmm/api/service.hpp"
+#include "vmm/cli/vm_cli.hpp"
 
 namespace fs = std::filesystem;
 using namespace vmm;
@@ -721,4 +722,39 @@ TEST_CASE("registry: a killed pool member's unpublished entry is removed, a held
   const auto left = hidden();
   REQUIRE(left.size() == 1);
   CHECK(left[0].starts_with(".pm.new.1.new."));
+}
+
+// `vmm pause NAME` asks the socket NAME's registration names who serves it, and sends the verb only
+// to the VM of that name: until 2026-12-08 a server that answered GET /vm with an error (another
+// program, one of another version) was sent the PUT all the same.
+TEST_CASE("vm verbs: a verb by name goes only to a server that answers as that VM") {
+  struct Case {
+    int status;
+    std::string body;
+    bool sent;
+  };
+  for (const auto& [status, body, sent] : {Case{200, R"({"name":"web","state":"running"})", true}, Case{200, R"({"name":"db"})", false},
+                                           Case{404, R"({"fault_message":"no"})", false}, Case{200, "not json", false}}) {
+    CAPTURE(status);
+    CAPTURE(body);
+    std::atomic<int> puts{0};
+    TestServer t([&](const api::HttpRequest& r) {
+      if (r.method == "PUT") {
+        ++puts;
+        return api::HttpResponse{.status = 204, .body = {}, .allow = {}};
+      }
+      return api::HttpResponse{.status = status, .body = body, .allow = {}};
+    });
+    if (t.skipped()) return;
+    vmm::test::TempDir state("vmm-verbs");
+    auto reg = api::Registration::create(state.path, "web", t.path);
+    REQUIRE(reg);
+    cli::VmCommand pause;
+    pause.verb = "pause";
+    pause.target = "web";
+    pause.state_dir = state.path.string();
+    const int rc = cli::vm_command(pause);
+    CHECK((rc == 0) == sent);
+    CHECK(puts == (sent ? 1 : 0));
+  }
 }

@@ -95,14 +95,15 @@ int vm_command_answered(const VmCommand& c) {
   if (c.target.find('/') == std::string::npos) {
     // By name: the VM that answers on the socket its registration names must be that VM (a socket
     // path given to two VMs, or one that another server has taken since).
+    // Asked first, and nothing else is sent unless it answers as that VM: a server that does not
+    // (an error, another program) is not told to pause or stop.
     auto who = api::call(socket->string(), api::HttpRequest{.method = "GET", .path = "/vm", .body = {}}, 10);
-    if (who && who->status == 200) {
-      const json j = json::parse(who->body, nullptr, false);
-      const std::string name = j.is_object() && j.contains("name") && j["name"].is_string() ? j["name"].get<std::string>() : "";
-      if (name != c.target) {
-        return report_error(exit_code::kVmmError, fmt::format("{}: its API socket {} is served by {}, not by it", c.target,
-                                                              socket->string(), name.empty() ? "another server" : "the VM '" + name + "'"));
-      }
+    if (!who) return report_error(exit_code::kVmmError, fmt::format("{}: {}", c.target, who.error().message()));
+    const json j = who->status == 200 ? json::parse(who->body, nullptr, false) : json();
+    const std::string name = j.is_object() && j.contains("name") && j["name"].is_string() ? j["name"].get<std::string>() : "";
+    if (name != c.target) {
+      return report_error(exit_code::kVmmError, fmt::format("{}: its API socket {} is served by {}, not by it", c.target, socket->string(),
+                                                            name.empty() ? "another server" : "the VM '" + name + "'"));
     }
   }
   api::HttpRequest req{.method = "PUT", .path = "/vm/" + c.verb, .body = "{}"};
