@@ -405,28 +405,21 @@ class Pool {
   }
 
   api::HttpResponse handle(const api::HttpRequest& r) {
-    if (r.path == "/clones") {
-      if (r.method != "POST") return api::method_not_allowed(r, "POST");
-      return take(r);
-    }
-    if (r.path == "/pool" || r.path == "/vm") {
-      if (r.method != "GET") return api::method_not_allowed(r, "GET");
-      std::lock_guard lock(mutex_);
-      json j{{"name", name_}, {"kind", "pool"}, {"state", "running"}, {"pid", ::getpid()},
-             {"template", {{"name", t_.manifest.name}, {"dir", t_.tdir.string()}}},
-             {"config", {{"memory_mib", t_.manifest.memory >> 20}, {"vcpus", t_.manifest.vcpus}}},
-             {"size", size_}, {"ready", ready_.size()}, {"handed_out", handed_out_}};
-      return {.status = 200, .body = api::json_body(j), .allow = {}};
-    }
-    return api::fault(404, "no such path: " + r.path);
+    auto request = api::parse_pool_request(r);
+    if (!request) return request.error();
+    if (auto* clone = std::get_if<api::CloneRequest>(&*request)) return take(r, *clone);
+    std::lock_guard lock(mutex_);
+    json j{{"name", name_}, {"kind", "pool"}, {"state", "running"}, {"pid", ::getpid()},
+           {"template", {{"name", t_.manifest.name}, {"dir", t_.tdir.string()}}},
+           {"config", {{"memory_mib", t_.manifest.memory >> 20}, {"vcpus", t_.manifest.vcpus}}},
+           {"size", size_}, {"ready", ready_.size()}, {"handed_out", handed_out_}};
+    return {.status = 200, .body = api::json_body(j), .allow = {}};
   }
 
  private:
-  api::HttpResponse take(const api::HttpRequest& r) {
-    auto clone = api::parse_clone_request(r.body);
-    if (!clone) return clone.error();
+  api::HttpResponse take(const api::HttpRequest& r, const api::CloneRequest& clone) {
     json req = json::object();
-    for (auto [key, value] : {std::pair{"hostname", &clone->hostname}, {"ip", &clone->ip}, {"gateway", &clone->gateway}}) {
+    for (auto [key, value] : {std::pair{"hostname", &clone.hostname}, {"ip", &clone.ip}, {"gateway", &clone.gateway}}) {
       if (!value->empty()) req[key] = *value;
     }
     if (needs_ip_ && !req.contains("ip")) {

@@ -1,5 +1,5 @@
 // libFuzzer target for the requests of the control API (vmm/api/requests.hpp): what any local client
-// may ask of a VM (parse_vm_request) or of a pool (parse_clone_request) once the transport has
+// may ask of a VM (parse_vm_request) or of a pool (parse_pool_request) once the transport has
 // delivered it. Built by clang only (tests/fuzz/fuzz.cmake, scripts/fuzz-api.sh) with
 // -fsanitize=fuzzer,address,undefined.
 //
@@ -43,9 +43,10 @@ using nlohmann::json;
 
 constexpr const char* kMethods[] = {"GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "", "put"};
 constexpr const char* kPaths[] = {"/vm",      "/vm/metrics", "/vm/pause", "/vm/resume", "/vm/stop", "/vm/input",
-                                  "/vm/snapshot", "/vm/fork", "/clones",   "/vm/",       "",         "/vm/fork/x"};
+                                  "/vm/snapshot", "/vm/fork", "/clones",   "/vm/",       "",         "/vm/fork/x", "/pool"};
 
-void check_fault(const HttpResponse& r) {
+/// `other_method`: what a 405's Allow may name besides GET (PUT for a VM, POST for a pool).
+void check_fault(const HttpResponse& r, std::string_view other_method) {
   if (r.status != 400 && r.status != 404 && r.status != 405) die("a refusal that is not 400, 404 or 405", std::to_string(r.status));
   const json j = json::parse(r.body, nullptr, false);
   if (!j.is_object() || j.size() != 1 || !j.contains("fault_message") || !j["fault_message"].is_string()) {
@@ -53,7 +54,7 @@ void check_fault(const HttpResponse& r) {
   }
   if (j["fault_message"].get<std::string>().find('\n') != std::string::npos) die("a fault_message of more than one line", r.body);
   if ((r.status == 405) != !r.allow.empty()) die("Allow without 405, or 405 without Allow", r.allow);
-  if (r.status == 405 && r.allow != "GET" && r.allow != "PUT") die("a 405's Allow is not GET or PUT", r.allow);
+  if (r.status == 405 && r.allow != "GET" && r.allow != other_method) die("a 405's Allow names another method", r.allow);
 }
 
 bool blank(std::string_view body) { return body.find_first_not_of(" \t\r\n") == std::string_view::npos; }
@@ -170,17 +171,23 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (v) {
       check_accepted(r, *v);
     } else {
-      check_fault(v.error());
+      check_fault(v.error(), "PUT");
     }
-    auto c = parse_clone_request(r.body);
-    if (c) {
+    auto p = parse_pool_request(r);
+    if (p && std::holds_alternative<vmm::api::CloneRequest>(*p)) {
+      if (r.method != "POST" || r.path != "/clones") die("a pool took a clone request elsewhere than POST /clones", r.method + " " + r.path);
+      const auto& c = std::get<vmm::api::CloneRequest>(*p);
       check_object_body(r.body);
-      if (!c->hostname.empty() && !vmm::check_hostname(c->hostname)) die("an accepted hostname does not pass --hostname's check", c->hostname);
-      check_ip(c->ip);
-      check_gateway(c->gateway);
+      if (!c.hostname.empty() && !vmm::check_hostname(c.hostname)) die("an accepted hostname does not pass --hostname's check", c.hostname);
+      check_ip(c.ip);
+      check_gateway(c.gateway);
+    } else if (p) {
+      if ((r.method != "GET" && r.method != "HEAD") || (r.path != "/pool" && r.path != "/vm")) die("a pool's GET answered", r.method + " " + r.path);
     } else {
-      if (c.error().status != 400) die("a pool request refused with another status than 400", std::to_string(c.error().status));
-      check_fault(c.error());
+      check_fault(p.error(), "POST");
+      if (r.method == "POST" && r.path == "/clones" && p.error().status != 400) {
+        die("a pool's clone request refused with another status than 400", std::to_string(p.error().status));
+      }
     }
   } catch (const std::exception& e) {
     die("a parser threw", e.what());

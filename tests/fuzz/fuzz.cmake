@@ -59,7 +59,7 @@ if(VMM_FUZZ)
     pkg_check_modules(FUZZ_HTTPLIB REQUIRED IMPORTED_TARGET cpp-httplib)
     vmm_fuzz_target(http vmm_api PkgConfig::FUZZ_HTTPLIB fmt::fmt-header-only)
     target_sources(http_fuzz PRIVATE ${CMAKE_SOURCE_DIR}/vmm/api/http_plugin.cpp)
-    # api: a request's method, path and body through parse_vm_request and parse_clone_request.
+    # api: a request's method, path and body through parse_vm_request and parse_pool_request.
     vmm_fuzz_target(api vmm_api vmm_core vmm_base)
   endif()
 endif()

@@ -193,3 +193,37 @@ TEST_CASE("api requests: a fault_message is one line whatever the request quoted
   REQUIRE_FALSE(path);
   CHECK(path.error().body == R"({"fault_message":"no such path: /vm\\x0a/x"})");
 }
+
+TEST_CASE("api requests: a pool's paths and methods") {
+  auto pool = [](std::string method, std::string path, std::string body = {}) {
+    return parse_pool_request(HttpRequest{.method = std::move(method), .path = std::move(path), .body = std::move(body)});
+  };
+  for (const char* method : {"GET", "HEAD"}) {
+    for (const char* path : {"/pool", "/vm"}) {
+      auto r = pool(method, path);
+      REQUIRE(r);
+      CHECK(std::holds_alternative<PoolInfoRequest>(*r));
+    }
+  }
+  auto c = pool("POST", "/clones", R"({"hostname": "p1"})");
+  REQUIRE(c);
+  REQUIRE(std::holds_alternative<CloneRequest>(*c));
+  CHECK(std::get<CloneRequest>(*c).hostname == "p1");
+  struct Refused {
+    const char *method, *path, *body;
+    int status;
+    const char* allow;
+  };
+  for (const auto& [method, path, body, status, allow] :
+       {Refused{"GET", "/clones", "", 405, "POST"}, Refused{"HEAD", "/clones", "", 405, "POST"}, Refused{"PUT", "/pool", "", 405, "GET"},
+        Refused{"POST", "/vm", "", 405, "GET"}, Refused{"GET", "/vm/pause", "", 404, ""}, Refused{"POST", "/clone", "", 404, ""},
+        Refused{"POST", "/clones", "[]", 400, ""}, Refused{"POST", "/clones", R"({"count": 2})", 400, ""}}) {
+    INFO(method << " " << path << " " << body);
+    auto r = pool(method, path, body);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().status == status);
+    CHECK(r.error().allow == allow);
+    const json j = json::parse(r.error().body, nullptr, false);
+    CHECK((j.is_object() && j.size() == 1 && j.contains("fault_message")));
+  }
+}

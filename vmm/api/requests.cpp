@@ -140,30 +140,44 @@ std::expected<VmRequest, HttpResponse> fork_request(const json& body) {
 
 }  // namespace
 
-std::expected<VmRequest, HttpResponse> parse_vm_request(const HttpRequest& r) {
-  enum class Kind { Vm, Metrics, Pause, Resume, Stop, Input, Snapshot, Fork };
-  struct Route {
-    std::string_view path, method;
-    Kind kind;
-  };
-  static constexpr Route kRoutes[] = {
-      {"/vm", "GET", Kind::Vm},           {"/vm/metrics", "GET", Kind::Metrics},   {"/vm/pause", "PUT", Kind::Pause},
-      {"/vm/resume", "PUT", Kind::Resume}, {"/vm/stop", "PUT", Kind::Stop},          {"/vm/input", "PUT", Kind::Input},
-      {"/vm/snapshot", "PUT", Kind::Snapshot}, {"/vm/fork", "PUT", Kind::Fork}};
-  const auto route = std::ranges::find(kRoutes, std::string_view(r.path), &Route::path);
-  if (route == std::end(kRoutes)) return Refusal(fault(404, "no such path: " + r.path));
+namespace {
+
+template <class Kind>
+struct Route {
+  std::string_view path, method;
+  Kind kind;
+};
+
+/// The route of `r`'s path and method (HEAD wherever GET is), or the 404 or 405 that refuses it.
+template <class Kind, size_t N>
+std::expected<Kind, HttpResponse> route_of(const HttpRequest& r, const Route<Kind> (&routes)[N]) {
+  const auto route = std::ranges::find(routes, std::string_view(r.path), &Route<Kind>::path);
+  if (route == std::end(routes)) return Refusal(fault(404, "no such path: " + r.path));
   if (route->method != r.method && !(route->method == "GET" && r.method == "HEAD")) {
     return Refusal(method_not_allowed(r, std::string(route->method)));
   }
+  return route->kind;
+}
+
+}  // namespace
+
+std::expected<VmRequest, HttpResponse> parse_vm_request(const HttpRequest& r) {
+  enum class Kind { Vm, Metrics, Pause, Resume, Stop, Input, Snapshot, Fork };
+  static constexpr Route<Kind> kRoutes[] = {
+      {"/vm", "GET", Kind::Vm},           {"/vm/metrics", "GET", Kind::Metrics},   {"/vm/pause", "PUT", Kind::Pause},
+      {"/vm/resume", "PUT", Kind::Resume}, {"/vm/stop", "PUT", Kind::Stop},          {"/vm/input", "PUT", Kind::Input},
+      {"/vm/snapshot", "PUT", Kind::Snapshot}, {"/vm/fork", "PUT", Kind::Fork}};
+  const auto kind = route_of(r, kRoutes);
+  if (!kind) return Refusal(kind.error());
   std::expected<json, HttpResponse> body;
-  switch (route->kind) {
+  switch (*kind) {
     case Kind::Vm: return GetVmRequest{};
     case Kind::Metrics: return MetricsRequest{};
     case Kind::Pause:
     case Kind::Resume:
       body = parse_body(r.body, {});
       if (!body) return Refusal(body.error());
-      if (route->kind == Kind::Pause) return PauseRequest{};
+      if (*kind == Kind::Pause) return PauseRequest{};
       return ResumeRequest{};
     case Kind::Stop:
       body = parse_body(r.body, {"timeout_s"});
@@ -212,6 +226,19 @@ std::expected<CloneRequest, HttpResponse> parse_clone_request(const std::string&
     if (auto r = check_gateway(c.gateway); !r) return bad(r.error().message());
   }
   return c;
+}
+
+
+std::expected<PoolRequest, HttpResponse> parse_pool_request(const HttpRequest& r) {
+  enum class Kind { Info, Clone };
+  // GET /vm too: what `vmm ps` asks of everything registered, a pool included.
+  static constexpr Route<Kind> kRoutes[] = {{"/pool", "GET", Kind::Info}, {"/vm", "GET", Kind::Info}, {"/clones", "POST", Kind::Clone}};
+  const auto kind = route_of(r, kRoutes);
+  if (!kind) return Refusal(kind.error());
+  if (*kind == Kind::Info) return PoolInfoRequest{};
+  auto c = parse_clone_request(r.body);
+  if (!c) return Refusal(c.error());
+  return *c;
 }
 
 }  // namespace vmm::api

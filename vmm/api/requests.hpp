@@ -69,6 +69,10 @@ struct CloneRequest {
 };
 /// The body of POST /clones, or the 400 that refuses it.
 std::expected<CloneRequest, HttpResponse> parse_clone_request(const std::string& body);
+struct PoolInfoRequest {};  ///< GET (or HEAD) /pool, or /vm
+using PoolRequest = std::variant<PoolInfoRequest, CloneRequest>;
+/// A request on a pool's socket, or the answer that refuses it.
+std::expected<PoolRequest, HttpResponse> parse_pool_request(const HttpRequest& request);
 
 /// A JSON error response.
 HttpResponse fault(int status, const std::string& message);
