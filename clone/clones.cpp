@@ -2,6 +2,7 @@
 // MAP_PRIVATE, its disks qcow2 overlays on the template's, its state restored, a new identity, run.
 #include "clone/clones.hpp"
 
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -16,6 +17,7 @@
 #include "devices/virtio/net.hpp"
 #include "disk/qcow2.hpp"
 #include "vmm/api/control.hpp"
+#include "vmm/base/dir_lock.hpp"
 #include "vmm/base/process.hpp"
 #include "vmm/base/progress.hpp"
 #include "vmm/base/thread.hpp"
@@ -34,6 +36,11 @@ std::optional<Failure> read_template(const CloneOptions& o, OpenTemplate& t) {
   auto tdir = resolve_template(t.sdir, o.template_name);
   if (!tdir) return bad(exit_code::kImage, tdir.error().message());
   t.tdir = *tdir;
+  // Shared with other clones' starts; waits while a removal holds it, and then finds it gone.
+  auto in_use = lock_dir(t.tdir, LOCK_SH);
+  if (!in_use) return bad(exit_code::kImage, in_use.error().message());
+  if (!still_at(in_use->fd.get(), t.tdir)) return bad(exit_code::kImage, fmt::format("template {}: removed as the clone started", o.template_name));
+  t.in_use = std::move(in_use->fd);
   auto manifest = read_manifest(t.tdir);
   if (!manifest) return bad(exit_code::kImage, manifest.error().message());
   t.manifest = std::move(*manifest);
@@ -326,6 +333,7 @@ int launch_clone(OpenTemplate& t, const CloneOptions& o, PreparedClone& c, const
   auto control = api::ControlPlane::create(t.sdir, c.name, o.api_socket);
   if (!control) return fail({exit_code::kUsage, control.error().message()});
   if (auto r = record_clone(t, o, c); !r) return fail({exit_code::kVmmError, r.error().message()});
+  t.in_use.reset();  // its record names the template now (a full clone's: none, it has its own copy)
   c.steps.emplace_back("registered", std::chrono::steady_clock::now());
   if (auto r = begin_clone(t, o, c); !r) return fail({exit_code::kVmmError, r.error().message()});
   c.steps.emplace_back("resumed", std::chrono::steady_clock::now());

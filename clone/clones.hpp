@@ -17,6 +17,7 @@
 #include "clone/snapshot.hpp"
 #include "clone/template.hpp"
 #include "vmm/api/control.hpp"
+#include "vmm/base/fd.hpp"
 #include "vmm/setup.hpp"
 
 namespace vmm::clone {
@@ -56,6 +57,11 @@ struct OpenTemplate {
   TemplateFile memory_file;              ///< opened and checked (a full clone copies it)
   std::vector<TemplateFile> disk_files;  ///< each of manifest.disks, opened and checked
   std::unique_ptr<Kvm> kvm;
+  /// The template directory, locked shared from its reading until the clone's record is written
+  /// (launch_clone; a fleet's launcher once its clones are forked, a pool for its life): `vmm
+  /// template rm` takes it exclusive, so that it cannot remove a template a clone is being made
+  /// from and that no record names yet.
+  Fd in_use;
 };
 /// Opens and checks the template of `options` and opens /dev/kvm (nothing is created); a failure
 /// to report. No thread of its own runs once it returns.

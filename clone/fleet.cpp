@@ -170,6 +170,8 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
     mb.forked = std::chrono::steady_clock::now();
   }
 
+  t.in_use.reset();  // each clone holds the template's lock until its record names the template
+
   // A clone killed, or ended without a word, before it started could not remove its directory (one
   // that reported an error did): nothing of it stays behind.
   auto remove_unstarted = [&](const Member& m) {

@@ -3,6 +3,7 @@
 #include <fstream>
 
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -11,7 +12,9 @@
 
 #include "vmm/api/http.hpp"
 #include "vmm/api/registry.hpp"
+#include "vmm/base/dir_lock.hpp"
 #include "vmm/base/fd.hpp"
+#include "vmm/exit_status.hpp"
 #include "vmm/base/process.hpp"
 #include "vmm/state_dir.hpp"
 
@@ -126,9 +129,47 @@ Result<> remove_clone(const fs::path& sdir, const std::string& name, RemoveRunni
     return fail("clone '{}' is starting (no record of its start yet: a pool's member, a fork's child, or a start that was "
                 "killed): remove it with --force", name);
   }
-  fs::remove_all(dir, ec);
-  if (ec) return fail("{}: {}", dir.string(), ec.message());
-  return {};
+  // Moved aside, then removed: a removal cut short leaves no half of the clone under its name (its
+  // record gone first, its overlays left, it looked "starting" for ever and kept its template).
+  sweep_tombs(sdir / "clones");
+  auto lock = lock_dir(dir, LOCK_EX);
+  if (!lock) return std::unexpected(lock.error());
+  return bury(dir, lock->fd);
+}
+
+std::optional<TemplateRemoval> remove_template(const fs::path& sdir, const std::string& target, bool force) {
+  auto refuse = [](int status, std::string message) { return std::optional(TemplateRemoval{status, std::move(message)}); };
+  auto resolved = resolve_template(sdir, target);
+  if (!resolved) return refuse(exit_code::kImage, resolved.error().message());
+  fs::path dir = resolved->lexically_normal();
+  if (dir.filename().empty()) dir = dir.parent_path();  // "DIR/"
+  const bool ours = target.find('/') == std::string::npos;  // in the state directory's templates
+  if (ours) sweep_tombs(sdir / "templates", /*drafts_too=*/true);
+  // Locked, and checked under the lock: a clone being made from it holds it shared until its record
+  // is written, from which point dependants() counts it.
+  auto lock = lock_dir(dir, LOCK_EX | LOCK_NB);
+  if (!lock) return refuse(exit_code::kVmmError, lock.error().message());
+  auto depended_on = [&](const std::vector<std::string>& clones) {
+    return refuse(exit_code::kUsage, fmt::format("template {}: {} linked clone(s) depend on it ({}); remove them first "
+                                                 "('vmm clone rm NAME...', or 'vmm clone prune' for the stopped ones), or use --force",
+                                                 dir.string(), clones.size(), fmt::join(clones, ", ")));
+  };
+  if (lock->busy && !force) {
+    // Its dependants named if it has any (a pool's waiting members: the pool holds it too).
+    if (const auto clones = dependants(sdir, dir); !clones.empty()) return depended_on(clones);
+    return refuse(exit_code::kUsage, fmt::format("template {}: a clone is being made from it (or a fleet or a pool is using it): "
+                                                 "try again once it has started, or use --force", dir.string()));
+  }
+  if (lock->busy) lock = lock_dir(dir, 0);  // --force: removed under whoever uses it (a pool holds it for its life)
+  if (!lock) return refuse(exit_code::kVmmError, lock.error().message());
+  if (auto m = read_manifest(dir); !m) {
+    // Given by path, a directory must be a template to be removed; one of the state directory's own
+    // templates whose manifest is gone is what an interrupted removal left (before tombs).
+    if (!ours || fs::exists(dir / kManifestFile)) return refuse(exit_code::kImage, m.error().message());
+  }
+  if (const auto clones = dependants(sdir, dir); !clones.empty() && !force) return depended_on(clones);
+  if (auto r = bury(dir, lock->fd); !r) return refuse(exit_code::kVmmError, r.error().message());
+  return std::nullopt;
 }
 
 }  // namespace vmm::clone

@@ -42,4 +42,18 @@ enum class RemoveRunning { Refuse, Kill };
 /// as a pool's member, loses its files).
 Result<> remove_clone(const std::filesystem::path& state_dir, const std::string& name, RemoveRunning running);
 
+/// Why remove_template refused or failed: kUsage (linked clones depend on it, one is starting
+/// from it), kImage (not a template), kVmmError (the removal failed).
+struct TemplateRemoval {
+  int status;
+  std::string message;
+};
+/// Removes the template `target` (a name in `state_dir`, or a path), refused while linked clones
+/// depend on it or a clone is being made from it (it holds the template's lock, OpenTemplate::in_use)
+/// unless `force`. Its directory is locked, checked and renamed aside under the lock, then removed
+/// (vmm/base/dir_lock.hpp: bury), so that a clone starting meanwhile either is counted or finds it
+/// gone, and an interrupted removal leaves nothing under the name. A template of the state
+/// directory whose manifest is gone (a removal of an older vmm, cut short) is removed too.
+std::optional<TemplateRemoval> remove_template(const std::filesystem::path& state_dir, const std::string& target, bool force);
+
 }  // namespace vmm::clone

@@ -1,6 +1,8 @@
 #include "clone/make_template.hpp"
 
 #include <fcntl.h>
+#include <stdio.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -14,6 +16,7 @@
 #include "clone/snapshot.hpp"
 #include "disk/file_io.hpp"
 #include "disk/qcow2.hpp"
+#include "vmm/base/dir_lock.hpp"
 #include "vmm/base/fd.hpp"
 #include "vmm/base/process.hpp"
 #include "vmm/base/thread.hpp"
@@ -57,6 +60,9 @@ std::expected<std::unique_ptr<TemplateDraft>, Failure> begin_template(const std:
   auto dest = template_path(state_dir, dir);
   if (!dest) return std::unexpected(Failure{exit_code::kUsage, dest.error().message()});
   std::error_code ec;
+  // What drafts and removals cut short left in the state directory's templates (never in a
+  // directory of the user's, which may hold anything).
+  sweep_tombs(resolve_state_dir(state_dir) / "templates", /*drafts_too=*/true);
   if (fs::exists(*dest, ec)) return std::unexpected(Failure{exit_code::kUsage, fmt::format("{}: already exists", dest->string())});
   fs::create_directories(dest->parent_path(), ec);
   if (ec) {
@@ -71,6 +77,11 @@ std::expected<std::unique_ptr<TemplateDraft>, Failure> begin_template(const std:
     return std::unexpected(Failure{exit_code::kVmmError, fmt::format("{}: cannot create: {}", tmp, errno_text(errno))});
   }
   d->tmp = tmp;
+  auto lock = lock_dir(d->tmp, LOCK_EX | LOCK_NB);
+  if (!lock || lock->busy) {
+    return std::unexpected(Failure{exit_code::kVmmError, lock ? fmt::format("{}: locked by another process", tmp) : lock.error().message()});
+  }
+  d->lock = std::move(lock->fd);
   fs::create_directory(d->tmp / "disks", ec);
   if (ec) return std::unexpected(Failure{exit_code::kVmmError, fmt::format("{}: cannot create: {}", d->tmp.string(), ec.message())});
   return d;
@@ -99,10 +110,15 @@ Result<> seal_template(TemplateDraft& draft, Manifest& m) {
   for (const fs::path& d : {tmp / "disks", tmp}) {
     if (auto r = fsync_dir(d); !r) return r;
   }
-  std::error_code ec;
-  fs::rename(tmp, dest, ec);
-  if (ec) return fail("{}: rename: {}", dest.string(), ec.message());
+  // Never onto what is there: another template of that name made meanwhile (a rename would
+  // replace an empty directory).
+  if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, dest.c_str(), RENAME_NOREPLACE) != 0) {
+    const int err = errno;
+    if (err == EEXIST || err == ENOTEMPTY) return fail("{}: already exists (made while this one was being written)", dest.string());
+    return fail("{}: rename: {}", dest.string(), errno_text(err));
+  }
   draft.sealed = true;
+  draft.lock.reset();
   return fsync_dir(dest.parent_path());
 }
 

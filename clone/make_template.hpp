@@ -9,6 +9,7 @@
 #include <string>
 
 #include "clone/template.hpp"
+#include "vmm/base/fd.hpp"
 #include "vmm/setup.hpp"
 
 namespace vmm::clone {
@@ -30,6 +31,7 @@ Result<std::filesystem::path> template_path(const std::string& state_dir, const 
 /// template: the directory is removed unless sealed.
 struct TemplateDraft {
   std::filesystem::path dest, tmp;
+  Fd lock;  ///< LOCK_EX on tmp while it is a draft: a draft whose lock is free is a dead one's (sweep_tombs)
   bool sealed = false;
   ~TemplateDraft();
 };

@@ -581,6 +581,7 @@ std::vector<std::string> dependants(const fs::path& sdir, const fs::path& templa
   std::error_code ec;
   const fs::path want = fs::weakly_canonical(template_dir, ec);
   for (const auto& e : fs::directory_iterator(sdir / "clones", ec)) {
+    if (e.path().filename().string().front() == '.') continue;  // a clone's tomb (being removed)
     auto rec = read_clone_record(e.path());
     // One being made (a pool's member waiting for its request) has its record beside it so far.
     if (!rec && fs::exists(e.path() / kStagedCloneRecord, ec)) {

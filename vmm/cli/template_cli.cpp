@@ -60,19 +60,7 @@ int template_inspect(const std::string& state_dir, const std::string& target) {
 }
 
 int template_rm(const std::string& state_dir, const std::string& target, bool force) {
-  const fs::path sdir = resolve_state_dir(state_dir);
-  auto dir = clone::resolve_template(sdir, target);
-  if (!dir) return report_error(exit_code::kImage, dir.error().message());
-  if (auto m = clone::read_manifest(*dir); !m) return report_error(exit_code::kImage, m.error().message());
-  const auto clones = clone::dependants(sdir, *dir);
-  if (!clones.empty() && !force) {
-    return report_error(exit_code::kUsage, fmt::format("template {}: {} linked clone(s) depend on it ({}); remove them first "
-                                                       "('vmm clone rm NAME...', or 'vmm clone prune' for the stopped ones), or use --force",
-                                                       dir->string(), clones.size(), fmt::join(clones, ", ")));
-  }
-  std::error_code ec;
-  fs::remove_all(*dir, ec);
-  if (ec) return report_error(exit_code::kVmmError, fmt::format("{}: {}", dir->string(), ec.message()));
+  if (auto f = clone::remove_template(resolve_state_dir(state_dir), target, force)) return report_error(f->status, f->message);
   return exit_code::kOk;
 }
 
