@@ -573,7 +573,9 @@ TEST_CASE("http: after a refused request the connection is closed: the body it d
            std::string(api::kMaxBody + 1, ' ') + smuggled,
        "HTTP/1.1 413"},
   };
-  for (const auto& [request, status] : cases) {
+  for (const auto& c : cases) {
+    const auto& request = c.first;
+    const auto& status = c.second;
     CAPTURE(status);
     Fd fd = connect_to(t.path);
     send_all(fd.get(), request);
@@ -733,8 +735,11 @@ TEST_CASE("vm verbs: a verb by name goes only to a server that answers as that V
     std::string body;
     bool sent;
   };
-  for (const auto& [status, body, sent] : {Case{200, R"({"name":"web","state":"running"})", true}, Case{200, R"({"name":"db"})", false},
-                                           Case{404, R"({"fault_message":"no"})", false}, Case{200, "not json", false}}) {
+  for (const Case& c : {Case{200, R"({"name":"web","state":"running"})", true}, Case{200, R"({"name":"db"})", false},
+                        Case{404, R"({"fault_message":"no"})", false}, Case{200, "not json", false}}) {
+    const int status = c.status;
+    const std::string body = c.body;
+    const bool sent = c.sent;
     CAPTURE(status);
     CAPTURE(body);
     std::atomic<int> puts{0};

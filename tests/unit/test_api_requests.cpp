@@ -214,15 +214,15 @@ TEST_CASE("api requests: a pool's paths and methods") {
     int status;
     const char* allow;
   };
-  for (const auto& [method, path, body, status, allow] :
+  for (const Refused& want :
        {Refused{"GET", "/clones", "", 405, "POST"}, Refused{"HEAD", "/clones", "", 405, "POST"}, Refused{"PUT", "/pool", "", 405, "GET"},
         Refused{"POST", "/vm", "", 405, "GET"}, Refused{"GET", "/vm/pause", "", 404, ""}, Refused{"POST", "/clone", "", 404, ""},
         Refused{"POST", "/clones", "[]", 400, ""}, Refused{"POST", "/clones", R"({"count": 2})", 400, ""}}) {
-    INFO(method << " " << path << " " << body);
-    auto r = pool(method, path, body);
+    INFO(want.method << " " << want.path << " " << want.body);
+    auto r = pool(want.method, want.path, want.body);
     REQUIRE_FALSE(r);
-    CHECK(r.error().status == status);
-    CHECK(r.error().allow == allow);
+    CHECK(r.error().status == want.status);
+    CHECK(r.error().allow == want.allow);
     const json j = json::parse(r.error().body, nullptr, false);
     CHECK((j.is_object() && j.size() == 1 && j.contains("fault_message")));
   }
