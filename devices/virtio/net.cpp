@@ -278,11 +278,15 @@ Result<> Net::receive() {
       q.unpop();
       continue;
     }
-    // One buffer per frame (no VIRTIO_NET_F_MRG_RXBUF): num_buffers is 1.
+    // The header as the device gives it: no flags, no GSO (VIRTIO_NET_F_GUEST_CSUM and the GSO
+    // features are not offered: virtio 1.2 §5.1.6.4.1, "the device MUST set flags to zero"; tun
+    // writes VIRTIO_NET_HDR_F_DATA_VALID for a frame whose checksum the host checked, and until
+    // 2026-12-08 it reached the guest, which then skipped its own check), and one buffer per
+    // frame (no VIRTIO_NET_F_MRG_RXBUF): num_buffers is 1.
+    std::array<uint8_t, kNetHdrBytes> header{};
+    header[kNumBuffersOffset] = 1;
     Writer w(*memory_, c.writable);
-    const uint16_t one = 1;
-    if (auto r = w.skip(kNumBuffersOffset); !r) return r;
-    if (auto r = w.write_obj(one); !r) return r;
+    if (auto r = w.write(header); !r) return r;
     ++rx_frames_;
     rx_bytes_ += static_cast<uint64_t>(n) >= kNetHdrBytes ? static_cast<uint64_t>(n) - kNetHdrBytes : 0;
     if (auto r = q.push_used(*memory_, c.head, static_cast<uint32_t>(n)); !r) return r;

@@ -590,6 +590,12 @@ Result<> PciTransport::restore(ByteReader& in) {
   if (table->size() != vectors) {
     return std::unexpected(in.error("msix.table", fmt::format("{} vectors saved, the device has {}", table->size(), vectors)));
   }
+  // An entry's Vector Control keeps only its mask bit when the guest writes it (Msix::table_write).
+  for (size_t v = 0; v < table->size(); ++v) {
+    if ((*table)[v].control & ~1u) {
+      return std::unexpected(in.error("msix.table", fmt::format("vector {}: control {:#x} has bits besides the mask", v, (*table)[v].control)));
+    }
+  }
   if (pending->size() != (vectors + 63) / 64) {
     return std::unexpected(in.error("msix.pending", fmt::format("{} words saved, the device has {}", pending->size(), (vectors + 63) / 64)));
   }
@@ -609,6 +615,10 @@ Result<> PciTransport::restore(ByteReader& in) {
   }
   if ((*status & kStatusFeaturesOk) && (*features & ~device_->device_features())) {
     return std::unexpected(in.error("driver_features", fmt::format("{:#x} includes features the device does not offer ({:#x})", *features, device_->device_features())));
+  }
+  // As FEATURES_OK is refused without VERSION_1 when the guest sets it (write_status).
+  if ((*status & kStatusFeaturesOk) && !(*features & kFVersion1)) {
+    return std::unexpected(in.error("driver_features", fmt::format("{:#x}: FEATURES_OK without VERSION_1", *features)));
   }
   auto dfs = in.get<uint32_t>("device_feature_select");
   if (!dfs) return std::unexpected(dfs.error());
@@ -641,6 +651,17 @@ Result<> PciTransport::restore(ByteReader& in) {
     // queue's size is bounded (the guest-io fuzzer's kind of finding: a state a guest can reach).
     if (q->ready && q->size > device_->queues()[i].max_size()) {
       return std::unexpected(in.error("queue.size", fmt::format("queue {}: size {} is over the maximum {}", i, q->size, device_->queues()[i].max_size())));
+    }
+    // Saved quiesced (Machine::quiesce: no request in flight, every chain taken given back), so
+    // none is in use; and the positions of a queue that is not ready are those of a reset. Other
+    // positions would have the device wait for chains the guest never gives back, or refuse the
+    // next one (found by reading, 2026-12-08).
+    if (q->ready && q->next_avail != q->next_used) {
+      return std::unexpected(in.error("queue.next_avail", fmt::format("queue {}: avail position {}, used {}: chains in flight, and a saved device has none",
+                                                                      i, q->next_avail, q->next_used)));
+    }
+    if (!q->ready && (q->next_avail != 0 || q->next_used != 0)) {
+      return std::unexpected(in.error("queue.next_avail", fmt::format("queue {}: positions {} and {} on a queue that is not ready", i, q->next_avail, q->next_used)));
     }
     st.queues.push_back(*q);
   }

@@ -202,15 +202,19 @@ Result<> Queue::walk(const GuestMemory& memory, uint64_t table, uint32_t count, 
     if (!d) return std::unexpected(d.error());
     if (d->flags & ~kKnownFlags) return fail("descriptor {} has unknown flags {:#x}", index, d->flags);
     if (d->flags & kDescFIndirect) {
-      // virtio 1.2 §2.7.5.3.1: not nested, not with NEXT; like QEMU we take it as the chain's only
-      // descriptor. The device ignores WRITE on it (§2.7.5.3.2).
+      // virtio 1.2 §2.7.5.3.1: not nested, not with NEXT, so the chain's last descriptor; and the
+      // device "MUST handle the case of zero or more normal chained descriptors followed by a
+      // single descriptor with flags&VIRTQ_DESC_F_INDIRECT" (§2.7.5.3.2; until 2026-12-08 only
+      // zero was taken, as QEMU does). The device ignores WRITE on it.
       if (indirect) return fail("descriptor {} in an indirect table is itself indirect", index);
       if (d->flags & kDescFNext) return fail("indirect descriptor {} also has NEXT", index);
-      if (hops != 1) return fail("indirect descriptor {} is not at the head of its chain", index);
       if (d->len == 0 || d->len % 16 != 0) return fail("indirect table length {} is not a nonzero multiple of 16", d->len);
       const uint64_t entries = d->len / 16;
-      if (entries > state_.size) {
-        return fail("indirect table of {} entries is longer than the queue size {}", entries, state_.size);
+      // The whole chain, the descriptors before it and the table's, no longer than the queue: the
+      // segments a chain can bring stay bounded by the queue's size.
+      if (entries + (hops - 1) > state_.size) {
+        return fail("indirect table of {} entries after {} descriptors is longer than the queue size {}", entries, hops - 1,
+                    state_.size);
       }
       if (!memory.contains(Gpa(d->addr), d->len)) {
         return fail("indirect table at {:#x}+{:#x} is outside RAM", d->addr, d->len);

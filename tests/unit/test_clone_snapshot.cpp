@@ -345,6 +345,31 @@ void check_transport(PciTransport& source, PciTransport& fresh, uint64_t feature
     ok.queues[0].desc = ~uint64_t{0};
     CHECK(restore_error(fresh, encode(ok)) == "");
   }
+  // What the guest cannot make the device save: Vector Control bits besides the mask (dropped as
+  // they are written), FEATURES_OK without VERSION_1 (refused as it is set), chains in flight
+  // (saved quiesced), positions on a queue that is not ready (zeroed by a reset).
+  {
+    auto bad = st;
+    bad.msix.table[1].control = 0x3;
+    refused(bad, "msix.table", "vector 1: control 0x3 has bits besides the mask");
+    auto ok = st;
+    ok.msix.table[1].control = 0x1;
+    CHECK(restore_error(fresh, encode(ok)) == "");
+    bad = st;
+    bad.driver_features &= ~(1ull << 32);
+    refused(bad, "driver_features", "FEATURES_OK without VERSION_1");
+    bad = st;
+    bad.queues[0].next_avail = static_cast<uint16_t>(bad.queues[0].next_used + 1);
+    refused(bad, "queue.next_avail", "chains in flight");
+    ok = st;
+    ok.queues[0].next_avail = ok.queues[0].next_used = 40000;  // (wrapping positions: any, if equal)
+    CHECK(restore_error(fresh, encode(ok)) == "");
+    bad = st;
+    bad.queues[0].ready = false;
+    bad.queues[0].next_used = 3;
+    bad.queues[0].next_avail = 3;
+    refused(bad, "queue.next_avail", "on a queue that is not ready");
+  }
   // The bools inside a queue.
   {
     const std::vector<uint8_t> good = encode(st);

@@ -244,7 +244,7 @@ TEST_CASE("virtio queue: hostile chains are refused with a reason") {
     }
     for (uint16_t i = 0; i < 16; ++i) CHECK(pop_one(q, mem).head == i);
   }
-  SUBCASE("indirect tables: nested, with NEXT, not at the head, bad lengths, outside RAM, too long") {
+  SUBCASE("indirect tables: nested, with NEXT, bad lengths, outside RAM, too long with what comes before") {
     const uint64_t table = kData + 0x1000;
     struct Case {
       RawDesc head;
@@ -254,7 +254,7 @@ TEST_CASE("virtio queue: hostile chains are refused with a reason") {
     };
     const std::vector<Case> cases = {
         {{table, 32, kDescFIndirect | kDescFNext, 1}, {}, false, "also has NEXT"},
-        {{kData, 4, kDescFNext, 1}, {table, 32, kDescFIndirect, 0}, true, "not at the head"},
+        {{kData, 4, kDescFNext, 1}, {table, 16 * 16, kDescFIndirect, 0}, true, "after 1 descriptors is longer than the queue size"},
         {{table, 0, kDescFIndirect, 0}, {}, false, "not a nonzero multiple of 16"},
         {{table, 24, kDescFIndirect, 0}, {}, false, "not a nonzero multiple of 16"},
         {{kRam - 16, 32, kDescFIndirect, 0}, {}, false, "outside RAM"},
@@ -281,6 +281,28 @@ TEST_CASE("virtio queue: hostile chains are refused with a reason") {
       vq.publish(0);
       expect_violation(q, mem, what);
     }
+  }
+  SUBCASE("normal descriptors then an indirect one: one chain (virtio 1.2 2.7.5.3.2)") {
+    const uint64_t table = kData + 0x1000;
+    vq.set_table_desc(table, 0, {kData + 0x10, 8, kDescFNext, 1});
+    vq.set_table_desc(table, 1, {kData + 0x100, 1, kDescFWrite, 0});
+    vq.set_desc(3, {kData, 16, kDescFNext, 7});
+    vq.set_desc(7, {table, 32, kDescFIndirect, 0});
+    vq.publish(3);
+    auto chain = pop_one(q, mem);
+    CHECK(chain.head == 3);
+    REQUIRE(chain.readable.size() == 2);
+    CHECK(chain.readable[0].gpa == kData);
+    CHECK(chain.readable[1].gpa == kData + 0x10);
+    CHECK(chain.readable_bytes == 24);
+    CHECK(chain.writable_bytes == 1);
+    // Readable after writable is refused across the two parts too.
+    fresh();
+    vq.set_table_desc(table, 0, {kData + 0x10, 8, 0, 0});
+    vq.set_desc(3, {kData, 16, kDescFNext | kDescFWrite, 7});
+    vq.set_desc(7, {table, 16, kDescFIndirect, 0});
+    vq.publish(3);
+    expect_violation(q, mem, "follows a device-writable one");
   }
   SUBCASE("a good indirect chain (WRITE on the indirect descriptor is ignored)") {
     const uint64_t table = kData + 0x1000;
