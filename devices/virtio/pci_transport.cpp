@@ -656,7 +656,8 @@ Result<> PciTransport::restore(ByteReader& in) {
     // none is in use; and the positions of a queue that is not ready are those of a reset. Other
     // positions would have the device wait for chains the guest never gives back, or refuse the
     // next one (found by reading, 2026-12-08).
-    if (q->ready && q->next_avail != q->next_used) {
+    // (A device in NEEDS_RESET may have stopped between a pop and its push: the guest resets it.)
+    if (q->ready && q->next_avail != q->next_used && !(*status & kStatusNeedsReset)) {
       return std::unexpected(in.error("queue.next_avail", fmt::format("queue {}: avail position {}, used {}: chains in flight, and a saved device has none",
                                                                       i, q->next_avail, q->next_used)));
     }

@@ -361,6 +361,8 @@ void check_transport(PciTransport& source, PciTransport& fresh, uint64_t feature
     bad = st;
     bad.queues[0].next_avail = static_cast<uint16_t>(bad.queues[0].next_used + 1);
     refused(bad, "queue.next_avail", "chains in flight");
+    bad.status |= kStatusNeedsReset;  // stopped between a pop and its push: the guest resets it
+    CHECK(restore_error(fresh, encode(bad)) == "");
     ok = st;
     ok.queues[0].next_avail = ok.queues[0].next_used = 40000;  // (wrapping positions: any, if equal)
     CHECK(restore_error(fresh, encode(ok)) == "");
