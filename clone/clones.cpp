@@ -131,6 +131,7 @@ std::expected<std::unique_ptr<PreparedClone>, Failure> prepare_clone(OpenTemplat
   // A clone that fails to start leaves nothing behind (its name stays free, the template has no
   // dependant); one that ran keeps its directory (its disks hold what it wrote).
   c->dir = cdir;
+  if (struct stat st {}; ::stat(cdir.c_str(), &st) == 0) c->dir_id = {st.st_dev, st.st_ino};
   if (!t.manifest.disks.empty()) fs::create_directory(cdir / "disk", ec);  // (a new directory: ~30 µs here)
 
   // Memory: the template's file mapped copy-on-write (once per template: inherited by a fleet's
@@ -247,8 +248,14 @@ std::expected<std::unique_ptr<PreparedClone>, Failure> prepare_clone(OpenTemplat
 
 PreparedClone::~PreparedClone() {
   machine.reset();
-  std::error_code e;
-  if (!keep && !dir.empty()) fs::remove_all(dir, e);
+  if (keep || dir.empty()) return;
+  // The directory it made, and no other: `vmm clone rm --force` may have removed this one as it
+  // started, and another clone taken the name since.
+  auto l = lock_dir(dir, LOCK_EX | LOCK_NB);
+  struct stat st {};
+  if (l && !l->busy && ::fstat(l->fd.get(), &st) == 0 && std::pair<uint64_t, uint64_t>{st.st_dev, st.st_ino} == dir_id) {
+    (void)bury(dir, l->fd);
+  }
 }
 
 Result<> begin_clone(OpenTemplate& t, const CloneOptions& o, PreparedClone& c) {

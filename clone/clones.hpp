@@ -72,6 +72,7 @@ std::optional<Failure> open_template(const CloneOptions& options, OpenTemplate& 
 struct PreparedClone {
   std::string name;
   std::filesystem::path dir;
+  std::pair<uint64_t, uint64_t> dir_id{};  ///< its device and inode: the directory this clone made
   std::vector<DiskSpec> disks;
   std::vector<NetSpec> nets;
   devices::ConsoleSpec console;

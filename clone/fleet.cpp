@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -23,6 +24,8 @@
 
 #include "clone/live.hpp"
 #include "vmm/api/http.hpp"
+#include "vmm/api/registry.hpp"
+#include "vmm/base/dir_lock.hpp"
 #include "vmm/exit_status.hpp"
 
 namespace vmm::clone {
@@ -175,8 +178,13 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
   // A clone killed, or ended without a word, before it started could not remove its directory (one
   // that reported an error did): nothing of it stays behind.
   auto remove_unstarted = [&](const Member& m) {
-    std::error_code ec;
-    if (!m.dir_existed) fs::remove_all(t.sdir / "clones" / m.name, ec);
+    if (m.dir_existed) return;
+    // Under its name in the registry, as `vmm clone rm` removes one: not if a VM of that name runs
+    // (another fleet's clone that took the name since), and moved aside before it goes.
+    auto taken = api::Registration::create(t.sdir, m.name);
+    if (!taken) return;
+    const fs::path dir = t.sdir / "clones" / m.name;
+    if (auto l = lock_dir(dir, LOCK_EX | LOCK_NB); l && !l->busy) (void)bury(dir, l->fd);
   };
   // Reports: one line per clone, in the order they come.
   auto pending = [&] { return std::ranges::count_if(members, [](const Member& m) { return m.report >= 0; }); };

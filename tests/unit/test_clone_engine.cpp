@@ -449,3 +449,32 @@ TEST_CASE("template create: a template made under the same name while this one w
   second->reset();
   CHECK_FALSE(fs::exists(tmp));
 }
+
+// A clone that fails to start removes its directory: the one it made, not another clone's that
+// took the name after `vmm clone rm --force` removed its own as it started.
+TEST_CASE("clone: a clone that fails to start removes the directory it made, and only that one") {
+  TempDir d("vmm-clone-engine");
+  const fs::path dir = d.path / "clones" / "c1";
+  auto made = [&] {
+    fs::create_directories(dir / "disk");
+    std::ofstream(dir / "disk" / "disk0.qcow2") << "x";
+    struct stat st {};
+    REQUIRE(::stat(dir.c_str(), &st) == 0);
+    return std::pair<uint64_t, uint64_t>{st.st_dev, st.st_ino};
+  };
+  {
+    PreparedClone c;
+    c.dir = dir;
+    c.dir_id = made();
+  }
+  CHECK_FALSE(fs::exists(dir));
+  CHECK(fs::is_empty(d.path / "clones"));
+  {
+    PreparedClone c;
+    c.dir = dir;
+    c.dir_id = made();
+    fs::rename(dir, d.path / "clones" / "moved");  // (keeps the inode busy: a new one differs)
+    made();                                        // another clone's, under the name since
+  }
+  CHECK(fs::exists(dir / "disk" / "disk0.qcow2"));
+}
