@@ -37,9 +37,10 @@ std::optional<Failure> read_template(const CloneOptions& o, OpenTemplate& t) {
   if (!tdir) return bad(exit_code::kImage, tdir.error().message());
   t.tdir = *tdir;
   // Shared with other clones' starts; waits while a removal holds it, and then finds it gone.
-  auto in_use = lock_dir(t.tdir, LOCK_SH);
+  // (A template given by a path may be a symbolic link to one, as it could before.)
+  auto in_use = lock_dir(t.tdir, LOCK_SH, /*follow=*/true);
   if (!in_use) return bad(exit_code::kImage, in_use.error().message());
-  if (!still_at(in_use->fd.get(), t.tdir)) return bad(exit_code::kImage, fmt::format("template {}: removed as the clone started", o.template_name));
+  if (!still_at(in_use->fd.get(), t.tdir, /*follow=*/true)) return bad(exit_code::kImage, fmt::format("template {}: removed as the clone started", o.template_name));
   t.in_use = std::move(in_use->fd);
   auto manifest = read_manifest(t.tdir);
   if (!manifest) return bad(exit_code::kImage, manifest.error().message());

@@ -141,9 +141,11 @@ std::optional<TemplateRemoval> remove_template(const fs::path& sdir, const std::
   auto refuse = [](int status, std::string message) { return std::optional(TemplateRemoval{status, std::move(message)}); };
   auto resolved = resolve_template(sdir, target);
   if (!resolved) return refuse(exit_code::kImage, resolved.error().message());
-  fs::path dir = resolved->lexically_normal();
-  if (dir.filename().empty()) dir = dir.parent_path();  // "DIR/"
   const bool ours = target.find('/') == std::string::npos;  // in the state directory's templates
+  // By path, the template the path names (through a symbolic link: the template, not the link).
+  std::error_code ec;
+  fs::path dir = ours ? *resolved : fs::canonical(*resolved, ec);
+  if (ec) return refuse(exit_code::kImage, fmt::format("template {}: {}", target, ec.message()));
   if (ours) sweep_tombs(sdir / "templates", /*drafts_too=*/true);
   // Locked, and checked under the lock: a clone being made from it holds it shared until its record
   // is written, from which point dependants() counts it.

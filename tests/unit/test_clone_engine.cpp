@@ -478,3 +478,32 @@ TEST_CASE("clone: a clone that fails to start removes the directory it made, and
   }
   CHECK(fs::exists(dir / "disk" / "disk0.qcow2"));
 }
+
+// A template given by a path may be a symbolic link to one (`--clone-of /srv/current`): a clone
+// takes its lock through the link, and `template rm` of the link removes the template it names.
+TEST_CASE("template rm: a template given through a symbolic link is locked and removed as the template it names") {
+  TempDir d("vmm-clone-engine");
+  const fs::path t = fake_template(d.path, "web");
+  const fs::path link = d.path / "current";
+  fs::create_directory_symlink(t, link);
+  {
+    CloneOptions o;
+    o.template_name = link.string();
+    o.state_dir = d.path.string();
+    OpenTemplate ot;
+    const auto failure = open_template(o, ot);  // the sample's files are not a real template
+    REQUIRE(failure);
+    CAPTURE(failure->message);
+    CHECK(failure->message.find("symbolic link") == std::string::npos);
+    CHECK(failure->message.find("removed as the clone started") == std::string::npos);
+  }
+  auto held = lock_dir(link, LOCK_SH, /*follow=*/true);  // a clone starting through the link
+  REQUIRE(held);
+  auto refused = remove_template(d.path, link.string(), false);
+  REQUIRE(refused);
+  CHECK(refused->message.find("a clone is being made from it") != std::string::npos);
+  held->fd.reset();
+  CHECK_FALSE(remove_template(d.path, link.string(), false));
+  CHECK_FALSE(fs::exists(t));
+  CHECK(fs::is_symlink(link));  // left dangling, as a removed target leaves any link to it
+}

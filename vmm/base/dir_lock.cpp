@@ -33,8 +33,8 @@ bool is_draft(std::string_view n) {
 
 }  // namespace
 
-Result<DirLock> lock_dir(const fs::path& dir, int operation) {
-  DirLock l{.fd = Fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)), .busy = false};
+Result<DirLock> lock_dir(const fs::path& dir, int operation, bool follow) {
+  DirLock l{.fd = Fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | (follow ? 0 : O_NOFOLLOW))), .busy = false};
   if (!l.fd) return fail("{}: {}", dir.string(), errno_text(errno));
   while (operation != 0 && ::flock(l.fd.get(), operation) != 0) {
     if (errno == EINTR) continue;
@@ -44,9 +44,10 @@ Result<DirLock> lock_dir(const fs::path& dir, int operation) {
   return l;
 }
 
-bool still_at(int fd, const fs::path& dir) {
+bool still_at(int fd, const fs::path& dir, bool follow) {
   struct stat a {}, b {};
-  return ::fstat(fd, &a) == 0 && ::lstat(dir.c_str(), &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+  return ::fstat(fd, &a) == 0 && (follow ? ::stat(dir.c_str(), &b) : ::lstat(dir.c_str(), &b)) == 0 && a.st_dev == b.st_dev &&
+         a.st_ino == b.st_ino;
 }
 
 Result<> bury(const fs::path& dir, const Fd& locked) {

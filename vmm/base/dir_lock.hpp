@@ -18,11 +18,12 @@ struct DirLock {
   Fd fd;
   bool busy = false;
 };
-/// `dir` opened (not following a symbolic link) and locked with `operation` (LOCK_SH or LOCK_EX,
-/// with LOCK_NB or not; 0: opened only).
-Result<DirLock> lock_dir(const std::filesystem::path& dir, int operation);
-/// Whether `dir` is still the directory open as `fd` (not removed or renamed, nothing else in its place).
-bool still_at(int fd, const std::filesystem::path& dir);
+/// `dir` opened (a symbolic link in its last component followed only if `follow`) and locked with
+/// `operation` (LOCK_SH or LOCK_EX, with LOCK_NB or not; 0: opened only).
+Result<DirLock> lock_dir(const std::filesystem::path& dir, int operation, bool follow = false);
+/// Whether `dir` (followed if `follow`) is still the directory open as `fd` (not removed or
+/// renamed, nothing else in its place).
+bool still_at(int fd, const std::filesystem::path& dir, bool follow = false);
 /// Removes `dir`, which the caller holds open as `locked` with LOCK_EX: renamed to a tomb
 /// (".NAME.rm-PID-N" beside it), then removed with the lock held. The name is free when this
 /// returns, even if removing the tomb failed (which is said).
