@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# `vmm template rm` against a template a clone is being made from (the clone holds the template
+# directory's lock, shared, until its record names the template; flock(1) holds it here), through
+# the real binary and without KVM: refused with status 2 and one line; --force removes it under
+# the holder; what an interrupted removal left (a tomb) goes with it. usage: template-rm-lock.sh VMM
+set -u
+vmm=$1
+work=$(mktemp -d)
+holder=""
+trap '[ -n "$holder" ] && kill $holder 2>/dev/null; rm -rf "$work"' EXIT
+export VMM_STATE_DIR="$work/state"
+t="$VMM_STATE_DIR/templates/t"
+mkdir -p "$t/disks" "$VMM_STATE_DIR/templates/.old.rm-1-2"
+echo x >"$t/memory.bin"
+fail=0
+check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fail=1; fi; }
+flock -s "$t" sleep 60 &
+holder=$!
+for _ in $(seq 50); do
+  flock -x -n "$t" true 2>/dev/null || break  # held now
+  sleep 0.1
+done
+"$vmm" template rm t >"$work/out" 2>&1; st=$?
+check "refused while a clone is being made from it: status 2" '[ $st = 2 ]'
+check "one line naming why" '[ "$(wc -l <"$work/out")" = 1 ] && grep -q "a clone is being made from it" "$work/out"'
+check "the template untouched" '[ -f "$t/memory.bin" ]'
+"$vmm" template rm t --force >"$work/out" 2>&1; st=$?
+check "--force removes it under the holder: status 0" '[ $st = 0 ] && [ ! -e "$t" ]'
+check "no tomb left, the old one swept" '[ -z "$(ls -A "$VMM_STATE_DIR/templates")" ]'
+[ $fail = 0 ] || cat "$work/out"
+exit $fail
