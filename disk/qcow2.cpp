@@ -103,10 +103,7 @@ Qcow2::Qcow2(std::unique_ptr<State> state) : s_(std::move(state)) {}
 
 Qcow2::~Qcow2() {
   if (!s_->read_only && s_->broken.empty()) {
-    // Twice: the second writes the refcount decrements the first one applied, so a closed image
-    // has no leaked clusters.
-    auto r = s_->flush();
-    if (r) r = s_->flush();
+    auto r = s_->flush();  // (refcount decrements included: a closed image has no leaked clusters)
     if (!r) fmt::print(stderr, "vmm: {}\n", r.error().message());
   }
   ::flock(s_->fd.get(), LOCK_UN);

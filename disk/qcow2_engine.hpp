@@ -745,7 +745,13 @@ struct Qcow2::State {
       l1_dirty = false;
     }
     // E: references dropped above are gone from the disk: now their clusters can be freed.
-    return free_clusters ? apply_frees() : Result<>{};
+    if (!free_clusters || pending_free.empty()) return {};
+    if (auto r = apply_frees(); !r) return r;
+    // F: and the decrements written, so that a flushed image has no leaked cluster (a copy taken
+    // now, a fork's child's disk, passes qemu-img check; until 2026-12-08 the next flush wrote
+    // them). A crash before this leaves leaks, after it nothing: the references are gone (D).
+    if (auto r = write_dirty(false); !r) return std::unexpected(r.error());
+    return sync();
   }
 
   Result<> apply_frees() {
