@@ -288,15 +288,32 @@ Result<> prepare_disks(const LiveVm& vm, ChildPlan& plan) {
   for (size_t i = 0; i < disks.size(); ++i) {
     const auto& image = disks[i]->image();
     const fs::path src = image.path();
+    // The file the VM has open must still be at its path, which the copy and the child read: one
+    // moved or replaced since would give a child another disk than the one its guest's memory
+    // knows (found by review, 2026-12-08). And a qcow2 image's backing file, which the child opens
+    // by name, must be the one the parent opened.
+    struct stat st {};
+    if (::stat(src.c_str(), &st) != 0) return fail("{}: {}", src.string(), errno_text(errno));
+    if (disk::FileId{st.st_dev, st.st_ino} != image.file_id()) {
+      return fail("{}: not the file the VM opened (moved or replaced since): its children would get another disk", src.string());
+    }
+    const auto backing = image.backing_file();
+    std::optional<disk::FileId> backing_id;
+    if (backing) backing_id = backing->id;
     if (image.read_only()) {
-      plan.disks.push_back(DiskSpec{.path = src, .read_only = true, .id = disks[i]->id(), .format = image.format()});
+      plan.disks.push_back(DiskSpec{.path = src, .read_only = true, .id = disks[i]->id(), .format = image.format(), .backing_must_be = backing_id});
       continue;
     }
     const fs::path dst = plan.dir / "disk" / fmt::format("disk{}{}", i, src.extension().string());
     if (auto r = copy_sparse(src, dst); !r) return r;
     fs::permissions(dst, fs::perms::owner_read | fs::perms::owner_write, ec);
+    // A backing file named relative to the image's directory: named absolute in the copy, which
+    // lives in the child's directory (every child failed to open its disk before).
+    if (backing && fs::path(backing->stored).is_relative()) {
+      if (auto r = disk::Qcow2::set_backing_name(dst, fs::absolute(backing->path).lexically_normal().string()); !r) return r;
+    }
     // Opened as what the parent's is (a raw image the guest wrote a qcow2 header into stays raw).
-    plan.disks.push_back(DiskSpec{.path = dst, .read_only = false, .id = disks[i]->id(), .format = image.format()});
+    plan.disks.push_back(DiskSpec{.path = dst, .read_only = false, .id = disks[i]->id(), .format = image.format(), .backing_must_be = backing_id});
   }
   return {};
 }

@@ -19,6 +19,16 @@
 
 namespace vmm::disk {
 
+/// A file's identity: (st_dev, st_ino).
+using FileId = std::pair<uint64_t, uint64_t>;
+
+/// A qcow2 image's backing file as the image opened it.
+struct BackingFile {
+  std::filesystem::path path;  ///< where it was opened (a relative name resolved from the image's directory)
+  std::string stored;          ///< the name as the image's header stores it
+  FileId id;                   ///< the file opened
+};
+
 class Image {
  public:
   /// Bytes transferred (>= 0) or -errno, on the event loop's thread.
@@ -31,6 +41,10 @@ class Image {
   virtual const std::filesystem::path& path() const = 0;
   /// "raw" or "qcow2": what the image was opened as (a fork's child opens its copy as the same).
   virtual const char* format() const = 0;
+  /// The file open, which path() named when it was opened (a fork checks it is still there).
+  virtual FileId file_id() const = 0;
+  /// A qcow2 image's backing file (none for a raw image, or a qcow2 one without).
+  virtual std::optional<BackingFile> backing_file() const { return std::nullopt; }
 
   // Requests. A request outside [0, size()) or a modification of a read-only image is refused here,
   // synchronously, with an error; otherwise `done` runs exactly once. The iovecs (and the memory

@@ -335,6 +335,41 @@ Qcow2Info Qcow2::info() const {
   return i;
 }
 
+std::optional<BackingFile> Qcow2::backing_file() const {
+  if (!s_->backing) return std::nullopt;
+  struct stat st {};
+  if (::fstat(s_->backing->file(), &st) != 0) return std::nullopt;
+  return BackingFile{.path = s_->backing->path(), .stored = s_->h.backing_file, .id = {st.st_dev, st.st_ino}};
+}
+
+Result<> Qcow2::set_backing_name(const std::filesystem::path& path, const std::string& name) {
+  Fd fd(::open(path.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC));
+  if (!fd) return fail("{}: cannot open: {}", path.string(), errno_text(errno));
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) return fail("{}: stat: {}", path.string(), errno_text(errno));
+  const uint64_t file_size = static_cast<uint64_t>(st.st_size);
+  uint8_t start[kV2HeaderLength] = {};
+  if (auto r = pread_full(fd.get(), start, std::min<uint64_t>(sizeof start, file_size), 0); !r) return r;
+  const uint32_t bits = std::clamp<uint32_t>(be32(start + 20), kMinClusterBits, kMaxClusterBits);
+  std::vector<uint8_t> head(std::min<uint64_t>(file_size, 1ull << bits));
+  if (auto r = pread_full(fd.get(), head.data(), head.size(), 0); !r) return r;
+  auto h = parse_header(head, file_size);
+  if (!h) return fail("{}: qcow2 header: {}", path.string(), h.error().message());
+  if (h->backing_file_offset == 0) return fail("{}: has no backing file", path.string());
+  if (name.empty() || name.size() > kMaxBackingNameLength) {
+    return fail("{}: a backing file name of {} bytes (1 to {})", path.string(), name.size(), kMaxBackingNameLength);
+  }
+  // Where the old name was, after the header and its extensions: the rest of the first cluster is
+  // the header's (the tables are in clusters of their own).
+  if (name.size() > h->cluster_size() - h->backing_file_offset) {
+    return fail("{}: the backing file name '{}' does not fit in the header's cluster", path.string(), printable(name));
+  }
+  if (auto r = pwrite_full(fd.get(), name.data(), name.size(), h->backing_file_offset); !r) return r;
+  uint8_t len[4];
+  put_be32(len, static_cast<uint32_t>(name.size()));
+  return pwrite_full(fd.get(), len, sizeof len, kOffBackingFileSize);
+}
+
 // ---- creation -----------------------------------------------------------------------------------------
 
 Result<> Qcow2::create(const std::filesystem::path& path, const Qcow2CreateOptions& o) {

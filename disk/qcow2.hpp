@@ -21,6 +21,7 @@
 #include <utility>
 #include <vector>
 
+#include "disk/image.hpp"
 #include "vmm/base/error.hpp"
 #include "vmm/base/fd.hpp"
 
@@ -58,8 +59,6 @@ class BlockSource {
   virtual int file() const = 0;
 };
 
-/// A file's identity: (st_dev, st_ino).
-using FileId = std::pair<uint64_t, uint64_t>;
 
 /// A raw file opened read-only (shared lock), as a backing file.
 Result<std::unique_ptr<BlockSource>> open_raw_source(const std::filesystem::path& path);
@@ -127,6 +126,13 @@ class Qcow2 final : public BlockSource {
   int file() const override;
   bool read_only() const;
   Qcow2Info info() const;
+  /// The backing file as opened (none without one, or when opened without open_backing).
+  std::optional<BackingFile> backing_file() const;
+  /// Writes `name` as the backing file's name in the header of the image at `path` (closed: a copy
+  /// of an image), where the old one was: a relative name, which resolves from the image's
+  /// directory, made absolute for a copy that lives elsewhere. Refused if it does not fit in the
+  /// header's cluster or over 1023 bytes (QEMU's limit).
+  static Result<> set_backing_name(const std::filesystem::path& path, const std::string& name);
 
   // Guest-visible operations. Ranges are checked against size(); writes on a read-only image fail.
   using BlockSource::read;

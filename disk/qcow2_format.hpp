@@ -45,6 +45,7 @@ inline constexpr uint32_t kExtCrypto = 0x0537be77;
 inline constexpr uint32_t kExtDataFile = 0x44415441;
 
 /// Field offsets in the header, for in-place updates.
+inline constexpr uint64_t kOffBackingFileSize = 16;
 inline constexpr uint64_t kOffRefcountTableOffset = 48;
 inline constexpr uint64_t kOffIncompatibleFeatures = 72;
 inline constexpr uint64_t kOffAutoclearFeatures = 88;

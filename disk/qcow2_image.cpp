@@ -2,6 +2,7 @@
 
 #include <pthread.h>
 #include <sys/eventfd.h>
+#include <sys/stat.h>
 
 #include <atomic>
 #include <cerrno>
@@ -200,6 +201,12 @@ Result<> Qcow2Image::write(uint64_t offset, std::span<const iovec> iov, Done don
                   return q.plan_write(offset, v, plan);
                 },
                 static_cast<int32_t>(*n), std::move(done));
+}
+
+FileId Qcow2Image::file_id() const {
+  struct stat st {};
+  if (::fstat(engine_->file(), &st) != 0) return {};
+  return {st.st_dev, st.st_ino};
 }
 
 Result<> Qcow2Image::flush(Done done) {

@@ -30,6 +30,8 @@ class Qcow2Image final : public Image {
   bool read_only() const override { return read_only_; }
   const std::filesystem::path& path() const override { return path_; }
   const char* format() const override { return "qcow2"; }
+  FileId file_id() const override;
+  std::optional<BackingFile> backing_file() const override { return engine_->backing_file(); }
 
   Result<> read(uint64_t offset, std::span<const iovec> iov, Done done) override;
   Result<> write(uint64_t offset, std::span<const iovec> iov, Done done) override;

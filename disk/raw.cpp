@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 
 #include <climits>
@@ -15,6 +16,12 @@
 #include "disk/qcow2_format.hpp"
 
 namespace vmm::disk {
+
+FileId RawImage::file_id() const {
+  struct stat st {};
+  if (::fstat(fd_.get(), &st) != 0) return {};
+  return {st.st_dev, st.st_ino};
+}
 
 Result<std::unique_ptr<RawImage>> RawImage::create(EventLoop& loop, Fd fd, std::filesystem::path path, uint64_t size,
                                                    bool read_only, bool probed) {

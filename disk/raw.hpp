@@ -24,6 +24,7 @@ class RawImage final : public Image {
   uint64_t size() const override { return size_; }
   bool read_only() const override { return read_only_; }
   const std::filesystem::path& path() const override { return path_; }
+  FileId file_id() const override;
   const char* format() const override { return "raw"; }
 
   Result<> read(uint64_t offset, std::span<const iovec> iov, Done done) override;

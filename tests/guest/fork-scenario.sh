@@ -518,8 +518,11 @@ wait "$pid_b"
 # ---- A fork while the guest writes its disk: blk-churn writes 4 KiB chunks round a 256 KiB qcow2
 # image without pause, each chunk all one byte. Forked with parent and children left paused, every
 # child's disk is a sound image (qemu-img check), equal to its parent's at the fork (qemu-img
-# compare), and holds only whole chunks; then they all run on.
-"$vmm" disk create "$work/churn.qcow2" --size 256K >/dev/null
+# compare), and holds only whole chunks; then they all run on. The image is an overlay whose
+# backing file is named relative to its directory (all 'A', whole chunks too): each child's copy
+# lives elsewhere, and names it absolute (before 2026-12-08 every child failed to open its disk).
+head -c 262144 /dev/zero | tr '\0' A >"$work/churn-base.raw"
+"$vmm" disk create "$work/churn.qcow2" --backing churn-base.raw --backing-format raw >/dev/null
 start_vm w --kernel "$guest" --cmdline blk-churn --disk path="$work/churn.qcow2"
 wait_for "$work/w.out" "^blk-churn: running$" 600 || { bad "blk-churn did not start"; cat "$work/w.out" "$work/w.err"; }
 "$vmm" fork w --count 3 --paused --children-paused >"$work/forkw" 2>"$work/forkw.err" && [ "$(wc -l <"$work/forkw")" = 3 ] &&

@@ -199,6 +199,65 @@ TEST_CASE("qcow2: an overlay whose backing file must be a given file refuses ano
   CHECK(Qcow2::open(d / "top.qcow2", {.read_only = true}));
 }
 
+// A fork copies its parent's overlay into the child's directory: a backing file named relative to
+// the image's directory must be named absolute in the copy (Qcow2::set_backing_name), and the
+// images say what they opened (Image::file_id, backing_file), which the fork checks.
+TEST_CASE("qcow2: a copy's relative backing name made absolute, and what an open image says it opened") {
+  TempDir d;
+  fs::create_directories(d / "a");
+  fs::create_directories(d / "b");
+  const Bytes base = pattern(1 << 20, 6);
+  write_file(d / "a" / "base.raw", base);
+  REQUIRE(Qcow2::create(d / "a" / "top.qcow2", {.backing = "base.raw", .backing_format = "raw"}));
+  struct stat st {};
+  REQUIRE(::stat((d / "a" / "base.raw").c_str(), &st) == 0);
+  const vmm::disk::FileId base_id{st.st_dev, st.st_ino};
+  REQUIRE(::stat((d / "a" / "top.qcow2").c_str(), &st) == 0);
+  const vmm::disk::FileId top_id{st.st_dev, st.st_ino};
+  {
+    auto loop = vmm::EventLoop::create();
+    REQUIRE(loop);
+    auto image = vmm::disk::open_image(**loop, {.path = d / "a" / "top.qcow2"});
+    REQUIRE_MESSAGE(image, image.error().message());
+    CHECK((*image)->file_id() == top_id);
+    const auto b = (*image)->backing_file();
+    REQUIRE(b);
+    CHECK(b->stored == "base.raw");
+    CHECK(b->path == d / "a" / "base.raw");
+    CHECK(b->id == base_id);
+    auto raw = vmm::disk::open_image(**loop, {.path = d / "a" / "base.raw", .read_only = true, .format = "raw"});
+    REQUIRE(raw);
+    CHECK((*raw)->file_id() == base_id);
+    CHECK_FALSE((*raw)->backing_file());
+  }
+  fs::copy_file(d / "a" / "top.qcow2", d / "b" / "top.qcow2");
+  auto lost = Qcow2::open(d / "b" / "top.qcow2", {.read_only = true});
+  REQUIRE_FALSE(lost);  // b/base.raw: no such file
+  const std::string absolute = (d / "a" / "base.raw").string();
+  REQUIRE(Qcow2::set_backing_name(d / "b" / "top.qcow2", absolute));
+  auto found = Qcow2::open(d / "b" / "top.qcow2", {.read_only = true, .backing_must_be = base_id});
+  REQUIRE_MESSAGE(found, found.error().message());
+  CHECK((*found)->info().backing == absolute);
+  CHECK(get(**found, 8192, 4096) == Bytes(base.begin() + 8192, base.begin() + 12288));
+  found->reset();
+  if (have_qemu_img()) CHECK(qemu_check(d / "b" / "top.qcow2") == 0);
+  // Refused: no backing file, a name over 1023 bytes or empty, one that does not fit in the
+  // header's cluster (4 KiB here, its name from offset ~0x100: 1023 bytes fit, so only when the
+  // cluster is 512 bytes, which qemu-img makes).
+  REQUIRE(Qcow2::create(d / "solo.qcow2", {.size = 1 << 20}));
+  CHECK_FALSE(Qcow2::set_backing_name(d / "solo.qcow2", absolute));
+  CHECK_FALSE(Qcow2::set_backing_name(d / "b" / "top.qcow2", std::string(1024, 'x')));
+  CHECK_FALSE(Qcow2::set_backing_name(d / "b" / "top.qcow2", ""));
+  REQUIRE(Qcow2::create(d / "small.qcow2", {.cluster_bits = 12, .backing = "a/base.raw", .backing_format = "raw"}));
+  CHECK(Qcow2::set_backing_name(d / "small.qcow2", "/" + std::string(1000, 'y')));
+  if (have_qemu_img()) {
+    REQUIRE(std::system(("cd '" + d.path.string() + "' && qemu-img create -q -f qcow2 -o cluster_size=512 -b a/base.raw -F raw tiny.qcow2 >/dev/null 2>&1").c_str()) == 0);
+    auto r = Qcow2::set_backing_name(d / "tiny.qcow2", "/" + std::string(600, 'z'));
+    REQUIRE_FALSE(r);
+    CHECK(r.error().message().find("does not fit in the header's cluster") != std::string::npos);
+  }
+}
+
 TEST_CASE("qcow2: discarded clusters are freed at flush and reused, qemu-img finds no leaks") {
   TempDir d;
   const auto img = d / "a.qcow2";
