@@ -10,7 +10,7 @@
 //     parent still uses;
 //   - it builds a KVM VM of the same shape over the same RAM (one builder, Machine::create),
 //     restores the captured state, takes a new identity (id, generation with the VMGenID
-//     notification, kvmclock stepped to now), registers under its own name with its own API, and
+//     notification; kvmclock as the parent left it, milliseconds before), registers under its own name with its own API, and
 //     runs until its guest stops; then the process exits.
 // Disks: at the fork every child sees its parent's disk contents and the two diverge afterwards;
 // no file is written by two VMs. A read-only disk is shared. A writable overlay (a clone's) is
@@ -305,7 +305,9 @@ Result<> prepare_disks(const LiveVm& vm, ChildPlan& plan) {
       continue;
     }
     const fs::path dst = plan.dir / "disk" / fmt::format("disk{}{}", i, src.extension().string());
-    if (auto r = copy_sparse(src, dst); !r) return r;
+    // Not fsynced while the parent is paused (a journal commit here is more than the pause's 2 ms
+    // budget): the copy is durable with the child's guest's first flush, as its own writes are.
+    if (auto r = copy_sparse(src, dst, {}, /*sync=*/false); !r) return r;
     fs::permissions(dst, fs::perms::owner_read | fs::perms::owner_write, ec);
     // A backing file named relative to the image's directory: named absolute in the copy, which
     // lives in the child's directory (every child failed to open its disk before).
@@ -569,6 +571,11 @@ Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const api::ForkRequest& 
       c["error"] = "the child did not run within 30 s: killed";
       if (pidfds[i]) {
         (void)::syscall(SYS_pidfd_send_signal, pidfds[i].get(), SIGKILL, nullptr, 0);
+        // Ended before its directory goes (a kill is delivered in its own time: a child still
+        // writing its record would leave files behind the removal). 2 s at most.
+        pollfd p{.fd = pidfds[i].get(), .events = POLLIN, .revents = 0};
+        while (::poll(&p, 1, 2000) < 0 && errno == EINTR) {
+        }
       } else {
         ::kill(pids[i], SIGKILL);  // (Linux before 5.3) its pipe was still open just now: the pid is still its own
       }

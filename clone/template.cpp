@@ -97,10 +97,10 @@ Result<FileSum> parse_sum(const json& j, std::string_view what, std::string_view
 
 /// Copies `from` to a new file `to`: a reflink where the file system offers one, else a sparse
 /// copy (data extents only).
-Result<> copy_sparse(const fs::path& from, const fs::path& to, const std::function<void(uint64_t)>& progress) {
+Result<> copy_sparse(const fs::path& from, const fs::path& to, const std::function<void(uint64_t)>& progress, bool sync) {
   Fd in(::open(from.c_str(), O_RDONLY | O_CLOEXEC));
   if (!in) return fail("{}: cannot open: {}", from.string(), errno_text(errno));
-  return copy_sparse(in.get(), from, to, progress);
+  return copy_sparse(in.get(), from, to, progress, sync);
 }
 
 namespace {
@@ -118,7 +118,7 @@ Result<uint64_t> source_size(int fd, const struct stat& st, const fs::path& path
 
 }  // namespace
 
-Result<> copy_sparse(int in_fd, const fs::path& from, const fs::path& to, const std::function<void(uint64_t)>& progress) {
+Result<> copy_sparse(int in_fd, const fs::path& from, const fs::path& to, const std::function<void(uint64_t)>& progress, bool sync) {
   // SEEK_DATA/SEEK_HOLE return offsets and move the file position, which a fleet's clones share
   // (the template's files were opened once, before the fork): the copy reads at explicit offsets.
   struct stat st {};
@@ -129,7 +129,7 @@ Result<> copy_sparse(int in_fd, const fs::path& from, const fs::path& to, const 
   Fd out(::open(to.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
   if (!out) return fail("{}: cannot create: {}", to.string(), errno_text(errno));
   auto synced = [&]() -> Result<> {
-    if (::fsync(out.get()) < 0) return fail("{}: fsync: {}", to.string(), errno_text(errno));
+    if (sync && ::fsync(out.get()) < 0) return fail("{}: fsync: {}", to.string(), errno_text(errno));
     return {};
   };
   // Ctrl-C waits, blocked, for the VM's sigwait (main() blocks it): a copy ends at it instead.

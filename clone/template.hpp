@@ -113,13 +113,15 @@ Result<> write_clone_record(const std::filesystem::path& clone_dir, const CloneR
 std::vector<std::string> dependants(const std::filesystem::path& state_dir, const std::filesystem::path& template_dir);
 
 /// Copies `from` to a new file `to`: a reflink where the file system offers one, else a sparse
-/// copy (data extents only, in steps of at most 64 MiB); fsyncs it. `progress`, when given, is
-/// told the bytes of data copied so far after each step (a reflink is one step of them all).
+/// copy (data extents only, in steps of at most 64 MiB); fsyncs it unless `sync` is false (a fork's
+/// child's disk, copied while its parent is paused: durable with its guest's first flush, as any
+/// write of the guest's). `progress`, when given, is told the bytes of data copied so far after
+/// each step (a reflink is one step of them all).
 Result<> copy_sparse(const std::filesystem::path& from, const std::filesystem::path& to,
-                     const std::function<void(uint64_t copied)>& progress = {});
+                     const std::function<void(uint64_t copied)>& progress = {}, bool sync = true);
 /// The same from an open file (`from` names it in messages; its file position is not used).
 Result<> copy_sparse(int from_fd, const std::filesystem::path& from, const std::filesystem::path& to,
-                     const std::function<void(uint64_t copied)>& progress = {});
+                     const std::function<void(uint64_t copied)>& progress = {}, bool sync = true);
 /// Bytes of data in the file at `path` (its allocated blocks, at most its size): what copy_sparse
 /// copies when it cannot reflink.
 uint64_t data_bytes(const std::filesystem::path& path);
