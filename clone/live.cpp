@@ -10,8 +10,8 @@
 //     parent still uses;
 //   - it builds a KVM VM of the same shape over the same RAM (one builder, Machine::create),
 //     restores the captured state, takes a new identity (id, generation with the VMGenID
-//     notification; kvmclock as the parent left it, milliseconds before), registers under its own name with its own API, and
-//     runs until its guest stops; then the process exits.
+//     notification; kvmclock as the parent left it, milliseconds before), registers under its
+//     own name with its own API, and runs until its guest stops; then the process exits.
 // Disks: at the fork every child sees its parent's disk contents and the two diverge afterwards;
 // no file is written by two VMs. A read-only disk is shared. A writable overlay (a clone's) is
 // copied, top file only, onto the child's own file with the same backing file, so chains never
