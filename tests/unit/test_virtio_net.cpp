@@ -116,6 +116,18 @@ struct HostSide {
   }
 };
 
+/// One end of a SOCK_SEQPACKET socketpair standing in for the TAP (Tap::adopt): the test writes
+/// and reads what tun would at `peer`.
+struct PairedTap {
+  vmm::Fd peer;
+  vmm::devices::Tap tap;
+};
+PairedTap paired_tap() {
+  int sv[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) == 0);
+  return PairedTap{.peer = vmm::Fd(sv[1]), .tap = vmm::devices::Tap::adopt(vmm::Fd(sv[0]), "pair0")};
+}
+
 }  // namespace
 
 TEST_CASE("virtio-net: frames both ways through a TAP, hostile chains refused") {
@@ -325,11 +337,9 @@ TEST_CASE("virtio-net: frames both ways through a TAP, hostile chains refused") 
 TEST_CASE("virtio-net: a device destroyed while its loop runs on leaves no callback behind") {
   auto loop = vmm::EventLoop::create();
   REQUIRE(loop);
-  int sv[2];
-  REQUIRE(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) == 0);
-  vmm::Fd peer(sv[1]);
+  auto [peer, tap] = paired_tap();
   {
-    auto net = Net::create(vmm::devices::Tap::adopt(vmm::Fd(sv[0]), "pair0"), kMac, **loop);
+    auto net = Net::create(std::move(tap), kMac, **loop);
     REQUIRE(net);
     REQUIRE((*loop)->run_once(0ms));  // the watch is armed
   }
@@ -349,10 +359,8 @@ TEST_CASE("virtio-net: a received frame's header reaches the guest zeroed but fo
   REQUIRE(mem);
   auto loop = vmm::EventLoop::create();
   REQUIRE(loop);
-  int sv[2];
-  REQUIRE(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) == 0);
-  vmm::Fd peer(sv[1]);
-  auto net = Net::create(vmm::devices::Tap::adopt(vmm::Fd(sv[0]), "pair0"), kMac, **loop);
+  auto [peer, tap] = paired_tap();
+  auto net = Net::create(std::move(tap), kMac, **loop);
   REQUIRE(net);
   VirtqBuilder rx(*mem, kRxRings, 16), tx(*mem, kTxRings, 16);
   REQUIRE(rx.attach((*net)->queues()[Net::kRxQueue]));
