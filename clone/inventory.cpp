@@ -14,8 +14,8 @@
 #include "vmm/api/registry.hpp"
 #include "vmm/base/dir_lock.hpp"
 #include "vmm/base/fd.hpp"
-#include "vmm/exit_status.hpp"
 #include "vmm/base/process.hpp"
+#include "vmm/exit_status.hpp"
 #include "vmm/state_dir.hpp"
 
 namespace vmm::clone {
