@@ -95,6 +95,10 @@ std::optional<Failure> open_template(const CloneOptions& o, OpenTemplate& t) {
   auto kvm = Kvm::open(o.kvm_device, cpuid_cache(t.sdir));
   if (!kvm) return Failure{exit_code::kKvm, kvm.error().message()};
   t.kvm = std::make_unique<Kvm>(std::move(*kvm));
+  // Before any machine is built from the shape: KVM itself refuses some of what a crafted or foreign
+  // state file holds (CPUID tables, vCPU counts, RAM beyond the host's addresses) with errors that
+  // would not say why.
+  if (auto r = check_cpu(*t.kvm, t.shape, t.state_path); !r) return Failure{exit_code::kImage, r.error().message()};
   return std::nullopt;
 }
 
@@ -235,7 +239,7 @@ std::expected<std::unique_ptr<PreparedClone>, Failure> prepare_clone(OpenTemplat
   Machine& m = *c->machine;
   auto khz = m.vm().vcpu(0).tsc_khz();
   if (!khz) return bad(exit_code::kVmmError, khz.error().message());
-  if (auto r = check_cpu(*t.kvm, *shape, *khz, t.state_path); !r) return bad(exit_code::kImage, r.error().message());
+  if (auto r = check_tsc(*shape, *khz, t.state_path); !r) return bad(exit_code::kImage, r.error().message());
   // Restored now but for its timers, which begin_clone() loads when the clone starts (the clock
   // stepped to the present), for a pool's clone later.
   if (auto r = restore(m, t.state, t.state_path, Timers::AtStart); !r) return bad(exit_code::kImage, r.error().message());

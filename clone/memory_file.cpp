@@ -13,6 +13,7 @@
 #include "vmm/base/crc32c.hpp"
 #include "vmm/base/fd.hpp"
 #include "vmm/base/mapping.hpp"
+#include "vmm/exit_status.hpp"
 
 namespace vmm::clone {
 
@@ -231,9 +232,18 @@ Result<GuestMemory> map_memory_file(int fd, const std::filesystem::path& path, u
   if (!m) return std::unexpected(m.error().context(path.string()));
   std::error_code ec;
   const fs::path absolute = fs::absolute(path, ec);
-  return GuestMemory::from_mapping(std::move(*m), FileBacking{.path = ec ? path.string() : absolute.string(),
-                                                              .dev = static_cast<uint64_t>(st.st_dev),
-                                                              .ino = static_cast<uint64_t>(st.st_ino)});
+  auto memory = GuestMemory::from_mapping(std::move(*m), FileBacking{.path = ec ? path.string() : absolute.string(),
+                                                                     .dev = static_cast<uint64_t>(st.st_dev),
+                                                                     .ino = static_cast<uint64_t>(st.st_ino)});
+  if (!memory) return memory;
+  // A template's files never change; one whose memory file is truncated under its clones takes
+  // their memory with it (fault_guard.hpp): each ends with this line, not a bare SIGBUS.
+  const std::string message = fmt::format(
+      "vmm: error: {}: the template's memory file shrank under the running VM (truncated, or unreadable): its memory is "
+      "lost, stopping",
+      printable(memory->file()->path));
+  if (auto r = memory->exit_if_file_shrinks(message, exit_code::kImage); !r) return std::unexpected(r.error());
+  return memory;
 }
 
 }  // namespace vmm::clone

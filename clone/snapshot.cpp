@@ -7,12 +7,15 @@
 #include <set>
 
 #include "vmm/base/codec.hpp"
+#include "vmm/base/layout.hpp"
 
 namespace vmm::clone {
 
 namespace {
 
-constexpr size_t kMaxCpuidEntries = 1024;
+constexpr size_t kMaxCpuidEntries = 256;  // KVM_MAX_CPUID_ENTRIES: KVM_SET_CPUID2 refuses more (E2BIG)
+constexpr uint64_t kMinMemory = 4ull << 20;  // as `vmm run --memory`
+constexpr uint64_t kMaxMemory = 1ull << 40;
 constexpr size_t kMaxMsrs = 4096;
 constexpr size_t kMaxXsave = 1 << 20;
 
@@ -51,7 +54,9 @@ void put_vcpu(ByteWriter& w, const VcpuState& s) {
   w.put(s.tsc_khz);
 }
 
-Result<VcpuState> get_vcpu(ByteReader& r) {
+}  // namespace
+
+Result<VcpuState> read_vcpu(ByteReader& r) {
   VcpuState s;
   auto fail_with = [](const Error& e) { return std::unexpected(e); };
   if (auto v = r.get_raw<kvm_regs>("regs")) s.regs = *v; else return fail_with(v.error());
@@ -68,8 +73,6 @@ Result<VcpuState> get_vcpu(ByteReader& r) {
   if (s.xsave.size() < 4096) return std::unexpected(r.error("xsave", fmt::format("{} bytes, at least 4096 expected", s.xsave.size())));
   return s;
 }
-
-}  // namespace
 
 Result<StateFile> capture(Machine& machine, CpuTemplate cpu_template) {
   Vm& vm = machine.vm();
@@ -128,8 +131,8 @@ Result<MachineShape> read_shape(const StateFile& state, std::string_view file) {
   shape.vcpus = *vcpus;
   auto memory = r.get<uint64_t>("memory");
   if (!memory) return std::unexpected(memory.error());
-  if (*memory == 0 || *memory % 4096 != 0 || *memory > (1ull << 40)) {
-    return std::unexpected(r.error("memory", fmt::format("{:#x} is not a valid RAM size", *memory)));
+  if (*memory < kMinMemory || *memory % 4096 != 0 || *memory > kMaxMemory) {
+    return std::unexpected(r.error("memory", fmt::format("{:#x} is not a valid RAM size (4 MiB to 1 TiB, in 4 KiB pages)", *memory)));
   }
   shape.memory = *memory;
   auto tmpl = r.get<uint8_t>("cpu_template");
@@ -168,7 +171,58 @@ Result<MachineShape> read_shape(const StateFile& state, std::string_view file) {
   return shape;
 }
 
-Result<> check_cpu(const Kvm& kvm, const MachineShape& shape, uint32_t host_tsc_khz, std::string_view file) {
+namespace {
+const kvm_cpuid_entry2* find_leaf(const CpuidEntries& table, uint32_t function, uint32_t index) {
+  for (const auto& e : table) {
+    if (e.function == function && e.index == index) return &e;
+  }
+  return nullptr;
+}
+
+/// Every feature bit one vCPU's saved table shows must still be offered by `here`, this host's
+/// table for the template; its address sizes (leaf 0x80000008) must fit this host's.
+Result<> check_features(const CpuidEntries& saved_table, const CpuidEntries& here, size_t vcpu, std::string_view file) {
+  struct Leaf {
+    uint32_t function, index;
+  };
+  for (const Leaf leaf : {Leaf{1, 0}, Leaf{6, 0}, Leaf{7, 0}, Leaf{7, 1}, Leaf{0xd, 0}, Leaf{0xd, 1}, Leaf{0x80000001, 0},
+                          Leaf{0x80000007, 0}, Leaf{0x80000008, 0}}) {
+    const kvm_cpuid_entry2* saved = find_leaf(saved_table, leaf.function, leaf.index);
+    if (!saved) continue;
+    const kvm_cpuid_entry2* host = find_leaf(here, leaf.function, leaf.index);
+    const uint32_t regs_saved[4] = {saved->eax, saved->ebx, saved->ecx, saved->edx};
+    const uint32_t regs_host[4] = {host ? host->eax : 0, host ? host->ebx : 0, host ? host->ecx : 0, host ? host->edx : 0};
+    static constexpr const char* kNames[4] = {"eax", "ebx", "ecx", "edx"};
+    for (int i = 0; i < 4; ++i) {
+      if (leaf.function == 1 && i == 1) continue;  // leaf 1 EBX: APIC id and counts, not features
+      if (leaf.function == 1 && i == 0) continue;  // the signature, checked by check_cpu
+      if (leaf.function == 0xd && leaf.index == 0 && i != 0 && i != 3) continue;  // sizes, not features
+      // Leaf 0x80000008: EAX holds the address sizes (below), ECX core counts; EBX is features.
+      if (leaf.function == 0x80000008 && i != 1) continue;
+      const uint32_t missing = regs_saved[i] & ~regs_host[i];
+      if (missing) {
+        return fail("{}: vCPU {} saw CPUID leaf {:#x}.{} {} bits {:#x} that this host does not offer", file, vcpu,
+                    leaf.function, leaf.index, kNames[i], missing);
+      }
+    }
+    if (leaf.function == 0x80000008) {
+      // A guest told of more physical address bits than this host has would address memory it
+      // cannot (KVM_SET_CPUID2 refuses other virtual-address widths than the host's, EINVAL).
+      const uint32_t phys = saved->eax & 0xff, virt = (saved->eax >> 8) & 0xff;
+      const uint32_t host_phys = host ? host->eax & 0xff : 36, host_virt = host ? (host->eax >> 8) & 0xff : 48;
+      if (phys > host_phys) {
+        return fail("{}: vCPU {} was told of {} physical address bits, this host has {}", file, vcpu, phys, host_phys);
+      }
+      if (virt != host_virt) {
+        return fail("{}: vCPU {} was told of {} virtual address bits, this host has {}", file, vcpu, virt, host_virt);
+      }
+    }
+  }
+  return {};
+}
+}  // namespace
+
+Result<> check_cpu(const Kvm& kvm, const MachineShape& shape, std::string_view file) {
   const CpuidEntries here = make_cpuid(kvm.supported_cpuid(), shape.cpu_template, 0, shape.vcpus);
   const std::string vendor = vendor_of(here);
   if (vendor != shape.vendor) {
@@ -178,48 +232,34 @@ Result<> check_cpu(const Kvm& kvm, const MachineShape& shape, uint32_t host_tsc_
   if (signature_of(here) != shape.signature) {
     return fail("{}: made on CPU family/model/stepping {:#x}, this host has {:#x}", file, shape.signature, signature_of(here));
   }
-  if (shape.tsc_khz != host_tsc_khz) {
-    return fail("{}: made on a host with a {} kHz TSC, this one has {} kHz (KVM cannot scale it here)", file,
-                shape.tsc_khz, host_tsc_khz);
-  }
   if (shape.xsave_size != kvm.xsave_size()) {
     return fail("{}: XSAVE area of {} bytes, this host's is {}", file, shape.xsave_size, kvm.xsave_size());
   }
-  // Feature leaves the guest may depend on: every bit it saw must still be offered here.
-  struct Leaf {
-    uint32_t function, index;
-  };
-  for (const Leaf leaf : {Leaf{1, 0}, Leaf{6, 0}, Leaf{7, 0}, Leaf{7, 1}, Leaf{0xd, 0}, Leaf{0xd, 1}, Leaf{0x80000001, 0},
-                          Leaf{0x80000007, 0}, Leaf{0x80000008, 0}}) {
-    auto find = [&](const CpuidEntries& t) -> const kvm_cpuid_entry2* {
-      for (const auto& e : t) {
-        if (e.function == leaf.function && e.index == leaf.index) return &e;
-      }
-      return nullptr;
-    };
-    const kvm_cpuid_entry2* saved = find(shape.cpuid.front());
-    if (!saved) continue;
-    const kvm_cpuid_entry2* host = find(here);
-    const uint32_t regs_saved[4] = {saved->eax, saved->ebx, saved->ecx, saved->edx};
-    const uint32_t regs_host[4] = {host ? host->eax : 0, host ? host->ebx : 0, host ? host->ecx : 0, host ? host->edx : 0};
-    static constexpr const char* kNames[4] = {"eax", "ebx", "ecx", "edx"};
-    for (int i = 0; i < 4; ++i) {
-      if (leaf.function == 1 && i == 1) continue;  // leaf 1 EBX: APIC id and counts, not features
-      if (leaf.function == 1 && i == 0) continue;  // the signature, checked above
-      if (leaf.function == 0xd && leaf.index == 0 && i != 0 && i != 3) continue;  // sizes, not features
-      if (leaf.function == 0x80000008) continue;   // address sizes: checked as a whole below
-      const uint32_t missing = regs_saved[i] & ~regs_host[i];
-      if (missing) {
-        return fail("{}: the guest saw CPUID leaf {:#x}.{} {} bits {:#x} that this host does not offer", file,
-                    leaf.function, leaf.index, kNames[i], missing);
-      }
-    }
+  if (shape.vcpus > kvm.max_vcpus()) {
+    return fail("{}: {} vCPUs, this host's KVM runs at most {} in a VM", file, shape.vcpus, kvm.max_vcpus());
+  }
+  // The guest's RAM must be addressable here: above 3 GiB it continues at 4 GiB (vmm/base/layout.hpp).
+  const kvm_cpuid_entry2* sizes = find_leaf(here, 0x80000008, 0);
+  const uint32_t host_phys = sizes ? sizes->eax & 0xff : 36;
+  const uint64_t top = shape.memory > layout::kMmioHoleStart ? shape.memory + (layout::kMmioHoleEnd - layout::kMmioHoleStart) : shape.memory;
+  if (host_phys < 64 && top > (1ull << host_phys)) {
+    return fail("{}: {} MiB of RAM reach beyond this host's {} physical address bits", file, shape.memory >> 20, host_phys);
+  }
+  // Every vCPU's table is set as saved: each one's features must still be offered here.
+  for (size_t i = 0; i < shape.cpuid.size(); ++i) {
+    if (auto r = check_features(shape.cpuid[i], here, i, file); !r) return r;
   }
   return {};
 }
 
-namespace {
-/// KVM's per-VM state from the "kvm" section.
+Result<> check_tsc(const MachineShape& shape, uint32_t host_tsc_khz, std::string_view file) {
+  if (shape.tsc_khz != host_tsc_khz) {
+    return fail("{}: made on a host with a {} kHz TSC, this one has {} kHz (KVM cannot scale it here)", file,
+                shape.tsc_khz, host_tsc_khz);
+  }
+  return {};
+}
+
 Result<VmKernelState> read_kernel_state(const StateFile& state, std::string_view file) {
   auto bytes = state.require("kvm", file);
   if (!bytes) return std::unexpected(bytes.error());
@@ -227,9 +267,23 @@ Result<VmKernelState> read_kernel_state(const StateFile& state, std::string_view
   auto k = r.get_raw<VmKernelState>("kvm");
   if (!k) return std::unexpected(k.error());
   if (auto f = r.finish(); !f) return std::unexpected(f.error());
+  // KVM loads each record into the chip its id names, the IOAPIC at the base address it holds, and
+  // the PIT with the flags it has: what capture() saved, and nothing else (a record labelled as
+  // another chip would leave that one as created; an IOAPIC moved from where the guest's ACPI
+  // tables put it, or a PIT silenced as HPET-driven, would break the guest).
+  const std::pair<const kvm_irqchip*, uint32_t> chips[] = {
+      {&k->pic_master, KVM_IRQCHIP_PIC_MASTER}, {&k->pic_slave, KVM_IRQCHIP_PIC_SLAVE}, {&k->ioapic, KVM_IRQCHIP_IOAPIC}};
+  for (const auto& [chip, id] : chips) {
+    if (chip->chip_id != id) return std::unexpected(r.error("kvm", fmt::format("interrupt controller {} recorded as chip {}", id, chip->chip_id)));
+  }
+  if (k->ioapic.chip.ioapic.base_address != layout::kIoapicAddr) {
+    return std::unexpected(r.error("kvm", fmt::format("IOAPIC at {:#x}, not {:#x}", k->ioapic.chip.ioapic.base_address, layout::kIoapicAddr)));
+  }
+  if (k->pit.flags & ~static_cast<uint32_t>(KVM_PIT_FLAGS_SPEAKER_DATA_ON)) {
+    return std::unexpected(r.error("kvm", fmt::format("PIT flags {:#x}", k->pit.flags)));
+  }
   return *k;
 }
-}  // namespace
 
 // The clock is brought to the present through kvmclock only. A Linux guest on KVM keeps time with
 // kvm-clock unless it trusts the TSC (invariant and stable); such a guest's TSC runs on from the
@@ -290,7 +344,7 @@ Result<> restore(Machine& machine, const StateFile& state, std::string_view file
     auto bytes = state.require(vcpu_id(i), file);
     if (!bytes) return std::unexpected(bytes.error());
     ByteReader r(*bytes, fmt::format("{}: section {}", file, vcpu_id(i)));
-    auto s = get_vcpu(r);
+    auto s = read_vcpu(r);
     if (!s) return std::unexpected(s.error());
     if (auto f = r.finish(); !f) return f;
     if (s->xsave.size() != std::max<size_t>(machine.kvm().xsave_size(), 4096)) {

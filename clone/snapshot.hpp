@@ -7,6 +7,7 @@
 #include <string_view>
 
 #include "clone/state_file.hpp"
+#include "vmm/base/codec.hpp"
 #include "vmm/cpuid.hpp"
 #include "vmm/kvm.hpp"
 #include "vmm/machine.hpp"
@@ -32,10 +33,19 @@ Result<StateFile> capture(Machine& machine, CpuTemplate cpu_template);
 /// Reads the "machine" and "cpuid" sections (errors name `file` and the field).
 Result<MachineShape> read_shape(const StateFile& state, std::string_view file);
 
-/// Checks that this host can run a guest captured on the CPU the shape describes: same vendor,
-/// family/model/stepping and TSC frequency, XSAVE area size, and every CPUID feature the guest
-/// saw still offered here (the template's CPUID table recomputed on this host must have it).
-Result<> check_cpu(const Kvm& kvm, const MachineShape& shape, uint32_t host_tsc_khz, std::string_view file);
+/// Checks, before a machine is built from the shape, that this host can run a guest captured on
+/// the CPU it describes: same vendor and family/model/stepping, XSAVE area size, vCPU count and
+/// RAM within this host's limits, and every CPUID feature each vCPU saw still offered here (the
+/// template's CPUID table recomputed on this host must have it), address sizes included.
+Result<> check_cpu(const Kvm& kvm, const MachineShape& shape, std::string_view file);
+/// And once a vCPU can be asked (KVM_GET_TSC_KHZ): the same TSC frequency.
+Result<> check_tsc(const MachineShape& shape, uint32_t host_tsc_khz, std::string_view file);
+
+/// KVM's per-VM state from the "kvm" section: the interrupt controllers, each in its own place,
+/// the IOAPIC where the guest's tables put it, the PIT with the flags capture() can save.
+Result<VmKernelState> read_kernel_state(const StateFile& state, std::string_view file);
+/// One vCPU's section, as far as it can be checked without KVM (the rest KVM checks as it loads it).
+Result<VcpuState> read_vcpu(ByteReader& r);
 
 /// What restore() does with the PIT and kvmclock.
 enum class Timers {

@@ -1,5 +1,6 @@
 #include "vmm/vcpu.hpp"
 
+#include "vmm/base/fault_guard.hpp"
 #include "vmm/kvm_abi.hpp"
 
 #include <sys/ioctl.h>
@@ -279,6 +280,9 @@ Result<bool> Vcpu::run() {
   }
   const int err = errno;
   if (err == EINTR) return false;
+  // The guest touched a page its memory file no longer has (KVM cannot fault it in): ends the
+  // process as a SIGBUS there would (vmm/base/fault_guard.hpp).
+  if (err == EFAULT) FaultGuard::exit_if_shrunk();
   if (err != EAGAIN) return fail("vCPU {}: KVM_RUN: {}", index_, errno_text(err));
   // KVM_RUN says EAGAIN in two cases (arch/x86/kvm/x86.c, virt/kvm/kvm_main.c):
   // - an AP in wait-for-SIPI (KVM_MP_STATE_UNINITIALIZED) woke without being started: its mp_state

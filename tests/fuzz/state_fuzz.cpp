@@ -7,7 +7,8 @@
 // keeps the checksum right, so without this pass nothing behind the checksum would be reached).
 // Every parse that succeeds goes to fuzz_sections() and must round-trip: encode, parse again, the
 // same StateFile and the same bytes. A parse that fails must say so in one line naming the file.
-// fuzz_sections() also hands the "machine"/"cpuid" sections to clone::read_shape() and every device
+// fuzz_sections() also hands the "machine"/"cpuid" sections to clone::read_shape(), "kvm" to
+// clone::read_kernel_state(), each "vcpuN" to clone::read_vcpu(), and every device
 // section ("dev.serial0", "dev.virtio-blk0", ...: the ids clone::capture writes, vmm/platform.cpp)
 // to the restore() of a freshly built device of that kind, with fake VM interfaces (no KVM): a
 // refusal must be one line naming the section; an accepted section must save bytes that restore
@@ -239,6 +240,28 @@ void fuzz_sections(const StateFile& state) {
   } else if (shape->vcpus == 0 || shape->cpuid.size() != shape->vcpus || shape->memory % 4096 != 0) {
     die("read_shape accepted an impossible shape");
   }
+  // KVM's section and the vCPUs': decoded and checked as restore() does before it hands them to KVM.
+  auto one_line = [](const vmm::Error& e, const std::string& prefix, const char* what) {
+    if (!e.message().starts_with(prefix) || e.message().find('\n') != std::string::npos) die(what, e.message());
+  };
+  if (auto k = vmm::clone::read_kernel_state(state, kFile); !k) {
+    one_line(k.error(), std::string(kFile) + ": ", "bad kvm section error message");
+  } else if (k->pic_master.chip_id != KVM_IRQCHIP_PIC_MASTER || k->pic_slave.chip_id != KVM_IRQCHIP_PIC_SLAVE ||
+             k->ioapic.chip_id != KVM_IRQCHIP_IOAPIC || k->ioapic.chip.ioapic.base_address != 0xfec00000) {
+    die("read_kernel_state accepted controllers out of place");
+  }
+  for (const auto& s : state.sections) {
+    if (!s.id.starts_with("vcpu")) continue;
+    const std::string context = fmt::format("{}: section {}", kFile, s.id);
+    vmm::ByteReader r(s.data, context);
+    auto v = vmm::clone::read_vcpu(r);
+    if (v) {
+      if (auto f = r.finish(); !f) one_line(f.error(), context + ": ", "bad vcpu finish message");
+      if (v->xsave.size() < 4096) die("read_vcpu accepted a short XSAVE area");
+    } else {
+      one_line(v.error(), context + ": ", "bad vcpu error message");
+    }
+  }
   for (const auto& s : state.sections) fuzz_device(s);
 }
 
@@ -302,6 +325,28 @@ void make_seeds(const fs::path& dir) {
     cpuid[1].eax = 0x906ea;
     c.put_vector(cpuid);
     devs.sections.push_back({"cpuid", c.take()});
+    // KVM's section and a vCPU's, as capture() writes them (zeroed registers, a 4 KiB XSAVE area).
+    vmm::VmKernelState k;
+    k.pic_master.chip_id = KVM_IRQCHIP_PIC_MASTER;
+    k.pic_slave.chip_id = KVM_IRQCHIP_PIC_SLAVE;
+    k.ioapic.chip_id = KVM_IRQCHIP_IOAPIC;
+    k.ioapic.chip.ioapic.base_address = 0xfec00000;
+    vmm::ByteWriter kw;
+    kw.put_raw(k);
+    devs.sections.push_back({"kvm", kw.take()});
+    vmm::ByteWriter vw;
+    vw.put_raw(kvm_regs{});
+    vw.put_raw(kvm_sregs{});
+    vw.put_raw(kvm_fpu{});
+    vw.put_blob(std::vector<uint8_t>(4096));
+    vw.put_raw(kvm_xcrs{});
+    vw.put_raw(kvm_lapic_state{});
+    vw.put_raw(kvm_vcpu_events{});
+    vw.put_raw(kvm_mp_state{});
+    vw.put_raw(kvm_debugregs{});
+    vw.put_vector(std::vector<kvm_msr_entry>(3));
+    vw.put(uint32_t{2400000});
+    devs.sections.push_back({"vcpu0", vw.take()});
     shapes.push_back({"devices", std::move(devs)});
   }
   // virtio transports a driver brought up to DRIVER_OK: MSI-X on, queue 0 ready with its rings in RAM.

@@ -8,9 +8,12 @@
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <ctime>
+#include <functional>
 #include <filesystem>
 #include <fstream>
 #include <regex>
@@ -19,6 +22,8 @@
 
 #include "clone/memory_file.hpp"
 #include "clone/template.hpp"
+#include "vmm/base/fault_guard.hpp"
+#include "vmm/base/fd.hpp"
 #include "vmm/base/read_file.hpp"
 #include "temp_dir.hpp"
 
@@ -312,6 +317,94 @@ TEST_CASE("memory file: not mapped or checked through a FIFO (no hang), a symbol
   REQUIRE_FALSE(wrong);
   CHECK(has(wrong.error().message(), "truncated or replaced"));
   CHECK(vmm::clone::map_memory_file(real, 1 << 20));
+}
+
+namespace {
+/// Runs `body` in a child process; its exit status (or 128 + the signal that killed it) and what it
+/// wrote to stderr.
+std::pair<int, std::string> in_child(const std::function<void()>& body) {
+  int pipefd[2];
+  REQUIRE(::pipe(pipefd) == 0);
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::dup2(pipefd[1], STDERR_FILENO);
+    ::close(pipefd[0]);
+    body();
+    ::_exit(0);
+  }
+  ::close(pipefd[1]);
+  std::string err;
+  char buf[512];
+  for (ssize_t n; (n = ::read(pipefd[0], buf, sizeof buf)) > 0;) err.append(buf, static_cast<size_t>(n));
+  ::close(pipefd[0]);
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), err};
+}
+}  // namespace
+
+TEST_CASE("memory file: truncated under its clone, a lost page's first touch ends the process with one line and status 6, not a SIGBUS") {
+  TempDir d;
+  const fs::path file = d / "memory.bin", other = d / "other.bin";
+  constexpr uint64_t kSize = 1 << 20;
+  auto fill = [&] {
+    write(file, std::string(kSize, 'x'));
+    write(other, std::string(kSize, 'y'));
+  };
+  auto shrink = [](const fs::path& p) { REQUIRE(::truncate(p.c_str(), 8192) == 0); };
+  auto touch = [](const vmm::GuestMemory& m, uint64_t page) {
+    std::vector<uint8_t> b(kPage);
+    (void)m.read(vmm::Gpa(page * kPage), b);
+  };
+  // The VMM's touch (a device reading a ring): SIGBUS in guest memory.
+  fill();
+  auto [status, err] = in_child([&] {
+    auto m = vmm::clone::map_memory_file(file, kSize);
+    if (!m) ::_exit(90);
+    touch(*m, 1);  // a page still there
+    shrink(file);
+    touch(*m, 1);
+    touch(*m, 100);
+  });
+  CHECK(status == 6);
+  CHECK(has(err, "vmm: error: " + file.string() + ": the template's memory file shrank under the running VM"));
+  CHECK(std::count(err.begin(), err.end(), '\n') == 1);
+  // The guest's touch (KVM_RUN's EFAULT): the same, asked once the run failed.
+  fill();
+  auto [status2, err2] = in_child([&] {
+    auto m = vmm::clone::map_memory_file(file, kSize);
+    if (!m) ::_exit(90);
+    vmm::FaultGuard::exit_if_shrunk();  // nothing shrank: returns
+    shrink(file);
+    vmm::FaultGuard::exit_if_shrunk();
+    ::_exit(91);
+  });
+  CHECK(status2 == 6);
+  CHECK(has(err2, "shrank under the running VM"));
+  // A SIGBUS anywhere else keeps its default action (a bug, not a template's fault), and a guard is
+  // given back with its memory.
+  fill();
+  auto [status3, err3] = in_child([&] {
+    auto m = vmm::clone::map_memory_file(file, kSize);
+    if (!m) ::_exit(90);
+    vmm::Fd fd(::open(other.c_str(), O_RDONLY));
+    void* p = ::mmap(nullptr, kSize, PROT_READ, MAP_PRIVATE, fd.get(), 0);
+    if (p == MAP_FAILED) ::_exit(92);
+    shrink(other);
+    (void)*static_cast<volatile const uint8_t*>(static_cast<uint8_t*>(p) + 100 * kPage);
+    ::_exit(93);
+  });
+  CHECK(status3 == 128 + SIGBUS);
+  CHECK(err3.empty());
+  fill();
+  auto [status4, err4] = in_child([&] {
+    { auto m = vmm::clone::map_memory_file(file, kSize); }
+    shrink(file);
+    vmm::FaultGuard::exit_if_shrunk();
+    ::_exit(94);
+  });
+  CHECK(status4 == 94);
 }
 
 TEST_CASE("template files: regular files of the template's own with no link out of it, and qcow2 disks that stand alone") {

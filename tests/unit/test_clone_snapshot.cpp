@@ -559,3 +559,80 @@ TEST_CASE("snapshot codec: virtio-pci transport with virtio-net") {
   CHECK((c->status() & kStatusNeedsReset) != 0);
   CHECK((c->status() & kStatusDriverOk) != 0);
 }
+
+// ---- The machine's own sections, without KVM ----------------------------------------------------
+
+namespace {
+/// A "machine" section as capture() writes it, for `vcpus` and `memory`.
+std::vector<uint8_t> machine_section(uint32_t vcpus, uint64_t memory) {
+  ByteWriter w;
+  w.put(vcpus);
+  w.put(memory);
+  w.put(uint8_t{0});
+  w.put_string("GenuineIntel");
+  w.put(uint32_t{0x906ea});
+  w.put(uint32_t{2400000});
+  w.put(uint64_t{4096});
+  return w.take();
+}
+std::vector<uint8_t> cpuid_section(size_t entries) {
+  ByteWriter w;
+  w.put_vector(std::vector<kvm_cpuid_entry2>(entries));
+  return w.take();
+}
+std::string refusal(const vmm::clone::StateFile& s) {
+  auto r = vmm::clone::read_shape(s, "t.state");
+  return r ? std::string("accepted") : r.error().message();
+}
+}  // namespace
+
+TEST_CASE("snapshot: the machine shape refuses RAM no machine has and more CPUID entries than KVM takes") {
+  using vmm::clone::StateFile;
+  StateFile ok{.sections = {{"machine", machine_section(1, kRam)}, {"cpuid", cpuid_section(256)}}};
+  CHECK(refusal(ok) == "accepted");
+  // 4 KiB of RAM passed before, and the clone failed later writing its generation ID at 0x9fc00.
+  for (uint64_t memory : {uint64_t{0}, uint64_t{4096}, uint64_t{kRam - 4096}, uint64_t{kRam + 1}, uint64_t{(1ull << 40) + 4096}}) {
+    StateFile s{.sections = {{"machine", machine_section(1, memory)}, {"cpuid", cpuid_section(2)}}};
+    CAPTURE(memory);
+    CHECK(refusal(s).starts_with("t.state: section machine: memory: "));
+  }
+  // KVM_SET_CPUID2 takes at most 256 entries (E2BIG, which failed the clone with a KVM error).
+  StateFile many{.sections = {{"machine", machine_section(1, kRam)}, {"cpuid", cpuid_section(257)}}};
+  CHECK(refusal(many).starts_with("t.state: section cpuid: vcpu 0: "));
+}
+
+TEST_CASE("snapshot: KVM's section refuses controllers out of place, a moved IOAPIC and PIT flags capture never saves") {
+  using vmm::clone::StateFile;
+  vmm::VmKernelState k;
+  k.pic_master.chip_id = KVM_IRQCHIP_PIC_MASTER;
+  k.pic_slave.chip_id = KVM_IRQCHIP_PIC_SLAVE;
+  k.ioapic.chip_id = KVM_IRQCHIP_IOAPIC;
+  k.ioapic.chip.ioapic.base_address = 0xfec00000;
+  auto read = [](const vmm::VmKernelState& state) {
+    ByteWriter w;
+    w.put_raw(state);
+    StateFile s{.sections = {{"kvm", w.take()}}};
+    auto r = vmm::clone::read_kernel_state(s, "t.state");
+    return r ? std::string("accepted") : r.error().message();
+  };
+  CHECK(read(k) == "accepted");
+  auto bad = k;
+  bad.pic_master.chip_id = KVM_IRQCHIP_IOAPIC;  // the master PIC's record labelled as the IOAPIC
+  CHECK(read(bad) == "t.state: section kvm: kvm: interrupt controller 0 recorded as chip 2");
+  bad = k;
+  bad.ioapic.chip_id = KVM_IRQCHIP_PIC_SLAVE;
+  CHECK(read(bad) == "t.state: section kvm: kvm: interrupt controller 2 recorded as chip 1");
+  bad = k;
+  bad.ioapic.chip.ioapic.base_address = 0xfed00000;
+  CHECK(read(bad) == "t.state: section kvm: kvm: IOAPIC at 0xfed00000, not 0xfec00000");
+  bad = k;
+  bad.pit.flags = KVM_PIT_FLAGS_HPET_LEGACY;  // channel 0 silenced: the guest's timer never ticks
+  CHECK(read(bad) == "t.state: section kvm: kvm: PIT flags 0x1");
+  bad = k;
+  bad.pit.flags = KVM_PIT_FLAGS_SPEAKER_DATA_ON;
+  CHECK(read(bad) == "accepted");
+  StateFile truncated{.sections = {{"kvm", std::vector<uint8_t>(sizeof k - 1)}}};
+  auto r = vmm::clone::read_kernel_state(truncated, "t.state");
+  REQUIRE_FALSE(r);
+  CHECK(r.error().message().starts_with("t.state: section kvm: kvm: truncated"));
+}

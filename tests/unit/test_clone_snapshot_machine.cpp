@@ -142,8 +142,10 @@ TEST_CASE("snapshot: a running machine captured, written, read back and restored
   auto b = build();
   auto khz = b->m->vm().vcpu(0).tsc_khz();
   REQUIRE(khz);
-  auto cpu_ok = vmm::clone::check_cpu(kvm, *shape, *khz, "t.state");
+  auto cpu_ok = vmm::clone::check_cpu(kvm, *shape, "t.state");
   REQUIRE_MESSAGE(cpu_ok, (cpu_ok ? "" : cpu_ok.error().message()));
+  auto tsc_ok = vmm::clone::check_tsc(*shape, *khz, "t.state");
+  REQUIRE_MESSAGE(tsc_ok, (tsc_ok ? "" : tsc_ok.error().message()));
   auto restored = vmm::clone::restore(*b->m, *state, "t.state", vmm::clone::Timers::AsSaved);
   REQUIRE_MESSAGE(restored, (restored ? "" : restored.error().message()));
   auto regs_b = b->m->vm().vcpu(0).get_regs();
@@ -248,35 +250,69 @@ TEST_CASE("snapshot: a running machine captured, written, read back and restored
     refused(s, {"t.state: section machine: vendor: '", "' is not a CPU vendor string"});
   }
 
-  // ---- What check_cpu refuses ----
-  auto cpu_refused = [&](const vmm::clone::MachineShape& sh, uint32_t host_khz, std::string_view part) {
-    auto r = vmm::clone::check_cpu(kvm, sh, host_khz, "t.state");
+  // ---- What check_cpu and check_tsc refuse ----
+  auto cpu_refused = [&](const vmm::clone::MachineShape& sh, std::string_view part) {
+    auto r = vmm::clone::check_cpu(kvm, sh, "t.state");
     REQUIRE_FALSE_MESSAGE(r, "check_cpu accepted: " << part);
     CHECK_MESSAGE(contains(r.error().message(), part), r.error().message());
+  };
+  auto leaf = [](vmm::CpuidEntries& table, uint32_t function) -> kvm_cpuid_entry2& {
+    for (auto& e : table) {
+      if (e.function == function && e.index == 0) return e;
+    }
+    FAIL("no CPUID leaf " << function);
+    throw std::logic_error("unreachable");
   };
   {
     auto sh = *shape;
     sh.vendor = sh.vendor == "GenuineIntel" ? "AuthenticAMD" : "GenuineIntel";
-    cpu_refused(sh, *khz, "t.state: made on a");
+    cpu_refused(sh, "t.state: made on a");
     sh = *shape;
     sh.signature ^= 0x10;
-    cpu_refused(sh, *khz, "family/model/stepping");
-    cpu_refused(*shape, *khz + 1, "kHz TSC");
+    cpu_refused(sh, "family/model/stepping");
+    auto tsc = vmm::clone::check_tsc(*shape, *khz + 1, "t.state");
+    REQUIRE_FALSE(tsc);
+    CHECK(contains(tsc.error().message(), "kHz TSC"));
     sh = *shape;
     sh.xsave_size += 64;
-    cpu_refused(sh, *khz, "XSAVE area");
+    cpu_refused(sh, "XSAVE area");
     // A feature bit this host lacks: leaf 7.0 ECX with every bit set (some are reserved).
     sh = *shape;
-    bool found = false;
-    for (auto& e : sh.cpuid[0]) {
-      if (e.function == 7 && e.index == 0) e.ecx = 0xffffffff, found = true;
-    }
-    REQUIRE(found);
-    cpu_refused(sh, *khz, "CPUID leaf 0x7.0 ecx bits");
+    leaf(sh.cpuid[0], 7).ecx = 0xffffffff;
+    cpu_refused(sh, "vCPU 0 saw CPUID leaf 0x7.0 ecx bits");
     sh = *shape;
-    for (auto& e : sh.cpuid[0]) {
-      if (e.function == 0x80000001) e.edx = 0xffffffff;
+    leaf(sh.cpuid[0], 0x80000001).edx = 0xffffffff;
+    cpu_refused(sh, "CPUID leaf 0x80000001.0 edx bits");
+    // Every vCPU's table is set as saved, so every one is checked, not only the first.
+    sh = *shape;
+    sh.vcpus = 2;
+    sh.cpuid.push_back(sh.cpuid[0]);
+    CHECK(vmm::clone::check_cpu(kvm, sh, "t.state"));
+    leaf(sh.cpuid[1], 7).ecx = 0xffffffff;
+    cpu_refused(sh, "vCPU 1 saw CPUID leaf 0x7.0 ecx bits");
+    // Address sizes (leaf 0x80000008 EAX) and its feature bits (EBX), which were not checked at all.
+    sh = *shape;
+    leaf(sh.cpuid[0], 0x80000008).eax += 1;
+    cpu_refused(sh, "physical address bits, this host has");
+    sh = *shape;
+    leaf(sh.cpuid[0], 0x80000008).eax ^= 0x0900;  // 48 <-> 57 ... or anything else but the host's
+    cpu_refused(sh, "virtual address bits, this host has");
+    sh = *shape;
+    leaf(sh.cpuid[0], 0x80000008).ebx = 0xffffffff;
+    cpu_refused(sh, "CPUID leaf 0x80000008.0 ebx bits");
+    // More vCPUs than this host's KVM runs in one VM (KVM_CREATE_VCPU would fail half way).
+    sh = *shape;
+    sh.vcpus = kvm.max_vcpus() + 1;
+    sh.cpuid.assign(sh.vcpus, sh.cpuid[0]);
+    cpu_refused(sh, "this host's KVM runs at most");
+    // RAM beyond this host's physical addresses (1 TiB + the hole: at most 40 bits was never a host).
+    sh = *shape;
+    const uint32_t host_phys = leaf(sh.cpuid[0], 0x80000008).eax & 0xff;
+    sh.memory = 1ull << 40;
+    if (host_phys <= 40) {
+      cpu_refused(sh, "physical address bits");
+    } else {
+      CHECK(vmm::clone::check_cpu(kvm, sh, "t.state"));
     }
-    cpu_refused(sh, *khz, "CPUID leaf 0x80000001.0 edx bits");
   }
 }

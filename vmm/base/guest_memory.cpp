@@ -29,6 +29,14 @@ Result<GuestMemory> GuestMemory::from_mapping(Mapping mapping, std::optional<Fil
   return m;
 }
 
+Result<> GuestMemory::exit_if_file_shrinks(std::string_view message, int status) {
+  if (!file_) return fail("guest memory maps no file");
+  auto g = FaultGuard::watch(mapping_.data(), mapping_.size(), file_->path, file_->dev, file_->ino, message, status);
+  if (!g) return std::unexpected(g.error());
+  guard_ = std::move(*g);
+  return {};
+}
+
 const MemoryRegion* GuestMemory::find(Gpa gpa, uint64_t len) const {
   for (const auto& r : regions_) {
     // Overflow-safe: gpa >= r.gpa, then offset and len compared against what is left.

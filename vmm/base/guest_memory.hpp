@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "vmm/base/error.hpp"
+#include "vmm/base/fault_guard.hpp"
 #include "vmm/base/mapping.hpp"
 
 namespace vmm {
@@ -50,6 +51,9 @@ class GuestMemory {
 
   /// The file this RAM maps privately, or nothing (anonymous memory).
   const std::optional<FileBacking>& file() const { return file_; }
+  /// For RAM that maps a file: if the file shrinks under it, the process ends with `message` and
+  /// `status` at the first touch of a page it lost, by the VMM or the guest (fault_guard.hpp).
+  Result<> exit_if_file_shrinks(std::string_view message, int status);
 
   GuestMemory(GuestMemory&&) noexcept = default;
   GuestMemory& operator=(GuestMemory&&) noexcept = default;
@@ -91,6 +95,7 @@ class GuestMemory {
   Mapping mapping_;
   std::vector<MemoryRegion> regions_;
   std::optional<FileBacking> file_;
+  FaultGuard guard_;  // after mapping_: given back before it is unmapped
 };
 
 }  // namespace vmm
