@@ -1,6 +1,7 @@
 // vmm-http.so: the control API's transport over cpp-httplib (see http.hpp for why a plugin).
 #include <httplib.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -11,6 +12,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <memory>
 #include <mutex>
 #include <system_error>
 #include <thread>
@@ -143,6 +145,38 @@ void whole_answers(const httplib::Request& req) {
   r.headers.erase("Accept-Encoding");
 }
 
+/// Connection threads' stacks. httplib matches a request's path, and parses its Range header (before
+/// any handler of ours can look at it), with std::regex, which recurses once per byte matched:
+/// ~0.5 KiB of stack a byte, so a 16 KiB head could need 8 MiB. A thread's default stack follows
+/// `ulimit -s` (2 MiB under `ulimit -s unlimited`): one request took the VM down with a SIGSEGV
+/// there. Address space only: the pages a thread never touches cost nothing.
+constexpr size_t kConnectionStack = 32u << 20;
+
+/// Starts `f` on a thread of its own with a kConnectionStack stack; false if none can be made (at
+/// a limit on threads). Joinable threads go to `*joinable`; without it the thread is detached.
+template <typename F>
+bool start_connection_thread(F f, pthread_t* joinable = nullptr) {
+  auto owned = std::make_unique<F>(std::move(f));
+  pthread_attr_t attr;
+  if (::pthread_attr_init(&attr) != 0) return false;
+  ::pthread_attr_setstacksize(&attr, kConnectionStack);
+  if (!joinable) ::pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  pthread_t t;
+  const int rc = ::pthread_create(
+      &t, &attr,
+      [](void* p) -> void* {
+        std::unique_ptr<F> fn(static_cast<F*>(p));
+        (*fn)();
+        return nullptr;
+      },
+      owned.get());
+  ::pthread_attr_destroy(&attr);
+  if (rc != 0) return false;
+  (void)owned.release();  // the thread's now
+  if (joinable) *joinable = t;
+  return true;
+}
+
 /// httplib's request processing, on connections this server accepted itself.
 class ConnectionServer final : public httplib::Server {
  public:
@@ -184,7 +218,11 @@ class Server final : public HttpServer {
         res.set_content(fault(why), "application/json");
         return httplib::Server::HandlerResponse::Handled;
       };
+      // No path of the API is long; a long one only feeds httplib's routing regex (above).
+      if (req.path.size() > kMaxPath) return refuse(414, "path too long");
       if (req.has_header("Transfer-Encoding")) return refuse(411, "send the body with a Content-Length (no Transfer-Encoding)");
+      // httplib takes a multipart body apart into parts of its own and hands on an empty body.
+      if (req.get_header_value("Content-Type").starts_with("multipart/")) return refuse(415, "send a JSON body (not multipart)");
       if (req.has_header("Content-Encoding")) return refuse(415, "a body is sent as it is (no Content-Encoding)");
       const size_t n = req.get_header_value_count("Content-Length");
       const std::string v = req.get_header_value("Content-Length");
@@ -195,6 +233,10 @@ class Server final : public HttpServer {
         return httplib::Server::HandlerResponse::Handled;
       }
       if (n == 1 && !v.empty() && v.size() <= 19 && v.find_first_not_of("0123456789") == std::string::npos) {
+        // httplib reads a body only for the methods that have one: another's would be read as the
+        // next request (a GET smuggling a PUT in its body).
+        const bool has_body = req.method == "PUT" || req.method == "POST" || req.method == "PATCH" || req.method == "DELETE";
+        if (!has_body && v.find_first_not_of('0') != std::string::npos) return refuse(400, "a " + req.method + " request has no body");
         return httplib::Server::HandlerResponse::Unhandled;
       }
       return refuse(400, "malformed request: Content-Length");
@@ -230,18 +272,18 @@ class Server final : public HttpServer {
     stop_fd_ = ::eventfd(0, EFD_CLOEXEC);
     if (stop_fd_ < 0) throw std::runtime_error(std::string("eventfd: ") + std::strerror(errno));
     listen_fd_ = fd;
-    try {
-      acceptor_ = std::thread([this] { accept_loop(); });
-    } catch (...) {
+    // (A kConnectionStack stack: a connection is served on this thread when no other can be made.)
+    if (!start_connection_thread([this] { accept_loop(); }, &acceptor_)) {
       listen_fd_ = -1;
-      throw;
+      throw std::system_error(std::make_error_code(std::errc::resource_unavailable_try_again));
     }
+    acceptor_started_ = true;
   }
 
   ~Server() override {
     const uint64_t one = 1;
     if (stop_fd_ >= 0) (void)!::write(stop_fd_, &one, sizeof one);  // readable from now on: every wait ends
-    if (acceptor_.joinable()) acceptor_.join();
+    if (acceptor_started_) ::pthread_join(acceptor_, nullptr);
     {
       // A request being handled finishes (the handler may reach what its owner destroys next);
       // threads lingering for the next connection end.
@@ -265,6 +307,7 @@ class Server final : public HttpServer {
     std::chrono::steady_clock::time_point at;
   };
   static constexpr size_t kKeepAliveMax = 100;
+  static constexpr size_t kMaxPath = 1024;
 
   void accept_loop() {
     ::pthread_setname_np(::pthread_self(), "vmm-api-accept");
@@ -288,9 +331,7 @@ class Server final : public HttpServer {
         work_cv_.notify_one();
       } else if (running_ < kMaxConnections) {
         ++running_;
-        try {
-          std::thread([this, accepted] { work(accepted); }).detach();
-        } catch (const std::system_error&) {
+        if (!start_connection_thread([this, accepted] { work(accepted); })) {
           // No thread to be had (at a pids limit): served here, in turn.
           lock.unlock();
           work(accepted);
@@ -349,7 +390,8 @@ class Server final : public HttpServer {
   HttpHandler handler_;
   ConnectionServer svr_;
   int listen_fd_ = -1, stop_fd_ = -1;
-  std::thread acceptor_;
+  pthread_t acceptor_{};
+  bool acceptor_started_ = false;
   std::mutex mutex_;
   std::condition_variable idle_;
   std::condition_variable work_cv_;  // a connection for a lingering thread, or the end

@@ -166,6 +166,9 @@ HttpResponse VmService::pause() {
 }
 
 HttpResponse VmService::resume() {
+  // A stop that came while this held the lock found it taken, and this one then sees it stopping:
+  // the VM is resumed for its power button all the same, once the lock is released.
+  AfterOperation after{*this};
   std::unique_lock op(op_mutex_, std::try_to_lock);
   if (!op.owns_lock()) return busy();
   if (stopping()) return fault(409, "the VM is stopping");
@@ -216,6 +219,7 @@ HttpResponse VmService::input(const std::string& text) {
     rest = rest.subspan(serial.enqueue_input(rest));
     if (rest.empty()) break;
     if (serial.input_held()) return fault(409, "the VM is being paused (for a snapshot or a fork)");
+    if (stopping()) return fault(409, "the VM is stopping");  // not holding its end for up to kInputTimeout
     if (std::chrono::steady_clock::now() > deadline) {
       return fault(409, fmt::format("the guest did not read its console: {} of {} bytes typed", text.size() - rest.size(), text.size()));
     }
