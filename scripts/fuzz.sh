@@ -41,6 +41,11 @@
 #              error, no body over the limit to the handler, no hang. Seeds: requests written by the
 #              fuzzer itself (VMM_HTTP_FUZZ_MAKE_SEEDS); a dictionary of header names and values
 #              (tests/fuzz/http.dict: httplib is not instrumented). Regressions: tests/fuzz/http-regressions/.
+#   http-client  what a server at a VM's socket path answers the CLI (tests/fuzz/http_client_fuzz.cpp,
+#              vmm/api/http_client.cpp): parse_response on the bytes, cut where recv() might have
+#              cut them; one-line errors, final statuses, bodies within the limit, a prefix's answer
+#              the whole's. Seeds: answers written by the fuzzer itself
+#              (VMM_HTTP_CLIENT_FUZZ_MAKE_SEEDS). Regressions: tests/fuzz/http-client-regressions/.
 #   exit       the vCPU exit handler (tests/fuzz/exit_fuzz.cpp, vmm/exit_handler.cpp): a kvm_run page a
 #              hostile guest and KVM left (port and string I/O, MMIO, system events, internal errors,
 #              unknown exits) against devices that check every access is inside their range. Seeds:
@@ -59,8 +64,8 @@
 # Exits non-zero on a crash, leak or timeout, naming the reproducer; rerun one with
 #   build-fuzz/tests/TARGET_fuzz REPRODUCER     (qcow2_fuzz, state_fuzz, kvm_stats_fuzz, kvm_cache_fuzz,
 #                                                agent_identity_fuzz, guest_io_fuzz,
-#                                                kernel_fuzz, manifest_fuzz, http_fuzz, exit_fuzz,
-#                                                api_fuzz)
+#                                                kernel_fuzz, manifest_fuzz, http_fuzz, http_client_fuzz,
+#                                                exit_fuzz, api_fuzz)
 # Environment: VMM_FUZZ_BUILD (build directory), VMM_FUZZ_WORK (corpus, seeds and artifacts; default
 # BUILD/TARGET-fuzz), VMM_FUZZ_JOBS (parallel fuzzer processes, default 1).
 # Exit status: 0 clean, 1 the fuzzer found something, 2 the build failed (or no such TARGET), 77 a tool
@@ -117,12 +122,16 @@ case $target in
     bin=exit_fuzz build_log=fuzz-build-exit.log seed_env=VMM_EXIT_FUZZ_MAKE_SEEDS
     seed_mark=.done make_seeds=own_seeds dirs=(exit-regressions) tools=()
     limits=(-max_len=16400 -timeout=10 -rss_limit_mb=2048) ;;
+  http-client)  # An answer's head may be 16 KiB and its body 1 MiB; a little more reaches the limits.
+    bin=http_client_fuzz build_log=fuzz-build-http-client.log seed_env=VMM_HTTP_CLIENT_FUZZ_MAKE_SEEDS
+    seed_mark=.done make_seeds=own_seeds dirs=(http-client-regressions) tools=()
+    limits=(-max_len=$(( (1 << 20) + 20000 )) -timeout=10 -rss_limit_mb=2048 -dict="$root/tests/fuzz/http.dict") ;;
   api)  # A body may be kMaxBody (64 KiB); with the method and path bytes, a little more.
     bin=api_fuzz build_log=fuzz-build-api.log seed_env=VMM_API_FUZZ_MAKE_SEEDS
     seed_mark=.done make_seeds=own_seeds dirs=(api-regressions) tools=()
     limits=(-max_len=65538 -timeout=10 -rss_limit_mb=2048 -dict="$root/tests/fuzz/api.dict") ;;
   *)
-    echo "usage: scripts/fuzz.sh qcow2|state|kvm-stats|kvm-cache|agent-identity|guest-io|kernel|manifest|http|exit|api [SECONDS] [extra libFuzzer options...]" >&2
+    echo "usage: scripts/fuzz.sh qcow2|state|kvm-stats|kvm-cache|agent-identity|guest-io|kernel|manifest|http|http-client|exit|api [SECONDS] [extra libFuzzer options...]" >&2
     exit 2 ;;
 esac
 name=fuzz-$target  # in messages

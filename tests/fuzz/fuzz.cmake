@@ -1,9 +1,10 @@
 # libFuzzer targets, built only by clang in a configure of their own (scripts/fuzz.sh TARGET; its
 # wrappers scripts/fuzz-qcow2.sh, scripts/fuzz-state.sh, scripts/fuzz-kvm-stats.sh,
 # scripts/fuzz-kvm-cache.sh, scripts/fuzz-agent-identity.sh, scripts/fuzz-guest-io.sh, scripts/fuzz-kernel.sh,
-# scripts/fuzz-manifest.sh, scripts/fuzz-http.sh, scripts/fuzz-exit.sh, scripts/fuzz-api.sh):
+# scripts/fuzz-manifest.sh, scripts/fuzz-http.sh, scripts/fuzz-http-client.sh, scripts/fuzz-exit.sh,
+# scripts/fuzz-api.sh):
 #   cmake -S . -B build-fuzz -G Ninja -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DVMM_FUZZ=ON
-#   ninja -C build-fuzz qcow2_fuzz state_fuzz kvm_stats_fuzz kvm_cache_fuzz agent_identity_fuzz guest_io_fuzz kernel_fuzz manifest_fuzz http_fuzz exit_fuzz api_fuzz
+#   ninja -C build-fuzz qcow2_fuzz state_fuzz kvm_stats_fuzz kvm_cache_fuzz agent_identity_fuzz guest_io_fuzz kernel_fuzz manifest_fuzz http_fuzz http_client_fuzz exit_fuzz api_fuzz
 # With VMM_FUZZ every host library is instrumented for libFuzzer (coverage) and built with ASan and
 # UBSan; the normal g++ build never sees any of this.
 # In the normal build there are only the smoke tests below, each running its script (one clang build
@@ -59,6 +60,8 @@ if(VMM_FUZZ)
     pkg_check_modules(FUZZ_HTTPLIB REQUIRED IMPORTED_TARGET cpp-httplib)
     vmm_fuzz_target(http vmm_api PkgConfig::FUZZ_HTTPLIB fmt::fmt-header-only)
     target_sources(http_fuzz PRIVATE ${CMAKE_SOURCE_DIR}/vmm/api/http_plugin.cpp)
+    # http_client: what a server answers the CLI, through parse_response (vmm/api/http_client.hpp).
+    vmm_fuzz_target(http_client vmm_api vmm_base)
     # api: a request's method, path and body through parse_vm_request and parse_pool_request.
     vmm_fuzz_target(api vmm_api vmm_core vmm_base)
   endif()
@@ -66,7 +69,7 @@ endif()
 
 if(NOT VMM_FUZZ AND NOT VMM_SANITIZE)
   # The smoke tests share one clang build directory: never two configures or ninjas in it at once.
-  foreach(target qcow2 state kvm-stats kvm-cache agent-identity guest-io kernel manifest http exit api)
+  foreach(target qcow2 state kvm-stats kvm-cache agent-identity guest-io kernel manifest http http-client exit api)
     string(REPLACE "-" "_" test ${target})
     add_test(NAME fuzz.${test}_smoke COMMAND ${CMAKE_SOURCE_DIR}/scripts/fuzz-${target}.sh 30)
     set_tests_properties(fuzz.${test}_smoke PROPERTIES LABELS fuzz TIMEOUT 900 SKIP_RETURN_CODE 77

@@ -29,6 +29,7 @@
 #include "temp_dir.hpp"
 #include "vmm/api/control.hpp"
 #include "vmm/api/http.hpp"
+#include "vmm/api/http_client.hpp"
 #include "vmm/api/registry.hpp"
 #include "vmm/api/service.hpp"
 #include "vmm/cli/vm_cli.hpp"
@@ -811,4 +812,113 @@ TEST_CASE("http: a long Range header or path is served on a thread whose stack d
   REQUIRE(::waitpid(pid, &status, 0) == pid);
   CHECK_MESSAGE(WIFEXITED(status), "the server's process was killed by signal " << WTERMSIG(status));
   CHECK(WEXITSTATUS(status) == 0);
+}
+
+// ---- The client (vmm/api/http_client.hpp) ----------------------------------------------------------
+
+TEST_CASE("http client: an answer is parsed whole, 1xx passed over; malformed, oversized or cut short ones are errors") {
+  using api::parse_response;
+  auto whole = [](std::string_view bytes, bool closed = false) {
+    auto r = parse_response(bytes, closed);
+    REQUIRE_MESSAGE(r, (r ? "" : r.error().message()));
+    REQUIRE(r->has_value());
+    return **r;
+  };
+  auto more = [](std::string_view bytes) {
+    auto r = parse_response(bytes, false);
+    REQUIRE_MESSAGE(r, (r ? "" : r.error().message()));
+    CHECK_FALSE(r->has_value());
+  };
+  auto refused = [](std::string_view bytes, std::string_view part, bool closed = false) {
+    auto r = parse_response(bytes, closed);
+    REQUIRE_FALSE_MESSAGE(r, "accepted: " << std::string(bytes.substr(0, 80)));
+    CHECK_MESSAGE(r.error().message().find(part) != std::string::npos, r.error().message());
+  };
+  auto a = whole("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}");
+  CHECK(a.status == 200);
+  CHECK(a.body == R"({"ok":true})");
+  auto b = whole("HTTP/1.1 405 Method Not Allowed\r\nAllow:  GET, PUT \r\nContent-Length: 2\r\n\r\n{}");
+  CHECK(b.status == 405);
+  CHECK(b.allow == "GET, PUT");
+  CHECK(whole("HTTP/1.1 204 No Content\r\n\r\n").body.empty());
+  CHECK(whole("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201\r\nContent-Length: 0\r\n\r\n").status == 201);
+  CHECK(whole("HTTP/1.0 200 OK\r\n\r\n{}", /*closed=*/true).body == "{}");  // no Content-Length: until the close
+  more("");
+  more("HTTP/1.1 200 OK\r\nContent-Le");
+  more("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n{}");
+  more("HTTP/1.1 200 OK\r\n\r\n{}");  // no Content-Length, not closed yet
+  refused("", "closed without an answer", true);
+  refused("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n{}", "closed in the middle of an answer's body (2 of 5 bytes)", true);
+  refused("HTTP/1.1 200 OK\r\nContent-Le", "closed in the middle of an answer's headers", true);
+  // A 30 KB status line crashed httplib's client (std::regex, recursing per byte): an error here.
+  refused("HTTP/1.1 200 " + std::string(30000, 'a') + "\r\n\r\n", "headers over 16384 bytes");
+  refused("HTTP/1.1 200 " + std::string(30000, 'a'), "headers over 16384 bytes");
+  refused("HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n", "body of 100000000 bytes is over 1048576");
+  refused("HTTP/1.1 200 OK\r\n\r\n" + std::string(api::kMaxResponseBody + 1, 'x'), "body over 1048576 bytes");
+  for (const char* bad : {"HTTP/2 200 OK\r\n\r\n", "HTTP/1.1 20 OK\r\n\r\n", "HTTP/1.1 2000 OK\r\n\r\n", "HTTP/1.1 099 x\r\n\r\n",
+                          "HTTP/1.1 600 x\r\n\r\n", "http/1.1 200 OK\r\n\r\n", "HTTP/1.1 2a0\r\n\r\n", "\r\n\r\n"}) {
+    CAPTURE(bad);
+    refused(bad, "not an HTTP");
+  }
+  refused("HTTP/1.1 200 OK\r\nno colon\r\n\r\n", "malformed header line");
+  refused("HTTP/1.1 200 OK\r\n: empty name\r\n\r\n", "malformed header line");
+  refused("HTTP/1.1 200 OK\r\n folded: x\r\n\r\n", "malformed header line");
+  refused("HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "malformed Content-Length");
+  refused("HTTP/1.1 200 OK\r\nContent-Length: 1x\r\n\r\n", "malformed Content-Length");
+  refused("HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n", "malformed Content-Length");
+  refused("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}", "two different Content-Lengths");
+  refused("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", "Transfer-Encoding");
+}
+
+TEST_CASE("http client: a server that answers a byte at a time, never, or too much is given up on within the timeout") {
+  vmm::test::TempDir dir{"vmm-http-client"};
+  const std::string path = dir / "api.sock";
+  auto l = api::listen_unix(path);
+  REQUIRE(l);
+  std::atomic<bool> stop{false};
+  std::atomic<int> mode{0};
+  std::thread server([&] {
+    while (!stop) {
+      pollfd p{.fd = l->get(), .events = POLLIN, .revents = 0};
+      if (::poll(&p, 1, 50) <= 0) continue;
+      Fd c(::accept4(l->get(), nullptr, nullptr, SOCK_CLOEXEC));
+      if (!c) continue;
+      char buf[4096];
+      (void)::recv(c.get(), buf, sizeof buf, 0);
+      if (mode == 0) {  // headers promising 100 MB, then a byte every 100 ms
+        const std::string head = "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n";
+        (void)::send(c.get(), head.data(), head.size(), MSG_NOSIGNAL);
+        for (int i = 0; i < 40 && !stop; ++i) {
+          if (::send(c.get(), "x", 1, MSG_NOSIGNAL) != 1) break;
+          std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        }
+      } else if (mode == 1) {  // never answers (until the client goes)
+        for (int i = 0; i < 40 && !stop; ++i) {
+          pollfd q{.fd = c.get(), .events = POLLIN, .revents = 0};
+          if (::poll(&q, 1, 100) > 0 && ::recv(c.get(), buf, sizeof buf, 0) <= 0) break;
+        }
+      } else {  // a body with no length, past the limit
+        const std::string head = "HTTP/1.1 200 OK\r\n\r\n";
+        (void)::send(c.get(), head.data(), head.size(), MSG_NOSIGNAL);
+        const std::string chunk(64 * 1024, 'x');
+        for (int i = 0; i < 40 && !stop; ++i) {
+          if (::send(c.get(), chunk.data(), chunk.size(), MSG_NOSIGNAL) <= 0) break;
+        }
+      }
+    }
+  });
+  for (int m : {0, 1, 2}) {
+    CAPTURE(m);
+    mode = m;
+    const auto t0 = std::chrono::steady_clock::now();
+    auto r = api::call(path, {.method = "GET", .path = "/vm", .body = {}}, 1.0);
+    const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    REQUIRE_FALSE(r);
+    CHECK(r.error().message().starts_with(path + ": "));
+    CHECK(took < 1.9);
+    if (m < 2) CHECK(r.error().message().find("no answer within 1 s") != std::string::npos);
+    if (m == 2) CHECK_MESSAGE(r.error().message().find("body over 1048576 bytes") != std::string::npos, r.error().message());
+  }
+  stop = true;
+  server.join();
 }

@@ -2,6 +2,7 @@
 
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -16,6 +17,8 @@
 #include <string_view>
 #include <thread>
 #include <nlohmann/json.hpp>
+
+#include "vmm/api/http_client.hpp"
 
 namespace vmm::api {
 
@@ -226,12 +229,46 @@ Result<std::unique_ptr<HttpServer>> serve(const std::string& path, HttpHandler h
 }
 
 Result<HttpResponse> call(const std::string& path, const HttpRequest& request, double timeout_s) {
-  auto plugin = http_plugin();
-  if (!plugin) return std::unexpected(plugin.error());
-  HttpResponse response;
-  std::string error;
-  if (!(*plugin)->call(path, request, timeout_s, response, error)) return fail("{}", error);
-  return response;
+  // No plugin: a few system calls and parse_response() (http_client.hpp says why not httplib's).
+  const auto deadline = std::chrono::steady_clock::now() +
+                        std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(timeout_s));
+  auto timed_out = [&](std::string_view doing) { return fail("{}: no answer within {} s ({})", path, timeout_s, doing); };
+  /// Until `events` on `fd` or the deadline.
+  auto ready = [&](int fd, short events) {
+    for (;;) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
+      if (left <= 0) return false;
+      pollfd p{.fd = fd, .events = events, .revents = 0};
+      const int n = ::poll(&p, 1, static_cast<int>(std::min<long>(left, 60000)));
+      if (n < 0 && errno == EINTR) continue;
+      if (n != 0) return true;  // ready, or an error the next call says
+    }
+  };
+  if (path.size() >= sizeof(sockaddr_un::sun_path)) return fail("{}: too long for a Unix socket path", path);
+  auto fd = connect_unix(path);
+  if (!fd) return std::unexpected(fd.error());
+  const std::string out = request_text(request);
+  for (size_t off = 0; off < out.size();) {
+    if (!ready(fd->get(), POLLOUT)) return timed_out("sending the request");
+    const ssize_t n = ::send(fd->get(), out.data() + off, out.size() - off, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+    if (n < 0 && (errno == EPIPE || errno == ECONNRESET)) break;  // it may have answered before it closed
+    if (n < 0) return fail("{}: {}", path, errno_text(errno));
+    off += static_cast<size_t>(n);
+  }
+  std::string in;
+  char buf[16384];
+  for (;;) {
+    if (!ready(fd->get(), POLLIN)) return timed_out("reading its answer");
+    const ssize_t n = ::recv(fd->get(), buf, sizeof buf, MSG_DONTWAIT);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+    const bool closed = n == 0 || (n < 0 && errno == ECONNRESET);
+    if (n < 0 && !closed) return fail("{}: {}", path, errno_text(errno));
+    if (n > 0) in.append(buf, static_cast<size_t>(n));
+    auto r = parse_response(in, closed);
+    if (!r) return fail("{}: {}", path, r.error().message());
+    if (*r) return std::move(**r);
+  }
 }
 
 }  // namespace vmm::api

@@ -1,7 +1,7 @@
-// The control API's transport: HTTP/1.1 on a Unix socket, served and called through Debian's
-// cpp-httplib. cpp-httplib's library pulls in OpenSSL, zlib and brotli, whose loading costs ~4 ms
-// and ~300 page faults per exec on this host (measured: an empty program linked to it starts in
-// 5.1 ms against 0.9 ms), more than a whole clone start may take, and ~740 KiB of private dirty
+// The control API's transport: HTTP/1.1 on a Unix socket, served through Debian's cpp-httplib
+// (and called through a client of our own: http_client.hpp). cpp-httplib's library pulls in
+// OpenSSL, zlib and brotli, whose loading costs ~4 ms and ~300 page faults per exec on this host
+// (measured: an empty program linked to it starts in 5.1 ms against 0.9 ms), more than a whole clone start may take, and ~740 KiB of private dirty
 // memory (their relocations; measured with a dlopen probe), more than the rest of an idle clone.
 // So the transport is a plugin, vmm-http.so beside the binary, loaded on first use: a VM listens
 // on its socket itself (listen_unix, no plugin) and loads the plugin when the first client
@@ -71,11 +71,8 @@ struct HttpPlugin {
   /// Serves `handler` on `listen_fd`, a listening Unix socket (from listen_unix), which the server
   /// owns from then on, even on failure. Returns null and sets `error` on failure.
   HttpServer* (*serve)(int listen_fd, HttpHandler handler, std::string& error);
-  /// One request to the server at `path`; false and `error` when it cannot be made.
-  bool (*call)(const std::string& path, const HttpRequest& request, double timeout_s, HttpResponse& response,
-               std::string& error);
 };
-inline constexpr uint32_t kHttpAbi = 3;  // 3: HttpRequest::received
+inline constexpr uint32_t kHttpAbi = 4;  // 3: HttpRequest::received; 4: no client (http_client.hpp)
 
 /// The loaded plugin (dlopen of vmm-http.so beside the running binary, once; thread-safe).
 Result<const HttpPlugin*> http_plugin();
@@ -99,7 +96,8 @@ Result<Fd> listener_process(const std::string& path);
 Result<std::unique_ptr<HttpServer>> serve(Fd listener, HttpHandler handler);
 /// Serves `handler` at `path` (listen_unix, then serve).
 Result<std::unique_ptr<HttpServer>> serve(const std::string& path, HttpHandler handler);
-/// One request to the server at `path`.
+/// One request to the server at `path`, answered within `timeout_s` seconds in all, its answer at
+/// most kMaxResponseBody bytes (http_client.hpp). No plugin.
 Result<HttpResponse> call(const std::string& path, const HttpRequest& request, double timeout_s = 5.0);
 
 }  // namespace vmm::api

@@ -418,36 +418,7 @@ HttpServer* serve(int listen_fd, HttpHandler handler, std::string& error) {
   }
 }
 
-bool call(const std::string& path, const HttpRequest& request, double timeout_s, HttpResponse& response, std::string& error) {
-  httplib::Client client(path, 80);
-  client.set_address_family(AF_UNIX);
-  const auto t = std::chrono::duration<double>(timeout_s);
-  client.set_connection_timeout(std::chrono::duration_cast<std::chrono::microseconds>(t));
-  client.set_read_timeout(std::chrono::duration_cast<std::chrono::microseconds>(t));
-  client.set_write_timeout(std::chrono::duration_cast<std::chrono::microseconds>(t));
-  const char* type = "application/json";
-  const std::string& m = request.method;
-  if (m != "GET" && m != "PUT" && m != "POST" && m != "PATCH" && m != "DELETE") {
-    error = "unsupported method " + m;
-    return false;
-  }
-  httplib::Result r = m == "GET"     ? client.Get(request.path)
-                      : m == "PUT"   ? client.Put(request.path, request.body, type)
-                      : m == "POST"  ? client.Post(request.path, request.body, type)
-                      : m == "PATCH" ? client.Patch(request.path, request.body, type)
-                                     : client.Delete(request.path, request.body, type);
-  if (!r) {
-    error = path + ": " + httplib::to_string(r.error());
-    if (r.error() == httplib::Error::Connection) error += std::string(" (") + std::strerror(errno) + ")";
-    return false;
-  }
-  response.status = r->status;
-  response.body = r->body;
-  response.allow = r->get_header_value("Allow");
-  return true;
-}
-
-constexpr HttpPlugin kPlugin{.abi = kHttpAbi, .serve = serve, .call = call};
+constexpr HttpPlugin kPlugin{.abi = kHttpAbi, .serve = serve};
 
 }  // namespace
 }  // namespace vmm::api
