@@ -438,11 +438,15 @@ Result<NetPlan> plan_nets(std::string_view who, const std::vector<NetSpec>& patt
     if (auto r = check_gateway(gateway); !r) return std::unexpected(r.error());
     plan.gateway = gateway;
   }
+  if (auto r = check_not_gateway(plan.ip, 1, plan.gateway.empty() ? source.gateway : plan.gateway); !r) return std::unexpected(r.error());
   for (const auto& n : plan.nets) {
     if (!n.netns.empty() && plan.ip.empty()) {
       plan.ip = source.ip;
       if (plan.gateway.empty()) plan.gateway = source.gateway;
     }
+    // A source that took its address by DHCP: so does each of its clones, for its own MAC (without
+    // it the clone kept the source's lease, and announced it from its new MAC).
+    if (n.netns.empty() && plan.ip.empty() && source.ip == "dhcp") plan.ip = "dhcp";
     if (n.netns.empty() && plan.ip.empty() && source.ip != "dhcp" && !ip_later) {
       return fail("--net tap={}: a {} on a shared network needs --ip (its own address: the {}'s{} would be a duplicate), or netns= "
                   "to keep the {}'s", n.tap, who, source.kind, source.ip.empty() ? "" : " " + source.ip, source.kind);

@@ -56,6 +56,14 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
     return report_error(exit_code::kUsage, fmt::format("--console file:{}: one file for every clone of the fleet; put {{name}} or "
                                                        "{{i}} in its path", o.console.path));
   }
+  // One MAC for every clone of the fleet: two on a network would take each other's frames (a
+  // pool's and a fork's refuse mac= for the same reason). In namespaces of their own they do not meet.
+  for (const auto& n : o.nets) {
+    if (count > 1 && !n.mac.empty() && n.netns.empty()) {
+      return report_error(exit_code::kUsage, fmt::format("--net tap={},mac={}: every clone of the fleet would have that MAC; leave "
+                                                         "mac= out (each gets its own) or give each its netns=", n.tap, n.mac));
+    }
+  }
   OpenTemplate t;
   if (auto f = open_template(o, t)) return report_failure(*f);
   // Said once here rather than by every clone.
@@ -103,6 +111,8 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
   if (!o.ip.empty()) {
     // Every clone's address, checked before the first starts.
     if (auto last = ip_plus(o.ip, count - 1); !last) return report_error(exit_code::kUsage, last.error().message());
+    const std::string& gateway = o.gateway.empty() ? t.manifest.gateway : o.gateway;
+    if (auto r = check_not_gateway(o.ip, count, gateway); !r) return report_error(exit_code::kUsage, r.error().message());
   }
   std::vector<Member> members(count);
   for (unsigned i = 0; i < count; ++i) {

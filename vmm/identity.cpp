@@ -126,7 +126,25 @@ Result<std::string> check_ip(std::string_view ip) {
       return fail("--ip {}: the prefix after '/' is 0 to 32", ip);
     }
   }
+  // On a network of more than two addresses its first names the network and its last is the
+  // broadcast: neither is a host's (RFC 919, 3021: a /31 and a /32 have no such addresses).
+  if (prefix <= 30) {
+    const uint32_t host_bits = ~uint32_t{0} >> prefix;
+    if ((*a & host_bits) == 0) return fail("--ip {}: the address of its /{} network itself, not of a host on it", ip, prefix);
+    if ((*a & host_bits) == host_bits) return fail("--ip {}: the broadcast address of its /{} network, not a host's", ip, prefix);
+  }
   return fmt::format("{}/{}", format_ipv4(*a), prefix);
+}
+
+Result<> check_not_gateway(std::string_view ip, uint32_t count, std::string_view gateway) {
+  if (ip == "dhcp" || gateway.empty() || count == 0) return {};
+  auto a = parse_ipv4(ip.substr(0, ip.find('/')));
+  auto g = parse_ipv4(gateway);
+  if (!a || !g) return {};  // (checked by check_ip and check_gateway)
+  if (*g >= *a && uint64_t{*g} - *a < count) {
+    return fail("--ip {}: {} the gateway's address ({})", ip, count == 1 ? "is" : fmt::format("the {} addresses from it take in", count), gateway);
+  }
+  return {};
 }
 
 Result<> check_gateway(std::string_view gateway) {

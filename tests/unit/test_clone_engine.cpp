@@ -73,6 +73,25 @@ TEST_CASE("clone: plan_nets gives each VM its interfaces, MACs and address, or s
                     1, "", "", false));
     CHECK(plan_nets("pool", {pattern("t1", "br0")}, bridged, "c", 1, "", "", true));
   }
+  SUBCASE("a source on DHCP: each VM asks for its own lease (it kept its source's, announced from its new MAC)") {
+    const NetSource dhcp{.kind = "template", .interfaces = 1, .ip = "dhcp", .gateway = ""};
+    for (bool later : {false, true}) {
+      auto p = plan_nets(later ? "pool" : "clone", {pattern("t1", "br0")}, dhcp, "c", 1, "", "", later);
+      REQUIRE(p);
+      CHECK(p->ip == "dhcp");
+    }
+    auto fixed = plan_nets("clone", {pattern("t1", "br0")}, dhcp, "c", 1, "10.0.0.7/24", "", false);
+    REQUIRE(fixed);
+    CHECK(fixed->ip == "10.0.0.7/24");
+  }
+  SUBCASE("an address that is the gateway's, given or the source's") {
+    auto given = plan_nets("clone", {pattern("t1", "br0")}, bridged, "c", 1, "10.0.0.9/24", "10.0.0.9", false);
+    REQUIRE_FALSE(given);
+    CHECK(given.error().message().find("is the gateway's address (10.0.0.9)") != std::string::npos);
+    auto sources = plan_nets("clone", {pattern("t1", "br0")}, bridged, "c", 1, "10.0.0.1/24", "", false);
+    REQUIRE_FALSE(sources);
+    CHECK(sources.error().message().find("is the gateway's address (10.0.0.1)") != std::string::npos);
+  }
   SUBCASE("in a namespace of its own a VM keeps its source's address and gateway") {
     auto p = plan_nets("fork", {pattern("t1", "", "ns{i}")}, bridged, "c", 3, "", "", false);
     REQUIRE(p);

@@ -126,6 +126,32 @@ TEST_CASE("identity: --hostname, --ip and --gateway") {
   CHECK_FALSE(ip_plus("10.0.3.250/24", 10));  // leaves the /24
   CHECK_FALSE(ip_plus("255.255.255.255/0", 1));
   CHECK(*ip_plus("dhcp", 3) == "dhcp");
+  // A network's own address and its broadcast are no host's (they were handed to clones, and the
+  // guest's agent applied 10.0.0.255/24 and announced it); a /31's and a /32's are.
+  for (const char* bad : {"10.0.0.0/24", "10.0.0.255/24", "10.0.0.255", "10.1.0.0/16", "10.1.255.255/16", "10.0.0.4/30", "10.0.0.7/30"}) {
+    INFO(bad);
+    auto r = check_ip(bad);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().message().starts_with(std::string("--ip ") + bad + ": the "));
+  }
+  CHECK(*check_ip("10.0.0.5/30") == "10.0.0.5/30");
+  CHECK(*check_ip("10.0.0.4/31") == "10.0.0.4/31");
+  CHECK(*check_ip("10.0.0.0/32") == "10.0.0.0/32");
+  CHECK(*check_ip("10.1.0.255/16") == "10.1.0.255/16");
+  CHECK_FALSE(ip_plus("10.0.0.250/24", 5));  // 10.0.0.255: the broadcast
+  CHECK(*ip_plus("10.0.0.250/24", 4) == "10.0.0.254/24");
+  // A range of clones' addresses that takes in the gateway's.
+  CHECK(vmm::check_not_gateway("10.0.0.100/24", 154, "10.0.0.254"));  // 100..253
+  CHECK(vmm::check_not_gateway("10.0.0.100/24", 155, "10.0.0.99"));
+  auto gw = vmm::check_not_gateway("10.0.0.100/24", 155, "10.0.0.254");
+  REQUIRE_FALSE(gw);
+  CHECK(gw.error().message() == "--ip 10.0.0.100/24: the 155 addresses from it take in the gateway's address (10.0.0.254)");
+  auto one = vmm::check_not_gateway("10.0.0.1/24", 1, "10.0.0.1");
+  REQUIRE_FALSE(one);
+  CHECK(one.error().message() == "--ip 10.0.0.1/24: is the gateway's address (10.0.0.1)");
+  CHECK(vmm::check_not_gateway("10.0.0.2/24", 10, "10.0.0.1"));
+  CHECK(vmm::check_not_gateway("dhcp", 10, "10.0.0.1"));
+  CHECK(vmm::check_not_gateway("10.0.0.2/24", 10, ""));
 }
 
 TEST_CASE("identity: the channel's keys") {
