@@ -230,7 +230,8 @@ std::pair<std::string, int> receive_with_fd(int sock) {
   finisher->join();
   // Stopped before it was ready (a thread that could not be made): the pool logs why.
   if (!said_ready && stop.reason == devices::StopReason::Error) send_text(fd, "error " + stop.message);
-  ::close(fd);
+  // Its socket stays open until it has cleaned up (closed by _exit): the pool takes its end of
+  // file for "gone, nothing left" (discard), and stops waiting for it then.
   control.reset();  // the API (whose requests use the machine) ends before the machine does
   bool launched = false;
   {
@@ -295,6 +296,8 @@ struct Member {
   }
 }
 
+constexpr std::string_view kZygoteEnded = "the pool's zygote ended";
+
 /// The pool's side of the zygote.
 class Zygote {
  public:
@@ -330,7 +333,7 @@ class Zygote {
         return std::unexpected("the pool's zygote does not answer");
       }
       auto [text, fd] = receive_with_fd(fd_);
-      if (text.empty() && fd < 0) return std::unexpected("the pool's zygote ended");
+      if (text.empty() && fd < 0) return std::unexpected(std::string(kZygoteEnded));
       if (!text.starts_with(tag)) {
         // The answer to an earlier request that was given up on: its member (if one was made)
         // discards itself when its socket closes.
@@ -366,16 +369,41 @@ void forget(const Member& m, const fs::path& state_dir) {
   for (int i = 0; i < 100 && !api::remove_unpublished(state_dir, m.name); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
 }
 
-/// Tells a member that was not handed out to discard itself and waits until it has (its end of
-/// the socket closes when it exits), at most 10 s; then forgets it.
-void discard(const Member& m, const fs::path& state_dir) {
-  ::shutdown(m.fd, SHUT_WR);
-  pollfd p{.fd = m.fd, .events = POLLIN, .revents = 0};
-  char c;
-  while (::poll(&p, 1, 10000) > 0 && ::recv(m.fd, &c, 1, 0) > 0) {
+/// Tells members that were not handed out to discard themselves and waits until they have (each
+/// one's end of its socket closes when it exits, once it has cleaned up), all at once, 10 s at
+/// most in all; then forgets them.
+void discard(const std::deque<Member>& members, const fs::path& state_dir) {
+  std::vector<pollfd> open;
+  for (const auto& m : members) {
+    ::shutdown(m.fd, SHUT_WR);
+    open.push_back({.fd = m.fd, .events = POLLIN, .revents = 0});
   }
-  ::close(m.fd);
-  forget(m, state_dir);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!open.empty()) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
+    if (left <= 0) break;
+    const int n = ::poll(open.data(), open.size(), static_cast<int>(left));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    std::erase_if(open, [](const pollfd& p) {
+      if (p.revents == 0) return false;
+      char c;
+      return ::recv(p.fd, &c, 1, MSG_DONTWAIT) <= 0 && errno != EAGAIN;  // its end of file (or error): gone
+    });
+  }
+  for (const auto& m : members) {
+    ::close(m.fd);
+    forget(m, state_dir);
+  }
+}
+
+/// Whether a member waiting in the pool has ended (killed, out of memory): its socket hung up.
+bool has_ended(const Member& m) {
+  pollfd p{.fd = m.fd, .events = POLLIN, .revents = 0};
+  if (::poll(&p, 1, 0) <= 0) return false;
+  char c;
+  const ssize_t n = ::recv(m.fd, &c, 1, MSG_DONTWAIT | MSG_PEEK);
+  return n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR);
 }
 
 class Pool {
@@ -392,17 +420,26 @@ class Pool {
     return {};
   }
 
-  void stop() {
+  /// No more members handed out: requests waiting for one get a 503 at once (called before the
+  /// API server ends, which waits for them).
+  void begin_stop() {
     {
       std::lock_guard lock(mutex_);
       stopping_ = true;
     }
     cv_.notify_all();
+  }
+
+  void stop() {
+    begin_stop();
     if (refill_.joinable()) refill_.join();
     // Members not handed out: their socket's end tells them to discard themselves.
-    for (auto& m : ready_) discard(m, t_.sdir);
+    discard(ready_, t_.sdir);
     ready_.clear();
   }
+
+  /// Whether the zygote ended: the pool can make no more members (status and message at its end).
+  bool zygote_lost() const { return zygote_lost_; }
 
   api::HttpResponse handle(const api::HttpRequest& r) {
     auto request = api::parse_pool_request(r);
@@ -447,20 +484,40 @@ class Pool {
       return std::max(std::chrono::milliseconds(0),
                       std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()));
     };
+    // A member is handed a request only with a second left to start its clone in: one sent with
+    // less was killed for not running in time, its guest started (a 500, a member wasted).
+    constexpr auto kStartBudget = std::chrono::milliseconds(1000);
+    auto budget = [&] { return std::max(std::chrono::milliseconds(0), left() - kStartBudget); };
     for (int attempt = 0;; ++attempt) {
       {
         std::unique_lock lock(mutex_);
-        if (!cv_.wait_for(lock, std::min(left(), std::chrono::milliseconds(10000)), [&] { return !ready_.empty() || stopping_; }) ||
+        if (!cv_.wait_for(lock, std::min(budget(), std::chrono::milliseconds(10000)), [&] { return !ready_.empty() || stopping_; }) ||
             stopping_) {
-          return api::fault(503, "no clone ready in the pool (it refills as fast as it can)");
+          return api::fault(503, stopping_ ? "the pool is stopping" : "no clone ready in the pool (it refills as fast as it can)");
         }
         m = ready_.front();
         ready_.pop_front();
         ++taking_;
       }
+      if (has_ended(m)) {
+        // Killed while it waited (not counted as an attempt: no request was sent to it).
+        ::close(m.fd);
+        forget(m, t_.sdir);
+        {
+          std::lock_guard lock(mutex_);
+          --taking_;
+        }
+        cv_.notify_all();
+        --attempt;
+        continue;
+      }
       send_text(m.fd, req.dump());
       pollfd p{.fd = m.fd, .events = POLLIN, .revents = 0};
-      const int polled = ::poll(&p, 1, static_cast<int>(std::min<int64_t>(left().count(), 10000)));
+      int polled;
+      do {
+        polled = ::poll(&p, 1, static_cast<int>(std::min<int64_t>(left().count(), 10000)));
+      } while (polled < 0 && errno == EINTR);
+      if (polled < 0) polled = 0;  // treated as no answer in time: stopped, not left running untold
       char buf[512];
       const ssize_t n = polled > 0 ? ::recv(m.fd, buf, sizeof buf, 0) : -1;
       reply = n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
@@ -518,6 +575,7 @@ class Pool {
       const auto quiet_from = last_take_ + kQuiet;
       if (ready_.size() >= size_ || (!low && taking_ > 0)) {
         cv_.wait_for(lock, std::chrono::milliseconds(500));
+        sweep(lock);
         continue;
       }
       if (!low && std::chrono::steady_clock::now() < quiet_from) {
@@ -530,16 +588,44 @@ class Pool {
       if (m) {
         ready_.push_back(*m);
         cv_.notify_all();
+      } else if (zygote_lost_) {
+        // Nothing can be made any more: the pool ends (run_pool says why), rather than answering
+        // 503 for ever where a supervisor would never restart it.
+        ::kill(::getpid(), SIGTERM);
+        return;
       } else if (!stopping_) {
         cv_.wait_for(lock, std::chrono::seconds(1));  // a member that failed: do not spin
       }
     }
   }
 
+  /// Takes out members that ended while they waited (killed, out of memory): the count GET /pool
+  /// gives is of live ones, and the refill replaces them. (Called with `lock` held; forgetting
+  /// them is done without it.)
+  void sweep(std::unique_lock<std::mutex>& lock) {
+    std::deque<Member> dead;
+    for (auto it = ready_.begin(); it != ready_.end();) {
+      if (has_ended(*it)) {
+        dead.push_back(*it);
+        it = ready_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (dead.empty()) return;
+    lock.unlock();
+    for (const auto& m : dead) {
+      ::close(m.fd);
+      forget(m, t_.sdir);
+    }
+    lock.lock();
+  }
+
   std::optional<Member> spawn() {
     auto m = zygote_.spawn(++spawned_, fmt::format("{}-{}", std::string_view(t_.manifest.name).substr(0, 55), random_hex(4)));
     if (!m) {
       fmt::print(stderr, "vmm: pool: no member: {}\n", m.error());
+      if (m.error() == kZygoteEnded) zygote_lost_ = true;
       return std::nullopt;
     }
     pollfd p{.fd = m->fd, .events = POLLIN, .revents = 0};
@@ -576,6 +662,7 @@ class Pool {
   static constexpr auto kQuiet = std::chrono::milliseconds(50);
   bool stopping_ = false;     // guarded by mutex_
   unsigned spawned_ = 0;      // members made so far (the refill thread's)
+  std::atomic<bool> zygote_lost_{false};
   std::thread refill_;
 };
 
@@ -589,6 +676,29 @@ int run_pool(const CloneOptions& options, unsigned size) {
   if (o.name.empty()) o.name = "pool-" + t.manifest.name;
   if (!valid_name(o.name)) return report_error(exit_code::kUsage, fmt::format("--name '{}': use letters, digits, '.', '_' and '-'", o.name));
   raise_open_file_limit();
+  // Each member waiting holds a socket in the pool, and the API's connections theirs: a size whose
+  // sockets would not fit under the limit on open files refused now (past it the API accepted no
+  // connection and the pool could hand nothing out).
+  if (rlimit nofile{}; ::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur != RLIM_INFINITY) {
+    constexpr uint64_t kSpare = 64;  // the template's files, the registration, the zygote's socket, the C library's
+    const uint64_t need = uint64_t{size} + 2 * api::kMaxConnections + kSpare;
+    if (need > nofile.rlim_cur) {
+      return report_error(exit_code::kUsage,
+                          fmt::format("--size {}: the pool would need {} open files (a socket per waiting clone, {} for its API), "
+                                      "{} allowed (RLIMIT_NOFILE): raise the hard limit (ulimit -Hn, LimitNOFILE=) or make it smaller",
+                                      size, need, 2 * api::kMaxConnections, nofile.rlim_cur));
+    }
+  }
+  // Every member's name must make the interfaces' names: checked with the longest one a member can
+  // have (a pool whose every member failed retried for ever, answering 503).
+  {
+    const std::string longest = fmt::format("{}-ffffffff", std::string_view(t.manifest.name).substr(0, 55));
+    for (const auto& n : o.nets) {
+      if (auto e = expand_net(n, longest, 99999); !e) {
+        return report_error(exit_code::kUsage, fmt::format("--net: {} (for a member named {})", e.error().message(), longest));
+      }
+    }
+  }
   auto reg = api::Registration::create(t.sdir, o.name, o.api_socket);
   if (!reg) return report_error(exit_code::kUsage, reg.error().message());
   // Members' clones must not register as the pool's name; each clone gets its own API socket.
@@ -604,6 +714,13 @@ int run_pool(const CloneOptions& options, unsigned size) {
   if (auto p = api::http_plugin(); !p) return report_error(exit_code::kVmmError, p.error().message());
   auto zygote = Zygote::start(t, member);
   if (!zygote) return report_error(exit_code::kVmmError, zygote.error().message());
+  // A closed terminal stops the pool as Ctrl-C does (by default it killed it, leaving its entry in
+  // STATE/run). Blocked after the zygote is forked, so that clones keep SIGHUP's default action,
+  // and before the first thread, so that every thread has it blocked.
+  sigset_t hup;
+  sigemptyset(&hup);
+  sigaddset(&hup, SIGHUP);
+  ::pthread_sigmask(SIG_BLOCK, &hup, nullptr);
   const bool needs_ip = t.manifest.ip != "dhcp" && std::ranges::any_of(o.nets, [](const NetSpec& n) { return n.netns.empty(); });
   const bool in_netns = !o.nets.empty() && std::ranges::all_of(o.nets, [](const NetSpec& n) { return !n.netns.empty(); });
   Pool pool(t, *zygote, o.name, size, needs_ip, in_netns);
@@ -618,12 +735,18 @@ int run_pool(const CloneOptions& options, unsigned size) {
   sigemptyset(&sigs);
   sigaddset(&sigs, SIGINT);
   sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGHUP);
   int sig = 0;
   ::sigwait(&sigs, &sig);
-  fmt::print(stderr, "vmm: pool {}: stopping (clones handed out run on)\n", o.name);
+  if (pool.zygote_lost()) {
+    fmt::print(stderr, "vmm: pool {}: stopping: its zygote ended, no more clones can be made (clones handed out run on)\n", o.name);
+  } else {
+    fmt::print(stderr, "vmm: pool {}: stopping (clones handed out run on)\n", o.name);
+  }
+  pool.begin_stop();  // requests waiting for a member answered at once, before the server waits for them
   server->reset();
   pool.stop();
-  return exit_code::kOk;
+  return pool.zygote_lost() ? exit_code::kVmmError : exit_code::kOk;
 }
 
 namespace {

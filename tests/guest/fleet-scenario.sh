@@ -277,7 +277,23 @@ else
   echo "fleet: (a dead member's pid could not be handed to a decoy: the pool's kill of it is not checked)"
   for i in 1 2 3; do "$vmm" run --clone-of idt --pool "$psock" >>"$work/pooled" 2>"$work/e" || bad "pool request $i past a dead member"; done
 fi
-kill -INT "$poolpid"
+# A member killed while it waited is taken out and replaced (the pool counted it ready, handed
+# requests to it first, and never made another in its place, until 2026-12-07).
+n=0
+while ! "$vmm" ps --json | grep -q '"ready": 3' && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+victim=$(waiting_members | head -1)
+if [ -n "$victim" ]; then
+  kill -9 "$victim"
+  n=0
+  while [ "$(waiting_members | grep -vcx "$victim")" != 3 ] && [ $n -lt 150 ]; do sleep 0.1; n=$((n + 1)); done
+  [ "$(waiting_members | grep -vcx "$victim")" = 3 ] && "$vmm" ps --json | grep -q '"ready": 3' &&
+    ok "a member killed while it waited is replaced (3 live ones ready again)" ||
+    { bad "a killed waiting member not replaced: $(waiting_members | tr '\n' ' ')"; "$vmm" ps --json | grep -E "ready|handed"; }
+else
+  bad "no waiting member to kill"
+fi
+# A closed terminal (SIGHUP) stops it as Ctrl-C does: by default it was killed, its entry left.
+kill -HUP "$poolpid"
 wait "$poolpid"; st=$?
 sleep 0.3
 [ "$st" = 0 ] && [ "$(running)" = 9 ] && [ "$(ls "$VMM_STATE_DIR/clones" | grep -c "^idt-")" = 9 ] &&
@@ -287,6 +303,13 @@ sleep 0.3
 for d in "$VMM_STATE_DIR"/run/*; do "$vmm" stop --timeout 0 "$(basename "$d")" >/dev/null 2>&1; done
 
 # Bad usage.
+# A pool whose members' interface names would not fit (a member is TEMPLATE-XXXXXXXX), or whose
+# waiting members' sockets would not fit under the limit on open files: refused at once (every
+# member failed, or its API stopped answering, and it retried for ever).
+"$vmm" pool idt --size 2 --net tap=pool-{name} >"$work/e" 2>&1; [ $? = 2 ] && grep -q "^vmm: error: --net: .*for a member named idt-ffffffff" "$work/e" &&
+  ok "a pool's --net pattern too long for its members' names refused" || { bad "pool net pattern"; cat "$work/e"; }
+(ulimit -n 1024 && ulimit -Hn 1024 && exec "$vmm" pool idt --size 2000) >"$work/e" 2>&1; [ $? = 2 ] && grep -q "would need 2320 open files" "$work/e" &&
+  ok "a pool too large for the limit on open files refused" || { bad "pool size over RLIMIT_NOFILE"; cat "$work/e"; }
 "$vmm" run --kernel "$guest" --count 3 >"$work/e" 2>&1; [ $? = 2 ] && grep -q "count needs --clone-of" "$work/e" && ok "--count without --clone-of" || { bad "--count alone"; cat "$work/e"; }
 "$vmm" run --clone-of idt --detach >"$work/e" 2>&1; [ $? = 2 ] && grep -q "detach needs --count" "$work/e" && ok "--detach without --count" || { bad "--detach alone"; cat "$work/e"; }
 "$vmm" run --clone-of idt --count 0 >"$work/e" 2>&1; [ $? = 2 ] && ok "--count 0 refused" || { bad "--count 0"; cat "$work/e"; }
