@@ -922,3 +922,58 @@ TEST_CASE("http client: a server that answers a byte at a time, never, or too mu
   stop = true;
   server.join();
 }
+
+TEST_CASE("http: VMs given one --api-socket over a stale socket, started at once: one takes it, the others are refused") {
+  // Each found the stale socket, and each renamed its own over it: all ran, the first ones
+  // unreachable (and removing the last one's socket at their end).
+  vmm::test::TempDir dir{"vmm-http-stale"};
+  const std::string path = dir / "api.sock";
+  constexpr int kVms = 4;
+  for (int round = 0; round < 10; ++round) {
+    CAPTURE(round);
+    {
+      // A stale socket: bound, never listening, its server gone.
+      Fd s(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+      const sockaddr_un addr = address_of(path);
+      ::unlink(path.c_str());
+      REQUIRE(::bind(s.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0);
+    }
+    int go[2], results[2], done[2];
+    REQUIRE(::pipe(go) == 0);
+    REQUIRE(::pipe(results) == 0);
+    REQUIRE(::pipe(done) == 0);
+    std::vector<pid_t> pids;
+    for (int i = 0; i < kVms; ++i) {
+      const pid_t pid = ::fork();
+      REQUIRE(pid >= 0);
+      if (pid == 0) {
+        ::close(go[1]);
+        ::close(results[0]);
+        ::close(done[1]);
+        char c;
+        (void)::read(go[0], &c, 1);  // all at once
+        auto l = api::listen_unix(path);
+        const char r = l ? '1' : '0';
+        (void)!::write(results[1], &r, 1);
+        (void)::read(done[0], &c, 1);  // listening until the test has looked
+        ::_exit(0);
+      }
+      pids.push_back(pid);
+    }
+    ::close(go[0]);
+    ::close(results[1]);
+    ::close(done[0]);
+    ::close(go[1]);  // go
+    int took = 0;
+    for (int i = 0; i < kVms; ++i) {
+      char r = 0;
+      REQUIRE(::read(results[0], &r, 1) == 1);
+      took += r == '1';
+    }
+    CHECK(took == 1);
+    CHECK(api::someone_listens(path));
+    ::close(done[1]);
+    ::close(results[0]);
+    for (pid_t p : pids) ::waitpid(p, nullptr, 0);
+  }
+}

@@ -121,7 +121,8 @@ void ControlPlane::run_starter() {
     // makes files there) needs no temporary directory, which cost a new inode (~0.1-0.25 ms here).
     const std::string& path = registration_->socket().string();
     const bool own_dir = registration_->socket().parent_path() == registration_->dir();
-    auto fd = own_dir ? listen_unix_in_private_dir(path) : listen_unix(path);
+    std::pair<uint64_t, uint64_t> id{};
+    auto fd = own_dir ? listen_unix_in_private_dir(path) : listen_unix(path, &id);
     if (!fd) {
       if (!own_dir && someone_listens(path)) {
         // Another VM given the same --api-socket, started at the same moment, bound it first (the
@@ -136,7 +137,11 @@ void ControlPlane::run_starter() {
       return;
     }
     listener = std::move(*fd);
-    registration_->socket_bound();
+    if (own_dir) {
+      registration_->socket_bound();
+    } else {
+      registration_->socket_bound(id);
+    }
   }
   // The first client (or the end). An idle VM nobody asks keeps this thread, in poll(), and none
   // of the plugin.

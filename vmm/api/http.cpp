@@ -3,6 +3,7 @@
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -157,12 +158,11 @@ Result<Fd> listen_unix_in_private_dir(const std::string& path) {
   return bind_and_listen(path, path);
 }
 
-Result<Fd> listen_unix(const std::string& path) {
+Result<Fd> listen_unix(const std::string& path, std::pair<uint64_t, uint64_t>* bound) {
   if (auto r = check_socket_path(path); !r) return std::unexpected(r.error());
-  // Something at the path: only a socket nobody listens on (left by a VM that was killed) is replaced.
-  bool replace = false;
+  // Something at the path: only a socket nobody listens on (left by a VM that was killed) is
+  // replaced. (Checked again below, where it counts; this is the quick refusal.)
   if (struct stat st {}; ::lstat(path.c_str(), &st) == 0) {
-    replace = true;
     if (!S_ISSOCK(st.st_mode)) return fail("{}: exists and is not a socket", path);
     if (someone_listens(path)) return fail("{}: another server listens there", path);
   }
@@ -170,32 +170,47 @@ Result<Fd> listen_unix(const std::string& path) {
   // renamed into place: nobody else can reach it while it has the umask's mode, nor take its
   // temporary name first (a fixed one in a shared directory, /tmp, could be), and two VMs starting
   // at once do not share one.
-  std::string dir = socket_dir(path) + std::string(kBindDir);
+  const std::string parent = socket_dir(path);
+  std::string dir = parent + std::string(kBindDir);
   if (::mkdtemp(dir.data()) == nullptr) return fail("{}: cannot listen: {}: {}", path, dir, errno_text(errno));
   const std::string tmp = dir + "/s";
   auto fd = bind_and_listen(tmp, path);
-  // Into a free path without replacing what another process put there meanwhile (two VMs given one
-  // --api-socket, started at once, both found it free above): the second finds the first's.
+  struct stat made {};
+  if (fd && ::lstat(tmp.c_str(), &made) != 0) fd = fail("{}: cannot listen: {}: {}", path, tmp, errno_text(errno));
+  // Into place, what is there looked at again and the rename made under a lock of the directory
+  // that every vmm takes for it: two VMs given one --api-socket over a stale socket both found it
+  // stale above, and the second's rename replaced the first's live socket (which then ran
+  // unreachable, and removed the second's at its end). Without the lock's directory (gone, not
+  // ours to read), renameat2's RENAME_NOREPLACE alone.
   auto move_into_place = [&] {
-    if (replace) return ::rename(tmp.c_str(), path.c_str());
+    Fd pd(::open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (pd) {
+      while (::flock(pd.get(), LOCK_EX) != 0 && errno == EINTR) {
+      }
+    }
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) == 0) {
+      if (!S_ISSOCK(st.st_mode) || someone_listens(path) || !pd) {
+        errno = EEXIST;
+        return -1;
+      }
+      return ::rename(tmp.c_str(), path.c_str());  // a stale socket, no one else's to keep
+    }
     if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, path.c_str(), RENAME_NOREPLACE) == 0) return 0;
-    if (errno == EINVAL) return ::rename(tmp.c_str(), path.c_str());  // (a file system without it)
-    if (errno != EEXIST) return -1;
-    if (!someone_listens(path)) return ::rename(tmp.c_str(), path.c_str());  // a stale one, just left
-    errno = EEXIST;
+    if (errno == EINVAL && pd) return ::rename(tmp.c_str(), path.c_str());  // (a file system without it; under the lock)
     return -1;
   };
   if (fd && move_into_place() != 0) {
     const int err = errno;
-    if (err == EEXIST) {
-      ::unlink(tmp.c_str());
-      ::rmdir(dir.c_str());
-      return fail("{}: another server listens there", path);
-    }
     ::unlink(tmp.c_str());
-    fd = fail("{}: cannot listen: {}", path, errno_text(err));
+    ::rmdir(dir.c_str());
+    if (err == EEXIST) return fail("{}: another server listens there", path);
+    return fail("{}: cannot listen: {}", path, errno_text(err));
   }
   ::rmdir(dir.c_str());
+  // The inode renamed into place: the one this server's end removes, if it is still there then
+  // (an lstat of the path now could already see another's).
+  if (fd && bound) *bound = {static_cast<uint64_t>(made.st_dev), static_cast<uint64_t>(made.st_ino)};
   return fd;
 }
 

@@ -22,6 +22,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "vmm/base/error.hpp"
 #include "vmm/base/fd.hpp"
@@ -78,8 +79,8 @@ inline constexpr uint32_t kHttpAbi = 4;  // 3: HttpRequest::received; 4: no clie
 Result<const HttpPlugin*> http_plugin();
 /// A Unix socket listening at `path` (mode 0600, bound under a temporary name and renamed into
 /// place; a socket left there by a VM that was killed is replaced; anything else there is an error).
-/// Plain system calls: no plugin.
-Result<Fd> listen_unix(const std::string& path);
+/// `bound`, if given, gets the socket file's device and inode. Plain system calls: no plugin.
+Result<Fd> listen_unix(const std::string& path, std::pair<uint64_t, uint64_t>* bound = nullptr);
 /// The same at `path` in a directory that only this process's user can enter and that nobody else
 /// makes files in (a VM's hidden STATE/run entry while it is made): bound in place, no temporary
 /// directory.

@@ -184,6 +184,8 @@ void Registration::socket_bound() {
   if (::lstat(staged_socket().c_str(), &st) == 0) bound_ = {static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)};
 }
 
+void Registration::socket_bound(std::pair<uint64_t, uint64_t> id) { bound_ = id; }
+
 Registration::~Registration() {
   if (abandoned_) return;
   std::error_code ec;

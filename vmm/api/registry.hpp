@@ -50,6 +50,9 @@ class Registration {
   /// The VM listens at socket() now: the socket there is its own, and goes with the registration
   /// (a socket it never bound, or that another server has bound since, is left alone).
   void socket_bound();
+  /// The same, for the socket file of device and inode `id` (listen_unix's: an lstat of the path
+  /// after it could see another server's socket, moved there since).
+  void socket_bound(std::pair<uint64_t, uint64_t> id);
 
  private:
   Registration() = default;
