@@ -193,9 +193,16 @@ Result<std::unique_ptr<Netns>> Netns::create(const NetnsConfig& c) {
   ns->tap_.emplace(std::move(*tap));
 
   {
-    // The outside address: the first free /30, chosen and taken under the state directory's lock.
-    const auto lock_path = c.records / ".outside.lock";
-    Fd lock(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+    // The outside address: the first free /30, chosen and taken under a lock. The host's: the
+    // blocks are the host's, and VMs of two state directories (--state-dir) could take one block
+    // at once under each one's own lock (the state directory's where the host's lock directory is
+    // not ours to write in).
+    auto lock_path = std::filesystem::path("/run/lock/vmm-outside.lock");
+    Fd lock(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
+    if (!lock) {
+      lock_path = c.records / ".outside.lock";
+      lock = Fd(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+    }
     if (!lock || ::flock(lock.get(), LOCK_EX) != 0) return fail("{}: cannot lock: {}", lock_path.string(), errno_text(errno));
     const auto used = used_outside_blocks();
     uint32_t block = kOutsideNet;

@@ -229,13 +229,21 @@ HttpResponse VmService::input(const std::string& text) {
 }
 
 HttpResponse VmService::metrics() {
-  const MemoryUse m = memory_use(reinterpret_cast<uintptr_t>(machine_.vm().memory().regions().front().host));
-  json j{{"uptime_s", std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count()},
-         {"memory",
-          {{"private_dirty_kib", m.private_dirty_kib},
-           {"rss_kib", m.rss_kib},
-           {"guest_dirty_kib", m.guest_private_dirty_kib},
-           {"guest_resident_kib", m.guest_rss_kib}}}};
+  json memory;
+  {
+    std::lock_guard lock(metrics_mutex_);
+    const auto now = std::chrono::steady_clock::now();
+    if (metrics_memory_.is_null() || now - metrics_at_ >= std::chrono::seconds(1)) {
+      const MemoryUse m = memory_use(reinterpret_cast<uintptr_t>(machine_.vm().memory().regions().front().host));
+      metrics_memory_ = {{"private_dirty_kib", m.private_dirty_kib},
+                         {"rss_kib", m.rss_kib},
+                         {"guest_dirty_kib", m.guest_private_dirty_kib},
+                         {"guest_resident_kib", m.guest_rss_kib}};
+      metrics_at_ = std::chrono::steady_clock::now();
+    }
+    memory = metrics_memory_;
+  }
+  json j{{"uptime_s", std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count()}, {"memory", memory}};
   json disks = json::array();
   for (const auto& d : machine_.platform().disks()) {
     const auto s = d->stats();

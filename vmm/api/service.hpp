@@ -119,6 +119,12 @@ class VmService {
   std::condition_variable stop_cv_;
   bool cancelled_ = false;  // guarded by stop_mutex_
   std::thread stopper_;     // the hard stop after the timeout
+  // GET /vm/metrics's walk of /proc/self/smaps, which holds the process's memory map (a vCPU's
+  // page fault can wait behind a writer queued after it: a thread being made): one at a time, and
+  // its answer reused for a second, whatever the number of clients asking.
+  std::mutex metrics_mutex_;
+  std::chrono::steady_clock::time_point metrics_at_{};  // guarded by metrics_mutex_
+  nlohmann::json metrics_memory_;                       // guarded by metrics_mutex_
 };
 
 }  // namespace vmm::api
