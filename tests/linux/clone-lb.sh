@@ -154,7 +154,9 @@ wait_http http://10.0.3.12/cgi-bin/host 30 && [ "$body" = web-2 ] && ok "its par
 stop_all
 n=0
 while [ -n "$(ls "$VMM_STATE_DIR/run" 2>/dev/null)" ] && [ $n -lt 100 ]; do sleep 0.2; n=$((n + 1)); done
-printf 'start 10.0.3.100\nend 10.0.3.109\ninterface br0\nlease_file %s\noption subnet 255.255.255.0\noption router 10.0.3.1\n' \
+# Leases of 20 s: the clone's udhcpc must renew it (at 10 s) while it runs (vmm-agent ran it with -q
+# until 2026-12-07: it left once it had a lease, and the address outlived the lease).
+printf 'start 10.0.3.100\nend 10.0.3.109\ninterface br0\nlease_file %s\nmin_lease 10\noption lease 20\noption subnet 255.255.255.0\noption router 10.0.3.1\n' \
   "$work/leases" >"$work/udhcpd.conf"
 : >"$work/leases"
 udhcpd -f "$work/udhcpd.conf" >"$work/udhcpd.out" 2>&1 &
@@ -170,6 +172,12 @@ if [ -n "$lease" ] && wait_http "http://$lease/cgi-bin/host" 120 && [ "$body" = 
   ok "a clone with --ip dhcp took $lease from L1's DHCP server and answers there as web-dhcp"
 else
   bad "DHCP clone: '$body'"; show "$work/dh.out" "$work/udhcpd.out" "$VMM_STATE_DIR/clones/dh/console.log"
+fi
+if [ -n "$lease" ]; then
+  n=0
+  while [ "$(grep -c "sending ACK to $lease" "$work/udhcpd.out")" -lt 2 ] && [ $n -lt 200 ]; do sleep 0.2; n=$((n + 1)); done
+  [ "$(grep -c "sending ACK to $lease" "$work/udhcpd.out")" -ge 2 ] && ok "the DHCP clone renews its lease of 20 s" ||
+    { bad "the DHCP clone's lease not renewed"; show "$work/udhcpd.out"; }
 fi
 grep -a "vmm-agent" "$VMM_STATE_DIR/clones/dh/console.log" | tail -3 | sed 's/^/  dh | /'
 kill "$dhcpd" 2>/dev/null

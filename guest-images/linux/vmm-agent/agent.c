@@ -47,6 +47,7 @@
 #include <netinet/in.h>
 #include <arpa/inet.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -373,6 +374,30 @@ static void apply_entropy(const struct vmm_identity *id) {
   if (fd >= 0) close(fd);
 }
 
+/* udhcpc keeping the lease of the first interface: its pid file. */
+#define DHCP_PIDFILE "/run/vmm-agent-udhcpc.pid"
+
+/* Ends the udhcpc that keeps a lease, if one does (its pid file names a live udhcpc), and waits a
+ * second at most for it to go. */
+static void stop_dhcp_client(void) {
+  char buf[32], comm[32], path[64];
+  ssize_t n = read_file(DHCP_PIDFILE, buf, sizeof buf - 1);
+  if (n <= 0) return;
+  buf[n] = '\0';
+  char *end;
+  long pid = strtol(buf, &end, 10);
+  if (pid <= 1 || (*end != '\0' && *end != '\n')) return;
+  snprintf(path, sizeof path, "/proc/%ld/comm", pid);
+  n = read_file(path, comm, sizeof comm - 1);
+  if (n <= 0) return;
+  comm[n] = '\0';
+  if (strcmp(comm, "udhcpc\n") != 0) return;  /* the pid is another process's by now */
+  if (kill((pid_t)pid, SIGTERM) != 0) return;
+  for (int i = 0; i < 100 && kill((pid_t)pid, 0) == 0; i++) usleep(10000);
+  unlink(DHCP_PIDFILE);
+  note("udhcpc %ld (the previous lease's) stopped", pid);
+}
+
 static void apply_network(const struct vmm_identity *id) {
   int changed[MAX_IFACES] = {0}, any = 0;
   list_interfaces();
@@ -450,8 +475,13 @@ static void apply_network(const struct vmm_identity *id) {
     say("%s dhcp", ifname[0]);
     if (dry_run) return;
     if (!path) { fail("%s: dhcp: no udhcpc", ifname[0]); return; }
+    /* The lease is kept: udhcpc stays (in the background once it has one) and renews it; with -q it
+     * left once it had one, and the address stayed on after the lease ran out, for the server to
+     * give to another machine. The one a template (or a fork's parent) left running goes first: it
+     * would renew the source's lease from the clone. */
+    stop_dhcp_client();
     set_up(ifname[0], 1);
-    const char *argv[] = {path, "-i", ifname[0], "-n", "-q", "-f", NULL};
+    const char *argv[] = {path, "-i", ifname[0], "-n", "-p", DHCP_PIDFILE, NULL};
     int st = run(argv);
     if (st != 0) fail("%s: udhcpc exited with status %d", ifname[0], st);
   }
