@@ -83,7 +83,8 @@ static void out(const char *prefix, const char *fmt, va_list ap) {
 /* A change ("would ..." in a dry run), a note, a failure. */
 static void say(const char *fmt, ...) { va_list ap; va_start(ap, fmt); out(dry_run ? "would " : "", fmt, ap); va_end(ap); }
 static void note(const char *fmt, ...) { va_list ap; va_start(ap, fmt); out("", fmt, ap); va_end(ap); }
-static void fail(const char *fmt, ...) { va_list ap; va_start(ap, fmt); out("error: ", fmt, ap); va_end(ap); }
+static int failures; /* fail()s so far: a generation whose steps failed is applied again */
+static void fail(const char *fmt, ...) { va_list ap; va_start(ap, fmt); out("error: ", fmt, ap); va_end(ap); failures++; }
 
 static double mono_ms(void) {
   struct timespec t;
@@ -537,7 +538,21 @@ static void apply_ssh_keys(void) {
   else fail("ssh-keygen -A exited with status %d", st);
 }
 
+static int retry_pending; /* the last identity read is to be applied again (unchanged since) */
 static void apply(const struct vmm_identity *id, double t0, int boot) {
+  /* A generation some step of which failed (a MAC the driver refused for a moment: EBUSY) is
+   * applied again at the next look, up to kTries times: recorded as applied at once, it left the
+   * clone on its template's MAC for good, its every frame dropped by the host. */
+  enum { kTries = 5 };
+  retry_pending = 0;
+  static char tried_gen[33];
+  static int tries;
+  const int failed_before = failures;
+  if (strcmp(tried_gen, id->generation) != 0) {
+    memcpy(tried_gen, id->generation, 33);
+    tries = 0;
+  }
+  tries++;
   apply_entropy(id);
   /* Who the machine is before it is reachable at its new address: a request that arrives the
    * moment the address is up must not be answered under the template's hostname (seen in the
@@ -546,6 +561,13 @@ static void apply(const struct vmm_identity *id, double t0, int boot) {
   apply_machine_id(id);
   if (!boot) apply_ssh_keys();
   apply_network(id);
+  if (failures != failed_before && !boot && tries < kTries && !dry_run) {
+    note("generation %s: %d step(s) failed: applying it again (try %d of %d)", id->generation, failures - failed_before, tries + 1,
+         (int)kTries);
+    usleep(200000);  /* (and the next look comes one poll later) */
+    retry_pending = 1;
+    return;
+  }
   memcpy(applied_gen, id->generation, 33);
   if (dry_run) {
     note("would apply generation %s", id->generation);
@@ -680,6 +702,7 @@ int main(int argc, char **argv) {
     r = load(&id);
     if (r == 2 && !unreadable++) fail("%s: %s", identity_path, strerror(errno));
     if (r != 2) unreadable = 0;
-    if (r == 0 && strcmp(id.generation, applied_gen) != 0) apply(&id, t0, 0);
+    if (r == 1) retry_pending = 0;  /* a new file, rejected: what `id` holds is not to be applied */
+    if ((r == 0 || (r == 3 && retry_pending)) && strcmp(id.generation, applied_gen) != 0) apply(&id, t0, 0);
   }
 }
