@@ -977,3 +977,31 @@ TEST_CASE("http: VMs given one --api-socket over a stale socket, started at once
     for (pid_t p : pids) ::waitpid(p, nullptr, 0);
   }
 }
+
+TEST_CASE("http: with every thread on a busy kept-alive connection, a new client is served after their current requests, not their next hundred") {
+  TestServer t([](const api::HttpRequest&) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    return api::HttpResponse{.status = 200, .body = R"({"ok":true})", .allow = {}};
+  });
+  if (t.skipped()) return;
+  // kMaxConnections connections, each with 100 requests sent at once: ~5 s of work each, all the
+  // server's threads taken. A connection was served its hundred before a waiting one got its thread.
+  std::string burst;
+  for (int i = 0; i < 100; ++i) burst += kGet;
+  std::vector<Fd> busy;
+  for (size_t i = 0; i < api::kMaxConnections; ++i) {
+    busy.push_back(connect_to(t.path));
+    send_all(busy.back().get(), burst);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  const auto t0 = std::chrono::steady_clock::now();
+  Fd late = connect_to(t.path);
+  send_all(late.get(), kGet);
+  const std::string r = read_response(late.get(), t0 + std::chrono::seconds(4));
+  const auto took = std::chrono::steady_clock::now() - t0;
+  CHECK(r.starts_with("HTTP/1.1 200"));
+  CHECK(took < std::chrono::seconds(2));
+  // Each busy connection got an answer to its first request, and was then closed ("Connection: close").
+  const std::string first = read_response(busy.front().get(), std::chrono::steady_clock::now() + std::chrono::seconds(4));
+  CHECK(first.starts_with("HTTP/1.1 200"));
+}

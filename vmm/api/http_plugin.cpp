@@ -375,6 +375,11 @@ class Server final : public HttpServer {
     }
   }
 
+  bool others_waiting() {
+    std::lock_guard lock(mutex_);
+    return !waiting_.empty();
+  }
+
   void serve(Waiting connection) {
     const int fd = connection.fd;
     ConnectionStream stream(fd, stop_fd_, connection.at);
@@ -382,7 +387,10 @@ class Server final : public HttpServer {
       bool closed = false;
       t_close_connection = false;
       t_received = stream.began();
-      if (!svr_.serve_request(stream, count == 1, closed) || closed || t_close_connection) break;
+      // With connections waiting for a thread, a kept-alive one is closed after this request (its
+      // client connects again, in turn): a few clients that keep theirs busy held every thread.
+      const bool last = count == 1 || others_waiting();
+      if (!svr_.serve_request(stream, last, closed) || closed || t_close_connection || last) break;
     }
     ::close(fd);
   }
