@@ -22,17 +22,20 @@ namespace vmm::clone {
 
 namespace fs = std::filesystem;
 
-namespace {
-
 uint64_t allocated_bytes(const fs::path& dir) {
   uint64_t total = 0;
   std::error_code ec;
-  for (const auto& e : fs::recursive_directory_iterator(dir, ec)) {
+  // The throwing increment of a range-for ended `template ls` and `clone ls` in std::terminate at
+  // a directory it could not read: an error ends the walk here, with what was counted.
+  for (fs::recursive_directory_iterator it(dir, fs::directory_options::skip_permission_denied, ec), end; !ec && it != end;
+       it.increment(ec)) {
     struct stat st {};
-    if (e.is_regular_file(ec) && ::lstat(e.path().c_str(), &st) == 0) total += static_cast<uint64_t>(st.st_blocks) * 512;
+    if (it->is_regular_file(ec) && ::lstat(it->path().c_str(), &st) == 0) total += static_cast<uint64_t>(st.st_blocks) * 512;
   }
   return total;
 }
+
+namespace {
 
 CloneEntry read_entry(const fs::path& dir, const std::vector<api::RunningVm>& running) {
   CloneEntry c;
@@ -166,8 +169,11 @@ std::optional<TemplateRemoval> remove_template(const fs::path& sdir, const std::
   if (!lock) return refuse(exit_code::kVmmError, lock.error().message());
   if (auto m = read_manifest(dir); !m) {
     // Given by path, a directory must be a template to be removed; one of the state directory's own
-    // templates whose manifest is gone is what an interrupted removal left (before tombs).
-    if (!ours || fs::exists(dir / kManifestFile)) return refuse(exit_code::kImage, m.error().message());
+    // templates whose manifest is gone is what an interrupted removal left (before tombs), and one
+    // whose manifest is unreadable goes with --force (no command could remove it otherwise).
+    if (!ours || (fs::exists(dir / kManifestFile) && !force)) {
+      return refuse(exit_code::kImage, ours ? fmt::format("{} (remove it with --force)", m.error().message()) : m.error().message());
+    }
   }
   if (const auto clones = dependants(sdir, dir); !clones.empty() && !force) return depended_on(clones);
   if (auto r = bury(dir, lock->fd); !r) return refuse(exit_code::kVmmError, r.error().message());

@@ -20,6 +20,9 @@
 
 namespace vmm::clone {
 
+/// Bytes allocated to the regular files under `dir` (st_blocks), as far as it can be read.
+uint64_t allocated_bytes(const std::filesystem::path& dir);
+
 struct CloneEntry {
   enum class State { Running, Stopped, Starting };
   std::string name;

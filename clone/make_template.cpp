@@ -38,8 +38,8 @@ bool is_qcow2(const fs::path& p) {
 /// alone: the memory file is the guest's RAM, with whatever secrets it held.
 void make_read_only(const fs::path& dir) {
   std::error_code ec;
-  for (const auto& e : fs::recursive_directory_iterator(dir, ec)) {
-    if (fs::is_regular_file(e.symlink_status(ec))) fs::permissions(e.path(), fs::perms::owner_read, ec);
+  for (fs::recursive_directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    if (fs::is_regular_file(it->symlink_status(ec))) fs::permissions(it->path(), fs::perms::owner_read, ec);
   }
 }
 
@@ -264,6 +264,11 @@ int create_template(const TemplateCreateOptions& o) {
   controller->join();
   machine->reset();  // the disks are closed (and unlocked) before they are summed and renamed
   if (failure) return report_error(exit_code::kVmmError, fmt::format("template {}: {}", dest->string(), *failure));
+  // Ctrl-C (or SIGTERM) while the template was being written stopped the VM then (it returned
+  // while the controller wrote), or is pending now: nothing is sealed (it was, status 0).
+  if (stop.reason == devices::StopReason::Signal || pending_stop_signal() != 0) {
+    return report_error(exit_code::kSignal, fmt::format("template {}: interrupted: nothing written", dest->string()));
+  }
   if (!written) {
     // Quote the console's last line(s) as one line: what the guest said before it stopped.
     std::string last;

@@ -65,7 +65,10 @@ Result<> check_text(std::string_view value, std::string_view field, std::string_
 /// negative one and truncate a large or fractional one without a word).
 Result<uint64_t> unsigned_field(const json& j, std::string_view field, uint64_t max, std::string_view file) {
   if (!j.is_number_unsigned() || j.get<uint64_t>() > max) {
-    return fail("{}: {} {} is not an integer from 0 to {}", file, field, printable(j.dump()), max);
+    // The value itself only if it is one (a nested array's dump() recursed once per level: a
+    // manifest of 400,000 brackets crashed every template command).
+    const std::string value = j.is_primitive() ? printable(j.dump()) : std::string("(") + j.type_name() + ")";
+    return fail("{}: {} {} is not an integer from 0 to {}", file, field, value, max);
   }
   return j.get<uint64_t>();
 }

@@ -816,7 +816,7 @@ TEST_CASE("http: a long Range header or path is served on a thread whose stack d
 
 // ---- The client (vmm/api/http_client.hpp) ----------------------------------------------------------
 
-TEST_CASE("http client: an answer is parsed whole, 1xx passed over; malformed, oversized or cut short ones are errors") {
+TEST_CASE("http client: an answer is parsed whole, 1xx passed over, and malformed, oversized or cut short ones are errors") {
   using api::parse_response;
   auto whole = [](std::string_view bytes, bool closed = false) {
     auto r = parse_response(bytes, closed);

@@ -107,6 +107,21 @@ TEST_CASE("template manifest: numbers that are not what they say are refused, no
   j = sample_json();
   j["files"]["memory"]["size"] = -1;
   refused(j, "needs file, size and crc32c");
+  // A value that is no number is named by its type, not printed: a nested array's dump() recursed
+  // once per level, and 400,000 brackets (an 800 KB manifest, under its limit) crashed every
+  // template command with a SIGSEGV.
+  std::string text = manifest_json(sample());
+  const std::string memory_key = "\"memory\": ";
+  const size_t at = text.find(memory_key, text.find("\"config\""));
+  REQUIRE(at != std::string::npos);
+  const size_t value_end = text.find_first_of(",}", at + memory_key.size());
+  text = text.substr(0, at + memory_key.size()) + std::string(400000, '[') + std::string(400000, ']') + text.substr(value_end);
+  auto deep = parse_manifest(text, kFile);
+  REQUIRE_FALSE(deep);
+  CHECK(deep.error().message().find("config.memory (array) is not an integer") != std::string::npos);
+  j = sample_json();
+  j["config"]["memory"] = json::object({{"a", 1}});
+  refused(j, "config.memory (object) is not an integer");
 }
 
 TEST_CASE("template manifest: file names stay inside the template, checksums are 8 hex digits") {
@@ -153,6 +168,10 @@ TEST_CASE("template manifest: strings with control characters are refused, and e
   j = sample_json();
   j["config"]["disks"][0]["format"] = "vmdk\nvmm: all is well";
   refused(j, "disk format 'vmdk\\x0avmm: all is well' is not raw or qcow2");
+  // A C1 control in UTF-8 (U+009B, CSI: some terminals obey it) is refused too.
+  j = sample_json();
+  j["config"]["cmdline"] = "console=ttyS0 \xc2\x9b" "31m";
+  refused(j, "has a control character at byte 14");
   j = sample_json();
   j["config"]["ip"] = "10.0.0.2/24\n";
   refused(j, "config.ip");

@@ -173,6 +173,10 @@ TEST_CASE("identity: the channel's keys") {
 TEST_CASE("errors stay one line: control characters in what a user or a client gave are written \\xNN") {
   CHECK(vmm::Error("a\nb\tc\x7f" "d é").message() == "a\\x0ab\\x09c\\x7fd é");
   CHECK(vmm::one_line("plain 'text' / é") == "plain 'text' / é");
+  // C1 controls in UTF-8 (U+0080..U+009F; U+009B is CSI to some terminals), not other 0xc2 pairs.
+  CHECK(vmm::one_line("a\xc2\x9b" "31m \xc2\x85 \xc2\xa0 \xc2") == "a\\xc2\\x9b31m \\xc2\\x85 \xc2\xa0 \xc2");
+  CHECK(vmm::control_char("ok \xc2\xa0") == std::nullopt);
+  CHECK(vmm::control_char("ok \xc2\x9f") == 3u);
   auto net = vmm::parse_net_spec("tap=a\nb");
   REQUIRE_FALSE(net);
   CHECK(net.error().message().find('\n') == std::string::npos);

@@ -13,21 +13,33 @@
 
 namespace vmm {
 
-/// `text` with each control character (below 0x20, or 0x7f) as \xNN, the rest as it is: a message
-/// that quotes what a user, a client or a file gave stays one line and drives no terminal. (Inline:
-/// the HTTP plugin, which links nothing of vmm's, makes Errors too.)
+/// `text` with each control character (below 0x20, 0x7f, and the C1 ones in UTF-8: 0xc2 0x80..0x9f)
+/// as \xNN, the rest as it is: a message that quotes what a user, a client or a file gave stays one
+/// line and drives no terminal. (Inline: the HTTP plugin, which links nothing of vmm's, makes Errors
+/// too.)
 inline std::string one_line(std::string text) {
-  auto control = [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; };
+  // The length of the control character at `i` (0: none there).
+  auto control = [&text](size_t i) -> size_t {
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (c < 0x20 || c == 0x7f) return 1;
+    if (c == 0xc2 && i + 1 < text.size() && static_cast<unsigned char>(text[i + 1]) >= 0x80 &&
+        static_cast<unsigned char>(text[i + 1]) <= 0x9f) {
+      return 2;
+    }
+    return 0;
+  };
   size_t i = 0;
-  while (i < text.size() && !control(text[i])) ++i;
+  while (i < text.size() && control(i) == 0) ++i;
   if (i == text.size()) return text;
   std::string out(text, 0, i);
-  for (; i < text.size(); ++i) {
-    if (control(text[i])) {
-      out += fmt::format("\\x{:02x}", static_cast<unsigned char>(text[i]));
-    } else {
-      out += text[i];
+  while (i < text.size()) {
+    const size_t n = control(i);
+    if (n == 0) {
+      out += text[i++];
+      continue;
     }
+    for (size_t k = 0; k < n; ++k) out += fmt::format("\\x{:02x}", static_cast<unsigned char>(text[i + k]));
+    i += n;
   }
   return out;
 }
@@ -61,7 +73,7 @@ std::string errno_text(int err);
 /// Untrusted bytes (from a file or a guest) made fit for a one-line message: printable ASCII stays,
 /// everything else (and ' and \\) becomes \\xNN.
 std::string printable(std::string_view bytes);
-/// Where the first control character (below 0x20, or 0x7f) of untrusted text is, if it has one: a
+/// Where the first control character (below 0x20, 0x7f, or a C1 one in UTF-8) of untrusted text is: a
 /// name from a file that would split a message's line or drive a terminal is refused by its parser.
 std::optional<size_t> control_char(std::string_view text);
 

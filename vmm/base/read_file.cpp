@@ -12,7 +12,9 @@ namespace vmm {
 
 Result<std::string> read_file(const std::filesystem::path& path, size_t max_bytes, std::string_view what) {
   const std::string name = path.string();
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  // Not a FIFO's open, which waits for a writer (a FIFO named clone.json hung `template ls`):
+  // opened without waiting, then refused as not a regular file.
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
   if (!fd) return fail("{}: cannot open: {}", name, errno_text(errno));
   return read_file(fd.get(), path, max_bytes, what);
 }

@@ -32,11 +32,7 @@ int template_ls(const std::string& state_dir, bool json) {
       fmt::print(stderr, "vmm: warning: {}\n", m.error().message());
       continue;
     }
-    uint64_t on_disk = 0;
-    for (const auto& e : fs::recursive_directory_iterator(d, ec)) {
-      struct stat st {};
-      if (e.is_regular_file(ec) && ::stat(e.path().c_str(), &st) == 0) on_disk += static_cast<uint64_t>(st.st_blocks) * 512;
-    }
+    const uint64_t on_disk = clone::allocated_bytes(d);
     const auto clones = clone::dependants(sdir, d);
     if (json) {
       list.push_back({{"name", m->name}, {"path", d.string()}, {"memory", m->memory}, {"vcpus", m->vcpus},
