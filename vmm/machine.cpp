@@ -24,7 +24,15 @@ Result<std::unique_ptr<Machine>> Machine::create(const Kvm& kvm, GuestMemory mem
   return m;
 }
 
-Machine::~Machine() { end_io(); }
+Machine::~Machine() {
+  end_io();
+  // The devices, then the loop (which cancels and reaps what is still in flight: a read into guest
+  // memory stuck past run()'s 5 s), and only then guest memory (vm_): by the members' order the
+  // memory went first, and a late read landed in memory unmapped, or mapped again for another VM.
+  platform_.reset();
+  loop_.reset();
+  vm_.reset();
+}
 
 void Machine::io_thread() {
   ::pthread_setname_np(::pthread_self(), "vmm-io");
@@ -56,7 +64,9 @@ void Machine::io_thread() {
 
 Result<> Machine::start_io() {
   std::lock_guard lock(io_mutex_);
-  if (io_want_ == IoWant::End) return {};
+  // Ended by run() (which then drives the loop itself): a resume that looked at the VM just before
+  // it stopped must not start a second thread on the loop.
+  if (io_want_ == IoWant::End || io_ended_) return {};
   io_want_ = IoWant::Run;
   if (!io_.joinable()) {
     io_parked_ = false;
@@ -90,10 +100,11 @@ void Machine::end_io() {
   }
   io_.join();
   std::lock_guard lock(io_mutex_);
-  // A later run() starts a new one. io_parked_ stays true (an ended thread counts as parked): a
-  // park_io() woken by the thread's end but not yet running would otherwise see it false again
-  // and wait forever, holding its lease, and run() with it.
+  // A later run() starts a new one (io_ended_ until then). io_parked_ stays true (an ended thread
+  // counts as parked): a park_io() woken by the thread's end but not yet running would otherwise
+  // see it false again and wait forever, holding its lease, and run() with it.
   io_want_ = IoWant::Run;
+  io_ended_ = true;
 }
 
 StopInfo Machine::run(const std::function<void()>& started) {
@@ -104,6 +115,10 @@ StopInfo Machine::run(const std::function<void()>& started) {
     return stop;
   };
   if (auto r = platform_->start(); !r) return not_started(r.error());
+  {
+    std::lock_guard lock(io_mutex_);
+    io_ended_ = false;
+  }
   if (auto r = start_io(); !r) {
     platform_->shutdown();
     return not_started(r.error());

@@ -88,6 +88,7 @@ class Machine {
   IoWant io_want_ = IoWant::Run;  // guarded by io_mutex_
   bool io_parked_ = false;        // out of the loop, waiting or ended; guarded by io_mutex_
   bool quiescing_ = false;        // a LoopLease is held: run() drains the loop only after; guarded by io_mutex_
+  bool io_ended_ = false;         // run() ended the thread and drives the loop: none is started; guarded by io_mutex_
   std::thread io_;
   Result<> io_result_;
 };

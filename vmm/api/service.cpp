@@ -139,14 +139,26 @@ HttpResponse busy() { return fault(409, "another operation (a pause, resume, sna
 }  // namespace
 
 void VmService::resume_for_stop() {
-  // The stop sets stopping_ then tries the lock; an operation releases the lock then looks at
-  // stopping_ and tries it: whichever comes second sees the other, so a VM left paused by an
-  // operation that was running when the stop came takes its power button all the same.
-  std::unique_lock op(op_mutex_, std::try_to_lock);
-  if (!op.owns_lock() || !stopping_ || !paused_) return;
-  machine_.resume();
-  paused_ = false;
-  quiesced_ = false;
+  // The stop sets stopping_ and press_pending_, then tries the lock; an operation releases the
+  // lock, then tries it and looks at them, and once it lets go again, looks whether a stop came
+  // while it held it (and found it taken): whichever comes last does it. The power button is
+  // pressed only into a VM that runs: never into one paused for a snapshot or a fork (the capture
+  // kept the press, and every clone of that template shut down as it started).
+  for (;;) {
+    {
+      std::unique_lock op(op_mutex_, std::try_to_lock);
+      if (!op.owns_lock()) return;  // its holder does it when it lets go
+      if (stopping_) {
+        if (paused_) {
+          machine_.resume();
+          paused_ = false;
+          quiesced_ = false;
+        }
+        if (press_pending_.exchange(false)) machine_.platform().press_power_button();
+      }
+    }
+    if (!(stopping_ && press_pending_)) return;
+  }
 }
 
 HttpResponse VmService::pause() {
@@ -199,10 +211,10 @@ HttpResponse VmService::stop(const StopRequest& request) {
     return fault(503, timer.error().message());
   }
   stopper_ = std::move(*timer);
-  // The guest is asked first: a paused one could not answer, so it runs again (now, or when the
-  // operation that paused it ends: never under a snapshot or a fork in progress).
+  // The guest is asked first: a paused one could not answer, so it runs again and is asked then
+  // (now, or when the operation that paused it ends: never under a snapshot or a fork in progress).
+  press_pending_ = true;
   resume_for_stop();
-  machine_.platform().press_power_button();
   return no_content();
 }
 

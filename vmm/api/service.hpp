@@ -113,6 +113,7 @@ class VmService {
   std::atomic<bool> paused_{false};    // written under op_mutex_
   std::atomic<bool> quiesced_{false};  // written under op_mutex_: paused with the I/O thread parked too (not so for a VM started paused)
   std::atomic<bool> stopping_{false};
+  std::atomic<bool> press_pending_{false};  // a stop's power button, pressed once the VM runs (resume_for_stop)
   /// Stopped through the API, or stopping for any reason (the guest powered off, a signal).
   bool stopping() const { return stopping_ || machine_.vm().stopping(); }
   std::mutex stop_mutex_;
