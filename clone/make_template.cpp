@@ -15,6 +15,7 @@
 #include "clone/memory_file.hpp"
 #include "clone/snapshot.hpp"
 #include "disk/file_io.hpp"
+#include "disk/image.hpp"
 #include "disk/qcow2.hpp"
 #include "vmm/base/dir_lock.hpp"
 #include "vmm/base/fd.hpp"
@@ -162,7 +163,11 @@ int create_template(const TemplateCreateOptions& o) {
       }
     }
     const std::string name = fmt::format("disks/disk{}.{}", i, qcow2 ? "qcow2" : "img");
-    if (auto r = copy_sparse(d.path, tmp / name); !r) {
+    // Copied under a shared lock, as a VM reading it would hold: one a VM writes (locked
+    // exclusive) is refused, not captured in the middle of its writes.
+    auto src = disk::open_locked(d.path, /*read_only=*/true);
+    if (!src) return report_error(exit_code::kImage, src.error().message());
+    if (auto r = copy_sparse(src->fd.get(), d.path, tmp / name); !r) {
       return report_error(pending_stop_signal() != 0 ? exit_code::kSignal : exit_code::kImage, r.error().message());
     }
     m.disks.push_back({.file = {.name = name}, .id = d.id, .format = qcow2 ? "qcow2" : "raw", .read_only = d.read_only});

@@ -433,18 +433,49 @@ Result<> check_standalone_qcow2(int fd, const fs::path& path) {
 
 namespace {
 
-/// Size and CRC-32C of the whole of an open file, read from its start (`p` names it in errors).
+/// Size and CRC-32C of the whole of an open file, read from its start (`p` names it in errors). Its
+/// holes are summed without being read (crc32c_zeros): a sparse 10 GiB disk took 15 s to sum, a
+/// 1 TiB one would take half an hour, a crafted 16 TiB one days. A pending SIGINT or SIGTERM ends it.
 Result<FileSum> sum_open_file(int fd, const fs::path& p, const std::string& name) {
   FileSum f{.name = name, .size = 0, .checksum = 0, .data_bytes = 0};
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return fail("{}: stat: {}", p.string(), errno_text(errno));
+  const uint64_t end = static_cast<uint64_t>(st.st_size);
   std::vector<uint8_t> buf(1 << 20);
-  for (;;) {
-    const ssize_t n = ::pread(fd, buf.data(), buf.size(), static_cast<off_t>(f.size));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return fail("{}: read: {}", p.string(), errno_text(errno));
-    if (n == 0) break;
-    f.checksum = crc32c(f.checksum, std::span(buf.data(), static_cast<size_t>(n)));
-    f.size += static_cast<uint64_t>(n);
+  // [f.size, data): a hole; [data, hole): data, read. Where the file system cannot say, all data.
+  bool seekable = S_ISREG(st.st_mode);
+  while (f.size < end) {
+    uint64_t data = f.size, hole = end;
+    if (seekable) {
+      const off_t d = ::lseek(fd, static_cast<off_t>(f.size), SEEK_DATA);
+      if (d >= 0) {
+        data = std::min<uint64_t>(static_cast<uint64_t>(d), end);
+      } else if (errno == ENXIO) {
+        data = end;  // nothing but a hole to the end
+      } else {
+        seekable = false;
+      }
+      if (seekable && data < end) {
+        const off_t h = ::lseek(fd, static_cast<off_t>(data), SEEK_HOLE);
+        hole = h >= 0 ? std::min<uint64_t>(static_cast<uint64_t>(h), end) : end;
+      }
+    }
+    f.checksum = crc32c_zeros(f.checksum, data - f.size);
+    f.size = data;
+    while (f.size < hole) {
+      if (pending_stop_signal() != 0) return fail("{}: interrupted", p.string());
+      const size_t want = static_cast<size_t>(std::min<uint64_t>(buf.size(), hole - f.size));
+      const ssize_t n = ::pread(fd, buf.data(), want, static_cast<off_t>(f.size));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return fail("{}: read: {}", p.string(), errno_text(errno));
+      if (n == 0) return fail("{}: shorter than its size ({} of {} bytes): changed while it was read", p.string(), f.size, end);
+      f.checksum = crc32c(f.checksum, std::span(buf.data(), static_cast<size_t>(n)));
+      f.size += static_cast<uint64_t>(n);
+    }
   }
+  // Grown while it was read: what came after the size it had is not summed, and says so.
+  char extra;
+  if (::pread(fd, &extra, 1, static_cast<off_t>(end)) == 1) return fail("{}: changed while it was read", p.string());
   return f;
 }
 

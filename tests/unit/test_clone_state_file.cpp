@@ -135,6 +135,19 @@ TEST_CASE("crc32c: hardware and software agree on random buffers of odd lengths 
   }
 }
 
+TEST_CASE("crc32c: extending over zero bytes without them gives what reading them gives") {
+  std::mt19937_64 rng(7);
+  const std::vector<uint8_t> zeros(3 << 20, 0);
+  for (uint64_t n : {uint64_t{0}, uint64_t{1}, uint64_t{2}, uint64_t{3}, uint64_t{7}, uint64_t{8}, uint64_t{255}, uint64_t{4096},
+                     uint64_t{65537}, uint64_t{(1 << 20) + 3}, uint64_t{3 << 20}}) {
+    for (uint32_t start : {0u, 0xffffffffu, static_cast<uint32_t>(rng()), vmm::crc32c(0, std::span(zeros).first(5))}) {
+      CAPTURE(n);
+      CAPTURE(start);
+      CHECK(vmm::crc32c_zeros(start, n) == vmm::crc32c(start, std::span(zeros).first(n)));
+    }
+  }
+}
+
 // ---- Round trips ---------------------------------------------------------------------------------
 
 TEST_CASE("state file: round trip with several sections, an empty one included") {

@@ -164,4 +164,42 @@ uint32_t crc32c(uint32_t crc, std::span<const uint8_t> bytes) {
   return crc32c_has_hardware() ? crc32c_hardware(crc, bytes) : crc32c_software(crc, bytes);
 }
 
+namespace {
+/// The 32x32 matrix over GF(2) `mat` (column n: the image of bit n) times the vector `vec`.
+uint32_t gf2_times(const uint32_t* mat, uint32_t vec) {
+  uint32_t sum = 0;
+  for (; vec; vec >>= 1, ++mat) {
+    if (vec & 1) sum ^= *mat;
+  }
+  return sum;
+}
+void gf2_square(uint32_t* square, const uint32_t* mat) {
+  for (int n = 0; n < 32; ++n) square[n] = gf2_times(mat, mat[n]);
+}
+}  // namespace
+
+uint32_t crc32c_zeros(uint32_t crc, uint64_t count) {
+  if (count == 0) return crc;
+  // A zero bit shifts the register (the inverted CRC) right, folding in the polynomial when the bit
+  // shifted out is set: a linear map. Squared twice it is four zero bits; the loop squares on (a
+  // byte, two, four...) and applies the powers that count's bits select.
+  uint32_t even[32], odd[32];
+  odd[0] = 0x82F63B78u;
+  for (int n = 1; n < 32; ++n) odd[n] = 1u << (n - 1);
+  gf2_square(even, odd);
+  gf2_square(odd, even);
+  uint32_t reg = ~crc;
+  for (;;) {
+    gf2_square(even, odd);
+    if (count & 1) reg = gf2_times(even, reg);
+    count >>= 1;
+    if (count == 0) break;
+    gf2_square(odd, even);
+    if (count & 1) reg = gf2_times(odd, reg);
+    count >>= 1;
+    if (count == 0) break;
+  }
+  return ~reg;
+}
+
 }  // namespace vmm

@@ -18,6 +18,9 @@ uint32_t crc32c_software(uint32_t crc, std::span<const uint8_t> bytes);
 /// The same, always with the SSE4.2 instruction; only call it when crc32c_has_hardware().
 uint32_t crc32c_hardware(uint32_t crc, std::span<const uint8_t> bytes);
 
+/// Extends `crc` over `count` zero bytes without reading them: O(log count) (a sparse file's holes
+/// are summed without reading their zeros; the zlib crc32_combine technique, over GF(2)).
+uint32_t crc32c_zeros(uint32_t crc, uint64_t count);
 /// Whether this CPU has SSE4.2 (cpuid leaf 1, ECX bit 20), i.e. crc32c() uses the instruction.
 bool crc32c_has_hardware();
 
