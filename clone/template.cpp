@@ -610,10 +610,9 @@ bool overlays_back_onto(const fs::path& disk_dir, const fs::path& tdir) {
 
 }  // namespace
 
-std::vector<std::string> dependants(const fs::path& sdir, const fs::path& template_dir) {
-  std::vector<std::string> out;
+std::vector<CloneDependence> clone_dependences(const fs::path& sdir) {
+  std::vector<CloneDependence> out;
   std::error_code ec;
-  const fs::path want = fs::weakly_canonical(template_dir, ec);
   for (const auto& e : fs::directory_iterator(sdir / "clones", ec)) {
     if (e.path().filename().string().front() == '.') continue;  // a clone's tomb (being removed)
     auto rec = read_clone_record(e.path());
@@ -623,16 +622,34 @@ std::vector<std::string> dependants(const fs::path& sdir, const fs::path& templa
       if (text) rec = parse_clone_record(*text, (e.path() / kStagedCloneRecord).string());
     }
     if (!rec) {
-      // No record to read (a crash before its write reached the disk: records are not fsynced,
-      // which each clone's start would pay for): its overlays' backing files tell. (Without this a
-      // crash could let `template rm` take the disks a linked clone's overlays stand on.)
-      if (overlays_back_onto(e.path() / "disk", want)) out.push_back(e.path().filename().string() + " (its record unreadable)");
+      out.push_back({.name = e.path().filename().string(), .dir = e.path(), .template_dir = {}, .unreadable = true});
       continue;
     }
     if (rec->full || rec->template_dir.empty()) continue;
-    if (fs::weakly_canonical(rec->template_dir, ec) == want) out.push_back(rec->name);
+    out.push_back({.name = rec->name, .dir = e.path(), .template_dir = fs::weakly_canonical(rec->template_dir, ec), .unreadable = false});
   }
   return out;
+}
+
+std::vector<std::string> dependants(const std::vector<CloneDependence>& clones, const fs::path& template_dir) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  const fs::path want = fs::weakly_canonical(template_dir, ec);
+  for (const auto& c : clones) {
+    if (c.unreadable) {
+      // No record to read (a crash before its write reached the disk: records are not fsynced,
+      // which each clone's start would pay for): its overlays' backing files tell. (Without this a
+      // crash could let `template rm` take the disks a linked clone's overlays stand on.)
+      if (overlays_back_onto(c.dir / "disk", want)) out.push_back(c.name + " (its record unreadable)");
+    } else if (c.template_dir == want) {
+      out.push_back(c.name);
+    }
+  }
+  return out;
+}
+
+std::vector<std::string> dependants(const fs::path& sdir, const fs::path& template_dir) {
+  return dependants(clone_dependences(sdir), template_dir);
 }
 
 }  // namespace vmm::clone

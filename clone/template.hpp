@@ -111,6 +111,17 @@ Result<> write_clone_record(const std::filesystem::path& clone_dir, const CloneR
 /// Linked clones (under state_dir/clones) whose template is `template_dir`, those still being made
 /// (a pool's waiting members: their record not yet in place) included.
 std::vector<std::string> dependants(const std::filesystem::path& state_dir, const std::filesystem::path& template_dir);
+/// The state directory's linked clones and the template each stands on, read once: for a listing
+/// of every template's dependants (reading every record again for each template was quadratic:
+/// 1000 templates and 1000 clones took 24 s).
+struct CloneDependence {
+  std::string name;
+  std::filesystem::path dir;           ///< STATE/clones/NAME
+  std::filesystem::path template_dir;  ///< canonical
+  bool unreadable = false;             ///< no record to read: its overlays tell
+};
+std::vector<CloneDependence> clone_dependences(const std::filesystem::path& state_dir);
+std::vector<std::string> dependants(const std::vector<CloneDependence>& clones, const std::filesystem::path& template_dir);
 
 /// Copies `from` to a new file `to`: a reflink where the file system offers one, else a sparse
 /// copy (data extents only, in steps of at most 64 MiB); fsyncs it unless `sync` is false (a fork's

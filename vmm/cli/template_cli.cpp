@@ -25,6 +25,7 @@ int template_ls(const std::string& state_dir, bool json) {
     if (e.is_directory(ec) && e.path().filename().string().front() != '.') dirs.push_back(e.path());
   }
   std::sort(dirs.begin(), dirs.end());
+  const auto deps = clone::clone_dependences(sdir);
   if (!json) fmt::print("{:<24} {:>8} {:>5} {:>5} {:>10} {:>7}\n", "NAME", "MEMORY", "CPUS", "DISKS", "ON DISK", "CLONES");
   for (const auto& d : dirs) {
     auto m = clone::read_manifest(d);
@@ -33,7 +34,7 @@ int template_ls(const std::string& state_dir, bool json) {
       continue;
     }
     const uint64_t on_disk = clone::allocated_bytes(d);
-    const auto clones = clone::dependants(sdir, d);
+    const auto clones = clone::dependants(deps, d);
     if (json) {
       list.push_back({{"name", m->name}, {"path", d.string()}, {"memory", m->memory}, {"vcpus", m->vcpus},
                       {"disks", m->disks.size()}, {"size_on_disk", on_disk}, {"linked_clones", clones.size()}});
