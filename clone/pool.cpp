@@ -387,8 +387,9 @@ void discard(const std::deque<Member>& members, const fs::path& state_dir) {
     if (n <= 0) break;
     std::erase_if(open, [](const pollfd& p) {
       if (p.revents == 0) return false;
-      char c;
-      return ::recv(p.fd, &c, 1, MSG_DONTWAIT) <= 0 && errno != EAGAIN;  // its end of file (or error): gone
+      char buf[256];
+      const ssize_t got = ::recv(p.fd, buf, sizeof buf, MSG_DONTWAIT);
+      return got == 0 || (got < 0 && errno != EAGAIN && errno != EINTR);  // its end of file (or an error): gone
     });
   }
   for (const auto& m : members) {
@@ -489,6 +490,7 @@ class Pool {
     constexpr auto kStartBudget = std::chrono::milliseconds(1000);
     auto budget = [&] { return std::max(std::chrono::milliseconds(0), left() - kStartBudget); };
     for (int attempt = 0;; ++attempt) {
+      if (budget().count() == 0) return api::fault(503, "no clone could be started in time (the request waited too long): not served");
       {
         std::unique_lock lock(mutex_);
         if (!cv_.wait_for(lock, std::min(budget(), std::chrono::milliseconds(10000)), [&] { return !ready_.empty() || stopping_; }) ||
