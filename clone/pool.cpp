@@ -411,8 +411,8 @@ class Pool {
  public:
   /// `needs_ip`: its clones are on a shared network (a bridge or a host TAP), where each request
   /// must give the clone an address of its own.
-  Pool(OpenTemplate& t, Zygote& zygote, std::string name, unsigned size, bool needs_ip, bool in_netns)
-      : t_(t), zygote_(zygote), name_(std::move(name)), size_(size), needs_ip_(needs_ip), in_netns_(in_netns) {}
+  Pool(OpenTemplate& t, Zygote& zygote, std::string name, unsigned size, bool needs_ip, bool in_netns, std::vector<NetSpec> nets)
+      : t_(t), zygote_(zygote), name_(std::move(name)), size_(size), needs_ip_(needs_ip), in_netns_(in_netns), nets_(std::move(nets)) {}
 
   Result<> start() {
     auto t = start_thread("the pool's refilling thread", [this] { refill(); });
@@ -623,8 +623,28 @@ class Pool {
     lock.lock();
   }
 
+  /// Whether a member numbered `index` and named `name` would make an interface or a namespace
+  /// that is there already: a clone handed out by this pool before it was restarted, or by another
+  /// pool of the same --net pattern, still has it ({i} counts from 1 in every pool process).
+  bool interfaces_taken(unsigned index, const std::string& name) const {
+    std::error_code ec;
+    for (const auto& n : nets_) {
+      auto e = expand_net(n, name, index);
+      if (!e) return false;  // (said when the member fails)
+      if (!e->netns.empty() ? fs::exists(fs::path("/run/netns") / e->netns, ec) : fs::exists(fs::path("/sys/class/net") / e->tap, ec)) {
+        return true;
+      }
+    }
+    return false;
+  }
+
   std::optional<Member> spawn() {
-    auto m = zygote_.spawn(++spawned_, fmt::format("{}-{}", std::string_view(t_.manifest.name).substr(0, 55), random_hex(4)));
+    const std::string name = fmt::format("{}-{}", std::string_view(t_.manifest.name).substr(0, 55), random_hex(4));
+    // Numbers whose interfaces are taken are passed over (each failed member cost a second: a
+    // pool restarted after handing out 1000 clones took ~17 min before its first was ready).
+    unsigned index = ++spawned_;
+    for (unsigned skipped = 0; skipped < 100000 && interfaces_taken(index, name); ++skipped) index = ++spawned_;
+    auto m = zygote_.spawn(index, name);
     if (!m) {
       fmt::print(stderr, "vmm: pool: no member: {}\n", m.error());
       if (m.error() == kZygoteEnded) zygote_lost_ = true;
@@ -665,6 +685,7 @@ class Pool {
   bool stopping_ = false;     // guarded by mutex_
   unsigned spawned_ = 0;      // members made so far (the refill thread's)
   std::atomic<bool> zygote_lost_{false};
+  const std::vector<NetSpec> nets_;  // the members' --net patterns
   std::thread refill_;
 };
 
@@ -725,7 +746,7 @@ int run_pool(const CloneOptions& options, unsigned size) {
   ::pthread_sigmask(SIG_BLOCK, &hup, nullptr);
   const bool needs_ip = t.manifest.ip != "dhcp" && std::ranges::any_of(o.nets, [](const NetSpec& n) { return n.netns.empty(); });
   const bool in_netns = !o.nets.empty() && std::ranges::all_of(o.nets, [](const NetSpec& n) { return !n.netns.empty(); });
-  Pool pool(t, *zygote, o.name, size, needs_ip, in_netns);
+  Pool pool(t, *zygote, o.name, size, needs_ip, in_netns, o.nets);
   auto server = api::serve((*reg)->socket().string(), [&pool](const api::HttpRequest& r) { return pool.handle(r); });
   if (!server) return report_error(exit_code::kVmmError, server.error().message());
   if (auto r = pool.start(); !r) {
