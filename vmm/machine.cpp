@@ -24,15 +24,7 @@ Result<std::unique_ptr<Machine>> Machine::create(const Kvm& kvm, GuestMemory mem
   return m;
 }
 
-Machine::~Machine() {
-  end_io();
-  // The devices, then the loop (which cancels and reaps what is still in flight: a read into guest
-  // memory stuck past run()'s 5 s), and only then guest memory (vm_): by the members' order the
-  // memory went first, and a late read landed in memory unmapped, or mapped again for another VM.
-  platform_.reset();
-  loop_.reset();
-  vm_.reset();
-}
+Machine::~Machine() { end_io(); }
 
 void Machine::io_thread() {
   ::pthread_setname_np(::pthread_self(), "vmm-io");
