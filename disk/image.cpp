@@ -9,6 +9,9 @@
 #include <cerrno>
 #include <cstring>
 #include <limits>
+#include <vector>
+
+#include <fmt/core.h>
 
 #include "disk/qcow2.hpp"
 #include "disk/qcow2_image.hpp"
@@ -56,7 +59,79 @@ Result<LockedFile> open_locked(const std::filesystem::path& path, bool read_only
     return fail("{}: {} (is another VM using it?)", name,
                 errno == EWOULDBLOCK ? "locked by another process" : errno_text(errno));
   }
+  if (auto r = lock_like_qemu(fd.get(), read_only); !r) return fail("{}: {}", name, r.error().message());
   return LockedFile{std::move(fd), size};
+}
+
+namespace {
+
+// QEMU's image locks (block/file-posix.c), which qemu-img and QEMU take and test on every image
+// they open: open-file-description byte locks, all shared (F_RDLCK), one byte per permission:
+// byte 100 + p while holding permission p, byte 200 + p while refusing to share it with others.
+// Permissions: 0 consistent read, 1 write, 2 write unchanged, 3 resize.
+constexpr off_t kPermBase = 100, kUnsharedBase = 200;
+constexpr int kRead = 0, kWrite = 1, kResize = 3;
+constexpr const char* kPermName[] = {"consistent read", "write", "write unchanged", "resize"};
+
+int ofd_lock(int fd, short type, off_t start, off_t len, int cmd, struct flock* out = nullptr) {
+  struct flock l {};
+  l.l_type = type;
+  l.l_whence = SEEK_SET;
+  l.l_start = start;
+  l.l_len = len;
+  int r;
+  do {
+    r = ::fcntl(fd, cmd, &l);
+  } while (r != 0 && errno == EINTR);
+  if (out != nullptr) *out = l;
+  return r;
+}
+
+// Whether another open file description holds byte `at` (ours never conflicts with itself).
+Result<bool> held_by_other(int fd, off_t at) {
+  struct flock l {};
+  if (ofd_lock(fd, F_WRLCK, at, 1, F_OFD_GETLK, &l) != 0) return fail("F_OFD_GETLK: {}", errno_text(errno));
+  return l.l_type != F_UNLCK;
+}
+
+void unlock_qemu(int fd) { (void)ofd_lock(fd, F_UNLCK, kPermBase, kUnsharedBase + 100 - kPermBase, F_OFD_SETLK); }
+
+}  // namespace
+
+Result<> lock_like_qemu(int fd, bool read_only) {
+  // A reader holds consistent read; a writer also write and resize (QEMU's writer does too). Both
+  // refuse to share write and resize: a reader needs the image to stay as it is (a template's base
+  // under its clones), a writer is the only one.
+  std::vector<int> held{kRead};
+  if (!read_only) held.insert(held.end(), {kWrite, kResize});
+  const int unshared[] = {kWrite, kResize};
+  // Taken first, then checked, as QEMU does: of two racing openers, at least one sees the other.
+  for (int p : held) {
+    if (ofd_lock(fd, F_RDLCK, kPermBase + p, 1, F_OFD_SETLK) != 0) return fail("F_OFD_SETLK: {}", errno_text(errno));
+  }
+  for (int p : unshared) {
+    if (ofd_lock(fd, F_RDLCK, kUnsharedBase + p, 1, F_OFD_SETLK) != 0) return fail("F_OFD_SETLK: {}", errno_text(errno));
+  }
+  auto refuse = [&](const std::string& why) -> Result<> {
+    unlock_qemu(fd);
+    return fail("{}", why);
+  };
+  for (int p : unshared) {  // someone holds what we refuse to share
+    auto other = held_by_other(fd, kPermBase + p);
+    if (!other) return refuse(other.error().message());
+    if (*other) return refuse(fmt::format("locked by another process (QEMU or qemu-img has it open for {})", kPermName[p]));
+  }
+  for (int p : held) {  // someone refuses to share what we hold
+    auto other = held_by_other(fd, kUnsharedBase + p);
+    if (!other) return refuse(other.error().message());
+    if (*other) return refuse(fmt::format("locked by another process (QEMU or qemu-img has it open, not sharing {})", kPermName[p]));
+  }
+  return {};
+}
+
+void unlock_image(int fd) {
+  ::flock(fd, LOCK_UN);
+  unlock_qemu(fd);
 }
 
 Result<std::unique_ptr<Image>> open_image(EventLoop& loop, const OpenOptions& o) {

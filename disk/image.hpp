@@ -84,6 +84,15 @@ struct LockedFile {
 };
 Result<LockedFile> open_locked(const std::filesystem::path& path, bool read_only);
 
+/// QEMU's own image locks (the byte-range locks qemu-img and QEMU test on every image they
+/// open), taken on `fd` for a reader or a writer: fails, holding nothing, while QEMU or qemu-img
+/// has the image in a way that conflicts. open_locked takes them after its flock.
+Result<> lock_like_qemu(int fd, bool read_only);
+
+/// Releases both kinds of lock now, without waiting for the file's last reference to go (io_uring
+/// may hold it a little longer than its owner).
+void unlock_image(int fd);
+
 /// Checks [offset, offset + length) against an image of `size` bytes, overflow-safe.
 Result<> check_range(uint64_t offset, uint64_t length, uint64_t size);
 

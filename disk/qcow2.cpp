@@ -33,7 +33,7 @@ namespace {
 class RawSource final : public BlockSource {
  public:
   RawSource(Fd fd, std::filesystem::path path, uint64_t size) : fd_(std::move(fd)), path_(std::move(path)), size_(size) {}
-  ~RawSource() override { ::flock(fd_.get(), LOCK_UN); }
+  ~RawSource() override { unlock_image(fd_.get()); }
   uint64_t size() const override { return size_; }
   const std::filesystem::path& path() const override { return path_; }
   const char* format() const override { return "raw"; }
@@ -106,7 +106,7 @@ Qcow2::~Qcow2() {
     auto r = s_->flush();  // (refcount decrements included: a closed image has no leaked clusters)
     if (!r) fmt::print(stderr, "vmm: {}\n", r.error().message());
   }
-  ::flock(s_->fd.get(), LOCK_UN);
+  unlock_image(s_->fd.get());
 }
 
 Result<std::unique_ptr<Qcow2>> Qcow2::open(const std::filesystem::path& path, const Qcow2OpenOptions& o) {

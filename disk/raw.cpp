@@ -37,7 +37,7 @@ RawImage::~RawImage() {
   if (registered_) loop_.unregister_file(file_);
   // io_uring may hold the file a little longer than we do (its teardown is deferred), and the lock
   // lives as long as the file: release it now, so the image can be reopened at once.
-  ::flock(fd_.get(), LOCK_UN);
+  unlock_image(fd_.get());
 }
 
 Result<> RawImage::check_writable() const {

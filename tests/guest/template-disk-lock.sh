@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `vmm template create` copies each disk under a shared lock, as a VM reading it holds one: a disk
 # another VM writes (locked exclusive; flock(1) holds it here) is refused with status 6 and one line
-# before anything boots (it was copied in the middle of that VM's writes), and no template is left.
+# before anything boots (it was copied in the middle of that VM's writes), and no template is left;
+# so is a disk a QEMU writes (its byte-range locks).
 # Through the real binary, without KVM. usage: template-disk-lock.sh VMM KERNEL
 set -u
 vmm=$1 kernel=$2
@@ -17,4 +18,24 @@ check "a disk locked by a writer: status 6" '[ $st = 6 ]'
 check "one line naming it" '[ "$(wc -l <"$work/out")" = 1 ] && grep -q "disk.img: locked by another process" "$work/out"'
 check "no template left" '[ ! -e "$VMM_STATE_DIR/templates/t" ] && [ -z "$(ls -A "$VMM_STATE_DIR/templates" 2>/dev/null)" ]'
 [ $fail = 0 ] || cat "$work/out"
+
+# A disk QEMU writes (QEMU's own byte-range locks, which flock does not see): refused the same way.
+if command -v qemu-system-x86_64 >/dev/null; then
+  qemu-system-x86_64 -S -display none -monitor none -serial none -nodefaults \
+    -drive file="$work/disk.img",format=raw,if=virtio >"$work/qemu.out" 2>&1 &
+  qemu=$!
+  trap 'kill $qemu 2>/dev/null; wait $qemu 2>/dev/null; rm -rf "$work"' EXIT
+  # Until QEMU holds its write lock (qemu-io cannot take one then).
+  for _ in $(seq 100); do
+    qemu-io -f raw -c 'read 0 512' "$work/disk.img" >/dev/null 2>&1 || break
+    sleep 0.1
+  done
+  "$vmm" template create t --kernel "$kernel" --disk path="$work/disk.img" --ready-on x >"$work/out" 2>&1; st=$?
+  check "a disk QEMU writes: status 6" '[ $st = 6 ]'
+  check "one line naming QEMU" '[ "$(wc -l <"$work/out")" = 1 ] && grep -q "disk.img: locked by another process (QEMU or qemu-img has it open for write)" "$work/out"'
+  check "no template left" '[ -z "$(ls -A "$VMM_STATE_DIR/templates" 2>/dev/null)" ]'
+  [ $fail = 0 ] || cat "$work/out" "$work/qemu.out"
+else
+  echo "skip QEMU's locks: qemu-system-x86_64 is missing"
+fi
 exit $fail

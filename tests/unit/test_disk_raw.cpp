@@ -3,11 +3,13 @@
 #include <doctest/doctest.h>
 
 #include <fcntl.h>
+#include <sys/wait.h>
 #include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <array>
+#include <cstdio>
 #include <atomic>
 #include <fstream>
 #include <condition_variable>
@@ -383,6 +385,114 @@ TEST_CASE("disk: read-only images refuse modification, locks keep writers apart"
   REQUIRE(rw);
   auto rw2 = vmm::disk::open_image(*loop, {.path = f.path()});
   CHECK_FALSE(rw2);
+}
+
+namespace {
+// A command's exit status and output (stdout and stderr).
+std::pair<int, std::string> run_command(const std::string& command) {
+  std::string out;
+  FILE* p = ::popen((command + " 2>&1").c_str(), "r");
+  if (p == nullptr) return {-1, out};
+  char buf[512];
+  for (size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
+  const int st = ::pclose(p);
+  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
+}
+
+// Takes QEMU's byte locks (as /proc/locks shows QEMU 7.2 holding them) on a file of its own.
+struct QemuLike {
+  vmm::Fd fd;
+  QemuLike(const std::filesystem::path& path, std::initializer_list<off_t> bytes) : fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {
+    REQUIRE(fd);
+    for (off_t b : bytes) {
+      struct flock l {};
+      l.l_type = F_RDLCK;
+      l.l_whence = SEEK_SET;
+      l.l_start = b;
+      l.l_len = 1;
+      REQUIRE(::fcntl(fd.get(), F_OFD_SETLK, &l) == 0);
+    }
+  }
+};
+
+bool byte_locked(const std::filesystem::path& path, off_t at) {
+  vmm::Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  struct flock l {};
+  l.l_type = F_WRLCK;
+  l.l_whence = SEEK_SET;
+  l.l_start = at;
+  l.l_len = 1;
+  REQUIRE(::fcntl(fd.get(), F_OFD_GETLK, &l) == 0);
+  return l.l_type != F_UNLCK;
+}
+}  // namespace
+
+TEST_CASE("disk: images are locked as QEMU locks them, so QEMU and qemu-img see ours and we see theirs") {
+  TempFile f(pattern(64 << 10, 5), "vmm-disk-test");
+  const std::string path = f.path().string();
+  auto loop = make_loop();
+  // QEMU writing it (consistent read, write, resize held; write and resize not shared): refused either way.
+  {
+    QemuLike qemu(f.path(), {100, 101, 103, 201, 203});
+    for (bool ro : {true, false}) {
+      auto img = vmm::disk::open_image(*loop, {.path = f.path(), .read_only = ro});
+      REQUIRE_FALSE(img);
+      CHECK(img.error().message() == path + ": locked by another process (QEMU or qemu-img has it open for write)");
+    }
+  }
+  // QEMU reading it (write and resize not shared): we read along, and may not write.
+  {
+    QemuLike qemu(f.path(), {100, 201, 203});
+    CHECK(vmm::disk::open_image(*loop, {.path = f.path(), .read_only = true}));
+    auto rw = vmm::disk::open_image(*loop, {.path = f.path()});
+    REQUIRE_FALSE(rw);
+    CHECK(rw.error().message() == path + ": locked by another process (QEMU or qemu-img has it open, not sharing write)");
+    // A refusal holds nothing: neither flock nor byte locks.
+    CHECK_FALSE(byte_locked(f.path(), 101));
+  }
+  {
+    auto rw = vmm::disk::open_image(*loop, {.path = f.path()});
+    REQUIRE(rw);
+    CHECK(byte_locked(f.path(), 101));
+    CHECK(byte_locked(f.path(), 201));
+  }
+  // Released when the image goes, not when io_uring lets go of the file.
+  CHECK_FALSE(byte_locked(f.path(), 100));
+  CHECK_FALSE(byte_locked(f.path(), 201));
+  if (run_command("qemu-io --version").first != 0) {
+    MESSAGE("VMM_SKIP: qemu-io is missing (the byte locks were checked without it)");
+    return;
+  }
+  const std::string write = "qemu-io -f raw -c 'write -P 7 0 512' '" + path + "'";
+  {
+    auto rw = vmm::disk::open_image(*loop, {.path = f.path()});
+    REQUIRE(rw);
+    auto [st, out] = run_command(write);
+    CHECK(st != 0);
+    CHECK(out.find("Failed to get \"write\" lock") != std::string::npos);
+    CHECK(pattern(64 << 10, 5) == device_test::file_bytes(f.path(), 0, 64 << 10));
+  }
+  {  // a qcow2 image a VM writes: qemu-img info refuses, unless told to look without locks (-U)
+    vmm::test::TempDir d("vmm-disk-test");
+    const std::string q = (d / "a.qcow2").string();
+    REQUIRE(run_command("qemu-img create -q -f qcow2 '" + q + "' 1M").first == 0);
+    auto rw = vmm::disk::open_image(*loop, {.path = q});
+    REQUIRE(rw);
+    auto [st, out] = run_command("qemu-img info '" + q + "'");
+    CHECK(st != 0);
+    CHECK(out.find("Failed to get shared \"write\" lock") != std::string::npos);
+    CHECK(run_command("qemu-img info -U '" + q + "'").first == 0);
+  }
+  {
+    auto ro = vmm::disk::open_image(*loop, {.path = f.path(), .read_only = true});
+    REQUIRE(ro);
+    CHECK(run_command("qemu-io -r -f raw -c 'read 0 512' '" + path + "'").first == 0);  // readers share
+    auto [st, out] = run_command(write);
+    CHECK(st != 0);
+    CHECK(out.find("Failed to get \"write\" lock") != std::string::npos);
+    CHECK(pattern(64 << 10, 5) == device_test::file_bytes(f.path(), 0, 64 << 10));
+  }
+  CHECK(run_command(write).first == 0);  // and nothing is left locked once the images are gone
 }
 
 TEST_CASE("disk: bad files are clear errors naming the file") {
