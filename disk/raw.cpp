@@ -6,7 +6,10 @@
 #include <sys/stat.h>
 #include <sys/uio.h>
 
+#include <algorithm>
+#include <array>
 #include <climits>
+#include <memory>
 #include <cstring>
 #include <utility>
 #include <vector>
@@ -120,15 +123,68 @@ Result<> RawImage::flush(Done done) {
 }
 
 Result<> RawImage::discard(uint64_t offset, uint64_t length, Done done) {
-  return write_zeroes(offset, length, true, std::move(done));
+  return zero(offset, length, true, /*hint=*/true, std::move(done));
 }
 
 Result<> RawImage::write_zeroes(uint64_t offset, uint64_t length, bool may_unmap, Done done) {
+  return zero(offset, length, may_unmap, /*hint=*/false, std::move(done));
+}
+
+Result<> RawImage::zero(uint64_t offset, uint64_t length, bool unmap, bool hint, Done done) {
   if (auto r = check_writable(); !r) return r;
   if (auto r = check_range(offset, length, size_); !r) return r;
   // KEEP_SIZE: never grow the file. Punching a hole both zeroes and releases the space.
-  const int mode = (may_unmap ? FALLOC_FL_PUNCH_HOLE : FALLOC_FL_ZERO_RANGE) | FALLOC_FL_KEEP_SIZE;
-  return loop_.fallocate(file_, mode, offset, length, std::move(done));
+  const int mode = (unmap ? FALLOC_FL_PUNCH_HOLE : FALLOC_FL_ZERO_RANGE) | FALLOC_FL_KEEP_SIZE;
+  const unsigned bit = unmap ? 1u : 2u;
+  auto fallback = [this, offset, length, hint](Done d) -> Result<> {
+    if (hint) {  // a discard is a hint: nothing done is an answer too (QEMU's as well)
+      d(0);
+      return {};
+    }
+    return write_zero_bytes(offset, length, std::move(d));
+  };
+  // A file system without the mode (tmpfs has no ZERO_RANGE; some have no PUNCH_HOLE) answers
+  // EOPNOTSUPP, which the guest must not see as an I/O error: zeroes are written instead, and the
+  // mode is not tried again.
+  if (unsupported_.load(std::memory_order_relaxed) & bit) return fallback(std::move(done));
+  return loop_.fallocate(file_, mode, offset, length, [this, bit, fallback, done = std::move(done)](int32_t res) mutable {
+    if (res != -EOPNOTSUPP) return done(res);
+    unsupported_.fetch_or(bit, std::memory_order_relaxed);
+    auto d = std::make_shared<Done>(std::move(done));
+    if (auto r = fallback([d](int32_t x) { (*d)(x); }); !r) (*d)(-EIO);
+  });
+}
+
+Result<> RawImage::write_zero_bytes(uint64_t offset, uint64_t length, Done done) {
+  // Up to 64 MiB a write, every buffer the same 1 MiB of zeroes.
+  static constexpr size_t kChunk = size_t{1} << 20, kBuffers = 64;
+  static const std::vector<uint8_t> zeroes(kChunk);
+  struct Run {
+    uint64_t offset, left;
+    Done done;
+    std::array<iovec, kBuffers> iov;
+  };
+  auto run = std::make_shared<Run>(Run{offset, length, std::move(done), {}});
+  auto next = std::make_shared<std::function<Result<>()>>();
+  *next = [this, run, weak = std::weak_ptr(next)]() -> Result<> {
+    if (run->left == 0) {
+      run->done(0);
+      return {};
+    }
+    unsigned n = 0;
+    for (uint64_t left = run->left; left > 0 && n < kBuffers; ++n) {
+      const size_t len = static_cast<size_t>(std::min<uint64_t>(left, kChunk));
+      run->iov[n] = {const_cast<uint8_t*>(zeroes.data()), len};
+      left -= len;
+    }
+    return loop_.writev(file_, run->iov.data(), n, run->offset, [run, next = weak.lock()](int32_t res) {
+      if (res <= 0) return run->done(res < 0 ? res : -EIO);
+      run->offset += static_cast<uint64_t>(res);
+      run->left -= std::min<uint64_t>(run->left, static_cast<uint64_t>(res));
+      if (auto r = (*next)(); !r) run->done(-EIO);
+    });
+  };
+  return (*next)();
 }
 
 }  // namespace vmm::disk

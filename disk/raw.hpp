@@ -37,6 +37,9 @@ class RawImage final : public Image {
   RawImage(EventLoop& loop, Fd fd, std::filesystem::path path, uint64_t size, bool read_only, bool probed)
       : loop_(loop), fd_(std::move(fd)), path_(std::move(path)), size_(size), read_only_(read_only), probed_(probed) {}
   Result<> check_writable() const;
+  /// Discard (`hint`) or write zeroes: fallocate, or zeroes written where the file system lacks the mode.
+  Result<> zero(uint64_t offset, uint64_t length, bool unmap, bool hint, Done done);
+  Result<> write_zero_bytes(uint64_t offset, uint64_t length, Done done);
   /// A write over the first bytes of a probed image (see create()).
   Result<> write_head(uint64_t offset, std::span<const iovec> iov, uint64_t bytes, Done done);
 
@@ -50,6 +53,7 @@ class RawImage final : public Image {
   unsigned file_ = 0;  // registered-file index
   bool registered_ = false;
   std::atomic<int> flush_error_{0};  // the errno of the first fdatasync that failed
+  std::atomic<unsigned> unsupported_{0};  // fallocate modes the file system refused: 1 PUNCH_HOLE, 2 ZERO_RANGE
 };
 
 }  // namespace vmm::disk

@@ -327,6 +327,10 @@ void PciTransport::common_write(uint64_t offset, std::span<const uint8_t> data) 
 
 void PciTransport::write_status(uint8_t value) {
   if (value == 0) return reset_locked();
+  // Only the driver's own bits: DEVICE_NEEDS_RESET is the device's to set (a driver setting it left
+  // the device half stopped: kicks dropped while a TAP still delivered, and a later real error
+  // never halted it), and bits 4 and 5 mean nothing.
+  value &= kStatusAcknowledge | kStatusDriver | kStatusFeaturesOk | kStatusDriverOk | kStatusFailed;
   if (status_ & kStatusNeedsReset) {
     status_ |= value & kStatusFailed;  // only a reset (or FAILED) gets out of NEEDS_RESET
     return;

@@ -1,8 +1,10 @@
 // The io_uring event loop and raw disk images: round trips against host files, many requests in
 // flight, flush, discard and write-zeroes, read-only images, bad ranges and bad files.
 #include <doctest/doctest.h>
+#include <fmt/core.h>
 
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <sys/wait.h>
 #include <sys/eventfd.h>
 #include <sys/stat.h>
@@ -320,6 +322,54 @@ TEST_CASE("disk: once a raw image's fdatasync has failed, no flush succeeds agai
   CHECK(got == 4096);
   CHECK(back == data);
   img->reset();
+}
+
+TEST_CASE("disk: write-zeroes on a file system without ZERO_RANGE (tmpfs) writes zeroes, not an I/O error") {
+  const std::filesystem::path path = fmt::format("/dev/shm/vmm-disk-test-{}", ::getpid());
+  constexpr uint64_t kSize = 80ull << 20;  // more than one 64 MiB write of zeroes
+  {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    const Bytes chunk = pattern(1 << 20, 9);
+    for (uint64_t i = 0; i < kSize >> 20; ++i) out.write(reinterpret_cast<const char*>(chunk.data()), static_cast<std::streamsize>(chunk.size()));
+    REQUIRE(out.good());
+  }
+  struct Remove {
+    std::filesystem::path p;
+    ~Remove() { std::filesystem::remove(p); }
+  } remove{path};
+  {
+    vmm::Fd probe(::open(path.c_str(), O_RDWR | O_CLOEXEC));
+    if (::fallocate(probe.get(), FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, 0, 4096) == 0 || errno != EOPNOTSUPP) {
+      MESSAGE("VMM_SKIP: /dev/shm has ZERO_RANGE here (not tmpfs?)");
+      return;
+    }
+  }
+  auto loop = make_loop();
+  auto img = vmm::disk::open_image(*loop, {.path = path});
+  REQUIRE(img);
+  const uint64_t at = (1 << 20) + 512, len = 70ull << 20;
+  for (int round = 0; round < 2; ++round) {  // the second without trying fallocate again
+    CAPTURE(round);
+    int pending = 1;
+    int32_t res = -1;
+    REQUIRE((*img)->write_zeroes(at + static_cast<uint64_t>(round) * 4096, len, false, [&](int32_t r) { res = r, --pending; }));
+    drain(*loop, pending);
+    CHECK(res == 0);
+  }
+  CHECK(device_test::file_bytes(path, at, len + 4096) == Bytes(len + 4096, 0));
+  const Bytes chunk = pattern(1 << 20, 9);
+  CHECK(device_test::file_bytes(path, 0, 1 << 20) == chunk);
+  CHECK(device_test::file_bytes(path, 1 << 20, 512) == Bytes(chunk.begin(), chunk.begin() + 512));
+  const uint64_t end = at + len + 4096;
+  CHECK(device_test::file_bytes(path, end, 4096) == Bytes(chunk.begin() + static_cast<long>(end % (1 << 20)), chunk.begin() + static_cast<long>(end % (1 << 20)) + 4096));
+  CHECK(std::filesystem::file_size(path) == kSize);
+  // Discard (PUNCH_HOLE, which tmpfs has) still punches.
+  int pending = 1;
+  int32_t res = -1;
+  REQUIRE((*img)->discard(0, 1 << 20, [&](int32_t r) { res = r, --pending; }));
+  drain(*loop, pending);
+  CHECK(res == 0);
+  CHECK(device_test::file_bytes(path, 0, 1 << 20) == Bytes(1 << 20, 0));
 }
 
 TEST_CASE("disk: discard punches a hole, write-zeroes zeroes, the size never changes") {
