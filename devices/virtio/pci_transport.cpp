@@ -167,9 +167,17 @@ uint32_t PciTransport::config_read(uint8_t reg) {
 
 void PciTransport::config_write(uint8_t reg, uint32_t value, uint8_t byte_mask) {
   std::lock_guard lock(device_->mutex());
+  const bool was_master = config_.command() & kPciCommandMaster;
   const auto effect = config_.write(reg, value, byte_mask);
   msix_->update_control(config_);
   intx_disabled_ = config_.command() & kPciCommandIntxDisable;
+  // Bus mastering turned off: the device may no longer touch guest memory (Linux turns it off
+  // before a kexec, whose new kernel reuses the rings' memory). A running device stops until
+  // reset, as QEMU's, whose DMA then fails.
+  if (was_master && !(config_.command() & kPciCommandMaster) && (status_ & kStatusDriverOk) &&
+      !(status_ & kStatusNeedsReset)) {
+    needs_reset_locked("bus mastering turned off while the device runs");
+  }
   // The notify addresses follow BAR 0.
   if (effect.bar == 0 && (status_ & kStatusDriverOk)) {
     remove_notifiers_locked();
@@ -381,7 +389,8 @@ void PciTransport::needs_reset_locked(const std::string& why) {
 void PciTransport::raise(uint8_t isr_bits, uint16_t vector) {
   isr_ |= isr_bits;
   if (msix_->enabled()) {
-    msix_->signal(vector);
+    // An MSI-X message is the device's write to memory: none without bus mastering.
+    if (config_.command() & kPciCommandMaster) msix_->signal(vector);
   } else if (!intx_disabled_) {
     intx_->assert_line();
   }

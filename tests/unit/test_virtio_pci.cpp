@@ -521,3 +521,22 @@ TEST_CASE("virtio-net behind the transport: NEEDS_RESET stops receiving, and a b
     CHECK(rig.rx.used_idx() == 0);
   }
 }
+
+// Bus mastering off (Linux turns it off before a kexec, whose new kernel reuses the rings' memory):
+// the device no longer writes guest memory or sends MSI-X messages, until a reset; a reset and bus
+// mastering on again bring it back.
+TEST_CASE("virtio-net behind the transport: bus mastering turned off stops the device until a reset") {
+  NetRig rig;
+  Driver d{*rig.t};
+  d.cfg_write(0x04, kPciCommandMemory);
+  CHECK((rig.status() & kStatusNeedsReset) != 0);
+  const int fired = rig.io.vectors[0]->fired + rig.io.vectors[1]->fired;
+  rig.frame_arrives();
+  CHECK(rig.rx.used_idx() == 0);
+  CHECK(rig.io.vectors[0]->fired + rig.io.vectors[1]->fired == fired);  // (not even the configuration interrupt)
+  d.cfg_write(0x04, kPciCommandMemory | kPciCommandMaster);
+  rig.frame_arrives();
+  CHECK(rig.rx.used_idx() == 0);  // still stopped: only a reset brings it back
+  d.wr<uint8_t>(kStatus, 0);
+  CHECK(rig.status() == 0);
+}
