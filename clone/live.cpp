@@ -33,6 +33,7 @@
 #include <charconv>
 #include <cstdlib>
 #include <fstream>
+#include <set>
 #include <thread>
 
 #include "clone/clones.hpp"
@@ -301,7 +302,7 @@ Result<> prepare_disks(const LiveVm& vm, ChildPlan& plan) {
     std::optional<disk::FileId> backing_id;
     if (backing) backing_id = backing->id;
     if (image.read_only()) {
-      plan.disks.push_back(DiskSpec{.path = src, .read_only = true, .id = disks[i]->id(), .format = image.format(), .backing_must_be = backing_id});
+      plan.disks.push_back(DiskSpec{.path = src, .read_only = true, .id = disks[i]->id(), .format = image.reopen_format(), .backing_must_be = backing_id});
       continue;
     }
     const fs::path dst = plan.dir / "disk" / fmt::format("disk{}{}", i, src.extension().string());
@@ -311,11 +312,17 @@ Result<> prepare_disks(const LiveVm& vm, ChildPlan& plan) {
     fs::permissions(dst, fs::perms::owner_read | fs::perms::owner_write, ec);
     // A backing file named relative to the image's directory: named absolute in the copy, which
     // lives in the child's directory (every child failed to open its disk before).
+    // Resolved by the file system, not lexically: "dir/link/../base.img" is the base.img next to
+    // the link's target, which lexical normalisation would take for dir/base.img.
     if (backing && fs::path(backing->stored).is_relative()) {
-      if (auto r = disk::Qcow2::set_backing_name(dst, fs::absolute(backing->path).lexically_normal().string()); !r) return r;
+      const fs::path resolved = fs::canonical(backing->path, ec);
+      if (ec) return fail("{}: {}", backing->path.string(), ec.message());
+      if (auto r = disk::Qcow2::set_backing_name(dst, resolved.string()); !r) return r;
     }
-    // Opened as what the parent's is (a raw image the guest wrote a qcow2 header into stays raw).
-    plan.disks.push_back(DiskSpec{.path = dst, .read_only = false, .id = disks[i]->id(), .format = image.format(), .backing_must_be = backing_id});
+    // Opened as what the parent's is (a raw image the guest wrote a qcow2 header into stays raw; one
+    // whose format was guessed, and so could not be written one, is guessed again: raw, and
+    // guarded as the parent's is, rather than given to a guest that may then write one).
+    plan.disks.push_back(DiskSpec{.path = dst, .read_only = false, .id = disks[i]->id(), .format = image.reopen_format(), .backing_must_be = backing_id});
   }
   return {};
 }
@@ -423,12 +430,20 @@ Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const api::ForkRequest& 
   const unsigned count = request.count;
   const bool children_paused = request.children_paused;
   std::vector<ChildPlan> plans(count);
+  std::set<std::string> names;
   for (auto& plan : plans) {
     // A fork of a fork of ... stays a valid name (64 characters at most): the parent's name is
-    // shortened to make room for the child's suffix.
-    plan.name = fmt::format("{}-{}", std::string_view(vm->name).substr(0, 57), random_hex(3));
+    // shortened to make room for the child's suffix, 32 random bits (as a clone's), drawn again
+    // while a child of this request or a clone already has it (with 24 bits, 256 children clashed
+    // once in ~500 forks, and a clash failed the whole fork).
+    for (int tries = 0;; ++tries) {
+      plan.name = fmt::format("{}-{}", std::string_view(vm->name).substr(0, 55), random_hex(4));
+      plan.dir = vm->state_dir / "clones" / plan.name;
+      std::error_code ec;
+      if ((!names.contains(plan.name) && !fs::exists(plan.dir, ec) && !ec) || tries == 16) break;
+    }
+    names.insert(plan.name);
     plan.paused = children_paused;
-    plan.dir = vm->state_dir / "clones" / plan.name;
   }
   if (auto r = plan_networks(*vm, request, plans); !r) return std::unexpected(r.error());
 

@@ -31,7 +31,7 @@ namespace fs = std::filesystem;
 namespace {
 
 bool is_qcow2(const fs::path& p) {
-  Fd fd(::open(p.c_str(), O_RDONLY | O_CLOEXEC));
+  Fd fd(::open(p.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY));  // (a FIFO: not waited for)
   return fd && disk::Qcow2::probe(fd.get());
 }
 

@@ -30,8 +30,14 @@ Result<std::unique_ptr<Console>> Console::open(const ConsoleSpec& spec) {
   if (spec.kind == ConsoleSpec::Kind::Stdio) {
     c->out_fd_ = STDOUT_FILENO;
   } else if (spec.kind == ConsoleSpec::Kind::File) {
-    c->file_ = Fd(::open(spec.path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-    if (!c->file_) return fail("--console file:{}: {}", spec.path, errno_text(errno));
+    // O_NONBLOCK for the open only: a FIFO nobody reads would have it wait for ever (ENXIO instead).
+    c->file_ = Fd(::open(spec.path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NONBLOCK | O_NOCTTY, 0644));
+    if (!c->file_) {
+      return fail("--console file:{}: {}", spec.path, errno == ENXIO ? "a FIFO that nobody reads" : errno_text(errno));
+    }
+    if (const int fl = ::fcntl(c->file_.get(), F_GETFL); fl < 0 || ::fcntl(c->file_.get(), F_SETFL, fl & ~O_NONBLOCK) != 0) {
+      return fail("--console file:{}: fcntl: {}", spec.path, errno_text(errno));
+    }
     c->out_fd_ = c->file_.get();
   } else if (spec.kind == ConsoleSpec::Kind::Fd) {
     c->out_fd_ = spec.fd;

@@ -39,7 +39,9 @@ Result<uint64_t> iov_bytes(std::span<const iovec> iov) {
 
 Result<LockedFile> open_locked(const std::filesystem::path& path, bool read_only) {
   const std::string name = path.string();
-  Fd fd(::open(name.c_str(), (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC));
+  // O_NONBLOCK for the open only: a FIFO's would wait for a writer, for ever; it is refused below.
+  // (Left on, io_uring would answer EAGAIN instead of waiting for the disk.)
+  Fd fd(::open(name.c_str(), (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NONBLOCK | O_NOCTTY));
   if (!fd) {
     return fail("{}: cannot open {}: {}", name, read_only ? "for reading" : "for reading and writing",
                 errno_text(errno));
@@ -53,6 +55,9 @@ Result<LockedFile> open_locked(const std::filesystem::path& path, bool read_only
     if (::ioctl(fd.get(), BLKGETSIZE64, &size) != 0) return fail("{}: BLKGETSIZE64: {}", name, errno_text(errno));
   } else {
     return fail("{}: not a regular file or block device", name);
+  }
+  if (const int fl = ::fcntl(fd.get(), F_GETFL); fl < 0 || ::fcntl(fd.get(), F_SETFL, fl & ~O_NONBLOCK) != 0) {
+    return fail("{}: fcntl: {}", name, errno_text(errno));
   }
   // Like QEMU's image locking: one writer, or any number of readers.
   if (::flock(fd.get(), (read_only ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0) {

@@ -41,6 +41,9 @@ class Image {
   virtual const std::filesystem::path& path() const = 0;
   /// "raw" or "qcow2": what the image was opened as (a fork's child opens its copy as the same).
   virtual const char* format() const = 0;
+  /// The format to reopen it (a copy of it) with: format(), or empty for a raw image whose format
+  /// was guessed, so that its copy is guessed again and keeps the guard (see OpenOptions::format).
+  virtual std::string reopen_format() const { return format(); }
   /// The file open, which path() named when it was opened (a fork checks it is still there).
   virtual FileId file_id() const = 0;
   /// A qcow2 image's backing file (none for a raw image, or a qcow2 one without).

@@ -83,7 +83,7 @@ Result<std::unique_ptr<BlockSource>> open_chain_member(const std::filesystem::pa
   }
   std::string fmt_name = format;
   if (fmt_name.empty()) {
-    Fd probe(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    Fd probe(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY));  // (a FIFO: not waited for)
     if (!probe) return fail("{}: cannot open for reading: {}", path.string(), errno_text(errno));
     fmt_name = Qcow2::probe(probe.get()) ? "qcow2" : "raw";
   }

@@ -26,6 +26,7 @@ class RawImage final : public Image {
   const std::filesystem::path& path() const override { return path_; }
   FileId file_id() const override;
   const char* format() const override { return "raw"; }
+  std::string reopen_format() const override { return probed_ ? "" : "raw"; }
 
   Result<> read(uint64_t offset, std::span<const iovec> iov, Done done) override;
   Result<> write(uint64_t offset, std::span<const iovec> iov, Done done) override;

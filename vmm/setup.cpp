@@ -15,7 +15,7 @@ std::expected<Devices, Failure> open_devices(const devices::ConsoleSpec& console
   if (!console) return std::unexpected(Failure{exit_code::kUsage, console.error().message()});
   auto loop = EventLoop::create();
   if (!loop) return std::unexpected(Failure{exit_code::kVmmError, loop.error().message()});
-  Devices d{.console = std::move(*console), .disks = {}, .nets = {}, .loop = std::move(*loop)};
+  Devices d{.loop = std::move(*loop), .console = std::move(*console), .disks = {}, .nets = {}};
   for (const auto& spec : disk_specs) {
     auto image = disk::open_image(*d.loop, {.path = spec.path, .read_only = spec.read_only, .format = spec.format, .backing_must_be = spec.backing_must_be});
     if (!image) return std::unexpected(Failure{exit_code::kImage, image.error().message()});

@@ -45,10 +45,12 @@ struct BootOptions {
 
 /// The host side of the devices, opened before KVM is touched (bad paths are reported on any host).
 struct Devices {
+  // The loop first: destroyed last, after the disks that unregister from it (a second disk that
+  // failed to open destroyed the loop before the first disk: a use after free).
+  std::unique_ptr<EventLoop> loop;
   std::unique_ptr<devices::Console> console;
   std::vector<DiskAttachment> disks;
   std::vector<NetAttachment> nets;
-  std::unique_ptr<EventLoop> loop;
 };
 /// What a VM's interfaces need from the host beyond their specs: the guest's address and gateway
 /// (a namespace's TAP is the guest's gateway, its NAT maps to the guest's address), where the

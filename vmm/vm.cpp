@@ -243,7 +243,12 @@ void Vm::start_paused() {
 void Vm::resume() {
   {
     std::lock_guard lock(mutex_);
-    if (target_ == RunState::Paused) target_ = RunState::Running;
+    if (target_ == RunState::Paused) {
+      target_ = RunState::Running;
+      // Started paused (a fork's child to be inspected first): its clock ran on while it waited,
+      // for as long as it waited, as through a pause; its guest is told it was stopped too.
+      ++pauses_;
+    }
   }
   cv_.notify_all();
 }
@@ -285,7 +290,7 @@ void Vm::park(Vcpu& vcpu) {
   }
   cv_.wait(lock, [&] { return target_ != RunState::Paused; });
   --parked_;
-  // Paused while it ran (not started paused, not a start's gate): its guest's clock went on
+  // Paused, or started paused, then resumed (not a start's gate): its guest's clock went on
   // meanwhile, and the guest is told it was stopped, on this vCPU's own thread, before it runs.
   thread_local uint64_t pauses_seen = 0;
   if (pauses_ != pauses_seen) {

@@ -155,7 +155,7 @@ class Vm final : public devices::VmControl {
   std::condition_variable cv_;
   RunState target_ = RunState::Running;  // guarded by mutex_
   size_t parked_ = 0;                    // vCPUs waiting in park(); guarded by mutex_
-  uint64_t pauses_ = 0;                  // pause()s of a running VM; guarded by mutex_
+  uint64_t pauses_ = 0;                  // pause()s of a running VM, resume()s of a paused one; guarded by mutex_
   std::optional<StopInfo> stop_;         // first stop request wins; guarded by mutex_
   std::atomic<bool> stopping_{false};
   std::function<bool()> gate_;  // start_on(); set before run(), taken by vCPU 0's thread

@@ -521,9 +521,12 @@ wait "$pid_b"
 # compare), and holds only whole chunks; then they all run on. The image is an overlay whose
 # backing file is named relative to its directory (all 'A', whole chunks too): each child's copy
 # lives elsewhere, and names it absolute (before 2026-12-08 every child failed to open its disk).
-head -c 262144 /dev/zero | tr '\0' A >"$work/churn-base.raw"
-"$vmm" disk create "$work/churn.qcow2" --backing churn-base.raw --backing-format raw >/dev/null
-start_vm w --kernel "$guest" --cmdline blk-churn --disk path="$work/churn.qcow2"
+# The overlay's directory is reached through a symlink and the name goes up from it ("../"): the
+# file system's "../", the link target's parent, is meant (a lexical one failed every child).
+mkdir -p "$work/real/sub" && ln -s real/sub "$work/link"
+head -c 262144 /dev/zero | tr '\0' A >"$work/real/churn-base.raw"
+"$vmm" disk create "$work/link/churn.qcow2" --backing ../churn-base.raw --backing-format raw >/dev/null
+start_vm w --kernel "$guest" --cmdline blk-churn --disk path="$work/link/churn.qcow2"
 wait_for "$work/w.out" "^blk-churn: running$" 600 || { bad "blk-churn did not start"; cat "$work/w.out" "$work/w.err"; }
 "$vmm" fork w --count 3 --paused --children-paused >"$work/forkw" 2>"$work/forkw.err" && [ "$(wc -l <"$work/forkw")" = 3 ] &&
   ok "forked while writing its disk (parent and children paused)" || { bad "fork while writing"; cat "$work/forkw" "$work/forkw.err"; }
@@ -534,7 +537,7 @@ whole() {
 if command -v qemu-img >/dev/null; then
   for c in $(cut -d' ' -f1 "$work/forkw"); do
     cdisk=$VMM_STATE_DIR/clones/$c/disk/disk0.qcow2
-    qemu-img check -U -q "$cdisk" && qemu-img compare -U -q "$work/churn.qcow2" "$cdisk" &&
+    qemu-img check -U -q "$cdisk" && qemu-img compare -U -q "$work/link/churn.qcow2" "$cdisk" &&
       qemu-img convert -U -O raw "$cdisk" "$work/$c.raw" && whole "$work/$c.raw" &&
       ok "$c: its disk is sound, equal to its parent's at the fork, and every chunk whole" || bad "$c: disk at the fork"
   done

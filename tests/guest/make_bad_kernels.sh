@@ -18,3 +18,6 @@ for ((i = 1; i < phnum; i++)); do
 done
 rm -f "$out/huge_initrd"
 truncate -s 16M "$out/huge_initrd"
+# A FIFO (named pipe): opening one for reading waits for a writer (and for writing, for a reader).
+rm -f "$out/fifo"
+mkfifo "$out/fifo"

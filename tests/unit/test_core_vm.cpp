@@ -479,4 +479,17 @@ TEST_CASE("vm: a guest with kvmclock is told it was stopped when its clock is st
     CHECK(stop.reason == StopReason::DebugExit);
     CHECK((pvclock_flags(t) & kGuestStopped) != 0);
   }
+  SUBCASE("started paused, then resumed (a fork's child started paused)") {
+    TestVm t(code);
+    enable_kvmclock(t);
+    t.add_stop_port();
+    REQUIRE(t.vm->memory().write_obj(vmm::Gpa(0x500), uint8_t{1}));
+    t.vm->start_paused();
+    const vmm::StopInfo stop = t.vm->run([&] {
+      std::this_thread::sleep_for(20ms);  // (its vCPUs parked meanwhile)
+      t.vm->resume();
+    });
+    CHECK(stop.reason == StopReason::DebugExit);
+    CHECK((pvclock_flags(t) & kGuestStopped) != 0);
+  }
 }

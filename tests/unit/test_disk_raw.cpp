@@ -601,6 +601,8 @@ TEST_CASE("disk: a raw image whose format was guessed refuses to be made to look
     auto img = vmm::disk::open_image(*loop, {.path = f.path()});
     REQUIRE_MESSAGE(img, img.error().message());
     CHECK(std::string((*img)->format()) == "raw");
+    // A copy (a fork's child's disk) is reopened guessing again, so guarded the same way.
+    CHECK((*img)->reopen_format().empty());
     // The magic at the start: refused, synchronously, nothing written.
     iovec whole = iov(magic, 0, 512);
     auto r = (*img)->write(0, {&whole, 1}, done);
@@ -636,6 +638,7 @@ TEST_CASE("disk: a raw image whose format was guessed refuses to be made to look
     // Its format given: raw, and the magic may be written.
     auto img = vmm::disk::open_image(*loop, {.path = f.path(), .format = "raw"});
     REQUIRE_MESSAGE(img, img.error().message());
+    CHECK((*img)->reopen_format() == "raw");  // and a copy is raw too, whatever its first bytes
     iovec whole = iov(magic, 0, 512);
     ++pending;
     REQUIRE((*img)->write(0, {&whole, 1}, done));

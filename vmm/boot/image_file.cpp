@@ -10,7 +10,9 @@ namespace vmm::boot {
 
 Result<ImageFile> ImageFile::open(const std::filesystem::path& path) {
   std::string name = path.string();
-  Fd fd(::open(name.c_str(), O_RDONLY | O_CLOEXEC));
+  // O_NONBLOCK: a FIFO's open would wait for a writer, for ever (the CLI's SIGINT and SIGTERM are
+  // blocked by then); it is refused below instead, as any file that is not a regular one.
+  Fd fd(::open(name.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY));
   if (!fd) return fail("{}: {}", name, errno_text(errno));
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0) return fail("{}: {}", name, errno_text(errno));

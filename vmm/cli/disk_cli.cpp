@@ -237,7 +237,7 @@ int disk_create(const std::filesystem::path& path, const std::string& size_text,
 
 int disk_info(const std::filesystem::path& path, bool json) {
   const std::string name = path.string();
-  Fd fd(::open(name.c_str(), O_RDONLY | O_CLOEXEC));
+  Fd fd(::open(name.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY));  // (a FIFO: refused, not waited for)
   if (!fd) {
     print_disk_error(fmt::format("{}: cannot open for reading: {}", name, errno_text(errno)));
     return exit_code::kImage;
