@@ -170,12 +170,16 @@ void reap_when_ended(EventLoop& loop, pid_t pid) {
   step("inherited_dropped");
   // Its registration, once made (below): a child that fails after it gives its name back.
   std::unique_ptr<api::ControlPlane> control;
+  // What it opened on the host (its devices, then its machine): released before it exits, or its
+  // network namespace, veth pair and TAPs stayed behind (_exit runs no destructor).
+  std::function<void()> release;
   auto fail_child = [&](const std::string& why) {
     // Nothing of it left (its STATE/run entry, its directory) before its parent hears why: the
     // parent removes the directory too once it has heard (a child that could not say so could not
     // remove it), and the two removing it at once could each leave what the other had listed
     // (seen in the nested lane: a failed child's directory left behind).
     control.reset();
+    if (release) release();
     std::error_code ec;
     fs::remove_all(plan.dir, ec);
     report(plan.report_fd, "error " + why);
@@ -191,6 +195,7 @@ void reap_when_ended(EventLoop& loop, pid_t pid) {
                            plan.disks, plan.nets,
                            NetHost{.guest_ip = plan.ip, .gateway = plan.gateway, .state_dir = parent.state_dir, .filter_source = true});
   if (!devs) fail_child(devs.error().message);
+  release = [&] { Devices gone = std::move(*devs); };
   step("devices");
   auto memory = GuestMemory::from_mapping(Mapping::adopt(const_cast<uint8_t*>(ram), ram_size), parent.machine->vm().memory().file());
   if (!memory) fail_child(memory.error().message());
@@ -205,6 +210,7 @@ void reap_when_ended(EventLoop& loop, pid_t pid) {
                                                 .loop = nullptr, .identity = identity_pairs(identity), .console_tap = {}},
                                  std::move(devs->loop));
   if (!machine) fail_child(machine.error().message());
+  release = [&] { machine->reset(); };
   Machine& m = **machine;
   step("machine");
   // The clock as the parent left it at the fork (milliseconds ago): a fork continues its parent.
