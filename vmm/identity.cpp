@@ -2,6 +2,7 @@
 
 #include <sys/random.h>
 
+#include <algorithm>
 #include <cctype>
 #include <charconv>
 #include <chrono>
@@ -93,6 +94,10 @@ Result<> check_hostname(std::string_view h) {
       if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-') {
         return fail("--hostname '{}': use letters, digits, '-' and '.' (RFC 1123)", h);
       }
+    }
+    // RFC 1123 2.1: never the form of an address (1.2.3.4): the last of several labels is not all digits.
+    if (end == h.size() && at > 0 && std::ranges::all_of(label, [](char c) { return c >= '0' && c <= '9'; })) {
+      return fail("--hostname '{}': its last label is all digits, an address's form, not a name's (RFC 1123)", h);
     }
     at = end + 1;
   }

@@ -20,6 +20,8 @@ constexpr std::array<uint64_t, 5> kGdt = {
     0x00cf9b000000ffffull,  // code: 32-bit (D), 4 GiB flat
     0x00808b000000ffffull,  // TSS: busy 32/64-bit TSS, base 0
 };
+// (The empty IDT was written over the TSS descriptor when it followed 4 entries.)
+static_assert(layout::kGdtAddr + sizeof(kGdt) <= layout::kIdtAddr, "the boot IDT overlaps the boot GDT");
 
 constexpr uint64_t kCr0Pe = 1ull << 0;
 constexpr uint64_t kCr0Et = 1ull << 4;

@@ -158,7 +158,7 @@ TEST_CASE("agent identity: id, name, generation") {
 TEST_CASE("agent identity: hostnames with shell metacharacters and bad labels") {
   for (const char* h : {"$(reboot)", "`reboot`", "web;reboot", "web 1", "web&", "web|x", "web>x", "a'b", "a\"b",
                         "web\\1", "web*", "$HOME", "web_1", "-web", "web-", "a..b", ".web", "web.", "", "web.-a",
-                        "a.b-.c", "$(touch /tmp/pwned)"}) {
+                        "a.b-.c", "$(touch /tmp/pwned)", "1.2.3.4", "10.0.0.300", "web.1"}) {
     CAPTURE(h);
     value_rejected("hostname", h);
   }
@@ -167,6 +167,7 @@ TEST_CASE("agent identity: hostnames with shell metacharacters and bad labels") 
   CHECK(parse(file(std::string(kGen) + "hostname=" + std::string(63, 'a') + "\n")).status == 0);
   CHECK(parse(file(std::string(kGen) + "hostname=" + std::string(62, 'a') + ".b\n")).status == 0);
   CHECK(parse(file(std::string(kGen) + "hostname=1-2.Web-1.x\n")).status == 0);
+  CHECK(parse(file(std::string(kGen) + "hostname=123\n")).status == 0);  // one label all digits: a name still
 }
 
 TEST_CASE("agent identity: MACs") {

@@ -1,6 +1,9 @@
 // The boot layout: e820 map, initrd placement, format detection, zero-page and PVH limits, and the
 // errors load() gives before any kernel parsing (missing file, directory, too little RAM).
 #include <doctest/doctest.h>
+#include <fmt/core.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "test_boot_helpers.hpp"
 #include "vmm/boot/boot.hpp"
@@ -10,6 +13,7 @@
 #include "vmm/boot/initrd.hpp"
 #include "vmm/boot/kernel.hpp"
 #include "vmm/base/layout.hpp"
+#include "vmm/x86_boot.hpp"
 
 using namespace boot_test;
 using vmm::Gpa;
@@ -155,4 +159,25 @@ TEST_CASE("boot: zero page for a vmlinux ELF fills the fields a 64-bit kernel re
   // An initrd above 4 GiB cannot be described in the 32-bit fields.
   auto high = boot::build_zero_page(kernel, {.initrd_addr = 0xffffff000, .initrd_size = 0x2000, .e820 = map});
   REQUIRE_FALSE(high);
+}
+
+// The boot GDT's five entries, then the empty IDT: the IDT was written over the TSS descriptor
+// (entry 4, TR's selector 0x20), which a guest reusing the boot GDT would fault on.
+TEST_CASE("boot: the boot GDT keeps its TSS descriptor, the empty IDT after it") {
+  auto mem = memory(4 * kMiB);
+  REQUIRE(vmm::x86::write_gdt(mem));
+  CHECK(*mem.read_obj<uint64_t>(vmm::Gpa(vmm::layout::kGdtAddr + 4 * 8)) == 0x00808b000000ffffull);
+  CHECK(*mem.read_obj<uint64_t>(vmm::Gpa(vmm::layout::kGdtAddr + 1 * 8)) == 0x00af9b000000ffffull);
+  CHECK(*mem.read_obj<uint64_t>(vmm::Gpa(vmm::layout::kIdtAddr)) == 0);
+}
+
+// A FIFO as the kernel: refused at once (its open waited for a writer, for ever).
+TEST_CASE("boot: a FIFO as the kernel is refused, not waited on") {
+  auto mem = memory(64 * kMiB);
+  const auto fifo = std::filesystem::temp_directory_path() / fmt::format("vmm-boot-fifo-{}", ::getpid());
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  auto r = boot::load(mem, config(fifo));
+  std::filesystem::remove(fifo);
+  REQUIRE_FALSE(r);
+  CHECK(r.error().message() == "kernel: " + fifo.string() + ": not a regular file");
 }

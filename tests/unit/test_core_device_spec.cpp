@@ -87,8 +87,8 @@ TEST_CASE("virtio-net: MAC addresses") {
 
 TEST_CASE("identity: --hostname, --ip and --gateway") {
   using namespace vmm;
-  for (const char* good : {"web-1", "a", "host.example.org", "x1-2-3"}) CHECK(check_hostname(good));
-  for (const char* bad : {"", "-web", "web-", "a..b", ".a", "a.", "web_1", "$(reboot)", "a b", "a;b", "h\n",
+  for (const char* good : {"web-1", "a", "host.example.org", "x1-2-3", "123", "1.2.3.x4", "10.0.0.300a"}) CHECK(check_hostname(good));
+  for (const char* bad : {"", "-web", "web-", "a..b", ".a", "a.", "web_1", "$(reboot)", "a b", "a;b", "h\n", "1.2.3.4", "10.0.0.300", "web.1",
                           "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}) {
     INFO(bad);
     auto r = check_hostname(bad);

@@ -7,8 +7,8 @@
 namespace vmm::layout {
 
 // ---- Low memory (below 1 MiB) -------------------------------------------------------------------
-inline constexpr uint64_t kGdtAddr = 0x500;          ///< boot GDT (4 entries)
-inline constexpr uint64_t kIdtAddr = 0x520;          ///< empty boot IDT
+inline constexpr uint64_t kGdtAddr = 0x500;          ///< boot GDT (5 entries: x86_boot.cpp's kGdt)
+inline constexpr uint64_t kIdtAddr = 0x528;          ///< empty boot IDT, after the GDT
 inline constexpr uint64_t kPvhStartInfo = 0x6000;    ///< struct hvm_start_info (PVH boot)
 inline constexpr uint64_t kPvhModList = 0x6040;      ///< hvm_modlist_entry[1] (initrd)
 inline constexpr uint64_t kPvhMemmap = 0x6080;       ///< hvm_memmap_table_entry[], up to 0x7000

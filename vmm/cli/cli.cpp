@@ -88,6 +88,8 @@ std::optional<std::string> validate(BootOptions& o, const std::string& memory_te
   if (!o.gateway.empty()) {
     if (auto r = check_gateway(o.gateway); !r) return r.error().message();
   }
+  // (As clones, forks and fleets check it: a guest at its gateway's address answers for its router.)
+  if (auto r = check_not_gateway(o.ip, 1, o.gateway); !r) return r.error().message();
   return std::nullopt;
 }
 
@@ -369,6 +371,14 @@ int main(int argc, char** argv) {
         print_error("--disk cannot be given with --clone-of: a clone gets an overlay on each of the template's disks");
         return exit_code::kUsage;
       }
+      // Nor is what only a boot reads: a clone resumes a guest that booted long ago (they were
+      // silently unused).
+      for (const char* opt : {"--initrd", "--cmdline"}) {
+        if (run->get_option(opt)->count()) {
+          print_error(fmt::format("{} cannot be given with --clone-of: a clone resumes the template's guest, which booted already", opt));
+          return exit_code::kUsage;
+        }
+      }
       if (auto err = finish_run_args(run_args, false)) {
         print_error(*err);
         return exit_code::kUsage;
@@ -383,7 +393,8 @@ int main(int argc, char** argv) {
       clone_args.kvm_device = run_args.opts.kvm_device;
       clone_args.api_socket = api_socket;
       if (!pool_socket.empty()) {
-        for (const char* opt : {"--count", "--full", "--name", "--console", "--net", "--api-socket", "--detach", "--start-timeout"}) {
+        for (const char* opt : {"--count", "--full", "--name", "--console", "--net", "--api-socket", "--detach", "--start-timeout",
+                                "--kvm-device"}) {
           if (run->get_option(opt)->count()) {
             print_error(fmt::format("{} cannot be given with --pool: the pool made the clone ready", opt));
             return exit_code::kUsage;

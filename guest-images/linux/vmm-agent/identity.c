@@ -57,6 +57,11 @@ static int parse_hostname(const char *v, size_t len) {
     }
     size_t n = i - start;  /* the label v[start..i) */
     if (n == 0 || n > 63 || v[start] == '-' || v[i - 1] == '-') return -1;
+    if (i == len && start > 0) {  /* dotted, its last label all digits: an address's form (RFC 1123 2.1) */
+      size_t d = start;
+      while (d < len && v[d] >= '0' && v[d] <= '9') d++;
+      if (d == len) return -1;
+    }
     start = i + 1;
   }
   return 0;
