@@ -179,7 +179,7 @@ Block::Block(std::unique_ptr<disk::Image> image, std::string id)
       id_(std::move(id)) {}
 
 uint64_t Block::device_features() const {
-  uint64_t f = kFVersion1 | kFRingEventIdx | kFRingIndirectDesc | kBlkFSegMax | kBlkFBlkSize | kBlkFFlush;
+  uint64_t f = kFVersion1 | kFRingEventIdx | kFRingIndirectDesc | kBlkFSizeMax | kBlkFSegMax | kBlkFBlkSize | kBlkFFlush;
   if (image_->read_only()) {
     f |= kBlkFRo;
   } else {
@@ -191,7 +191,9 @@ uint64_t Block::device_features() const {
 void Block::read_config(uint64_t offset, std::span<uint8_t> data) {
   BlkConfig c{};
   c.capacity = capacity();
+  c.size_max = kBlkSizeMax;
   c.seg_max = kQueueSize - 2;  // the header and the status take a descriptor each
+  static_assert(uint64_t{kBlkSizeMax} * (kQueueSize - 2) <= kBlkMaxDataBytes, "a request the driver may make is refused");
   c.blk_size = kSectorSize;
   c.num_queues = 1;
   c.max_discard_sectors = kBlkMaxRangeSectors;

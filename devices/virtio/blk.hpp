@@ -13,6 +13,7 @@
 namespace vmm::devices::virtio {
 
 // virtio 1.2 §5.2.3, §5.2.6
+inline constexpr uint64_t kBlkFSizeMax = 1ull << 1;
 inline constexpr uint64_t kBlkFSegMax = 1ull << 2;
 inline constexpr uint64_t kBlkFRo = 1ull << 5;
 inline constexpr uint64_t kBlkFBlkSize = 1ull << 6;
@@ -36,6 +37,10 @@ inline constexpr uint32_t kBlkMaxRangeSectors = 1u << 22;  // 2 GiB
 /// Largest read or write payload we serve (a chain may name overlapping buffers that add up to more
 /// than RAM; the used length and io_uring's result are 32-bit).
 inline constexpr uint64_t kBlkMaxDataBytes = 256ull << 20;
+/// Largest buffer of a request, advertised (size_max): with seg_max, a driver's largest request
+/// stays within kBlkMaxDataBytes (Linux otherwise builds requests as large as max_sectors_kb
+/// allows, which a root user may raise past it: they failed with IOERR).
+inline constexpr uint32_t kBlkSizeMax = 1u << 20;
 
 /// A parsed request. `kind == Invalid` is a well-formed chain with a bad request in it: the device
 /// answers `status` (IOERR or UNSUPP) and reports `error`.

@@ -209,6 +209,12 @@ TEST_CASE("virtio-blk: config space and features") {
   uint32_t seg_max = 0;
   rig.blk->read_config(12, std::span(reinterpret_cast<uint8_t*>(&seg_max), 4));
   CHECK(seg_max == Block::kQueueSize - 2);
+  // size_max: with seg_max, the largest request a driver makes is one the device serves.
+  CHECK((f & kBlkFSizeMax) != 0);
+  uint32_t size_max = 0;
+  rig.blk->read_config(8, std::span(reinterpret_cast<uint8_t*>(&size_max), 4));
+  CHECK(size_max == 1u << 20);
+  CHECK(uint64_t{size_max} * seg_max <= kBlkMaxDataBytes);
   std::array<uint8_t, 8> past{1, 1, 1, 1, 1, 1, 1, 1};
   rig.blk->read_config(56, past);  // write_zeroes_may_unmap, padding, then past the end: zero
   CHECK(past == std::array<uint8_t, 8>{1, 0, 0, 0, 0, 0, 0, 0});
