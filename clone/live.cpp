@@ -626,8 +626,11 @@ Result<> flatten(Machine& m, devices::virtio::Block& blk, const fs::path& out) {
   // The buffer and what the completion says live on the heap, shared with the callback: a read
   // still in flight when this returns early (the loop failed) completes into them, not into freed
   // memory, once the machine's I/O thread runs the loop again.
+  // So does the buffer list: io_uring reads it at submission (perhaps the next run of the loop) and
+  // again to redo a request it cancelled.
   struct Chunk {
     std::unique_ptr<uint8_t, decltype(&std::free)> buf{static_cast<uint8_t*>(std::aligned_alloc(4096, kChunk)), &std::free};
+    iovec iov{};
     bool done = false;
     int32_t res = 0;
   };
@@ -636,9 +639,9 @@ Result<> flatten(Machine& m, devices::virtio::Block& blk, const fs::path& out) {
   if (!buf) return fail("out of memory");
   for (uint64_t off = 0; off < image.size(); off += kChunk) {
     const size_t n = static_cast<size_t>(std::min<uint64_t>(kChunk, image.size() - off));
-    const iovec iov{.iov_base = buf, .iov_len = n};
+    chunk->iov = iovec{.iov_base = buf, .iov_len = n};
     chunk->done = false;
-    if (auto r = image.read(off, std::span(&iov, 1), [chunk](int32_t v) { chunk->res = v, chunk->done = true; }); !r) return r;
+    if (auto r = image.read(off, std::span(&chunk->iov, 1), [chunk](int32_t v) { chunk->res = v, chunk->done = true; }); !r) return r;
     while (!chunk->done) {
       if (m.vm().stopping()) return fail("the VM is stopping");
       if (auto r = m.loop().run_once(std::chrono::milliseconds(100)); !r) return std::unexpected(r.error());

@@ -11,6 +11,7 @@
 #include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -105,12 +106,32 @@ Result<> attach_tap(const std::string& tap, const std::string& bridge, const Mac
     if (if_index(sock.get(), bridge) == 0) {
       return fail("bridge {} does not exist (make it: ip link add {} type bridge && ip link set {} up)", bridge, bridge, bridge);
     }
-    // EBUSY: the TAP is a port already (of this bridge, when a VM reopens its TAP): then check it.
-    if (::ioctl(sock.get(), SIOCBRADDIF, &ifr) < 0 && errno != EBUSY) {
-      return fail("TAP {}: cannot join bridge {}: {}", tap, bridge, errno_text(errno));
+    // EBUSY: the TAP has a master already: this bridge (a VM reopening its TAP), or another one
+    // (a bond, another bridge: the VM would be on another network than asked, silently).
+    if (::ioctl(sock.get(), SIOCBRADDIF, &ifr) < 0) {
+      if (errno != EBUSY) return fail("TAP {}: cannot join bridge {}: {}", tap, bridge, errno_text(errno));
+      std::error_code ec;
+      const auto master = std::filesystem::read_symlink(fmt::format("/sys/class/net/{}/master", tap), ec);
+      if (ec || master.filename() != bridge) {
+        return fail("TAP {}: a port of {} already, not of bridge {}", tap, ec ? std::string("another device") : master.filename().string(), bridge);
+      }
     }
   }
   return set_flags_up(sock.get(), tap);
+}
+
+Result<Fd> host_lock(const std::string& name) {
+  if (::mkdir(kHostLockDir, 0700) != 0 && errno != EEXIST) return fail("{}: cannot create: {}", kHostLockDir, errno_text(errno));
+  Fd dir(::open(kHostLockDir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  struct stat st {};
+  if (!dir || ::fstat(dir.get(), &st) != 0) return fail("{}: {}", kHostLockDir, errno_text(errno));
+  if (st.st_uid != ::geteuid() || (st.st_mode & 022) != 0) {
+    return fail("{}: not this user's alone (owner {}, mode {:o}): its locks could be held by anyone", kHostLockDir, st.st_uid,
+                st.st_mode & 07777);
+  }
+  Fd f(::openat(dir.get(), name.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0600));
+  if (!f) return fail("{}/{}: {}", kHostLockDir, name, errno_text(errno));
+  return f;
 }
 
 static void remove_netns(const std::string& netns, const std::string& host_if) {
@@ -119,22 +140,46 @@ static void remove_netns(const std::string& netns, const std::string& host_if) {
   if (!netns.empty()) (void)run_command({"ip", "netns", "del", netns});
 }
 
+namespace {
+/// The namespace NAME's identity (its nsfs file's st_dev:st_ino), "" when there is none.
+std::string netns_identity(const std::string& netns) {
+  struct stat st {};
+  if (::stat(("/run/netns/" + netns).c_str(), &st) != 0) return {};
+  return fmt::format("{}:{}", st.st_dev, st.st_ino);
+}
+
+/// Whether `fd` is still the file at `path` (not unlinked or replaced since it was opened).
+bool still_at_path(int fd, const std::filesystem::path& path) {
+  struct stat a {}, b {};
+  return ::fstat(fd, &a) == 0 && ::stat(path.c_str(), &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
+}  // namespace
+
 unsigned release_stale_netns(const std::filesystem::path& records) {
   unsigned removed = 0;
   std::error_code ec;
   for (const auto& e : std::filesystem::directory_iterator(records, ec)) {
     if (e.path().filename().string().starts_with(".")) continue;
-    Fd fd(::open(e.path().c_str(), O_RDONLY | O_CLOEXEC));
+    Fd fd(::open(e.path().c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
     if (!fd || ::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) continue;  // its VM runs
-    char buf[128] = {};
+    if (!still_at_path(fd.get(), e.path())) continue;  // removed or remade meanwhile: not this one's to judge
+    char buf[160] = {};
     const ssize_t n = ::read(fd.get(), buf, sizeof buf - 1);
     const std::string text(buf, n > 0 ? static_cast<size_t>(n) : 0);
-    const size_t sp = text.find(' ');
-    // "NETNS HOSTIF\n", both names as this file wrote them (checked before they reach `ip`).
-    const std::string netns = e.path().filename().string(), host_if = sp == std::string::npos ? "" : text.substr(sp + 1, text.find('\n', sp) - sp - 1);
-    const bool sane = text.starts_with(netns + " ") && (host_if.starts_with("vmh-") || host_if.starts_with("vmx-")) && host_if.size() < IFNAMSIZ &&
-                      host_if.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") == std::string::npos;
-    if (sane) {
+    // "NETNS HOSTIF DEV:INO\n", the names as this file wrote them (checked before they reach `ip`),
+    // and the namespace's identity when it was made.
+    const std::string netns = e.path().filename().string();
+    const std::string line = text.substr(0, text.find('\n'));
+    const size_t sp1 = line.find(' '), sp2 = sp1 == std::string::npos ? std::string::npos : line.find(' ', sp1 + 1);
+    const std::string host_if = sp2 == std::string::npos ? "" : line.substr(sp1 + 1, sp2 - sp1 - 1);
+    const std::string id = sp2 == std::string::npos ? "" : line.substr(sp2 + 1);
+    const bool sane = line.starts_with(netns + " ") && (host_if.starts_with("vmh-") || host_if.starts_with("vmx-")) && host_if.size() < IFNAMSIZ &&
+                      host_if.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") == std::string::npos &&
+                      !id.empty();
+    // Only the namespace the killed VM made: not one of that name made since (by a VM of another
+    // state directory, or by hand after the host rebooted or the admin removed that one), whose
+    // removal would cut a running VM off its network.
+    if (sane && netns_identity(netns) == id) {
       remove_netns(netns, host_if);
       ++removed;
     }
@@ -158,14 +203,23 @@ Result<std::unique_ptr<Netns>> Netns::create(const NetnsConfig& c) {
   }
   ns->name_ = c.netns;  // from here on, the destructor removes it
   const std::string host_if = host_if_name(c.netns);  // ns->host_if_ once it is ours (made below)
-  // Its record, locked for the VM's life (a killed VM's is found unlocked).
-  ns->record_ = c.records / c.netns;
-  ns->record_lock_ = Fd(::open(ns->record_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-  if (!ns->record_lock_ || ::flock(ns->record_lock_.get(), LOCK_EX | LOCK_NB) != 0) {
-    return fail("{}: cannot lock: {}", ns->record_.string(), errno_text(errno));
+  // Its record, locked for the VM's life (a killed VM's is found unlocked). Locked before it is
+  // written, and only once it is still the file at its path: another VM's sweep may take a record
+  // being made for a dead one's and remove it (then it is made again).
+  const std::filesystem::path record_path = c.records / c.netns;
+  for (int tries = 0;; ++tries) {
+    Fd f(::open(record_path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0600));
+    if (!f || ::flock(f.get(), LOCK_EX | LOCK_NB) != 0) return fail("{}: cannot lock: {}", record_path.string(), errno_text(errno));
+    if (still_at_path(f.get(), record_path)) {
+      ns->record_lock_ = std::move(f);
+      break;
+    }
+    if (tries == 8) return fail("{}: removed as often as it was made", record_path.string());
   }
-  const std::string record = c.netns + " " + host_if + "\n";
-  if (::write(ns->record_lock_.get(), record.data(), record.size()) != static_cast<ssize_t>(record.size())) {
+  ns->record_ = record_path;  // ours: the destructor removes it
+  const std::string record = fmt::format("{} {} {}\n", c.netns, host_if, netns_identity(c.netns));
+  if (::ftruncate(ns->record_lock_.get(), 0) != 0 ||
+      ::write(ns->record_lock_.get(), record.data(), record.size()) != static_cast<ssize_t>(record.size())) {
     return fail("{}: cannot write: {}", ns->record_.string(), errno_text(errno));
   }
 
@@ -197,13 +251,11 @@ Result<std::unique_ptr<Netns>> Netns::create(const NetnsConfig& c) {
     // blocks are the host's, and VMs of two state directories (--state-dir) could take one block
     // at once under each one's own lock (the state directory's where the host's lock directory is
     // not ours to write in).
-    auto lock_path = std::filesystem::path("/run/lock/vmm-outside.lock");
-    Fd lock(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
-    if (!lock) {
-      lock_path = c.records / ".outside.lock";
-      lock = Fd(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
-    }
-    if (!lock || ::flock(lock.get(), LOCK_EX) != 0) return fail("{}: cannot lock: {}", lock_path.string(), errno_text(errno));
+    // In a directory of root's own: /run/lock is everyone's, and a user who made the lock file
+    // first held every namespace VM's start for as long as they liked.
+    auto lock = host_lock("outside.lock");
+    if (!lock) return std::unexpected(lock.error());
+    if (::flock(lock->get(), LOCK_EX) != 0) return fail("{}/outside.lock: cannot lock: {}", kHostLockDir, errno_text(errno));
     const auto used = used_outside_blocks();
     uint32_t block = kOutsideNet;
     while (used.contains(block)) block += 4;
@@ -223,7 +275,7 @@ Result<std::unique_ptr<Netns>> Netns::create(const NetnsConfig& c) {
                                                                                "addr add {0}/30 dev veth0\n"
                                                                                "link set veth0 up\n"
                                                                                "addr add {1}{2} dev {3}\n"
-                                                                               "link set {3} up\n"
+                                                                               "link set dev {3} up\n"
                                                                                "route add default via {4}\n",
                                                                                ns->outside_, c.gateway, prefix, c.tap, host));
         !r) {
@@ -247,7 +299,7 @@ Netns::~Netns() {
   if (name_.empty()) return;
   remove_netns(name_, host_if_);
   std::error_code ec;
-  std::filesystem::remove(record_, ec);
+  if (!record_.empty()) std::filesystem::remove(record_, ec);
 }
 
 }  // namespace vmm::devices

@@ -74,4 +74,11 @@ class Netns {
 /// veth pair, then the record). Best effort; returns how many it removed.
 unsigned release_stale_netns(const std::filesystem::path& records);
 
+/// Where host-wide locks live (the outside addresses' /30 blocks): a directory this user owns
+/// alone, made if missing.
+inline constexpr const char* kHostLockDir = "/run/vmm";
+/// The lock file NAME in kHostLockDir, opened (not locked); fails when the directory is not this
+/// user's alone (another user could hold its locks for ever).
+Result<Fd> host_lock(const std::string& name);
+
 }  // namespace vmm::devices

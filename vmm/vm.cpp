@@ -232,7 +232,14 @@ void Vm::pause() {
     lock.lock();
   }
   // Paused already (start_paused, or another pause): returns once every vCPU is parked all the same.
-  cv_.wait(lock, [&] { return parked_ == vcpus_.size() || target_ == RunState::Stopped; });
+  // Kicked again while one is not: a kick can be spent before it counts (a vCPU waiting for the
+  // serial port's lock while another is blocked writing to a console nobody reads takes its signal
+  // there, then blocks in the write itself once it has the lock).
+  while (!cv_.wait_for(lock, kRekick, [&] { return parked_ == vcpus_.size() || target_ == RunState::Stopped; })) {
+    lock.unlock();
+    kick_all();
+    lock.lock();
+  }
 }
 
 void Vm::start_paused() {
@@ -301,6 +308,10 @@ void Vm::park(Vcpu& vcpu) {
 }
 
 void Vm::vcpu_thread(Vcpu& vcpu) {
+  struct Ended {
+    std::atomic<bool>& flag;
+    ~Ended() { flag.store(true, std::memory_order_release); }
+  } ended{vcpu_ended_[vcpu.index()]};
   // Named for ps/top and the tests that measure per-thread CPU time.
   const std::string name = fmt::format("vmm-vcpu{}", vcpu.index());
   ::pthread_setname_np(::pthread_self(), name.c_str());
@@ -367,6 +378,7 @@ StopInfo Vm::run(const std::function<void()>& started) {
   install_kick_handler();
 
   std::optional<Error> no_thread;
+  vcpu_ended_ = std::make_unique<std::atomic<bool>[]>(vcpus_.size());
   {
     // kick_all() may run on a vCPU thread while later threads are still being started.
     std::lock_guard lock(threads_mutex_);
@@ -403,6 +415,23 @@ StopInfo Vm::run(const std::function<void()>& started) {
   {
     std::lock_guard lock(threads_mutex_);
     ended.swap(threads_);
+  }
+  // Kicked again until each has ended: a kick can be spent before it counts (see pause()), and a
+  // vCPU blocked in a console write for good kept the process from ending (SIGINT and SIGTERM
+  // are no one's to take by now: only SIGKILL ended it).
+  for (auto last = std::chrono::steady_clock::now();;) {
+    bool all = true;
+    for (size_t i = 0; i < ended.size(); ++i) all = all && vcpu_ended_[i].load(std::memory_order_acquire);
+    if (all) break;
+    if (std::chrono::steady_clock::now() - last >= kRekick) {
+      for (size_t i = 0; i < ended.size(); ++i) {
+        if (vcpu_ended_[i].load(std::memory_order_acquire)) continue;
+        vcpus_[i]->request_immediate_exit();
+        ::pthread_kill(ended[i].native_handle(), kKickSignal);  // (valid until joined)
+      }
+      last = std::chrono::steady_clock::now();
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
   }
   for (auto& t : ended) t.join();
   have_waiter_ = false;

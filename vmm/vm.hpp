@@ -150,6 +150,8 @@ class Vm final : public devices::VmControl {
   std::vector<std::unique_ptr<Vcpu>> vcpus_;
   std::mutex threads_mutex_;  // guards threads_ against kick_all() during start-up
   std::vector<std::thread> threads_;
+  std::unique_ptr<std::atomic<bool>[]> vcpu_ended_;  // per vCPU: its thread has ended (run() kicks until all have)
+  static constexpr auto kRekick = std::chrono::milliseconds(10);  // a kick not taken is repeated this often
 
   std::mutex mutex_;
   std::condition_variable cv_;

@@ -517,6 +517,21 @@ TEST_CASE("http: a server whose backlog is full (stopped, or swamped) still coun
   CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(6));
 }
 
+// The socket's directory locked by someone else for ever (anyone who can read /tmp can): the
+// socket is still bound, within a few seconds, without the lock (renameat2's RENAME_NOREPLACE);
+// it waited for ever, the VM out of reach of its API and its process never ending.
+TEST_CASE("api: a socket directory someone else keeps locked delays listen_unix, never holds it for ever") {
+  vmm::test::TempDir tmp("vmm-api");
+  Fd held(::open(tmp.path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  REQUIRE(::flock(held.get(), LOCK_EX) == 0);
+  const std::string path = (tmp.path / "vm.sock").string();
+  const auto t0 = std::chrono::steady_clock::now();
+  auto l = api::listen_unix(path);
+  REQUIRE_MESSAGE(l, l.error().message());
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(10));
+  CHECK(api::someone_listens(path));
+}
+
 // nlohmann's dump() throws on text that is not UTF-8: a socket path or state directory of other
 // bytes ended vmm with std::terminate as it registered. Now a one-line error.
 TEST_CASE("registry: a socket path that is not UTF-8 is refused with an error, not an exception") {

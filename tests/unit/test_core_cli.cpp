@@ -52,6 +52,31 @@ TEST_CASE("cpuid: per-vCPU APIC ids and the baseline template") {
   CHECK((base[0].ecx & 1u) != 0);          // SSE3 kept
 }
 
+// Leaf 7's EDX: the baseline hides AVX-512's and AMX's bits there, not the speculation controls
+// beside them (a guest without IBPB, STIBP, SSBD or ARCH_CAPABILITIES mitigates as if exposed to all).
+TEST_CASE("cpuid: the baseline template keeps leaf 7's speculation controls") {
+  vmm::CpuidEntries supported(2);
+  supported[0].function = 7;
+  supported[0].edx = 0xffffffffu;
+  supported[1].function = 7;
+  supported[1].index = 1;
+  supported[1].eax = 0xffffffffu;
+  auto base = vmm::make_cpuid(supported, vmm::CpuTemplate::Baseline, 0, 1);
+  REQUIRE(base.size() == 2);
+  for (unsigned b : {10u, 26u, 27u, 28u, 29u, 31u}) {
+    CAPTURE(b);
+    CHECK((base[0].edx & (1u << b)) != 0);
+  }
+  for (unsigned b : {2u, 3u, 8u, 22u, 23u, 24u, 25u}) {
+    CAPTURE(b);
+    CHECK((base[0].edx & (1u << b)) == 0);
+  }
+  CHECK((base[1].eax & (3u << 4)) == 0);  // AVX-VNNI, AVX512_BF16
+  CHECK((base[1].eax & 1u) != 0);
+  auto host = vmm::make_cpuid(supported, vmm::CpuTemplate::Host, 0, 1);
+  CHECK(host[0].edx == 0xffffffffu);
+}
+
 TEST_CASE("cpuid: the host CPU's APIC ids are dropped from the supported table, and nothing else") {
   auto entry = [](uint32_t function, uint32_t index, uint32_t eax, uint32_t ebx, uint32_t ecx, uint32_t edx) {
     kvm_cpuid_entry2 e{};

@@ -3,7 +3,9 @@
 // (A triple fault cannot be provoked from real mode here: KVM delivers real-mode interrupts without
 // an IVT limit check. The test guest's `fault` scenario covers it in protected mode.)
 #include <doctest/doctest.h>
+#include <fmt/core.h>
 
+#include <fcntl.h>
 #include <sched.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
@@ -19,6 +21,7 @@
 
 #include "child_helpers.hpp"
 #include "kvm_helpers.hpp"
+#include "vmm/base/fd.hpp"
 #include "vmm/vm.hpp"
 
 namespace {
@@ -492,4 +495,53 @@ TEST_CASE("vm: a guest with kvmclock is told it was stopped when its clock is st
     CHECK(stop.reason == StopReason::DebugExit);
     CHECK((pvclock_flags(t) & kGuestStopped) != 0);
   }
+}
+
+// A device write that blocks for good (a console nobody reads), reached after the stop's kick was
+// spent (here in a sleep before it; with several vCPUs, in the wait for the serial port's lock):
+// the vCPU is kicked again until its thread ends, and run() returns. It waited for ever, the
+// process out of reach of SIGINT and SIGTERM (only SIGKILL ended it).
+TEST_CASE("vm: a stop reaches a vCPU blocked in a device write after the first kick was spent") {
+  SKIP_WITHOUT_KVM();
+  const std::string said = test_child::run(
+      [] {
+        // loop: out 0x80, al ; jmp loop
+        const std::array<uint8_t, 4> code{0xe6, 0x80, 0xeb, 0xfc};
+        TestVm t(code);
+        int p[2];
+        if (::pipe2(p, O_CLOEXEC) != 0) return std::string("pipe2 failed");
+        vmm::Fd reader(p[0]), writer(p[1]);
+        const int flags = ::fcntl(writer.get(), F_GETFL);
+        ::fcntl(writer.get(), F_SETFL, flags | O_NONBLOCK);
+        const std::vector<char> chunk(65536, 'x');
+        while (::write(writer.get(), chunk.data(), chunk.size()) > 0) {
+        }
+        ::fcntl(writer.get(), F_SETFL, flags);  // full, and blocking again: a console nobody reads
+        struct Blocking final : vmm::devices::BusDevice {
+          int fd = -1;
+          std::atomic<int> writes{0};
+          void read(uint64_t, std::span<uint8_t> d) override { std::fill(d.begin(), d.end(), 0); }
+          void write(uint64_t, std::span<const uint8_t> d) override {
+            ++writes;
+            std::this_thread::sleep_for(300ms);  // the stop's kick lands here (sleep_for resumes)
+            (void)!::write(fd, d.data(), d.size());
+          }
+          std::string_view name() const override { return "blocking"; }
+        };
+        auto dev = std::make_shared<Blocking>();
+        dev->fd = writer.get();
+        if (!t.vm->buses().pio.insert(dev, 0x80, 1)) return std::string("insert failed");
+        const auto t0 = std::chrono::steady_clock::now();
+        const vmm::StopInfo stop = t.vm->run([&] {
+          std::thread([&] {
+            while (dev->writes == 0) std::this_thread::sleep_for(1ms);
+            std::this_thread::sleep_for(100ms);
+            t.vm->request_stop(StopReason::Signal, 15);
+          }).detach();
+        });
+        const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+        return fmt::format("{} {}", stop.reason == StopReason::Signal ? "stopped" : "other", ms < 5000 ? "in time" : "late");
+      },
+      std::chrono::seconds(15));
+  CHECK(said == "stopped in time");
 }

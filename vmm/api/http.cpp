@@ -118,6 +118,8 @@ bool someone_listens(const std::string& path) {
 namespace {
 /// listen_unix binds first in a directory of its own beside the socket: DIR/.sXXXXXX/s.
 constexpr std::string_view kBindDir = "/.sXXXXXX";
+/// How long listen_unix waits for the lock of the socket's directory (see move_into_place).
+constexpr auto kDirLockWait = std::chrono::seconds(2);
 std::string socket_dir(const std::string& path) {
   const std::string dir = fs::path(path).parent_path().string();
   return dir.empty() ? "." : dir;
@@ -181,12 +183,18 @@ Result<Fd> listen_unix(const std::string& path, std::pair<uint64_t, uint64_t>* b
   // that every vmm takes for it: two VMs given one --api-socket over a stale socket both found it
   // stale above, and the second's rename replaced the first's live socket (which then ran
   // unreachable, and removed the second's at its end). Without the lock's directory (gone, not
-  // ours to read), renameat2's RENAME_NOREPLACE alone.
+  // ours to read), renameat2's RENAME_NOREPLACE alone; so too when the lock is not had within
+  // kDirLockWait: a vmm holds it for a rename, but anyone who can read the directory (/tmp) can
+  // take it, and held for ever it kept the VM from its API, and its process from ending.
   auto move_into_place = [&] {
     Fd pd(::open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-    if (pd) {
-      while (::flock(pd.get(), LOCK_EX) != 0 && errno == EINTR) {
+    const auto deadline = std::chrono::steady_clock::now() + kDirLockWait;
+    while (pd && ::flock(pd.get(), LOCK_EX | LOCK_NB) != 0) {
+      if ((errno != EWOULDBLOCK && errno != EINTR) || std::chrono::steady_clock::now() >= deadline) {
+        pd.reset();
+        break;
       }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
     struct stat st {};
     if (::lstat(path.c_str(), &st) == 0) {

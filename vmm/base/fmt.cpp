@@ -10,6 +10,23 @@
 // template instances fmt's headers declare without defining (format.h: to_decimal, the locale
 // helpers, and the extern templates at its end; core.h: locale_ref's constructor and get()).
 // A fmt upgrade that declares another such function fails to link, naming it.
+//
+// A print to a file that cannot be written (stderr a pipe whose reader is gone, or a log on a full
+// disk) is not an exception here: fmt threw std::system_error from fmt::print(FILE*), so a message
+// printed on an error path ended vmm with an abort (SIGABRT, a core, a VM's disks unflushed:
+// `vmm run --kernel /nonexistent 2>/dev/full`). The file's error indicator stays set (main() looks
+// at stdout's). Every other exception fmt raises is thrown as before (the same in every file).
+#include <system_error>
+
+namespace vmm::fmt_detail {
+inline void raise(const std::system_error&) {}
+template <class E>
+[[noreturn]] void raise(const E& e) {
+  throw e;
+}
+}  // namespace vmm::fmt_detail
+#define FMT_THROW(x) ::vmm::fmt_detail::raise(x)
+
 #include <fmt/format-inl.h>
 
 #include <locale>

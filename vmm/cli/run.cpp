@@ -15,6 +15,11 @@ int run_vm(const BootOptions& options) {
   BootOptions o = options;
   if (o.name.empty()) o.name = "vm-" + random_hex(4);
   if (!valid_name(o.name)) return report_error(exit_code::kUsage, fmt::format("--name '{}': use letters, digits, '.', '_' and '-'", o.name));
+  // A stopped clone's name stays taken (README): a VM booted under it was taken for the clone by
+  // `vmm clone ls` and killed by `vmm clone rm --force`.
+  if (std::error_code ec; fs::exists(resolve_state_dir(o.state_dir) / "clones" / o.name, ec)) {
+    return report_error(exit_code::kUsage, fmt::format("--name '{}': a clone has that name (vmm clone rm {} frees it)", o.name, o.name));
+  }
   auto control = api::ControlPlane::create(resolve_state_dir(o.state_dir), o.name, o.api_socket);
   if (!control) return report_error(exit_code::kUsage, control.error().message());
   std::optional<Kvm> kvm;
