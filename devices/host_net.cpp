@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <fstream>
 #include <set>
 #include <thread>
 
@@ -141,11 +142,29 @@ static void remove_netns(const std::string& netns, const std::string& host_if) {
 }
 
 namespace {
-/// The namespace NAME's identity (its nsfs file's st_dev:st_ino), "" when there is none.
+/// The namespace NAME's identity: this boot's id and the namespace's cookie (SO_NETNS_COOKIE,
+/// never reused within a boot; its nsfs inode is: a namespace made right after one was removed took
+/// its number), "" when there is no such namespace. From a thread that enters it for the asking.
 std::string netns_identity(const std::string& netns) {
-  struct stat st {};
-  if (::stat(("/run/netns/" + netns).c_str(), &st) != 0) return {};
-  return fmt::format("{}:{}", st.st_dev, st.st_ino);
+#ifndef SO_NETNS_COOKIE
+  constexpr int SO_NETNS_COOKIE = 71;
+#endif
+  static const std::string boot_id = [] {
+    std::string id;
+    std::ifstream("/proc/sys/kernel/random/boot_id") >> id;
+    return id;
+  }();
+  uint64_t cookie = 0;
+  auto t = start_thread("a thread to identify a network namespace", [&] {
+    Fd ns(::open(("/run/netns/" + netns).c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+    if (!ns || ::setns(ns.get(), CLONE_NEWNET) != 0) return;
+    Fd sock(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    socklen_t len = sizeof cookie;
+    if (!sock || ::getsockopt(sock.get(), SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &len) != 0) cookie = 0;
+  });
+  if (!t) return {};
+  t->join();
+  return cookie == 0 || boot_id.empty() ? std::string() : fmt::format("{}/{}", boot_id, cookie);
 }
 
 /// Whether `fd` is still the file at `path` (not unlinked or replaced since it was opened).
@@ -166,8 +185,8 @@ unsigned release_stale_netns(const std::filesystem::path& records) {
     char buf[160] = {};
     const ssize_t n = ::read(fd.get(), buf, sizeof buf - 1);
     const std::string text(buf, n > 0 ? static_cast<size_t>(n) : 0);
-    // "NETNS HOSTIF DEV:INO\n", the names as this file wrote them (checked before they reach `ip`),
-    // and the namespace's identity when it was made.
+    // "NETNS HOSTIF BOOT/COOKIE\n", the names as this file wrote them (checked before they reach
+    // `ip`), and the namespace's identity.
     const std::string netns = e.path().filename().string();
     const std::string line = text.substr(0, text.find('\n'));
     const size_t sp1 = line.find(' '), sp2 = sp1 == std::string::npos ? std::string::npos : line.find(' ', sp1 + 1);
@@ -217,11 +236,7 @@ Result<std::unique_ptr<Netns>> Netns::create(const NetnsConfig& c) {
     if (tries == 8) return fail("{}: removed as often as it was made", record_path.string());
   }
   ns->record_ = record_path;  // ours: the destructor removes it
-  const std::string record = fmt::format("{} {} {}\n", c.netns, host_if, netns_identity(c.netns));
-  if (::ftruncate(ns->record_lock_.get(), 0) != 0 ||
-      ::write(ns->record_lock_.get(), record.data(), record.size()) != static_cast<ssize_t>(record.size())) {
-    return fail("{}: cannot write: {}", ns->record_.string(), errno_text(errno));
-  }
+  if (auto r = ns->write_record(netns_identity(c.netns)); !r) return std::unexpected(r.error());
 
   // The TAP, opened from a thread that entered the namespace: a TAP belongs to the namespace of
   // the task that creates it, and stays there while this process uses its fd from the host's.
@@ -293,6 +308,15 @@ Result<std::unique_ptr<Netns>> Netns::create(const NetnsConfig& c) {
     return fail("netns {}: {}", c.netns, r.error().message());
   }
   return ns;
+}
+
+Result<> Netns::write_record(const std::string& identity) {
+  const std::string record = fmt::format("{} {} {}\n", name_, host_if_name(name_), identity.empty() ? "-" : identity);
+  if (::ftruncate(record_lock_.get(), 0) != 0 ||
+      ::pwrite(record_lock_.get(), record.data(), record.size(), 0) != static_cast<ssize_t>(record.size())) {
+    return fail("{}: cannot write: {}", record_.string(), errno_text(errno));
+  }
+  return {};
 }
 
 Netns::~Netns() {

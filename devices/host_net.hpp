@@ -66,6 +66,8 @@ class Netns {
   Netns() = default;
   std::string name_, host_if_, outside_;
   std::optional<Tap> tap_;
+  /// Its record: "NAME HOSTIF BOOT-ID/NETNS-COOKIE" (release_stale_netns).
+  Result<> write_record(const std::string& identity);
   std::filesystem::path record_;
   Fd record_lock_;
 };

@@ -91,6 +91,10 @@ void PciRoot::read(uint64_t offset, std::span<uint8_t> data) {
   std::fill(data.begin(), data.end(), 0xff);
   if (data.empty() || data.size() > 4 || offset + data.size() > 8) return;
   std::lock_guard lock(mutex_);
+  if (offset == 1 && data.size() == 1) {  // 0xCF9, the reset control register
+    data[0] = reset_control_;
+    return;
+  }
   if (offset < 4) {
     // The address register is dword-only (byte accesses at 0xCF8-0xCFB belong to mechanism #2).
     if (offset != 0 || data.size() != 4) return;
@@ -103,6 +107,14 @@ void PciRoot::read(uint64_t offset, std::span<uint8_t> data) {
 void PciRoot::write(uint64_t offset, std::span<const uint8_t> data) {
   if (data.empty() || data.size() > 4 || offset + data.size() > 8) return;
   std::lock_guard lock(mutex_);
+  // 0xCF9, the reset control register (PIIX/ICH): bit 2 set resets the system, as QEMU's does. It
+  // was a claimed port whose writes went nowhere: Linux's reboot=pci fell back to a triple fault,
+  // a reboot ending as a crash (status 8).
+  if (offset == 1 && data.size() == 1) {
+    reset_control_ = data[0] & 0x0a;
+    if ((data[0] & 0x04) && reset_target_ != nullptr) reset_target_->request_stop(StopReason::Reset);
+    return;
+  }
   if (offset < 4) {
     if (offset != 0 || data.size() != 4) return;
     uint32_t v;

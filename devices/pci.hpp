@@ -62,6 +62,9 @@ class PciRoot final : public BusDevice, public Snapshottable, public std::enable
   void read(uint64_t offset, std::span<uint8_t> data) override;
   void write(uint64_t offset, std::span<const uint8_t> data) override;
   std::string_view name() const override { return "pci-root"; }
+  /// Who a reset through port 0xCF9 (the chipset's reset control register, within this device's
+  /// ports: Linux's reboot=pci) stops; none: such a write is ignored.
+  void set_reset_target(VmControl* vm) { reset_target_ = vm; }
 
   State save() const;
   void restore(const State& state);
@@ -87,6 +90,8 @@ class PciRoot final : public BusDevice, public Snapshottable, public std::enable
   friend class Ecam;
   mutable std::mutex mutex_;
   uint32_t address_ = 0;
+  VmControl* reset_target_ = nullptr;
+  uint8_t reset_control_ = 0;  // 0xCF9: bits 1 (hard reset) and 3 (full reset) as written
   std::array<std::shared_ptr<PciFunction>, kSlots> slots_{};
   std::shared_ptr<PciHostBridge> host_;  // also slots_[0]
 };

@@ -39,6 +39,7 @@ Result<std::unique_ptr<Platform>> attach_platform(Vm& vm, PlatformConfig config)
   std::unique_ptr<Platform> p(new Platform());
   p->console_ = std::move(config.console);
   p->pci_ = std::make_shared<devices::PciRoot>();
+  p->pci_->set_reset_target(&vm);
   devices::Console* out = p->console_.get();
   p->serial_ = std::make_shared<devices::Serial>(vm.irq_line(layout::kCom1Irq),
                                                  [out, tap = std::move(config.console_tap)](std::span<const uint8_t> b) {

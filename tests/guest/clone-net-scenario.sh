@@ -208,6 +208,19 @@ ip netns list 2>/dev/null | grep -q "^tn-n-2" || bad "a killed clone's namespace
 grep -q "removed 1 network namespace" "$work/m.out" && ! ip netns list 2>/dev/null | grep -q "^tn-n-2" && ! ip link 2>/dev/null | grep -q "vmh-tn-n-2" &&
   ok "the next namespace clone removed what the killed one left" || { bad "stale namespace"; show "$work/m.out"; ip netns list 2>/dev/null; }
 "$vmm" stop --timeout 0 m-1 >/dev/null 2>&1
+# A killed clone's namespace removed by hand and one of that name made since (an admin's, another
+# state directory's VM's): the next sweep leaves it alone (it removed it, cutting that VM off).
+"$vmm" run --clone-of net-serve --name k --count 1 --net 'tap=tap0,netns=tn-{name}' --detach >"$work/k.out" 2>&1 || bad "netns clone k"
+get_vm k-1 >"$work/k1.json"
+kill -9 "$(sed -n 's/.*"pid":\([0-9]*\).*/\1/p' "$work/k1.json")"
+sleep 0.5
+ip netns del tn-k-1 2>/dev/null
+ip netns add tn-k-1
+"$vmm" run --clone-of net-serve --name j --count 1 --net 'tap=tap0,netns=tn-{name}' --detach >"$work/j.out" 2>&1 || bad "netns clone j"
+ip netns list 2>/dev/null | grep -q "^tn-k-1" && ! grep -q "removed 1 network namespace" "$work/j.out" &&
+  ok "a namespace of a killed clone's name made since is not the sweep's" || { bad "the sweep removed a namespace it did not make"; show "$work/j.out"; }
+ip netns del tn-k-1 2>/dev/null
+"$vmm" stop --timeout 0 j-1 >/dev/null 2>&1
 
 # ---- A warm pool on br0: each member on a TAP of its own (p{i}, the member's number), each
 # request giving the clone its address; a request without one is refused (400).

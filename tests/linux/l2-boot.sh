@@ -4,15 +4,16 @@
 # checks the exit status, expected console lines and the guest's kernel log.
 #
 # usage: l2-boot.sh [--cpus N] [--memory SIZE] [--scenario NAME] [--status N] [--expect TEXT]...
-#                   [--stderr TEXT]... [--reject TEXT]... [--dmesg-allow FILE] [--disk MIB]
+#                   [--stderr TEXT]... [--reject TEXT]... [--dmesg-allow FILE] [--disk MIB] [--append ARGS]
 #   --status N         expected exit status of vmm (default 0)
 #   --expect TEXT      a console line must contain TEXT
 #   --stderr TEXT      vmm's stderr must contain TEXT
 #   --reject TEXT      vmm's stderr must not contain TEXT
 #   --disk MIB         attach a virtio-blk disk of MIB MiB (a fresh sparse file)
+#   --append ARGS      more kernel command line (e.g. reboot=pci)
 #   --dmesg-allow FILE check the kernel log of the `dmesg` scenario: every line at warning level or
 #                      worse must match one of FILE's extended regexes (# comments allowed)
-cpus=1 memory=256M scenario=boot want=0 allow="" expects="" errs="" rejects="" disk=""
+cpus=1 memory=256M scenario=boot want=0 allow="" expects="" errs="" rejects="" disk="" append=""
 nl='
 '
 while [ $# -gt 0 ]; do
@@ -26,6 +27,7 @@ while [ $# -gt 0 ]; do
     --reject) rejects="$rejects$2$nl" ;;
     --dmesg-allow) allow=$2 ;;
     --disk) disk=$2 ;;
+    --append) append=$2 ;;
     *) echo "l2-boot.sh: unknown option $1"; exit 2 ;;
   esac
   shift 2
@@ -41,7 +43,7 @@ fi
 echo "l2-boot: vmm run --cpus $cpus --memory $memory $*, scenario $scenario"
 {
   vmm run --kernel /files/vmlinuz --initrd /files/initramfs.cpio --memory "$memory" --cpus "$cpus" "$@" \
-    --cmdline "console=ttyS0 vmm.scenario=$scenario" 2>/tmp/vmm.err
+    --cmdline "console=ttyS0 vmm.scenario=$scenario $append" 2>/tmp/vmm.err
   echo $? >/tmp/vmm.status
 } | ts -s '%M:%.S' >/tmp/console.raw
 # The guest's serial console ends lines with CR LF.

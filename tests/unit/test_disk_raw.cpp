@@ -449,17 +449,23 @@ std::pair<int, std::string> run_command(const std::string& command) {
   return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
 }
 
+// An open-file-description lock request of one byte: `type` at `at`.
+struct flock one_byte(short type, off_t at) {
+  struct flock l {};
+  l.l_type = type;
+  l.l_whence = SEEK_SET;
+  l.l_start = at;
+  l.l_len = 1;
+  return l;
+}
+
 // Takes QEMU's byte locks (as /proc/locks shows QEMU 7.2 holding them) on a file of its own.
 struct QemuLike {
   vmm::Fd fd;
   QemuLike(const std::filesystem::path& path, std::initializer_list<off_t> bytes) : fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {
     REQUIRE(fd);
     for (off_t b : bytes) {
-      struct flock l {};
-      l.l_type = F_RDLCK;
-      l.l_whence = SEEK_SET;
-      l.l_start = b;
-      l.l_len = 1;
+      struct flock l = one_byte(F_RDLCK, b);
       REQUIRE(::fcntl(fd.get(), F_OFD_SETLK, &l) == 0);
     }
   }
@@ -467,11 +473,7 @@ struct QemuLike {
 
 bool byte_locked(const std::filesystem::path& path, off_t at) {
   vmm::Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  struct flock l {};
-  l.l_type = F_WRLCK;
-  l.l_whence = SEEK_SET;
-  l.l_start = at;
-  l.l_len = 1;
+  struct flock l = one_byte(F_WRLCK, at);
   REQUIRE(::fcntl(fd.get(), F_OFD_GETLK, &l) == 0);
   return l.l_type != F_UNLCK;
 }
