@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <chrono>
 
+#include "vmm/base/process.hpp"
 #include "vmm/base/thread.hpp"
 
 namespace vmm::devices {
@@ -30,11 +31,18 @@ Result<std::unique_ptr<Console>> Console::open(const ConsoleSpec& spec) {
   if (spec.kind == ConsoleSpec::Kind::Stdio) {
     c->out_fd_ = STDOUT_FILENO;
   } else if (spec.kind == ConsoleSpec::Kind::File) {
-    // O_NONBLOCK for the open only: a FIFO nobody reads would have it wait for ever (ENXIO instead).
-    c->file_ = Fd(::open(spec.path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NONBLOCK | O_NOCTTY, 0644));
-    if (!c->file_) {
-      return fail("--console file:{}: {}", spec.path, errno == ENXIO ? "a FIFO that nobody reads" : errno_text(errno));
+    // A FIFO is waited for until someone reads it, as a plain open() would, but on O_NONBLOCK
+    // opens (ENXIO while there is no reader) that SIGINT and SIGTERM end: they are blocked in
+    // this process, so a blocking open() waited for ever, out of reach of all but SIGKILL.
+    for (;;) {
+      c->file_ = Fd(::open(spec.path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NONBLOCK | O_NOCTTY, 0644));
+      if (c->file_ || errno != ENXIO) break;
+      if (const int sig = pending_stop_signal()) {
+        return fail("--console file:{}: stopped by signal {} while waiting for the FIFO's reader", spec.path, sig);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
+    if (!c->file_) return fail("--console file:{}: {}", spec.path, errno_text(errno));
     if (const int fl = ::fcntl(c->file_.get(), F_GETFL); fl < 0 || ::fcntl(c->file_.get(), F_SETFL, fl & ~O_NONBLOCK) != 0) {
       return fail("--console file:{}: fcntl: {}", spec.path, errno_text(errno));
     }

@@ -164,7 +164,13 @@ std::string netns_identity(const std::string& netns) {
   });
   if (!t) return {};
   t->join();
-  return cookie == 0 || boot_id.empty() ? std::string() : fmt::format("{}/{}", boot_id, cookie);
+  if (boot_id.empty()) return {};
+  if (cookie != 0) return fmt::format("{}/{}", boot_id, cookie);
+  // A kernel before 5.14 (no SO_NETNS_COOKIE): its nsfs inode, which a namespace made right after
+  // this one was removed may have again (the best there is there).
+  struct stat st {};
+  if (::stat(("/run/netns/" + netns).c_str(), &st) != 0) return {};
+  return fmt::format("{}/ino:{}:{}", boot_id, st.st_dev, st.st_ino);
 }
 
 /// Whether `fd` is still the file at `path` (not unlinked or replaced since it was opened).
@@ -190,16 +196,19 @@ unsigned release_stale_netns(const std::filesystem::path& records) {
     const std::string netns = e.path().filename().string();
     const std::string line = text.substr(0, text.find('\n'));
     const size_t sp1 = line.find(' '), sp2 = sp1 == std::string::npos ? std::string::npos : line.find(' ', sp1 + 1);
-    const std::string host_if = sp2 == std::string::npos ? "" : line.substr(sp1 + 1, sp2 - sp1 - 1);
     const std::string id = sp2 == std::string::npos ? "" : line.substr(sp2 + 1);
-    const bool sane = line.starts_with(netns + " ") && (host_if.starts_with("vmh-") || host_if.starts_with("vmx-")) && host_if.size() < IFNAMSIZ &&
-                      host_if.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") == std::string::npos &&
-                      !id.empty();
+    // (A record of an earlier vmm has no identity, "NETNS HOSTIF": its namespace is removed as it
+    // would have removed it.)
+    const size_t end1 = sp2 == std::string::npos ? line.size() : sp2;
+    const std::string named_if = sp1 == std::string::npos ? "" : line.substr(sp1 + 1, end1 - sp1 - 1);
+    const bool old_record = sp1 != std::string::npos && sp2 == std::string::npos;
+    const bool sane = line.starts_with(netns + " ") && (named_if.starts_with("vmh-") || named_if.starts_with("vmx-")) && named_if.size() < IFNAMSIZ &&
+                      named_if.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") == std::string::npos;
     // Only the namespace the killed VM made: not one of that name made since (by a VM of another
     // state directory, or by hand after the host rebooted or the admin removed that one), whose
     // removal would cut a running VM off its network.
-    if (sane && netns_identity(netns) == id) {
-      remove_netns(netns, host_if);
+    if (sane && (old_record || (!id.empty() && id != "-" && netns_identity(netns) == id))) {
+      remove_netns(netns, named_if);
       ++removed;
     }
     std::filesystem::remove(e.path(), ec);
@@ -227,8 +236,12 @@ Result<std::unique_ptr<Netns>> Netns::create(const NetnsConfig& c) {
   // being made for a dead one's and remove it (then it is made again).
   const std::filesystem::path record_path = c.records / c.netns;
   for (int tries = 0;; ++tries) {
+    // (Waited for: a sweep may hold it for a moment; no running VM can, `ip netns add` made the name ours.)
     Fd f(::open(record_path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0600));
-    if (!f || ::flock(f.get(), LOCK_EX | LOCK_NB) != 0) return fail("{}: cannot lock: {}", record_path.string(), errno_text(errno));
+    int locked = -1;
+    while (f && (locked = ::flock(f.get(), LOCK_EX)) != 0 && errno == EINTR) {
+    }
+    if (!f || locked != 0) return fail("{}: cannot lock: {}", record_path.string(), errno_text(errno));
     if (still_at_path(f.get(), record_path)) {
       ns->record_lock_ = std::move(f);
       break;

@@ -5,6 +5,7 @@
 #include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 
 #include <cerrno>
 #include <cstring>
@@ -37,6 +38,16 @@ Result<uint64_t> iov_bytes(std::span<const iovec> iov) {
   return n;
 }
 
+namespace {
+/// Whether flock() on `fd`'s file system is emulated with byte-range locks (NFS, SMB/CIFS).
+bool flock_is_byte_lock(int fd) {
+  struct statfs fs {};
+  if (::fstatfs(fd, &fs) != 0) return false;
+  const auto type = static_cast<uint32_t>(fs.f_type);
+  return type == 0x6969u /* NFS */ || type == 0xFF534D42u /* CIFS */ || type == 0xFE534D42u /* SMB2 */ || type == 0x517Bu /* SMB */;
+}
+}  // namespace
+
 Result<LockedFile> open_locked(const std::filesystem::path& path, bool read_only) {
   const std::string name = path.string();
   // O_NONBLOCK for the open only: a FIFO's would wait for a writer, for ever; it is refused below.
@@ -59,8 +70,11 @@ Result<LockedFile> open_locked(const std::filesystem::path& path, bool read_only
   if (const int fl = ::fcntl(fd.get(), F_GETFL); fl < 0 || ::fcntl(fd.get(), F_SETFL, fl & ~O_NONBLOCK) != 0) {
     return fail("{}: fcntl: {}", name, errno_text(errno));
   }
-  // Like QEMU's image locking: one writer, or any number of readers.
-  if (::flock(fd.get(), (read_only ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0) {
+  // Like QEMU's image locking: one writer, or any number of readers. flock too where it is a lock
+  // of its own: NFS and SMB emulate it with a whole-file byte-range lock, which QEMU's byte locks
+  // below would take for another's (two readers of one image refused each other); those alone
+  // keep one writer or many readers apart there.
+  if (!flock_is_byte_lock(fd.get()) && ::flock(fd.get(), (read_only ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0) {
     return fail("{}: {} (is another VM using it?)", name,
                 errno == EWOULDBLOCK ? "locked by another process" : errno_text(errno));
   }
@@ -111,16 +125,16 @@ Result<> lock_like_qemu(int fd, bool read_only) {
   if (!read_only) held.insert(held.end(), {kWrite, kResize});
   const int unshared[] = {kWrite, kResize};
   // Taken first, then checked, as QEMU does: of two racing openers, at least one sees the other.
-  for (int p : held) {
-    if (ofd_lock(fd, F_RDLCK, kPermBase + p, 1, F_OFD_SETLK) != 0) return fail("F_OFD_SETLK: {}", errno_text(errno));
-  }
-  for (int p : unshared) {
-    if (ofd_lock(fd, F_RDLCK, kUnsharedBase + p, 1, F_OFD_SETLK) != 0) return fail("F_OFD_SETLK: {}", errno_text(errno));
-  }
   auto refuse = [&](const std::string& why) -> Result<> {
     unlock_qemu(fd);
     return fail("{}", why);
   };
+  for (int p : held) {
+    if (ofd_lock(fd, F_RDLCK, kPermBase + p, 1, F_OFD_SETLK) != 0) return refuse(fmt::format("F_OFD_SETLK: {}", errno_text(errno)));
+  }
+  for (int p : unshared) {
+    if (ofd_lock(fd, F_RDLCK, kUnsharedBase + p, 1, F_OFD_SETLK) != 0) return refuse(fmt::format("F_OFD_SETLK: {}", errno_text(errno)));
+  }
   for (int p : unshared) {  // someone holds what we refuse to share
     auto other = held_by_other(fd, kPermBase + p);
     if (!other) return refuse(other.error().message());

@@ -136,11 +136,10 @@ Result<> RawImage::zero(uint64_t offset, uint64_t length, bool unmap, bool hint,
   // KEEP_SIZE: never grow the file. Punching a hole both zeroes and releases the space.
   const int mode = (unmap ? FALLOC_FL_PUNCH_HOLE : FALLOC_FL_ZERO_RANGE) | FALLOC_FL_KEEP_SIZE;
   const unsigned bit = unmap ? 1u : 2u;
+  // (Answered through the loop, never inside this call: the device calls with its lock held, which
+  // its completion takes.)
   auto fallback = [this, offset, length, hint](Done d) -> Result<> {
-    if (hint) {  // a discard is a hint: nothing done is an answer too (QEMU's as well)
-      d(0);
-      return {};
-    }
+    if (hint) return loop_.complete_later(0, std::move(d));  // a discard is a hint: nothing done is an answer too (QEMU's as well)
     return write_zero_bytes(offset, length, std::move(d));
   };
   // A file system without the mode (tmpfs has no ZERO_RANGE; some have no PUNCH_HOLE) answers
@@ -156,6 +155,7 @@ Result<> RawImage::zero(uint64_t offset, uint64_t length, bool unmap, bool hint,
 }
 
 Result<> RawImage::write_zero_bytes(uint64_t offset, uint64_t length, Done done) {
+  if (length == 0) return loop_.complete_later(0, std::move(done));
   // Up to 64 MiB a write, every buffer the same 1 MiB of zeroes.
   static constexpr size_t kChunk = size_t{1} << 20, kBuffers = 64;
   static const std::vector<uint8_t> zeroes(kChunk);
@@ -168,7 +168,7 @@ Result<> RawImage::write_zero_bytes(uint64_t offset, uint64_t length, Done done)
   auto next = std::make_shared<std::function<Result<>()>>();
   *next = [this, run, weak = std::weak_ptr(next)]() -> Result<> {
     if (run->left == 0) {
-      run->done(0);
+      run->done(0);  // (from a completion: the loop's)
       return {};
     }
     unsigned n = 0;

@@ -23,9 +23,9 @@ constexpr uint32_t kLeaf7EbxAvxFamily = bit(5) | bit(16) | bit(17) | bit(21) | b
 // Leaf 7 subleaf 0 ECX: AVX512_VBMI (1), VBMI2 (6), VAES(9), VPCLMULQDQ(10), VNNI (11), BITALG (12), VPOPCNTDQ (14).
 constexpr uint32_t kLeaf7EcxAvxFamily = bit(1) | bit(6) | bit(9) | bit(10) | bit(11) | bit(12) | bit(14);
 // Leaf 7 subleaf 0 EDX: AVX512_4VNNIW (2), 4FMAPS (3), VP2INTERSECT (8), AMX-BF16 (22), AVX512_FP16
-// (23), AMX-TILE (24), AMX-INT8 (25). Only these: the rest of EDX is the speculation controls
-// (MD_CLEAR, IBRS/IBPB, STIBP, L1D_FLUSH, ARCH_CAPABILITIES, SSBD), which a guest without them
-// takes itself to be exposed to every CPU bug and mitigates worse (it was all cleared).
+// (23), AMX-TILE (24), AMX-INT8 (25). Only these: the rest of EDX passes, the speculation controls
+// among it (MD_CLEAR, IBRS/IBPB, STIBP, L1D_FLUSH, ARCH_CAPABILITIES, SSBD), which a guest without
+// them takes itself to be exposed to every CPU bug and mitigates worse (it was all cleared).
 constexpr uint32_t kLeaf7EdxStateHeavy = bit(2) | bit(3) | bit(8) | bit(22) | bit(23) | bit(24) | bit(25);
 // Leaf 7 subleaf 1 EAX: AVX-VNNI (4), AVX512_BF16 (5).
 constexpr uint32_t kLeaf71EaxAvxFamily = bit(4) | bit(5);

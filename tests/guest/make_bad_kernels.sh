@@ -19,5 +19,6 @@ done
 rm -f "$out/huge_initrd"
 truncate -s 16M "$out/huge_initrd"
 # A FIFO (named pipe): opening one for reading waits for a writer (and for writing, for a reader).
-rm -f "$out/fifo"
-mkfifo "$out/fifo"
+# The console's own: a reader of the other (a test opening it as a kernel) would give it one.
+rm -f "$out/fifo" "$out/console-fifo"
+mkfifo "$out/fifo" "$out/console-fifo"

@@ -489,7 +489,8 @@ TEST_CASE("vm: a guest with kvmclock is told it was stopped when its clock is st
     REQUIRE(t.vm->memory().write_obj(vmm::Gpa(0x500), uint8_t{1}));
     t.vm->start_paused();
     const vmm::StopInfo stop = t.vm->run([&] {
-      std::this_thread::sleep_for(20ms);  // (its vCPUs parked meanwhile)
+      t.vm->pause();  // (returns once its vCPU is parked: paused already, it waits for that)
+      std::this_thread::sleep_for(20ms);
       t.vm->resume();
     });
     CHECK(stop.reason == StopReason::DebugExit);

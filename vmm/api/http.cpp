@@ -119,7 +119,7 @@ namespace {
 /// listen_unix binds first in a directory of its own beside the socket: DIR/.sXXXXXX/s.
 constexpr std::string_view kBindDir = "/.sXXXXXX";
 /// How long listen_unix waits for the lock of the socket's directory (see move_into_place).
-constexpr auto kDirLockWait = std::chrono::seconds(2);
+constexpr auto kDirLockWait = std::chrono::seconds(5);
 std::string socket_dir(const std::string& path) {
   const std::string dir = fs::path(path).parent_path().string();
   return dir.empty() ? "." : dir;

@@ -216,6 +216,13 @@ Result<> EventLoop::fallocate(unsigned file, int mode, uint64_t offset, uint64_t
                             .offset = offset, .length = length});
 }
 
+Result<> EventLoop::complete_later(int32_t result, Done done) {
+  auto sqe = next_sqe();
+  if (!sqe) return std::unexpected(sqe.error());
+  io_uring_prep_nop(*sqe);
+  return submit_op(*sqe, Op{.is_watch = false, .done = [result, done = std::move(done)](int32_t) { done(result); }, .file = Op::File::None});
+}
+
 /// `op` done by the system call that does the same, on this thread: -errno or bytes, as io_uring.
 int32_t EventLoop::redo(const Op& op) {
   if (redone.fetch_add(1, std::memory_order_relaxed) == 0) {

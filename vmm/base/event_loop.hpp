@@ -54,6 +54,9 @@ class EventLoop {
   Result<> fdatasync(unsigned file, Done done);
   /// fallocate(2) with `mode` (e.g. FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE).
   Result<> fallocate(unsigned file, int mode, uint64_t offset, uint64_t length, Done done);
+  /// `done(result)` from the loop, as a completion: for a request answered without I/O, whose
+  /// caller may hold a lock its completion takes (never called back inside the call).
+  Result<> complete_later(int32_t result, Done done);
 
   /// Processes completions until stop() is called.
   Result<> run();
