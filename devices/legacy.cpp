@@ -35,12 +35,19 @@ void I8042::write(uint64_t offset, std::span<const uint8_t> data) {
         case 0x60: pending_cmd_ = v; break;          // write command byte (next data byte)
         case 0xaa: out_ = 0x55; break;               // self test passed
         case 0xab: out_ = 0x00; break;               // interface test passed
-        case 0xfe: reset = true; break;              // pulse reset line
-        default: break;
+        case 0xd1: pending_cmd_ = v; break;          // write output port (next data byte)
+        default:
+          // Pulse output lines 0xF0-0xFF: a clear bit pulses its line; bit 0 is the reset line
+          // (0xFE is the usual one; QEMU resets on any of them, as it does for 0xD1 below).
+          if (v >= 0xf0 && !(v & 1)) reset = true;
+          break;
       }
     } else if (offset == 0 && pending_cmd_ == 0x60) {
       command_byte_ = v;
       pending_cmd_ = 0;
+    } else if (offset == 0 && pending_cmd_ == 0xd1) {
+      pending_cmd_ = 0;
+      if (!(v & 1)) reset = true;  // the output port's bit 0: the reset line, active low
     }
   }
   if (reset) vm_.request_stop(StopReason::Reset);

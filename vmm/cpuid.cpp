@@ -98,8 +98,9 @@ CpuidEntries make_cpuid(const CpuidEntries& supported, CpuTemplate tmpl, uint32_
         }
         break;
       case 4:
-        // Deterministic cache parameters: EAX[31:26] = cores per package - 1.
-        e.eax = (e.eax & 0x03ffffffu) | (((vcpu_count - 1) & 0x3fu) << 26);
+        // Deterministic cache parameters: EAX[31:26] = cores per package - 1, at most 63 (its six
+        // bits wrapped: 65 vCPUs read as 1 core).
+        e.eax = (e.eax & 0x03ffffffu) | (std::min(vcpu_count - 1, 63u) << 26);
         break;
       default:
         break;

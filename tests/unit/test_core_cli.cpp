@@ -52,6 +52,18 @@ TEST_CASE("cpuid: per-vCPU APIC ids and the baseline template") {
   CHECK((base[0].ecx & 1u) != 0);          // SSE3 kept
 }
 
+// Leaf 4's EAX[31:26] (cores per package - 1) saturates at 63: its six bits wrapped, 65 vCPUs read as 1.
+TEST_CASE("cpuid: leaf 4's core count saturates rather than wraps") {
+  vmm::CpuidEntries supported(1);
+  supported[0].function = 4;
+  supported[0].eax = 0x121;
+  CHECK((vmm::make_cpuid(supported, vmm::CpuTemplate::Host, 0, 4)[0].eax >> 26) == 3);
+  CHECK((vmm::make_cpuid(supported, vmm::CpuTemplate::Host, 0, 64)[0].eax >> 26) == 63);
+  CHECK((vmm::make_cpuid(supported, vmm::CpuTemplate::Host, 0, 65)[0].eax >> 26) == 63);
+  CHECK((vmm::make_cpuid(supported, vmm::CpuTemplate::Host, 0, 200)[0].eax >> 26) == 63);
+  CHECK((vmm::make_cpuid(supported, vmm::CpuTemplate::Host, 0, 65)[0].eax & 0x03ffffffu) == 0x121);
+}
+
 // Leaf 7's EDX: the baseline hides AVX-512's and AMX's bits there, not the speculation controls
 // beside them (a guest without IBPB, STIBP, SSBD or ARCH_CAPABILITIES mitigates as if exposed to all).
 TEST_CASE("cpuid: the baseline template keeps leaf 7's speculation controls") {

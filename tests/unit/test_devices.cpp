@@ -138,6 +138,19 @@ TEST_CASE("devices: i8042 self test and reset") {
   wr(k, 4, 0xfe);
   REQUIRE(vm.stops.size() == 1);
   CHECK(vm.stops[0].first == StopReason::Reset);
+  // The other pulse commands with the reset line's bit clear, and the output port written with it
+  // clear, reset too (as QEMU's); with it set, nothing.
+  wr(k, 4, 0xff);
+  wr(k, 4, 0xf1);
+  wr(k, 4, 0xd1);
+  wr(k, 0, 0x03);
+  CHECK(vm.stops.size() == 1);
+  wr(k, 4, 0xf0);
+  wr(k, 4, 0xd1);
+  wr(k, 0, 0x02);
+  REQUIRE(vm.stops.size() == 3);
+  CHECK(vm.stops[1].first == StopReason::Reset);
+  CHECK(vm.stops[2].first == StopReason::Reset);
 }
 
 TEST_CASE("devices: RTC registers, BCD and binary, NMI bit masked") {
