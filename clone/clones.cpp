@@ -52,6 +52,11 @@ std::optional<Failure> read_template(const CloneOptions& o, OpenTemplate& t) {
   if (!state_file) return bad(exit_code::kImage, state_file.error().message());
   auto memory_file = open_template_file(t.tdir, t.manifest.memory_file.name);
   if (!memory_file) return bad(exit_code::kImage, memory_file.error().message());
+  // Checked here, not only when mapped: a full clone copies the file first (all of it).
+  if (memory_file->size != t.manifest.memory) {
+    return bad(exit_code::kImage, fmt::format("{}: memory file is {} bytes, the guest's RAM is {} bytes (truncated or replaced)",
+                                              (t.tdir / t.manifest.memory_file.name).string(), memory_file->size, t.manifest.memory));
+  }
   t.memory_file = std::move(*memory_file);
   auto state = read_state_file(state_file->fd.get(), t.tdir / t.manifest.state.name);
   if (!state) return bad(exit_code::kImage, state.error().message());
@@ -183,9 +188,10 @@ std::expected<std::unique_ptr<PreparedClone>, Failure> prepare_clone(OpenTemplat
         return bad(copy_failed(exit_code::kImage), r.error().message());
       }
       fs::permissions(copy_path, fs::perms::owner_read | fs::perms::owner_write, ec);
-      // Opened as the manifest says, never guessed: a raw disk whose guest wrote a qcow2 header
-      // into it would otherwise become a qcow2 image with a backing file of the guest's choosing.
-      c->disks.push_back(DiskSpec{.path = copy_path, .read_only = d.read_only, .id = d.id, .format = d.format});
+      // Opened as the manifest says: a raw disk whose guest wrote a qcow2 header into it would
+      // otherwise become a qcow2 image with a backing file of the guest's choosing. A probed one
+      // is probed again (its content cannot look like qcow2), which keeps that guard on the copy.
+      c->disks.push_back(DiskSpec{.path = copy_path, .read_only = d.read_only, .id = d.id, .format = d.probed ? "" : d.format});
       continue;
     }
     const fs::path overlay = cdir / "disk" / fmt::format("disk{}.qcow2", i);

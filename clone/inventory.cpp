@@ -150,6 +150,11 @@ std::optional<TemplateRemoval> remove_template(const fs::path& sdir, const std::
   fs::path dir = ours ? *resolved : fs::canonical(*resolved, ec);
   if (ec) return refuse(exit_code::kImage, fmt::format("template {}: {}", target, ec.message()));
   if (ours) sweep_tombs(sdir / "templates", /*drafts_too=*/true);
+  // A symbolic link among the state directory's templates (clones follow it): not removed through.
+  if (struct stat st; ours && ::lstat(dir.c_str(), &st) == 0 && S_ISLNK(st.st_mode)) {
+    return refuse(exit_code::kImage, fmt::format("template {}: {} is a symbolic link: remove the link itself (rm), or the "
+                                                 "template by its path", target, dir.string()));
+  }
   // Locked, and checked under the lock: a clone being made from it holds it shared until its record
   // is written, from which point dependants() counts it.
   auto lock = lock_dir(dir, LOCK_EX | LOCK_NB);
@@ -171,7 +176,11 @@ std::optional<TemplateRemoval> remove_template(const fs::path& sdir, const std::
     // Given by path, a directory must be a template to be removed; one of the state directory's own
     // templates whose manifest is gone is what an interrupted removal left (before tombs), and one
     // whose manifest is unreadable goes with --force (no command could remove it otherwise).
-    if (!ours || (fs::exists(dir / kManifestFile) && !force)) {
+    // (Present: anything lstat does not call missing; a manifest that cannot be looked at, a
+    // symbolic link loop say, is there.)
+    struct stat st;
+    const bool present = ::lstat((dir / kManifestFile).c_str(), &st) == 0 || errno != ENOENT;
+    if (!ours || (!force && present)) {
       return refuse(exit_code::kImage, ours ? fmt::format("{} (remove it with --force)", m.error().message()) : m.error().message());
     }
   }

@@ -684,7 +684,11 @@ Result<json> snapshot_vm(const std::shared_ptr<LiveVm>& vm, const api::SnapshotR
   for (size_t i = 0; i < disks.size(); ++i) {
     const std::string name = fmt::format("disks/disk{}.img", i);
     if (auto r = flatten(m, *disks[i], tmp / name); !r) return std::unexpected(r.error());
-    man.disks.push_back({.file = {.name = name}, .id = disks[i]->id(), .format = "raw", .read_only = disks[i]->image().read_only()});
+    // A flattened qcow2 disk holds whatever the guest wrote, a qcow2 header included: raw, said so.
+    // A probed raw one could not be given one (RawImage): its copies are probed again.
+    const auto& image = disks[i]->image();
+    man.disks.push_back({.file = {.name = name}, .id = disks[i]->id(), .format = "raw", .read_only = image.read_only(),
+                         .probed = image.reopen_format().empty()});
   }
   window.resume();  // everything of the VM is copied: it runs on while the files are summed and sealed
 

@@ -170,7 +170,8 @@ int create_template(const TemplateCreateOptions& o) {
     if (auto r = copy_sparse(src->fd.get(), d.path, tmp / name); !r) {
       return report_error(pending_stop_signal() != 0 ? exit_code::kSignal : exit_code::kImage, r.error().message());
     }
-    m.disks.push_back({.file = {.name = name}, .id = d.id, .format = qcow2 ? "qcow2" : "raw", .read_only = d.read_only});
+    m.disks.push_back({.file = {.name = name}, .id = d.id, .format = qcow2 ? "qcow2" : "raw", .read_only = d.read_only,
+                       .probed = d.format.empty() && !qcow2});
     d.path = tmp / name;
   }
 
@@ -293,7 +294,9 @@ int create_template(const TemplateCreateOptions& o) {
   m.cpu_template = std::string(cpu_template_name(run.cpu_template));
   m.kernel = fs::absolute(run.kernel).string();
   m.cmdline = run.cmdline;
-  if (auto r = seal_template(**draft, m); !r) return report_error(exit_code::kVmmError, r.error().message());
+  if (auto r = seal_template(**draft, m); !r) {
+    return report_error(pending_stop_signal() != 0 ? exit_code::kSignal : exit_code::kVmmError, r.error().message());
+  }
   fmt::print(stderr, "vmm: template {} written ({} MiB of RAM, {} MiB in its memory file{})\n", dest->string(), m.memory >> 20,
              m.memory_file.data_bytes >> 20, at_rest ? "" : fmt::format("; saved busy: a vCPU had not gone idle {} ms after the ready line", kIdleGrace.count()));
   return exit_code::kOk;

@@ -8,7 +8,7 @@
 // | ------ | --------- | ------------------------------------------------------------------------ |
 // | 0      | 8         | magic "VMMSTATE"                                                         |
 // | 8      | 2         | u16 major version (1): another major is refused                          |
-// | 10     | 2         | u16 minor version (0): a newer minor is refused, an older one read       |
+// | 10     | 2         | u16 minor version (1): a newer minor is refused, an older one read       |
 // | 12     | 4         | u32 section count (at most kMaxSections = 4096)                          |
 // | 16     | 8         | u64 total file length, checksum included (at most kMaxFileSize = 256 MiB) |
 // | 24     | per entry | section table, one entry per section, in file order:                     |
@@ -36,7 +36,9 @@
 
 namespace vmm::clone {
 
-inline constexpr uint16_t kStateMajor = 1, kStateMinor = 0;
+// Minor 1 (2026-12-08): virtio-pci functions have the PCI configuration access capability (a 1.0
+// state is read without it and gets it).
+inline constexpr uint16_t kStateMajor = 1, kStateMinor = 1;
 inline constexpr char kStateMagic[8] = {'V', 'M', 'M', 'S', 'T', 'A', 'T', 'E'};
 inline constexpr size_t kStateHeaderSize = 24;  // magic, major, minor, count, length
 inline constexpr size_t kMaxSections = 4096;

@@ -27,6 +27,7 @@
 #include "vmm/base/fd.hpp"
 #include "vmm/base/process.hpp"
 #include "vmm/base/read_file.hpp"
+#include "vmm/device_spec.hpp"
 
 namespace vmm::clone {
 
@@ -229,7 +230,9 @@ std::string utc_now() {
 std::string manifest_json(const Manifest& m) {
   json disks = json::array();
   for (const auto& d : m.disks) {
-    disks.push_back({{"image", sum_json(d.file)}, {"id", d.id}, {"format", d.format}, {"read_only", d.read_only}});
+    json disk = {{"image", sum_json(d.file)}, {"id", d.id}, {"format", d.format}, {"read_only", d.read_only}};
+    if (d.probed) disk["probed"] = true;
+    disks.push_back(std::move(disk));
   }
   json nets = json::array();
   for (const auto& n : m.nets) nets.push_back({{"mac", n.mac}, {"tap", n.tap}});
@@ -287,6 +290,9 @@ Result<Manifest> parse_manifest(std::string_view text, std::string_view file) {
     m.kernel = c.at("kernel").get<std::string>();
     m.cmdline = c.at("cmdline").get<std::string>();
     if (!c.at("disks").is_array() || !c.at("nets").is_array()) return fail("{}: config.disks and config.nets must be arrays", file);
+    // As many as a VM can have (each would be opened, and given an overlay, before the machine refused them).
+    if (c.at("disks").size() > kMaxDisks) return fail("{}: config.disks: {} disks, at most {} are supported", file, c.at("disks").size(), kMaxDisks);
+    if (c.at("nets").size() > kMaxNets) return fail("{}: config.nets: {} interfaces, at most {} are supported", file, c.at("nets").size(), kMaxNets);
     for (const auto& d : c.at("disks")) {
       TemplateDisk td;
       auto f = parse_sum(d.at("image"), "disk image", file);
@@ -295,7 +301,9 @@ Result<Manifest> parse_manifest(std::string_view text, std::string_view file) {
       td.id = d.at("id").get<std::string>();
       td.format = d.at("format").get<std::string>();
       td.read_only = d.at("read_only").get<bool>();
+      td.probed = d.contains("probed") && d.at("probed").get<bool>();  // 1.2
       if (td.format != "raw" && td.format != "qcow2") return fail("{}: disk format '{}' is not raw or qcow2", file, printable(td.format));
+      if (td.probed && td.format != "raw") return fail("{}: disk '{}': only a raw disk can be probed", file, printable(td.id));
       if (auto r = check_text(td.id, "disk id", file); !r) return std::unexpected(r.error());
       m.disks.push_back(std::move(td));
     }

@@ -20,7 +20,8 @@
 
 namespace vmm::clone {
 
-inline constexpr int kManifestMajor = 1, kManifestMinor = 1;  // 1.1: config.ip, config.gateway
+// 1.1: config.ip, config.gateway. 1.2: config.disks[].probed.
+inline constexpr int kManifestMajor = 1, kManifestMinor = 2;
 inline constexpr const char* kManifestFile = "manifest.json";
 inline constexpr const char* kStateFile = "state.bin";
 inline constexpr const char* kMemoryFile = "memory.bin";
@@ -38,6 +39,10 @@ struct TemplateDisk {
   std::string id;         ///< the serial the guest reads
   std::string format;     ///< "raw" or "qcow2"
   bool read_only = false;
+  /// A raw disk whose format was read from its content, never given: its copies (a full clone's)
+  /// are opened guessing again, so that the guest still cannot make them look like qcow2 images
+  /// (see OpenOptions::format).
+  bool probed = false;
 };
 
 struct TemplateNet {

@@ -13,6 +13,10 @@
 
 namespace vmm {
 
+/// How many disks and network interfaces a VM may have (the command line's and a template's limit).
+inline constexpr size_t kMaxDisks = 16;
+inline constexpr size_t kMaxNets = 8;
+
 struct DiskSpec {
   std::filesystem::path path;
   bool read_only = false;

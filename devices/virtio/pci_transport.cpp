@@ -18,6 +18,10 @@ constexpr uint8_t kCapCommon = 1;
 constexpr uint8_t kCapNotify = 2;
 constexpr uint8_t kCapIsr = 3;
 constexpr uint8_t kCapDevice = 4;
+constexpr uint8_t kCapPciCfg = 5;
+// virtio 1.2 §4.1.4.9, struct virtio_pci_cfg_cap: the virtio_pci_cap (bar at +4, offset at +8,
+// length at +12, written by the driver) and then pci_cfg_data at +16, a window onto the BARs.
+constexpr uint8_t kPciCfgBar = 4, kPciCfgOffset = 8, kPciCfgLength = 12, kPciCfgData = 16;
 constexpr uint8_t kIsrQueue = 1;
 constexpr uint8_t kIsrConfig = 2;
 
@@ -138,7 +142,20 @@ PciTransport::PciTransport(std::shared_ptr<VirtioDevice> device, std::string nam
                                                    kNotifyMultiplier * static_cast<uint32_t>(queue_vectors_.size()), true));
   config_.add_capability(kPciCapVendor, virtio_cap(kCapIsr, 0, kIsrOffset, 1, false));
   config_.add_capability(kPciCapVendor, virtio_cap(kCapDevice, 0, kDeviceOffset, 0x1000, false));
-  msix_->add_capability(config_, 1, 0, kPbaOffset);
+  msix_cap_ = msix_->add_capability(config_, 1, 0, kPbaOffset);
+  // Last in the list, so that a state saved before it existed differs only by this capability
+  // (with_pci_cfg_cap() adds it).
+  {
+    std::vector<uint8_t> cfg = virtio_cap(kCapPciCfg, 0, 0, 0, false);
+    cfg[0] = 20;  // cap_len: the capability and pci_cfg_data
+    cfg.resize(cfg.size() + 4, 0);
+    pci_cfg_cap_ = config_.add_capability(kPciCapVendor, cfg);
+    const uint8_t all[4] = {0xff, 0xff, 0xff, 0xff};
+    config_.set_writable(static_cast<uint8_t>(pci_cfg_cap_ + kPciCfgBar), std::span(all, 1));
+    config_.set_writable(static_cast<uint8_t>(pci_cfg_cap_ + kPciCfgOffset), all);
+    config_.set_writable(static_cast<uint8_t>(pci_cfg_cap_ + kPciCfgLength), all);
+    config_.set_writable(static_cast<uint8_t>(pci_cfg_cap_ + kPciCfgData), all);
+  }
   // INTA, routed to `intx_gsi` by the DSDT's _PRT; the interrupt line register says so too.
   config_.set_byte(0x3c, static_cast<uint8_t>(intx_gsi));
   config_.set_byte(0x3d, 1);
@@ -161,12 +178,21 @@ uint8_t PciTransport::status() const {
 // ---- Configuration space -------------------------------------------------------------------------
 
 uint32_t PciTransport::config_read(uint8_t reg) {
-  std::lock_guard lock(device_->mutex());
+  std::unique_lock lock(device_->mutex());
+  if (pci_cfg_cap_ != 0 && (reg & 0xfc) == pci_cfg_cap_ + kPciCfgData) {
+    // virtio 1.2 §4.1.4.9.1: a read of pci_cfg_data reads cap.length bytes of the BAR.
+    if (const auto w = pci_cfg_window()) {
+      std::array<uint8_t, 4> data{};
+      bar_read_locked(lock, w->bar, w->offset, std::span(data.data(), w->length));
+      if (!lock.owns_lock()) lock.lock();
+      for (unsigned i = 0; i < w->length; ++i) config_.set_byte(static_cast<uint8_t>(pci_cfg_cap_ + kPciCfgData + i), data[i]);
+    }
+  }
   return config_.read(reg);
 }
 
 void PciTransport::config_write(uint8_t reg, uint32_t value, uint8_t byte_mask) {
-  std::lock_guard lock(device_->mutex());
+  std::unique_lock lock(device_->mutex());
   const bool was_master = config_.command() & kPciCommandMaster;
   const auto effect = config_.write(reg, value, byte_mask);
   msix_->update_control(config_);
@@ -183,6 +209,44 @@ void PciTransport::config_write(uint8_t reg, uint32_t value, uint8_t byte_mask) 
     remove_notifiers_locked();
     add_notifiers_locked();
   }
+  if (pci_cfg_cap_ != 0 && (reg & 0xfc) == pci_cfg_cap_ + kPciCfgData && (byte_mask & 0xf)) {
+    // virtio 1.2 §4.1.4.9.1: a write of pci_cfg_data writes its first cap.length bytes to the BAR.
+    if (const auto w = pci_cfg_window()) {
+      std::array<uint8_t, 4> data{};
+      for (unsigned i = 0; i < w->length; ++i) data[i] = config_.byte(static_cast<uint8_t>(pci_cfg_cap_ + kPciCfgData + i));
+      bar_write_locked(lock, w->bar, w->offset, std::span<const uint8_t>(data.data(), w->length));
+    }
+  }
+}
+
+PciConfig::State PciTransport::with_pci_cfg_cap(PciConfig::State saved) const {
+  // A state saved before 2026-12-08 (state format 1.0) ends its capability list at MSI-X and has
+  // zeros where the capability now is.
+  if (pci_cfg_cap_ == 0 || msix_cap_ == 0 || saved[msix_cap_ + 1] != 0) return saved;
+  if (!std::all_of(saved.begin() + pci_cfg_cap_, saved.begin() + pci_cfg_cap_ + 20, [](uint8_t b) { return b == 0; })) {
+    return saved;
+  }
+  saved[msix_cap_ + 1] = pci_cfg_cap_;
+  // Its header (id, next, length, type); the window (bar, offset, length, data) and padding zero.
+  for (unsigned i = 0; i < 20; ++i) saved[pci_cfg_cap_ + i] = i < kPciCfgBar ? config_.byte(static_cast<uint8_t>(pci_cfg_cap_ + i)) : 0;
+  return saved;
+}
+
+std::optional<PciTransport::PciCfgWindow> PciTransport::pci_cfg_window() const {
+  auto le32 = [&](uint8_t at) {
+    uint32_t v = 0;
+    for (unsigned i = 0; i < 4; ++i) v |= uint32_t{config_.byte(static_cast<uint8_t>(pci_cfg_cap_ + at + i))} << (8 * i);
+    return v;
+  };
+  const uint8_t bar = config_.byte(static_cast<uint8_t>(pci_cfg_cap_ + kPciCfgBar));
+  const uint32_t offset = le32(kPciCfgOffset), length = le32(kPciCfgLength);
+  // The driver MUST use a length of 1, 2 or 4 aligned to it, inside one of the device's BARs
+  // (§4.1.4.9.2); anything else is ignored, as QEMU does.
+  if (length != 1 && length != 2 && length != 4) return std::nullopt;
+  if (offset % length != 0) return std::nullopt;
+  const uint64_t size = bar == 0 ? kBar0Size : bar == 1 ? kBar1Size : 0;
+  if (offset >= size || size - offset < length) return std::nullopt;
+  return PciCfgWindow{.bar = bar, .offset = offset, .length = length};
 }
 
 // ---- BARs ----------------------------------------------------------------------------------------
@@ -192,17 +256,38 @@ bool PciTransport::mmio_read(uint64_t addr, std::span<uint8_t> data) {
   if (!(config_.command() & kPciCommandMemory)) return false;
   const uint64_t b0 = bar0(), b1 = bar1();
   if (addr >= b1 && addr - b1 < kBar1Size) {
-    const uint64_t off = addr - b1;
+    bar_read_locked(lock, 1, addr - b1, data);
+    return true;
+  }
+  if (addr < b0 || addr - b0 >= kBar0Size) return false;
+  bar_read_locked(lock, 0, addr - b0, data);
+  return true;
+}
+
+bool PciTransport::mmio_write(uint64_t addr, std::span<const uint8_t> data) {
+  std::unique_lock lock(device_->mutex());
+  if (!(config_.command() & kPciCommandMemory)) return false;
+  const uint64_t b0 = bar0(), b1 = bar1();
+  if (addr >= b1 && addr - b1 < kBar1Size) {
+    bar_write_locked(lock, 1, addr - b1, data);
+    return true;
+  }
+  if (addr < b0 || addr - b0 >= kBar0Size) return false;
+  bar_write_locked(lock, 0, addr - b0, data);
+  return true;
+}
+
+void PciTransport::bar_read_locked(std::unique_lock<std::mutex>& lock, unsigned bar, uint64_t off,
+                                   std::span<uint8_t> data) {
+  if (bar == 1) {
     lock.unlock();  // MSI-X has its own lock
     if (off < kPbaOffset) {
       msix_->table_read(off, data);
     } else {
       msix_->pba_read(off - kPbaOffset, data);
     }
-    return true;
+    return;
   }
-  if (addr < b0 || addr - b0 >= kBar0Size) return false;
-  const uint64_t off = addr - b0;
   std::fill(data.begin(), data.end(), 0);
   if (off < kIsrOffset) {
     common_read(off - kCommonOffset, data);
@@ -212,21 +297,15 @@ bool PciTransport::mmio_read(uint64_t addr, std::span<uint8_t> data) {
   } else if (off < kNotifyOffset) {
     device_->read_config(off - kDeviceOffset, data);
   }
-  return true;
 }
 
-bool PciTransport::mmio_write(uint64_t addr, std::span<const uint8_t> data) {
-  std::unique_lock lock(device_->mutex());
-  if (!(config_.command() & kPciCommandMemory)) return false;
-  const uint64_t b0 = bar0(), b1 = bar1();
-  if (addr >= b1 && addr - b1 < kBar1Size) {
-    const uint64_t off = addr - b1;
+void PciTransport::bar_write_locked(std::unique_lock<std::mutex>& lock, unsigned bar, uint64_t off,
+                                    std::span<const uint8_t> data) {
+  if (bar == 1) {
     lock.unlock();
     if (off < kPbaOffset) msix_->table_write(off, data);  // the PBA is read-only
-    return true;
+    return;
   }
-  if (addr < b0 || addr - b0 >= kBar0Size) return false;
-  const uint64_t off = addr - b0;
   if (off < kIsrOffset) {
     common_write(off - kCommonOffset, data);
   } else if (off >= kDeviceOffset && off < kNotifyOffset) {
@@ -240,7 +319,6 @@ bool PciTransport::mmio_write(uint64_t addr, std::span<const uint8_t> data) {
       log_ignored_notify(fmt::format("notify for queue {}, which does not exist", q));
     }
   }
-  return true;
 }
 
 void PciTransport::log_ignored_notify(const std::string& what) {
@@ -586,6 +664,7 @@ void PciTransport::save(ByteWriter& out) const {
 Result<> PciTransport::restore(ByteReader& in) {
   State st;
   if (auto r = in.get_into(st.config, "pci_config"); !r) return r;
+  st.config = with_pci_cfg_cap(st.config);
   {
     // Read-only bits must be this device's own (another kind of device, or a corrupt file).
     PciConfig probe = config_;

@@ -16,6 +16,8 @@
 
 #include <atomic>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -104,6 +106,18 @@ class PciTransport final : public PciFunction, public Interrupt, public Snapshot
   void raise(uint8_t isr_bits, uint16_t vector);
   void intx_resample();
   void log_ignored_notify(const std::string& what);
+  /// An access at `off` in BAR `bar` (0 or 1, off inside it), from the BAR itself or through the
+  /// PCI configuration access capability. May unlock `lock` (MSI-X has its own lock).
+  void bar_read_locked(std::unique_lock<std::mutex>& lock, unsigned bar, uint64_t off, std::span<uint8_t> data);
+  void bar_write_locked(std::unique_lock<std::mutex>& lock, unsigned bar, uint64_t off, std::span<const uint8_t> data);
+  /// Where the VIRTIO_PCI_CAP_PCI_CFG capability's window points now, if that is valid.
+  struct PciCfgWindow {
+    unsigned bar;
+    uint32_t offset, length;
+  };
+  std::optional<PciCfgWindow> pci_cfg_window() const;
+  /// `saved` with the PCI configuration access capability added if it was saved without it.
+  PciConfig::State with_pci_cfg_cap(PciConfig::State saved) const;
   void common_read(uint64_t offset, std::span<uint8_t> data);
   void common_write(uint64_t offset, std::span<const uint8_t> data);
   void write_status(uint8_t value);
@@ -129,6 +143,8 @@ class PciTransport final : public PciFunction, public Interrupt, public Snapshot
   std::unique_ptr<IntxLine> intx_;
   uint64_t intx_watch_ = 0;
   std::atomic<bool> intx_disabled_{false};  // the command register's INTx disable bit
+  uint8_t msix_cap_ = 0;     // offset of the MSI-X capability
+  uint8_t pci_cfg_cap_ = 0;  // offset of the VIRTIO_PCI_CAP_PCI_CFG capability
   PciConfig config_;  // guarded by device_->mutex(), like every field below
   uint8_t status_ = 0;
   uint64_t driver_features_ = 0;

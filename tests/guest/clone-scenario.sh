@@ -222,6 +222,14 @@ if grep -q "blk-serve: write failed" "$work/guessed.out" && grep -q "blk-serve: 
   grep -q "blk-serve: wrote 0$" "$work/given.out" && [ "$(head -c 4 "$work/given.img" | od -An -tx1 | tr -d ' ')" = 514649fb ]; then
   ok "a guessed raw disk refuses the qcow2 magic at its start; one given as raw takes it"
 else bad "qcow2 magic in a raw disk"; sed 's/^/  | /' "$work/guessed.out" "$work/given.out"; fi
+# The same guard on a full clone's copy of a template disk whose format was guessed (manifest:
+# "probed"), and none on one given as raw (evil's).
+grep -q '"probed": true' "$VMM_STATE_DIR/templates/blk-raw/manifest.json" && ! grep -q '"probed"' "$VMM_STATE_DIR/templates/evil/manifest.json" &&
+  ok "the manifest says which raw disk was probed" || bad "manifest probed flags"
+printf 'magic 0\nquit\n' | "$vmm" run --clone-of blk-raw --name bprobed --full --console stdio >"$work/bprobed.out" 2>&1
+if grep -q "blk-serve: write failed" "$work/bprobed.out" && grep -q "refused the guest's write that would make it look like a qcow2 image" "$work/bprobed.out"; then
+  ok "a full clone's copy of a probed raw disk refuses the qcow2 magic at its start"
+else bad "full clone of a probed raw disk took the qcow2 magic"; sed 's/^/  | /' "$work/bprobed.out"; fi
 
 # A full clone of a template with 80 MiB of memory data, on a terminal (script(1)'s pty): a progress
 # bar that ends at 100 %. (busybox has no script(1): the nested lane's L1 skips this part.)

@@ -2,7 +2,8 @@
 # `vmm template rm` against a template a clone is being made from (the clone holds the template
 # directory's lock, shared, until its record names the template; flock(1) holds it here), through
 # the real binary and without KVM: refused with status 2 and one line; --force removes it under
-# the holder; what an interrupted removal left (a tomb) goes with it. usage: template-rm-lock.sh VMM
+# the holder; what an interrupted removal left (a tomb) goes with it; a manifest that cannot be
+# looked at, and a template name that is a symbolic link. usage: template-rm-lock.sh VMM
 set -u
 vmm=$1
 work=$(mktemp -d)
@@ -25,5 +26,20 @@ check "the template untouched" '[ -f "$t/memory.bin" ]'
 "$vmm" template rm t --force >"$work/out" 2>&1; st=$?
 check "--force removes it under the holder: status 0" '[ $st = 0 ] && [ ! -e "$t" ]'
 check "no tomb left, the old one swept" '[ -z "$(ls -A "$VMM_STATE_DIR/templates")" ]'
+# A manifest that cannot be looked at (a symbolic link to itself: ELOOP) made template rm abort
+# (an uncaught filesystem_error, status 134) with or without --force: refused, then removed.
+mkdir -p "$t"
+ln -s manifest.json "$t/manifest.json"
+"$vmm" template rm t >"$work/out" 2>&1; st=$?
+check "a looping manifest link: refused with status 6, one line" '[ $st = 6 ] && [ "$(wc -l <"$work/out")" = 1 ] && grep -q "remove it with --force" "$work/out"'
+"$vmm" template rm t --force >"$work/out" 2>&1; st=$?
+check "a looping manifest link: --force removes it" '[ $st = 0 ] && [ ! -e "$t" ]'
+# A template name that is a symbolic link (clones follow it): not removed through, one line.
+mkdir -p "$work/elsewhere"
+echo x >"$work/elsewhere/memory.bin"
+ln -s "$work/elsewhere" "$t"
+"$vmm" template rm t --force >"$work/out" 2>&1; st=$?
+check "a symbolic link among the templates: status 6, one line, nothing removed" \
+  '[ $st = 6 ] && [ "$(wc -l <"$work/out")" = 1 ] && grep -q "is a symbolic link" "$work/out" && [ -f "$work/elsewhere/memory.bin" ] && [ -L "$t" ]'
 [ $fail = 0 ] || cat "$work/out"
 exit $fail

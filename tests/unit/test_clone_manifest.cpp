@@ -53,6 +53,32 @@ TEST_CASE("template manifest: what manifest_json writes parses back to the same"
   CHECK(error_of(old) == "");
 }
 
+TEST_CASE("template manifest: more disks or interfaces than a VM can have are refused") {
+  auto many = [](unsigned disks, unsigned nets) { return json::parse(manifest_json(template_test::sample_manifest(disks, nets))); };
+  CHECK(error_of(many(16, 8)) == "");
+  refused(many(17, 1), "config.disks: 17 disks, at most 16 are supported");
+  refused(many(1, 9), "config.nets: 9 interfaces, at most 8 are supported");
+}
+
+TEST_CASE("template manifest: a probed raw disk says so (1.2), and only a raw one can be") {
+  Manifest m = sample();
+  REQUIRE(m.disks.at(0).format == "raw");
+  CHECK(json::parse(manifest_json(m))["config"]["disks"][0].contains("probed") == false);
+  m.disks[0].probed = true;
+  const json j = json::parse(manifest_json(m));
+  CHECK(j["config"]["disks"][0]["probed"] == true);
+  auto r = parse_manifest(j.dump(), kFile);
+  REQUIRE_MESSAGE(r, r.error().message());
+  CHECK(r->disks[0].probed);
+  CHECK_FALSE(parse_manifest(sample_json().dump(), kFile)->disks[0].probed);  // absent: given
+  json bad = j;
+  bad["config"]["disks"][0]["probed"] = "yes";
+  refused(bad, "type must be boolean");
+  bad = j;
+  bad["config"]["disks"][0]["format"] = "qcow2";
+  refused(bad, "only a raw disk can be probed");
+}
+
 TEST_CASE("template manifest: malformed JSON, versions and missing fields") {
   for (const char* text : {"", "{", "[]", "null", "\"x\"", "{\"format_version\": 1}", "{} garbage"}) {
     auto r = parse_manifest(text, kFile);
@@ -67,7 +93,7 @@ TEST_CASE("template manifest: malformed JSON, versions and missing fields") {
   }
   j["format_version"] = "2.0";
   refused(j, "is not supported");
-  j["format_version"] = "1.2";
+  j["format_version"] = "1.3";
   refused(j, "is newer than this vmm");
   for (const char* key : {"name", "created", "vmm_version", "config", "files"}) {
     json k = sample_json();

@@ -28,8 +28,6 @@ namespace {
 
 constexpr uint64_t kMinMemory = 4ull << 20;
 constexpr uint64_t kMaxMemory = 1ull << 40;
-constexpr size_t kMaxDisks = 16;
-constexpr size_t kMaxNets = 8;
 
 void print_error(const std::string& message) { fmt::print(stderr, "vmm: error: {}\n", message); }
 
