@@ -41,6 +41,7 @@
 #include "vmm/base/thread.hpp"
 #include "vmm/base/wake_hint.hpp"
 #include "vmm/exit_status.hpp"
+#include "vmm/identity.hpp"
 
 namespace vmm::clone {
 
@@ -232,6 +233,11 @@ class Pool {
       // another one in the guest would cut the clone off.
       return api::fault(400, "this pool's clones are each in a network namespace made for the template's address: "
                              "no 'ip' or 'gateway' can be given");
+    }
+    // Not the gateway's address (the request's, else the template's): the clone would answer ARP
+    // for its network's router. As a single clone's, a fleet's and a fork's are checked.
+    if (auto g = check_not_gateway(clone.ip, 1, clone.gateway.empty() ? t_.manifest.gateway : clone.gateway); !g) {
+      return api::fault(400, g.error().message());
     }
     const auto t0 = std::chrono::steady_clock::now();
     // The member times the clone's start from here (GET /vm start_ms): steady_clock is one clock

@@ -109,7 +109,7 @@ run_scenario() {
       # Nothing to do for a while (the host measures what an idle VM costs), with eth0 up.
       ip link set eth0 up 2>/dev/null
       echo "idle: sleeping"
-      sleep "$(arg idle_seconds || echo 10)" ;;
+      s=$(arg idle_seconds); sleep "${s:-10}" ;;
     web)
       # An HTTP server that answers GET /cgi-bin/host with the machine's hostname (busybox httpd,
       # port 80): the load-balancer scenario's server (tests/linux/clone-lb.sh). Its address and

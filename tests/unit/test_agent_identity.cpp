@@ -216,6 +216,7 @@ TEST_CASE("agent identity: IPv4 addresses, prefixes and gateways") {
   CHECK(p.id.prefix == 32);
   CHECK(p.id.has_gateway);
   CHECK(p.id.gateway[3] == 1);
+  rejected(file(std::string(kGen) + "ip=192.168.100.1/24\ngateway=192.168.100.1\n"), "ip is the gateway's address");
   p = parse(file(std::string(kGen) + "ip=1.0.0.0/0\n"));
   REQUIRE(p.status == 0);
   CHECK(p.id.prefix == 0);

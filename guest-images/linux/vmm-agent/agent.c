@@ -124,18 +124,48 @@ static int write_atomic(const char *path, const char *data, size_t len) {
 }
 
 /* Runs argv[0] with argv and a fixed environment; its exit status, or -1. */
-static int run(const char *const argv[]) {
+static pid_t spawn(const char *const argv[]) {
   static char *const env[] = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", NULL};
   pid_t pid = fork();
-  if (pid < 0) return -1;
   if (pid == 0) {
     execve(argv[0], (char *const *)argv, env);
     _exit(127);
   }
+  return pid;
+}
+
+static int exit_status(int st) { return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st); }
+
+static int run(const char *const argv[]) {
+  pid_t pid = spawn(argv);
+  if (pid < 0) return -1;
   int st;
   while (waitpid(pid, &st, 0) < 0)
     if (errno != EINTR) return -1;
-  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  return exit_status(st);
+}
+
+static int identity_changed(void);
+
+/* As run(), but a new identity ends the program (SIGTERM) and returns -2 (a VM forked while the
+ * program ran resumes here with an identity of its own: udhcpc asking for the parent's lease from
+ * the parent's MAC, which the child's host drops, took ~9 s to give up). */
+static int run_watching(const char *const argv[]) {
+  pid_t pid = spawn(argv);
+  if (pid < 0) return -1;
+  int st;
+  for (;;) {
+    pid_t w = waitpid(pid, &st, WNOHANG);
+    if (w == pid) return exit_status(st);
+    if (w < 0 && errno != EINTR) return -1;
+    if (identity_changed()) {
+      kill(pid, SIGTERM);
+      while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+      }
+      return -2;
+    }
+    usleep(20000);
+  }
 }
 
 static const char *first_existing(const char *const *paths) {
@@ -399,6 +429,7 @@ static void stop_dhcp_client(void) {
   note("udhcpc %ld (the previous lease's) stopped", pid);
 }
 
+static int superseded; /* a step saw a new identity arrive: the one being applied is dropped */
 static void apply_network(const struct vmm_identity *id) {
   int changed[MAX_IFACES] = {0}, any = 0;
   list_interfaces();
@@ -483,8 +514,13 @@ static void apply_network(const struct vmm_identity *id) {
     stop_dhcp_client();
     set_up(ifname[0], 1);
     const char *argv[] = {path, "-i", ifname[0], "-n", "-p", DHCP_PIDFILE, NULL};
-    int st = run(argv);
-    if (st != 0) fail("%s: udhcpc exited with status %d", ifname[0], st);
+    int st = run_watching(argv);
+    if (st == -2) {
+      note("%s: a new identity arrived while udhcpc ran: stopped it", ifname[0]);
+      superseded = 1;
+    } else if (st != 0) {
+      fail("%s: udhcpc exited with status %d", ifname[0], st);
+    }
   }
 }
 
@@ -559,8 +595,21 @@ static void apply(const struct vmm_identity *id, double t0, int boot) {
    * nested lane with the network first) or keys. */
   apply_hostname(id);
   apply_machine_id(id);
-  if (!boot) apply_ssh_keys();
+  /* Once per generation: a retry of its other steps made new keys every time (clients saw the
+   * host key change up to 5 times). */
+  static char keys_gen[33];
+  if (!boot && strcmp(keys_gen, id->generation) != 0) {
+    const int before = failures;
+    apply_ssh_keys();
+    if (failures == before) memcpy(keys_gen, id->generation, 33);
+  }
+  superseded = 0;
   apply_network(id);
+  if (superseded) {
+    /* Not recorded: the next look reads the new identity and applies that. */
+    note("generation %s: dropped for the identity that replaced it", id->generation);
+    return;
+  }
   if (failures != failed_before && !boot && tries < kTries && !dry_run) {
     note("generation %s: %d step(s) failed: applying it again (try %d of %d)", id->generation, failures - failed_before, tries + 1,
          (int)kTries);
@@ -577,8 +626,10 @@ static void apply(const struct vmm_identity *id, double t0, int boot) {
   if (id->has_time_ms) {
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
-    long long ms = (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
-    snprintf(took, sizeof took, "%lld", ms - (long long)id->time_ms);
+    /* In signed arithmetic only where it fits: time_ms is the host's (up to 19 digits). */
+    const unsigned long long ms = (unsigned long long)now.tv_sec * 1000 + (unsigned long long)now.tv_nsec / 1000000;
+    if (ms >= id->time_ms) snprintf(took, sizeof took, "%llu", ms - id->time_ms);
+    else snprintf(took, sizeof took, "-%llu", id->time_ms - ms);
   }
   snprintf(line, sizeof line, "%s\n", id->generation);
   if (write_atomic("/run/vmm-agent.generation", line, 33) != 0) fail("/run/vmm-agent.generation: %s", strerror(errno));
@@ -589,6 +640,12 @@ static void apply(const struct vmm_identity *id, double t0, int boot) {
 
 static char raw[VMM_IDENTITY_SIZE + 1], last_raw[VMM_IDENTITY_SIZE + 1];
 static ssize_t last_len = -1;
+
+static int identity_changed(void) {
+  static char now[VMM_IDENTITY_SIZE + 1];
+  ssize_t n = read_file(identity_path, now, sizeof now);
+  return n >= 0 && (n != last_len || memcmp(now, last_raw, (size_t)n) != 0);
+}
 
 /* Reads and parses the identity: 0 parsed, 1 rejected, 2 unreadable, 3 unchanged since the last
  * call (same bytes: nothing to do, nothing to log again). */

@@ -221,6 +221,9 @@ int vmm_identity_parse(const char *buf, size_t len, struct vmm_identity *out, ch
     if (bad) FAIL("line %d: bad value for %.*s", lineno, (int)klen, line);
   }
   if (!seen[K_GENERATION]) FAIL("no generation");
+  /* The router's own address on eth0 would have the clone answer ARP for it (the host refuses
+   * this everywhere; a file that says it anyway is not applied). */
+  if (id.ip_mode == VMM_IP_STATIC && id.has_gateway && memcmp(id.ip, id.gateway, 4) == 0) FAIL("ip is the gateway's address");
   *out = id;
   return 0;
 }
