@@ -43,6 +43,10 @@ struct Member {
   bool dir_existed = false;  ///< a clone of its name was there before: never the launcher's to remove
   bool ended = false;
   int status = 0;
+  /// It reported an error and is tearing down (its TAPs, its namespace: host tools): reaped
+  /// without waiting, its line printed then (a blocking wait held every other report, the
+  /// start timeout and Ctrl-C).
+  bool failing = false;
 };
 
 }  // namespace
@@ -59,6 +63,8 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
   // One MAC for every clone of the fleet: two on a network would take each other's frames (a
   // pool's and a fork's refuse mac= for the same reason). In namespaces of their own they do not meet.
   for (const auto& n : o.nets) {
+    // Nor one TAP (or namespace) for all: every clone but the first failed on it.
+    if (auto r = check_net_per_vm(n); count > 1 && !r) return report_error(exit_code::kUsage, fmt::format("--net: {}", r.error().message()));
     if (count > 1 && !n.mac.empty() && n.netns.empty()) {
       return report_error(exit_code::kUsage, fmt::format("--net tap={},mac={}: every clone of the fleet would have that MAC; leave "
                                                          "mac= out (each gets its own) or give each its netns=", n.tap, n.mac));
@@ -197,7 +203,17 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
     if (auto l = lock_dir(dir, LOCK_EX | LOCK_NB); l && !l->busy) (void)bury(dir, l->fd);
   };
   // Reports: one line per clone, in the order they come.
-  auto pending = [&] { return std::ranges::count_if(members, [](const Member& m) { return m.report >= 0; }); };
+  auto pending = [&] { return std::ranges::count_if(members, [](const Member& m) { return m.report >= 0 || m.failing; }); };
+  auto failed_line = [&](Member& m, int status) {
+    m.failing = false;
+    m.ended = true;
+    m.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    // Why, as the clone said it; a clone that ended without a word (killed) has its status.
+    const std::string why = m.result.starts_with("error ") ? m.result.substr(6) : "it ended before it ran";
+    if (!m.result.starts_with("error ")) remove_unstarted(m);
+    fmt::print("{} failed: {} (exit status {})\n", m.name, why, m.status);
+    std::fflush(stdout);
+  };
   unsigned ok = 0;
   while (pending() > 0 && !check_interrupt()) {
     std::vector<pollfd> pfds;
@@ -219,21 +235,25 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
         ++ok;
         fmt::print("{} {} {} ms\n", m.name, m.pid, m.result.substr(3));
       } else {
-        int status = 0;
-        ::waitpid(m.pid, &status, 0);
-        m.ended = true;
-        m.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-        // Why, as the clone said it; a clone that ended without a word (killed) has its status.
-        const std::string why = m.result.starts_with("error ") ? m.result.substr(6) : "it ended before it ran";
-        if (!m.result.starts_with("error ")) remove_unstarted(m);
-        fmt::print("{} failed: {} (exit status {})\n", m.name, why, m.status);
+        m.failing = true;  // reaped below
       }
       std::fflush(stdout);
+    }
+    for (auto& m : members) {
+      int status = 0;
+      if (m.failing && ::waitpid(m.pid, &status, WNOHANG) == m.pid) failed_line(m, status);
     }
     // A clone that has not started in time (stuck opening its console on a FIFO nobody reads, a
     // TAP or a host tool that never answers) is given up: killed, and reported failed.
     const auto now = std::chrono::steady_clock::now();
     for (auto& m : members) {
+      if (m.failing && o.start_timeout_s > 0 && now - m.forked >= std::chrono::duration<double>(o.start_timeout_s)) {
+        ::kill(m.pid, SIGKILL);  // not reaped yet: the pid is its own
+        int status = 0;
+        ::waitpid(m.pid, &status, 0);
+        failed_line(m, status);
+        continue;
+      }
       if (m.report < 0 || o.start_timeout_s <= 0 || now - m.forked < std::chrono::duration<double>(o.start_timeout_s)) continue;
       // What it said (or its end) in the last moment is read first, at the next turn.
       pollfd probe{.fd = m.report, .events = POLLIN, .revents = 0};

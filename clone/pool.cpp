@@ -490,6 +490,8 @@ int run_pool(const CloneOptions& options, unsigned size) {
       if (auto e = expand_net(n, longest, 99999); !e) {
         return report_error(exit_code::kUsage, fmt::format("--net: {} (for a member named {})", e.error().message(), longest));
       }
+      // Nor one name for all (the second member found it taken, and the pool spun for ever).
+      if (auto r = check_net_per_vm(n); !r) return report_error(exit_code::kUsage, fmt::format("--net: {}", r.error().message()));
     }
   }
   auto reg = api::Registration::create(t.sdir, o.name, o.api_socket);
@@ -517,7 +519,13 @@ int run_pool(const CloneOptions& options, unsigned size) {
   const bool needs_ip = t.manifest.ip != "dhcp" && std::ranges::any_of(o.nets, [](const NetSpec& n) { return n.netns.empty(); });
   const bool in_netns = !o.nets.empty() && std::ranges::all_of(o.nets, [](const NetSpec& n) { return !n.netns.empty(); });
   Pool pool(t, *zygote, o.name, size, needs_ip, in_netns, o.nets);
-  auto server = api::serve((*reg)->socket().string(), [&pool](const api::HttpRequest& r) { return pool.handle(r); });
+  // Bound here and told to the registration, which removes it at the end (one given with
+  // --api-socket, outside STATE/run, was left behind).
+  std::pair<uint64_t, uint64_t> bound{};
+  auto listener = api::listen_unix((*reg)->socket().string(), &bound);
+  if (!listener) return report_error(exit_code::kVmmError, listener.error().message());
+  (*reg)->socket_bound(bound);
+  auto server = api::serve(std::move(*listener), [&pool](const api::HttpRequest& r) { return pool.handle(r); });
   if (!server) return report_error(exit_code::kVmmError, server.error().message());
   if (auto r = pool.start(); !r) {
     server->reset();

@@ -92,6 +92,7 @@ std::pair<std::string, int> receive_with_fd(int sock) {
 /// thread renames them into place and starts the API, then answers the pool.
 [[noreturn]] void run_member(OpenTemplate& t, CloneOptions o, const std::string& name, int fd) {
   ::setsid();
+  ::signal(SIGHUP, SIG_DFL);  // (the zygote ignores it) a clone ends on it, as any VM
   // Nothing of the pool's but the template's mapping, /dev/kvm and this socket: its API socket, the
   // other members' sockets and its clones' fds are not ours.
   drop_inherited({fd, t.kvm->fd()});
@@ -244,6 +245,9 @@ std::pair<std::string, int> receive_with_fd(int sock) {
 /// taken for the next request's. Ends when the pool's end closes. Never returns.
 [[noreturn]] void run_zygote(OpenTemplate& t, const CloneOptions& o, int control) {
   drop_inherited({control, t.kvm->fd()});
+  // In the pool's process group: a terminal's hang-up reaches it too, and killed it (the pool then
+  // said its zygote ended and exited 10 after a normal stop). It ends when the pool closes its end.
+  ::signal(SIGHUP, SIG_IGN);
   for (;;) {
     while (::waitpid(-1, nullptr, WNOHANG) > 0) {  // members that ended (discarded or clones that stopped)
     }

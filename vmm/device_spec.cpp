@@ -110,4 +110,14 @@ Result<NetSpec> expand_net(const NetSpec& spec, const std::string& name, unsigne
   return n;
 }
 
+Result<> check_net_per_vm(const NetSpec& spec) {
+  const bool in_netns = !spec.netns.empty();
+  const std::string& pattern = in_netns ? spec.netns : spec.tap;
+  if (expand_pattern(pattern, "a", 1) == expand_pattern(pattern, "b", 2)) {
+    return fail("{}={}: every VM would make the same {}: put {{i}} or {{name}} in it", in_netns ? "netns" : "tap", pattern,
+                in_netns ? "network namespace" : "TAP interface");
+  }
+  return {};
+}
+
 }  // namespace vmm

@@ -45,5 +45,8 @@ Result<NetSpec> parse_net_spec(std::string_view text);
 std::string expand_pattern(std::string pattern, const std::string& name, unsigned index);
 /// A NetSpec's names (tap, bridge, netns) expanded; each must then fit an interface name (15 bytes).
 Result<NetSpec> expand_net(const NetSpec& spec, const std::string& name, unsigned index);
+/// For many VMs from one spec (a fleet, a pool): fails unless each VM gets its own TAP, or its
+/// own namespace where it has one (a pattern without {name} or {i}).
+Result<> check_net_per_vm(const NetSpec& spec);
 
 }  // namespace vmm

@@ -301,11 +301,25 @@ sleep 0.3
   ok "pool stopped: its 9 clones run on, the unused and the dead members left nothing" ||
   { bad "pool stop: status $st, $(running) running"; ls "$VMM_STATE_DIR/clones"; ls -A "$VMM_STATE_DIR/run"; }
 for d in "$VMM_STATE_DIR"/run/*; do "$vmm" stop --timeout 0 "$(basename "$d")" >/dev/null 2>&1; done
+# A pool serving on a socket of the user's (--api-socket) removes it when it stops (it was left).
+"$vmm" pool idt --size 1 --api-socket "$work/pool2.sock" >"$work/pool2.out" 2>&1 &
+poolpid=$!
+n=0
+while [ ! -S "$work/pool2.sock" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+[ -S "$work/pool2.sock" ] && had=1 || had=0
+kill -TERM "$poolpid"
+wait "$poolpid"; st=$?
+[ "$had" = 1 ] && [ "$st" = 0 ] && [ ! -e "$work/pool2.sock" ] && ok "a pool's --api-socket goes with it" ||
+  { bad "pool --api-socket: status $st, socket seen $had"; ls -l "$work/pool2.sock"; cat "$work/pool2.out"; }
 
 # Bad usage.
 # A pool whose members' interface names would not fit (a member is TEMPLATE-XXXXXXXX), or whose
 # waiting members' sockets would not fit under the limit on open files: refused at once (every
 # member failed, or its API stopped answering, and it retried for ever).
+"$vmm" pool idt --size 2 --net tap=same >"$work/e" 2>&1; [ $? = 2 ] && grep -q "^vmm: error: --net: tap=same: every VM would make the same TAP interface" "$work/e" &&
+  ok "a pool's --net with one TAP name for every member refused" || { bad "pool one TAP"; cat "$work/e"; }
+"$vmm" run --clone-of idt --count 2 --net tap=tap0,netns=same >"$work/e" 2>&1; [ $? = 2 ] && grep -q "every VM would make the same network namespace" "$work/e" &&
+  ok "a fleet's --net with one namespace for every clone refused" || { bad "fleet one netns"; cat "$work/e"; }
 "$vmm" pool idt --size 2 --net tap=pool-{name} >"$work/e" 2>&1; [ $? = 2 ] && grep -q "^vmm: error: --net: .*for a member named idt-ffffffff" "$work/e" &&
   ok "a pool's --net pattern too long for its members' names refused" || { bad "pool net pattern"; cat "$work/e"; }
 (ulimit -n 1024 && ulimit -Hn 1024 && exec "$vmm" pool idt --size 2000) >"$work/e" 2>&1; [ $? = 2 ] && grep -q "would need 2320 open files" "$work/e" &&

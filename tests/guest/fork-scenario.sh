@@ -286,6 +286,11 @@ while [ ! -S "$VMM_STATE_DIR/run/e/api.sock" ] && [ $n -lt 100 ]; do sleep 0.1; 
 "$vmm" stop e --timeout 5 --no-wait || bad "stop e"
 sleep 0.3
 [ -e "$VMM_STATE_DIR/run/e" ] && ok "a guest that ignores the button still runs right after vmm stop --no-wait" || bad "e ended at once"
+# A second stop of a VM that is stopping waits for its end, as the first would have (it was a
+# usage error at once, status 2, and `vmm stop X && vmm run --name X` raced the first stop).
+"$vmm" stop e --timeout 5 >"$work/e-again" 2>&1; st=$?
+[ "$st" = 0 ] && [ ! -e "$VMM_STATE_DIR/run/e" ] && ok "a second vmm stop of a stopping VM waits for its end (status 0)" ||
+  { bad "a second vmm stop: status $st"; cat "$work/e-again"; }
 n=0
 while [ -e "$VMM_STATE_DIR/run/e" ] && [ $n -lt 150 ]; do sleep 0.1; n=$((n + 1)); done
 wait "$pid_e"; st=$?

@@ -51,6 +51,14 @@ TEST_CASE("cli: --net specs") {
   CHECK_FALSE(vmm::expand_net(*x, "a-very-long-clone-name", 1));
   CHECK_FALSE(vmm::expand_net(*x, "a/b", 1));
   CHECK(vmm::expand_pattern("{name}-{i}-{i}", "c", 3) == "c-3-3");
+  // Many VMs from one spec: each its own TAP, or its own namespace where it has one.
+  CHECK(vmm::check_net_per_vm(*b));
+  CHECK(vmm::check_net_per_vm(*x));  // tap0 in each VM's own namespace
+  CHECK_FALSE(vmm::check_net_per_vm(*n));
+  CHECK(vmm::check_net_per_vm(*vmm::parse_net_spec("tap=t-{name}")));
+  auto same_ns = vmm::check_net_per_vm(*vmm::parse_net_spec("tap=t{i},netns=ns"));
+  REQUIRE_FALSE(same_ns);
+  CHECK(same_ns.error().message() == "netns=ns: every VM would make the same network namespace: put {i} or {name} in it");
   for (const char* bad : {"", "tap0", "tap=", "mac=52:54:00:12:34:56", "tap=a,tap=b", "tap=a,vhost=on", "tap=a,bridge=b,netns=c",
                           "tap=0123456789abcdef", "tap=a b", "tap=a,bridge=x/y", "tap=a,netns=ns-{name}{name}{name}{name}{name}{name}{name}{name}{name}{name}{name}{name}{name}"}) {
     auto r = vmm::parse_net_spec(bad);

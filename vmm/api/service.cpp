@@ -109,7 +109,7 @@ HttpResponse VmService::get_vm() {
   json j{{"id", info_.id},
          {"name", info_.name},
          {"kind", info_.kind},
-         {"state", stopping_ ? "stopping" : paused_ ? "paused" : "running"},
+         {"state", stopping() ? "stopping" : paused_ ? "paused" : "running"},  // (a guest's power-off, a signal too)
          {"pid", ::getpid()},
          {"generation", info_.generation},
          {"uptime_s", uptime},
@@ -224,9 +224,13 @@ HttpResponse VmService::input(const std::string& text) {
   // gets what fitted and the request a 409 after kInputTimeout.
   constexpr auto kInputTimeout = std::chrono::seconds(10);
   if (paused_) return fault(409, "the VM is paused");
+  const auto deadline = std::chrono::steady_clock::now() + kInputTimeout;
+  // Whole requests in turn: each connection has a thread, and two typing at once as the FIFO
+  // drained mixed their bytes (two commands became one garbled line).
+  std::unique_lock typing(input_mutex_, std::defer_lock);
+  if (!typing.try_lock_until(deadline)) return fault(409, "another input is still being typed: the guest did not read its console");
   devices::Serial& serial = machine_.platform().serial();
   std::span<const uint8_t> rest(reinterpret_cast<const uint8_t*>(text.data()), text.size());
-  const auto deadline = std::chrono::steady_clock::now() + kInputTimeout;
   while (!rest.empty()) {
     rest = rest.subspan(serial.enqueue_input(rest));
     if (rest.empty()) break;
@@ -359,8 +363,9 @@ HttpResponse VmService::paused_operation(const PauseOptions& options, const std:
   resume();
   if (pause_error) return fault(stopping() ? 409 : 500, pause_error->message());
   // Refused before the VM was touched (a bad request, a name taken): the client's, 400. Failed
-  // while doing it (a full disk, a fork the system refused): the server's, 500.
-  if (!result) return fault(began ? 500 : 400, result.error().message());
+  // while doing it (a full disk, a fork the system refused): the server's, 500. Ended by a stop
+  // that came meanwhile: 409, as a pause it ended.
+  if (!result) return fault(stopping() ? 409 : began ? 500 : 400, result.error().message());
   if (result->is_object() && paused_ms >= 0) {
     (*result)["prepare_ms"] = ms(requested, *paused_at);
     (*result)["paused_ms"] = paused_ms;

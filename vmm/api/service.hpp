@@ -109,6 +109,7 @@ class VmService {
   // meanwhile is a 409 rather than a wait of minutes behind a snapshot, which its client would
   // give up on while the server went on to do it later. GET /vm and stop are never held up.
   std::mutex op_mutex_;
+  std::timed_mutex input_mutex_;  // one PUT /vm/input types at a time (two interleaved their text)
   std::mutex mutex_;  // info_ (a fork's child changes its generation)
   std::atomic<bool> paused_{false};    // written under op_mutex_
   std::atomic<bool> quiesced_{false};  // written under op_mutex_: paused with the I/O thread parked too (not so for a VM started paused)

@@ -107,7 +107,10 @@ int vm_command_answered(const VmCommand& c) {
     }
   }
   api::HttpRequest req{.method = "PUT", .path = "/vm/" + c.verb, .body = "{}"};
-  double timeout = 30;
+  // Longer than the server may take: a pause waits up to 30 s for the disks' requests in flight
+  // (Machine::quiesce) after its vCPUs stopped; at 30 s here the CLI said it failed, and the VM
+  // then paused all the same.
+  double timeout = 60;
   json body_json;  // a body with the user's text (paths, names, console input): checked for UTF-8
   if (c.verb == "stop") {
     req.body = json{{"timeout_s", c.timeout_s}}.dump();  // (a number)
@@ -150,6 +153,13 @@ int vm_command_answered(const VmCommand& c) {
   }
   auto r = api::call(socket->string(), req, timeout);
   if (!r) return report_error(exit_code::kVmmError, fmt::format("{}: {}", c.target, r.error().message()));
+  // A VM already told to stop (by another stop: the API answers 409): this stop waits for its
+  // end as the first does (`vmm stop X && vmm run --name X` no longer raced the first stop).
+  const bool already_stopping = c.verb == "stop" && r->status == 409;
+  if (already_stopping) {
+    r->status = 204;
+    r->body.clear();
+  }
   if (process && r->status < 300) {
     // Ended once its disks are closed and its TAPs and namespace are gone: the hard stop comes at
     // the timeout, and what follows it (KVM tearing the VM down, the event loop ending) gets 10 s.
