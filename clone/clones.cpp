@@ -41,6 +41,18 @@ std::optional<Failure> read_template(const CloneOptions& o, OpenTemplate& t) {
   auto in_use = lock_dir(t.tdir, LOCK_SH, /*follow=*/true);
   if (!in_use) return bad(exit_code::kImage, in_use.error().message());
   if (!still_at(in_use->fd.get(), t.tdir, /*follow=*/true)) return bad(exit_code::kImage, fmt::format("template {}: removed as the clone started", o.template_name));
+  // From here the directory locked, by its own path: through a symbolic link, every later open
+  // (manifest, files, the overlays' backing names) and the clone's record followed the link again,
+  // and one retargeted since (to another template) mixed the two, or made `template rm` of the
+  // first one miss this clone among its dependants.
+  {
+    std::error_code ec;
+    const fs::path real = fs::read_symlink(fmt::format("/proc/self/fd/{}", in_use->fd.get()), ec);
+    if (ec || !real.is_absolute() || !still_at(in_use->fd.get(), real)) {
+      return bad(exit_code::kImage, fmt::format("template {}: moved as the clone started", o.template_name));
+    }
+    t.tdir = real;
+  }
   t.in_use = std::move(in_use->fd);
   auto manifest = read_manifest(t.tdir);
   if (!manifest) return bad(exit_code::kImage, manifest.error().message());

@@ -136,7 +136,8 @@ void forget(const Member& m, const fs::path& state_dir) {
 
 /// Tells members that were not handed out to discard themselves and waits until they have (each
 /// one's end of its socket closes when it exits, once it has cleaned up), all at once, 10 s at
-/// most in all; then forgets them.
+/// most in all; then forgets those that ended. One still running then is left to finish its own
+/// clean-up (forgetting it waited 200 ms for a lock it holds: minutes for a large pool).
 void discard(const std::deque<Member>& members, const fs::path& state_dir) {
   std::vector<pollfd> open;
   for (const auto& m : members) {
@@ -158,8 +159,9 @@ void discard(const std::deque<Member>& members, const fs::path& state_dir) {
     });
   }
   for (const auto& m : members) {
+    const bool running = std::ranges::any_of(open, [&](const pollfd& p) { return p.fd == m.fd; });
     ::close(m.fd);
-    forget(m, state_dir);
+    if (!running) forget(m, state_dir);
   }
 }
 

@@ -233,6 +233,13 @@ while [ ! -S "$psock" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
 code=$(post '{"hostname": "pooled"}')
 [ "$code" = 400 ] && grep -q "needs\|shared network" "$work/body" && ok "a pool on a bridge: a request without ip is 400" ||
   { bad "pool request without ip: $code"; show "$work/body"; }
+# Nor one at the template's gateway (the clone would answer ARP for the router): 400, and the
+# CLI's request (no --gateway of its own to compare with) gets it too.
+code=$(post '{"ip": "10.0.2.1/24"}')
+[ "$code" = 400 ] && grep -q "gateway" "$work/body" && ok "a pool request for the template's gateway address is 400" ||
+  { bad "pool request at the gateway: $code"; show "$work/body"; }
+"$vmm" run --clone-of net-serve --pool "$psock" --ip 10.0.2.1 >"$work/e" 2>&1; st=$?
+[ $st = 2 ] && grep -q "gateway" "$work/e" && ok "vmm run --pool --ip at the template's gateway: refused (status 2)" || { bad "pool CLI at the gateway: $st"; show "$work/e"; }
 code=$(post '{"hostname": "pooled", "ip": "10.0.2.40"}')
 pname=$(sed -n 's/.*"name":"\([^"]*\)".*/\1/p' "$work/body")
 if [ "$code" = 201 ] && [ -n "$pname" ]; then

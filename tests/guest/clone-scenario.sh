@@ -200,6 +200,16 @@ for kind in full linked; do
   grep -q "sector 100 byte=0x0$" "$work/evil-$kind.out" && ok "$kind clone of a raw disk holding a qcow2 header reads it as raw" ||
     { bad "$kind clone of a raw disk holding a qcow2 header"; sed 's/^/  | /' "$work/evil-$kind.out"; }
 done
+# A template given by a symbolic link: the clone records the template itself, so a link pointed
+# elsewhere since does not take it out of the template's dependants (it did: the record named the
+# link, and `template rm` of the template found no clone).
+expect template_lnk 0 "written" -- "$vmm" template create lnk --kernel "$guest" --cmdline counter --ready-on "counter: ready" --console none
+ln -s "$VMM_STATE_DIR/templates/lnk" "$work/tlink"
+printf 'quit\n' | "$vmm" run --clone-of "$work/tlink" --name vialink --console stdio >"$work/vialink.out" 2>&1
+ln -sfn "$VMM_STATE_DIR/templates/evil" "$work/tlink"
+grep -q "\"$(realpath "$VMM_STATE_DIR/templates/lnk")\"" "$VMM_STATE_DIR/clones/vialink/clone.json" && ok "a clone through a link records the template's own path" ||
+  { bad "clone through a link: record"; sed 's/^/  | /' "$VMM_STATE_DIR/clones/vialink/clone.json" "$work/vialink.out"; }
+expect rm_lnk_blocked 2 "vialink" -- "$vmm" template rm lnk
 # A relative --state-dir: a linked clone of a template with a disk opens its template's disk (its
 # overlay named the disk by a relative path, read relative to the overlay's own directory).
 head -c 1048576 /dev/zero | tr '\0' R >"$work/rel.img"
