@@ -38,6 +38,7 @@
 #include "vmm/api/http.hpp"
 #include "vmm/api/registry.hpp"
 #include "vmm/api/service.hpp"
+#include "vmm/base/process.hpp"
 #include "vmm/base/thread.hpp"
 #include "vmm/base/wake_hint.hpp"
 #include "vmm/exit_status.hpp"
@@ -573,6 +574,8 @@ int run_from_pool_answered(const std::string& socket, const CloneOptions& o) {
   if (!o.gateway.empty()) body["gateway"] = o.gateway;
   auto text = api::json_text(body, "--hostname, --ip or --gateway");
   if (!text) return report_error(exit_code::kUsage, text.error().message());
+  // (SIGINT and SIGTERM are blocked: looked at before the request, and after it.)
+  if (const int sig = pending_stop_signal()) return report_error(exit_code::kSignal, fmt::format("stopped by {} before the request", ::strsignal(sig)));
   auto r = api::call(socket, {.method = "POST", .path = "/clones", .body = std::move(*text)}, 30);
   if (!r) return report_error(exit_code::kVmmError, fmt::format("{}: {}", socket, r.error().message()));
   auto j = json::parse(r->body, nullptr, false);
@@ -581,6 +584,11 @@ int run_from_pool_answered(const std::string& socket, const CloneOptions& o) {
     return report_error(r->status < 500 ? exit_code::kUsage : exit_code::kVmmError, fmt::format("{}: {}", socket, why));
   }
   fmt::print("{} {} {:.3f} ms\n", j.value("name", "?"), j.value("pid", 0), j.value("request_ms", 0.0));
+  if (const int sig = pending_stop_signal()) {
+    std::fflush(stdout);
+    return report_error(exit_code::kSignal, fmt::format("{} came during the request: the clone {} was started and runs on (vmm stop {})",
+                                                        ::strsignal(sig), j.value("name", "?"), j.value("name", "?")));
+  }
   return exit_code::kOk;
 }
 

@@ -398,7 +398,9 @@ int main(int argc, char** argv) {
             return exit_code::kUsage;
           }
         }
-        unblock_stop_signals();  // it only asks the pool, which runs the clone
+        // It only asks the pool, which runs the clone: SIGINT and SIGTERM stay blocked through the
+        // request (30 s at most), so that a clone the pool started is always named (killed in the
+        // middle, it ran on with nobody told its name, and a retry started a second one).
         return clone::run_from_pool(pool_socket, clone_args);
       }
       if (fleet_count > 0) {
