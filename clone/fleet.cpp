@@ -47,6 +47,7 @@ struct Member {
   /// without waiting, its line printed then (a blocking wait held every other report, the
   /// start timeout and Ctrl-C).
   bool failing = false;
+  std::chrono::steady_clock::time_point failing_since;  ///< when its error was read
 };
 
 }  // namespace
@@ -236,6 +237,7 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
         fmt::print("{} {} {} ms\n", m.name, m.pid, m.result.substr(3));
       } else {
         m.failing = true;  // reaped below
+        m.failing_since = std::chrono::steady_clock::now();
       }
       std::fflush(stdout);
     }
@@ -247,11 +249,14 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
     // TAP or a host tool that never answers) is given up: killed, and reported failed.
     const auto now = std::chrono::steady_clock::now();
     for (auto& m : members) {
-      if (m.failing && o.start_timeout_s > 0 && now - m.forked >= std::chrono::duration<double>(o.start_timeout_s)) {
+      // Its clean-up (not its start) is given 30 s from its report: killed in the middle at the
+      // start timeout, it left its TAPs, namespace and directory.
+      if (m.failing && now - m.failing_since >= std::chrono::seconds(30)) {
         ::kill(m.pid, SIGKILL);  // not reaped yet: the pid is its own
         int status = 0;
         ::waitpid(m.pid, &status, 0);
         failed_line(m, status);
+        remove_unstarted(m);  // (its directory, at least)
         continue;
       }
       if (m.report < 0 || o.start_timeout_s <= 0 || now - m.forked < std::chrono::duration<double>(o.start_timeout_s)) continue;

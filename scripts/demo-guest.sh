@@ -5,11 +5,18 @@
 # with its own MAC (where a network namespace can be made); a warm pool handing out clones.
 # usage: demo-guest.sh VMM TESTGUEST [--bridge]   (--bridge: only that part, in a namespace)
 vmm=$1 guest=$2
+failed=0  # what did not go as shown: the demo's status (it said 0 whatever happened)
+miss() { echo "demo: FAILED: $*"; failed=1; }
+# run STATUS ARGS...: vmm ARGS, which must exit with STATUS (the test guest's exits are odd:
+# (value << 1) | 1).
 run() {
+  want=$1
+  shift
   echo "\$ vmm $*"
   start=$(date +%s%N)
   "$vmm" "$@"
   rc=$?
+  [ "$rc" = "$want" ] || miss "vmm $1: exit status $rc, not $want"
   end=$(date +%s%N)
   case "$start$end" in
     *N*) echo "(exit status $rc)" ;;  # a date without nanoseconds
@@ -39,16 +46,18 @@ if [ "${3:-}" = --bridge ]; then
   exit 0
 fi
 
-run run --kernel "$guest" --cmdline hello
-run run --kernel "$guest" --cmdline smp --cpus 4
-printf 'hello from the host\nquit\n' | run run --kernel "$guest" --cmdline echo
+run 1 run --kernel "$guest" --cmdline hello
+run 1 run --kernel "$guest" --cmdline smp --cpus 4
+printf 'hello from the host\nquit\n' >"${TMPDIR:-/tmp}/demo-echo.$$"
+run 1 run --kernel "$guest" --cmdline echo <"${TMPDIR:-/tmp}/demo-echo.$$"
+rm -f "${TMPDIR:-/tmp}/demo-echo.$$"
 
 # Cloning: a template of the counter guest (booted once, saved at its ready line), then a fleet of
 # clones started from it at once; each is told to add a different amount, and each answers with its
 # own value (they share the template's memory copy-on-write, and diverge).
 state=$(mktemp -d)
 export VMM_STATE_DIR="$state"
-run template create counter --kernel "$guest" --cmdline counter --ready-on "counter: ready" --console none
+run 0 template create counter --kernel "$guest" --cmdline counter --ready-on "counter: ready" --console none
 "$vmm" template ls
 echo
 echo "\$ vmm run --clone-of counter --name clone-N   (5 clones at once; each gets 'inc N*10', 'get', 'quit')"
@@ -63,9 +72,11 @@ for n in 1 2 3 4 5; do
       *N*) echo "clone-$n: counter $value, $restored" ;;
       *) echo "clone-$n: counter $value, $restored, exec to exit $(( (end - start) / 1000000 )) ms" ;;
     esac
+    [ "$value" = "value=$((n * 10))" ] || { echo "demo: FAILED: clone-$n counted $value, not value=$((n * 10))"; exit 1; }
   ) &
+  pids="${pids:-} $!"
 done
-wait
+for p in $pids; do wait "$p" || failed=1; done
 echo
 "$vmm" template ls
 echo
@@ -93,11 +104,13 @@ for child in $(cut -d' ' -f1 "$work/forks"); do
   "$vmm" input "$child" "inc $((k * 100))"
   "$vmm" input "$child" get
   wait_for "$state/clones/$child/console.log" "value=$((5 + k * 100))"
+  grep -q "value=$((5 + k * 100))" "$state/clones/$child/console.log" || miss "fork $child did not count to $((5 + k * 100))"
   echo "$child: counter $(grep -o 'value=[0-9]*' "$state/clones/$child/console.log" | tail -1) (it was 5 at the fork, then +$((k * 100)))"
 done
 echo "get" >&3
 sleep 0.2
 echo "live (the parent): counter $(grep -o 'value=[0-9]*' "$work/live.out" | tail -1)"
+[ "$(grep -o 'value=[0-9]*' "$work/live.out" | tail -1)" = value=5 ] || miss "the forked parent's counter changed"
 for child in $(cut -d' ' -f1 "$work/forks"); do "$vmm" stop --timeout 0 "$child"; done
 echo "quit" >&3
 exec 3>&-
@@ -126,10 +139,12 @@ sleep 1  # filled
 sock=$state/run/pool-counter/api.sock
 for i in 1 2 3; do
   echo "\$ vmm run --clone-of counter --pool $sock"
-  "$vmm" run --clone-of counter --pool "$sock"
+  "$vmm" run --clone-of counter --pool "$sock" || miss "a clone from the pool"
 done
 "$vmm" ps
 kill -INT "$pool"
 wait "$pool"
 for d in "$state"/run/*; do [ -d "$d" ] && "$vmm" stop --timeout 0 "$(basename "$d")" >/dev/null; done
 rm -rf "$state"
+[ "$failed" = 0 ] && echo "demo: everything above went as shown" || echo "demo: something above failed (FAILED lines)"
+exit "$failed"

@@ -236,7 +236,7 @@ cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DVMM_FUZZ=ON >"$build/fuzz-configure.log" 2>&1 ||
   { cat "$build/fuzz-configure.log" >&2; exit 2; }
 ninja -C "$build" "$bin" >"$build/$build_log" 2>&1 ||
-  { grep -E "error|FAILED" "$build/$build_log" | head -40 >&2; exit 2; }
+  { grep -E "error|FAILED" "$build/$build_log" | head -40 >&2 || tail -20 "$build/$build_log" >&2; exit 2; }
 fuzzer=$build/tests/$bin
 
 # ---- Seeds ---------------------------------------------------------------------------------------
@@ -279,7 +279,8 @@ echo "runs: $runs  exec/s: $eps  peak RSS: ${peak} MB  status: $status"
 echo "corpus: $(find "$corpus" -type f | wc -l) inputs, $(du -sh "$corpus" | cut -f1) ($corpus)"
 echo "crashes/leaks/timeouts: $ncrash"
 if [[ $status -ne 0 || $ncrash -gt 0 ]]; then
-  grep -E "ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer)|runtime error|$bin: |SUMMARY|Test unit written" "$log" | head -20
+  # (Nothing of that in a log of a fuzzer killed from outside, the OOM killer's say: the rest is said anyway.)
+  grep -E "ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer)|runtime error|$bin: |SUMMARY|Test unit written" "$log" | head -20 || true
   for a in $new_artifacts; do echo "reproducer: $a   (rerun: $fuzzer $a)"; done
   echo "log: $log"
   exit 1

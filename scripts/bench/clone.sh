@@ -88,7 +88,7 @@ fi
 
 # ---- The nested lane: a Linux clone answering HTTP at its new address (clone-http-inner.sh) ----
 ((http_runs > 0)) || exit 0
-command -v bc >/dev/null || "$root/scripts/setup.sh"
+"$root/scripts/setup.sh"  # QEMU and the image tools (idempotent: a check when all is there)
 log() { echo "clone.sh: $*" >&2; }
 log "nested lane: a Linux clone answering HTTP, vmm against QEMU -incoming in one L1, $http_runs runs each (~5 min)"
 kernel=$(VMM_KERNEL_META=linux-image-amd64 "$root/guest-images/linux/fetch-kernel.sh")

@@ -88,7 +88,11 @@ script=$1; shift
 work=$(mktemp -d "${TMPDIR:-/tmp}/vmm-nested.XXXXXX")
 keep_log=0
 cleanup() {
-  [[ -n ${qemu_pid:-} ]] && kill -9 "$qemu_pid" 2>/dev/null || true
+  # Interrupted or failed while L1 runs: QEMU (and the timeout that runs it, in a process group of
+  # its own, which a terminal's Ctrl-C does not reach) must not run on for up to --timeout.
+  [[ -n ${timeout_pid:-} ]] && kill "$timeout_pid" 2>/dev/null
+  [[ -s $work/qemu.pid ]] && kill -9 "$(cat "$work/qemu.pid")" 2>/dev/null
+  [[ -n ${tail_pid:-} ]] && kill "$tail_pid" 2>/dev/null
   if ((keep_log)); then rm -rf "$work/payload" "$work/initrd.cpio"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
@@ -223,26 +227,38 @@ PY
 monitor=$!
 start=$(date +%s.%N)
 set +e
-if ((quiet)); then
-  timeout -k 5 "$timeout" "${prio[@]}" "${qemu[@]}" </dev/null >"$log" 2>"$work/qemu.err"
-  qstatus=$?
-else
-  timeout -k 5 "$timeout" "${prio[@]}" "${qemu[@]}" </dev/null 2>"$work/qemu.err" | tee "$log"
-  qstatus=${PIPESTATUS[0]}
+# In the background, waited for: a signal's trap runs at once (bash holds it while a foreground
+# command runs), and cleanup stops QEMU.
+timeout -k 5 "$timeout" "${prio[@]}" "${qemu[@]}" </dev/null >"$log" 2>"$work/qemu.err" &
+timeout_pid=$!
+if ((!quiet)); then
+  tail -n +1 -s 0.2 -f --pid="$timeout_pid" "$log" &
+  tail_pid=$!
+fi
+wait "$timeout_pid"
+qstatus=$?
+timeout_pid=""
+if [[ -n ${tail_pid:-} ]]; then
+  wait "$tail_pid"
+  tail_pid=""
 fi
 set -e
 kill "$monitor" 2>/dev/null || true
 wait "$monitor" 2>/dev/null || true
 # QEMU's own complaints (e.g. EPYC features TCG lacks) only matter when L1 failed.
 grep -v "TCG doesn't support requested feature" "$work/qemu.err" >&2 || true
-elapsed=$(echo "$(date +%s.%N) - $start" | bc)
+elapsed=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
 if [[ -e $work/froze ]]; then
   status=126; log "L1 froze: no heartbeat for 60 s (a lane failure: QEMU TCG or L1's kernel, not the test)"
   { echo "run.sh: L1's vCPUs when it froze (QEMU monitor):"; cat "$work/froze.txt" 2>/dev/null; } >>"$log"
 elif ((qstatus == 124 || qstatus == 137)); then
   status=124; log "timeout after ${timeout}s"
-elif ((qstatus & 1)); then
+elif ((qstatus & 1)) && { ((qstatus >> 1)) || grep -q "^=== vmm-nested: end status=0 ===" "$log"; }; then
   status=$((qstatus >> 1))
+elif ((qstatus == 1)); then
+  # QEMU's own failure (it could not start: a socket path too long, a bad option) is status 1 too,
+  # which reads as L1 reporting 0: passed, without L1 having run. Success is L1 saying so.
+  status=125; log "QEMU failed (exit 1) and L1 reported no status: $(head -c 300 "$work/qemu.err")"
 else
   status=125; log "L1 ended without reporting a status (qemu exit $qstatus)"
   # QEMU exits 0 when L1 resets or powers off (-no-reboot): with no status reported and no panic

@@ -307,6 +307,20 @@ took=$(($(date +%s) - start))
 ended "$pid_e2" && [ "$took" -ge 1 ] && [ "$took" -le 12 ] && ok "vmm stop waits for the hard stop after --timeout (${took} s)" ||
   { bad "vmm stop e2 --timeout 2 returned after ${took} s"; tail -n 5 "$work/e2.out" "$work/e2.err"; }
 wait "$pid_e2"
+# A stop with a shorter timeout than the one under way brings the hard stop nearer: --timeout 0
+# after --timeout 60 stops it now (the second was refused, or then waited out the first's 60 s).
+start_vm e3 --kernel "$guest" --cmdline deaf
+exec 3>&-
+wait_for "$work/e3.out" "^deaf: halted" || bad "the deaf guest did not start"
+n=0
+while [ ! -S "$VMM_STATE_DIR/run/e3/api.sock" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+"$vmm" stop e3 --timeout 60 --no-wait || bad "stop e3 --timeout 60"
+start=$(date +%s)
+"$vmm" stop e3 --timeout 0 >"$work/e" 2>&1; st=$?
+took=$(($(date +%s) - start))
+[ "$st" = 0 ] && ended "$pid_e3" && [ "$took" -le 20 ] && ok "a second vmm stop --timeout 0 stops it now, under the first's 60 s (${took} s)" ||
+  { bad "second stop --timeout 0: status $st after ${took} s"; cat "$work/e"; }
+wait "$pid_e3"
 # A console written to a pipe whose reader has gone (`vmm run ... | head -n 1`): the output is
 # dropped and the VM runs on (SIGPIPE killed it, unless its HTTP plugin happened to be loaded: so no
 # API call before the check).

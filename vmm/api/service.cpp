@@ -193,18 +193,38 @@ HttpResponse VmService::resume() {
 
 HttpResponse VmService::stop(const StopRequest& request) {
   const double timeout = request.timeout_s;
-  if (stopping_.exchange(true)) return fault(409, "the VM is already stopping");
   auto hard_stop = [this] {
     machine_.vm().request_stop(StopInfo{.reason = devices::StopReason::PowerOff, .status = 0, .message = "stopped through the API"});
   };
+  const auto deadline = std::chrono::steady_clock::now() +
+                        std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(std::max(timeout, 0.0)));
+  if (stopping_.exchange(true)) {
+    // Stopping already: this stop's timeout counts if it ends sooner (`vmm stop X --timeout 0`
+    // after a stop with a long one is the hard stop it says); the answer is the first stop's.
+    if (timeout <= 0) {
+      hard_stop();
+    } else {
+      {
+        std::lock_guard l(stop_mutex_);
+        stop_deadline_ = std::min(stop_deadline_, deadline);
+      }
+      stop_cv_.notify_all();
+    }
+    return no_content();
+  }
   if (timeout <= 0) {
     hard_stop();
     return no_content();
   }
+  {
+    std::lock_guard l(stop_mutex_);
+    stop_deadline_ = std::min(stop_deadline_, deadline);
+  }
   // The hard stop's timer first: without it the guest is not asked (a 503, nothing changed).
-  auto timer = start_thread("the stop's timer thread", [this, hard_stop, timeout] {
+  auto timer = start_thread("the stop's timer thread", [this, hard_stop] {
     std::unique_lock l(stop_mutex_);
-    if (!stop_cv_.wait_for(l, std::chrono::duration<double>(timeout), [&] { return cancelled_; })) hard_stop();
+    while (!cancelled_ && std::chrono::steady_clock::now() < stop_deadline_) stop_cv_.wait_until(l, stop_deadline_);
+    if (!cancelled_) hard_stop();
   });
   if (!timer) {
     stopping_ = false;

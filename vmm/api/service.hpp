@@ -120,6 +120,9 @@ class VmService {
   std::mutex stop_mutex_;
   std::condition_variable stop_cv_;
   bool cancelled_ = false;  // guarded by stop_mutex_
+  /// When the stop's timer stops the VM hard (guarded by stop_mutex_): a later stop may bring it
+  /// nearer.
+  std::chrono::steady_clock::time_point stop_deadline_ = std::chrono::steady_clock::time_point::max();
   std::thread stopper_;     // the hard stop after the timeout
   // GET /vm/metrics's walk of /proc/self/smaps, which holds the process's memory map (a vCPU's
   // page fault can wait behind a writer queued after it: a thread being made): one at a time, and
