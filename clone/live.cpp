@@ -213,8 +213,9 @@ void reap_when_ended(EventLoop& loop, pid_t pid) {
   release = [&] { machine->reset(); };
   Machine& m = **machine;
   step("machine");
-  // The clock as the parent left it at the fork (milliseconds ago): a fork continues its parent.
-  if (auto r = restore(m, state, "fork", Timers::AsSaved); !r) fail_child(r.error().message());
+  // The clock brought to the present: the parent's ran on from the capture (its disks copied
+  // since, which can take seconds), and the child's keeps time with it.
+  if (auto r = restore(m, state, "fork", Timers::AsSavedToNow); !r) fail_child(r.error().message());
   step("restored");
   if (auto r = m.platform().vmgenid().set(identity.generation); !r) fail_child(r.error().message());
   m.platform().vmgenid().notify();

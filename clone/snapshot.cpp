@@ -199,7 +199,8 @@ Result<> check_features(const CpuidEntries& saved_table, const CpuidEntries& her
       if (leaf.function == 0xd && leaf.index == 0 && i != 0 && i != 3) continue;  // sizes, not features
       // Leaf 0x80000008: EAX holds the address sizes (below), ECX core counts; EBX is features.
       if (leaf.function == 0x80000008 && i != 1) continue;
-      const uint32_t missing = regs_saved[i] & ~regs_host[i];
+      // (An older template's guest may have seen bits this vmm now withholds: restored as saved.)
+      const uint32_t missing = regs_saved[i] & ~regs_host[i] & ~withheld_cpuid_bits(leaf.function, leaf.index, i);
       if (missing) {
         return fail("{}: vCPU {} saw CPUID leaf {:#x}.{} {} bits {:#x} that this host does not offer", file, vcpu,
                     leaf.function, leaf.index, kNames[i], missing);
@@ -330,6 +331,7 @@ Result<> restore(Machine& machine, const StateFile& state, std::string_view file
     auto bytes = state.require(id, file);
     if (!bytes) return std::unexpected(bytes.error());
     ByteReader r(*bytes, fmt::format("{}: section {}", file, id));
+    r.set_format_minor(state.minor);
     if (auto ok = d.state->restore(r); !ok) return ok;
     if (auto f = r.finish(); !f) return f;
   }
@@ -337,8 +339,8 @@ Result<> restore(Machine& machine, const StateFile& state, std::string_view file
   auto kernel = read_kernel_state(state, file);
   if (!kernel) return std::unexpected(kernel.error());
   if (auto ok = vm.restore_irqchips(*kernel); !ok) return std::unexpected(ok.error().context(file));
-  if (timers == Timers::AsSaved) {
-    if (auto ok = vm.restore_timers(*kernel, /*clock_to_now=*/false); !ok) return std::unexpected(ok.error().context(file));
+  if (timers != Timers::AtStart) {
+    if (auto ok = vm.restore_timers(*kernel, /*clock_to_now=*/timers == Timers::AsSavedToNow); !ok) return std::unexpected(ok.error().context(file));
   }
   for (size_t i = 0; i < vm.vcpu_count(); ++i) {
     auto bytes = state.require(vcpu_id(i), file);

@@ -49,7 +49,11 @@ Result<VcpuState> read_vcpu(ByteReader& r);
 
 /// What restore() does with the PIT and kvmclock.
 enum class Timers {
-  AsSaved,  ///< loaded as saved (a fork's child continues its parent's clock)
+  AsSaved,  ///< loaded as saved
+  /// Loaded as saved, the clock brought to the present (a fork's child: its parent's clock ran on
+  /// while the fork copied its disks, seconds on a file system without reflinks, which the child's
+  /// clock lagged by), the guest told it was stopped.
+  AsSavedToNow,
   /// Left alone until the machine starts, when step_clock() loads them. A pool's member waits
   /// restored for its request: a PIT loaded ahead ticked meanwhile, and the tick it left raised in
   /// the 8259 reached the clone before anything else (an interrupt handled that the guest never

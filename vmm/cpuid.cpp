@@ -17,6 +17,9 @@ constexpr uint32_t kLeaf1EcxAvx = bit(28);
 constexpr uint32_t kLeaf1EcxF16c = bit(29);
 constexpr uint32_t kLeaf1EcxHypervisor = bit(31);
 constexpr uint32_t kLeaf1EdxHtt = bit(28);
+constexpr uint32_t kLeaf1EcxVmx = bit(5);
+constexpr uint32_t kExt1EcxSvm = bit(2);            // leaf 0x80000001
+constexpr uint32_t kExt7EdxInvariantTsc = bit(8);   // leaf 0x80000007
 // Leaf 7 subleaf 0 EBX: AVX2 (5), AVX-512 F/DQ (16,17), IFMA (21), PF/ER/CD (26-28), BW/VL (30,31).
 constexpr uint32_t kLeaf7EbxAvxFamily = bit(5) | bit(16) | bit(17) | bit(21) | bit(26) | bit(27) | bit(28) |
                                         bit(30) | bit(31);
@@ -60,6 +63,14 @@ void drop_host_apic_ids(CpuidEntries& supported) {
   }
 }
 
+uint32_t withheld_cpuid_bits(uint32_t function, uint32_t index, int reg) {
+  if (index != 0) return 0;
+  if (function == 1 && reg == 2) return kLeaf1EcxVmx;
+  if (function == 0x80000001 && reg == 2) return kExt1EcxSvm;
+  if (function == 0x80000007 && reg == 3) return kExt7EdxInvariantTsc;
+  return 0;
+}
+
 CpuidEntries make_cpuid(const CpuidEntries& supported, CpuTemplate tmpl, uint32_t index, uint32_t vcpu_count) {
   CpuidEntries out;
   out.reserve(supported.size());
@@ -78,6 +89,19 @@ CpuidEntries make_cpuid(const CpuidEntries& supported, CpuTemplate tmpl, uint32_
           e.edx &= ~kLeaf1EdxHtt;
         }
         e.ecx |= kLeaf1EcxHypervisor;
+        // Hardware virtualization is not offered: a snapshot does not carry nested state
+        // (KVM_GET_NESTED_STATE), and a guest kernel that turned VMX on (Linux 6.12+ does as
+        // kvm_intel loads) would fault in its clones at its next VMX instruction.
+        e.ecx &= ~kLeaf1EcxVmx;
+        break;
+      case 0x80000001:
+        e.ecx &= ~kExt1EcxSvm;
+        break;
+      case 0x80000007:
+        // Not invariant TSC: a guest told so leaves kvm-clock for the raw TSC, which a restore
+        // does not step, and every clone's clock read the template's time (QEMU, too, treats
+        // invtsc as unmigratable).
+        e.edx &= ~kExt7EdxInvariantTsc;
         break;
       case 0xb:
       case 0x1f:

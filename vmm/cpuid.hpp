@@ -26,7 +26,12 @@ std::string_view cpu_template_name(CpuTemplate t);
 /// the same whichever CPU asked. make_cpuid() sets them per vCPU.
 void drop_host_apic_ids(CpuidEntries& supported);
 
-/// The CPUID table for vCPU `index` of `vcpu_count`, derived from `supported`.
+/// The CPUID table for vCPU `index` of `vcpu_count`, derived from `supported`. Whatever the
+/// template, no VMX or SVM (a snapshot does not carry nested state) and no invariant TSC (a
+/// restored guest's clock is stepped through kvmclock).
 CpuidEntries make_cpuid(const CpuidEntries& supported, CpuTemplate tmpl, uint32_t index, uint32_t vcpu_count);
+/// Bits make_cpuid() withholds since 2026-12-08 that a template made before may have shown its
+/// guest (it is restored with them, as it saw them): for the compatibility check.
+uint32_t withheld_cpuid_bits(uint32_t function, uint32_t index, int reg);
 
 }  // namespace vmm

@@ -109,6 +109,36 @@ Result<> Vcpu::set_msrs(std::span<const kvm_msr_entry> msrs) {
   return {};
 }
 
+namespace {
+
+/// MSRs whose loss would break a restored guest: the syscall entry points, the TSC, TSC_AUX and
+/// the deadline timer, PAT, and KVM's paravirtual clock, async page fault, steal time and PV EOI
+/// areas. Any other MSR the host refuses (to read at a capture, or to write at a restore) is
+/// skipped; one of these is an error either way.
+bool msr_matters(uint32_t index) {
+  switch (index) {
+    case kMsrTsc:
+    case 0x174: case 0x175: case 0x176:  // SYSENTER_CS/ESP/EIP
+    case 0x1a0:       // IA32_MISC_ENABLE
+    case 0x277:       // IA32_PAT
+    case 0x6e0:       // IA32_TSC_DEADLINE
+    case 0xc0000081: case 0xc0000082: case 0xc0000083: case 0xc0000084:  // STAR, LSTAR, CSTAR, SFMASK
+    case 0xc0000102:  // KERNEL_GS_BASE
+    case 0xc0000103:  // TSC_AUX: RDTSCP/RDPID's CPU number (Linux's entry code finds its per-CPU
+                      // area with it: lost, every CPU would take CPU 0's)
+    case 0x4b564d00: case 0x4b564d01:  // MSR_KVM_WALL_CLOCK_NEW, MSR_KVM_SYSTEM_TIME_NEW
+    case 0x4b564d02: case 0x4b564d03: case 0x4b564d04:  // async PF, steal time, PV EOI
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
+/// KVM reads or writes at most 255 MSRs per call (MAX_IO_MSRS: E2BIG from 256 on).
+constexpr size_t kMsrBatch = 255;
+
 Result<std::vector<kvm_msr_entry>> Vcpu::get_msrs(std::span<const uint32_t> indices) const {
   kvm_abi::FlexBuffer<kvm_abi::MsrsHeader, kvm_msr_entry> buf(indices.size());
   buf.header().nmsrs = static_cast<uint32_t>(indices.size());
@@ -143,13 +173,20 @@ Result<VcpuState> Vcpu::save(std::span<const uint32_t> msr_indices, size_t xsave
   if (auto e = ioctl_get(KVM_GET_LAPIC, &s.lapic, "KVM_GET_LAPIC"); !e) return std::unexpected(e.error());
   if (auto e = ioctl_get(KVM_GET_VCPU_EVENTS, &s.events, "KVM_GET_VCPU_EVENTS"); !e) return std::unexpected(e.error());
   if (auto e = ioctl_get(KVM_GET_DEBUGREGS, &s.debugregs, "KVM_GET_DEBUGREGS"); !e) return std::unexpected(e.error());
-  // Read MSRs one batch at a time, skipping any KVM refuses (it stops at the first failure).
+  // Read MSRs one batch at a time, skipping any KVM refuses (it stops at the first failure) unless
+  // a restored guest needs it: a template without its syscall entry points restored "fine", and
+  // its guest crashed at its first system call.
   size_t pos = 0;
   while (pos < msr_indices.size()) {
-    auto got = get_msrs(msr_indices.subspan(pos));
+    const auto batch = msr_indices.subspan(pos, std::min(kMsrBatch, msr_indices.size() - pos));
+    auto got = get_msrs(batch);
     if (!got) return std::unexpected(got.error());
     s.msrs.insert(s.msrs.end(), got->begin(), got->end());
-    pos += got->size() + 1;  // skip the unreadable one
+    pos += got->size();
+    if (got->size() < batch.size()) {
+      if (msr_matters(msr_indices[pos])) return fail("vCPU {}: KVM_GET_MSRS refused MSR {:#x}, which a restored guest needs", index_, msr_indices[pos]);
+      ++pos;  // skip the unreadable one
+    }
   }
   auto khz = tsc_khz();
   if (!khz) return std::unexpected(khz.error());
@@ -157,29 +194,6 @@ Result<VcpuState> Vcpu::save(std::span<const uint32_t> msr_indices, size_t xsave
   return s;
 }
 
-namespace {
-
-/// MSRs whose loss would break a restored guest: the syscall entry points, the TSC and its
-/// deadline timer, PAT, and KVM's paravirtual clock, async page fault, steal time and PV EOI
-/// areas. Any other MSR the host refuses on restore is skipped.
-bool msr_matters(uint32_t index) {
-  switch (index) {
-    case kMsrTsc:
-    case 0x174: case 0x175: case 0x176:  // SYSENTER_CS/ESP/EIP
-    case 0x1a0:       // IA32_MISC_ENABLE
-    case 0x277:       // IA32_PAT
-    case 0x6e0:       // IA32_TSC_DEADLINE
-    case 0xc0000081: case 0xc0000082: case 0xc0000083: case 0xc0000084:  // STAR, LSTAR, CSTAR, SFMASK
-    case 0xc0000102:  // KERNEL_GS_BASE
-    case 0x4b564d00: case 0x4b564d01:  // MSR_KVM_WALL_CLOCK_NEW, MSR_KVM_SYSTEM_TIME_NEW
-    case 0x4b564d02: case 0x4b564d03: case 0x4b564d04:  // async PF, steal time, PV EOI
-      return true;
-    default:
-      return false;
-  }
-}
-
-}  // namespace
 
 Result<> Vcpu::restore(const VcpuState& s) {
   // KVM API (Documentation/virt/kvm/api.rst) constraints, in the order Firecracker's vCPU restore
@@ -204,12 +218,16 @@ Result<> Vcpu::restore(const VcpuState& s) {
   // skipped and the rest written.
   std::span<const kvm_msr_entry> rest(s.msrs);
   while (!rest.empty()) {
-    kvm_abi::FlexBuffer<kvm_abi::MsrsHeader, kvm_msr_entry> buf(rest.size());
-    buf.header().nmsrs = static_cast<uint32_t>(rest.size());
-    std::copy(rest.begin(), rest.end(), buf.elements());
+    const size_t count = std::min(kMsrBatch, rest.size());
+    kvm_abi::FlexBuffer<kvm_abi::MsrsHeader, kvm_msr_entry> buf(count);
+    buf.header().nmsrs = static_cast<uint32_t>(count);
+    std::copy(rest.begin(), rest.begin() + static_cast<ptrdiff_t>(count), buf.elements());
     const int n = ::ioctl(fd_.get(), kvm_abi::kSetMsrs, buf.data());
     if (n < 0) return fail("vCPU {}: KVM_SET_MSRS: {}", index_, errno_text(errno));
-    if (static_cast<size_t>(n) >= rest.size()) break;
+    if (static_cast<size_t>(n) >= count) {
+      rest = rest.subspan(count);
+      continue;
+    }
     const uint32_t refused = rest[static_cast<size_t>(n)].index;
     if (msr_matters(refused)) return fail("vCPU {}: KVM_SET_MSRS refused MSR {:#x}, which the guest needs", index_, refused);
     rest = rest.subspan(static_cast<size_t>(n) + 1);

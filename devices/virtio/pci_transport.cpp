@@ -221,7 +221,7 @@ void PciTransport::config_write(uint8_t reg, uint32_t value, uint8_t byte_mask) 
 
 PciConfig::State PciTransport::with_pci_cfg_cap(PciConfig::State saved) const {
   // A state saved before 2026-12-08 (state format 1.0) ends its capability list at MSI-X and has
-  // zeros where the capability now is.
+  // zeros where the capability now is (anything else is left to the check that refuses it).
   if (pci_cfg_cap_ == 0 || msix_cap_ == 0 || saved[msix_cap_ + 1] != 0) return saved;
   if (!std::all_of(saved.begin() + pci_cfg_cap_, saved.begin() + pci_cfg_cap_ + 20, [](uint8_t b) { return b == 0; })) {
     return saved;
@@ -664,7 +664,8 @@ void PciTransport::save(ByteWriter& out) const {
 Result<> PciTransport::restore(ByteReader& in) {
   State st;
   if (auto r = in.get_into(st.config, "pci_config"); !r) return r;
-  st.config = with_pci_cfg_cap(st.config);
+  // (State format 1.0, before the capability: given it. A later one that lacks it is refused.)
+  if (in.format_minor() && *in.format_minor() < 1) st.config = with_pci_cfg_cap(st.config);
   {
     // Read-only bits must be this device's own (another kind of device, or a corrupt file).
     PciConfig probe = config_;

@@ -52,6 +52,29 @@ TEST_CASE("cpuid: per-vCPU APIC ids and the baseline template") {
   CHECK((base[0].ecx & 1u) != 0);          // SSE3 kept
 }
 
+// No hardware virtualization (a snapshot carries no nested state) and no invariant TSC (a restored
+// guest's clock is stepped through kvmclock), whatever the template; the rest of those leaves kept.
+TEST_CASE("cpuid: VMX, SVM and invariant TSC are withheld") {
+  vmm::CpuidEntries supported(3);
+  supported[0].function = 1;
+  supported[0].ecx = 0x7fffffffu;
+  supported[1].function = 0x80000001;
+  supported[1].ecx = 0xffffffffu;
+  supported[2].function = 0x80000007;
+  supported[2].edx = 0xffffffffu;
+  for (auto t : {vmm::CpuTemplate::Host, vmm::CpuTemplate::Baseline}) {
+    auto c = vmm::make_cpuid(supported, t, 0, 1);
+    REQUIRE(c.size() == 3);
+    CHECK((c[0].ecx & (1u << 5)) == 0);
+    CHECK((c[0].ecx & 1u) != 0);
+    CHECK(c[1].ecx == ~(1u << 2));
+    CHECK(c[2].edx == ~(1u << 8));
+  }
+  CHECK(vmm::withheld_cpuid_bits(1, 0, 2) == (1u << 5));
+  CHECK(vmm::withheld_cpuid_bits(1, 0, 3) == 0);
+  CHECK(vmm::withheld_cpuid_bits(0x80000007, 0, 3) == (1u << 8));
+}
+
 // Leaf 4's EAX[31:26] (cores per package - 1) saturates at 63: its six bits wrapped, 65 vCPUs read as 1.
 TEST_CASE("cpuid: leaf 4's core count saturates rather than wraps") {
   vmm::CpuidEntries supported(1);

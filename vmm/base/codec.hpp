@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -158,6 +159,10 @@ class ByteReader {
   size_t remaining() const { return bytes_.size() - pos_; }
   size_t position() const { return pos_; }
   const std::string& context() const { return context_; }
+  /// The minor version of the file format being read, where the caller knows it (a state file's):
+  /// a reader of an older one's layout looks here. Unset: this vmm's own.
+  void set_format_minor(uint16_t minor) { format_minor_ = minor; }
+  std::optional<uint16_t> format_minor() const { return format_minor_; }
   /// An error in this reader's context: "{context}: {field}: {message}".
   Error error(std::string_view field, std::string_view message) const {
     return Error(fmt::format("{}: {}: {}", context_, field, message));
@@ -167,6 +172,7 @@ class ByteReader {
   std::span<const uint8_t> bytes_;
   size_t pos_ = 0;
   std::string context_;
+  std::optional<uint16_t> format_minor_;
 };
 
 }  // namespace vmm
