@@ -251,30 +251,26 @@ std::optional<PciTransport::PciCfgWindow> PciTransport::pci_cfg_window() const {
 
 // ---- BARs ----------------------------------------------------------------------------------------
 
+std::optional<std::pair<unsigned, uint64_t>> PciTransport::decode_locked(uint64_t addr) const {
+  if (!(config_.command() & kPciCommandMemory)) return std::nullopt;
+  const uint64_t b0 = bar0(), b1 = bar1();
+  if (addr >= b1 && addr - b1 < kBar1Size) return std::pair{1u, addr - b1};
+  if (addr >= b0 && addr - b0 < kBar0Size) return std::pair{0u, addr - b0};
+  return std::nullopt;
+}
+
 bool PciTransport::mmio_read(uint64_t addr, std::span<uint8_t> data) {
   std::unique_lock lock(device_->mutex());
-  if (!(config_.command() & kPciCommandMemory)) return false;
-  const uint64_t b0 = bar0(), b1 = bar1();
-  if (addr >= b1 && addr - b1 < kBar1Size) {
-    bar_read_locked(lock, 1, addr - b1, data);
-    return true;
-  }
-  if (addr < b0 || addr - b0 >= kBar0Size) return false;
-  bar_read_locked(lock, 0, addr - b0, data);
-  return true;
+  const auto at = decode_locked(addr);
+  if (at) bar_read_locked(lock, at->first, at->second, data);
+  return at.has_value();
 }
 
 bool PciTransport::mmio_write(uint64_t addr, std::span<const uint8_t> data) {
   std::unique_lock lock(device_->mutex());
-  if (!(config_.command() & kPciCommandMemory)) return false;
-  const uint64_t b0 = bar0(), b1 = bar1();
-  if (addr >= b1 && addr - b1 < kBar1Size) {
-    bar_write_locked(lock, 1, addr - b1, data);
-    return true;
-  }
-  if (addr < b0 || addr - b0 >= kBar0Size) return false;
-  bar_write_locked(lock, 0, addr - b0, data);
-  return true;
+  const auto at = decode_locked(addr);
+  if (at) bar_write_locked(lock, at->first, at->second, data);
+  return at.has_value();
 }
 
 void PciTransport::bar_read_locked(std::unique_lock<std::mutex>& lock, unsigned bar, uint64_t off,

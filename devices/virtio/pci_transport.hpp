@@ -19,6 +19,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "devices/msix.hpp"
@@ -106,6 +107,8 @@ class PciTransport final : public PciFunction, public Interrupt, public Snapshot
   void raise(uint8_t isr_bits, uint16_t vector);
   void intx_resample();
   void log_ignored_notify(const std::string& what);
+  /// The BAR (0 or 1) and offset in it that `addr` falls in, with memory decoding on.
+  std::optional<std::pair<unsigned, uint64_t>> decode_locked(uint64_t addr) const;
   /// An access at `off` in BAR `bar` (0 or 1, off inside it), from the BAR itself or through the
   /// PCI configuration access capability. May unlock `lock` (MSI-X has its own lock).
   void bar_read_locked(std::unique_lock<std::mutex>& lock, unsigned bar, uint64_t off, std::span<uint8_t> data);

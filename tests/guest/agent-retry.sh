@@ -10,15 +10,9 @@ set -uo pipefail
 agent=$1
 [[ -x $agent ]] || { echo "agent-retry: $agent is not built"; exit 1; }
 if [[ $(id -u) != 0 ]] || ! unshare -mn true 2>/dev/null; then echo "agent-retry: skipped (needs root and unshare)"; exit 77; fi
-work=$(mktemp -d /tmp/vmm-agent-retry.XXXXXX)
-pid=""
-trap '[[ -n $pid ]] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
-fail=0
-bad() { echo "agent-retry: FAIL $*"; fail=1; }
-net=$work/net
-mkdir -p "$net/eth0/device"
-ln -s /sys/bus/virtio/drivers/virtio_net "$net/eth0/device/driver"
-echo 52:54:00:12:34:56 >"$net/eth0/address"
+# shellcheck source=agent-lib.sh
+. "$(dirname "$0")/agent-lib.sh"
+agent_setup agent-retry
 mk() {  # mk GENERATION: the identity file, written whole at once
   printf 'generation=%s\nmac0=02:00:00:00:00:01\n' "$1" >"$work/id.new"
   truncate -s 1024 "$work/id.new"

@@ -13,15 +13,9 @@ agent=$1
 if [[ $(id -u) != 0 ]] || ! unshare -mn true 2>/dev/null || [[ ! -d /etc/ssh ]] || [[ ! -x /usr/bin/ssh-keygen ]]; then
   echo "agent-superseded: skipped (needs root, unshare, /etc/ssh and /usr/bin/ssh-keygen)"; exit 77
 fi
-work=$(mktemp -d /tmp/vmm-agent-superseded.XXXXXX)
-pid=""
-trap '[[ -n $pid ]] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
-fail=0
-bad() { echo "agent-superseded: FAIL $*"; fail=1; }
-net=$work/net
-mkdir -p "$net/eth0/device"
-ln -s /sys/bus/virtio/drivers/virtio_net "$net/eth0/device/driver"
-echo 52:54:00:12:34:56 >"$net/eth0/address"
+# shellcheck source=agent-lib.sh
+. "$(dirname "$0")/agent-lib.sh"
+agent_setup agent-superseded
 mk() {  # mk GENERATION MAC: the identity file, written whole at once (DHCP)
   printf 'generation=%s\nmac0=%s\nip=dhcp\n' "$1" "$2" >"$work/id.new"
   truncate -s 1024 "$work/id.new"

@@ -278,11 +278,15 @@ wait "$pid_p"; st=$?
 # A guest that takes no interrupts (deaf: halted with them off) ignores the button: a hard stop
 # follows. (These used the echo guest, whose busy poll of the UART kept the nested lane's one L1 CPU
 # to itself through the timeout; L1 froze twice in such a window.)
-start_vm e --kernel "$guest" --cmdline deaf
-exec 3>&-
-wait_for "$work/e.out" "^deaf: halted" || bad "the deaf guest did not start"
-n=0
-while [ ! -S "$VMM_STATE_DIR/run/e/api.sock" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+# start_deaf NAME: the deaf guest running as NAME, its API serving.
+start_deaf() {
+  start_vm "$1" --kernel "$guest" --cmdline deaf
+  exec 3>&-
+  wait_for "$work/$1.out" "^deaf: halted" || bad "the deaf guest $1 did not start"
+  n=0
+  while [ ! -S "$VMM_STATE_DIR/run/$1/api.sock" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+}
+start_deaf e
 "$vmm" stop e --timeout 5 --no-wait || bad "stop e"
 sleep 0.3
 [ -e "$VMM_STATE_DIR/run/e" ] && ok "a guest that ignores the button still runs right after vmm stop --no-wait" || bad "e ended at once"
@@ -296,11 +300,7 @@ while [ -e "$VMM_STATE_DIR/run/e" ] && [ $n -lt 150 ]; do sleep 0.1; n=$((n + 1)
 wait "$pid_e"; st=$?
 [ "$st" = 0 ] && [ ! -e "$VMM_STATE_DIR/run/e" ] && ! grep -q "power button" "$work/e.out" && ok "...and is stopped hard after the timeout" || { bad "hard stop: status $st"; tail -n 5 "$work/e.out" "$work/e.err"; }
 # Without --no-wait, vmm stop waits through the timeout and the hard stop.
-start_vm e2 --kernel "$guest" --cmdline deaf
-exec 3>&-
-wait_for "$work/e2.out" "^deaf: halted" || bad "the deaf guest did not start"
-n=0
-while [ ! -S "$VMM_STATE_DIR/run/e2/api.sock" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+start_deaf e2
 start=$(date +%s)
 "$vmm" stop e2 --timeout 2 || bad "stop e2"
 took=$(($(date +%s) - start))
@@ -309,11 +309,7 @@ ended "$pid_e2" && [ "$took" -ge 1 ] && [ "$took" -le 12 ] && ok "vmm stop waits
 wait "$pid_e2"
 # A stop with a shorter timeout than the one under way brings the hard stop nearer: --timeout 0
 # after --timeout 60 stops it now (the second was refused, or then waited out the first's 60 s).
-start_vm e3 --kernel "$guest" --cmdline deaf
-exec 3>&-
-wait_for "$work/e3.out" "^deaf: halted" || bad "the deaf guest did not start"
-n=0
-while [ ! -S "$VMM_STATE_DIR/run/e3/api.sock" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+start_deaf e3
 "$vmm" stop e3 --timeout 60 --no-wait || bad "stop e3 --timeout 60"
 start=$(date +%s)
 "$vmm" stop e3 --timeout 0 >"$work/e" 2>&1; st=$?
