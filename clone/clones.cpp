@@ -456,7 +456,7 @@ Result<NetPlan> plan_nets(std::string_view who, const std::vector<NetSpec>& patt
     if (auto r = check_gateway(gateway); !r) return std::unexpected(r.error());
     plan.gateway = gateway;
   }
-  if (auto r = check_not_gateway(plan.ip, 1, plan.gateway.empty() ? source.gateway : plan.gateway); !r) return std::unexpected(r.error());
+  if (auto r = check_ip_gateway(plan.ip, 1, plan.gateway.empty() ? source.gateway : plan.gateway); !r) return std::unexpected(r.error());
   for (const auto& n : plan.nets) {
     if (!n.netns.empty() && plan.ip.empty()) {
       plan.ip = source.ip;

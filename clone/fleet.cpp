@@ -119,7 +119,7 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
     // Every clone's address, checked before the first starts.
     if (auto last = ip_plus(o.ip, count - 1); !last) return report_error(exit_code::kUsage, last.error().message());
     const std::string& gateway = o.gateway.empty() ? t.manifest.gateway : o.gateway;
-    if (auto r = check_not_gateway(o.ip, count, gateway); !r) return report_error(exit_code::kUsage, r.error().message());
+    if (auto r = check_ip_gateway(o.ip, count, gateway); !r) return report_error(exit_code::kUsage, r.error().message());
   }
   std::vector<Member> members(count);
   for (unsigned i = 0; i < count; ++i) {

@@ -239,7 +239,7 @@ class Pool {
     }
     // Not the gateway's address (the request's, else the template's): the clone would answer ARP
     // for its network's router. As a single clone's, a fleet's and a fork's are checked.
-    if (auto g = check_not_gateway(clone.ip, 1, clone.gateway.empty() ? t_.manifest.gateway : clone.gateway); !g) {
+    if (auto g = check_ip_gateway(clone.ip, 1, clone.gateway.empty() ? t_.manifest.gateway : clone.gateway); !g) {
       return api::fault(400, g.error().message());
     }
     const auto t0 = std::chrono::steady_clock::now();

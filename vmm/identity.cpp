@@ -141,13 +141,23 @@ Result<std::string> check_ip(std::string_view ip) {
   return fmt::format("{}/{}", format_ipv4(*a), prefix);
 }
 
-Result<> check_not_gateway(std::string_view ip, uint32_t count, std::string_view gateway) {
+Result<> check_ip_gateway(std::string_view ip, uint32_t count, std::string_view gateway) {
   if (ip == "dhcp" || gateway.empty() || count == 0) return {};
   auto a = parse_ipv4(ip.substr(0, ip.find('/')));
   auto g = parse_ipv4(gateway);
   if (!a || !g) return {};  // (checked by check_ip and check_gateway)
   if (*g >= *a && uint64_t{*g} - *a < count) {
     return fail("--ip {}: {} the gateway's address ({})", ip, count == 1 ? "is" : fmt::format("the {} addresses from it take in", count), gateway);
+  }
+  // A default route is through a neighbour: Linux refuses one via an address off every network
+  // the guest is on (ENETUNREACH), and the agent would fail to apply the identity. (The range stays
+  // in the first address's network: ip_plus.)
+  const size_t slash = ip.find('/');
+  unsigned prefix = 24;
+  if (slash != std::string_view::npos) std::from_chars(ip.data() + slash + 1, ip.data() + ip.size(), prefix);
+  const uint32_t mask = prefix == 0 ? 0 : ~uint32_t{0} << (32 - std::min(prefix, 32u));
+  if ((*g & mask) != (*a & mask)) {
+    return fail("--gateway {}: not on the /{} network of --ip {} (the guest could not route through it)", gateway, prefix, ip);
   }
   return {};
 }

@@ -34,8 +34,9 @@ Result<> check_hostname(std::string_view hostname);
 Result<std::string> check_ip(std::string_view ip);
 Result<> check_gateway(std::string_view gateway);
 /// Refuses `count` consecutive addresses from `ip` (a checked --ip, or dhcp) that take in the
-/// `gateway`'s (a checked one, or none): a clone would answer for its network's router.
-Result<> check_not_gateway(std::string_view ip, uint32_t count, std::string_view gateway);
+/// `gateway`'s (a checked one, or none): a clone would answer for its network's router; and a
+/// gateway outside the addresses' network: no route can go through it.
+Result<> check_ip_gateway(std::string_view ip, uint32_t count, std::string_view gateway);
 /// The IPv4 address `k` after `ip` (A.B.C.D/P, same prefix): the addresses of a fleet's clones.
 /// Fails past 255.255.255.255 or outside the prefix's network.
 Result<std::string> ip_plus(std::string_view ip, uint32_t k);

@@ -214,7 +214,7 @@ for w in $(ls -A "$VMM_STATE_DIR/run" | sed -n 's/^\.\(idt-[0-9a-f]*\)\.new\..*/
 if command -v curl >/dev/null; then
   code=$(curl -s --max-time 20 -o "$work/body" -w "%{http_code}" --unix-socket "$psock" -X POST -d '{"bogus":1}' http://x/clones)
   [ "$code" = 400 ] && grep -q "unknown field" "$work/body" && ok "POST /clones with an unknown field: 400" || bad "pool bad field: $code"
-  for body in '{"hostname":"a;reboot"}' '{"ip":"10.0.0.1/40"}' '{"gateway":"10.0.0.1/24"}' '{"ip":"10.1.0.1/24","gateway":"10.1.0.1"}'; do
+  for body in '{"hostname":"a;reboot"}' '{"ip":"10.0.0.1/40"}' '{"gateway":"10.0.0.1/24"}' '{"ip":"10.1.0.1/24","gateway":"10.1.0.1"}' '{"ip":"10.2.0.5/24","gateway":"10.1.0.1"}'; do
     code=$(curl -s --max-time 20 -o "$work/body" -w "%{http_code}" --unix-socket "$psock" -X POST -d "$body" http://x/clones)
     [ "$code" = 400 ] && grep -q "fault_message" "$work/body" && ok "POST /clones $body: 400" || bad "pool $body: $code"
   done

@@ -149,17 +149,25 @@ TEST_CASE("identity: --hostname, --ip and --gateway") {
   CHECK_FALSE(ip_plus("10.0.0.250/24", 5));  // 10.0.0.255: the broadcast
   CHECK(*ip_plus("10.0.0.250/24", 4) == "10.0.0.254/24");
   // A range of clones' addresses that takes in the gateway's.
-  CHECK(vmm::check_not_gateway("10.0.0.100/24", 154, "10.0.0.254"));  // 100..253
-  CHECK(vmm::check_not_gateway("10.0.0.100/24", 155, "10.0.0.99"));
-  auto gw = vmm::check_not_gateway("10.0.0.100/24", 155, "10.0.0.254");
+  CHECK(vmm::check_ip_gateway("10.0.0.100/24", 154, "10.0.0.254"));  // 100..253
+  CHECK(vmm::check_ip_gateway("10.0.0.100/24", 155, "10.0.0.99"));
+  auto gw = vmm::check_ip_gateway("10.0.0.100/24", 155, "10.0.0.254");
   REQUIRE_FALSE(gw);
   CHECK(gw.error().message() == "--ip 10.0.0.100/24: the 155 addresses from it take in the gateway's address (10.0.0.254)");
-  auto one = vmm::check_not_gateway("10.0.0.1/24", 1, "10.0.0.1");
+  auto one = vmm::check_ip_gateway("10.0.0.1/24", 1, "10.0.0.1");
   REQUIRE_FALSE(one);
   CHECK(one.error().message() == "--ip 10.0.0.1/24: is the gateway's address (10.0.0.1)");
-  CHECK(vmm::check_not_gateway("10.0.0.2/24", 10, "10.0.0.1"));
-  CHECK(vmm::check_not_gateway("dhcp", 10, "10.0.0.1"));
-  CHECK(vmm::check_not_gateway("10.0.0.2/24", 10, ""));
+  CHECK(vmm::check_ip_gateway("10.0.0.2/24", 10, "10.0.0.1"));
+  CHECK(vmm::check_ip_gateway("dhcp", 10, "10.0.0.1"));
+  CHECK(vmm::check_ip_gateway("10.0.0.2/24", 10, ""));
+  // A gateway off the addresses' network: no default route can go through it.
+  auto off = vmm::check_ip_gateway("10.0.1.5/24", 1, "10.0.0.1");
+  REQUIRE_FALSE(off);
+  CHECK(off.error().message() == "--gateway 10.0.0.1: not on the /24 network of --ip 10.0.1.5/24 (the guest could not route through it)");
+  CHECK_FALSE(vmm::check_ip_gateway("10.0.0.5/32", 1, "10.0.0.1"));
+  CHECK(vmm::check_ip_gateway("10.0.1.5/16", 1, "10.0.0.1"));
+  CHECK(vmm::check_ip_gateway("10.0.0.4/31", 1, "10.0.0.5"));
+  CHECK(vmm::check_ip_gateway("10.0.0.5/0", 1, "192.168.0.1"));
 }
 
 TEST_CASE("identity: the channel's keys") {

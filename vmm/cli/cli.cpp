@@ -87,7 +87,7 @@ std::optional<std::string> validate(BootOptions& o, const std::string& memory_te
     if (auto r = check_gateway(o.gateway); !r) return r.error().message();
   }
   // (As clones, forks and fleets check it: a guest at its gateway's address answers for its router.)
-  if (auto r = check_not_gateway(o.ip, 1, o.gateway); !r) return r.error().message();
+  if (auto r = check_ip_gateway(o.ip, 1, o.gateway); !r) return r.error().message();
   return std::nullopt;
 }
 
