@@ -453,6 +453,7 @@ Result<json> fork_vm(const std::shared_ptr<LiveVm>& vm, const api::ForkRequest& 
     plan.paused = children_paused;
   }
   if (auto r = plan_networks(*vm, request, plans); !r) return std::unexpected(r.error());
+  window.begin();  // the request is sound: what fails from here (a directory, a pipe) is ours
 
   // While the guest runs: each child's directory, its record and the pipe it reports on (nothing
   // here depends on the VM's state). A fork that fails leaves none of them behind.
@@ -669,7 +670,11 @@ Result<> flatten(Machine& m, devices::virtio::Block& blk, const fs::path& out) {
 Result<json> snapshot_vm(const std::shared_ptr<LiveVm>& vm, const api::SnapshotRequest& request, const api::PauseWindow& window) {
   Machine& m = *vm->machine;
   auto draft = begin_template(vm->state_dir.string(), request.dir);
+  // A destination that is no template's name or is taken: the request's; a directory that could
+  // not be made: ours.
+  if (!draft && draft.error().status != exit_code::kUsage) window.begin();
   if (!draft) return fail("{}", draft.error().message);
+  window.begin();
   const fs::path tmp = (*draft)->tmp;
   const fs::path* dest = &(*draft)->dest;
 

@@ -177,6 +177,9 @@ if command -v curl >/dev/null; then
   head -c 70000 /dev/zero | tr '\0' ' ' >"$work/big"
   expect_api too_large 413 "too large" -- -X PUT --data-binary @"$work/big" http://x/vm/pause
   expect_api snapshot_no_dir 400 "'dir'" -- -X PUT -d '{}' http://x/vm/snapshot
+  # A destination taken is the request's fault (400); one the server cannot make is its own (500).
+  expect_api snapshot_taken 400 "already exists" -- -X PUT -d "{\"dir\":\"$work\"}" http://x/vm/snapshot
+  expect_api snapshot_unmakeable 500 "cannot create" -- -X PUT -d '{"dir":"/proc/vmm-none/t"}' http://x/vm/snapshot
   # A fork through the API: its child, and where the time went (prepared while the guest ran, then
   # paused for the rest). The child is stopped with the others below.
   expect_api fork 200 '^\{"capture_ms":[0-9.e-]+,"children":\[\{"name":"p-[0-9a-f]+","pid":[0-9]+\}\],"disks_ms":[0-9.e-]+,"fork_ms":[0-9.e-]+,"paused_ms":[0-9.e-]+,"prepare_ms":[0-9.e-]+,"quiesce_ms":[0-9.e-]+,"resume_ms":[0-9.e-]+\}$' -- -X PUT -d '{"count":1}' http://x/vm/fork

@@ -332,7 +332,7 @@ HttpResponse VmService::paused_operation(const PauseOptions& options, const std:
   double quiesce_ms = 0, resume_ms = 0;
   double paused_ms = -1;  // how long this request kept the guest from running
   std::optional<Error> pause_error;
-  bool began = false;  // the operation got as far as pausing the VM: what fails from there is ours
+  bool began = false;  // the request was checked (PauseWindow::begin, pause): what fails from there is ours
   auto pause = [&]() -> Result<> {
     began = true;
     // A VM that started paused has its vCPUs parked but its I/O thread running: it is quiesced
@@ -379,10 +379,10 @@ HttpResponse VmService::paused_operation(const PauseOptions& options, const std:
       paused_ms = ms(*paused_at, r1);
     }
   };
-  auto result = op(PauseWindow{.pause = pause, .resume = resume});
+  auto result = op(PauseWindow{.begin = [&] { began = true; }, .pause = pause, .resume = resume});
   resume();
   if (pause_error) return fault(stopping() ? 409 : 500, pause_error->message());
-  // Refused before the VM was touched (a bad request, a name taken): the client's, 400. Failed
+  // Refused before the request was checked (a bad request, a name taken): the client's, 400. Failed
   // while doing it (a full disk, a fork the system refused): the server's, 500. Ended by a stop
   // that came meanwhile: 409, as a pause it ended.
   if (!result) return fault(stopping() ? 409 : began ? 500 : 400, result.error().message());

@@ -55,7 +55,10 @@ struct VmInfo {
 /// it already; an error leaves it running), resume() lets it run again, if the request asked for
 /// that, as soon as the operation no longer needs it paused. The operation prepares what it can
 /// before it calls pause(), so that the guest is stopped only for what must see it stopped.
+/// What fails before begin() or pause() is the request's (400: a name taken, a bad address); from
+/// either on it is the server's (500: a directory or a pipe it could not make, a full disk).
 struct PauseWindow {
+  std::function<void()> begin;
   std::function<Result<>()> pause;
   std::function<void()> resume;
 };
