@@ -255,9 +255,6 @@ std::expected<std::unique_ptr<PreparedClone>, Failure> prepare_clone(OpenTemplat
   c->machine = std::move(*machine);
   step("machine");
   Machine& m = *c->machine;
-  auto khz = m.vm().vcpu(0).tsc_khz();
-  if (!khz) return bad(exit_code::kVmmError, khz.error().message());
-  if (auto r = check_tsc(*shape, *khz, t.state_path); !r) return bad(exit_code::kImage, r.error().message());
   // Restored now but for its timers, which begin_clone() loads when the clone starts (the clock
   // stepped to the present), for a pool's clone later.
   if (auto r = restore(m, t.state, t.state_path, Timers::AtStart); !r) return bad(exit_code::kImage, r.error().message());

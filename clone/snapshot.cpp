@@ -253,14 +253,6 @@ Result<> check_cpu(const Kvm& kvm, const MachineShape& shape, std::string_view f
   return {};
 }
 
-Result<> check_tsc(const MachineShape& shape, uint32_t host_tsc_khz, std::string_view file) {
-  if (shape.tsc_khz != host_tsc_khz) {
-    return fail("{}: made on a host with a {} kHz TSC, this one has {} kHz (KVM cannot scale it here)", file,
-                shape.tsc_khz, host_tsc_khz);
-  }
-  return {};
-}
-
 Result<VmKernelState> read_kernel_state(const StateFile& state, std::string_view file) {
   auto bytes = state.require("kvm", file);
   if (!bytes) return std::unexpected(bytes.error());

@@ -23,7 +23,7 @@ struct MachineShape {
   // CPU-compatibility stamp.
   std::string vendor;     ///< CPUID leaf 0 vendor string
   uint32_t signature = 0;  ///< CPUID leaf 1 EAX: family, model, stepping
-  uint32_t tsc_khz = 0;
+  uint32_t tsc_khz = 0;  ///< vCPU 0's TSC rate (each vCPU's restore gives it its own saved rate)
   uint64_t xsave_size = 0;
 };
 
@@ -38,8 +38,6 @@ Result<MachineShape> read_shape(const StateFile& state, std::string_view file);
 /// RAM within this host's limits, and every CPUID feature each vCPU saw still offered here (the
 /// template's CPUID table recomputed on this host must have it), address sizes included.
 Result<> check_cpu(const Kvm& kvm, const MachineShape& shape, std::string_view file);
-/// And once a vCPU can be asked (KVM_GET_TSC_KHZ): the same TSC frequency.
-Result<> check_tsc(const MachineShape& shape, uint32_t host_tsc_khz, std::string_view file);
 
 /// KVM's per-VM state from the "kvm" section: the interrupt controllers, each in its own place,
 /// the IOAPIC where the guest's tables put it, the PIT with the flags capture() can save.

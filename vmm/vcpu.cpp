@@ -206,6 +206,20 @@ Result<> Vcpu::restore(const VcpuState& s) {
   //   (Firecracker issue #4099: guest processes stuck after restore);
   // - vCPU events last (pending exceptions, NMIs, interrupt shadow).
   if (s.xsave.size() < sizeof(kvm_abi::XsaveRegion)) return fail("vCPU {}: XSAVE area of {} bytes", index_, s.xsave.size());
+  // - The TSC rate as saved, before the TSC MSR is written (KVM computes the TSC's offset with the
+  //   rate's scaling ratio), as Firecracker's restore sets it. This host's rate differs a little
+  //   after a reboot (the kernel's calibration varies from boot to boot: KVM takes a rate within
+  //   250 ppm of its own as it is) and a lot on another CPU, which needs TSC scaling (VMX and SVM
+  //   have it; without it KVM refuses a slower rate). A clone refused over a kHz of calibration
+  //   could never be started from its template again.
+  if (s.tsc_khz != 0) {
+    auto now = tsc_khz();
+    if (!now) return std::unexpected(now.error());
+    if (*now != s.tsc_khz && ::ioctl(fd_.get(), KVM_SET_TSC_KHZ, static_cast<unsigned long>(s.tsc_khz)) != 0) {
+      return fail("vCPU {}: saved with a {} kHz TSC; this host's runs at {} kHz and KVM cannot give the guest that rate "
+                  "(no TSC scaling): KVM_SET_TSC_KHZ: {}", index_, s.tsc_khz, *now, errno_text(errno));
+    }
+  }
   if (auto e = ioctl_set(KVM_SET_MP_STATE, &s.mp_state, "KVM_SET_MP_STATE"); !e) return e;
   if (auto e = ioctl_set(KVM_SET_REGS, &s.regs, "KVM_SET_REGS"); !e) return e;
   if (auto e = ioctl_set(KVM_SET_SREGS, &s.sregs, "KVM_SET_SREGS"); !e) return e;
