@@ -43,11 +43,12 @@ Result<> set_flags_up(int sock, const std::string& name) {
   return {};
 }
 
-/// The /30 blocks of 10.200.0.0/16 that an address of this namespace's interfaces uses.
-std::set<uint32_t> used_outside_blocks() {
+/// The /30 blocks of 10.200.0.0/16 that an address of this namespace's interfaces uses. (Not
+/// knowing is an error: a block taken for a free one puts two VMs' namespaces on one address.)
+Result<std::set<uint32_t>> used_outside_blocks() {
   std::set<uint32_t> used;
   ifaddrs* list = nullptr;
-  if (::getifaddrs(&list) != 0) return used;
+  if (::getifaddrs(&list) != 0) return fail("the host's interface addresses (getifaddrs): {}", errno_text(errno));
   for (ifaddrs* a = list; a; a = a->ifa_next) {
     if (!a->ifa_addr || a->ifa_addr->sa_family != AF_INET) continue;
     const uint32_t addr = ntohl(reinterpret_cast<const sockaddr_in*>(a->ifa_addr)->sin_addr.s_addr);
@@ -82,6 +83,8 @@ Result<> attach_tap(const std::string& tap, const std::string& bridge, const Mac
     // the bridge's under its neighbours' ARP caches: the host's LAN on an uplink, the clones on the
     // bridge. Seen in guest.clone_net: the replies of an arping in flight were addressed to the
     // bridge's former address, and dropped.
+    // (A guest's own MAC never starts fe: on a bridge: parse_net_spec refuses it.)
+    if (guest_mac[0] == 0xfe) return fail("TAP {}: the guest's MAC starts fe:, the address its bridged TAP takes", tap);
     ifreq hw{};
     std::memcpy(hw.ifr_name, tap.data(), std::min(tap.size(), size_t{IFNAMSIZ - 1}));
     hw.ifr_hwaddr.sa_family = ARPHRD_ETHER;
@@ -285,8 +288,9 @@ Result<std::unique_ptr<Netns>> Netns::create(const NetnsConfig& c) {
     if (!lock) return std::unexpected(lock.error());
     if (::flock(lock->get(), LOCK_EX) != 0) return fail("{}/outside.lock: cannot lock: {}", kHostLockDir, errno_text(errno));
     const auto used = used_outside_blocks();
+    if (!used) return std::unexpected(used.error().context(fmt::format("netns {}", c.netns)));
     uint32_t block = kOutsideNet;
-    while (used.contains(block)) block += 4;
+    while (used->contains(block)) block += 4;
     if ((block & kOutsideMask) != kOutsideNet) return fail("netns {}: every /30 of 10.200.0.0/16 is taken", c.netns);
     ns->outside_ = ipv4(block + 2);
     const std::string host = ipv4(block + 1);

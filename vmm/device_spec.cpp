@@ -81,6 +81,13 @@ Result<NetSpec> parse_net_spec(std::string_view text) {
   if (!n.bridge.empty() && !n.netns.empty()) {
     return fail("--net {}: bridge= and netns= exclude each other (a namespace's TAP is reached through its veth pair)", text);
   }
+  // A bridged TAP takes the guest's MAC with fe: as its first byte (devices::attach_tap): a guest
+  // with such a MAC would share its TAP's address, which the bridge keeps for itself (the guest's
+  // unicast replies would end at the host), or another guest's TAP's.
+  auto lower = [](char c) { return static_cast<char>(std::tolower(static_cast<unsigned char>(c))); };
+  if (!n.bridge.empty() && n.mac.size() >= 2 && lower(n.mac[0]) == 'f' && lower(n.mac[1]) == 'e') {
+    return fail("--net {}: a MAC starting fe: is the one a bridged TAP takes itself: give the guest another", text);
+  }
   // The names as they will be (the longest expansion is checked when it is known).
   if (auto e = expand_net(n, "n", 1); !e) return fail("--net {}: {}", text, e.error().message());
   return n;

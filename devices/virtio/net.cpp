@@ -128,9 +128,10 @@ void Net::halt() {
   memory_ = nullptr;
 }
 
-void Net::log_once(const std::string& what) {
-  if (!logged_) fmt::print(stderr, "vmm: virtio-net {}: {}\n", tap_.name(), what);
-  logged_ = true;
+void Net::log_once(Problem kind, const std::string& what) {
+  const auto bit = static_cast<uint8_t>(1u << static_cast<unsigned>(kind));
+  if ((logged_ & bit) == 0) fmt::print(stderr, "vmm: virtio-net {}: {}\n", tap_.name(), what);
+  logged_ |= bit;
 }
 
 Result<> Net::process_queue(unsigned queue) {
@@ -194,7 +195,7 @@ Result<> Net::transmit() {
       const DescriptorChain& c = **chain;
       if (c.readable_bytes < kNetHdrBytes) {
         ++errors_;
-        log_once(fmt::format("transmit chain of {} bytes, shorter than the {}-byte header", c.readable_bytes, kNetHdrBytes));
+        log_once(Problem::ShortTransmit, fmt::format("transmit chain of {} bytes, shorter than the {}-byte header", c.readable_bytes, kNetHdrBytes));
       } else {
         auto iov = host_iov(*memory_, c.readable);
         if (!iov) return std::unexpected(iov.error());
@@ -203,7 +204,7 @@ Result<> Net::transmit() {
           // dropped: not from this interface's MAC
         } else if (n < 0) {
           ++errors_;  // the TAP refused the frame (too long, interface down): dropped, like a wire would
-          log_once(fmt::format("TAP write: {}", errno_text(static_cast<int>(-n))));
+          log_once(Problem::TapWrite, fmt::format("TAP write: {}", errno_text(static_cast<int>(-n))));
         } else {
           ++tx_frames_;
           tx_bytes_ += c.readable_bytes - kNetHdrBytes;
@@ -250,7 +251,7 @@ Result<> Net::receive() {
     const DescriptorChain& c = **chain;
     if (c.writable_bytes < kNetHdrBytes || !c.readable.empty()) {
       ++errors_;
-      log_once(fmt::format("receive chain with {} writable and {} readable bytes", c.writable_bytes, c.readable_bytes));
+      log_once(Problem::BadReceiveChain, fmt::format("receive chain with {} writable and {} readable bytes", c.writable_bytes, c.readable_bytes));
       if (auto r = q.push_used(*memory_, c.head, 0); !r) return r;
       delivered = true;
       continue;
@@ -264,7 +265,13 @@ Result<> Net::receive() {
     const ssize_t n = tap_.read(iov->data(), static_cast<int>(iov->size()));
     if (n < 0) {
       q.unpop();  // nothing to deliver now (EAGAIN) or the TAP failed: the buffer stays the driver's
-      if (n != -EAGAIN) log_once(fmt::format("TAP read: {}", errno_text(static_cast<int>(-n))));
+      if (n == -EAGAIN) break;
+      ++errors_;
+      log_once(Problem::TapRead, fmt::format("TAP read: {}", errno_text(static_cast<int>(-n))));
+      // EINVAL: tun dropped a frame it could not describe in a virtio-net header; the frames
+      // queued behind it make the TAP readable no more than they did, so they are read now (the
+      // pass stays bounded by the queue's size). Any other error is the TAP's own: left there.
+      if (n == -EINVAL) continue;
       break;
     }
     if (static_cast<uint64_t>(n) > c.writable_bytes) {
@@ -273,7 +280,7 @@ Result<> Net::receive() {
       // over cut short as if whole, as a NIC drops a frame too long for its buffer (and as QEMU
       // does), and the buffer stays the driver's for the next one.
       ++errors_;
-      log_once(fmt::format("received a frame of {} bytes (header included) for a buffer of {}: dropped", n,
+      log_once(Problem::Oversized, fmt::format("received a frame of {} bytes (header included) for a buffer of {}: dropped", n,
                            c.writable_bytes));
       q.unpop();
       continue;

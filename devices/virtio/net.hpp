@@ -80,7 +80,9 @@ class Net final : public VirtioDevice {
   Result<> receive();
   Result<> transmit();
   Result<> interrupt_if_needed(unsigned queue);
-  void log_once(const std::string& what);
+  /// What went wrong, each logged the first time only (a guest can repeat any of them forever).
+  enum class Problem : uint8_t { ShortTransmit, TapWrite, BadReceiveChain, TapRead, Oversized };
+  void log_once(Problem kind, const std::string& what);
 
   Tap tap_;
   EventLoop* loop_ = nullptr;
@@ -94,7 +96,7 @@ class Net final : public VirtioDevice {
   std::vector<iovec> tx_iov_;  // send()'s
   bool filter_source_ = false;
   std::unique_ptr<Netns> netns_;
-  bool logged_ = false;
+  uint8_t logged_ = 0;  // a bit per Problem
 };
 
 }  // namespace vmm::devices::virtio
