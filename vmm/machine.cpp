@@ -14,11 +14,14 @@ Result<std::unique_ptr<Machine>> Machine::create(const Kvm& kvm, GuestMemory mem
                                                  PlatformConfig platform, std::unique_ptr<EventLoop> loop) {
   if (!loop) return fail("a machine needs an event loop");
   std::unique_ptr<Machine> m(new Machine(kvm, std::move(loop)));
+  // The devices, declared after the machine that owns their loop: a failure below destroys them
+  // first (the parameter would outlive `m`, and its disks unregister from the loop as they go).
+  PlatformConfig devices = std::move(platform);
   auto v = Vm::create(kvm, vm, std::move(memory));
   if (!v) return std::unexpected(v.error());
   m->vm_ = std::move(*v);
-  platform.loop = m->loop_.get();
-  auto p = attach_platform(*m->vm_, std::move(platform));
+  devices.loop = m->loop_.get();
+  auto p = attach_platform(*m->vm_, std::move(devices));
   if (!p) return std::unexpected(p.error());
   m->platform_ = std::move(*p);
   return m;

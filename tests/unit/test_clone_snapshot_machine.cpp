@@ -62,6 +62,25 @@ struct MachineRig {
   }
 };
 
+// A machine that cannot be built lets its disks go before the event loop they are registered on
+// (the configuration outlived the loop: a use after free, reported by ASan on a host with KVM).
+TEST_CASE("snapshot: a running machine's parts, when it cannot be built, go before its event loop") {
+  if (kvm_missing()) return;
+  vmm::Kvm kvm = open_kvm();
+  auto mem = GuestMemory::anonymous(kMachineRam);
+  REQUIRE(mem);
+  TempFile disk{Bytes(1 << 20, 0x11), "vmm-snap-disk"};
+  auto loop = vmm::EventLoop::create();
+  REQUIRE(loop);
+  auto img = vmm::disk::open_image(**loop, {.path = disk.path(), .read_only = false});
+  REQUIRE(img);
+  vmm::PlatformConfig pc;
+  pc.disks.push_back(vmm::DiskAttachment{.image = std::move(*img), .id = "d0"});
+  auto made = vmm::Machine::create(kvm, std::move(*mem), vmm::VmConfig{.vcpus = 0, .cpu_template = vmm::CpuTemplate::Host, .cpuid = {}}, std::move(pc), std::move(*loop));
+  REQUIRE_FALSE(made);
+  CHECK(made.error().message().find("vCPUs requested") != std::string::npos);
+}
+
 void enter_real_mode(vmm::Vcpu& vcpu) { vmm::test::enter_real_mode(vcpu, kCodeAddr); }
 
 /// Waits (up to 10 s: a loaded or sanitized host can be slow to start a vCPU) until the guest's
