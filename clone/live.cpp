@@ -141,7 +141,7 @@ void reap_when_ended(EventLoop& loop, pid_t pid) {
   const int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));  // close-on-exec
   if (fd < 0) return;  // (Linux before 5.3) a zombie until the VM ends
   auto id = std::make_shared<uint64_t>(0);
-  auto w = loop.watch(fd, [&loop, pid, fd, id] {
+  auto w = loop.watch(fd, EventLoop::WatchKind::Internal, [&loop, pid, fd, id] {
     if (::waitpid(pid, nullptr, WNOHANG) != pid) return;
     loop.unwatch(*id);  // (safe in its own callback: the watch is freed when its poll's end completes)
     ::close(fd);

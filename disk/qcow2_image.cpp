@@ -25,7 +25,7 @@ Result<std::unique_ptr<Qcow2Image>> Qcow2Image::create(EventLoop& loop, std::uni
   std::unique_ptr<Qcow2Image> img(new Qcow2Image(loop, std::move(engine)));
   img->event_ = Fd(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
   if (!img->event_) return fail("{}: eventfd: {}", img->path_.string(), errno_text(errno));
-  auto w = loop.watch(img->event_.get(), [p = img.get()] { p->deliver(); });
+  auto w = loop.watch(img->event_.get(), EventLoop::WatchKind::Internal, [p = img.get()] { p->deliver(); });
   if (!w) return std::unexpected(w.error().context(img->path_.string()));
   img->watch_ = *w;
   auto t = start_thread(fmt::format("the worker thread of {}", img->path_.string()), [p = img.get()] { p->worker(); });

@@ -27,7 +27,10 @@ Result<std::unique_ptr<Machine>> Machine::create(const Kvm& kvm, GuestMemory mem
   return m;
 }
 
-Machine::~Machine() { end_io(); }
+Machine::~Machine() {
+  end_io();
+  if (io_abandoned_ && vm_) vm_->leak_memory();
+}
 
 void Machine::io_thread() {
   ::pthread_setname_np(::pthread_self(), "vmm-io");
@@ -63,11 +66,12 @@ Result<> Machine::start_io() {
   // it stopped must not start a second thread on the loop.
   if (io_want_ == IoWant::End || io_ended_) return {};
   io_want_ = IoWant::Run;
-  if (!io_.joinable()) {
+  if (!io_started_) {
     io_parked_ = false;
     auto t = start_thread("the I/O thread", [this] { io_thread(); });
     if (!t) return std::unexpected(t.error());
     io_ = std::move(*t);
+    io_started_ = true;
   }
   io_cv_.notify_all();
   return {};
@@ -75,7 +79,7 @@ Result<> Machine::start_io() {
 
 void Machine::park_io() {
   std::unique_lock lock(io_mutex_);
-  if (!io_.joinable()) return;
+  if (!io_started_) return;
   // Ending (end_io() ran meanwhile): it still leaves the loop, and the caller may drive the loop
   // only once it has.
   if (io_want_ != IoWant::End) {
@@ -88,13 +92,14 @@ void Machine::park_io() {
 void Machine::end_io() {
   {
     std::lock_guard lock(io_mutex_);
-    if (!io_.joinable()) return;
+    if (!io_started_) return;
     io_want_ = IoWant::End;
     if (!io_parked_) loop_->stop();
     io_cv_.notify_all();
   }
-  io_.join();
+  io_.join();  // (io_ is this thread's alone meanwhile: the others look at io_started_)
   std::lock_guard lock(io_mutex_);
+  io_started_ = false;
   // A later run() starts a new one (io_ended_ until then). io_parked_ stays true (an ended thread
   // counts as parked): a park_io() woken by the thread's end but not yet running would otherwise
   // see it false again and wait forever, holding its lease, and run() with it.
@@ -130,10 +135,23 @@ StopInfo Machine::run(const std::function<void()>& started) {
   // worker) complete before the devices, the image files and their locks, and guest memory go:
   // they write into guest memory and the files. This thread drives the loop now, 5 s at most.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  while (requests_in_flight() > 0 && std::chrono::steady_clock::now() < deadline) {
-    if (auto r = loop_->run_once(std::chrono::milliseconds(100)); !r) break;
+  std::optional<Error> loop_failed;
+  while (!loop_failed && requests_in_flight() > 0 && std::chrono::steady_clock::now() < deadline) {
+    if (auto r = loop_->run_once(std::chrono::milliseconds(100)); !r) loop_failed = r.error();
   }
+  // Requests that did not end (a file system that hangs, the loop failed): the guest's last writes
+  // may be lost, which the exit status says, and what the kernel may still write into, guest
+  // memory, stays mapped until the process ends (~Machine).
+  const size_t abandoned = requests_in_flight();
   platform_->shutdown();
+  if (abandoned > 0) {
+    io_abandoned_ = true;
+    if (stop.reason != devices::StopReason::Error) {
+      return StopInfo{.reason = devices::StopReason::Error, .status = 0,
+                      .message = fmt::format("{} disk request{} still in flight {} after the stop: abandoned (the guest's last writes may be lost)",
+                                             abandoned, abandoned == 1 ? "" : "s", loop_failed ? fmt::format("({})", loop_failed->message()) : "5 s")};
+    }
+  }
   if (!io_result_ && stop.reason != devices::StopReason::Error) {
     return StopInfo{.reason = devices::StopReason::Error, .status = 0, .message = io_result_.error().message()};
   }
@@ -226,11 +244,17 @@ Result<> Machine::quiesce(std::chrono::milliseconds timeout) {
     // Driving the flushes served the loop too: a notification whose event came only then started a
     // request, which must complete, and be flushed, before anything is captured (a snapshot would
     // hold a chain popped and never answered). The guest is paused: there are only so many.
-    if (requests_in_flight() == 0) return {};
+    if (requests_in_flight() == 0) {
+      // Quiescent: until the resume, whoever drives the loop (a snapshot reading the disks) serves
+      // no device (frames on a TAP would be written into guest memory, interrupts raised).
+      loop_->hold_devices(true);
+      return {};
+    }
   }
 }
 
 void Machine::resume_io() {
+  loop_->hold_devices(false);
   // A VM stopping has no I/O thread to wake: run() drains the loop and ends.
   if (vm_->stopping()) return;
   platform_->serial().hold_input(false);

@@ -90,7 +90,9 @@ class Machine {
   bool quiescing_ = false;        // a LoopLease is held: run() drains the loop only after; guarded by io_mutex_
   bool io_ended_ = false;         // run() ended the thread and drives the loop: none is started; guarded by io_mutex_
   std::thread io_;
+  bool io_started_ = false;  // io_ was started and not yet joined; guarded by io_mutex_
   Result<> io_result_;
+  bool io_abandoned_ = false;  // run() left requests in flight: guest memory is not unmapped
 };
 
 }  // namespace vmm

@@ -272,7 +272,12 @@ void Vm::park(Vcpu& vcpu) {
   vcpu.request_immediate_exit();
   for (int more = 0; more < 1024; ++more) {
     auto ran = vcpu.run();
-    if (!ran || !*ran) break;
+    if (!ran) {
+      // KVM could not complete the exit: the vCPU's state is not one to save or run on.
+      request_stop(StopInfo{.reason = devices::StopReason::Error, .status = 0, .message = ran.error().message()});
+      break;
+    }
+    if (!*ran) break;
     ExitOutcome out = handle_exit(vcpu.run_area(), vcpu.run_size(), buses_);
     if (out.stop) {
       request_stop(StopInfo{.reason = out.reason, .status = 0, .message = std::move(out.message)});

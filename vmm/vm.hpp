@@ -71,6 +71,8 @@ class Vm final : public devices::VmControl {
   ~Vm() override;
 
   const GuestMemory& memory() const { return memory_; }
+  /// See GuestMemory::leak.
+  void leak_memory() { memory_.leak(); }
   Buses& buses() { return buses_; }
   Vcpu& vcpu(size_t i) { return *vcpus_.at(i); }
   size_t vcpu_count() const { return vcpus_.size(); }

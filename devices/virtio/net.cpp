@@ -71,7 +71,7 @@ Result<std::shared_ptr<Net>> Net::create(Tap tap, MacAddress mac, EventLoop& loo
   Net* self = net.get();
   // Frames waiting on the TAP: deliver what the guest has buffers for. Before DRIVER_OK (or after a
   // reset) the frames stay queued in the TAP.
-  auto w = loop.watch(net->tap_.fd(), [self] {
+  auto w = loop.watch(net->tap_.fd(), EventLoop::WatchKind::Device, [self] {
     std::lock_guard lock(self->mutex_);
     if (!self->memory_) return;
     // A receive ring the driver broke is its error as a broken ring it notified is: NEEDS_RESET

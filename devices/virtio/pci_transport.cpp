@@ -89,7 +89,7 @@ Result<std::shared_ptr<PciTransport>> PciTransport::create(std::shared_ptr<Virti
 
 Result<> PciTransport::watch_notifiers() {
   const int resample = intx_->resample_fd();
-  auto rw = loop_.watch(resample, [this, resample] {
+  auto rw = loop_.watch(resample, EventLoop::WatchKind::Device, [this, resample] {
     uint64_t count;
     while (::read(resample, &count, sizeof count) > 0) {
     }
@@ -104,7 +104,7 @@ Result<> PciTransport::watch_notifiers() {
     n.fd = Fd(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
     if (!n.fd) return fail("eventfd: {}", errno_text(errno));
     const int fd = n.fd.get();
-    auto w = loop_.watch(fd, [this, fd, q] {
+    auto w = loop_.watch(fd, EventLoop::WatchKind::Device, [this, fd, q] {
       uint64_t count;
       while (::read(fd, &count, sizeof count) > 0) {
       }

@@ -35,6 +35,8 @@ struct EventLoop::Watch : EventLoop::Op {
   uint64_t id = 0;
   bool active = true;  // false after unwatch(): freed when its last completion arrives
   bool releasing = false;  // its poll is being cancelled by release_thread()
+  bool device = false;     // WatchKind::Device
+  bool missed = false;     // ready while devices were held: runs once they are not
 };
 
 Result<std::unique_ptr<EventLoop>> EventLoop::create(unsigned entries, unsigned max_files) {
@@ -57,7 +59,7 @@ Result<std::unique_ptr<EventLoop>> EventLoop::create(unsigned entries, unsigned 
   loop->stop_fd_ = Fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!loop->stop_fd_) return fail("eventfd: {}", errno_text(errno));
   EventLoop* self = loop.get();
-  auto w = loop->watch(loop->stop_fd_.get(), [self] {
+  auto w = loop->watch(loop->stop_fd_.get(), WatchKind::Internal, [self] {
     uint64_t v;
     while (::read(self->stop_fd_.get(), &v, sizeof v) > 0) {
     }
@@ -133,9 +135,10 @@ Result<> EventLoop::arm(Watch& w) {
   return {};
 }
 
-Result<uint64_t> EventLoop::watch(int fd, std::function<void()> on_ready) {
+Result<uint64_t> EventLoop::watch(int fd, WatchKind kind, std::function<void()> on_ready) {
   auto w = std::make_unique<Watch>();
   w->is_watch = true;
+  w->device = kind == WatchKind::Device;
   w->fd = fd;
   w->on_ready = std::move(on_ready);
   w->id = next_watch_++;
@@ -269,7 +272,14 @@ void EventLoop::complete(const Completion& cqe) {
   }
   auto* w = static_cast<Watch*>(op);
   const bool more = cqe.flags & IORING_CQE_F_MORE;
-  if (w->active && cqe.res >= 0) w->on_ready();
+  if (w->active && cqe.res >= 0) {
+    if (w->device && holding_devices_.load(std::memory_order_acquire)) {
+      w->missed = true;
+      missed_devices_ = true;
+    } else {
+      w->on_ready();
+    }
+  }
   if (more) return;
   if (w->releasing) {
     w->releasing = false;
@@ -291,6 +301,21 @@ void EventLoop::complete(const Completion& cqe) {
 Result<unsigned> EventLoop::run_once(std::optional<std::chrono::milliseconds> timeout) {
   for (Watch* w : std::exchange(disarmed_, {})) {
     if (auto r = arm(*w); !r) return std::unexpected(r.error());
+  }
+  if (missed_devices_ && !holding_devices_.load(std::memory_order_acquire)) {
+    // What became ready while the devices were held (a multishot poll says so once): served now.
+    // By id, looked up again each time: a callback may watch or unwatch.
+    missed_devices_ = false;
+    std::vector<uint64_t> ids;
+    for (const auto& [id, w] : watches_) {
+      if (w->missed) ids.push_back(id);
+    }
+    for (const uint64_t id : ids) {
+      auto it = watches_.find(id);
+      if (it == watches_.end() || !it->second->missed) continue;
+      it->second->missed = false;
+      if (it->second->active) it->second->on_ready();
+    }
   }
   io_uring_cqe* first = nullptr;
   int r;

@@ -11,6 +11,7 @@
 
 #include <liburing.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -41,10 +42,19 @@ class EventLoop {
   /// Frees a table slot (no I/O on it may be in flight).
   void unregister_file(unsigned index);
 
+  /// Whose readiness a watch waits for: a device's (a guest's notification, a frame on a TAP),
+  /// which may write guest memory and raise interrupts, or the loop's own work (a disk worker's
+  /// completions, a stop, a child's end).
+  enum class WatchKind { Device, Internal };
   /// Runs `on_ready` on the loop thread each time `fd` becomes readable, until unwatch(). The
   /// callback reads or drains the fd itself. Returns an id for unwatch().
-  Result<uint64_t> watch(int fd, std::function<void()> on_ready);
+  Result<uint64_t> watch(int fd, WatchKind kind, std::function<void()> on_ready);
   void unwatch(uint64_t id);
+  /// While held, the devices' watches are not run (the machine is paused: whoever drives the loop
+  /// then, a snapshot reading its disks, must not have a device write guest memory or raise an
+  /// interrupt); what became ready meanwhile runs at the first run_once() after the hold ends.
+  /// Safe from any thread (a flag).
+  void hold_devices(bool hold) { holding_devices_.store(hold, std::memory_order_release); }
 
   // Asynchronous I/O on a registered file; `done` runs once with the result. The iovecs must stay
   // valid until then. Errors here mean the request could not even be queued.
@@ -107,6 +117,8 @@ class EventLoop {
   std::vector<Watch*> disarmed_;  // active watches to arm again at the next run_once
   Fd stop_fd_;  // eventfd: written by stop()
   bool stopping_ = false;
+  std::atomic<bool> holding_devices_ = false;
+  bool missed_devices_ = false;  // a device watch became ready while held
 };
 
 }  // namespace vmm

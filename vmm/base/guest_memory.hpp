@@ -88,6 +88,9 @@ class GuestMemory {
     return write(gpa, std::span(reinterpret_cast<const uint8_t*>(&value), sizeof(T)));
   }
 
+  /// Leaves the RAM mapped when this goes (Mapping::leak): I/O abandoned in flight writes into it.
+  void leak() { mapping_.leak(); }
+
  private:
   explicit GuestMemory(Mapping mapping);
   const MemoryRegion* find(Gpa gpa, uint64_t len) const;

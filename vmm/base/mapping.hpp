@@ -32,6 +32,13 @@ class Mapping {
   /// inherited copy-on-write, whose first owner the child abandons.
   static Mapping adopt(void* data, size_t size) { return Mapping(data, size); }
 
+  /// Forgets the region without unmapping it (it stays mapped until the process ends): memory the
+  /// kernel may still write into, the buffers of I/O abandoned in flight.
+  void leak() {
+    data_ = nullptr;
+    size_ = 0;
+  }
+
   uint8_t* data() const { return static_cast<uint8_t*>(data_); }
   size_t size() const { return size_; }
 
