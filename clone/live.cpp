@@ -342,14 +342,11 @@ Result<> plan_networks(const LiveVm& vm, const api::ForkRequest& request, std::v
   for (const auto& text : request.nets.value_or(std::vector<std::string>{})) {
     auto n = parse_net_spec(text);
     if (!n) return std::unexpected(n.error());
-    // Several children: each its own TAP (or namespace) and MAC, as a fleet's clones, refused
-    // here rather than at the second child, once all were forked and their disks copied.
+    // Several children: each its own TAP (or namespace), as a fleet's clones, refused here rather
+    // than at the second child, once all were forked and their disks copied. (A MAC cannot be
+    // given to a fork at all: api/requests.cpp.)
     if (plans.size() > 1) {
       if (auto r = check_net_per_vm(*n); !r) return fail("nets: {}", r.error().message());
-      if (!n->mac.empty() && n->netns.empty()) {
-        return fail("nets: tap={},mac={}: every child would have that MAC; leave mac= out (each gets its own) or give each its netns=",
-                    n->tap, n->mac);
-      }
     }
     patterns.push_back(*n);
   }

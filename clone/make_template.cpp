@@ -30,9 +30,13 @@ namespace fs = std::filesystem;
 
 namespace {
 
-bool is_qcow2(const fs::path& p) {
+/// Whether the disk is a qcow2 image (a file that cannot be opened is not: its copy says why).
+Result<bool> is_qcow2(const fs::path& p) {
   Fd fd(::open(p.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY));  // (a FIFO: not waited for)
-  return fd && disk::Qcow2::probe(fd.get());
+  if (!fd) return false;
+  auto q = disk::Qcow2::probe(fd.get());
+  if (!q) return std::unexpected(q.error().context(p.string()));
+  return *q;
 }
 
 /// Makes every file under `dir` read-only (a template is never written again), and its owner's
@@ -152,7 +156,9 @@ int create_template(const TemplateCreateOptions& o) {
   for (size_t i = 0; i < run.disks.size(); ++i) {
     auto& d = run.disks[i];
     // The format given, else the content's (the manifest then fixes it for every clone).
-    const bool qcow2 = d.format.empty() ? is_qcow2(d.path) : d.format == "qcow2";
+    auto probed = d.format.empty() ? is_qcow2(d.path) : Result<bool>(d.format == "qcow2");
+    if (!probed) return report_error(exit_code::kImage, probed.error().message());
+    const bool qcow2 = *probed;
     if (qcow2) {
       // The template owns a copy: an image that depends on a backing file would not be self-contained.
       auto img = disk::Qcow2::open(d.path, disk::Qcow2OpenOptions{.read_only = true});

@@ -160,7 +160,9 @@ Result<std::unique_ptr<Image>> open_image(EventLoop& loop, const OpenOptions& o)
   auto f = open_locked(o.path, o.read_only);
   if (!f) return std::unexpected(f.error());
   // The format as given, or from the content, never the name.
-  const bool looks_qcow2 = Qcow2::probe(f->fd.get());
+  auto probed = Qcow2::probe(f->fd.get());
+  if (!probed) return std::unexpected(probed.error().context(o.path.string()));
+  const bool looks_qcow2 = *probed;
   if (o.format == "qcow2" && !looks_qcow2) return fail("{}: not a qcow2 image (no qcow2 magic)", o.path.string());
   if (o.format != "raw" && looks_qcow2) {
     f->fd.reset();  // (drops the lock) Qcow2::open opens and locks the file itself

@@ -60,9 +60,13 @@ Result<std::unique_ptr<BlockSource>> open_raw_source(const std::filesystem::path
   return std::unique_ptr<BlockSource>(new RawSource(std::move(f->fd), path, f->size));
 }
 
-bool Qcow2::probe(int fd) {
+Result<bool> Qcow2::probe(int fd) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return fail("fstat: {}", errno_text(errno));
+  if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) return false;
   uint8_t m[4];
-  return ::pread(fd, m, 4, 0) == 4 && be32(m) == kMagic;
+  if (auto r = pread_full(fd, m, sizeof m, 0); !r) return fail("looking for the qcow2 magic: {}", r.error().message());
+  return be32(m) == kMagic;
 }
 
 
@@ -85,7 +89,9 @@ Result<std::unique_ptr<BlockSource>> open_chain_member(const std::filesystem::pa
   if (fmt_name.empty()) {
     Fd probe(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY));  // (a FIFO: not waited for)
     if (!probe) return fail("{}: cannot open for reading: {}", path.string(), errno_text(errno));
-    fmt_name = Qcow2::probe(probe.get()) ? "qcow2" : "raw";
+    auto qcow2 = Qcow2::probe(probe.get());
+    if (!qcow2) return std::unexpected(qcow2.error().context(path.string()));
+    fmt_name = *qcow2 ? "qcow2" : "raw";
   }
   if (fmt_name == "raw") return open_raw_source(path);
   if (fmt_name != "qcow2") return fail("{}: backing format '{}' is not supported", path.string(), fmt_name);
@@ -212,12 +218,6 @@ Result<std::unique_ptr<Qcow2>> open_qcow2(const std::filesystem::path& path, con
     }
     break;
   }
-  // Autoclear bits name features we do not maintain (bitmaps): a writer clears them (§ "Header").
-  if (!o.read_only && h->autoclear_features != 0) {
-    uint8_t b[8] = {};
-    if (auto r = s->io(pwrite_full(s->fd.get(), b, 8, kOffAutoclearFeatures)); !r) return std::unexpected(r.error());
-    s->h.autoclear_features = 0;
-  }
   // The backing chain.
   struct stat st {};
   if (::fstat(s->fd.get(), &st) == 0) above.push_back({st.st_dev, st.st_ino});
@@ -234,6 +234,13 @@ Result<std::unique_ptr<Qcow2>> open_qcow2(const std::filesystem::path& path, con
       }
     }
     s->backing = std::move(*b);
+  }
+  // Autoclear bits name features we do not maintain (bitmaps): a writer clears them (§ "Header"),
+  // once the image opens whole (an open that fails changes nothing in it).
+  if (!o.read_only && h->autoclear_features != 0) {
+    uint8_t b[8] = {};
+    if (auto r = s->io(pwrite_full(s->fd.get(), b, 8, kOffAutoclearFeatures)); !r) return std::unexpected(r.error());
+    s->h.autoclear_features = 0;
   }
   return std::unique_ptr<Qcow2>(new Qcow2(std::move(s)));
 }
@@ -364,10 +371,15 @@ Result<> Qcow2::set_backing_name(const std::filesystem::path& path, const std::s
   if (name.size() > h->cluster_size() - h->backing_file_offset) {
     return fail("{}: the backing file name '{}' does not fit in the header's cluster", path.string(), printable(name));
   }
-  if (auto r = pwrite_full(fd.get(), name.data(), name.size(), h->backing_file_offset); !r) return r;
-  uint8_t len[4];
-  put_be32(len, static_cast<uint32_t>(name.size()));
-  return pwrite_full(fd.get(), len, sizeof len, kOffBackingFileSize);
+  if (control_char(name)) return fail("{}: the backing file name '{}' has a control character", path.string(), printable(name));
+  // The length and the name in one write of the header's cluster as it is to be: two writes left,
+  // between them (or after a crash with only one on disk), the new name's bytes cut to the old
+  // length, a prefix of its path that reads as a valid name of another file.
+  if (h->backing_file_offset > head.size()) return fail("{}: qcow2 header: the backing file name lies past the file's end", path.string());
+  std::vector<uint8_t> now(head.begin(), head.begin() + static_cast<ptrdiff_t>(h->backing_file_offset));
+  now.insert(now.end(), name.begin(), name.end());
+  put_be32(now.data() + kOffBackingFileSize, static_cast<uint32_t>(name.size()));
+  return pwrite_full(fd.get(), now.data() + kOffBackingFileSize, now.size() - kOffBackingFileSize, kOffBackingFileSize);
 }
 
 // ---- creation -----------------------------------------------------------------------------------------

@@ -113,8 +113,10 @@ class Qcow2 final : public BlockSource {
   /// Creates a new empty image (fails if `path` exists). With a backing file, its size (and format,
   /// when not given) come from the backing file, which must open.
   static Result<> create(const std::filesystem::path& path, const Qcow2CreateOptions& options);
-  /// True when the file starts with the qcow2 magic.
-  static bool probe(int fd);
+  /// True when the file starts with the qcow2 magic; false when it does not, or is no regular file
+  /// or block device (the opener refuses it then, saying so). A read that fails is an error, not
+  /// "raw": a qcow2 image opened as raw would have its guest write over its tables.
+  static Result<bool> probe(int fd);
 
   ~Qcow2() override;
   Qcow2(const Qcow2&) = delete;

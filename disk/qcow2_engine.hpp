@@ -605,7 +605,10 @@ struct Qcow2::State {
       // handle per request; 1 MiB allocating writes went from ~7850 to ~8500 req/s without it).
       const uint64_t end_of_run = host + k * cs;
       if (fresh && phys_size < end_of_run) {
-        if (::ftruncate(fd.get(), static_cast<off_t>(end_of_run)) != 0) return err("ftruncate: {}", errno_text(errno));
+        int t_res;
+        while ((t_res = ::ftruncate(fd.get(), static_cast<off_t>(end_of_run))) != 0 && errno == EINTR) {
+        }
+        if (t_res != 0) return err("ftruncate: {}", errno_text(errno));
       }
       grew(end_of_run);
       for (uint64_t i = 0; i < k; ++i) {

@@ -214,6 +214,8 @@ Result<std::vector<uint8_t>> encode_header(const Header& h) {
     if (h.backing_file.size() > kMaxBackingNameLength) {
       return fail("backing file name is longer than {} bytes", kMaxBackingNameLength);
     }
+    // (As parse_header refuses it: an image made so would never open.)
+    if (control_char(h.backing_file)) return fail("backing file name '{}' has a control character", printable(h.backing_file));
     put_be64(out.data() + 8, out.size());  // (out has grown: address it afresh)
     put_be32(out.data() + 16, static_cast<uint32_t>(h.backing_file.size()));
     out.insert(out.end(), h.backing_file.begin(), h.backing_file.end());

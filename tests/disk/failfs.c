@@ -13,6 +13,10 @@
  * at B bytes: a write or fallocate that needs blocks its file does not have yet (a hole, past the
  * end) fails with ENOSPC when the files of BACKING would then hold more than B bytes in all
  * (st_blocks); writes over blocks already there go through, as on a real full disk.
+ * The control file BACKING/.failfs-stall, when it holds a number S, makes the next fsync hang for
+ * S seconds (or until the file is removed) before it runs, as a disk or a network file system that
+ * stops answering: it logs "stall NAME" as it begins. failfs runs one request at a time, so the
+ * file system answers nothing else meanwhile.
  * The control files are hidden from MOUNTPOINT.
  */
 #define FUSE_USE_VERSION 31
@@ -33,8 +37,11 @@ static const char* backing;
 static const char kControl[] = ".failfs-fsync";
 static const char kLog[] = ".failfs-log";
 static const char kSpace[] = ".failfs-space";
+static const char kStall[] = ".failfs-stall";
 
-static int is_control(const char* name) { return !strcmp(name, kControl) || !strcmp(name, kLog) || !strcmp(name, kSpace); }
+static int is_control(const char* name) {
+  return !strcmp(name, kControl) || !strcmp(name, kLog) || !strcmp(name, kSpace) || !strcmp(name, kStall);
+}
 
 /* BACKING/NAME for a path "/NAME" of the top level; -ENOENT for anything else. */
 static int backing_path(const char* path, char* out) {
@@ -197,7 +204,22 @@ static int ff_fallocate(const char* path, int mode, off_t off, off_t len, struct
   return fallocate((int)fi->fh, mode, off, len) ? -errno : 0;
 }
 
+/* Hangs as BACKING/.failfs-stall asks (once: the file is emptied). */
+static void stall_if_asked(const char* path) {
+  char p[PATH_MAX], buf[32] = {0};
+  snprintf(p, sizeof p, "%s/%s", backing, kStall);
+  FILE* f = fopen(p, "r+");
+  if (!f) return;
+  long s = fgets(buf, sizeof buf, f) ? strtol(buf, NULL, 10) : 0;
+  if (ftruncate(fileno(f), 0) != 0) s = 0;
+  fclose(f);
+  if (s <= 0) return;
+  log_fsync("stall", path);
+  for (long i = 0; i < s * 20 && access(p, F_OK) == 0; i++) usleep(50000);
+}
+
 static int ff_fsync(const char* path, int datasync, struct fuse_file_info* fi) {
+  stall_if_asked(path);
   if (take_failure()) {
     log_fsync("EIO", path);
     return -EIO;

@@ -54,6 +54,13 @@ void drain(EventLoop& loop, const int& pending) {
 
 iovec iov(Bytes& b, size_t off, size_t len) { return iovec{b.data() + off, len}; }
 
+/// Reads an eventfd until it is empty (a watch's callback: its poll says so once).
+void drain_fd(int fd) {
+  uint64_t v;
+  while (::read(fd, &v, sizeof v) > 0) {
+  }
+}
+
 }  // namespace
 
 TEST_CASE("event loop: watches fire on readiness, unwatch stops them, stop() ends run()") {
@@ -89,9 +96,6 @@ TEST_CASE("event loop: watches fire on readiness, unwatch stops them, stop() end
   stopper.join();
 }
 
-// A thread that ran the loop releases it before it ends (Machine's I/O thread does): its watches'
-// polls are cancelled, and armed again by whichever thread runs the loop next; a watch removed
-// while disarmed is freed at once.
 // While the machine is paused, whoever drives its loop (a snapshot reading its disks) must not let a
 // device write guest memory or raise an interrupt: the devices' watches wait, the loop's own run.
 TEST_CASE("event loop: devices' watches held wait until the hold ends, the loop's own run") {
@@ -100,11 +104,6 @@ TEST_CASE("event loop: devices' watches held wait until the hold ends, the loop'
   REQUIRE(dev);
   REQUIRE(own);
   int fired_dev = 0, fired_own = 0;
-  auto drain_fd = [](int fd) {
-    uint64_t v;
-    while (::read(fd, &v, sizeof v) > 0) {
-    }
-  };
   REQUIRE(loop->watch(dev.get(), vmm::EventLoop::WatchKind::Device, [&] { drain_fd(dev.get()), ++fired_dev; }));
   REQUIRE(loop->watch(own.get(), vmm::EventLoop::WatchKind::Internal, [&] { drain_fd(own.get()), ++fired_own; }));
   REQUIRE(loop->run_once(0ms));  // armed
@@ -128,17 +127,15 @@ TEST_CASE("event loop: devices' watches held wait until the hold ends, the loop'
   CHECK(fired_dev == 2);
 }
 
+// A thread that ran the loop releases it before it ends (Machine's I/O thread does): its watches'
+// polls are cancelled, and armed again by whichever thread runs the loop next; a watch removed
+// while disarmed is freed at once.
 TEST_CASE("event loop: a thread's watches released before it ends are armed again by the next") {
   auto loop = make_loop();
   vmm::Fd a(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)), b(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
   REQUIRE(a);
   REQUIRE(b);
   int fired_a = 0, fired_b = 0;
-  auto drain_fd = [](int fd) {
-    uint64_t v;
-    while (::read(fd, &v, sizeof v) > 0) {
-    }
-  };
   REQUIRE(loop->watch(a.get(), vmm::EventLoop::WatchKind::Internal, [&] { drain_fd(a.get()), ++fired_a; }));
   auto wb = loop->watch(b.get(), vmm::EventLoop::WatchKind::Internal, [&] { drain_fd(b.get()), ++fired_b; });
   REQUIRE(wb);

@@ -1,7 +1,9 @@
 #include "vmm/base/event_loop.hpp"
 
+#include <limits.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/uio.h>
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -10,6 +12,7 @@
 #include <atomic>
 #include <cerrno>
 #include <utility>
+#include <vector>
 
 namespace vmm {
 
@@ -232,24 +235,42 @@ int32_t EventLoop::redo(const Op& op) {
     fmt::print(stderr, "vmm: warning: io_uring cancelled a disk request for want of a worker thread (at a limit on "
                        "threads and processes?): such requests are done synchronously on the I/O thread\n");
   }
-  const int iovs = static_cast<int>(op.count);
-  const auto offset = static_cast<off_t>(op.offset);
+  // A read or write done whole, as io_uring does one on a regular file (a short transfer goes on
+  // from where it stopped; a read stops at the end of the file): the device takes a short count
+  // for a failure.
+  if (op.file == Op::File::Read || op.file == Op::File::Write) {
+    std::vector<iovec> rest(op.iov, op.iov + op.count);
+    size_t first = 0;
+    uint64_t done = 0;
+    while (first < rest.size()) {
+      const int n_iov = static_cast<int>(std::min<size_t>(rest.size() - first, IOV_MAX));
+      const auto at = static_cast<off_t>(op.offset + done);
+      const ssize_t r = op.file == Op::File::Read ? ::preadv(op.fd, &rest[first], n_iov, at) : ::pwritev(op.fd, &rest[first], n_iov, at);
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) return done > 0 ? static_cast<int32_t>(done) : -errno;
+      if (r == 0) break;
+      done += static_cast<uint64_t>(r);
+      for (auto left = static_cast<size_t>(r); left > 0 && first < rest.size();) {
+        const size_t k = std::min(left, rest[first].iov_len);
+        rest[first].iov_base = static_cast<uint8_t*>(rest[first].iov_base) + k;
+        rest[first].iov_len -= k;
+        left -= k;
+        if (rest[first].iov_len == 0) ++first;
+      }
+      while (first < rest.size() && rest[first].iov_len == 0) ++first;
+    }
+    return static_cast<int32_t>(done);
+  }
   for (;;) {
     ssize_t r = -1;
     switch (op.file) {
-      case Op::File::Read:
-        r = ::preadv(op.fd, op.iov, iovs, offset);
-        break;
-      case Op::File::Write:
-        r = ::pwritev(op.fd, op.iov, iovs, offset);
-        break;
       case Op::File::Sync:
         r = ::fdatasync(op.fd);
         break;
       case Op::File::Fallocate:
-        r = ::fallocate(op.fd, op.mode, offset, static_cast<off_t>(op.length));
+        r = ::fallocate(op.fd, op.mode, static_cast<off_t>(op.offset), static_cast<off_t>(op.length));
         break;
-      case Op::File::None:
+      default:
         return -ECANCELED;
     }
     if (r >= 0) return static_cast<int32_t>(r);

@@ -260,7 +260,12 @@ int disk_info(const std::filesystem::path& path, bool json) {
     return exit_code::kImage;
   }
   const uint64_t used = S_ISREG(st.st_mode) ? disk_usage(st) : 0;
-  if (!disk::Qcow2::probe(fd.get())) return info_raw(path, size, used, json);
+  auto qcow2 = disk::Qcow2::probe(fd.get());
+  if (!qcow2) {
+    print_disk_error(fmt::format("{}: {}", name, qcow2.error().message()));
+    return exit_code::kImage;
+  }
+  if (!*qcow2) return info_raw(path, size, used, json);
   fd.reset();
   return info_qcow2(path, size, used, json);
 }
