@@ -265,13 +265,16 @@ fi
 
 # ---- Stop: every VM ends, and its entry with it; vmm stop returns once the VM's process has ended.
 # ended PID: the process is gone, or a zombie (p is this shell's child, reaped by the wait below).
-ended() { [ ! -e "/proc/$1" ] || grep -q "^State:.*Z" "/proc/$1/status" 2>/dev/null; }
+# One read of its status: a zombie reaped between a look at /proc/PID and a read of its status
+# (a fork's child whose parent has gone is reaped by init, at any moment) was taken for running.
+ended() { ended_state=$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$1/status" 2>/dev/null); [ -z "$ended_state" ] || [ "$ended_state" = Z ]; }
 for n in p $children $grand; do
   [ "$n" = "$victim" ] && continue
   vpid=$(sed -n 's/.*"pid":\([0-9]*\).*/\1/p' "$VMM_STATE_DIR/run/$n/vm.json")
   "$vmm" stop "$n" >"$work/e" 2>&1 || { bad "stop $n"; cat "$work/e"; echo "  p's stderr and its own log:"; sed 's/^/  | /' "$work/p.err" "$VMM_STATE_DIR/clones/$n/vmm.log";
     echo "  its console:"; sed 's/^/  | /' "$VMM_STATE_DIR/clones/$n/console.log"; }
-  [ -n "$vpid" ] && ended "$vpid" && [ ! -e "$VMM_STATE_DIR/run/$n" ] || bad "vmm stop $n returned while its process $vpid runs"
+  [ -n "$vpid" ] && ended "$vpid" && [ ! -e "$VMM_STATE_DIR/run/$n" ] ||
+    bad "vmm stop $n returned while its process $vpid runs (state: $(grep '^State' "/proc/$vpid/status" 2>/dev/null), run/$n: $(ls -d "$VMM_STATE_DIR/run/$n" 2>&1))"
 done
 exec 3>&-
 [ -z "$(ls "$VMM_STATE_DIR/run" 2>/dev/null)" ] && ok "vmm stop: every VM had ended when it returned, and left run/" || { bad "left behind"; ls "$VMM_STATE_DIR/run"; }
