@@ -453,7 +453,13 @@ Result<NetPlan> plan_nets(std::string_view who, const std::vector<NetSpec>& patt
     if (auto r = check_gateway(gateway); !r) return std::unexpected(r.error());
     plan.gateway = gateway;
   }
-  if (auto r = check_ip_gateway(plan.ip, 1, plan.gateway.empty() ? source.gateway : plan.gateway); !r) return std::unexpected(r.error());
+  // What the guest will have, given or kept from its source (checked when either is given: a
+  // source's own pair is what it ran with).
+  if (!ip.empty() || !gateway.empty()) {
+    if (auto r = check_ip_gateway(plan.ip.empty() ? source.ip : plan.ip, 1, plan.gateway.empty() ? source.gateway : plan.gateway); !r) {
+      return std::unexpected(r.error());
+    }
+  }
   for (const auto& n : plan.nets) {
     if (!n.netns.empty() && plan.ip.empty()) {
       plan.ip = source.ip;

@@ -120,6 +120,9 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
     if (auto last = ip_plus(o.ip, count - 1); !last) return report_error(exit_code::kUsage, last.error().message());
     const std::string& gateway = o.gateway.empty() ? t.manifest.gateway : o.gateway;
     if (auto r = check_ip_gateway(o.ip, count, gateway); !r) return report_error(exit_code::kUsage, r.error().message());
+  } else if (!o.gateway.empty()) {
+    // The clones keep the template's address: the gateway must be on its network.
+    if (auto r = check_ip_gateway(t.manifest.ip, 1, o.gateway); !r) return report_error(exit_code::kUsage, r.error().message());
   }
   std::vector<Member> members(count);
   for (unsigned i = 0; i < count; ++i) {

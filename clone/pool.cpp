@@ -238,9 +238,13 @@ class Pool {
                              "no 'ip' or 'gateway' can be given");
     }
     // Not the gateway's address (the request's, else the template's): the clone would answer ARP
-    // for its network's router. As a single clone's, a fleet's and a fork's are checked.
-    if (auto g = check_ip_gateway(clone.ip, 1, clone.gateway.empty() ? t_.manifest.gateway : clone.gateway); !g) {
-      return api::fault(400, g.error().message());
+    // for its network's router; and a gateway on the clone's network. As a single clone's, a
+    // fleet's and a fork's are checked.
+    if (!clone.ip.empty() || !clone.gateway.empty()) {
+      if (auto g = check_ip_gateway(clone.ip.empty() ? t_.manifest.ip : clone.ip, 1, clone.gateway.empty() ? t_.manifest.gateway : clone.gateway);
+          !g) {
+        return api::fault(400, g.error().message());
+      }
     }
     const auto t0 = std::chrono::steady_clock::now();
     // The member times the clone's start from here (GET /vm start_ms): steady_clock is one clock
