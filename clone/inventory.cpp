@@ -10,6 +10,9 @@
 
 #include <algorithm>
 
+#include <nlohmann/json.hpp>
+
+#include "clone/template.hpp"
 #include "vmm/api/http.hpp"
 #include "vmm/api/registry.hpp"
 #include "vmm/base/dir_lock.hpp"
@@ -51,6 +54,20 @@ CloneEntry read_entry(const fs::path& dir, const std::vector<api::RunningVm>& ru
   }
   c.bytes = allocated_bytes(dir);
   return c;
+}
+
+/// Whether the process registered as `vm` is the clone whose directory holds `record` (its record,
+/// if it has one): it says so (GET /vm: a clone or a fork of that name), or it wrote that record
+/// (the pid both give is as its own PID namespace sees it). Not so for whatever else may hold the
+/// name in the registry: a booted VM of that name, another `vmm clone rm` burying it.
+bool is_this_clone(const api::RunningVm& vm, const std::optional<CloneRecord>& record) {
+  if (record && record->pid != 0 && record->pid == vm.pid) return true;
+  auto r = api::call(vm.socket.string(), {.method = "GET", .path = "/vm", .body = {}}, 2.0);
+  if (!r || r->status != 200) return false;
+  auto j = nlohmann::json::parse(r->body, nullptr, false);
+  if (!j.is_object()) return false;
+  const auto kind = j.value("kind", nlohmann::json()), name = j.value("name", nlohmann::json());
+  return kind.is_string() && (kind == "clone" || kind == "fork") && name == vm.name;
 }
 
 /// Kills the running VM `vm` and waits until it has ended (10 s at most). The process is the one
@@ -122,6 +139,12 @@ Result<> remove_clone(const fs::path& sdir, const std::string& name, RemoveRunni
     if (vm == vms.end()) return std::unexpected(taken.error());
     if (running == RemoveRunning::Refuse) {
       return fail("clone '{}' is running (pid {}): stop it first ('vmm stop {}'), or remove it with --force", name, vm->pid, name);
+    }
+    std::optional<CloneRecord> record;
+    if (auto rec = read_clone_record(dir)) record = std::move(*rec);
+    if (!is_this_clone(*vm, record)) {
+      return fail("clone '{}': the name is held in {} by process {}, which is not this clone (a VM booted under that name, or "
+                  "a removal under way): not killed", name, (sdir / "run").string(), vm->pid);
     }
     if (auto k = kill_and_wait(*vm); !k) return fail("clone '{}': {}", name, k.error().message());
     taken = api::Registration::create(sdir, name);  // its entry is stale now: taken over

@@ -59,4 +59,11 @@ serve '{"name": "fake", "template": 5}'
 expect snapshot_wrong_type 10 "^vmm: error: .*an answer vmm cannot read" -- "$vmm" snapshot fake "$work/snap"
 serve '{"name": "fake", "children": [5, "x"], "paused_ms": "soon"}'
 expect fork_wrong_types 10 "^vmm: error: .*an answer vmm cannot read" -- "$vmm" fork fake --count 2
+# `clone rm --force` kills only the clone itself: a booted VM registered under a clone's name (or
+# a removal under way) is not killed, and the directory stays.
+mkdir -p "$VMM_STATE_DIR/clones/fake"
+serve '{"name": "fake", "kind": "booted"}'
+expect clone_rm_not_a_clone 2 "^vmm: error: clone 'fake': the name is held in .* which is not this clone" -- "$vmm" clone rm --force fake
+kill -0 $server 2>/dev/null && [ -d "$VMM_STATE_DIR/clones/fake" ] && echo "ok   the booted VM runs on, the directory stays" ||
+  { echo "FAIL clone rm --force killed the booted VM or removed the directory"; fail=1; }
 exit $fail

@@ -25,7 +25,10 @@ Result<std::string> read_file(int fd, const std::filesystem::path& path, size_t 
   if (::fstat(fd, &st) != 0) return fail("{}: cannot stat: {}", name, errno_text(errno));
   if (!S_ISREG(st.st_mode)) return fail("{}: not a regular file", name);
   if (static_cast<uint64_t>(st.st_size) > max_bytes) {
-    return fail("{}: {} bytes is over the {} limit of {} MiB", name, st.st_size, what, max_bytes >> 20);
+    const std::string limit = max_bytes % (1u << 20) == 0 ? fmt::format("{} MiB", max_bytes >> 20)
+                              : max_bytes % 1024 == 0     ? fmt::format("{} KiB", max_bytes >> 10)
+                                                          : fmt::format("{} bytes", max_bytes);
+    return fail("{}: {} bytes is over the {} limit of {}", name, st.st_size, what, limit);
   }
   // One byte more than fstat said, so that a file that grew meanwhile is seen.
   std::string bytes(static_cast<size_t>(st.st_size) + 1, '\0');
