@@ -37,6 +37,7 @@ void Msix::update_control(const PciConfig& config) {
   std::lock_guard lock(mutex_);
   enabled_ = hi & (kControlEnable >> 8);
   function_masked_ = hi & (kControlFunctionMask >> 8);
+  bus_master_ = config.command() & kPciCommandMaster;
   deliver_pending_locked();
 }
 
@@ -81,7 +82,9 @@ void Msix::pba_read(uint64_t offset, std::span<uint8_t> data) {
 }
 
 bool Msix::masked_locked(unsigned v) const {
-  return !enabled_ || function_masked_ || (table_[v].control & kEntryMasked);
+  // An MSI-X message is the function's write to memory: without bus mastering it waits, pending,
+  // as behind a mask (sent once the driver turns bus mastering on, not lost).
+  return !enabled_ || function_masked_ || !bus_master_ || (table_[v].control & kEntryMasked);
 }
 
 void Msix::signal(uint16_t vector) {

@@ -38,7 +38,7 @@ class Msix {
   /// Adds the capability to `config` (table in BAR `bir` at `table_offset`, PBA after it) and
   /// makes its control bits writable; returns the capability's offset.
   uint8_t add_capability(PciConfig& config, uint8_t bir, uint32_t table_offset, uint32_t pba_offset);
-  /// Picks up the enable and function-mask bits after a configuration write.
+  /// Picks up the enable and function-mask bits, and Bus Master Enable, after a configuration write.
   void update_control(const PciConfig& config);
 
   void table_read(uint64_t offset, std::span<uint8_t> data);
@@ -60,6 +60,7 @@ class Msix {
   std::vector<Entry> table_;
   std::vector<uint64_t> pending_;
   bool enabled_ = false, function_masked_ = false;
+  bool bus_master_ = false;  // the function's Bus Master Enable (command register bit 2)
   uint8_t cap_ = 0;
 };
 

@@ -194,9 +194,14 @@ uint32_t PciTransport::config_read(uint8_t reg) {
 void PciTransport::config_write(uint8_t reg, uint32_t value, uint8_t byte_mask) {
   std::unique_lock lock(device_->mutex());
   const bool was_master = config_.command() & kPciCommandMaster;
+  const bool was_intx = !msix_->enabled() && !intx_disabled_;
   const auto effect = config_.write(reg, value, byte_mask);
   msix_->update_control(config_);
   intx_disabled_ = config_.command() & kPciCommandIntxDisable;
+  // INTx back on (Interrupt Disable cleared, MSI-X turned off) with an interrupt owed (the ISR
+  // not read): the line goes up now (PCI 3.0 §6.2.2), or it would wait for an interrupt that an
+  // EOI's resample only follows.
+  if (!was_intx && !msix_->enabled() && !intx_disabled_ && isr_ != 0) intx_->assert_line();
   // Bus mastering turned off: the device may no longer touch guest memory (Linux turns it off
   // before a kexec, whose new kernel reuses the rings' memory). A running device stops until
   // reset, as QEMU's, whose DMA then fails.
@@ -463,8 +468,7 @@ void PciTransport::needs_reset_locked(const std::string& why) {
 void PciTransport::raise(uint8_t isr_bits, uint16_t vector) {
   isr_ |= isr_bits;
   if (msix_->enabled()) {
-    // An MSI-X message is the device's write to memory: none without bus mastering.
-    if (config_.command() & kPciCommandMaster) msix_->signal(vector);
+    msix_->signal(vector);  // (pending while bus mastering is off: Msix)
   } else if (!intx_disabled_) {
     intx_->assert_line();
   }

@@ -115,8 +115,8 @@ struct Rig {
   }
   // The Linux virtio_pci_modern probe sequence, up to DRIVER_OK, with MSI-X vectors 0 (config)
   // and 1 (queue 0).
-  void bring_up(Driver& d) {
-    d.cfg_write(0x04, kPciCommandMemory | kPciCommandMaster);
+  void bring_up(Driver& d, bool bus_master = true) {
+    d.cfg_write(0x04, kPciCommandMemory | (bus_master ? kPciCommandMaster : 0));
     d.wr<uint8_t>(kStatus, 0);
     d.wr<uint8_t>(kStatus, kStatusAcknowledge);
     d.wr<uint8_t>(kStatus, kStatusAcknowledge | kStatusDriver);
@@ -510,7 +510,29 @@ TEST_CASE("virtio-pci: without MSI-X, INTx with the ISR, re-asserted after EOI u
   d.cfg_write(0x04, kPciCommandMemory | kPciCommandMaster | kPciCommandIntxDisable);
   rig.read_sector(d, 3, 0x41000);
   CHECK(line.asserted == 2);
+  // INTx enabled again with the ISR unread: the interrupt owed is asserted now (no EOI would
+  // bring it: none came).
+  d.cfg_write(0x04, kPciCommandMemory | kPciCommandMaster);
+  CHECK(line.asserted == 3);
   CHECK(d.rd<uint8_t>(PciTransport::kIsrOffset) == 1);
+  d.cfg_write(0x04, kPciCommandMemory | kPciCommandMaster | kPciCommandIntxDisable);
+  d.cfg_write(0x04, kPciCommandMemory | kPciCommandMaster);
+  CHECK(line.asserted == 3);  // nothing owed
+}
+
+// An MSI-X message is a write to memory, which a function without Bus Master Enable does not
+// make: the interrupt waits, pending, until the driver turns bus mastering on (it was dropped).
+TEST_CASE("virtio-pci: an MSI-X interrupt raised without bus mastering is pending until it is turned on") {
+  Rig rig;
+  Driver d{*rig.t};
+  rig.bring_up(d, /*bus_master=*/false);
+  rig.read_sector(d, 0, 0x40000);
+  CHECK(*rig.mem.read_obj<uint8_t>(Gpa(0x30100)) == kBlkSOk);
+  CHECK(rig.io.vectors[1]->fired == 0);
+  CHECK((d.rd<uint32_t>(PciTransport::kBar0Size + PciTransport::kPbaOffset) & 2) != 0);
+  d.cfg_write(0x04, kPciCommandMemory | kPciCommandMaster);
+  CHECK(rig.io.vectors[1]->fired == 1);
+  CHECK((d.rd<uint32_t>(PciTransport::kBar0Size + PciTransport::kPbaOffset) & 2) == 0);
 }
 
 // A driver may write a 64-bit queue address whole (virtio 1.2 §4.1.3.1) as well as in two halves:
