@@ -16,6 +16,7 @@
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -316,7 +317,17 @@ class Pool {
       // so that the pid is its own), and leaves no clone behind that nobody was told about. One
       // that ended is not killed: the zygote (its parent) has reaped it, and its pid may be
       // another process's by now (until 2026-12-07 the pool killed it all the same).
-      if (polled == 0) ::kill(m.pid, SIGKILL);
+      if (polled == 0) {
+        // Its end waited for (2 s at most) before its directory goes: a process killed in the
+        // middle of a write (its record, its entry) finishes that write first, and would leave
+        // files behind the removal (as a fork's parent waits for a child it killed).
+        Fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, m.pid, 0)));
+        if (pidfd && ::syscall(SYS_pidfd_send_signal, pidfd.get(), SIGKILL, nullptr, 0) == 0) {
+          (void)wait_exit(pidfd, 2);
+        } else {
+          ::kill(m.pid, SIGKILL);
+        }
+      }
       ::close(m.fd);
       if (ended) {
         forget(m, t_.sdir);

@@ -209,8 +209,8 @@ void PciTransport::config_write(uint8_t reg, uint32_t value, uint8_t byte_mask) 
       !(status_ & kStatusNeedsReset)) {
     needs_reset_locked("bus mastering turned off while the device runs");
   }
-  // The notify addresses follow BAR 0.
-  if (effect.bar == 0 && (status_ & kStatusDriverOk)) {
+  // The notify addresses follow BAR 0, and are KVM's only while the BAR decodes (Memory Space on).
+  if ((effect.bar == 0 || effect.command) && (status_ & kStatusDriverOk) && !(status_ & kStatusNeedsReset)) {
     remove_notifiers_locked();
     add_notifiers_locked();
   }
@@ -480,6 +480,9 @@ void PciTransport::intx_resample() {
 }
 
 void PciTransport::add_notifiers_locked() {
+  // None while BAR 0 does not decode (the guest may have given its range to another function
+  // meanwhile), nor for a device that needs a reset.
+  if (!(config_.command() & kPciCommandMemory) || (status_ & kStatusNeedsReset)) return;
   const uint64_t base = bar0() + kNotifyOffset;
   for (unsigned q = 0; q < notifiers_.size(); ++q) {
     Notifier& n = notifiers_[q];

@@ -6,6 +6,8 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 
+#include <set>
+
 #include "devices/virtio/blk.hpp"
 #include "devices/virtio/net.hpp"
 #include "devices/virtio/pci_transport.hpp"
@@ -56,9 +58,16 @@ struct FakeVmIo final : VmIo {
     vectors.push_back(v.get());
     return std::unique_ptr<MsiVector>(std::move(v));
   }
-  // Refused: notifications then take the MMIO path, which the test drives.
-  vmm::Result<> add_ioeventfd(uint64_t, int) override { return vmm::fail("no KVM here"); }
-  void remove_ioeventfd(uint64_t, int) override {}
+  // Refused: notifications then take the MMIO path, which the test drives. With accept_ioeventfds,
+  // taken and counted (the addresses KVM would signal).
+  bool accept_ioeventfds = false;
+  std::set<uint64_t> ioeventfd_gpas;
+  vmm::Result<> add_ioeventfd(uint64_t gpa, int) override {
+    if (!accept_ioeventfds) return vmm::fail("no KVM here");
+    ioeventfd_gpas.insert(gpa);
+    return {};
+  }
+  void remove_ioeventfd(uint64_t gpa, int) override { ioeventfd_gpas.erase(gpa); }
 };
 
 // A driver's view: config space dwords and BAR accesses of 1, 2, 4 bytes.
@@ -518,6 +527,28 @@ TEST_CASE("virtio-pci: without MSI-X, INTx with the ISR, re-asserted after EOI u
   d.cfg_write(0x04, kPciCommandMemory | kPciCommandMaster | kPciCommandIntxDisable);
   d.cfg_write(0x04, kPciCommandMemory | kPciCommandMaster);
   CHECK(line.asserted == 3);  // nothing owed
+}
+
+// The queues' notify addresses are KVM's ioeventfds only while BAR 0 decodes: a guest that turns
+// Memory Space off may give that range to another function, whose writes would kick this device;
+// and none come back for a device that needs a reset, whatever the guest does with its BAR.
+TEST_CASE("virtio-pci: notify ioeventfds only while memory decoding is on and the device runs") {
+  Rig rig;
+  rig.io.accept_ioeventfds = true;
+  Driver d{*rig.t};
+  rig.bring_up(d);
+  const uint64_t notify = kBars + PciTransport::kNotifyOffset;
+  CHECK(rig.io.ioeventfd_gpas == std::set<uint64_t>{notify});
+  d.cfg_write(0x04, kPciCommandMaster);  // Memory Space off
+  CHECK(rig.io.ioeventfd_gpas.empty());
+  d.cfg_write(0x04, kPciCommandMemory | kPciCommandMaster);
+  CHECK(rig.io.ioeventfd_gpas == std::set<uint64_t>{notify});
+  d.cfg_write(0x04, kPciCommandMemory);  // bus mastering off while it runs: NEEDS_RESET
+  CHECK((d.rd<uint8_t>(kStatus) & kStatusNeedsReset) != 0);
+  CHECK(rig.io.ioeventfd_gpas.empty());
+  d.cfg_write(0x04, kPciCommandMemory | kPciCommandMaster);
+  d.cfg_write(0x10, static_cast<uint32_t>(kBars) + 0x10000);  // BAR 0 moved
+  CHECK(rig.io.ioeventfd_gpas.empty());
 }
 
 // An MSI-X message is a write to memory, which a function without Bus Master Enable does not
