@@ -25,6 +25,7 @@
 #include "clone/live.hpp"
 #include "vmm/api/http.hpp"
 #include "vmm/api/registry.hpp"
+#include "vmm/base/dir_entries.hpp"
 #include "vmm/base/dir_lock.hpp"
 #include "vmm/exit_status.hpp"
 
@@ -85,7 +86,7 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
   // (rather than failing at the first pipe too many, with clones already running).
   if (rlimit nofile{}; ::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur != RLIM_INFINITY) {
     std::error_code ec;
-    const auto open_now = static_cast<uint64_t>(std::distance(fs::directory_iterator("/proc/self/fd", ec), fs::directory_iterator()));
+    const auto open_now = static_cast<uint64_t>(dir_entries("/proc/self/fd").size());
     constexpr uint64_t kSpare = 16;  // the plugin's, a console's, what the C library opens
     if (!ec && open_now + count + kSpare > nofile.rlim_cur) {
       return report_error(exit_code::kVmmError,

@@ -15,6 +15,7 @@
 #include "clone/template.hpp"
 #include "vmm/api/http.hpp"
 #include "vmm/api/registry.hpp"
+#include "vmm/base/dir_entries.hpp"
 #include "vmm/base/dir_lock.hpp"
 #include "vmm/base/fd.hpp"
 #include "vmm/base/process.hpp"
@@ -118,7 +119,7 @@ std::vector<CloneEntry> list_clones(const fs::path& sdir) {
   const auto running = api::running_vms(sdir);
   std::vector<CloneEntry> out;
   std::error_code ec;
-  for (const auto& e : fs::directory_iterator(sdir / "clones", ec)) {
+  for (const auto& e : dir_entries(sdir / "clones")) {
     if (e.is_directory(ec) && !e.is_symlink(ec) && valid_name(e.path().filename().string())) out.push_back(read_entry(e.path(), running));
   }
   std::ranges::sort(out, {}, &CloneEntry::name);

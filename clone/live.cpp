@@ -42,6 +42,7 @@
 #include "clone/snapshot.hpp"
 #include "clone/template.hpp"
 #include "disk/qcow2.hpp"
+#include "vmm/base/dir_entries.hpp"
 #include "vmm/base/thread.hpp"
 #include "vmm/exit_status.hpp"
 #include "vmm/identity.hpp"
@@ -105,7 +106,7 @@ void drop_inherited(std::vector<int> keep) {
     if (::close_range(lo, hi, 0) == 0) return;
     std::vector<int> open;
     std::error_code ec;
-    for (const auto& e : fs::directory_iterator("/proc/self/fd", ec)) {
+    for (const auto& e : dir_entries("/proc/self/fd")) {
       int fd = -1;
       const std::string n = e.path().filename().string();
       if (std::from_chars(n.data(), n.data() + n.size(), fd).ec == std::errc() && fd >= 0 &&

@@ -24,6 +24,7 @@
 #include "disk/qcow2_format.hpp"
 #include "vmm/api/json_text.hpp"
 #include "vmm/base/crc32c.hpp"
+#include "vmm/base/dir_entries.hpp"
 #include "vmm/base/fd.hpp"
 #include "vmm/base/process.hpp"
 #include "vmm/base/read_file.hpp"
@@ -596,7 +597,7 @@ namespace {
 /// the overlay may be locked by the clone that runs on it).
 bool overlays_back_onto(const fs::path& disk_dir, const fs::path& tdir) {
   std::error_code ec;
-  for (const auto& e : fs::directory_iterator(disk_dir, ec)) {
+  for (const auto& e : dir_entries(disk_dir)) {
     Fd fd(::open(e.path().c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK));
     uint8_t head[20] = {};
     if (!fd || ::pread(fd.get(), head, sizeof head, 0) != static_cast<ssize_t>(sizeof head) || disk::qcow2::be32(head) != disk::qcow2::kMagic) {
@@ -621,7 +622,7 @@ bool overlays_back_onto(const fs::path& disk_dir, const fs::path& tdir) {
 std::vector<CloneDependence> clone_dependences(const fs::path& sdir) {
   std::vector<CloneDependence> out;
   std::error_code ec;
-  for (const auto& e : fs::directory_iterator(sdir / "clones", ec)) {
+  for (const auto& e : dir_entries(sdir / "clones")) {
     if (e.path().filename().string().front() == '.') continue;  // a clone's tomb (being removed)
     auto rec = read_clone_record(e.path());
     // One being made (a pool's member waiting for its request) has its record beside it so far.
@@ -634,7 +635,9 @@ std::vector<CloneDependence> clone_dependences(const fs::path& sdir) {
       continue;
     }
     if (rec->full || rec->template_dir.empty()) continue;
-    out.push_back({.name = rec->name, .dir = e.path(), .template_dir = fs::weakly_canonical(rec->template_dir, ec), .unreadable = false});
+    // Named by its directory (a record copied with its directory says the other's name).
+    out.push_back({.name = e.path().filename().string(), .dir = e.path(), .template_dir = fs::weakly_canonical(rec->template_dir, ec),
+                   .unreadable = false});
   }
   return out;
 }
@@ -649,7 +652,8 @@ std::vector<std::string> dependants(const std::vector<CloneDependence>& clones, 
       // which each clone's start would pay for): its overlays' backing files tell. (Without this a
       // crash could let `template rm` take the disks a linked clone's overlays stand on.)
       if (overlays_back_onto(c.dir / "disk", want)) out.push_back(c.name + " (its record unreadable)");
-    } else if (c.template_dir == want) {
+    } else if (c.template_dir == want || (fs::equivalent(c.template_dir, want, ec) && !ec)) {
+      // The same directory by another path too (a bind mount, a state directory reached two ways).
       out.push_back(c.name);
     }
   }

@@ -19,6 +19,7 @@
 #include <set>
 #include <thread>
 
+#include "vmm/base/dir_entries.hpp"
 #include "vmm/base/fd.hpp"
 #include "vmm/base/process.hpp"
 #include "vmm/base/thread.hpp"
@@ -186,7 +187,7 @@ bool still_at_path(int fd, const std::filesystem::path& path) {
 unsigned release_stale_netns(const std::filesystem::path& records) {
   unsigned removed = 0;
   std::error_code ec;
-  for (const auto& e : std::filesystem::directory_iterator(records, ec)) {
+  for (const auto& e : dir_entries(records)) {
     if (e.path().filename().string().starts_with(".")) continue;
     Fd fd(::open(e.path().c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
     if (!fd || ::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) continue;  // its VM runs

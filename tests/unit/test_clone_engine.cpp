@@ -300,6 +300,8 @@ TEST_CASE("state dir: a fixed path in a shared directory is used only if it is t
 
 #include "disk/qcow2.hpp"
 
+#include <sys/mount.h>
+
 // A linked clone whose record is unreadable (empty after a crash: records are not fsynced) still
 // counts as its template's dependant through its overlays' backing files: `template rm` would
 // otherwise have taken the disks they stand on.
@@ -325,6 +327,34 @@ TEST_CASE("clone: a linked clone without a readable record depends on the templa
   std::sort(deps.begin(), deps.end());
   CHECK(deps == std::vector<std::string>{"crashed (its record unreadable)", "norecord (its record unreadable)"});
   CHECK(dependants(d.path, other) == std::vector<std::string>{"elsewhere (its record unreadable)"});
+}
+
+// A clone's record names its template's directory by the path the clone locked; `template rm` may
+// be given another path to the same directory (a bind mount, a state directory reached two ways):
+// still a dependant. A record copied with its directory is named by the directory it is in.
+TEST_CASE("clone: a dependant is found by its template directory's identity, and named by its own directory") {
+  TempDir d("vmm-clone-engine");
+  const fs::path tdir = d.path / "templates" / "web";
+  fs::create_directories(tdir);
+  fs::create_symlink(tdir, d.path / "web-link");
+  fs::create_directories(d.path / "clones" / "b");
+  REQUIRE(write_clone_record(d.path / "clones" / "b",
+                             CloneRecord{.name = "a", .template_dir = tdir.string(), .full = false, .pid = 1, .created = "now"}));
+  CHECK(dependants(d.path, tdir) == std::vector<std::string>{"b"});
+  CHECK(dependants(d.path, d.path / "web-link") == std::vector<std::string>{"b"});
+  CHECK(dependants(d.path, d.path / "templates").empty());
+  // The same directory under another mount (no path resolves one into the other).
+  const fs::path bound = d.path / "web-bound";
+  fs::create_directories(bound);
+  if (::mount(tdir.c_str(), bound.c_str(), nullptr, MS_BIND, nullptr) == 0) {
+    struct Unmount {
+      fs::path p;
+      ~Unmount() { ::umount2(p.c_str(), MNT_DETACH); }
+    } unmount{bound};
+    CHECK(dependants(d.path, bound) == std::vector<std::string>{"b"});
+  } else {
+    MESSAGE("no bind mount here (not root?): the other-mount case is not checked");
+  }
 }
 
 #include <sys/file.h>

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "vmm/api/json_text.hpp"
+#include "vmm/base/dir_entries.hpp"
 #include "vmm/base/read_file.hpp"
 
 namespace vmm::api {
@@ -93,7 +94,7 @@ bool reclaim(const fs::path& dir) {
 void sweep_hidden(const fs::path& run) {
   std::error_code ec;
   const auto now = fs::file_time_type::clock::now();
-  for (const auto& e : fs::directory_iterator(run, ec)) {
+  for (const auto& e : dir_entries(run)) {
     if (e.path().filename().string().front() != '.' || !e.is_directory(ec)) continue;
     const auto mtime = fs::last_write_time(e.path(), ec);
     if (!ec && now - mtime > std::chrono::minutes(1) && stale(e.path())) (void)reclaim(e.path());
@@ -211,7 +212,7 @@ bool remove_unpublished(const fs::path& state_dir, const std::string& name) {
   std::error_code ec;
   const std::string prefix = "." + name + ".new.";
   bool held = false;
-  for (const auto& e : fs::directory_iterator(state_dir / "run", ec)) {
+  for (const auto& e : dir_entries(state_dir / "run")) {
     // ".NAME.new.PID.N" exactly: not ".NAME.new.x.new.PID.N", made by a VM named "NAME.new.x".
     const std::string entry = e.path().filename().string();
     if (!entry.starts_with(prefix)) continue;
@@ -228,7 +229,7 @@ std::vector<RunningVm> running_vms(const fs::path& state_dir) {
   std::vector<RunningVm> out;
   std::error_code ec;
   sweep_hidden(state_dir / "run");
-  for (const auto& e : fs::directory_iterator(state_dir / "run", ec)) {
+  for (const auto& e : dir_entries(state_dir / "run")) {
     if (e.path().filename().string().front() == '.' || !e.is_directory(ec)) continue;
     if (stale(e.path())) {
       (void)reclaim(e.path());

@@ -9,6 +9,8 @@
 #include <chrono>
 #include <string_view>
 
+#include "vmm/base/dir_entries.hpp"
+
 namespace vmm {
 
 namespace fs = std::filesystem;
@@ -66,7 +68,7 @@ Result<> bury(const fs::path& dir, const Fd& locked) {
 void sweep_tombs(const fs::path& parent, bool drafts_too) {
   std::error_code ec;
   const auto now = fs::file_time_type::clock::now();
-  for (const auto& e : fs::directory_iterator(parent, ec)) {
+  for (const auto& e : dir_entries(parent)) {
     const std::string n = e.path().filename().string();
     const bool tomb = is_tomb(n);
     if (!tomb && !(drafts_too && is_draft(n))) continue;

@@ -9,6 +9,7 @@
 #include "clone/inventory.hpp"
 #include "clone/template.hpp"
 #include "vmm/api/json_text.hpp"
+#include "vmm/base/dir_entries.hpp"
 #include "vmm/exit_status.hpp"
 #include "vmm/state_dir.hpp"
 
@@ -21,7 +22,7 @@ int template_ls(const std::string& state_dir, bool json) {
   nlohmann::json list = nlohmann::json::array();
   std::error_code ec;
   std::vector<fs::path> dirs;
-  for (const auto& e : fs::directory_iterator(sdir / "templates", ec)) {
+  for (const auto& e : dir_entries(sdir / "templates")) {
     if (e.is_directory(ec) && e.path().filename().string().front() != '.') dirs.push_back(e.path());
   }
   std::sort(dirs.begin(), dirs.end());
