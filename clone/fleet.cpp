@@ -85,10 +85,9 @@ int run_fleet(const CloneOptions& o, unsigned count, bool detach) {
   // ... and refuses a fleet whose pipes would not fit under the hard limit, before any clone starts
   // (rather than failing at the first pipe too many, with clones already running).
   if (rlimit nofile{}; ::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur != RLIM_INFINITY) {
-    std::error_code ec;
     const auto open_now = static_cast<uint64_t>(dir_entries("/proc/self/fd").size());
     constexpr uint64_t kSpare = 16;  // the plugin's, a console's, what the C library opens
-    if (!ec && open_now + count + kSpare > nofile.rlim_cur) {
+    if (open_now + count + kSpare > nofile.rlim_cur) {
       return report_error(exit_code::kVmmError,
                           fmt::format("--count {}: the launcher holds a pipe per clone and may open {} files (RLIMIT_NOFILE), {} "
                                       "open already: raise the hard limit (ulimit -Hn, LimitNOFILE=) or start fewer",

@@ -105,7 +105,6 @@ void drop_inherited(std::vector<int> keep) {
   auto close_all = [](unsigned lo, unsigned hi) {
     if (::close_range(lo, hi, 0) == 0) return;
     std::vector<int> open;
-    std::error_code ec;
     for (const auto& e : dir_entries("/proc/self/fd")) {
       int fd = -1;
       const std::string n = e.path().filename().string();

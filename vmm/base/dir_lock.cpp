@@ -66,7 +66,6 @@ Result<> bury(const fs::path& dir, const Fd& locked) {
 }
 
 void sweep_tombs(const fs::path& parent, bool drafts_too) {
-  std::error_code ec;
   const auto now = fs::file_time_type::clock::now();
   for (const auto& e : dir_entries(parent)) {
     const std::string n = e.path().filename().string();
